@@ -1,0 +1,305 @@
+//! The contract between the webhook, the operator, the node agent and the jail-runtime: every
+//! label, annotation, env var, volume, path, container and object name that more than one of them
+//! relies on. Defined here once; nothing else spells these strings.
+//!
+//! Each group lists its names in `ALL` so tests can check that they are valid Kubernetes names and
+//! unique, and so a reviewer sees the whole surface at a glance.
+
+/// Defines documented string constants and an `ALL` slice holding every one of them.
+macro_rules! names {
+    ($($(#[$doc:meta])* $name:ident = $value:expr;)+) => {
+        $($(#[$doc])* pub const $name: &str = $value;)+
+        /// Every name of this group, for validation and documentation.
+        pub const ALL: &[&str] = &[$($name),+];
+    };
+}
+
+/// The API group of the `BoundaryPolicy` CRD and the prefix of every label and annotation.
+pub const GROUP: &str = "agentboundary.dev";
+/// The served and stored version of the CRD.
+pub const VERSION: &str = "v1alpha1";
+/// `apiVersion` of `BoundaryPolicy` objects.
+pub const API_VERSION: &str = "agentboundary.dev/v1alpha1";
+
+/// Labels on namespaces, pods and the objects the operator creates.
+pub mod labels {
+    names! {
+        /// Opt-in and opt-out of injection, on a namespace or a pod: [`super::INJECT_ENABLED`] or
+        /// [`super::INJECT_DISABLED`]. A pod's label overrides its namespace's.
+        INJECT = "agentboundary.dev/inject";
+        /// Standard label naming the controller of objects the operator creates.
+        MANAGED_BY = "app.kubernetes.io/managed-by";
+        /// Standard label naming the application every component belongs to.
+        PART_OF = "app.kubernetes.io/part-of";
+        /// Standard label naming the component (webhook, operator, node-agent, policy).
+        COMPONENT = "app.kubernetes.io/component";
+    }
+}
+
+/// Value of [`labels::INJECT`] that opts a namespace or pod in.
+pub const INJECT_ENABLED: &str = "enabled";
+/// Value of [`labels::INJECT`] that opts a pod (or a whole namespace) out.
+pub const INJECT_DISABLED: &str = "disabled";
+/// Value of [`labels::MANAGED_BY`] on objects the operator creates.
+pub const MANAGED_BY_OPERATOR: &str = "agent-boundary-operator";
+/// Value of [`labels::PART_OF`].
+pub const PART_OF: &str = "agent-boundary";
+
+/// Node labels written by the operator (from classification and node-agent probes) and read by
+/// the webhook's planner. Nothing else writes them.
+pub mod node_labels {
+    names! {
+        /// The OS family: one of [`crate::contract::os`].
+        OS = "agentboundary.dev/os";
+        /// `true` when unprivileged user namespaces work on the node, `false` when they do not.
+        USERNS = "agentboundary.dev/userns";
+        /// The Landlock ABI version the kernel offers (`0` when none).
+        LANDLOCK_ABI = "agentboundary.dev/landlock-abi";
+        /// Name of the Localhost seccomp profile the node agent installed (absent when none).
+        SECCOMP_PROFILE = "agentboundary.dev/seccomp-profile";
+        /// The jail tiers that work on the node, joined by `.` (label values cannot hold `,`),
+        /// e.g. `userns.landlock`.
+        TIERS = "agentboundary.dev/tiers";
+        /// `true` once the node agent's probe facts are merged; without it the labels come from
+        /// classification alone.
+        PROBED = "agentboundary.dev/probed";
+    }
+}
+
+/// OS family values of [`node_labels::OS`].
+pub mod os {
+    names! {
+        /// Amazon Linux 2.
+        AMAZON_LINUX_2 = "amazon-linux-2";
+        /// Amazon Linux 2023.
+        AMAZON_LINUX_2023 = "amazon-linux-2023";
+        /// Bottlerocket (user namespaces off by default, SELinux enforcing).
+        BOTTLEROCKET = "bottlerocket";
+        /// Ubuntu.
+        UBUNTU = "ubuntu";
+        /// An EKS Fargate micro-VM.
+        FARGATE = "fargate";
+        /// A Windows node: never injected.
+        WINDOWS = "windows";
+        /// Any other Linux.
+        OTHER_LINUX = "other-linux";
+        /// Not classified yet.
+        UNKNOWN = "unknown";
+    }
+}
+
+/// Pod annotations written by the webhook and by the node agent.
+pub mod annotations {
+    names! {
+        /// JSON record of what the webhook injected; makes re-invocation idempotent.
+        STATUS = "agentboundary.dev/status";
+        /// The jail tier the webhook chose for the pod.
+        TIER = "agentboundary.dev/tier";
+        /// The `BoundaryPolicy` objects (comma-separated names) that select the pod.
+        POLICY = "agentboundary.dev/policy";
+        /// On a node agent's own Pod: the JSON probe report of its node.
+        PROBE_REPORT = "agentboundary.dev/probe-report";
+    }
+}
+
+/// Container names the webhook injects.
+pub mod containers {
+    names! {
+        /// The jail-runtime sidecar: the policy proxy (`boundary sidecar`).
+        SIDECAR = "boundary";
+        /// The init container that copies the `boundary` binary into the shared volume.
+        INSTALL = "boundary-install";
+    }
+}
+
+/// Volume names the webhook injects.
+pub mod volumes {
+    names! {
+        /// emptyDir holding the static `boundary` binary, mounted on the jailed containers' PATH.
+        BIN = "boundary-bin";
+        /// emptyDir shared by the sidecar and the jailed containers: proxy socket, CA files.
+        RUN = "boundary-run";
+        /// The compiled-policy ConfigMap, mounted into the sidecar.
+        POLICY = "boundary-policy";
+    }
+}
+
+/// Paths inside containers.
+pub mod paths {
+    names! {
+        /// Mount point of [`super::volumes::BIN`].
+        BIN_DIR = "/opt/agent-boundary/bin";
+        /// The `boundary` binary inside [`BIN_DIR`].
+        BOUNDARY_BIN = "/opt/agent-boundary/bin/boundary";
+        /// Mount point of [`super::volumes::RUN`].
+        RUN_DIR = "/run/agent-boundary";
+        /// The policy proxy's unix socket.
+        PROXY_SOCKET = "/run/agent-boundary/proxy.sock";
+        /// The proxy's CA certificate (PEM), written by the sidecar.
+        CA_CERT = "/run/agent-boundary/ca.crt";
+        /// System roots plus the proxy's CA (PEM), bind-mounted over the jail's trust stores.
+        TRUST_BUNDLE = "/run/agent-boundary/ca-bundle.crt";
+        /// Mount point of [`super::volumes::POLICY`].
+        POLICY_DIR = "/etc/agent-boundary/policy";
+        /// The compiled policy file the proxy reads (and hot-reloads).
+        POLICY_FILE = "/etc/agent-boundary/policy/policy.json";
+    }
+}
+
+/// Environment variables set by the webhook on injected containers and read by `boundary`.
+pub mod env {
+    names! {
+        /// The pod's name (downward API), recorded in every audit line.
+        POD_NAME = "BOUNDARY_POD_NAME";
+        /// The pod's namespace (downward API).
+        POD_NAMESPACE = "BOUNDARY_POD_NAMESPACE";
+        /// The jailed container's name.
+        CONTAINER_NAME = "BOUNDARY_CONTAINER_NAME";
+        /// The tier the webhook chose; `boundary run` uses it instead of probing.
+        TIER = "BOUNDARY_TIER";
+        /// Path of the sidecar proxy's unix socket.
+        PROXY_SOCKET = "BOUNDARY_PROXY_SOCKET";
+        /// Path of the compiled policy file the sidecar proxy reads.
+        POLICY_FILE = "BOUNDARY_POLICY_FILE";
+        /// Coder's env var: jail without a user namespace (`true`).
+        CODER_NO_USER_NAMESPACE = "BOUNDARY_NO_USER_NAMESPACE";
+        /// Coder's env var: the jail type (`nsjail` or `landjail`).
+        CODER_JAIL_TYPE = "BOUNDARY_JAIL_TYPE";
+    }
+}
+
+/// Names of cluster objects the components create or look up.
+pub mod objects {
+    names! {
+        /// Per-namespace ConfigMap with the compiled policy of all `BoundaryPolicy` objects there.
+        POLICY_CONFIGMAP = "agent-boundary-policy";
+        /// Key of the compiled policy inside [`POLICY_CONFIGMAP`].
+        POLICY_CONFIGMAP_KEY = "policy.json";
+        /// Field manager of the operator's server-side applies.
+        OPERATOR_FIELD_MANAGER = "agent-boundary-operator";
+        /// Localhost seccomp profile the node agent installs (relative to kubelet's seccomp dir).
+        SECCOMP_PROFILE = "agent-boundary/userns.json";
+    }
+}
+
+/// Jail tiers, from least to most privileged where namespaces work, as they appear in node labels,
+/// annotations and the `BOUNDARY_TIER` env var.
+pub mod tiers {
+    names! {
+        /// Unprivileged user namespace + network, PID and mount namespaces.
+        USERNS = "userns";
+        /// Network, PID and mount namespaces made with `SYS_ADMIN` + `NET_ADMIN`, dropped before CMD.
+        PRIVILEGED_NETNS = "privileged-netns";
+        /// Landlock connect restriction to the proxy; no namespaces (weaker).
+        LANDLOCK = "landlock";
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    fn dns_label(s: &str) -> bool {
+        !s.is_empty()
+            && s.len() <= 63
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !s.starts_with('-')
+            && !s.ends_with('-')
+    }
+
+    fn dns_subdomain(s: &str) -> bool {
+        s.len() <= 253 && s.split('.').all(dns_label)
+    }
+
+    /// `prefix/name` as Kubernetes validates label and annotation keys.
+    fn qualified_name(key: &str) -> bool {
+        let (prefix, name) = key.rsplit_once('/').unwrap_or(("", key));
+        let name_ok = !name.is_empty()
+            && name.len() <= 63
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            && name.as_bytes()[0].is_ascii_alphanumeric()
+            && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric();
+        name_ok && (prefix.is_empty() || dns_subdomain(prefix))
+    }
+
+    fn label_value(v: &str) -> bool {
+        v.is_empty() || qualified_name(v) && !v.contains('/')
+    }
+
+    fn unique(all: &[&str]) {
+        let set: HashSet<_> = all.iter().collect();
+        assert_eq!(set.len(), all.len(), "duplicate name in {all:?}");
+    }
+
+    #[test]
+    fn label_and_annotation_keys_are_valid_and_unique() {
+        for group in [labels::ALL, node_labels::ALL, annotations::ALL] {
+            unique(group);
+            for key in group {
+                assert!(qualified_name(key), "{key} is not a valid qualified name");
+            }
+        }
+        for key in node_labels::ALL.iter().chain(annotations::ALL) {
+            assert!(key.starts_with(GROUP), "{key} is not under {GROUP}");
+        }
+    }
+
+    #[test]
+    fn label_values_are_valid() {
+        let values = [
+            INJECT_ENABLED,
+            INJECT_DISABLED,
+            MANAGED_BY_OPERATOR,
+            PART_OF,
+        ];
+        for v in values.iter().chain(os::ALL).chain(tiers::ALL) {
+            assert!(label_value(v), "{v} is not a valid label value");
+        }
+        // The tiers label joins tier names with '.', so a tier name must not contain one.
+        assert!(tiers::ALL.iter().all(|t| !t.contains('.')));
+    }
+
+    #[test]
+    fn container_volume_and_object_names_are_dns_labels() {
+        for group in [containers::ALL, volumes::ALL] {
+            unique(group);
+            for name in group {
+                assert!(dns_label(name), "{name} is not a DNS-1123 label");
+            }
+        }
+        assert!(dns_subdomain(objects::POLICY_CONFIGMAP));
+    }
+
+    #[test]
+    fn env_names_are_portable_identifiers() {
+        unique(env::ALL);
+        for name in env::ALL {
+            assert!(
+                name.bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_'),
+                "{name}"
+            );
+            assert!(name.starts_with("BOUNDARY_"), "{name}");
+        }
+    }
+
+    #[test]
+    fn paths_are_absolute_and_files_live_in_their_volume() {
+        for p in paths::ALL {
+            assert!(p.starts_with('/'), "{p}");
+        }
+        for file in [paths::PROXY_SOCKET, paths::CA_CERT, paths::TRUST_BUNDLE] {
+            assert!(file.starts_with(&format!("{}/", paths::RUN_DIR)), "{file}");
+        }
+        assert!(paths::BOUNDARY_BIN.starts_with(&format!("{}/", paths::BIN_DIR)));
+        assert_eq!(
+            paths::POLICY_FILE,
+            format!("{}/{}", paths::POLICY_DIR, objects::POLICY_CONFIGMAP_KEY)
+        );
+        assert_eq!(API_VERSION, format!("{GROUP}/{VERSION}"));
+    }
+}

@@ -1,0 +1,326 @@
+//! The `BoundaryPolicy` custom resource (`agentboundary.dev/v1alpha1`).
+//!
+//! Doc comments here are the CRD's `kubectl explain` text. The schema must stay structural and
+//! free of features newer than Kubernetes 1.20 (no CEL): the cluster tests install it into a real
+//! v1.20.2 apiserver.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::{CustomResource, CustomResourceExt};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::policy::{HttpRule, JailSpec, Mode, TcpRule};
+
+/// Egress policy for AI agents: which pods are jailed, how, and which network requests their
+/// jailed processes may make. Everything not allowed is denied (or only recorded, in Audit mode).
+// `printcolumn(...)` repeats keys such as `type_` by design of the derive.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "agentboundary.dev",
+    version = "v1alpha1",
+    kind = "BoundaryPolicy",
+    plural = "boundarypolicies",
+    singular = "boundarypolicy",
+    shortname = "bp",
+    category = "agentboundary",
+    namespaced,
+    status = "BoundaryPolicyStatus",
+    derive = "PartialEq",
+    derive = "Default",
+    doc = "BoundaryPolicy jails the selected pods' agent processes and allows only the listed \
+           network requests; everything else is denied and every decision is audited.",
+    printcolumn(name = "Mode", type_ = "string", json_path = ".spec.mode"),
+    printcolumn(
+        name = "Rules",
+        type_ = "integer",
+        json_path = ".status.ruleCount",
+        description = "Number of allow rules"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Pods",
+        type_ = "integer",
+        json_path = ".status.matchedPods",
+        priority = "1",
+        description = "Jailed pods this policy selects"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct BoundaryPolicySpec {
+    /// Pods of this namespace the policy applies to. Required; `{}` selects every pod. Pods are
+    /// jailed only where injection is enabled (label `agentboundary.dev/inject=enabled` on the
+    /// namespace or the pod).
+    pub pod_selector: LabelSelector,
+    /// Names of the containers to jail. Empty: every container of the pod except init
+    /// containers and the injected sidecar.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<String>,
+    /// `Enforce` (default): requests no rule allows are denied. `Audit`: they are allowed and
+    /// recorded as would-be denials. When several policies select a pod, Enforce wins.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Allow rules in Coder's grammar, e.g. `domain=api.anthropic.com` or
+    /// `domain=github.com method=GET,HEAD path=/api/*`. Keys: `domain`, `method`, `path`
+    /// (comma-separated lists). The older `"GET,POST host/path*"` form is accepted too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(length(min = 1)))]
+    pub allow: Vec<String>,
+    /// Structured HTTP(S) allow rules: domains, methods, paths, ports and TLS handling.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http: Vec<HttpRule>,
+    /// Allow rules for plain TCP (ssh, git, databases), by DNS name and port.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tcp: Vec<TcpRule>,
+    /// How the pods are jailed: runtime, permitted tiers, node pinning, command wrapping.
+    #[serde(default)]
+    pub jail: JailSpec,
+}
+
+impl BoundaryPolicySpec {
+    /// Number of allow rules of every kind, as shown in `kubectl get bp`.
+    pub fn rule_count(&self) -> usize {
+        self.allow.len() + self.http.len() + self.tcp.len()
+    }
+}
+
+/// Observed state of a `BoundaryPolicy`, written by the operator.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BoundaryPolicyStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `RulesValid`: every rule parses. `Ready`: the compiled policy is published for the
+    /// namespace and reaches the selected pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// Number of allow rules (strings, HTTP and TCP rules).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule_count: Option<i32>,
+    /// Problems found in the rules, each with its position.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rule_problems: Vec<RuleProblem>,
+    /// Name of the ConfigMap holding the compiled policy of this namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<String>,
+    /// SHA-256 (hex) of the compiled policy last published for this namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_hash: Option<String>,
+    /// Number of running pods this policy selects that are jailed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matched_pods: Option<i32>,
+    /// Jailed pods this policy selects, by tier.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tiers: BTreeMap<String, i32>,
+}
+
+/// A rule that could not be compiled, and where.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RuleProblem {
+    /// Path of the rule in the spec, e.g. `spec.allow[2]` or `spec.http[0].paths[1]`.
+    pub field: String,
+    /// 1-based column in the rule string where the problem starts, for Coder-grammar rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub column: Option<i32>,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+/// Condition types of [`BoundaryPolicyStatus::conditions`].
+pub mod condition_types {
+    /// The compiled policy is published and reaches the selected pods.
+    pub const READY: &str = "Ready";
+    /// Every rule of the spec compiles.
+    pub const RULES_VALID: &str = "RulesValid";
+}
+
+/// The CRD object, as installed by the chart and the tests.
+pub fn crd() -> CustomResourceDefinition {
+    BoundaryPolicy::crd()
+}
+
+/// The CRD as the YAML document committed in `crds/boundarypolicy.yaml`.
+pub fn crd_yaml() -> Result<String, serde_yaml_ng::Error> {
+    let yaml = serde_yaml_ng::to_string(&crd())?;
+    Ok(format!(
+        "# Generated by `cargo run -p boundary-api --features kube --bin boundary-crdgen`; do not edit.\n{yaml}"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn schema() -> Value {
+        let crd = serde_json::to_value(crd()).unwrap();
+        crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
+    }
+
+    /// Walks every subschema and returns the keys used anywhere.
+    fn keys(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(map) => {
+                for (k, child) in map {
+                    out.push(k.clone());
+                    keys(child, out);
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|i| keys(i, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn committed_yaml_matches_the_code() {
+        let committed = include_str!("../boundarypolicy.yaml");
+        let generated = crd_yaml().unwrap();
+        pretty_assertions::assert_eq!(
+            committed,
+            generated,
+            "crds/boundarypolicy.yaml is stale: run `cargo run -p boundary-api --features kube \
+             --bin boundary-crdgen > crds/boundarypolicy.yaml`"
+        );
+    }
+
+    #[test]
+    fn schema_uses_nothing_kubernetes_1_20_rejects() {
+        let mut all = Vec::new();
+        keys(&schema(), &mut all);
+        for banned in [
+            "x-kubernetes-validations",
+            "$ref",
+            "$schema",
+            "definitions",
+            "$defs",
+            "oneOf",
+            "anyOf",
+            "allOf",
+        ] {
+            assert!(
+                !all.iter().any(|k| k == banned),
+                "schema uses {banned}, which is not structural or not in Kubernetes 1.20"
+            );
+        }
+        let crd = serde_json::to_value(crd()).unwrap();
+        assert!(crd["spec"].get("selectableFields").is_none());
+        assert!(crd["spec"]["versions"][0].get("selectableFields").is_none());
+    }
+
+    #[test]
+    fn every_spec_and_status_field_is_documented() {
+        fn check(path: &str, s: &Value, missing: &mut Vec<String>) {
+            if let Some(props) = s.get("properties").and_then(Value::as_object) {
+                for (name, child) in props {
+                    let p = format!("{path}.{name}");
+                    if child.get("description").is_none() {
+                        missing.push(p.clone());
+                    }
+                    check(&p, child, missing);
+                }
+            }
+            if let Some(items) = s.get("items") {
+                check(&format!("{path}[]"), items, missing);
+            }
+        }
+        let s = schema();
+        let mut missing = Vec::new();
+        check("spec", &s["properties"]["spec"], &mut missing);
+        check("status", &s["properties"]["status"], &mut missing);
+        // metadata, apiVersion and kind are described by Kubernetes itself.
+        assert!(
+            missing.is_empty(),
+            "fields without description: {missing:?}"
+        );
+    }
+
+    #[test]
+    fn names_printer_columns_and_subresources() {
+        let crd = serde_json::to_value(crd()).unwrap();
+        assert_eq!(
+            crd["metadata"]["name"],
+            "boundarypolicies.agentboundary.dev"
+        );
+        assert_eq!(crd["spec"]["scope"], "Namespaced");
+        assert_eq!(crd["spec"]["names"]["shortNames"], json!(["bp"]));
+        let version = &crd["spec"]["versions"][0];
+        assert_eq!(version["name"], crate::contract::VERSION);
+        assert_eq!(version["subresources"], json!({"status": {}}));
+        let columns: Vec<&str> = version["additionalPrinterColumns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(columns, ["Mode", "Rules", "Ready", "Pods", "Age"]);
+    }
+
+    #[test]
+    fn pod_selector_is_required_and_enums_are_closed() {
+        let s = schema();
+        let spec = &s["properties"]["spec"];
+        assert_eq!(spec["required"], json!(["podSelector"]));
+        assert_eq!(
+            spec["properties"]["mode"]["enum"],
+            json!(["Enforce", "Audit"])
+        );
+        assert_eq!(
+            spec["properties"]["jail"]["properties"]["allowedTiers"]["items"]["enum"],
+            json!(["userns", "privileged-netns", "landlock"])
+        );
+    }
+
+    #[test]
+    fn examples_parse_as_policies() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let bp: BoundaryPolicy = serde_yaml_ng::from_str(&text)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert!(bp.metadata.name.is_some(), "{}", path.display());
+            seen += 1;
+        }
+        assert!(seen >= 2, "examples missing in {}", dir.display());
+    }
+
+    #[test]
+    fn a_full_policy_round_trips() {
+        let yaml = r#"
+apiVersion: agentboundary.dev/v1alpha1
+kind: BoundaryPolicy
+metadata: {name: agents, namespace: dev}
+spec:
+  podSelector: {matchLabels: {app: claude}}
+  mode: Audit
+  allow: ["domain=api.anthropic.com", "domain=github.com method=GET path=/api/*"]
+  http: [{domains: ["*.npmjs.org"], methods: [GET], ports: [443]}]
+  tcp: [{domain: github.com, ports: [22]}]
+  jail: {runtime: builtin, allowedTiers: [userns], allowNodePinning: true, wrapCommand: true}
+"#;
+        let bp: BoundaryPolicy = serde_yaml_ng::from_str(yaml).unwrap();
+        assert_eq!(bp.spec.mode, Mode::Audit);
+        assert_eq!(bp.spec.rule_count(), 4);
+        assert!(bp.spec.jail.wrap_command);
+        let again: BoundaryPolicy =
+            serde_json::from_value(serde_json::to_value(&bp).unwrap()).unwrap();
+        assert_eq!(again, bp);
+    }
+}

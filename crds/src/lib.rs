@@ -1,0 +1,16 @@
+//! The shared API of Agent Boundary for Kubernetes.
+//!
+//! - [`contract`]: every name the components share (labels, annotations, env, volumes, paths).
+//! - [`tier`], [`policy`]: jail tiers, modes and structured rules, free of Kubernetes types so the
+//!   `boundary` binary can use them without linking kube or k8s-openapi.
+//! - `crd` (feature `kube`): the `BoundaryPolicy` custom resource and its generated CRD.
+#![forbid(unsafe_code)]
+
+pub mod contract;
+#[cfg(feature = "kube")]
+pub mod crd;
+pub mod policy;
+pub mod tier;
+
+pub use policy::{HttpRule, JailRuntime, JailSpec, Mode, Port, TcpRule, TlsMode};
+pub use tier::Tier;

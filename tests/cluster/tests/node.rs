@@ -1,0 +1,44 @@
+//! The local cluster's real node: a pod from a locally built `FROM scratch` image is scheduled,
+//! runs the static `boundary` binary, and its logs come back through the apiserver. Every later
+//! end-to-end test relies on this path.
+
+use std::time::Duration;
+
+use boundary_test_support::{TestNamespace, client, image, wait_for_pod_phase};
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::LogParams;
+
+#[tokio::test]
+async fn a_pod_from_the_local_jail_runtime_image_runs_on_the_node() -> anyhow::Result<()> {
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "node-smoke", &[]).await?;
+    let pods: Api<Pod> = ns.api();
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "tiers"},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [{
+                "name": "boundary",
+                "image": image("jail-runtime"),
+                "imagePullPolicy": "IfNotPresent",
+                "args": ["tiers"],
+            }],
+        },
+    }))?;
+    ns.create_pod(&pod).await?;
+    let done = wait_for_pod_phase(&pods, "tiers", &["Succeeded"], Duration::from_mins(2)).await?;
+    assert!(
+        done.spec.and_then(|s| s.node_name).is_some(),
+        "the pod was scheduled"
+    );
+    let logs = pods.logs("tiers", &LogParams::default()).await?;
+    let printed: serde_json::Value = serde_json::from_str(logs.trim())?;
+    assert_eq!(
+        printed,
+        serde_json::json!({"tiers": ["userns", "privileged-netns", "landlock"]})
+    );
+    Ok(())
+}

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Stops what up.sh started (by the PIDs it recorded) and removes what they left on the host:
+# containers, mounts, iptables chains, the docker0 bridge and the state directory.
+# Safe to run twice, and after a run that was killed half-way.
+set -u
+STATE=${STATE:-/tmp/agent-boundary-cluster}
+[ -d "$STATE" ] || exit 0
+
+pids=()
+for name in kube-proxy kubelet scheduler controller-manager apiserver etcd; do
+  if [ -f "$STATE/$name.pid" ]; then pids+=("$(cat "$STATE/$name.pid")"); fi
+done
+[ ${#pids[@]} -gt 0 ] && kill "${pids[@]}" 2>/dev/null
+if [ -f "$STATE/dockerd.pid" ]; then
+  docker ps -aq 2>/dev/null | xargs -r docker rm -f >/dev/null 2>&1
+  dpid=$(cat "$STATE/dockerd.pid"); pids+=("$dpid")
+  kill "$dpid" 2>/dev/null
+fi
+for _ in $(seq 1 50); do
+  alive=0
+  for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+  [ "$alive" = 0 ] && break
+  sleep 0.2
+done
+for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null; done
+
+# kubelet and kube-proxy leave mounts, chains and a bridge behind.
+grep " $STATE/" /proc/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l 2>/dev/null
+if command -v iptables >/dev/null; then
+  for t in filter nat mangle; do
+    iptables -t $t -S 2>/dev/null | grep -E '^-A (KUBE|DOCKER)|-j (KUBE|DOCKER)|docker0' | sed 's/^-A/-D/' |
+      while read -r r; do eval iptables -t $t "$r" 2>/dev/null; done
+    iptables -t $t -S 2>/dev/null | awk '/^-N (KUBE|DOCKER)/{print $2}' |
+      while read -r c; do iptables -t $t -F "$c" 2>/dev/null; iptables -t $t -X "$c" 2>/dev/null; done
+  done
+  iptables -P FORWARD ACCEPT 2>/dev/null
+fi
+ip link del docker0 2>/dev/null
+rm -rf "$STATE"
+true

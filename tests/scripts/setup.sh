@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs everything the project needs on a fresh Debian 12 machine (as root), from Debian's
+# archive and crates.io only, and builds the cached Kubernetes v1.20.2 binaries (~10 min once,
+# then a no-op: ~/.cache/local-k8s/v1.20.2). Safe to run again.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+log() { echo "[setup] $*" >&2; }
+[ "$(id -u)" = 0 ] || { echo "setup.sh must run as root (apt, dockerd, kubelet, namespaces)" >&2; exit 1; }
+
+# Debian packages: the cluster (etcd, dockerd, iptables, conntrack), TLS tooling, binutils
+# (readelf checks that binaries are static), iproute2 and nftables for jail tests.
+pkgs=(etcd-server docker.io iptables conntrack curl openssl ca-certificates binutils iproute2 nftables)
+missing=()
+for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing Debian packages: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+command -v cargo >/dev/null || { echo "cargo not found: install the Rust toolchain (rustup) first" >&2; exit 1; }
+rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt >/dev/null 2>&1 || true
+if ! cargo nextest --version >/dev/null 2>&1; then
+  log "installing cargo-nextest from crates.io"
+  cargo install --locked cargo-nextest >&2
+fi
+
+"$ROOT/tests/local-cluster/build-k8s.sh" >&2
+log "done"

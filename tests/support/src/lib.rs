@@ -1,0 +1,390 @@
+//! Support for tests that run against a real Kubernetes cluster.
+//!
+//! The cluster comes from `KUBECONFIG`: `tests/scripts/test-all.sh` starts the project's local
+//! cluster (etcd + kube-apiserver v1.20.2, and a real node on request) and exports it; pointing
+//! `KUBECONFIG` at kind, k3d or EKS runs the same tests there. Without `KUBECONFIG` the tests fail
+//! with a message saying how to run them, rather than guessing a cluster.
+//!
+//! [`TestNamespace`] gives each test a fresh namespace, dumps what happened in it when the test
+//! fails (events, policies, pods, container logs) and deletes it afterwards.
+#![forbid(unsafe_code)]
+
+use std::fmt::Write as _;
+use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use boundary_api::crd::BoundaryPolicy;
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, Pod};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{DeleteParams, ListParams, LogParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Api, Client, Config, ResourceExt};
+
+pub use kube;
+
+/// Label put on every namespace a test creates, so leftovers on shared clusters can be found.
+pub const TEST_NAMESPACE_LABEL: &str = "agentboundary.dev/test";
+/// Field manager of the tests' server-side applies.
+pub const FIELD_MANAGER: &str = "boundary-tests";
+
+/// A client for the cluster `KUBECONFIG` names.
+pub async fn client() -> anyhow::Result<Client> {
+    let config = config().await?;
+    Client::try_from(config).context("building a Kubernetes client from KUBECONFIG")
+}
+
+async fn config() -> anyhow::Result<Config> {
+    let Some(path) = std::env::var_os("KUBECONFIG") else {
+        bail!(
+            "KUBECONFIG is not set. Cluster tests need a real cluster: run \
+             `tests/scripts/test-all.sh` (starts a local one), or point KUBECONFIG at a \
+             kind, k3d or EKS cluster"
+        );
+    };
+    let kubeconfig = Kubeconfig::read_from(&path)
+        .with_context(|| format!("reading KUBECONFIG {}", PathBuf::from(&path).display()))?;
+    Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .context("loading KUBECONFIG")
+}
+
+/// Installs (server-side applies) the project's CRDs and waits until the apiserver serves them.
+pub async fn install_crds(client: &Client) -> anyhow::Result<()> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = boundary_api::crd::crd();
+    let name = crd.name_any();
+    crds.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .with_context(|| format!("applying CRD {name}"))?;
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        await_condition(crds, &name, conditions::is_crd_established()),
+    )
+    .await
+    .with_context(|| format!("CRD {name} not Established within 30 s"))??;
+    Ok(())
+}
+
+/// Polls `check` until it returns `Ok(Some(value))`, or fails after `timeout` with the last
+/// error or `what`. For state that converges (controllers, kubelet), never for timing claims.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let start = Instant::now();
+    let mut last = None;
+    loop {
+        match check().await {
+            Ok(Some(value)) => return Ok(value),
+            Ok(None) => {}
+            Err(err) => last = Some(err),
+        }
+        if start.elapsed() > timeout {
+            let last = last
+                .map(|e| format!(": last error: {e:#}"))
+                .unwrap_or_default();
+            bail!("{what}: not true after {timeout:?}{last}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The name of one of the project's images, as `tests/scripts/build-images.sh` tagged it:
+/// `$BOUNDARY_IMAGE_REPO/<name>:$BOUNDARY_IMAGE_TAG` (defaults `agent-boundary`, `dev`). On the
+/// local cluster the images are built into the node's Docker; elsewhere push them and set both.
+pub fn image(name: &str) -> String {
+    let repo = std::env::var("BOUNDARY_IMAGE_REPO").unwrap_or_else(|_| "agent-boundary".into());
+    let tag = std::env::var("BOUNDARY_IMAGE_TAG").unwrap_or_else(|_| "dev".into());
+    format!("{repo}/{name}:{tag}")
+}
+
+/// Waits until pod `name` reaches one of `phases` and returns it; fails early when it reaches
+/// `Failed` unexpectedly, and on timeout reports the pod's last status.
+pub async fn wait_for_pod_phase(
+    pods: &Api<Pod>,
+    name: &str,
+    phases: &[&str],
+    timeout: Duration,
+) -> anyhow::Result<Pod> {
+    let what = format!("pod {name} in phase {phases:?}");
+    eventually(timeout, &what, || async {
+        let pod = pods.get(name).await?;
+        let status = pod.status.clone().unwrap_or_default();
+        let phase = status.phase.clone().unwrap_or_default();
+        if phases.contains(&phase.as_str()) {
+            return Ok(Some(pod));
+        }
+        if phase == "Failed" {
+            bail!("pod {name} failed: {}", serde_json::to_string(&status)?);
+        }
+        bail!(
+            "pod {name} is {phase}: {}",
+            serde_json::to_string(&status.container_statuses)?
+        )
+    })
+    .await
+}
+
+/// A `kubectl` command for the test cluster. Uses `$KUBECTL` when set (the harness points it at
+/// the kubectl built with the cluster), else `kubectl` from PATH.
+pub fn kubectl() -> Command {
+    let program = std::env::var_os("KUBECTL").unwrap_or_else(|| "kubectl".into());
+    Command::new(program)
+}
+
+/// Runs `kubectl args...` and returns stdout, or an error with stderr.
+pub fn kubectl_output(args: &[&str]) -> anyhow::Result<String> {
+    let out = kubectl()
+        .args(args)
+        .output()
+        .context("running kubectl (set KUBECTL or put kubectl on PATH)")?;
+    if !out.status.success() {
+        bail!(
+            "kubectl {} failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A namespace of its own for one test. Dropped: dumps the namespace's state if the test is
+/// failing, then deletes it (set `BOUNDARY_TEST_KEEP_NAMESPACES=1` to keep it for inspection).
+pub struct TestNamespace {
+    name: String,
+    client: Client,
+}
+
+impl std::fmt::Debug for TestNamespace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestNamespace")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TestNamespace {
+    /// Creates `<prefix>-<random>` with the test label and any extra `labels`.
+    pub async fn create(
+        client: &Client,
+        prefix: &str,
+        labels: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let name = format!("{prefix}-{}", random_suffix());
+        let mut all_labels: std::collections::BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        all_labels.insert(TEST_NAMESPACE_LABEL.into(), "true".into());
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                labels: Some(all_labels),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        };
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .with_context(|| format!("creating namespace {name}"))?;
+        Ok(TestNamespace {
+            name,
+            client: client.clone(),
+        })
+    }
+
+    /// The namespace's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A namespaced API for `K` in this namespace.
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.name)
+    }
+
+    /// Creates a pod here. A fresh namespace's default ServiceAccount (and, before Kubernetes
+    /// 1.24, its token) appears a moment after the namespace; the apiserver answers 500
+    /// `ServerTimeout` until then, so that answer is retried.
+    pub async fn create_pod(&self, pod: &Pod) -> anyhow::Result<Pod> {
+        let pods: Api<Pod> = self.api();
+        let deadline = Instant::now() + Duration::from_mins(1);
+        loop {
+            match pods.create(&PostParams::default(), pod).await {
+                Err(kube::Error::Api(status))
+                    if status.reason == "ServerTimeout" && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                result => return result.context("creating a pod"),
+            }
+        }
+    }
+
+    /// Everything useful to understand a failure in this namespace, as text.
+    pub async fn dump(&self) -> String {
+        dump_namespace(&self.client, &self.name).await
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        let failing = std::thread::panicking();
+        let keep = std::env::var_os("BOUNDARY_TEST_KEEP_NAMESPACES").is_some_and(|v| v == "1");
+        let name = self.name.clone();
+        // Drop cannot be async, and the test's runtime may be shutting down: use a fresh runtime
+        // and a fresh client on a thread of our own.
+        let worker = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                let Ok(client) = client().await else { return };
+                if failing {
+                    let text = dump_namespace(&client, &name).await;
+                    eprintln!("{text}");
+                    let dir = dump_dir();
+                    if std::fs::create_dir_all(&dir).is_ok() {
+                        let file = dir.join(format!("{name}.txt"));
+                        if std::fs::write(&file, &text).is_ok() {
+                            eprintln!("(namespace dump also written to {})", file.display());
+                        }
+                    }
+                }
+                if !keep {
+                    let _ = Api::<Namespace>::all(client)
+                        .delete(&name, &DeleteParams::background())
+                        .await;
+                }
+            });
+        });
+        let _ = worker.join();
+    }
+}
+
+fn dump_dir() -> PathBuf {
+    std::env::var_os("BOUNDARY_TEST_DUMP_DIR").map_or_else(
+        || {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join("cluster/dumps")
+        },
+        PathBuf::from,
+    )
+}
+
+fn random_suffix() -> String {
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.write_u32(std::process::id());
+    format!("{:08x}", hasher.finish() & 0xffff_ffff)
+}
+
+/// Events, policies, pods with their container logs, and ConfigMaps of `namespace`.
+pub async fn dump_namespace(client: &Client, namespace: &str) -> String {
+    let mut out = format!("===== state of namespace {namespace} =====\n");
+    let lp = ListParams::default();
+
+    let events: Api<Event> = Api::namespaced(client.clone(), namespace);
+    match events.list(&lp).await {
+        Ok(list) => {
+            let _ = writeln!(out, "--- events ({})", list.items.len());
+            for e in list.items {
+                let obj = e.involved_object;
+                let _ = writeln!(
+                    out,
+                    "{} {} {}/{}: {}",
+                    e.type_.unwrap_or_default(),
+                    e.reason.unwrap_or_default(),
+                    obj.kind.unwrap_or_default(),
+                    obj.name.unwrap_or_default(),
+                    e.message.unwrap_or_default()
+                );
+            }
+        }
+        Err(err) => {
+            let _ = writeln!(out, "--- events: {err}");
+        }
+    }
+
+    let policies: Api<BoundaryPolicy> = Api::namespaced(client.clone(), namespace);
+    match policies.list(&lp).await {
+        Ok(list) => {
+            for bp in list.items {
+                let _ = writeln!(out, "--- BoundaryPolicy {}", bp.name_any());
+                let _ = writeln!(out, "{}", serde_yaml_ng::to_string(&bp).unwrap_or_default());
+            }
+        }
+        Err(err) => {
+            let _ = writeln!(out, "--- BoundaryPolicies: {err}");
+        }
+    }
+
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    if let Ok(list) = cms.list(&lp).await {
+        let names: Vec<String> = list.items.iter().map(ResourceExt::name_any).collect();
+        let _ = writeln!(out, "--- ConfigMaps: {names:?}");
+    }
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    match pods.list(&lp).await {
+        Ok(list) => {
+            for pod in list.items {
+                let name = pod.name_any();
+                let _ = writeln!(out, "--- Pod {name}");
+                let _ = writeln!(
+                    out,
+                    "{}",
+                    serde_yaml_ng::to_string(&pod).unwrap_or_default()
+                );
+                let containers = pod
+                    .spec
+                    .iter()
+                    .flat_map(|s| s.init_containers.iter().flatten().chain(&s.containers))
+                    .map(|c| c.name.clone())
+                    .collect::<Vec<_>>();
+                for container in containers {
+                    let params = LogParams {
+                        container: Some(container.clone()),
+                        tail_lines: Some(200),
+                        ..LogParams::default()
+                    };
+                    let logs = pods
+                        .logs(&name, &params)
+                        .await
+                        .unwrap_or_else(|e| format!("(no logs: {e})"));
+                    let _ = writeln!(out, "--- logs of {name}/{container}\n{logs}");
+                }
+            }
+        }
+        Err(err) => {
+            let _ = writeln!(out, "--- pods: {err}");
+        }
+    }
+    out.push_str("===== end of namespace dump =====\n");
+    out
+}
