@@ -10,6 +10,7 @@ pub mod contract;
 #[cfg(feature = "kube")]
 pub mod crd;
 pub mod policy;
+pub mod rules;
 pub mod tier;
 
 pub use policy::{HttpRule, JailRuntime, JailSpec, Mode, Port, TcpRule, TlsMode};

@@ -71,7 +71,7 @@ pub struct HttpRule {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[cfg_attr(feature = "kube", schemars(inner(length(min = 1))))]
     pub paths: Vec<String>,
-    /// Destination ports. Empty: 80 for HTTP and 443 for HTTPS.
+    /// Destination ports. Empty: any port.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<Port>,
     /// `Intercept` (default) or `Passthrough`.
