@@ -6,6 +6,7 @@
 //! - `crd` (feature `kube`): the `BoundaryPolicy` custom resource and its generated CRD.
 #![forbid(unsafe_code)]
 
+pub mod compiled;
 pub mod contract;
 #[cfg(feature = "kube")]
 pub mod crd;

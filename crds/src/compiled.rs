@@ -1,0 +1,419 @@
+//! The compiled policy: the file the operator publishes per namespace (ConfigMap
+//! `agent-boundary-policy`, key `policy.json`) and the jail-runtime sidecar reads and hot-reloads.
+//!
+//! It holds every `BoundaryPolicy` of the namespace with its selector; the sidecar picks the
+//! entries that select its pod (labels from a downward-API file, so label changes apply) and the
+//! jailed container, and enforces their union: allow rules OR'ed, `Enforce` beats `Audit`.
+//! No entry selecting a container means nothing is allowed (fail closed).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::{HttpRule, JailSpec, Mode, TcpRule};
+use crate::rules::{self, CompileErrors, RuleSet, RuleSource};
+
+/// Current version of the file format.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The whole file.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CompiledPolicy {
+    /// [`FORMAT_VERSION`].
+    pub version: u32,
+    /// The namespace the policies belong to.
+    #[serde(default)]
+    pub namespace: String,
+    /// Every policy of the namespace, sorted by name.
+    #[serde(default)]
+    pub policies: Vec<PolicyEntry>,
+}
+
+/// One `BoundaryPolicy`, as the proxy needs it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyEntry {
+    /// The policy's name.
+    pub name: String,
+    /// Which pods it selects.
+    #[serde(default)]
+    pub pod_selector: Selector,
+    /// Which containers it jails (empty: all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<String>,
+    /// Enforce or Audit.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Coder-grammar rules.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+    /// Structured HTTP rules.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http: Vec<HttpRule>,
+    /// TCP rules.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tcp: Vec<TcpRule>,
+    /// Jail settings.
+    #[serde(default)]
+    pub jail: JailSpec,
+}
+
+impl PolicyEntry {
+    /// Whether this entry applies to `container` (`None`: the caller does not know; every
+    /// entry that selects the pod applies).
+    pub fn applies_to(&self, container: Option<&str>) -> bool {
+        match container {
+            Some(c) if !self.containers.is_empty() => self.containers.iter().any(|x| x == c),
+            _ => true,
+        }
+    }
+
+    /// Compiles this entry's rules.
+    pub fn compile(&self) -> Result<Vec<rules::Rule>, CompileErrors> {
+        rules::compile(RuleSource {
+            policy: Some(&self.name),
+            field_prefix: "spec.",
+            allow: &self.allow,
+            http: &self.http,
+            tcp: &self.tcp,
+        })
+    }
+}
+
+/// A label selector with the semantics and JSON shape of Kubernetes' `LabelSelector`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Selector {
+    /// Exact label matches.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub match_labels: BTreeMap<String, String>,
+    /// Set-based requirements.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub match_expressions: Vec<Requirement>,
+}
+
+/// One set-based requirement.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Requirement {
+    /// The label key.
+    pub key: String,
+    /// `In`, `NotIn`, `Exists` or `DoesNotExist`.
+    pub operator: String,
+    /// Values for `In` and `NotIn`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+}
+
+/// An unknown selector operator.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown label selector operator {0:?} (In, NotIn, Exists, DoesNotExist)")]
+pub struct BadOperator(pub String);
+
+impl Selector {
+    /// Whether `labels` satisfy the selector. The empty selector matches everything.
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> Result<bool, BadOperator> {
+        if !self
+            .match_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+        {
+            return Ok(false);
+        }
+        for r in &self.match_expressions {
+            let value = labels.get(&r.key);
+            let ok = match r.operator.as_str() {
+                "In" => value.is_some_and(|v| r.values.contains(v)),
+                "NotIn" => value.is_none_or(|v| !r.values.contains(v)),
+                "Exists" => value.is_some(),
+                "DoesNotExist" => value.is_none(),
+                other => return Err(BadOperator(other.to_owned())),
+            };
+            if !ok {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Why a rule set could not be built from the file.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SelectError {
+    /// A policy's selector is malformed.
+    #[error("policy {policy}: {source}")]
+    Selector {
+        /// The policy.
+        policy: String,
+        /// The problem.
+        #[source]
+        source: BadOperator,
+    },
+    /// A selected policy has invalid rules.
+    #[error(transparent)]
+    Rules(#[from] CompileErrors),
+    /// The file is newer than this binary.
+    #[error(
+        "compiled policy format version {0} is not supported (this binary reads version {FORMAT_VERSION})"
+    )]
+    Version(u32),
+}
+
+impl CompiledPolicy {
+    /// The entries that select a pod with `labels`, for `container`.
+    pub fn select(
+        &self,
+        labels: &BTreeMap<String, String>,
+        container: Option<&str>,
+    ) -> Result<Vec<&PolicyEntry>, SelectError> {
+        if self.version != FORMAT_VERSION {
+            return Err(SelectError::Version(self.version));
+        }
+        let mut out = Vec::new();
+        for entry in &self.policies {
+            let selected =
+                entry
+                    .pod_selector
+                    .matches(labels)
+                    .map_err(|source| SelectError::Selector {
+                        policy: entry.name.clone(),
+                        source,
+                    })?;
+            if selected && entry.applies_to(container) {
+                out.push(entry);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The rule set for a pod with `labels` and `container`: the union of the selected entries,
+    /// in `Enforce` unless every one of them is `Audit`; no entry: nothing allowed.
+    pub fn rule_set(
+        &self,
+        labels: &BTreeMap<String, String>,
+        container: Option<&str>,
+    ) -> Result<(RuleSet, Vec<String>), SelectError> {
+        let selected = self.select(labels, container)?;
+        let mode = selected
+            .iter()
+            .map(|e| e.mode)
+            .reduce(Mode::strictest)
+            .unwrap_or(Mode::Enforce);
+        let mut rules = Vec::new();
+        let mut problems = Vec::new();
+        for entry in &selected {
+            match entry.compile() {
+                Ok(r) => rules.extend(r),
+                Err(CompileErrors(p)) => problems.extend(p),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(CompileErrors(problems).into());
+        }
+        let names = selected.iter().map(|e| e.name.clone()).collect();
+        Ok((RuleSet::new(rules, mode), names))
+    }
+}
+
+/// Parses the downward-API `labels` file: one `key="value"` per line, values Go-quoted.
+pub fn parse_downward_labels(text: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        let Some((key, quoted)) = line.split_once('=') else {
+            continue;
+        };
+        let Some(inner) = quoted.strip_prefix('"').and_then(|q| q.strip_suffix('"')) else {
+            continue;
+        };
+        let mut value = String::with_capacity(inner.len());
+        let mut chars = inner.chars();
+        while let Some(c) = chars.next() {
+            if c == '\\' {
+                match chars.next() {
+                    Some('n') => value.push('\n'),
+                    Some('t') => value.push('\t'),
+                    Some(other) => value.push(other),
+                    None => {}
+                }
+            } else {
+                value.push(c);
+            }
+        }
+        out.insert(key.trim().to_owned(), value);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::{Host, HttpRequest, RequestPath};
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect()
+    }
+
+    fn entry(name: &str, selector: Selector, mode: Mode, allow: &[&str]) -> PolicyEntry {
+        PolicyEntry {
+            name: name.into(),
+            pod_selector: selector,
+            mode,
+            allow: allow.iter().map(|s| (*s).into()).collect(),
+            ..PolicyEntry::default()
+        }
+    }
+
+    #[test]
+    fn selectors_follow_kubernetes_semantics() {
+        let l = labels(&[("app", "agent"), ("tier", "gold")]);
+        assert!(Selector::default().matches(&l).unwrap());
+        let s = Selector {
+            match_labels: labels(&[("app", "agent")]),
+            match_expressions: vec![
+                Requirement {
+                    key: "tier".into(),
+                    operator: "In".into(),
+                    values: vec!["gold".into()],
+                },
+                Requirement {
+                    key: "debug".into(),
+                    operator: "DoesNotExist".into(),
+                    values: vec![],
+                },
+                Requirement {
+                    key: "env".into(),
+                    operator: "NotIn".into(),
+                    values: vec!["prod".into()],
+                },
+            ],
+        };
+        assert!(s.matches(&l).unwrap());
+        assert!(
+            !s.matches(&labels(&[("app", "other"), ("tier", "gold")]))
+                .unwrap()
+        );
+        let bad = Selector {
+            match_expressions: vec![Requirement {
+                key: "a".into(),
+                operator: "Gt".into(),
+                values: vec![],
+            }],
+            ..Selector::default()
+        };
+        assert!(bad.matches(&l).is_err());
+    }
+
+    #[test]
+    fn union_of_selected_policies_with_enforce_winning() {
+        let file = CompiledPolicy {
+            version: FORMAT_VERSION,
+            namespace: "agents".into(),
+            policies: vec![
+                entry("a", Selector::default(), Mode::Audit, &["domain=a.com"]),
+                entry(
+                    "b",
+                    Selector {
+                        match_labels: labels(&[("app", "agent")]),
+                        ..Selector::default()
+                    },
+                    Mode::Enforce,
+                    &["domain=b.com"],
+                ),
+                entry(
+                    "c",
+                    Selector {
+                        match_labels: labels(&[("app", "other")]),
+                        ..Selector::default()
+                    },
+                    Mode::Audit,
+                    &["domain=c.com"],
+                ),
+            ],
+        };
+        let (set, names) = file
+            .rule_set(&labels(&[("app", "agent")]), Some("main"))
+            .unwrap();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(set.mode(), Mode::Enforce);
+        let path = RequestPath::parse("/").unwrap();
+        let allowed = |h: &str| {
+            set.check_http(HttpRequest {
+                host: &Host::parse(h).unwrap(),
+                port: 443,
+                method: "GET",
+                path: &path,
+            })
+            .is_allow()
+        };
+        assert!(allowed("a.com") && allowed("b.com") && !allowed("c.com"));
+
+        let (set, _) = file.rule_set(&labels(&[("app", "x")]), None).unwrap();
+        assert_eq!(set.mode(), Mode::Audit, "only Audit policies select it");
+        let (set, names) = file.rule_set(&labels(&[("app", "other")]), None).unwrap();
+        assert_eq!(names, ["a", "c"]);
+        assert_eq!(set.rules().len(), 2);
+    }
+
+    #[test]
+    fn containers_narrow_and_nothing_selected_fails_closed() {
+        let mut e = entry(
+            "only-agent",
+            Selector::default(),
+            Mode::Audit,
+            &["domain=a.com"],
+        );
+        e.containers = vec!["agent".into()];
+        let file = CompiledPolicy {
+            version: 1,
+            policies: vec![e],
+            ..CompiledPolicy::default()
+        };
+        let (set, names) = file.rule_set(&BTreeMap::new(), Some("sidecar")).unwrap();
+        assert!(names.is_empty() && set.rules().is_empty());
+        assert_eq!(set.mode(), Mode::Enforce);
+        assert_eq!(
+            file.rule_set(&BTreeMap::new(), Some("agent")).unwrap().1,
+            ["only-agent"]
+        );
+    }
+
+    #[test]
+    fn bad_rules_and_versions_are_errors() {
+        let file = CompiledPolicy {
+            version: 1,
+            policies: vec![entry(
+                "bad",
+                Selector::default(),
+                Mode::Enforce,
+                &["domain=x.*"],
+            )],
+            ..CompiledPolicy::default()
+        };
+        let err = file.rule_set(&BTreeMap::new(), None).unwrap_err();
+        assert!(
+            err.to_string().contains("bad: spec.allow[0] column"),
+            "{err}"
+        );
+        let future = CompiledPolicy {
+            version: 9,
+            ..CompiledPolicy::default()
+        };
+        assert!(matches!(
+            future.rule_set(&BTreeMap::new(), None),
+            Err(SelectError::Version(9))
+        ));
+    }
+
+    #[test]
+    fn downward_api_labels_file() {
+        let text = "app=\"agent\"\npod-template-hash=\"5d8\"\nquoted=\"a\\\"b\\\\c\"\n";
+        let l = parse_downward_labels(text);
+        assert_eq!(l["app"], "agent");
+        assert_eq!(l["quoted"], "a\"b\\c");
+        assert_eq!(l.len(), 3);
+    }
+}
