@@ -1,6 +1,6 @@
 //! The local cluster's real node: a pod from a locally built `FROM scratch` image is scheduled,
-//! runs the static `boundary` binary, and its logs come back through the apiserver. Every later
-//! end-to-end test relies on this path.
+//! runs the static `boundary` binary (`boundary probe`), and its logs come back through the
+//! apiserver. Every later end-to-end test relies on this path.
 
 use std::time::Duration;
 
@@ -17,14 +17,14 @@ async fn a_pod_from_the_local_jail_runtime_image_runs_on_the_node() -> anyhow::R
     let pod: Pod = serde_json::from_value(serde_json::json!({
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": "tiers"},
+        "metadata": {"name": "probe"},
         "spec": {
             "restartPolicy": "Never",
             "containers": [{
                 "name": "boundary",
                 "image": image("jail-runtime"),
                 "imagePullPolicy": "IfNotPresent",
-                "args": ["tiers"],
+                "args": ["probe"],
             }],
         },
     }))?;

@@ -1,0 +1,429 @@
+//! `boundary run`'s settings: flags, `BOUNDARY_*` environment variables and Coder's
+//! `config.yaml`, merged with the precedence flags > environment > file (allow rules from all of
+//! them are combined, as Coder does).
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use boundary_api::rules::{self, CompileErrors, RuleSet, RuleSource};
+use boundary_api::{HttpRule, Mode, TcpRule, Tier};
+use clap::Args;
+use serde::Deserialize;
+
+/// Flags of `boundary run` (also accepted without `run`: `boundary [FLAGS] -- CMD`).
+#[derive(Debug, Clone, Default, Args)]
+pub struct RunArgs {
+    /// Allow rule in Coder's grammar (repeatable), e.g. "domain=github.com method=GET".
+    /// From the environment: one rule per line.
+    #[arg(
+        long = "allow",
+        value_name = "RULE",
+        env = "BOUNDARY_ALLOW",
+        value_delimiter = '\n'
+    )]
+    pub allow: Vec<String>,
+    /// Coder-compatible YAML config file (`allowlist`, `log_level`, `log_dir`, `proxy_port`,
+    /// `jail_type`, `no_user_namespace`, ...; extensions: `tier`, `mode`, `http`, `tcp`, `resolve`,
+    /// `upstream_ca`).
+    #[arg(long, value_name = "FILE", env = "BOUNDARY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Jail tier: auto (first that works), userns, privileged-netns or landlock.
+    #[arg(long, value_name = "TIER", env = "BOUNDARY_TIER")]
+    pub tier: Option<String>,
+    /// Coder's jail type: nsjail (namespaces) or landjail (the landlock tier).
+    #[arg(long, value_name = "TYPE", env = "BOUNDARY_JAIL_TYPE")]
+    pub jail_type: Option<String>,
+    /// Coder's switch for nodes without user namespaces: the privileged-netns tier.
+    #[arg(long, env = "BOUNDARY_NO_USER_NAMESPACE", value_parser = clap::builder::BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true")]
+    pub no_user_namespace: Option<bool>,
+    /// Send traffic to the policy proxy on this unix socket (the jail-runtime sidecar) instead
+    /// of running one in-process.
+    #[arg(long, value_name = "PATH", env = "BOUNDARY_PROXY_SOCKET")]
+    pub proxy_socket: Option<PathBuf>,
+    /// Resolve HOST to IP in the proxy (repeatable; for tests and split-horizon setups).
+    #[arg(
+        long = "resolve",
+        value_name = "HOST=IP",
+        env = "BOUNDARY_RESOLVE",
+        value_delimiter = ','
+    )]
+    pub resolve: Vec<String>,
+    /// Extra CA certificate (PEM) trusted for upstream servers (repeatable).
+    #[arg(
+        long = "upstream-ca",
+        value_name = "FILE",
+        env = "BOUNDARY_UPSTREAM_CA",
+        value_delimiter = ','
+    )]
+    pub upstream_ca: Vec<PathBuf>,
+    /// Log level: error, warn, info, debug.
+    #[arg(long, value_name = "LEVEL", env = "BOUNDARY_LOG_LEVEL")]
+    pub log_level: Option<String>,
+    /// Directory for the audit log (Coder's `log_dir`); default: standard error.
+    #[arg(long, value_name = "DIR", env = "BOUNDARY_LOG_DIR")]
+    pub log_dir: Option<PathBuf>,
+    /// File for the audit log (JSON lines).
+    #[arg(long, value_name = "FILE", env = "BOUNDARY_AUDIT_FILE")]
+    pub audit_file: Option<PathBuf>,
+    /// Turn the audit log off (Coder's `disable_audit_logs`).
+    #[arg(long, env = "BOUNDARY_DISABLE_AUDIT_LOGS", value_parser = clap::builder::BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true")]
+    pub disable_audit_logs: Option<bool>,
+    /// Port of the explicit HTTP proxy (landlock tier); random when not set.
+    #[arg(long, value_name = "PORT", env = "BOUNDARY_PROXY_PORT")]
+    pub proxy_port: Option<u16>,
+    /// Enforce (default) or Audit (allow everything, record what would be denied).
+    #[arg(long, value_name = "MODE", env = "BOUNDARY_MODE")]
+    pub mode: Option<String>,
+    /// The container name recorded in audit records and used by the sidecar to pick rules.
+    #[arg(long, value_name = "NAME", env = "BOUNDARY_CONTAINER_NAME")]
+    pub container: Option<String>,
+    /// The command to jail, after `--`.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+/// Coder's `config.yaml`, plus this project's extensions.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct ConfigFile {
+    allowlist: Vec<String>,
+    log_level: Option<String>,
+    log_dir: Option<PathBuf>,
+    proxy_port: Option<u16>,
+    jail_type: Option<String>,
+    no_user_namespace: Option<bool>,
+    disable_audit_logs: Option<bool>,
+    use_real_dns: Option<bool>,
+    tier: Option<String>,
+    mode: Option<String>,
+    http: Vec<HttpRule>,
+    tcp: Vec<TcpRule>,
+    resolve: Vec<String>,
+    upstream_ca: Vec<PathBuf>,
+    audit_file: Option<PathBuf>,
+    #[serde(flatten)]
+    other: HashMap<String, serde_yaml_ng::Value>,
+}
+
+/// Which tiers to try.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TierChoice {
+    /// The first that works, in order of preference.
+    Auto,
+    /// Exactly this one.
+    Only(Tier),
+}
+
+impl TierChoice {
+    /// The tiers to try, in order.
+    pub fn candidates(self) -> Vec<Tier> {
+        match self {
+            TierChoice::Auto => Tier::ALL.to_vec(),
+            TierChoice::Only(t) => vec![t],
+        }
+    }
+}
+
+/// Where audit records go.
+pub use crate::proxy::audit::Sink;
+
+/// Everything `boundary run` needs, resolved.
+#[derive(Debug)]
+pub struct RunSettings {
+    /// The command.
+    pub command: Vec<OsString>,
+    /// The rules (unused with a proxy socket).
+    pub rules: RuleSet,
+    /// Tiers to try.
+    pub tier: TierChoice,
+    /// The sidecar's socket.
+    pub proxy_socket: Option<PathBuf>,
+    /// Name overrides.
+    pub resolve: HashMap<String, IpAddr>,
+    /// Extra upstream CAs.
+    pub upstream_cas: Vec<PathBuf>,
+    /// Log level for diagnostics.
+    pub log_level: String,
+    /// Audit destination.
+    pub audit: Sink,
+    /// Explicit proxy port (landlock tier).
+    pub proxy_port: Option<u16>,
+    /// Container name.
+    pub container: Option<String>,
+    /// Warnings to print once logging is set up.
+    pub warnings: Vec<String>,
+}
+
+/// A settings problem, reported before anything starts (exit code 2).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// No command after `--`.
+    #[error("no command given: use boundary run [FLAGS] -- CMD [ARGS...]")]
+    NoCommand,
+    /// The config file could not be read or parsed.
+    #[error("config file {path}: {message}")]
+    File {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A flag value is invalid.
+    #[error("{0}")]
+    Invalid(String),
+    /// Rules that do not compile.
+    #[error("{0}")]
+    Rules(#[from] CompileErrors),
+}
+
+/// Reads and parses the config file.
+pub fn read_config(path: &Path) -> Result<ConfigFile, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    if text.trim().is_empty() {
+        return Ok(ConfigFile::default());
+    }
+    serde_yaml_ng::from_str(&text).map_err(|e| ConfigError::File {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })
+}
+
+fn parse_tier(value: &str) -> Result<TierChoice, ConfigError> {
+    match value {
+        "auto" => Ok(TierChoice::Auto),
+        other => other
+            .parse::<Tier>()
+            .map(TierChoice::Only)
+            .map_err(|e| ConfigError::Invalid(format!("--tier: {e} (or auto)"))),
+    }
+}
+
+fn parse_jail_type(value: &str) -> Result<TierChoice, ConfigError> {
+    match value {
+        "nsjail" => Ok(TierChoice::Auto),
+        "landjail" => Ok(TierChoice::Only(Tier::Landlock)),
+        other => Err(ConfigError::Invalid(format!(
+            "jail type {other:?}: expected nsjail or landjail"
+        ))),
+    }
+}
+
+fn parse_mode(value: &str) -> Result<Mode, ConfigError> {
+    match value.to_ascii_lowercase().as_str() {
+        "enforce" => Ok(Mode::Enforce),
+        "audit" => Ok(Mode::Audit),
+        _ => Err(ConfigError::Invalid(format!(
+            "mode {value:?}: expected enforce or audit"
+        ))),
+    }
+}
+
+/// Parses `HOST=IP` overrides.
+pub fn parse_resolve(items: &[String]) -> Result<HashMap<String, IpAddr>, ConfigError> {
+    let mut out = HashMap::new();
+    for item in items.iter().filter(|i| !i.trim().is_empty()) {
+        let (host, ip) = item
+            .split_once('=')
+            .ok_or_else(|| ConfigError::Invalid(format!("--resolve {item:?}: expected HOST=IP")))?;
+        let ip: IpAddr = ip.trim().parse().map_err(|_| {
+            ConfigError::Invalid(format!("--resolve {item:?}: {ip:?} is not an IP address"))
+        })?;
+        let host = rules::Host::parse(host)
+            .map_err(|e| ConfigError::Invalid(format!("--resolve {item:?}: {e}")))?;
+        out.insert(host.to_string(), ip);
+    }
+    Ok(out)
+}
+
+impl RunArgs {
+    /// Resolves flags, environment and config file into settings.
+    pub fn resolve(&self) -> Result<RunSettings, ConfigError> {
+        if self.command.is_empty() {
+            return Err(ConfigError::NoCommand);
+        }
+        let file = match &self.config {
+            Some(path) => read_config(path)?,
+            None => ConfigFile::default(),
+        };
+        let mut warnings = Vec::new();
+        if file.use_real_dns == Some(true) {
+            warnings.push("use_real_dns is ignored: the jail always answers DNS itself, so queries cannot leak".into());
+        }
+        for key in file.other.keys() {
+            if !key.starts_with("pprof") {
+                warnings.push(format!("config key {key:?} is not known and was ignored"));
+            }
+        }
+
+        let tier = if let Some(t) = &self.tier {
+            parse_tier(t)?
+        } else if let Some(t) = &self.jail_type {
+            parse_jail_type(t)?
+        } else if self.no_user_namespace == Some(true) {
+            TierChoice::Only(Tier::PrivilegedNetns)
+        } else if let Some(t) = &file.tier {
+            parse_tier(t)?
+        } else if let Some(t) = &file.jail_type {
+            parse_jail_type(t)?
+        } else if file.no_user_namespace == Some(true) {
+            TierChoice::Only(Tier::PrivilegedNetns)
+        } else {
+            TierChoice::Auto
+        };
+
+        let mode = match self.mode.as_deref().or(file.mode.as_deref()) {
+            Some(m) => parse_mode(m)?,
+            None => Mode::Enforce,
+        };
+        let allow: Vec<String> = self
+            .allow
+            .iter()
+            .chain(&file.allowlist)
+            .filter(|r| !r.trim().is_empty())
+            .cloned()
+            .collect();
+        let compiled = rules::compile(RuleSource {
+            policy: None,
+            field_prefix: "--",
+            allow: &allow,
+            http: &file.http,
+            tcp: &file.tcp,
+        })?;
+        if self.proxy_socket.is_some() && !compiled.is_empty() {
+            warnings.push("--allow and config rules are ignored with --proxy-socket: the sidecar enforces the BoundaryPolicy".into());
+        }
+        let mut resolve_items = self.resolve.clone();
+        resolve_items.extend(file.resolve.iter().cloned());
+        let disable = self.disable_audit_logs.or(file.disable_audit_logs) == Some(true);
+        let audit = if disable {
+            Sink::Disabled
+        } else if let Some(f) = self.audit_file.clone().or(file.audit_file) {
+            Sink::File(f)
+        } else if let Some(dir) = self.log_dir.clone().or(file.log_dir) {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| ConfigError::Invalid(format!("log dir {}: {e}", dir.display())))?;
+            Sink::File(dir.join("boundary-audit.jsonl"))
+        } else {
+            Sink::Stderr
+        };
+        let mut upstream_cas = self.upstream_ca.clone();
+        upstream_cas.extend(file.upstream_ca.iter().cloned());
+        Ok(RunSettings {
+            command: self.command.clone(),
+            rules: RuleSet::new(compiled, mode),
+            tier,
+            proxy_socket: self.proxy_socket.clone(),
+            resolve: parse_resolve(&resolve_items)?,
+            upstream_cas,
+            log_level: self
+                .log_level
+                .clone()
+                .or(file.log_level)
+                .unwrap_or_else(|| "warn".into()),
+            audit,
+            proxy_port: self.proxy_port.or(file.proxy_port).or_else(|| {
+                std::env::var("PROXY_PORT")
+                    .ok()
+                    .and_then(|p| p.parse().ok())
+            }),
+            container: self.container.clone(),
+            warnings,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn args(list: &[&str]) -> RunArgs {
+        Cli::try_parse_from(std::iter::once("boundary").chain(list.iter().copied()))
+            .unwrap()
+            .run
+    }
+
+    #[test]
+    fn coder_config_keys_are_read_and_flags_win() {
+        let dir = std::env::temp_dir().join(format!("boundary-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("config.yaml");
+        std::fs::write(
+            &file,
+            "allowlist:\n  - domain=api.anthropic.com\n  - method=GET domain=github.com\nlog_level: info\nproxy_port: 8087\njail_type: landjail\nuse_real_dns: true\npprof_enabled: true\ntcp:\n  - {domain: github.com, ports: [22]}\nmystery: 1\n",
+        )
+        .unwrap();
+        let cfg = file.to_string_lossy().into_owned();
+        let s = args(&[
+            "--config",
+            &cfg,
+            "--allow",
+            "domain=example.com",
+            "--",
+            "true",
+        ])
+        .resolve()
+        .unwrap();
+        assert_eq!(s.rules.rules().len(), 4, "flag + two allowlist + tcp");
+        assert_eq!(s.tier, TierChoice::Only(Tier::Landlock));
+        assert_eq!(s.proxy_port, Some(8087));
+        assert_eq!(s.log_level, "info");
+        assert!(s.warnings.iter().any(|w| w.contains("use_real_dns")));
+        assert!(s.warnings.iter().any(|w| w.contains("mystery")));
+        assert!(!s.warnings.iter().any(|w| w.contains("pprof")));
+        let s = args(&["--config", &cfg, "--tier", "userns", "--", "true"])
+            .resolve()
+            .unwrap();
+        assert_eq!(s.tier, TierChoice::Only(Tier::Userns));
+        let s = args(&["--config", &cfg, "--no-user-namespace", "--", "true"])
+            .resolve()
+            .unwrap();
+        assert_eq!(s.tier, TierChoice::Only(Tier::PrivilegedNetns));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bad_settings_are_reported_with_their_place() {
+        let e = args(&[
+            "--allow",
+            "domain=ok.com",
+            "--allow",
+            "metod=GET",
+            "--",
+            "true",
+        ])
+        .resolve()
+        .unwrap_err();
+        assert!(e.to_string().contains("--allow[1] column 1"), "{e}");
+        let e = args(&["--tier", "nsjail", "--", "true"])
+            .resolve()
+            .unwrap_err();
+        assert!(e.to_string().contains("unknown jail tier"), "{e}");
+        let e = args(&["--resolve", "a.com=not-ip", "--", "true"])
+            .resolve()
+            .unwrap_err();
+        assert!(e.to_string().contains("not an IP"), "{e}");
+        assert!(matches!(args(&[]).resolve(), Err(ConfigError::NoCommand)));
+        let e = args(&["--config", "/nonexistent/x.yaml", "--", "true"])
+            .resolve()
+            .unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/x.yaml"), "{e}");
+    }
+
+    #[test]
+    fn resolve_overrides_are_normalised() {
+        let r = parse_resolve(&["API.Example.COM=127.0.0.1".into()]).unwrap();
+        assert_eq!(r["api.example.com"], "127.0.0.1".parse::<IpAddr>().unwrap());
+    }
+}

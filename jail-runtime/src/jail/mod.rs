@@ -1,0 +1,266 @@
+//! The jail: the agent's process tree in its own namespaces, with no way out but the proxy.
+//!
+//! ```text
+//! boundary run (supervisor: forwarder, DNS, proxy; outside the jail's PID namespace)
+//!  └─ jail init (PID 1 of the jail; sets up mounts and the network, then only reaps and
+//!     │          forwards signals, with no capabilities left)
+//!     └─ CMD (no capabilities in any set, no_new_privs)
+//! ```
+//!
+//! The supervisor creates the init with `clone` before any thread exists. The init builds the
+//! jail's view (see [`mounts`]), brings `lo` up with default routes through it, installs the
+//! nftables ruleset (see [`crate::netlink`]), creates the forwarder's and DNS server's sockets
+//! *inside* the jail's network namespace and passes them to the supervisor over a socketpair,
+//! then forks CMD, which drops every privilege and execs. Sockets belong to the namespace they
+//! were created in, so the supervisor serves them from outside, where the jailed process can
+//! neither see nor signal it.
+//!
+//! Clean-up needs no code: when the init dies the kernel kills the jail's processes and frees
+//! its namespaces (interfaces, routes, nftables rules, mounts with them); when the supervisor
+//! dies, the init gets SIGKILL (parent-death signal). Nothing is changed outside the jail.
+
+pub mod error;
+mod init;
+pub mod landlock_tier;
+pub mod mounts;
+pub mod privileges;
+pub mod probe;
+pub mod signals;
+
+use std::ffi::OsString;
+use std::io::IoSlice;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use boundary_api::Tier;
+use nix::sched::CloneFlags;
+use nix::sys::socket::{
+    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
+    sendmsg, socketpair,
+};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+pub use error::{EXIT_SETUP_FAILED, JailError, UsernsFacts};
+pub use mounts::{MountPlan, MountReport};
+
+use crate::sys::{self, Forked};
+
+/// Port of the TCP forwarder inside the jail's network namespace. Below 1024, so the jailed
+/// process (without `CAP_NET_BIND_SERVICE`) can never bind it, and unlikely to clash with a
+/// server the agent runs on loopback.
+pub const FORWARDER_PORT: u16 = 2;
+/// Port of the jail's DNS server (UDP and TCP) inside its network namespace.
+pub const DNS_PORT: u16 = 53;
+
+/// The sockets the jail's init creates for the supervisor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ListenerKind {
+    /// TCP forwarder on 127.0.0.1.
+    Forward4,
+    /// TCP forwarder on `[::1]`.
+    Forward6,
+    /// DNS over UDP on 127.0.0.1.
+    DnsUdp4,
+    /// DNS over UDP on `[::1]`.
+    DnsUdp6,
+    /// DNS over TCP on 127.0.0.1.
+    DnsTcp4,
+    /// DNS over TCP on `[::1]`.
+    DnsTcp6,
+}
+
+/// Everything the jail needs to know to start.
+#[derive(Debug, Clone)]
+pub struct JailPlan {
+    /// `Userns` or `PrivilegedNetns` (the landlock tier has its own [`landlock_tier`]).
+    pub tier: Tier,
+    /// The command and its arguments.
+    pub command: Vec<OsString>,
+    /// Variables added to (or replacing in) the command's environment.
+    pub env: Vec<(OsString, OsString)>,
+    /// Variables removed from the command's environment.
+    pub env_remove: Vec<OsString>,
+    /// The filesystem view.
+    pub mounts: MountPlan,
+}
+
+/// A running jail, as the supervisor sees it.
+#[derive(Debug)]
+pub struct Spawned {
+    /// The jail's init, in the supervisor's PID namespace.
+    pub init: Pid,
+    /// The tier it runs in.
+    pub tier: Tier,
+    /// Sockets inside the jail's network namespace.
+    pub listeners: Vec<(ListenerKind, OwnedFd)>,
+    /// IPv6 is routed (and redirected) inside the jail.
+    pub ipv6: bool,
+    /// What the mount set-up achieved.
+    pub mounts: MountReport,
+}
+
+/// The init's report to the supervisor.
+#[derive(Debug, Serialize, Deserialize)]
+enum Report {
+    Ready {
+        ipv6: bool,
+        mounts: MountReport,
+        listeners: Vec<ListenerKind>,
+    },
+    Failed(JailError),
+}
+
+/// Starts a jail in `plan.tier`. Must be called while the process is single-threaded, with
+/// [`signals::block_forwarded`] already in effect.
+pub fn spawn(plan: &JailPlan) -> Result<Spawned, JailError> {
+    let flags = match plan.tier {
+        Tier::Userns => {
+            CloneFlags::CLONE_NEWUSER
+                | CloneFlags::CLONE_NEWNET
+                | CloneFlags::CLONE_NEWNS
+                | CloneFlags::CLONE_NEWPID
+                | CloneFlags::CLONE_NEWIPC
+        }
+        Tier::PrivilegedNetns => {
+            let missing: Vec<&str> = [
+                (privileges::CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
+                (privileges::CAP_NET_ADMIN, "CAP_NET_ADMIN"),
+            ]
+            .into_iter()
+            .filter(|(cap, _)| !privileges::has_effective(*cap))
+            .map(|(_, name)| name)
+            .collect();
+            if !missing.is_empty() {
+                return Err(JailError::MissingCapabilities {
+                    missing: missing.join(" and "),
+                });
+            }
+            CloneFlags::CLONE_NEWNET
+                | CloneFlags::CLONE_NEWNS
+                | CloneFlags::CLONE_NEWPID
+                | CloneFlags::CLONE_NEWIPC
+        }
+        Tier::Landlock => {
+            return Err(JailError::Other(
+                "internal: the landlock tier does not use namespaces".into(),
+            ));
+        }
+    };
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| JailError::other("creating the jail's control socket", e))?;
+    let mut plan = plan.clone();
+    plan.mounts.supervisor_pid = std::process::id();
+    let (uid, gid) = (nix::unistd::geteuid(), nix::unistd::getegid());
+
+    match sys::clone_into_namespaces(flags) {
+        Ok(Forked::Child) => {
+            drop(ours);
+            let code = init::main(&plan, &theirs, uid, gid);
+            std::process::exit(code);
+        }
+        Ok(Forked::Parent(init)) => {
+            drop(theirs);
+            // From here on nothing in the jail may read this process's memory or descriptors
+            // (the proxy's CA key lives here in standalone mode).
+            let _ = nix::sys::prctl::set_dumpable(false);
+            receive_report(&ours, init, plan.tier)
+        }
+        Err(errno) => Err(match plan.tier {
+            Tier::Userns => JailError::UserNamespaceDenied {
+                errno: errno as i32,
+                facts: UsernsFacts::read(),
+            },
+            _ => JailError::NamespaceDenied {
+                call: format!("clone(CLONE_NEWNET|CLONE_NEWNS|CLONE_NEWPID): {errno}"),
+                seccomp_filter: UsernsFacts::read().seccomp_filter,
+            },
+        }),
+    }
+}
+
+fn receive_report(control: &OwnedFd, init: Pid, tier: Tier) -> Result<Spawned, JailError> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 8]);
+    let (len, fds) = {
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let msg = recvmsg::<()>(
+            control.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .map_err(|e| JailError::other("reading the jail's report", e))?;
+        let mut fds = Vec::new();
+        for c in msg
+            .cmsgs()
+            .map_err(|e| JailError::other("reading the jail's report", e))?
+        {
+            if let ControlMessageOwned::ScmRights(received) = c {
+                fds.extend(sys::own_received_fds(&received));
+            }
+        }
+        (msg.bytes, fds)
+    };
+    if len == 0 {
+        let status = nix::sys::wait::waitpid(init, None).ok();
+        return Err(JailError::Other(format!(
+            "the jail's init exited before reporting ({status:?})"
+        )));
+    }
+    let report: Report = serde_json::from_slice(&buf[..len])
+        .map_err(|e| JailError::other("decoding the jail's report", e))?;
+    match report {
+        Report::Failed(e) => {
+            let _ = nix::sys::wait::waitpid(init, None);
+            Err(e)
+        }
+        Report::Ready {
+            ipv6,
+            mounts,
+            listeners,
+        } => {
+            if listeners.len() != fds.len() {
+                let _ = nix::sys::signal::kill(init, nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::wait::waitpid(init, None);
+                return Err(JailError::Other(format!(
+                    "the jail sent {} sockets for {} listeners",
+                    fds.len(),
+                    listeners.len()
+                )));
+            }
+            Ok(Spawned {
+                init,
+                tier,
+                listeners: listeners.into_iter().zip(fds).collect(),
+                ipv6,
+                mounts,
+            })
+        }
+    }
+}
+
+fn send_report(control: &OwnedFd, report: &Report, fds: &[std::os::fd::RawFd]) -> nix::Result<()> {
+    let bytes = serde_json::to_vec(report).unwrap_or_default();
+    let iov = [IoSlice::new(&bytes)];
+    let cmsgs = if fds.is_empty() {
+        vec![]
+    } else {
+        vec![ControlMessage::ScmRights(fds)]
+    };
+    sendmsg::<()>(control.as_raw_fd(), &iov, &cmsgs, MsgFlags::empty(), None).map(drop)
+}
+
+/// The exit code for a wait status: the code itself, or 128+N for death by signal N.
+pub fn exit_code(status: nix::sys::wait::WaitStatus) -> Option<i32> {
+    use nix::sys::wait::WaitStatus;
+    match status {
+        WaitStatus::Exited(_, code) => Some(code),
+        WaitStatus::Signaled(_, sig, _) => Some(128 + sig as i32),
+        _ => None,
+    }
+}

@@ -1,0 +1,657 @@
+//! The policy proxy: the only way out of the jail.
+//!
+//! Connections arrive from the jail's forwarder (in-process, or through the sidecar's unix
+//! socket with a header naming the destination) or as explicit-proxy requests (`HTTP_PROXY`,
+//! `CONNECT`; the landlock tier). For each connection:
+//!
+//! 1. a TCP rule for the destination name and port → relayed as is (audited as `tcp`);
+//! 2. a destination name no rule could allow → closed at once (Enforce);
+//! 3. otherwise the first bytes decide: a TLS ClientHello is checked by its SNI (passthrough
+//!    rule → relayed uninspected; no HTTP rule could match → refused *before* the handshake with
+//!    a TLS `access_denied` alert; else intercepted), HTTP is parsed request by request, anything
+//!    else is refused;
+//! 4. every HTTP request is checked (see [`head`] and `boundary_api::rules`), audited, and
+//!    forwarded with bodies streamed both ways, or answered 403 with the rule that would allow it.
+
+pub mod audit;
+pub mod client_hello;
+pub mod head;
+mod http;
+mod io;
+pub mod metrics;
+pub mod policy;
+pub mod tls;
+pub mod upstream;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use boundary_api::rules::{Host, RuleSet};
+use boundary_api::{Mode, Tier};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, UnixListener, UnixStream};
+
+use self::audit::{Audit, Decision, Identity, Record};
+use self::client_hello::Parse;
+use self::head::Scheme;
+use self::io::{BoxIo, Prefixed};
+use self::metrics::{Kind, Metrics};
+use self::policy::PolicyStore;
+use self::tls::CertAuthority;
+use self::upstream::{Body, Upstream};
+
+/// How long a client may take to send its first bytes (for protocols where the client speaks
+/// first; server-first protocols need a TCP rule).
+const FIRST_BYTES: Duration = Duration::from_secs(10);
+/// Limit on the relay header line.
+const MAX_HEADER: usize = 4096;
+/// The relay header's magic.
+const HEADER_MAGIC: &str = "BOUNDARY1 ";
+
+/// Where a connection from the jail was going.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Destination {
+    /// The original destination address (a synthetic one when `name` is set).
+    pub dst: SocketAddr,
+    /// The name the jail's DNS handed out for that address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The jailed container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// The jail's tier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<Tier>,
+}
+
+impl Destination {
+    /// The relay header line sent before the stream on the sidecar's socket.
+    pub fn header(&self) -> Vec<u8> {
+        let mut line = HEADER_MAGIC.as_bytes().to_vec();
+        line.extend(serde_json::to_vec(self).unwrap_or_default());
+        line.push(b'\n');
+        line
+    }
+}
+
+/// Everything the proxy is configured with.
+#[derive(Debug)]
+pub struct ProxyConfig {
+    /// Session id, in every audit record and the CA's name.
+    pub session: String,
+    /// Pod and namespace, when known.
+    pub identity: Identity,
+    /// The tier, for connections whose header does not say.
+    pub tier: Option<Tier>,
+    /// The rules.
+    pub policy: PolicyStore,
+    /// Extra CAs for upstream verification.
+    pub upstream_cas: Vec<PathBuf>,
+    /// Name → address overrides.
+    pub resolve: HashMap<String, IpAddr>,
+    /// The audit destination.
+    pub audit: audit::Sink,
+    /// The interception CA.
+    pub ca: Arc<CertAuthority>,
+}
+
+/// The proxy; cheap to clone.
+#[derive(Clone)]
+pub struct Proxy {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy").finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    session: Arc<str>,
+    identity: Arc<Identity>,
+    tier: Option<Tier>,
+    policy: Arc<PolicyStore>,
+    ca: Arc<CertAuthority>,
+    upstream: Upstream,
+    client_h1: hyper_util::client::legacy::Client<upstream::Connector, Body>,
+    client_h2: hyper_util::client::legacy::Client<upstream::Connector, Body>,
+    audit: Audit,
+    metrics: Arc<Metrics>,
+}
+
+/// Per-connection facts.
+#[derive(Debug, Clone)]
+struct ConnCtx {
+    port: u16,
+    bound: Option<Host>,
+    sni: Option<Host>,
+    container: Option<String>,
+    tier: Option<Tier>,
+}
+
+/// Errors starting the proxy.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Upstream TLS could not be configured.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The audit destination could not be opened.
+    #[error("opening the audit log: {0}")]
+    Audit(#[source] std::io::Error),
+}
+
+impl Proxy {
+    /// Starts the proxy's background tasks (audit writer, policy reloader); needs a runtime.
+    pub fn start(config: ProxyConfig) -> Result<Proxy, StartError> {
+        let (tls_h1, tls_h2) = tls::upstream_configs(&config.upstream_cas)?;
+        let upstream = Upstream::new(config.resolve, tls_h1, tls_h2);
+        let metrics = Arc::new(Metrics::default());
+        let policy = Arc::new(config.policy);
+        policy.spawn_reloader(metrics.clone());
+        Ok(Proxy {
+            inner: Arc::new(Inner {
+                session: config.session.into(),
+                identity: Arc::new(config.identity),
+                tier: config.tier,
+                policy,
+                ca: config.ca,
+                client_h1: upstream.client(false),
+                client_h2: upstream.client(true),
+                upstream,
+                audit: Audit::start(&config.audit).map_err(StartError::Audit)?,
+                metrics,
+            }),
+        })
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// The rules that apply to `container` now.
+    pub fn rules_for(&self, container: Option<&str>) -> Arc<policy::Resolved> {
+        self.inner.policy.rules_for(container)
+    }
+
+    /// Waits for queued audit records to be written.
+    pub async fn flush(&self) {
+        self.inner.audit.flush().await;
+    }
+
+    fn record(
+        &self,
+        ctx: &ConnCtx,
+        scheme: &'static str,
+        host: &Host,
+        port: u16,
+        mode: Mode,
+    ) -> Record {
+        let tier = ctx.tier.or(self.inner.tier);
+        Record {
+            time: audit::now(),
+            session: self.inner.session.clone(),
+            identity: self.inner.identity.clone(),
+            container: ctx.container.clone(),
+            scheme,
+            method: None,
+            host: host.to_string(),
+            port,
+            path: None,
+            decision: Decision::Allow,
+            rule: None,
+            reason: None,
+            mode,
+            tier,
+            isolation: (tier == Some(Tier::Landlock))
+                .then_some("weaker: landlock restricts connect by port only"),
+            status: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            duration_ms: 0,
+        }
+    }
+
+    /// Serves a connection the jail's forwarder intercepted.
+    pub async fn serve_connection(&self, io: BoxIo, dest: Destination) {
+        self.inner.metrics.active(1);
+        self.serve_connection_inner(io, dest).await;
+        self.inner.metrics.active(-1);
+    }
+
+    async fn serve_connection_inner(&self, mut io: BoxIo, dest: Destination) {
+        let bound = dest
+            .name
+            .as_deref()
+            .and_then(|n| Host::parse(n).ok())
+            .unwrap_or(Host::Ip(dest.dst.ip()));
+        let port = dest.dst.port();
+        let mut ctx = ConnCtx {
+            port,
+            bound: Some(bound.clone()),
+            sni: None,
+            container: dest.container,
+            tier: dest.tier,
+        };
+        let resolved = self.rules_for(ctx.container.as_deref());
+        let rules = &resolved.rules;
+        if let Some(rule) = rules.check_tcp(&bound, port) {
+            let origin = rule.origin.to_string();
+            self.relay(
+                io,
+                Vec::new(),
+                &ctx,
+                &bound,
+                "tcp",
+                Decision::Allow,
+                Some(origin),
+                None,
+                rules.mode(),
+            )
+            .await;
+            return;
+        }
+        if matches!(bound, Host::Name(_))
+            && rules.mode() == Mode::Enforce
+            && !rules.may_allow_http(&bound, port)
+            && rules.check_passthrough(&bound, port).is_none()
+        {
+            let reason = format!(
+                "no rule allows connections to {bound}:{port}; to allow plain TCP add a tcp rule {{domain: {bound}, ports: [{port}]}}"
+            );
+            self.deny_connection(&ctx, &bound, "tcp", reason, rules.mode());
+            return;
+        }
+        let mut buf = Vec::with_capacity(2048);
+        if !read_more(&mut io, &mut buf).await {
+            return;
+        }
+        if client_hello::is_tls_start(buf[0]) {
+            match read_hello(&mut io, &mut buf).await {
+                Some(Ok(hello)) => {
+                    self.handle_tls(io, buf, hello, &mut ctx, &bound, rules)
+                        .await;
+                }
+                Some(Err(why)) => {
+                    let reason = format!("malformed TLS ClientHello: {why}");
+                    self.deny_connection(&ctx, &bound, "tls", reason, rules.mode());
+                }
+                None => {}
+            }
+            return;
+        }
+        while buf.len() < 16 && !buf.contains(&b' ') {
+            if !read_more(&mut io, &mut buf).await {
+                return;
+            }
+        }
+        if looks_like_http(&buf) {
+            http::serve(self.clone(), Prefixed::new(buf, io), ctx, Scheme::Http).await;
+        } else if rules.mode() == Mode::Audit {
+            let reason = Some(format!(
+                "not HTTP or TLS and no tcp rule allows {bound}:{port}"
+            ));
+            self.relay(
+                io,
+                buf,
+                &ctx,
+                &bound,
+                "tcp",
+                Decision::WouldDeny,
+                None,
+                reason,
+                Mode::Audit,
+            )
+            .await;
+        } else {
+            let reason = format!(
+                "not HTTP or TLS, and no tcp rule allows {bound}:{port}; add a tcp rule {{domain: {bound}, ports: [{port}]}}"
+            );
+            self.deny_connection(&ctx, &bound, "tcp", reason, rules.mode());
+        }
+    }
+
+    async fn handle_tls(
+        &self,
+        mut io: BoxIo,
+        buf: Vec<u8>,
+        hello: client_hello::ClientHello,
+        ctx: &mut ConnCtx,
+        bound: &Host,
+        rules: &RuleSet,
+    ) {
+        let port = ctx.port;
+        let sni = match hello.server_name.as_deref().map(Host::parse) {
+            None => None,
+            Some(Ok(h)) => Some(h),
+            Some(Err(e)) => {
+                self.deny_connection(
+                    ctx,
+                    bound,
+                    "tls",
+                    format!("invalid TLS server name: {e}"),
+                    rules.mode(),
+                );
+                return;
+            }
+        };
+        if let (Host::Name(_), Some(sni)) = (bound, &sni)
+            && sni != bound
+        {
+            let reason = format!(
+                "TLS server name {sni} differs from {bound}, the host this connection was opened for"
+            );
+            self.deny_connection(ctx, bound, "tls", reason, rules.mode());
+            return;
+        }
+        let name = sni.clone().unwrap_or_else(|| bound.clone());
+        if let Some(rule) = rules.check_passthrough(&name, port) {
+            let origin = rule.origin.to_string();
+            self.relay(
+                io,
+                buf,
+                ctx,
+                &name,
+                "tls",
+                Decision::Allow,
+                Some(origin),
+                None,
+                rules.mode(),
+            )
+            .await;
+            return;
+        }
+        if rules.mode() == Mode::Enforce && !rules.may_allow_http(&name, port) {
+            // Refused before any certificate is minted: a TLS access_denied alert.
+            let _ = io
+                .write_all(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 49])
+                .await;
+            let _ = io.shutdown().await;
+            let reason = format!("no rule allows HTTPS to {name}:{port}");
+            self.deny_connection(ctx, &name, "tls", reason, rules.mode());
+            return;
+        }
+        let h2 = hello.alpn.iter().any(|p| p == b"h2");
+        let config = match self.inner.ca.server_config(&name, h2) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, host = %name, "cannot mint a certificate");
+                return;
+            }
+        };
+        let accept = tokio_rustls::TlsAcceptor::from(config).accept(Prefixed::new(buf, io));
+        let tls = match tokio::time::timeout(FIRST_BYTES, accept).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, host = %name, "TLS handshake with the jailed client failed");
+                return;
+            }
+            Err(_) => return,
+        };
+        ctx.sni = sni;
+        http::serve(self.clone(), tls, ctx.clone(), Scheme::Https).await;
+    }
+
+    fn deny_connection(
+        &self,
+        ctx: &ConnCtx,
+        host: &Host,
+        scheme: &'static str,
+        reason: String,
+        mode: Mode,
+    ) {
+        let kind = if scheme == "tls" {
+            Kind::Tls
+        } else {
+            Kind::Tcp
+        };
+        self.inner.metrics.decision(kind, Decision::Deny);
+        let mut rec = self.record(ctx, scheme, host, ctx.port, mode);
+        rec.decision = Decision::Deny;
+        rec.reason = Some(reason);
+        self.inner.audit.record(&rec);
+    }
+
+    /// Relays a connection uninspected (TCP rule, TLS passthrough, or Audit mode).
+    #[allow(clippy::too_many_arguments)]
+    async fn relay(
+        &self,
+        client: BoxIo,
+        prefix: Vec<u8>,
+        ctx: &ConnCtx,
+        host: &Host,
+        scheme: &'static str,
+        decision: Decision,
+        rule: Option<String>,
+        reason: Option<String>,
+        mode: Mode,
+    ) {
+        let kind = if scheme == "tls" {
+            Kind::Tls
+        } else {
+            Kind::Tcp
+        };
+        self.inner.metrics.decision(kind, decision);
+        let started = Instant::now();
+        let mut rec = self.record(ctx, scheme, host, ctx.port, mode);
+        rec.decision = decision;
+        rec.rule = rule;
+        rec.reason = reason;
+        match self.inner.upstream.connect_tcp(host, ctx.port).await {
+            Ok(upstream) => {
+                let (up, down) = io::relay(client, prefix, upstream).await;
+                rec.bytes_in = up;
+                rec.bytes_out = down;
+                self.inner.metrics.bytes(up, down);
+            }
+            Err(failure) => {
+                self.inner.metrics.upstream_error(failure.kind);
+                rec.reason = Some(failure.message);
+            }
+        }
+        rec.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.inner.audit.record(&rec);
+    }
+
+    /// Serves explicit-proxy clients (`HTTP_PROXY=http://127.0.0.1:PORT`, CONNECT).
+    pub async fn serve_explicit(&self, io: BoxIo, container: Option<String>, tier: Option<Tier>) {
+        let ctx = ConnCtx {
+            port: 0,
+            bound: None,
+            sni: None,
+            container,
+            tier,
+        };
+        self.inner.metrics.active(1);
+        http::serve(self.clone(), io, ctx, Scheme::Http).await;
+        self.inner.metrics.active(-1);
+    }
+
+    /// Accepts explicit-proxy connections forever.
+    pub async fn run_explicit(self, listener: TcpListener, tier: Option<Tier>) {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let proxy = self.clone();
+            tokio::spawn(async move { proxy.serve_explicit(Box::new(stream), None, tier).await });
+        }
+    }
+
+    /// Accepts relayed connections (the sidecar's unix socket) forever.
+    pub async fn run_unix(self, listener: UnixListener) {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let proxy = self.clone();
+            tokio::spawn(async move { proxy.serve_relayed(stream).await });
+        }
+    }
+
+    async fn serve_relayed(&self, stream: UnixStream) {
+        let mut reader = BufReader::new(stream);
+        let dest = match tokio::time::timeout(FIRST_BYTES, read_header(&mut reader)).await {
+            Ok(Ok(dest)) => dest,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "rejected a relayed connection with a bad header");
+                return;
+            }
+            Err(_) => return,
+        };
+        self.serve_connection(Box::new(reader), dest).await;
+    }
+
+    /// Serves `/metrics` (and `/healthz`) forever.
+    pub async fn run_metrics(self, listener: TcpListener) {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let proxy = self.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let proxy = proxy.clone();
+                        async move {
+                            let (status, body) = match req.uri().path() {
+                                "/metrics" => {
+                                    (200, proxy.inner.metrics.render(proxy.inner.audit.dropped()))
+                                }
+                                "/healthz" | "/readyz" => (200, "ok\n".to_owned()),
+                                _ => (404, "not found\n".to_owned()),
+                            };
+                            Ok::<_, std::convert::Infallible>(
+                                hyper::Response::builder()
+                                    .status(status)
+                                    .header("content-type", "text/plain; version=0.0.4")
+                                    .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                                    .unwrap_or_default(),
+                            )
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    }
+}
+
+/// Reads whatever arrives next (within [`FIRST_BYTES`]); false on EOF, error, timeout or when
+/// the buffer is at its limit.
+async fn read_more(io: &mut BoxIo, buf: &mut Vec<u8>) -> bool {
+    if buf.len() >= client_hello::MAX_HELLO {
+        return false;
+    }
+    let mut chunk = [0u8; 4096];
+    match tokio::time::timeout(FIRST_BYTES, io.read(&mut chunk)).await {
+        Ok(Ok(n)) if n > 0 => {
+            buf.extend_from_slice(&chunk[..n]);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Reads until the ClientHello is complete: `None` when the client went away.
+async fn read_hello(
+    io: &mut BoxIo,
+    buf: &mut Vec<u8>,
+) -> Option<Result<client_hello::ClientHello, &'static str>> {
+    loop {
+        match client_hello::parse(buf) {
+            Parse::Incomplete => {
+                if !read_more(io, buf).await {
+                    return None;
+                }
+            }
+            Parse::Invalid(why) => return Some(Err(why)),
+            Parse::Hello(hello) => return Some(Ok(hello)),
+        }
+    }
+}
+
+/// `TOKEN SP` at the start: an HTTP/1 request line (or the h2 preface `PRI * ...`).
+fn looks_like_http(buf: &[u8]) -> bool {
+    let Some(space) = buf.iter().position(|b| *b == b' ') else {
+        return false;
+    };
+    space > 0 && space <= 15 && buf[..space].iter().all(u8::is_ascii_uppercase)
+}
+
+/// Reads the relay header line.
+async fn read_header<R: AsyncRead + Unpin>(
+    reader: &mut BufReader<R>,
+) -> Result<Destination, String> {
+    let mut line = Vec::with_capacity(256);
+    let mut limited = (&mut *reader).take(u64::try_from(MAX_HEADER).unwrap_or(4096));
+    limited
+        .read_until(b'\n', &mut line)
+        .await
+        .map_err(|e| e.to_string())?;
+    if !line.ends_with(b"\n") {
+        return Err("relay header missing or too long".into());
+    }
+    let text = std::str::from_utf8(&line[..line.len() - 1])
+        .map_err(|_| "relay header is not UTF-8".to_owned())?;
+    let json = text
+        .strip_prefix(HEADER_MAGIC)
+        .ok_or("relay header magic missing")?;
+    serde_json::from_str(json).map_err(|e| format!("relay header: {e}"))
+}
+
+/// An address for destinations known only by name (CONNECT).
+fn unspecified(port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_sniffing() {
+        assert!(looks_like_http(b"GET / HTTP/1.1\r\n"));
+        assert!(looks_like_http(b"PRI * HTTP/2.0\r\n"));
+        assert!(looks_like_http(b"CONNECT a:443 HTTP/1.1\r\n"));
+        assert!(!looks_like_http(b"SSH-2.0-OpenSSH_9\r\n"));
+        assert!(!looks_like_http(b"get / HTTP/1.1"));
+        assert!(!looks_like_http(b" GET"));
+        assert!(!looks_like_http(b"\x00\x00\x00\x08\x04\xd2\x16\x2f"));
+    }
+
+    #[tokio::test]
+    async fn relay_headers_round_trip_and_bad_ones_are_refused() {
+        let dest = Destination {
+            dst: "198.18.0.7:443".parse().unwrap(),
+            name: Some("github.com".into()),
+            container: Some("agent".into()),
+            tier: Some(Tier::Userns),
+        };
+        let mut bytes = dest.header();
+        bytes.extend_from_slice(b"payload");
+        let mut reader = BufReader::new(&bytes[..]);
+        assert_eq!(read_header(&mut reader).await.unwrap(), dest);
+        let mut rest = Vec::new();
+        reader.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, b"payload", "nothing after the header is lost");
+
+        for bad in [
+            &b"GET / HTTP/1.1\r\n"[..],
+            b"BOUNDARY1 {not json}\n",
+            b"BOUNDARY1 {}",
+        ] {
+            assert!(read_header(&mut BufReader::new(bad)).await.is_err());
+        }
+        let huge = [b'a'; 5000];
+        assert!(read_header(&mut BufReader::new(&huge[..])).await.is_err());
+    }
+}

@@ -1,0 +1,448 @@
+//! `boundary run -- CMD`: jail the command, serve its only way out, exit with its exit code.
+//!
+//! Order matters: everything that forks (the jail) happens while the process is still
+//! single-threaded; the async runtime (forwarder, DNS, proxy) starts afterwards.
+
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use boundary_api::Tier;
+use boundary_api::contract::paths;
+
+use crate::config::{RunArgs, RunSettings, TierChoice};
+use crate::dns::NameTable;
+use crate::forwarder::{Forwarder, Target};
+use crate::jail::landlock_tier::{self, LandlockPlan};
+use crate::jail::mounts::{BUNDLE_FILE, CA_FILE, MountPlan, RESOLV_FILE, TRUST_STORE_FILES};
+use crate::jail::{self, EXIT_SETUP_FAILED, JailError, JailPlan, signals};
+use crate::proxy::audit::Identity;
+use crate::proxy::policy::{PolicyStore, Source};
+use crate::proxy::tls::{CertAuthority, builtin_roots_pem};
+use crate::proxy::{Proxy, ProxyConfig};
+
+/// Exit code for invalid flags or configuration (nothing was started).
+pub const EXIT_USAGE: i32 = 2;
+
+/// Variables that make common tools trust the proxy's CA, pointing at the trust bundle.
+const BUNDLE_VARS: [&str; 9] = [
+    "SSL_CERT_FILE",
+    "CURL_CA_BUNDLE",
+    "REQUESTS_CA_BUNDLE",
+    "GIT_SSL_CAINFO",
+    "AWS_CA_BUNDLE",
+    "PIP_CERT",
+    "CARGO_HTTP_CAINFO",
+    "DENO_CERT",
+    "NIX_SSL_CERT_FILE",
+];
+/// Proxy variables: set for the landlock tier, removed in namespaced tiers (where every
+/// connection is intercepted anyway and a proxy address would only be one more destination).
+const PROXY_VARS: [&str; 8] = [
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+    "no_proxy",
+];
+
+enum Started {
+    Jail(jail::Spawned),
+    Landlock {
+        pid: nix::unistd::Pid,
+        listener: Option<TcpListener>,
+    },
+}
+
+/// Runs `boundary run`; returns the process exit code.
+pub fn run(args: &RunArgs) -> i32 {
+    let settings = match args.resolve() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("boundary: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    crate::logging::init(&settings.log_level, false);
+    for w in &settings.warnings {
+        tracing::warn!("{w}");
+    }
+    match prepare_and_run(settings) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("boundary: {e}");
+            EXIT_SETUP_FAILED
+        }
+    }
+}
+
+fn prepare_and_run(settings: RunSettings) -> Result<i32, JailError> {
+    let session = session_id();
+    let ca = match &settings.proxy_socket {
+        None => Some(Arc::new(
+            CertAuthority::generate(&session)
+                .map_err(|e| JailError::other("creating the proxy CA", e))?,
+        )),
+        Some(_) => None,
+    };
+    let ca_pem = match (&ca, &settings.proxy_socket) {
+        (Some(ca), _) => ca.ca_pem().to_owned(),
+        (None, Some(socket)) => wait_for_sidecar(socket)?,
+        (None, None) => unreachable!("either a local CA or a sidecar"),
+    };
+    let workdir = Workdir::create(&ca_pem)?;
+    signals::block_forwarded().map_err(|e| JailError::other("blocking signals", e))?;
+
+    let (started, tier) = start_jail(&settings, &workdir)?;
+    if tier != Tier::Landlock {
+        // The jail has its own copies in a private tmpfs by now.
+        workdir.remove_files();
+    }
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("boundary")
+        .enable_all()
+        .build()
+        .map_err(|e| JailError::other("starting the runtime", e))?;
+    let code = runtime.block_on(serve(settings, session, ca, started, tier))?;
+    drop(workdir);
+    Ok(code)
+}
+
+fn start_jail(settings: &RunSettings, workdir: &Workdir) -> Result<(Started, Tier), JailError> {
+    let mut why_not = Vec::new();
+    for tier in settings.tier.candidates() {
+        let result = match tier {
+            Tier::Userns | Tier::PrivilegedNetns => {
+                let mut env = ca_env(&workdir.path);
+                env.extend(identity_env(settings, tier));
+                let plan = JailPlan {
+                    tier,
+                    command: settings.command.clone(),
+                    env,
+                    env_remove: PROXY_VARS.iter().map(OsString::from).collect(),
+                    mounts: MountPlan {
+                        workdir: workdir.path.clone(),
+                        new_proc: true,
+                        supervisor_pid: 0,
+                        hide: settings
+                            .proxy_socket
+                            .iter()
+                            .filter_map(|s| s.parent().map(Path::to_path_buf))
+                            .collect(),
+                    },
+                };
+                jail::spawn(&plan).map(Started::Jail)
+            }
+            Tier::Landlock => start_landlock(settings, workdir),
+        };
+        match result {
+            Ok(started) => {
+                if settings.tier == TierChoice::Auto && !why_not.is_empty() {
+                    tracing::warn!(tier = %tier, "using tier {tier}; better tiers did not work here:\n{}", why_not.join("\n"));
+                }
+                if tier == Tier::Landlock {
+                    tracing::warn!(
+                        "tier landlock: weaker isolation. Landlock restricts TCP connect by port only, and only tools \
+                         that honour HTTP(S)_PROXY reach the proxy; every audit record is marked so"
+                    );
+                }
+                return Ok((started, tier));
+            }
+            Err(e) => why_not.push(format!("- {tier}: {e}")),
+        }
+    }
+    Err(match settings.tier {
+        TierChoice::Only(_) => {
+            JailError::Other(why_not.join("\n").trim_start_matches("- ").to_owned())
+        }
+        TierChoice::Auto => JailError::NoTierWorks(why_not),
+    })
+}
+
+fn start_landlock(settings: &RunSettings, workdir: &Workdir) -> Result<Started, JailError> {
+    let (port, listener) = match (&settings.proxy_socket, settings.proxy_port) {
+        (Some(_), Some(port)) => (port, None),
+        (Some(_), None) => {
+            return Err(JailError::Other(
+                "the landlock tier with a sidecar needs --proxy-port (the sidecar's explicit proxy port)".into(),
+            ));
+        }
+        (None, port) => {
+            let listener = TcpListener::bind(("127.0.0.1", port.unwrap_or(0)))
+                .map_err(|e| JailError::other("binding the explicit proxy port", e))?;
+            let port = listener
+                .local_addr()
+                .map_err(|e| JailError::other("proxy port", e))?
+                .port();
+            (port, Some(listener))
+        }
+    };
+    let proxy_url = format!("http://127.0.0.1:{port}");
+    let mut env = ca_env(&workdir.path);
+    env.extend(identity_env(settings, Tier::Landlock));
+    for var in PROXY_VARS {
+        let value = if var.eq_ignore_ascii_case("no_proxy") {
+            String::new()
+        } else {
+            proxy_url.clone()
+        };
+        env.push((var.into(), value.into()));
+    }
+    let plan = LandlockPlan {
+        command: settings.command.clone(),
+        env,
+        proxy_port: port,
+    };
+    let pid = landlock_tier::spawn(&plan)?;
+    Ok(Started::Landlock { pid, listener })
+}
+
+async fn serve(
+    settings: RunSettings,
+    session: String,
+    ca: Option<Arc<CertAuthority>>,
+    started: Started,
+    tier: Tier,
+) -> Result<i32, JailError> {
+    let proxy = match ca {
+        Some(ca) => Some(
+            Proxy::start(ProxyConfig {
+                session,
+                identity: Identity::default(),
+                tier: Some(tier),
+                policy: PolicyStore::load(Source::Static(Arc::new(settings.rules.clone())))
+                    .map_err(|e| JailError::other("loading rules", e))?,
+                upstream_cas: settings.upstream_cas.clone(),
+                resolve: settings.resolve.clone(),
+                audit: settings.audit.clone(),
+                ca,
+            })
+            .map_err(|e| JailError::other("starting the proxy", e))?,
+        ),
+        None => None,
+    };
+    let code = match started {
+        Started::Jail(spawned) => {
+            let target = match (&proxy, &settings.proxy_socket) {
+                (Some(p), _) => Target::Local(p.clone()),
+                (None, Some(socket)) => Target::Socket(socket.clone()),
+                (None, None) => unreachable!("either a local proxy or a sidecar"),
+            };
+            let forwarder = Arc::new(Forwarder {
+                names: Arc::new(NameTable::default()),
+                target,
+                container: settings.container.clone(),
+                tier,
+            });
+            if let Err(e) = forwarder.serve(spawned.listeners) {
+                let _ = nix::sys::signal::kill(spawned.init, nix::sys::signal::Signal::SIGKILL);
+                return Err(JailError::other("serving the jail's sockets", e));
+            }
+            tracing::debug!(tier = %spawned.tier, ipv6 = spawned.ipv6, "jail up");
+            if !spawned.mounts.private_proc {
+                tracing::info!(
+                    "the runtime masks /proc, so the jail shares this container's /proc (boundary run's own entry is hidden)"
+                );
+            }
+            wait_for(spawned.init).await
+        }
+        Started::Landlock { pid, listener } => {
+            if let (Some(p), Some(l)) = (&proxy, listener) {
+                l.set_nonblocking(true)
+                    .map_err(|e| JailError::other("proxy listener", e))?;
+                let l = tokio::net::TcpListener::from_std(l)
+                    .map_err(|e| JailError::other("proxy listener", e))?;
+                tokio::spawn(p.clone().run_explicit(l, Some(Tier::Landlock)));
+            }
+            wait_for(pid).await
+        }
+    };
+    if let Some(p) = proxy {
+        p.flush().await;
+    }
+    Ok(code)
+}
+
+/// Waits for the jail's top process on a thread of its own (it also forwards signals).
+async fn wait_for(pid: nix::unistd::Pid) -> i32 {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(signals::supervise(pid, false));
+    });
+    rx.await.unwrap_or(EXIT_SETUP_FAILED)
+}
+
+fn identity_env(settings: &RunSettings, tier: Tier) -> Vec<(OsString, OsString)> {
+    let mut env = vec![(
+        boundary_api::contract::env::TIER.into(),
+        OsString::from(tier.as_str()),
+    )];
+    if let Some(c) = &settings.container {
+        env.push((boundary_api::contract::env::CONTAINER_NAME.into(), c.into()));
+    }
+    env
+}
+
+fn ca_env(workdir: &Path) -> Vec<(OsString, OsString)> {
+    let bundle = workdir.join(BUNDLE_FILE);
+    let mut env: Vec<(OsString, OsString)> = BUNDLE_VARS
+        .iter()
+        .map(|v| (OsString::from(v), bundle.clone().into_os_string()))
+        .collect();
+    env.push((
+        "NODE_EXTRA_CA_CERTS".into(),
+        workdir.join(CA_FILE).into_os_string(),
+    ));
+    env
+}
+
+/// In sidecar mode, waits until the sidecar has written its CA next to its socket.
+fn wait_for_sidecar(socket: &Path) -> Result<String, JailError> {
+    let ca = socket.with_file_name(Path::new(paths::CA_CERT).file_name().unwrap_or_default());
+    let wait = std::env::var("BOUNDARY_SIDECAR_WAIT_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let deadline = Instant::now() + Duration::from_secs(wait);
+    let mut told = false;
+    loop {
+        if socket.exists()
+            && let Ok(pem) = std::fs::read_to_string(&ca)
+            && pem.contains("BEGIN CERTIFICATE")
+        {
+            return Ok(pem);
+        }
+        if Instant::now() > deadline {
+            return Err(JailError::Other(format!(
+                "the boundary sidecar is not ready: no socket at {} or no CA at {} after {wait} s. Check the sidecar \
+                 container's logs (kubectl logs <pod> -c boundary)",
+                socket.display(),
+                ca.display()
+            )));
+        }
+        if !told {
+            eprintln!(
+                "boundary: waiting for the boundary sidecar at {} ...",
+                socket.display()
+            );
+            told = true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The trust bundle: the system's roots (or Mozilla's) plus the proxy's CA.
+fn trust_bundle(ca_pem: &str) -> String {
+    let system = TRUST_STORE_FILES.iter().find_map(|p| {
+        std::fs::read_to_string(p)
+            .ok()
+            .filter(|s| s.contains("BEGIN CERTIFICATE"))
+    });
+    let mut bundle = system.unwrap_or_else(builtin_roots_pem);
+    if !bundle.ends_with('\n') {
+        bundle.push('\n');
+    }
+    bundle.push_str("# Agent Boundary proxy CA\n");
+    bundle.push_str(ca_pem);
+    bundle
+}
+
+/// The temporary directory holding the jail's files. Namespaced tiers copy them into a private
+/// tmpfs mounted on it; the files are removed as soon as the jail is up, the directory when
+/// `boundary run` ends. Directories left by a killed run are removed by the next one.
+struct Workdir {
+    path: PathBuf,
+}
+
+impl Workdir {
+    fn create(ca_pem: &str) -> Result<Workdir, JailError> {
+        let parents = [std::env::temp_dir(), PathBuf::from("/dev/shm")];
+        let mut last = None;
+        for parent in &parents {
+            remove_stale(parent);
+            let path = parent.join(format!("boundary-{}-{}", std::process::id(), session_id()));
+            match std::fs::create_dir(&path) {
+                Ok(()) => {
+                    let workdir = Workdir { path };
+                    let write = |name: &str, content: &str| {
+                        std::fs::write(workdir.path.join(name), content)
+                            .map_err(|e| JailError::other(&format!("writing {name}"), e))
+                    };
+                    write(BUNDLE_FILE, &trust_bundle(ca_pem))?;
+                    write(CA_FILE, ca_pem)?;
+                    write(
+                        RESOLV_FILE,
+                        "# Agent Boundary: every DNS query is answered inside the jail\nnameserver 127.0.0.1\n",
+                    )?;
+                    return Ok(workdir);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(JailError::other(
+            "creating a work directory (tried $TMPDIR, /tmp and /dev/shm)",
+            last.map_or_else(String::new, |e| e.to_string()),
+        ))
+    }
+
+    fn remove_files(&self) {
+        for name in [BUNDLE_FILE, CA_FILE, RESOLV_FILE] {
+            let _ = std::fs::remove_file(self.path.join(name));
+        }
+    }
+}
+
+impl Drop for Workdir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Removes `boundary-<pid>-*` directories whose process is gone.
+fn remove_stale(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("boundary-"))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+        if !alive && entry.path().is_dir() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// 16 hex digits from the kernel's random pool.
+pub fn session_id() -> String {
+    let mut bytes = [0u8; 8];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .is_err()
+    {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let low = u64::try_from(nanos & u128::from(u64::MAX)).unwrap_or_default();
+        bytes = (low ^ u64::from(std::process::id())).to_be_bytes();
+    }
+    bytes.iter().fold(String::with_capacity(16), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}

@@ -1,0 +1,160 @@
+//! `boundary sidecar`: the policy proxy as a pod's jail-runtime sidecar. It listens on a unix
+//! socket on the volume shared with the jailed containers, keeps the CA private key in memory
+//! only, writes the CA certificate (and a trust bundle) next to the socket, reads the compiled
+//! policy mounted from the namespace's ConfigMap and reloads it when it changes, and writes the
+//! audit trail to standard output (`kubectl logs <pod> -c boundary`).
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use boundary_api::contract::paths;
+use clap::Args;
+
+use crate::config::parse_resolve;
+use crate::proxy::audit::{Identity, Sink};
+use crate::proxy::policy::{PolicyStore, Source};
+use crate::proxy::tls::{CertAuthority, builtin_roots_pem};
+use crate::proxy::{Proxy, ProxyConfig};
+
+/// Flags of `boundary sidecar`.
+#[derive(Debug, Clone, Args)]
+pub struct SidecarArgs {
+    /// Unix socket the jailed containers' forwarders connect to.
+    #[arg(long, value_name = "PATH", env = "BOUNDARY_PROXY_SOCKET", default_value = paths::PROXY_SOCKET)]
+    pub socket: PathBuf,
+    /// The compiled policy (mounted from the namespace's ConfigMap).
+    #[arg(long, value_name = "FILE", env = "BOUNDARY_POLICY_FILE", default_value = paths::POLICY_FILE)]
+    pub policy_file: PathBuf,
+    /// The pod's labels (downward API file), to pick the policies that select this pod.
+    #[arg(long, value_name = "FILE", env = "BOUNDARY_LABELS_FILE")]
+    pub labels_file: Option<PathBuf>,
+    /// Explicit HTTP proxy address for landlock-tier containers.
+    #[arg(long, value_name = "ADDR", env = "BOUNDARY_EXPLICIT_PROXY")]
+    pub explicit_proxy: Option<SocketAddr>,
+    /// Address of /metrics and /healthz.
+    #[arg(long, value_name = "ADDR", env = "BOUNDARY_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Resolve HOST to IP (repeatable).
+    #[arg(
+        long = "resolve",
+        value_name = "HOST=IP",
+        env = "BOUNDARY_RESOLVE",
+        value_delimiter = ','
+    )]
+    pub resolve: Vec<String>,
+    /// Extra upstream CA (repeatable).
+    #[arg(
+        long = "upstream-ca",
+        value_name = "FILE",
+        env = "BOUNDARY_UPSTREAM_CA",
+        value_delimiter = ','
+    )]
+    pub upstream_ca: Vec<PathBuf>,
+    /// Audit destination file; default standard output.
+    #[arg(long, value_name = "FILE", env = "BOUNDARY_AUDIT_FILE")]
+    pub audit_file: Option<PathBuf>,
+    /// Log level of diagnostics (standard error, JSON).
+    #[arg(
+        long,
+        value_name = "LEVEL",
+        env = "BOUNDARY_LOG_LEVEL",
+        default_value = "info"
+    )]
+    pub log_level: String,
+}
+
+/// Runs the sidecar until SIGTERM or SIGINT.
+pub fn run(args: &SidecarArgs) -> i32 {
+    crate::logging::init(&args.log_level, true);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("boundary sidecar: cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    match runtime.block_on(serve(args)) {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!(error = %e, "boundary sidecar failed");
+            1
+        }
+    }
+}
+
+async fn serve(args: &SidecarArgs) -> anyhow::Result<()> {
+    let session = crate::run::session_id();
+    let ca = Arc::new(CertAuthority::generate(&session)?);
+    let dir = args.socket.parent().unwrap_or(Path::new("/")).to_path_buf();
+    std::fs::create_dir_all(&dir)?;
+    write_atomically(&dir.join("ca.crt"), ca.ca_pem())?;
+    let mut bundle = builtin_roots_pem();
+    bundle.push_str(ca.ca_pem());
+    write_atomically(&dir.join("ca-bundle.crt"), &bundle)?;
+
+    let source = Source::File {
+        policy: args.policy_file.clone(),
+        labels: args.labels_file.clone(),
+    };
+    let policy = match PolicyStore::load(source.clone()) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "no usable policy yet: denying everything until one loads");
+            PolicyStore::deny_all(source)
+        }
+    };
+    let identity = Identity {
+        pod: std::env::var(boundary_api::contract::env::POD_NAME).ok(),
+        namespace: std::env::var(boundary_api::contract::env::POD_NAMESPACE).ok(),
+    };
+    let proxy = Proxy::start(ProxyConfig {
+        session,
+        identity,
+        tier: None,
+        policy,
+        upstream_cas: args.upstream_ca.clone(),
+        resolve: parse_resolve(&args.resolve)?,
+        audit: args.audit_file.clone().map_or(Sink::Stdout, Sink::File),
+        ca,
+    })?;
+    tracing::info!(policies = ?proxy.rules_for(None).policies, "policy loaded");
+
+    let _ = std::fs::remove_file(&args.socket);
+    let listener = tokio::net::UnixListener::bind(&args.socket)?;
+    // Jailed containers may run as any user.
+    std::fs::set_permissions(&args.socket, std::fs::Permissions::from_mode(0o666))?;
+    tokio::spawn(proxy.clone().run_unix(listener));
+    if let Some(addr) = args.explicit_proxy {
+        let l = tokio::net::TcpListener::bind(addr).await?;
+        tokio::spawn(
+            proxy
+                .clone()
+                .run_explicit(l, Some(boundary_api::Tier::Landlock)),
+        );
+    }
+    if let Some(addr) = args.metrics_addr {
+        let l = tokio::net::TcpListener::bind(addr).await?;
+        tokio::spawn(proxy.clone().run_metrics(l));
+    }
+    tracing::info!(socket = %args.socket.display(), "boundary sidecar ready");
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    proxy.flush().await;
+    Ok(())
+}
+
+fn write_atomically(path: &Path, content: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, content)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))?;
+    std::fs::rename(tmp, path)
+}
