@@ -8,8 +8,9 @@ log() { echo "[setup] $*" >&2; }
 [ "$(id -u)" = 0 ] || { echo "setup.sh must run as root (apt, dockerd, kubelet, namespaces)" >&2; exit 1; }
 
 # Debian packages: the cluster (etcd, dockerd, iptables, conntrack), TLS tooling, binutils
-# (readelf checks that binaries are static), iproute2 and nftables for jail tests.
-pkgs=(etcd-server docker.io iptables conntrack curl openssl ca-certificates binutils iproute2 nftables)
+# (readelf checks that binaries are static); for jail tests: iproute2, nftables, util-linux
+# (nsenter, setpriv, unshare), bsdutils (script), python3 and curl as jailed clients.
+pkgs=(etcd-server docker.io iptables conntrack curl openssl ca-certificates binutils iproute2 nftables util-linux bsdutils python3)
 missing=()
 for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -114,6 +114,17 @@ pub fn prepare(plan: &MountPlan) -> Result<MountReport, JailError> {
         hide(path)?;
     }
 
+    // A sysfs of the jail's own network namespace, so /sys/class/net shows only `lo`; runtimes
+    // that mask parts of /sys make the kernel refuse it, and the caller's stays (no way out,
+    // only interface names).
+    let _ = mount(
+        Some("sysfs"),
+        "/sys",
+        Some("sysfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY,
+        NONE,
+    );
+
     let mut report = MountReport::default();
     if plan.new_proc {
         let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;

@@ -47,6 +47,8 @@ use self::upstream::{Body, Upstream};
 /// How long a client may take to send its first bytes (for protocols where the client speaks
 /// first; server-first protocols need a TCP rule).
 const FIRST_BYTES: Duration = Duration::from_secs(10);
+/// How long a client of a host no rule allows may take to show it speaks HTTP or TLS.
+const HOPELESS_WAIT: Duration = Duration::from_secs(1);
 /// Limit on the relay header line.
 const MAX_HEADER: usize = 4096;
 /// The relay header's magic.
@@ -256,19 +258,27 @@ impl Proxy {
             .await;
             return;
         }
-        if matches!(bound, Host::Name(_))
+        // When nothing could allow this name, give the client only a moment to say what it
+        // is: an HTTP client still gets a 403 page and a TLS client an alert, while a protocol
+        // where the server speaks first (ssh) is closed quickly.
+        let hopeless = matches!(bound, Host::Name(_))
             && rules.mode() == Mode::Enforce
             && !rules.may_allow_http(&bound, port)
-            && rules.check_passthrough(&bound, port).is_none()
-        {
-            let reason = format!(
-                "no rule allows connections to {bound}:{port}; to allow plain TCP add a tcp rule {{domain: {bound}, ports: [{port}]}}"
-            );
-            self.deny_connection(&ctx, &bound, "tcp", reason, rules.mode());
-            return;
-        }
+            && rules.check_passthrough(&bound, port).is_none();
+        let wait = if hopeless { HOPELESS_WAIT } else { FIRST_BYTES };
         let mut buf = Vec::with_capacity(2048);
-        if !read_more(&mut io, &mut buf).await {
+        if !read_more(&mut io, &mut buf, wait).await {
+            let reason = if hopeless {
+                format!(
+                    "no rule allows connections to {bound}:{port}; to allow plain TCP add a tcp rule {{domain: {bound}, ports: [{port}]}}"
+                )
+            } else {
+                format!(
+                    "the client sent nothing within {}s and no tcp rule allows {bound}:{port}",
+                    FIRST_BYTES.as_secs()
+                )
+            };
+            self.deny_connection(&ctx, &bound, "tcp", reason, rules.mode());
             return;
         }
         if client_hello::is_tls_start(buf[0]) {
@@ -285,12 +295,12 @@ impl Proxy {
             }
             return;
         }
-        while buf.len() < 16 && !buf.contains(&b' ') {
-            if !read_more(&mut io, &mut buf).await {
-                return;
+        while sniff_http(&buf).is_none() {
+            if !read_more(&mut io, &mut buf, wait).await {
+                break;
             }
         }
-        if looks_like_http(&buf) {
+        if sniff_http(&buf) == Some(true) {
             http::serve(self.clone(), Prefixed::new(buf, io), ctx, Scheme::Http).await;
         } else if rules.mode() == Mode::Audit {
             let reason = Some(format!(
@@ -545,14 +555,14 @@ impl Proxy {
     }
 }
 
-/// Reads whatever arrives next (within [`FIRST_BYTES`]); false on EOF, error, timeout or when
-/// the buffer is at its limit.
-async fn read_more(io: &mut BoxIo, buf: &mut Vec<u8>) -> bool {
+/// Reads whatever arrives next (within `wait`); false on EOF, error, timeout or when the buffer
+/// is at its limit.
+async fn read_more(io: &mut BoxIo, buf: &mut Vec<u8>, wait: Duration) -> bool {
     if buf.len() >= client_hello::MAX_HELLO {
         return false;
     }
     let mut chunk = [0u8; 4096];
-    match tokio::time::timeout(FIRST_BYTES, io.read(&mut chunk)).await {
+    match tokio::time::timeout(wait, io.read(&mut chunk)).await {
         Ok(Ok(n)) if n > 0 => {
             buf.extend_from_slice(&chunk[..n]);
             true
@@ -569,7 +579,7 @@ async fn read_hello(
     loop {
         match client_hello::parse(buf) {
             Parse::Incomplete => {
-                if !read_more(io, buf).await {
+                if !read_more(io, buf, FIRST_BYTES).await {
                     return None;
                 }
             }
@@ -579,12 +589,18 @@ async fn read_hello(
     }
 }
 
-/// `TOKEN SP` at the start: an HTTP/1 request line (or the h2 preface `PRI * ...`).
-fn looks_like_http(buf: &[u8]) -> bool {
-    let Some(space) = buf.iter().position(|b| *b == b' ') else {
-        return false;
-    };
-    space > 0 && space <= 15 && buf[..space].iter().all(u8::is_ascii_uppercase)
+/// Whether the connection starts like an HTTP/1 request line (`TOKEN SP`, or the h2 preface
+/// `PRI * ...`): `None` while the bytes so far could still go either way.
+fn sniff_http(buf: &[u8]) -> Option<bool> {
+    for (i, b) in buf.iter().enumerate() {
+        if *b == b' ' {
+            return Some(i > 0);
+        }
+        if !b.is_ascii_uppercase() || i >= 15 {
+            return Some(false);
+        }
+    }
+    None
 }
 
 /// Reads the relay header line.
@@ -619,13 +635,17 @@ mod tests {
 
     #[test]
     fn http_sniffing() {
-        assert!(looks_like_http(b"GET / HTTP/1.1\r\n"));
-        assert!(looks_like_http(b"PRI * HTTP/2.0\r\n"));
-        assert!(looks_like_http(b"CONNECT a:443 HTTP/1.1\r\n"));
-        assert!(!looks_like_http(b"SSH-2.0-OpenSSH_9\r\n"));
-        assert!(!looks_like_http(b"get / HTTP/1.1"));
-        assert!(!looks_like_http(b" GET"));
-        assert!(!looks_like_http(b"\x00\x00\x00\x08\x04\xd2\x16\x2f"));
+        assert_eq!(sniff_http(b"GET / HTTP/1.1\r\n"), Some(true));
+        assert_eq!(sniff_http(b"PRI * HTTP/2.0\r\n"), Some(true));
+        assert_eq!(sniff_http(b"CONNECT a:443 HTTP/1.1\r\n"), Some(true));
+        assert_eq!(sniff_http(b"GE"), None, "could still be GET");
+        assert_eq!(sniff_http(b""), None);
+        assert_eq!(sniff_http(b"SSH-2.0-OpenSSH_9\r\n"), Some(false));
+        assert_eq!(sniff_http(b"hello\n"), Some(false));
+        assert_eq!(sniff_http(b"get / HTTP/1.1"), Some(false));
+        assert_eq!(sniff_http(b" GET"), Some(false));
+        assert_eq!(sniff_http(b"AAAAAAAAAAAAAAAAAAAAA"), Some(false));
+        assert_eq!(sniff_http(b"\x00\x00\x00\x08\x04\xd2\x16\x2f"), Some(false));
     }
 
     #[tokio::test]

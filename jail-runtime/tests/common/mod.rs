@@ -1,0 +1,298 @@
+//! Helpers for tests that run the real `boundary` binary against real namespaces, real HTTP(S)
+//! servers on loopback and real clients (curl, python3) inside the jail.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use tokio::net::TcpListener;
+
+/// The binary under test, copied where any user can run it (the build directory may sit under a
+/// home directory other users cannot enter).
+pub fn boundary_bin() -> &'static str {
+    static COPY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    COPY.get_or_init(|| {
+        use std::os::unix::fs::MetadataExt;
+        let source = env!("CARGO_BIN_EXE_boundary");
+        let meta = std::fs::metadata(source).unwrap();
+        // One copy per build, shared by the test processes (renamed into place atomically).
+        let dir = std::env::temp_dir().join("boundary-test-bin");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let path = dir.join(format!("boundary-{}-{}", meta.mtime(), meta.size()));
+        if !path.exists() {
+            let tmp = dir.join(format!(".copy-{}", std::process::id()));
+            std::fs::copy(source, &tmp).unwrap();
+            std::fs::rename(&tmp, &path).unwrap();
+        }
+        path.to_string_lossy().into_owned()
+    })
+}
+
+/// Tests that need root (namespaces for other users, privileged tiers) fail loudly without it.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root (run the suite as root, as tests/scripts/test-all.sh does)"
+    );
+}
+
+/// Who runs `boundary`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum As {
+    /// The test's own user (root in CI).
+    Root,
+    /// uid/gid 65534 with no capabilities.
+    Nobody,
+}
+
+/// A scratch directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!(
+            "boundary-test-{tag}-{}-{}",
+            std::process::id(),
+            rand_u32()
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
+    u32::try_from(h.finish() & u64::from(u32::MAX)).unwrap_or_default()
+}
+
+/// A `boundary` command as `who`.
+pub fn boundary(who: As) -> tokio::process::Command {
+    let mut cmd = match who {
+        As::Root => tokio::process::Command::new(boundary_bin()),
+        As::Nobody => {
+            // setpriv drops to uid/gid 65534 and clears supplementary groups; changing uid away
+            // from 0 clears every capability set but the bounding one, as for any user.
+            let mut c = tokio::process::Command::new("setpriv");
+            c.args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--",
+                boundary_bin(),
+            ]);
+            c
+        }
+    };
+    cmd.current_dir("/")
+        .env_remove("BOUNDARY_TIER")
+        .env_remove("HTTP_PROXY")
+        .env_remove("HTTPS_PROXY")
+        .env("BOUNDARY_LOG_LEVEL", "warn")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Runs to completion (30 s limit).
+pub async fn output(mut cmd: tokio::process::Command) -> Output {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    match tokio::time::timeout(Duration::from_secs(30), cmd.output()).await {
+        Ok(out) => out.expect("spawning boundary"),
+        Err(tokio::time::error::Elapsed { .. }) => {
+            panic!("boundary did not finish within 30 s: {cmd:?}")
+        }
+    }
+}
+
+/// `boundary run ARGS -- sh -c SCRIPT` as `who`.
+pub async fn jailed(who: As, args: &[&str], script: &str) -> Output {
+    let mut cmd = boundary(who);
+    cmd.arg("run")
+        .args(args)
+        .arg("--")
+        .args(["sh", "-c", script]);
+    output(cmd).await
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A CA for test servers, written as PEM to a file the jail can read.
+pub struct TestCa {
+    pub issuer: Issuer<'static, KeyPair>,
+    pub pem_path: PathBuf,
+    _dir: TempDir,
+}
+
+impl TestCa {
+    pub fn new() -> TestCa {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "boundary test upstream CA");
+        let cert = params.self_signed(&key).unwrap();
+        let dir = TempDir::new("ca");
+        let pem_path = dir.path().join("upstream-ca.pem");
+        std::fs::write(&pem_path, cert.pem()).unwrap();
+        std::fs::set_permissions(
+            &pem_path,
+            std::os::unix::fs::PermissionsExt::from_mode(0o644),
+        )
+        .unwrap();
+        TestCa {
+            issuer: Issuer::new(params, key),
+            pem_path,
+            _dir: dir,
+        }
+    }
+
+    /// A rustls server config for `names`.
+    pub fn server_config(&self, names: &[&str], alpn_h2: bool) -> Arc<rustls::ServerConfig> {
+        let key = KeyPair::generate().unwrap();
+        let params =
+            CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
+                .unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], der)
+        .unwrap();
+        config.alpn_protocols = if alpn_h2 {
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        } else {
+            vec![b"http/1.1".to_vec()]
+        };
+        Arc::new(config)
+    }
+}
+
+/// A loopback HTTP(S) server answering `hello <method> <host> <path>`; counts connections.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub connections: Arc<AtomicUsize>,
+    pub requests: Arc<AtomicUsize>,
+}
+
+impl TestServer {
+    pub async fn start(tls: Option<Arc<rustls::ServerConfig>>) -> TestServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (c, r) = (connections.clone(), requests.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                c.fetch_add(1, Ordering::SeqCst);
+                let r = r.clone();
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        r.fetch_add(1, Ordering::SeqCst);
+                        async move {
+                            let host = req
+                                .headers()
+                                .get("host")
+                                .and_then(|h| h.to_str().ok())
+                                .map(str::to_owned)
+                                .or_else(|| req.uri().authority().map(ToString::to_string))
+                                .unwrap_or_default();
+                            let body = format!(
+                                "hello {} {} {} {:?}\n",
+                                req.method(),
+                                host,
+                                req.uri().path(),
+                                req.version()
+                            );
+                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
+                        }
+                    });
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        Some(config) => {
+                            if let Ok(s) =
+                                tokio_rustls::TlsAcceptor::from(config).accept(stream).await
+                            {
+                                let _ = builder
+                                    .serve_connection_with_upgrades(TokioIo::new(s), svc)
+                                    .await;
+                            }
+                        }
+                        None => {
+                            let _ = builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                                .await;
+                        }
+                    }
+                });
+            }
+        });
+        TestServer {
+            addr,
+            connections,
+            requests,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+}
+
+/// Values of `/proc/<pid>/status` capability and `no_new_privs` lines printed by the jailed
+/// command.
+pub fn status_value<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(key)
+            .map(|v| v.trim_start_matches(':').trim())
+    })
+}
