@@ -2,6 +2,7 @@
 //! clusters (`--log-format json` or `BOUNDARY_LOG_FORMAT=json`).
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::LevelFilter;
 
 /// Sets up the global subscriber once; `json` forces JSON output.
 pub fn init(level: &str, json: bool) {
@@ -9,8 +10,20 @@ pub fn init(level: &str, json: bool) {
         "error" | "warn" | "info" | "debug" | "trace" => level.to_ascii_lowercase(),
         _ => "warn".to_owned(),
     };
-    let filter = EnvFilter::try_from_env("BOUNDARY_LOG")
-        .unwrap_or_else(|_| EnvFilter::new(format!("boundary={level},warn")));
+    // EnvFilter parses directives with regular expressions: only when someone asks for them.
+    let filter = match std::env::var("BOUNDARY_LOG") {
+        Ok(directives) => EnvFilter::new(directives),
+        Err(_) => EnvFilter::default().add_directive(
+            match level.as_str() {
+                "error" => LevelFilter::ERROR,
+                "info" => LevelFilter::INFO,
+                "debug" => LevelFilter::DEBUG,
+                "trace" => LevelFilter::TRACE,
+                _ => LevelFilter::WARN,
+            }
+            .into(),
+        ),
+    };
     let json = json || std::env::var("BOUNDARY_LOG_FORMAT").is_ok_and(|f| f == "json");
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

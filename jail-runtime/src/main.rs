@@ -12,6 +12,7 @@ mod proxy;
 mod run;
 mod sidecar;
 mod sys;
+mod trust;
 
 use std::path::PathBuf;
 
@@ -21,18 +22,37 @@ use clap::Parser;
 ///
 /// `boundary [FLAGS] -- CMD` is `boundary run [FLAGS] -- CMD`.
 #[derive(Debug, Parser)]
-#[command(
-    name = "boundary",
-    version,
-    about,
-    args_conflicts_with_subcommands = true
-)]
+#[command(name = "boundary", version, about)]
 struct Cli {
     #[command(subcommand)]
-    command: Option<Command>,
+    command: Command,
+}
+
+/// `boundary run`, parsed on its own: start-up time counts for short jailed commands, and the
+/// full command tree takes a while to build.
+#[derive(Debug, Parser)]
+#[command(
+    name = "boundary run",
+    version,
+    about = "Run CMD in a jail whose only way out is the policy proxy"
+)]
+struct RunCli {
     #[command(flatten)]
     run: config::RunArgs,
 }
+
+/// Words that start another subcommand (or ask for help); anything else is `boundary run`.
+const NOT_RUN: [&str; 9] = [
+    "sidecar",
+    "probe",
+    "install",
+    "help",
+    "-h",
+    "--help",
+    "-V",
+    "--version",
+    "run",
+];
 
 #[derive(Debug, clap::Subcommand)]
 enum Command {
@@ -51,12 +71,19 @@ enum Command {
 }
 
 fn main() {
-    let cli = Cli::parse();
-    let code = match cli.command {
-        Some(Command::Run(args)) => run::run(&args),
-        None => run::run(&cli.run),
-        Some(Command::Sidecar(args)) => sidecar::run(&args),
-        Some(Command::Probe) => {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let first = args.get(1).and_then(|a| a.to_str()).unwrap_or("");
+    let is_run = first == "run" && args.get(2).and_then(|a| a.to_str()) != Some("--help");
+    if is_run || !NOT_RUN.contains(&first) {
+        if is_run {
+            args.remove(1);
+        }
+        std::process::exit(run::run(&RunCli::parse_from(args).run));
+    }
+    let code = match Cli::parse().command {
+        Command::Run(args) => run::run(&args),
+        Command::Sidecar(args) => sidecar::run(&args),
+        Command::Probe => {
             let report = jail::probe::probe();
             println!(
                 "{}",
@@ -64,7 +91,7 @@ fn main() {
             );
             0
         }
-        Some(Command::Install { to }) => install(&to),
+        Command::Install { to } => install(&to),
     };
     std::process::exit(code);
 }

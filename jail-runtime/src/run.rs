@@ -17,11 +17,11 @@ use crate::config::{RunArgs, RunSettings, TierChoice};
 use crate::dns::NameTable;
 use crate::forwarder::{Forwarder, Target};
 use crate::jail::landlock_tier::{self, LandlockPlan};
-use crate::jail::mounts::{BUNDLE_FILE, CA_FILE, MountPlan, RESOLV_FILE, TRUST_STORE_FILES};
+use crate::jail::mounts::{BUNDLE_FILE, CA_FILE, MountPlan, RESOLV_CONF, RESOLV_FILE};
 use crate::jail::{self, EXIT_SETUP_FAILED, JailError, JailPlan, signals};
 use crate::proxy::audit::Identity;
 use crate::proxy::policy::{PolicyStore, Source};
-use crate::proxy::tls::{CertAuthority, builtin_roots_pem};
+use crate::proxy::tls::CertAuthority;
 use crate::proxy::{Proxy, ProxyConfig};
 
 /// Exit code for invalid flags or configuration (nothing was started).
@@ -84,26 +84,13 @@ pub fn run(args: &RunArgs) -> i32 {
 
 fn prepare_and_run(settings: RunSettings) -> Result<i32, JailError> {
     let session = session_id();
-    let ca = match &settings.proxy_socket {
-        None => Some(Arc::new(
-            CertAuthority::generate(&session)
-                .map_err(|e| JailError::other("creating the proxy CA", e))?,
-        )),
-        Some(_) => None,
-    };
-    let ca_pem = match (&ca, &settings.proxy_socket) {
-        (Some(ca), _) => ca.ca_pem().to_owned(),
-        (None, Some(socket)) => wait_for_sidecar(socket)?,
-        (None, None) => unreachable!("either a local CA or a sidecar"),
-    };
-    let workdir = Workdir::create(&ca_pem)?;
+    let workdir = Workdir::create()?;
+    let mut assets = Assets::default();
     signals::block_forwarded().map_err(|e| JailError::other("blocking signals", e))?;
-
-    let (started, tier) = start_jail(&settings, &workdir)?;
-    if tier != Tier::Landlock {
-        // The jail has its own copies in a private tmpfs by now.
-        workdir.remove_files();
-    }
+    let (started, tier) = {
+        let mut prepare = || assets.prepare(&settings, &session, &workdir);
+        start_jail(&settings, &workdir, &mut prepare)?
+    };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -111,12 +98,54 @@ fn prepare_and_run(settings: RunSettings) -> Result<i32, JailError> {
         .enable_all()
         .build()
         .map_err(|e| JailError::other("starting the runtime", e))?;
-    let code = runtime.block_on(serve(settings, session, ca, started, tier))?;
+    let code = runtime.block_on(serve(settings, session, assets.ca, started, tier))?;
     drop(workdir);
     Ok(code)
 }
 
-fn start_jail(settings: &RunSettings, workdir: &Workdir) -> Result<(Started, Tier), JailError> {
+/// The proxy CA (standalone) or the sidecar's, and the jail's files, made once, when the first
+/// jail attempt needs them: after its init is created, so that both proceed at once.
+#[derive(Default)]
+struct Assets {
+    ca: Option<Arc<CertAuthority>>,
+    written: bool,
+}
+
+impl Assets {
+    fn prepare(
+        &mut self,
+        settings: &RunSettings,
+        session: &str,
+        workdir: &Workdir,
+    ) -> Result<(), JailError> {
+        if self.written {
+            return Ok(());
+        }
+        let ca = &mut self.ca;
+        workdir.write_files(|| match &settings.proxy_socket {
+            None => {
+                let made = CertAuthority::generate(session)
+                    .map_err(|e| JailError::other("creating the proxy CA", e))?;
+                let pem = made.ca_pem().to_owned();
+                *ca = Some(Arc::new(made));
+                Ok(pem)
+            }
+            Some(socket) => wait_for_sidecar(socket),
+        })?;
+        // Now that the jail is on its way, clean up after runs that were killed.
+        for parent in [std::env::temp_dir(), PathBuf::from("/dev/shm")] {
+            remove_stale(&parent);
+        }
+        self.written = true;
+        Ok(())
+    }
+}
+
+fn start_jail(
+    settings: &RunSettings,
+    workdir: &Workdir,
+    prepare: &mut dyn FnMut() -> Result<(), JailError>,
+) -> Result<(Started, Tier), JailError> {
     let mut why_not = Vec::new();
     for tier in settings.tier.candidates() {
         let result = match tier {
@@ -139,9 +168,9 @@ fn start_jail(settings: &RunSettings, workdir: &Workdir) -> Result<(Started, Tie
                             .collect(),
                     },
                 };
-                jail::spawn(&plan).map(Started::Jail)
+                jail::spawn(&plan, prepare).map(Started::Jail)
             }
-            Tier::Landlock => start_landlock(settings, workdir),
+            Tier::Landlock => prepare().and_then(|()| start_landlock(settings, &workdir.path)),
         };
         match result {
             Ok(started) => {
@@ -167,7 +196,7 @@ fn start_jail(settings: &RunSettings, workdir: &Workdir) -> Result<(Started, Tie
     })
 }
 
-fn start_landlock(settings: &RunSettings, workdir: &Workdir) -> Result<Started, JailError> {
+fn start_landlock(settings: &RunSettings, workdir: &Path) -> Result<Started, JailError> {
     let (port, listener) = match (&settings.proxy_socket, settings.proxy_port) {
         (Some(_), Some(port)) => (port, None),
         (Some(_), None) => {
@@ -186,7 +215,7 @@ fn start_landlock(settings: &RunSettings, workdir: &Workdir) -> Result<Started, 
         }
     };
     let proxy_url = format!("http://127.0.0.1:{port}");
-    let mut env = ca_env(&workdir.path);
+    let mut env = ca_env(workdir);
     env.extend(identity_env(settings, Tier::Landlock));
     for var in PROXY_VARS {
         let value = if var.eq_ignore_ascii_case("no_proxy") {
@@ -229,6 +258,12 @@ async fn serve(
         ),
         None => None,
     };
+    // Wait (and forward signals) from the start: a short command must not wait for the proxy.
+    let pid = match &started {
+        Started::Jail(spawned) => spawned.init,
+        Started::Landlock { pid, .. } => *pid,
+    };
+    let exit = wait_for(pid);
     let code = match started {
         Started::Jail(spawned) => {
             let target = match (&proxy, &settings.proxy_socket) {
@@ -252,9 +287,9 @@ async fn serve(
                     "the runtime masks /proc, so the jail shares this container's /proc (boundary run's own entry is hidden)"
                 );
             }
-            wait_for(spawned.init).await
+            exit.await
         }
-        Started::Landlock { pid, listener } => {
+        Started::Landlock { listener, .. } => {
             if let (Some(p), Some(l)) = (&proxy, listener) {
                 l.set_nonblocking(true)
                     .map_err(|e| JailError::other("proxy listener", e))?;
@@ -262,7 +297,7 @@ async fn serve(
                     .map_err(|e| JailError::other("proxy listener", e))?;
                 tokio::spawn(p.clone().run_explicit(l, Some(Tier::Landlock)));
             }
-            wait_for(pid).await
+            exit.await
         }
     };
     if let Some(p) = proxy {
@@ -272,12 +307,12 @@ async fn serve(
 }
 
 /// Waits for the jail's top process on a thread of its own (it also forwards signals).
-async fn wait_for(pid: nix::unistd::Pid) -> i32 {
+fn wait_for(pid: nix::unistd::Pid) -> impl std::future::Future<Output = i32> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
         let _ = tx.send(signals::supervise(pid, false));
     });
-    rx.await.unwrap_or(EXIT_SETUP_FAILED)
+    async move { rx.await.unwrap_or(EXIT_SETUP_FAILED) }
 }
 
 fn identity_env(settings: &RunSettings, tier: Tier) -> Vec<(OsString, OsString)> {
@@ -339,64 +374,44 @@ fn wait_for_sidecar(socket: &Path) -> Result<String, JailError> {
     }
 }
 
-/// The trust bundle: the system's roots (or Mozilla's) plus the proxy's CA.
-fn trust_bundle(ca_pem: &str) -> String {
-    let system = TRUST_STORE_FILES.iter().find_map(|p| {
-        std::fs::read_to_string(p)
-            .ok()
-            .filter(|s| s.contains("BEGIN CERTIFICATE"))
-    });
-    let mut bundle = system.unwrap_or_else(builtin_roots_pem);
-    if !bundle.ends_with('\n') {
-        bundle.push('\n');
-    }
-    bundle.push_str("# Agent Boundary proxy CA\n");
-    bundle.push_str(ca_pem);
-    bundle
-}
-
-/// The temporary directory holding the jail's files. Namespaced tiers copy them into a private
-/// tmpfs mounted on it; the files are removed as soon as the jail is up, the directory when
-/// `boundary run` ends. Directories left by a killed run are removed by the next one.
+/// The temporary directory for the jail's files, which namespaced tiers see read-only. Removed
+/// when `boundary run` ends; a killed run's is removed by the next one.
 struct Workdir {
     path: PathBuf,
 }
 
 impl Workdir {
-    fn create(ca_pem: &str) -> Result<Workdir, JailError> {
-        let parents = [std::env::temp_dir(), PathBuf::from("/dev/shm")];
-        let mut last = None;
-        for parent in &parents {
-            remove_stale(parent);
+    /// Creates an empty work directory in $TMPDIR (or /tmp), else /dev/shm.
+    fn create() -> Result<Workdir, JailError> {
+        let mut last = String::new();
+        for parent in [std::env::temp_dir(), PathBuf::from("/dev/shm")] {
             let path = parent.join(format!("boundary-{}-{}", std::process::id(), session_id()));
             match std::fs::create_dir(&path) {
-                Ok(()) => {
-                    let workdir = Workdir { path };
-                    let write = |name: &str, content: &str| {
-                        std::fs::write(workdir.path.join(name), content)
-                            .map_err(|e| JailError::other(&format!("writing {name}"), e))
-                    };
-                    write(BUNDLE_FILE, &trust_bundle(ca_pem))?;
-                    write(CA_FILE, ca_pem)?;
-                    write(
-                        RESOLV_FILE,
-                        "# Agent Boundary: every DNS query is answered inside the jail\nnameserver 127.0.0.1\n",
-                    )?;
-                    return Ok(workdir);
-                }
-                Err(e) => last = Some(e),
+                Ok(()) => return Ok(Workdir { path }),
+                Err(e) => last = format!("{}: {e}", path.display()),
             }
         }
-        Err(JailError::other(
-            "creating a work directory (tried $TMPDIR, /tmp and /dev/shm)",
-            last.map_or_else(String::new, |e| e.to_string()),
-        ))
+        Err(JailError::Other(format!(
+            "no writable directory for the jail's files ($TMPDIR or /tmp, /dev/shm): {last}"
+        )))
     }
 
-    fn remove_files(&self) {
-        for name in [BUNDLE_FILE, CA_FILE, RESOLV_FILE] {
-            let _ = std::fs::remove_file(self.path.join(name));
+    /// Writes the jail's files: the trust bundle, the proxy's CA and `resolv.conf`.
+    /// The CA comes from `ca`.
+    fn write_files(
+        &self,
+        ca: impl FnOnce() -> Result<String, JailError>,
+    ) -> Result<String, JailError> {
+        fn fail(name: &'static str) -> impl Fn(std::io::Error) -> JailError {
+            move |e| JailError::other(&format!("writing {name}"), e)
         }
+        let bundle = self.path.join(BUNDLE_FILE);
+        crate::trust::write_roots(&bundle).map_err(fail(BUNDLE_FILE))?;
+        let pem = ca()?;
+        crate::trust::append_ca(&bundle, &pem).map_err(fail(BUNDLE_FILE))?;
+        std::fs::write(self.path.join(CA_FILE), &pem).map_err(fail(CA_FILE))?;
+        std::fs::write(self.path.join(RESOLV_FILE), RESOLV_CONF).map_err(fail(RESOLV_FILE))?;
+        Ok(pem)
     }
 }
 

@@ -15,8 +15,9 @@ use clap::Args;
 use crate::config::parse_resolve;
 use crate::proxy::audit::{Identity, Sink};
 use crate::proxy::policy::{PolicyStore, Source};
-use crate::proxy::tls::{CertAuthority, builtin_roots_pem};
+use crate::proxy::tls::CertAuthority;
 use crate::proxy::{Proxy, ProxyConfig};
+use crate::trust::builtin_roots_pem;
 
 /// Flags of `boundary sidecar`.
 #[derive(Debug, Clone, Args)]

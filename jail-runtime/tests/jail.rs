@@ -582,8 +582,8 @@ async fn signals_are_forwarded_and_a_tty_passes_through() {
     );
 }
 
-/// Host state a jail could leave behind: interfaces, nftables tables, mounts, temp dirs.
-fn host_state() -> (String, String, usize, usize) {
+/// Host state a jail could leave behind: interfaces, nftables tables, mounts.
+fn host_state() -> (String, String, usize) {
     let run = |cmd: &[&str]| {
         String::from_utf8_lossy(
             &std::process::Command::new(cmd[0])
@@ -604,18 +604,17 @@ fn host_state() -> (String, String, usize, usize) {
         .unwrap()
         .lines()
         .count();
-    let dirs = std::fs::read_dir(std::env::temp_dir())
+    (links, tables, mounts)
+}
+
+/// `boundary run`'s work directories of process `pid` in the temp directory.
+fn workdirs_of(pid: i32) -> Vec<String> {
+    std::fs::read_dir(std::env::temp_dir())
         .unwrap()
-        .filter(|e| {
-            e.as_ref().is_ok_and(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                name.starts_with("boundary-")
-                    && !name.starts_with("boundary-test")
-                    && std::fs::read_dir(e.path()).is_ok_and(|mut d| d.next().is_some())
-            })
-        })
-        .count();
-    (links, tables, mounts, dirs)
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&format!("boundary-{pid}-")))
+        .collect()
 }
 
 /// Processes whose argv is exactly `argv` (space-separated).

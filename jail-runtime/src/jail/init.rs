@@ -58,10 +58,19 @@ fn build(
     if plan.tier == Tier::Userns {
         map_ids(uid, gid)?;
     }
-    let mounts = mounts::prepare(&plan.mounts)?;
     let ipv6 = netlink::loopback_only_routes(true).map_err(|e| JailError::from_netlink(&e))?;
     netlink::install_ruleset(FORWARDER_PORT, DNS_PORT).map_err(|e| JailError::from_netlink(&e))?;
     let listeners = listeners(ipv6)?;
+    let mounts = mounts::prepare_view(&plan.mounts)?;
+    // Meanwhile the supervisor writes the jail's files (the proxy's CA, the trust bundle); its
+    // go-ahead says they are there.
+    let mut go = [0u8; 1];
+    if !matches!(recv(control.as_raw_fd(), &mut go, MsgFlags::empty()), Ok(1)) {
+        return Err(JailError::Other(
+            "boundary run stopped while the jail started".into(),
+        ));
+    }
+    mounts::install_files(&plan.mounts)?;
     let report = Report::Ready {
         ipv6,
         mounts,

@@ -112,7 +112,14 @@ enum Report {
 
 /// Starts a jail in `plan.tier`. Must be called while the process is single-threaded, with
 /// [`signals::block_forwarded`] already in effect.
-pub fn spawn(plan: &JailPlan) -> Result<Spawned, JailError> {
+///
+/// `prepare` runs in this process right after the jail's init is created, while the init builds
+/// the jail's network (the two overlap; start-up time matters for short commands): it writes
+/// the files of [`MountPlan::workdir`].
+pub fn spawn(
+    plan: &JailPlan,
+    prepare: &mut dyn FnMut() -> Result<(), JailError>,
+) -> Result<Spawned, JailError> {
     let flags = match plan.tier {
         Tier::Userns => {
             CloneFlags::CLONE_NEWUSER
@@ -168,6 +175,16 @@ pub fn spawn(plan: &JailPlan) -> Result<Spawned, JailError> {
             // From here on nothing in the jail may read this process's memory or descriptors
             // (the proxy's CA key lives here in standalone mode).
             let _ = nix::sys::prctl::set_dumpable(false);
+            let prepared = prepare().and_then(|()| {
+                nix::sys::socket::send(ours.as_raw_fd(), b"g", MsgFlags::empty())
+                    .map(drop)
+                    .map_err(|e| JailError::other("starting the jail", e))
+            });
+            if let Err(e) = prepared {
+                let _ = nix::sys::signal::kill(init, nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::wait::waitpid(init, None);
+                return Err(e);
+            }
             receive_report(&ours, init, plan.tier)
         }
         Err(errno) => Err(match plan.tier {

@@ -5,7 +5,8 @@
 //! - a fresh `/proc` for the jail's PID namespace (or, where the runtime masks `/proc` and the
 //!   kernel refuses a new one, the caller's `/proc` with `boundary run`'s own entry hidden);
 //! - the trust bundle (system roots + the proxy's CA) over every usual trust-store file, and a
-//!   `resolv.conf` naming the jail's DNS, from a private read-only tmpfs;
+//!   `resolv.conf` naming the jail's DNS, bind-mounted read-only from the supervisor's work
+//!   directory (which the jail sees read-only too);
 //! - an empty read-only tmpfs over paths the jailed process must not reach (the proxy socket).
 
 use std::path::{Path, PathBuf};
@@ -13,18 +14,7 @@ use std::path::{Path, PathBuf};
 use nix::mount::{MsFlags, mount};
 
 use super::error::JailError;
-
-/// Trust-store files of common distributions (Debian/Ubuntu/Alpine, RHEL/Amazon Linux, SUSE,
-/// Arch, and the `cert.pem` alias). Only those that exist in the jail's view are covered.
-pub const TRUST_STORE_FILES: &[&str] = &[
-    "/etc/ssl/certs/ca-certificates.crt",
-    "/etc/pki/tls/certs/ca-bundle.crt",
-    "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
-    "/etc/ssl/ca-bundle.pem",
-    "/etc/ca-certificates/extracted/tls-ca-bundle.pem",
-    "/etc/pki/tls/cacert.pem",
-    "/etc/ssl/cert.pem",
-];
+use crate::trust::TRUST_STORE_FILES;
 
 /// File names inside the jail's work directory.
 pub const BUNDLE_FILE: &str = "ca-bundle.crt";
@@ -32,12 +22,16 @@ pub const BUNDLE_FILE: &str = "ca-bundle.crt";
 pub const CA_FILE: &str = "ca.crt";
 /// The jail's resolver configuration.
 pub const RESOLV_FILE: &str = "resolv.conf";
+/// Its content: every query is redirected to the jail's DNS anyway; naming it avoids search
+/// lists that would turn `github.com` into `github.com.<namespace>.svc.cluster.local` first.
+pub const RESOLV_CONF: &str =
+    "# Agent Boundary: every DNS query is answered inside the jail\nnameserver 127.0.0.1\n";
 
 /// What the mount set-up needs.
 #[derive(Debug, Clone)]
 pub struct MountPlan {
-    /// A directory the caller created and filled with [`BUNDLE_FILE`], [`CA_FILE`] and
-    /// [`RESOLV_FILE`]; a private tmpfs replaces it inside the jail.
+    /// The supervisor's work directory holding [`BUNDLE_FILE`], [`CA_FILE`] and
+    /// [`RESOLV_FILE`] by the time the mounts are made; the jail sees it read-only.
     pub workdir: PathBuf,
     /// The jail has its own PID namespace: mount a matching `/proc`.
     pub new_proc: bool,
@@ -64,37 +58,50 @@ fn fail(what: impl Into<String>) -> impl FnOnce(nix::errno::Errno) -> JailError 
 
 const NONE: Option<&str> = None;
 
-/// Builds the jail's filesystem view. Runs in the jail's init, in its new mount namespace.
-pub fn prepare(plan: &MountPlan) -> Result<MountReport, JailError> {
+/// Builds the parts of the jail's filesystem view that need nothing from the supervisor:
+/// private propagation, hidden paths, the jail's own sysfs and `/proc`. Runs in the jail's init,
+/// in its new mount namespace.
+pub fn prepare_view(plan: &MountPlan) -> Result<MountReport, JailError> {
     mount(NONE, "/", NONE, MsFlags::MS_REC | MsFlags::MS_PRIVATE, NONE)
         .map_err(fail("making mount propagation private"))?;
-
-    // Keep the prepared files in memory, then put a private tmpfs over the work directory: the
-    // files exist only inside the jail and vanish with it.
-    let read = |name: &str| {
-        std::fs::read(plan.workdir.join(name))
-            .map_err(|e| JailError::other(&format!("reading {name} from the work directory"), e))
-    };
-    let files = [
-        (BUNDLE_FILE, read(BUNDLE_FILE)?),
-        (CA_FILE, read(CA_FILE)?),
-        (RESOLV_FILE, read(RESOLV_FILE)?),
-    ];
-    let tmpfs_flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    mount(
-        Some("tmpfs"),
-        &plan.workdir,
-        Some("tmpfs"),
-        tmpfs_flags,
-        Some("mode=0755,size=4m"),
-    )
-    .map_err(fail("a tmpfs for the jail's files"))?;
-    for (name, bytes) in &files {
-        std::fs::write(plan.workdir.join(name), bytes)
-            .map_err(|e| JailError::other(&format!("writing {name}"), e))?;
+    for path in &plan.hide {
+        hide(path)?;
     }
-    read_only(&plan.workdir, tmpfs_flags).map_err(fail("making the jail's files read-only"))?;
+    // A sysfs of the jail's own network namespace, so /sys/class/net shows only `lo`; runtimes
+    // that mask parts of /sys make the kernel refuse it, and the caller's stays (no way out,
+    // only interface names).
+    let _ = mount(
+        Some("sysfs"),
+        "/sys",
+        Some("sysfs"),
+        SAFE | MsFlags::MS_RDONLY,
+        NONE,
+    );
+    let mut report = MountReport::default();
+    if plan.new_proc {
+        match mount(Some("proc"), "/proc", Some("proc"), SAFE, NONE) {
+            Ok(()) => report.private_proc = true,
+            // Container runtimes mask parts of /proc; the kernel then refuses a new procfs in a
+            // user namespace. Keep the caller's /proc but hide the supervisor's entry (it is
+            // also non-dumpable, so its memory and descriptors are closed either way).
+            Err(_) => hide(&PathBuf::from(format!("/proc/{}", plan.supervisor_pid)))?,
+        }
+    }
+    Ok(report)
+}
 
+/// Puts the supervisor's files in place, once written: the work directory read-only, the trust
+/// bundle over every trust store the image has, the jail's `resolv.conf`.
+pub fn install_files(plan: &MountPlan) -> Result<(), JailError> {
+    mount(
+        Some(&plan.workdir),
+        &plan.workdir,
+        NONE,
+        MsFlags::MS_BIND,
+        NONE,
+    )
+    .and_then(|()| read_only(&plan.workdir, SAFE))
+    .map_err(fail("making the jail's files read-only"))?;
     let bundle = plan.workdir.join(BUNDLE_FILE);
     for store in TRUST_STORE_FILES {
         if Path::new(store).is_file() {
@@ -109,35 +116,13 @@ pub fn prepare(plan: &MountPlan) -> Result<MountReport, JailError> {
         )
         .map_err(fail("the jail's resolv.conf over /etc/resolv.conf"))?;
     }
-
-    for path in &plan.hide {
-        hide(path)?;
-    }
-
-    // A sysfs of the jail's own network namespace, so /sys/class/net shows only `lo`; runtimes
-    // that mask parts of /sys make the kernel refuse it, and the caller's stays (no way out,
-    // only interface names).
-    let _ = mount(
-        Some("sysfs"),
-        "/sys",
-        Some("sysfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY,
-        NONE,
-    );
-
-    let mut report = MountReport::default();
-    if plan.new_proc {
-        let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-        match mount(Some("proc"), "/proc", Some("proc"), flags, NONE) {
-            Ok(()) => report.private_proc = true,
-            // Container runtimes mask parts of /proc; the kernel then refuses a new procfs in a
-            // user namespace. Keep the caller's /proc but hide the supervisor's entry (it is
-            // also non-dumpable, so its memory and descriptors are closed either way).
-            Err(_) => hide(&PathBuf::from(format!("/proc/{}", plan.supervisor_pid)))?,
-        }
-    }
-    Ok(report)
+    Ok(())
 }
+
+/// Flags every mount of the jail gets.
+const SAFE: MsFlags = MsFlags::MS_NOSUID
+    .union(MsFlags::MS_NODEV)
+    .union(MsFlags::MS_NOEXEC);
 
 fn read_only(path: &Path, flags: MsFlags) -> nix::Result<()> {
     mount(

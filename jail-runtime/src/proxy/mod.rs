@@ -150,8 +150,7 @@ pub enum StartError {
 impl Proxy {
     /// Starts the proxy's background tasks (audit writer, policy reloader); needs a runtime.
     pub fn start(config: ProxyConfig) -> Result<Proxy, StartError> {
-        let (tls_h1, tls_h2) = tls::upstream_configs(&config.upstream_cas)?;
-        let upstream = Upstream::new(config.resolve, tls_h1, tls_h2);
+        let upstream = Upstream::new(config.resolve, tls::UpstreamTls::new(&config.upstream_cas)?);
         let metrics = Arc::new(Metrics::default());
         let policy = Arc::new(config.policy);
         policy.spawn_reloader(metrics.clone());

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use boundary_api::rules::Host;
@@ -57,7 +57,8 @@ type LeafCache = HashMap<(String, bool), (Instant, Arc<ServerConfig>)>;
 pub struct CertAuthority {
     ca_pem: String,
     issuer: Issuer<'static, KeyPair>,
-    leaf_key: KeyPair,
+    /// Made on first interception: not every run intercepts anything.
+    leaf_key: OnceLock<KeyPair>,
     cache: Mutex<LeafCache>,
 }
 
@@ -97,7 +98,7 @@ impl CertAuthority {
         Ok(CertAuthority {
             ca_pem: cert.pem(),
             issuer: Issuer::new(params, ca_key),
-            leaf_key: KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?,
+            leaf_key: OnceLock::new(),
             cache: Mutex::new(HashMap::new()),
         })
     }
@@ -140,8 +141,18 @@ impl CertAuthority {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         validity(&mut params, 30);
-        let cert = params.signed_by(&self.leaf_key, &self.issuer)?;
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.leaf_key.serialize_der()));
+        if self.leaf_key.get().is_none() {
+            // A racing thread may win; either key is fine, the first one set is used.
+            let _ = self
+                .leaf_key
+                .set(KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?);
+        }
+        let leaf_key = self
+            .leaf_key
+            .get()
+            .ok_or(rcgen::Error::KeyGenerationUnavailable)?;
+        let cert = params.signed_by(leaf_key, &self.issuer)?;
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
         let mut config = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
@@ -153,42 +164,6 @@ impl CertAuthority {
         };
         Ok(config)
     }
-}
-
-/// Mozilla's roots, PEM, for trust bundles when no system store exists.
-pub fn builtin_roots_pem() -> String {
-    let mut out = String::new();
-    for der in webpki_root_certs::TLS_SERVER_ROOT_CERTS {
-        out.push_str("-----BEGIN CERTIFICATE-----\n");
-        let b64 = base64_encode(der.as_ref());
-        for line in b64.as_bytes().chunks(64) {
-            out.push_str(std::str::from_utf8(line).unwrap_or_default());
-            out.push('\n');
-        }
-        out.push_str("-----END CERTIFICATE-----\n");
-    }
-    out
-}
-
-fn base64_encode(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> shift) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 /// Reads every certificate of a PEM file.
@@ -207,41 +182,73 @@ pub fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsEr
     Ok(certs)
 }
 
-/// Client configurations for upstream connections: `(http/1.1 only, h2 and http/1.1)`.
-pub fn upstream_configs(
-    extra_cas: &[std::path::PathBuf],
-) -> Result<(Arc<ClientConfig>, Arc<ClientConfig>), TlsError> {
-    let mut roots = RootCertStore::empty();
-    let (_, ignored) =
+/// Upstream TLS client configurations, built on first use: parsing the root stores takes
+/// milliseconds that a short-lived `boundary run` should not pay when it makes no TLS request.
+pub struct UpstreamTls {
+    extra: Vec<CertificateDer<'static>>,
+    configs: OnceLock<(Arc<ClientConfig>, Arc<ClientConfig>)>,
+}
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTls")
+            .field("extra", &self.extra.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl UpstreamTls {
+    /// Reads the extra CAs now, so a bad `--upstream-ca` is reported at start.
+    pub fn new(extra_cas: &[std::path::PathBuf]) -> Result<UpstreamTls, TlsError> {
+        let mut extra = Vec::new();
+        for path in extra_cas {
+            let certs = read_pem_certs(path)?;
+            let mut check = RootCertStore::empty();
+            for cert in &certs {
+                check.add(cert.clone()).map_err(|e| TlsError::CaFile {
+                    path: path.display().to_string(),
+                    message: e.to_string(),
+                })?;
+            }
+            extra.extend(certs);
+        }
+        Ok(UpstreamTls {
+            extra,
+            configs: OnceLock::new(),
+        })
+    }
+
+    /// The configuration offering `http/1.1` only, or h2 and `http/1.1`.
+    pub fn config(&self, h2: bool) -> Arc<ClientConfig> {
+        let (h1, both) = self.configs.get_or_init(|| self.build());
+        if h2 { both.clone() } else { h1.clone() }
+    }
+
+    fn build(&self) -> (Arc<ClientConfig>, Arc<ClientConfig>) {
+        let mut roots = RootCertStore::empty();
         roots.add_parsable_certificates(webpki_root_certs::TLS_SERVER_ROOT_CERTS.iter().cloned());
-    debug_assert_eq!(ignored, 0);
-    for store in crate::jail::mounts::TRUST_STORE_FILES {
-        if let Ok(certs) = read_pem_certs(Path::new(store)) {
-            roots.add_parsable_certificates(certs);
-            break;
+        for store in crate::trust::TRUST_STORE_FILES {
+            if let Ok(certs) = read_pem_certs(Path::new(store)) {
+                roots.add_parsable_certificates(certs);
+                break;
+            }
         }
+        roots.add_parsable_certificates(self.extra.iter().cloned());
+        let roots = Arc::new(roots);
+        let build = |alpn: Vec<Vec<u8>>| {
+            let mut config = ClientConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .expect("the ring provider supports the default protocol versions")
+                .with_root_certificates(roots.clone())
+                .with_no_client_auth();
+            config.alpn_protocols = alpn;
+            Arc::new(config)
+        };
+        (
+            build(vec![b"http/1.1".to_vec()]),
+            build(vec![b"h2".to_vec(), b"http/1.1".to_vec()]),
+        )
     }
-    for path in extra_cas {
-        for cert in read_pem_certs(path)? {
-            roots.add(cert).map_err(|e| TlsError::CaFile {
-                path: path.display().to_string(),
-                message: e.to_string(),
-            })?;
-        }
-    }
-    let roots = Arc::new(roots);
-    let build = |alpn: Vec<Vec<u8>>| -> Result<Arc<ClientConfig>, TlsError> {
-        let mut config = ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots.clone())
-            .with_no_client_auth();
-        config.alpn_protocols = alpn;
-        Ok(Arc::new(config))
-    };
-    Ok((
-        build(vec![b"http/1.1".to_vec()])?,
-        build(vec![b"h2".to_vec(), b"http/1.1".to_vec()])?,
-    ))
 }
 
 #[cfg(test)]
@@ -261,21 +268,5 @@ mod tests {
         assert_eq!(c.alpn_protocols, [b"http/1.1".to_vec()]);
         ca.server_config(&Host::parse("10.1.2.3").unwrap(), false)
             .unwrap();
-    }
-
-    #[test]
-    fn builtin_roots_round_trip_through_pem() {
-        let pem = builtin_roots_pem();
-        let parsed: Vec<_> = CertificateDer::pem_slice_iter(pem.as_bytes())
-            .collect::<Result<_, _>>()
-            .unwrap();
-        assert_eq!(parsed.len(), webpki_root_certs::TLS_SERVER_ROOT_CERTS.len());
-        assert_eq!(
-            parsed[0].as_ref(),
-            webpki_root_certs::TLS_SERVER_ROOT_CERTS[0].as_ref()
-        );
-        assert_eq!(base64_encode(b"ab"), "YWI=");
-        assert_eq!(base64_encode(b"abc"), "YWJj");
-        assert_eq!(base64_encode(b"a"), "YQ==");
     }
 }

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -19,7 +19,6 @@ use hyper::Uri;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -27,6 +26,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use super::metrics::UpstreamError;
+use super::tls::UpstreamTls;
 
 /// Boxed error of bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -70,11 +70,10 @@ pub struct Upstream {
 }
 
 struct Inner {
-    resolver: Option<TokioResolver>,
-    resolver_error: Option<String>,
+    /// Built on first use (reads resolv.conf and hosts).
+    resolver: OnceLock<Result<TokioResolver, String>>,
     overrides: HashMap<String, IpAddr>,
-    tls_h1: Arc<ClientConfig>,
-    tls_h2: Arc<ClientConfig>,
+    tls: UpstreamTls,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -84,32 +83,29 @@ impl std::fmt::Debug for Upstream {
 }
 
 impl Upstream {
-    /// Reads the system resolver configuration; `overrides` pin names to addresses.
-    pub fn new(
-        overrides: HashMap<String, IpAddr>,
-        tls_h1: Arc<ClientConfig>,
-        tls_h2: Arc<ClientConfig>,
-    ) -> Upstream {
-        let (resolver, resolver_error) = match TokioResolver::builder_tokio()
-            .and_then(hickory_resolver::ResolverBuilder::build)
-        {
-            Ok(resolver) => (Some(resolver), None),
-            Err(e) => (
-                None,
-                Some(format!(
-                    "cannot read the resolver configuration (/etc/resolv.conf): {e}"
-                )),
-            ),
-        };
+    /// `overrides` pin names to addresses.
+    pub fn new(overrides: HashMap<String, IpAddr>, tls: UpstreamTls) -> Upstream {
         Upstream {
             inner: Arc::new(Inner {
-                resolver,
-                resolver_error,
+                resolver: OnceLock::new(),
                 overrides,
-                tls_h1,
-                tls_h2,
+                tls,
             }),
         }
+    }
+
+    fn resolver(&self) -> Result<&TokioResolver, Failure> {
+        self.inner
+            .resolver
+            .get_or_init(|| {
+                TokioResolver::builder_tokio()
+                    .and_then(hickory_resolver::ResolverBuilder::build)
+                    .map_err(|e| {
+                        format!("cannot read the resolver configuration (/etc/resolv.conf): {e}")
+                    })
+            })
+            .as_ref()
+            .map_err(|e| Failure::new(UpstreamError::Resolve, e.clone()))
     }
 
     /// Addresses of `host`.
@@ -121,10 +117,7 @@ impl Upstream {
         if let Some(ip) = self.inner.overrides.get(name) {
             return Ok(vec![*ip]);
         }
-        let Some(resolver) = &self.inner.resolver else {
-            let reason = self.inner.resolver_error.clone().unwrap_or_default();
-            return Err(Failure::new(UpstreamError::Resolve, reason));
-        };
+        let resolver = self.resolver()?;
         // Absolute name: the jail already asked for exactly this name.
         let lookup = resolver.lookup_ip(format!("{name}.")).await.map_err(|e| {
             Failure::new(
@@ -186,18 +179,14 @@ impl Upstream {
         h2: bool,
     ) -> Result<TlsStream<TcpStream>, Failure> {
         let tcp = self.connect_tcp(host, port).await?;
-        let config = if h2 {
-            &self.inner.tls_h2
-        } else {
-            &self.inner.tls_h1
-        };
+        let config = self.inner.tls.config(h2);
         let server_name = match host {
             Host::Name(n) => ServerName::try_from(n.clone()).map_err(|e| {
                 Failure::new(UpstreamError::Tls, format!("invalid server name {n}: {e}"))
             })?,
             Host::Ip(ip) => ServerName::IpAddress((*ip).into()),
         };
-        TlsConnector::from(config.clone())
+        TlsConnector::from(config)
             .connect(server_name, tcp)
             .await
             .map_err(|e| {
