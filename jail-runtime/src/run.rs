@@ -82,7 +82,18 @@ pub fn run(args: &RunArgs) -> i32 {
     }
 }
 
-fn prepare_and_run(settings: RunSettings) -> Result<i32, JailError> {
+fn prepare_and_run(mut settings: RunSettings) -> Result<i32, JailError> {
+    let what = match &settings.audit {
+        crate::proxy::audit::Sink::File(path) => {
+            format!("opening the audit log {}", path.display())
+        }
+        _ => "opening the audit log".to_owned(),
+    };
+    settings.audit = settings
+        .audit
+        .clone()
+        .open()
+        .map_err(|e| JailError::other(&what, e))?;
     let session = session_id();
     let workdir = Workdir::create()?;
     let mut assets = Assets::default();
@@ -235,6 +246,28 @@ fn start_landlock(settings: &RunSettings, workdir: &Path) -> Result<Started, Jai
 }
 
 async fn serve(
+    settings: RunSettings,
+    session: String,
+    ca: Option<Arc<CertAuthority>>,
+    started: Started,
+    tier: Tier,
+) -> Result<i32, JailError> {
+    let pid = match &started {
+        Started::Jail(spawned) => spawned.init,
+        Started::Landlock { pid, .. } => *pid,
+    };
+    match serve_jail(settings, session, ca, started, tier).await {
+        Ok(code) => Ok(code),
+        Err(e) => {
+            // Never leave the jailed command running without its proxy.
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(pid, None);
+            Err(e)
+        }
+    }
+}
+
+async fn serve_jail(
     settings: RunSettings,
     session: String,
     ca: Option<Arc<CertAuthority>>,

@@ -93,10 +93,28 @@ pub enum Sink {
     Stdout,
     /// Standard error.
     Stderr,
-    /// Appended to a file.
+    /// Appended to a file, opened by [`Sink::open`] before anything starts (so a bad path is
+    /// reported before the jail runs).
     File(std::path::PathBuf),
+    /// An opened file.
+    Open(Arc<std::fs::File>),
     /// Nowhere (Coder's `disable_audit_logs`).
     Disabled,
+}
+
+impl Sink {
+    /// Opens a file sink now; other sinks are returned as they are.
+    pub fn open(self) -> std::io::Result<Sink> {
+        match self {
+            Sink::File(path) => Ok(Sink::Open(Arc::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            ))),
+            other => Ok(other),
+        }
+    }
 }
 
 /// The sending side, cheap to clone.
@@ -117,12 +135,11 @@ impl Audit {
             Sink::Disabled => return Ok(Audit { tx: None, dropped }),
             Sink::Stdout => Box::new(std::io::stdout()),
             Sink::Stderr => Box::new(std::io::stderr()),
-            Sink::File(path) => Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)?,
-            ),
+            Sink::File(_) => match sink.clone().open()? {
+                Sink::Open(file) => Box::new(file.try_clone()?),
+                _ => unreachable!("open() turns a path into a file"),
+            },
+            Sink::Open(file) => Box::new(file.try_clone()?),
         };
         let (tx, mut rx) = mpsc::channel::<String>(QUEUE);
         let counter = dropped.clone();
