@@ -76,6 +76,14 @@ pub struct RunArgs {
     /// Enforce (default) or Audit (allow everything, record what would be denied).
     #[arg(long, value_name = "MODE", env = "BOUNDARY_MODE")]
     pub mode: Option<String>,
+    /// Seconds an upstream may take to send response headers before the client gets 504.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        env = "BOUNDARY_UPSTREAM_TIMEOUT",
+        default_value_t = 300
+    )]
+    pub upstream_timeout: u64,
     /// The container name recorded in audit records and used by the sidecar to pick rules.
     #[arg(long, value_name = "NAME", env = "BOUNDARY_CONTAINER_NAME")]
     pub container: Option<String>,
@@ -152,6 +160,8 @@ pub struct RunSettings {
     pub proxy_port: Option<u16>,
     /// Container name.
     pub container: Option<String>,
+    /// Response-header timeout for upstreams.
+    pub upstream_timeout: std::time::Duration,
     /// Warnings to print once logging is set up.
     pub warnings: Vec<String>,
 }
@@ -332,6 +342,7 @@ impl RunArgs {
                     .and_then(|p| p.parse().ok())
             }),
             container: self.container.clone(),
+            upstream_timeout: std::time::Duration::from_secs(self.upstream_timeout.max(1)),
             warnings,
         })
     }

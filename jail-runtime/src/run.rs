@@ -286,6 +286,7 @@ async fn serve_jail(
                 resolve: settings.resolve.clone(),
                 audit: settings.audit.clone(),
                 ca,
+                upstream_timeout: settings.upstream_timeout,
             })
             .map_err(|e| JailError::other("starting the proxy", e))?,
         ),

@@ -56,6 +56,14 @@ pub struct SidecarArgs {
     /// Audit destination file; default standard output.
     #[arg(long, value_name = "FILE", env = "BOUNDARY_AUDIT_FILE")]
     pub audit_file: Option<PathBuf>,
+    /// Seconds an upstream may take to send response headers before the client gets 504.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        env = "BOUNDARY_UPSTREAM_TIMEOUT",
+        default_value_t = 300
+    )]
+    pub upstream_timeout: u64,
     /// Log level of diagnostics (standard error, JSON).
     #[arg(
         long,
@@ -122,6 +130,7 @@ async fn serve(args: &SidecarArgs) -> anyhow::Result<()> {
         resolve: parse_resolve(&args.resolve)?,
         audit: args.audit_file.clone().map_or(Sink::Stdout, Sink::File),
         ca,
+        upstream_timeout: std::time::Duration::from_secs(args.upstream_timeout.max(1)),
     })?;
     tracing::info!(policies = ?proxy.rules_for(None).policies, "policy loaded");
 

@@ -6,7 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    As, TempDir, TestServer, boundary, jailed, output, require_root, status_value, stderr, stdout,
+    As, PolicyDir, TempDir, TestServer, boundary, compiled, jailed, output, require_root,
+    status_value, stderr, stdout,
 };
 
 #[tokio::test]
@@ -198,47 +199,6 @@ async fn probe_reports_every_tier_with_reasons() {
     );
     assert_eq!(nobody["facts"]["uid"], 65534);
     assert!(nobody["facts"]["landlockAbi"].as_i64().unwrap() >= 0);
-}
-
-/// A policy file in the ConfigMap layout: `policy.json -> ..data/policy.json`, `..data -> ..v1`.
-struct PolicyDir {
-    dir: TempDir,
-    version: u32,
-}
-
-impl PolicyDir {
-    fn new(policy: &serde_json::Value) -> PolicyDir {
-        let mut p = PolicyDir {
-            dir: TempDir::new("policy"),
-            version: 0,
-        };
-        p.publish(policy);
-        std::os::unix::fs::symlink("..data/policy.json", p.dir.path().join("policy.json")).unwrap();
-        p
-    }
-
-    /// Atomic swap, as the kubelet does: write a new versioned dir, repoint `..data`.
-    fn publish(&mut self, policy: &serde_json::Value) {
-        self.version += 1;
-        let v = self.dir.path().join(format!("..v{}", self.version));
-        std::fs::create_dir(&v).unwrap();
-        std::fs::write(v.join("policy.json"), serde_json::to_vec(policy).unwrap()).unwrap();
-        let tmp = self.dir.path().join("..data_tmp");
-        std::os::unix::fs::symlink(format!("..v{}", self.version), &tmp).unwrap();
-        std::fs::rename(&tmp, self.dir.path().join("..data")).unwrap();
-    }
-
-    fn path(&self) -> std::path::PathBuf {
-        self.dir.path().join("policy.json")
-    }
-}
-
-fn compiled(allow: &[&str]) -> serde_json::Value {
-    serde_json::json!({
-        "version": 1,
-        "namespace": "agents",
-        "policies": [{"name": "agent-policy", "podSelector": {}, "allow": allow}]
-    })
 }
 
 #[tokio::test]

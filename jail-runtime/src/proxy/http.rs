@@ -5,8 +5,8 @@
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::audit::{Decision, Record};
+use super::framing::{Audited, Framing};
 use super::head::{self, Scheme, Target};
 use super::metrics::{Kind, UpstreamError};
 use super::upstream::{Body, BoxError, Failure};
@@ -45,10 +46,25 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let ctx = Arc::new(ctx);
+    let framing = Arc::new(Mutex::new(Framing::default()));
+    let io = Audited::new(io, framing.clone());
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let proxy = proxy.clone();
         let ctx = ctx.clone();
-        async move { Ok::<_, Infallible>(handle(proxy, ctx, scheme, req).await) }
+        let verdict = if req.version() == Version::HTTP_2 {
+            Ok(())
+        } else {
+            framing
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .next_verdict()
+        };
+        async move {
+            Ok::<_, Infallible>(match verdict {
+                Ok(()) => handle(proxy, ctx, scheme, req).await,
+                Err(why) => refuse_framing(&proxy, &ctx, scheme, &req, &why),
+            })
+        }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
@@ -145,6 +161,45 @@ async fn handle(
         return deny_page(scheme, request, misses, &proxy, &ctx);
     }
     forward(proxy, scheme, parts, body, &target, rec, client_upgrade).await
+}
+
+/// A request whose framing is ambiguous (smuggling): 400, and the connection is closed.
+fn refuse_framing(
+    proxy: &Proxy,
+    ctx: &ConnCtx,
+    scheme: Scheme,
+    req: &Request<Incoming>,
+    why: &str,
+) -> Response<Body> {
+    let host = ctx
+        .bound
+        .clone()
+        .unwrap_or_else(|| Host::Name("unknown".into()));
+    let port = if ctx.port == 0 {
+        scheme.default_port()
+    } else {
+        ctx.port
+    };
+    let mut rec = proxy.record(
+        ctx,
+        scheme.as_str(),
+        &host,
+        port,
+        proxy.rules_for(ctx.container.as_deref()).rules.mode(),
+    );
+    rec.method = Some(req.method().to_string());
+    rec.decision = Decision::Deny;
+    rec.reason = Some(format!("ambiguous request framing: {why}"));
+    rec.status = Some(400);
+    proxy.inner.metrics.decision(Kind::Http, Decision::Deny);
+    proxy.inner.audit.record(&rec);
+    let mut resp = text(
+        400,
+        format!("Blocked by Agent Boundary: ambiguous request framing: {why}\n"),
+    );
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
 }
 
 fn deny_reason(misses: &[(&boundary_api::rules::Rule, Miss)]) -> String {
@@ -313,8 +368,8 @@ async fn forward(
     } else {
         &proxy.inner.client_h1
     };
-    let response = match tokio::time::timeout(Duration::from_mins(5), client.request(request)).await
-    {
+    let limit = proxy.inner.upstream_timeout;
+    let response = match tokio::time::timeout(limit, client.request(request)).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             let failure = failure_of(&e);
@@ -324,7 +379,8 @@ async fn forward(
         }
         Err(_) => {
             proxy.inner.metrics.upstream_error(UpstreamError::Protocol);
-            return finish_error(&proxy, rec, 504, "the upstream did not answer within 300 s");
+            let reason = format!("the upstream sent no response within {} s", limit.as_secs());
+            return finish_error(&proxy, rec, 504, &reason);
         }
     };
     let mut response = response;

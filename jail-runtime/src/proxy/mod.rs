@@ -15,6 +15,7 @@
 
 pub mod audit;
 pub mod client_hello;
+pub mod framing;
 pub mod head;
 mod http;
 mod io;
@@ -99,6 +100,8 @@ pub struct ProxyConfig {
     pub audit: audit::Sink,
     /// The interception CA.
     pub ca: Arc<CertAuthority>,
+    /// How long an upstream may take to send its response headers (504 after that).
+    pub upstream_timeout: Duration,
 }
 
 /// The proxy; cheap to clone.
@@ -124,6 +127,7 @@ struct Inner {
     client_h2: hyper_util::client::legacy::Client<upstream::Connector, Body>,
     audit: Audit,
     metrics: Arc<Metrics>,
+    upstream_timeout: Duration,
 }
 
 /// Per-connection facts.
@@ -166,6 +170,7 @@ impl Proxy {
                 upstream,
                 audit: Audit::start(&config.audit).map_err(StartError::Audit)?,
                 metrics,
+                upstream_timeout: config.upstream_timeout,
             }),
         })
     }

@@ -2,6 +2,7 @@
 //! servers on loopback and real clients (curl, python3) inside the jail.
 #![allow(dead_code)]
 
+use rustls::pki_types::pem::PemObject;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -295,4 +296,191 @@ pub fn status_value<'a>(text: &'a str, key: &str) -> Option<&'a str> {
         l.strip_prefix(key)
             .map(|v| v.trim_start_matches(':').trim())
     })
+}
+
+/// A policy file in the ConfigMap layout: `policy.json -> ..data/policy.json`, `..data -> ..v1`.
+pub struct PolicyDir {
+    pub dir: TempDir,
+    version: u32,
+}
+
+impl PolicyDir {
+    pub fn new(policy: &serde_json::Value) -> PolicyDir {
+        let mut p = PolicyDir {
+            dir: TempDir::new("policy"),
+            version: 0,
+        };
+        p.publish(policy);
+        std::os::unix::fs::symlink("..data/policy.json", p.dir.path().join("policy.json")).unwrap();
+        p
+    }
+
+    /// Atomic swap, as the kubelet does: write a new versioned dir, repoint `..data`.
+    pub fn publish(&mut self, policy: &serde_json::Value) {
+        self.version += 1;
+        let v = self.dir.path().join(format!("..v{}", self.version));
+        std::fs::create_dir(&v).unwrap();
+        std::fs::write(v.join("policy.json"), serde_json::to_vec(policy).unwrap()).unwrap();
+        let tmp = self.dir.path().join("..data_tmp");
+        std::os::unix::fs::symlink(format!("..v{}", self.version), &tmp).unwrap();
+        std::fs::rename(&tmp, self.dir.path().join("..data")).unwrap();
+    }
+
+    pub fn path(&self) -> std::path::PathBuf {
+        self.dir.path().join("policy.json")
+    }
+}
+
+pub fn compiled(allow: &[&str]) -> serde_json::Value {
+    serde_json::json!({
+        "version": 1,
+        "namespace": "agents",
+        "policies": [{"name": "agent-policy", "podSelector": {}, "allow": allow}]
+    })
+}
+
+/// A running `boundary sidecar` with its socket, CA, metrics and explicit-proxy ports, and its
+/// audit trail (standard output) collected.
+pub struct Sidecar {
+    pub socket: PathBuf,
+    pub ca_pem: String,
+    pub metrics: SocketAddr,
+    pub explicit: SocketAddr,
+    pub policy: PolicyDir,
+    pub pid: i32,
+    audit: Arc<std::sync::Mutex<Vec<String>>>,
+    _child: tokio::process::Child,
+    _dir: TempDir,
+}
+
+fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+impl Sidecar {
+    /// Starts a sidecar enforcing `policy` (compiled-policy JSON) with extra flags.
+    pub async fn start(policy: &serde_json::Value, args: &[&str]) -> Sidecar {
+        let dir = TempDir::new("sidecar");
+        let socket = dir.path().join("proxy.sock");
+        let policy = PolicyDir::new(policy);
+        let (metrics, explicit) = (free_port(), free_port());
+        let mut cmd = boundary(As::Root);
+        cmd.args([
+            "sidecar",
+            "--socket",
+            socket.to_str().unwrap(),
+            "--policy-file",
+            policy.path().to_str().unwrap(),
+        ])
+        .args([
+            "--metrics-addr",
+            &metrics.to_string(),
+            "--explicit-proxy",
+            &explicit.to_string(),
+        ])
+        .args(args)
+        .stdout(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let pid = i32::try_from(child.id().unwrap()).unwrap();
+        let audit = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let lines = audit.clone();
+        let stdout = child.stdout.take().unwrap();
+        tokio::spawn(async move {
+            let mut reader = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+            while let Ok(Some(line)) = reader.next_line().await {
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let ca = dir.path().join("ca.crt");
+        for _ in 0..200 {
+            if socket.exists() && ca.exists() && std::net::TcpStream::connect(metrics).is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let ca_pem = std::fs::read_to_string(&ca).expect("the sidecar wrote its CA");
+        Sidecar {
+            socket,
+            ca_pem,
+            metrics,
+            explicit,
+            policy,
+            pid,
+            audit,
+            _child: child,
+            _dir: dir,
+        }
+    }
+
+    /// A connection as the jail's forwarder makes it: to `name` (a synthetic address) on `port`.
+    pub async fn connect(&self, name: &str, port: u16) -> tokio::net::UnixStream {
+        let header = format!(
+            "BOUNDARY1 {}\n",
+            serde_json::json!({"dst": format!("198.18.0.9:{port}"), "name": name, "container": "agent", "tier": "userns"})
+        );
+        let mut stream = tokio::net::UnixStream::connect(&self.socket).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut stream, header.as_bytes())
+            .await
+            .unwrap();
+        stream
+    }
+
+    /// A connection to a raw IP (no synthetic name), as a client that resolved a name itself.
+    pub async fn connect_ip(&self, ip: &str, port: u16) -> tokio::net::UnixStream {
+        let header = format!(
+            "BOUNDARY1 {}\n",
+            serde_json::json!({"dst": format!("{ip}:{port}")})
+        );
+        let mut stream = tokio::net::UnixStream::connect(&self.socket).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut stream, header.as_bytes())
+            .await
+            .unwrap();
+        stream
+    }
+
+    /// A TLS client trusting the proxy's CA; ALPN h2 + http/1.1 or http/1.1 only.
+    pub fn tls(&self, h2: bool) -> tokio_rustls::TlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        config.alpn_protocols = if h2 {
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        } else {
+            vec![b"http/1.1".to_vec()]
+        };
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+    }
+
+    /// Audit records so far (waits a moment for the writer).
+    pub async fn audit(&self) -> Vec<serde_json::Value> {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.audit
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// The sidecar's peak resident memory (`VmHWM`), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap();
+        status_value(&status, "VmHWM")
+            .unwrap()
+            .trim_end_matches(" kB")
+            .trim()
+            .parse()
+            .unwrap()
+    }
 }

@@ -1,0 +1,972 @@
+//! The policy proxy with real clients and servers on loopback, through the sidecar's socket (the
+//! path every jailed connection takes in a pod) and its explicit-proxy port: keep-alive with a
+//! check per request, HTTP/2 on both sides, WebSocket, streamed bodies (SSE, 1 GiB) with flat
+//! memory, trailers, 100-continue, consistency checks, bypass attempts, upstream failures,
+//! passthrough and TCP rules, hostile input, metrics.
+
+mod common;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{Sidecar, TestCa, require_root};
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::pem::PemObject;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::Message;
+
+type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+fn full(s: impl Into<Bytes>) -> Body {
+    Full::new(s.into()).boxed()
+}
+
+/// An upstream with the endpoints the tests need.
+struct Upstream {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    uploaded: Arc<AtomicU64>,
+    sse_gate: Arc<tokio::sync::Notify>,
+}
+
+impl Upstream {
+    async fn start(tls: Option<Arc<rustls::ServerConfig>>) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let uploaded = Arc::new(AtomicU64::new(0));
+        let sse_gate = Arc::new(tokio::sync::Notify::new());
+        let (c, u, g) = (connections.clone(), uploaded.clone(), sse_gate.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                c.fetch_add(1, Ordering::SeqCst);
+                let (u, g, tls) = (u.clone(), g.clone(), tls.clone());
+                tokio::spawn(async move {
+                    let svc =
+                        hyper::service::service_fn(move |req| route(req, u.clone(), g.clone()));
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        Some(config) => {
+                            if let Ok(s) =
+                                tokio_rustls::TlsAcceptor::from(config).accept(stream).await
+                            {
+                                let _ = builder
+                                    .serve_connection_with_upgrades(TokioIo::new(s), svc)
+                                    .await;
+                            }
+                        }
+                        None => {
+                            let _ = builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                                .await;
+                        }
+                    }
+                });
+            }
+        });
+        Upstream {
+            addr,
+            connections,
+            uploaded,
+            sse_gate,
+        }
+    }
+
+    fn port(&self) -> u16 {
+        self.addr.port()
+    }
+}
+
+async fn route(
+    mut req: Request<Incoming>,
+    uploaded: Arc<AtomicU64>,
+    gate: Arc<tokio::sync::Notify>,
+) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_owned();
+    Ok(match path.as_str() {
+        "/upload" => {
+            let mut body = req.into_body();
+            let mut n = 0u64;
+            while let Some(Ok(frame)) = body.frame().await {
+                if let Some(d) = frame.data_ref() {
+                    n += d.len() as u64;
+                }
+            }
+            uploaded.store(n, Ordering::SeqCst);
+            Response::new(full(format!("got {n}")))
+        }
+        "/download" => {
+            let total: u64 = req
+                .uri()
+                .query()
+                .and_then(|q| q.strip_prefix("n="))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            let chunk = Bytes::from(vec![7u8; 256 * 1024]);
+            let stream = futures_util::stream::unfold(0u64, move |sent| {
+                let chunk = chunk.clone();
+                async move {
+                    (sent < total).then(|| {
+                        let n = (total - sent).min(chunk.len() as u64);
+                        (
+                            Ok::<_, Infallible>(Frame::data(
+                                chunk.slice(..usize::try_from(n).unwrap()),
+                            )),
+                            sent + n,
+                        )
+                    })
+                }
+            });
+            Response::new(BodyExt::boxed(StreamBody::new(stream)))
+        }
+        "/sse" => sse(gate),
+        "/trailers" => with_trailers(),
+        "/slow" => {
+            tokio::time::sleep(Duration::from_hours(1)).await;
+            Response::new(full("too late"))
+        }
+        "/ws" => websocket(&mut req),
+        _ => {
+            let host = req
+                .headers()
+                .get("host")
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+                .or_else(|| req.uri().authority().map(ToString::to_string))
+                .unwrap_or_default();
+            Response::new(full(format!(
+                "hello {} {} {} {:?}\n",
+                req.method(),
+                host,
+                path,
+                req.version()
+            )))
+        }
+    })
+}
+
+fn sse(gate: Arc<tokio::sync::Notify>) -> Response<Body> {
+    let stream = futures_util::stream::unfold(0, move |step| {
+        let gate = gate.clone();
+        async move {
+            match step {
+                0 => Some((
+                    Ok::<_, Infallible>(Frame::data(Bytes::from("data: one\n\n"))),
+                    1,
+                )),
+                1 => {
+                    // The second event only after the client has seen the first.
+                    gate.notified().await;
+                    Some((Ok(Frame::data(Bytes::from("data: two\n\n"))), 2))
+                }
+                _ => None,
+            }
+        }
+    });
+    let mut resp = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+    resp.headers_mut()
+        .insert("content-type", "text/event-stream".parse().unwrap());
+    resp
+}
+
+fn with_trailers() -> Response<Body> {
+    let frames = vec![
+        Ok::<_, Infallible>(Frame::data(Bytes::from("payload"))),
+        Ok(Frame::trailers({
+            let mut t = http::HeaderMap::new();
+            t.insert("grpc-status", "0".parse().unwrap());
+            t
+        })),
+    ];
+    Response::new(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(
+        frames,
+    ))))
+}
+
+/// Accepts a WebSocket and echoes text messages.
+fn websocket(req: &mut Request<Incoming>) -> Response<Body> {
+    let key = req
+        .headers()
+        .get("sec-websocket-key")
+        .cloned()
+        .unwrap_or(http::HeaderValue::from_static(""));
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let on_upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        if let Ok(upgraded) = on_upgrade.await {
+            let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                TokioIo::new(upgraded),
+                tokio_tungstenite::tungstenite::protocol::Role::Server,
+                None,
+            )
+            .await;
+            while let Some(Ok(msg)) = ws.next().await {
+                if msg.is_text()
+                    && ws
+                        .send(Message::text(format!("echo {}", msg.to_text().unwrap())))
+                        .await
+                        .is_err()
+                {
+                    break;
+                }
+            }
+        }
+    });
+    Response::builder()
+        .status(101)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-accept", accept)
+        .body(full(""))
+        .unwrap()
+}
+
+fn policy(allow: &[&str]) -> serde_json::Value {
+    common::compiled(allow)
+}
+
+/// Sends one HTTP/1.1 request over an existing connection and returns (status, body).
+async fn h1<S>(
+    sender: &mut hyper::client::conn::http1::SendRequest<Body>,
+    _io: std::marker::PhantomData<S>,
+    method: &str,
+    uri: &str,
+    host: &str,
+) -> (u16, String) {
+    let req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("host", host)
+        .body(full(""))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn every_request_on_a_keep_alive_connection_is_checked() {
+    require_root();
+    let up = Upstream::start(None).await;
+    let sidecar = Sidecar::start(
+        &policy(&["domain=allowed.test path=/v1/*"]),
+        &["--resolve", "allowed.test=127.0.0.1"],
+    )
+    .await;
+    let stream = sidecar.connect("allowed.test", up.port()).await;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let host = format!("allowed.test:{}", up.port());
+    let p = std::marker::PhantomData::<()>;
+    assert_eq!(h1(&mut sender, p, "GET", "/v1/a", &host).await.0, 200);
+    let (status, body) = h1(&mut sender, p, "GET", "/admin", &host).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.contains("domain=allowed.test method=GET path=/admin"),
+        "the 403 names the rule that would allow it:\n{body}"
+    );
+    assert!(
+        body.contains("path not allowed"),
+        "and the rule that came close:\n{body}"
+    );
+    let (status, body) = h1(&mut sender, p, "GET", "/v1/b", &host).await;
+    assert_eq!(status, 200, "the connection survives a denial: {body}");
+    assert_eq!(
+        up.connections.load(Ordering::SeqCst),
+        1,
+        "one pooled upstream connection"
+    );
+    let records = sidecar.audit().await;
+    let paths: Vec<(&str, &str)> = records
+        .iter()
+        .map(|r| (r["path"].as_str().unwrap(), r["decision"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        paths,
+        [("/v1/a", "allow"), ("/admin", "deny"), ("/v1/b", "allow")]
+    );
+}
+
+#[tokio::test]
+async fn http2_on_both_sides_with_trailers() {
+    require_root();
+    let ca = TestCa::new();
+    let up = Upstream::start(Some(ca.server_config(&["allowed.test"], true))).await;
+    let sidecar = Sidecar::start(
+        &policy(&["domain=allowed.test"]),
+        &[
+            "--resolve",
+            "allowed.test=127.0.0.1",
+            "--upstream-ca",
+            ca.pem_path.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let stream = sidecar.connect("allowed.test", up.port()).await;
+    let tls = sidecar
+        .tls(true)
+        .connect("allowed.test".try_into().unwrap(), stream)
+        .await
+        .unwrap();
+    assert_eq!(
+        tls.get_ref().1.alpn_protocol(),
+        Some(&b"h2"[..]),
+        "h2 with the client"
+    );
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let uri = format!("https://allowed.test:{}/hello", up.port());
+    let resp = sender
+        .send_request(Request::get(&uri).body(full("")).unwrap())
+        .await
+        .unwrap();
+    let body =
+        String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).into_owned();
+    assert!(
+        body.contains("HTTP/2.0"),
+        "h2 with the upstream too: {body}"
+    );
+    let uri = format!("https://allowed.test:{}/trailers", up.port());
+    let resp = sender
+        .send_request(Request::get(&uri).body(full("")).unwrap())
+        .await
+        .unwrap();
+    let collected = resp.into_body().collect().await.unwrap();
+    assert_eq!(
+        collected
+            .trailers()
+            .and_then(|t| t.get("grpc-status"))
+            .unwrap(),
+        "0",
+        "trailers pass through"
+    );
+    assert_eq!(collected.to_bytes(), "payload");
+}
+
+#[tokio::test]
+async fn websocket_after_an_allowed_upgrade_and_not_after_a_denied_one() {
+    require_root();
+    let up = Upstream::start(None).await;
+    let sidecar = Sidecar::start(
+        &policy(&["domain=allowed.test path=/ws"]),
+        &["--resolve", "allowed.test=127.0.0.1"],
+    )
+    .await;
+    let stream = sidecar.connect("allowed.test", up.port()).await;
+    let url = format!("ws://allowed.test:{}/ws", up.port());
+    let (mut ws, resp) = tokio_tungstenite::client_async(url.as_str(), stream)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 101);
+    for i in 0..3 {
+        ws.send(Message::text(format!("ping {i}"))).await.unwrap();
+        let reply = ws.next().await.unwrap().unwrap();
+        assert_eq!(reply.to_text().unwrap(), format!("echo ping {i}"));
+    }
+    let stream = sidecar.connect("allowed.test", up.port()).await;
+    let url = format!("ws://allowed.test:{}/ws-other", up.port());
+    let err = tokio_tungstenite::client_async(url.as_str(), stream)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("403"), "{err}");
+}
+
+#[tokio::test]
+async fn an_event_stream_reaches_the_client_as_it_is_produced() {
+    require_root();
+    let up = Upstream::start(None).await;
+    let sidecar = Sidecar::start(
+        &policy(&["domain=allowed.test"]),
+        &["--resolve", "allowed.test=127.0.0.1"],
+    )
+    .await;
+    let stream = sidecar.connect("allowed.test", up.port()).await;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("/sse")
+        .header("host", format!("allowed.test:{}", up.port()))
+        .body(full(""))
+        .unwrap();
+    let mut body = sender.send_request(req).await.unwrap().into_body();
+    // The upstream holds the second event until the first arrived here: a proxy that buffers
+    // the response would never deliver the first one (the test would time out).
+    let first = tokio::time::timeout(Duration::from_secs(10), body.frame())
+        .await
+        .expect("first event streamed")
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.into_data().unwrap(), "data: one\n\n");
+    up.sse_gate.notify_one();
+    let second = tokio::time::timeout(Duration::from_secs(10), body.frame())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.into_data().unwrap(), "data: two\n\n");
+}
+
+#[tokio::test]
+async fn a_gibibyte_each_way_streams_with_flat_memory() {
+    const GIB: u64 = 1 << 30;
+    require_root();
+    let up = Upstream::start(None).await;
+    let sidecar = Sidecar::start(
+        &policy(&["domain=allowed.test"]),
+        &["--resolve", "allowed.test=127.0.0.1"],
+    )
+    .await;
+    let before = sidecar.peak_rss_kib();
+    let stream = sidecar.connect("allowed.test", up.port()).await;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let host = format!("allowed.test:{}", up.port());
+    let chunk = Bytes::from(vec![1u8; 256 * 1024]);
+    let upload = futures_util::stream::unfold(0u64, move |sent| {
+        let chunk = chunk.clone();
+        async move { (sent < GIB).then(|| (Ok::<_, Infallible>(Frame::data(chunk)), sent + 256 * 1024)) }
+    });
+    let req = Request::post("/upload")
+        .header("host", &host)
+        .body(BodyExt::boxed(StreamBody::new(upload)))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(
+        resp.into_body().collect().await.unwrap().to_bytes(),
+        format!("got {GIB}")
+    );
+    assert_eq!(up.uploaded.load(Ordering::SeqCst), GIB);
+    let req = Request::get(format!("/download?n={GIB}"))
+        .header("host", &host)
+        .body(full(""))
+        .unwrap();
+    let mut body = sender.send_request(req).await.unwrap().into_body();
+    let mut got = 0u64;
+    while let Some(frame) = body.frame().await {
+        got += frame.unwrap().into_data().map_or(0, |d| d.len() as u64);
+    }
+    assert_eq!(got, GIB);
+    let growth_mib = (sidecar.peak_rss_kib().saturating_sub(before)) / 1024;
+    assert!(
+        growth_mib < 64,
+        "peak memory grew by {growth_mib} MiB while relaying 2 GiB"
+    );
+    let records = sidecar.audit().await;
+    assert_eq!(records[0]["bytes_in"], GIB, "{:?}", records[0]);
+    assert_eq!(records[1]["bytes_out"], GIB, "{:?}", records[1]);
+}
+
+/// Writes raw bytes on a relayed connection and reads the answer until the peer closes or
+/// `until` appears.
+async fn raw(sidecar: &Sidecar, name: &str, port: u16, request: &[u8], until: &str) -> String {
+    let mut stream = sidecar.connect(name, port).await;
+    stream.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => {
+                out.extend_from_slice(&buf[..n]);
+                if String::from_utf8_lossy(&out).contains(until) {
+                    break;
+                }
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn expect_100_continue_is_answered_before_the_body_is_sent() {
+    require_root();
+    let up = Upstream::start(None).await;
+    let sidecar = Sidecar::start(
+        &policy(&["domain=allowed.test"]),
+        &["--resolve", "allowed.test=127.0.0.1"],
+    )
+    .await;
+    let mut stream = sidecar.connect("allowed.test", up.port()).await;
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nHost: allowed.test:{}\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+        up.port()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 100 Continue"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    stream.write_all(b"hello").await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(
+        text.starts_with("HTTP/1.1 200") && text.contains("got 5"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn inconsistent_requests_and_bypass_attempts_are_refused() {
+    require_root();
+    let ca = TestCa::new();
+    let plain = Upstream::start(None).await;
+    let tls_up = Upstream::start(Some(
+        ca.server_config(&["allowed.test", "evil.test"], false),
+    ))
+    .await;
+    let sidecar = Sidecar::start(
+        &policy(&["domain=allowed.test path=/api/*", "domain=*.github.test"]),
+        &[
+            "--resolve",
+            "allowed.test=127.0.0.1",
+            "--resolve",
+            "evil.test=127.0.0.1",
+            "--upstream-ca",
+            ca.pem_path.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let p = plain.port();
+    let cases: Vec<(&str, String, &str, &str)> = vec![
+        (
+            "absolute-form target differs from Host",
+            format!("GET http://evil.test:{p}/api/x HTTP/1.1\r\nHost: allowed.test:{p}\r\n\r\n"),
+            "allowed.test",
+            "HTTP/1.1 403",
+        ),
+        (
+            "Host differs from the connection's name (fronting)",
+            format!("GET /api/x HTTP/1.1\r\nHost: evil.test:{p}\r\n\r\n"),
+            "allowed.test",
+            "HTTP/1.1 403",
+        ),
+        (
+            "Content-Length with Transfer-Encoding",
+            format!(
+                "POST /api/x HTTP/1.1\r\nHost: allowed.test:{p}\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+            ),
+            "allowed.test",
+            "HTTP/1.1 400",
+        ),
+        (
+            "percent-encoded dot-segments",
+            format!("GET /api/%2e%2e/admin HTTP/1.1\r\nHost: allowed.test:{p}\r\n\r\n"),
+            "allowed.test",
+            "HTTP/1.1 403",
+        ),
+        (
+            "backslash traversal",
+            format!("GET /api\\..\\admin HTTP/1.1\r\nHost: allowed.test:{p}\r\n\r\n"),
+            "allowed.test",
+            "HTTP/1.1 403",
+        ),
+        (
+            "lookalike of a wildcard",
+            format!("GET / HTTP/1.1\r\nHost: evilgithub.test:{p}\r\n\r\n"),
+            "evilgithub.test",
+            "HTTP/1.1 403",
+        ),
+        (
+            "two Host headers",
+            format!("GET /api/x HTTP/1.1\r\nHost: allowed.test:{p}\r\nHost: evil.test:{p}\r\n\r\n"),
+            "allowed.test",
+            "HTTP/1.1 400",
+        ),
+    ];
+    for (what, request, name, expected) in &cases {
+        let answer = raw(&sidecar, name, p, request.as_bytes(), "\r\n\r\n").await;
+        assert!(answer.starts_with(expected), "{what}: {answer}");
+    }
+    // Case and a trailing dot do not get around a rule, and are still allowed.
+    let ok = raw(
+        &sidecar,
+        "ALLOWED.TEST.",
+        p,
+        format!("GET /api/x HTTP/1.1\r\nHost: ALLOWED.TEST.:{p}\r\n\r\n").as_bytes(),
+        "\r\n\r\n",
+    )
+    .await;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    // An IP literal target is denied unless a rule allows that address.
+    let ip = raw_ip(
+        &sidecar,
+        p,
+        format!("GET /api/x HTTP/1.1\r\nHost: 127.0.0.1:{p}\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert!(ip.starts_with("HTTP/1.1 403"), "{ip}");
+    // TLS: SNI allowed, Host not (domain fronting inside TLS).
+    let stream = sidecar.connect("allowed.test", tls_up.port()).await;
+    let tls = sidecar
+        .tls(false)
+        .connect("allowed.test".try_into().unwrap(), stream)
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let (status, body) = h1(
+        &mut sender,
+        std::marker::PhantomData::<()>,
+        "GET",
+        "/api/x",
+        &format!("evil.test:{}", tls_up.port()),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("Host evil.test differs from"), "{body}");
+    // SNI naming another host than the connection's name.
+    let stream = sidecar.connect("allowed.test", tls_up.port()).await;
+    assert!(
+        sidecar
+            .tls(false)
+            .connect("evil.test".try_into().unwrap(), stream)
+            .await
+            .is_err(),
+        "SNI ≠ connection name is refused"
+    );
+    assert_eq!(
+        plain.connections.load(Ordering::SeqCst),
+        1,
+        "only the allowed request reached the upstream"
+    );
+}
+
+async fn raw_ip(sidecar: &Sidecar, port: u16, request: &[u8]) -> String {
+    let mut stream = sidecar.connect_ip("127.0.0.1", port).await;
+    stream.write_all(request).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[tokio::test]
+async fn the_explicit_proxy_serves_connect_and_refuses_hosts_no_rule_allows() {
+    require_root();
+    let ca = TestCa::new();
+    let up = Upstream::start(Some(ca.server_config(&["allowed.test"], false))).await;
+    let sidecar = Sidecar::start(
+        &policy(&["domain=allowed.test"]),
+        &[
+            "--resolve",
+            "allowed.test=127.0.0.1",
+            "--upstream-ca",
+            ca.pem_path.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let dir = common::TempDir::new("proxy-ca");
+    let proxy_ca = dir.path().join("ca.crt");
+    std::fs::write(&proxy_ca, &sidecar.ca_pem).unwrap();
+    let curl = |url: String| {
+        let proxy = format!("http://{}", sidecar.explicit);
+        let ca = proxy_ca.clone();
+        async move {
+            let out = tokio::process::Command::new("curl")
+                .args([
+                    "-sS",
+                    "-m",
+                    "10",
+                    "-x",
+                    &proxy,
+                    "--cacert",
+                    ca.to_str().unwrap(),
+                    &url,
+                ])
+                .output()
+                .await
+                .unwrap();
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        }
+    };
+    let ok = curl(format!("https://allowed.test:{}/x", up.port())).await;
+    assert!(ok.contains("hello GET allowed.test"), "{ok}");
+    let denied = curl(format!("https://denied.test:{}/x", up.port())).await;
+    assert!(
+        denied.contains("403"),
+        "CONNECT to a host no rule allows: {denied}"
+    );
+}
+
+#[tokio::test]
+async fn upstream_failures_are_502_and_504_with_a_reason() {
+    require_root();
+    let up = Upstream::start(None).await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let sidecar = Sidecar::start(
+        &policy(&["domain=allowed.test", "domain=nowhere.test"]),
+        &[
+            "--resolve",
+            "allowed.test=127.0.0.1",
+            "--upstream-timeout",
+            "1",
+        ],
+    )
+    .await;
+    let refused = raw(
+        &sidecar,
+        "allowed.test",
+        closed,
+        format!("GET / HTTP/1.1\r\nHost: allowed.test:{closed}\r\n\r\n").as_bytes(),
+        "\r\n\r\n",
+    )
+    .await;
+    assert!(refused.starts_with("HTTP/1.1 502"), "{refused}");
+    let slow = raw(
+        &sidecar,
+        "allowed.test",
+        up.port(),
+        format!(
+            "GET /slow HTTP/1.1\r\nHost: allowed.test:{}\r\n\r\n",
+            up.port()
+        )
+        .as_bytes(),
+        "within",
+    )
+    .await;
+    assert!(
+        slow.starts_with("HTTP/1.1 504") && slow.contains("no response within 1 s"),
+        "{slow}"
+    );
+    let unresolvable = raw(
+        &sidecar,
+        "nowhere.test",
+        80,
+        b"GET / HTTP/1.1\r\nHost: nowhere.test\r\n\r\n",
+        "\r\n\r\n",
+    )
+    .await;
+    assert!(unresolvable.starts_with("HTTP/1.1 502"), "{unresolvable}");
+    let metrics = reqwest_metrics(&sidecar).await;
+    assert!(
+        metrics.contains("agent_boundary_upstream_errors_total{kind=\"connect\"} 1"),
+        "{metrics}"
+    );
+}
+
+async fn reqwest_metrics(sidecar: &Sidecar) -> String {
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", &format!("http://{}/metrics", sidecar.metrics)])
+        .output()
+        .await
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn passthrough_and_tcp_rules_relay_without_looking_inside() {
+    require_root();
+    let ca = TestCa::new();
+    let pinned = Upstream::start(Some(ca.server_config(&["pinned.test"], false))).await;
+    // A server that speaks first, like ssh.
+    let banner = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let banner_port = banner.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = banner.accept().await {
+            let _ = s.write_all(b"SSH-2.0-test\r\n").await;
+        }
+    });
+    let policy = serde_json::json!({
+        "version": 1,
+        "policies": [{
+            "name": "p",
+            "http": [{"domains": ["pinned.test"], "tls": "Passthrough"}],
+            "tcp": [{"domain": "git.test", "ports": [banner_port]}]
+        }]
+    });
+    let sidecar = Sidecar::start(
+        &policy,
+        &[
+            "--resolve",
+            "pinned.test=127.0.0.1",
+            "--resolve",
+            "git.test=127.0.0.1",
+        ],
+    )
+    .await;
+    // Passthrough: the client sees the upstream's own certificate (issued by the test CA).
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(&ca.pem_path).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let stream = sidecar.connect("pinned.test", pinned.port()).await;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect("pinned.test".try_into().unwrap(), stream)
+        .await;
+    assert!(
+        tls.is_ok(),
+        "the upstream's certificate reached the client: {tls:?}"
+    );
+    // TCP rule: the server's banner arrives without the client sending anything.
+    let mut stream = sidecar.connect("git.test", banner_port).await;
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf[..n], b"SSH-2.0-test\r\n");
+    // Relayed connections are audited when they end, with their byte counts.
+    drop((tls, stream));
+    let records = sidecar.audit().await;
+    let schemes: Vec<&str> = records
+        .iter()
+        .map(|r| r["scheme"].as_str().unwrap())
+        .collect();
+    assert!(
+        schemes.contains(&"tls") && schemes.contains(&"tcp"),
+        "{records:?}"
+    );
+}
+
+#[tokio::test]
+async fn hostile_input_gets_errors_and_the_proxy_stays_up() {
+    require_root();
+    let up = Upstream::start(None).await;
+    let sidecar = Sidecar::start(
+        &policy(&["domain=allowed.test"]),
+        &["--resolve", "allowed.test=127.0.0.1"],
+    )
+    .await;
+    let p = up.port();
+    let garbage: Vec<Vec<u8>> = vec![
+        vec![0u8; 100],
+        b"\x16\x03\x01\xff\xff".to_vec(),
+        b"\x16\x03\x01\x00\x05\x02\x00\x00\x01\x00".to_vec(),
+        format!(
+            "GET / HTTP/1.1\r\nHost: allowed.test:{p}\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(200_000)
+        )
+        .into_bytes(),
+        format!("GET /\x00 HTTP/1.1\r\nHost: allowed.test:{p}\r\n\r\n").into_bytes(),
+        b"GET / HTTP/9.9\r\n\r\n".to_vec(),
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x07\x00\x00\x00\x00\x00garbage".to_vec(),
+    ];
+    for bytes in &garbage {
+        let _ = raw(&sidecar, "allowed.test", p, bytes, "\r\n\r\n").await;
+    }
+    // A slow client that never finishes its head is not kept forever (header read timeout).
+    let mut slow = sidecar.connect("allowed.test", p).await;
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: all")
+        .await
+        .unwrap();
+    let ok = raw(
+        &sidecar,
+        "allowed.test",
+        p,
+        format!("GET /still-up HTTP/1.1\r\nHost: allowed.test:{p}\r\n\r\n").as_bytes(),
+        "HTTP",
+    )
+    .await;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    assert!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(sidecar.pid), None).is_ok(),
+        "the sidecar survived"
+    );
+}
+
+#[tokio::test]
+async fn metrics_count_decisions_bytes_and_connections() {
+    require_root();
+    let up = Upstream::start(None).await;
+    let sidecar = Sidecar::start(
+        &policy(&["domain=allowed.test path=/ok"]),
+        &["--resolve", "allowed.test=127.0.0.1"],
+    )
+    .await;
+    let p = up.port();
+    let _ = raw(
+        &sidecar,
+        "allowed.test",
+        p,
+        format!("GET /ok HTTP/1.1\r\nHost: allowed.test:{p}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+        "\r\n\r\n",
+    )
+    .await;
+    let _ = raw(
+        &sidecar,
+        "allowed.test",
+        p,
+        format!("GET /no HTTP/1.1\r\nHost: allowed.test:{p}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+        "\r\n\r\n",
+    )
+    .await;
+    let held = sidecar.connect("allowed.test", p).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let text = reqwest_metrics(&sidecar).await;
+    assert!(
+        text.contains("agent_boundary_decisions_total{kind=\"http\",decision=\"allow\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("agent_boundary_decisions_total{kind=\"http\",decision=\"deny\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("agent_boundary_active_connections 1"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("agent_boundary_bytes_total{direction=\"to_client\"} 0"),
+        "{text}"
+    );
+    drop(held);
+    let health = tokio::process::Command::new("curl")
+        .args(["-sS", &format!("http://{}/healthz", sidecar.metrics)])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&health.stdout), "ok\n");
+    let _ = Empty::<Bytes>::new();
+}
