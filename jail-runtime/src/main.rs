@@ -1,18 +1,7 @@
 //! `boundary`: jails an agent's process tree and lets out only what the policy allows.
-//!
-//! `unsafe_code` is denied workspace-wide; only [`sys`] (the kernel interface) allows it.
+#![forbid(unsafe_code)]
 
-mod config;
-mod dns;
-mod forwarder;
-mod jail;
-mod logging;
-mod netlink;
-mod proxy;
-mod run;
-mod sidecar;
-mod sys;
-mod trust;
+use boundary::{config, jail, run, sidecar};
 
 use std::path::PathBuf;
 

@@ -26,5 +26,10 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest >&2
 fi
 
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  log "installing cargo-fuzz from crates.io"
+  cargo install --locked cargo-fuzz >&2
+fi
+
 "$ROOT/tests/local-cluster/build-k8s.sh" >&2
 log "done"

@@ -452,11 +452,19 @@ pub fn suggest(req: HttpRequest<'_>) -> Vec<String> {
         Host::Ip(ip) => ip.to_string(),
     };
     let path = req.path.to_string();
+    let method_ok = !req.method.is_empty()
+        && req.method.len() <= 32
+        && req
+            .method
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$&'+-.^_`|~".contains(&b));
     let mut out = Vec::new();
-    if path != "/" && path != "*" && !path.contains([' ', ',']) {
-        out.push(format!("domain={host} method={} path={path}", req.method));
+    if method_ok {
+        if path != "/" && path != "*" {
+            out.push(format!("domain={host} method={} path={path}", req.method));
+        }
+        out.push(format!("domain={host} method={}", req.method));
     }
-    out.push(format!("domain={host} method={}", req.method));
     out.push(format!("domain={host}"));
     out
 }
@@ -664,5 +672,28 @@ mod tests {
         for rule in &s {
             parse_rule(rule).expect("suggestions are valid rules");
         }
+        // Paths with grammar characters are escaped, and the suggestion still allows them.
+        let odd = RequestPath::parse("/a*b/c,d").unwrap();
+        let req = HttpRequest {
+            host: &host,
+            port: 443,
+            method: "GET",
+            path: &odd,
+        };
+        let narrow = suggest(req)[0].clone();
+        assert_eq!(
+            narrow,
+            "domain=api.example.com method=GET path=/a%2Ab/c%2Cd"
+        );
+        let compiled = compile(RuleSource {
+            allow: &[narrow],
+            ..RuleSource::default()
+        })
+        .unwrap();
+        assert!(
+            RuleSet::new(compiled, Mode::Enforce)
+                .check_http(req)
+                .is_allow()
+        );
     }
 }

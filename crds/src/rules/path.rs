@@ -95,7 +95,9 @@ impl fmt::Display for RequestPath {
         for segment in &self.segments {
             f.write_str("/")?;
             for &b in segment {
-                if b.is_ascii_graphic() && !b"%/?#".contains(&b) {
+                // Characters that mean something in the rule grammar are escaped too, so a
+                // displayed path can be pasted back as a rule.
+                if b.is_ascii_graphic() && !b"%/?#*,".contains(&b) {
                     write!(f, "{}", char::from(b))?;
                 } else {
                     write!(f, "%{b:02X}")?;

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use boundary_api::{Mode, Tier};
 use serde::Serialize;
-use tokio::sync::mpsc;
 
 /// What happened to a request or connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -120,19 +119,25 @@ impl Sink {
 /// The sending side, cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Audit {
-    tx: Option<mpsc::Sender<String>>,
+    tx: Option<std::sync::mpsc::SyncSender<String>>,
     dropped: Arc<AtomicU64>,
+    pending: Arc<AtomicU64>,
 }
 
 /// Queue length: about a second of a very busy agent.
 const QUEUE: usize = 8192;
 
 impl Audit {
-    /// Starts the writer task (needs a tokio runtime) and returns the sender.
+    /// Opens the sink and starts the writer thread.
     pub fn start(sink: &Sink) -> std::io::Result<Audit> {
-        let dropped = Arc::new(AtomicU64::new(0));
-        let mut out: Box<dyn Write + Send> = match sink {
-            Sink::Disabled => return Ok(Audit { tx: None, dropped }),
+        let out: Box<dyn Write + Send> = match sink {
+            Sink::Disabled => {
+                return Ok(Audit {
+                    tx: None,
+                    dropped: Arc::default(),
+                    pending: Arc::default(),
+                });
+            }
             Sink::Stdout => Box::new(std::io::stdout()),
             Sink::Stderr => Box::new(std::io::stderr()),
             Sink::File(_) => match sink.clone().open()? {
@@ -141,43 +146,56 @@ impl Audit {
             },
             Sink::Open(file) => Box::new(file.try_clone()?),
         };
-        let (tx, mut rx) = mpsc::channel::<String>(QUEUE);
-        let counter = dropped.clone();
-        // Blocking writes belong on a thread of their own.
-        std::thread::Builder::new()
-            .name("audit".into())
-            .spawn(move || {
-                let mut reported = 0;
-                while let Some(line) = rx.blocking_recv() {
-                    let _ = writeln!(out, "{line}");
-                    while let Ok(more) = rx.try_recv() {
-                        let _ = writeln!(out, "{more}");
+        Audit::from_writer(out)
+    }
+
+    /// Starts the writer thread on `out`. Blocking writes belong on a thread of their own; the
+    /// queue between it and the proxy is bounded and never waited on.
+    pub fn from_writer(mut out: Box<dyn Write + Send>) -> std::io::Result<Audit> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<String>(QUEUE);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let pending = Arc::new(AtomicU64::new(0));
+        let (lost, left) = (dropped.clone(), pending.clone());
+        std::thread::Builder::new().name("audit".into()).spawn(move || {
+            let mut reported = 0;
+            loop {
+                match rx.recv_timeout(Duration::from_secs(1)) {
+                    Ok(line) => {
+                        let _ = writeln!(out, "{line}");
+                        left.fetch_sub(1, Ordering::Relaxed);
+                        // Flush once the queue is drained, not per line.
+                        if left.load(Ordering::Relaxed) > 0 {
+                            continue;
+                        }
                     }
-                    let lost = counter.load(Ordering::Relaxed);
-                    if lost != reported {
-                        let _ = writeln!(
-                            out,
-                            "{}",
-                            serde_json::json!({"event": "audit-dropped", "dropped_total": lost})
-                        );
-                        reported = lost;
-                    }
-                    let _ = out.flush();
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
                 }
-            })?;
+                let now = lost.load(Ordering::Relaxed);
+                if now != reported {
+                    let _ = writeln!(out, "{}", serde_json::json!({"event": "audit-dropped", "dropped_total": now, "time": now_rfc3339()}));
+                    reported = now;
+                }
+                let _ = out.flush();
+            }
+            let _ = out.flush();
+        })?;
         Ok(Audit {
             tx: Some(tx),
             dropped,
+            pending,
         })
     }
 
-    /// Queues a record; never waits.
+    /// Queues a record; never waits. A full queue drops the record and counts it.
     pub fn record(&self, record: &Record) {
         let Some(tx) = &self.tx else { return };
         let Ok(line) = serde_json::to_string(record) else {
             return;
         };
+        self.pending.fetch_add(1, Ordering::Relaxed);
         if tx.try_send(line).is_err() {
+            self.pending.fetch_sub(1, Ordering::Relaxed);
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -187,17 +205,19 @@ impl Audit {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    /// Waits (briefly) until queued lines are written, at shutdown.
+    /// Waits (up to half a second) until queued lines are written, at shutdown.
     pub async fn flush(&self) {
-        if let Some(tx) = &self.tx {
-            for _ in 0..50 {
-                if tx.capacity() == tx.max_capacity() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
+        for _ in 0..50 {
+            if self.pending.load(Ordering::Relaxed) == 0 {
+                break;
             }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+}
+
+fn now_rfc3339() -> String {
+    now()
 }
 
 /// Now, as RFC 3339 with milliseconds.
@@ -206,4 +226,84 @@ pub fn now() -> String {
         .round(jiff::Unit::Millisecond)
         .map(|t| t.to_string())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Condvar, Mutex};
+
+    /// A writer that blocks until released, then keeps what it is given.
+    #[derive(Clone, Default)]
+    struct Gate {
+        open: Arc<(Mutex<bool>, Condvar)>,
+        written: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl Write for Gate {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let (lock, cv) = &*self.open;
+            let mut open = lock.lock().unwrap();
+            while !*open {
+                open = cv.wait(open).unwrap();
+            }
+            self.written.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn record(n: u64) -> Record {
+        Record {
+            time: now(),
+            session: "s".into(),
+            identity: Arc::default(),
+            container: None,
+            scheme: "http",
+            method: Some("GET".into()),
+            host: "a.test".into(),
+            port: 80,
+            path: Some(format!("/{n}")),
+            decision: Decision::Allow,
+            rule: None,
+            reason: None,
+            mode: Mode::Enforce,
+            tier: None,
+            isolation: None,
+            status: Some(200),
+            bytes_in: 0,
+            bytes_out: 0,
+            duration_ms: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stuck_destination_never_blocks_requests_and_drops_are_reported() {
+        let gate = Gate::default();
+        let audit = Audit::from_writer(Box::new(gate.clone())).unwrap();
+        // Far more than the queue holds, while the writer is stuck: every call returns.
+        for n in 0..(QUEUE as u64 + 500) {
+            audit.record(&record(n));
+        }
+        assert!(audit.dropped() >= 499, "dropped {}", audit.dropped());
+        {
+            let (lock, cv) = &*gate.open;
+            *lock.lock().unwrap() = true;
+            cv.notify_all();
+        }
+        audit.flush().await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let text = String::from_utf8(gate.written.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines.len() >= QUEUE,
+            "queued records are written: {}",
+            lines.len()
+        );
+        let report: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
+        assert_eq!(report["event"], "audit-dropped");
+        assert_eq!(report["dropped_total"], audit.dropped());
+    }
 }

@@ -254,6 +254,7 @@ fn check(req: &httparse::Request<'_, '_>) -> Result<Next, String> {
 }
 
 /// A client stream whose bytes are fed to a [`Framing`] as hyper reads them.
+#[derive(Debug)]
 pub struct Audited<S> {
     inner: S,
     framing: Arc<Mutex<Framing>>,
