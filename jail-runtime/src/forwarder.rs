@@ -196,8 +196,15 @@ async fn relay_to_socket(mut stream: TcpStream, path: &std::path::Path, dest: &D
             return;
         }
     };
+    crate::proxy::tune_unix(&upstream);
     if upstream.write_all(&dest.header()).await.is_err() {
         return;
     }
-    let _ = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
+    let _ = tokio::io::copy_bidirectional_with_sizes(
+        &mut stream,
+        &mut upstream,
+        crate::proxy::io::RELAY_BUFFER,
+        crate::proxy::io::RELAY_BUFFER,
+    )
+    .await;
 }

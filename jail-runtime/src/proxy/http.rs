@@ -393,7 +393,14 @@ async fn forward(
         tokio::spawn(async move {
             if let (Ok(client), Ok(upstream)) = (client_upgrade.await, upstream_upgrade.await) {
                 let (mut c, mut u) = (TokioIo::new(client), TokioIo::new(upstream));
-                if let Ok((up, down)) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                if let Ok((up, down)) = tokio::io::copy_bidirectional_with_sizes(
+                    &mut c,
+                    &mut u,
+                    super::io::RELAY_BUFFER,
+                    super::io::RELAY_BUFFER,
+                )
+                .await
+                {
                     rec.bytes_in = up;
                     rec.bytes_out = down;
                     proxy2.inner.metrics.bytes(up, down);

@@ -14,6 +14,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 pub type BoxIo = Box<dyn Io>;
 
 /// A stream that first yields bytes already read from it (sniffed for TLS or HTTP).
+#[derive(Debug)]
 pub struct Prefixed<S> {
     prefix: Vec<u8>,
     at: usize,
@@ -82,13 +83,24 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     }
 }
 
+/// Buffer per direction of a relay: tokio's default (8 KiB) costs a system call per 8 KiB of
+/// bulk transfers; 64 KiB keeps them rare without much memory per connection.
+pub const RELAY_BUFFER: usize = 64 * 1024;
+
 /// Relays until both sides are done; returns (bytes from the client, bytes to the client).
 pub async fn relay(mut client: BoxIo, prefix: Vec<u8>, mut upstream: TcpStream) -> (u64, u64) {
     let sent = u64::try_from(prefix.len()).unwrap_or(0);
     if !prefix.is_empty() && upstream.write_all(&prefix).await.is_err() {
         return (0, 0);
     }
-    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+    match tokio::io::copy_bidirectional_with_sizes(
+        &mut client,
+        &mut upstream,
+        RELAY_BUFFER,
+        RELAY_BUFFER,
+    )
+    .await
+    {
         Ok((up, down)) => (up + sent, down),
         Err(_) => (sent, 0),
     }

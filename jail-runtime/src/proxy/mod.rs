@@ -18,7 +18,7 @@ pub mod client_hello;
 pub mod framing;
 pub mod head;
 mod http;
-mod io;
+pub mod io;
 pub mod metrics;
 pub mod policy;
 pub mod tls;
@@ -519,7 +519,11 @@ impl Proxy {
             }
             Err(_) => return,
         };
-        self.serve_connection(Box::new(reader), dest).await;
+        // Hand over what the header read left buffered, then read the socket directly: a
+        // BufReader would cap every later read at its 8 KiB and keep the buffer per connection.
+        let leftover = reader.buffer().to_vec();
+        self.serve_connection(Box::new(Prefixed::new(leftover, reader.into_inner())), dest)
+            .await;
     }
 
     /// Serves `/metrics` (and `/healthz`) forever.
@@ -557,6 +561,14 @@ impl Proxy {
             });
         }
     }
+}
+
+/// Unix stream sockets default to small buffers (about 200 KiB), which caps bulk throughput
+/// with a context switch every few TLS records; ask for more (the kernel caps it at
+/// `net.core.{w,r}mem_max`).
+pub fn tune_unix(stream: &impl std::os::fd::AsFd) {
+    let _ = nix::sys::socket::setsockopt(stream, nix::sys::socket::sockopt::SndBuf, &(4 << 20));
+    let _ = nix::sys::socket::setsockopt(stream, nix::sys::socket::sockopt::RcvBuf, &(4 << 20));
 }
 
 /// Reads whatever arrives next (within `wait`); false on EOF, error, timeout or when the buffer

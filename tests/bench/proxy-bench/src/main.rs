@@ -1,0 +1,639 @@
+//! Load benchmark of the policy proxy (a `boundary sidecar` process) against direct connections
+//! and squid with ssl-bump, in one run on one machine:
+//!
+//! - HTTPS keep-alive small requests: requests per second and p50/p99 latency (the added latency
+//!   is the difference to direct);
+//! - one 1 GiB download: throughput;
+//! - resident memory of the proxy with 1,000 idle keep-alive connections.
+//!
+//! Proxies are driven the way clients use them: `CONNECT` on the explicit-proxy port, then TLS
+//! (intercepted by the proxy) and HTTP/1.1 keep-alive inside. The boundary proxy is also driven
+//! through its unix socket, the path jailed connections take in a pod.
+#![forbid(unsafe_code)]
+// Figures for humans: counts and byte totals are far below 2^52, so float casts are exact enough.
+#![allow(
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::too_many_lines
+)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UnixStream};
+
+/// Load benchmark of the policy proxy.
+#[derive(Debug, Parser)]
+struct Args {
+    /// The `boundary` binary (release build).
+    #[arg(long, env = "BOUNDARY_BIN")]
+    boundary: PathBuf,
+    /// Also measure squid (ssl-bump); needs Debian's squid-openssl.
+    #[arg(long, env = "BENCH_SQUID")]
+    squid: bool,
+    /// Seconds per keep-alive measurement.
+    #[arg(long, env = "BENCH_SECONDS", default_value_t = 10)]
+    seconds: u64,
+    /// Concurrent keep-alive connections.
+    #[arg(long, env = "BENCH_CONNECTIONS", default_value_t = 16)]
+    connections: usize,
+    /// Idle connections for the memory measurement.
+    #[arg(long, env = "BENCH_IDLE", default_value_t = 1000)]
+    idle: usize,
+    /// Bytes of the bulk download.
+    #[arg(long, env = "BENCH_BULK_BYTES", default_value_t = 1 << 30)]
+    bulk: u64,
+}
+
+const NAME: &str = "bench.test";
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A CA and a server certificate for [`NAME`], in files.
+struct Pki {
+    ca_pem: PathBuf,
+    server: Arc<rustls::ServerConfig>,
+}
+
+fn pki(dir: &Path) -> anyhow::Result<Pki> {
+    let ca_key = rcgen::KeyPair::generate()?;
+    let mut ca = rcgen::CertificateParams::default();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "bench upstream CA");
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate()?;
+    let cert = rcgen::CertificateParams::new(vec![NAME.to_owned()])?.signed_by(&key, &issuer)?;
+    let ca_pem = dir.join("upstream-ca.pem");
+    std::fs::write(&ca_pem, ca_cert.pem())?;
+    let server = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )?;
+    Ok(Pki {
+        ca_pem,
+        server: Arc::new(server),
+    })
+}
+
+type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+async fn upstream(server: Arc<rustls::ServerConfig>) -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let acceptor = tokio_rustls::TlsAcceptor::from(server.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                    let body: Body = if req.uri().path() == "/bulk" {
+                        let total: u64 = req
+                            .uri()
+                            .query()
+                            .and_then(|q| q.strip_prefix("n="))
+                            .and_then(|n| n.parse().ok())
+                            .unwrap_or(0);
+                        let chunk = Bytes::from(vec![7u8; 256 * 1024]);
+                        let stream = futures_util::stream::unfold(0u64, move |sent| {
+                            let chunk = chunk.clone();
+                            async move {
+                                (sent < total).then(|| {
+                                    let n = usize::try_from((total - sent).min(chunk.len() as u64))
+                                        .unwrap_or(0);
+                                    (
+                                        Ok::<_, Infallible>(Frame::data(chunk.slice(..n))),
+                                        sent + n as u64,
+                                    )
+                                })
+                            }
+                        });
+                        BodyExt::boxed(StreamBody::new(stream))
+                    } else {
+                        Full::new(Bytes::from_static(b"ok")).boxed()
+                    };
+                    Ok::<_, Infallible>(Response::new(body))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// How the client reaches the upstream.
+#[derive(Debug, Clone)]
+enum Route {
+    Direct(SocketAddr),
+    Connect {
+        proxy: SocketAddr,
+        upstream_port: u16,
+    },
+    Relay {
+        socket: PathBuf,
+        upstream_port: u16,
+    },
+}
+
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Stream for T {}
+
+async fn open(route: &Route) -> anyhow::Result<Box<dyn Stream>> {
+    Ok(match route {
+        Route::Direct(addr) => {
+            let s = TcpStream::connect(addr).await?;
+            s.set_nodelay(true)?;
+            Box::new(s)
+        }
+        Route::Connect {
+            proxy,
+            upstream_port,
+        } => {
+            let mut s = TcpStream::connect(proxy).await?;
+            s.set_nodelay(true)?;
+            let req = format!(
+                "CONNECT {NAME}:{upstream_port} HTTP/1.1\r\nHost: {NAME}:{upstream_port}\r\n\r\n"
+            );
+            s.write_all(req.as_bytes()).await?;
+            let mut buf = Vec::new();
+            let mut byte = [0u8; 1];
+            while !buf.ends_with(b"\r\n\r\n") {
+                if s.read(&mut byte).await? == 0 {
+                    bail!("proxy closed during CONNECT");
+                }
+                buf.push(byte[0]);
+            }
+            if !buf.starts_with(b"HTTP/1.1 200") && !buf.starts_with(b"HTTP/1.0 200") {
+                bail!("CONNECT refused: {}", String::from_utf8_lossy(&buf));
+            }
+            Box::new(s)
+        }
+        Route::Relay {
+            socket,
+            upstream_port,
+        } => {
+            let mut s = UnixStream::connect(socket).await?;
+            // As the jail's forwarder does.
+            let _ = nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::SndBuf, &(4 << 20));
+            let _ = nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::RcvBuf, &(4 << 20));
+            let header =
+                serde_json::json!({"dst": format!("198.18.0.1:{upstream_port}"), "name": NAME});
+            s.write_all(format!("BOUNDARY1 {header}\n").as_bytes())
+                .await?;
+            Box::new(s)
+        }
+    })
+}
+
+fn tls_client(ca_pem: &Path) -> anyhow::Result<tokio_rustls::TlsConnector> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca_pem)? {
+        roots.add(cert?)?;
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+async fn session(
+    route: &Route,
+    tls: &tokio_rustls::TlsConnector,
+) -> anyhow::Result<hyper::client::conn::http1::SendRequest<Empty<Bytes>>> {
+    let stream = open(route).await.context("opening the route")?;
+    let tls_stream = tls
+        .connect(NAME.try_into()?, stream)
+        .await
+        .context("TLS handshake")?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls_stream))
+        .await
+        .context("HTTP handshake")?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+fn get(path: &str) -> Request<Empty<Bytes>> {
+    Request::get(path)
+        .header("host", NAME)
+        .body(Empty::new())
+        .unwrap_or_default()
+}
+
+struct KeepAlive {
+    rps: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+async fn keep_alive(
+    route: &Route,
+    ca: &Path,
+    conns: usize,
+    seconds: u64,
+) -> anyhow::Result<KeepAlive> {
+    let tls = tls_client(ca)?;
+    let mut senders = Vec::new();
+    for i in 0..conns {
+        senders.push(
+            session(route, &tls)
+                .await
+                .with_context(|| format!("connection {i}"))?,
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for mut sender in senders {
+        let (route, tls) = (route.clone(), tls.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(100_000);
+            while Instant::now() < deadline {
+                let start = Instant::now();
+                // A proxy that closes after a response costs a new connection, as it would any
+                // client; the time counts against that request.
+                if sender.ready().await.is_err() {
+                    sender = session(&route, &tls).await.context("reconnecting")?;
+                }
+                let resp = sender
+                    .send_request(get("/small"))
+                    .await
+                    .context("request")?;
+                resp.into_body().collect().await.context("response body")?;
+                latencies.push(start.elapsed());
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    all.sort();
+    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
+    Ok(KeepAlive {
+        rps: all.len() as f64 / seconds as f64,
+        p50: pct(0.50),
+        p99: pct(0.99),
+    })
+}
+
+async fn bulk(route: &Route, ca: &Path, bytes: u64) -> anyhow::Result<f64> {
+    let tls = tls_client(ca)?;
+    let mut sender = session(route, &tls).await?;
+    let start = Instant::now();
+    let resp = sender
+        .send_request(get(&format!("/bulk?n={bytes}")))
+        .await?;
+    let mut body = resp.into_body();
+    let mut got = 0u64;
+    while let Some(frame) = body.frame().await {
+        got += frame?.into_data().map_or(0, |d| d.len() as u64);
+    }
+    if got != bytes {
+        bail!("bulk download got {got} of {bytes} bytes");
+    }
+    Ok(bytes as f64 / start.elapsed().as_secs_f64() / 1_048_576.0)
+}
+
+/// User + system CPU time of a process, in seconds.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after_name = stat.rsplit_once(')').context("stat")?.1;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    Ok(ticks as f64 / 100.0)
+}
+
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("VmRSS")?;
+    Ok(line
+        .trim_start_matches("VmRSS:")
+        .trim()
+        .trim_end_matches(" kB")
+        .parse()?)
+}
+
+async fn idle_memory(route: &Route, ca: &Path, pid: u32, n: usize) -> anyhow::Result<f64> {
+    let tls = tls_client(ca)?;
+    // Warm up the leaf certificate cache and the upstream pool first.
+    let mut warm = session(route, &tls).await?;
+    warm.send_request(get("/small"))
+        .await?
+        .into_body()
+        .collect()
+        .await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = rss_kib(pid)?;
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut s = session(route, &tls).await?;
+        s.send_request(get("/small"))
+            .await?
+            .into_body()
+            .collect()
+            .await?;
+        held.push(s);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = rss_kib(pid)?;
+    drop(held);
+    Ok((after.saturating_sub(before)) as f64 / n as f64)
+}
+
+struct Child(tokio::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.start_kill();
+    }
+}
+
+async fn wait_port(addr: SocketAddr, what: &str) -> anyhow::Result<()> {
+    for _ in 0..200 {
+        if TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("{what} did not start listening on {addr}")
+}
+
+fn free_port() -> anyhow::Result<SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+async fn start_boundary(
+    bin: &Path,
+    dir: &Path,
+    ca: &Path,
+) -> anyhow::Result<(Child, SocketAddr, PathBuf, PathBuf)> {
+    let policy = dir.join("policy.json");
+    std::fs::write(
+        &policy,
+        serde_json::to_vec(
+            &serde_json::json!({"version": 1, "policies": [{"name": "bench", "allow": [format!("domain={NAME}")]}]}),
+        )?,
+    )?;
+    let socket = dir.join("proxy.sock");
+    let explicit = free_port()?;
+    let child = tokio::process::Command::new(bin)
+        .args(["sidecar", "--socket"])
+        .arg(&socket)
+        .arg("--policy-file")
+        .arg(&policy)
+        .args([
+            "--explicit-proxy",
+            &explicit.to_string(),
+            "--resolve",
+            &format!("{NAME}=127.0.0.1"),
+            "--upstream-ca",
+        ])
+        .arg(ca)
+        .args(["--audit-file", "/dev/null", "--log-level", "warn"])
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting boundary sidecar")?;
+    wait_port(explicit, "boundary sidecar").await?;
+    Ok((Child(child), explicit, socket, dir.join("ca.crt")))
+}
+
+async fn start_squid(
+    dir: &Path,
+    upstream_ca: &Path,
+    upstream: SocketAddr,
+) -> anyhow::Result<(Child, SocketAddr, PathBuf)> {
+    let port = free_port()?;
+    let ca_key = dir.join("squid-ca.key");
+    let ca_pem = dir.join("squid-ca.pem");
+    let status = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=squid bench CA",
+            "-keyout",
+        ])
+        .arg(&ca_key)
+        .arg("-out")
+        .arg(&ca_pem)
+        .stderr(Stdio::null())
+        .status()?;
+    if !status.success() {
+        bail!("openssl could not make the squid CA");
+    }
+    let both = dir.join("squid-ca-both.pem");
+    std::fs::write(
+        &both,
+        [std::fs::read(&ca_pem)?, std::fs::read(&ca_key)?].concat(),
+    )?;
+    let db = dir.join("ssl_db");
+    let _ = std::fs::remove_dir_all(&db);
+    let st = std::process::Command::new("/usr/lib/squid/security_file_certgen")
+        .args(["-c", "-s"])
+        .arg(&db)
+        .args(["-M", "16MB"])
+        .stdout(Stdio::null())
+        .status()?;
+    if !st.success() {
+        bail!("security_file_certgen failed");
+    }
+    // Squid drops privileges to its `proxy` user, which must reach these files.
+    let st = std::process::Command::new("chown")
+        .args(["-R", "proxy:proxy"])
+        .arg(&db)
+        .status()?;
+    if !st.success() {
+        bail!("chown of the squid certificate database failed");
+    }
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let run = dir.join("squid");
+    std::fs::create_dir_all(&run)?;
+    let st = std::process::Command::new("chown")
+        .args(["proxy:proxy"])
+        .arg(&run)
+        .status()?;
+    if !st.success() {
+        bail!("chown of the squid run directory failed");
+    }
+    std::fs::set_permissions(&both, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+    let conf = dir.join("squid.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "http_port 127.0.0.1:{port} ssl-bump generate-host-certificates=on dynamic_cert_mem_cache_size=16MB tls-cert={both}\n\
+             sslcrtd_program /usr/lib/squid/security_file_certgen -s {db} -M 16MB\n\
+             sslcrtd_children 2\n\
+             ssl_bump bump all\n\
+             tls_outgoing_options cafile={ca}\n\
+             acl bench dstdomain {NAME}\n\
+             http_access allow bench\n\
+             http_access deny all\n\
+             cache deny all\n\
+             access_log none\n\
+             cache_log {run}/cache.log\n\
+             pid_filename {run}/squid.pid\n\
+             coredump_dir {run}\n\
+             hosts_file {hosts}\n\
+             dns_nameservers 127.0.0.1\n\
+             workers 1\n",
+            port = port.port(),
+            both = both.display(),
+            db = db.display(),
+            ca = upstream_ca.display(),
+            run = run.display(),
+            hosts = dir.join("hosts").display(),
+        ),
+    )?;
+    std::fs::write(dir.join("hosts"), format!("127.0.0.1 {NAME}\n"))?;
+    let _ = upstream;
+    let child = tokio::process::Command::new("squid")
+        .args(["-N", "-f"])
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting squid")?;
+    wait_port(port, "squid").await?;
+    Ok((Child(child), port, ca_pem))
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let dir = std::env::temp_dir().join(format!("boundary-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let pki = pki(&dir)?;
+    let up = upstream(pki.server.clone()).await?;
+    let (boundary, explicit, socket, boundary_ca) =
+        start_boundary(&args.boundary, &dir, &pki.ca_pem).await?;
+    let boundary_pid = boundary.0.id().context("pid")?;
+    let mut routes = vec![
+        ("direct", Route::Direct(up), pki.ca_pem.clone()),
+        (
+            "boundary (CONNECT)",
+            Route::Connect {
+                proxy: explicit,
+                upstream_port: up.port(),
+            },
+            boundary_ca.clone(),
+        ),
+        (
+            "boundary (jail socket)",
+            Route::Relay {
+                socket: socket.clone(),
+                upstream_port: up.port(),
+            },
+            boundary_ca.clone(),
+        ),
+    ];
+    let _squid = if args.squid {
+        let (child, port, ca) = start_squid(&dir, &pki.ca_pem, up).await?;
+        routes.push((
+            "squid ssl-bump (CONNECT)",
+            Route::Connect {
+                proxy: port,
+                upstream_port: up.port(),
+            },
+            ca,
+        ));
+        Some(child)
+    } else {
+        None
+    };
+
+    println!(
+        "HTTPS keep-alive, {} connections, {} s each, 2-byte responses:",
+        args.connections, args.seconds
+    );
+    let mut direct = None;
+    for (name, route, ca) in &routes {
+        let r = keep_alive(route, ca, args.connections, args.seconds)
+            .await
+            .with_context(|| format!("keep-alive via {name}"))?;
+        let base = direct.get_or_insert((r.rps, r.p50, r.p99));
+        println!(
+            "  {name:26} {:9.0} req/s ({:5.1}% of direct)  p50 {:7.3} ms  p99 {:7.3} ms  added p50 {:+.3} ms  added p99 {:+.3} ms",
+            r.rps,
+            r.rps / base.0 * 100.0,
+            r.p50.as_secs_f64() * 1e3,
+            r.p99.as_secs_f64() * 1e3,
+            (r.p50.as_secs_f64() - base.1.as_secs_f64()) * 1e3,
+            (r.p99.as_secs_f64() - base.2.as_secs_f64()) * 1e3,
+        );
+    }
+    println!(
+        "Bulk download of {} MiB (all processes share the machine's cores):",
+        args.bulk >> 20
+    );
+    let mut direct_bulk = None;
+    for (name, route, ca) in routes.iter().filter(|(n, ..)| !n.contains("squid")) {
+        let cpu_before = cpu_seconds(boundary_pid)?;
+        let mbps = bulk(route, ca, args.bulk)
+            .await
+            .with_context(|| format!("bulk via {name}"))?;
+        let cpu = cpu_seconds(boundary_pid)? - cpu_before;
+        let base = *direct_bulk.get_or_insert(mbps);
+        let per_core = if cpu > 0.0 {
+            format!(
+                "; proxy CPU {cpu:.2} s = {:.0} MiB/s per proxy core",
+                (args.bulk >> 20) as f64 / cpu
+            )
+        } else {
+            String::new()
+        };
+        println!(
+            "  {name:26} {mbps:8.0} MiB/s ({:5.1}% of direct){per_core}",
+            mbps / base * 100.0
+        );
+    }
+    let per_conn = idle_memory(&routes[2].1, &boundary_ca, boundary_pid, args.idle).await?;
+    println!(
+        "Idle connections: {} through the jail socket, {per_conn:.1} KiB of proxy memory each",
+        args.idle
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
