@@ -72,15 +72,24 @@ pub struct SidecarArgs {
         default_value = "info"
     )]
     pub log_level: String,
+    /// Threads that serve connections; 0 means one per available CPU.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "BOUNDARY_WORKER_THREADS",
+        default_value_t = 0
+    )]
+    pub worker_threads: usize,
 }
 
 /// Runs the sidecar until SIGTERM or SIGINT.
 pub fn run(args: &SidecarArgs) -> i32 {
     crate::logging::init(&args.log_level, true);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if args.worker_threads > 0 {
+        builder.worker_threads(args.worker_threads);
+    }
+    let runtime = match builder.thread_name("boundary").enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("boundary sidecar: cannot start the runtime: {e}");

@@ -536,6 +536,124 @@ async fn expect_100_continue_is_answered_before_the_body_is_sent() {
     );
 }
 
+/// Reads until `until` has arrived `times` times, or the proxy closes (then `true`), or 10 s.
+async fn read_until<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    until: &str,
+    times: usize,
+) -> (String, bool) {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => return (String::from_utf8_lossy(&out).into_owned(), true),
+            Err(_) => return (String::from_utf8_lossy(&out).into_owned(), false),
+            Ok(Ok(n)) => {
+                out.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&out);
+                if times > 0 && text.matches(until).count() >= times {
+                    return (text.into_owned(), false);
+                }
+            }
+        }
+    }
+}
+
+/// Between requests the proxy gives back hyper's per-connection state (idle connections are
+/// cheap); the stream must behave exactly as one long keep-alive connection would.
+#[tokio::test]
+async fn keep_alive_connections_behave_across_idle_periods_pipelining_and_closes() {
+    require_root();
+    let up = Upstream::start(None).await;
+    let sidecar = Sidecar::start(
+        &policy(&["domain=allowed.test method=GET path=/v1/*"]),
+        &["--resolve", "allowed.test=127.0.0.1"],
+    )
+    .await;
+    let host = format!("allowed.test:{}", up.port());
+    let get = |path: &str, extra: &str| {
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n").into_bytes()
+    };
+
+    // Pipelined requests, one allowed and one denied, answered in order; then idle pauses.
+    let mut stream = sidecar.connect("allowed.test", up.port()).await;
+    stream
+        .write_all(&[get("/v1/a", ""), get("/admin", ""), get("/v1/b", "")].concat())
+        .await
+        .unwrap();
+    let (text, closed) = read_until(&mut stream, "HTTP/1.1 ", 3).await;
+    assert!(!closed, "{text}");
+    let statuses: Vec<&str> = text
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &text[i + 9..i + 12])
+        .collect();
+    assert_eq!(statuses, ["200", "403", "200"], "{text}");
+    assert!(text.find("GET allowed.test").unwrap() < text.find("Blocked").unwrap());
+    for pause in [10, 300, 1200] {
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        stream.write_all(&get("/v1/again", "")).await.unwrap();
+        let (text, closed) = read_until(&mut stream, "/v1/again", 1).await;
+        assert!(
+            text.starts_with("HTTP/1.1 200") && !closed,
+            "after {pause} ms: {text}"
+        );
+    }
+    // A request split across writes with a pause inside its head.
+    stream
+        .write_all(b"GET /v1/split HTTP/1.1\r\nHo")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stream
+        .write_all(format!("st: {host}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let (text, _) = read_until(&mut stream, "/v1/split", 1).await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+
+    // A denied request whose body looks like a request: the body is never taken for one.
+    let smuggled = get("/v1/smuggled", "");
+    let post = format!(
+        "POST /v1/upload HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\n\r\n",
+        smuggled.len()
+    );
+    stream
+        .write_all(&[post.into_bytes(), smuggled].concat())
+        .await
+        .unwrap();
+    let (text, _) = read_until(&mut stream, "HTTP/1.1 403", 1).await;
+    assert!(text.contains("method not allowed"), "{text}");
+    let _ = stream.write_all(&get("/v1/after", "")).await;
+    let (text, _) = read_until(&mut stream, "/v1/after", 1).await;
+    assert!(!text.contains("smuggled"), "{text}");
+    let records = sidecar.audit().await;
+    assert!(
+        records.iter().all(|r| r["path"] != "/v1/smuggled"),
+        "{records:#?}"
+    );
+
+    // The client asks to close: the proxy closes after the response.
+    let mut stream = sidecar.connect("allowed.test", up.port()).await;
+    stream
+        .write_all(&get("/v1/bye", "Connection: close\r\n"))
+        .await
+        .unwrap();
+    let (text, closed) = read_until(&mut stream, "", 0).await;
+    assert!(text.starts_with("HTTP/1.1 200") && closed, "{text}");
+
+    // HTTP/1.0 without keep-alive: the response ends with the connection.
+    let mut stream = sidecar.connect("allowed.test", up.port()).await;
+    stream
+        .write_all(format!("GET /v1/old HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let (text, closed) = read_until(&mut stream, "", 0).await;
+    assert!(
+        text.starts_with("HTTP/1.0 200") && text.contains("GET allowed.test") && closed,
+        "{text}"
+    );
+}
+
 #[tokio::test]
 async fn inconsistent_requests_and_bypass_attempts_are_refused() {
     require_root();

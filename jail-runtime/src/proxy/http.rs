@@ -24,6 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::audit::{Decision, Record};
 use super::framing::{Audited, Framing};
 use super::head::{self, Scheme, Target};
+use super::keepalive::{self, Exchange, Pending};
 use super::metrics::{Kind, UpstreamError};
 use super::upstream::{Body, BoxError, Failure};
 use super::{ConnCtx, Destination, Proxy, unspecified};
@@ -40,17 +41,129 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
 ];
 
+/// Which HTTP version a connection speaks, when it is already known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Protocol {
+    Http1,
+    Http2,
+    /// Look at the first bytes (the HTTP/2 preface or not).
+    Detect,
+}
+
+impl Protocol {
+    /// From the ALPN protocol a TLS handshake settled on.
+    pub(super) fn from_alpn(alpn: Option<&[u8]>) -> Protocol {
+        if alpn == Some(b"h2") {
+            Protocol::Http2
+        } else {
+            Protocol::Http1
+        }
+    }
+
+    /// From the first bytes of a plain-text connection.
+    pub(super) fn from_start(bytes: &[u8]) -> Protocol {
+        if bytes.starts_with(b"PRI * HTTP/2.0") {
+            Protocol::Http2
+        } else {
+            Protocol::Http1
+        }
+    }
+}
+
 /// Serves HTTP/1.1 or HTTP/2 on `io` until the client closes.
-pub(super) async fn serve<IO>(proxy: Proxy, io: IO, ctx: ConnCtx, scheme: Scheme)
-where
+///
+/// A known protocol goes straight to hyper's HTTP/1 or HTTP/2 server: the auto-detecting one
+/// reads a 24-byte preface first, and handing those bytes back makes hyper's HTTP/1 read buffer
+/// grow to 16 KiB for the whole life of the connection (memory per idle connection doubled).
+pub(super) async fn serve<IO>(
+    proxy: Proxy,
+    io: IO,
+    ctx: ConnCtx,
+    scheme: Scheme,
+    protocol: Protocol,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let ctx = Arc::new(ctx);
     let framing = Arc::new(Mutex::new(Framing::default()));
-    let io = Audited::new(io, framing.clone());
-    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+    // Each protocol's future is boxed: in place, every connection would reserve room for the
+    // largest of them (the auto-detecting server is several KiB) for its whole life.
+    let result = match protocol {
+        Protocol::Http1 => {
+            let exchange = Arc::new(Exchange::default());
+            let upgrades = Upgrades::Taken(exchange.clone());
+            let make = || service(&proxy, &ctx, scheme, &framing, &upgrades);
+            let io = Audited::new(io, framing.clone());
+            Box::pin(keepalive::serve(
+                &proxy,
+                io,
+                exchange,
+                &http1_builder(),
+                make,
+            ))
+            .await;
+            Ok(())
+        }
+        Protocol::Http2 => {
+            let svc = service(&proxy, &ctx, scheme, &framing, &Upgrades::Hyper);
+            Box::pin(http2_builder().serve_connection(TokioIo::new(io), svc))
+                .await
+                .map_err(BoxError::from)
+        }
+        Protocol::Detect => {
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .keep_alive(true);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(MAX_STREAMS);
+            let svc = service(&proxy, &ctx, scheme, &framing, &Upgrades::Hyper);
+            let io = TokioIo::new(Audited::new(io, framing));
+            Box::pin(builder.serve_connection_with_upgrades(io, svc)).await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "client connection ended with an error");
+    }
+}
+
+/// How the client's side of an upgrade (WebSocket, CONNECT) is obtained.
+#[derive(Debug, Clone)]
+enum Upgrades {
+    /// From hyper (`hyper::upgrade::on`), for connections hyper keeps to the end.
+    Hyper,
+    /// Taken back from hyper by the keep-alive loop, which finishes the upgrade.
+    Taken(Arc<Exchange>),
+}
+
+type ServiceFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+/// The per-request service of one hyper connection: framing verdict, rules, forwarding.
+fn service(
+    proxy: &Proxy,
+    ctx: &Arc<ConnCtx>,
+    scheme: Scheme,
+    framing: &Arc<Mutex<Framing>>,
+    upgrades: &Upgrades,
+) -> impl keepalive::ExchangeService + Clone + Send + 'static {
+    let (proxy, ctx, framing, upgrades) = (
+        proxy.clone(),
+        ctx.clone(),
+        framing.clone(),
+        upgrades.clone(),
+    );
+    hyper::service::service_fn(move |req: Request<Incoming>| -> ServiceFuture {
         let proxy = proxy.clone();
         let ctx = ctx.clone();
+        let upgrades = upgrades.clone();
+        let open = match &upgrades {
+            Upgrades::Taken(exchange) => Some(exchange.open()),
+            Upgrades::Hyper => None,
+        };
         let verdict = if req.version() == Version::HTTP_2 {
             Ok(())
         } else {
@@ -59,44 +172,58 @@ where
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .next_verdict()
         };
-        async move {
-            Ok::<_, Infallible>(match verdict {
-                Ok(()) => handle(proxy, ctx, scheme, req).await,
+        Box::pin(async move {
+            let response = match verdict {
+                Ok(()) => handle(proxy, ctx, scheme, req, &upgrades).await,
                 Err(why) => refuse_framing(&proxy, &ctx, scheme, &req, &why),
+            };
+            Ok(match open {
+                Some(open) => response.map(|body| keepalive::guarded(body, open)),
+                None => response,
             })
-        }
-    });
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        })
+    })
+}
+
+fn http1_builder() -> hyper::server::conn::http1::Builder {
+    let mut builder = hyper::server::conn::http1::Builder::new();
     builder
-        .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
+        .header_read_timeout(HEADER_READ_TIMEOUT)
         .keep_alive(true);
     builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(256);
-    if let Err(e) = builder
-        .serve_connection_with_upgrades(TokioIo::new(io), svc)
-        .await
-    {
-        tracing::debug!(error = %e, "client connection ended with an error");
-    }
 }
+
+fn http2_builder() -> hyper::server::conn::http2::Builder<TokioExecutor> {
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_STREAMS);
+    builder
+}
+
+/// How long a client may take to send a request head.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Concurrent HTTP/2 streams per client connection.
+const MAX_STREAMS: u32 = 256;
 
 async fn handle(
     proxy: Proxy,
     ctx: Arc<ConnCtx>,
     scheme: Scheme,
     mut req: Request<Incoming>,
+    upgrades: &Upgrades,
 ) -> Response<Body> {
     if req.method() == Method::CONNECT {
-        return connect(proxy, &ctx, req);
+        return connect(proxy, &ctx, req, upgrades);
     }
     let resolved = proxy.rules_for(ctx.container.as_deref());
     let rules = &resolved.rules;
     let mode = rules.mode();
-    let client_upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
+    let client_upgrade = is_upgrade(req.headers()).then(|| match upgrades {
+        Upgrades::Hyper => ClientUpgrade::Hyper(hyper::upgrade::on(&mut req)),
+        Upgrades::Taken(exchange) => ClientUpgrade::Taken(exchange.clone()),
+    });
     let (parts, body) = req.into_parts();
     let conn = head::Connection {
         scheme,
@@ -328,7 +455,7 @@ async fn forward(
     body: Incoming,
     target: &Target,
     mut rec: Record,
-    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    client_upgrade: Option<ClientUpgrade>,
 ) -> Response<Body> {
     let started = Instant::now();
     let upgrading = client_upgrade.is_some();
@@ -388,27 +515,21 @@ async fn forward(
     if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) =
         (client_upgrade, response.status())
     {
-        let upstream_upgrade = hyper::upgrade::on(&mut response);
-        let proxy2 = proxy.clone();
-        tokio::spawn(async move {
-            if let (Ok(client), Ok(upstream)) = (client_upgrade.await, upstream_upgrade.await) {
-                let (mut c, mut u) = (TokioIo::new(client), TokioIo::new(upstream));
-                if let Ok((up, down)) = tokio::io::copy_bidirectional_with_sizes(
-                    &mut c,
-                    &mut u,
-                    super::io::RELAY_BUFFER,
-                    super::io::RELAY_BUFFER,
-                )
-                .await
-                {
-                    rec.bytes_in = up;
-                    rec.bytes_out = down;
-                    proxy2.inner.metrics.bytes(up, down);
-                }
+        let upstream = hyper::upgrade::on(&mut response);
+        match client_upgrade {
+            ClientUpgrade::Hyper(client) => {
+                let proxy = proxy.clone();
+                tokio::spawn(async move {
+                    let client = client.await.ok().map(TokioIo::new);
+                    relay_upgrade(&proxy, client, upstream, rec, started).await;
+                });
             }
-            rec.duration_ms = millis(started);
-            proxy2.inner.audit.record(&rec);
-        });
+            ClientUpgrade::Taken(exchange) => exchange.set_pending(Pending::Relay {
+                upstream,
+                rec,
+                started,
+            }),
+        }
         let (parts, _) = response.into_parts();
         return Response::from_parts(parts, full(Bytes::new()));
     }
@@ -428,6 +549,39 @@ async fn forward(
         finish: Some(finish),
     };
     Response::from_parts(resp_parts, body.boxed())
+}
+
+/// The client's side of an upgrade the request asked for.
+enum ClientUpgrade {
+    Hyper(hyper::upgrade::OnUpgrade),
+    Taken(Arc<Exchange>),
+}
+
+/// Relays an upgraded connection (WebSocket) both ways and audits it when it ends.
+pub(super) async fn relay_upgrade<C: AsyncRead + AsyncWrite + Unpin>(
+    proxy: &Proxy,
+    client: Option<C>,
+    upstream: hyper::upgrade::OnUpgrade,
+    mut rec: Record,
+    started: Instant,
+) {
+    if let (Some(mut client), Ok(upstream)) = (client, upstream.await) {
+        let mut upstream = TokioIo::new(upstream);
+        if let Ok((up, down)) = tokio::io::copy_bidirectional_with_sizes(
+            &mut client,
+            &mut upstream,
+            super::io::RELAY_BUFFER,
+            super::io::RELAY_BUFFER,
+        )
+        .await
+        {
+            rec.bytes_in = up;
+            rec.bytes_out = down;
+            proxy.inner.metrics.bytes(up, down);
+        }
+    }
+    rec.duration_ms = millis(started);
+    proxy.inner.audit.record(&rec);
 }
 
 /// Finds the proxy's own failure in a client error's chain.
@@ -471,7 +625,12 @@ fn millis(since: Instant) -> u64 {
 
 /// Explicit-proxy CONNECT: allowed when some rule could allow the target (the tunnel is then
 /// served like an intercepted connection to it), else 403.
-fn connect(proxy: Proxy, ctx: &ConnCtx, mut req: Request<Incoming>) -> Response<Body> {
+fn connect(
+    proxy: Proxy,
+    ctx: &ConnCtx,
+    mut req: Request<Incoming>,
+    upgrades: &Upgrades,
+) -> Response<Body> {
     let Some(authority) = req.uri().authority().cloned() else {
         return text(400, "CONNECT needs host:port\n".into());
     };
@@ -498,7 +657,6 @@ fn connect(proxy: Proxy, ctx: &ConnCtx, mut req: Request<Incoming>) -> Response<
         proxy.inner.audit.record(&rec);
         return text(403, format!("Blocked by Agent Boundary: {reason}\n"));
     }
-    let on_upgrade = hyper::upgrade::on(&mut req);
     let dest = Destination {
         dst: match host {
             Host::Ip(ip) => std::net::SocketAddr::new(ip, port),
@@ -508,13 +666,19 @@ fn connect(proxy: Proxy, ctx: &ConnCtx, mut req: Request<Incoming>) -> Response<
         container: ctx.container.clone(),
         tier: ctx.tier,
     };
-    tokio::spawn(async move {
-        if let Ok(upgraded) = on_upgrade.await {
-            proxy
-                .serve_connection(Box::new(TokioIo::new(upgraded)), dest)
-                .await;
+    match upgrades {
+        Upgrades::Hyper => {
+            let on_upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                if let Ok(upgraded) = on_upgrade.await {
+                    proxy
+                        .serve_connection(Box::new(TokioIo::new(upgraded)), dest)
+                        .await;
+                }
+            });
         }
-    });
+        Upgrades::Taken(exchange) => exchange.set_pending(Pending::Tunnel(dest)),
+    }
     Response::new(full(Bytes::new()))
 }
 

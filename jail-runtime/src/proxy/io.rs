@@ -30,6 +30,12 @@ impl<S> Prefixed<S> {
             inner,
         }
     }
+
+    /// The bytes not replayed yet, and the stream.
+    pub fn into_parts(mut self) -> (Vec<u8>, S) {
+        self.prefix.drain(..self.at);
+        (self.prefix, self.inner)
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {

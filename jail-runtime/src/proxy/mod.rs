@@ -19,6 +19,7 @@ pub mod framing;
 pub mod head;
 mod http;
 pub mod io;
+mod keepalive;
 pub mod metrics;
 pub mod policy;
 pub mod tls;
@@ -304,9 +305,17 @@ impl Proxy {
                 break;
             }
         }
+        Box::pin(self.handle_plain(io, buf, ctx, &bound, rules.mode())).await;
+    }
+
+    /// A connection that did not start with TLS: HTTP, or bytes no rule allows.
+    async fn handle_plain(&self, io: BoxIo, buf: Vec<u8>, ctx: ConnCtx, bound: &Host, mode: Mode) {
+        let port = ctx.port;
         if sniff_http(&buf) == Some(true) {
-            http::serve(self.clone(), Prefixed::new(buf, io), ctx, Scheme::Http).await;
-        } else if rules.mode() == Mode::Audit {
+            let protocol = http::Protocol::from_start(&buf);
+            let io = Prefixed::new(buf, io);
+            http::serve(self.clone(), io, ctx, Scheme::Http, protocol).await;
+        } else if mode == Mode::Audit {
             let reason = Some(format!(
                 "not HTTP or TLS and no tcp rule allows {bound}:{port}"
             ));
@@ -314,7 +323,7 @@ impl Proxy {
                 io,
                 buf,
                 &ctx,
-                &bound,
+                bound,
                 "tcp",
                 Decision::WouldDeny,
                 None,
@@ -326,7 +335,7 @@ impl Proxy {
             let reason = format!(
                 "not HTTP or TLS, and no tcp rule allows {bound}:{port}; add a tcp rule {{domain: {bound}, ports: [{port}]}}"
             );
-            self.deny_connection(&ctx, &bound, "tcp", reason, rules.mode());
+            self.deny_connection(&ctx, bound, "tcp", reason, mode);
         }
     }
 
@@ -399,7 +408,9 @@ impl Proxy {
             }
         };
         let accept = tokio_rustls::TlsAcceptor::from(config).accept(Prefixed::new(buf, io));
-        let tls = match tokio::time::timeout(FIRST_BYTES, accept).await {
+        // Boxed so that the handshake's state is freed once it is done, not kept in this
+        // connection's task for as long as the connection lives.
+        let tls = match Box::pin(tokio::time::timeout(FIRST_BYTES, accept)).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, host = %name, "TLS handshake with the jailed client failed");
@@ -408,7 +419,16 @@ impl Proxy {
             Err(_) => return,
         };
         ctx.sni = sni;
-        http::serve(self.clone(), tls, ctx.clone(), Scheme::Https).await;
+        let protocol = http::Protocol::from_alpn(tls.get_ref().1.alpn_protocol());
+        // Boxed: a connection's task is as large as its largest state, and this one is large.
+        Box::pin(http::serve(
+            self.clone(),
+            tls,
+            ctx.clone(),
+            Scheme::Https,
+            protocol,
+        ))
+        .await;
     }
 
     fn deny_connection(
@@ -482,7 +502,8 @@ impl Proxy {
             tier,
         };
         self.inner.metrics.active(1);
-        http::serve(self.clone(), io, ctx, Scheme::Http).await;
+        // Clients may speak HTTP/2 with prior knowledge to a proxy; detect it.
+        http::serve(self.clone(), io, ctx, Scheme::Http, http::Protocol::Detect).await;
         self.inner.metrics.active(-1);
     }
 
@@ -504,6 +525,8 @@ impl Proxy {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
+            // Downloads flow from this end; its send buffer is the one that matters for them.
+            tune_unix(&stream);
             let proxy = self.clone();
             tokio::spawn(async move { proxy.serve_relayed(stream).await });
         }
@@ -577,14 +600,12 @@ async fn read_more(io: &mut BoxIo, buf: &mut Vec<u8>, wait: Duration) -> bool {
     if buf.len() >= client_hello::MAX_HELLO {
         return false;
     }
-    let mut chunk = [0u8; 4096];
-    match tokio::time::timeout(wait, io.read(&mut chunk)).await {
-        Ok(Ok(n)) if n > 0 => {
-            buf.extend_from_slice(&chunk[..n]);
-            true
-        }
-        _ => false,
-    }
+    // Straight into the vector: a stack buffer here would be part of every connection's task.
+    buf.reserve(4096);
+    matches!(
+        tokio::time::timeout(wait, io.read_buf(buf)).await,
+        Ok(Ok(n)) if n > 0
+    )
 }
 
 /// Reads until the ClientHello is complete: `None` when the client went away.

@@ -57,6 +57,33 @@ struct Args {
     /// Bytes of the bulk download.
     #[arg(long, env = "BENCH_BULK_BYTES", default_value_t = 1 << 30)]
     bulk: u64,
+    /// Rounds of each measurement; figures are medians.
+    #[arg(long, env = "BENCH_ROUNDS", default_value_t = 3)]
+    rounds: usize,
+    /// Run only these parts (comma list of keep-alive, bulk, idle); all by default.
+    #[arg(long, env = "BENCH_ONLY", value_delimiter = ',', default_values_t = [Part::KeepAlive, Part::Bulk, Part::Idle])]
+    only: Vec<Part>,
+    /// Worker threads of the boundary sidecar (0: one per CPU).
+    #[arg(long, env = "BENCH_BOUNDARY_WORKERS", default_value_t = 0)]
+    boundary_workers: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum, Debug)]
+enum Part {
+    KeepAlive,
+    Bulk,
+    Idle,
+}
+
+impl std::fmt::Display for Part {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use clap::ValueEnum;
+        f.write_str(
+            self.to_possible_value()
+                .expect("no skipped variants")
+                .get_name(),
+        )
+    }
 }
 
 const NAME: &str = "bench.test";
@@ -370,6 +397,13 @@ async fn idle_memory(route: &Route, ca: &Path, pid: u32, n: usize) -> anyhow::Re
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = rss_kib(pid)?;
+    if std::env::var_os("BENCH_DEBUG").is_some() {
+        eprintln!(
+            "{}",
+            std::fs::read_to_string(format!("/proc/{pid}/status"))?
+        );
+        eprintln!("{}", std::fs::read_to_string(format!("/proc/{pid}/smaps"))?);
+    }
     drop(held);
     Ok((after.saturating_sub(before)) as f64 / n as f64)
 }
@@ -400,6 +434,7 @@ async fn start_boundary(
     bin: &Path,
     dir: &Path,
     ca: &Path,
+    workers: usize,
 ) -> anyhow::Result<(Child, SocketAddr, PathBuf, PathBuf)> {
     let policy = dir.join("policy.json");
     std::fs::write(
@@ -424,6 +459,12 @@ async fn start_boundary(
         ])
         .arg(ca)
         .args(["--audit-file", "/dev/null", "--log-level", "warn"])
+        .args(
+            (workers > 0)
+                .then(|| ["--worker-threads".to_owned(), workers.to_string()])
+                .into_iter()
+                .flatten(),
+        )
         .stdout(Stdio::null())
         .kill_on_drop(true)
         .spawn()
@@ -548,7 +589,7 @@ async fn main() -> anyhow::Result<()> {
     let pki = pki(&dir)?;
     let up = upstream(pki.server.clone()).await?;
     let (boundary, explicit, socket, boundary_ca) =
-        start_boundary(&args.boundary, &dir, &pki.ca_pem).await?;
+        start_boundary(&args.boundary, &dir, &pki.ca_pem, args.boundary_workers).await?;
     let boundary_pid = boundary.0.id().context("pid")?;
     let mut routes = vec![
         ("direct", Route::Direct(up), pki.ca_pem.clone()),
@@ -584,38 +625,96 @@ async fn main() -> anyhow::Result<()> {
         None
     };
 
-    println!(
-        "HTTPS keep-alive, {} connections, {} s each, 2-byte responses:",
-        args.connections, args.seconds
-    );
-    let mut direct = None;
-    for (name, route, ca) in &routes {
-        let r = keep_alive(route, ca, args.connections, args.seconds)
-            .await
-            .with_context(|| format!("keep-alive via {name}"))?;
-        let base = direct.get_or_insert((r.rps, r.p50, r.p99));
+    if args.only.contains(&Part::KeepAlive) {
+        keep_alive_table(&args, &routes).await?;
+    }
+    if args.only.contains(&Part::Bulk) {
+        bulk_table(&args, &routes, boundary_pid).await?;
+    }
+    if args.only.contains(&Part::Idle) {
+        let per_conn = idle_memory(&routes[2].1, &boundary_ca, boundary_pid, args.idle).await?;
         println!(
-            "  {name:26} {:9.0} req/s ({:5.1}% of direct)  p50 {:7.3} ms  p99 {:7.3} ms  added p50 {:+.3} ms  added p99 {:+.3} ms",
-            r.rps,
-            r.rps / base.0 * 100.0,
-            r.p50.as_secs_f64() * 1e3,
-            r.p99.as_secs_f64() * 1e3,
-            (r.p50.as_secs_f64() - base.1.as_secs_f64()) * 1e3,
-            (r.p99.as_secs_f64() - base.2.as_secs_f64()) * 1e3,
+            "Idle connections: {} through the jail socket, {per_conn:.1} KiB of proxy memory each",
+            args.idle
         );
     }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+type Routes = [(&'static str, Route, PathBuf)];
+
+/// The median of some figures (the middle one, or the lower middle).
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs.get(xs.len().saturating_sub(1) / 2)
+        .copied()
+        .unwrap_or(0.0)
+}
+
+async fn keep_alive_table(args: &Args, routes: &Routes) -> anyhow::Result<()> {
     println!(
-        "Bulk download of {} MiB (all processes share the machine's cores):",
-        args.bulk >> 20
+        "HTTPS keep-alive, {} connections, {} s per run, 2-byte responses; medians of {} rounds, \
+         each round running every route in turn (ratios are taken within a round):",
+        args.connections, args.seconds, args.rounds
     );
-    let mut direct_bulk = None;
-    for (name, route, ca) in routes.iter().filter(|(n, ..)| !n.contains("squid")) {
-        let cpu_before = cpu_seconds(boundary_pid)?;
-        let mbps = bulk(route, ca, args.bulk)
-            .await
-            .with_context(|| format!("bulk via {name}"))?;
-        let cpu = cpu_seconds(boundary_pid)? - cpu_before;
-        let base = *direct_bulk.get_or_insert(mbps);
+    let mut runs: Vec<Vec<KeepAlive>> = routes.iter().map(|_| Vec::new()).collect();
+    for _ in 0..args.rounds {
+        for (i, (name, route, ca)) in routes.iter().enumerate() {
+            let r = keep_alive(route, ca, args.connections, args.seconds)
+                .await
+                .with_context(|| format!("keep-alive via {name}"))?;
+            runs[i].push(r);
+        }
+    }
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    for (i, (name, ..)) in routes.iter().enumerate() {
+        let of = |f: &dyn Fn(&KeepAlive, &KeepAlive) -> f64| {
+            median(runs[i].iter().zip(&runs[0]).map(|(r, d)| f(r, d)).collect())
+        };
+        println!(
+            "  {name:26} {:9.0} req/s ({:5.1}% of direct)  p50 {:7.3} ms  p99 {:7.3} ms  added p50 {:+.3} ms  added p99 {:+.3} ms",
+            of(&|r, _| r.rps),
+            of(&|r, d| r.rps / d.rps * 100.0),
+            of(&|r, _| ms(r.p50)),
+            of(&|r, _| ms(r.p99)),
+            of(&|r, d| ms(r.p50) - ms(d.p50)),
+            of(&|r, d| ms(r.p99) - ms(d.p99)),
+        );
+    }
+    Ok(())
+}
+
+async fn bulk_table(args: &Args, routes: &Routes, boundary_pid: u32) -> anyhow::Result<()> {
+    println!(
+        "Bulk download of {} MiB (all processes share the machine's cores); medians of {} rounds:",
+        args.bulk >> 20,
+        args.rounds
+    );
+    let routes: Vec<_> = routes
+        .iter()
+        .filter(|(n, ..)| !n.contains("squid"))
+        .collect();
+    let mut runs: Vec<Vec<(f64, f64)>> = routes.iter().map(|_| Vec::new()).collect();
+    for _ in 0..args.rounds {
+        for (i, (name, route, ca)) in routes.iter().enumerate() {
+            let cpu_before = cpu_seconds(boundary_pid)?;
+            let mbps = bulk(route, ca, args.bulk)
+                .await
+                .with_context(|| format!("bulk via {name}"))?;
+            runs[i].push((mbps, cpu_seconds(boundary_pid)? - cpu_before));
+        }
+    }
+    for (i, (name, ..)) in routes.iter().enumerate() {
+        let mbps = median(runs[i].iter().map(|r| r.0).collect());
+        let ratio = median(
+            runs[i]
+                .iter()
+                .zip(&runs[0])
+                .map(|(r, d)| r.0 / d.0 * 100.0)
+                .collect(),
+        );
+        let cpu = median(runs[i].iter().map(|r| r.1).collect());
         let per_core = if cpu > 0.0 {
             format!(
                 "; proxy CPU {cpu:.2} s = {:.0} MiB/s per proxy core",
@@ -624,16 +723,7 @@ async fn main() -> anyhow::Result<()> {
         } else {
             String::new()
         };
-        println!(
-            "  {name:26} {mbps:8.0} MiB/s ({:5.1}% of direct){per_core}",
-            mbps / base * 100.0
-        );
+        println!("  {name:26} {mbps:8.0} MiB/s ({ratio:5.1}% of direct){per_core}");
     }
-    let per_conn = idle_memory(&routes[2].1, &boundary_ca, boundary_pid, args.idle).await?;
-    println!(
-        "Idle connections: {} through the jail socket, {per_conn:.1} KiB of proxy memory each",
-        args.idle
-    );
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

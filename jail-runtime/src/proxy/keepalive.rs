@@ -1,0 +1,344 @@
+//! HTTP/1.1 keep-alive connections served one exchange at a time.
+//!
+//! hyper's HTTP/1 server holds a read buffer, a write buffer (8 KiB each) and its dispatcher for
+//! as long as a connection lives, idle or not, and agents keep pools of idle connections open.
+//! Here a hyper connection lives only while requests keep coming: once every response has been
+//! handed on and nothing waits to be written, it is shut down at the message boundary, the
+//! stream is taken back with any bytes hyper had read ahead, and the next request starts a fresh
+//! one. An idle connection then costs only its TLS state.
+//!
+//! hyper hands the stream over for upgrades (WebSocket) and CONNECT only through its own
+//! upgrade machinery, which needs the connection to stay inside hyper; those are finished here
+//! from the stream taken back instead ([`Pending`]).
+
+use std::convert::Infallible;
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::service::Service;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use super::audit::Record;
+use super::io::{BoxIo, Prefixed};
+use super::upstream::{Body, BoxError};
+use super::{Destination, Proxy};
+
+/// How long a connection may sit between requests before it is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_mins(5);
+
+/// What one client connection's service and stream wrapper tell the loop that drives it.
+#[derive(Default)]
+pub(super) struct Exchange {
+    /// Requests whose service is running or whose response body hyper still holds.
+    open: AtomicUsize,
+    /// Requests started on this connection so far.
+    started: AtomicU64,
+    /// The last write to the client did not complete: hyper may hold unwritten bytes.
+    write_blocked: AtomicBool,
+    /// An upgrade to finish once hyper lets go of the stream.
+    pending: Mutex<Option<Pending>>,
+}
+
+impl std::fmt::Debug for Exchange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exchange")
+            .field("open", &self.open.load(Ordering::Relaxed))
+            .field("started", &self.started.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// The rest of an upgraded request, done with the stream taken back from hyper.
+pub(super) enum Pending {
+    /// Relay to the upstream's upgraded connection (WebSocket and other `Upgrade`s).
+    Relay {
+        upstream: hyper::upgrade::OnUpgrade,
+        rec: Record,
+        started: Instant,
+    },
+    /// Serve the stream as a new connection to this destination (CONNECT).
+    Tunnel(Destination),
+}
+
+impl Exchange {
+    /// Counts a request as open until the guard (and every clone of it) is dropped.
+    pub(super) fn open(self: &Arc<Self>) -> Open {
+        self.started.fetch_add(1, Ordering::Relaxed);
+        self.open.fetch_add(1, Ordering::Relaxed);
+        Open(self.clone())
+    }
+
+    /// Leaves an upgrade for the loop to finish after hyper has written the response.
+    pub(super) fn set_pending(&self, pending: Pending) {
+        *self
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(pending);
+    }
+
+    fn take_pending(&self) -> Option<Pending> {
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+
+    fn started(&self) -> u64 {
+        self.started.load(Ordering::Relaxed)
+    }
+
+    /// At least one request since `since`, every response handed on and nothing unwritten.
+    fn quiet_since(&self, since: u64) -> bool {
+        self.started() > since
+            && self.open.load(Ordering::Acquire) == 0
+            && !self.write_blocked.load(Ordering::Relaxed)
+    }
+}
+
+/// An open request (see [`Exchange::open`]).
+#[derive(Debug)]
+pub(super) struct Open(Arc<Exchange>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Release);
+    }
+}
+
+/// A response body that keeps its request open until hyper has taken all of it.
+pub(super) fn guarded(body: Body, open: Open) -> Body {
+    http_body_util::BodyExt::boxed(Guarded {
+        inner: body,
+        _open: open,
+    })
+}
+
+struct Guarded {
+    inner: Body,
+    _open: Open,
+}
+
+impl HttpBody for Guarded {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The client stream, noting whether a write could not complete.
+struct Watched<S> {
+    inner: S,
+    exchange: Arc<Exchange>,
+}
+
+impl<S> Watched<S> {
+    fn note<T>(&self, polled: Poll<T>) -> Poll<T> {
+        self.exchange
+            .write_blocked
+            .store(polled.is_pending(), Ordering::Relaxed);
+        polled
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.note(polled)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.note(polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_flush(cx);
+        this.note(polled)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// Serves a CONNECT tunnel as a connection of its own. Not `async`: spawning from inside the
+/// loop's own future would make its type depend on itself.
+fn spawn_tunnel(proxy: Proxy, client: BoxIo, dest: Destination) {
+    tokio::spawn(async move { proxy.serve_connection(client, dest).await });
+}
+
+/// A service for one hyper connection; `poll_without_shutdown` needs it and its futures `Unpin`.
+pub(super) trait ExchangeService:
+    Service<
+        Request<Incoming>,
+        Response = Response<Body>,
+        Error = Infallible,
+        Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>,
+    > + Unpin
+{
+}
+
+impl<T> ExchangeService for T where
+    T: Service<
+            Request<Incoming>,
+            Response = Response<Body>,
+            Error = Infallible,
+            Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>,
+        > + Unpin
+{
+}
+
+/// Serves HTTP/1.1 on `io` until the client closes, with a fresh hyper connection per burst of
+/// requests. `service` makes the service of one hyper connection; its requests must be counted
+/// by [`Exchange::open`] on `exchange`.
+pub(super) async fn serve<IO, S>(
+    proxy: &Proxy,
+    io: IO,
+    exchange: Arc<Exchange>,
+    builder: &hyper::server::conn::http1::Builder,
+    service: impl Fn() -> S,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: ExchangeService,
+{
+    // Boxed once: the stream (TLS state included) moves in and out of hyper at every exchange,
+    // and each place it passes through would otherwise be a copy of it in this future.
+    let mut io = Box::new(Watched {
+        inner: io,
+        exchange: exchange.clone(),
+    });
+    let mut leftover: Vec<u8> = Vec::new();
+    loop {
+        if leftover.is_empty() {
+            // Idle: wait for the next request holding nothing but the stream.
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(IDLE_TIMEOUT, io.read(&mut first)).await {
+                Ok(Ok(1)) => leftover.push(first[0]),
+                Ok(_) => return,
+                Err(_) => {
+                    let _ = io.shutdown().await;
+                    return;
+                }
+            }
+        }
+        let since = exchange.started();
+        // Boxed, so that the connection's state (several KiB) exists only while it is in use
+        // and not as part of this future while it waits idle.
+        let mut conn = Box::new(builder.serve_connection(
+            TokioIo::new(Prefixed::new(std::mem::take(&mut leftover), io)),
+            service(),
+        ));
+        // Set once hyper was shut down here at a message boundary: the stream can go on.
+        let mut boundary = false;
+        let mut asked = false;
+        let ended = poll_fn(|cx| {
+            if let Poll::Ready(r) = Pin::new(&mut *conn).poll_without_shutdown(cx) {
+                return Poll::Ready(r);
+            }
+            if asked || !exchange.quiet_since(since) {
+                return Poll::Pending;
+            }
+            asked = true;
+            Pin::new(&mut *conn).graceful_shutdown();
+            // An idle hyper connection finishes at once; one that does not was mid-exchange
+            // after all and now ends when that exchange does, as hyper would have ended it.
+            let polled = Pin::new(&mut *conn).poll_without_shutdown(cx);
+            boundary = polled.is_ready();
+            polled
+        })
+        .await;
+        let parts = (*conn).into_parts();
+        let (rest, watched) = parts.io.into_inner().into_parts();
+        io = watched;
+        leftover = if parts.read_buf.is_empty() {
+            rest
+        } else {
+            [&parts.read_buf[..], &rest[..]].concat()
+        };
+        let pending = exchange.take_pending();
+        if let Err(e) = ended {
+            tracing::debug!(error = %e, "client connection ended with an error");
+            if let Some(Pending::Relay { rec, .. }) = pending {
+                proxy.inner.audit.record(&rec);
+            }
+            return;
+        }
+        match pending {
+            Some(Pending::Relay {
+                upstream,
+                rec,
+                started,
+            }) => {
+                let client = Prefixed::new(leftover, io);
+                // Boxed: rare, and large enough to double every idle connection's size.
+                Box::pin(super::http::relay_upgrade(
+                    proxy,
+                    Some(client),
+                    upstream,
+                    rec,
+                    started,
+                ))
+                .await;
+                return;
+            }
+            Some(Pending::Tunnel(dest)) => {
+                spawn_tunnel(proxy.clone(), Box::new(Prefixed::new(leftover, io)), dest);
+                return;
+            }
+            None => {}
+        }
+        if !boundary {
+            // hyper ended the connection itself (the client asked to close, HTTP/1.0, a
+            // framing error): close it as hyper would have.
+            let _ = io.shutdown().await;
+            return;
+        }
+    }
+}
