@@ -29,16 +29,38 @@ async fn a_pod_from_the_local_jail_runtime_image_runs_on_the_node() -> anyhow::R
         },
     }))?;
     ns.create_pod(&pod).await?;
-    let done = wait_for_pod_phase(&pods, "tiers", &["Succeeded"], Duration::from_mins(2)).await?;
+    let done = wait_for_pod_phase(&pods, "probe", &["Succeeded"], Duration::from_mins(2)).await?;
     assert!(
         done.spec.and_then(|s| s.node_name).is_some(),
         "the pod was scheduled"
     );
-    let logs = pods.logs("tiers", &LogParams::default()).await?;
-    let printed: serde_json::Value = serde_json::from_str(logs.trim())?;
+    let logs = pods.logs("probe", &LogParams::default()).await?;
+    let report: serde_json::Value = serde_json::from_str(logs.trim())
+        .map_err(|e| anyhow::anyhow!("probe printed no JSON ({e}): {logs}"))?;
+    let tiers = report["tiers"]
+        .as_object()
+        .ok_or_else(|| anyhow::anyhow!("no tiers in {report}"))?;
+    let mut names: Vec<&str> = tiers.keys().map(String::as_str).collect();
+    names.sort_unstable();
     assert_eq!(
-        printed,
-        serde_json::json!({"tiers": ["userns", "privileged-netns", "landlock"]})
+        names,
+        ["landlock", "privileged-netns", "userns"],
+        "{report}"
+    );
+    // A pod without added capabilities cannot build the privileged tier, and says why.
+    assert_eq!(tiers["privileged-netns"]["works"], false, "{report}");
+    assert!(
+        tiers["privileged-netns"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("CAP_SYS_ADMIN")),
+        "{report}"
+    );
+    assert_eq!(report["facts"]["netAdminAndSysAdmin"], false, "{report}");
+    assert!(
+        report["facts"]["kernel"]
+            .as_str()
+            .is_some_and(|k| !k.is_empty()),
+        "{report}"
     );
     Ok(())
 }

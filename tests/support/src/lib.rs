@@ -71,7 +71,27 @@ pub async fn install_crds(client: &Client) -> anyhow::Result<()> {
     )
     .await
     .with_context(|| format!("CRD {name} not Established within 30 s"))??;
-    Ok(())
+    // Established comes a moment before discovery serves the resource; kubectl (and anything
+    // resolving `bp`) needs discovery, so wait for it too.
+    let group_version = boundary_api::contract::API_VERSION;
+    eventually(
+        Duration::from_secs(30),
+        &format!("{group_version} in discovery"),
+        || async {
+            let resources = client.list_api_group_resources(group_version).await?;
+            Ok(resources
+                .resources
+                .iter()
+                .any(|r| {
+                    r.name == "boundarypolicies"
+                        && r.short_names
+                            .as_ref()
+                            .is_some_and(|s| s.iter().any(|n| n == "bp"))
+                })
+                .then_some(()))
+        },
+    )
+    .await
 }
 
 /// Polls `check` until it returns `Ok(Some(value))`, or fails after `timeout` with the last
