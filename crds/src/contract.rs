@@ -63,6 +63,23 @@ pub mod node_labels {
         /// `true` once the node agent's probe facts are merged; without it the labels come from
         /// classification alone.
         PROBED = "agentboundary.dev/probed";
+        /// `true` on nodes where the `userns` tier works (one label per tier, because a
+        /// node-affinity term cannot test membership in [`TIERS`]). The webhook pins pods with
+        /// these.
+        TIER_USERNS = "tier.agentboundary.dev/userns";
+        /// `true` on nodes where the `privileged-netns` tier works.
+        TIER_PRIVILEGED_NETNS = "tier.agentboundary.dev/privileged-netns";
+        /// `true` on nodes where the `landlock` tier works.
+        TIER_LANDLOCK = "tier.agentboundary.dev/landlock";
+    }
+
+    /// The per-tier label of `tier` (value `true` where it works).
+    pub const fn for_tier(tier: crate::Tier) -> &'static str {
+        match tier {
+            crate::Tier::Userns => TIER_USERNS,
+            crate::Tier::PrivilegedNetns => TIER_PRIVILEGED_NETNS,
+            crate::Tier::Landlock => TIER_LANDLOCK,
+        }
     }
 }
 
@@ -121,6 +138,9 @@ pub mod volumes {
         RUN = "boundary-run";
         /// The compiled-policy ConfigMap, mounted into the sidecar.
         POLICY = "boundary-policy";
+        /// Downward-API volume with the pod's labels, mounted into the sidecar (policies select
+        /// pods by label, and labels can change while the pod runs).
+        PODINFO = "boundary-podinfo";
     }
 }
 
@@ -143,6 +163,13 @@ pub mod paths {
         POLICY_DIR = "/etc/agent-boundary/policy";
         /// The compiled policy file the proxy reads (and hot-reloads).
         POLICY_FILE = "/etc/agent-boundary/policy/policy.json";
+        /// Mount point of [`super::volumes::PODINFO`].
+        PODINFO_DIR = "/etc/agent-boundary/podinfo";
+        /// The pod's labels (downward API), read by the sidecar.
+        LABELS_FILE = "/etc/agent-boundary/podinfo/labels";
+        /// Where the jailed containers also find `boundary` (a single-file mount): on the `PATH`
+        /// of practically every image without touching the image's `PATH`.
+        BOUNDARY_ON_PATH = "/usr/local/bin/boundary";
     }
 }
 
@@ -161,6 +188,14 @@ pub mod env {
         PROXY_SOCKET = "BOUNDARY_PROXY_SOCKET";
         /// Path of the compiled policy file the sidecar proxy reads.
         POLICY_FILE = "BOUNDARY_POLICY_FILE";
+        /// The pod's labels file (downward API) the sidecar reads.
+        LABELS_FILE = "BOUNDARY_LABELS_FILE";
+        /// The sidecar's explicit HTTP proxy address (for landlock-tier containers).
+        EXPLICIT_PROXY = "BOUNDARY_EXPLICIT_PROXY";
+        /// The explicit proxy port a landlock-tier `boundary run` connects to.
+        PROXY_PORT = "BOUNDARY_PROXY_PORT";
+        /// The sidecar's `/metrics` and `/healthz` address.
+        METRICS_ADDR = "BOUNDARY_METRICS_ADDR";
         /// Coder's env var: jail without a user namespace (`true`).
         CODER_NO_USER_NAMESPACE = "BOUNDARY_NO_USER_NAMESPACE";
         /// Coder's env var: the jail type (`nsjail` or `landjail`).
@@ -177,9 +212,18 @@ pub mod objects {
         POLICY_CONFIGMAP_KEY = "policy.json";
         /// Field manager of the operator's server-side applies.
         OPERATOR_FIELD_MANAGER = "agent-boundary-operator";
-        /// Localhost seccomp profile the node agent installs (relative to kubelet's seccomp dir).
-        SECCOMP_PROFILE = "agent-boundary/userns.json";
+        /// Localhost seccomp profile the node agent installs (relative to kubelet's seccomp dir;
+        /// also the value of [`super::node_labels::SECCOMP_PROFILE`], so a valid label value).
+        SECCOMP_PROFILE = "agent-boundary-userns.json";
     }
+}
+
+/// Ports inside the pod (its network namespace, loopback only unless noted).
+pub mod ports {
+    /// The sidecar's explicit HTTP proxy on 127.0.0.1, for landlock-tier containers.
+    pub const EXPLICIT_PROXY: u16 = 15080;
+    /// The sidecar's `/metrics` and `/healthz` (all addresses: kubelet probes and Prometheus).
+    pub const SIDECAR_METRICS: u16 = 15090;
 }
 
 /// Jail tiers, from least to most privileged where namespaces work, as they appear in node labels,
@@ -244,7 +288,11 @@ mod tests {
             }
         }
         for key in node_labels::ALL.iter().chain(annotations::ALL) {
-            assert!(key.starts_with(GROUP), "{key} is not under {GROUP}");
+            let prefix = key.split_once('/').map_or("", |(p, _)| p);
+            assert!(
+                prefix == GROUP || prefix.ends_with(&format!(".{GROUP}")),
+                "{key} is not under {GROUP}"
+            );
         }
     }
 
@@ -292,6 +340,8 @@ mod tests {
         for p in paths::ALL {
             assert!(p.starts_with('/'), "{p}");
         }
+        assert!(paths::LABELS_FILE.starts_with(&format!("{}/", paths::PODINFO_DIR)));
+        assert!(label_value(objects::SECCOMP_PROFILE));
         for file in [paths::PROXY_SOCKET, paths::CA_CERT, paths::TRUST_BUNDLE] {
             assert!(file.starts_with(&format!("{}/", paths::RUN_DIR)), "{file}");
         }

@@ -78,6 +78,14 @@ pub async fn install_crds(client: &Client) -> anyhow::Result<()> {
         Duration::from_secs(30),
         &format!("{group_version} in discovery"),
         || async {
+            // kubectl starts from the group list, which is served separately from the group.
+            let groups = client.list_api_groups().await?;
+            if !groups.groups.iter().any(|g| {
+                g.name == boundary_api::contract::GROUP
+                    && g.versions.iter().any(|v| v.group_version == group_version)
+            }) {
+                return Ok(None);
+            }
             let resources = client.list_api_group_resources(group_version).await?;
             Ok(resources
                 .resources
@@ -163,11 +171,24 @@ pub fn kubectl() -> Command {
 }
 
 /// Runs `kubectl args...` and returns stdout, or an error with stderr.
+///
+/// Each call gets an empty discovery cache: kubectl's on-disk cache (10 min) may predate the
+/// CRD (a test that ran kubectl before another installed it, or an earlier cluster on the same
+/// address), and then `kubectl get bp` says the resource type does not exist.
 pub fn kubectl_output(args: &[&str]) -> anyhow::Result<String> {
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let cache = std::env::temp_dir().join(format!(
+        "boundary-kubectl-cache-{}-{}",
+        std::process::id(),
+        CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
     let out = kubectl()
+        .arg(format!("--cache-dir={}", cache.display()))
         .args(args)
         .output()
-        .context("running kubectl (set KUBECTL or put kubectl on PATH)")?;
+        .context("running kubectl (set KUBECTL or put kubectl on PATH)");
+    let _ = std::fs::remove_dir_all(&cache);
+    let out = out?;
     if !out.status.success() {
         bail!(
             "kubectl {} failed ({}): {}",

@@ -1,0 +1,833 @@
+//! Load benchmark of the admission webhook's HTTPS server against a floor, in one run on one
+//! machine:
+//!
+//! - the webhook: [`boundary_webhook::server`] with the decider of [`admitter`];
+//! - the floor: a minimal axum + rustls server that reads the body and returns a constant
+//!   `AdmissionReview` (what any HTTPS webhook costs at least).
+//!
+//! Both are driven over HTTPS keep-alive (HTTP/1.1) with the same ~4 KiB review of a Pod:
+//!
+//! - fixed rate (open loop): reviews are sent on a schedule whatever the answers do, and
+//!   latency counts from the scheduled send time, so a slow server is not hidden by a client
+//!   that waits for it (coordinated omission); achieved rate and p50/p90/p99/p99.9;
+//! - max throughput (closed loop): every connection sends its next review as soon as the last
+//!   one is answered; reviews per second and the ratio webhook/floor.
+//!
+//! The servers run on their own runtimes (named threads, so their CPU time per review is
+//! measured apart from the client's).
+#![forbid(unsafe_code)]
+// Figures for humans: counts are far below 2^52, so float casts are exact enough.
+#![allow(
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss
+)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use axum::Router;
+use axum::http::header;
+use axum::routing::post;
+use boundary_webhook::review::{AdmissionRequest, AdmissionResponse, Admit};
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+use tower_service::Service;
+
+/// The decider the webhook server runs.
+///
+/// PLACEHOLDER until the planner is wired in: it parses the Pod out of the review (as the
+/// planner does) and admits it unchanged. Replace the body with the real planner, e.g.
+/// `Arc::new(boundary_webhook::admit::Planner::new(view, settings))`; nothing else in this
+/// file depends on what it is.
+fn admitter() -> Arc<dyn Admit> {
+    struct ParseAndAllow;
+    impl Admit for ParseAndAllow {
+        fn admit(&self, request: &AdmissionRequest) -> AdmissionResponse {
+            let pod = request
+                .object
+                .clone()
+                .map(serde_json::from_value::<k8s_openapi::api::core::v1::Pod>);
+            match std::hint::black_box(pod) {
+                Some(Ok(_)) => AdmissionResponse::allow(&request.uid),
+                _ => AdmissionResponse::deny(&request.uid, "not a Pod"),
+            }
+        }
+    }
+    Arc::new(ParseAndAllow)
+}
+
+/// Load benchmark of the webhook's HTTPS server against a constant-response floor.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Reviews per second of the fixed-rate runs.
+    #[arg(long, env = "BENCH_RATE", default_value_t = 1000)]
+    rate: u64,
+    /// Seconds per fixed-rate run.
+    #[arg(long, env = "BENCH_SECONDS", default_value_t = 10)]
+    seconds: u64,
+    /// Keep-alive connections of the fixed-rate runs.
+    #[arg(long, env = "BENCH_CONNECTIONS", default_value_t = 8)]
+    connections: usize,
+    /// Keep-alive connections of the max-throughput runs.
+    #[arg(long, env = "BENCH_MAX_CONNECTIONS", default_value_t = 8)]
+    max_connections: usize,
+    /// Seconds per max-throughput run.
+    #[arg(long, env = "BENCH_MAX_SECONDS", default_value_t = 5)]
+    max_seconds: u64,
+    /// Rounds of each measurement; figures are medians.
+    #[arg(long, env = "BENCH_ROUNDS", default_value_t = 3)]
+    rounds: usize,
+    /// Worker threads of each server's runtime.
+    #[arg(long, env = "BENCH_SERVER_THREADS", default_value_t = 1)]
+    server_threads: usize,
+    /// Worker threads of the client's runtime.
+    #[arg(long, env = "BENCH_CLIENT_THREADS", default_value_t = 1)]
+    client_threads: usize,
+    /// Leave the webhook's per-review log line out (by default it is written, as JSON, to
+    /// nowhere: formatting it is part of the cost).
+    #[arg(long, env = "BENCH_NO_LOGS")]
+    no_logs: bool,
+    /// Run only these parts (comma list of fixed-rate, max); all by default.
+    #[arg(long, env = "BENCH_ONLY", value_delimiter = ',', default_values_t = [Part::FixedRate, Part::Max])]
+    only: Vec<Part>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum, Debug)]
+enum Part {
+    FixedRate,
+    Max,
+}
+
+impl std::fmt::Display for Part {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use clap::ValueEnum;
+        f.write_str(
+            self.to_possible_value()
+                .expect("no skipped variants")
+                .get_name(),
+        )
+    }
+}
+
+const NAME: &str = "localhost";
+
+/// A server under test.
+struct Target {
+    name: &'static str,
+    addr: SocketAddr,
+    /// Prefix of the names of its runtime's threads.
+    threads: &'static str,
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A CA and a serving certificate for [`NAME`]: PEM files for the webhook, the CA for the
+/// client.
+struct Pki {
+    ca: String,
+    cert: String,
+    key: String,
+}
+
+fn pki() -> anyhow::Result<Pki> {
+    let ca_key = rcgen::KeyPair::generate()?;
+    let mut ca = rcgen::CertificateParams::default();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "webhook bench CA");
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate()?;
+    let cert = rcgen::CertificateParams::new(vec![NAME.to_owned()])?.signed_by(&key, &issuer)?;
+    Ok(Pki {
+        ca: ca_cert.pem(),
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+    })
+}
+
+fn server_runtime(threads: usize, name: &str) -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .thread_name(name)
+        .enable_all()
+        .build()?)
+}
+
+/// Starts the real webhook server on `runtime`.
+fn start_webhook(
+    runtime: &tokio::runtime::Runtime,
+    dir: &Path,
+    pki: &Pki,
+) -> anyhow::Result<SocketAddr> {
+    let (cert_file, key_file) = (dir.join("tls.crt"), dir.join("tls.key"));
+    std::fs::write(&cert_file, &pki.cert)?;
+    std::fs::write(&key_file, &pki.key)?;
+    let config = boundary_webhook::server::Config {
+        https_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        plain_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        cert_file,
+        key_file,
+        ..boundary_webhook::server::Config::default()
+    };
+    let server = runtime
+        .block_on(boundary_webhook::server::Server::bind(
+            config,
+            admitter(),
+            Arc::new(AtomicBool::new(true)),
+        ))
+        .context("starting the webhook server")?;
+    let addr = server.https_addr();
+    runtime.spawn(server.run(std::future::pending()));
+    Ok(addr)
+}
+
+/// The constant answer of the floor: a review response admitting without a patch.
+const FLOOR_RESPONSE: &str = r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":"bench-request","allowed":true}}"#;
+
+/// Starts the floor on `runtime`: axum + rustls, body read whole, constant answer.
+fn start_floor(runtime: &tokio::runtime::Runtime, pki: &Pki) -> anyhow::Result<SocketAddr> {
+    let chain =
+        CertificateDer::pem_slice_iter(pki.cert.as_bytes()).collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_slice(pki.key.as_bytes())?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let router = Router::new().route(
+        "/mutate",
+        post(|_body: Bytes| async {
+            ([(header::CONTENT_TYPE, "application/json")], FLOOR_RESPONSE)
+        }),
+    );
+    let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0"))?;
+    let addr = listener.local_addr()?;
+    runtime.spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let (acceptor, router) = (acceptor.clone(), router.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let service =
+                    hyper::service::service_fn(move |request| router.clone().call(request));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// A realistic review: a Pod with two containers, env, volumes, labels, as the apiserver sends
+/// it on CREATE (after the built-in admission plugins filled in defaults).
+#[allow(clippy::too_many_lines)] // One literal object.
+fn review_body() -> Bytes {
+    let env: Vec<serde_json::Value> = [
+        ("ANTHROPIC_BASE_URL", "https://api.anthropic.com"),
+        ("AGENT_TASK_QUEUE", "tasks.default.svc.cluster.local:5672"),
+        ("AGENT_WORKDIR", "/workspace"),
+        ("GIT_AUTHOR_NAME", "agent"),
+        ("GIT_AUTHOR_EMAIL", "agent@example.com"),
+        ("HOME", "/home/agent"),
+        ("NODE_OPTIONS", "--max-old-space-size=4096"),
+        ("LOG_LEVEL", "info"),
+    ]
+    .iter()
+    .map(|(name, value)| serde_json::json!({"name": name, "value": value}))
+    .chain([
+        serde_json::json!({"name": "ANTHROPIC_API_KEY", "valueFrom": {"secretKeyRef": {"name": "agent-credentials", "key": "api-key"}}}),
+        serde_json::json!({"name": "GITHUB_TOKEN", "valueFrom": {"secretKeyRef": {"name": "agent-credentials", "key": "github-token"}}}),
+        serde_json::json!({"name": "POD_NAME", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}}),
+    ])
+    .collect();
+    let api_access_mount = serde_json::json!({"name": "kube-api-access-7xk2p", "readOnly": true, "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"});
+    let pod = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "generateName": "coding-agent-6d8f9c7b5-",
+            "namespace": "agents",
+            "uid": "8b0f3c2e-5d7a-4e1b-9c6f-2a4d8e1f7b3c",
+            "creationTimestamp": null,
+            "labels": {
+                "app.kubernetes.io/name": "coding-agent",
+                "app.kubernetes.io/instance": "coding-agent-team-a",
+                "app.kubernetes.io/version": "1.4.2",
+                "team": "platform",
+                "pod-template-hash": "6d8f9c7b5",
+                "agentboundary.dev/inject": "enabled"
+            },
+            "annotations": {
+                "kubectl.kubernetes.io/default-container": "agent",
+                "prometheus.io/scrape": "false"
+            },
+            "ownerReferences": [{
+                "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "coding-agent-6d8f9c7b5",
+                "uid": "1e2d3c4b-5a69-4788-9a0b-c1d2e3f40516", "controller": true, "blockOwnerDeletion": true
+            }]
+        },
+        "spec": {
+            "serviceAccountName": "coding-agent",
+            "securityContext": {"runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000},
+            "initContainers": [{
+                "name": "clone",
+                "image": "alpine/git:2.45.2",
+                "args": ["clone", "--depth=1", "https://github.com/example/service.git", "/workspace/service"],
+                "volumeMounts": [{"name": "workspace", "mountPath": "/workspace"}, api_access_mount],
+                "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
+                "terminationMessagePath": "/dev/termination-log",
+                "terminationMessagePolicy": "File",
+                "imagePullPolicy": "IfNotPresent"
+            }],
+            "containers": [
+                {
+                    "name": "agent",
+                    "image": "ghcr.io/example/coding-agent:1.4.2",
+                    "command": ["claude"],
+                    "args": ["--print", "--output-format", "stream-json", "--max-turns", "50"],
+                    "workingDir": "/workspace/service",
+                    "env": env,
+                    "ports": [{"name": "metrics", "containerPort": 9090, "protocol": "TCP"}],
+                    "resources": {
+                        "requests": {"cpu": "500m", "memory": "1Gi"},
+                        "limits": {"cpu": "2", "memory": "4Gi"}
+                    },
+                    "volumeMounts": [
+                        {"name": "workspace", "mountPath": "/workspace"},
+                        {"name": "agent-config", "mountPath": "/home/agent/.config/agent", "readOnly": true},
+                        {"name": "cache", "mountPath": "/home/agent/.cache"},
+                        api_access_mount
+                    ],
+                    "readinessProbe": {
+                        "httpGet": {"path": "/ready", "port": 9090, "scheme": "HTTP"},
+                        "periodSeconds": 10, "timeoutSeconds": 1, "successThreshold": 1, "failureThreshold": 3
+                    },
+                    "terminationMessagePath": "/dev/termination-log",
+                    "terminationMessagePolicy": "File",
+                    "imagePullPolicy": "IfNotPresent"
+                },
+                {
+                    "name": "log-shipper",
+                    "image": "fluent/fluent-bit:3.1.4",
+                    "env": [
+                        {"name": "FLUENT_HOST", "value": "logs.observability.svc"},
+                        {"name": "FLUENT_PORT", "value": "24224"}
+                    ],
+                    "resources": {"requests": {"cpu": "20m", "memory": "32Mi"}, "limits": {"memory": "64Mi"}},
+                    "volumeMounts": [{"name": "cache", "mountPath": "/logs", "readOnly": true}, api_access_mount],
+                    "terminationMessagePath": "/dev/termination-log",
+                    "terminationMessagePolicy": "File",
+                    "imagePullPolicy": "IfNotPresent"
+                }
+            ],
+            "volumes": [
+                {"name": "workspace", "emptyDir": {"sizeLimit": "10Gi"}},
+                {"name": "cache", "emptyDir": {}},
+                {"name": "agent-config", "configMap": {"name": "coding-agent-config", "defaultMode": 420}},
+                {"name": "kube-api-access-7xk2p", "projected": {"defaultMode": 420, "sources": [
+                    {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+                    {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                    {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}}
+                ]}}
+            ],
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 30,
+            "dnsPolicy": "ClusterFirst",
+            "schedulerName": "default-scheduler",
+            "enableServiceLinks": true,
+            "preemptionPolicy": "PreemptLowerPriority",
+            "priority": 0,
+            "tolerations": [
+                {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300},
+                {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}
+            ]
+        },
+        "status": {}
+    });
+    let review = serde_json::json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "bench-request",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
+            "requestResource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "agents",
+            "operation": "CREATE",
+            "userInfo": {
+                "username": "system:serviceaccount:kube-system:replicaset-controller",
+                "uid": "0b6b9a8e-2f7e-4c8e-8d62-6f1c2c1f9a10",
+                "groups": ["system:serviceaccounts", "system:serviceaccounts:kube-system", "system:authenticated"]
+            },
+            "object": pod,
+            "oldObject": null,
+            "dryRun": false,
+            "options": {"kind": "CreateOptions", "apiVersion": "meta.k8s.io/v1"}
+        }
+    });
+    Bytes::from(review.to_string())
+}
+
+fn tls_client(ca_pem: &str) -> anyhow::Result<tokio_rustls::TlsConnector> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert?)?;
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+async fn connect(addr: SocketAddr, tls: &tokio_rustls::TlsConnector) -> anyhow::Result<Sender> {
+    let tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let stream = tls
+        .connect(NAME.try_into()?, tcp)
+        .await
+        .context("TLS handshake")?;
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .context("HTTP handshake")?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
+async fn connections(
+    addr: SocketAddr,
+    tls: &tokio_rustls::TlsConnector,
+    n: usize,
+) -> anyhow::Result<Vec<Sender>> {
+    let mut senders = Vec::with_capacity(n);
+    for _ in 0..n {
+        senders.push(connect(addr, tls).await?);
+    }
+    Ok(senders)
+}
+
+/// Sends one review and reads the whole answer, which must be a 200 admitting the pod.
+async fn review(sender: &mut Sender, body: &Bytes) -> anyhow::Result<()> {
+    sender.ready().await.context("connection closed")?;
+    let request = Request::post("/mutate")
+        .header(header::HOST, NAME)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(body.clone()))?;
+    let response = sender.send_request(request).await.context("request")?;
+    let status = response.status();
+    let answer = response
+        .into_body()
+        .collect()
+        .await
+        .context("response body")?
+        .to_bytes();
+    if !status.is_success() {
+        bail!("HTTP {status}: {}", String::from_utf8_lossy(&answer));
+    }
+    Ok(())
+}
+
+/// CPU time (user + system) of this process's threads whose name starts with `prefix`.
+fn cpu_time(prefix: &str) -> Duration {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Duration::ZERO;
+    };
+    let mut total = Duration::ZERO;
+    for task in tasks.flatten() {
+        let dir = task.path();
+        let named = std::fs::read_to_string(dir.join("comm"))
+            .is_ok_and(|comm| comm.trim_end().starts_with(prefix));
+        if !named {
+            continue;
+        }
+        // First field of schedstat: nanoseconds on a CPU (finer than stat's 10 ms ticks).
+        if let Some(ns) = std::fs::read_to_string(dir.join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        {
+            total += Duration::from_nanos(ns);
+        }
+    }
+    total
+}
+
+/// Latencies of one fixed-rate run.
+struct FixedRate {
+    achieved: f64,
+    errors: usize,
+    p50: Duration,
+    p90: Duration,
+    p99: Duration,
+    p999: Duration,
+    max: Duration,
+    cpu_per_review: Duration,
+}
+
+async fn fixed_rate(
+    target: &Target,
+    tls: &tokio_rustls::TlsConnector,
+    body: &Bytes,
+    args: &Args,
+) -> anyhow::Result<FixedRate> {
+    let senders = connections(target.addr, tls, args.connections).await?;
+    let interval = Duration::from_secs_f64(args.connections as f64 / args.rate as f64);
+    let stagger = Duration::from_secs_f64(1.0 / args.rate as f64);
+    let cpu_before = cpu_time(target.threads);
+    let start = Instant::now() + Duration::from_millis(20);
+    let end = start + Duration::from_secs(args.seconds);
+    let mut tasks = Vec::new();
+    for (i, mut sender) in senders.into_iter().enumerate() {
+        let body = body.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = 0usize;
+            let mut scheduled = start + stagger * i as u32;
+            let mut previous_end = Instant::now();
+            while scheduled < end {
+                tokio::time::sleep_until(scheduled).await;
+                let sent = Instant::now();
+                // Late because the server had not answered the last review yet: that wait is
+                // the server's. Late because of the client's timer: that is not.
+                let from = if previous_end > scheduled {
+                    scheduled
+                } else {
+                    sent
+                };
+                if review(&mut sender, &body).await.is_err() {
+                    errors += 1;
+                }
+                previous_end = Instant::now();
+                latencies.push(previous_end - from);
+                scheduled += interval;
+            }
+            (latencies, errors, previous_end)
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    let mut last = start;
+    for task in tasks {
+        let (l, e, finished) = task.await?;
+        latencies.extend(l);
+        errors += e;
+        last = last.max(finished);
+    }
+    let cpu = cpu_time(target.threads).saturating_sub(cpu_before);
+    latencies.sort();
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    let done = latencies.len();
+    Ok(FixedRate {
+        achieved: (done - errors) as f64 / (last - start).as_secs_f64(),
+        errors,
+        p50: pct(0.50),
+        p90: pct(0.90),
+        p99: pct(0.99),
+        p999: pct(0.999),
+        max: latencies.last().copied().unwrap_or_default(),
+        cpu_per_review: cpu / u32::try_from(done.max(1)).unwrap_or(u32::MAX),
+    })
+}
+
+/// Throughput of one closed-loop run.
+struct MaxRate {
+    rate: f64,
+    errors: usize,
+    cpu_per_review: Duration,
+}
+
+async fn max_rate(
+    target: &Target,
+    tls: &tokio_rustls::TlsConnector,
+    body: &Bytes,
+    args: &Args,
+) -> anyhow::Result<MaxRate> {
+    let senders = connections(target.addr, tls, args.max_connections).await?;
+    let cpu_before = cpu_time(target.threads);
+    let start = Instant::now();
+    let end = start + Duration::from_secs(args.max_seconds);
+    let mut tasks = Vec::new();
+    for mut sender in senders {
+        let body = body.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut done, mut errors) = (0usize, 0usize);
+            while Instant::now() < end {
+                if review(&mut sender, &body).await.is_err() {
+                    errors += 1;
+                }
+                done += 1;
+            }
+            (done, errors)
+        }));
+    }
+    let (mut done, mut errors) = (0, 0);
+    for task in tasks {
+        let (d, e) = task.await?;
+        done += d;
+        errors += e;
+    }
+    let elapsed = start.elapsed();
+    let cpu = cpu_time(target.threads).saturating_sub(cpu_before);
+    Ok(MaxRate {
+        rate: (done - errors) as f64 / elapsed.as_secs_f64(),
+        errors,
+        cpu_per_review: cpu / u32::try_from(done.max(1)).unwrap_or(u32::MAX),
+    })
+}
+
+/// Sends a few reviews first: connection setup, allocator and caches warm, answers checked.
+async fn warm_up(
+    target: &Target,
+    tls: &tokio_rustls::TlsConnector,
+    body: &Bytes,
+) -> anyhow::Result<()> {
+    let mut sender = connect(target.addr, tls).await?;
+    for _ in 0..200 {
+        review(&mut sender, body)
+            .await
+            .with_context(|| format!("warm-up review to the {}", target.name))?;
+    }
+    Ok(())
+}
+
+/// The median of some figures (the middle one, or the lower middle).
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs.get(xs.len().saturating_sub(1) / 2)
+        .copied()
+        .unwrap_or(0.0)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// Runs `measure` for each target in every round (alternating the order, so neither always
+/// goes first) and returns the runs per target.
+async fn rounds<T, F, Fut>(
+    targets: &[Target],
+    rounds: usize,
+    mut measure: F,
+) -> anyhow::Result<Vec<Vec<T>>>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let mut runs: Vec<Vec<T>> = targets.iter().map(|_| Vec::new()).collect();
+    for round in 0..rounds {
+        for k in 0..targets.len() {
+            let i = if round % 2 == 0 {
+                k
+            } else {
+                targets.len() - 1 - k
+            };
+            let run = measure(i)
+                .await
+                .with_context(|| format!("measuring the {}", targets[i].name))?;
+            runs[i].push(run);
+        }
+    }
+    Ok(runs)
+}
+
+async fn bench(args: &Args, targets: &[Target], ca_pem: &str) -> anyhow::Result<()> {
+    let tls = tls_client(ca_pem)?;
+    let body = review_body();
+    if let Ok(p) = std::env::var("TMP_DUMP") {
+        std::fs::write(p, &body)?;
+    } // TMPDUMP
+    for target in targets {
+        warm_up(target, &tls, &body).await?;
+    }
+    println!(
+        "Webhook server vs floor (axum + rustls, constant answer): HTTPS keep-alive HTTP/1.1, \
+         {:.1} KiB AdmissionReview of a Pod; each server on {} thread(s), client on {}; \
+         webhook logs {}; medians of {} rounds.",
+        body.len() as f64 / 1024.0,
+        args.server_threads,
+        args.client_threads,
+        if args.no_logs {
+            "off"
+        } else {
+            "on (JSON, discarded)"
+        },
+        args.rounds,
+    );
+    let mut p99_webhook = None;
+    if args.only.contains(&Part::FixedRate) {
+        p99_webhook = Some(fixed_rate_table(args, targets, &tls, &body).await?);
+    }
+    if args.only.contains(&Part::Max) {
+        max_rate_table(args, targets, &tls, &body).await?;
+    }
+    if let Some(p99) = p99_webhook {
+        println!(
+            "  webhook p99 at {} reviews/s: {p99:.3} ms (target < 5 ms)",
+            args.rate
+        );
+    }
+    Ok(())
+}
+
+fn errors_note(errors: usize) -> String {
+    if errors > 0 {
+        format!("  ({errors} errors)")
+    } else {
+        String::new()
+    }
+}
+
+/// Prints the fixed-rate figures; returns the webhook's p99 in ms.
+async fn fixed_rate_table(
+    args: &Args,
+    targets: &[Target],
+    tls: &tokio_rustls::TlsConnector,
+    body: &Bytes,
+) -> anyhow::Result<f64> {
+    println!(
+        "Fixed rate: {} reviews/s for {} s over {} connections (latency from the scheduled \
+         send time):",
+        args.rate, args.seconds, args.connections
+    );
+    let runs = rounds(targets, args.rounds, |i| {
+        fixed_rate(&targets[i], tls, body, args)
+    })
+    .await?;
+    for (target, runs) in targets.iter().zip(&runs) {
+        let of = |f: &dyn Fn(&FixedRate) -> f64| median(runs.iter().map(f).collect());
+        println!(
+            "  {:8} {:7.0} reviews/s  p50 {:6.3} ms  p90 {:6.3} ms  p99 {:6.3} ms  p99.9 {:6.3} ms  max {:7.3} ms  server CPU {:5.1} µs/review{}",
+            target.name,
+            of(&|r| r.achieved),
+            of(&|r| ms(r.p50)),
+            of(&|r| ms(r.p90)),
+            of(&|r| ms(r.p99)),
+            of(&|r| ms(r.p999)),
+            of(&|r| ms(r.max)),
+            of(&|r| us(r.cpu_per_review)),
+            errors_note(runs.iter().map(|r| r.errors).sum()),
+        );
+    }
+    Ok(median(runs[0].iter().map(|r| ms(r.p99)).collect()))
+}
+
+/// Prints the closed-loop figures and the webhook/floor ratios.
+async fn max_rate_table(
+    args: &Args,
+    targets: &[Target],
+    tls: &tokio_rustls::TlsConnector,
+    body: &Bytes,
+) -> anyhow::Result<()> {
+    println!(
+        "Max throughput (closed loop): {} connections, {} s per run:",
+        args.max_connections, args.max_seconds
+    );
+    let runs = rounds(targets, args.rounds, |i| {
+        max_rate(&targets[i], tls, body, args)
+    })
+    .await?;
+    for (target, runs) in targets.iter().zip(&runs) {
+        println!(
+            "  {:8} {:7.0} reviews/s  server CPU {:5.1} µs/review{}",
+            target.name,
+            median(runs.iter().map(|r| r.rate).collect()),
+            median(runs.iter().map(|r| us(r.cpu_per_review)).collect()),
+            errors_note(runs.iter().map(|r| r.errors).sum()),
+        );
+    }
+    // Ratios are taken within a round, then the median.
+    let pairs = || runs[0].iter().zip(&runs[1]);
+    let ratio = median(
+        pairs()
+            .map(|(webhook, floor)| webhook.rate / floor.rate)
+            .collect(),
+    );
+    let cpu_ratio = median(
+        pairs()
+            .map(|(webhook, floor)| us(webhook.cpu_per_review) / us(floor.cpu_per_review))
+            .collect(),
+    );
+    println!(
+        "  webhook/floor throughput {ratio:.2} (target >= 0.67, i.e. within 1.5x of the floor); \
+         server CPU per review webhook/floor {cpu_ratio:.2}"
+    );
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.rate == 0 || args.connections == 0 || args.max_connections == 0 || args.rounds == 0 {
+        bail!("--rate, --connections, --max-connections and --rounds must be at least 1");
+    }
+    if !args.no_logs {
+        // The webhook's per-review event, formatted as in production and thrown away.
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+            .with_writer(std::io::sink)
+            .init();
+    }
+    let dir = tempfile::tempdir()?;
+    let pki = pki()?;
+    let webhook_runtime = server_runtime(args.server_threads, "webhook-server")?;
+    let floor_runtime = server_runtime(args.server_threads, "floor-server")?;
+    let targets = [
+        Target {
+            name: "webhook",
+            addr: start_webhook(&webhook_runtime, dir.path(), &pki)?,
+            threads: "webhook-server",
+        },
+        Target {
+            name: "floor",
+            addr: start_floor(&floor_runtime, &pki)?,
+            threads: "floor-server",
+        },
+    ];
+    let client = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.client_threads.max(1))
+        .thread_name("bench-client")
+        .enable_all()
+        .build()?;
+    client.block_on(bench(&args, &targets, &pki.ca))?;
+    // Servers and client stop with their runtimes.
+    drop(client);
+    webhook_runtime.shutdown_background();
+    floor_runtime.shutdown_background();
+    Ok(())
+}

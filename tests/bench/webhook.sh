@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Benchmark (not a test) of the admission webhook's HTTPS server, in one run on this machine:
+# the real server (boundary_webhook::server with the decider of webhook-bench's `admitter()`)
+# against a floor (minimal axum + rustls server with a constant answer), both over HTTPS
+# keep-alive with a ~4 KiB Pod review. Prints fixed-rate latency (p50/p90/p99/p99.9 from the
+# scheduled send time) and closed-loop throughput with the webhook/floor ratio.
+# Usage: tests/bench/webhook.sh [webhook-bench flags, e.g. --seconds 5 --rate 2000 --rounds 1]
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$ROOT"
+cargo build --release --locked -p boundary-webhook-bench >&2
+exec target/release/webhook-bench "$@"

@@ -1,0 +1,674 @@
+//! Applying a plan to a pod, and undoing it. Every change is recorded in the
+//! `agentboundary.dev/status` annotation, so a second call (reinvocation, or another webhook
+//! having changed the pod in between) first strips exactly what was injected and then injects
+//! again: the same pod in, the same pod out.
+//!
+//! Only additions are made where possible (appended containers, volumes, env, mounts), so the
+//! JSON Patch is made of `add` operations that leave the user's fields alone.
+
+use std::collections::BTreeMap;
+
+use boundary_api::contract::{annotations, containers, env, objects, paths, ports, volumes};
+use boundary_api::{JailRuntime, Mode, Tier};
+use k8s_openapi::api::core::v1::{
+    Affinity, Capabilities, ConfigMapVolumeSource, Container, ContainerPort, DownwardAPIVolumeFile,
+    DownwardAPIVolumeSource, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction,
+    NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector,
+    Pod, PodSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext, Volume,
+    VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::{Deserialize, Serialize};
+
+use crate::tables::Row;
+
+/// Version of the status annotation's format.
+pub const STATUS_VERSION: u32 = 1;
+
+/// How the jail-runtime sidecar was injected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SidecarKind {
+    /// An init container with `restartPolicy: Always` (Kubernetes 1.29+).
+    Native,
+    /// A regular container (before 1.29); `boundary run` waits for its socket.
+    Classic,
+    /// No sidecar (runtime `coder-boundary`: Coder's binary runs its own proxy).
+    None,
+}
+
+/// The seccomp profile a container had before this webhook set one.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SeccompBefore {
+    /// The container's own profile (`None`: it had none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<SeccompProfile>,
+}
+
+/// What was done to one jailed container.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JailedContainer {
+    /// The container.
+    pub name: String,
+    /// Capabilities this webhook added (the user's own are never recorded, so never removed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub added_capabilities: Vec<String>,
+    /// Env vars this webhook added.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub added_env: Vec<String>,
+    /// Mount paths this webhook added.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub added_mounts: Vec<String>,
+    /// Set when this webhook set the container's seccomp profile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seccomp_replaced: Option<SeccompBefore>,
+    /// The container's own command before it was wrapped in `boundary run --`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wrapped_command: Option<Vec<String>>,
+}
+
+/// The node-affinity requirement added to pin the pod.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Pin {
+    /// The requirement (on a label, or on `metadata.name`).
+    pub requirement: NodeSelectorRequirement,
+    /// Whether it went into `matchFields` (node names) rather than `matchExpressions`.
+    #[serde(default)]
+    pub by_field: bool,
+    /// Whether the pod had no required node affinity before (so the whole stanza is ours).
+    #[serde(default)]
+    pub created_affinity: bool,
+}
+
+/// The `agentboundary.dev/status` annotation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InjectionStatus {
+    /// [`STATUS_VERSION`].
+    pub version: u32,
+    /// The jail implementation.
+    pub runtime: JailRuntime,
+    /// The planner row applied.
+    pub row: String,
+    /// The tier of this project's jail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<Tier>,
+    /// Enforce or Audit.
+    pub mode: Mode,
+    /// The policies that select the pod.
+    pub policies: Vec<String>,
+    /// How the sidecar was injected.
+    pub sidecar: SidecarKind,
+    /// The jailed containers and what was changed in each.
+    pub containers: Vec<JailedContainer>,
+    /// The node pin, when the pod was pinned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin: Option<Pin>,
+}
+
+impl InjectionStatus {
+    /// Reads the annotation of `pod` (none, or unreadable: nothing to strip).
+    pub fn of(pod: &Pod) -> Option<InjectionStatus> {
+        let text = pod
+            .metadata
+            .annotations
+            .as_ref()?
+            .get(annotations::STATUS)?;
+        serde_json::from_str(text).ok()
+    }
+}
+
+/// Image and resources of the injected containers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// The jail-runtime image (`boundary` binary at `/boundary`).
+    pub image: String,
+    /// Its pull policy.
+    pub image_pull_policy: String,
+    /// CPU request of the sidecar.
+    pub sidecar_cpu_request: String,
+    /// Memory request of the sidecar.
+    pub sidecar_memory_request: String,
+    /// Memory limit of the sidecar.
+    pub sidecar_memory_limit: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            image: "agent-boundary/jail-runtime:dev".into(),
+            image_pull_policy: "IfNotPresent".into(),
+            sidecar_cpu_request: "10m".into(),
+            sidecar_memory_request: "32Mi".into(),
+            sidecar_memory_limit: "256Mi".into(),
+        }
+    }
+}
+
+/// Everything `inject` applies, decided by the planner.
+#[derive(Debug)]
+pub struct Injection<'a> {
+    /// The row.
+    pub row: &'a Row,
+    /// The runtime.
+    pub runtime: JailRuntime,
+    /// The mode.
+    pub mode: Mode,
+    /// The selecting policies.
+    pub policies: Vec<String>,
+    /// Containers to jail, each with the seccomp profile to set (`None`: leave it).
+    pub containers: Vec<(String, Option<SeccompProfile>)>,
+    /// Wrap the containers' commands in `boundary run --`.
+    pub wrap_command: bool,
+    /// Native or classic sidecar.
+    pub sidecar: SidecarKind,
+    /// The node pin.
+    pub pin: Option<(NodeSelectorRequirement, bool)>,
+}
+
+/// Removes everything a previous injection (recorded in `status`) added.
+pub fn strip(pod: &mut Pod, status: &InjectionStatus) {
+    if let Some(annotations) = pod.metadata.annotations.as_mut() {
+        for key in [annotations::STATUS, annotations::TIER, annotations::POLICY] {
+            annotations.remove(key);
+        }
+    }
+    let Some(spec) = pod.spec.as_mut() else {
+        return;
+    };
+    let ours = |c: &Container| c.name == containers::SIDECAR || c.name == containers::INSTALL;
+    if let Some(init) = spec.init_containers.as_mut() {
+        init.retain(|c| !ours(c));
+    }
+    if spec.init_containers.as_ref().is_some_and(Vec::is_empty) {
+        spec.init_containers = None;
+    }
+    spec.containers.retain(|c| !ours(c));
+    if let Some(vols) = spec.volumes.as_mut() {
+        vols.retain(|v| !volumes::ALL.contains(&v.name.as_str()));
+    }
+    if spec.volumes.as_ref().is_some_and(Vec::is_empty) {
+        spec.volumes = None;
+    }
+    for record in &status.containers {
+        let Some(c) = spec.containers.iter_mut().find(|c| c.name == record.name) else {
+            continue;
+        };
+        if let Some(env) = c.env.as_mut() {
+            env.retain(|e| !record.added_env.contains(&e.name));
+        }
+        if c.env.as_ref().is_some_and(Vec::is_empty) {
+            c.env = None;
+        }
+        if let Some(mounts) = c.volume_mounts.as_mut() {
+            mounts.retain(|m| !record.added_mounts.contains(&m.mount_path));
+        }
+        if c.volume_mounts.as_ref().is_some_and(Vec::is_empty) {
+            c.volume_mounts = None;
+        }
+        if let Some(command) = &record.wrapped_command {
+            c.command = Some(command.clone());
+        }
+        if let Some(sc) = c.security_context.as_mut() {
+            if let Some(add) = sc.capabilities.as_mut().and_then(|caps| caps.add.as_mut()) {
+                add.retain(|cap| !record.added_capabilities.contains(cap));
+            }
+            if let Some(caps) = sc.capabilities.as_mut() {
+                if caps.add.as_ref().is_some_and(Vec::is_empty) {
+                    caps.add = None;
+                }
+                if *caps == Capabilities::default() {
+                    sc.capabilities = None;
+                }
+            }
+            if let Some(before) = &record.seccomp_replaced {
+                sc.seccomp_profile.clone_from(&before.profile);
+            }
+            if *sc == SecurityContext::default() {
+                c.security_context = None;
+            }
+        }
+    }
+    if let Some(pin) = &status.pin {
+        unpin(spec, pin);
+    }
+}
+
+fn unpin(spec: &mut PodSpec, pin: &Pin) {
+    if pin.created_affinity {
+        if let Some(node_affinity) = spec
+            .affinity
+            .as_mut()
+            .and_then(|a| a.node_affinity.as_mut())
+        {
+            node_affinity.required_during_scheduling_ignored_during_execution = None;
+        }
+    } else if let Some(required) = spec
+        .affinity
+        .as_mut()
+        .and_then(|a| a.node_affinity.as_mut())
+        .and_then(|n| {
+            n.required_during_scheduling_ignored_during_execution
+                .as_mut()
+        })
+    {
+        for term in &mut required.node_selector_terms {
+            let list = if pin.by_field {
+                &mut term.match_fields
+            } else {
+                &mut term.match_expressions
+            };
+            if let Some(items) = list.as_mut() {
+                items.retain(|r| *r != pin.requirement);
+                if items.is_empty() {
+                    *list = None;
+                }
+            }
+        }
+    }
+    // Remove the stanzas that became empty, so the pod is as it was.
+    if let Some(affinity) = spec.affinity.as_mut() {
+        if affinity
+            .node_affinity
+            .as_ref()
+            .is_some_and(|n| *n == NodeAffinity::default())
+        {
+            affinity.node_affinity = None;
+        }
+        if *affinity == Affinity::default() {
+            spec.affinity = None;
+        }
+    }
+}
+
+fn field_env(name: &str, field: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: field.into(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+fn value_env(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    }
+}
+
+fn mount(volume: &str, path: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: volume.into(),
+        mount_path: path.into(),
+        read_only: read_only.then_some(true),
+        ..VolumeMount::default()
+    }
+}
+
+/// The securityContext of the injected containers: passes Pod Security `restricted`.
+fn restricted_security_context() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            add: None,
+        }),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        run_as_user: Some(65532),
+        run_as_group: Some(65532),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            localhost_profile: None,
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+fn quantities(pairs: &[(&str, &str)]) -> BTreeMap<String, Quantity> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), Quantity((*v).to_owned())))
+        .collect()
+}
+
+fn install_container(settings: &Settings) -> Container {
+    Container {
+        name: containers::INSTALL.into(),
+        image: Some(settings.image.clone()),
+        image_pull_policy: Some(settings.image_pull_policy.clone()),
+        args: Some(vec!["install".into(), "--to".into(), paths::BIN_DIR.into()]),
+        volume_mounts: Some(vec![mount(volumes::BIN, paths::BIN_DIR, false)]),
+        security_context: Some(restricted_security_context()),
+        resources: Some(ResourceRequirements {
+            requests: Some(quantities(&[("cpu", "10m"), ("memory", "16Mi")])),
+            limits: Some(quantities(&[("memory", "64Mi")])),
+            ..ResourceRequirements::default()
+        }),
+        ..Container::default()
+    }
+}
+
+fn sidecar_container(settings: &Settings, native: bool) -> Container {
+    let health = Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some("/healthz".into()),
+            port: IntOrString::Int(i32::from(ports::SIDECAR_METRICS)),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(1),
+        failure_threshold: Some(30),
+        ..Probe::default()
+    };
+    Container {
+        name: containers::SIDECAR.into(),
+        image: Some(settings.image.clone()),
+        image_pull_policy: Some(settings.image_pull_policy.clone()),
+        args: Some(vec!["sidecar".into()]),
+        restart_policy: native.then(|| "Always".into()),
+        env: Some(vec![
+            field_env(env::POD_NAME, "metadata.name"),
+            field_env(env::POD_NAMESPACE, "metadata.namespace"),
+            value_env(env::PROXY_SOCKET, paths::PROXY_SOCKET),
+            value_env(env::POLICY_FILE, paths::POLICY_FILE),
+            value_env(env::LABELS_FILE, paths::LABELS_FILE),
+            value_env(
+                env::EXPLICIT_PROXY,
+                &format!("127.0.0.1:{}", ports::EXPLICIT_PROXY),
+            ),
+            value_env(
+                env::METRICS_ADDR,
+                &format!("0.0.0.0:{}", ports::SIDECAR_METRICS),
+            ),
+        ]),
+        ports: Some(vec![ContainerPort {
+            name: Some("boundary-metric".into()),
+            container_port: i32::from(ports::SIDECAR_METRICS),
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        volume_mounts: Some(vec![
+            mount(volumes::RUN, paths::RUN_DIR, false),
+            mount(volumes::POLICY, paths::POLICY_DIR, true),
+            mount(volumes::PODINFO, paths::PODINFO_DIR, true),
+        ]),
+        security_context: Some(restricted_security_context()),
+        resources: Some(ResourceRequirements {
+            requests: Some(quantities(&[
+                ("cpu", &settings.sidecar_cpu_request),
+                ("memory", &settings.sidecar_memory_request),
+            ])),
+            limits: Some(quantities(&[("memory", &settings.sidecar_memory_limit)])),
+            ..ResourceRequirements::default()
+        }),
+        // A native sidecar holds back the app containers until its startup probe passes, so the
+        // proxy socket exists before any jailed command starts.
+        startup_probe: native.then(|| health.clone()),
+        readiness_probe: Some(Probe {
+            failure_threshold: Some(3),
+            ..health
+        }),
+        ..Container::default()
+    }
+}
+
+fn volumes_to_add() -> Vec<Volume> {
+    vec![
+        Volume {
+            name: volumes::BIN.into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        },
+        Volume {
+            name: volumes::RUN.into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        },
+        Volume {
+            name: volumes::POLICY.into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: objects::POLICY_CONFIGMAP.into(),
+                // The operator publishes it; until then the sidecar denies everything.
+                optional: Some(true),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        Volume {
+            name: volumes::PODINFO.into(),
+            downward_api: Some(DownwardAPIVolumeSource {
+                items: Some(vec![DownwardAPIVolumeFile {
+                    path: "labels".into(),
+                    field_ref: Some(ObjectFieldSelector {
+                        field_path: "metadata.labels".into(),
+                        ..ObjectFieldSelector::default()
+                    }),
+                    ..DownwardAPIVolumeFile::default()
+                }]),
+                ..DownwardAPIVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+    ]
+}
+
+/// Env vars the jailed container gets (names the user already set are left alone).
+fn jailed_env(injection: &Injection<'_>, container: &str) -> Vec<EnvVar> {
+    let mut vars: Vec<EnvVar> = injection
+        .row
+        .env
+        .iter()
+        .map(|(k, v)| value_env(k, v))
+        .collect();
+    if injection.runtime == JailRuntime::Builtin {
+        if let Some(tier) = injection.row.tier {
+            vars.push(value_env(env::TIER, tier.as_str()));
+            if tier == Tier::Landlock {
+                vars.push(value_env(
+                    env::PROXY_PORT,
+                    &ports::EXPLICIT_PROXY.to_string(),
+                ));
+            }
+        }
+        vars.push(value_env(env::PROXY_SOCKET, paths::PROXY_SOCKET));
+        vars.push(value_env(env::CONTAINER_NAME, container));
+        vars.push(field_env(env::POD_NAME, "metadata.name"));
+        vars.push(field_env(env::POD_NAMESPACE, "metadata.namespace"));
+    }
+    vars
+}
+
+/// Jails one container: env, mounts, capabilities, seccomp, command. Returns the record.
+fn jail_container(
+    c: &mut Container,
+    injection: &Injection<'_>,
+    seccomp: Option<&SeccompProfile>,
+    warnings: &mut Vec<String>,
+) -> JailedContainer {
+    let builtin = injection.runtime == JailRuntime::Builtin;
+    let name = c.name.clone();
+    let mut record = JailedContainer {
+        name: name.clone(),
+        ..JailedContainer::default()
+    };
+    let env = c.env.get_or_insert_with(Vec::new);
+    for var in jailed_env(injection, &name) {
+        if env.iter().any(|e| e.name == var.name) {
+            warnings.push(format!(
+                "container {name} sets {} itself; its value is kept",
+                var.name
+            ));
+        } else {
+            record.added_env.push(var.name.clone());
+            env.push(var);
+        }
+    }
+    if env.is_empty() {
+        c.env = None;
+    }
+    if builtin {
+        let mounts = c.volume_mounts.get_or_insert_with(Vec::new);
+        let mut on_path = mount(volumes::BIN, paths::BOUNDARY_ON_PATH, true);
+        on_path.sub_path = Some("boundary".into());
+        let wanted = [
+            mount(volumes::BIN, paths::BIN_DIR, true),
+            mount(volumes::RUN, paths::RUN_DIR, true),
+            on_path,
+        ];
+        for m in wanted {
+            if mounts.iter().any(|x| x.mount_path == m.mount_path) {
+                warnings.push(format!(
+                    "container {name} already mounts something at {}; left as it is",
+                    m.mount_path
+                ));
+            } else {
+                record.added_mounts.push(m.mount_path.clone());
+                mounts.push(m);
+            }
+        }
+    }
+    if !injection.row.capabilities.is_empty() {
+        let sc = c
+            .security_context
+            .get_or_insert_with(SecurityContext::default);
+        let caps = sc.capabilities.get_or_insert_with(Capabilities::default);
+        let add = caps.add.get_or_insert_with(Vec::new);
+        for cap in injection.row.capabilities {
+            let present = add.iter().any(|a| {
+                a.trim_start_matches("CAP_")
+                    .trim_start_matches("cap_")
+                    .eq_ignore_ascii_case(cap)
+            });
+            if !present {
+                add.push((*cap).to_owned());
+                record.added_capabilities.push((*cap).to_owned());
+            }
+        }
+    }
+    if let Some(profile) = seccomp {
+        let sc = c
+            .security_context
+            .get_or_insert_with(SecurityContext::default);
+        record.seccomp_replaced = Some(SeccompBefore {
+            profile: sc.seccomp_profile.clone(),
+        });
+        sc.seccomp_profile = Some(profile.clone());
+    }
+    if injection.wrap_command
+        && builtin
+        && let Some(command) = c.command.clone()
+    {
+        let mut wrapped = vec![paths::BOUNDARY_BIN.to_owned(), "run".into(), "--".into()];
+        wrapped.extend(command.iter().cloned());
+        c.command = Some(wrapped);
+        record.wrapped_command = Some(command);
+    }
+    record
+}
+
+/// Applies `injection` to `pod` (already stripped of any earlier injection). Returns warnings.
+pub fn inject(pod: &mut Pod, injection: &Injection<'_>, settings: &Settings) -> Vec<String> {
+    let mut warnings = Vec::new();
+    let mut records = Vec::new();
+    let builtin = injection.runtime == JailRuntime::Builtin;
+    let spec = pod.spec.get_or_insert_with(PodSpec::default);
+    for (name, seccomp) in &injection.containers {
+        if let Some(c) = spec.containers.iter_mut().find(|c| &c.name == name) {
+            records.push(jail_container(
+                c,
+                injection,
+                seccomp.as_ref(),
+                &mut warnings,
+            ));
+        }
+    }
+    let sidecar = if builtin {
+        injection.sidecar
+    } else {
+        SidecarKind::None
+    };
+    if builtin {
+        spec.volumes
+            .get_or_insert_with(Vec::new)
+            .extend(volumes_to_add());
+        let init = spec.init_containers.get_or_insert_with(Vec::new);
+        init.push(install_container(settings));
+        match sidecar {
+            SidecarKind::Native => init.push(sidecar_container(settings, true)),
+            SidecarKind::Classic => spec.containers.push(sidecar_container(settings, false)),
+            SidecarKind::None => {}
+        }
+    }
+    let pin = injection
+        .pin
+        .as_ref()
+        .map(|(requirement, by_field)| pin(spec, requirement, *by_field));
+    let status = InjectionStatus {
+        version: STATUS_VERSION,
+        runtime: injection.runtime,
+        row: injection.row.name.into(),
+        tier: injection.row.tier,
+        mode: injection.mode,
+        policies: injection.policies.clone(),
+        sidecar,
+        containers: records,
+        pin,
+    };
+    let annotations = pod.metadata.annotations.get_or_insert_with(BTreeMap::new);
+    annotations.insert(
+        annotations::STATUS.into(),
+        serde_json::to_string(&status).unwrap_or_default(),
+    );
+    annotations.insert(
+        annotations::TIER.into(),
+        injection
+            .row
+            .tier
+            .map_or(injection.row.name, Tier::as_str)
+            .into(),
+    );
+    annotations.insert(annotations::POLICY.into(), injection.policies.join(","));
+    warnings
+}
+
+/// Adds `requirement` to every required node-selector term (creating one when there is none).
+fn pin(spec: &mut PodSpec, requirement: &NodeSelectorRequirement, by_field: bool) -> Pin {
+    let affinity = spec.affinity.get_or_insert_with(Affinity::default);
+    let node_affinity = affinity
+        .node_affinity
+        .get_or_insert_with(NodeAffinity::default);
+    let created_affinity = node_affinity
+        .required_during_scheduling_ignored_during_execution
+        .is_none();
+    let required = node_affinity
+        .required_during_scheduling_ignored_during_execution
+        .get_or_insert_with(NodeSelector::default);
+    if required.node_selector_terms.is_empty() {
+        required
+            .node_selector_terms
+            .push(NodeSelectorTerm::default());
+    }
+    for term in &mut required.node_selector_terms {
+        let list = if by_field {
+            &mut term.match_fields
+        } else {
+            &mut term.match_expressions
+        };
+        list.get_or_insert_with(Vec::new).push(requirement.clone());
+    }
+    Pin {
+        requirement: requirement.clone(),
+        by_field,
+        created_affinity,
+    }
+}

@@ -1,0 +1,787 @@
+//! The planner: a pure function from (pod, namespace, policies, nodes, cluster) to a decision.
+//! No I/O, no clock: the golden tests run it row by row.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use boundary_api::compiled::{Requirement, Selector};
+use boundary_api::contract::{self, containers, labels, node_labels};
+use boundary_api::crd::BoundaryPolicy;
+use boundary_api::{JailRuntime, Mode, Tier};
+use k8s_openapi::api::core::v1::{
+    Container, NodeSelectorRequirement, Pod, PodSpec, SeccompProfile,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use serde::Serialize;
+
+use crate::candidates::{self, Candidates};
+use crate::facts::{KUBERNETES_OS, NodeFacts};
+use crate::inject::{self, Injection, InjectionStatus, Settings, SidecarKind};
+use crate::tables::{self, Row, Seccomp};
+
+/// Annotation the kubelet puts on mirror pods of static pods.
+pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
+/// Namespace label of Pod Security Admission's enforced level.
+pub const POD_SECURITY_ENFORCE: &str = "pod-security.kubernetes.io/enforce";
+/// First minor version of Kubernetes with native sidecars on by default.
+pub const NATIVE_SIDECAR_MINOR: u32 = 29;
+
+/// What the planner knows about the cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cluster {
+    /// Minor version of the apiserver (1.x).
+    pub minor: u32,
+}
+
+/// Everything the planner looks at.
+#[derive(Debug)]
+pub struct Input<'a> {
+    /// The pod, as the apiserver is about to store it.
+    pub pod: &'a Pod,
+    /// Labels of the pod's namespace.
+    pub namespace_labels: &'a BTreeMap<String, String>,
+    /// `BoundaryPolicy` objects of the pod's namespace.
+    pub policies: &'a [BoundaryPolicy],
+    /// Every node of the cluster.
+    pub nodes: &'a [NodeFacts],
+    /// The cluster.
+    pub cluster: Cluster,
+    /// What to inject.
+    pub settings: &'a Settings,
+}
+
+/// The outcome.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase", tag = "outcome")]
+pub enum Verdict {
+    /// Not this webhook's business (not opted in, no policy, mirror pod, ...): unchanged.
+    Skipped {
+        /// Why.
+        reason: String,
+    },
+    /// Jailed with `row` of the runtime's table.
+    Jailed {
+        /// The runtime.
+        runtime: JailRuntime,
+        /// The row applied.
+        row: String,
+        /// This project's tier (builtin runtime).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        tier: Option<Tier>,
+        /// The pod was pinned to the nodes supporting the row.
+        pinned: bool,
+    },
+    /// It cannot be jailed, and an `Audit` policy lets it run unjailed (with a warning).
+    Unjailed {
+        /// Why not.
+        reason: String,
+    },
+    /// It cannot be jailed and an `Enforce` policy selects it: admission is denied.
+    Denied {
+        /// The message the client sees.
+        message: String,
+    },
+}
+
+/// The planner's answer: the verdict, the pod to store, and warnings for the client.
+#[derive(Clone, Debug)]
+pub struct Decision {
+    /// The outcome.
+    pub verdict: Verdict,
+    /// The pod to store (the input pod when nothing changes).
+    pub pod: Pod,
+    /// Warnings for the client (`kubectl` prints them).
+    pub warnings: Vec<String>,
+}
+
+impl Decision {
+    /// The JSON Patch from `original` to the planned pod. Both sides go through the same
+    /// typed round trip, so fields this build does not know are never touched.
+    pub fn patch(&self, original: &Pod) -> json_patch::Patch {
+        let before = serde_json::to_value(original).unwrap_or_default();
+        let after = serde_json::to_value(&self.pod).unwrap_or_default();
+        json_patch::diff(&before, &after)
+    }
+}
+
+/// The policies selecting a pod, combined.
+#[derive(Debug)]
+struct Combined {
+    names: Vec<String>,
+    mode: Mode,
+    runtime: JailRuntime,
+    /// Tiers every policy permits (builtin rows only).
+    tiers: BTreeSet<Tier>,
+    pinning: bool,
+    wrap_command: bool,
+    /// Container names to jail; `None`: every app container.
+    containers: Option<BTreeSet<String>>,
+}
+
+fn selector(label_selector: &LabelSelector) -> Selector {
+    Selector {
+        match_labels: label_selector.match_labels.clone().unwrap_or_default(),
+        match_expressions: label_selector
+            .match_expressions
+            .iter()
+            .flatten()
+            .map(|e| Requirement {
+                key: e.key.clone(),
+                operator: e.operator.clone(),
+                values: e.values.clone().unwrap_or_default(),
+            })
+            .collect(),
+    }
+}
+
+/// Combines the policies selecting a pod: Enforce wins, tiers intersect, pinning only when
+/// every policy allows it, command wrapping when any asks for it, containers unite.
+fn combine(
+    policies: &[BoundaryPolicy],
+    pod_labels: &BTreeMap<String, String>,
+) -> Result<Option<Combined>, String> {
+    let mut selected: Vec<&BoundaryPolicy> = Vec::new();
+    for policy in policies {
+        // A malformed selector selects nothing (the operator reports it in the policy's status).
+        if selector(&policy.spec.pod_selector).matches(pod_labels) == Ok(true) {
+            selected.push(policy);
+        }
+    }
+    selected.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    let Some(first) = selected.first() else {
+        return Ok(None);
+    };
+    let mut combined = Combined {
+        names: Vec::new(),
+        mode: Mode::Audit,
+        runtime: first.spec.jail.runtime,
+        tiers: Tier::ALL.into_iter().collect(),
+        pinning: true,
+        wrap_command: false,
+        containers: Some(BTreeSet::new()),
+    };
+    for policy in &selected {
+        let name = policy.metadata.name.clone().unwrap_or_default();
+        let jail = &policy.spec.jail;
+        if jail.runtime != combined.runtime {
+            return Err(format!(
+                "BoundaryPolicies {} (runtime {}) and {name} (runtime {}) both select this pod but name different jail runtimes; make spec.jail.runtime agree",
+                combined.names.first().map_or("", String::as_str),
+                runtime_name(combined.runtime),
+                runtime_name(jail.runtime)
+            ));
+        }
+        combined.mode = combined.mode.strictest(policy.spec.mode);
+        combined.tiers.retain(|t| jail.permits(*t));
+        combined.pinning &= jail.allow_node_pinning;
+        combined.wrap_command |= jail.wrap_command;
+        if policy.spec.containers.is_empty() {
+            combined.containers = None;
+        } else if let Some(set) = combined.containers.as_mut() {
+            set.extend(policy.spec.containers.iter().cloned());
+        }
+        combined.names.push(name);
+    }
+    Ok(Some(combined))
+}
+
+/// The API spelling of a runtime.
+fn runtime_name(runtime: JailRuntime) -> &'static str {
+    match runtime {
+        JailRuntime::Builtin => "builtin",
+        JailRuntime::CoderBoundary => "coder-boundary",
+    }
+}
+
+/// Whether the pod opted in: its own label, else its namespace's.
+fn opted_in(
+    pod_labels: &BTreeMap<String, String>,
+    namespace_labels: &BTreeMap<String, String>,
+) -> bool {
+    match pod_labels.get(labels::INJECT).map(String::as_str) {
+        Some(contract::INJECT_ENABLED) => true,
+        Some(_) => false,
+        None => {
+            namespace_labels.get(labels::INJECT).map(String::as_str)
+                == Some(contract::INJECT_ENABLED)
+        }
+    }
+}
+
+/// Pod Security level enforced on the namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum PodSecurity {
+    Privileged,
+    Baseline,
+    Restricted,
+}
+
+impl PodSecurity {
+    fn of(namespace_labels: &BTreeMap<String, String>) -> PodSecurity {
+        match namespace_labels
+            .get(POD_SECURITY_ENFORCE)
+            .map(String::as_str)
+        {
+            Some("baseline") => PodSecurity::Baseline,
+            Some("restricted") => PodSecurity::Restricted,
+            _ => PodSecurity::Privileged,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            PodSecurity::Privileged => "privileged",
+            PodSecurity::Baseline => "baseline",
+            PodSecurity::Restricted => "restricted",
+        }
+    }
+}
+
+/// The seccomp profile type in effect for a container, if one is set.
+fn effective_seccomp(spec: &PodSpec, c: &Container) -> Option<SeccompProfile> {
+    c.security_context
+        .as_ref()
+        .and_then(|s| s.seccomp_profile.clone())
+        .or_else(|| {
+            spec.security_context
+                .as_ref()
+                .and_then(|s| s.seccomp_profile.clone())
+        })
+}
+
+/// Whether a container certainly runs as a non-root uid (added capabilities would not be
+/// effective). Unknown (image `USER`) counts as root; the jail says so at start if wrong.
+fn runs_as_non_root(spec: &PodSpec, c: &Container) -> bool {
+    let sc = c.security_context.as_ref();
+    let psc = spec.security_context.as_ref();
+    let uid = sc
+        .and_then(|s| s.run_as_user)
+        .or_else(|| psc.and_then(|s| s.run_as_user));
+    let non_root = sc
+        .and_then(|s| s.run_as_non_root)
+        .or_else(|| psc.and_then(|s| s.run_as_non_root));
+    uid.is_some_and(|u| u != 0) || (uid.is_none() && non_root == Some(true))
+}
+
+/// How the seccomp needs of a row are met for one container on a set of nodes.
+#[derive(Clone, Debug, PartialEq)]
+enum SeccompChange {
+    /// Nothing to change.
+    Keep,
+    /// Set this profile on the container.
+    Set(SeccompProfile),
+}
+
+fn unconfined() -> SeccompProfile {
+    SeccompProfile {
+        type_: "Unconfined".into(),
+        localhost_profile: None,
+    }
+}
+
+/// The seccomp change `row` needs for container `c` on `nodes`, or why it cannot be met.
+fn seccomp_change(
+    row: &Row,
+    spec: &PodSpec,
+    c: &Container,
+    nodes: &[&NodeFacts],
+    level: PodSecurity,
+) -> Result<SeccompChange, String> {
+    let current = effective_seccomp(spec, c);
+    match row.seccomp {
+        Seccomp::Any => Ok(SeccompChange::Keep),
+        Seccomp::Unconfined => {
+            if current.is_some() {
+                return Err(format!(
+                    "container {} sets its own seccomp profile, which this row would replace with Unconfined",
+                    c.name
+                ));
+            }
+            if level >= PodSecurity::Baseline {
+                return Err(format!(
+                    "Pod Security {} forbids seccomp Unconfined",
+                    level.name()
+                ));
+            }
+            Ok(SeccompChange::Set(unconfined()))
+        }
+        Seccomp::AllowUserNamespaces => match current.as_ref().map(|p| p.type_.as_str()) {
+            // Unset means Unconfined unless the kubelet runs with --seccomp-default; nodes
+            // where the probe found otherwise do not list the userns tier.
+            // The user's own Localhost profile is kept; a warning says what it must allow.
+            None | Some("Unconfined" | "Localhost") => Ok(SeccompChange::Keep),
+            _ => {
+                let profiles: BTreeSet<_> =
+                    nodes.iter().map(|n| n.seccomp_profile.as_deref()).collect();
+                match profiles.into_iter().collect::<Vec<_>>().as_slice() {
+                    [Some(profile)] => Ok(SeccompChange::Set(SeccompProfile {
+                        type_: "Localhost".into(),
+                        localhost_profile: Some((*profile).to_owned()),
+                    })),
+                    _ if level >= PodSecurity::Baseline => Err(format!(
+                        "container {} runs under RuntimeDefault seccomp, which blocks user namespaces; the node agent's Localhost profile is not installed on every node, and Pod Security {} forbids Unconfined",
+                        c.name,
+                        level.name()
+                    )),
+                    _ => Ok(SeccompChange::Set(unconfined())),
+                }
+            }
+        },
+    }
+}
+
+/// Why `row` cannot be used for this pod regardless of nodes, if so.
+fn row_excluded(
+    row: &Row,
+    combined: &Combined,
+    spec: &PodSpec,
+    jailed: &[&Container],
+    level: PodSecurity,
+) -> Option<String> {
+    if let Some(tier) = row.tier.filter(|t| !combined.tiers.contains(t)) {
+        return Some(format!(
+            "{tier} is not in every policy's spec.jail.allowedTiers"
+        ));
+    }
+    if row.needs_root
+        && let Some(c) = jailed.iter().find(|c| runs_as_non_root(spec, c))
+    {
+        {
+            return Some(format!(
+                "container {} runs as a non-root user, for whom added capabilities are not effective",
+                c.name
+            ));
+        }
+    }
+    // Baseline (and so restricted) forbids adding NET_ADMIN or SYS_ADMIN.
+    if level >= PodSecurity::Baseline && !row.capabilities.is_empty() {
+        return Some(format!(
+            "Pod Security {} of the namespace forbids adding {}",
+            level.name(),
+            row.capabilities.join(" and ")
+        ));
+    }
+    None
+}
+
+fn describe(node: &NodeFacts) -> String {
+    let mut text = format!("{} ({}", node.name, node.os);
+    if let Some(k) = node.kernel {
+        let _ = write!(text, ", kernel {k}");
+    }
+    let _ = write!(
+        text,
+        ", user namespaces {}, tiers: {})",
+        if node.userns { "on" } else { "off" },
+        if node.tiers.is_empty() {
+            "none".to_owned()
+        } else {
+            node.tiers
+                .iter()
+                .map(|t| t.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        }
+    );
+    text
+}
+
+/// A decision reached before anything is injected: the pod stays as it is.
+struct Early {
+    verdict: Verdict,
+    warnings: Vec<String>,
+}
+
+impl Early {
+    fn skipped(reason: &str, warnings: Vec<String>) -> Early {
+        Early {
+            verdict: Verdict::Skipped {
+                reason: reason.into(),
+            },
+            warnings,
+        }
+    }
+}
+
+/// The pod cannot be jailed: Enforce denies, Audit admits it unjailed with a warning.
+fn cannot_jail(combined: &Combined, reason: String, mut warnings: Vec<String>) -> Early {
+    let policies = combined.names.join(", ");
+    match combined.mode {
+        Mode::Enforce => Early {
+            verdict: Verdict::Denied {
+                message: format!(
+                    "agentboundary.dev: BoundaryPolicy {policies} (Enforce) selects this pod, but it cannot be jailed: {reason}. To run it unjailed, label it {}={}",
+                    labels::INJECT,
+                    contract::INJECT_DISABLED
+                ),
+            },
+            warnings,
+        },
+        Mode::Audit => {
+            warnings.push(format!(
+                "agentboundary.dev: not jailed (BoundaryPolicy {policies} is in Audit mode): {reason}"
+            ));
+            Early {
+                verdict: Verdict::Unjailed { reason },
+                warnings,
+            }
+        }
+    }
+}
+
+/// Plans the pod.
+pub fn plan(input: &Input<'_>) -> Decision {
+    match plan_jail(input) {
+        Ok(decision) => decision,
+        Err(Early { verdict, warnings }) => Decision {
+            verdict,
+            pod: input.pod.clone(),
+            warnings,
+        },
+    }
+}
+
+fn plan_jail(input: &Input<'_>) -> Result<Decision, Early> {
+    let original = input.pod;
+    let annotations = original.metadata.annotations.clone().unwrap_or_default();
+    if annotations.contains_key(MIRROR_ANNOTATION) {
+        return Err(Early::skipped(
+            "mirror pod (static pods are not changed by admission)",
+            Vec::new(),
+        ));
+    }
+    if original.spec.is_none() {
+        return Err(Early::skipped("pod without spec", Vec::new()));
+    }
+    let pod_labels = original.metadata.labels.clone().unwrap_or_default();
+    if !opted_in(&pod_labels, input.namespace_labels) {
+        return Err(Early::skipped(
+            "injection is not enabled for this pod or namespace",
+            Vec::new(),
+        ));
+    }
+    // Reinvocation: start again from the pod as it was before this webhook touched it.
+    let mut pod = original.clone();
+    if let Some(status) = InjectionStatus::of(&pod) {
+        inject::strip(&mut pod, &status);
+    }
+    let spec = pod.spec.clone().unwrap_or_default();
+    let combined = match combine(input.policies, &pod_labels) {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            return Err(Early::skipped(
+                "no BoundaryPolicy selects this pod",
+                vec![format!(
+                    "agentboundary.dev: injection is enabled but no BoundaryPolicy in namespace {} selects this pod; it runs without a jail",
+                    original.metadata.namespace.as_deref().unwrap_or_default()
+                )],
+            ));
+        }
+        Err(message) => {
+            return Err(Early {
+                verdict: Verdict::Denied {
+                    message: format!("agentboundary.dev: {message}"),
+                },
+                warnings: Vec::new(),
+            });
+        }
+    };
+    let mut warnings = Vec::new();
+    let jailed = jailed_containers(&spec, &combined, &mut warnings)?;
+
+    let fallback;
+    let nodes: Vec<&NodeFacts> = match candidates::candidates(&spec, &pod_labels, input.nodes) {
+        Candidates::Fargate(facts) | Candidates::UnknownNode(facts) => {
+            fallback = facts;
+            if !fallback.is_labelled() && fallback.os != contract::os::FARGATE {
+                warnings.push(format!(
+                    "agentboundary.dev: node {} is not known yet; assuming a Linux node with user namespaces",
+                    fallback.name
+                ));
+            }
+            vec![&fallback]
+        }
+        Candidates::Nodes(found) if found.is_empty() => {
+            fallback = NodeFacts::unknown("(no matching node)");
+            warnings.push("agentboundary.dev: no known node matches this pod's node selector, affinity and tolerations; assuming a Linux node with user namespaces".into());
+            vec![&fallback]
+        }
+        Candidates::Nodes(found) => found,
+    };
+    let level = PodSecurity::of(input.namespace_labels);
+    let (row, supporting, pinned) = match choose_row(&combined, &spec, &jailed, &nodes, level) {
+        Ok(chosen) => chosen,
+        Err(reason) => return Err(cannot_jail(&combined, reason, warnings)),
+    };
+    let containers = seccomp_profiles(row, &spec, &jailed, &supporting, level, &mut warnings);
+    let pin = pinned.then(|| pin_requirement(row, &supporting, &mut warnings));
+    let injection = Injection {
+        row,
+        runtime: combined.runtime,
+        mode: combined.mode,
+        policies: combined.names.clone(),
+        containers,
+        wrap_command: combined.wrap_command,
+        sidecar: if input.cluster.minor >= NATIVE_SIDECAR_MINOR {
+            SidecarKind::Native
+        } else {
+            SidecarKind::Classic
+        },
+        pin,
+    };
+    apply(&mut pod, &injection, input.settings, &mut warnings);
+    Ok(Decision {
+        verdict: Verdict::Jailed {
+            runtime: combined.runtime,
+            row: row.name.into(),
+            tier: row.tier,
+            pinned,
+        },
+        pod,
+        warnings,
+    })
+}
+
+/// Injects, and adds the injection's warnings.
+fn apply(
+    pod: &mut Pod,
+    injection: &Injection<'_>,
+    settings: &Settings,
+    warnings: &mut Vec<String>,
+) {
+    warnings.extend(
+        inject::inject(pod, injection, settings)
+            .into_iter()
+            .map(|w| format!("agentboundary.dev: {w}")),
+    );
+    if injection.row.tier == Some(Tier::Landlock) {
+        warnings.push("agentboundary.dev: jailed with the landlock tier: weaker isolation (TCP connect limited to the proxy; UDP and tools ignoring proxy variables are not covered)".into());
+    }
+}
+
+/// The containers to jail, after the checks that make jailing impossible whatever the node.
+fn jailed_containers<'a>(
+    spec: &'a PodSpec,
+    combined: &Combined,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<&'a Container>, Early> {
+    if spec.host_network == Some(true) {
+        return Err(cannot_jail(
+            combined,
+            "it uses hostNetwork, so its egress would not leave through the pod's own network namespace; set hostNetwork: false".into(),
+            std::mem::take(warnings),
+        ));
+    }
+    let windows_pod = spec.os.as_ref().is_some_and(|o| o.name == "windows")
+        || spec
+            .node_selector
+            .as_ref()
+            .and_then(|s| s.get(KUBERNETES_OS))
+            .is_some_and(|v| v == "windows");
+    if windows_pod {
+        return Err(cannot_jail(
+            combined,
+            "it is a Windows pod; the jail needs Linux".into(),
+            std::mem::take(warnings),
+        ));
+    }
+    let policies = combined.names.join(", ");
+    let app = spec
+        .containers
+        .iter()
+        .filter(|c| c.name != containers::SIDECAR);
+    let jailed: Vec<&Container> = match &combined.containers {
+        None => app.collect(),
+        Some(names) => {
+            for name in names {
+                if !spec.containers.iter().any(|c| &c.name == name) {
+                    warnings.push(format!(
+                        "agentboundary.dev: BoundaryPolicy {policies} names container {name}, which this pod does not have"
+                    ));
+                }
+            }
+            app.filter(|c| names.contains(&c.name)).collect()
+        }
+    };
+    if jailed.is_empty() {
+        return Err(Early::skipped(
+            "none of the pod's containers is selected",
+            std::mem::take(warnings),
+        ));
+    }
+    if combined.wrap_command
+        && combined.runtime == JailRuntime::Builtin
+        && let Some(c) = jailed
+            .iter()
+            .find(|c| c.command.as_ref().is_none_or(Vec::is_empty))
+    {
+        {
+            return Err(cannot_jail(
+                combined,
+                format!(
+                    "spec.jail.wrapCommand is set, but container {} has no command in the pod spec (the image's entrypoint is not visible to admission); set command: to the entrypoint, e.g. command: [\"/usr/local/bin/agent\"]",
+                    c.name
+                ),
+                std::mem::take(warnings),
+            ));
+        }
+    }
+    if combined.wrap_command && combined.runtime == JailRuntime::CoderBoundary {
+        warnings.push("agentboundary.dev: spec.jail.wrapCommand applies to the builtin runtime only; with coder-boundary the image runs `boundary` itself".into());
+    }
+    Ok(jailed)
+}
+
+/// The first row (least privilege first) that works on every candidate node; else, when
+/// pinning is allowed, the first that works on some of them (`pinned`); else why not.
+fn choose_row<'n>(
+    combined: &Combined,
+    spec: &PodSpec,
+    jailed: &[&Container],
+    nodes: &[&'n NodeFacts],
+    level: PodSecurity,
+) -> Result<(&'static Row, Vec<&'n NodeFacts>, bool), String> {
+    let mut excluded: Vec<String> = Vec::new();
+    let mut partial: Option<(&'static Row, Vec<&'n NodeFacts>)> = None;
+    let runtime_class = spec.runtime_class_name.as_deref();
+    for row in tables::table(combined.runtime) {
+        if let Some(why) = row_excluded(row, combined, spec, jailed, level) {
+            excluded.push(format!("{}: {why}", row.name));
+            continue;
+        }
+        let supporting: Vec<&NodeFacts> = nodes
+            .iter()
+            .copied()
+            .filter(|n| row.works.on(n, runtime_class))
+            .filter(|n| {
+                jailed
+                    .iter()
+                    .all(|c| seccomp_change(row, spec, c, &[n], level).is_ok())
+            })
+            .collect();
+        if supporting.len() == nodes.len() {
+            return Ok((row, supporting, false));
+        }
+        if !supporting.is_empty() && partial.is_none() {
+            partial = Some((row, supporting));
+        }
+    }
+    if combined.pinning
+        && let Some((row, supporting)) = partial.clone()
+    {
+        return Ok((row, supporting, true));
+    }
+    let mut reason = format!(
+        "no {} jail works on every node it can land on: {}",
+        match combined.runtime {
+            JailRuntime::Builtin => "tier of the builtin",
+            JailRuntime::CoderBoundary => "row of the coder-boundary",
+        },
+        nodes
+            .iter()
+            .map(|n| describe(n))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    if !excluded.is_empty() {
+        let _ = write!(reason, "; excluded: {}", excluded.join("; "));
+    }
+    if let Some((row, supporting)) = partial {
+        let _ = write!(
+            reason,
+            "; {} works on {} — set spec.jail.allowNodePinning: true to pin the pod there, or narrow its nodeSelector",
+            row.name,
+            supporting
+                .iter()
+                .map(|n| n.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    if nodes.iter().any(|n| n.os == contract::os::WINDOWS) {
+        reason.push_str("; keep it off Windows nodes with nodeSelector kubernetes.io/os: linux");
+    } else if nodes.iter().any(|n| n.os == contract::os::FARGATE) {
+        reason.push_str("; EKS Fargate grants no added capabilities and its 5.x kernel has no Landlock networking (6.7+): run agent pods on EC2 nodes");
+    }
+    Err(reason)
+}
+
+/// The seccomp profile each jailed container gets (`None`: its own is kept).
+fn seccomp_profiles(
+    row: &Row,
+    spec: &PodSpec,
+    jailed: &[&Container],
+    nodes: &[&NodeFacts],
+    level: PodSecurity,
+    warnings: &mut Vec<String>,
+) -> Vec<(String, Option<SeccompProfile>)> {
+    let mut out = Vec::new();
+    for c in jailed {
+        let change = seccomp_change(row, spec, c, nodes, level).unwrap_or(SeccompChange::Keep);
+        let profile = match change {
+            SeccompChange::Keep => {
+                if row.seccomp == Seccomp::AllowUserNamespaces
+                    && effective_seccomp(spec, c).is_some_and(|p| p.type_ == "Localhost")
+                {
+                    warnings.push(format!(
+                        "agentboundary.dev: container {} uses its own Localhost seccomp profile; it must allow clone/unshare with CLONE_NEWUSER for the jail",
+                        c.name
+                    ));
+                }
+                None
+            }
+            SeccompChange::Set(profile) => {
+                if profile.type_ == "Unconfined" && row.seccomp == Seccomp::AllowUserNamespaces {
+                    warnings.push(format!(
+                        "agentboundary.dev: container {} runs with seccomp Unconfined instead of RuntimeDefault, which blocks user namespaces; install the node agent's seccomp profile to keep a filter",
+                        c.name
+                    ));
+                }
+                Some(profile)
+            }
+        };
+        out.push((c.name.clone(), profile));
+    }
+    out
+}
+
+/// The node-affinity requirement that keeps the pod on `supporting` nodes: the operator's
+/// per-tier label when every one of them carries it, else their names.
+fn pin_requirement(
+    row: &Row,
+    supporting: &[&NodeFacts],
+    warnings: &mut Vec<String>,
+) -> (NodeSelectorRequirement, bool) {
+    if let Some(tier) = row.tier {
+        let key = node_labels::for_tier(tier);
+        if supporting
+            .iter()
+            .all(|n| n.labels.get(key).map(String::as_str) == Some("true"))
+        {
+            warnings.push(format!(
+                "agentboundary.dev: pinned to nodes labelled {key}=true (not every node this pod could land on supports {tier})"
+            ));
+            return (
+                NodeSelectorRequirement {
+                    key: key.into(),
+                    operator: "In".into(),
+                    values: Some(vec!["true".into()]),
+                },
+                false,
+            );
+        }
+    }
+    let names: Vec<String> = supporting.iter().map(|n| n.name.clone()).collect();
+    warnings.push(format!(
+        "agentboundary.dev: pinned by name to {} (the operator's node labels are missing, so new nodes will not be eligible)",
+        names.join(", ")
+    ));
+    (
+        NodeSelectorRequirement {
+            key: "metadata.name".into(),
+            operator: "In".into(),
+            values: Some(names),
+        },
+        true,
+    )
+}

@@ -1,0 +1,263 @@
+//! The `admission.k8s.io/v1` `AdmissionReview` wire format, reduced to what a mutating Pod
+//! webhook reads and writes. Own types rather than kube's so that the JSON Patch type is the
+//! one the planner builds (json-patch 5) and so that hostile input is rejected with our own
+//! messages.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// `apiVersion` of the reviews this webhook accepts and answers.
+pub const ADMISSION_API_VERSION: &str = "admission.k8s.io/v1";
+/// `kind` of the review.
+pub const ADMISSION_KIND: &str = "AdmissionReview";
+
+/// An `AdmissionReview` as the apiserver sends it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AdmissionReview {
+    /// Must be [`ADMISSION_API_VERSION`].
+    pub api_version: String,
+    /// Must be [`ADMISSION_KIND`].
+    pub kind: String,
+    /// The request (absent only in malformed reviews).
+    pub request: Option<AdmissionRequest>,
+}
+
+/// Group, version and kind of the object under review.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub struct GroupVersionKind {
+    /// API group (empty for the core group).
+    #[serde(default)]
+    pub group: String,
+    /// API version.
+    #[serde(default)]
+    pub version: String,
+    /// Kind.
+    #[serde(default)]
+    pub kind: String,
+}
+
+/// One admission request.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AdmissionRequest {
+    /// Identifies the request; copied into the response.
+    pub uid: String,
+    /// The object's kind.
+    #[serde(default)]
+    pub kind: GroupVersionKind,
+    /// `CREATE`, `UPDATE`, `DELETE` or `CONNECT`.
+    #[serde(default)]
+    pub operation: String,
+    /// The object's namespace.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// The object's name (often empty on CREATE with `generateName`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The object as it will be stored (before this webhook's patch).
+    #[serde(default)]
+    pub object: Option<serde_json::Value>,
+    /// True for `--dry-run=server` requests: no side effects allowed (this webhook has none).
+    #[serde(default)]
+    pub dry_run: Option<bool>,
+}
+
+/// The `status` of a response: the message a denied client sees.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ResponseStatus {
+    /// HTTP-style code (403 for a denial, 400 for a bad request).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<u16>,
+    /// What a person reads.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// Machine-readable reason.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
+/// One admission response.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AdmissionResponse {
+    /// The request's uid.
+    pub uid: String,
+    /// Whether the object is admitted.
+    pub allowed: bool,
+    /// Why not (or nothing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<ResponseStatus>,
+    /// Base64 of the JSON Patch, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch: Option<String>,
+    /// `JSONPatch` when `patch` is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch_type: Option<&'static str>,
+    /// Warnings shown to the client (`kubectl` prints them).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    /// Key/value pairs added to the apiserver's audit event.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub audit_annotations: BTreeMap<String, String>,
+}
+
+impl AdmissionResponse {
+    /// Admits `uid` unchanged.
+    pub fn allow(uid: &str) -> Self {
+        AdmissionResponse {
+            uid: uid.to_owned(),
+            allowed: true,
+            ..AdmissionResponse::default()
+        }
+    }
+
+    /// Denies `uid` with `message` (HTTP 403 to the client).
+    pub fn deny(uid: &str, message: impl Into<String>) -> Self {
+        AdmissionResponse {
+            uid: uid.to_owned(),
+            allowed: false,
+            status: Some(ResponseStatus {
+                code: Some(403),
+                message: message.into(),
+                reason: "Forbidden".into(),
+            }),
+            ..AdmissionResponse::default()
+        }
+    }
+
+    /// Admits `uid` with `patch` applied (nothing to send when the patch is empty).
+    pub fn patched(uid: &str, patch: &json_patch::Patch) -> Self {
+        let mut response = AdmissionResponse::allow(uid);
+        if !patch.0.is_empty() {
+            // Serialising a Patch (strings, numbers, JSON values) cannot fail.
+            let bytes = serde_json::to_vec(patch).unwrap_or_default();
+            response.patch = Some(base64_encode(&bytes));
+            response.patch_type = Some("JSONPatch");
+        }
+        response
+    }
+
+    /// Wraps the response in the review envelope the apiserver expects.
+    pub fn into_review(self) -> serde_json::Value {
+        serde_json::json!({
+            "apiVersion": ADMISSION_API_VERSION,
+            "kind": ADMISSION_KIND,
+            "response": self,
+        })
+    }
+}
+
+/// What the server hands a review to. Implementations are pure deciders: no I/O on the
+/// request path, so the webhook answers within the apiserver's timeout.
+pub trait Admit: Send + Sync + 'static {
+    /// Decides one request.
+    fn admit(&self, request: &AdmissionRequest) -> AdmissionResponse;
+}
+
+/// Why a body is not a usable `AdmissionReview` (answered with HTTP 400).
+#[derive(Debug, thiserror::Error)]
+pub enum ReviewError {
+    /// Not JSON, or not the shape of an `AdmissionReview`.
+    #[error("the body is not an AdmissionReview: {0}")]
+    Malformed(#[source] serde_json::Error),
+    /// Some other `apiVersion`/`kind`.
+    #[error(
+        "expected apiVersion {ADMISSION_API_VERSION} kind {ADMISSION_KIND}, got {api_version} {kind} (register the webhook with admissionReviewVersions: [v1])"
+    )]
+    WrongType {
+        /// What was sent.
+        api_version: String,
+        /// What was sent.
+        kind: String,
+    },
+    /// No `request`.
+    #[error("the AdmissionReview has no request")]
+    NoRequest,
+}
+
+/// Parses a request body into the admission request it carries.
+pub fn parse(body: &[u8]) -> Result<AdmissionRequest, ReviewError> {
+    let review: AdmissionReview = serde_json::from_slice(body).map_err(ReviewError::Malformed)?;
+    if review.api_version != ADMISSION_API_VERSION || review.kind != ADMISSION_KIND {
+        return Err(ReviewError::WrongType {
+            api_version: review.api_version,
+            kind: review.kind,
+        });
+    }
+    review.request.ok_or(ReviewError::NoRequest)
+}
+
+/// Standard base64 with padding (the encoding of `[]byte` fields in Kubernetes JSON).
+pub fn base64_encode(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_the_standard_encoding() {
+        for (input, want) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64_encode(input.as_bytes()), want);
+        }
+    }
+
+    #[test]
+    fn reviews_are_parsed_and_bad_ones_named() {
+        let ok = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u1","kind":{"group":"","version":"v1","kind":"Pod"},"operation":"CREATE","namespace":"a","object":{}}}"#;
+        let request = parse(ok).unwrap();
+        assert_eq!(request.uid, "u1");
+        assert_eq!(request.kind.kind, "Pod");
+        assert!(matches!(parse(b"{"), Err(ReviewError::Malformed(_))));
+        assert!(matches!(parse(b"[]"), Err(ReviewError::Malformed(_))));
+        let v1beta1 = br#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":{"uid":"u"}}"#;
+        let err = parse(v1beta1).unwrap_err();
+        assert!(err.to_string().contains("admissionReviewVersions"), "{err}");
+        let empty = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#;
+        assert!(matches!(parse(empty), Err(ReviewError::NoRequest)));
+    }
+
+    #[test]
+    fn responses_have_the_wire_shape() {
+        let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
+            {"op": "add", "path": "/metadata/annotations", "value": {"a": "b"}}
+        ]))
+        .unwrap();
+        let review = AdmissionResponse::patched("u1", &patch).into_review();
+        assert_eq!(review["response"]["uid"], "u1");
+        assert_eq!(review["response"]["allowed"], true);
+        assert_eq!(review["response"]["patchType"], "JSONPatch");
+        let denied = AdmissionResponse::deny("u2", "no").into_review();
+        assert_eq!(denied["response"]["status"]["code"], 403);
+        assert_eq!(denied["response"]["status"]["message"], "no");
+        assert!(denied["response"].get("patch").is_none());
+    }
+}

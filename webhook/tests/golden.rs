@@ -1,0 +1,373 @@
+//! Golden tests of the planner: one case per row of each table, plus mixed node pools, pinning,
+//! opt-out, reinvocation, Windows nodes, hostNetwork pods and Pod Security levels.
+//!
+//! Each `tests/golden/<group>/<case>.yaml` is an input (pod, namespace, policies, nodes, cluster
+//! version; shorthand defaults below); `<case>.golden.yaml` next to it is the expected verdict,
+//! warnings and JSON Patch. `UPDATE_GOLDEN=1 cargo test -p boundary-webhook --test golden`
+//! rewrites the golden files (review the diff). Every case is also planned a second time on
+//! the patched pod: the second patch must be empty and the verdict the same (idempotent
+//! reinvocation).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use boundary_api::crd::BoundaryPolicy;
+use boundary_webhook::facts::NodeFacts;
+use boundary_webhook::inject::Settings;
+use boundary_webhook::plan::{Cluster, Decision, Input, plan};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// One input file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Case {
+    /// What the case shows.
+    description: String,
+    /// Apiserver minor version (default 33).
+    #[serde(default)]
+    cluster_minor: Option<u32>,
+    /// Namespace labels (default: injection enabled).
+    #[serde(default)]
+    namespace_labels: Option<BTreeMap<String, String>>,
+    /// Merged (JSON merge patch) into the default policy's spec; ignored when `policies` is set.
+    #[serde(default)]
+    policy: Option<Value>,
+    /// Full list of policies (`{name, spec}`).
+    #[serde(default)]
+    policies: Option<Vec<Value>>,
+    /// Nodes in shorthand.
+    #[serde(default)]
+    nodes: Vec<NodeShorthand>,
+    /// Merged into the default pod.
+    #[serde(default)]
+    pod: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct NodeShorthand {
+    name: String,
+    #[serde(default)]
+    os_image: String,
+    #[serde(default)]
+    kernel: String,
+    #[serde(default)]
+    operating_system: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    taints: Vec<Value>,
+    #[serde(default)]
+    unschedulable: bool,
+}
+
+impl NodeShorthand {
+    fn node(&self) -> anyhow::Result<Node> {
+        Ok(serde_json::from_value(json!({
+            "metadata": {"name": self.name, "labels": self.labels},
+            "spec": {"taints": self.taints, "unschedulable": self.unschedulable},
+            "status": {"nodeInfo": {
+                "osImage": self.os_image, "kernelVersion": self.kernel,
+                "operatingSystem": self.operating_system.as_deref().unwrap_or("linux"),
+                "architecture": "amd64", "bootID": "", "containerRuntimeVersion": "containerd://1.7.0",
+                "kubeProxyVersion": "", "kubeletVersion": "v1.33.0", "machineID": "", "systemUUID": ""
+            }}
+        }))?)
+    }
+}
+
+fn default_pod() -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "agent", "namespace": "agents", "labels": {"app": "agent"}},
+        "spec": {"containers": [{"name": "agent", "image": "registry.example/agent:1", "command": ["claude"]}]}
+    })
+}
+
+fn settings() -> Settings {
+    Settings {
+        image: "registry.example/agent-boundary/jail-runtime:1.0.0".into(),
+        ..Settings::default()
+    }
+}
+
+struct Loaded {
+    pod: Pod,
+    namespace_labels: BTreeMap<String, String>,
+    policies: Vec<BoundaryPolicy>,
+    nodes: Vec<NodeFacts>,
+    cluster: Cluster,
+}
+
+fn load(path: &Path) -> anyhow::Result<Loaded> {
+    let text = std::fs::read_to_string(path)?;
+    let case: Case =
+        serde_yaml_ng::from_str(&text).with_context(|| format!("{}", path.display()))?;
+    anyhow::ensure!(
+        !case.description.is_empty(),
+        "{}: empty description",
+        path.display()
+    );
+    let mut pod = default_pod();
+    if let Some(patch) = &case.pod {
+        json_patch::merge(&mut pod, patch);
+    }
+    let policies = match (&case.policies, &case.policy) {
+        (Some(list), _) => list.clone(),
+        (None, overrides) => {
+            let mut spec = json!({"podSelector": {}, "allow": ["domain=api.anthropic.com"]});
+            if let Some(overrides) = overrides {
+                json_patch::merge(&mut spec, overrides);
+            }
+            vec![json!({"name": "agents", "spec": spec})]
+        }
+    };
+    let policies = policies
+        .into_iter()
+        .map(|p| {
+            serde_json::from_value(json!({
+                "apiVersion": "agentboundary.dev/v1alpha1",
+                "kind": "BoundaryPolicy",
+                "metadata": {"name": p["name"], "namespace": "agents"},
+                "spec": p["spec"],
+            }))
+        })
+        .collect::<Result<Vec<BoundaryPolicy>, _>>()?;
+    let nodes = case
+        .nodes
+        .iter()
+        .map(|n| n.node().map(|node| NodeFacts::from_node(&node)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(Loaded {
+        pod: serde_json::from_value(pod)?,
+        namespace_labels: case.namespace_labels.unwrap_or_else(|| {
+            BTreeMap::from([("agentboundary.dev/inject".into(), "enabled".into())])
+        }),
+        policies,
+        nodes,
+        cluster: Cluster {
+            minor: case.cluster_minor.unwrap_or(33),
+        },
+    })
+}
+
+fn decide(loaded: &Loaded, pod: &Pod, settings: &Settings) -> Decision {
+    plan(&Input {
+        pod,
+        namespace_labels: &loaded.namespace_labels,
+        policies: &loaded.policies,
+        nodes: &loaded.nodes,
+        cluster: loaded.cluster,
+        settings,
+    })
+}
+
+/// The golden output of one case.
+fn output(decision: &Decision, original: &Pod) -> anyhow::Result<String> {
+    let patch = decision.patch(original);
+    let value = json!({
+        "verdict": decision.verdict,
+        "warnings": decision.warnings,
+        "patch": patch,
+    });
+    Ok(serde_yaml_ng::to_string(&value)?)
+}
+
+fn cases() -> anyhow::Result<Vec<PathBuf>> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let mut found = Vec::new();
+    for group in std::fs::read_dir(&root)? {
+        let group = group?.path();
+        if !group.is_dir() {
+            continue;
+        }
+        for file in std::fs::read_dir(&group)? {
+            let file = file?.path();
+            let name = file
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            // Case files are written by this project in lower case.
+            let is_case =
+                file.extension().is_some_and(|e| e == "yaml") && !name.ends_with(".golden.yaml");
+            if is_case {
+                found.push(file);
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+#[test]
+fn every_case_matches_its_golden_file_and_reinvocation_changes_nothing() -> anyhow::Result<()> {
+    let update = std::env::var_os("UPDATE_GOLDEN").is_some();
+    let settings = settings();
+    let mut failures = Vec::new();
+    let all = cases()?;
+    assert!(
+        all.len() >= 30,
+        "expected the whole golden suite, found {}",
+        all.len()
+    );
+    for path in &all {
+        let loaded = load(path)?;
+        let decision = decide(&loaded, &loaded.pod, &settings);
+        let got = output(&decision, &loaded.pod)?;
+        let golden = path.with_extension("golden.yaml");
+        if update {
+            std::fs::write(&golden, &got)?;
+        } else {
+            let want = std::fs::read_to_string(&golden).with_context(|| {
+                format!("{} is missing: run with UPDATE_GOLDEN=1", golden.display())
+            })?;
+            if want != got {
+                failures.push(format!(
+                    "{}:\n{}",
+                    path.display(),
+                    pretty_assertions::StrComparison::new(&want, &got)
+                ));
+            }
+        }
+
+        // Reinvocation: the patched pod planned again gives the same verdict and no patch.
+        let mut patched = serde_json::to_value(&loaded.pod)?;
+        json_patch::patch(&mut patched, &decision.patch(&loaded.pod))
+            .with_context(|| format!("{}: the patch does not apply", path.display()))?;
+        let patched: Pod = serde_json::from_value(patched)?;
+        let again = decide(&loaded, &patched, &settings);
+        let second = again.patch(&patched);
+        if !second.0.is_empty() || again.verdict != decision.verdict {
+            failures.push(format!(
+                "{}: reinvocation is not idempotent: {:?} then {:?}, second patch {}",
+                path.display(),
+                decision.verdict,
+                again.verdict,
+                serde_json::to_string(&second)?
+            ));
+        }
+    }
+    if !failures.is_empty() {
+        bail!(
+            "{} golden case(s) failed:\n\n{}",
+            failures.len(),
+            failures.join("\n\n")
+        );
+    }
+    Ok(())
+}
+
+fn loaded_case(name: &str) -> anyhow::Result<Loaded> {
+    load(
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/golden")
+            .join(name),
+    )
+}
+
+fn apply(pod: &Pod, decision: &Decision) -> anyhow::Result<Pod> {
+    let mut value = serde_json::to_value(pod)?;
+    json_patch::patch(&mut value, &decision.patch(pod))?;
+    Ok(serde_json::from_value(value)?)
+}
+
+#[test]
+fn a_container_added_by_another_webhook_is_jailed_on_reinvocation_without_double_injection()
+-> anyhow::Result<()> {
+    let loaded = loaded_case("builtin/userns-amazon-linux-2023.yaml")?;
+    let settings = settings();
+    let first = decide(&loaded, &loaded.pod, &settings);
+    let mut pod = apply(&loaded.pod, &first)?;
+    // Another webhook appends a container after ours ran.
+    pod.spec
+        .as_mut()
+        .unwrap()
+        .containers
+        .push(serde_json::from_value(
+            json!({"name": "late", "image": "late:1"}),
+        )?);
+    let again = decide(&loaded, &pod, &settings);
+    let result = apply(&pod, &again)?;
+    let spec = result.spec.as_ref().unwrap();
+    let init: Vec<_> = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(init, ["boundary-install", "boundary"]);
+    let late = spec.containers.iter().find(|c| c.name == "late").unwrap();
+    assert_eq!(
+        late.env
+            .iter()
+            .flatten()
+            .filter(|e| e.name == "BOUNDARY_TIER")
+            .count(),
+        1
+    );
+    let agent = &spec.containers[0];
+    assert_eq!(
+        agent
+            .env
+            .iter()
+            .flatten()
+            .filter(|e| e.name == "BOUNDARY_TIER")
+            .count(),
+        1
+    );
+    assert_eq!(spec.volumes.as_ref().unwrap().len(), 4);
+    // And a third call changes nothing.
+    let third = decide(&loaded, &result, &settings);
+    assert!(third.patch(&result).0.is_empty());
+    Ok(())
+}
+
+#[test]
+fn a_new_plan_replaces_the_old_injection_exactly() -> anyhow::Result<()> {
+    // Injected for Bottlerocket (capabilities added), then planned again where userns works:
+    // the capabilities this webhook added go, the user's own stay.
+    let bottlerocket = loaded_case("builtin/capabilities-merged.yaml")?;
+    let settings = settings();
+    let first = decide(&bottlerocket, &bottlerocket.pod, &settings);
+    let injected = apply(&bottlerocket.pod, &first)?;
+    let amazon = loaded_case("builtin/userns-amazon-linux-2023.yaml")?;
+    let second = decide(&amazon, &injected, &settings);
+    let result = apply(&injected, &second)?;
+    let caps = result.spec.as_ref().unwrap().containers[0]
+        .security_context
+        .as_ref()
+        .and_then(|s| s.capabilities.clone())
+        .unwrap();
+    assert_eq!(caps.add.unwrap(), ["CHOWN", "cap_net_admin"]);
+    assert_eq!(caps.drop.unwrap(), ["ALL"]);
+    assert_eq!(
+        result.metadata.annotations.as_ref().unwrap()["agentboundary.dev/tier"],
+        "userns"
+    );
+    Ok(())
+}
+
+#[test]
+fn fields_this_build_does_not_know_survive_the_patch() -> anyhow::Result<()> {
+    let loaded = loaded_case("builtin/privileged-netns-bottlerocket.yaml")?;
+    let mut raw = serde_json::to_value(&loaded.pod)?;
+    raw["spec"]["containers"][0]["futureField"] = json!({"keep": true});
+    raw["spec"]["futurePodField"] = json!("keep");
+    raw["status"] = json!({"futureStatus": 1});
+    let decision = decide(&loaded, &loaded.pod, &settings());
+    json_patch::patch(&mut raw, &decision.patch(&loaded.pod))?;
+    assert_eq!(
+        raw["spec"]["containers"][0]["futureField"],
+        json!({"keep": true})
+    );
+    assert_eq!(raw["spec"]["futurePodField"], "keep");
+    assert_eq!(
+        raw["spec"]["containers"][0]["securityContext"]["capabilities"]["add"],
+        json!(["NET_ADMIN", "SYS_ADMIN"])
+    );
+    Ok(())
+}
