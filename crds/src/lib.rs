@@ -4,12 +4,15 @@
 //! - [`tier`], [`policy`]: jail tiers, modes and structured rules, free of Kubernetes types so the
 //!   `boundary` binary can use them without linking kube or k8s-openapi.
 //! - `crd` (feature `kube`): the `BoundaryPolicy` custom resource and its generated CRD.
+//! - `nodes` (feature `kube`): node classification and facts (operator and webhook).
 #![forbid(unsafe_code)]
 
 pub mod compiled;
 pub mod contract;
 #[cfg(feature = "kube")]
 pub mod crd;
+#[cfg(feature = "kube")]
+pub mod nodes;
 pub mod policy;
 pub mod rules;
 pub mod tier;
