@@ -91,13 +91,13 @@ impl<V: ClusterView> Admit for Planner<V> {
             // Registered for Pod CREATE only; anything else passes untouched.
             return AdmissionResponse::allow(uid);
         }
-        let Some(object) = request.object.clone() else {
+        let Some(object) = request.object.as_ref() else {
             return AdmissionResponse::deny(
                 uid,
                 "agentboundary.dev: the review carries no Pod object",
             );
         };
-        let mut pod: Pod = match serde_json::from_value(object) {
+        let mut pod = match serde_json::from_str::<Pod>(object.get()) {
             Ok(pod) => pod,
             Err(e) => {
                 return AdmissionResponse::deny(
@@ -111,8 +111,10 @@ impl<V: ClusterView> Admit for Planner<V> {
             .clone()
             .or_else(|| pod.metadata.namespace.clone())
             .unwrap_or_default();
-        let original = pod.clone();
-        if pod.metadata.namespace.is_none() {
+        // The namespace is filled in for planning only (it is often absent on CREATE); the
+        // patch is computed against the pod as it came, so it never adds it.
+        let given_namespace = pod.metadata.namespace.clone();
+        if given_namespace.is_none() {
             pod.metadata.namespace = Some(namespace.clone());
         }
         let nodes = self.view.nodes();
@@ -126,19 +128,16 @@ impl<V: ClusterView> Admit for Planner<V> {
             cluster: self.view.cluster(),
             settings: &self.settings,
         });
+        let mut decision = decision;
         let (mut response, outcome, tier) = match &decision.verdict {
             Verdict::Jailed { row, .. } => {
-                let mut planned = decision.clone();
-                // The namespace was filled in for planning only.
-                planned
-                    .pod
-                    .metadata
-                    .namespace
-                    .clone_from(&original.metadata.namespace);
+                let row = row.clone();
+                pod.metadata.namespace.clone_from(&given_namespace);
+                decision.pod.metadata.namespace = given_namespace;
                 (
-                    AdmissionResponse::patched(uid, &planned.patch(&original)),
+                    AdmissionResponse::patched(uid, &decision.patch(&pod)),
                     "jailed",
-                    Some(row.clone()),
+                    Some(row),
                 )
             }
             Verdict::Skipped { .. } => (AdmissionResponse::allow(uid), "skipped", None),

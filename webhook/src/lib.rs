@@ -12,6 +12,7 @@ pub mod candidates;
 pub mod facts;
 pub mod inject;
 pub mod metrics;
+pub mod patch;
 pub mod plan;
 pub mod review;
 pub mod server;

@@ -95,12 +95,9 @@ pub struct Decision {
 }
 
 impl Decision {
-    /// The JSON Patch from `original` to the planned pod. Both sides go through the same
-    /// typed round trip, so fields this build does not know are never touched.
+    /// The JSON Patch from `original` to the planned pod (see [`crate::patch`]).
     pub fn patch(&self, original: &Pod) -> json_patch::Patch {
-        let before = serde_json::to_value(original).unwrap_or_default();
-        let after = serde_json::to_value(&self.pod).unwrap_or_default();
-        json_patch::diff(&before, &after)
+        crate::patch::between(original, &self.pod)
     }
 }
 

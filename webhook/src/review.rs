@@ -56,12 +56,47 @@ pub struct AdmissionRequest {
     /// The object's name (often empty on CREATE with `generateName`).
     #[serde(default)]
     pub name: Option<String>,
-    /// The object as it will be stored (before this webhook's patch).
+    /// The object as it will be stored (before this webhook's patch), unparsed: the decider
+    /// reads it straight into its own type, without an intermediate JSON tree.
     #[serde(default)]
-    pub object: Option<serde_json::Value>,
+    pub object: Option<Box<serde_json::value::RawValue>>,
     /// True for `--dry-run=server` requests: no side effects allowed (this webhook has none).
     #[serde(default)]
     pub dry_run: Option<bool>,
+}
+
+impl AdmissionRequest {
+    /// The object's `metadata.name`, else its `generateName` prefix (CREATE often has only
+    /// that), for logs. Reads only the metadata.
+    pub fn object_name(&self) -> String {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Meta {
+            #[serde(default)]
+            name: Option<String>,
+            #[serde(default)]
+            generate_name: Option<String>,
+        }
+        #[derive(Deserialize)]
+        struct Object {
+            #[serde(default)]
+            metadata: Option<Meta>,
+        }
+        if let Some(name) = self.name.as_deref().filter(|n| !n.is_empty()) {
+            return name.to_owned();
+        }
+        let meta = self
+            .object
+            .as_ref()
+            .and_then(|raw| serde_json::from_str::<Object>(raw.get()).ok())
+            .and_then(|o| o.metadata);
+        meta.and_then(|m| {
+            m.name
+                .filter(|n| !n.is_empty())
+                .or(m.generate_name.filter(|n| !n.is_empty()))
+        })
+        .unwrap_or_default()
+    }
 }
 
 /// The `status` of a response: the message a denied client sees.

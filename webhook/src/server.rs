@@ -574,7 +574,7 @@ async fn mutate(State(state): State<Arc<AppState>>, request: Request) -> Respons
             tracing::error!(
                 uid = %request.uid,
                 namespace = request.namespace.as_deref().unwrap_or_default(),
-                name = %object_name(&request),
+                name = %request.object_name(),
                 panic = %what,
                 "the decider panicked on a review"
             );
@@ -614,24 +614,6 @@ fn is_json(content_type: Option<&HeaderValue>) -> bool {
         .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
 }
 
-/// The name of the object under review, or its `generateName` prefix on a CREATE.
-fn object_name(request: &AdmissionRequest) -> &str {
-    let metadata = request.object.as_ref().and_then(|o| o.get("metadata"));
-    let field = |key| {
-        metadata
-            .and_then(|m| m.get(key))
-            .and_then(serde_json::Value::as_str)
-            .filter(|s| !s.is_empty())
-    };
-    request
-        .name
-        .as_deref()
-        .filter(|s| !s.is_empty())
-        .or_else(|| field("name"))
-        .or_else(|| field("generateName"))
-        .unwrap_or_default()
-}
-
 /// Logs and counts the decider's answer and serialises it.
 fn answer(
     metrics: &Metrics,
@@ -649,7 +631,7 @@ fn answer(
     tracing::info!(
         uid = %request.uid,
         namespace = request.namespace.as_deref().unwrap_or_default(),
-        name = %object_name(request),
+        name = %request.object_name(),
         operation = %request.operation,
         kind = %request.kind.kind,
         dry_run = request.dry_run.unwrap_or(false),

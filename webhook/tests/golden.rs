@@ -234,10 +234,17 @@ fn every_case_matches_its_golden_file_and_reinvocation_changes_nothing() -> anyh
             }
         }
 
-        // Reinvocation: the patched pod planned again gives the same verdict and no patch.
+        // The patch turns the input into exactly the planned pod.
         let mut patched = serde_json::to_value(&loaded.pod)?;
         json_patch::patch(&mut patched, &decision.patch(&loaded.pod))
             .with_context(|| format!("{}: the patch does not apply", path.display()))?;
+        if patched != serde_json::to_value(&decision.pod)? {
+            failures.push(format!(
+                "{}: the patch does not give the planned pod",
+                path.display()
+            ));
+        }
+        // Reinvocation: the patched pod planned again gives the same verdict and no patch.
         let patched: Pod = serde_json::from_value(patched)?;
         let again = decide(&loaded, &patched, &settings);
         let second = again.patch(&patched);

@@ -534,10 +534,13 @@ struct AddsAContainer;
 
 impl Admit for AddsAContainer {
     fn admit(&self, request: &AdmissionRequest) -> AdmissionResponse {
-        let has = request
+        let object: Value = request
             .object
             .as_ref()
-            .and_then(|o| o["spec"]["containers"].as_array())
+            .and_then(|raw| serde_json::from_str(raw.get()).ok())
+            .unwrap_or_default();
+        let has = object["spec"]["containers"]
+            .as_array()
             .is_some_and(|c| c.iter().any(|c| c["name"] == "late"));
         if has {
             return AdmissionResponse::allow(&request.uid);

@@ -34,7 +34,12 @@ use anyhow::{Context, bail};
 use axum::Router;
 use axum::http::header;
 use axum::routing::post;
-use boundary_webhook::review::{AdmissionRequest, AdmissionResponse, Admit};
+use boundary_api::crd::BoundaryPolicy;
+use boundary_webhook::admit::{Planner, StaticView};
+use boundary_webhook::facts::NodeFacts;
+use boundary_webhook::inject::Settings;
+use boundary_webhook::plan::Cluster;
+use boundary_webhook::review::Admit;
 use bytes::Bytes;
 use clap::Parser;
 use http_body_util::{BodyExt, Full};
@@ -46,27 +51,117 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tower_service::Service;
 
-/// The decider the webhook server runs.
-///
-/// PLACEHOLDER until the planner is wired in: it parses the Pod out of the review (as the
-/// planner does) and admits it unchanged. Replace the body with the real planner, e.g.
-/// `Arc::new(boundary_webhook::admit::Planner::new(view, settings))`; nothing else in this
-/// file depends on what it is.
-fn admitter() -> Arc<dyn Admit> {
-    struct ParseAndAllow;
-    impl Admit for ParseAndAllow {
-        fn admit(&self, request: &AdmissionRequest) -> AdmissionResponse {
-            let pod = request
-                .object
-                .clone()
-                .map(serde_json::from_value::<k8s_openapi::api::core::v1::Pod>);
-            match std::hint::black_box(pod) {
-                Some(Ok(_)) => AdmissionResponse::allow(&request.uid),
-                _ => AdmissionResponse::deny(&request.uid, "not a Pod"),
-            }
-        }
+/// Times the decider alone: parsing the review, then planning and patching, per review.
+fn decide_only(body: &[u8]) -> anyhow::Result<()> {
+    let admit = admitter();
+    let rounds = 2000;
+    let start = std::time::Instant::now();
+    for _ in 0..rounds {
+        std::hint::black_box(boundary_webhook::review::parse(std::hint::black_box(body))?);
     }
-    Arc::new(ParseAndAllow)
+    let parse = start.elapsed() / rounds;
+    let request = boundary_webhook::review::parse(body)?;
+    let start = std::time::Instant::now();
+    for _ in 0..rounds {
+        std::hint::black_box(admit.admit(std::hint::black_box(&request)));
+    }
+    let decide = start.elapsed() / rounds;
+    let start = std::time::Instant::now();
+    for _ in 0..rounds {
+        let response = admit.admit(&request);
+        std::hint::black_box(serde_json::to_vec(&response.into_review())?);
+    }
+    let respond = start.elapsed() / rounds;
+    println!(
+        "Decider alone (one thread, no HTTP/TLS): parse {:.1} µs, plan+patch {:.1} µs, plan+patch+serialise {:.1} µs per review",
+        parse.as_secs_f64() * 1e6,
+        decide.as_secs_f64() * 1e6,
+        respond.as_secs_f64() * 1e6
+    );
+    Ok(())
+}
+
+/// The admitter under test: the real planner over a fixed cluster view of 200 nodes (150
+/// Amazon Linux 2023 nodes labelled by the operator, 50 tainted Bottlerocket nodes), an opted-in
+/// namespace and three policies, two of which select the benchmark's pod. Every review runs
+/// candidate selection over all nodes, policy selection, row choice, injection and the diff.
+fn admitter() -> Arc<dyn Admit> {
+    Arc::new(Planner::new(bench_view(), Settings::default()))
+}
+
+fn bench_view() -> StaticView {
+    let node = |name: String,
+                os_image: &str,
+                kernel: &str,
+                labels: serde_json::Value,
+                taints: serde_json::Value| {
+        let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "labels": labels},
+            "spec": {"taints": taints},
+            "status": {"nodeInfo": {
+                "osImage": os_image, "kernelVersion": kernel, "operatingSystem": "linux",
+                "architecture": "amd64", "bootID": "", "containerRuntimeVersion": "containerd://1.7.22",
+                "kubeProxyVersion": "", "kubeletVersion": "v1.33.4", "machineID": "", "systemUUID": ""
+            }}
+        }))
+        .expect("a valid Node literal");
+        NodeFacts::from_node(&node)
+    };
+    let mut nodes: Vec<NodeFacts> = (0..150)
+        .map(|i| {
+            node(
+                format!("ip-10-0-{}-{}.ec2.internal", i / 250, i % 250),
+                "Amazon Linux 2023.5.20240819",
+                "6.1.102-111.182.amzn2023.x86_64",
+                serde_json::json!({
+                    "kubernetes.io/os": "linux", "topology.kubernetes.io/zone": format!("us-east-1{}", ["a", "b", "c"][i % 3]),
+                    "eks.amazonaws.com/nodegroup": "general", "agentboundary.dev/os": "amazon-linux-2023",
+                    "agentboundary.dev/tiers": "userns.privileged-netns", "agentboundary.dev/userns": "true",
+                    "tier.agentboundary.dev/userns": "true", "tier.agentboundary.dev/privileged-netns": "true"
+                }),
+                serde_json::json!([]),
+            )
+        })
+        .collect();
+    nodes.extend((0..50).map(|i| {
+        node(
+            format!("ip-10-1-0-{i}.ec2.internal"),
+            "Bottlerocket OS 1.49.0 (aws-k8s-1.34)",
+            "6.12.40",
+            serde_json::json!({"kubernetes.io/os": "linux", "eks.amazonaws.com/nodegroup": "gpu"}),
+            serde_json::json!([{"key": "nvidia.com/gpu", "value": "true", "effect": "NoSchedule"}]),
+        )
+    }));
+    let policy = |name: &str, spec: serde_json::Value| -> BoundaryPolicy {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "agentboundary.dev/v1alpha1", "kind": "BoundaryPolicy",
+            "metadata": {"name": name, "namespace": "agents"}, "spec": spec
+        }))
+        .expect("a valid policy literal")
+    };
+    StaticView {
+        nodes: Arc::new(nodes),
+        namespaces: [(
+            "agents".to_owned(),
+            [("agentboundary.dev/inject".to_owned(), "enabled".to_owned())].into(),
+        )]
+        .into(),
+        policies: vec![
+            policy(
+                "coding-agents",
+                serde_json::json!({"podSelector": {"matchLabels": {"app.kubernetes.io/name": "coding-agent"}}, "containers": ["agent"], "allow": ["domain=api.anthropic.com", "domain=github.com method=GET,HEAD"]}),
+            ),
+            policy(
+                "platform-team",
+                serde_json::json!({"podSelector": {"matchExpressions": [{"key": "team", "operator": "In", "values": ["platform", "infra"]}]}, "mode": "Audit", "allow": ["domain=*.npmjs.org"]}),
+            ),
+            policy(
+                "other",
+                serde_json::json!({"podSelector": {"matchLabels": {"app": "other"}}, "allow": ["domain=example.com"]}),
+            ),
+        ],
+        cluster: Cluster { minor: 33 },
+    }
 }
 
 /// Load benchmark of the webhook's HTTPS server against a constant-response floor.
@@ -100,13 +195,15 @@ struct Args {
     /// nowhere: formatting it is part of the cost).
     #[arg(long, env = "BENCH_NO_LOGS")]
     no_logs: bool,
-    /// Run only these parts (comma list of fixed-rate, max); all by default.
-    #[arg(long, env = "BENCH_ONLY", value_delimiter = ',', default_values_t = [Part::FixedRate, Part::Max])]
+    /// Run only these parts (comma list of decide, fixed-rate, max); all by default. `decide`
+    /// times the decider alone (parse, plan, patch) in this thread, without HTTP or TLS.
+    #[arg(long, env = "BENCH_ONLY", value_delimiter = ',', default_values_t = [Part::Decide, Part::FixedRate, Part::Max])]
     only: Vec<Part>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum, Debug)]
 enum Part {
+    Decide,
     FixedRate,
     Max,
 }
@@ -669,9 +766,6 @@ where
 async fn bench(args: &Args, targets: &[Target], ca_pem: &str) -> anyhow::Result<()> {
     let tls = tls_client(ca_pem)?;
     let body = review_body();
-    if let Ok(p) = std::env::var("TMP_DUMP") {
-        std::fs::write(p, &body)?;
-    } // TMPDUMP
     for target in targets {
         warm_up(target, &tls, &body).await?;
     }
@@ -795,6 +889,22 @@ fn main() -> anyhow::Result<()> {
     if args.rate == 0 || args.connections == 0 || args.max_connections == 0 || args.rounds == 0 {
         bail!("--rate, --connections, --max-connections and --rounds must be at least 1");
     }
+    if args.only.contains(&Part::Decide) {
+        decide_only(&review_body())?;
+    }
+    // The benchmark measures real work only if the sample pod is jailed (planned and patched).
+    let sample = boundary_webhook::review::parse(&review_body()).context("the sample review")?;
+    let answer = admitter().admit(&sample);
+    if answer.patch.is_none() {
+        bail!("the benchmark's pod was not jailed: {answer:?}");
+    }
+    eprintln!(
+        "sample review: allowed={}, tier {:?}, {} warnings, patch {} bytes (base64)",
+        answer.allowed,
+        answer.audit_annotations.get("tier"),
+        answer.warnings.len(),
+        answer.patch.as_ref().map_or(0, String::len)
+    );
     if !args.no_logs {
         // The webhook's per-review event, formatted as in production and thrown away.
         tracing_subscriber::fmt()

@@ -1,0 +1,333 @@
+//! Compiling the `BoundaryPolicy` objects of one namespace into the file the sidecar proxy reads
+//! (pure: no I/O), with a report per policy for its status.
+//!
+//! # Policies with problems
+//!
+//! A policy whose **rules** do not compile is published *without any rules*: its selector,
+//! containers, mode and jail settings stay in the file, its allow lists are emptied. So
+//!
+//! * the other policies of the namespace keep working (the proxy's `rule_set` fails for a pod as
+//!   soon as one selected entry has bad rules, which would deny everything to every pod the bad
+//!   policy selects *and* drop the good rules of the other policies selecting it);
+//! * the broken policy fails closed: nothing it would allow is allowed until it is fixed;
+//! * an `Enforce` policy with a typo cannot turn a pod that an `Audit` policy also selects into
+//!   an audit-only pod, which leaving the entry out of the file would do (Enforce beats Audit
+//!   only when both entries are present).
+//!
+//! A policy whose **selector** is malformed (an operator other than `In`, `NotIn`, `Exists`,
+//! `DoesNotExist`; the apiserver does not check that inside custom resources) cannot be
+//! evaluated at all and is left out of the file (the proxy would otherwise fail for every pod of
+//! the namespace). Both cases are reported in the policy's status with the field and column.
+
+use boundary_api::compiled::{self, CompiledPolicy, FORMAT_VERSION, PolicyEntry, Requirement};
+use boundary_api::crd::{BoundaryPolicy, RuleProblem};
+use boundary_api::rules::CompileErrors;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::ResourceExt;
+use sha2::{Digest, Sha256};
+
+/// The selector operators the proxy understands.
+const OPERATORS: [&str; 4] = ["In", "NotIn", "Exists", "DoesNotExist"];
+
+/// What became of one policy in the compiled file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every rule compiles; the policy is in the file as written.
+    Published,
+    /// Some rules do not compile; the policy is in the file with no rules (fails closed).
+    RulesWithheld,
+    /// The selector is malformed; the policy is not in the file.
+    Excluded,
+}
+
+/// The result for one policy: the facts its status is made from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyReport {
+    /// The policy's name.
+    pub name: String,
+    /// `metadata.generation` of the compiled object.
+    pub generation: Option<i64>,
+    /// Number of allow rules as written (strings, HTTP and TCP rules).
+    pub rule_count: usize,
+    /// Every problem found, with its field and column.
+    pub problems: Vec<RuleProblem>,
+    /// What was published.
+    pub outcome: Outcome,
+}
+
+/// The compiled file of a namespace and a report for each of its policies (sorted by name).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompiledNamespace {
+    /// The file's content.
+    pub policy: CompiledPolicy,
+    /// One report per policy, sorted by name.
+    pub reports: Vec<PolicyReport>,
+}
+
+impl CompiledNamespace {
+    /// The file as published: pretty JSON with a trailing newline. Deterministic: fields are
+    /// written in declaration order, maps sorted, entries sorted by name.
+    pub fn to_json(&self) -> String {
+        let mut text = serde_json::to_string_pretty(&self.policy)
+            .expect("the compiled policy has only string keys and serializable values");
+        text.push('\n');
+        text
+    }
+}
+
+/// SHA-256 of `text`, lower-case hex.
+pub fn sha256_hex(text: &str) -> String {
+    use std::fmt::Write as _;
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .fold(String::with_capacity(64), |mut out, b| {
+            let _ = write!(out, "{b:02x}");
+            out
+        })
+}
+
+/// Compiles every policy of `namespace` (policies of other namespaces in `policies` are
+/// ignored). See the module documentation for what happens to policies with problems.
+pub fn compile_namespace(namespace: &str, policies: &[BoundaryPolicy]) -> CompiledNamespace {
+    let mut own: Vec<&BoundaryPolicy> = policies
+        .iter()
+        .filter(|p| p.namespace().as_deref() == Some(namespace))
+        .collect();
+    own.sort_by_key(|p| p.name_any());
+    let mut entries = Vec::new();
+    let mut reports = Vec::new();
+    for bp in own {
+        let name = bp.name_any();
+        let spec = &bp.spec;
+        let (pod_selector, mut problems) = selector(&spec.pod_selector);
+        let mut entry = PolicyEntry {
+            name: name.clone(),
+            pod_selector,
+            containers: spec.containers.clone(),
+            mode: spec.mode,
+            allow: spec.allow.clone(),
+            http: spec.http.clone(),
+            tcp: spec.tcp.clone(),
+            jail: spec.jail.clone(),
+        };
+        let rules_valid = match entry.compile() {
+            Ok(_) => true,
+            Err(CompileErrors(found)) => {
+                problems.extend(found.into_iter().map(|p| RuleProblem {
+                    field: p.field,
+                    column: p.column.and_then(|c| i32::try_from(c).ok()),
+                    message: p.message,
+                }));
+                false
+            }
+        };
+        let selector_valid = problems
+            .iter()
+            .all(|p| !p.field.starts_with("spec.podSelector"));
+        let outcome = if !selector_valid {
+            Outcome::Excluded
+        } else if rules_valid {
+            Outcome::Published
+        } else {
+            Outcome::RulesWithheld
+        };
+        match outcome {
+            Outcome::Published => entries.push(entry),
+            Outcome::RulesWithheld => {
+                entry.allow.clear();
+                entry.http.clear();
+                entry.tcp.clear();
+                entries.push(entry);
+            }
+            Outcome::Excluded => {}
+        }
+        reports.push(PolicyReport {
+            name,
+            generation: bp.metadata.generation,
+            rule_count: spec.rule_count(),
+            problems,
+            outcome,
+        });
+    }
+    CompiledNamespace {
+        policy: CompiledPolicy {
+            version: FORMAT_VERSION,
+            namespace: namespace.to_owned(),
+            policies: entries,
+        },
+        reports,
+    }
+}
+
+/// `LabelSelector` → the proxy's selector, with a problem per unknown operator.
+fn selector(s: &LabelSelector) -> (compiled::Selector, Vec<RuleProblem>) {
+    let mut problems = Vec::new();
+    let match_expressions = s
+        .match_expressions
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, r)| {
+            if !OPERATORS.contains(&r.operator.as_str()) {
+                problems.push(RuleProblem {
+                    field: format!("spec.podSelector.matchExpressions[{i}].operator"),
+                    column: None,
+                    message: format!(
+                        "unknown label selector operator {:?}: use In, NotIn, Exists or \
+                         DoesNotExist",
+                        r.operator
+                    ),
+                });
+            }
+            Requirement {
+                key: r.key.clone(),
+                operator: r.operator.clone(),
+                values: r.values.clone().unwrap_or_default(),
+            }
+        })
+        .collect();
+    let selector = compiled::Selector {
+        match_labels: s.match_labels.clone().unwrap_or_default(),
+        match_expressions,
+    };
+    (selector, problems)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use boundary_api::policy::Mode;
+    use pretty_assertions::assert_eq;
+    use serde_json::json;
+    use std::collections::BTreeMap;
+
+    fn policy(name: &str, spec: &serde_json::Value) -> BoundaryPolicy {
+        serde_json::from_value(json!({
+            "apiVersion": "agentboundary.dev/v1alpha1",
+            "kind": "BoundaryPolicy",
+            "metadata": {"name": name, "namespace": "agents", "generation": 3},
+            "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn valid_policies_are_sorted_and_converted() {
+        let b = policy(
+            "b",
+            &json!({"podSelector": {"matchLabels": {"app": "agent"},
+                     "matchExpressions": [{"key": "tier", "operator": "In", "values": ["gold"]}]},
+                    "allow": ["domain=b.com"], "tcp": [{"domain": "github.com", "ports": [22]}]}),
+        );
+        let a = policy(
+            "a",
+            &json!({"podSelector": {}, "mode": "Audit", "allow": ["domain=a.com"]}),
+        );
+        let mut other = policy("c", &json!({"podSelector": {}}));
+        other.metadata.namespace = Some("elsewhere".into());
+        let out = compile_namespace("agents", &[b, a, other]);
+        let names: Vec<_> = out
+            .policy
+            .policies
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(out.policy.version, FORMAT_VERSION);
+        assert_eq!(out.policy.namespace, "agents");
+        assert_eq!(out.policy.policies[0].mode, Mode::Audit);
+        let b = &out.policy.policies[1];
+        assert_eq!(b.pod_selector.match_labels["app"], "agent");
+        assert_eq!(b.pod_selector.match_expressions[0].values, ["gold"]);
+        assert_eq!(b.tcp.len(), 1);
+        assert!(
+            out.reports
+                .iter()
+                .all(|r| r.outcome == Outcome::Published && r.problems.is_empty())
+        );
+        assert_eq!(out.reports[1].rule_count, 2);
+        assert_eq!(out.reports[1].generation, Some(3));
+        // The proxy accepts what was published.
+        let labels = BTreeMap::from([
+            ("app".into(), "agent".into()),
+            ("tier".into(), "gold".into()),
+        ]);
+        let (set, selected) = out.policy.rule_set(&labels, None).unwrap();
+        assert_eq!(selected, ["a", "b"]);
+        assert_eq!(set.rules().len(), 3);
+    }
+
+    #[test]
+    fn invalid_rules_are_reported_with_positions_and_withheld() {
+        let bad = policy(
+            "bad",
+            &json!({"podSelector": {}, "allow": ["domain=ok.com", "domain=x.* method=GET"],
+                    "http": [{"domains": ["a.com"], "paths": ["no-slash"]}]}),
+        );
+        let audit = policy(
+            "audit",
+            &json!({"podSelector": {}, "mode": "Audit", "allow": ["domain=a.com"]}),
+        );
+        let out = compile_namespace("agents", &[bad, audit]);
+        let report = &out.reports[1];
+        assert_eq!(report.name, "bad");
+        assert_eq!(report.outcome, Outcome::RulesWithheld);
+        assert_eq!(report.rule_count, 3);
+        let fields: Vec<_> = report.problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields.len(), 2, "{:?}", report.problems);
+        assert_eq!(report.problems[0].field, "spec.allow[1]");
+        assert_eq!(report.problems[0].column, Some(10), "{:?}", report.problems);
+        assert!(
+            report.problems[1].field.starts_with("spec.http[0]"),
+            "{fields:?}"
+        );
+        // Published without rules, so the good policy still works and Enforce still wins.
+        let entry = &out.policy.policies[1];
+        assert_eq!(entry.name, "bad");
+        assert!(entry.allow.is_empty() && entry.http.is_empty() && entry.tcp.is_empty());
+        let (set, _) = out.policy.rule_set(&BTreeMap::new(), None).unwrap();
+        assert_eq!(set.mode(), Mode::Enforce);
+        assert_eq!(set.rules().len(), 1);
+    }
+
+    #[test]
+    fn malformed_selectors_are_excluded() {
+        let p = policy(
+            "sel",
+            &json!({"podSelector": {"matchExpressions": [
+                {"key": "a", "operator": "Exists"}, {"key": "b", "operator": "Gt", "values": ["1"]}]},
+                "allow": ["domain=a.com"]}),
+        );
+        let out = compile_namespace("agents", &[p]);
+        assert!(out.policy.policies.is_empty());
+        assert_eq!(out.reports[0].outcome, Outcome::Excluded);
+        assert_eq!(
+            out.reports[0].problems[0].field,
+            "spec.podSelector.matchExpressions[1].operator"
+        );
+        assert!(out.policy.rule_set(&BTreeMap::new(), None).is_ok());
+    }
+
+    #[test]
+    fn output_and_hash_are_deterministic() {
+        let a = policy(
+            "a",
+            &json!({"podSelector": {"matchLabels": {"z": "1", "a": "2", "m": "3"}},
+                    "allow": ["domain=a.com"], "http": [{"domains": ["b.com"], "methods": ["GET"]}]}),
+        );
+        let b = policy("b", &json!({"podSelector": {}, "allow": ["domain=b.com"]}));
+        let one = compile_namespace("agents", &[a.clone(), b.clone()]);
+        let two = compile_namespace("agents", &[b, a.clone()]);
+        assert_eq!(one.to_json(), two.to_json());
+        assert_eq!(sha256_hex(&one.to_json()), sha256_hex(&two.to_json()));
+        let parsed: CompiledPolicy = serde_json::from_str(&one.to_json()).unwrap();
+        assert_eq!(parsed, one.policy);
+        let changed = compile_namespace("agents", &[a]);
+        assert_ne!(sha256_hex(&one.to_json()), sha256_hex(&changed.to_json()));
+        assert_eq!(
+            sha256_hex(""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert_eq!(sha256_hex("x").len(), 64);
+    }
+}

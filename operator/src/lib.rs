@@ -1,0 +1,224 @@
+//! `boundary-operator`: the controller of Agent Boundary for Kubernetes.
+//!
+//! Shaped like kube-rs's `controller-rs`: a context per controller, a `reconcile` that computes
+//! the desired state with pure functions and writes it by server-side apply with one fixed field
+//! manager ([`boundary_api::contract::objects::OPERATOR_FIELD_MANAGER`]), Events, an
+//! `error_policy` that requeues, and graceful shutdown.
+//!
+//! * [`policy`]: compiles the `BoundaryPolicy` objects of each namespace ([`compile`]) into the
+//!   ConfigMap the sidecars mount, and writes each policy's status ([`status`]).
+//! * [`nodes`]: writes the node labels the webhook reads, from classification and the node
+//!   agent's probe reports ([`labels`]).
+#![forbid(unsafe_code)]
+
+pub mod compile;
+pub mod labels;
+pub mod nodes;
+pub mod policy;
+pub mod status;
+
+use std::future::Future;
+use std::time::Duration;
+
+use kube::Client;
+
+/// Label selector of the node agent's Pods (they carry the probe report).
+pub const DEFAULT_NODE_AGENT_SELECTOR: &str = "app.kubernetes.io/component=node-agent";
+
+/// Everything that can go wrong in the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A call to the apiserver failed.
+    #[error("{action}: {source}")]
+    Kube {
+        /// What the operator was doing.
+        action: String,
+        /// The client's error.
+        #[source]
+        source: kube::Error,
+    },
+    /// A watch ended before its first list completed (the operator is shutting down).
+    #[error("the {0} watch stopped before it listed its objects")]
+    WatchStopped(&'static str),
+    /// The object has no namespace or name (never for objects from the apiserver).
+    #[error("object without {0}")]
+    MissingField(&'static str),
+}
+
+impl Error {
+    /// A [`Error::Kube`] with its context.
+    pub fn kube(action: impl Into<String>, source: kube::Error) -> Error {
+        Error::Kube {
+            action: action.into(),
+            source,
+        }
+    }
+}
+
+/// Settings of the controllers (flags and environment variables of the binary).
+#[derive(Clone, Debug, clap::Args)]
+pub struct Config {
+    /// Reconcile the BoundaryPolicy objects of this namespace only (default: all namespaces).
+    #[arg(long, env = "BOUNDARY_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
+    /// Label selector of the nodes to label (default: every node).
+    #[arg(long, env = "BOUNDARY_NODE_SELECTOR")]
+    pub node_selector: Option<String>,
+    /// Label selector of the node agent's Pods, whose probe-report annotation is merged into
+    /// the labels of the node they run on.
+    #[arg(long, env = "BOUNDARY_NODE_AGENT_SELECTOR", default_value = DEFAULT_NODE_AGENT_SELECTOR)]
+    pub node_agent_selector: String,
+    /// Namespace of the node agent's Pods. Only Pods there are trusted to report probes; without
+    /// it, matching Pods of every namespace are (anyone who can create a labelled Pod bound to a
+    /// node could then change that node's labels).
+    #[arg(long, env = "BOUNDARY_NODE_AGENT_NAMESPACE")]
+    pub node_agent_namespace: Option<String>,
+    /// Seconds before a failed reconcile is retried.
+    #[arg(long, env = "BOUNDARY_RETRY_SECONDS", default_value_t = 10)]
+    pub retry_seconds: u64,
+    /// Name of this instance in Events (`reportingInstance`); the Pod name in a cluster.
+    #[arg(long, env = "POD_NAME")]
+    pub instance: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            watch_namespace: None,
+            node_selector: None,
+            node_agent_selector: DEFAULT_NODE_AGENT_SELECTOR.into(),
+            node_agent_namespace: None,
+            retry_seconds: 10,
+            instance: None,
+        }
+    }
+}
+
+impl Config {
+    /// Delay before a failed reconcile runs again.
+    pub fn retry(&self) -> Duration {
+        Duration::from_secs(self.retry_seconds.max(1))
+    }
+}
+
+/// A shutdown signal shared by the controllers: resolves once the sender fires or is dropped.
+#[derive(Clone, Debug)]
+pub struct Shutdown(tokio::sync::watch::Receiver<bool>);
+
+impl Shutdown {
+    /// A signal and its trigger (send `true`, or drop the sender, to shut down).
+    pub fn new() -> (tokio::sync::watch::Sender<bool>, Shutdown) {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        (tx, Shutdown(rx))
+    }
+
+    /// Resolves when shutdown is requested.
+    pub fn wait(self) -> impl Future<Output = ()> + Send + Sync + 'static {
+        let mut rx = self.0;
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    }
+}
+
+/// Runs both controllers until `shutdown`; each finishes the reconciles it has started.
+pub async fn run(client: Client, config: Config, shutdown: Shutdown) -> Result<(), Error> {
+    let policies = policy::run(client.clone(), config.clone(), shutdown.clone());
+    let nodes = nodes::run(client, config, shutdown);
+    let (a, b) = tokio::join!(policies, nodes);
+    a.and(b)
+}
+
+/// Aborts a spawned task when dropped.
+#[derive(Debug)]
+pub(crate) struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Starts a reflector (an in-memory copy of the objects `api` and `wc` select) on its own task
+/// and sends `map(object)` to `tx` for every object that changes or goes away. The returned
+/// store is ready once the first list is in ([`wait_ready`]).
+pub(crate) fn spawn_reflector<K, T, F>(
+    api: kube::Api<K>,
+    wc: kube::runtime::watcher::Config,
+    map: F,
+    tx: futures::channel::mpsc::UnboundedSender<kube::runtime::reflector::ObjectRef<T>>,
+) -> (kube::runtime::reflector::Store<K>, AbortOnDrop)
+where
+    K: kube::Resource
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+    T: kube::Resource + 'static,
+    T::DynamicType: Send + Sync,
+    F: Fn(&K) -> Option<kube::runtime::reflector::ObjectRef<T>> + Send + 'static,
+{
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, reflector, watcher};
+    let (store, writer) = reflector::store();
+    let stream = watcher(api, wc)
+        .default_backoff()
+        .reflect(writer)
+        .touched_objects();
+    let task = tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(object) => {
+                    if let Some(target) = map(&object)
+                        && tx.unbounded_send(target).is_err()
+                    {
+                        break;
+                    }
+                }
+                Err(err) => tracing::warn!(error = %err, "watch failed; retrying with backoff"),
+            }
+        }
+    });
+    (store, AbortOnDrop(task))
+}
+
+/// Waits until `store` has listed its objects (or shutdown is requested: `Ok(false)`).
+pub(crate) async fn wait_ready<K>(
+    store: &kube::runtime::reflector::Store<K>,
+    what: &'static str,
+    shutdown: &Shutdown,
+) -> Result<bool, Error>
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    tokio::select! {
+        ready = store.wait_until_ready() => ready.map(|()| true).map_err(|_| Error::WatchStopped(what)),
+        () = shutdown.clone().wait() => Ok(false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn shutdown_resolves_on_request_or_when_the_trigger_is_dropped() {
+        let (stop, shutdown) = Shutdown::new();
+        let waiting = tokio::spawn(shutdown.clone().wait());
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        stop.send(true).unwrap();
+        waiting.await.unwrap();
+
+        let (stop, shutdown) = Shutdown::new();
+        drop(stop);
+        tokio::time::timeout(Duration::from_secs(5), shutdown.wait())
+            .await
+            .expect("a dropped trigger shuts down");
+    }
+}

@@ -1,0 +1,201 @@
+//! The node controller: writes the labels the webhook reads (see [`crate::labels`]) with
+//! server-side apply, from each node's classification and the probe report of the node agent
+//! Pod running on it. The node agent never writes Node objects; it reports through the
+//! `agentboundary.dev/probe-report` annotation of its own Pod.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use boundary_api::contract::{annotations, objects};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{Controller, watcher};
+use kube::{Api, Client, ResourceExt};
+use serde_json::{Map, Value, json};
+
+use crate::labels::{ProbeReport, classify, labels_in_sync, node_labels};
+use crate::{Config, Error, Shutdown, spawn_reflector, wait_ready};
+
+/// What a reconcile needs.
+pub struct Context {
+    client: Client,
+    agents: Store<Pod>,
+    retry: Duration,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("agents", &self.agents.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs the controller until `shutdown`.
+pub async fn run(client: Client, config: Config, shutdown: Shutdown) -> Result<(), Error> {
+    let (tx, rx) = futures::channel::mpsc::unbounded::<ObjectRef<Node>>();
+    let pods: Api<Pod> = match &config.node_agent_namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let (agents, _agent_task) = spawn_reflector(
+        pods,
+        watcher::Config::default().labels(&config.node_agent_selector),
+        |pod: &Pod| {
+            let node = pod.spec.as_ref()?.node_name.as_deref()?;
+            Some(ObjectRef::new(node))
+        },
+        tx,
+    );
+    // Never label from a half-listed cache: a missing report removes `probed`.
+    if !wait_ready(&agents, "node agent Pod", &shutdown).await? {
+        return Ok(());
+    }
+    let mut nodes = watcher::Config::default();
+    if let Some(selector) = &config.node_selector {
+        nodes = nodes.labels(selector);
+    }
+    let context = Arc::new(Context {
+        client: client.clone(),
+        agents,
+        retry: config.retry(),
+    });
+    tracing::info!(selector = ?config.node_selector, "node controller started");
+    Controller::new(Api::<Node>::all(client), nodes)
+        .reconcile_on(rx)
+        .graceful_shutdown_on(shutdown.wait())
+        .run(reconcile, error_policy, context)
+        .for_each(|result| {
+            match result {
+                Ok((node, _)) => tracing::debug!(node = %node.name, "reconciled"),
+                Err(err) => tracing::debug!(error = %err, "reconcile skipped"),
+            }
+            std::future::ready(())
+        })
+        .await;
+    tracing::info!("node controller stopped");
+    Ok(())
+}
+
+/// Failed reconciles are retried after the configured delay.
+// The signature is the one `Controller::run` takes.
+#[allow(clippy::needless_pass_by_value)]
+pub fn error_policy(node: Arc<Node>, error: &Error, ctx: Arc<Context>) -> Action {
+    tracing::warn!(node = %node.name_any(), %error, "node reconcile failed");
+    Action::requeue(ctx.retry)
+}
+
+/// The probe report of the newest node agent Pod on `node` that has a readable one.
+pub fn probe_report(node: &str, agents: &[Arc<Pod>]) -> Option<ProbeReport> {
+    let mut on_node: Vec<&Arc<Pod>> = agents
+        .iter()
+        .filter(|p| {
+            p.metadata.deletion_timestamp.is_none()
+                && p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node)
+        })
+        .collect();
+    on_node.sort_by_key(|p| std::cmp::Reverse(p.creation_timestamp()));
+    on_node.into_iter().find_map(|pod| {
+        let text = pod.annotations().get(annotations::PROBE_REPORT)?;
+        match serde_json::from_str(text) {
+            Ok(report) => Some(report),
+            Err(err) => {
+                tracing::warn!(
+                    pod = %pod.name_any(), namespace = ?pod.namespace(), %node, error = %err,
+                    "unreadable probe report ignored"
+                );
+                None
+            }
+        }
+    })
+}
+
+/// Brings the operator's labels on `node` up to date.
+pub async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let name = node.name_any();
+    let probe = probe_report(&name, &ctx.agents.state());
+    let desired = node_labels(&classify(&node), probe.as_ref());
+    if labels_in_sync(node.labels(), &desired) {
+        return Ok(Action::await_change());
+    }
+    let set: Map<String, Value> = desired
+        .iter()
+        .filter_map(|(k, v)| Some((k.clone(), Value::String(v.clone()?))))
+        .collect();
+    let api: Api<Node> = Api::all(ctx.client.clone());
+    let body =
+        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": set}});
+    let applied = api
+        .patch(
+            &name,
+            &PatchParams::apply(objects::OPERATOR_FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .map_err(|e| Error::kube(format!("labelling node {name}"), e))?;
+    // Server-side apply removes the labels this manager set before and omits now; a label of
+    // ours that someone else set (an older operator, a person) needs an explicit removal.
+    let leftovers: Map<String, Value> = desired
+        .iter()
+        .filter(|(k, v)| v.is_none() && applied.labels().contains_key(*k))
+        .map(|(k, _)| (k.clone(), Value::Null))
+        .collect();
+    if !leftovers.is_empty() {
+        let params = PatchParams {
+            field_manager: Some(objects::OPERATOR_FIELD_MANAGER.into()),
+            ..PatchParams::default()
+        };
+        api.patch(
+            &name,
+            &params,
+            &Patch::Merge(json!({"metadata": {"labels": leftovers}})),
+        )
+        .await
+        .map_err(|e| Error::kube(format!("removing stale labels of node {name}"), e))?;
+    }
+    tracing::info!(node = %name, labels = ?set, probed = probe.is_some(), "node labels updated");
+    Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent(name: &str, node: &str, created: &str, report: Option<&str>) -> Arc<Pod> {
+        let mut annotations = serde_json::Map::new();
+        if let Some(r) = report {
+            annotations.insert(annotations::PROBE_REPORT.into(), r.into());
+        }
+        Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "creationTimestamp": created, "annotations": annotations},
+                "spec": {"nodeName": node, "containers": []},
+            }))
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn the_newest_readable_report_on_the_node_wins() {
+        let old = r#"{"tiers": {"userns": {"works": true}}, "facts": {"landlockAbi": 1}}"#;
+        let new = r#"{"tiers": {"landlock": {"works": true}}, "facts": {"landlockAbi": 6}}"#;
+        let pods = [
+            agent("old", "n1", "2024-01-01T00:00:00Z", Some(old)),
+            agent("new", "n1", "2024-02-01T00:00:00Z", Some(new)),
+            agent(
+                "newest-broken",
+                "n1",
+                "2024-03-01T00:00:00Z",
+                Some("{not json"),
+            ),
+            agent("pending", "n1", "2024-04-01T00:00:00Z", None),
+            agent("elsewhere", "n2", "2024-05-01T00:00:00Z", Some(old)),
+        ];
+        assert_eq!(probe_report("n1", &pods).unwrap().facts.landlock_abi, 6);
+        assert_eq!(probe_report("n2", &pods).unwrap().facts.landlock_abi, 1);
+        assert!(probe_report("n3", &pods).is_none());
+    }
+}

@@ -1,0 +1,256 @@
+//! A policy's status from its compile report (pure). `lastTransitionTime` of a condition changes
+//! only when the condition's status does.
+
+use boundary_api::crd::{BoundaryPolicyStatus, condition_types};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::compile::{Outcome, PolicyReport};
+
+/// Where the namespace's compiled policy was published.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Publication {
+    /// The ConfigMap's name.
+    pub config_map: String,
+    /// SHA-256 (hex) of the published file.
+    pub hash: String,
+}
+
+/// Condition reasons the operator writes.
+pub mod reasons {
+    /// `RulesValid=True`.
+    pub const VALID: &str = "Valid";
+    /// `RulesValid=False`, `Ready=False`: some rules do not compile.
+    pub const INVALID_RULES: &str = "InvalidRules";
+    /// `RulesValid=False`, `Ready=False`: the pod selector is malformed.
+    pub const INVALID_SELECTOR: &str = "InvalidSelector";
+    /// `Ready=True`.
+    pub const PUBLISHED: &str = "Published";
+}
+
+/// The status the operator wants for the policy of `report`. The fields the operator does not
+/// compute yet (`matchedPods`, `tiers`) are copied from `previous`, so comparing with the current
+/// status tells whether a write is needed.
+pub fn desired_status(
+    report: &PolicyReport,
+    previous: Option<&BoundaryPolicyStatus>,
+    publication: &Publication,
+    now: &Time,
+) -> BoundaryPolicyStatus {
+    let problems = report
+        .problems
+        .iter()
+        .map(|p| match p.column {
+            Some(c) => format!("{} column {c}: {}", p.field, p.message),
+            None => format!("{}: {}", p.field, p.message),
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    let count = report.problems.len();
+    let short_hash: String = publication.hash.chars().take(12).collect();
+    let (rules_valid, ready) = match report.outcome {
+        Outcome::Published => (
+            (
+                "True",
+                reasons::VALID,
+                format!("all {} rules compile", report.rule_count),
+            ),
+            (
+                "True",
+                reasons::PUBLISHED,
+                format!(
+                    "compiled into ConfigMap {} (sha256 {short_hash})",
+                    publication.config_map
+                ),
+            ),
+        ),
+        Outcome::RulesWithheld => (
+            (
+                "False",
+                reasons::INVALID_RULES,
+                format!("{count} problem(s) in the rules: {problems}"),
+            ),
+            (
+                "False",
+                reasons::INVALID_RULES,
+                "published without its rules until they are fixed: the pods it selects are \
+                 allowed nothing by this policy"
+                    .to_owned(),
+            ),
+        ),
+        Outcome::Excluded => (
+            (
+                "False",
+                reasons::INVALID_SELECTOR,
+                format!("{count} problem(s): {problems}"),
+            ),
+            (
+                "False",
+                reasons::INVALID_SELECTOR,
+                "not published: the pod selector cannot be evaluated".to_owned(),
+            ),
+        ),
+    };
+    let old = previous
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let condition = |type_: &str, (status, reason, message): (&str, &str, String)| {
+        let last_transition_time = old
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == status)
+            .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+        Condition {
+            type_: type_.to_owned(),
+            status: status.to_owned(),
+            reason: reason.to_owned(),
+            message,
+            observed_generation: report.generation,
+            last_transition_time,
+        }
+    };
+    let published = report.outcome != Outcome::Excluded;
+    BoundaryPolicyStatus {
+        observed_generation: report.generation,
+        conditions: vec![
+            condition(condition_types::RULES_VALID, rules_valid),
+            condition(condition_types::READY, ready),
+        ],
+        rule_count: Some(i32::try_from(report.rule_count).unwrap_or(i32::MAX)),
+        rule_problems: report.problems.clone(),
+        config_map: published.then(|| publication.config_map.clone()),
+        policy_hash: published.then(|| publication.hash.clone()),
+        matched_pods: previous.and_then(|s| s.matched_pods),
+        tiers: previous.map(|s| s.tiers.clone()).unwrap_or_default(),
+    }
+}
+
+/// Whether `current` already says what `desired` says (conditions compared as a set).
+pub fn up_to_date(current: Option<&BoundaryPolicyStatus>, desired: &BoundaryPolicyStatus) -> bool {
+    let Some(current) = current else {
+        return false;
+    };
+    let mut a = current.clone();
+    let mut b = desired.clone();
+    a.conditions.sort_by(|x, y| x.type_.cmp(&y.type_));
+    b.conditions.sort_by(|x, y| x.type_.cmp(&y.type_));
+    a == b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use boundary_api::crd::RuleProblem;
+    use k8s_openapi::jiff::Timestamp;
+
+    fn time(secs: i64) -> Time {
+        Time(Timestamp::from_second(secs).unwrap())
+    }
+
+    fn report(outcome: Outcome, generation: i64) -> PolicyReport {
+        let problems = if outcome == Outcome::Published {
+            vec![]
+        } else {
+            vec![RuleProblem {
+                field: "spec.allow[1]".into(),
+                column: Some(8),
+                message: "bad wildcard".into(),
+            }]
+        };
+        PolicyReport {
+            name: "p".into(),
+            generation: Some(generation),
+            rule_count: 2,
+            problems,
+            outcome,
+        }
+    }
+
+    fn publication(hash: &str) -> Publication {
+        Publication {
+            config_map: "agent-boundary-policy".into(),
+            hash: hash.into(),
+        }
+    }
+
+    fn condition<'a>(s: &'a BoundaryPolicyStatus, type_: &str) -> &'a Condition {
+        s.conditions.iter().find(|c| c.type_ == type_).unwrap()
+    }
+
+    #[test]
+    fn transition_times_change_only_with_the_condition_status() {
+        let first = desired_status(
+            &report(Outcome::Published, 1),
+            None,
+            &publication("aa"),
+            &time(100),
+        );
+        assert_eq!(condition(&first, condition_types::READY).status, "True");
+        assert_eq!(first.policy_hash.as_deref(), Some("aa"));
+        assert_eq!(first.rule_count, Some(2));
+
+        // New content, same condition status: the time stays, the message and hash change.
+        let second = desired_status(
+            &report(Outcome::Published, 2),
+            Some(&first),
+            &publication("bb"),
+            &time(200),
+        );
+        let ready = condition(&second, condition_types::READY);
+        assert_eq!(ready.last_transition_time, time(100));
+        assert!(ready.message.contains("sha256 bb"), "{}", ready.message);
+        assert_eq!(ready.observed_generation, Some(2));
+        assert!(!up_to_date(Some(&first), &second));
+        assert!(up_to_date(Some(&second), &second));
+
+        // Broken rules: both conditions flip, with the problem in the message.
+        let third = desired_status(
+            &report(Outcome::RulesWithheld, 3),
+            Some(&second),
+            &publication("cc"),
+            &time(300),
+        );
+        let valid = condition(&third, condition_types::RULES_VALID);
+        assert_eq!(
+            (valid.status.as_str(), valid.reason.as_str()),
+            ("False", reasons::INVALID_RULES)
+        );
+        assert!(
+            valid
+                .message
+                .contains("spec.allow[1] column 8: bad wildcard")
+        );
+        assert_eq!(valid.last_transition_time, time(300));
+        assert_eq!(condition(&third, condition_types::READY).status, "False");
+        assert_eq!(third.rule_problems.len(), 1);
+        assert_eq!(third.config_map.as_deref(), Some("agent-boundary-policy"));
+
+        let excluded = desired_status(
+            &report(Outcome::Excluded, 3),
+            Some(&third),
+            &publication("cc"),
+            &time(400),
+        );
+        assert_eq!(excluded.policy_hash, None);
+        assert_eq!(
+            condition(&excluded, condition_types::RULES_VALID).last_transition_time,
+            time(300)
+        );
+    }
+
+    #[test]
+    fn fields_computed_elsewhere_are_kept() {
+        let previous = BoundaryPolicyStatus {
+            matched_pods: Some(4),
+            tiers: [("userns".to_owned(), 4)].into(),
+            ..BoundaryPolicyStatus::default()
+        };
+        let s = desired_status(
+            &report(Outcome::Published, 1),
+            Some(&previous),
+            &publication("aa"),
+            &time(1),
+        );
+        assert_eq!(s.matched_pods, Some(4));
+        assert_eq!(s.tiers["userns"], 4);
+        assert!(!up_to_date(None, &s));
+    }
+}

@@ -1,0 +1,612 @@
+//! The operator against a real kube-apiserver: its controllers run in this test process, scoped
+//! to the test's namespace (policies) or to the test's own Node objects (nodes, created through
+//! the API with the `nodeInfo` of each OS), and everything is observed through the API.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use boundary_api::compiled::CompiledPolicy;
+use boundary_api::contract::{annotations, node_labels, objects};
+use boundary_api::crd::{BoundaryPolicy, BoundaryPolicyStatus, condition_types};
+use boundary_operator::compile::sha256_hex;
+use boundary_operator::{Config, Shutdown};
+use boundary_test_support::{TestNamespace, client, eventually, install_crds};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Node, Pod, ServiceAccount};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(30);
+/// Label that scopes a test's Node objects (and its node controller) to that test.
+const POOL: &str = "agentboundary.dev/test-pool";
+
+/// One of the operator's controllers, running in this process until dropped.
+struct Running {
+    stop: Option<tokio::sync::watch::Sender<bool>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    fn spawn(
+        stop: tokio::sync::watch::Sender<bool>,
+        run: impl Future<Output = Result<(), boundary_operator::Error>> + Send + 'static,
+    ) -> Running {
+        let task = tokio::spawn(async move {
+            if let Err(err) = run.await {
+                eprintln!("controller: {err}");
+            }
+        });
+        Running {
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Requests a graceful shutdown (what SIGTERM does in the binary) and waits for the
+    /// controller to return.
+    async fn shut_down(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(true);
+        }
+        let task = self.task.take().context("already stopped")?;
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .context("the controller did not stop within 10 s of the shutdown signal")??;
+        Ok(())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+fn start_policies(client: &Client, ns: &TestNamespace) -> Running {
+    let config = Config {
+        watch_namespace: Some(ns.name().into()),
+        retry_seconds: 1,
+        ..Config::default()
+    };
+    let (stop, shutdown) = Shutdown::new();
+    Running::spawn(
+        stop,
+        boundary_operator::policy::run(client.clone(), config, shutdown),
+    )
+}
+
+fn start_nodes(client: &Client, ns: &TestNamespace) -> Running {
+    let config = Config {
+        node_selector: Some(format!("{POOL}={}", ns.name())),
+        node_agent_namespace: Some(ns.name().into()),
+        retry_seconds: 1,
+        ..Config::default()
+    };
+    let (stop, shutdown) = Shutdown::new();
+    Running::spawn(
+        stop,
+        boundary_operator::nodes::run(client.clone(), config, shutdown),
+    )
+}
+
+async fn create_policy(
+    ns: &TestNamespace,
+    name: &str,
+    spec: &Value,
+) -> anyhow::Result<BoundaryPolicy> {
+    let object = serde_json::from_value(json!({
+        "apiVersion": "agentboundary.dev/v1alpha1",
+        "kind": "BoundaryPolicy",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))?;
+    ns.api::<BoundaryPolicy>()
+        .create(&PostParams::default(), &object)
+        .await
+        .with_context(|| format!("creating policy {name}"))
+}
+
+fn condition<'a>(status: &'a BoundaryPolicyStatus, type_: &str) -> Option<&'a Condition> {
+    status.conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// The policy once its status describes its current generation and `check` holds.
+async fn status_when(
+    ns: &TestNamespace,
+    name: &str,
+    what: &str,
+    check: impl Fn(&BoundaryPolicyStatus) -> bool,
+) -> anyhow::Result<BoundaryPolicy> {
+    let api = ns.api::<BoundaryPolicy>();
+    eventually(WAIT, &format!("{name}: {what}"), || async {
+        let bp = api.get(name).await?;
+        let Some(status) = &bp.status else {
+            return Ok(None);
+        };
+        let current = status.observed_generation == bp.metadata.generation;
+        Ok((current && check(status)).then_some(bp))
+    })
+    .await
+}
+
+/// The published ConfigMap once `check` holds for its content; returns it with the file.
+async fn config_map_when(
+    ns: &TestNamespace,
+    what: &str,
+    check: impl Fn(&CompiledPolicy) -> bool,
+) -> anyhow::Result<(ConfigMap, String)> {
+    let api = ns.api::<ConfigMap>();
+    eventually(WAIT, &format!("ConfigMap: {what}"), || async {
+        let Some(cm) = api.get_opt(objects::POLICY_CONFIGMAP).await? else {
+            return Ok(None);
+        };
+        let text = cm
+            .data
+            .as_ref()
+            .and_then(|d| d.get(objects::POLICY_CONFIGMAP_KEY))
+            .cloned()
+            .unwrap_or_default();
+        let file: CompiledPolicy = serde_json::from_str(&text)?;
+        Ok(check(&file).then_some((cm, text)))
+    })
+    .await
+}
+
+fn entry_names(file: &CompiledPolicy) -> Vec<&str> {
+    file.policies.iter().map(|e| e.name.as_str()).collect()
+}
+
+fn owner_uids(cm: &ConfigMap) -> Vec<String> {
+    let mut uids: Vec<String> = cm
+        .owner_references()
+        .iter()
+        .map(|o| o.uid.clone())
+        .collect();
+    uids.sort();
+    uids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_are_published_edited_and_removed_through_the_config_map() -> anyhow::Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "operator-publish", &[]).await?;
+    let operator = start_policies(&client, &ns);
+
+    // A valid policy: published, Ready, with the hash of exactly what was published.
+    let a = create_policy(
+        &ns,
+        "a",
+        &json!({"podSelector": {"matchLabels": {"app": "agent"}}, "allow": ["domain=api.anthropic.com"]}),
+    )
+    .await?;
+    let (cm, text) = config_map_when(&ns, "holds policy a", |f| entry_names(f) == ["a"]).await?;
+    assert_eq!(
+        cm.labels()["app.kubernetes.io/managed-by"],
+        "agent-boundary-operator"
+    );
+    assert_eq!(cm.labels()["app.kubernetes.io/component"], "policy");
+    assert_eq!(owner_uids(&cm), [a.uid().unwrap()]);
+    let bp = status_when(&ns, "a", "Ready with the published hash", |s| {
+        condition(s, condition_types::READY).is_some_and(|c| c.status == "True")
+            && s.policy_hash.as_deref() == Some(sha256_hex(&text).as_str())
+    })
+    .await?;
+    let status = bp.status.unwrap();
+    assert_eq!(status.rule_count, Some(1));
+    assert_eq!(
+        status.config_map.as_deref(),
+        Some(objects::POLICY_CONFIGMAP)
+    );
+    assert!(status.rule_problems.is_empty());
+    let rules_valid = condition(&status, condition_types::RULES_VALID).unwrap();
+    assert_eq!(rules_valid.status, "True");
+    let ready_since = condition(&status, condition_types::READY)
+        .unwrap()
+        .last_transition_time
+        .clone();
+
+    // An edit reaches the file and the hash; Ready stays True since the same moment.
+    ns.api::<BoundaryPolicy>()
+        .patch(
+            "a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"allow": ["domain=api.anthropic.com", "domain=github.com method=GET"]}})),
+        )
+        .await?;
+    let (_, edited) = config_map_when(&ns, "has the edited rules", |f| {
+        f.policies.first().is_some_and(|e| e.allow.len() == 2)
+    })
+    .await?;
+    assert_ne!(sha256_hex(&edited), sha256_hex(&text));
+    let bp = status_when(&ns, "a", "the new hash", |s| {
+        s.policy_hash.as_deref() == Some(sha256_hex(&edited).as_str())
+    })
+    .await?;
+    let status = bp.status.unwrap();
+    assert_eq!(status.rule_count, Some(2));
+    let ready = condition(&status, condition_types::READY).unwrap();
+    assert_eq!(ready.status, "True");
+    assert_eq!(
+        ready.last_transition_time, ready_since,
+        "no transition, no new time"
+    );
+
+    // A second policy joins the file and the owners; deleting the first leaves the second.
+    let b = create_policy(
+        &ns,
+        "b",
+        &json!({"podSelector": {}, "mode": "Audit", "allow": ["domain=b.com"]}),
+    )
+    .await?;
+    let (cm, _) = config_map_when(&ns, "holds a and b", |f| entry_names(f) == ["a", "b"]).await?;
+    let mut want = vec![a.uid().unwrap(), b.uid().unwrap()];
+    want.sort();
+    assert_eq!(owner_uids(&cm), want);
+    ns.api::<BoundaryPolicy>()
+        .delete("a", &DeleteParams::default())
+        .await?;
+    let (cm, _) = config_map_when(&ns, "holds only b", |f| entry_names(f) == ["b"]).await?;
+    assert_eq!(owner_uids(&cm), [b.uid().unwrap()]);
+
+    // The last policy goes: so does the ConfigMap.
+    ns.api::<BoundaryPolicy>()
+        .delete("b", &DeleteParams::default())
+        .await?;
+    let cms = ns.api::<ConfigMap>();
+    eventually(WAIT, "the ConfigMap is deleted", || async {
+        Ok(cms
+            .get_opt(objects::POLICY_CONFIGMAP)
+            .await?
+            .is_none()
+            .then_some(()))
+    })
+    .await?;
+    operator.shut_down().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_rules_are_reported_with_positions_and_an_event() -> anyhow::Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "operator-invalid", &[]).await?;
+    let _operator = start_policies(&client, &ns);
+
+    create_policy(
+        &ns,
+        "typo",
+        &json!({"podSelector": {}, "allow": ["domain=ok.com", "domain=x.* method=GET"]}),
+    )
+    .await?;
+    let bp = status_when(&ns, "typo", "RulesValid=False", |s| {
+        condition(s, condition_types::RULES_VALID).is_some_and(|c| c.status == "False")
+    })
+    .await?;
+    let status = bp.status.unwrap();
+    assert_eq!(status.rule_problems.len(), 1, "{:?}", status.rule_problems);
+    let problem = &status.rule_problems[0];
+    assert_eq!(problem.field, "spec.allow[1]");
+    assert_eq!(problem.column, Some(10), "the column of the `*`");
+    let rules_valid = condition(&status, condition_types::RULES_VALID).unwrap();
+    assert_eq!(rules_valid.reason, "InvalidRules");
+    assert!(
+        rules_valid.message.contains("spec.allow[1] column 10"),
+        "{}",
+        rules_valid.message
+    );
+    assert_eq!(
+        condition(&status, condition_types::READY).unwrap().status,
+        "False"
+    );
+    // Published without its rules: the namespace's file stays loadable, nothing is allowed.
+    let (_, text) = config_map_when(&ns, "holds typo without rules", |f| {
+        entry_names(f) == ["typo"] && f.policies[0].allow.is_empty()
+    })
+    .await?;
+    assert_eq!(
+        status.policy_hash.as_deref(),
+        Some(sha256_hex(&text).as_str())
+    );
+
+    let events = ns.api::<Event>();
+    eventually(WAIT, "an InvalidRules Event on the policy", || async {
+        let list = events.list(&kube::api::ListParams::default()).await?;
+        Ok(list
+            .items
+            .iter()
+            .find(|e| {
+                e.reason.as_deref() == Some("InvalidRules")
+                    && e.involved_object.name.as_deref() == Some("typo")
+                    && e.type_.as_deref() == Some("Warning")
+            })
+            .map(|e| e.message.clone().unwrap_or_default()))
+    })
+    .await
+    .map(|message| assert!(message.contains("spec.allow[1] column 10"), "{message}"))?;
+
+    // Fixed: valid, published with its rules, Ready.
+    ns.api::<BoundaryPolicy>()
+        .patch(
+            "typo",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"spec": {"allow": ["domain=ok.com", "domain=*.x.com method=GET"]}}),
+            ),
+        )
+        .await?;
+    let bp = status_when(&ns, "typo", "Ready=True", |s| {
+        condition(s, condition_types::READY).is_some_and(|c| c.status == "True")
+    })
+    .await?;
+    let status = bp.status.unwrap();
+    assert!(status.rule_problems.is_empty());
+    assert_eq!(
+        condition(&status, condition_types::RULES_VALID)
+            .unwrap()
+            .status,
+        "True"
+    );
+    config_map_when(&ns, "holds the fixed rules", |f| {
+        f.policies[0].allow.len() == 2
+    })
+    .await?;
+    Ok(())
+}
+
+/// A Node object (no kubelet behind it) in this test's pool; deleted on drop.
+struct FakeNode {
+    name: String,
+}
+
+impl Drop for FakeNode {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop cannot be async: a fresh runtime and client on a thread of our own.
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                rt.block_on(async move {
+                    if let Ok(client) = client().await {
+                        let _ = Api::<Node>::all(client)
+                            .delete(&name, &DeleteParams::default())
+                            .await;
+                    }
+                });
+            }
+        })
+        .join();
+    }
+}
+
+async fn fake_node(
+    client: &Client,
+    name: &str,
+    pool: &str,
+    os_image: &str,
+    operating_system: &str,
+    kernel: &str,
+    extra_labels: &[(&str, &str)],
+) -> anyhow::Result<FakeNode> {
+    let mut labels: BTreeMap<String, String> = extra_labels
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    labels.insert(POOL.into(), pool.into());
+    labels.insert("kubernetes.io/os".into(), operating_system.into());
+    let node: Node = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": labels},
+        "status": {"nodeInfo": {
+            "osImage": os_image, "kernelVersion": kernel, "operatingSystem": operating_system,
+            "architecture": "amd64", "bootID": "", "containerRuntimeVersion": "containerd://1.7.0",
+            "kubeProxyVersion": "", "kubeletVersion": "v1.20.2", "machineID": "", "systemUUID": ""
+        }},
+    }))?;
+    // The status (nodeInfo) is kept on create for Nodes.
+    Api::<Node>::all(client.clone())
+        .create(&PostParams::default(), &node)
+        .await
+        .with_context(|| format!("creating node {name}"))?;
+    Ok(FakeNode { name: name.into() })
+}
+
+/// The operator's labels on `node` (with `agentboundary.dev/` shortened away), once they equal
+/// `want` (in any order).
+async fn labels_become(client: &Client, node: &str, want: &[&str]) -> anyhow::Result<()> {
+    let api: Api<Node> = Api::all(client.clone());
+    let mut want: Vec<String> = want.iter().map(|w| (*w).to_owned()).collect();
+    want.sort();
+    eventually(WAIT, &format!("labels of {node} are {want:?}"), || async {
+        let n = api.get(node).await?;
+        let mut have: Vec<String> = n
+            .labels()
+            .iter()
+            .filter(|(k, _)| node_labels::ALL.contains(&k.as_str()))
+            .map(|(k, v)| format!("{}={v}", k.replace("agentboundary.dev/", "")))
+            .collect();
+        have.sort();
+        if have == want {
+            Ok(Some(()))
+        } else {
+            anyhow::bail!("labels are {have:?}")
+        }
+    })
+    .await
+}
+
+/// A node agent Pod bound to `node` (no kubelet runs it) whose probe report says user
+/// namespaces and Landlock work there, but not the privileged tier.
+async fn create_node_agent(ns: &TestNamespace, node: &str) -> anyhow::Result<()> {
+    let accounts: Api<ServiceAccount> = ns.api();
+    match accounts
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "default"}}))?,
+        )
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => return Err(e.into()),
+    }
+    let report = json!({
+        "tiers": {
+            "userns": {"works": true},
+            "privileged-netns": {"works": false, "reason": "no CAP_SYS_ADMIN"},
+            "landlock": {"works": true}
+        },
+        "best": "userns",
+        "facts": {"kernel": "6.12.40", "maxUserNamespaces": 63000, "apparmorRestrictsUserns": false,
+                  "seccompFilter": false, "landlockAbi": 6, "uid": 0, "netAdminAndSysAdmin": false}
+    });
+    let agent: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "node-agent",
+            "labels": {"app.kubernetes.io/component": "node-agent"},
+            "annotations": {annotations::PROBE_REPORT: report.to_string()},
+        },
+        "spec": {
+            "nodeName": node,
+            "automountServiceAccountToken": false,
+            "tolerations": [{"operator": "Exists"}],
+            "containers": [{"name": "agent", "image": "agent-boundary/jail-runtime:test"}],
+        },
+    }))?;
+    ns.create_pod(&agent).await?;
+    Ok(())
+}
+
+/// Nodes `<pool>-br` (Bottlerocket), `<pool>-al2023` (with stale operator labels someone else
+/// set), `<pool>-fargate` and `<pool>-win`, in `pool`.
+async fn pool_of_each_os(client: &Client, pool: &str) -> anyhow::Result<Vec<FakeNode>> {
+    let name = |os: &str| format!("{pool}-{os}");
+    let bottlerocket = fake_node(
+        client,
+        &name("br"),
+        pool,
+        "Bottlerocket OS 1.49.0 (aws-k8s-1.34)",
+        "linux",
+        "6.12.40",
+        &[],
+    )
+    .await?;
+    // Stale labels of an earlier probe, set by someone else: removed.
+    let al2023 = fake_node(
+        client,
+        &name("al2023"),
+        pool,
+        "Amazon Linux 2023.5.20240819",
+        "linux",
+        "6.1.102-111.182.amzn2023.x86_64",
+        &[
+            (node_labels::PROBED, "true"),
+            (node_labels::TIER_LANDLOCK, "true"),
+            (node_labels::TIERS, "landlock"),
+        ],
+    )
+    .await?;
+    let fargate = fake_node(
+        client,
+        &name("fargate"),
+        pool,
+        "Amazon Linux 2",
+        "linux",
+        "5.10.215",
+        &[("eks.amazonaws.com/compute-type", "fargate")],
+    )
+    .await?;
+    let windows = fake_node(
+        client,
+        &name("win"),
+        pool,
+        "Windows Server 2022 Datacenter",
+        "windows",
+        "10.0.20348.2461",
+        &[],
+    )
+    .await?;
+    Ok(vec![bottlerocket, al2023, fargate, windows])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_are_labelled_from_classification_and_probe_reports() -> anyhow::Result<()> {
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "operator-nodes", &[]).await?;
+    let pool = ns.name().to_owned();
+    let name = |os: &str| format!("{pool}-{os}");
+    let _nodes = pool_of_each_os(&client, &pool).await?;
+    let operator = start_nodes(&client, &ns);
+
+    let bottlerocket_classified = [
+        "os=bottlerocket",
+        "userns=false",
+        "tiers=privileged-netns.landlock",
+        "tier.privileged-netns=true",
+        "tier.landlock=true",
+    ];
+    labels_become(&client, &name("br"), &bottlerocket_classified).await?;
+    labels_become(
+        &client,
+        &name("al2023"),
+        &[
+            "os=amazon-linux-2023",
+            "userns=true",
+            "tiers=userns.privileged-netns",
+            "tier.userns=true",
+            "tier.privileged-netns=true",
+        ],
+    )
+    .await?;
+    labels_become(
+        &client,
+        &name("fargate"),
+        &["os=fargate", "userns=false", "tiers="],
+    )
+    .await?;
+    labels_become(
+        &client,
+        &name("win"),
+        &["os=windows", "userns=false", "tiers="],
+    )
+    .await?;
+
+    // The node agent on the Bottlerocket node reports that user namespaces work there.
+    create_node_agent(&ns, &name("br")).await?;
+    labels_become(
+        &client,
+        &name("br"),
+        &[
+            "os=bottlerocket",
+            "userns=true",
+            "landlock-abi=6",
+            "probed=true",
+            "tiers=userns.landlock",
+            "tier.userns=true",
+            "tier.landlock=true",
+        ],
+    )
+    .await?;
+
+    // The report goes away: back to classification, the probe's labels removed.
+    ns.api::<Pod>()
+        .delete(
+            "node-agent",
+            &DeleteParams {
+                grace_period_seconds: Some(0),
+                ..DeleteParams::default()
+            },
+        )
+        .await?;
+    labels_become(&client, &name("br"), &bottlerocket_classified).await?;
+    operator.shut_down().await
+}
