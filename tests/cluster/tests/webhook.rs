@@ -437,6 +437,47 @@ async fn pods_are_mutated_as_planned_for_the_nodes_they_can_land_on() -> anyhow:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fargate_pods_are_denied_with_the_facts() -> anyhow::Result<()> {
+    let (client, ns, _webhook) = setup("webhook-fargate").await?;
+    let pool = ns.name();
+    let _al = fake_node(
+        &client,
+        &format!("{pool}-al2023"),
+        pool,
+        "Amazon Linux 2023",
+        "6.1.102",
+        &[],
+    )
+    .await?;
+    policy(
+        &ns,
+        "agents",
+        json!({"podSelector": {}, "allow": ["domain=github.com"]}),
+    )
+    .await?;
+    let pods: Api<Pod> = ns.api();
+    create_when_webhook_is_active(&pods, &agent_pod("first", pool, &json!({}))?).await?;
+    // An EKS Fargate pod (5.x kernel, no added capabilities): no tier works, Enforce denies
+    // with the facts.
+    let fargate = agent_pod(
+        "on-fargate",
+        pool,
+        &json!({"spec": {"schedulerName": "fargate-scheduler"}}),
+    )?;
+    let err = pods
+        .create(&PostParams::default(), &fargate)
+        .await
+        .expect_err("a Fargate pod cannot be jailed");
+    let message = err.to_string();
+    assert!(message.contains("Fargate"), "{message}");
+    assert!(
+        message.contains("agentboundary.dev/inject=disabled"),
+        "{message}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn denials_and_warnings_reach_kubectl_and_other_namespaces_are_untouched()
 -> anyhow::Result<()> {
     let (client, ns, _webhook) = setup("webhook-deny").await?;
