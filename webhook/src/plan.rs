@@ -328,35 +328,42 @@ fn seccomp_change(
 }
 
 /// Why `row` cannot be used for this pod regardless of nodes, if so.
+/// Why a row is not used for a pod whatever its nodes.
+enum Exclusion {
+    /// The policies do not permit it: what the user asked for, no news.
+    NotPermitted(String),
+    /// Something about the pod or namespace rules it out: worth a warning when a more
+    /// privileged or weaker row is used instead.
+    RuledOut(String),
+}
+
 fn row_excluded(
     row: &Row,
     combined: &Combined,
     spec: &PodSpec,
     jailed: &[&Container],
     level: PodSecurity,
-) -> Option<String> {
+) -> Option<Exclusion> {
     if let Some(tier) = row.tier.filter(|t| !combined.tiers.contains(t)) {
-        return Some(format!(
+        return Some(Exclusion::NotPermitted(format!(
             "{tier} is not in every policy's spec.jail.allowedTiers"
-        ));
+        )));
     }
     if row.needs_root
         && let Some(c) = jailed.iter().find(|c| runs_as_non_root(spec, c))
     {
-        {
-            return Some(format!(
-                "container {} runs as a non-root user, for whom added capabilities are not effective",
-                c.name
-            ));
-        }
+        return Some(Exclusion::RuledOut(format!(
+            "container {} runs as a non-root user, for whom added capabilities are not effective",
+            c.name
+        )));
     }
     // Baseline (and so restricted) forbids adding NET_ADMIN or SYS_ADMIN.
     if level >= PodSecurity::Baseline && !row.capabilities.is_empty() {
-        return Some(format!(
+        return Some(Exclusion::RuledOut(format!(
             "Pod Security {} of the namespace forbids adding {}",
             level.name(),
             row.capabilities.join(" and ")
-        ));
+        )));
     }
     None
 }
@@ -506,10 +513,11 @@ fn plan_jail(input: &Input<'_>) -> Result<Decision, Early> {
         Candidates::Nodes(found) => found,
     };
     let level = PodSecurity::of(input.namespace_labels);
-    let (row, supporting, pinned) = match choose_row(&combined, &spec, &jailed, &nodes, level) {
-        Ok(chosen) => chosen,
-        Err(reason) => return Err(cannot_jail(&combined, reason, warnings)),
-    };
+    let (row, supporting, pinned) =
+        match choose_row(&combined, &spec, &jailed, &nodes, level, &mut warnings) {
+            Ok(chosen) => chosen,
+            Err(reason) => return Err(cannot_jail(&combined, reason, warnings)),
+        };
     let containers = seccomp_profiles(row, &spec, &jailed, &supporting, level, &mut warnings);
     let pin = pinned.then(|| pin_requirement(row, &supporting, &mut warnings));
     let injection = Injection {
@@ -637,14 +645,33 @@ fn choose_row<'n>(
     jailed: &[&Container],
     nodes: &[&'n NodeFacts],
     level: PodSecurity,
+    warnings: &mut Vec<String>,
 ) -> Result<(&'static Row, Vec<&'n NodeFacts>, bool), String> {
     let mut excluded: Vec<String> = Vec::new();
+    let mut ruled_out: Vec<String> = Vec::new();
     let mut partial: Option<(&'static Row, Vec<&'n NodeFacts>)> = None;
     let runtime_class = spec.runtime_class_name.as_deref();
+    let mut passed_over = |row: &Row, ruled_out: &[String]| {
+        if !ruled_out.is_empty() {
+            warnings.push(format!(
+                "agentboundary.dev: using {} because {}",
+                row.name,
+                ruled_out.join("; ")
+            ));
+        }
+    };
     for row in tables::table(combined.runtime) {
-        if let Some(why) = row_excluded(row, combined, spec, jailed, level) {
-            excluded.push(format!("{}: {why}", row.name));
-            continue;
+        match row_excluded(row, combined, spec, jailed, level) {
+            Some(Exclusion::NotPermitted(why)) => {
+                excluded.push(format!("{}: {why}", row.name));
+                continue;
+            }
+            Some(Exclusion::RuledOut(why)) => {
+                excluded.push(format!("{}: {why}", row.name));
+                ruled_out.push(format!("{} is ruled out: {why}", row.name));
+                continue;
+            }
+            None => {}
         }
         let supporting: Vec<&NodeFacts> = nodes
             .iter()
@@ -657,6 +684,7 @@ fn choose_row<'n>(
             })
             .collect();
         if supporting.len() == nodes.len() {
+            passed_over(row, &ruled_out);
             return Ok((row, supporting, false));
         }
         if !supporting.is_empty() && partial.is_none() {
@@ -666,6 +694,7 @@ fn choose_row<'n>(
     if combined.pinning
         && let Some((row, supporting)) = partial.clone()
     {
+        passed_over(row, &ruled_out);
         return Ok((row, supporting, true));
     }
     let mut reason = format!(
