@@ -1,6 +1,7 @@
 //! The jail-runtime: the jail (`boundary run`), the policy proxy (in-process or as a pod's
-//! sidecar) and the node probe. The `boundary` binary is a thin command line over this library;
-//! the library exists so fuzz targets and benchmarks can reach the parsers directly.
+//! sidecar), the node probe and the node agent that reports it. The `boundary` binary is a thin
+//! command line over this library; the library exists so fuzz targets and benchmarks can reach
+//! the parsers directly.
 //!
 //! `unsafe_code` is denied workspace-wide; only [`sys`] (the kernel interface) allows it.
 
@@ -10,6 +11,7 @@ pub mod forwarder;
 pub mod jail;
 pub mod logging;
 pub mod netlink;
+pub mod node_agent;
 pub mod proxy;
 pub mod run;
 pub mod sidecar;

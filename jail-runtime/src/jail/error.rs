@@ -168,7 +168,7 @@ fn user_namespace_message(errno: i32, facts: &UsernsFacts) -> String {
     } else if facts.seccomp_filter && errno == Errno::EPERM {
         "the seccomp profile denies clone/unshare with CLONE_NEWUSER (RuntimeDefault does). Fix: set \
          the container's securityContext.seccompProfile to {type: Localhost, localhostProfile: \
-         agent-boundary/userns.json} (installed by the node agent) or {type: Unconfined}; the \
+         agent-boundary-userns.json} (installed by the node agent) or {type: Unconfined}; the \
          Agent Boundary webhook does this automatically"
     } else if errno == Errno::EINVAL {
         "this kernel has no user namespace support (CONFIG_USER_NS). Fix: use --tier \
