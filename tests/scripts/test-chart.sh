@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Tests of the Helm chart (charts/agent-boundary), no cluster needed (< 1 min):
+#   - the chart's CRD is the generated crds/boundarypolicy.yaml
+#   - helm lint --strict and helm template for each value combination, for Kubernetes 1.20 and a
+#     recent version, with assertions on the rendered objects (tests/chart/check_chart.py)
+#   - values.schema.json refuses typos and wrong types; helm package ships the same chart
+#   - every rendered object passes kubernetes-validate (strict) for its Kubernetes version
+#     (tests/chart/validate.py)
+# Tools: tests/scripts/chart-tools.sh (installed on first use). Rendered files stay in $OUT
+# (default: a temporary directory, removed on exit).
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+export PYTHONDONTWRITEBYTECODE=1
+# shellcheck source=tests/scripts/chart-tools.sh
+. "$ROOT/tests/scripts/chart-tools.sh"
+chart_tools_install
+
+if [ -n "${OUT:-}" ]; then
+  mkdir -p "$OUT"
+else
+  OUT=$(mktemp -d); trap 'rm -rf "$OUT"' EXIT
+fi
+
+if ! cmp -s "$ROOT/crds/boundarypolicy.yaml" "$ROOT/charts/agent-boundary/crds/boundarypolicy.yaml"; then
+  echo "test-chart: charts/agent-boundary/crds/boundarypolicy.yaml differs from crds/boundarypolicy.yaml;" \
+    "run: cargo run -p boundary-api --features kube --bin boundary-crdgen" >&2
+  exit 1
+fi
+
+"$KV_NEW_PY" "$ROOT/tests/chart/check_chart.py" "$HELM" "$ROOT" "$OUT" "$KV_NEW_K8S.0"
+"$KV_OLD_PY" "$ROOT/tests/chart/validate.py" "$KV_OLD_K8S" "$OUT"/*-1.20.yaml
+"$KV_NEW_PY" "$ROOT/tests/chart/validate.py" "$KV_NEW_K8S" "$OUT"/*-recent.yaml
+echo "test-chart: passed" >&2
