@@ -33,6 +33,9 @@ pub mod labels {
         PART_OF = "app.kubernetes.io/part-of";
         /// Standard label naming the component (webhook, operator, node-agent, policy).
         COMPONENT = "app.kubernetes.io/component";
+        /// On a pod the webhook jailed: its tier (or the Coder runtime's row). The operator
+        /// watches only pods with this label to count them in policy status.
+        JAILED = "agentboundary.dev/jailed";
     }
 }
 
@@ -215,6 +218,21 @@ pub mod objects {
         /// Localhost seccomp profile the node agent installs (relative to kubelet's seccomp dir;
         /// also the value of [`super::node_labels::SECCOMP_PROFILE`], so a valid label value).
         SECCOMP_PROFILE = "agent-boundary-userns.json";
+        /// Key of the serving certificate (PEM) in the webhook's Secret (`kubernetes.io/tls`).
+        WEBHOOK_CERT_KEY = "tls.crt";
+        /// Key of the serving certificate's private key (PEM) in the webhook's Secret.
+        WEBHOOK_KEY_KEY = "tls.key";
+        /// Key of the CA bundle (PEM, current and, during a rotation, previous CA) in the
+        /// webhook's Secret, and of the current CA certificate in the CA Secret.
+        CA_CERT_KEY = "ca.crt";
+        /// Key of the CA's private key in the CA Secret (only the operator reads that Secret).
+        CA_KEY_KEY = "ca.key";
+        /// Key of the previous CA certificate in the CA Secret while a rotation overlaps.
+        PREVIOUS_CA_CERT_KEY = "previous-ca.crt";
+        /// Suffix of the CA Secret's name: `<webhook Secret>-ca`.
+        CA_SECRET_SUFFIX = "-ca";
+        /// Default name of the operator's leader-election Lease.
+        OPERATOR_LEASE = "agent-boundary-operator";
     }
 }
 

@@ -155,7 +155,15 @@ pub fn crd() -> CustomResourceDefinition {
     BoundaryPolicy::crd()
 }
 
-/// The CRD as the YAML document committed in `crds/boundarypolicy.yaml`.
+/// Where the repository keeps the generated CRD YAML, relative to its root: the plain file for
+/// `kubectl apply` and the tests, and the Helm chart's copy (Helm installs CRDs from its `crds/`
+/// folder). `boundary-crdgen` writes both; a test fails when either differs from [`crd_yaml`].
+pub const CRD_FILES: &[&str] = &[
+    "crds/boundarypolicy.yaml",
+    "charts/agent-boundary/crds/boundarypolicy.yaml",
+];
+
+/// The CRD as the YAML document committed in each of [`CRD_FILES`].
 pub fn crd_yaml() -> Result<String, serde_yaml_ng::Error> {
     let yaml = serde_yaml_ng::to_string(&crd())?;
     Ok(format!(
@@ -189,14 +197,18 @@ mod tests {
 
     #[test]
     fn committed_yaml_matches_the_code() {
-        let committed = include_str!("../boundarypolicy.yaml");
         let generated = crd_yaml().unwrap();
-        pretty_assertions::assert_eq!(
-            committed,
-            generated,
-            "crds/boundarypolicy.yaml is stale: run `cargo run -p boundary-api --features kube \
-             --bin boundary-crdgen > crds/boundarypolicy.yaml`"
-        );
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        for file in CRD_FILES {
+            let committed = std::fs::read_to_string(root.join(file))
+                .unwrap_or_else(|e| panic!("reading {file}: {e}"));
+            pretty_assertions::assert_eq!(
+                committed,
+                generated,
+                "{file} is stale: run `cargo run -p boundary-api --features kube --bin \
+                 boundary-crdgen` (it writes every copy)"
+            );
+        }
     }
 
     #[test]

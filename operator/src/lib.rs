@@ -11,14 +11,22 @@
 //!   agent's probe reports ([`labels`]).
 #![forbid(unsafe_code)]
 
+pub mod certs;
 pub mod compile;
 pub mod labels;
+pub mod leader;
+pub mod metrics;
 pub mod nodes;
 pub mod policy;
 pub mod status;
 
 use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use boundary_api::contract::objects;
 
 use kube::Client;
 
@@ -43,6 +51,18 @@ pub enum Error {
     /// The object has no namespace or name (never for objects from the apiserver).
     #[error("object without {0}")]
     MissingField(&'static str),
+    /// The webhook's certificates cannot be managed.
+    #[error("webhook certificates: {0}")]
+    Certificates(#[from] certs::CertError),
+    /// The metrics endpoint cannot listen.
+    #[error("listening on {addr} for /metrics: {source}")]
+    Metrics {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl Error {
@@ -76,9 +96,38 @@ pub struct Config {
     /// Seconds before a failed reconcile is retried.
     #[arg(long, env = "BOUNDARY_RETRY_SECONDS", default_value_t = 10)]
     pub retry_seconds: u64,
-    /// Name of this instance in Events (`reportingInstance`); the Pod name in a cluster.
+    /// Name of this instance in Events (`reportingInstance`) and in the leader-election Lease;
+    /// the Pod name in a cluster.
     #[arg(long, env = "POD_NAME")]
     pub instance: Option<String>,
+    /// The operator's own namespace (the webhook certificate Secrets live there).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Namespace of the leader-election Lease. Unset: no leader election (run one replica).
+    #[arg(long, env = "BOUNDARY_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// Name of the leader-election Lease.
+    #[arg(long, env = "BOUNDARY_LEASE_NAME", default_value = objects::OPERATOR_LEASE)]
+    pub lease_name: String,
+    /// Seconds a Lease holds without renewal (another replica takes over after that).
+    #[arg(long, env = "BOUNDARY_LEASE_DURATION_SECONDS", default_value_t = 15)]
+    pub lease_duration_seconds: u64,
+    /// Seconds the leader keeps acting without renewing the Lease (less than its duration).
+    #[arg(
+        long,
+        env = "BOUNDARY_LEASE_RENEW_DEADLINE_SECONDS",
+        default_value_t = 10
+    )]
+    pub lease_renew_deadline_seconds: u64,
+    /// Address of `/metrics`, `/healthz` and `/readyz`. Unset: not served.
+    #[arg(long, env = "BOUNDARY_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Webhook certificate management.
+    #[command(flatten)]
+    pub certs: certs::CertConfig,
+    /// The counters `/metrics` shows (shared with the caller).
+    #[arg(skip)]
+    pub metrics: metrics::Metrics,
 }
 
 impl Default for Config {
@@ -90,6 +139,14 @@ impl Default for Config {
             node_agent_namespace: None,
             retry_seconds: 10,
             instance: None,
+            namespace: None,
+            lease_namespace: None,
+            lease_name: objects::OPERATOR_LEASE.into(),
+            lease_duration_seconds: 15,
+            lease_renew_deadline_seconds: 10,
+            metrics_addr: None,
+            certs: certs::CertConfig::default(),
+            metrics: metrics::Metrics::default(),
         }
     }
 }
@@ -112,6 +169,11 @@ impl Shutdown {
         (tx, Shutdown(rx))
     }
 
+    /// Whether shutdown has been requested.
+    pub fn is_requested(&self) -> bool {
+        *self.0.borrow() || self.0.has_changed().is_err()
+    }
+
     /// Resolves when shutdown is requested.
     pub fn wait(self) -> impl Future<Output = ()> + Send + Sync + 'static {
         let mut rx = self.0;
@@ -121,12 +183,69 @@ impl Shutdown {
     }
 }
 
-/// Runs both controllers until `shutdown`; each finishes the reconciles it has started.
+/// Runs the operator until `shutdown`: the metrics endpoint always, the controllers and the
+/// certificate manager only while this replica leads (always without leader election). Each
+/// controller finishes the reconciles it has started.
 pub async fn run(client: Client, config: Config, shutdown: Shutdown) -> Result<(), Error> {
+    // Settings that cannot work fail the start, not a background task.
+    config.certs.check(config.namespace.as_deref())?;
+    let ready = Arc::new(AtomicBool::new(false));
+    if let Some(addr) = config.metrics_addr {
+        let bound = metrics::serve(
+            addr,
+            config.metrics.clone(),
+            ready.clone(),
+            shutdown.clone(),
+        )
+        .await
+        .map_err(|source| Error::Metrics { addr, source })?;
+        tracing::info!(%bound, "serving /metrics, /healthz, /readyz");
+    }
+    let work = {
+        let (client, config) = (client.clone(), config.clone());
+        move |term: Shutdown| controllers(client.clone(), config.clone(), term)
+    };
+    // Ready once running or campaigning: a standby replica is healthy.
+    ready.store(true, Ordering::Relaxed);
+    let Some(namespace) = config.lease_namespace.clone() else {
+        config.metrics.set_leader(true);
+        return work(shutdown).await;
+    };
+    let identity = config.instance.clone().unwrap_or_else(|| {
+        format!(
+            "{}-{}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "operator".into()),
+            std::process::id()
+        )
+    });
+    let mut election = leader::Election::new(namespace, config.lease_name.clone(), identity);
+    election.lease_duration = Duration::from_secs(config.lease_duration_seconds.max(2));
+    election.renew_deadline = Duration::from_secs(
+        config
+            .lease_renew_deadline_seconds
+            .clamp(1, config.lease_duration_seconds.max(2) - 1),
+    );
+    election.retry = (election.renew_deadline / 4).max(Duration::from_millis(500));
+    leader::lead(client, election, config.metrics.clone(), shutdown, work).await
+}
+
+/// The controllers and the certificate manager, until `shutdown`.
+async fn controllers(client: Client, config: Config, shutdown: Shutdown) -> Result<(), Error> {
     let policies = policy::run(client.clone(), config.clone(), shutdown.clone());
-    let nodes = nodes::run(client, config, shutdown);
-    let (a, b) = tokio::join!(policies, nodes);
-    a.and(b)
+    let nodes = nodes::run(client.clone(), config.clone(), shutdown.clone());
+    let certificates = async {
+        certs::run(
+            client.clone(),
+            config.namespace.clone(),
+            config.certs.clone(),
+            config.metrics.clone(),
+            config.retry(),
+            shutdown.clone(),
+        )
+        .await
+        .map_err(Error::from)
+    };
+    tokio::try_join!(policies, nodes, certificates).map(|_| ())
 }
 
 /// Aborts a spawned task when dropped.
@@ -139,35 +258,28 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Starts a reflector (an in-memory copy of the objects `api` and `wc` select) on its own task
-/// and sends `map(object)` to `tx` for every object that changes or goes away. The returned
-/// store is ready once the first list is in ([`wait_ready`]).
-pub(crate) fn spawn_reflector<K, T, F>(
-    api: kube::Api<K>,
-    wc: kube::runtime::watcher::Config,
+/// Starts a reflector (an in-memory copy of the objects `events` reports, from `watcher` or
+/// `metadata_watcher`) on its own task and sends `map(object)` to `tx` for every object that
+/// changes or goes away. The returned store is ready once the first list is in ([`wait_ready`]).
+pub(crate) fn spawn_reflector<K, T, S, F>(
+    events: S,
     map: F,
     tx: futures::channel::mpsc::UnboundedSender<kube::runtime::reflector::ObjectRef<T>>,
 ) -> (kube::runtime::reflector::Store<K>, AbortOnDrop)
 where
-    K: kube::Resource
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: kube::Resource + Clone + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
     T: kube::Resource + 'static,
     T::DynamicType: Send + Sync,
+    S: futures::Stream<Item = kube::runtime::watcher::Result<kube::runtime::watcher::Event<K>>>
+        + Send
+        + 'static,
     F: Fn(&K) -> Option<kube::runtime::reflector::ObjectRef<T>> + Send + 'static,
 {
     use futures::StreamExt;
-    use kube::runtime::{WatchStreamExt, reflector, watcher};
+    use kube::runtime::{WatchStreamExt, reflector};
     let (store, writer) = reflector::store();
-    let stream = watcher(api, wc)
-        .default_backoff()
-        .reflect(writer)
-        .touched_objects();
+    let stream = events.default_backoff().reflect(writer).touched_objects();
     let task = tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(item) = stream.next().await {

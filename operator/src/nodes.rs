@@ -17,6 +17,7 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::{Map, Value, json};
 
 use crate::labels::{ProbeReport, classify, labels_in_sync, node_labels};
+use crate::metrics::{Controller as MetricsController, Metrics};
 use crate::{Config, Error, Shutdown, spawn_reflector, wait_ready};
 
 /// What a reconcile needs.
@@ -24,6 +25,7 @@ pub struct Context {
     client: Client,
     agents: Store<Pod>,
     retry: Duration,
+    metrics: Metrics,
 }
 
 impl std::fmt::Debug for Context {
@@ -42,8 +44,10 @@ pub async fn run(client: Client, config: Config, shutdown: Shutdown) -> Result<(
         None => Api::all(client.clone()),
     };
     let (agents, _agent_task) = spawn_reflector(
-        pods,
-        watcher::Config::default().labels(&config.node_agent_selector),
+        watcher(
+            pods,
+            watcher::Config::default().labels(&config.node_agent_selector),
+        ),
         |pod: &Pod| {
             let node = pod.spec.as_ref()?.node_name.as_deref()?;
             Some(ObjectRef::new(node))
@@ -62,12 +66,23 @@ pub async fn run(client: Client, config: Config, shutdown: Shutdown) -> Result<(
         client: client.clone(),
         agents,
         retry: config.retry(),
+        metrics: config.metrics.clone(),
     });
     tracing::info!(selector = ?config.node_selector, "node controller started");
     Controller::new(Api::<Node>::all(client), nodes)
         .reconcile_on(rx)
         .graceful_shutdown_on(shutdown.wait())
-        .run(reconcile, error_policy, context)
+        .run(
+            |object, ctx: Arc<Context>| async move {
+                let started = std::time::Instant::now();
+                let result = reconcile(object, ctx.clone()).await;
+                ctx.metrics
+                    .reconciled(MetricsController::Nodes, result.is_ok(), started.elapsed());
+                result
+            },
+            error_policy,
+            context,
+        )
         .for_each(|result| {
             match result {
                 Ok((node, _)) => tracing::debug!(node = %node.name, "reconciled"),

@@ -15,13 +15,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use boundary_api::contract::{self, API_VERSION, labels, objects};
+use boundary_api::contract::{self, API_VERSION, annotations, labels, objects};
 use boundary_api::crd::BoundaryPolicy;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams};
+use kube::api::{DeleteParams, ObjectMeta, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -30,6 +30,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
 use crate::compile::{compile_namespace, sha256_hex};
+use crate::metrics::{Controller as MetricsController, Metrics};
 use crate::status::{Publication, desired_status, up_to_date};
 use crate::{Config, Error, Shutdown, spawn_reflector, wait_ready};
 
@@ -45,8 +46,10 @@ pub struct Context {
     client: Client,
     policies: Store<BoundaryPolicy>,
     config_maps: Store<ConfigMap>,
+    jailed: Store<PartialObjectMeta<Pod>>,
     recorder: Recorder,
     retry: Duration,
+    metrics: Metrics,
 }
 
 impl std::fmt::Debug for Context {
@@ -71,33 +74,43 @@ pub fn config_map_selector() -> String {
 /// Runs the controller until `shutdown`.
 pub async fn run(client: Client, config: Config, shutdown: Shutdown) -> Result<(), Error> {
     let (tx, rx) = futures::channel::mpsc::unbounded::<ObjectRef<Namespace>>();
-    let (policy_api, cm_api, ns_watch) = match &config.watch_namespace {
+    let (policy_api, cm_api, pod_api, ns_watch) = match &config.watch_namespace {
         Some(ns) => (
             Api::<BoundaryPolicy>::namespaced(client.clone(), ns),
             Api::<ConfigMap>::namespaced(client.clone(), ns),
+            Api::<PartialObjectMeta<Pod>>::namespaced(client.clone(), ns),
             watcher::Config::default().fields(&format!("metadata.name={ns}")),
         ),
         None => (
+            Api::all(client.clone()),
             Api::all(client.clone()),
             Api::all(client.clone()),
             watcher::Config::default(),
         ),
     };
     let (policies, _policy_task) = spawn_reflector(
-        policy_api,
-        watcher::Config::default(),
+        watcher(policy_api, watcher::Config::default()),
         |p: &BoundaryPolicy| p.namespace().map(|ns| ObjectRef::new(&ns)),
         tx.clone(),
     );
     let (config_maps, _cm_task) = spawn_reflector(
-        cm_api,
-        watcher::Config::default().labels(&config_map_selector()),
+        watcher(
+            cm_api,
+            watcher::Config::default().labels(&config_map_selector()),
+        ),
         |c: &ConfigMap| c.namespace().map(|ns| ObjectRef::new(&ns)),
+        tx.clone(),
+    );
+    // Jailed pods, metadata only (labels and annotations are all the counts need).
+    let (jailed, _jailed_task) = spawn_reflector(
+        watcher(pod_api, watcher::Config::default().labels(labels::JAILED)),
+        |p: &PartialObjectMeta<Pod>| p.namespace().map(|ns| ObjectRef::new(&ns)),
         tx,
     );
     // Never reconcile from a half-listed cache: an empty policy list deletes the ConfigMap.
     if !wait_ready(&policies, "BoundaryPolicy", &shutdown).await?
         || !wait_ready(&config_maps, "ConfigMap", &shutdown).await?
+        || !wait_ready(&jailed, "jailed Pod", &shutdown).await?
     {
         return Ok(());
     }
@@ -110,13 +123,28 @@ pub async fn run(client: Client, config: Config, shutdown: Shutdown) -> Result<(
         client: client.clone(),
         policies,
         config_maps,
+        jailed,
         retry: config.retry(),
+        metrics: config.metrics.clone(),
     });
     tracing::info!(namespace = ?config.watch_namespace, "policy controller started");
     Controller::new(Api::<Namespace>::all(client), ns_watch)
         .reconcile_on(rx)
         .graceful_shutdown_on(shutdown.wait())
-        .run(reconcile, error_policy, context)
+        .run(
+            |object, ctx: Arc<Context>| async move {
+                let started = std::time::Instant::now();
+                let result = reconcile(object, ctx.clone()).await;
+                ctx.metrics.reconciled(
+                    MetricsController::Policy,
+                    result.is_ok(),
+                    started.elapsed(),
+                );
+                result
+            },
+            error_policy,
+            context,
+        )
         .for_each(|result| {
             match result {
                 Ok((namespace, _)) => tracing::debug!(namespace = %namespace.name, "reconciled"),
@@ -127,6 +155,34 @@ pub async fn run(client: Client, config: Config, shutdown: Shutdown) -> Result<(
         .await;
     tracing::info!("policy controller stopped");
     Ok(())
+}
+
+/// How many of `pods` (jailed pods of one namespace) the webhook jailed under `policy`, and by
+/// tier. The watch is metadata-only (a fraction of the memory of whole pods), so a pod counts
+/// from admission until it is deleted, finished or not.
+pub fn jailed_by(
+    pods: &[Arc<PartialObjectMeta<Pod>>],
+    policy: &str,
+) -> (i32, BTreeMap<String, i32>) {
+    let mut tiers = BTreeMap::new();
+    let mut matched = 0;
+    for pod in pods {
+        let selected = pod
+            .annotations()
+            .get(annotations::POLICY)
+            .is_some_and(|names| names.split(',').any(|n| n.trim() == policy));
+        if !selected || pod.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        matched += 1;
+        let tier = pod
+            .labels()
+            .get(labels::JAILED)
+            .cloned()
+            .unwrap_or_default();
+        *tiers.entry(tier).or_insert(0) += 1;
+    }
+    (matched, tiers)
 }
 
 /// Failed reconciles are retried after the configured delay.
@@ -190,13 +246,27 @@ pub async fn reconcile(namespace: Arc<Namespace>, ctx: Arc<Context>) -> Result<A
         hash,
     };
     let now = Time(Timestamp::now());
+    let ns_pods: Vec<Arc<PartialObjectMeta<Pod>>> = ctx
+        .jailed
+        .state()
+        .into_iter()
+        .filter(|p| p.namespace().as_deref() == Some(ns.as_str()))
+        .collect();
     let api: Api<BoundaryPolicy> = Api::namespaced(ctx.client.clone(), &ns);
     for report in &compiled.reports {
         let Some(bp) = policies.iter().find(|p| p.name_any() == report.name) else {
             continue;
         };
         let previous = bp.status.as_ref();
-        let status = desired_status(report, previous, &publication, &now);
+        let mut status = desired_status(report, previous, &publication, &now);
+        let (matched, mut tiers) = jailed_by(&ns_pods, &report.name);
+        // A tier once shown stays, at 0: applying a map without its last key makes older
+        // apiservers (1.20) store `null`, which the schema refuses.
+        for tier in previous.iter().flat_map(|s| s.tiers.keys()) {
+            tiers.entry(tier.clone()).or_insert(0);
+        }
+        status.matched_pods = Some(matched);
+        status.tiers = tiers;
         if up_to_date(previous, &status) {
             continue;
         }
@@ -206,11 +276,7 @@ pub async fn reconcile(namespace: Arc<Namespace>, ctx: Arc<Context>) -> Result<A
         if !report.problems.is_empty() && problems_changed {
             publish_problems(&ctx.recorder, bp, &status).await;
         }
-        let mut written = status;
-        // Not computed yet: left to whoever owns them (server-side apply keeps them).
-        written.matched_pods = None;
-        written.tiers = BTreeMap::new();
-        let body = json!({"apiVersion": API_VERSION, "kind": "BoundaryPolicy", "status": written});
+        let body = json!({"apiVersion": API_VERSION, "kind": "BoundaryPolicy", "status": status});
         match api
             .patch_status(
                 &report.name,

@@ -8,4 +8,6 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 if [ "${KUBECONFIG:-}" = "${STATE:-/tmp/agent-boundary-cluster}/kubeconfig" ]; then
   "$ROOT/tests/scripts/build-images.sh" >/dev/null
 fi
-"$@" -p boundary-cluster-tests
+# The outage test stops the apiserver every other test uses: it runs alone, last.
+"$@" -p boundary-cluster-tests -E 'not binary(outage)'
+"$@" -p boundary-cluster-tests --test outage

@@ -8,7 +8,9 @@
 
 use std::collections::BTreeMap;
 
-use boundary_api::contract::{annotations, containers, env, objects, paths, ports, volumes};
+use boundary_api::contract::{
+    annotations, containers, env, labels, objects, paths, ports, volumes,
+};
 use boundary_api::{JailRuntime, Mode, Tier};
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMapVolumeSource, Container, ContainerPort, DownwardAPIVolumeFile,
@@ -174,6 +176,12 @@ pub fn strip(pod: &mut Pod, status: &InjectionStatus) {
     if let Some(annotations) = pod.metadata.annotations.as_mut() {
         for key in [annotations::STATUS, annotations::TIER, annotations::POLICY] {
             annotations.remove(key);
+        }
+    }
+    if let Some(pod_labels) = pod.metadata.labels.as_mut() {
+        pod_labels.remove(labels::JAILED);
+        if pod_labels.is_empty() {
+            pod.metadata.labels = None;
         }
     }
     let Some(spec) = pod.spec.as_mut() else {
@@ -629,15 +637,13 @@ pub fn inject(pod: &mut Pod, injection: &Injection<'_>, settings: &Settings) -> 
         annotations::STATUS.into(),
         serde_json::to_string(&status).unwrap_or_default(),
     );
-    annotations.insert(
-        annotations::TIER.into(),
-        injection
-            .row
-            .tier
-            .map_or(injection.row.name, Tier::as_str)
-            .into(),
-    );
+    let tier = injection.row.tier.map_or(injection.row.name, Tier::as_str);
+    annotations.insert(annotations::TIER.into(), tier.into());
     annotations.insert(annotations::POLICY.into(), injection.policies.join(","));
+    pod.metadata
+        .labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert(labels::JAILED.into(), tier.into());
     warnings
 }
 

@@ -1,6 +1,7 @@
 //! The JSON Patch from the pod as admitted to the pod as planned.
 //!
-//! Injection and stripping only ever change `metadata.annotations` and `spec.affinity`,
+//! Injection and stripping only ever change `metadata.annotations`, `metadata.labels` and
+//! `spec.affinity`,
 //! `spec.containers`, `spec.initContainers` and `spec.volumes`, so only those are compared:
 //! serialising and diffing the whole pod was most of a review's cost. Both sides of each
 //! section go through the same typed round trip, so fields this build does not know are never
@@ -93,41 +94,53 @@ fn list<T: Serialize + PartialEq>(
     }
 }
 
+/// Key by key changes of `metadata.<field>` (annotations, labels).
+fn string_map(
+    field: &str,
+    before: Option<&std::collections::BTreeMap<String, String>>,
+    after: Option<&std::collections::BTreeMap<String, String>>,
+    ops: &mut Vec<PatchOperation>,
+) {
+    let (Some(before), Some(after)) = (before, after) else {
+        section(pointer(&["metadata", field]), before, after, ops);
+        return;
+    };
+    for (key, old) in before {
+        let path = pointer(&["metadata", field, key]);
+        match after.get(key) {
+            None => ops.push(remove(path)),
+            Some(new) if new != old => {
+                ops.push(PatchOperation::Replace(ReplaceOperation {
+                    path,
+                    value: Value::String(new.clone()),
+                }));
+            }
+            Some(_) => {}
+        }
+    }
+    for (key, new) in after.iter().filter(|(k, _)| !before.contains_key(*k)) {
+        ops.push(add(
+            pointer(&["metadata", field, key]),
+            Value::String(new.clone()),
+        ));
+    }
+}
+
 /// The patch from `original` to `planned`.
 pub fn between(original: &Pod, planned: &Pod) -> Patch {
     let mut ops = Vec::new();
-    match (
-        &original.metadata.annotations,
-        &planned.metadata.annotations,
-    ) {
-        (Some(before), Some(after)) => {
-            for (key, old) in before {
-                let path = pointer(&["metadata", "annotations", key]);
-                match after.get(key) {
-                    None => ops.push(remove(path)),
-                    Some(new) if new != old => {
-                        ops.push(PatchOperation::Replace(ReplaceOperation {
-                            path,
-                            value: Value::String(new.clone()),
-                        }));
-                    }
-                    Some(_) => {}
-                }
-            }
-            for (key, new) in after.iter().filter(|(k, _)| !before.contains_key(*k)) {
-                ops.push(add(
-                    pointer(&["metadata", "annotations", key]),
-                    Value::String(new.clone()),
-                ));
-            }
-        }
-        (before, after) => section(
-            pointer(&["metadata", "annotations"]),
-            before.as_ref(),
-            after.as_ref(),
-            &mut ops,
-        ),
-    }
+    string_map(
+        "annotations",
+        original.metadata.annotations.as_ref(),
+        planned.metadata.annotations.as_ref(),
+        &mut ops,
+    );
+    string_map(
+        "labels",
+        original.metadata.labels.as_ref(),
+        planned.metadata.labels.as_ref(),
+        &mut ops,
+    );
     if let (Some(a), Some(b)) = (&original.spec, &planned.spec) {
         section(
             pointer(&["spec", "affinity"]),

@@ -610,3 +610,84 @@ async fn nodes_are_labelled_from_classification_and_probe_reports() -> anyhow::R
     labels_become(&client, &name("br"), &bottlerocket_classified).await?;
     operator.shut_down().await
 }
+
+/// A pod as the webhook leaves it: jailed label with the tier, the selecting policies. Bound to
+/// a node that does not exist, so it never runs.
+async fn jailed_pod(
+    ns: &TestNamespace,
+    name: &str,
+    tier: &str,
+    policies: &str,
+) -> anyhow::Result<()> {
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {
+            "name": name,
+            "labels": {boundary_api::contract::labels::JAILED: tier},
+            "annotations": {annotations::POLICY: policies, annotations::TIER: tier},
+        },
+        "spec": {
+            "nodeName": "nowhere",
+            "automountServiceAccountToken": false,
+            "containers": [{"name": "agent", "image": "agent:1"}],
+        },
+    }))?;
+    ns.create_pod(&pod).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_status_counts_the_pods_jailed_under_it_by_tier() -> anyhow::Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "operator-pods", &[]).await?;
+    let accounts: Api<ServiceAccount> = ns.api();
+    let account = serde_json::from_value(json!({"metadata": {"name": "default"}}))?;
+    match accounts.create(&PostParams::default(), &account).await {
+        Ok(_) | Err(kube::Error::Api(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let _operator = start_policies(&client, &ns);
+    create_policy(
+        &ns,
+        "a",
+        &json!({"podSelector": {}, "allow": ["domain=a.example.com"]}),
+    )
+    .await?;
+    create_policy(
+        &ns,
+        "b",
+        &json!({"podSelector": {}, "allow": ["domain=b.example.com"]}),
+    )
+    .await?;
+    status_when(&ns, "a", "no pods yet", |s| s.matched_pods == Some(0)).await?;
+
+    jailed_pod(&ns, "one", "userns", "a").await?;
+    jailed_pod(&ns, "two", "userns", "a,b").await?;
+    jailed_pod(&ns, "three", "privileged-netns", "a").await?;
+    let a = status_when(&ns, "a", "three pods in two tiers", |s| {
+        s.matched_pods == Some(3)
+    })
+    .await?;
+    assert_eq!(
+        a.status.unwrap().tiers,
+        BTreeMap::from([("privileged-netns".to_owned(), 1), ("userns".to_owned(), 2)])
+    );
+    let b = status_when(&ns, "b", "one pod", |s| s.matched_pods == Some(1)).await?;
+    assert_eq!(
+        b.status.unwrap().tiers,
+        BTreeMap::from([("userns".to_owned(), 1)])
+    );
+
+    // A deleted pod stops counting.
+    ns.api::<Pod>()
+        .delete("two", &DeleteParams::default().grace_period(0))
+        .await?;
+    let b = status_when(&ns, "b", "no pod left", |s| s.matched_pods == Some(0)).await?;
+    // Tiers once shown stay at 0 (see the operator's policy module).
+    assert_eq!(
+        b.status.unwrap().tiers,
+        BTreeMap::from([("userns".to_owned(), 0)])
+    );
+    status_when(&ns, "a", "two pods left", |s| s.matched_pods == Some(2)).await?;
+    Ok(())
+}

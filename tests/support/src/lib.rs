@@ -429,3 +429,88 @@ pub async fn dump_namespace(client: &Client, namespace: &str) -> String {
     out.push_str("===== end of namespace dump =====\n");
     out
 }
+
+/// The state directory of the project's local cluster when the tests run on it (`KUBECONFIG`
+/// is its kubeconfig), `None` on any other cluster.
+pub fn local_cluster_state() -> Option<PathBuf> {
+    let state = PathBuf::from(
+        std::env::var_os("STATE").unwrap_or_else(|| "/tmp/agent-boundary-cluster".into()),
+    );
+    let kubeconfig = PathBuf::from(std::env::var_os("KUBECONFIG")?);
+    (kubeconfig == state.join("kubeconfig") && state.join("apiserver.pid").exists())
+        .then_some(state)
+}
+
+/// Stops the local cluster's kube-apiserver, keeps it down for `down`, and starts it again with
+/// the same command line, environment and log (blocking; on the local cluster only). Its new
+/// PID replaces the old one in the harness's PID file, so `down.sh` still stops it.
+/// Whether the process behind `/proc/<pid>` still runs. A process that has exited but
+/// not been reaped yet stays in `/proc` as a zombie (state `Z`): the apiserver's parent
+/// is the harness's shell, which reaps only when it next waits, so a zombie counts as
+/// stopped (its port is closed and its files are released).
+fn is_running(proc: &Path) -> bool {
+    let Ok(stat) = std::fs::read_to_string(proc.join("stat")) else {
+        return false;
+    };
+    // The state follows the command name, which is in parentheses and may contain spaces.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    !matches!(state, None | Some("Z" | "X"))
+}
+
+pub fn restart_local_apiserver(down: Duration) -> anyhow::Result<()> {
+    let state = local_cluster_state().context(
+        "restarting the apiserver needs the project's local cluster (tests/local-cluster)",
+    )?;
+    let pid_file = state.join("apiserver.pid");
+    let pid = std::fs::read_to_string(&pid_file)?.trim().to_owned();
+    let proc = PathBuf::from("/proc").join(&pid);
+    let split = |bytes: Vec<u8>| -> Vec<String> {
+        bytes
+            .split(|b| *b == 0)
+            .filter(|s| !s.is_empty())
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+            .collect()
+    };
+    let command_line =
+        split(std::fs::read(proc.join("cmdline")).context("reading the apiserver's command line")?);
+    let env = split(std::fs::read(proc.join("environ"))?);
+    let cwd = std::fs::read_link(proc.join("cwd"))?;
+    let (program, args) = command_line
+        .split_first()
+        .context("the apiserver has no command line")?;
+    let killed = Command::new("kill").arg(&pid).status()?;
+    if !killed.success() {
+        bail!("kill {pid} failed");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while is_running(&proc) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if is_running(&proc) {
+        bail!("the apiserver (pid {pid}) did not stop within 30 s");
+    }
+    std::thread::sleep(down);
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(state.join("logs/apiserver.log"))?;
+    let child = {
+        use std::os::unix::process::CommandExt as _;
+        Command::new(program)
+            .args(args)
+            .current_dir(cwd)
+            .env_clear()
+            .envs(env.iter().filter_map(|kv| kv.split_once('=')))
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            // Its own process group: it outlives this test process, like the one it replaces.
+            .process_group(0)
+            .spawn()
+            .context("starting the apiserver again")?
+    };
+    std::fs::write(&pid_file, child.id().to_string())?;
+    Ok(())
+}
