@@ -514,3 +514,36 @@ pub fn restart_local_apiserver(down: Duration) -> anyhow::Result<()> {
     std::fs::write(&pid_file, child.id().to_string())?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_exited_process_nobody_has_reaped_counts_as_stopped() {
+        // `exec sleep` replaces the shell, so the backgrounded child's parent never waits
+        // for it: once it exits it stays a zombie, like an apiserver whose parent is busy.
+        let mut parent = Command::new("sh")
+            .args(["-c", "sleep 0.1 & echo $!; exec sleep 5"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(parent.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let proc = PathBuf::from("/proc").join(line.trim());
+        assert!(is_running(&proc), "the child runs at first");
+        std::thread::sleep(Duration::from_millis(600));
+        assert!(proc.exists(), "the zombie is still in /proc");
+        assert!(!is_running(&proc), "a zombie counts as stopped");
+        assert!(is_running(
+            &PathBuf::from("/proc").join(parent.id().to_string())
+        ));
+        parent.kill().unwrap();
+        parent.wait().unwrap();
+        assert!(!is_running(Path::new("/proc/999999999")));
+    }
+}
