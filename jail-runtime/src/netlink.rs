@@ -225,6 +225,13 @@ pub fn loopback_only_routes(ipv6: bool) -> Result<bool, NetlinkError> {
         let mut rtmsg = vec![family, 0, 0, 0, 254, 3, scope, 1];
         rtmsg.extend_from_slice(&0u32.to_ne_bytes());
         msg.raw(&rtmsg).ne32(RTA_OIF, lo);
+        if family == 2 {
+            // Without a preferred source, newer kernels (seen on 6.18) pick 0.0.0.0 for a
+            // link-scope route on lo, and the forwarder's replies to that address then look
+            // like traffic leaving the jail to the egress chain, which resets them.
+            const RTA_PREFSRC: u16 = 7;
+            msg.attr(RTA_PREFSRC, &[127, 0, 0, 1]);
+        }
         let what = format!(
             "adding the default {} route via lo",
             if family == 2 { "IPv4" } else { "IPv6" }
