@@ -144,6 +144,9 @@ pub mod volumes {
         /// Downward-API volume with the pod's labels, mounted into the sidecar (policies select
         /// pods by label, and labels can change while the pod runs).
         PODINFO = "boundary-podinfo";
+        /// The namespace's optional ConfigMap of extra upstream CAs
+        /// ([`super::objects::UPSTREAM_CA_CONFIGMAP`]), mounted into the sidecar.
+        UPSTREAM_CA = "boundary-upstream-ca";
     }
 }
 
@@ -170,6 +173,9 @@ pub mod paths {
         PODINFO_DIR = "/etc/agent-boundary/podinfo";
         /// The pod's labels (downward API), read by the sidecar.
         LABELS_FILE = "/etc/agent-boundary/podinfo/labels";
+        /// Mount point of [`super::volumes::UPSTREAM_CA`]: every key is a PEM file of CAs the
+        /// proxy trusts for upstream servers, besides the public roots.
+        UPSTREAM_CA_DIR = "/etc/agent-boundary/upstream-ca";
         /// Where the jailed containers also find `boundary` (a single-file mount): on the `PATH`
         /// of practically every image without touching the image's `PATH`.
         BOUNDARY_ON_PATH = "/usr/local/bin/boundary";
@@ -197,6 +203,8 @@ pub mod env {
         EXPLICIT_PROXY = "BOUNDARY_EXPLICIT_PROXY";
         /// The explicit proxy port a landlock-tier `boundary run` connects to.
         PROXY_PORT = "BOUNDARY_PROXY_PORT";
+        /// Directory of extra upstream CA files the sidecar trusts.
+        UPSTREAM_CA_DIR = "BOUNDARY_UPSTREAM_CA_DIR";
         /// The sidecar's `/metrics` and `/healthz` address.
         METRICS_ADDR = "BOUNDARY_METRICS_ADDR";
         /// Coder's env var: jail without a user namespace (`true`).
@@ -213,6 +221,10 @@ pub mod objects {
         POLICY_CONFIGMAP = "agent-boundary-policy";
         /// Key of the compiled policy inside [`POLICY_CONFIGMAP`].
         POLICY_CONFIGMAP_KEY = "policy.json";
+        /// Optional per-namespace ConfigMap of the administrator's: CAs (PEM, any keys) that
+        /// upstream servers' certificates may chain to, e.g. an internal registry's. Read by
+        /// sidecars when they start.
+        UPSTREAM_CA_CONFIGMAP = "agent-boundary-upstream-ca";
         /// Field manager of the operator's server-side applies.
         OPERATOR_FIELD_MANAGER = "agent-boundary-operator";
         /// Localhost seccomp profile the node agent installs (relative to kubelet's seccomp dir;

@@ -53,6 +53,10 @@ pub struct SidecarArgs {
         value_delimiter = ','
     )]
     pub upstream_ca: Vec<PathBuf>,
+    /// Directory of extra upstream CAs: every file in it (PEM), e.g. the optional ConfigMap
+    /// `agent-boundary-upstream-ca` the webhook mounts. Missing or empty: none.
+    #[arg(long, value_name = "DIR", env = "BOUNDARY_UPSTREAM_CA_DIR")]
+    pub upstream_ca_dir: Option<PathBuf>,
     /// Audit destination file; default standard output.
     #[arg(long, value_name = "FILE", env = "BOUNDARY_AUDIT_FILE")]
     pub audit_file: Option<PathBuf>,
@@ -135,7 +139,7 @@ async fn serve(args: &SidecarArgs) -> anyhow::Result<()> {
         identity,
         tier: None,
         policy,
-        upstream_cas: args.upstream_ca.clone(),
+        upstream_cas: upstream_cas(args)?,
         resolve: parse_resolve(&args.resolve)?,
         audit: args.audit_file.clone().map_or(Sink::Stdout, Sink::File),
         ca,
@@ -171,9 +175,81 @@ async fn serve(args: &SidecarArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The upstream CA files: `--upstream-ca` and every file in `--upstream-ca-dir`.
+fn upstream_cas(args: &SidecarArgs) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = args.upstream_ca.clone();
+    if let Some(dir) = &args.upstream_ca_dir {
+        files.extend(files_in(dir).map_err(|e| {
+            anyhow::anyhow!("reading the upstream CA directory {}: {e}", dir.display())
+        })?);
+    }
+    Ok(files)
+}
+
+/// The files of a mounted ConfigMap or Secret directory, sorted: entries starting with `.` are
+/// the kubelet's bookkeeping (`..data`, `..2024_...`), the keys are symlinks into it. A missing
+/// directory holds no files (an optional ConfigMap that does not exist).
+fn files_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let path = entry.path();
+        // Follows the key's symlink.
+        if std::fs::metadata(&path)?.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
 fn write_atomically(path: &Path, content: &str) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, content)?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))?;
     std::fs::rename(tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mounted_configmap_directory_yields_its_keys_only() {
+        let dir = tempfile::tempdir().unwrap();
+        // The kubelet's layout: keys are symlinks into a timestamped directory behind `..data`.
+        let data = dir.path().join("..2026_11_23_10_00_00.1");
+        std::fs::create_dir(&data).unwrap();
+        std::fs::write(data.join("internal.crt"), "pem").unwrap();
+        std::fs::write(data.join("partner.pem"), "pem").unwrap();
+        std::os::unix::fs::symlink("..2026_11_23_10_00_00.1", dir.path().join("..data")).unwrap();
+        for key in ["internal.crt", "partner.pem"] {
+            std::os::unix::fs::symlink(format!("..data/{key}"), dir.path().join(key)).unwrap();
+        }
+        std::fs::create_dir(dir.path().join("subdir")).unwrap();
+        assert_eq!(
+            files_in(dir.path()).unwrap(),
+            [
+                dir.path().join("internal.crt"),
+                dir.path().join("partner.pem")
+            ]
+        );
+    }
+
+    #[test]
+    fn a_missing_directory_holds_nothing_and_an_unreadable_path_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(files_in(&dir.path().join("absent")).unwrap().is_empty());
+        let file = dir.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        assert!(files_in(&file).is_err(), "a file is not a directory");
+    }
 }

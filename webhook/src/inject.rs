@@ -390,6 +390,7 @@ fn sidecar_container(settings: &Settings, native: bool) -> Container {
             value_env(env::PROXY_SOCKET, paths::PROXY_SOCKET),
             value_env(env::POLICY_FILE, paths::POLICY_FILE),
             value_env(env::LABELS_FILE, paths::LABELS_FILE),
+            value_env(env::UPSTREAM_CA_DIR, paths::UPSTREAM_CA_DIR),
             value_env(
                 env::EXPLICIT_PROXY,
                 &format!("127.0.0.1:{}", ports::EXPLICIT_PROXY),
@@ -409,6 +410,7 @@ fn sidecar_container(settings: &Settings, native: bool) -> Container {
             mount(volumes::RUN, paths::RUN_DIR, false),
             mount(volumes::POLICY, paths::POLICY_DIR, true),
             mount(volumes::PODINFO, paths::PODINFO_DIR, true),
+            mount(volumes::UPSTREAM_CA, paths::UPSTREAM_CA_DIR, true),
         ]),
         security_context: Some(restricted_security_context()),
         resources: Some(ResourceRequirements {
@@ -464,6 +466,16 @@ fn volumes_to_add() -> Vec<Volume> {
                     ..DownwardAPIVolumeFile::default()
                 }]),
                 ..DownwardAPIVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        Volume {
+            name: volumes::UPSTREAM_CA.into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: objects::UPSTREAM_CA_CONFIGMAP.into(),
+                // Most namespaces have none: then the directory is empty.
+                optional: Some(true),
+                ..ConfigMapVolumeSource::default()
             }),
             ..Volume::default()
         },

@@ -326,7 +326,7 @@ fn a_container_added_by_another_webhook_is_jailed_on_reinvocation_without_double
             .count(),
         1
     );
-    assert_eq!(spec.volumes.as_ref().unwrap().len(), 4);
+    assert_eq!(spec.volumes.as_ref().unwrap().len(), 5);
     // And a third call changes nothing.
     let third = decide(&loaded, &result, &settings);
     assert!(third.patch(&result).0.is_empty());
