@@ -435,6 +435,9 @@ def check_render(name, s, objs, kube):
             check("BOUNDARY_SET_MAX_USER_NAMESPACES" not in aenv, f"{where} sysctl switch off: no sysctl env")
             check(csc.get("allowPrivilegeEscalation") is False and csc.get("capabilities", {}).get("drop") == ["ALL"],
                   f"{where} unprivileged node agent: no capabilities, no escalation")
+            # Root probing user namespaces needs CAP_SETFCAP to map uid 0 (Linux 5.12+); nothing else.
+            check(csc.get("capabilities", {}).get("add", []) == (["SETFCAP"] if seccomp else []),
+                  f"{where} node agent adds SETFCAP exactly when it runs as root for the seccomp profile")
         host_paths = [vol for vol in tmpl["spec"].get("volumes", []) if "hostPath" in vol]
         if seccomp:
             seccomp_dir = na.get("seccompDir", "/var/lib/kubelet/seccomp")

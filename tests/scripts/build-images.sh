@@ -6,6 +6,8 @@
 #   $BOUNDARY_IMAGE_REPO/jail-runtime:TAG        boundary           (node agent, injected sidecar)
 #   $BOUNDARY_IMAGE_REPO/boundary-webhook:TAG    boundary-webhook
 #   $BOUNDARY_IMAGE_REPO/boundary-operator:TAG   boundary-operator
+# and, for the end-to-end tests and the demo (never deployed by the chart):
+#   $BOUNDARY_IMAGE_REPO/e2e-tools:TAG           e2e-tools (the agent and HTTPS test servers)
 # Prints the image names it built. Needs a running dockerd (tests/local-cluster/up.sh starts one).
 # For a registry, charts/images/Dockerfile builds the same images in multi-stage builds.
 set -euo pipefail
@@ -16,15 +18,16 @@ REPO=${BOUNDARY_IMAGE_REPO:-agent-boundary}
 
 # image name -> binary (the binaries are named after their packages)
 IMAGES=(jail-runtime:boundary boundary-webhook:boundary-webhook boundary-operator:boundary-operator)
+TEST_IMAGES=(e2e-tools:e2e-tools)
 
 cd "$ROOT"
 # One cargo invocation for all three (one lock, shared dependencies built once).
 # --target keeps RUSTFLAGS away from build scripts and proc macros, which cannot be static.
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --target "$TARGET" \
-  -p boundary -p boundary-webhook -p boundary-operator >&2
+  -p boundary -p boundary-webhook -p boundary-operator -p boundary-e2e-tools >&2
 
 ctx=$(mktemp -d); trap 'rm -rf "$ctx"' EXIT
-for entry in "${IMAGES[@]}"; do
+for entry in "${IMAGES[@]}" "${TEST_IMAGES[@]}"; do
   image=${entry%%:*} binary=${entry#*:}
   bin="target/$TARGET/release/$binary"
   if readelf -l "$bin" | grep -q INTERP; then

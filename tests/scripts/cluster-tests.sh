@@ -8,6 +8,15 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 if [ "${KUBECONFIG:-}" = "${STATE:-/tmp/agent-boundary-cluster}/kubeconfig" ]; then
   "$ROOT/tests/scripts/build-images.sh" >/dev/null
 fi
+# shellcheck source=/dev/null
+. "$ROOT/tests/scripts/chart-tools.sh"
+export HELM
+# The end-to-end tests install the Helm chart (its webhook mutates opted-in namespaces, its
+# operator reconciles every policy): they run after the others, then the release goes.
 # The outage test stops the apiserver every other test uses: it runs alone, last.
-"$@" -p boundary-cluster-tests -E 'not binary(outage)'
+"$@" -p boundary-cluster-tests -E 'not binary(outage) and not binary(e2e)'
+status=0
+"$@" -p boundary-cluster-tests --test e2e || status=$?
+"$ROOT/tests/scripts/e2e-uninstall.sh" || true
+[ "$status" = 0 ] || exit "$status"
 "$@" -p boundary-cluster-tests --test outage

