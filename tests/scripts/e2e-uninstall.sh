@@ -6,5 +6,5 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 # shellcheck source=/dev/null
 . "$ROOT/tests/scripts/chart-tools.sh"
 KUBECTL=${KUBECTL:-kubectl}
-"$HELM" uninstall agent-boundary --namespace agent-boundary-e2e --wait --timeout 2m 2>&1 || true
+"$HELM" uninstall agent-boundary --namespace agent-boundary-e2e --timeout 2m 2>&1 || true
 "$KUBECTL" delete namespace agent-boundary-e2e --ignore-not-found --wait=true --timeout=120s
