@@ -47,17 +47,6 @@ fn helm() -> PathBuf {
     }
 }
 
-/// Kubelet's seccomp directory on the node (the local cluster's `--seccomp-profile-root`).
-fn kubelet_seccomp_dir() -> String {
-    if let Ok(dir) = std::env::var("BOUNDARY_TEST_KUBELET_SECCOMP_DIR") {
-        return dir;
-    }
-    match std::env::var("STATE") {
-        Ok(state) => format!("{state}/kubelet/seccomp"),
-        Err(_) => "/var/lib/kubelet/seccomp".into(),
-    }
-}
-
 /// Serialises the end-to-end tests (see the module comment). Released on drop.
 struct Exclusive(#[allow(dead_code)] std::fs::File);
 
@@ -105,7 +94,10 @@ async fn install(client: &Client, extra: &[&str]) -> anyhow::Result<()> {
         "webhook.replicas=1".into(),
         "nodeAgent.probeIntervalSeconds=3".into(),
         "nodeAgent.installSeccompProfile=true".into(),
-        format!("nodeAgent.seccompDir={}", kubelet_seccomp_dir()),
+        format!(
+            "nodeAgent.seccompDir={}",
+            boundary_test_support::kubelet_seccomp_dir()
+        ),
         "operator.logFormat=text".into(),
         "webhook.logFormat=text".into(),
     ];
@@ -424,14 +416,10 @@ async fn dump_on_error<T>(ns: &TestNamespace, result: anyhow::Result<T>) -> anyh
     if result.is_err() {
         eprintln!("{}", ns.dump().await);
         let release =
-            boundary_test_support::dump_namespace(&ns_client().await?, RELEASE_NAMESPACE).await;
+            boundary_test_support::dump_namespace(&client().await?, RELEASE_NAMESPACE).await;
         eprintln!("{release}");
     }
     result
-}
-
-async fn ns_client() -> anyhow::Result<Client> {
-    client().await
 }
 
 /// 1. An opted-in pod is jailed in the `userns` tier with no added capabilities, reaches the

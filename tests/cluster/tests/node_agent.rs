@@ -601,19 +601,6 @@ async fn the_node_agent_names_missing_rbac_a_missing_pod_and_a_wrong_ca() -> any
     Ok(())
 }
 
-/// Kubelet's seccomp directory on the node, as this test process sees it: the local cluster's
-/// `--seccomp-profile-root` (`$STATE/kubelet/seccomp`), else kubelet's default;
-/// `BOUNDARY_TEST_KUBELET_SECCOMP_DIR` overrides.
-fn kubelet_seccomp_dir() -> String {
-    if let Ok(dir) = std::env::var("BOUNDARY_TEST_KUBELET_SECCOMP_DIR") {
-        return dir;
-    }
-    match std::env::var("STATE") {
-        Ok(state) => format!("{state}/kubelet/seccomp"),
-        Err(_) => "/var/lib/kubelet/seccomp".into(),
-    }
-}
-
 /// Runs a one-shot Pod of the jail-runtime image with `args` and `seccomp` (a
 /// `seccompProfile`), returns its phase and logs.
 async fn run_once(
@@ -698,7 +685,7 @@ async fn the_node_agent_pod_on_a_real_node_installs_the_profile_that_lets_the_ja
                 "volumeMounts": [{"name": "seccomp", "mountPath": "/host/seccomp"}],
             }],
             "volumes": [{"name": "seccomp", "hostPath": {
-                "path": kubelet_seccomp_dir(), "type": "DirectoryOrCreate"}}],
+                "path": boundary_test_support::kubelet_seccomp_dir(), "type": "DirectoryOrCreate"}}],
         },
     }))?;
     ns.create_pod(&agent).await?;

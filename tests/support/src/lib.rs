@@ -444,6 +444,19 @@ pub fn local_cluster_state() -> Option<PathBuf> {
 /// Stops the local cluster's kube-apiserver, keeps it down for `down`, and starts it again with
 /// the same command line, environment and log (blocking; on the local cluster only). Its new
 /// PID replaces the old one in the harness's PID file, so `down.sh` still stops it.
+/// Kubelet's seccomp directory on the node, as this test process sees it: the local cluster's
+/// `--seccomp-profile-root` (`$STATE/kubelet/seccomp`), else kubelet's default;
+/// `BOUNDARY_TEST_KUBELET_SECCOMP_DIR` overrides.
+pub fn kubelet_seccomp_dir() -> String {
+    if let Ok(dir) = std::env::var("BOUNDARY_TEST_KUBELET_SECCOMP_DIR") {
+        return dir;
+    }
+    match std::env::var("STATE") {
+        Ok(state) => format!("{state}/kubelet/seccomp"),
+        Err(_) => "/var/lib/kubelet/seccomp".into(),
+    }
+}
+
 /// Whether the process behind `/proc/<pid>` still runs. A process that has exited but
 /// not been reaped yet stays in `/proc` as a zombie (state `Z`): the apiserver's parent
 /// is the harness's shell, which reaps only when it next waits, so a zombie counts as
