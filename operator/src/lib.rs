@@ -279,15 +279,16 @@ where
     use futures::StreamExt;
     use kube::runtime::{WatchStreamExt, reflector};
     let (store, writer) = reflector::store();
-    let stream = events.default_backoff().reflect(writer).touched_objects();
+    let stream = events.default_backoff().reflect(writer);
+    let reader = store.clone();
     let task = tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
+        let mut triggers = Triggers::default();
         while let Some(item) = stream.next().await {
             match item {
-                Ok(object) => {
-                    if let Some(target) = map(&object)
-                        && tx.unbounded_send(target).is_err()
-                    {
+                Ok(event) => {
+                    let targets = triggers.after(&event, || reader.state(), &map);
+                    if targets.into_iter().any(|t| tx.unbounded_send(t).is_err()) {
                         break;
                     }
                 }
@@ -296,6 +297,49 @@ where
         }
     });
     (store, AbortOnDrop(task))
+}
+
+/// Which reconciles a watch event triggers. A change triggers its target at once. A (re)list
+/// fills the store only at `InitDone` (until then it holds the previous list), so the targets
+/// of the listed objects, and of the previous list's (which may be gone now), are held until
+/// then: a reconcile run earlier would read the previous list.
+struct Triggers<T: kube::Resource> {
+    held: Vec<kube::runtime::reflector::ObjectRef<T>>,
+}
+
+impl<T: kube::Resource> Default for Triggers<T> {
+    fn default() -> Self {
+        Triggers { held: Vec::new() }
+    }
+}
+
+impl<T: kube::Resource> Triggers<T> {
+    /// The targets to send after `event`; `previous` gives the store's objects (read only on
+    /// `Init`, while the store still holds the previous list).
+    fn after<K, P, F>(
+        &mut self,
+        event: &kube::runtime::watcher::Event<K>,
+        previous: P,
+        map: &F,
+    ) -> Vec<kube::runtime::reflector::ObjectRef<T>>
+    where
+        P: FnOnce() -> Vec<std::sync::Arc<K>>,
+        F: Fn(&K) -> Option<kube::runtime::reflector::ObjectRef<T>>,
+    {
+        use kube::runtime::watcher::Event;
+        match event {
+            Event::Apply(object) | Event::Delete(object) => map(object).into_iter().collect(),
+            Event::Init => {
+                self.held = previous().iter().filter_map(|o| map(o)).collect();
+                Vec::new()
+            }
+            Event::InitApply(object) => {
+                self.held.extend(map(object));
+                Vec::new()
+            }
+            Event::InitDone => std::mem::take(&mut self.held),
+        }
+    }
 }
 
 /// Waits until `store` has listed its objects (or shutdown is requested: `Ok(false)`).
@@ -317,6 +361,61 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::{Node, Pod};
+    use kube::runtime::reflector::ObjectRef;
+    use kube::runtime::watcher::Event;
+
+    /// A node agent Pod on `node`.
+    fn agent(name: &str, node: &str) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "system"},
+            "spec": {"nodeName": node, "containers": []},
+        }))
+        .unwrap()
+    }
+
+    fn node_of(pod: &Pod) -> Option<ObjectRef<Node>> {
+        Some(ObjectRef::new(pod.spec.as_ref()?.node_name.as_deref()?))
+    }
+
+    fn names(targets: &[ObjectRef<Node>]) -> Vec<&str> {
+        targets.iter().map(|t| t.name.as_str()).collect()
+    }
+
+    #[test]
+    fn a_list_triggers_its_targets_only_once_it_is_complete() {
+        let mut triggers = Triggers::<Node>::default();
+        let none = Vec::new;
+        assert!(triggers.after(&Event::Init, none, &node_of).is_empty());
+        let listed = Event::InitApply(agent("a1", "n1"));
+        assert!(triggers.after(&listed, none, &node_of).is_empty());
+        let listed = Event::InitApply(agent("a2", "n2"));
+        assert!(triggers.after(&listed, none, &node_of).is_empty());
+        let done = triggers.after(&Event::InitDone, none, &node_of);
+        assert_eq!(names(&done), ["n1", "n2"]);
+        // Changes after the list trigger at once.
+        let changed = triggers.after(&Event::Apply(agent("a1", "n1")), none, &node_of);
+        assert_eq!(names(&changed), ["n1"]);
+        let gone = triggers.after(&Event::Delete(agent("a2", "n2")), none, &node_of);
+        assert_eq!(names(&gone), ["n2"]);
+    }
+
+    #[test]
+    fn a_relist_also_triggers_the_targets_of_objects_it_no_longer_has() {
+        let mut triggers = Triggers::<Node>::default();
+        // The store still holds the previous list when the relist starts.
+        let previous = || vec![Arc::new(agent("old", "n-old")), Arc::new(agent("a", "n1"))];
+        assert!(triggers.after(&Event::Init, previous, &node_of).is_empty());
+        let none = Vec::new;
+        assert!(
+            triggers
+                .after(&Event::InitApply(agent("a", "n1")), none, &node_of)
+                .is_empty()
+        );
+        let done = triggers.after(&Event::InitDone, none, &node_of);
+        assert_eq!(names(&done), ["n-old", "n1", "n1"]);
+        assert!(triggers.after(&Event::InitDone, none, &node_of).is_empty());
+    }
 
     #[tokio::test]
     async fn shutdown_resolves_on_request_or_when_the_trigger_is_dropped() {

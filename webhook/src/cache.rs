@@ -69,27 +69,16 @@ impl LiveView {
         let (policy_store, policy_writer) = reflector::store::<BoundaryPolicy>();
         let nodes = Arc::new(ArcSwap::from_pointee(Vec::new()));
 
-        let node_stream = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
+        let node_events = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
             .default_backoff()
-            .reflect(node_writer)
-            .touched_objects();
-        let facts = nodes.clone();
-        let store = node_store.clone();
-        tokio::spawn(async move {
-            let mut stream = std::pin::pin!(node_stream);
-            while let Some(event) = stream.next().await {
-                if let Err(e) = event {
-                    tracing::warn!(error = %e, "node watch");
-                }
-                let mut all: Vec<NodeFacts> = store
-                    .state()
-                    .iter()
-                    .map(|n| NodeFacts::from_node(n))
-                    .collect();
-                all.sort_by(|a, b| a.name.cmp(&b.name));
-                facts.store(Arc::new(all));
-            }
-        });
+            .reflect(node_writer);
+        let (nodes_synced, mut nodes_listed) = tokio::sync::watch::channel(false);
+        tokio::spawn(keep_node_facts(
+            node_events,
+            node_store,
+            nodes.clone(),
+            nodes_synced,
+        ));
         spawn_drain(
             "namespace",
             watcher(
@@ -117,14 +106,15 @@ impl LiveView {
             cluster: Cluster { minor },
             ready: ready.clone(),
         };
-        let (a, b, c) = (node_store, view.namespaces.clone(), view.policies.clone());
+        let (b, c) = (view.namespaces.clone(), view.policies.clone());
         tokio::spawn(async move {
             let all = async {
-                a.wait_until_ready().await?;
-                b.wait_until_ready().await?;
-                c.wait_until_ready().await
+                // The node facts, not just the node store: the facts are what reviews read.
+                nodes_listed.wait_for(|listed| *listed).await.ok()?;
+                b.wait_until_ready().await.ok()?;
+                c.wait_until_ready().await.ok()
             };
-            if all.await.is_ok() {
+            if all.await.is_some() {
                 tracing::info!("node, namespace and policy caches are synced; ready");
                 ready.store(true, Ordering::SeqCst);
             }
@@ -135,6 +125,44 @@ impl LiveView {
     /// Whether every watch has listed its objects.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
+    }
+}
+
+/// Keeps `facts` equal to the classification of every node in `store`, which `events` (a
+/// reflected watch) fills. Recomputed after a node changes and after a (re)list completes: the
+/// store swaps the listed nodes in only at `InitDone`, so facts computed on `InitApply` would be
+/// those of the previous list (none at start-up, until some node next changed). `synced` turns
+/// true once the first list is in `facts`.
+async fn keep_node_facts<S>(
+    events: S,
+    store: Store<Node>,
+    facts: Arc<ArcSwap<Vec<NodeFacts>>>,
+    synced: tokio::sync::watch::Sender<bool>,
+) where
+    S: futures_util::Stream<Item = Result<watcher::Event<Node>, watcher::Error>>,
+{
+    let mut events = std::pin::pin!(events);
+    while let Some(event) = events.next().await {
+        match event {
+            Err(e) => tracing::warn!(error = %e, "node watch"),
+            Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
+            Ok(
+                event @ (watcher::Event::Apply(_)
+                | watcher::Event::Delete(_)
+                | watcher::Event::InitDone),
+            ) => {
+                let mut all: Vec<NodeFacts> = store
+                    .state()
+                    .iter()
+                    .map(|n| NodeFacts::from_node(n))
+                    .collect();
+                all.sort_by(|a, b| a.name.cmp(&b.name));
+                facts.store(Arc::new(all));
+                if matches!(event, watcher::Event::InitDone) {
+                    synced.send_replace(true);
+                }
+            }
+        }
     }
 }
 
@@ -180,6 +208,72 @@ impl ClusterView for LiveView {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    fn node(name: &str, os_image: &str) -> Node {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "status": {"nodeInfo": {
+                "osImage": os_image, "kernelVersion": "6.1.0", "operatingSystem": "linux",
+                "architecture": "amd64", "bootID": "", "containerRuntimeVersion": "",
+                "kubeProxyVersion": "", "kubeletVersion": "", "machineID": "", "systemUUID": ""
+            }}
+        }))
+        .unwrap()
+    }
+
+    /// Runs `events` through a reflector into [`keep_node_facts`] to the end of the stream.
+    async fn facts_after(events: Vec<watcher::Event<Node>>) -> (Vec<String>, bool) {
+        let (store, writer) = reflector::store::<Node>();
+        let facts = Arc::new(ArcSwap::from_pointee(Vec::new()));
+        let (synced, listed) = tokio::sync::watch::channel(false);
+        let stream = futures_util::stream::iter(events.into_iter().map(Ok)).reflect(writer);
+        keep_node_facts(stream, store, facts.clone(), synced).await;
+        let names = facts.load().iter().map(|f| f.name.clone()).collect();
+        (names, *listed.borrow())
+    }
+
+    #[tokio::test]
+    async fn the_first_list_reaches_the_facts_without_any_later_node_change() {
+        let (names, synced) = facts_after(vec![
+            watcher::Event::Init,
+            watcher::Event::InitApply(node("b", "Bottlerocket OS 1.49.0")),
+            watcher::Event::InitApply(node("a", "Amazon Linux 2023")),
+            watcher::Event::InitDone,
+        ])
+        .await;
+        assert_eq!(names, ["a", "b"]);
+        assert!(synced);
+    }
+
+    #[tokio::test]
+    async fn a_relist_replaces_the_facts_when_it_completes() {
+        let (names, _) = facts_after(vec![
+            watcher::Event::Init,
+            watcher::Event::InitApply(node("gone", "Amazon Linux 2023")),
+            watcher::Event::InitDone,
+            watcher::Event::Apply(node("a", "Amazon Linux 2023")),
+            // The watch broke; the relist no longer has `gone` and has a new node.
+            watcher::Event::Init,
+            watcher::Event::InitApply(node("a", "Amazon Linux 2023")),
+            watcher::Event::InitApply(node("new", "Amazon Linux 2023")),
+            watcher::Event::InitDone,
+        ])
+        .await;
+        assert_eq!(names, ["a", "new"]);
+    }
+
+    #[tokio::test]
+    async fn facts_are_not_synced_before_the_list_completes() {
+        let (names, synced) = facts_after(vec![
+            watcher::Event::Init,
+            watcher::Event::InitApply(node("a", "Amazon Linux 2023")),
+        ])
+        .await;
+        assert!(names.is_empty());
+        assert!(!synced);
+    }
+
     #[test]
     fn minor_versions_parse() {
         assert_eq!(super::parse_minor("20"), Some(20));

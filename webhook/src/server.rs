@@ -637,7 +637,7 @@ fn answer(
         dry_run = request.dry_run.unwrap_or(false),
         allowed = response.allowed,
         patched,
-        warnings = response.warnings.len(),
+        warnings = ?response.warnings,
         denial = response.status.as_ref().map(|s| s.message.as_str()).unwrap_or_default(),
         duration_ms = elapsed.as_secs_f64() * 1e3,
         audit = ?response.audit_annotations,

@@ -412,6 +412,53 @@ fn capabilities(status: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// What the cluster knew when the webhook decided about `pod` of `namespace`: the node labels
+/// now and the webhook's review log lines (with their warnings) about that pod. For failure
+/// messages, so a failed assertion on the checker says why without the full dump.
+async fn decision_context(client: &Client, namespace: &str, pod: &str) -> String {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let labels = match nodes.list(&ListParams::default()).await {
+        Ok(list) => list
+            .items
+            .iter()
+            .map(|n| {
+                format!(
+                    "{}: {:?} taints {:?}",
+                    n.name_any(),
+                    n.labels(),
+                    n.spec.as_ref().and_then(|s| s.taints.clone())
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+        Err(e) => format!("(nodes: {e})"),
+    };
+    let webhook_pods: Api<Pod> = Api::namespaced(client.clone(), RELEASE_NAMESPACE);
+    let selector = "app.kubernetes.io/component=webhook";
+    let mut reviews = String::new();
+    match webhook_pods
+        .list(&ListParams::default().labels(selector))
+        .await
+    {
+        Ok(list) => {
+            for p in list.items {
+                let text = logs(&webhook_pods, &p.name_any(), "webhook")
+                    .await
+                    .unwrap_or_else(|e| format!("(no logs: {e})"));
+                for line in text
+                    .lines()
+                    .filter(|l| l.contains(namespace) && l.contains(pod))
+                {
+                    reviews.push_str(line);
+                    reviews.push('\n');
+                }
+            }
+        }
+        Err(e) => reviews = format!("(webhook pods: {e})"),
+    }
+    format!("nodes:\n{labels}\nwebhook reviews of {namespace}/{pod}:\n{reviews}")
+}
+
 async fn dump_on_error<T>(ns: &TestNamespace, result: anyhow::Result<T>) -> anyhow::Result<T> {
     if result.is_err() {
         eprintln!("{}", ns.dump().await);
@@ -540,8 +587,15 @@ async fn a_runtime_default_seccomp_pod_gets_the_profile_it_needs_and_works() -> 
             .as_ref()
             .and_then(|s| s.seccomp_profile.clone())
             .context("no seccomp profile on the agent container")?;
-        assert_eq!(profile.type_, "Localhost");
-        assert_eq!(profile.localhost_profile.as_deref(), Some(objects::SECCOMP_PROFILE));
+        if profile.type_ != "Localhost"
+            || profile.localhost_profile.as_deref() != Some(objects::SECCOMP_PROFILE)
+        {
+            bail!(
+                "the agent container got seccomp {profile:?}, not Localhost {}; {}",
+                objects::SECCOMP_PROFILE,
+                decision_context(&world.client, world.ns.name(), "agent").await
+            );
+        }
         logs_show(
             &pods,
             "agent",

@@ -441,9 +441,6 @@ pub fn local_cluster_state() -> Option<PathBuf> {
         .then_some(state)
 }
 
-/// Stops the local cluster's kube-apiserver, keeps it down for `down`, and starts it again with
-/// the same command line, environment and log (blocking; on the local cluster only). Its new
-/// PID replaces the old one in the harness's PID file, so `down.sh` still stops it.
 /// Kubelet's seccomp directory on the node, as this test process sees it: the local cluster's
 /// `--seccomp-profile-root` (`$STATE/kubelet/seccomp`), else kubelet's default;
 /// `BOUNDARY_TEST_KUBELET_SECCOMP_DIR` overrides.
@@ -472,6 +469,9 @@ fn is_running(proc: &Path) -> bool {
     !matches!(state, None | Some("Z" | "X"))
 }
 
+/// Stops the local cluster's kube-apiserver, keeps it down for `down`, and starts it again with
+/// the same command line, environment and log (blocking; on the local cluster only). Its new
+/// PID replaces the old one in the harness's PID file, so `down.sh` still stops it.
 pub fn restart_local_apiserver(down: Duration) -> anyhow::Result<()> {
     let state = local_cluster_state().context(
         "restarting the apiserver needs the project's local cluster (tests/local-cluster)",
