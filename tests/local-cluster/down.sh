@@ -24,6 +24,11 @@ for _ in $(seq 1 50); do
 done
 for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null; done
 
+# A test that turned user namespaces off and was killed before putting them back (e2e.rs).
+if [ -f "$STATE/max_user_namespaces.saved" ]; then
+  cat "$STATE/max_user_namespaces.saved" > /proc/sys/user/max_user_namespaces 2>/dev/null
+fi
+
 # kubelet and kube-proxy leave mounts, chains and a bridge behind.
 grep " $STATE/" /proc/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l 2>/dev/null
 if command -v iptables >/dev/null; then

@@ -234,6 +234,25 @@ impl PodSecurity {
     }
 }
 
+/// Admission cannot see an image's `USER`: a row whose capabilities need uid 0 says so for each
+/// container the pod spec leaves to its image (the jail would stop with its own error).
+fn warn_of_image_users(
+    row: &Row,
+    spec: &PodSpec,
+    jailed: &[&Container],
+    warnings: &mut Vec<String>,
+) {
+    if !row.needs_root {
+        return;
+    }
+    for c in jailed.iter().filter(|c| run_as_user(spec, c).is_none()) {
+        warnings.push(format!(
+            "agentboundary.dev: {} adds capabilities that take effect only for uid 0, and container {} runs as its image's user; if that is not root, set securityContext.runAsUser: 0 (the jail drops every capability before the command runs)",
+            row.name, c.name
+        ));
+    }
+}
+
 /// The seccomp profile type in effect for a container, if one is set.
 fn effective_seccomp(spec: &PodSpec, c: &Container) -> Option<SeccompProfile> {
     c.security_context
@@ -246,14 +265,20 @@ fn effective_seccomp(spec: &PodSpec, c: &Container) -> Option<SeccompProfile> {
         })
 }
 
+/// The uid the pod spec sets for a container (`None`: the image's `USER`).
+fn run_as_user(spec: &PodSpec, c: &Container) -> Option<i64> {
+    c.security_context
+        .as_ref()
+        .and_then(|s| s.run_as_user)
+        .or_else(|| spec.security_context.as_ref().and_then(|s| s.run_as_user))
+}
+
 /// Whether a container certainly runs as a non-root uid (added capabilities would not be
 /// effective). Unknown (image `USER`) counts as root; the jail says so at start if wrong.
 fn runs_as_non_root(spec: &PodSpec, c: &Container) -> bool {
     let sc = c.security_context.as_ref();
     let psc = spec.security_context.as_ref();
-    let uid = sc
-        .and_then(|s| s.run_as_user)
-        .or_else(|| psc.and_then(|s| s.run_as_user));
+    let uid = run_as_user(spec, c);
     let non_root = sc
         .and_then(|s| s.run_as_non_root)
         .or_else(|| psc.and_then(|s| s.run_as_non_root));
@@ -519,6 +544,7 @@ fn plan_jail(input: &Input<'_>) -> Result<Decision, Early> {
             Err(reason) => return Err(cannot_jail(&combined, reason, warnings)),
         };
     let containers = seccomp_profiles(row, &spec, &jailed, &supporting, level, &mut warnings);
+    warn_of_image_users(row, &spec, &jailed, &mut warnings);
     let pin = pinned.then(|| pin_requirement(row, &supporting, &mut warnings));
     let injection = Injection {
         row,

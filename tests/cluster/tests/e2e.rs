@@ -540,20 +540,7 @@ async fn an_opted_in_pod_is_jailed_without_capabilities_and_only_the_allowed_ser
             "no deny line for /secret:\n{audit}"
         );
         // The jailed processes hold no capability at all, and cannot gain any.
-        let status = logs_show(&pods, "agent", "inspect", &["NoNewPrivs"]).await?;
-        let caps = capabilities(&status);
-        for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
-            assert_eq!(
-                caps.get(set).map(String::as_str),
-                Some("0000000000000000"),
-                "{set}:\n{status}"
-            );
-        }
-        assert_eq!(
-            caps.get("NoNewPrivs").map(String::as_str),
-            Some("1"),
-            "{status}"
-        );
+        jailed_without_capabilities(&pods, "agent").await?;
         eprintln!("agent:\n{}", tail(&agent, 4));
         anyhow::Ok(())
     }
@@ -596,13 +583,7 @@ async fn a_runtime_default_seccomp_pod_gets_the_profile_it_needs_and_works() -> 
                 decision_context(&world.client, world.ns.name(), "agent").await
             );
         }
-        logs_show(
-            &pods,
-            "agent",
-            "agent",
-            &[&format!("fetch https://{ALLOWED}/ok -> 200"), &format!("fetch https://{ALLOWED}/secret -> 403")],
-        )
-        .await?;
+        fetches_as_the_policy_says(&pods, "agent").await?;
 
         // The same jail without the webhook (a namespace that did not opt in).
         let plain = TestNamespace::create(&world.client, "e2e-seccomp-plain", &[]).await?;
@@ -638,6 +619,203 @@ async fn a_runtime_default_seccomp_pod_gets_the_profile_it_needs_and_works() -> 
         assert!(text.contains("seccomp"), "the jail's error names seccomp: {text}");
         anyhow::Ok(())
     }
+    .await;
+    dump_on_error(&world.ns, result).await
+}
+
+/// `user.max_user_namespaces` of the node, set by a test and put back when dropped. The node
+/// is this machine (the local cluster), so the test writes the file itself; the original value
+/// is also kept in `$STATE`, from where `down.sh` restores it should the test be killed.
+struct MaxUserNamespaces {
+    original: String,
+    backup: PathBuf,
+}
+
+const MAX_USER_NAMESPACES: &str = "/proc/sys/user/max_user_namespaces";
+
+impl MaxUserNamespaces {
+    fn set(state: &std::path::Path, value: u32) -> anyhow::Result<MaxUserNamespaces> {
+        let backup = state.join("max_user_namespaces.saved");
+        // A backup left by a killed run holds the machine's real value.
+        let original = match std::fs::read_to_string(&backup) {
+            Ok(saved) => saved.trim().to_owned(),
+            Err(_) => std::fs::read_to_string(MAX_USER_NAMESPACES)?
+                .trim()
+                .to_owned(),
+        };
+        std::fs::write(&backup, &original)?;
+        let guard = MaxUserNamespaces { original, backup };
+        std::fs::write(MAX_USER_NAMESPACES, value.to_string())
+            .with_context(|| format!("writing {MAX_USER_NAMESPACES}"))?;
+        Ok(guard)
+    }
+
+    fn current() -> anyhow::Result<u64> {
+        Ok(std::fs::read_to_string(MAX_USER_NAMESPACES)?
+            .trim()
+            .parse()?)
+    }
+}
+
+impl Drop for MaxUserNamespaces {
+    fn drop(&mut self) {
+        match std::fs::write(MAX_USER_NAMESPACES, &self.original) {
+            Ok(()) => {
+                let _ = std::fs::remove_file(&self.backup);
+            }
+            Err(e) => eprintln!(
+                "cannot restore {MAX_USER_NAMESPACES}={}: {e} (down.sh retries from {})",
+                self.original,
+                self.backup.display()
+            ),
+        }
+    }
+}
+
+/// Waits until the operator's labels on the (one) node say user namespaces are `on` or not.
+async fn node_says_userns(client: &Client, on: bool) -> anyhow::Result<Node> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let want = on.to_string();
+    eventually(
+        Duration::from_mins(2),
+        &format!(
+            "the node is labelled {}={want}",
+            contract::node_labels::USERNS
+        ),
+        || async {
+            let list = nodes.list(&ListParams::default()).await?;
+            Ok(list.items.into_iter().find(|n| {
+                let l = n.labels();
+                let tiers = l
+                    .get(contract::node_labels::TIERS)
+                    .map(String::as_str)
+                    .unwrap_or_default();
+                l.get(contract::node_labels::PROBED).map(String::as_str) == Some("true")
+                    && l.get(contract::node_labels::USERNS) == Some(&want)
+                    && tiers.split('.').any(|t| t == "userns") == on
+            }))
+        },
+    )
+    .await
+}
+
+/// Creates `pod` once a server-side dry run shows the webhook plans the tier `tier` for it: the
+/// webhook learns of node labels from its watch, a moment after the test reads them.
+async fn create_in_tier(world: &World, pod: &Pod, tier: &str) -> anyhow::Result<Pod> {
+    let pods: Api<Pod> = world.ns.api();
+    let dry_run = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let name = pod.name_any();
+    let planned = eventually(
+        Duration::from_secs(30),
+        &format!("the webhook plans tier {tier} for pod {name}"),
+        || async {
+            let planned = pods.create(&dry_run, pod).await?;
+            let got = planned.annotations().get(annotations::TIER).cloned();
+            if got.as_deref() == Some(tier) {
+                Ok(Some(()))
+            } else {
+                bail!("planned {got:?}")
+            }
+        },
+    )
+    .await;
+    if let Err(e) = planned {
+        bail!(
+            "{e:#}; {}",
+            decision_context(&world.client, world.ns.name(), &name).await
+        );
+    }
+    world.ns.create_pod(pod).await
+}
+
+/// Waits until the jailed `inspect` container of pod `name` has reported its capabilities, and
+/// checks it holds none, in any set, and runs with `no_new_privs`.
+async fn jailed_without_capabilities(pods: &Api<Pod>, name: &str) -> anyhow::Result<()> {
+    let status = logs_show(pods, name, "inspect", &["NoNewPrivs"]).await?;
+    let caps = capabilities(&status);
+    for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(
+            caps.get(set).map(String::as_str),
+            Some("0000000000000000"),
+            "{name}: {set}:\n{status}"
+        );
+    }
+    assert_eq!(
+        caps.get("NoNewPrivs").map(String::as_str),
+        Some("1"),
+        "{status}"
+    );
+    Ok(())
+}
+
+/// Waits until the agent of pod `name` got 200 from the allowed path and 403 from the other.
+async fn fetches_as_the_policy_says(pods: &Api<Pod>, name: &str) -> anyhow::Result<String> {
+    logs_show(
+        pods,
+        name,
+        "agent",
+        &[
+            &format!("fetch https://{ALLOWED}/ok -> 200"),
+            &format!("fetch https://{ALLOWED}/secret -> 403"),
+        ],
+    )
+    .await
+}
+
+/// 3. With `user.max_user_namespaces=0` on the node the operator relabels it, new pods get the
+///    `privileged-netns` tier (`SYS_ADMIN` and `NET_ADMIN` added) and the jailed commands still hold
+///    no capability; with the chart's sysctl switch on, the node agent turns user namespaces
+///    back on and new pods get `userns` again, with nothing added.
+#[tokio::test]
+async fn without_user_namespaces_pods_get_privileged_netns_until_the_node_agent_turns_them_on()
+-> anyhow::Result<()> {
+    let _lock = exclusive()?;
+    let Some(state) = boundary_test_support::local_cluster_state() else {
+        // The test changes a kernel setting of the node, which it can do only when the node is
+        // this machine.
+        eprintln!("skipped: needs the project's local cluster (the node is this machine)");
+        return Ok(());
+    };
+    let world = world("e2e-nouserns").await?;
+    let result = Box::pin(async {
+        let pods: Api<Pod> = world.ns.api();
+        // The agent runs as root: added capabilities are effective only for uid 0.
+        let as_root = json!({"securityContext": {"runAsUser": 0}});
+        let _userns_off = MaxUserNamespaces::set(&state, 0)?;
+        node_says_userns(&world.client, false).await?;
+        let pod = agent_pod(&world, "agent-netns", &as_root)?;
+        let created = create_in_tier(&world, &pod, "privileged-netns").await?;
+        for name in ["agent", "inspect"] {
+            let mut added = added_capabilities(&created, name)?;
+            added.sort();
+            assert_eq!(added, ["NET_ADMIN", "SYS_ADMIN"], "container {name}");
+        }
+        fetches_as_the_policy_says(&pods, "agent-netns").await?;
+        jailed_without_capabilities(&pods, "agent-netns").await?;
+
+        // The chart's switch: the (now privileged) node agent sets the sysctl back.
+        install(&world.client, &["nodeAgent.enableUserNamespaces=true"]).await?;
+        node_says_userns(&world.client, true).await?;
+        assert_eq!(
+            MaxUserNamespaces::current()?,
+            65536,
+            "the chart's default value"
+        );
+        let pod = agent_pod(&world, "agent-userns", &as_root)?;
+        let created = create_in_tier(&world, &pod, "userns").await?;
+        for name in ["agent", "inspect"] {
+            assert!(
+                added_capabilities(&created, name)?.is_empty(),
+                "container {name}"
+            );
+        }
+        fetches_as_the_policy_says(&pods, "agent-userns").await?;
+        jailed_without_capabilities(&pods, "agent-userns").await?;
+        anyhow::Ok(())
+    })
     .await;
     dump_on_error(&world.ns, result).await
 }
