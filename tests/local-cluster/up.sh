@@ -80,6 +80,12 @@ BIND=127.0.0.1; EXTRA=()
 if [ "$NODE" = 1 ]; then
   # Pods reach the apiserver through the kubernetes Service (10.96.0.1 -> NODE_IP).
   BIND=0.0.0.0; EXTRA=(--advertise-address="$NODE_IP" --kubelet-preferred-address-types=InternalIP --enable-aggregator-routing=true)
+  # A dockerd still stopping (an earlier down.sh) would answer `docker info` below and vanish.
+  for _ in $(seq 1 150); do pgrep -x dockerd >/dev/null || break; sleep 0.2; done
+  if pgrep -x dockerd >/dev/null; then
+    echo "another dockerd runs (pid $(pgrep -x dockerd | tr '\n' ' ')) and owns /var/run/docker.sock; stop it first (tests/local-cluster/down.sh stops ours)" >&2
+    exit 1
+  fi
   log "starting dockerd"
   # dockerd first: it creates docker0, which holds NODE_IP.
   start dockerd dockerd --data-root "${DOCKER_DATA:-/var/lib/agent-boundary-docker}" --exec-root "$STATE/docker-exec" \
