@@ -13,6 +13,7 @@ use anyhow::{Context as _, bail};
 use boundary_api::Tier;
 use boundary_api::contract::{annotations, node_labels, objects};
 use boundary_operator::{Config, Shutdown};
+use boundary_test_support::nodes::{FakeNode, NodeSystem, TEST_POOL};
 use boundary_test_support::{TestNamespace, client, eventually};
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{Node, Pod, Secret, ServiceAccount};
@@ -23,7 +24,6 @@ use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(30);
 /// Label that scopes a test's Node objects (and its node controller) to that test.
-const POOL: &str = "agentboundary.dev/test-pool";
 /// The node agent's label, as the operator selects it.
 const COMPONENT: (&str, &str) = ("app.kubernetes.io/component", "node-agent");
 
@@ -66,50 +66,10 @@ fn boundary_bin() -> anyhow::Result<PathBuf> {
     .map_err(|e| anyhow::anyhow!(e))
 }
 
-/// A Node object (no kubelet behind it) in this test's pool; deleted on drop.
-struct FakeNode {
-    name: String,
-}
-
-impl Drop for FakeNode {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        // Drop cannot be async: a fresh runtime and client on a thread of our own.
-        let _ = std::thread::spawn(move || {
-            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                rt.block_on(async move {
-                    if let Ok(client) = client().await {
-                        let _ = Api::<Node>::all(client)
-                            .delete(&name, &DeleteParams::default())
-                            .await;
-                    }
-                });
-            }
-        })
-        .join();
-    }
-}
-
+/// A Bottlerocket Node object (no kubelet behind it) in this test's pool; deleted on drop.
 async fn fake_node(client: &Client, name: &str, pool: &str) -> anyhow::Result<FakeNode> {
-    let node: Node = serde_json::from_value(json!({
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {"name": name, "labels": {POOL: pool, "kubernetes.io/os": "linux"}},
-        "status": {"nodeInfo": {
-            "osImage": "Bottlerocket OS 1.49.0 (aws-k8s-1.34)", "kernelVersion": "6.12.40",
-            "operatingSystem": "linux", "architecture": "amd64", "bootID": "",
-            "containerRuntimeVersion": "containerd://1.7.0", "kubeProxyVersion": "",
-            "kubeletVersion": "v1.20.2", "machineID": "", "systemUUID": ""
-        }},
-    }))?;
-    Api::<Node>::all(client.clone())
-        .create(&PostParams::default(), &node)
-        .await
-        .with_context(|| format!("creating node {name}"))?;
-    Ok(FakeNode { name: name.into() })
+    let system = NodeSystem::linux("Bottlerocket OS 1.49.0 (aws-k8s-1.34)", "6.12.40");
+    FakeNode::create(client, name, pool, system, &[]).await
 }
 
 /// The operator's node controller, scoped to this test's pool and namespace; stops on drop.
@@ -126,7 +86,7 @@ impl Drop for Operator {
 
 fn start_operator(client: &Client, ns: &TestNamespace) -> Operator {
     let config = Config {
-        node_selector: Some(format!("{POOL}={}", ns.name())),
+        node_selector: Some(format!("{TEST_POOL}={}", ns.name())),
         node_agent_namespace: Some(ns.name().into()),
         retry_seconds: 1,
         ..Config::default()

@@ -12,6 +12,7 @@ use boundary_api::contract::{annotations, node_labels, objects};
 use boundary_api::crd::{BoundaryPolicy, BoundaryPolicyStatus, condition_types};
 use boundary_operator::compile::sha256_hex;
 use boundary_operator::{Config, Shutdown};
+use boundary_test_support::nodes::{FakeNode, NodeSystem, TEST_POOL};
 use boundary_test_support::{TestNamespace, client, eventually, install_crds};
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Node, Pod, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -20,8 +21,6 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(30);
-/// Label that scopes a test's Node objects (and its node controller) to that test.
-const POOL: &str = "agentboundary.dev/test-pool";
 
 /// One of the operator's controllers, running in this process until dropped.
 struct Running {
@@ -82,7 +81,7 @@ fn start_policies(client: &Client, ns: &TestNamespace) -> Running {
 
 fn start_nodes(client: &Client, ns: &TestNamespace) -> Running {
     let config = Config {
-        node_selector: Some(format!("{POOL}={}", ns.name())),
+        node_selector: Some(format!("{TEST_POOL}={}", ns.name())),
         node_agent_namespace: Some(ns.name().into()),
         retry_seconds: 1,
         ..Config::default()
@@ -359,32 +358,6 @@ async fn invalid_rules_are_reported_with_positions_and_an_event() -> anyhow::Res
 }
 
 /// A Node object (no kubelet behind it) in this test's pool; deleted on drop.
-struct FakeNode {
-    name: String,
-}
-
-impl Drop for FakeNode {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        // Drop cannot be async: a fresh runtime and client on a thread of our own.
-        let _ = std::thread::spawn(move || {
-            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                rt.block_on(async move {
-                    if let Ok(client) = client().await {
-                        let _ = Api::<Node>::all(client)
-                            .delete(&name, &DeleteParams::default())
-                            .await;
-                    }
-                });
-            }
-        })
-        .join();
-    }
-}
-
 async fn fake_node(
     client: &Client,
     name: &str,
@@ -392,30 +365,14 @@ async fn fake_node(
     os_image: &str,
     operating_system: &str,
     kernel: &str,
-    extra_labels: &[(&str, &str)],
+    labels: &[(&str, &str)],
 ) -> anyhow::Result<FakeNode> {
-    let mut labels: BTreeMap<String, String> = extra_labels
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    labels.insert(POOL.into(), pool.into());
-    labels.insert("kubernetes.io/os".into(), operating_system.into());
-    let node: Node = serde_json::from_value(json!({
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {"name": name, "labels": labels},
-        "status": {"nodeInfo": {
-            "osImage": os_image, "kernelVersion": kernel, "operatingSystem": operating_system,
-            "architecture": "amd64", "bootID": "", "containerRuntimeVersion": "containerd://1.7.0",
-            "kubeProxyVersion": "", "kubeletVersion": "v1.20.2", "machineID": "", "systemUUID": ""
-        }},
-    }))?;
-    // The status (nodeInfo) is kept on create for Nodes.
-    Api::<Node>::all(client.clone())
-        .create(&PostParams::default(), &node)
-        .await
-        .with_context(|| format!("creating node {name}"))?;
-    Ok(FakeNode { name: name.into() })
+    let system = NodeSystem {
+        os_image,
+        operating_system,
+        kernel,
+    };
+    FakeNode::create(client, name, pool, system, labels).await
 }
 
 /// The operator's labels on `node` (with `agentboundary.dev/` shortened away), once they equal

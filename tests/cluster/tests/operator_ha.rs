@@ -20,6 +20,7 @@ use boundary_api::crd::BoundaryPolicy;
 use boundary_operator::certs::{self, CertConfig};
 use boundary_operator::metrics::Metrics;
 use boundary_operator::{Config, Shutdown};
+use boundary_test_support::nodes::TEST_POOL;
 use boundary_test_support::{TestNamespace, client, eventually, install_crds};
 use boundary_webhook::review::{AdmissionRequest, AdmissionResponse, Admit};
 use boundary_webhook::server::{self, Server};
@@ -324,7 +325,7 @@ fn replica(client: &Client, ns: &TestNamespace, identity: &str) -> Replica {
     let metrics = Metrics::default();
     let config = Config {
         watch_namespace: Some(ns.name().into()),
-        node_selector: Some("agentboundary.dev/test-pool=none".into()),
+        node_selector: Some(format!("{TEST_POOL}=none")),
         node_agent_namespace: Some(ns.name().into()),
         retry_seconds: 1,
         instance: Some(identity.into()),

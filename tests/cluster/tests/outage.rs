@@ -14,6 +14,7 @@ use boundary_api::contract::{node_labels, objects};
 use boundary_api::crd::BoundaryPolicy;
 use boundary_operator::metrics::Metrics;
 use boundary_operator::{Config, Shutdown};
+use boundary_test_support::nodes::{NodeSystem, TEST_POOL};
 use boundary_test_support::{
     TestNamespace, client, eventually, install_crds, local_cluster_state, restart_local_apiserver,
 };
@@ -22,27 +23,14 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
 
-const POOL: &str = "agentboundary.dev/test-pool";
-
 async fn create_node(
     client: &Client,
     name: &str,
     pool: &str,
     os_image: &str,
 ) -> anyhow::Result<()> {
-    let node: Node = serde_json::from_value(json!({
-        "metadata": {"name": name, "labels": {POOL: pool, "kubernetes.io/os": "linux"}},
-        "status": {"nodeInfo": {
-            "osImage": os_image, "kernelVersion": "6.1.141", "operatingSystem": "linux",
-            "architecture": "amd64", "bootID": "", "containerRuntimeVersion": "containerd://1.7.0",
-            "kubeProxyVersion": "", "kubeletVersion": "v1.20.2", "machineID": "", "systemUUID": ""
-        }},
-    }))?;
-    Api::<Node>::all(client.clone())
-        .create(&PostParams::default(), &node)
-        .await
-        .with_context(|| format!("creating node {name}"))?;
-    Ok(())
+    let system = NodeSystem::linux(os_image, "6.1.141");
+    boundary_test_support::nodes::create_node(client, name, pool, system, &[]).await
 }
 
 async fn published(ns: &TestNamespace, wanted: &[&str]) -> anyhow::Result<()> {
@@ -80,7 +68,7 @@ async fn the_operator_converges_after_the_apiserver_was_down_for_10_seconds() ->
     let metrics = Metrics::default();
     let config = Config {
         watch_namespace: Some(ns.name().into()),
-        node_selector: Some(format!("{POOL}={pool}")),
+        node_selector: Some(format!("{TEST_POOL}={pool}")),
         node_agent_namespace: Some(ns.name().into()),
         retry_seconds: 1,
         instance: Some("outage-test".into()),

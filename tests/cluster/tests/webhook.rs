@@ -4,7 +4,6 @@
 //! objects of each OS are created through the API, so the planner sees them through its real
 //! watches.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -12,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use boundary_api::contract::{annotations, containers, labels};
+use boundary_test_support::nodes::{FakeNode, NodeSystem, TEST_POOL};
 use boundary_test_support::{TestNamespace, client, eventually, install_crds, kubectl};
 use boundary_webhook::admit::Planner;
 use boundary_webhook::cache::LiveView;
@@ -170,61 +170,23 @@ async fn start_boundary_webhook(client: &Client, ns: &TestNamespace) -> anyhow::
     .await
 }
 
-/// Creates a Node object of the given OS (no kubelet behind it) labelled for this test's pool.
+/// Creates a Linux Node object (no kubelet behind it) in this test's pool.
 async fn fake_node(
     client: &Client,
     name: &str,
     pool: &str,
     os_image: &str,
     kernel: &str,
-    extra_labels: &[(&str, &str)],
+    labels: &[(&str, &str)],
 ) -> anyhow::Result<FakeNode> {
-    let mut node_labels: BTreeMap<String, String> = extra_labels
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    node_labels.insert("agentboundary.dev/test-pool".into(), pool.into());
-    node_labels.insert("kubernetes.io/os".into(), "linux".into());
-    let node: Node = serde_json::from_value(json!({
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {"name": name, "labels": node_labels},
-        "status": {"nodeInfo": {
-            "osImage": os_image, "kernelVersion": kernel, "operatingSystem": "linux",
-            "architecture": "amd64", "bootID": "", "containerRuntimeVersion": "containerd://1.7.0",
-            "kubeProxyVersion": "", "kubeletVersion": "v1.20.2", "machineID": "", "systemUUID": ""
-        }},
-    }))?;
-    let api: Api<Node> = Api::all(client.clone());
-    api.create(&PostParams::default(), &node)
-        .await
-        .with_context(|| format!("creating node {name}"))?;
-    Ok(FakeNode { name: name.into() })
-}
-
-struct FakeNode {
-    name: String,
-}
-
-impl Drop for FakeNode {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                rt.block_on(async move {
-                    if let Ok(client) = client().await {
-                        let _ = Api::<Node>::all(client)
-                            .delete(&name, &DeleteParams::default())
-                            .await;
-                    }
-                });
-            }
-        })
-        .join();
-    }
+    FakeNode::create(
+        client,
+        name,
+        pool,
+        NodeSystem::linux(os_image, kernel),
+        labels,
+    )
+    .await
 }
 
 /// An agent pod for `pool` that no scheduler picks up (so it is deleted at once with its
@@ -238,7 +200,7 @@ fn agent_pod(name: &str, pool: &str, extra_spec: &Value) -> anyhow::Result<Pod> 
             "schedulerName": "no-scheduler-for-webhook-tests",
             // Without a controller-manager no token is minted for the service account.
             "automountServiceAccountToken": false,
-            "nodeSelector": {"agentboundary.dev/test-pool": pool},
+            "nodeSelector": {TEST_POOL: pool},
             "tolerations": [{"operator": "Exists"}],
             "containers": [{"name": "agent", "image": "agent:1", "command": ["claude"]}],
         },

@@ -9,6 +9,8 @@
 //! fails (events, policies, pods, container logs) and deletes it afterwards.
 #![forbid(unsafe_code)]
 
+pub mod nodes;
+
 use std::fmt::Write as _;
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
