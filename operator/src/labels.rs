@@ -55,6 +55,9 @@ pub struct ProbeFacts {
     /// Landlock ABI (0: none).
     #[serde(default)]
     pub landlock_abi: i32,
+    /// The probe held `CAP_SYS_ADMIN` and `CAP_NET_ADMIN`, so it could try `privileged-netns`.
+    #[serde(default)]
+    pub net_admin_and_sys_admin: bool,
 }
 
 /// Whether `key` is one of the labels the operator owns on nodes.
@@ -96,12 +99,18 @@ pub fn node_labels(
     let probe = probe.filter(|_| facts.os != os::WINDOWS);
     let (tiers, userns, landlock_abi, seccomp_profile, probed) = match probe {
         Some(p) => {
-            let tiers: BTreeSet<Tier> = p
+            let mut tiers: BTreeSet<Tier> = p
                 .tiers
                 .iter()
                 .filter(|(_, t)| t.works)
                 .filter_map(|(name, _)| name.parse().ok())
                 .collect();
+            // A node agent without SYS_ADMIN and NET_ADMIN (the default) cannot try
+            // privileged-netns: its "no" says what it lacks, not what a pod granted them can
+            // do, so classification (every Linux node but Fargate) decides that tier.
+            if !p.facts.net_admin_and_sys_admin && facts.tiers.contains(&Tier::PrivilegedNetns) {
+                tiers.insert(Tier::PrivilegedNetns);
+            }
             let userns = !p.facts.apparmor_restricts_userns
                 && p.facts
                     .max_user_namespaces
@@ -302,6 +311,8 @@ mod tests {
             "seccompProfile": "agent-boundary-userns.json"
         }));
         let labels = node_labels(&classify(&bottlerocket), Some(&report));
+        // privileged-netns: the probe lacked the capabilities to try it; a pod that is
+        // granted them can build it on any Linux node but Fargate.
         assert_set(
             &labels,
             &[
@@ -310,8 +321,30 @@ mod tests {
                 "probed=true",
                 "seccomp-profile=agent-boundary-userns.json",
                 "tier.landlock=true",
+                "tier.privileged-netns=true",
                 "tier.userns=true",
-                "tiers=userns.landlock",
+                "tiers=userns.privileged-netns.landlock",
+                "userns=true",
+            ],
+        );
+
+        // A probe that held the capabilities and failed is believed.
+        let tried = probe(json!({
+            "tiers": {
+                "userns": {"works": true},
+                "privileged-netns": {"works": false, "reason": "nf_tables is not available"},
+            },
+            "facts": {"maxUserNamespaces": 30000, "netAdminAndSysAdmin": true}
+        }));
+        let labels = node_labels(&classify(&bottlerocket), Some(&tried));
+        assert_set(
+            &labels,
+            &[
+                "landlock-abi=0",
+                "os=bottlerocket",
+                "probed=true",
+                "tier.userns=true",
+                "tiers=userns",
                 "userns=true",
             ],
         );
@@ -323,13 +356,15 @@ mod tests {
             "seccompProfile": "../../etc/passwd"
         }));
         let labels = node_labels(&classify(&bottlerocket), Some(&restricted));
+        // User namespaces off (Bottlerocket's default): privileged-netns is what is left.
         assert_set(
             &labels,
             &[
                 "landlock-abi=0",
                 "os=bottlerocket",
                 "probed=true",
-                "tiers=",
+                "tier.privileged-netns=true",
+                "tiers=privileged-netns",
                 "userns=false",
             ],
         );

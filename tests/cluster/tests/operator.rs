@@ -547,8 +547,11 @@ async fn nodes_are_labelled_from_classification_and_probe_reports() -> anyhow::R
             "userns=true",
             "landlock-abi=6",
             "probed=true",
-            "tiers=userns.landlock",
+            // privileged-netns: the agent could not try it without the capabilities, so
+            // classification (a Linux node) decides.
+            "tiers=userns.privileged-netns.landlock",
             "tier.userns=true",
+            "tier.privileged-netns=true",
             "tier.landlock=true",
         ],
     )
