@@ -245,9 +245,15 @@ fn warn_of_image_users(
     if !row.needs_root {
         return;
     }
+    // Only this project's jail is known to drop them again before the command runs.
+    let dropped = if row.tier.is_some() {
+        " (the jail drops every capability before the command runs)"
+    } else {
+        ""
+    };
     for c in jailed.iter().filter(|c| run_as_user(spec, c).is_none()) {
         warnings.push(format!(
-            "agentboundary.dev: {} adds capabilities that take effect only for uid 0, and container {} runs as its image's user; if that is not root, set securityContext.runAsUser: 0 (the jail drops every capability before the command runs)",
+            "agentboundary.dev: {} adds capabilities that take effect only for uid 0, and container {} runs as its image's user; if that is not root, set securityContext.runAsUser: 0{dropped}",
             row.name, c.name
         ));
     }
