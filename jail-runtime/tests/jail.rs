@@ -505,6 +505,32 @@ async fn exit_codes_stdin_and_setup_failures() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "through the jail\n");
 }
 
+/// Root whose capabilities were dropped (a container with `drop: [ALL]`) cannot map uid 0 into
+/// a user namespace since Linux 5.12; the init's own error must reach the caller, with the fix.
+#[tokio::test]
+async fn root_without_setfcap_is_told_why_the_userns_tier_fails() {
+    require_root();
+    let out = output({
+        let mut c = tokio::process::Command::new("setpriv");
+        c.args([
+            "--bounding-set",
+            "-setfcap,-sys_admin,-net_admin",
+            "--inh-caps=-all",
+            "--",
+        ])
+        .arg(common::boundary_bin())
+        .args(["run", "--tier", "userns", "--", "true"]);
+        c
+    })
+    .await;
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("CAP_SETFCAP") && err.contains("runAsUser") && err.contains("SETFCAP"),
+        "{err}"
+    );
+}
+
 #[tokio::test]
 async fn user_namespaces_switched_off_give_the_sysctl_and_the_other_tier() {
     require_root();

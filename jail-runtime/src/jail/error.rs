@@ -15,7 +15,9 @@ pub const EXIT_NOT_FOUND: i32 = 127;
 
 /// A jail set-up failure. Serialisable: the jail's init process reports it to `boundary run`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
+// Adjacently tagged: an internally tagged enum cannot carry the newtype variants (`Other`,
+// `Network`, ...), and an init whose report does not serialise fails without saying why.
+#[serde(tag = "kind", content = "detail", rename_all = "kebab-case")]
 pub enum JailError {
     /// `clone(CLONE_NEWUSER)` failed.
     #[error("{}", user_namespace_message(*errno, facts))]
@@ -241,12 +243,32 @@ mod tests {
     }
 
     #[test]
-    fn errors_survive_the_trip_from_the_jail_init() {
-        let e = JailError::Mount {
-            what: "/proc".into(),
-            errno: "EPERM".into(),
-        };
-        let json = serde_json::to_string(&e).unwrap();
-        assert_eq!(serde_json::from_str::<JailError>(&json).unwrap(), e);
+    fn errors_of_every_kind_survive_the_trip_from_the_jail_init() {
+        let every_kind = [
+            JailError::UserNamespaceDenied {
+                errno: libc::ENOSPC,
+                facts: UsernsFacts::default(),
+            },
+            JailError::MissingCapabilities {
+                missing: "CAP_SYS_ADMIN".into(),
+            },
+            JailError::NamespaceDenied {
+                call: "clone".into(),
+                seccomp_filter: true,
+            },
+            JailError::NfTablesUnavailable("ENOENT".into()),
+            JailError::Network("EINVAL".into()),
+            JailError::Mount {
+                what: "/proc".into(),
+                errno: "EPERM".into(),
+            },
+            JailError::LandlockUnavailable { abi: 3 },
+            JailError::NoTierWorks(vec!["userns: no".into()]),
+            JailError::Other("writing /proc/self/uid_map: EPERM".into()),
+        ];
+        for e in every_kind {
+            let json = serde_json::to_string(&e).unwrap_or_else(|err| panic!("{e:?}: {err}"));
+            assert_eq!(serde_json::from_str::<JailError>(&json).unwrap(), e);
+        }
     }
 }

@@ -87,7 +87,19 @@ fn map_ids(uid: Uid, gid: Gid) -> Result<(), JailError> {
     };
     nix::sys::prctl::set_dumpable(true).map_err(|e| JailError::other("set_dumpable", e))?;
     write("setgroups", "deny".into())?;
-    write("uid_map", format!("{uid} {uid} 1\n"))?;
+    if let Err(e) = std::fs::write("/proc/self/uid_map", format!("{uid} {uid} 1\n")) {
+        // Since Linux 5.12 only a process that held CAP_SETFCAP may map uid 0.
+        if uid.is_root() && e.raw_os_error() == Some(libc::EPERM) {
+            return Err(JailError::Other(
+                "writing /proc/self/uid_map: EPERM: boundary runs as root without CAP_SETFCAP, and since \
+                 Linux 5.12 mapping uid 0 into a user namespace needs it. Fix: run the container as a \
+                 non-root user (securityContext.runAsUser), or keep SETFCAP \
+                 (securityContext.capabilities.add: [SETFCAP]; the jail drops it before the command runs)"
+                    .into(),
+            ));
+        }
+        return Err(JailError::other("writing /proc/self/uid_map", e));
+    }
     write("gid_map", format!("{gid} {gid} 1\n"))?;
     Ok(())
 }

@@ -181,6 +181,16 @@ pub fn spawn(
                     .map_err(|e| JailError::other("starting the jail", e))
             });
             if let Err(e) = prepared {
+                // The go-ahead finds no reader when the init already failed: its report says why.
+                let reported = nix::sys::socket::recv(
+                    ours.as_raw_fd(),
+                    &mut [0u8; 0],
+                    MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+                )
+                .is_ok();
+                if reported && let Err(why) = receive_report(&ours, init, plan.tier) {
+                    return Err(why);
+                }
                 let _ = nix::sys::signal::kill(init, nix::sys::signal::Signal::SIGKILL);
                 let _ = nix::sys::wait::waitpid(init, None);
                 return Err(e);
