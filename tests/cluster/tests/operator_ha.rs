@@ -27,7 +27,7 @@ use boundary_webhook::server::{self, Server};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, ServiceAccount};
-use kube::api::{DeleteParams, PostParams};
+use kube::api::PostParams;
 use kube::{Api, Client};
 use serde_json::json;
 
@@ -96,21 +96,9 @@ struct Unregister(String);
 
 impl Drop for Unregister {
     fn drop(&mut self) {
-        let name = self.0.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build();
-            if let Ok(rt) = rt {
-                rt.block_on(async move {
-                    if let Ok(client) = client().await {
-                        let api: Api<MutatingWebhookConfiguration> = Api::all(client);
-                        let _ = api.delete(&name, &DeleteParams::default()).await;
-                    }
-                });
-            }
-        })
-        .join();
+        boundary_test_support::delete_cluster_object_now::<MutatingWebhookConfiguration>(
+            self.0.clone(),
+        );
     }
 }
 

@@ -20,7 +20,7 @@ use boundary_webhook::review::{AdmissionRequest, AdmissionResponse, Admit};
 use boundary_webhook::server::{Config, Server};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{DeleteParams, PostParams};
+use kube::api::PostParams;
 use kube::{Api, Client};
 use serde_json::{Value, json};
 
@@ -39,23 +39,9 @@ impl Drop for Registered {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        let name = self.name.clone();
-        // Drop cannot be async and the test's runtime may be shutting down: a fresh runtime and
-        // client on a thread of our own (a client belongs to the runtime that made it).
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build();
-            if let Ok(rt) = rt {
-                rt.block_on(async move {
-                    if let Ok(client) = client().await {
-                        let api: Api<MutatingWebhookConfiguration> = Api::all(client);
-                        let _ = api.delete(&name, &DeleteParams::default()).await;
-                    }
-                });
-            }
-        })
-        .join();
+        boundary_test_support::delete_cluster_object_now::<MutatingWebhookConfiguration>(
+            self.name.clone(),
+        );
     }
 }
 

@@ -432,6 +432,31 @@ pub async fn dump_namespace(client: &Client, namespace: &str) -> String {
     out
 }
 
+/// Deletes the cluster-scoped object `name` of kind `K` from a `Drop`, best effort. Drop cannot
+/// be async and the test's runtime may be shutting down: a fresh runtime and client on a thread
+/// of its own (a client belongs to the runtime that made it).
+pub fn delete_cluster_object_now<K>(name: String)
+where
+    K: kube::Resource + Clone + std::fmt::Debug + k8s_openapi::serde::de::DeserializeOwned,
+    K::DynamicType: Default,
+{
+    let _ = std::thread::spawn(move || {
+        if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            rt.block_on(async move {
+                if let Ok(client) = client().await {
+                    let _ = Api::<K>::all(client)
+                        .delete(&name, &DeleteParams::default())
+                        .await;
+                }
+            });
+        }
+    })
+    .join();
+}
+
 /// The state directory of the project's local cluster when the tests run on it (`KUBECONFIG`
 /// is its kubeconfig), `None` on any other cluster.
 pub fn local_cluster_state() -> Option<PathBuf> {

@@ -5,11 +5,9 @@ use std::collections::BTreeMap;
 
 use anyhow::Context as _;
 use k8s_openapi::api::core::v1::Node;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::PostParams;
 use kube::{Api, Client};
 use serde_json::json;
-
-use crate::client;
 
 /// The label that puts a fake node into a test's pool.
 pub const TEST_POOL: &str = "agentboundary.dev/test-pool";
@@ -94,22 +92,6 @@ pub async fn create_node(
 
 impl Drop for FakeNode {
     fn drop(&mut self) {
-        let name = self.name.clone();
-        // Drop cannot be async: a fresh runtime and client on a thread of our own.
-        let _ = std::thread::spawn(move || {
-            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                rt.block_on(async move {
-                    if let Ok(client) = client().await {
-                        let _ = Api::<Node>::all(client)
-                            .delete(&name, &DeleteParams::default())
-                            .await;
-                    }
-                });
-            }
-        })
-        .join();
+        crate::delete_cluster_object_now::<Node>(self.name.clone());
     }
 }
