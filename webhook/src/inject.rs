@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use boundary_api::contract::{
-    annotations, containers, env, labels, objects, paths, ports, volumes,
+    annotations, containers, env, exit_when, labels, objects, paths, ports, volumes,
 };
 use boundary_api::{JailRuntime, Mode, Tier};
 use k8s_openapi::api::core::v1::{
@@ -69,6 +69,10 @@ pub struct JailedContainer {
     /// The container's own command before it was wrapped in `boundary run --`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wrapped_command: Option<Vec<String>>,
+    /// The container's legacy seccomp annotation before this webhook made it agree with the
+    /// profile it set (the apiserver refuses a field and an annotation that disagree).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seccomp_annotation_replaced: Option<String>,
 }
 
 /// The node-affinity requirement added to pin the pod.
@@ -161,14 +165,27 @@ pub struct Injection<'a> {
     pub mode: Mode,
     /// The selecting policies.
     pub policies: Vec<String>,
-    /// Containers to jail, each with the seccomp profile to set (`None`: leave it).
-    pub containers: Vec<(String, Option<SeccompProfile>)>,
+    /// Containers to jail.
+    pub containers: Vec<JailTarget>,
     /// Wrap the containers' commands in `boundary run --`.
     pub wrap_command: bool,
     /// Native or classic sidecar.
     pub sidecar: SidecarKind,
     /// The node pin.
     pub pin: Option<(NodeSelectorRequirement, bool)>,
+}
+
+/// One container to jail and what it needs.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct JailTarget {
+    /// The container.
+    pub name: String,
+    /// The seccomp profile to set (`None`: leave it).
+    pub seccomp: Option<SeccompProfile>,
+    /// Ports that must reach the jailed process from the pod's network (declared, probes).
+    pub inbound_ports: Vec<u16>,
+    /// Ports of the pod's loopback the jail sends to the proxy (pod-local rules decide).
+    pub pod_local_ports: Vec<u16>,
 }
 
 /// Removes everything a previous injection (recorded in `status`) added.
@@ -202,6 +219,18 @@ pub fn strip(pod: &mut Pod, status: &InjectionStatus) {
         spec.volumes = None;
     }
     for record in &status.containers {
+        if let Some(before) = &record.seccomp_annotation_replaced {
+            pod.metadata
+                .annotations
+                .get_or_insert_with(BTreeMap::new)
+                .insert(
+                    crate::seccomp::container_annotation(&record.name),
+                    before.clone(),
+                );
+        }
+        let Some(spec) = pod.spec.as_mut() else {
+            return;
+        };
         let Some(c) = spec.containers.iter_mut().find(|c| c.name == record.name) else {
             continue;
         };
@@ -240,8 +269,118 @@ pub fn strip(pod: &mut Pod, status: &InjectionStatus) {
             }
         }
     }
-    if let Some(pin) = &status.pin {
+    if let (Some(pin), Some(spec)) = (&status.pin, pod.spec.as_mut()) {
         unpin(spec, pin);
+    }
+}
+
+/// Env vars this webhook sets on jailed containers of the builtin runtime.
+const JAILED_ENV: [&str; 7] = [
+    env::TIER,
+    env::PROXY_SOCKET,
+    env::PROXY_PORT,
+    env::CONTAINER_NAME,
+    env::POD_NAME,
+    env::POD_NAMESPACE,
+    env::INBOUND_PORTS,
+];
+
+/// Removes injected parts recognised by what they are rather than by the status record: a pod
+/// re-created from a mutated spec (a controller that copied it, `kubectl get -o yaml | kubectl
+/// create`) carries them without the annotation, and would otherwise be wrapped twice. Leaves a
+/// pod without such parts as it is.
+pub fn strip_recognised(pod: &mut Pod) {
+    if let Some(annotations) = pod.metadata.annotations.as_mut() {
+        for key in [annotations::TIER, annotations::POLICY] {
+            annotations.remove(key);
+        }
+        if annotations.is_empty() {
+            pod.metadata.annotations = None;
+        }
+    }
+    if let Some(pod_labels) = pod.metadata.labels.as_mut() {
+        pod_labels.remove(labels::JAILED);
+        if pod_labels.is_empty() {
+            pod.metadata.labels = None;
+        }
+    }
+    let Some(spec) = pod.spec.as_mut() else {
+        return;
+    };
+    let injected = |c: &Container| {
+        let args = c.args.as_deref().unwrap_or_default();
+        (c.name == containers::SIDECAR && args.first().is_some_and(|a| a == "sidecar"))
+            || (c.name == containers::INSTALL && args.first().is_some_and(|a| a == "install"))
+    };
+    if let Some(init) = spec.init_containers.as_mut() {
+        init.retain(|c| !injected(c));
+        if init.is_empty() {
+            spec.init_containers = None;
+        }
+    }
+    spec.containers.retain(|c| !injected(c));
+    if let Some(vols) = spec.volumes.as_mut() {
+        vols.retain(|v| !volumes::ALL.contains(&v.name.as_str()));
+        if vols.is_empty() {
+            spec.volumes = None;
+        }
+    }
+    for c in &mut spec.containers {
+        unwrap_command(c);
+        let jailed_here = c.env.iter().flatten().any(|e| {
+            e.name == env::PROXY_SOCKET && e.value.as_deref() == Some(paths::PROXY_SOCKET)
+        });
+        if !jailed_here {
+            continue;
+        }
+        let privileged_netns = c.env.iter().flatten().any(|e| {
+            e.name == env::TIER && e.value.as_deref() == Some(Tier::PrivilegedNetns.as_str())
+        });
+        if let Some(vars) = c.env.as_mut() {
+            vars.retain(|e| {
+                !JAILED_ENV.contains(&e.name.as_str()) && e.name != env::POD_LOCAL_PORTS
+            });
+            if vars.is_empty() {
+                c.env = None;
+            }
+        }
+        if let Some(mounts) = c.volume_mounts.as_mut() {
+            mounts.retain(|m| !volumes::ALL.contains(&m.name.as_str()));
+            if mounts.is_empty() {
+                c.volume_mounts = None;
+            }
+        }
+        // The privileged-netns tier's capabilities, which the jail drops again.
+        if privileged_netns
+            && let Some(sc) = c.security_context.as_mut()
+            && let Some(caps) = sc.capabilities.as_mut()
+            && let Some(add) = caps.add.as_mut()
+        {
+            add.retain(|cap| cap != "SYS_ADMIN" && cap != "NET_ADMIN");
+            if add.is_empty() {
+                caps.add = None;
+            }
+            if *caps == Capabilities::default() {
+                sc.capabilities = None;
+            }
+            if *sc == SecurityContext::default() {
+                c.security_context = None;
+            }
+        }
+    }
+}
+
+/// `boundary run -- CMD` (as this webhook wraps it, once or more) back to `CMD`.
+fn unwrap_command(c: &mut Container) {
+    let prefix = [paths::BOUNDARY_BIN, "run", "--"];
+    let Some(command) = c.command.as_mut() else {
+        return;
+    };
+    while command.len() >= prefix.len() && command.iter().zip(prefix).all(|(a, b)| a == b) {
+        command.drain(..prefix.len());
+    }
+    if command.is_empty() {
+        c.command = None;
     }
 }
 
@@ -482,8 +621,17 @@ fn volumes_to_add() -> Vec<Volume> {
     ]
 }
 
+fn port_list(ports: &[u16]) -> String {
+    ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Env vars the jailed container gets (names the user already set are left alone).
-fn jailed_env(injection: &Injection<'_>, container: &str) -> Vec<EnvVar> {
+fn jailed_env(injection: &Injection<'_>, target: &JailTarget) -> Vec<EnvVar> {
+    let container = target.name.as_str();
     let mut vars: Vec<EnvVar> = injection
         .row
         .env
@@ -504,6 +652,18 @@ fn jailed_env(injection: &Injection<'_>, container: &str) -> Vec<EnvVar> {
         vars.push(value_env(env::CONTAINER_NAME, container));
         vars.push(field_env(env::POD_NAME, "metadata.name"));
         vars.push(field_env(env::POD_NAMESPACE, "metadata.namespace"));
+        if !target.inbound_ports.is_empty() {
+            vars.push(value_env(
+                env::INBOUND_PORTS,
+                &port_list(&target.inbound_ports),
+            ));
+        }
+        if !target.pod_local_ports.is_empty() {
+            vars.push(value_env(
+                env::POD_LOCAL_PORTS,
+                &port_list(&target.pod_local_ports),
+            ));
+        }
     }
     vars
 }
@@ -512,9 +672,10 @@ fn jailed_env(injection: &Injection<'_>, container: &str) -> Vec<EnvVar> {
 fn jail_container(
     c: &mut Container,
     injection: &Injection<'_>,
-    seccomp: Option<&SeccompProfile>,
+    target: &JailTarget,
     warnings: &mut Vec<String>,
 ) -> JailedContainer {
+    let seccomp = target.seccomp.as_ref();
     let builtin = injection.runtime == JailRuntime::Builtin;
     let name = c.name.clone();
     let mut record = JailedContainer {
@@ -522,7 +683,7 @@ fn jail_container(
         ..JailedContainer::default()
     };
     let env = c.env.get_or_insert_with(Vec::new);
-    for var in jailed_env(injection, &name) {
+    for var in jailed_env(injection, target) {
         if env.iter().any(|e| e.name == var.name) {
             warnings.push(format!(
                 "container {name} sets {} itself; its value is kept",
@@ -602,16 +763,28 @@ pub fn inject(pod: &mut Pod, injection: &Injection<'_>, settings: &Settings) -> 
     let mut records = Vec::new();
     let builtin = injection.runtime == JailRuntime::Builtin;
     let spec = pod.spec.get_or_insert_with(PodSpec::default);
-    for (name, seccomp) in &injection.containers {
-        if let Some(c) = spec.containers.iter_mut().find(|c| &c.name == name) {
-            records.push(jail_container(
-                c,
-                injection,
-                seccomp.as_ref(),
-                &mut warnings,
-            ));
+    for target in &injection.containers {
+        if let Some(c) = spec.containers.iter_mut().find(|c| c.name == target.name) {
+            records.push(jail_container(c, injection, target, &mut warnings));
         }
     }
+    // A container's legacy seccomp annotation must agree with the profile set on it.
+    for record in &mut records {
+        let key = crate::seccomp::container_annotation(&record.name);
+        let wanted = injection
+            .containers
+            .iter()
+            .find(|t| t.name == record.name)
+            .and_then(|t| t.seccomp.as_ref())
+            .and_then(crate::seccomp::annotation_of);
+        if let (Some(wanted), Some(annotations)) = (wanted, pod.metadata.annotations.as_mut())
+            && let Some(value) = annotations.get_mut(&key)
+            && *value != wanted
+        {
+            record.seccomp_annotation_replaced = Some(std::mem::replace(value, wanted));
+        }
+    }
+    let spec = pod.spec.get_or_insert_with(PodSpec::default);
     let sidecar = if builtin {
         injection.sidecar
     } else {
@@ -625,7 +798,24 @@ pub fn inject(pod: &mut Pod, injection: &Injection<'_>, settings: &Settings) -> 
         init.push(install_container(settings));
         match sidecar {
             SidecarKind::Native => init.push(sidecar_container(settings, true)),
-            SidecarKind::Classic => spec.containers.push(sidecar_container(settings, false)),
+            SidecarKind::Classic => {
+                let mut container = sidecar_container(settings, false);
+                let exit_when = match spec.restart_policy.as_deref() {
+                    Some("Never") => exit_when::ALL_EXITED,
+                    Some("OnFailure") => exit_when::ALL_SUCCEEDED,
+                    _ => exit_when::NEVER,
+                };
+                // Without native sidecars nothing else ends the sidecar of a pod that runs to
+                // completion (a Job would never complete).
+                if exit_when != exit_when::NEVER {
+                    let names: Vec<&str> = records.iter().map(|r| r.name.as_str()).collect();
+                    container.env.get_or_insert_with(Vec::new).extend([
+                        value_env(env::JAILED_CONTAINERS, &names.join(",")),
+                        value_env(env::EXIT_WHEN, exit_when),
+                    ]);
+                }
+                spec.containers.push(container);
+            }
             SidecarKind::None => {}
         }
     }

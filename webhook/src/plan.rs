@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use boundary_api::compiled::{Requirement, Selector};
-use boundary_api::contract::{self, containers, labels, node_labels};
+use boundary_api::contract::{self, annotations, containers, labels, node_labels};
 use boundary_api::crd::BoundaryPolicy;
 use boundary_api::{JailRuntime, Mode, Tier};
 use k8s_openapi::api::core::v1::{
@@ -16,7 +16,9 @@ use serde::Serialize;
 
 use crate::candidates::{self, Candidates};
 use crate::facts::{KUBERNETES_OS, NodeFacts};
-use crate::inject::{self, Injection, InjectionStatus, Settings, SidecarKind};
+use crate::inject::{self, Injection, InjectionStatus, JailTarget, Settings, SidecarKind};
+use crate::ports;
+use crate::seccomp;
 use crate::tables::{self, Row, Seccomp};
 
 /// Annotation the kubelet puts on mirror pods of static pods.
@@ -478,8 +480,8 @@ pub fn plan(input: &Input<'_>) -> Decision {
 
 fn plan_jail(input: &Input<'_>) -> Result<Decision, Early> {
     let original = input.pod;
-    let annotations = original.metadata.annotations.clone().unwrap_or_default();
-    if annotations.contains_key(MIRROR_ANNOTATION) {
+    let pod_annotations = original.metadata.annotations.clone().unwrap_or_default();
+    if pod_annotations.contains_key(MIRROR_ANNOTATION) {
         return Err(Early::skipped(
             "mirror pod (static pods are not changed by admission)",
             Vec::new(),
@@ -495,12 +497,7 @@ fn plan_jail(input: &Input<'_>) -> Result<Decision, Early> {
             Vec::new(),
         ));
     }
-    // Reinvocation: start again from the pod as it was before this webhook touched it.
-    let mut pod = original.clone();
-    if let Some(status) = InjectionStatus::of(&pod) {
-        inject::strip(&mut pod, &status);
-    }
-    let spec = pod.spec.clone().unwrap_or_default();
+    let (mut pod, pod_annotations, spec) = as_before_injection(original);
     let combined = match combine(input.policies, &pod_labels) {
         Ok(Some(c)) => c,
         Ok(None) => {
@@ -522,7 +519,7 @@ fn plan_jail(input: &Input<'_>) -> Result<Decision, Early> {
         }
     };
     let mut warnings = Vec::new();
-    let jailed = jailed_containers(&spec, &combined, &mut warnings)?;
+    let jailed = jailed_containers(&spec, &pod_annotations, &combined, &mut warnings)?;
 
     let fallback;
     let nodes: Vec<&NodeFacts> = match candidates::candidates(&spec, &pod_labels, input.nodes) {
@@ -549,8 +546,9 @@ fn plan_jail(input: &Input<'_>) -> Result<Decision, Early> {
             Ok(chosen) => chosen,
             Err(reason) => return Err(cannot_jail(&combined, reason, warnings)),
         };
-    let containers = seccomp_profiles(row, &spec, &jailed, &supporting, level, &mut warnings);
+    let containers = targets(row, &spec, &jailed, &supporting, level, &mut warnings);
     warn_of_image_users(row, &spec, &jailed, &mut warnings);
+    warn_of_unwrapped(&combined, &jailed, &mut warnings);
     let pin = pinned.then(|| pin_requirement(row, &supporting, &mut warnings));
     let injection = Injection {
         row,
@@ -579,6 +577,24 @@ fn plan_jail(input: &Input<'_>) -> Result<Decision, Early> {
     })
 }
 
+/// The pod as it was before this webhook touched it (reinvocation, or a pod re-created from a
+/// mutated spec, which carries injected parts without the record of them), its annotations, and
+/// the spec to plan with: the pod as the apiserver will store it, legacy seccomp annotations
+/// turned into fields.
+fn as_before_injection(original: &Pod) -> (Pod, BTreeMap<String, String>, PodSpec) {
+    let mut pod = original.clone();
+    if let Some(status) = InjectionStatus::of(&pod) {
+        inject::strip(&mut pod, &status);
+    }
+    inject::strip_recognised(&mut pod);
+    let pod_annotations = pod.metadata.annotations.clone().unwrap_or_default();
+    let spec = seccomp::with_annotations(
+        pod.spec.as_ref().unwrap_or(&PodSpec::default()),
+        &pod_annotations,
+    );
+    (pod, pod_annotations, spec)
+}
+
 /// Injects, and adds the injection's warnings.
 fn apply(
     pod: &mut Pod,
@@ -596,9 +612,140 @@ fn apply(
     }
 }
 
+/// Who named the containers to jail.
+enum Naming {
+    /// The selecting policies' `spec.containers`.
+    Policy(BTreeSet<String>),
+    /// The pod's [`annotations::CONTAINERS`] (policies that name none).
+    Annotation(BTreeSet<String>),
+    /// Nobody: every app container that keeps what it asked for in the jail.
+    Default,
+}
+
+fn naming(combined: &Combined, pod_annotations: &BTreeMap<String, String>) -> Naming {
+    if let Some(names) = &combined.containers {
+        return Naming::Policy(names.clone());
+    }
+    match pod_annotations.get(annotations::CONTAINERS) {
+        Some(list) => Naming::Annotation(
+            list.split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        ),
+        None => Naming::Default,
+    }
+}
+
+/// Why a container would lose what it asked for inside the jail, if it would: a privileged
+/// container (dind) needs its privileges, and the jailed process ends with no capabilities.
+fn loses_privileges(c: &Container, runtime: JailRuntime) -> Option<String> {
+    let sc = c.security_context.as_ref()?;
+    if sc.privileged == Some(true) {
+        return Some("it is privileged (securityContext.privileged: true), and the jail takes every privilege away".into());
+    }
+    if runtime != JailRuntime::Builtin {
+        return None;
+    }
+    // The capabilities the jail itself uses to start (privileged-netns; SETFCAP for root in
+    // a user namespace) are what Coder's setup asks users to add: the jail drops them again.
+    let for_the_jail = |cap: &String| {
+        let bare = cap
+            .trim_start_matches("CAP_")
+            .trim_start_matches("cap_")
+            .to_ascii_uppercase();
+        ["NET_ADMIN", "SYS_ADMIN", "SETFCAP"].contains(&bare.as_str())
+    };
+    let added: Vec<&str> = sc
+        .capabilities
+        .as_ref()
+        .and_then(|caps| caps.add.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|cap| !for_the_jail(cap))
+        .map(String::as_str)
+        .collect();
+    (!added.is_empty()).then(|| {
+        format!(
+            "it adds capabilities {}, which would not exist inside the jail (the jailed process has none)",
+            added.join(", ")
+        )
+    })
+}
+
+/// The containers the pod's naming selects: named ones must keep what they ask for inside the
+/// jail (else the pod cannot be jailed), unnamed ones that would not are left out with a warning.
+fn select_containers<'a>(
+    spec: &'a PodSpec,
+    pod_annotations: &BTreeMap<String, String>,
+    combined: &Combined,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<&'a Container>, Early> {
+    let policies = combined.names.join(", ");
+    let app = spec
+        .containers
+        .iter()
+        .filter(|c| c.name != containers::SIDECAR);
+    Ok(match naming(combined, pod_annotations) {
+        Naming::Default => {
+            let mut kept = Vec::new();
+            for c in app {
+                match loses_privileges(c, combined.runtime) {
+                    None => kept.push(c),
+                    Some(why) => warnings.push(format!(
+                        "agentboundary.dev: container {} is left out of the jail and its egress is not filtered: {why}. Name the agent containers in the policy's spec.containers or the pod annotation {}",
+                        c.name,
+                        annotations::CONTAINERS
+                    )),
+                }
+            }
+            if kept.is_empty() {
+                return Err(cannot_jail(
+                    combined,
+                    "every container is privileged or adds capabilities, so none can be jailed"
+                        .into(),
+                    std::mem::take(warnings),
+                ));
+            }
+            kept
+        }
+        Naming::Policy(names) | Naming::Annotation(names) => {
+            let source = if combined.containers.is_some() {
+                format!("BoundaryPolicy {policies} names")
+            } else {
+                format!("the pod annotation {} names", annotations::CONTAINERS)
+            };
+            for name in &names {
+                if !spec.containers.iter().any(|c| &c.name == name) {
+                    warnings.push(format!(
+                        "agentboundary.dev: {source} container {name}, which this pod does not have"
+                    ));
+                }
+            }
+            let chosen: Vec<&Container> = app.filter(|c| names.contains(&c.name)).collect();
+            if let Some((c, why)) = chosen
+                .iter()
+                .find_map(|c| loses_privileges(c, combined.runtime).map(|why| (c, why)))
+            {
+                return Err(cannot_jail(
+                    combined,
+                    format!(
+                        "{source} container {} to be jailed, but {why}; remove that from the container, or stop naming it",
+                        c.name
+                    ),
+                    std::mem::take(warnings),
+                ));
+            }
+            chosen
+        }
+    })
+}
+
 /// The containers to jail, after the checks that make jailing impossible whatever the node.
 fn jailed_containers<'a>(
     spec: &'a PodSpec,
+    pod_annotations: &BTreeMap<String, String>,
     combined: &Combined,
     warnings: &mut Vec<String>,
 ) -> Result<Vec<&'a Container>, Early> {
@@ -622,24 +769,7 @@ fn jailed_containers<'a>(
             std::mem::take(warnings),
         ));
     }
-    let policies = combined.names.join(", ");
-    let app = spec
-        .containers
-        .iter()
-        .filter(|c| c.name != containers::SIDECAR);
-    let jailed: Vec<&Container> = match &combined.containers {
-        None => app.collect(),
-        Some(names) => {
-            for name in names {
-                if !spec.containers.iter().any(|c| &c.name == name) {
-                    warnings.push(format!(
-                        "agentboundary.dev: BoundaryPolicy {policies} names container {name}, which this pod does not have"
-                    ));
-                }
-            }
-            app.filter(|c| names.contains(&c.name)).collect()
-        }
-    };
+    let jailed = select_containers(spec, pod_annotations, combined, warnings)?;
     if jailed.is_empty() {
         return Err(Early::skipped(
             "none of the pod's containers is selected",
@@ -667,6 +797,64 @@ fn jailed_containers<'a>(
         warnings.push("agentboundary.dev: spec.jail.wrapCommand applies to the builtin runtime only; with coder-boundary the image runs `boundary` itself".into());
     }
     Ok(jailed)
+}
+
+/// What each jailed container needs: its seccomp profile and the ports crossing the jail.
+fn targets(
+    row: &Row,
+    spec: &PodSpec,
+    jailed: &[&Container],
+    nodes: &[&NodeFacts],
+    level: PodSecurity,
+    warnings: &mut Vec<String>,
+) -> Vec<JailTarget> {
+    seccomp_profiles(row, spec, jailed, nodes, level, warnings)
+        .into_iter()
+        .map(|(name, seccomp)| {
+            let c = jailed.iter().find(|c| c.name == name);
+            JailTarget {
+                inbound_ports: c.map(|c| ports::served(c)).unwrap_or_default(),
+                pod_local_ports: ports::of_other_containers(spec, &name),
+                name,
+                seccomp,
+            }
+        })
+        .collect()
+}
+
+/// Without `wrapCommand`, the jail exists only where the image runs `boundary run` itself.
+fn warn_of_unwrapped(combined: &Combined, jailed: &[&Container], warnings: &mut Vec<String>) {
+    if combined.runtime != JailRuntime::Builtin || combined.wrap_command {
+        return;
+    }
+    for c in jailed.iter().filter(|c| !invokes_boundary(c)) {
+        warnings.push(format!(
+            "agentboundary.dev: spec.jail.wrapCommand is off, and container {}'s command does not run `boundary run`: its egress is jailed only if its image runs `boundary run -- ...` itself (the policy's status lists the pods whose jail connected)",
+            c.name
+        ));
+    }
+}
+
+/// Whether a container's own command or arguments start the jail (`boundary run ...`, or
+/// Coder's `boundary -- ...`), directly or in a shell line.
+fn invokes_boundary(c: &Container) -> bool {
+    let words: Vec<&str> = c
+        .command
+        .iter()
+        .chain(c.args.iter())
+        .flatten()
+        .map(String::as_str)
+        .collect();
+    let is_boundary = |w: &str| w.rsplit('/').next() == Some("boundary");
+    words
+        .windows(2)
+        .any(|w| is_boundary(w[0]) && (w[1] == "run" || w[1] == "--"))
+        || words.iter().any(|w| {
+            w.split_whitespace()
+                .collect::<Vec<_>>()
+                .windows(2)
+                .any(|p| is_boundary(p[0]) && (p[1] == "run" || p[1] == "--"))
+        })
 }
 
 /// The first row (least privilege first) that works on every candidate node; else, when
@@ -778,9 +966,12 @@ fn seccomp_profiles(
         let change = seccomp_change(row, spec, c, nodes, level).unwrap_or(SeccompChange::Keep);
         let profile = match change {
             SeccompChange::Keep => {
-                if row.seccomp == Seccomp::AllowUserNamespaces
-                    && effective_seccomp(spec, c).is_some_and(|p| p.type_ == "Localhost")
-                {
+                let own_localhost = effective_seccomp(spec, c).filter(|p| p.type_ == "Localhost");
+                // The node agent's profile is made for the jail: nothing to say about it.
+                let ours = own_localhost.as_ref().is_some_and(|p| {
+                    p.localhost_profile.as_deref() == Some(contract::objects::SECCOMP_PROFILE)
+                });
+                if row.seccomp == Seccomp::AllowUserNamespaces && own_localhost.is_some() && !ours {
                     warnings.push(format!(
                         "agentboundary.dev: container {} uses its own Localhost seccomp profile; it must allow clone/unshare with CLONE_NEWUSER for the jail",
                         c.name
@@ -793,6 +984,12 @@ fn seccomp_profiles(
                     warnings.push(format!(
                         "agentboundary.dev: container {} runs with seccomp Unconfined instead of RuntimeDefault, which blocks user namespaces; install the node agent's seccomp profile to keep a filter",
                         c.name
+                    ));
+                } else if profile.type_ == "Localhost" {
+                    warnings.push(format!(
+                        "agentboundary.dev: container {} runs with the node agent's seccomp profile {} instead of RuntimeDefault, which blocks user namespaces (the same filter, plus namespace creation for the jail)",
+                        c.name,
+                        profile.localhost_profile.as_deref().unwrap_or_default()
                     ));
                 }
                 Some(profile)

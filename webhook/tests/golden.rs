@@ -12,10 +12,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use boundary_api::JailRuntime;
 use boundary_api::crd::BoundaryPolicy;
 use boundary_webhook::facts::NodeFacts;
 use boundary_webhook::inject::Settings;
-use boundary_webhook::plan::{Cluster, Decision, Input, plan};
+use boundary_webhook::plan::{Cluster, Decision, Input, Verdict, plan};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -246,6 +247,9 @@ fn every_case_matches_its_golden_file_and_reinvocation_changes_nothing() -> anyh
         }
         // Reinvocation: the patched pod planned again gives the same verdict and no patch.
         let patched: Pod = serde_json::from_value(patched)?;
+        if let Some(failure) = recreated_pod_differs(&loaded, &patched, &decision, &settings)? {
+            failures.push(format!("{}: {failure}", path.display()));
+        }
         let again = decide(&loaded, &patched, &settings);
         let second = again.patch(&patched);
         if !second.0.is_empty() || again.verdict != decision.verdict {
@@ -266,6 +270,58 @@ fn every_case_matches_its_golden_file_and_reinvocation_changes_nothing() -> anyh
         );
     }
     Ok(())
+}
+
+/// A jailed pod re-created from its mutated spec without the status annotation (a controller
+/// that copied it, `kubectl get -o yaml | kubectl create -f -`) must come out jailed once, as the
+/// first time: the same containers, commands, env, volumes and labels.
+fn recreated_pod_differs(
+    loaded: &Loaded,
+    patched: &Pod,
+    decision: &Decision,
+    settings: &Settings,
+) -> anyhow::Result<Option<String>> {
+    // Only the builtin runtime's parts carry markers (the proxy socket, the `boundary` binary);
+    // the coder-boundary rows' capabilities and env look like the user's own. A BOUNDARY_* var
+    // the user set is indistinguishable from the injected one once the record is gone.
+    let user_sets_boundary_env = loaded.pod.spec.iter().flat_map(|s| &s.containers).any(|c| {
+        c.env
+            .iter()
+            .flatten()
+            .any(|e| e.name.starts_with("BOUNDARY_"))
+    });
+    if !matches!(
+        decision.verdict,
+        Verdict::Jailed {
+            runtime: JailRuntime::Builtin,
+            ..
+        }
+    ) || user_sets_boundary_env
+    {
+        return Ok(None);
+    }
+    let mut copy = patched.clone();
+    if let Some(a) = copy.metadata.annotations.as_mut() {
+        a.remove("agentboundary.dev/status");
+    }
+    let recreated = apply(&copy, &decide(loaded, &copy, settings))?;
+    let without_status = |pod: &Pod| -> anyhow::Result<Value> {
+        let mut v = serde_json::to_value(pod)?;
+        if let Some(a) = v["metadata"]["annotations"].as_object_mut() {
+            a.remove("agentboundary.dev/status");
+        }
+        Ok(v)
+    };
+    let (want, got) = (without_status(patched)?, without_status(&recreated)?);
+    Ok((want != got).then(|| {
+        format!(
+            "re-created without its status annotation it is not jailed the same way:\n{}",
+            pretty_assertions::StrComparison::new(
+                &serde_yaml_ng::to_string(&want).unwrap_or_default(),
+                &serde_yaml_ng::to_string(&got).unwrap_or_default()
+            )
+        )
+    }))
 }
 
 fn loaded_case(name: &str) -> anyhow::Result<Loaded> {
@@ -349,7 +405,7 @@ fn a_new_plan_replaces_the_old_injection_exactly() -> anyhow::Result<()> {
         .as_ref()
         .and_then(|s| s.capabilities.clone())
         .unwrap();
-    assert_eq!(caps.add.unwrap(), ["CHOWN", "cap_net_admin"]);
+    assert_eq!(caps.add.unwrap(), ["cap_net_admin"]);
     assert_eq!(caps.drop.unwrap(), ["ALL"]);
     assert_eq!(
         result.metadata.annotations.as_ref().unwrap()["agentboundary.dev/tier"],
