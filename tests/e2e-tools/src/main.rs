@@ -8,6 +8,11 @@
 //!   (the jail points it at the proxy's CA bundle) or the public roots; resolves names through
 //!   `/etc/hosts` and `/etc/resolv.conf` like any client.
 //! - `status`: prints the capability, `NoNewPrivs` and seccomp lines of `/proc/self/status`.
+//! - `serve-http`: the same answer over plain HTTP (a server in the jail, probed by the kubelet).
+//! - `echo`: a TCP echo server (a pod-local sidecar such as a database proxy).
+//! - `talk`: connects to a TCP address, sends `ping`, prints what came back (again every
+//!   `--every` seconds).
+//! - `exit`: exits with the given code (a run-to-completion step).
 //! - `sleep`: waits forever (a container that only needs to exist).
 #![forbid(unsafe_code)]
 
@@ -70,6 +75,34 @@ enum Command {
         #[arg(long)]
         hold: bool,
     },
+    /// Plain HTTP server answering `hello from NAME: METHOD PATH`.
+    ServeHttp {
+        /// Listen address.
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        addr: SocketAddr,
+        /// Name in every answer.
+        #[arg(long, default_value = "e2e")]
+        name: String,
+    },
+    /// TCP echo server.
+    Echo {
+        /// Listen address.
+        #[arg(long, default_value = "127.0.0.1:5432")]
+        addr: SocketAddr,
+    },
+    /// Send `ping` to a TCP address and print the answer.
+    Talk {
+        /// The address.
+        addr: SocketAddr,
+        /// Again every this many seconds, forever (0: once).
+        #[arg(long, default_value_t = 0)]
+        every: u64,
+    },
+    /// Exit with this code.
+    Exit {
+        /// The exit code.
+        code: u8,
+    },
     /// Wait forever.
     Sleep,
 }
@@ -105,6 +138,13 @@ fn main() -> std::process::ExitCode {
                     std::future::pending::<()>().await;
                 }
                 Ok(())
+            }
+            Command::ServeHttp { addr, name } => serve_http(addr, name).await,
+            Command::Echo { addr } => echo(addr).await,
+            Command::Talk { addr, every } => talk_all(addr, every).await,
+            Command::Exit { code } => {
+                println!("exiting with {code}");
+                std::process::exit(i32::from(code))
             }
             Command::Sleep => std::future::pending().await,
         }
@@ -166,6 +206,66 @@ async fn serve(addr: SocketAddr, cert: &Path, key: &Path, name: String) -> anyho
                 .await;
         });
     }
+}
+
+async fn serve_http(addr: SocketAddr, name: String) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    eprintln!("e2e-tools: serving http on {}", listener.local_addr()?);
+    let name: Arc<str> = name.into();
+    loop {
+        let (tcp, peer) = listener.accept().await?;
+        let name = name.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let body = format!("hello from {name}: {} {}\n", req.method(), req.uri().path());
+                eprintln!("e2e-tools: {peer} {} {}", req.method(), req.uri());
+                async move {
+                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(body))))
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), service)
+                .await;
+        });
+    }
+}
+
+async fn echo(addr: SocketAddr) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    eprintln!("e2e-tools: echoing on {}", listener.local_addr()?);
+    loop {
+        let (mut tcp, peer) = listener.accept().await?;
+        eprintln!("e2e-tools: echo connection from {peer}");
+        tokio::spawn(async move {
+            let (mut read, mut write) = tcp.split();
+            let _ = tokio::io::copy(&mut read, &mut write).await;
+        });
+    }
+}
+
+async fn talk_all(addr: SocketAddr, every: u64) -> anyhow::Result<()> {
+    loop {
+        let line = match tokio::time::timeout(Duration::from_secs(10), talk(addr)).await {
+            Ok(Ok(answer)) => format!("answer {answer:?}"),
+            Ok(Err(e)) => format!("error: {e:#}"),
+            Err(_) => "error: no answer within 10 s".to_owned(),
+        };
+        println!("talk {addr} -> {line}");
+        if every == 0 {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_secs(every)).await;
+    }
+}
+
+async fn talk(addr: SocketAddr) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+    tcp.write_all(b"ping").await?;
+    tcp.shutdown().await?;
+    let mut answer = Vec::new();
+    tcp.read_to_end(&mut answer).await?;
+    Ok(String::from_utf8_lossy(&answer).into_owned())
 }
 
 /// Roots for HTTPS: `SSL_CERT_FILE` when set (the jail's bundle), else the public roots.
