@@ -349,7 +349,7 @@ pub struct Sidecar {
     pub policy: PolicyDir,
     pub pid: i32,
     audit: Arc<std::sync::Mutex<Vec<String>>>,
-    _child: tokio::process::Child,
+    child: tokio::process::Child,
     _dir: TempDir,
 }
 
@@ -410,7 +410,7 @@ impl Sidecar {
             policy,
             pid,
             audit,
-            _child: child,
+            child,
             _dir: dir,
         }
     }
@@ -473,6 +473,26 @@ impl Sidecar {
             .collect()
     }
 
+    /// The sidecar's exit status if it exits within `limit`.
+    pub async fn exit_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        tokio::time::timeout(limit, self.child.wait())
+            .await
+            .ok()
+            .map(Result::unwrap)
+    }
+
+    /// Whether the sidecar process still runs.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// `GET /status` of the metrics listener, parsed.
+    pub async fn status(&self) -> serde_json::Value {
+        let (code, body) = http_get(self.metrics, "/status").await.unwrap();
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
     /// The sidecar's peak resident memory (`VmHWM`), in KiB.
     pub fn peak_rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap();
@@ -483,4 +503,29 @@ impl Sidecar {
             .parse()
             .unwrap()
     }
+}
+
+/// `GET path` with a real HTTP/1.1 client (hyper); (status, body), or why it failed.
+pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(conn);
+    let req = Request::get(path)
+        .header("host", addr.to_string())
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
+        .await
+        .map_err(|_| "no response within 10 s".to_owned())?
+        .map_err(|e| format!("request: {e}"))?;
+    let status = resp.status().as_u16();
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .map_err(|e| format!("body: {e}"))?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
