@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
@@ -17,6 +17,9 @@ use crate::proxy::header::{EXIT_ACK, Hello, InboundEvent, SessionMessage};
 
 /// How long `boundary run` tries to deliver the exit code before it exits anyway.
 const EXIT_DELIVERY: Duration = Duration::from_secs(3);
+/// First and longest wait between connection attempts.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(2);
 /// Inbound events kept while the sidecar is away.
 const BACKLOG: usize = 1024;
 
@@ -84,41 +87,46 @@ async fn run(socket: PathBuf, hello: Hello, mut rx: mpsc::UnboundedReceiver<Comm
     let mut backlog: VecDeque<InboundEvent> = VecDeque::new();
     let mut exit: Option<i32> = None;
     let mut open = true;
-    let mut delay = Duration::from_millis(100);
+    let mut delay = RETRY_FIRST;
     loop {
-        let stream = match UnixStream::connect(&socket).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::debug!(error = %e, "the boundary sidecar is not reachable; retrying");
-                if !open && exit.is_none() {
-                    return;
-                }
-                // Keep taking commands while waiting.
-                let sleep = tokio::time::sleep(delay);
-                tokio::pin!(sleep);
-                loop {
-                    tokio::select! {
-                        () = &mut sleep => break,
-                        cmd = rx.recv(), if open => match cmd {
-                            Some(cmd) => take(cmd, &mut backlog, &mut exit),
-                            None => open = false,
-                        },
+        match UnixStream::connect(&socket).await {
+            Ok(stream) => {
+                let began = Instant::now();
+                match connected(stream, &hello, &mut rx, &mut backlog, &mut exit, &mut open).await {
+                    Ok(true) => return,
+                    Ok(false) => {
+                        tracing::info!("the boundary sidecar closed the session; reconnecting")
+                    }
+                    Err(e) => {
+                        tracing::info!(error = %e, "the session with the boundary sidecar broke; reconnecting")
                     }
                 }
-                delay = (delay * 2).min(Duration::from_secs(2));
-                continue;
+                // A sidecar that restarted gets a quick reconnect; one that keeps closing at
+                // once (an older version without sessions) gets fewer and fewer.
+                if began.elapsed() > RETRY_MAX {
+                    delay = RETRY_FIRST;
+                }
             }
-        };
-        delay = Duration::from_millis(100);
-        match connected(stream, &hello, &mut rx, &mut backlog, &mut exit, &mut open).await {
-            Ok(true) => return,
-            Ok(false) | Err(_) => {
-                tracing::info!("the session with the boundary sidecar ended; reconnecting");
+            Err(e) => {
+                tracing::debug!(error = %e, "the boundary sidecar is not reachable; retrying")
             }
         }
         if !open && exit.is_none() {
             return;
         }
+        // Keep taking commands while waiting.
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                () = &mut sleep => break,
+                cmd = rx.recv(), if open => match cmd {
+                    Some(cmd) => take(cmd, &mut backlog, &mut exit),
+                    None => open = false,
+                },
+            }
+        }
+        delay = (delay * 2).min(RETRY_MAX);
     }
 }
 

@@ -303,6 +303,40 @@ async fn status_reports_the_policy_hash_and_every_jails_state() {
 }
 
 #[tokio::test]
+async fn boundary_run_announces_itself_again_to_a_restarted_sidecar() {
+    require_root();
+    let mut sidecar = Sidecar::start(
+        &compiled(&[]),
+        &["--exit-when", "all-exited", "--jailed-containers", "agent"],
+    )
+    .await;
+    let mut agent = in_pod(&sidecar, As::Nobody, "agent", &[], "read line; exit 7");
+    agent.stdin(std::process::Stdio::piped());
+    let mut agent = agent.spawn().unwrap();
+    wait_status(&sidecar, "agent connected", |s| {
+        state_is(s, "agent", "connected")
+    })
+    .await;
+    sidecar.restart().await;
+    let status = wait_status(&sidecar, "agent connected to the new sidecar", |s| {
+        state_is(s, "agent", "connected")
+    })
+    .await;
+    assert_eq!(jail_of(&status, "agent").unwrap()["tier"], "userns");
+    // The command ends: the new sidecar gets the exit code and, its condition met, exits.
+    tokio::io::AsyncWriteExt::write_all(agent.stdin.as_mut().unwrap(), b"go\n")
+        .await
+        .unwrap();
+    let code = agent.wait().await.unwrap().code();
+    assert_eq!(code, Some(7));
+    let exit = sidecar
+        .exit_within(Duration::from_secs(30))
+        .await
+        .expect("the restarted sidecar learnt of the exit");
+    assert_eq!(exit.code(), Some(0));
+}
+
+#[tokio::test]
 async fn boundary_run_inside_a_jail_refuses_to_nest() {
     require_root();
     let script = format!(

@@ -348,6 +348,7 @@ pub struct Sidecar {
     pub explicit: SocketAddr,
     pub policy: PolicyDir,
     pub pid: i32,
+    args: Vec<String>,
     audit: Arc<std::sync::Mutex<Vec<String>>>,
     child: tokio::process::Child,
     _dir: TempDir,
@@ -367,25 +368,47 @@ impl Sidecar {
         let socket = dir.path().join("proxy.sock");
         let policy = PolicyDir::new(policy);
         let (metrics, explicit) = (free_port(), free_port());
-        let mut cmd = boundary(As::Root);
-        cmd.args([
+        let mut all: Vec<String> = [
             "sidecar",
             "--socket",
             socket.to_str().unwrap(),
             "--policy-file",
             policy.path().to_str().unwrap(),
-        ])
-        .args([
             "--metrics-addr",
             &metrics.to_string(),
             "--explicit-proxy",
             &explicit.to_string(),
-        ])
-        .args(args)
-        .stdout(Stdio::piped());
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        all.extend(args.iter().map(ToString::to_string));
+        let audit = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (child, pid, ca_pem) = Self::spawn(&all, &socket, metrics, &audit).await;
+        Sidecar {
+            socket,
+            ca_pem,
+            metrics,
+            explicit,
+            policy,
+            pid,
+            args: all,
+            audit,
+            child,
+            _dir: dir,
+        }
+    }
+
+    async fn spawn(
+        args: &[String],
+        socket: &Path,
+        metrics: SocketAddr,
+        audit: &Arc<std::sync::Mutex<Vec<String>>>,
+    ) -> (tokio::process::Child, i32, String) {
+        let mut cmd = boundary(As::Root);
+        cmd.args(args).stdout(Stdio::piped());
         let mut child = cmd.spawn().unwrap();
         let pid = i32::try_from(child.id().unwrap()).unwrap();
-        let audit = Arc::new(std::sync::Mutex::new(Vec::new()));
         let lines = audit.clone();
         let stdout = child.stdout.take().unwrap();
         tokio::spawn(async move {
@@ -394,7 +417,7 @@ impl Sidecar {
                 lines.lock().unwrap().push(line);
             }
         });
-        let ca = dir.path().join("ca.crt");
+        let ca = socket.with_file_name("ca.crt");
         for _ in 0..200 {
             if socket.exists() && ca.exists() && std::net::TcpStream::connect(metrics).is_ok() {
                 break;
@@ -402,17 +425,19 @@ impl Sidecar {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         let ca_pem = std::fs::read_to_string(&ca).expect("the sidecar wrote its CA");
-        Sidecar {
-            socket,
-            ca_pem,
-            metrics,
-            explicit,
-            policy,
-            pid,
-            audit,
-            child,
-            _dir: dir,
-        }
+        (child, pid, ca_pem)
+    }
+
+    /// Kills the sidecar (SIGKILL, as a crash) and starts it again with the same socket, policy,
+    /// ports and flags, as the kubelet restarts a container.
+    pub async fn restart(&mut self) {
+        self.child.kill().await.unwrap();
+        let _ = std::fs::remove_file(self.socket.with_file_name("ca.crt"));
+        let (child, pid, ca_pem) =
+            Self::spawn(&self.args, &self.socket, self.metrics, &self.audit).await;
+        self.child = child;
+        self.pid = pid;
+        self.ca_pem = ca_pem;
     }
 
     /// A connection as the jail's forwarder makes it: to `name` (a synthetic address) on `port`.
