@@ -95,10 +95,10 @@ async fn run(socket: PathBuf, hello: Hello, mut rx: mpsc::UnboundedReceiver<Comm
                 match connected(stream, &hello, &mut rx, &mut backlog, &mut exit, &mut open).await {
                     Ok(true) => return,
                     Ok(false) => {
-                        tracing::info!("the boundary sidecar closed the session; reconnecting")
+                        tracing::info!("the boundary sidecar closed the session; reconnecting");
                     }
                     Err(e) => {
-                        tracing::info!(error = %e, "the session with the boundary sidecar broke; reconnecting")
+                        tracing::info!(error = %e, "the session with the boundary sidecar broke; reconnecting");
                     }
                 }
                 // A sidecar that restarted gets a quick reconnect; one that keeps closing at
@@ -108,7 +108,7 @@ async fn run(socket: PathBuf, hello: Hello, mut rx: mpsc::UnboundedReceiver<Comm
                 }
             }
             Err(e) => {
-                tracing::debug!(error = %e, "the boundary sidecar is not reachable; retrying")
+                tracing::debug!(error = %e, "the boundary sidecar is not reachable; retrying");
             }
         }
         if !open && exit.is_none() {
