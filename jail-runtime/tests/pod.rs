@@ -381,6 +381,12 @@ async fn listed_inbound_ports_reach_servers_in_the_jail_and_are_audited() {
         let mut child = cmd.spawn().unwrap();
         let body = get_until_ok(port).await;
         assert!(body.contains("Directory listing"), "{who:?}: {body}");
+        if std::net::TcpListener::bind("[::1]:0").is_ok() {
+            let (code, _) = http_get(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)), "/")
+                .await
+                .unwrap();
+            assert_eq!(code, 200, "{who:?}: the inbound port over IPv6");
+        }
         // Not listed: nothing listens in this network namespace.
         assert!(
             tokio::net::TcpStream::connect(local(unlisted))
