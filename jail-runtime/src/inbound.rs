@@ -57,9 +57,20 @@ pub fn bind_all(ports: &[u16]) -> std::io::Result<Vec<std::net::TcpListener>> {
     for &port in ports {
         let v4 = std::net::TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))
             .map_err(|e| {
+                let fix = match e.kind() {
+                    std::io::ErrorKind::PermissionDenied => {
+                        " (ports below 1024 need CAP_NET_BIND_SERVICE, or a lower sysctl \
+                         net.ipv4.ip_unprivileged_port_start; or use a port above 1023)"
+                    }
+                    std::io::ErrorKind::AddrInUse => {
+                        " (something else in this network namespace, e.g. another container of \
+                         the pod, listens on it)"
+                    }
+                    _ => "",
+                };
                 std::io::Error::new(
                     e.kind(),
-                    format!("listening on inbound port 0.0.0.0:{port}: {e}"),
+                    format!("listening on inbound port 0.0.0.0:{port}: {e}{fix}"),
                 )
             })?;
         out.push(v4);

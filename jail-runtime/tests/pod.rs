@@ -471,3 +471,18 @@ async fn in_a_pod_inbound_connections_are_audited_by_the_sidecar() {
     );
     assert!(sidecar.running());
 }
+
+#[tokio::test]
+async fn an_inbound_port_in_use_stops_the_jail_with_the_cause() {
+    require_root();
+    let taken = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let out = jailed(As::Nobody, &["--inbound-port", &port], "sleep 20; echo ran").await;
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    assert!(!stdout(&out).contains("ran"), "the command was stopped");
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("0.0.0.0:{port}")) && err.contains("listens on it"),
+        "{err}"
+    );
+}
