@@ -3,15 +3,19 @@
 //! these the sidecar answers `GET /status` and decides when to exit by itself
 //! (`BOUNDARY_EXIT_WHEN`): a classic sidecar (clusters before 1.29) otherwise never ends, and a
 //! Job's pod never completes.
+//!
+//! The states are also kept in a file next to the socket (the pod's shared volume), so a sidecar
+//! that crashed and was restarted still knows which containers ended meanwhile.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use boundary_api::Tier;
 use boundary_api::contract::exit_when;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
@@ -59,7 +63,7 @@ impl FromStr for ExitWhen {
 }
 
 /// A jail's state as the sidecar knows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum JailState {
     /// Its `boundary run` is connected; the command runs.
@@ -72,7 +76,7 @@ pub enum JailState {
     Lost,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Entry {
     tier: Option<Tier>,
     state: JailState,
@@ -80,30 +84,97 @@ struct Entry {
     error: Option<String>,
     since: String,
     ended_once: bool,
-    /// The session that reported last; an older session's end changes nothing.
+    /// The session that reported last; an older session's end changes nothing. 0: restored
+    /// from the state file, no session yet.
+    #[serde(skip)]
     session: u64,
 }
+
+/// The state file's name, next to the sidecar's socket.
+pub const STATE_FILE: &str = "jails.json";
+
+/// How long a jail restored as `connected` has to reconnect before it counts as lost (its
+/// `boundary run` retries every 2 s at most, so one that is still there is back by then).
+pub const RECONNECT_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The jails of the pod and the exit condition.
 #[derive(Debug)]
 pub struct Jails {
     exit_when: ExitWhen,
     expected: Vec<String>,
+    state_file: Option<PathBuf>,
     entries: Mutex<BTreeMap<String, Entry>>,
     sessions: AtomicU64,
     done: tokio::sync::watch::Sender<bool>,
 }
 
 impl Jails {
-    /// Tracks jails; `expected` are the container names `exit_when` waits for.
-    pub fn new(exit_when: ExitWhen, expected: Vec<String>) -> Jails {
+    /// Tracks jails; `expected` are the container names `exit_when` waits for. States are kept
+    /// in `state_file` when given.
+    pub fn new(exit_when: ExitWhen, expected: Vec<String>, state_file: Option<PathBuf>) -> Jails {
         Jails {
             exit_when,
             expected,
+            state_file,
             entries: Mutex::new(BTreeMap::new()),
             sessions: AtomicU64::new(0),
             done: tokio::sync::watch::Sender::new(false),
         }
+    }
+
+    /// Takes over the states a previous run of the sidecar left in the state file; returns
+    /// whether there were any. Jails restored as connected have [`RECONNECT_GRACE`] to
+    /// reconnect (see [`Jails::expire_unclaimed`]).
+    pub fn restore(&self) -> bool {
+        let Some(path) = &self.state_file else {
+            return false;
+        };
+        let restored: BTreeMap<String, Entry> = match std::fs::read(path) {
+            Ok(bytes) => match serde_json::from_slice(&bytes) {
+                Ok(entries) => entries,
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "ignoring an unreadable jail state file");
+                    return false;
+                }
+            },
+            Err(_) => return false,
+        };
+        if restored.is_empty() {
+            return false;
+        }
+        tracing::info!(jails = ?restored.keys().collect::<Vec<_>>(), "jail states restored from the previous sidecar run");
+        let mut entries = self.lock();
+        for (name, entry) in restored {
+            entries.entry(name).or_insert(entry);
+        }
+        if self.satisfied(&entries) {
+            self.done.send_replace(true);
+        }
+        true
+    }
+
+    /// Marks jails restored as connected that did not reconnect as lost: their container ended
+    /// while no sidecar listened.
+    pub fn expire_unclaimed(&self) {
+        let names: Vec<String> = self
+            .lock()
+            .iter()
+            .filter(|(_, e)| e.session == 0 && e.state == JailState::Connected)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in names {
+            tracing::warn!(container = %name, "a jail of the previous sidecar run did not reconnect: counted as lost");
+            self.update(&name, 0, false, |e| {
+                e.state = JailState::Lost;
+                e.ended_once = true;
+            });
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Returns once the exit condition holds (never with [`ExitWhen::Never`]).
@@ -179,10 +250,7 @@ impl Jails {
     /// Changes `name`'s entry (a new session takes it over; an older one is ignored) and checks
     /// the exit condition.
     fn update(&self, name: &str, session: u64, takes_over: bool, change: impl FnOnce(&mut Entry)) {
-        let mut entries = self
-            .entries
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut entries = self.lock();
         let entry = entries.entry(name.to_owned()).or_insert_with(|| Entry {
             tier: None,
             state: JailState::Connected,
@@ -202,8 +270,24 @@ impl Jails {
         if (entry.state, entry.exit_code) != before {
             entry.since = now();
         }
+        self.save(&entries);
         if self.satisfied(&entries) {
             self.done.send_replace(true);
+        }
+    }
+
+    /// Writes the states to the state file (a temporary file renamed over it).
+    fn save(&self, entries: &BTreeMap<String, Entry>) {
+        let Some(path) = &self.state_file else {
+            return;
+        };
+        let tmp = path.with_extension("tmp");
+        let written = serde_json::to_vec(entries)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = written {
+            tracing::warn!(file = %path.display(), error = %e, "cannot keep the jail states");
         }
     }
 
@@ -247,9 +331,7 @@ struct JailStatus {
 pub fn status_json(proxy: &Proxy, jails: Option<&Jails>) -> String {
     let hash = proxy.policy_hash();
     let jails = jails.map_or_else(Vec::new, |j| {
-        j.entries
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        j.lock()
             .iter()
             .map(|(name, e)| JailStatus {
                 container: name.clone(),
@@ -293,12 +375,12 @@ mod tests {
     #[test]
     fn exit_conditions_follow_the_restart_policy() {
         let names = vec!["a".to_owned(), "b".to_owned()];
-        let never = Jails::new(ExitWhen::Never, names.clone());
+        let never = Jails::new(ExitWhen::Never, names.clone(), None);
         end(&never, "a", Some(0));
         end(&never, "b", Some(0));
         assert!(!*never.done.borrow());
 
-        let exited = Jails::new(ExitWhen::AllExited, names.clone());
+        let exited = Jails::new(ExitWhen::AllExited, names.clone(), None);
         end(&exited, "a", Some(3));
         assert!(!*exited.done.borrow());
         end(&exited, "other", Some(0));
@@ -306,7 +388,7 @@ mod tests {
         end(&exited, "b", None);
         assert!(*exited.done.borrow(), "a lost container has ended too");
 
-        let succeeded = Jails::new(ExitWhen::AllSucceeded, names);
+        let succeeded = Jails::new(ExitWhen::AllSucceeded, names, None);
         end(&succeeded, "a", Some(0));
         end(&succeeded, "b", Some(1));
         assert!(!*succeeded.done.borrow());
@@ -323,8 +405,37 @@ mod tests {
     }
 
     #[test]
+    fn states_survive_a_restart_and_unclaimed_jails_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(STATE_FILE);
+        let names = vec!["a".to_owned(), "b".to_owned(), "c".to_owned()];
+        let before = Jails::new(ExitWhen::AllExited, names.clone(), Some(file.clone()));
+        end(&before, "a", Some(0));
+        before.update("b", 98, true, |e| e.state = JailState::Connected);
+        before.update("c", 99, true, |e| e.state = JailState::Connected);
+        let after = Jails::new(ExitWhen::AllExited, names, Some(file));
+        assert!(after.restore());
+        assert!(!*after.done.borrow(), "b and c may still reconnect");
+        // c reconnects to the new sidecar and is still running; b never comes back.
+        after.update("c", 1, true, |e| e.state = JailState::Connected);
+        after.expire_unclaimed();
+        assert!(!*after.done.borrow(), "c runs");
+        {
+            let entries = after.lock();
+            assert_eq!(entries["a"].exit_code, Some(0));
+            assert_eq!(entries["b"].state, JailState::Lost);
+            assert_eq!(entries["c"].state, JailState::Connected);
+        }
+        after.update("c", 1, false, |e| {
+            e.state = JailState::Exited;
+            e.ended_once = true;
+        });
+        assert!(*after.done.borrow());
+    }
+
+    #[test]
     fn an_older_session_does_not_override_a_newer_one() {
-        let jails = Jails::new(ExitWhen::AllExited, vec!["a".into()]);
+        let jails = Jails::new(ExitWhen::AllExited, vec!["a".into()], None);
         jails.update("a", 1, true, |e| e.state = JailState::Connected);
         jails.update("a", 2, true, |e| e.state = JailState::Connected);
         jails.update("a", 1, false, |e| {

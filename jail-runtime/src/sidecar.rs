@@ -122,7 +122,11 @@ pub fn run(args: &SidecarArgs) -> i32 {
         );
         return crate::run::EXIT_USAGE;
     }
-    let jails = Arc::new(Jails::new(args.exit_when, expected));
+    let state_file = args
+        .socket
+        .parent()
+        .map(|dir| dir.join(crate::jails::STATE_FILE));
+    let jails = Arc::new(Jails::new(args.exit_when, expected, state_file));
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if args.worker_threads > 0 {
         builder.worker_threads(args.worker_threads);
@@ -186,6 +190,13 @@ async fn serve(args: &SidecarArgs, jails: Arc<Jails>) -> anyhow::Result<()> {
     // Jailed containers may run as any user.
     std::fs::set_permissions(&args.socket, std::fs::Permissions::from_mode(0o666))?;
     tokio::spawn(proxy.clone().run_unix(listener, Some(jails.clone())));
+    if jails.restore() {
+        let jails = jails.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(crate::jails::RECONNECT_GRACE).await;
+            jails.expire_unclaimed();
+        });
+    }
     if let Some(addr) = args.explicit_proxy {
         let l = tokio::net::TcpListener::bind(addr).await?;
         tokio::spawn(

@@ -303,13 +303,21 @@ async fn status_reports_the_policy_hash_and_every_jails_state() {
 }
 
 #[tokio::test]
-async fn boundary_run_announces_itself_again_to_a_restarted_sidecar() {
+async fn a_restarted_sidecar_keeps_the_states_and_boundary_run_announces_itself_again() {
     require_root();
     let mut sidecar = Sidecar::start(
         &compiled(&[]),
-        &["--exit-when", "all-exited", "--jailed-containers", "agent"],
+        &[
+            "--exit-when",
+            "all-exited",
+            "--jailed-containers",
+            "agent,helper",
+        ],
     )
     .await;
+    // One container ended before the sidecar crashed: the restarted sidecar still knows.
+    let out = output(in_pod(&sidecar, As::Root, "helper", &[], "exit 5")).await;
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
     let mut agent = in_pod(&sidecar, As::Nobody, "agent", &[], "read line; exit 7");
     agent.stdin(std::process::Stdio::piped());
     let mut agent = agent.spawn().unwrap();
@@ -323,6 +331,11 @@ async fn boundary_run_announces_itself_again_to_a_restarted_sidecar() {
     })
     .await;
     assert_eq!(jail_of(&status, "agent").unwrap()["tier"], "userns");
+    assert_eq!(
+        jail_of(&status, "helper").unwrap()["exitCode"],
+        5,
+        "{status}"
+    );
     // The command ends: the new sidecar gets the exit code and, its condition met, exits.
     tokio::io::AsyncWriteExt::write_all(agent.stdin.as_mut().unwrap(), b"go\n")
         .await
