@@ -18,7 +18,7 @@ use nix::sys::socket::{
 };
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
-use crate::jail::JailSockets;
+use crate::jail::{DNS_PORT, FORWARDER_PORT, JailSockets};
 use crate::proxy::Proxy;
 use crate::proxy::header::InboundEvent;
 use crate::session::Session;
@@ -32,7 +32,7 @@ pub enum Recorder {
     Sidecar(Session),
 }
 
-/// Parses `--inbound-port` values: ports 1–65535, each once.
+/// Parses `--inbound-port` values: ports 1–65535 but the jail's own, each once.
 pub fn parse_ports(items: &[String]) -> Result<Vec<u16>, String> {
     let mut ports = Vec::new();
     for item in items.iter().flat_map(|i| i.split(',')) {
@@ -44,6 +44,11 @@ pub fn parse_ports(items: &[String]) -> Result<Vec<u16>, String> {
             item.parse().ok().filter(|p| *p > 0).ok_or_else(|| {
                 format!("--inbound-port {item:?}: expected a port number 1-65535")
             })?;
+        if [FORWARDER_PORT, DNS_PORT].contains(&port) {
+            return Err(format!(
+                "--inbound-port {port}: the jail's own forwarder and DNS use ports {FORWARDER_PORT} and {DNS_PORT} inside it"
+            ));
+        }
         if !ports.contains(&port) {
             ports.push(port);
         }
@@ -215,7 +220,7 @@ mod tests {
             parse_ports(&["8080, 9090".into(), "8080".into(), String::new()]),
             Ok(vec![8080, 9090])
         );
-        for bad in ["0", "65536", "http", "80-90"] {
+        for bad in ["0", "65536", "http", "80-90", "53", "2"] {
             let e = parse_ports(&[bad.into()]).unwrap_err();
             assert!(e.contains(bad), "{e}");
         }
