@@ -16,6 +16,20 @@ use crate::rules::{self, CompileErrors, RuleSet, RuleSource};
 /// Current version of the file format.
 pub const FORMAT_VERSION: u32 = 1;
 
+/// The policy hash of a compiled-policy file: SHA-256 of its bytes as published, lower-case
+/// hex. The operator writes it to `BoundaryPolicy.status.policyHash`; the sidecar reports the
+/// hash of the file it enforces, so the two can be compared.
+pub fn policy_hash(file: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    use std::fmt::Write as _;
+    Sha256::digest(file)
+        .iter()
+        .fold(String::with_capacity(64), |mut out, b| {
+            let _ = write!(out, "{b:02x}");
+            out
+        })
+}
+
 /// The whole file.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -249,6 +263,18 @@ pub fn parse_downward_labels(text: &str) -> BTreeMap<String, String> {
 mod tests {
     use super::*;
     use crate::rules::{Host, HttpRequest, RequestPath};
+
+    #[test]
+    fn the_policy_hash_is_sha256_hex_of_the_bytes() {
+        assert_eq!(
+            policy_hash(b""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert_eq!(
+            policy_hash(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs

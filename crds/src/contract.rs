@@ -224,6 +224,33 @@ pub mod env {
         CODER_NO_USER_NAMESPACE = "BOUNDARY_NO_USER_NAMESPACE";
         /// Coder's env var: the jail type (`nsjail` or `landjail`).
         CODER_JAIL_TYPE = "BOUNDARY_JAIL_TYPE";
+        /// Set by `boundary run` for the jailed command only (value: the tier), never on a
+        /// container: a `boundary run` that finds it refuses to nest a jail (exit 125).
+        JAILED = "BOUNDARY_JAILED";
+        /// On the sidecar: the pod's jailed container names, comma-separated (the containers
+        /// [`EXIT_WHEN`] waits for).
+        JAILED_CONTAINERS = "BOUNDARY_JAILED_CONTAINERS";
+        /// On the sidecar: when it exits by itself, one of [`super::exit_when`]. A classic
+        /// (non-native) sidecar never ends otherwise, so a Job's pod would never complete.
+        EXIT_WHEN = "BOUNDARY_EXIT_WHEN";
+        /// On a jailed container: ports (comma-separated) that `boundary run` listens on in the
+        /// pod's network namespace and relays into the jail's `127.0.0.1`, for servers in the
+        /// jail (probes, Services, port-forward).
+        INBOUND_PORTS = "BOUNDARY_INBOUND_PORTS";
+    }
+}
+
+/// Values of [`env::EXIT_WHEN`].
+pub mod exit_when {
+    names! {
+        /// Run until SIGTERM (native sidecars, Deployments).
+        NEVER = "never";
+        /// Exit once every jailed container has ended once, whatever its code (pod
+        /// `restartPolicy: Never`).
+        ALL_EXITED = "all-exited";
+        /// Exit once every jailed container has ended with 0 (pod `restartPolicy: OnFailure`:
+        /// the kubelet restarts a failed one, which reconnects).
+        ALL_SUCCEEDED = "all-succeeded";
     }
 }
 

@@ -87,6 +87,16 @@ pub struct RunArgs {
     /// The container name recorded in audit records and used by the sidecar to pick rules.
     #[arg(long, value_name = "NAME", env = "BOUNDARY_CONTAINER_NAME")]
     pub container: Option<String>,
+    /// Ports (comma-separated, repeatable) of servers in the jail to reach from outside: each
+    /// is listened on in this network namespace (all addresses) and relayed to the jail's
+    /// 127.0.0.1 on the same port.
+    #[arg(
+        long = "inbound-port",
+        value_name = "PORTS",
+        env = boundary_api::contract::env::INBOUND_PORTS,
+        value_delimiter = ','
+    )]
+    pub inbound_ports: Vec<String>,
     /// The command to jail, after `--`.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
@@ -162,6 +172,8 @@ pub struct RunSettings {
     pub container: Option<String>,
     /// Response-header timeout for upstreams.
     pub upstream_timeout: std::time::Duration,
+    /// Inbound ports relayed into the jail.
+    pub inbound_ports: Vec<u16>,
     /// Warnings to print once logging is set up.
     pub warnings: Vec<String>,
 }
@@ -343,6 +355,8 @@ impl RunArgs {
             }),
             container: self.container.clone(),
             upstream_timeout: std::time::Duration::from_secs(self.upstream_timeout.max(1)),
+            inbound_ports: crate::inbound::parse_ports(&self.inbound_ports)
+                .map_err(ConfigError::Invalid)?,
             warnings,
         })
     }

@@ -8,12 +8,15 @@
 pub mod config;
 pub mod dns;
 pub mod forwarder;
+pub mod inbound;
 pub mod jail;
+pub mod jails;
 pub mod logging;
 pub mod netlink;
 pub mod node_agent;
 pub mod proxy;
 pub mod run;
+pub mod session;
 pub mod sidecar;
 pub mod sys;
 pub mod trust;

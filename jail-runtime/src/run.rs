@@ -11,15 +11,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use boundary_api::Tier;
+use boundary_api::contract::env as contract_env;
 use boundary_api::contract::paths;
 
 use crate::config::{RunArgs, RunSettings, TierChoice};
 use crate::dns::NameTable;
 use crate::forwarder::{Forwarder, Target};
+use crate::inbound;
 use crate::jail::landlock_tier::{self, LandlockPlan};
 use crate::jail::mounts::{BUNDLE_FILE, CA_FILE, MountPlan, RESOLV_CONF, RESOLV_FILE};
 use crate::jail::{self, EXIT_SETUP_FAILED, JailError, JailPlan, signals};
 use crate::proxy::audit::Identity;
+use crate::proxy::header::{Hello, JailOutcome};
 use crate::proxy::policy::{PolicyStore, Source};
 use crate::proxy::tls::CertAuthority;
 use crate::proxy::{Proxy, ProxyConfig};
@@ -62,6 +65,22 @@ enum Started {
 
 /// Runs `boundary run`; returns the process exit code.
 pub fn run(args: &RunArgs) -> i32 {
+    if let Some(tier) = std::env::var_os(contract_env::JAILED).filter(|t| !t.is_empty()) {
+        let container =
+            std::env::var(contract_env::CONTAINER_NAME).unwrap_or_else(|_| "(unnamed)".to_owned());
+        let command: Vec<String> = args
+            .command
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        eprintln!(
+            "boundary: already jailed (tier {}, container {container}): boundary run cannot start a jail inside a jail. \
+             Run the command directly: {}",
+            tier.to_string_lossy(),
+            command.join(" ")
+        );
+        return EXIT_SETUP_FAILED;
+    }
     let settings = match args.resolve() {
         Ok(s) => s,
         Err(e) => {
@@ -98,9 +117,27 @@ fn prepare_and_run(mut settings: RunSettings) -> Result<i32, JailError> {
     let workdir = Workdir::create()?;
     let mut assets = Assets::default();
     signals::block_forwarded().map_err(|e| JailError::other("blocking signals", e))?;
-    let (started, tier) = {
+    let result = {
         let mut prepare = || assets.prepare(&settings, &session, &workdir);
-        start_jail(&settings, &workdir, &mut prepare)?
+        start_jail(&settings, &workdir, &mut prepare)
+    };
+    let (started, tier) = match result {
+        Ok(started) => started,
+        Err(e) => {
+            if let Some(socket) = &settings.proxy_socket {
+                let hello = Hello {
+                    container: settings.container.clone(),
+                    tier: match settings.tier {
+                        TierChoice::Only(t) => Some(t),
+                        TierChoice::Auto => None,
+                    },
+                    jail: JailOutcome::Failed,
+                    error: Some(e.to_string()),
+                };
+                crate::session::announce_failure(socket, &hello, EXIT_SETUP_FAILED);
+            }
+            return Err(e);
+        }
     };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -256,15 +293,37 @@ async fn serve(
         Started::Jail(spawned) => spawned.init,
         Started::Landlock { pid, .. } => *pid,
     };
-    match serve_jail(settings, session, ca, started, tier).await {
-        Ok(code) => Ok(code),
-        Err(e) => {
-            // Never leave the jailed command running without its proxy.
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-            let _ = nix::sys::wait::waitpid(pid, None);
-            Err(e)
-        }
+    let sidecar = settings.proxy_socket.clone().map(|socket| {
+        crate::session::start(
+            socket,
+            Hello {
+                container: settings.container.clone(),
+                tier: Some(tier),
+                jail: JailOutcome::Started,
+                error: None,
+            },
+        )
+    });
+    let result = serve_jail(
+        settings,
+        session,
+        ca,
+        started,
+        tier,
+        sidecar.as_ref().map(crate::session::Running::session),
+    )
+    .await;
+    if result.is_err() {
+        // Never leave the jailed command running without its proxy.
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(pid, None);
     }
+    if let Some(sidecar) = sidecar {
+        sidecar
+            .finish(*result.as_ref().unwrap_or(&EXIT_SETUP_FAILED))
+            .await;
+    }
+    result
 }
 
 async fn serve_jail(
@@ -273,6 +332,7 @@ async fn serve_jail(
     ca: Option<Arc<CertAuthority>>,
     started: Started,
     tier: Tier,
+    sidecar: Option<crate::session::Session>,
 ) -> Result<i32, JailError> {
     let proxy = match ca {
         Some(ca) => Some(
@@ -315,6 +375,23 @@ async fn serve_jail(
                 let _ = nix::sys::signal::kill(spawned.init, nix::sys::signal::Signal::SIGKILL);
                 return Err(JailError::other("serving the jail's sockets", e));
             }
+            if !settings.inbound_ports.is_empty() {
+                let recorder = match (&proxy, sidecar) {
+                    (Some(p), _) => inbound::Recorder::Local(p.clone()),
+                    (None, Some(s)) => inbound::Recorder::Sidecar(s),
+                    (None, None) => unreachable!("either a local proxy or a sidecar"),
+                };
+                let listeners = inbound::bind_all(&settings.inbound_ports)
+                    .map_err(|e| JailError::other("serving the inbound ports", e))?;
+                inbound::serve(
+                    listeners,
+                    Arc::new(spawned.sockets),
+                    recorder,
+                    settings.container.clone(),
+                    tier,
+                )
+                .map_err(|e| JailError::other("serving the inbound ports", e))?;
+            }
             tracing::debug!(tier = %spawned.tier, ipv6 = spawned.ipv6, "jail up");
             if !spawned.mounts.private_proc {
                 tracing::info!(
@@ -324,6 +401,12 @@ async fn serve_jail(
             exit.await
         }
         Started::Landlock { listener, .. } => {
+            if !settings.inbound_ports.is_empty() {
+                tracing::info!(
+                    "tier landlock shares this network namespace: servers of the command are reachable as they bind, \
+                     --inbound-port has nothing to relay"
+                );
+            }
             if let (Some(p), Some(l)) = (&proxy, listener) {
                 l.set_nonblocking(true)
                     .map_err(|e| JailError::other("proxy listener", e))?;
@@ -350,12 +433,13 @@ fn wait_for(pid: nix::unistd::Pid) -> impl std::future::Future<Output = i32> {
 }
 
 fn identity_env(settings: &RunSettings, tier: Tier) -> Vec<(OsString, OsString)> {
-    let mut env = vec![(
-        boundary_api::contract::env::TIER.into(),
-        OsString::from(tier.as_str()),
-    )];
+    let mut env = vec![
+        (contract_env::TIER.into(), OsString::from(tier.as_str())),
+        // Only the jailed command has it: a nested `boundary run` refuses to start.
+        (contract_env::JAILED.into(), OsString::from(tier.as_str())),
+    ];
     if let Some(c) = &settings.container {
-        env.push((boundary_api::contract::env::CONTAINER_NAME.into(), c.into()));
+        env.push((contract_env::CONTAINER_NAME.into(), c.into()));
     }
     env
 }

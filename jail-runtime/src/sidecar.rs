@@ -9,10 +9,12 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use boundary_api::contract::paths;
+use boundary_api::contract::env as contract_env;
+use boundary_api::contract::{exit_when, paths};
 use clap::Args;
 
 use crate::config::parse_resolve;
+use crate::jails::{ExitWhen, Jails};
 use crate::proxy::audit::{Identity, Sink};
 use crate::proxy::policy::{PolicyStore, Source};
 use crate::proxy::tls::CertAuthority;
@@ -84,11 +86,47 @@ pub struct SidecarArgs {
         default_value_t = 0
     )]
     pub worker_threads: usize,
+    /// The pod's jailed containers, the ones `--exit-when` waits for.
+    #[arg(
+        long,
+        value_name = "NAMES",
+        env = contract_env::JAILED_CONTAINERS,
+        value_delimiter = ','
+    )]
+    pub jailed_containers: Vec<String>,
+    /// Exit by itself: never, all-exited (every jailed container ended once; pod restart
+    /// policy Never) or all-succeeded (every one ended with 0; restart policy `OnFailure`).
+    #[arg(long, value_name = "WHEN", env = contract_env::EXIT_WHEN, default_value = exit_when::NEVER)]
+    pub exit_when: ExitWhen,
 }
+
+/// How long the sidecar waits, once its exit condition holds, for connections still open (their
+/// audit lines are written when they close).
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Runs the sidecar until SIGTERM or SIGINT.
 pub fn run(args: &SidecarArgs) -> i32 {
     crate::logging::init(&args.log_level, true);
+    let expected: Vec<String> = args
+        .jailed_containers
+        .iter()
+        .map(|c| c.trim().to_owned())
+        .filter(|c| !c.is_empty())
+        .collect();
+    if args.exit_when != ExitWhen::Never && expected.is_empty() {
+        eprintln!(
+            "boundary sidecar: {}={} needs {} (the pod's jailed container names, comma-separated)",
+            contract_env::EXIT_WHEN,
+            args.exit_when.as_str(),
+            contract_env::JAILED_CONTAINERS
+        );
+        return crate::run::EXIT_USAGE;
+    }
+    let state_file = args
+        .socket
+        .parent()
+        .map(|dir| dir.join(crate::jails::STATE_FILE));
+    let jails = Arc::new(Jails::new(args.exit_when, expected, state_file));
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if args.worker_threads > 0 {
         builder.worker_threads(args.worker_threads);
@@ -100,7 +138,7 @@ pub fn run(args: &SidecarArgs) -> i32 {
             return 1;
         }
     };
-    match runtime.block_on(serve(args)) {
+    match runtime.block_on(serve(args, jails)) {
         Ok(()) => 0,
         Err(e) => {
             tracing::error!(error = %e, "boundary sidecar failed");
@@ -109,7 +147,7 @@ pub fn run(args: &SidecarArgs) -> i32 {
     }
 }
 
-async fn serve(args: &SidecarArgs) -> anyhow::Result<()> {
+async fn serve(args: &SidecarArgs, jails: Arc<Jails>) -> anyhow::Result<()> {
     let session = crate::run::session_id();
     let ca = Arc::new(CertAuthority::generate(&session)?);
     let dir = args.socket.parent().unwrap_or(Path::new("/")).to_path_buf();
@@ -151,7 +189,14 @@ async fn serve(args: &SidecarArgs) -> anyhow::Result<()> {
     let listener = tokio::net::UnixListener::bind(&args.socket)?;
     // Jailed containers may run as any user.
     std::fs::set_permissions(&args.socket, std::fs::Permissions::from_mode(0o666))?;
-    tokio::spawn(proxy.clone().run_unix(listener));
+    tokio::spawn(proxy.clone().run_unix(listener, Some(jails.clone())));
+    if jails.restore() {
+        let jails = jails.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(crate::jails::RECONNECT_GRACE).await;
+            jails.expire_unclaimed();
+        });
+    }
     if let Some(addr) = args.explicit_proxy {
         let l = tokio::net::TcpListener::bind(addr).await?;
         tokio::spawn(
@@ -162,7 +207,7 @@ async fn serve(args: &SidecarArgs) -> anyhow::Result<()> {
     }
     if let Some(addr) = args.metrics_addr {
         let l = tokio::net::TcpListener::bind(addr).await?;
-        tokio::spawn(proxy.clone().run_metrics(l));
+        tokio::spawn(proxy.clone().run_metrics(l, Some(jails.clone())));
     }
     tracing::info!(socket = %args.socket.display(), "boundary sidecar ready");
 
@@ -170,6 +215,13 @@ async fn serve(args: &SidecarArgs) -> anyhow::Result<()> {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+        () = jails.until_done() => {
+            tracing::info!(when = args.exit_when.as_str(), "every jailed container has ended: the sidecar exits");
+            let deadline = tokio::time::Instant::now() + DRAIN;
+            while proxy.metrics().active_connections() > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
     }
     proxy.flush().await;
     Ok(())

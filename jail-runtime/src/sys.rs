@@ -216,3 +216,23 @@ pub fn landlock_abi() -> i32 {
     };
     i32::try_from(v).unwrap_or(0).max(0)
 }
+
+/// Waits until at least one of `fds` is readable (or hung up); returns which are. Blocks
+/// indefinitely; EINTR is returned to the caller.
+pub fn poll_readable(fds: &[std::os::fd::BorrowedFd<'_>]) -> nix::Result<Vec<bool>> {
+    use std::os::fd::AsRawFd;
+    let mut polled: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|fd| libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let count = libc::nfds_t::try_from(polled.len()).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: `polled` is a valid array of `count` pollfd structs that outlives the call; the
+    // descriptors are borrowed, so they stay open during it.
+    let ret = unsafe { libc::poll(polled.as_mut_ptr(), count, -1) };
+    Errno::result(ret)?;
+    Ok(polled.iter().map(|p| p.revents != 0).collect())
+}

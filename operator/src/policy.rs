@@ -29,7 +29,7 @@ use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
-use crate::compile::{compile_namespace, sha256_hex};
+use crate::compile::compile_namespace;
 use crate::metrics::{Controller as MetricsController, Metrics};
 use crate::status::{Publication, desired_status, up_to_date};
 use crate::{Config, Error, Shutdown, spawn_reflector, wait_ready};
@@ -228,7 +228,7 @@ pub async fn reconcile(namespace: Arc<Namespace>, ctx: Arc<Context>) -> Result<A
 
     let compiled = compile_namespace(&ns, &policies);
     let text = compiled.to_json();
-    let hash = sha256_hex(&text);
+    let hash = boundary_api::compiled::policy_hash(text.as_bytes());
     let desired = config_map(&ns, &policies, text)?;
     if !config_map_current(existing.as_deref(), &desired) {
         cms.patch(

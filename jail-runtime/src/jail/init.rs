@@ -3,7 +3,7 @@
 
 use std::ffi::{CString, OsString};
 use std::net::{TcpListener, UdpSocket};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
 use boundary_api::Tier;
@@ -15,7 +15,7 @@ use nix::unistd::{Gid, Uid};
 use super::error::{EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_SETUP_FAILED, JailError};
 use super::{
     DNS_PORT, FORWARDER_PORT, JailPlan, ListenerKind, Report, mounts, privileges, send_report,
-    signals,
+    serve_socket_request, signals,
 };
 use crate::netlink;
 use crate::sys::{self, Forked};
@@ -33,7 +33,7 @@ pub(super) fn main(plan: &JailPlan, control: &OwnedFd, uid: Uid, gid: Gid) -> i3
                 return EXIT_SETUP_FAILED;
             }
             drop(listeners);
-            run_command(plan)
+            run_command(plan, control)
         }
     }
 }
@@ -135,7 +135,7 @@ fn listeners(ipv6: bool) -> Result<Listeners, JailError> {
 }
 
 /// Forks the command, reports a failed exec, then supervises.
-fn run_command(plan: &JailPlan) -> i32 {
+fn run_command(plan: &JailPlan, control: &OwnedFd) -> i32 {
     let Ok((read_end, write_end)) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) else {
         eprintln!("boundary: cannot create a pipe in the jail");
         return EXIT_SETUP_FAILED;
@@ -176,7 +176,9 @@ fn run_command(plan: &JailPlan) -> i32 {
             // The init needs nothing more: no capabilities, not traceable by the command.
             let _ = privileges::drop_all();
             let _ = nix::sys::prctl::set_dumpable(false);
-            signals::supervise(child, true)
+            // Meanwhile, serve the supervisor's requests for sockets of this namespace.
+            let mut serve = || serve_socket_request(control);
+            signals::supervise_serving(child, true, Some((control.as_fd(), &mut serve)))
         }
     }
 }

@@ -97,6 +97,98 @@ pub struct Spawned {
     pub ipv6: bool,
     /// What the mount set-up achieved.
     pub mounts: MountReport,
+    /// More sockets of the jail's network namespace, on request.
+    pub sockets: JailSockets,
+}
+
+/// Request on the control socket for an unconnected IPv4 TCP socket.
+const SOCKET_REQUEST_TCP4: &[u8] = b"tcp4";
+/// The init's answer that carries the socket.
+const SOCKET_ANSWER_OK: &[u8] = b"ok";
+
+/// The supervisor's way to sockets of the jail's network namespace, which it cannot enter (no
+/// capabilities in a pod): the jail's init creates them on request and passes them back over
+/// the control socketpair (`SCM_RIGHTS`). A socket's namespace is the one it was created in, so
+/// a socket connected to 127.0.0.1 from here reaches the jail's loopback.
+#[derive(Debug)]
+pub struct JailSockets {
+    control: std::sync::Mutex<OwnedFd>,
+}
+
+impl JailSockets {
+    /// An unconnected IPv4 TCP socket of the jail's network namespace. Blocks briefly (the
+    /// init answers at once).
+    pub fn tcp4(&self) -> std::io::Result<OwnedFd> {
+        let control = self
+            .control
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        nix::sys::socket::send(control.as_raw_fd(), SOCKET_REQUEST_TCP4, MsgFlags::empty())?;
+        let mut buf = [0u8; 256];
+        let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let msg = recvmsg::<()>(
+            control.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )?;
+        let mut fds = Vec::new();
+        for c in msg.cmsgs()? {
+            if let ControlMessageOwned::ScmRights(received) = c {
+                fds.extend(sys::own_received_fds(&received));
+            }
+        }
+        let len = msg.bytes;
+        let answer = &buf[..len];
+        match (answer == SOCKET_ANSWER_OK, fds.pop()) {
+            (true, Some(fd)) => Ok(fd),
+            _ if len == 0 => Err(std::io::Error::other("the jail's init is gone")),
+            _ => Err(std::io::Error::other(format!(
+                "the jail's init could not create a socket: {}",
+                String::from_utf8_lossy(answer)
+            ))),
+        }
+    }
+}
+
+/// In the init: answers one request of [`JailSockets`]; false once the supervisor is gone.
+fn serve_socket_request(control: &OwnedFd) -> bool {
+    let mut request = [0u8; 16];
+    let n = match nix::sys::socket::recv(control.as_raw_fd(), &mut request, MsgFlags::MSG_DONTWAIT)
+    {
+        Ok(0) => return false,
+        Ok(n) => n,
+        Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => return true,
+        Err(_) => return false,
+    };
+    if &request[..n] != SOCKET_REQUEST_TCP4 {
+        let _ = nix::sys::socket::send(control.as_raw_fd(), b"unknown request", MsgFlags::empty());
+        return true;
+    }
+    match nix::sys::socket::socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    ) {
+        Ok(fd) => {
+            let iov = [IoSlice::new(SOCKET_ANSWER_OK)];
+            let fds = [fd.as_raw_fd()];
+            let _ = sendmsg::<()>(
+                control.as_raw_fd(),
+                &iov,
+                &[ControlMessage::ScmRights(&fds)],
+                MsgFlags::empty(),
+                None,
+            );
+        }
+        Err(e) => {
+            let _ =
+                nix::sys::socket::send(control.as_raw_fd(), e.desc().as_bytes(), MsgFlags::empty());
+        }
+    }
+    true
 }
 
 /// The init's report to the supervisor.
@@ -260,12 +352,18 @@ fn receive_report(control: &OwnedFd, init: Pid, tier: Tier) -> Result<Spawned, J
                     listeners.len()
                 )));
             }
+            let control = control
+                .try_clone()
+                .map_err(|e| JailError::other("keeping the jail's control socket", e))?;
             Ok(Spawned {
                 init,
                 tier,
                 listeners: listeners.into_iter().zip(fds).collect(),
                 ipv6,
                 mounts,
+                sockets: JailSockets {
+                    control: std::sync::Mutex::new(control),
+                },
             })
         }
     }

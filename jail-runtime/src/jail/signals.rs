@@ -7,6 +7,8 @@
 //! are. The set is blocked in every thread and read from a signalfd, so no handler runs and the
 //! supervisor and init can never be killed by a forwarded signal themselves.
 
+use std::os::fd::{AsFd, BorrowedFd};
+
 use nix::errno::Errno;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -47,6 +49,16 @@ pub fn unblock_all() -> nix::Result<()> {
 /// Forwards signals to `main` and reaps children until `main` exits; returns its exit code.
 /// With `reap_all` (the jail's init, which inherits orphans) every child is reaped.
 pub fn supervise(main: Pid, reap_all: bool) -> i32 {
+    supervise_serving(main, reap_all, None)
+}
+
+/// [`supervise`], and meanwhile calls `serve` whenever `fd` is readable (the jail's init serves
+/// the supervisor's requests this way); once `serve` returns false, `fd` is no longer watched.
+pub fn supervise_serving(
+    main: Pid,
+    reap_all: bool,
+    mut extra: Option<(BorrowedFd<'_>, &mut dyn FnMut() -> bool)>,
+) -> i32 {
     let fd = match SignalFd::with_flags(&forwarded(), SfdFlags::SFD_CLOEXEC) {
         Ok(fd) => fd,
         Err(e) => {
@@ -57,6 +69,20 @@ pub fn supervise(main: Pid, reap_all: bool) -> i32 {
     loop {
         if let Some(code) = reap(main, reap_all) {
             return code;
+        }
+        if let Some((other, serve)) = &mut extra {
+            match crate::sys::poll_readable(&[fd.as_fd(), *other]) {
+                Ok(ready) => {
+                    if ready[1] && !serve() {
+                        extra = None;
+                    }
+                    if !ready[0] {
+                        continue;
+                    }
+                }
+                Err(Errno::EINTR) => continue,
+                Err(_) => extra = None,
+            }
         }
         let info = match fd.read_signal() {
             Ok(Some(info)) => info,

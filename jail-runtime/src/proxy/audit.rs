@@ -85,6 +85,29 @@ pub struct Record {
     pub duration_ms: u64,
 }
 
+/// One audit line for a connection into the jail (`boundary run --inbound-port`).
+#[derive(Debug, Clone, Serialize)]
+pub struct InboundRecord {
+    /// RFC 3339 time.
+    pub time: String,
+    /// The session id of whoever writes the trail.
+    pub session: Arc<str>,
+    /// Pod and namespace.
+    #[serde(flatten)]
+    pub identity: Arc<Identity>,
+    /// The jailed container.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// Always `inbound`.
+    pub kind: &'static str,
+    /// The jail tier.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tier: Option<Tier>,
+    /// Peer, port, bytes, duration, refused.
+    #[serde(flatten)]
+    pub event: super::header::InboundEvent,
+}
+
 /// Where audit lines go.
 #[derive(Debug, Clone)]
 pub enum Sink {
@@ -168,6 +191,11 @@ impl Audit {
 
     /// Queues a record; never waits. A full queue drops the record and counts it.
     pub fn record(&self, record: &Record) {
+        self.record_line(record);
+    }
+
+    /// Queues any record (one JSON line), as [`Audit::record`] does.
+    pub fn record_line(&self, record: &impl Serialize) {
         let Some(tx) = &self.tx else { return };
         let Ok(line) = serde_json::to_string(record) else {
             return;

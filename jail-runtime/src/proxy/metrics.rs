@@ -78,6 +78,11 @@ impl Metrics {
         self.active.fetch_add(delta, Ordering::Relaxed);
     }
 
+    /// Connections open now.
+    pub fn active_connections(&self) -> i64 {
+        self.active.load(Ordering::Relaxed)
+    }
+
     /// Counts an upstream failure.
     pub fn upstream_error(&self, kind: UpstreamError) {
         self.upstream_errors[index(&UPSTREAM, kind)].fetch_add(1, Ordering::Relaxed);

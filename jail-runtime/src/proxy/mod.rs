@@ -17,6 +17,7 @@ pub mod audit;
 pub mod client_hello;
 pub mod framing;
 pub mod head;
+pub mod header;
 mod http;
 pub mod io;
 mod keepalive;
@@ -33,55 +34,26 @@ use std::time::{Duration, Instant};
 
 use boundary_api::rules::{Host, RuleSet};
 use boundary_api::{Mode, Tier};
-use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, UnixListener, UnixStream};
 
 use self::audit::{Audit, Decision, Identity, Record};
 use self::client_hello::Parse;
 use self::head::Scheme;
+pub use self::header::Destination;
+use self::header::Header;
 use self::io::{BoxIo, Prefixed};
 use self::metrics::{Kind, Metrics};
 use self::policy::PolicyStore;
 use self::tls::CertAuthority;
 use self::upstream::{Body, Upstream};
+use crate::jails::Jails;
 
 /// How long a client may take to send its first bytes (for protocols where the client speaks
 /// first; server-first protocols need a TCP rule).
 const FIRST_BYTES: Duration = Duration::from_secs(10);
 /// How long a client of a host no rule allows may take to show it speaks HTTP or TLS.
 const HOPELESS_WAIT: Duration = Duration::from_secs(1);
-/// Limit on the relay header line.
-const MAX_HEADER: usize = 4096;
-/// The relay header's magic.
-const HEADER_MAGIC: &str = "BOUNDARY1 ";
-
-/// Where a connection from the jail was going.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Destination {
-    /// The original destination address (a synthetic one when `name` is set).
-    pub dst: SocketAddr,
-    /// The name the jail's DNS handed out for that address.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// The jailed container.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub container: Option<String>,
-    /// The jail's tier.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tier: Option<Tier>,
-}
-
-impl Destination {
-    /// The relay header line sent before the stream on the sidecar's socket.
-    pub fn header(&self) -> Vec<u8> {
-        let mut line = HEADER_MAGIC.as_bytes().to_vec();
-        line.extend(serde_json::to_vec(self).unwrap_or_default());
-        line.push(b'\n');
-        line
-    }
-}
-
 /// Everything the proxy is configured with.
 #[derive(Debug)]
 pub struct ProxyConfig {
@@ -519,8 +491,9 @@ impl Proxy {
         }
     }
 
-    /// Accepts relayed connections (the sidecar's unix socket) forever.
-    pub async fn run_unix(self, listener: UnixListener) {
+    /// Accepts connections on the sidecar's unix socket forever: relayed connections, and
+    /// `boundary run` sessions (handed to `sessions`; refused without).
+    pub async fn run_unix(self, listener: UnixListener, sessions: Option<Arc<Jails>>) {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
@@ -528,19 +501,32 @@ impl Proxy {
             // Downloads flow from this end; its send buffer is the one that matters for them.
             tune_unix(&stream);
             let proxy = self.clone();
-            tokio::spawn(async move { proxy.serve_relayed(stream).await });
+            let sessions = sessions.clone();
+            tokio::spawn(async move { proxy.serve_relayed(stream, sessions).await });
         }
     }
 
-    async fn serve_relayed(&self, stream: UnixStream) {
+    async fn serve_relayed(&self, stream: UnixStream, sessions: Option<Arc<Jails>>) {
         let mut reader = BufReader::new(stream);
-        let dest = match tokio::time::timeout(FIRST_BYTES, read_header(&mut reader)).await {
-            Ok(Ok(dest)) => dest,
+        let header = match tokio::time::timeout(FIRST_BYTES, header::read_header(&mut reader)).await
+        {
+            Ok(Ok(header)) => header,
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "rejected a relayed connection with a bad header");
+                tracing::warn!(error = %e, "rejected a connection with a bad header");
                 return;
             }
             Err(_) => return,
+        };
+        let dest = match header {
+            Header::Relay(dest) => dest,
+            Header::Session(hello) => {
+                if let Some(jails) = sessions {
+                    jails.serve(hello, reader, self).await;
+                } else {
+                    tracing::warn!("a boundary run session arrived where none are served");
+                }
+                return;
+            }
         };
         // Hand over what the header read left buffered, then read the socket directly: a
         // BufReader would cap every later read at its 8 KiB and keep the buffer per connection.
@@ -549,29 +535,63 @@ impl Proxy {
             .await;
     }
 
-    /// Serves `/metrics` (and `/healthz`) forever.
-    pub async fn run_metrics(self, listener: TcpListener) {
+    /// Writes an inbound connection (`boundary run --inbound-port`) to the audit trail.
+    pub fn record_inbound(
+        &self,
+        container: Option<String>,
+        tier: Option<Tier>,
+        event: header::InboundEvent,
+    ) {
+        self.inner.audit.record_line(&audit::InboundRecord {
+            time: audit::now(),
+            session: self.inner.session.clone(),
+            identity: self.inner.identity.clone(),
+            container,
+            kind: "inbound",
+            tier: tier.or(self.inner.tier),
+            event,
+        });
+    }
+
+    /// The hash of the compiled-policy file enforced now (see
+    /// `boundary_api::compiled::policy_hash`), `None` while none is loaded.
+    pub fn policy_hash(&self) -> Option<String> {
+        self.inner.policy.hash()
+    }
+
+    /// Serves `/metrics`, `/healthz` and `/status` (the policy hash and `jails`) forever.
+    pub async fn run_metrics(self, listener: TcpListener, jails: Option<Arc<Jails>>) {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
             let proxy = self.clone();
+            let jails = jails.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(
                     move |req: hyper::Request<hyper::body::Incoming>| {
                         let proxy = proxy.clone();
+                        let jails = jails.clone();
                         async move {
-                            let (status, body) = match req.uri().path() {
-                                "/metrics" => {
-                                    (200, proxy.inner.metrics.render(proxy.inner.audit.dropped()))
-                                }
-                                "/healthz" | "/readyz" => (200, "ok\n".to_owned()),
-                                _ => (404, "not found\n".to_owned()),
+                            let text = "text/plain; version=0.0.4";
+                            let (status, body, kind) = match req.uri().path() {
+                                "/metrics" => (
+                                    200,
+                                    proxy.inner.metrics.render(proxy.inner.audit.dropped()),
+                                    text,
+                                ),
+                                "/healthz" | "/readyz" => (200, "ok\n".to_owned(), text),
+                                "/status" => (
+                                    200,
+                                    crate::jails::status_json(&proxy, jails.as_deref()),
+                                    "application/json",
+                                ),
+                                _ => (404, "not found\n".to_owned(), text),
                             };
                             Ok::<_, std::convert::Infallible>(
                                 hyper::Response::builder()
                                     .status(status)
-                                    .header("content-type", "text/plain; version=0.0.4")
+                                    .header("content-type", kind)
                                     .body(http_body_util::Full::new(bytes::Bytes::from(body)))
                                     .unwrap_or_default(),
                             )
@@ -640,27 +660,6 @@ fn sniff_http(buf: &[u8]) -> Option<bool> {
     None
 }
 
-/// Reads the relay header line.
-async fn read_header<R: AsyncRead + Unpin>(
-    reader: &mut BufReader<R>,
-) -> Result<Destination, String> {
-    let mut line = Vec::with_capacity(256);
-    let mut limited = (&mut *reader).take(u64::try_from(MAX_HEADER).unwrap_or(4096));
-    limited
-        .read_until(b'\n', &mut line)
-        .await
-        .map_err(|e| e.to_string())?;
-    if !line.ends_with(b"\n") {
-        return Err("relay header missing or too long".into());
-    }
-    let text = std::str::from_utf8(&line[..line.len() - 1])
-        .map_err(|_| "relay header is not UTF-8".to_owned())?;
-    let json = text
-        .strip_prefix(HEADER_MAGIC)
-        .ok_or("relay header magic missing")?;
-    serde_json::from_str(json).map_err(|e| format!("relay header: {e}"))
-}
-
 /// An address for destinations known only by name (CONNECT).
 fn unspecified(port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)
@@ -683,32 +682,5 @@ mod tests {
         assert_eq!(sniff_http(b" GET"), Some(false));
         assert_eq!(sniff_http(b"AAAAAAAAAAAAAAAAAAAAA"), Some(false));
         assert_eq!(sniff_http(b"\x00\x00\x00\x08\x04\xd2\x16\x2f"), Some(false));
-    }
-
-    #[tokio::test]
-    async fn relay_headers_round_trip_and_bad_ones_are_refused() {
-        let dest = Destination {
-            dst: "198.18.0.7:443".parse().unwrap(),
-            name: Some("github.com".into()),
-            container: Some("agent".into()),
-            tier: Some(Tier::Userns),
-        };
-        let mut bytes = dest.header();
-        bytes.extend_from_slice(b"payload");
-        let mut reader = BufReader::new(&bytes[..]);
-        assert_eq!(read_header(&mut reader).await.unwrap(), dest);
-        let mut rest = Vec::new();
-        reader.read_to_end(&mut rest).await.unwrap();
-        assert_eq!(rest, b"payload", "nothing after the header is lost");
-
-        for bad in [
-            &b"GET / HTTP/1.1\r\n"[..],
-            b"BOUNDARY1 {not json}\n",
-            b"BOUNDARY1 {}",
-        ] {
-            assert!(read_header(&mut BufReader::new(bad)).await.is_err());
-        }
-        let huge = [b'a'; 5000];
-        assert!(read_header(&mut BufReader::new(&huge[..])).await.is_err());
     }
 }

@@ -72,6 +72,8 @@ pub enum LoadError {
 
 struct Loaded {
     compiled: Option<CompiledPolicy>,
+    /// `policy_hash` of the file `compiled` came from.
+    hash: Option<String>,
     labels: BTreeMap<String, String>,
     fingerprint: Vec<(u64, u64, u64, i64)>,
     per_container: Mutex<HashMap<Option<String>, Arc<Resolved>>>,
@@ -116,6 +118,7 @@ impl PolicyStore {
             Source::Static(rules) => (
                 Loaded {
                     compiled: None,
+                    hash: None,
                     labels: BTreeMap::new(),
                     fingerprint: Vec::new(),
                     per_container: Mutex::new(HashMap::new()),
@@ -141,12 +144,19 @@ impl PolicyStore {
             source,
             current: ArcSwap::from_pointee(Loaded {
                 compiled: None,
+                hash: None,
                 labels: BTreeMap::new(),
                 fingerprint: Vec::new(),
                 per_container: Mutex::new(HashMap::new()),
             }),
             fixed: None,
         }
+    }
+
+    /// The hash of the compiled-policy file in force (`None`: no file loaded yet, or static
+    /// rules).
+    pub fn hash(&self) -> Option<String> {
+        self.current.load().hash.clone()
     }
 
     /// The rules for `container` now.
@@ -200,6 +210,7 @@ impl PolicyStore {
                 // Remember the bad version so it is reported once, not every second.
                 let kept = Loaded {
                     compiled: current.compiled.clone(),
+                    hash: current.hash.clone(),
                     labels: current.labels.clone(),
                     fingerprint: now,
                     per_container: Mutex::new(HashMap::new()),
@@ -272,6 +283,7 @@ fn read(policy: &Path, labels: Option<&Path>) -> Result<Loaded, LoadError> {
     compiled.rule_set(&labels, None)?;
     Ok(Loaded {
         compiled: Some(compiled),
+        hash: Some(boundary_api::compiled::policy_hash(&text)),
         labels,
         fingerprint,
         per_container: Mutex::new(HashMap::new()),

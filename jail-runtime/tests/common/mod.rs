@@ -348,8 +348,9 @@ pub struct Sidecar {
     pub explicit: SocketAddr,
     pub policy: PolicyDir,
     pub pid: i32,
+    args: Vec<String>,
     audit: Arc<std::sync::Mutex<Vec<String>>>,
-    _child: tokio::process::Child,
+    child: tokio::process::Child,
     _dir: TempDir,
 }
 
@@ -367,25 +368,47 @@ impl Sidecar {
         let socket = dir.path().join("proxy.sock");
         let policy = PolicyDir::new(policy);
         let (metrics, explicit) = (free_port(), free_port());
-        let mut cmd = boundary(As::Root);
-        cmd.args([
+        let mut all: Vec<String> = [
             "sidecar",
             "--socket",
             socket.to_str().unwrap(),
             "--policy-file",
             policy.path().to_str().unwrap(),
-        ])
-        .args([
             "--metrics-addr",
             &metrics.to_string(),
             "--explicit-proxy",
             &explicit.to_string(),
-        ])
-        .args(args)
-        .stdout(Stdio::piped());
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        all.extend(args.iter().map(ToString::to_string));
+        let audit = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (child, pid, ca_pem) = Self::spawn(&all, &socket, metrics, &audit).await;
+        Sidecar {
+            socket,
+            ca_pem,
+            metrics,
+            explicit,
+            policy,
+            pid,
+            args: all,
+            audit,
+            child,
+            _dir: dir,
+        }
+    }
+
+    async fn spawn(
+        args: &[String],
+        socket: &Path,
+        metrics: SocketAddr,
+        audit: &Arc<std::sync::Mutex<Vec<String>>>,
+    ) -> (tokio::process::Child, i32, String) {
+        let mut cmd = boundary(As::Root);
+        cmd.args(args).stdout(Stdio::piped());
         let mut child = cmd.spawn().unwrap();
         let pid = i32::try_from(child.id().unwrap()).unwrap();
-        let audit = Arc::new(std::sync::Mutex::new(Vec::new()));
         let lines = audit.clone();
         let stdout = child.stdout.take().unwrap();
         tokio::spawn(async move {
@@ -394,7 +417,7 @@ impl Sidecar {
                 lines.lock().unwrap().push(line);
             }
         });
-        let ca = dir.path().join("ca.crt");
+        let ca = socket.with_file_name("ca.crt");
         for _ in 0..200 {
             if socket.exists() && ca.exists() && std::net::TcpStream::connect(metrics).is_ok() {
                 break;
@@ -402,17 +425,19 @@ impl Sidecar {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         let ca_pem = std::fs::read_to_string(&ca).expect("the sidecar wrote its CA");
-        Sidecar {
-            socket,
-            ca_pem,
-            metrics,
-            explicit,
-            policy,
-            pid,
-            audit,
-            _child: child,
-            _dir: dir,
-        }
+        (child, pid, ca_pem)
+    }
+
+    /// Kills the sidecar (SIGKILL, as a crash) and starts it again with the same socket, policy,
+    /// ports and flags, as the kubelet restarts a container.
+    pub async fn restart(&mut self) {
+        self.child.kill().await.unwrap();
+        let _ = std::fs::remove_file(self.socket.with_file_name("ca.crt"));
+        let (child, pid, ca_pem) =
+            Self::spawn(&self.args, &self.socket, self.metrics, &self.audit).await;
+        self.child = child;
+        self.pid = pid;
+        self.ca_pem = ca_pem;
     }
 
     /// A connection as the jail's forwarder makes it: to `name` (a synthetic address) on `port`.
@@ -473,6 +498,26 @@ impl Sidecar {
             .collect()
     }
 
+    /// The sidecar's exit status if it exits within `limit`.
+    pub async fn exit_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        tokio::time::timeout(limit, self.child.wait())
+            .await
+            .ok()
+            .map(Result::unwrap)
+    }
+
+    /// Whether the sidecar process still runs.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// `GET /status` of the metrics listener, parsed.
+    pub async fn status(&self) -> serde_json::Value {
+        let (code, body) = http_get(self.metrics, "/status").await.unwrap();
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
     /// The sidecar's peak resident memory (`VmHWM`), in KiB.
     pub fn peak_rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap();
@@ -483,4 +528,29 @@ impl Sidecar {
             .parse()
             .unwrap()
     }
+}
+
+/// `GET path` with a real HTTP/1.1 client (hyper); (status, body), or why it failed.
+pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(conn);
+    let req = Request::get(path)
+        .header("host", addr.to_string())
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
+        .await
+        .map_err(|_| "no response within 10 s".to_owned())?
+        .map_err(|e| format!("request: {e}"))?;
+    let status = resp.status().as_u16();
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .map_err(|e| format!("body: {e}"))?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }

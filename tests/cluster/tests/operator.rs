@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use boundary_api::compiled::CompiledPolicy;
+use boundary_api::compiled::policy_hash;
 use boundary_api::contract::{annotations, node_labels, objects};
 use boundary_api::crd::{BoundaryPolicy, BoundaryPolicyStatus, condition_types};
-use boundary_operator::compile::sha256_hex;
 use boundary_operator::{Config, Shutdown};
 use boundary_test_support::nodes::{FakeNode, NodeSystem, TEST_POOL};
 use boundary_test_support::{TestNamespace, client, eventually, install_crds};
@@ -193,7 +193,7 @@ async fn policies_are_published_edited_and_removed_through_the_config_map() -> a
     assert_eq!(owner_uids(&cm), [a.uid().unwrap()]);
     let bp = status_when(&ns, "a", "Ready with the published hash", |s| {
         condition(s, condition_types::READY).is_some_and(|c| c.status == "True")
-            && s.policy_hash.as_deref() == Some(sha256_hex(&text).as_str())
+            && s.policy_hash.as_deref() == Some(policy_hash(text.as_bytes()).as_str())
     })
     .await?;
     let status = bp.status.unwrap();
@@ -222,9 +222,9 @@ async fn policies_are_published_edited_and_removed_through_the_config_map() -> a
         f.policies.first().is_some_and(|e| e.allow.len() == 2)
     })
     .await?;
-    assert_ne!(sha256_hex(&edited), sha256_hex(&text));
+    assert_ne!(policy_hash(edited.as_bytes()), policy_hash(text.as_bytes()));
     let bp = status_when(&ns, "a", "the new hash", |s| {
-        s.policy_hash.as_deref() == Some(sha256_hex(&edited).as_str())
+        s.policy_hash.as_deref() == Some(policy_hash(edited.as_bytes()).as_str())
     })
     .await?;
     let status = bp.status.unwrap();
@@ -309,7 +309,7 @@ async fn invalid_rules_are_reported_with_positions_and_an_event() -> anyhow::Res
     .await?;
     assert_eq!(
         status.policy_hash.as_deref(),
-        Some(sha256_hex(&text).as_str())
+        Some(policy_hash(text.as_bytes()).as_str())
     );
 
     let events = ns.api::<Event>();

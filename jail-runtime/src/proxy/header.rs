@@ -1,0 +1,238 @@
+//! The wire format of the sidecar's unix socket. Every connection starts with one header line:
+//!
+//! * `BOUNDARY1 {json Destination}\n`: a connection the jail's forwarder intercepted; the
+//!   client's bytes follow as they are.
+//! * `BOUNDARY1-SESSION {json Hello}\n`: `boundary run`'s session (one per jailed container,
+//!   open while the command runs). JSON lines ([`SessionMessage`]) follow; the sidecar answers
+//!   each `exit` with `ok\n`. End of stream without an `exit` means the container died.
+
+use std::net::SocketAddr;
+
+use boundary_api::Tier;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+
+/// Limit on a header line.
+pub const MAX_HEADER: usize = 4096;
+/// Limit on a session message line.
+pub const MAX_MESSAGE: usize = 16 * 1024;
+const RELAY_MAGIC: &str = "BOUNDARY1 ";
+const SESSION_MAGIC: &str = "BOUNDARY1-SESSION ";
+/// The sidecar's answer to an `exit` message.
+pub const EXIT_ACK: &[u8] = b"ok\n";
+
+/// Where a connection from the jail was going.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Destination {
+    /// The original destination address (a synthetic one when `name` is set).
+    pub dst: SocketAddr,
+    /// The name the jail's DNS handed out for that address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The jailed container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// The jail's tier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<Tier>,
+}
+
+impl Destination {
+    /// The relay header line sent before the stream on the sidecar's socket.
+    pub fn header(&self) -> Vec<u8> {
+        line(RELAY_MAGIC, self)
+    }
+}
+
+/// Whether the jail came up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum JailOutcome {
+    /// The command runs in the jail.
+    Started,
+    /// The jail could not be set up (`boundary run` exits 125).
+    Failed,
+}
+
+/// `boundary run` announcing itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// `BOUNDARY_CONTAINER_NAME`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// The tier the jail runs in (or was asked for, when it failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<Tier>,
+    /// Started or failed.
+    pub jail: JailOutcome,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Hello {
+    /// The session header line.
+    pub fn header(&self) -> Vec<u8> {
+        line(SESSION_MAGIC, self)
+    }
+}
+
+/// A connection into the jail through an inbound port (`--inbound-port`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboundEvent {
+    /// The client, as the pod's network namespace saw it.
+    pub peer: SocketAddr,
+    /// The port (the same outside and inside the jail).
+    pub port: u16,
+    /// Nothing listened on the port inside the jail.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub refused: bool,
+    /// Bytes from the client into the jail.
+    pub bytes_in: u64,
+    /// Bytes from the jail to the client.
+    pub bytes_out: u64,
+    /// From accept to close, in milliseconds.
+    pub duration_ms: u64,
+}
+
+/// A line of a session after its header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum SessionMessage {
+    /// The jailed command ended with this code (128+N: killed by signal N).
+    Exit {
+        /// `boundary run`'s exit code.
+        code: i32,
+    },
+    /// An inbound connection ended; the sidecar writes it to its audit trail.
+    Inbound(InboundEvent),
+}
+
+impl SessionMessage {
+    /// The message as a line.
+    pub fn line(&self) -> Vec<u8> {
+        let mut out = serde_json::to_vec(self).unwrap_or_default();
+        out.push(b'\n');
+        out
+    }
+}
+
+/// The first line of a connection on the sidecar's socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Header {
+    /// A relayed connection.
+    Relay(Destination),
+    /// A session.
+    Session(Hello),
+}
+
+fn line(magic: &str, value: &impl Serialize) -> Vec<u8> {
+    let mut out = magic.as_bytes().to_vec();
+    out.extend(serde_json::to_vec(value).unwrap_or_default());
+    out.push(b'\n');
+    out
+}
+
+/// Reads one line of at most `limit` bytes (without its newline); `Ok(None)` at end of stream.
+pub async fn read_line<R: AsyncRead + Unpin>(
+    reader: &mut BufReader<R>,
+    limit: usize,
+) -> Result<Option<String>, String> {
+    let mut line = Vec::with_capacity(256);
+    let mut limited = (&mut *reader).take(u64::try_from(limit).unwrap_or(u64::MAX));
+    limited
+        .read_until(b'\n', &mut line)
+        .await
+        .map_err(|e| e.to_string())?;
+    if line.is_empty() {
+        return Ok(None);
+    }
+    if !line.ends_with(b"\n") {
+        return Err("line missing its end or too long".into());
+    }
+    line.pop();
+    String::from_utf8(line)
+        .map(Some)
+        .map_err(|_| "line is not UTF-8".to_owned())
+}
+
+/// Reads the header line.
+pub async fn read_header<R: AsyncRead + Unpin>(
+    reader: &mut BufReader<R>,
+) -> Result<Header, String> {
+    let text = read_line(reader, MAX_HEADER)
+        .await
+        .map_err(|e| format!("header: {e}"))?
+        .ok_or("header missing")?;
+    if let Some(json) = text.strip_prefix(RELAY_MAGIC) {
+        return serde_json::from_str(json)
+            .map(Header::Relay)
+            .map_err(|e| format!("relay header: {e}"));
+    }
+    if let Some(json) = text.strip_prefix(SESSION_MAGIC) {
+        return serde_json::from_str(json)
+            .map(Header::Session)
+            .map_err(|e| format!("session header: {e}"));
+    }
+    Err("header magic missing".into())
+}
+
+/// Parses a session message line.
+pub fn parse_message(line: &str) -> Result<SessionMessage, String> {
+    serde_json::from_str(line).map_err(|e| format!("session message: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn headers_round_trip_and_bad_ones_are_refused() {
+        let dest = Destination {
+            dst: "198.18.0.7:443".parse().unwrap(),
+            name: Some("github.com".into()),
+            container: Some("agent".into()),
+            tier: Some(Tier::Userns),
+        };
+        let mut bytes = dest.header();
+        bytes.extend_from_slice(b"payload");
+        let mut reader = BufReader::new(&bytes[..]);
+        assert_eq!(read_header(&mut reader).await.unwrap(), Header::Relay(dest));
+        let mut rest = Vec::new();
+        reader.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, b"payload", "nothing after the header is lost");
+
+        let hello = Hello {
+            container: Some("agent".into()),
+            tier: Some(Tier::PrivilegedNetns),
+            jail: JailOutcome::Failed,
+            error: Some("no CAP_SYS_ADMIN".into()),
+        };
+        let mut bytes = hello.header();
+        bytes.extend(SessionMessage::Exit { code: 125 }.line());
+        let mut reader = BufReader::new(&bytes[..]);
+        assert_eq!(
+            read_header(&mut reader).await.unwrap(),
+            Header::Session(hello)
+        );
+        let next = read_line(&mut reader, MAX_MESSAGE).await.unwrap().unwrap();
+        assert_eq!(
+            parse_message(&next).unwrap(),
+            SessionMessage::Exit { code: 125 }
+        );
+        assert_eq!(read_line(&mut reader, MAX_MESSAGE).await.unwrap(), None);
+
+        for bad in [
+            &b"GET / HTTP/1.1\r\n"[..],
+            b"BOUNDARY1 {not json}\n",
+            b"BOUNDARY1-SESSION {}\n",
+            b"BOUNDARY1 {}",
+            b"",
+        ] {
+            assert!(read_header(&mut BufReader::new(bad)).await.is_err());
+        }
+        let huge = [b'a'; 5000];
+        assert!(read_header(&mut BufReader::new(&huge[..])).await.is_err());
+        assert!(parse_message(r#"{"type":"reboot"}"#).is_err());
+    }
+}

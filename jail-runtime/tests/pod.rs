@@ -1,0 +1,501 @@
+//! What a pod needs from `boundary run` and `boundary sidecar`, with the real binaries on real
+//! namespaces: the session between them (exit codes, failed and lost jails), the sidecar exiting
+//! by itself so Jobs complete, `GET /status`, a nested `boundary run` refused, and inbound ports
+//! for servers in the jail.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{
+    As, Sidecar, TempDir, TestServer, boundary, compiled, http_get, jailed, output, require_root,
+    stderr, stdout,
+};
+use serde_json::Value;
+
+/// `boundary run --proxy-socket` as jailed container `name`, running `script`.
+fn in_pod(
+    sidecar: &Sidecar,
+    who: As,
+    name: &str,
+    extra: &[&str],
+    script: &str,
+) -> tokio::process::Command {
+    let mut cmd = boundary(who);
+    cmd.arg("run")
+        .args(["--proxy-socket", sidecar.socket.to_str().unwrap()])
+        .args(extra)
+        .args(["--", "sh", "-c", script])
+        .env("BOUNDARY_CONTAINER_NAME", name);
+    cmd
+}
+
+fn jail_of<'a>(status: &'a Value, name: &str) -> Option<&'a Value> {
+    status["jails"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["container"] == name)
+}
+
+async fn wait_status(sidecar: &Sidecar, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+    for _ in 0..200 {
+        let status = sidecar.status().await;
+        if f(&status) {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what}: {}", sidecar.status().await);
+}
+
+fn state_is(status: &Value, name: &str, state: &str) -> bool {
+    jail_of(status, name).is_some_and(|j| j["state"] == state)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// GETs `/` until a server answers 200 (it starts in the jail meanwhile).
+async fn get_until_ok(port: u16) -> String {
+    let mut last = String::new();
+    for _ in 0..200 {
+        match http_get(local(port), "/").await {
+            Ok((200, body)) => return body,
+            Ok((code, body)) => last = format!("{code} {body}"),
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("nothing answered on inbound port {port}: {last}");
+}
+
+/// The sidecar's audit trail (standard output) once it has exited, or so far.
+fn requests_to(audit: &[Value], path: &str) -> Vec<Value> {
+    audit
+        .iter()
+        .filter(|r| r["path"] == path)
+        .cloned()
+        .collect()
+}
+
+#[tokio::test]
+async fn with_all_exited_the_sidecar_exits_once_every_jailed_container_has_ended() {
+    require_root();
+    let http = TestServer::start(None).await;
+    let mut sidecar = Sidecar::start(
+        &compiled(&["domain=allowed.test"]),
+        &[
+            "--resolve",
+            "allowed.test=127.0.0.1",
+            "--exit-when",
+            "all-exited",
+            "--jailed-containers",
+            "agent,helper",
+        ],
+    )
+    .await;
+    let script = |path: &str, code: i32| {
+        format!(
+            "curl -sS http://allowed.test:{}/{path}; exit {code}",
+            http.port()
+        )
+    };
+    let out = output(in_pod(
+        &sidecar,
+        As::Nobody,
+        "agent",
+        &[],
+        &script("first", 3),
+    ))
+    .await;
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("hello GET allowed.test"),
+        "{}",
+        stdout(&out)
+    );
+    let status = sidecar.status().await;
+    let agent = jail_of(&status, "agent").unwrap();
+    assert_eq!(agent["state"], "exited", "{status}");
+    assert_eq!(agent["exitCode"], 3, "{status}");
+    assert_eq!(agent["tier"], "userns", "{status}");
+
+    // The sidecar is still there for the other container (its request goes through).
+    let out = output(in_pod(
+        &sidecar,
+        As::Root,
+        "helper",
+        &[],
+        &script("second", 0),
+    ))
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("/second"), "{}", stdout(&out));
+    let exit = sidecar
+        .exit_within(Duration::from_secs(30))
+        .await
+        .expect("the sidecar exits once both jailed containers have ended");
+    assert_eq!(exit.code(), Some(0));
+    let audit = sidecar.audit().await;
+    for (path, container) in [("/first", "agent"), ("/second", "helper")] {
+        let records = requests_to(&audit, path);
+        assert!(
+            records
+                .iter()
+                .any(|r| r["decision"] == "allow" && r["container"] == container),
+            "the audit written before exit holds {path}: {audit:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn with_all_succeeded_a_failure_keeps_the_sidecar_until_a_later_success() {
+    require_root();
+    let http = TestServer::start(None).await;
+    let mut sidecar = Sidecar::start(
+        &compiled(&["domain=allowed.test"]),
+        &[
+            "--resolve",
+            "allowed.test=127.0.0.1",
+            "--exit-when",
+            "all-succeeded",
+            "--jailed-containers",
+            "agent,helper",
+        ],
+    )
+    .await;
+    let out = output(in_pod(&sidecar, As::Root, "helper", &[], "true")).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = output(in_pod(&sidecar, As::Nobody, "agent", &[], "exit 1")).await;
+    assert_eq!(out.status.code(), Some(1));
+    let status = sidecar.status().await;
+    assert!(state_is(&status, "agent", "exited"), "{status}");
+    assert_eq!(jail_of(&status, "agent").unwrap()["exitCode"], 1);
+    // The kubelet restarts the failed container; its run reconnects and still has a proxy.
+    let script = format!("curl -sS http://allowed.test:{}/retry", http.port());
+    let out = output(in_pod(&sidecar, As::Nobody, "agent", &[], &script)).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("/retry"), "{}", stdout(&out));
+    let exit = sidecar
+        .exit_within(Duration::from_secs(30))
+        .await
+        .expect("the sidecar exits once every jailed container has succeeded");
+    assert_eq!(exit.code(), Some(0));
+    let audit = sidecar.audit().await;
+    assert_eq!(requests_to(&audit, "/retry").len(), 1, "{audit:?}");
+}
+
+#[tokio::test]
+async fn with_never_the_sidecar_stays_after_every_container_has_ended() {
+    require_root();
+    let http = TestServer::start(None).await;
+    let mut sidecar = Sidecar::start(
+        &compiled(&["domain=allowed.test"]),
+        &[
+            "--resolve",
+            "allowed.test=127.0.0.1",
+            "--jailed-containers",
+            "agent,helper",
+        ],
+    )
+    .await;
+    for name in ["agent", "helper"] {
+        let out = output(in_pod(&sidecar, As::Nobody, name, &[], "true")).await;
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let status = sidecar.status().await;
+    assert!(
+        state_is(&status, "agent", "exited") && state_is(&status, "helper", "exited"),
+        "{status}"
+    );
+    // Still serving: a later jailed request goes through.
+    let script = format!("curl -sS http://allowed.test:{}/later", http.port());
+    let out = output(in_pod(&sidecar, As::Nobody, "agent", &[], &script)).await;
+    assert!(stdout(&out).contains("/later"), "{}", stderr(&out));
+    assert!(sidecar.running());
+}
+
+#[tokio::test]
+async fn status_reports_the_policy_hash_and_every_jails_state() {
+    require_root();
+    let mut sidecar = Sidecar::start(&compiled(&["domain=a.test"]), &[]).await;
+    let file = std::fs::read(sidecar.policy.path()).unwrap();
+    let status = sidecar.status().await;
+    assert_eq!(
+        status["policyHash"],
+        boundary_api::compiled::policy_hash(&file),
+        "{status}"
+    );
+    assert_eq!(status["policyLoaded"], true);
+    assert_eq!(status["jails"], serde_json::json!([]));
+
+    // A new version is reported once it is enforced; a bad one is not.
+    sidecar.policy.publish(&compiled(&["domain=b.test"]));
+    let file = std::fs::read(sidecar.policy.path()).unwrap();
+    let hash = boundary_api::compiled::policy_hash(&file);
+    wait_status(&sidecar, "the new policy's hash", |s| {
+        s["policyHash"] == hash
+    })
+    .await;
+    sidecar
+        .policy
+        .publish(&serde_json::json!({"version": "not a policy"}));
+    for _ in 0..200 {
+        let (_, metrics) = http_get(sidecar.metrics, "/metrics").await.unwrap();
+        if metrics.contains("agent_boundary_policy_reloads_total{result=\"error\"} 1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = sidecar.status().await;
+    assert_eq!(
+        status["policyHash"], hash,
+        "the rejected file is not enforced"
+    );
+
+    // Connected, then lost when its `boundary run` is killed (OOM, SIGKILL).
+    let mut sleeper = in_pod(&sidecar, As::Nobody, "sleeper", &[], "sleep 600")
+        .spawn()
+        .unwrap();
+    let status = wait_status(&sidecar, "sleeper connected", |s| {
+        state_is(s, "sleeper", "connected")
+    })
+    .await;
+    let jail = jail_of(&status, "sleeper").unwrap();
+    assert_eq!(jail["tier"], "userns");
+    assert!(jail.get("exitCode").is_none(), "{status}");
+    let since: jiff::Timestamp = jail["since"].as_str().unwrap().parse().unwrap();
+    assert!(since <= jiff::Timestamp::now());
+    sleeper.kill().await.unwrap();
+    wait_status(&sidecar, "sleeper lost", |s| state_is(s, "sleeper", "lost")).await;
+
+    // A jail that cannot start says why.
+    let out = output(in_pod(
+        &sidecar,
+        As::Nobody,
+        "broken",
+        &["--tier", "privileged-netns"],
+        "true",
+    ))
+    .await;
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    let status = sidecar.status().await;
+    let broken = jail_of(&status, "broken").unwrap();
+    assert_eq!(broken["state"], "failed", "{status}");
+    assert_eq!(broken["tier"], "privileged-netns", "{status}");
+    assert_eq!(broken["exitCode"], 125, "{status}");
+    assert!(
+        broken["error"].as_str().unwrap().contains("CAP_SYS_ADMIN"),
+        "{status}"
+    );
+    assert!(sidecar.running());
+}
+
+#[tokio::test]
+async fn a_restarted_sidecar_keeps_the_states_and_boundary_run_announces_itself_again() {
+    require_root();
+    let mut sidecar = Sidecar::start(
+        &compiled(&[]),
+        &[
+            "--exit-when",
+            "all-exited",
+            "--jailed-containers",
+            "agent,helper",
+        ],
+    )
+    .await;
+    // One container ended before the sidecar crashed: the restarted sidecar still knows.
+    let out = output(in_pod(&sidecar, As::Root, "helper", &[], "exit 5")).await;
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    let mut agent = in_pod(&sidecar, As::Nobody, "agent", &[], "read line; exit 7");
+    agent.stdin(std::process::Stdio::piped());
+    let mut agent = agent.spawn().unwrap();
+    wait_status(&sidecar, "agent connected", |s| {
+        state_is(s, "agent", "connected")
+    })
+    .await;
+    sidecar.restart().await;
+    let status = wait_status(&sidecar, "agent connected to the new sidecar", |s| {
+        state_is(s, "agent", "connected")
+    })
+    .await;
+    assert_eq!(jail_of(&status, "agent").unwrap()["tier"], "userns");
+    assert_eq!(
+        jail_of(&status, "helper").unwrap()["exitCode"],
+        5,
+        "{status}"
+    );
+    // The command ends: the new sidecar gets the exit code and, its condition met, exits.
+    tokio::io::AsyncWriteExt::write_all(agent.stdin.as_mut().unwrap(), b"go\n")
+        .await
+        .unwrap();
+    let code = agent.wait().await.unwrap().code();
+    assert_eq!(code, Some(7));
+    let exit = sidecar
+        .exit_within(Duration::from_secs(30))
+        .await
+        .expect("the restarted sidecar learnt of the exit");
+    assert_eq!(exit.code(), Some(0));
+}
+
+#[tokio::test]
+async fn boundary_run_inside_a_jail_refuses_to_nest() {
+    require_root();
+    let script = format!(
+        "{} run -- boundary-should-not-run; echo inner=$?",
+        common::boundary_bin()
+    );
+    for who in [As::Root, As::Nobody] {
+        let out = jailed(who, &["--container", "agent"], &script).await;
+        assert!(out.status.success(), "{who:?}: {}", stderr(&out));
+        assert!(
+            stdout(&out).contains("inner=125"),
+            "{who:?}: {}",
+            stdout(&out)
+        );
+        let err = stderr(&out);
+        assert!(
+            err.contains("already jailed (tier userns, container agent)")
+                && err.contains("Run the command directly: boundary-should-not-run"),
+            "{who:?}: {err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn listed_inbound_ports_reach_servers_in_the_jail_and_are_audited() {
+    require_root();
+    for who in [As::Root, As::Nobody] {
+        let (port, unlisted, empty) = (free_port(), free_port(), free_port());
+        let dir = TempDir::new("inbound");
+        let audit_file = dir.path().join("audit.jsonl");
+        let script = format!(
+            "python3 -m http.server {unlisted} --bind 127.0.0.1 >/dev/null 2>&1 & \
+             exec python3 -m http.server {port} --bind 127.0.0.1"
+        );
+        let mut cmd = boundary(who);
+        cmd.arg("run")
+            .args(["--inbound-port", &format!("{port},{empty}")])
+            .args(["--audit-file", audit_file.to_str().unwrap()])
+            .args(["--", "sh", "-c", &script])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let mut child = cmd.spawn().unwrap();
+        let body = get_until_ok(port).await;
+        assert!(body.contains("Directory listing"), "{who:?}: {body}");
+        if std::net::TcpListener::bind("[::1]:0").is_ok() {
+            let (code, _) = http_get(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)), "/")
+                .await
+                .unwrap();
+            assert_eq!(code, 200, "{who:?}: the inbound port over IPv6");
+        }
+        // Not listed: nothing listens in this network namespace.
+        assert!(
+            tokio::net::TcpStream::connect(local(unlisted))
+                .await
+                .is_err(),
+            "{who:?}: an unlisted port is reachable"
+        );
+        // Listed, but nothing listens in the jail: accepted here, then closed.
+        assert!(http_get(local(empty), "/").await.is_err(), "{who:?}");
+
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        let text = std::fs::read_to_string(&audit_file).unwrap();
+        let records: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let served = records
+            .iter()
+            .find(|r| r["kind"] == "inbound" && r["port"] == port && r.get("refused").is_none())
+            .unwrap_or_else(|| panic!("{who:?}: no inbound record for {port}:\n{text}"));
+        assert!(
+            served["peer"].as_str().unwrap().starts_with("127.0.0.1:"),
+            "{served}"
+        );
+        assert!(served["bytes_in"].as_u64().unwrap() > 0, "{served}");
+        assert!(served["bytes_out"].as_u64().unwrap() > 0, "{served}");
+        assert!(served["duration_ms"].is_u64(), "{served}");
+        assert_eq!(served["tier"], "userns", "{served}");
+        assert!(
+            records
+                .iter()
+                .any(|r| r["kind"] == "inbound" && r["port"] == empty && r["refused"] == true),
+            "{who:?}: the refused connection is audited:\n{text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn in_a_pod_inbound_connections_are_audited_by_the_sidecar() {
+    require_root();
+    let mut sidecar = Sidecar::start(&compiled(&[]), &[]).await;
+    let port = free_port();
+    let script = format!("exec python3 -m http.server {port} --bind 127.0.0.1");
+    let mut cmd = in_pod(
+        &sidecar,
+        As::Nobody,
+        "web",
+        &["--inbound-port", &port.to_string()],
+        &script,
+    );
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    let body = get_until_ok(port).await;
+    assert!(body.contains("Directory listing"), "{body}");
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let code = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap()
+        .code();
+    assert_eq!(code, Some(143), "SIGTERM reached the server");
+    let status = sidecar.status().await;
+    let web = jail_of(&status, "web").unwrap();
+    assert_eq!(web["state"], "exited", "{status}");
+    assert_eq!(web["exitCode"], 143, "{status}");
+    let audit = sidecar.audit().await;
+    assert!(
+        audit.iter().any(|r| r["kind"] == "inbound"
+            && r["port"] == port
+            && r["container"] == "web"
+            && r["tier"] == "userns"
+            && r["bytes_out"].as_u64().unwrap_or(0) > 0
+            && r.get("refused").is_none()),
+        "{audit:?}"
+    );
+    assert!(sidecar.running());
+}
+
+#[tokio::test]
+async fn an_inbound_port_in_use_stops_the_jail_with_the_cause() {
+    require_root();
+    let taken = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let out = jailed(As::Nobody, &["--inbound-port", &port], "sleep 20; echo ran").await;
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    assert!(!stdout(&out).contains("ran"), "the command was stopped");
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("0.0.0.0:{port}")) && err.contains("listens on it"),
+        "{err}"
+    );
+}
