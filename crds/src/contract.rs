@@ -210,16 +210,9 @@ pub mod env {
         UPSTREAM_CA_DIR = "BOUNDARY_UPSTREAM_CA_DIR";
         /// The sidecar's `/metrics` and `/healthz` address.
         METRICS_ADDR = "BOUNDARY_METRICS_ADDR";
-        /// TCP ports (comma-separated) on which `boundary run` accepts connections in the pod's
-        /// network namespace and relays them to the jailed process (declared ports, probes).
-        INBOUND_PORTS = "BOUNDARY_INBOUND_PORTS";
         /// TCP ports (comma-separated) of the pod's loopback that the jail sends to the proxy,
         /// where pod-local rules decide (sidecars of the same pod).
         POD_LOCAL_PORTS = "BOUNDARY_POD_LOCAL_PORTS";
-        /// On the sidecar: the pod's jailed containers (comma-separated names).
-        JAILED_CONTAINERS = "BOUNDARY_JAILED_CONTAINERS";
-        /// On the sidecar: when it exits by itself, one of [`super::exit_when`].
-        EXIT_WHEN = "BOUNDARY_EXIT_WHEN";
         /// Coder's env var: jail without a user namespace (`true`).
         CODER_NO_USER_NAMESPACE = "BOUNDARY_NO_USER_NAMESPACE";
         /// Coder's env var: the jail type (`nsjail` or `landjail`).
@@ -250,19 +243,6 @@ pub mod exit_when {
         ALL_EXITED = "all-exited";
         /// Exit once every jailed container has ended with 0 (pod `restartPolicy: OnFailure`:
         /// the kubelet restarts a failed one, which reconnects).
-        ALL_SUCCEEDED = "all-succeeded";
-    }
-}
-
-/// Values of [`env::EXIT_WHEN`]: when a classic (non-native) sidecar exits, so that pods that run
-/// to completion (Jobs, CI steps) complete.
-pub mod exit_when {
-    names! {
-        /// Never (pods with `restartPolicy: Always`, and native sidecars).
-        NEVER = "never";
-        /// Once every jailed container has ended (`restartPolicy: Never`).
-        ALL_EXITED = "all-exited";
-        /// Once every jailed container has ended with 0 (`restartPolicy: OnFailure`).
         ALL_SUCCEEDED = "all-succeeded";
     }
 }
