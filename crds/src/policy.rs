@@ -94,6 +94,25 @@ pub struct TcpRule {
     pub ports: Vec<Port>,
 }
 
+/// Pod-local TCP ports the jailed containers may connect to: servers on the pod's loopback
+/// (`127.0.0.1` or `::1`), i.e. sidecars of the same pod such as a Cloud SQL or database proxy,
+/// Docker-in-Docker (2375/2376), MCP servers or Argo's sidecars. Connections are relayed as they
+/// are (no TLS interception) and audited as `pod-local`. Other loopback ports stay the jail's own:
+/// a server the agent itself runs on `127.0.0.1` keeps working and is never checked.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct PodLocalRule {
+    /// Ports on the pod's loopback (at least one). Not allowed: the ports the jail and the
+    /// injected sidecar use themselves (2, 53, 15080, 15090).
+    #[cfg_attr(feature = "kube", schemars(length(min = 1)))]
+    pub ports: Vec<Port>,
+    /// What listens there (e.g. `cloud-sql-proxy`), for people reading the policy and the
+    /// audit trail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
 /// A TCP port, 1 to 65535. In the API it is an `int32` with that range (Kubernetes API
 /// conventions avoid unsigned types), so the apiserver rejects out-of-range values itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
