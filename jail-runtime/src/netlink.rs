@@ -267,6 +267,8 @@ pub const TABLE: &str = "agent_boundary";
 ///   chain redirect { type nat hook output priority -100; policy accept;
 ///     udp dport 53 redirect to :DNS      # every DNS query, whatever resolver it names
 ///     tcp dport 53 redirect to :DNS
+///     ip daddr 127.0.0.0/8 tcp dport P redirect to :FORWARDER   # for each pod-local port P:
+///     ip6 daddr ::1 tcp dport P redirect to :FORWARDER          # the pod's, not the jail's
 ///     ip daddr 127.0.0.0/8 accept        # the jail's own loopback services stay reachable
 ///     ip6 daddr ::1 accept
 ///     meta l4proto tcp redirect to :FORWARDER
@@ -279,7 +281,14 @@ pub const TABLE: &str = "agent_boundary";
 ///   }
 /// }
 /// ```
-pub fn install_ruleset(forwarder_port: u16, dns_port: u16) -> Result<(), NetlinkError> {
+///
+/// A pod-local port is one rule per address family: the lists are short (a pod's sidecars), and
+/// a linear match over loopback packets costs nothing next to an anonymous set's extra messages.
+pub fn install_ruleset(
+    forwarder_port: u16,
+    dns_port: u16,
+    pod_local_ports: &[u16],
+) -> Result<(), NetlinkError> {
     let mut sock = Socket::open(SockProtocol::NetlinkNetFilter).map_err(|e| NetlinkError {
         what: "opening a netfilter netlink socket".into(),
         errno: e,
@@ -295,6 +304,30 @@ pub fn install_ruleset(forwarder_port: u16, dns_port: u16) -> Result<(), Netlink
     nft.rule("redirect", "tcp dport 53 redirect", |e| {
         e.l4proto(6).dport(53).redirect(dns_port);
     });
+    for &port in pod_local_ports {
+        nft.rule(
+            "redirect",
+            &format!("ip daddr 127.0.0.0/8 tcp dport {port} redirect"),
+            |e| {
+                e.nfproto(2)
+                    .ip_daddr_in_loopback()
+                    .l4proto(6)
+                    .dport(port)
+                    .redirect(forwarder_port);
+            },
+        );
+        nft.rule(
+            "redirect",
+            &format!("ip6 daddr ::1 tcp dport {port} redirect"),
+            |e| {
+                e.nfproto(10)
+                    .ip6_daddr_loopback()
+                    .l4proto(6)
+                    .dport(port)
+                    .redirect(forwarder_port);
+            },
+        );
+    }
     for chain in ["redirect", "egress"] {
         nft.rule(chain, "ip daddr 127.0.0.0/8 accept", |e| {
             e.nfproto(2).ip_daddr_in_loopback().verdict(1);

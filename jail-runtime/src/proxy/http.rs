@@ -26,6 +26,7 @@ use super::framing::{Audited, Framing};
 use super::head::{self, Scheme, Target};
 use super::keepalive::{self, Exchange, Pending};
 use super::metrics::{Kind, UpstreamError};
+use super::pod_local::{self, PodLocalDecision};
 use super::upstream::{Body, BoxError, Failure};
 use super::{ConnCtx, Destination, Proxy, unspecified};
 
@@ -646,7 +647,22 @@ fn connect(
     let could = rules.check_tcp(&host, port).is_some()
         || rules.check_passthrough(&host, port).is_some()
         || rules.may_allow_http(&host, port);
-    if !could && rules.mode() == Mode::Enforce {
+    if let Host::Ip(ip) = host
+        && pod_local::is_loopback(ip)
+    {
+        // The pod's loopback: podLocal rules alone decide; the tunnel is then served (and
+        // audited) like a redirected pod-local connection.
+        if let PodLocalDecision::Deny(reason) = pod_local::decide(rules, port) {
+            proxy.inner.metrics.decision(Kind::PodLocal, Decision::Deny);
+            let mut rec = proxy.record(ctx, pod_local::SCHEME, &host, port, rules.mode());
+            rec.method = Some("CONNECT".into());
+            rec.decision = Decision::Deny;
+            rec.reason = Some(reason.clone());
+            rec.status = Some(403);
+            proxy.inner.audit.record(&rec);
+            return text(403, format!("Blocked by Agent Boundary: {reason}\n"));
+        }
+    } else if !could && rules.mode() == Mode::Enforce {
         let reason = format!("CONNECT to {host}:{port}: no rule allows this host");
         proxy.inner.metrics.decision(Kind::Tcp, Decision::Deny);
         let mut rec = proxy.record(ctx, "tcp", &host, port, rules.mode());
