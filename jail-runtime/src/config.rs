@@ -101,7 +101,7 @@ pub struct RunArgs {
     #[arg(
         long = "pod-local-port",
         value_name = "PORTS",
-        env = contract::env::POD_LOCAL_PORTS,
+        env = "BOUNDARY_POD_LOCAL_PORTS",
         value_delimiter = ','
     )]
     pub pod_local_ports: Vec<String>,
@@ -570,6 +570,16 @@ mod tests {
                 .unwrap_err();
             assert!(e.to_string().starts_with("--allow-pod-local"), "{bad}: {e}");
         }
+        // The webhook sets the contract's name.
+        let command = <Cli as clap::CommandFactory>::command();
+        let arg = command
+            .get_arguments()
+            .find(|a| a.get_long() == Some("pod-local-port"))
+            .unwrap();
+        assert_eq!(
+            arg.get_env().and_then(|e| e.to_str()),
+            Some(contract::env::POD_LOCAL_PORTS)
+        );
         let many: Vec<String> = (10_000..10_300).map(|p| p.to_string()).collect();
         let e = args(&["--pod-local-port", &many.join(","), "--", "true"])
             .resolve()

@@ -948,3 +948,80 @@ fn assert_pod_local_audit(context: &str, audit: &str, tier: &str, allowed: [u16;
         "{context}: {reason}"
     );
 }
+
+/// The pod's path: the jail sends redirected pod-local ports to the sidecar's socket, and the
+/// sidecar's policy (`spec.podLocal`) decides them.
+#[tokio::test]
+async fn in_a_pod_the_sidecars_policy_decides_the_pod_local_ports() {
+    require_root();
+    let (allowed, allowed_hits) = host_echo_server("127.0.0.1");
+    let (denied, denied_hits) = host_echo_server("127.0.0.1");
+    let policy = serde_json::json!({
+        "version": 1,
+        "namespace": "agents",
+        "policies": [{
+            "name": "agent-policy",
+            "podSelector": {},
+            "podLocal": [{"ports": [allowed], "description": "echo"}]
+        }]
+    });
+    let sidecar = common::Sidecar::start(&policy, &[]).await;
+    let script = format!(
+        r#"{PY} - <<'EOF'
+import socket
+for name, port in (("allowed", {allowed}), ("denied", {denied})):
+    s = socket.socket(); s.settimeout(5)
+    try:
+        s.connect(("127.0.0.1", port)); banner = s.recv(100); s.sendall(b"ping\n")
+        print(name, "got:" + repr(banner + s.recv(100)))
+    except Exception as e:
+        print(name, "refused:" + type(e).__name__)
+EOF"#
+    );
+    let ports = format!("{allowed},{denied}");
+    let out = jailed(
+        As::Nobody,
+        &[
+            "--proxy-socket",
+            sidecar.socket.to_str().unwrap(),
+            "--container",
+            "agent",
+            "--pod-local-port",
+            &ports,
+        ],
+        &script,
+    )
+    .await;
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}\n{text}", stderr(&out));
+    assert!(text.contains(r"allowed got:b'ready\nping\n'"), "{text}");
+    assert!(
+        text.contains("denied refused:") || text.contains("denied got:b''"),
+        "{text}"
+    );
+    assert_eq!(allowed_hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(denied_hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let records = sidecar.audit().await;
+    let allow = records
+        .iter()
+        .find(|r| r["scheme"] == "pod-local" && r["decision"] == "allow")
+        .unwrap_or_else(|| panic!("{records:?}"));
+    assert_eq!(
+        allow["rule"],
+        format!("agent-policy spec.podLocal[0]: podLocal ports={allowed} (echo)")
+    );
+    assert_eq!(allow["container"], "agent");
+    assert_eq!(allow["tier"], "userns");
+    let deny = records
+        .iter()
+        .find(|r| r["scheme"] == "pod-local" && r["decision"] == "deny")
+        .unwrap_or_else(|| panic!("{records:?}"));
+    assert_eq!(deny["port"], denied);
+    assert!(
+        deny["reason"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("spec.podLocal: [{{ports: [{denied}]}}]")),
+        "{deny}"
+    );
+}
