@@ -284,6 +284,9 @@ pub const TABLE: &str = "agent_boundary";
 ///
 /// A pod-local port is one rule per address family: the lists are short (a pod's sidecars), and
 /// a linear match over loopback packets costs nothing next to an anonymous set's extra messages.
+/// They go in batches of their own: a batch is one datagram, which must fit the socket's send
+/// buffer (about 200 KiB by default, some 400 bytes a rule). Nothing runs in the jail before
+/// the last batch is in, and any failure fails the jail.
 pub fn install_ruleset(
     forwarder_port: u16,
     dns_port: u16,
@@ -304,30 +307,36 @@ pub fn install_ruleset(
     nft.rule("redirect", "tcp dport 53 redirect", |e| {
         e.l4proto(6).dport(53).redirect(dns_port);
     });
-    for &port in pod_local_ports {
-        nft.rule(
-            "redirect",
-            &format!("ip daddr 127.0.0.0/8 tcp dport {port} redirect"),
-            |e| {
-                e.nfproto(2)
-                    .ip_daddr_in_loopback()
-                    .l4proto(6)
-                    .dport(port)
-                    .redirect(forwarder_port);
-            },
-        );
-        nft.rule(
-            "redirect",
-            &format!("ip6 daddr ::1 tcp dport {port} redirect"),
-            |e| {
-                e.nfproto(10)
-                    .ip6_daddr_loopback()
-                    .l4proto(6)
-                    .dport(port)
-                    .redirect(forwarder_port);
-            },
-        );
+    nft.commit()?;
+    for ports in pod_local_ports.chunks(POD_LOCAL_PORTS_PER_BATCH) {
+        let mut nft = Nft::new(&mut sock);
+        for &port in ports {
+            nft.rule(
+                "redirect",
+                &format!("ip daddr 127.0.0.0/8 tcp dport {port} redirect"),
+                |e| {
+                    e.nfproto(2)
+                        .ip_daddr_in_loopback()
+                        .l4proto(6)
+                        .dport(port)
+                        .redirect(forwarder_port);
+                },
+            );
+            nft.rule(
+                "redirect",
+                &format!("ip6 daddr ::1 tcp dport {port} redirect"),
+                |e| {
+                    e.nfproto(10)
+                        .ip6_daddr_loopback()
+                        .l4proto(6)
+                        .dport(port)
+                        .redirect(forwarder_port);
+                },
+            );
+        }
+        nft.commit()?;
     }
+    let mut nft = Nft::new(&mut sock);
     for chain in ["redirect", "egress"] {
         nft.rule(chain, "ip daddr 127.0.0.0/8 accept", |e| {
             e.nfproto(2).ip_daddr_in_loopback().verdict(1);
@@ -347,6 +356,9 @@ pub fn install_ruleset(
     });
     nft.commit()
 }
+
+/// Pod-local ports per nftables batch (two rules each).
+const POD_LOCAL_PORTS_PER_BATCH: usize = 64;
 
 /// An nftables batch for the jail's table.
 struct Nft<'a> {

@@ -746,7 +746,16 @@ async fn sigkill_of_any_jail_process_leaves_nothing_behind() {
 async fn the_ruleset_lives_in_the_jail_and_redirects_everything() {
     require_root();
     let mut cmd = boundary(As::Root);
-    cmd.args(["run", "--pod-local-port", "5432", "--", "sleep", "4242.5"]);
+    // As many pod-local ports as a jail takes (several netlink batches); 5432 is the last.
+    let ports: Vec<String> = (5177..=5432).map(|p| p.to_string()).collect();
+    cmd.args([
+        "run",
+        "--tier",
+        "userns",
+        "--pod-local-port",
+        &ports.join(","),
+    ])
+    .args(["--", "sleep", "4242.5"]);
     let mut child = cmd.spawn().unwrap();
     wait_until("jail up", || pids_of("sleep 4242.5").len() == 1).await;
     let jailed = pids_of("sleep 4242.5")[0];
@@ -774,6 +783,14 @@ async fn the_ruleset_lives_in_the_jail_and_redirects_everything() {
     ] {
         assert!(rules.contains(expected), "missing {expected:?} in\n{rules}");
     }
+    assert_eq!(
+        rules
+            .lines()
+            .filter(|l| l.contains("tcp dport") && l.trim_end().ends_with("redirect to :2"))
+            .count(),
+        2 * 256,
+        "one rule per pod-local port and family:\n{rules}"
+    );
     let at = |text: &str| rules.find(text).unwrap();
     assert!(
         at("tcp dport 5432 redirect") < at("ip daddr 127.0.0.0/8 accept"),
