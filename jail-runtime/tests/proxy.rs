@@ -1255,3 +1255,63 @@ async fn pod_local_ports_in_audit_mode_are_relayed_and_recorded_as_would_be_deni
         .unwrap_or_else(|| panic!("{records:?}"));
     assert_eq!(dns["decision"], "deny");
 }
+
+#[tokio::test]
+async fn explicit_proxy_requests_for_the_pods_loopback_follow_pod_local_rules() {
+    require_root();
+    let allowed = Upstream::start(None).await;
+    let other = Upstream::start(None).await;
+    let policy = serde_json::json!({
+        "version": 1,
+        "policies": [{
+            "name": "p",
+            "podSelector": {},
+            "allow": ["domain=127.0.0.0/8", "domain=localhost"],
+            "podLocal": [{"ports": [allowed.port()], "description": "mcp"}]
+        }]
+    });
+    let sidecar = Sidecar::start(&policy, &[]).await;
+    let curl = |url: String| {
+        let proxy = format!("http://{}", sidecar.explicit);
+        async move {
+            let out = tokio::process::Command::new("curl")
+                .args(["-sS", "-m", "10", "-x", &proxy, &url])
+                .output()
+                .await
+                .unwrap();
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        }
+    };
+    let ok = curl(format!("http://127.0.0.1:{}/tools", allowed.port())).await;
+    assert!(
+        ok.contains(&format!("hello GET 127.0.0.1:{} /tools", allowed.port())),
+        "{ok}"
+    );
+    let denied = curl(format!("http://127.0.0.1:{}/tools", other.port())).await;
+    assert!(
+        denied.contains("spec.podLocal") && denied.contains(&other.port().to_string()),
+        "a host rule for 127.0.0.0/8 does not open the pod's loopback: {denied}"
+    );
+    // A name that resolves to loopback is no way round either.
+    let by_name = curl(format!("http://localhost:{}/tools", other.port())).await;
+    assert!(by_name.contains("podLocal"), "{by_name}");
+    assert_eq!(other.connections.load(Ordering::SeqCst), 0);
+    let records = sidecar.audit().await;
+    let allow = records
+        .iter()
+        .find(|r| r["scheme"] == "pod-local" && r["decision"] == "allow")
+        .unwrap_or_else(|| panic!("{records:?}"));
+    assert_eq!(allow["method"], "GET");
+    assert_eq!(allow["path"], "/tools");
+    assert_eq!(allow["status"], 200);
+    assert!(
+        records
+            .iter()
+            .any(|r| r["scheme"] == "pod-local" && r["decision"] == "deny" && r["status"] == 403),
+        "{records:?}"
+    );
+}

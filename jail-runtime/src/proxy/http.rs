@@ -258,6 +258,21 @@ async fn handle(
             );
         }
     };
+    if let Host::Ip(ip) = target.host
+        && pod_local::is_loopback(ip)
+    {
+        return pod_local_request(
+            &proxy,
+            &ctx,
+            scheme,
+            parts,
+            body,
+            &target,
+            rules,
+            client_upgrade,
+        )
+        .await;
+    }
     let request = HttpRequest {
         host: &target.host,
         port: target.port,
@@ -289,6 +304,57 @@ async fn handle(
         return deny_page(scheme, request, misses, &proxy, &ctx);
     }
     forward(proxy, scheme, parts, body, &target, rec, client_upgrade).await
+}
+
+/// An explicit-proxy request for the pod's loopback (`GET http://127.0.0.1:PORT/...`, the landlock
+/// tier's way to a pod's HTTP sidecar): decided by podLocal rules alone, like a redirected
+/// pod-local connection, and audited as `pod-local` with its method and path.
+#[allow(clippy::too_many_arguments)]
+async fn pod_local_request(
+    proxy: &Proxy,
+    ctx: &ConnCtx,
+    scheme: Scheme,
+    parts: http::request::Parts,
+    body: Incoming,
+    target: &Target,
+    rules: &boundary_api::rules::RuleSet,
+    client_upgrade: Option<ClientUpgrade>,
+) -> Response<Body> {
+    let mut rec = proxy.record(
+        ctx,
+        pod_local::SCHEME,
+        &target.host,
+        target.port,
+        rules.mode(),
+    );
+    rec.method = Some(parts.method.to_string());
+    rec.path = Some(target.path.to_string());
+    match pod_local::decide(rules, target.port) {
+        PodLocalDecision::Allow(rule) => rec.rule = Some(rule),
+        PodLocalDecision::WouldDeny(reason) => {
+            rec.decision = Decision::WouldDeny;
+            rec.reason = Some(reason);
+        }
+        PodLocalDecision::Deny(reason) => {
+            proxy.inner.metrics.decision(Kind::PodLocal, Decision::Deny);
+            rec.decision = Decision::Deny;
+            rec.reason = Some(reason.clone());
+            rec.status = Some(403);
+            proxy.inner.audit.record(&rec);
+            return text(403, format!("Blocked by Agent Boundary: {reason}\n"));
+        }
+    }
+    proxy.inner.metrics.decision(Kind::PodLocal, rec.decision);
+    forward(
+        proxy.clone(),
+        scheme,
+        parts,
+        body,
+        target,
+        rec,
+        client_upgrade,
+    )
+    .await
 }
 
 /// A request whose framing is ambiguous (smuggling): 400, and the connection is closed.

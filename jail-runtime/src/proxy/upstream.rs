@@ -26,7 +26,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use super::metrics::UpstreamError;
-use super::pod_local::is_local_address;
+use super::pod_local::{is_local_address, is_loopback};
 use super::tls::UpstreamTls;
 
 /// Boxed error of bodies.
@@ -226,6 +226,34 @@ impl Upstream {
     }
 }
 
+/// A TCP connection to a port of the pod's loopback.
+async fn connect_pod_local(ip: IpAddr, port: u16) -> Result<TcpStream, Failure> {
+    match tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        TcpStream::connect(SocketAddr::new(ip, port)),
+    )
+    .await
+    {
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            Ok(stream)
+        }
+        Ok(Err(e)) => Err(Failure::new(
+            UpstreamError::Connect,
+            format!(
+                "connecting to {ip}:{port} in the pod: {e} (is the pod's server listening there?)"
+            ),
+        )),
+        Err(_) => Err(Failure {
+            timeout: true,
+            ..Failure::new(
+                UpstreamError::Connect,
+                format!("connecting to {ip}:{port} in the pod timed out"),
+            )
+        }),
+    }
+}
+
 /// Connects for the pooled clients: `http://` plain, `https://` verified TLS.
 #[derive(Clone, Debug)]
 pub struct Connector {
@@ -259,8 +287,15 @@ impl tower_service::Service<Uri> for Connector {
                     h2: negotiated_h2,
                 })
             } else {
+                let tcp = match host {
+                    // A loopback target gets here only through `http::pod_local_request`
+                    // (podLocal rules allowed it): `http::handle` sends every loopback target
+                    // there, before any host rule is looked at.
+                    Host::Ip(ip) if is_loopback(ip) => connect_pod_local(ip, port).await?,
+                    _ => upstream.connect_tcp(&host, port).await?,
+                };
                 Ok(Conn {
-                    io: TokioIo::new(Stream::Plain(upstream.connect_tcp(&host, port).await?)),
+                    io: TokioIo::new(Stream::Plain(tcp)),
                     h2: false,
                 })
             }

@@ -162,11 +162,6 @@ async fn invalid_policies_are_rejected_by_the_apiserver_with_its_message() -> an
             vec!["spec.podLocal.ports", "less than or equal to 65535"],
         ),
         (
-            "pod-local-port-zero",
-            json!({"podSelector": {}, "podLocal": [{"ports": [0]}]}),
-            vec!["spec.podLocal.ports", "greater than or equal to 1"],
-        ),
-        (
             "pod-local-without-ports",
             json!({"podSelector": {}, "podLocal": [{"description": "db"}]}),
             vec!["spec.podLocal.ports", "Required value"],
