@@ -96,8 +96,8 @@ pub struct RunArgs {
     )]
     pub allow_pod_local: Vec<String>,
     /// Loopback TCP ports that belong to the pod, not the jail (repeatable or comma-separated):
-    /// connections to `127.0.0.1` or `::1` on them leave the jail for the proxy, which allows them only
-    /// by a podLocal rule. Other loopback ports stay the jail's own. Set by the webhook.
+    /// connections to `127.0.0.1` or `::1` on them leave the jail for the proxy, which allows
+    /// them only by a podLocal rule. Other loopback ports stay the jail's own. Set by the webhook.
     #[arg(
         long = "pod-local-port",
         value_name = "PORTS",
@@ -256,7 +256,8 @@ fn parse_mode(value: &str) -> Result<Mode, ConfigError> {
     }
 }
 
-/// The most pod-local ports a jail redirects: two nftables rules each, in one netlink batch.
+/// The most pod-local ports a jail redirects: two nftables rules each, matched in turn by every
+/// loopback packet of the jail.
 pub const MAX_POD_LOCAL_PORTS: usize = 256;
 
 fn parse_port(flag: &str, item: &str) -> Result<Port, ConfigError> {
