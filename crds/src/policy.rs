@@ -113,6 +113,32 @@ pub struct PodLocalRule {
     pub description: Option<String>,
 }
 
+impl PodLocalRule {
+    /// The ports as numbers.
+    pub fn port_numbers(&self) -> impl Iterator<Item = u16> + '_ {
+        self.ports.iter().map(|p| p.get())
+    }
+}
+
+/// The value of `BOUNDARY_POD_LOCAL_PORTS` (`contract::env::POD_LOCAL_PORTS`) for `ports`:
+/// sorted, each once, comma-separated, without the ports that can never be pod-local
+/// (`contract::ports::NOT_POD_LOCAL`). For the webhook: the selecting policies' `podLocal` ports
+/// and the ports the pod's *other* containers declare (the jailed container's own servers run
+/// inside its jail, not on the pod's loopback).
+pub fn pod_local_ports_value(ports: impl IntoIterator<Item = u16>) -> String {
+    let mut ports: Vec<u16> = ports
+        .into_iter()
+        .filter(|p| *p != 0 && !crate::contract::ports::NOT_POD_LOCAL.contains(p))
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// A TCP port, 1 to 65535. In the API it is an `int32` with that range (Kubernetes API
 /// conventions avoid unsigned types), so the apiserver rejects out-of-range values itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -234,6 +260,17 @@ mod tests {
         };
         assert!(only.permits(Tier::Userns));
         assert!(!only.permits(Tier::Landlock));
+    }
+
+    #[test]
+    fn the_pod_local_ports_value_is_sorted_unique_and_leaves_out_reserved_ports() {
+        let rule: PodLocalRule = serde_json::from_str(r#"{"ports": [5432, 2375, 5432]}"#).unwrap();
+        let value = pod_local_ports_value(
+            rule.port_numbers()
+                .chain([8080, 53, 2, 15080, 15090, 0, 2375]),
+        );
+        assert_eq!(value, "2375,5432,8080");
+        assert_eq!(pod_local_ports_value([]), "");
     }
 
     #[test]
