@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::policy::{HttpRule, JailSpec, Mode, TcpRule};
+use crate::policy::{HttpRule, JailSpec, Mode, PodLocalRule, TcpRule};
 use crate::rules::{self, CompileErrors, RuleSet, RuleSource};
 
 /// Current version of the file format.
@@ -68,6 +68,9 @@ pub struct PolicyEntry {
     /// TCP rules.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tcp: Vec<TcpRule>,
+    /// Pod-local port rules.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pod_local: Vec<PodLocalRule>,
     /// Jail settings.
     #[serde(default)]
     pub jail: JailSpec,
@@ -91,6 +94,7 @@ impl PolicyEntry {
             allow: &self.allow,
             http: &self.http,
             tcp: &self.tcp,
+            pod_local: &self.pod_local,
         })
     }
 }
@@ -432,6 +436,56 @@ mod tests {
             future.rule_set(&BTreeMap::new(), None),
             Err(SelectError::Version(9))
         ));
+    }
+
+    #[test]
+    fn pod_local_rules_are_read_from_the_file_and_unioned() {
+        let file: CompiledPolicy = serde_json::from_value(serde_json::json!({
+            "version": 1,
+            "policies": [
+                {"name": "db", "podSelector": {}, "podLocal": [{"ports": [5432], "description": "cloud-sql-proxy"}]},
+                {"name": "dind", "podSelector": {}, "mode": "Audit", "podLocal": [{"ports": [2375, 2376]}]},
+                {"name": "other", "podSelector": {"matchLabels": {"app": "x"}}, "podLocal": [{"ports": [8080]}]}
+            ]
+        }))
+        .unwrap();
+        let (set, names) = file.rule_set(&BTreeMap::new(), None).unwrap();
+        assert_eq!(names, ["db", "dind"]);
+        let allowed: Vec<u16> = [5432, 2375, 2376, 8080, 5433]
+            .into_iter()
+            .filter(|p| set.check_pod_local(*p).is_some())
+            .collect();
+        assert_eq!(allowed, [5432, 2375, 2376]);
+        assert_eq!(set.mode(), Mode::Enforce);
+        // Written back only when present, in the API's spelling.
+        let json = serde_json::to_value(&file.policies[0]).unwrap();
+        assert_eq!(
+            json["podLocal"],
+            serde_json::json!([{"ports": [5432], "description": "cloud-sql-proxy"}])
+        );
+        assert!(
+            serde_json::to_value(PolicyEntry::default())
+                .unwrap()
+                .get("podLocal")
+                .is_none()
+        );
+        let bad = CompiledPolicy {
+            version: 1,
+            policies: vec![PolicyEntry {
+                name: "bad".into(),
+                pod_local: vec![PodLocalRule {
+                    ports: vec![crate::Port::new(53).unwrap()],
+                    description: None,
+                }],
+                ..PolicyEntry::default()
+            }],
+            ..CompiledPolicy::default()
+        };
+        let err = bad.rule_set(&BTreeMap::new(), None).unwrap_err();
+        assert!(
+            err.to_string().contains("bad: spec.podLocal[0].ports[0]"),
+            "{err}"
+        );
     }
 
     #[test]

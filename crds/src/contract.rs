@@ -210,8 +210,10 @@ pub mod env {
         UPSTREAM_CA_DIR = "BOUNDARY_UPSTREAM_CA_DIR";
         /// The sidecar's `/metrics` and `/healthz` address.
         METRICS_ADDR = "BOUNDARY_METRICS_ADDR";
-        /// TCP ports (comma-separated) of the pod's loopback that the jail sends to the proxy,
-        /// where pod-local rules decide (sidecars of the same pod).
+        /// Pod-local TCP ports (comma-separated) the jail sends to the proxy instead of keeping
+        /// them on its own loopback: set on jailed containers to the `spec.podLocal` ports of
+        /// the selecting policies and the ports the pod's other containers declare. The proxy
+        /// still decides each connection by `spec.podLocal`.
         POD_LOCAL_PORTS = "BOUNDARY_POD_LOCAL_PORTS";
         /// Coder's env var: jail without a user namespace (`true`).
         CODER_NO_USER_NAMESPACE = "BOUNDARY_NO_USER_NAMESPACE";
@@ -287,6 +289,14 @@ pub mod ports {
     pub const EXPLICIT_PROXY: u16 = 15080;
     /// The sidecar's `/metrics` and `/healthz` (all addresses: kubelet probes and Prometheus).
     pub const SIDECAR_METRICS: u16 = 15090;
+    /// The jail's TCP forwarder, on the jail's own loopback (below 1024, so the jailed process
+    /// can never bind it).
+    pub const JAIL_FORWARDER: u16 = 2;
+    /// The jail's DNS server (UDP and TCP), on the jail's own loopback.
+    pub const JAIL_DNS: u16 = 53;
+    /// Ports a `spec.podLocal` rule may not name: the jail's own (a redirect of them would take
+    /// the jail's forwarder or DNS away) and the sidecar's (the proxy is not a destination).
+    pub const NOT_POD_LOCAL: [u16; 4] = [JAIL_FORWARDER, JAIL_DNS, EXPLICIT_PROXY, SIDECAR_METRICS];
 }
 
 /// Jail tiers, from least to most privileged where namespaces work, as they appear in node labels,

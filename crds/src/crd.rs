@@ -12,7 +12,7 @@ use kube::{CustomResource, CustomResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::policy::{HttpRule, JailSpec, Mode, TcpRule};
+use crate::policy::{HttpRule, JailSpec, Mode, PodLocalRule, TcpRule};
 
 /// Egress policy for AI agents: which pods are jailed, how, and which network requests their
 /// jailed processes may make. Everything not allowed is denied (or only recorded, in Audit mode).
@@ -84,6 +84,12 @@ pub struct BoundaryPolicySpec {
     /// Allow rules for plain TCP (ssh, git, databases), by DNS name and port.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tcp: Vec<TcpRule>,
+    /// TCP ports on the pod's own loopback (`127.0.0.1:PORT`, `[::1]:PORT`) the jailed
+    /// containers may connect to: sidecars of the same pod (database proxies, Docker-in-Docker,
+    /// MCP servers). Empty: none. Loopback destinations are decided by these rules only, never
+    /// by `allow`, `http` or `tcp`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pod_local: Vec<PodLocalRule>,
     /// How the pods are jailed: runtime, permitted tiers, node pinning, command wrapping.
     #[serde(default)]
     pub jail: JailSpec,
@@ -92,7 +98,7 @@ pub struct BoundaryPolicySpec {
 impl BoundaryPolicySpec {
     /// Number of allow rules of every kind, as shown in `kubectl get bp`.
     pub fn rule_count(&self) -> usize {
-        self.allow.len() + self.http.len() + self.tcp.len()
+        self.allow.len() + self.http.len() + self.tcp.len() + self.pod_local.len()
     }
 }
 
@@ -108,7 +114,7 @@ pub struct BoundaryPolicyStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
-    /// Number of allow rules (strings, HTTP and TCP rules).
+    /// Number of allow rules (strings, HTTP, TCP and pod-local rules).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule_count: Option<i32>,
     /// Problems found in the rules, each with its position.
@@ -299,6 +305,28 @@ mod tests {
     }
 
     #[test]
+    fn pod_local_ports_are_validated_by_the_apiserver_and_documented() {
+        let s = schema();
+        let pod_local = &s["properties"]["spec"]["properties"]["podLocal"];
+        assert_eq!(pod_local["type"], "array");
+        let item = &pod_local["items"];
+        assert_eq!(item["required"], json!(["ports"]));
+        let ports = &item["properties"]["ports"];
+        assert_eq!(ports["minItems"], 1);
+        assert_eq!(ports["items"]["minimum"].as_f64(), Some(1.0));
+        assert_eq!(ports["items"]["maximum"].as_f64(), Some(65535.0));
+        assert_eq!(ports["items"]["format"], "int32");
+        // `kubectl explain` names every port the operator refuses.
+        let text = ports["description"].as_str().unwrap();
+        let refused: Vec<String> = crate::contract::ports::NOT_POD_LOCAL
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let listed = format!("({})", refused.join(", "));
+        assert!(text.contains(&listed), "{listed} missing in {text:?}");
+    }
+
+    #[test]
     fn examples_parse_as_policies() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
         let mut seen = 0;
@@ -325,11 +353,13 @@ spec:
   allow: ["domain=api.anthropic.com", "domain=github.com method=GET path=/api/*"]
   http: [{domains: ["*.npmjs.org"], methods: [GET], ports: [443]}]
   tcp: [{domain: github.com, ports: [22]}]
+  podLocal: [{ports: [5432], description: cloud-sql-proxy}]
   jail: {runtime: builtin, allowedTiers: [userns], allowNodePinning: true, wrapCommand: true}
 "#;
         let bp: BoundaryPolicy = serde_yaml_ng::from_str(yaml).unwrap();
         assert_eq!(bp.spec.mode, Mode::Audit);
-        assert_eq!(bp.spec.rule_count(), 4);
+        assert_eq!(bp.spec.rule_count(), 5);
+        assert_eq!(bp.spec.pod_local[0].ports[0].get(), 5432);
         assert!(bp.spec.jail.wrap_command);
         let again: BoundaryPolicy =
             serde_json::from_value(serde_json::to_value(&bp).unwrap()).unwrap();

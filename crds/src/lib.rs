@@ -17,5 +17,8 @@ pub mod policy;
 pub mod rules;
 pub mod tier;
 
-pub use policy::{HttpRule, JailRuntime, JailSpec, Mode, Port, TcpRule, TlsMode};
+pub use policy::{
+    HttpRule, JailRuntime, JailSpec, Mode, PodLocalRule, Port, TcpRule, TlsMode,
+    pod_local_ports_value,
+};
 pub use tier::Tier;

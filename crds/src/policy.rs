@@ -94,6 +94,51 @@ pub struct TcpRule {
     pub ports: Vec<Port>,
 }
 
+/// Pod-local TCP ports the jailed containers may connect to: servers on the pod's loopback
+/// (`127.0.0.1` or `::1`), i.e. sidecars of the same pod such as a Cloud SQL or database proxy,
+/// Docker-in-Docker (2375/2376), MCP servers or Argo's sidecars. Connections are relayed as they
+/// are (no TLS interception) and audited as `pod-local`. Other loopback ports stay the jail's own:
+/// a server the agent itself runs on `127.0.0.1` keeps working and is never checked.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct PodLocalRule {
+    /// Ports on the pod's loopback (at least one). Not allowed: the ports the jail and the
+    /// injected sidecar use themselves (2, 53, 15080, 15090).
+    #[cfg_attr(feature = "kube", schemars(length(min = 1)))]
+    pub ports: Vec<Port>,
+    /// What listens there (e.g. `cloud-sql-proxy`), for people reading the policy and the
+    /// audit trail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+impl PodLocalRule {
+    /// The ports as numbers.
+    pub fn port_numbers(&self) -> impl Iterator<Item = u16> + '_ {
+        self.ports.iter().map(|p| p.get())
+    }
+}
+
+/// The value of `BOUNDARY_POD_LOCAL_PORTS` (`contract::env::POD_LOCAL_PORTS`) for `ports`:
+/// sorted, each once, comma-separated, without the ports that can never be pod-local
+/// (`contract::ports::NOT_POD_LOCAL`). For the webhook: the selecting policies' `podLocal` ports
+/// and the ports the pod's *other* containers declare (the jailed container's own servers run
+/// inside its jail, not on the pod's loopback).
+pub fn pod_local_ports_value(ports: impl IntoIterator<Item = u16>) -> String {
+    let mut ports: Vec<u16> = ports
+        .into_iter()
+        .filter(|p| *p != 0 && !crate::contract::ports::NOT_POD_LOCAL.contains(p))
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// A TCP port, 1 to 65535. In the API it is an `int32` with that range (Kubernetes API
 /// conventions avoid unsigned types), so the apiserver rejects out-of-range values itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -215,6 +260,17 @@ mod tests {
         };
         assert!(only.permits(Tier::Userns));
         assert!(!only.permits(Tier::Landlock));
+    }
+
+    #[test]
+    fn the_pod_local_ports_value_is_sorted_unique_and_leaves_out_reserved_ports() {
+        let rule: PodLocalRule = serde_json::from_str(r#"{"ports": [5432, 2375, 5432]}"#).unwrap();
+        let value = pod_local_ports_value(
+            rule.port_numbers()
+                .chain([8080, 53, 2, 15080, 15090, 0, 2375]),
+        );
+        assert_eq!(value, "2375,5432,8080");
+        assert_eq!(pod_local_ports_value([]), "");
     }
 
     #[test]

@@ -7,8 +7,9 @@ use std::ffi::OsString;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
+use boundary_api::contract;
 use boundary_api::rules::{self, CompileErrors, RuleSet, RuleSource};
-use boundary_api::{HttpRule, Mode, TcpRule, Tier};
+use boundary_api::{HttpRule, Mode, PodLocalRule, Port, TcpRule, Tier};
 use clap::Args;
 use serde::Deserialize;
 
@@ -84,6 +85,26 @@ pub struct RunArgs {
         default_value_t = 300
     )]
     pub upstream_timeout: u64,
+    /// Allow TCP connections to PORT on the loopback outside the jail: the pod's sidecars (a
+    /// database proxy, dind), or this host's own servers when run standalone (repeatable or
+    /// comma-separated). The port is also redirected out of the jail (as --pod-local-port).
+    #[arg(
+        long = "allow-pod-local",
+        value_name = "PORT",
+        env = "BOUNDARY_ALLOW_POD_LOCAL",
+        value_delimiter = ','
+    )]
+    pub allow_pod_local: Vec<String>,
+    /// Loopback TCP ports that belong to the pod, not the jail (repeatable or comma-separated):
+    /// connections to `127.0.0.1` or `::1` on them leave the jail for the proxy, which allows
+    /// them only by a podLocal rule. Other loopback ports stay the jail's own. Set by the webhook.
+    #[arg(
+        long = "pod-local-port",
+        value_name = "PORTS",
+        env = "BOUNDARY_POD_LOCAL_PORTS",
+        value_delimiter = ','
+    )]
+    pub pod_local_ports: Vec<String>,
     /// The container name recorded in audit records and used by the sidecar to pick rules.
     #[arg(long, value_name = "NAME", env = "BOUNDARY_CONTAINER_NAME")]
     pub container: Option<String>,
@@ -170,6 +191,8 @@ pub struct RunSettings {
     pub proxy_port: Option<u16>,
     /// Container name.
     pub container: Option<String>,
+    /// Loopback ports redirected out of the jail to the proxy (sorted, without duplicates).
+    pub pod_local_ports: Vec<u16>,
     /// Response-header timeout for upstreams.
     pub upstream_timeout: std::time::Duration,
     /// Inbound ports relayed into the jail.
@@ -245,6 +268,68 @@ fn parse_mode(value: &str) -> Result<Mode, ConfigError> {
     }
 }
 
+/// The most pod-local ports a jail redirects: two nftables rules each, matched in turn by every
+/// loopback packet of the jail.
+pub const MAX_POD_LOCAL_PORTS: usize = 256;
+
+fn parse_port(flag: &str, item: &str) -> Result<Port, ConfigError> {
+    item.trim()
+        .parse::<u16>()
+        .ok()
+        .and_then(Port::new)
+        .ok_or_else(|| {
+            ConfigError::Invalid(format!(
+                "{flag} {item:?}: expected a TCP port number (1 to 65535)"
+            ))
+        })
+}
+
+/// One rule per `--allow-pod-local` port, so a problem names its place.
+fn allow_pod_local(items: &[String]) -> Result<Vec<PodLocalRule>, ConfigError> {
+    items
+        .iter()
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| {
+            Ok(PodLocalRule {
+                ports: vec![parse_port("--allow-pod-local", p)?],
+                description: None,
+            })
+        })
+        .collect()
+}
+
+/// The ports to redirect out of the jail: `--pod-local-port` and `--allow-pod-local` together.
+/// The jail's own ports (forwarder, DNS) stay the jail's, with a warning.
+fn pod_local_ports(
+    redirect: &[String],
+    allowed: &[PodLocalRule],
+    warnings: &mut Vec<String>,
+) -> Result<Vec<u16>, ConfigError> {
+    let mut ports = Vec::new();
+    for item in redirect.iter().filter(|i| !i.trim().is_empty()) {
+        ports.push(parse_port("--pod-local-port", item)?.get());
+    }
+    ports.extend(allowed.iter().flat_map(|r| r.ports.iter().map(|p| p.get())));
+    ports.sort_unstable();
+    ports.dedup();
+    ports.retain(|&port| {
+        let own = port == contract::ports::JAIL_FORWARDER || port == contract::ports::JAIL_DNS;
+        if own {
+            warnings.push(format!(
+                "pod-local port {port} is ignored: the jail uses it itself, so it stays inside the jail"
+            ));
+        }
+        !own
+    });
+    if ports.len() > MAX_POD_LOCAL_PORTS {
+        return Err(ConfigError::Invalid(format!(
+            "{} pod-local ports: at most {MAX_POD_LOCAL_PORTS} can be redirected out of the jail",
+            ports.len()
+        )));
+    }
+    Ok(ports)
+}
+
 /// Parses `HOST=IP` overrides.
 pub fn parse_resolve(items: &[String]) -> Result<HashMap<String, IpAddr>, ConfigError> {
     let mut out = HashMap::new();
@@ -309,13 +394,16 @@ impl RunArgs {
             .filter(|r| !r.trim().is_empty())
             .cloned()
             .collect();
+        let pod_local = allow_pod_local(&self.allow_pod_local)?;
         let compiled = rules::compile(RuleSource {
             policy: None,
             field_prefix: "--",
             allow: &allow,
             http: &file.http,
             tcp: &file.tcp,
+            pod_local: &pod_local,
         })?;
+        let pod_local_ports = pod_local_ports(&self.pod_local_ports, &pod_local, &mut warnings)?;
         if self.proxy_socket.is_some() && !compiled.is_empty() {
             warnings.push("--allow and config rules are ignored with --proxy-socket: the sidecar enforces the BoundaryPolicy".into());
         }
@@ -354,6 +442,7 @@ impl RunArgs {
                     .and_then(|p| p.parse().ok())
             }),
             container: self.container.clone(),
+            pod_local_ports,
             upstream_timeout: std::time::Duration::from_secs(self.upstream_timeout.max(1)),
             inbound_ports: crate::inbound::parse_ports(&self.inbound_ports)
                 .map_err(ConfigError::Invalid)?,
@@ -444,6 +533,73 @@ mod tests {
             .resolve()
             .unwrap_err();
         assert!(e.to_string().contains("/nonexistent/x.yaml"), "{e}");
+    }
+
+    #[test]
+    fn pod_local_ports_are_allowed_redirected_and_checked() {
+        let s = args(&[
+            "--allow-pod-local",
+            "5432,2375",
+            "--pod-local-port",
+            "8080,5432",
+            "--pod-local-port",
+            "53",
+            "--",
+            "true",
+        ])
+        .resolve()
+        .unwrap();
+        assert_eq!(s.pod_local_ports, [2375, 5432, 8080]);
+        assert!(
+            s.warnings.iter().any(|w| w.contains("port 53 is ignored")),
+            "{:?}",
+            s.warnings
+        );
+        let allowed: Vec<u16> = [5432, 2375, 8080]
+            .into_iter()
+            .filter(|p| s.rules.check_pod_local(*p).is_some())
+            .collect();
+        assert_eq!(allowed, [5432, 2375], "redirected is not allowed");
+        assert_eq!(
+            s.rules.check_pod_local(2375).unwrap().origin.to_string(),
+            "--allow-pod-local[1]: podLocal ports=2375"
+        );
+        let e = args(&["--allow-pod-local", "5432,53", "--", "true"])
+            .resolve()
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("--allow-pod-local[1].ports[0]: port 53 cannot be pod-local"),
+            "{e}"
+        );
+        for bad in ["0", "65536", "db"] {
+            let e = args(&["--pod-local-port", bad, "--", "true"])
+                .resolve()
+                .unwrap_err();
+            assert!(
+                e.to_string().contains("expected a TCP port number"),
+                "{bad}: {e}"
+            );
+            let e = args(&["--allow-pod-local", bad, "--", "true"])
+                .resolve()
+                .unwrap_err();
+            assert!(e.to_string().starts_with("--allow-pod-local"), "{bad}: {e}");
+        }
+        // The webhook sets the contract's name.
+        let command = <Cli as clap::CommandFactory>::command();
+        let arg = command
+            .get_arguments()
+            .find(|a| a.get_long() == Some("pod-local-port"))
+            .unwrap();
+        assert_eq!(
+            arg.get_env().and_then(|e| e.to_str()),
+            Some(contract::env::POD_LOCAL_PORTS)
+        );
+        let many: Vec<String> = (10_000..10_300).map(|p| p.to_string()).collect();
+        let e = args(&["--pod-local-port", &many.join(","), "--", "true"])
+            .resolve()
+            .unwrap_err();
+        assert!(e.to_string().contains("at most 256"), "{e}");
     }
 
     #[test]

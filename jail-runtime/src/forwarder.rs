@@ -1,7 +1,8 @@
 //! The supervisor's side of the jail's network: it serves the sockets the jail's init created
 //! inside the jail's network namespace. Redirected TCP connections get their original
 //! destination back (`SO_ORIGINAL_DST`) and go to the proxy, in-process or through the
-//! sidecar's unix socket behind a one-line header; DNS queries get synthetic answers.
+//! sidecar's unix socket behind a one-line header (a loopback destination, from a redirected
+//! pod-local port, goes as it is); DNS queries get synthetic answers.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::OwnedFd;
@@ -15,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket, UnixStream};
 
 use crate::dns::{self, NameTable};
-use crate::jail::ListenerKind;
+use crate::jail::{FORWARDER_PORT, ListenerKind};
 use crate::proxy::{Destination, Proxy};
 
 /// Where intercepted connections go.
@@ -91,8 +92,9 @@ impl Forwarder {
         let Some(original) = original_destination(&stream) else {
             return;
         };
-        // A direct connection to the forwarder itself (loopback is not redirected).
-        if original.ip().is_loopback() {
+        // A connection to the forwarder itself. Other loopback destinations arrive only for the
+        // pod-local ports the jail redirects; the proxy decides them by podLocal rules.
+        if original.ip().is_loopback() && original.port() == FORWARDER_PORT {
             return;
         }
         let name = match original.ip() {

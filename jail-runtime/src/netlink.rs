@@ -267,6 +267,8 @@ pub const TABLE: &str = "agent_boundary";
 ///   chain redirect { type nat hook output priority -100; policy accept;
 ///     udp dport 53 redirect to :DNS      # every DNS query, whatever resolver it names
 ///     tcp dport 53 redirect to :DNS
+///     ip daddr 127.0.0.0/8 tcp dport P redirect to :FORWARDER   # for each pod-local port P:
+///     ip6 daddr ::1 tcp dport P redirect to :FORWARDER          # the pod's, not the jail's
 ///     ip daddr 127.0.0.0/8 accept        # the jail's own loopback services stay reachable
 ///     ip6 daddr ::1 accept
 ///     meta l4proto tcp redirect to :FORWARDER
@@ -279,7 +281,17 @@ pub const TABLE: &str = "agent_boundary";
 ///   }
 /// }
 /// ```
-pub fn install_ruleset(forwarder_port: u16, dns_port: u16) -> Result<(), NetlinkError> {
+///
+/// A pod-local port is one rule per address family: the lists are short (a pod's sidecars), and
+/// a linear match over loopback packets costs nothing next to an anonymous set's extra messages.
+/// They go in batches of their own: a batch is one datagram, which must fit the socket's send
+/// buffer (about 200 KiB by default, some 400 bytes a rule). Nothing runs in the jail before
+/// the last batch is in, and any failure fails the jail.
+pub fn install_ruleset(
+    forwarder_port: u16,
+    dns_port: u16,
+    pod_local_ports: &[u16],
+) -> Result<(), NetlinkError> {
     let mut sock = Socket::open(SockProtocol::NetlinkNetFilter).map_err(|e| NetlinkError {
         what: "opening a netfilter netlink socket".into(),
         errno: e,
@@ -295,6 +307,36 @@ pub fn install_ruleset(forwarder_port: u16, dns_port: u16) -> Result<(), Netlink
     nft.rule("redirect", "tcp dport 53 redirect", |e| {
         e.l4proto(6).dport(53).redirect(dns_port);
     });
+    nft.commit()?;
+    for ports in pod_local_ports.chunks(POD_LOCAL_PORTS_PER_BATCH) {
+        let mut nft = Nft::new(&mut sock);
+        for &port in ports {
+            nft.rule(
+                "redirect",
+                &format!("ip daddr 127.0.0.0/8 tcp dport {port} redirect"),
+                |e| {
+                    e.nfproto(2)
+                        .ip_daddr_in_loopback()
+                        .l4proto(6)
+                        .dport(port)
+                        .redirect(forwarder_port);
+                },
+            );
+            nft.rule(
+                "redirect",
+                &format!("ip6 daddr ::1 tcp dport {port} redirect"),
+                |e| {
+                    e.nfproto(10)
+                        .ip6_daddr_loopback()
+                        .l4proto(6)
+                        .dport(port)
+                        .redirect(forwarder_port);
+                },
+            );
+        }
+        nft.commit()?;
+    }
+    let mut nft = Nft::new(&mut sock);
     for chain in ["redirect", "egress"] {
         nft.rule(chain, "ip daddr 127.0.0.0/8 accept", |e| {
             e.nfproto(2).ip_daddr_in_loopback().verdict(1);
@@ -314,6 +356,9 @@ pub fn install_ruleset(forwarder_port: u16, dns_port: u16) -> Result<(), Netlink
     });
     nft.commit()
 }
+
+/// Pod-local ports per nftables batch (two rules each).
+const POD_LOCAL_PORTS_PER_BATCH: usize = 64;
 
 /// An nftables batch for the jail's table.
 struct Nft<'a> {

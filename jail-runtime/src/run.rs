@@ -215,6 +215,7 @@ fn start_jail(
                             .filter_map(|s| s.parent().map(Path::to_path_buf))
                             .collect(),
                     },
+                    pod_local_ports: settings.pod_local_ports.clone(),
                 };
                 jail::spawn(&plan, prepare).map(Started::Jail)
             }

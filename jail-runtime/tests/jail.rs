@@ -626,9 +626,12 @@ fn host_state() -> (String, String, usize) {
         .collect::<Vec<_>>()
         .join(",");
     let tables = run(&["nft", "list", "tables"]);
+    // Namespace handles (`nsfs`) are left out: another test of this binary bind-mounts one for
+    // a moment, and a jail never mounts anything in the caller's namespace.
     let mounts = std::fs::read_to_string("/proc/mounts")
         .unwrap()
         .lines()
+        .filter(|l| l.split_whitespace().nth(2) != Some("nsfs"))
         .count();
     (links, tables, mounts)
 }
@@ -746,7 +749,16 @@ async fn sigkill_of_any_jail_process_leaves_nothing_behind() {
 async fn the_ruleset_lives_in_the_jail_and_redirects_everything() {
     require_root();
     let mut cmd = boundary(As::Root);
-    cmd.args(["run", "--", "sleep", "4242.5"]);
+    // As many pod-local ports as a jail takes (several netlink batches); 5432 is the last.
+    let ports: Vec<String> = (5177..=5432).map(|p| p.to_string()).collect();
+    cmd.args([
+        "run",
+        "--tier",
+        "userns",
+        "--pod-local-port",
+        &ports.join(","),
+    ])
+    .args(["--", "sleep", "4242.5"]);
     let mut child = cmd.spawn().unwrap();
     wait_until("jail up", || pids_of("sleep 4242.5").len() == 1).await;
     let jailed = pids_of("sleep 4242.5")[0];
@@ -766,12 +778,27 @@ async fn the_ruleset_lives_in_the_jail_and_redirects_everything() {
         "tcp dport 53 redirect to :53",
         "ip daddr 127.0.0.0/8 accept",
         "ip6 daddr ::1 accept",
+        "ip daddr 127.0.0.0/8 tcp dport 5432 redirect to :2",
+        "ip6 daddr ::1 tcp dport 5432 redirect to :2",
         "meta l4proto tcp redirect to :2",
         "meta l4proto tcp reject with tcp reset",
         "reject with icmpx admin-prohibited",
     ] {
         assert!(rules.contains(expected), "missing {expected:?} in\n{rules}");
     }
+    assert_eq!(
+        rules
+            .lines()
+            .filter(|l| l.contains("tcp dport") && l.trim_end().ends_with("redirect to :2"))
+            .count(),
+        2 * 256,
+        "one rule per pod-local port and family:\n{rules}"
+    );
+    let at = |text: &str| rules.find(text).unwrap();
+    assert!(
+        at("tcp dport 5432 redirect") < at("ip daddr 127.0.0.0/8 accept"),
+        "a pod-local port is redirected before loopback is accepted:\n{rules}"
+    );
     let host = String::from_utf8_lossy(
         &std::process::Command::new("nft")
             .args(["list", "tables"])
@@ -785,4 +812,236 @@ async fn the_ruleset_lives_in_the_jail_and_redirects_everything() {
         "nothing in the caller's namespace"
     );
     child.kill().await.unwrap();
+}
+
+/// A sidecar of the pod on loopback outside the jail: says `ready`, then echoes; counts clients.
+fn host_echo_server(ip: &str) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind((ip, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = hits.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let _ = stream.write_all(b"ready\n");
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (port, hits)
+}
+
+#[tokio::test]
+async fn pod_local_ports_reach_the_loopback_outside_only_when_allowed() {
+    require_root();
+    let (allowed, allowed_hits) = host_echo_server("127.0.0.1");
+    let (ipv6_port, ipv6_hits) = host_echo_server("::1");
+    let (denied, denied_hits) = host_echo_server("127.0.0.1");
+    // Not a pod-local port: inside the jail this port is the jail's own.
+    let (own, own_hits) = host_echo_server("127.0.0.1");
+    let script = format!(
+        r#"{PY} - <<'EOF'
+import socket, threading
+def talk(addr, fam=socket.AF_INET):
+    s = socket.socket(fam, socket.SOCK_STREAM); s.settimeout(5)
+    try:
+        s.connect(addr); banner = s.recv(100); s.sendall(b"ping\n"); echo = s.recv(100)
+        return "got:" + repr(banner + echo)
+    except Exception as e:
+        return "refused:" + type(e).__name__
+    finally:
+        s.close()
+srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", {own})); srv.listen(1)
+def serve():
+    c, _ = srv.accept(); c.sendall(b"jail\n"); c.sendall(c.recv(100)); c.close()
+threading.Thread(target=serve, daemon=True).start()
+print("allowed", talk(("127.0.0.1", {allowed})))
+print("ipv6", talk(("::1", {ipv6_port}), socket.AF_INET6))
+print("denied", talk(("127.0.0.1", {denied})))
+print("own", talk(("127.0.0.1", {own})))
+EOF"#
+    );
+    for (who, tier) in [
+        (As::Root, "userns"),
+        (As::Nobody, "userns"),
+        (As::Root, "privileged-netns"),
+    ] {
+        let audit = TempDir::new("audit");
+        let audit_file = audit.path().join("audit.jsonl");
+        let (before_allowed, before_ipv6, before_denied) = (
+            allowed_hits.load(std::sync::atomic::Ordering::SeqCst),
+            ipv6_hits.load(std::sync::atomic::Ordering::SeqCst),
+            denied_hits.load(std::sync::atomic::Ordering::SeqCst),
+        );
+        let mut cmd = boundary(who);
+        cmd.args(["run", "--tier", tier, "--allow-pod-local"])
+            .arg(format!("{allowed},{ipv6_port}"))
+            .args(["--audit-file", audit_file.to_str().unwrap()])
+            // Redirected (as the webhook does for the pod's declared ports) but not allowed.
+            .env("BOUNDARY_POD_LOCAL_PORTS", denied.to_string())
+            .args(["--", "sh", "-c", &script]);
+        let out = output(cmd).await;
+        let text = stdout(&out);
+        assert!(
+            out.status.success(),
+            "{who:?}/{tier}: {}\n{text}",
+            stderr(&out)
+        );
+        assert!(
+            text.contains(r"allowed got:b'ready\nping\n'"),
+            "{who:?}/{tier}: the allowed pod-local port answers through the proxy:\n{text}"
+        );
+        assert!(
+            text.contains(r"ipv6 got:b'ready\nping\n'"),
+            "{who:?}/{tier}: over IPv6 too:\n{text}"
+        );
+        assert!(
+            text.contains("denied refused:") || text.contains("denied got:b''"),
+            "{who:?}/{tier}: the redirected but not allowed port is closed:\n{text}"
+        );
+        assert!(
+            text.contains(r"own got:b'jail\nping\n'"),
+            "{who:?}/{tier}: the jail's own loopback server keeps working:\n{text}"
+        );
+        assert_eq!(
+            allowed_hits.load(std::sync::atomic::Ordering::SeqCst) - before_allowed,
+            1,
+            "{who:?}/{tier}"
+        );
+        assert_eq!(
+            ipv6_hits.load(std::sync::atomic::Ordering::SeqCst) - before_ipv6,
+            1,
+            "{who:?}/{tier}"
+        );
+        assert_eq!(
+            denied_hits.load(std::sync::atomic::Ordering::SeqCst),
+            before_denied,
+            "{who:?}/{tier}: the denied port was never reached"
+        );
+        assert_eq!(own_hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+        let audit = std::fs::read_to_string(&audit_file).unwrap();
+        assert_pod_local_audit(
+            &format!("{who:?}/{tier}"),
+            &audit,
+            tier,
+            [allowed, ipv6_port],
+            denied,
+        );
+    }
+}
+
+/// The audit trail of a jail that reached `allowed` pod-local ports and was refused `denied`.
+fn assert_pod_local_audit(context: &str, audit: &str, tier: &str, allowed: [u16; 2], denied: u16) {
+    let records: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // The denial is recorded at once, an allowed connection when it closes.
+    let mut pod_local: Vec<(u64, &str)> = records
+        .iter()
+        .filter(|r| r["scheme"] == "pod-local")
+        .map(|r| (r["port"].as_u64().unwrap(), r["decision"].as_str().unwrap()))
+        .collect();
+    pod_local.sort_unstable();
+    let mut expected = vec![(u64::from(denied), "deny")];
+    expected.extend(allowed.iter().map(|p| (u64::from(*p), "allow")));
+    expected.sort_unstable();
+    assert_eq!(pod_local, expected, "{context}: {audit}");
+    for r in records.iter().filter(|r| r["decision"] == "allow") {
+        assert_eq!(r["tier"], tier, "{context}: {audit}");
+        assert_eq!(r["bytes_in"], 5, "{context}: {audit}");
+        assert_eq!(r["bytes_out"], 11, "{context}: {audit}");
+    }
+    let deny = records.iter().find(|r| r["decision"] == "deny").unwrap();
+    let reason = deny["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&format!("--allow-pod-local {denied}")),
+        "{context}: {reason}"
+    );
+}
+
+/// The pod's path: the jail sends redirected pod-local ports to the sidecar's socket, and the
+/// sidecar's policy (`spec.podLocal`) decides them.
+#[tokio::test]
+async fn in_a_pod_the_sidecars_policy_decides_the_pod_local_ports() {
+    require_root();
+    let (allowed, allowed_hits) = host_echo_server("127.0.0.1");
+    let (denied, denied_hits) = host_echo_server("127.0.0.1");
+    let policy = serde_json::json!({
+        "version": 1,
+        "namespace": "agents",
+        "policies": [{
+            "name": "agent-policy",
+            "podSelector": {},
+            "podLocal": [{"ports": [allowed], "description": "echo"}]
+        }]
+    });
+    let sidecar = common::Sidecar::start(&policy, &[]).await;
+    let script = format!(
+        r#"{PY} - <<'EOF'
+import socket
+for name, port in (("allowed", {allowed}), ("denied", {denied})):
+    s = socket.socket(); s.settimeout(5)
+    try:
+        s.connect(("127.0.0.1", port)); banner = s.recv(100); s.sendall(b"ping\n")
+        print(name, "got:" + repr(banner + s.recv(100)))
+    except Exception as e:
+        print(name, "refused:" + type(e).__name__)
+EOF"#
+    );
+    let ports = format!("{allowed},{denied}");
+    let out = jailed(
+        As::Nobody,
+        &[
+            "--proxy-socket",
+            sidecar.socket.to_str().unwrap(),
+            "--container",
+            "agent",
+            "--pod-local-port",
+            &ports,
+        ],
+        &script,
+    )
+    .await;
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}\n{text}", stderr(&out));
+    assert!(text.contains(r"allowed got:b'ready\nping\n'"), "{text}");
+    assert!(
+        text.contains("denied refused:") || text.contains("denied got:b''"),
+        "{text}"
+    );
+    assert_eq!(allowed_hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(denied_hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let records = sidecar.audit().await;
+    let allow = records
+        .iter()
+        .find(|r| r["scheme"] == "pod-local" && r["decision"] == "allow")
+        .unwrap_or_else(|| panic!("{records:?}"));
+    assert_eq!(
+        allow["rule"],
+        format!("agent-policy spec.podLocal[0]: podLocal ports={allowed} (echo)")
+    );
+    assert_eq!(allow["container"], "agent");
+    assert_eq!(allow["tier"], "userns");
+    let deny = records
+        .iter()
+        .find(|r| r["scheme"] == "pod-local" && r["decision"] == "deny")
+        .unwrap_or_else(|| panic!("{records:?}"));
+    assert_eq!(deny["port"], denied);
+    assert!(
+        deny["reason"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("spec.podLocal: [{{ports: [{denied}]}}]")),
+        "{deny}"
+    );
 }

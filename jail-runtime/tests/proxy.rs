@@ -740,7 +740,7 @@ async fn inconsistent_requests_and_bypass_attempts_are_refused() {
     let ip = raw_ip(
         &sidecar,
         p,
-        format!("GET /api/x HTTP/1.1\r\nHost: 127.0.0.1:{p}\r\n\r\n").as_bytes(),
+        format!("GET /api/x HTTP/1.1\r\nHost: 192.0.2.1:{p}\r\n\r\n").as_bytes(),
     )
     .await;
     assert!(ip.starts_with("HTTP/1.1 403"), "{ip}");
@@ -783,7 +783,8 @@ async fn inconsistent_requests_and_bypass_attempts_are_refused() {
 }
 
 async fn raw_ip(sidecar: &Sidecar, port: u16, request: &[u8]) -> String {
-    let mut stream = sidecar.connect_ip("127.0.0.1", port).await;
+    // Not loopback: that is the pod's own, decided by podLocal rules (see below).
+    let mut stream = sidecar.connect_ip("192.0.2.1", port).await;
     stream.write_all(request).await.unwrap();
     let mut buf = vec![0u8; 4096];
     let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
@@ -1087,4 +1088,230 @@ async fn metrics_count_decisions_bytes_and_connections() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&health.stdout), "ok\n");
     let _ = Empty::<Bytes>::new();
+}
+
+/// A pod's sidecar on loopback: says `ready` first (server-first, like a database), then echoes.
+async fn echo_server() -> (u16, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let count = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let (mut rd, mut wr) = stream.into_split();
+                if wr.write_all(b"ready\n").await.is_ok() {
+                    let _ = tokio::io::copy(&mut rd, &mut wr).await;
+                }
+            });
+        }
+    });
+    (port, connections)
+}
+
+#[tokio::test]
+async fn pod_local_ports_are_relayed_raw_when_a_pod_local_rule_allows_them() {
+    require_root();
+    let (allowed, allowed_hits) = echo_server().await;
+    let (other, other_hits) = echo_server().await;
+    let policy = serde_json::json!({
+        "version": 1,
+        "policies": [{
+            "name": "p",
+            "podSelector": {},
+            // A host rule for loopback addresses does not open the pod's loopback.
+            "allow": ["domain=127.0.0.0/8"],
+            "podLocal": [{"ports": [allowed], "description": "echo"}]
+        }]
+    });
+    let sidecar = Sidecar::start(&policy, &[]).await;
+
+    // Allowed: the server speaks first, and bytes that look like TLS are not intercepted.
+    let mut stream = sidecar.connect_ip("127.0.0.1", allowed).await;
+    let (banner, _) = read_until(&mut stream, "ready\n", 1).await;
+    assert_eq!(banner, "ready\n");
+    let hello = b"\x16\x03\x01\x00\x05hello";
+    stream.write_all(hello).await.unwrap();
+    let mut echoed = vec![0u8; hello.len()];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut echoed))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(echoed, hello, "relayed byte for byte");
+    drop(stream);
+
+    // Not allowed: closed before the pod's server sees a connection.
+    let mut stream = sidecar.connect_ip("127.0.0.1", other).await;
+    let _ = stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await;
+    let (text, closed) = read_until(&mut stream, "", 0).await;
+    assert!(text.is_empty() && closed, "{text:?}");
+    assert_eq!(other_hits.load(Ordering::SeqCst), 0);
+
+    // The explicit proxy (landlock tier) reaches the same ports by CONNECT, with the same rules.
+    let connect = |port: u16, until: &'static str| {
+        let addr = sidecar.explicit;
+        async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(
+                format!("CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await
+            .unwrap();
+            read_until(&mut s, until, 1).await.0
+        }
+    };
+    let tunnel = connect(allowed, "ready\n").await;
+    assert!(
+        tunnel.starts_with("HTTP/1.1 200") && tunnel.ends_with("ready\n"),
+        "{tunnel:?}"
+    );
+    let refused = connect(other, "spec.podLocal").await;
+    assert!(
+        refused.starts_with("HTTP/1.1 403") && refused.contains("spec.podLocal"),
+        "{refused}"
+    );
+    assert_eq!(other_hits.load(Ordering::SeqCst), 0);
+    assert_eq!(allowed_hits.load(Ordering::SeqCst), 2);
+
+    let records = sidecar.audit().await;
+    let pod_local: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| r["scheme"] == "pod-local")
+        .collect();
+    let allow = pod_local
+        .iter()
+        .find(|r| r["decision"] == "allow" && r["method"].is_null())
+        .unwrap_or_else(|| panic!("{records:?}"));
+    assert_eq!(allow["host"], "127.0.0.1");
+    assert_eq!(allow["port"], allowed);
+    assert_eq!(
+        allow["rule"],
+        format!("p spec.podLocal[0]: podLocal ports={allowed} (echo)")
+    );
+    assert_eq!(allow["bytes_in"], hello.len());
+    assert_eq!(allow["bytes_out"], 6 + hello.len());
+    assert!(allow["duration_ms"].is_u64());
+    let denied: Vec<&&serde_json::Value> = pod_local
+        .iter()
+        .filter(|r| r["decision"] == "deny")
+        .collect();
+    assert_eq!(denied.len(), 2, "{pod_local:?}");
+    for r in denied {
+        assert_eq!(r["port"], other);
+        let reason = r["reason"].as_str().unwrap();
+        assert!(
+            reason.contains(&format!("spec.podLocal: [{{ports: [{other}]}}]")),
+            "{reason}"
+        );
+    }
+    let metrics = reqwest_metrics(&sidecar).await;
+    assert!(
+        metrics.contains("agent_boundary_decisions_total{kind=\"pod-local\",decision=\"deny\"} 2"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn pod_local_ports_in_audit_mode_are_relayed_and_recorded_as_would_be_denials() {
+    require_root();
+    let (port, hits) = echo_server().await;
+    let policy = serde_json::json!({
+        "version": 1,
+        "policies": [{"name": "rollout", "podSelector": {}, "mode": "Audit"}]
+    });
+    let sidecar = Sidecar::start(&policy, &[]).await;
+    let mut stream = sidecar.connect_ip("127.0.0.1", port).await;
+    let (banner, _) = read_until(&mut stream, "ready\n", 1).await;
+    assert_eq!(banner, "ready\n");
+    drop(stream);
+    // The jail's own ports are never the pod's, not even in Audit mode.
+    let mut stream = sidecar.connect_ip("127.0.0.1", 53).await;
+    let (text, closed) = read_until(&mut stream, "", 0).await;
+    assert!(text.is_empty() && closed, "{text:?}");
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    let records = sidecar.audit().await;
+    let would: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| r["scheme"] == "pod-local" && r["decision"] == "would-deny")
+        .collect();
+    assert_eq!(would.len(), 1, "{records:?}");
+    assert_eq!(would[0]["port"], port);
+    assert_eq!(would[0]["mode"], "Audit");
+    assert_eq!(would[0]["bytes_out"], 6);
+    assert!(
+        would[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("spec.podLocal: [{{ports: [{port}]}}]")),
+        "{would:?}"
+    );
+    let dns = records
+        .iter()
+        .find(|r| r["scheme"] == "pod-local" && r["port"] == 53)
+        .unwrap_or_else(|| panic!("{records:?}"));
+    assert_eq!(dns["decision"], "deny");
+}
+
+#[tokio::test]
+async fn explicit_proxy_requests_for_the_pods_loopback_follow_pod_local_rules() {
+    require_root();
+    let allowed = Upstream::start(None).await;
+    let other = Upstream::start(None).await;
+    let policy = serde_json::json!({
+        "version": 1,
+        "policies": [{
+            "name": "p",
+            "podSelector": {},
+            "allow": ["domain=127.0.0.0/8", "domain=localhost"],
+            "podLocal": [{"ports": [allowed.port()], "description": "mcp"}]
+        }]
+    });
+    let sidecar = Sidecar::start(&policy, &[]).await;
+    let curl = |url: String| {
+        let proxy = format!("http://{}", sidecar.explicit);
+        async move {
+            let out = tokio::process::Command::new("curl")
+                .args(["-sS", "-m", "10", "-x", &proxy, &url])
+                .output()
+                .await
+                .unwrap();
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        }
+    };
+    let ok = curl(format!("http://127.0.0.1:{}/tools", allowed.port())).await;
+    assert!(
+        ok.contains(&format!("hello GET 127.0.0.1:{} /tools", allowed.port())),
+        "{ok}"
+    );
+    let denied = curl(format!("http://127.0.0.1:{}/tools", other.port())).await;
+    assert!(
+        denied.contains("spec.podLocal") && denied.contains(&other.port().to_string()),
+        "a host rule for 127.0.0.0/8 does not open the pod's loopback: {denied}"
+    );
+    // A name that resolves to loopback is no way round either.
+    let by_name = curl(format!("http://localhost:{}/tools", other.port())).await;
+    assert!(by_name.contains("podLocal"), "{by_name}");
+    assert_eq!(other.connections.load(Ordering::SeqCst), 0);
+    let records = sidecar.audit().await;
+    let allow = records
+        .iter()
+        .find(|r| r["scheme"] == "pod-local" && r["decision"] == "allow")
+        .unwrap_or_else(|| panic!("{records:?}"));
+    assert_eq!(allow["method"], "GET");
+    assert_eq!(allow["path"], "/tools");
+    assert_eq!(allow["status"], 200);
+    assert!(
+        records
+            .iter()
+            .any(|r| r["scheme"] == "pod-local" && r["decision"] == "deny" && r["status"] == 403),
+        "{records:?}"
+    );
 }

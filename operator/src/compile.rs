@@ -46,7 +46,7 @@ pub struct PolicyReport {
     pub name: String,
     /// `metadata.generation` of the compiled object.
     pub generation: Option<i64>,
-    /// Number of allow rules as written (strings, HTTP and TCP rules).
+    /// Number of allow rules as written (strings, HTTP, TCP and pod-local rules).
     pub rule_count: usize,
     /// Every problem found, with its field and column.
     pub problems: Vec<RuleProblem>,
@@ -96,6 +96,7 @@ pub fn compile_namespace(namespace: &str, policies: &[BoundaryPolicy]) -> Compil
             allow: spec.allow.clone(),
             http: spec.http.clone(),
             tcp: spec.tcp.clone(),
+            pod_local: spec.pod_local.clone(),
             jail: spec.jail.clone(),
         };
         let rules_valid = match entry.compile() {
@@ -125,6 +126,7 @@ pub fn compile_namespace(namespace: &str, policies: &[BoundaryPolicy]) -> Compil
                 entry.allow.clear();
                 entry.http.clear();
                 entry.tcp.clear();
+                entry.pod_local.clear();
                 entries.push(entry);
             }
             Outcome::Excluded => {}
@@ -276,6 +278,45 @@ mod tests {
         let (set, _) = out.policy.rule_set(&BTreeMap::new(), None).unwrap();
         assert_eq!(set.mode(), Mode::Enforce);
         assert_eq!(set.rules().len(), 1);
+    }
+
+    #[test]
+    fn pod_local_rules_are_published_counted_and_checked_with_positions() {
+        let db = policy(
+            "db",
+            &json!({"podSelector": {}, "allow": ["domain=a.com"],
+                    "podLocal": [{"ports": [5432], "description": "cloud-sql-proxy"},
+                                 {"ports": [2375, 2376]}]}),
+        );
+        let clash = policy(
+            "clash",
+            &json!({"podSelector": {}, "podLocal": [{"ports": [9000, 15090]}, {"ports": [53]}]}),
+        );
+        let out = compile_namespace("agents", &[db, clash]);
+        let (clash, db) = (&out.reports[0], &out.reports[1]);
+        assert_eq!(db.outcome, Outcome::Published);
+        assert_eq!(db.rule_count, 3, "one allow string and two podLocal rules");
+        assert_eq!(out.policy.policies[1].pod_local.len(), 2);
+        assert_eq!(clash.outcome, Outcome::RulesWithheld);
+        let fields: Vec<_> = clash.problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["spec.podLocal[0].ports[1]", "spec.podLocal[1].ports[0]"]
+        );
+        assert!(
+            clash.problems[0]
+                .message
+                .contains("port 15090 cannot be pod-local"),
+            "{:?}",
+            clash.problems
+        );
+        // Withheld: its good port 9000 is not allowed either (fails closed); db's are.
+        assert!(out.policy.policies[0].pod_local.is_empty());
+        let (set, _) = out.policy.rule_set(&BTreeMap::new(), None).unwrap();
+        assert!(set.check_pod_local(5432).is_some() && set.check_pod_local(2376).is_some());
+        assert!(set.check_pod_local(9000).is_none());
+        // The published file carries the rules in the API's spelling.
+        assert!(out.to_json().contains("\"podLocal\""), "{}", out.to_json());
     }
 
     #[test]

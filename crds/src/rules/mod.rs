@@ -10,7 +10,8 @@ pub mod path;
 
 use std::fmt;
 
-use crate::policy::{HttpRule, Mode, TcpRule, TlsMode};
+use crate::contract::ports;
+use crate::policy::{HttpRule, Mode, PodLocalRule, TcpRule, TlsMode};
 pub use grammar::{GrammarError, ParsedRule, parse_rule};
 pub use host::{DomainPattern, Host, HostError};
 pub use path::{PathError, PathPattern, RequestPath};
@@ -49,6 +50,9 @@ pub enum RuleKind {
     TlsPassthrough,
     /// Plain TCP connections, by the DNS name the jail handed out.
     Tcp,
+    /// TCP connections to the pod's own loopback, by port only (no host: it is always the
+    /// pod's loopback). Never matched by name checks.
+    PodLocal,
 }
 
 /// A compiled allow rule.
@@ -121,6 +125,8 @@ pub struct RuleSource<'a> {
     pub http: &'a [HttpRule],
     /// TCP rules.
     pub tcp: &'a [TcpRule],
+    /// Pod-local port rules.
+    pub pod_local: &'a [PodLocalRule],
 }
 
 /// Compiles the rules of one source, collecting every problem.
@@ -139,6 +145,9 @@ pub fn compile(source: RuleSource<'_>) -> Result<Vec<Rule>, CompileErrors> {
     }
     for (i, rule) in source.tcp.iter().enumerate() {
         c.tcp(i, rule);
+    }
+    for (i, rule) in source.pod_local.iter().enumerate() {
+        c.pod_local(i, rule);
     }
     if c.problems.is_empty() {
         Ok(c.rules)
@@ -292,6 +301,64 @@ impl Compiler<'_> {
             self.push(field, text, RuleKind::Tcp, Some(vec![domain]), Some(ports));
         }
     }
+
+    fn pod_local(&mut self, i: usize, rule: &PodLocalRule) {
+        // Flags and config files say `--allow-pod-local`, policies `spec.podLocal`.
+        let name = if self.prefix == "--" {
+            "allow-pod-local"
+        } else {
+            "podLocal"
+        };
+        let field = format!("{}{name}[{i}]", self.prefix);
+        let before = self.problems.len();
+        if rule.ports.is_empty() {
+            self.problem(
+                format!("{field}.ports"),
+                None,
+                "at least one port is required".into(),
+            );
+        }
+        for (j, port) in rule.ports.iter().enumerate() {
+            if let Some(what) = reserved_port_use(port.get()) {
+                self.problem(
+                    format!("{field}.ports[{j}]"),
+                    None,
+                    format!(
+                        "port {port} cannot be pod-local: it is {what}; remove it (the pod's \
+                         server must listen on another port)"
+                    ),
+                );
+            }
+        }
+        if self.problems.len() > before {
+            return;
+        }
+        let ports: Vec<u16> = rule.ports.iter().map(|p| p.get()).collect();
+        let list: Vec<String> = ports.iter().map(ToString::to_string).collect();
+        let text = match rule.description.as_deref().map(str::trim) {
+            Some(d) if !d.is_empty() => format!("podLocal ports={} ({d})", list.join(",")),
+            _ => format!("podLocal ports={}", list.join(",")),
+        };
+        // No host pattern at all: name checks never match it.
+        self.push(
+            field,
+            text,
+            RuleKind::PodLocal,
+            Some(Vec::new()),
+            Some(ports),
+        );
+    }
+}
+
+/// What a port that cannot be pod-local is used for; `None` for every other port.
+pub fn reserved_port_use(port: u16) -> Option<&'static str> {
+    match port {
+        ports::JAIL_FORWARDER => Some("the jail's own TCP forwarder"),
+        ports::JAIL_DNS => Some("the jail's own DNS server (the jail answers every DNS query)"),
+        ports::EXPLICIT_PROXY => Some("the boundary sidecar's explicit proxy"),
+        ports::SIDECAR_METRICS => Some("the boundary sidecar's metrics and health endpoint"),
+        _ => None,
+    }
 }
 
 fn summarize_http(rule: &HttpRule) -> String {
@@ -393,7 +460,7 @@ impl RuleSet {
     pub fn check_http(&self, req: HttpRequest<'_>) -> Verdict<'_> {
         let mut misses = Vec::new();
         for rule in &self.rules {
-            if !rule.host_matches(req.host) {
+            if rule.kind == RuleKind::PodLocal || !rule.host_matches(req.host) {
                 continue;
             }
             let RuleKind::Http { methods, paths } = &rule.kind else {
@@ -435,6 +502,13 @@ impl RuleSet {
     pub fn may_allow_http(&self, host: &Host, port: u16) -> bool {
         self.find(host, port, |k| matches!(k, RuleKind::Http { .. }))
             .is_some()
+    }
+
+    /// A TCP connection to `port` on the pod's loopback: allowed only by a pod-local rule.
+    pub fn check_pod_local(&self, port: u16) -> Option<&Rule> {
+        self.rules
+            .iter()
+            .find(|r| r.kind == RuleKind::PodLocal && r.port_matches(port))
     }
 
     fn find(&self, host: &Host, port: u16, kind: impl Fn(&RuleKind) -> bool) -> Option<&Rule> {
@@ -630,6 +704,7 @@ mod tests {
             allow: &allow,
             http: &http,
             tcp: &tcp,
+            pod_local: &[],
         })
         .unwrap_err();
         let fields: Vec<(&str, Option<usize>)> = problems
@@ -649,6 +724,115 @@ mod tests {
             ]
         );
         assert!(problems.iter().all(|p| p.policy.as_deref() == Some("p")));
+    }
+
+    fn pod_local(ports: &[u16], description: Option<&str>) -> PodLocalRule {
+        PodLocalRule {
+            ports: ports.iter().map(|p| Port::new(*p).unwrap()).collect(),
+            description: description.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn pod_local_rules_allow_ports_of_the_pods_loopback_and_nothing_by_name() {
+        let pod_local_rules = [
+            pod_local(&[5432, 2375], Some(" cloud-sql-proxy ")),
+            pod_local(&[8080], None),
+        ];
+        let allow = vec![
+            "domain=127.0.0.0/8".to_owned(),
+            "domain=localhost".to_owned(),
+        ];
+        let compiled = compile(RuleSource {
+            policy: Some("agents"),
+            field_prefix: "spec.",
+            allow: &allow,
+            pod_local: &pod_local_rules,
+            ..RuleSource::default()
+        })
+        .unwrap();
+        let set = RuleSet::new(compiled, Mode::Enforce);
+        // (port, allowed by): the decision is by port alone.
+        let table: [(u16, Option<&str>); 5] = [
+            (
+                5432,
+                Some("agents spec.podLocal[0]: podLocal ports=5432,2375 (cloud-sql-proxy)"),
+            ),
+            (
+                2375,
+                Some("agents spec.podLocal[0]: podLocal ports=5432,2375 (cloud-sql-proxy)"),
+            ),
+            (8080, Some("agents spec.podLocal[1]: podLocal ports=8080")),
+            (2376, None),
+            (443, None),
+        ];
+        for (port, expected) in table {
+            assert_eq!(
+                set.check_pod_local(port)
+                    .map(|r| r.origin.to_string())
+                    .as_deref(),
+                expected,
+                "port {port}"
+            );
+        }
+        // Pod-local rules never allow anything by host name, and host rules never pod-local.
+        let lo = Host::parse("127.0.0.1").unwrap();
+        let any = Host::parse("db.example.com").unwrap();
+        for host in [&lo, &any] {
+            assert!(set.check_tcp(host, 5432).is_none());
+            assert!(set.check_passthrough(host, 5432).is_none());
+        }
+        assert!(!set.may_allow_http(&any, 5432));
+        let Verdict::Deny(misses) = check(&set, "GET", "db.example.com", 5432, "/") else {
+            panic!("a pod-local rule allowed a request by name")
+        };
+        assert!(misses.is_empty(), "{misses:?}");
+        let only_names = rules(&["domain=127.0.0.0/8", "domain=localhost"]);
+        assert!(only_names.check_pod_local(5432).is_none());
+    }
+
+    #[test]
+    fn pod_local_rules_refuse_the_ports_of_the_jail_and_the_sidecar() {
+        let bad = [
+            pod_local(&[5432, 53], None),
+            pod_local(&[], Some("nothing")),
+            pod_local(&[2, 15080, 15090], None),
+        ];
+        let CompileErrors(problems) = compile(RuleSource {
+            policy: Some("p"),
+            field_prefix: "spec.",
+            pod_local: &bad,
+            ..RuleSource::default()
+        })
+        .unwrap_err();
+        let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.podLocal[0].ports[1]",
+                "spec.podLocal[1].ports",
+                "spec.podLocal[2].ports[0]",
+                "spec.podLocal[2].ports[1]",
+                "spec.podLocal[2].ports[2]",
+            ]
+        );
+        assert!(
+            problems[0].message.contains("port 53 cannot be pod-local"),
+            "{problems:?}"
+        );
+        assert!(problems[0].message.contains("DNS"), "{problems:?}");
+        assert!(problems[4].message.contains("metrics"), "{problems:?}");
+        for port in ports::NOT_POD_LOCAL {
+            assert!(reserved_port_use(port).is_some(), "{port}");
+        }
+        // Flags name their own place.
+        let CompileErrors(problems) = compile(RuleSource {
+            field_prefix: "--",
+            pod_local: &[pod_local(&[8080], None), pod_local(&[53], None)],
+            ..RuleSource::default()
+        })
+        .unwrap_err();
+        assert_eq!(problems[0].field, "--allow-pod-local[1].ports[0]");
     }
 
     #[test]

@@ -59,7 +59,8 @@ fn build(
         map_ids(uid, gid)?;
     }
     let ipv6 = netlink::loopback_only_routes(true).map_err(|e| JailError::from_netlink(&e))?;
-    netlink::install_ruleset(FORWARDER_PORT, DNS_PORT).map_err(|e| JailError::from_netlink(&e))?;
+    netlink::install_ruleset(FORWARDER_PORT, DNS_PORT, &plan.pod_local_ports)
+        .map_err(|e| JailError::from_netlink(&e))?;
     let listeners = listeners(ipv6)?;
     let mounts = mounts::prepare_view(&plan.mounts)?;
     // Meanwhile the supervisor writes the jail's files (the proxy's CA, the trust bundle); its

@@ -48,9 +48,9 @@ use crate::sys::{self, Forked};
 /// Port of the TCP forwarder inside the jail's network namespace. Below 1024, so the jailed
 /// process (without `CAP_NET_BIND_SERVICE`) can never bind it, and unlikely to clash with a
 /// server the agent runs on loopback.
-pub const FORWARDER_PORT: u16 = 2;
+pub const FORWARDER_PORT: u16 = boundary_api::contract::ports::JAIL_FORWARDER;
 /// Port of the jail's DNS server (UDP and TCP) inside its network namespace.
-pub const DNS_PORT: u16 = 53;
+pub const DNS_PORT: u16 = boundary_api::contract::ports::JAIL_DNS;
 
 /// The sockets the jail's init creates for the supervisor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,6 +82,9 @@ pub struct JailPlan {
     pub env_remove: Vec<OsString>,
     /// The filesystem view.
     pub mounts: MountPlan,
+    /// Loopback TCP ports that belong to the pod, not the jail: redirected to the forwarder
+    /// (and so to the proxy, which decides them by podLocal rules).
+    pub pod_local_ports: Vec<u16>,
 }
 
 /// A running jail, as the supervisor sees it.

@@ -161,6 +161,7 @@ fn build_network(
         write("gid_map", format!("{gid} {gid} 1\n"))?;
     }
     netlink::loopback_only_routes(true).map_err(|e| JailError::from_netlink(&e))?;
-    netlink::install_ruleset(FORWARDER_PORT, DNS_PORT).map_err(|e| JailError::from_netlink(&e))?;
+    netlink::install_ruleset(FORWARDER_PORT, DNS_PORT, &[])
+        .map_err(|e| JailError::from_netlink(&e))?;
     Ok(())
 }

@@ -26,6 +26,7 @@ use super::framing::{Audited, Framing};
 use super::head::{self, Scheme, Target};
 use super::keepalive::{self, Exchange, Pending};
 use super::metrics::{Kind, UpstreamError};
+use super::pod_local::{self, PodLocalDecision};
 use super::upstream::{Body, BoxError, Failure};
 use super::{ConnCtx, Destination, Proxy, unspecified};
 
@@ -257,6 +258,21 @@ async fn handle(
             );
         }
     };
+    if let Host::Ip(ip) = target.host
+        && pod_local::is_loopback(ip)
+    {
+        return pod_local_request(
+            &proxy,
+            &ctx,
+            scheme,
+            parts,
+            body,
+            &target,
+            rules,
+            client_upgrade,
+        )
+        .await;
+    }
     let request = HttpRequest {
         host: &target.host,
         port: target.port,
@@ -288,6 +304,57 @@ async fn handle(
         return deny_page(scheme, request, misses, &proxy, &ctx);
     }
     forward(proxy, scheme, parts, body, &target, rec, client_upgrade).await
+}
+
+/// An explicit-proxy request for the pod's loopback (`GET http://127.0.0.1:PORT/...`, the landlock
+/// tier's way to a pod's HTTP sidecar): decided by podLocal rules alone, like a redirected
+/// pod-local connection, and audited as `pod-local` with its method and path.
+#[allow(clippy::too_many_arguments)]
+async fn pod_local_request(
+    proxy: &Proxy,
+    ctx: &ConnCtx,
+    scheme: Scheme,
+    parts: http::request::Parts,
+    body: Incoming,
+    target: &Target,
+    rules: &boundary_api::rules::RuleSet,
+    client_upgrade: Option<ClientUpgrade>,
+) -> Response<Body> {
+    let mut rec = proxy.record(
+        ctx,
+        pod_local::SCHEME,
+        &target.host,
+        target.port,
+        rules.mode(),
+    );
+    rec.method = Some(parts.method.to_string());
+    rec.path = Some(target.path.to_string());
+    match pod_local::decide(rules, target.port) {
+        PodLocalDecision::Allow(rule) => rec.rule = Some(rule),
+        PodLocalDecision::WouldDeny(reason) => {
+            rec.decision = Decision::WouldDeny;
+            rec.reason = Some(reason);
+        }
+        PodLocalDecision::Deny(reason) => {
+            proxy.inner.metrics.decision(Kind::PodLocal, Decision::Deny);
+            rec.decision = Decision::Deny;
+            rec.reason = Some(reason.clone());
+            rec.status = Some(403);
+            proxy.inner.audit.record(&rec);
+            return text(403, format!("Blocked by Agent Boundary: {reason}\n"));
+        }
+    }
+    proxy.inner.metrics.decision(Kind::PodLocal, rec.decision);
+    forward(
+        proxy.clone(),
+        scheme,
+        parts,
+        body,
+        target,
+        rec,
+        client_upgrade,
+    )
+    .await
 }
 
 /// A request whose framing is ambiguous (smuggling): 400, and the connection is closed.
@@ -646,7 +713,22 @@ fn connect(
     let could = rules.check_tcp(&host, port).is_some()
         || rules.check_passthrough(&host, port).is_some()
         || rules.may_allow_http(&host, port);
-    if !could && rules.mode() == Mode::Enforce {
+    if let Host::Ip(ip) = host
+        && pod_local::is_loopback(ip)
+    {
+        // The pod's loopback: podLocal rules alone decide; the tunnel is then served (and
+        // audited) like a redirected pod-local connection.
+        if let PodLocalDecision::Deny(reason) = pod_local::decide(rules, port) {
+            proxy.inner.metrics.decision(Kind::PodLocal, Decision::Deny);
+            let mut rec = proxy.record(ctx, pod_local::SCHEME, &host, port, rules.mode());
+            rec.method = Some("CONNECT".into());
+            rec.decision = Decision::Deny;
+            rec.reason = Some(reason.clone());
+            rec.status = Some(403);
+            proxy.inner.audit.record(&rec);
+            return text(403, format!("Blocked by Agent Boundary: {reason}\n"));
+        }
+    } else if !could && rules.mode() == Mode::Enforce {
         let reason = format!("CONNECT to {host}:{port}: no rule allows this host");
         proxy.inner.metrics.decision(Kind::Tcp, Decision::Deny);
         let mut rec = proxy.record(ctx, "tcp", &host, port, rules.mode());

@@ -14,9 +14,16 @@ pub enum Kind {
     Tcp,
     /// A TLS connection (passthrough, or denied before the handshake).
     Tls,
+    /// A TCP connection to the pod's own loopback.
+    PodLocal,
 }
 
-const KINDS: [(Kind, &str); 3] = [(Kind::Http, "http"), (Kind::Tcp, "tcp"), (Kind::Tls, "tls")];
+const KINDS: [(Kind, &str); 4] = [
+    (Kind::Http, "http"),
+    (Kind::Tcp, "tcp"),
+    (Kind::Tls, "tls"),
+    (Kind::PodLocal, "pod-local"),
+];
 const DECISIONS: [(Decision, &str); 3] = [
     (Decision::Allow, "allow"),
     (Decision::Deny, "deny"),
@@ -46,7 +53,7 @@ const UPSTREAM: [(UpstreamError, &str); 4] = [
 /// All counters.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    decisions: [[AtomicU64; 3]; 3],
+    decisions: [[AtomicU64; 3]; 4],
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
     active: AtomicI64,
@@ -175,6 +182,7 @@ mod tests {
         m.decision(Kind::Http, Decision::Deny);
         m.decision(Kind::Http, Decision::Deny);
         m.decision(Kind::Tcp, Decision::Allow);
+        m.decision(Kind::PodLocal, Decision::WouldDeny);
         m.upstream_error(UpstreamError::Tls);
         m.reload(false);
         m.active(3);
@@ -182,6 +190,9 @@ mod tests {
         let text = m.render(7);
         assert!(text.contains("agent_boundary_decisions_total{kind=\"http\",decision=\"deny\"} 2"));
         assert!(text.contains("agent_boundary_decisions_total{kind=\"tcp\",decision=\"allow\"} 1"));
+        assert!(text.contains(
+            "agent_boundary_decisions_total{kind=\"pod-local\",decision=\"would-deny\"} 1"
+        ));
         assert!(text.contains("agent_boundary_upstream_errors_total{kind=\"tls\"} 1"));
         assert!(text.contains("agent_boundary_policy_reloads_total{result=\"error\"} 1"));
         assert!(text.contains("agent_boundary_active_connections 2"));

@@ -4,6 +4,8 @@
 //! socket with a header naming the destination) or as explicit-proxy requests (`HTTP_PROXY`,
 //! `CONNECT`; the landlock tier). For each connection:
 //!
+//! 0. a destination on the pod's loopback (a pod-local port the jail redirected) → decided by
+//!    `podLocal` rules alone and relayed as is (see [`pod_local`], audited as `pod-local`);
 //! 1. a TCP rule for the destination name and port → relayed as is (audited as `tcp`);
 //! 2. a destination name no rule could allow → closed at once (Enforce);
 //! 3. otherwise the first bytes decide: a TLS ClientHello is checked by its SNI (passthrough
@@ -22,6 +24,7 @@ mod http;
 pub mod io;
 mod keepalive;
 pub mod metrics;
+pub mod pod_local;
 pub mod policy;
 pub mod tls;
 pub mod upstream;
@@ -204,6 +207,7 @@ impl Proxy {
     }
 
     async fn serve_connection_inner(&self, mut io: BoxIo, dest: Destination) {
+        let pod_local = pod_local::is_pod_local(&dest);
         let bound = dest
             .name
             .as_deref()
@@ -219,6 +223,10 @@ impl Proxy {
         };
         let resolved = self.rules_for(ctx.container.as_deref());
         let rules = &resolved.rules;
+        if pod_local {
+            self.serve_pod_local(io, &ctx, dest.dst, rules).await;
+            return;
+        }
         if let Some(rule) = rules.check_tcp(&bound, port) {
             let origin = rule.origin.to_string();
             self.relay(

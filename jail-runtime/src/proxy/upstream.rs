@@ -26,6 +26,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use super::metrics::UpstreamError;
+use super::pod_local::{is_local_address, is_loopback};
 use super::tls::UpstreamTls;
 
 /// Boxed error of bodies.
@@ -108,9 +109,20 @@ impl Upstream {
             .map_err(|e| Failure::new(UpstreamError::Resolve, e.clone()))
     }
 
-    /// Addresses of `host`.
+    /// Addresses of `host`. The proxy's own host (loopback, `0.0.0.0`) is never one of them:
+    /// the pod's loopback is reached only through `podLocal` rules, so a host rule (an IP range,
+    /// or a name whose DNS answer points at `127.0.0.1`) cannot reach the pod's sidecars. Only a
+    /// `--resolve` override, the administrator's own setting, may name it.
     pub async fn resolve(&self, host: &Host) -> Result<Vec<IpAddr>, Failure> {
+        const LOCAL: &str = "the pod's loopback is reached only through podLocal rules \
+                             (spec.podLocal, boundary run --allow-pod-local)";
         let name = match host {
+            Host::Ip(ip) if is_local_address(*ip) => {
+                return Err(Failure::new(
+                    UpstreamError::Connect,
+                    format!("{ip} is this pod's own address: {LOCAL}"),
+                ));
+            }
             Host::Ip(ip) => return Ok(vec![*ip]),
             Host::Name(name) => name,
         };
@@ -125,12 +137,15 @@ impl Upstream {
                 format!("cannot resolve {name}: {e}"),
             )
         })?;
-        let addrs: Vec<IpAddr> = lookup.iter().collect();
+        let (local, addrs): (Vec<IpAddr>, Vec<IpAddr>) =
+            lookup.iter().partition(|ip| is_local_address(*ip));
         if addrs.is_empty() {
-            return Err(Failure::new(
-                UpstreamError::Resolve,
-                format!("{name} has no address"),
-            ));
+            let message = if local.is_empty() {
+                format!("{name} has no address")
+            } else {
+                format!("{name} resolves only to this pod's own address: {LOCAL}")
+            };
+            return Err(Failure::new(UpstreamError::Resolve, message));
         }
         Ok(addrs)
     }
@@ -211,6 +226,34 @@ impl Upstream {
     }
 }
 
+/// A TCP connection to a port of the pod's loopback.
+async fn connect_pod_local(ip: IpAddr, port: u16) -> Result<TcpStream, Failure> {
+    match tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        TcpStream::connect(SocketAddr::new(ip, port)),
+    )
+    .await
+    {
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            Ok(stream)
+        }
+        Ok(Err(e)) => Err(Failure::new(
+            UpstreamError::Connect,
+            format!(
+                "connecting to {ip}:{port} in the pod: {e} (is the pod's server listening there?)"
+            ),
+        )),
+        Err(_) => Err(Failure {
+            timeout: true,
+            ..Failure::new(
+                UpstreamError::Connect,
+                format!("connecting to {ip}:{port} in the pod timed out"),
+            )
+        }),
+    }
+}
+
 /// Connects for the pooled clients: `http://` plain, `https://` verified TLS.
 #[derive(Clone, Debug)]
 pub struct Connector {
@@ -244,8 +287,15 @@ impl tower_service::Service<Uri> for Connector {
                     h2: negotiated_h2,
                 })
             } else {
+                let tcp = match host {
+                    // A loopback target gets here only through `http::pod_local_request`
+                    // (podLocal rules allowed it): `http::handle` sends every loopback target
+                    // there, before any host rule is looked at.
+                    Host::Ip(ip) if is_loopback(ip) => connect_pod_local(ip, port).await?,
+                    _ => upstream.connect_tcp(&host, port).await?,
+                };
                 Ok(Conn {
-                    io: TokioIo::new(Stream::Plain(upstream.connect_tcp(&host, port).await?)),
+                    io: TokioIo::new(Stream::Plain(tcp)),
                     h2: false,
                 })
             }
@@ -362,5 +412,46 @@ impl hyper::rt::Write for Conn {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_proxys_own_host_is_no_upstream_unless_an_override_names_it() {
+        let overrides = HashMap::from([("pinned.test".to_owned(), "127.0.0.1".parse().unwrap())]);
+        let upstream = Upstream::new(overrides, UpstreamTls::new(&[]).unwrap());
+        for literal in [
+            "127.0.0.1",
+            "127.1.2.3",
+            "::1",
+            "0.0.0.0",
+            "::ffff:127.0.0.1",
+        ] {
+            let host = Host::parse(literal).unwrap();
+            let err = upstream.resolve(&host).await.unwrap_err();
+            assert!(err.message.contains("podLocal"), "{literal}: {err}");
+        }
+        // A name whose answer is loopback (localhost always is) cannot reach the pod either.
+        let err = upstream
+            .resolve(&Host::parse("localhost").unwrap())
+            .await
+            .unwrap_err();
+        assert!(
+            err.message.contains("only to this pod's own address"),
+            "{err}"
+        );
+        assert!(
+            upstream
+                .connect_tcp(&Host::parse("localhost").unwrap(), 1)
+                .await
+                .is_err()
+        );
+        let pinned = upstream.resolve(&Host::parse("pinned.test").unwrap()).await;
+        assert_eq!(pinned.unwrap(), ["127.0.0.1".parse::<IpAddr>().unwrap()]);
+        let public = upstream.resolve(&Host::parse("192.0.2.10").unwrap()).await;
+        assert_eq!(public.unwrap(), ["192.0.2.10".parse::<IpAddr>().unwrap()]);
     }
 }

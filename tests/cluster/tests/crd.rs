@@ -51,6 +51,7 @@ async fn crd_installs_and_a_valid_policy_is_accepted_with_defaults() -> anyhow::
         "allow": ["domain=api.anthropic.com", "domain=github.com method=GET path=/api/*"],
         "http": [{"domains": ["*.npmjs.org"], "methods": ["GET"], "paths": ["/*"], "ports": [443], "tls": "Intercept"}],
         "tcp": [{"domain": "github.com", "ports": [22]}],
+        "podLocal": [{"ports": [5432, 2375], "description": "cloud-sql-proxy and dind"}],
         "jail": {"runtime": "coder-boundary", "allowedTiers": ["userns", "landlock"], "allowNodePinning": true, "wrapCommand": true}
     });
     let obj: DynamicObject = serde_json::from_value(policy_json("full", &full))?;
@@ -66,7 +67,8 @@ async fn crd_installs_and_a_valid_policy_is_accepted_with_defaults() -> anyhow::
     let typed: Api<BoundaryPolicy> = ns.api();
     let full = typed.get("full").await?;
     assert_eq!(full.spec.mode, Mode::Audit);
-    assert_eq!(full.spec.rule_count(), 4);
+    assert_eq!(full.spec.rule_count(), 5);
+    assert_eq!(full.spec.pod_local[0].ports[1].get(), 2375);
     assert_eq!(full.spec.jail.allowed_tiers, [Tier::Userns, Tier::Landlock]);
     assert_eq!(full.spec.tcp[0].ports[0].get(), 22);
     let minimal = typed.get("minimal").await?;
@@ -153,6 +155,21 @@ async fn invalid_policies_are_rejected_by_the_apiserver_with_its_message() -> an
             "tcp-without-ports",
             json!({"podSelector": {}, "tcp": [{"domain": "github.com"}]}),
             vec!["spec.tcp.ports", "Required value"],
+        ),
+        (
+            "pod-local-port-out-of-range",
+            json!({"podSelector": {}, "podLocal": [{"ports": [70000]}]}),
+            vec!["spec.podLocal.ports", "less than or equal to 65535"],
+        ),
+        (
+            "pod-local-without-ports",
+            json!({"podSelector": {}, "podLocal": [{"description": "db"}]}),
+            vec!["spec.podLocal.ports", "Required value"],
+        ),
+        (
+            "pod-local-empty-ports",
+            json!({"podSelector": {}, "podLocal": [{"ports": []}]}),
+            vec!["spec.podLocal.ports", "at least 1 items"],
         ),
         (
             "http-without-domains",
