@@ -661,7 +661,9 @@ fn jailed_env(injection: &Injection<'_>, target: &JailTarget) -> Vec<EnvVar> {
         if !target.pod_local_ports.is_empty() {
             vars.push(value_env(
                 env::POD_LOCAL_PORTS,
-                &port_list(&target.pod_local_ports),
+                &boundary_api::policy::pod_local_ports_value(
+                    target.pod_local_ports.iter().copied(),
+                ),
             ));
         }
     }

@@ -115,6 +115,8 @@ struct Combined {
     wrap_command: bool,
     /// Container names to jail; `None`: every app container.
     containers: Option<BTreeSet<String>>,
+    /// Ports of the pod's loopback the policies let jailed containers reach (`spec.podLocal`).
+    pod_local: BTreeSet<u16>,
 }
 
 fn selector(label_selector: &LabelSelector) -> Selector {
@@ -158,6 +160,7 @@ fn combine(
         pinning: true,
         wrap_command: false,
         containers: Some(BTreeSet::new()),
+        pod_local: BTreeSet::new(),
     };
     for policy in &selected {
         let name = policy.metadata.name.clone().unwrap_or_default();
@@ -179,6 +182,13 @@ fn combine(
         } else if let Some(set) = combined.containers.as_mut() {
             set.extend(policy.spec.containers.iter().cloned());
         }
+        combined.pod_local.extend(
+            policy
+                .spec
+                .pod_local
+                .iter()
+                .flat_map(|rule| rule.ports.iter().map(|p| p.get())),
+        );
         combined.names.push(name);
     }
     Ok(Some(combined))
@@ -478,24 +488,32 @@ pub fn plan(input: &Input<'_>) -> Decision {
     }
 }
 
+/// Why a pod is none of this webhook's business, if it is not.
+fn not_ours(
+    pod: &Pod,
+    pod_labels: &BTreeMap<String, String>,
+    namespace_labels: &BTreeMap<String, String>,
+) -> Option<&'static str> {
+    if pod
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(MIRROR_ANNOTATION))
+    {
+        return Some("mirror pod (static pods are not changed by admission)");
+    }
+    if pod.spec.is_none() {
+        return Some("pod without spec");
+    }
+    (!opted_in(pod_labels, namespace_labels))
+        .then_some("injection is not enabled for this pod or namespace")
+}
+
 fn plan_jail(input: &Input<'_>) -> Result<Decision, Early> {
     let original = input.pod;
-    let pod_annotations = original.metadata.annotations.clone().unwrap_or_default();
-    if pod_annotations.contains_key(MIRROR_ANNOTATION) {
-        return Err(Early::skipped(
-            "mirror pod (static pods are not changed by admission)",
-            Vec::new(),
-        ));
-    }
-    if original.spec.is_none() {
-        return Err(Early::skipped("pod without spec", Vec::new()));
-    }
     let pod_labels = original.metadata.labels.clone().unwrap_or_default();
-    if !opted_in(&pod_labels, input.namespace_labels) {
-        return Err(Early::skipped(
-            "injection is not enabled for this pod or namespace",
-            Vec::new(),
-        ));
+    if let Some(reason) = not_ours(original, &pod_labels, input.namespace_labels) {
+        return Err(Early::skipped(reason, Vec::new()));
     }
     let (mut pod, pod_annotations, spec) = as_before_injection(original);
     let combined = match combine(input.policies, &pod_labels) {
@@ -546,7 +564,15 @@ fn plan_jail(input: &Input<'_>) -> Result<Decision, Early> {
             Ok(chosen) => chosen,
             Err(reason) => return Err(cannot_jail(&combined, reason, warnings)),
         };
-    let containers = targets(row, &spec, &jailed, &supporting, level, &mut warnings);
+    let containers = targets(
+        row,
+        &combined,
+        &spec,
+        &jailed,
+        &supporting,
+        level,
+        &mut warnings,
+    );
     warn_of_image_users(row, &spec, &jailed, &mut warnings);
     warn_of_unwrapped(&combined, &jailed, &mut warnings);
     let pin = pinned.then(|| pin_requirement(row, &supporting, &mut warnings));
@@ -802,6 +828,7 @@ fn jailed_containers<'a>(
 /// What each jailed container needs: its seccomp profile and the ports crossing the jail.
 fn targets(
     row: &Row,
+    combined: &Combined,
     spec: &PodSpec,
     jailed: &[&Container],
     nodes: &[&NodeFacts],
@@ -814,7 +841,12 @@ fn targets(
             let c = jailed.iter().find(|c| c.name == name);
             JailTarget {
                 inbound_ports: c.map(|c| ports::served(c)).unwrap_or_default(),
-                pod_local_ports: ports::of_other_containers(spec, &name),
+                pod_local_ports: ports::of_other_containers(spec, &name)
+                    .into_iter()
+                    .chain(combined.pod_local.iter().copied())
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect(),
                 name,
                 seccomp,
             }

@@ -57,7 +57,7 @@ pub fn served(c: &Container) -> Vec<u16> {
 /// The TCP ports every other container of the pod declares (native sidecars are init
 /// containers), except this project's own sidecar's, sorted.
 pub fn of_other_containers(spec: &PodSpec, name: &str) -> Vec<u16> {
-    let own = [ports::EXPLICIT_PROXY, ports::SIDECAR_METRICS];
+    let own = ports::NOT_POD_LOCAL;
     spec.init_containers
         .iter()
         .flatten()
