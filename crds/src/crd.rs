@@ -327,7 +327,15 @@ mod tests {
             .collect();
         assert_eq!(
             columns,
-            ["Mode", "Rules", "Ready", "Enforced", "Pods", "Enforcing", "Age"]
+            [
+                "Mode",
+                "Rules",
+                "Ready",
+                "Enforced",
+                "Pods",
+                "Enforcing",
+                "Age"
+            ]
         );
     }
 

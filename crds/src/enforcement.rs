@@ -100,9 +100,9 @@ mod tests {
         let status: SidecarStatus = serde_json::from_value(wire).unwrap();
         assert_eq!(status.policy_hash, "ab12");
         assert!(status.policy_loaded);
-        let states: Vec<JailState> = status.jails.iter().map(|j| j.state).collect();
+        let jail_states: Vec<JailState> = status.jails.iter().map(|j| j.state).collect();
         assert_eq!(
-            states,
+            jail_states,
             [
                 JailState::Connected,
                 JailState::Exited,

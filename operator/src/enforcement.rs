@@ -103,6 +103,9 @@ pub struct EnforcementConfig {
         default_value_t = 180
     )]
     pub stale_grace_seconds: u64,
+    /// The sidecars' status port: the contract's; tests point it at their own servers.
+    #[arg(skip = ports::SIDECAR_METRICS)]
+    pub sidecar_port: u16,
 }
 
 impl Default for EnforcementConfig {
@@ -112,6 +115,7 @@ impl Default for EnforcementConfig {
             timeout_millis: 2000,
             concurrency: 32,
             stale_grace_seconds: 180,
+            sidecar_port: ports::SIDECAR_METRICS,
         }
     }
 }
@@ -880,7 +884,7 @@ pub async fn run_checks(
             .iter()
             .filter(|p| PodFacts::of(p).sidecar)
             .filter_map(|p| {
-                let addr = target(p, ports::SIDECAR_METRICS)?;
+                let addr = target(p, config.sidecar_port)?;
                 let key = PodKey::of(p);
                 current.insert(key.clone());
                 Some((key, addr))

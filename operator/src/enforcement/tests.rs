@@ -804,3 +804,109 @@ async fn one_slow_sidecar_does_not_hold_up_the_others() {
         .count();
     assert_eq!(answered, 3, "{results:?}");
 }
+
+#[tokio::test]
+async fn the_poller_asks_running_jailed_pods_records_the_answers_and_triggers_their_namespace() {
+    use kube::runtime::reflector;
+    use kube::runtime::watcher::Event;
+    // One server on every loopback address; it answers by the address it was reached on, so
+    // each pod (127.0.0.N) gets its own answer.
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let log = asked.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let ip = stream.local_addr().unwrap().ip().to_string();
+            log.lock().unwrap().push(ip.clone());
+            let jails = if ip == "127.0.0.1" {
+                json!([{"container": "agent", "tier": "userns", "state": "connected", "since": "x"}])
+            } else {
+                json!([])
+            };
+            let body =
+                json!({"policyHash": PUBLISHED, "policyLoaded": true, "jails": jails}).to_string();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(head.as_bytes()).await;
+                let _ = stream.write_all(body.as_bytes()).await;
+            });
+        }
+    });
+    let with = |name: &str, ip: &str, phase: &str, sidecar: &str| {
+        let mut p = jailed_pod();
+        p["metadata"]["name"] = json!(name);
+        p["metadata"]["uid"] = json!(name);
+        p["status"]["podIP"] = json!(ip);
+        p["status"]["phase"] = json!(phase);
+        p["metadata"]["annotations"]["agentboundary.dev/status"] = json!(format!(
+            r#"{{"sidecar":"{sidecar}","containers":[{{"name":"agent"}}]}}"#
+        ));
+        let mut pod = pod(&p);
+        trim(&mut pod);
+        pod
+    };
+    let pods = [
+        with("wrapped", "127.0.0.1", "Running", "native"),
+        with("unwrapped", "127.0.0.2", "Running", "classic"),
+        with("pending", "127.0.0.3", "Pending", "native"),
+        with("coder", "127.0.0.4", "Running", "none"),
+    ];
+    let (store, mut writer) = reflector::store::<Pod>();
+    writer.apply_watcher_event(&Event::Init);
+    for p in &pods {
+        writer.apply_watcher_event(&Event::InitApply(p.clone()));
+    }
+    writer.apply_watcher_event(&Event::InitDone);
+
+    let observations = Observations::default();
+    let (tx, mut rx) = futures::channel::mpsc::unbounded();
+    let (stop, shutdown) = Shutdown::new();
+    let config = EnforcementConfig {
+        interval_seconds: 1,
+        sidecar_port: port,
+        ..EnforcementConfig::default()
+    };
+    let poller = tokio::spawn(run_checks(
+        store,
+        observations.clone(),
+        tx,
+        config,
+        Metrics::default(),
+        shutdown,
+    ));
+    let triggered = tokio::time::timeout(Duration::from_mins(1), rx.next())
+        .await
+        .expect("a round within a minute")
+        .unwrap();
+    assert_eq!(triggered.name, "agents");
+    let verdict = |p: &Pod| {
+        decide(
+            &PodFacts::of(p),
+            observations.get(&PodKey::of(p)).as_ref(),
+            PUBLISHED,
+        )
+    };
+    assert_eq!(verdict(&pods[0]), Verdict::Enforced);
+    assert_eq!(kind(&verdict(&pods[1])).0, reasons::NO_JAIL_CONNECTED);
+    assert_eq!(observations.get(&PodKey::of(&pods[2])), None);
+    assert_eq!(observations.get(&PodKey::of(&pods[3])), None);
+    let mut seen: Vec<String> = asked.lock().unwrap().clone();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(
+        seen,
+        ["127.0.0.1", "127.0.0.2"],
+        "only running pods with a sidecar are asked"
+    );
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), poller)
+        .await
+        .expect("the poller stops on shutdown")
+        .unwrap();
+}
