@@ -125,6 +125,17 @@ pub mod annotations {
     }
 }
 
+/// Pod condition types.
+pub mod conditions {
+    names! {
+        /// Set by the operator on a jailed pod that carries it as a readiness gate (the webhook
+        /// adds the gate when told to): `True` once the pod's sidecar reports every jailed
+        /// container connected and the namespace's current policy loaded, so the pod is not
+        /// Ready before its enforcement is confirmed.
+        ENFORCED = "agentboundary.dev/enforced";
+    }
+}
+
 /// Container names the webhook injects.
 pub mod containers {
     names! {
@@ -299,6 +310,10 @@ pub mod ports {
     pub const NOT_POD_LOCAL: [u16; 4] = [JAIL_FORWARDER, JAIL_DNS, EXPLICIT_PROXY, SIDECAR_METRICS];
 }
 
+/// Path of the sidecar's enforcement status (JSON, [`crate::enforcement::SidecarStatus`]) on
+/// [`ports::SIDECAR_METRICS`]; the operator reads it.
+pub const SIDECAR_STATUS_PATH: &str = "/status";
+
 /// Jail tiers, from least to most privileged where namespaces work, as they appear in node labels,
 /// annotations and the `BOUNDARY_TIER` env var.
 pub mod tiers {
@@ -354,13 +369,22 @@ mod tests {
 
     #[test]
     fn label_and_annotation_keys_are_valid_and_unique() {
-        for group in [labels::ALL, node_labels::ALL, annotations::ALL] {
+        for group in [
+            labels::ALL,
+            node_labels::ALL,
+            annotations::ALL,
+            conditions::ALL,
+        ] {
             unique(group);
             for key in group {
                 assert!(qualified_name(key), "{key} is not a valid qualified name");
             }
         }
-        for key in node_labels::ALL.iter().chain(annotations::ALL) {
+        for key in node_labels::ALL
+            .iter()
+            .chain(annotations::ALL)
+            .chain(conditions::ALL)
+        {
             let prefix = key.split_once('/').map_or("", |(p, _)| p);
             assert!(
                 prefix == GROUP || prefix.ends_with(&format!(".{GROUP}")),

@@ -46,11 +46,24 @@ use crate::policy::{HttpRule, JailSpec, Mode, PodLocalRule, TcpRule};
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
     printcolumn(
+        name = "Enforced",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Enforced\")].status",
+        description = "Every running pod jailed under this policy is proven to enforce it"
+    ),
+    printcolumn(
         name = "Pods",
         type_ = "integer",
         json_path = ".status.matchedPods",
         priority = "1",
-        description = "Jailed pods this policy selects"
+        description = "Pods the webhook jailed under this policy"
+    ),
+    printcolumn(
+        name = "Enforcing",
+        type_ = "integer",
+        json_path = ".status.enforcedPods",
+        priority = "1",
+        description = "Running pods whose sidecar reports every jail connected and the current policy loaded"
     ),
     printcolumn(
         name = "Age",
@@ -110,7 +123,9 @@ pub struct BoundaryPolicyStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// `RulesValid`: every rule parses. `Ready`: the compiled policy is published for the
-    /// namespace and reaches the selected pods.
+    /// namespace. `Enforced`: every running pod jailed under this policy is proven to enforce
+    /// the published policy (`True`), some are not (`False`, see `notEnforcing`), or nothing
+    /// was checked yet (`Unknown`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -126,12 +141,40 @@ pub struct BoundaryPolicyStatus {
     /// SHA-256 (hex) of the compiled policy last published for this namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy_hash: Option<String>,
-    /// Number of running pods this policy selects that are jailed.
+    /// Number of pods the webhook jailed under this policy (admitted and not deleted, running
+    /// or not). Being jailed by the webhook is not proof of enforcement: see `enforcedPods`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub matched_pods: Option<i32>,
-    /// Jailed pods this policy selects, by tier.
+    /// Pods the webhook jailed under this policy, by tier (counted like `matchedPods`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tiers: BTreeMap<String, i32>,
+    /// Running pods jailed under this policy whose sidecar, asked by the operator, reports every
+    /// jailed container connected to it and the namespace's current policy (`policyHash`)
+    /// loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforced_pods: Option<i32>,
+    /// Running pods jailed under this policy that are not proven to enforce it, and why (at most
+    /// 20; the `Enforced` condition's message has the count).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_enforcing: Vec<NotEnforcingPod>,
+}
+
+/// A running jailed pod that is not proven to enforce its policy.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NotEnforcingPod {
+    /// The pod's name.
+    pub pod: String,
+    /// The jailed container concerned, when the reason is one container's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// `NoJailConnected` (the container runs without a jail: its image may not run `boundary
+    /// run`), `JailFailed` (the jail could not be set up, or was lost), `StalePolicy` (the
+    /// sidecar enforces another policy than the published one), `SidecarUnreachable` (the
+    /// operator could not read the sidecar's status).
+    pub reason: String,
+    /// Details and what to do.
+    pub message: String,
 }
 
 /// A rule that could not be compiled, and where.
@@ -154,6 +197,8 @@ pub mod condition_types {
     pub const READY: &str = "Ready";
     /// Every rule of the spec compiles.
     pub const RULES_VALID: &str = "RulesValid";
+    /// Every running pod jailed under the policy is proven to enforce it.
+    pub const ENFORCED: &str = "Enforced";
 }
 
 /// The CRD object, as installed by the chart and the tests.
@@ -286,7 +331,18 @@ mod tests {
             .iter()
             .map(|c| c["name"].as_str().unwrap())
             .collect();
-        assert_eq!(columns, ["Mode", "Rules", "Ready", "Pods", "Age"]);
+        assert_eq!(
+            columns,
+            [
+                "Mode",
+                "Rules",
+                "Ready",
+                "Enforced",
+                "Pods",
+                "Enforcing",
+                "Age"
+            ]
+        );
     }
 
     #[test]

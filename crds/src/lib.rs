@@ -3,6 +3,7 @@
 //! - [`contract`]: every name the components share (labels, annotations, env, volumes, paths).
 //! - [`tier`], [`policy`]: jail tiers, modes and structured rules, free of Kubernetes types so the
 //!   `boundary` binary can use them without linking kube or k8s-openapi.
+//! - [`enforcement`]: what a pod's sidecar reports about its jails (operator and sidecar).
 //! - `crd` (feature `kube`): the `BoundaryPolicy` custom resource and its generated CRD.
 //! - `nodes` (feature `kube`): node classification and facts (operator and webhook).
 #![forbid(unsafe_code)]
@@ -11,6 +12,7 @@ pub mod compiled;
 pub mod contract;
 #[cfg(feature = "kube")]
 pub mod crd;
+pub mod enforcement;
 #[cfg(feature = "kube")]
 pub mod nodes;
 pub mod policy;

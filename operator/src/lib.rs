@@ -6,13 +6,15 @@
 //! `error_policy` that requeues, and graceful shutdown.
 //!
 //! * [`policy`]: compiles the `BoundaryPolicy` objects of each namespace ([`compile`]) into the
-//!   ConfigMap the sidecars mount, and writes each policy's status ([`status`]).
+//!   ConfigMap the sidecars mount, and writes each policy's status ([`status`]), including which
+//!   jailed pods are proven to enforce it ([`enforcement`]).
 //! * [`nodes`]: writes the node labels the webhook reads, from classification and the node
 //!   agent's probe reports ([`labels`]).
 #![forbid(unsafe_code)]
 
 pub mod certs;
 pub mod compile;
+pub mod enforcement;
 pub mod labels;
 pub mod leader;
 pub mod metrics;
@@ -125,6 +127,9 @@ pub struct Config {
     /// Webhook certificate management.
     #[command(flatten)]
     pub certs: certs::CertConfig,
+    /// Enforcement checks of jailed pods.
+    #[command(flatten)]
+    pub enforcement: enforcement::EnforcementConfig,
     /// The counters `/metrics` shows (shared with the caller).
     #[arg(skip)]
     pub metrics: metrics::Metrics,
@@ -146,6 +151,7 @@ impl Default for Config {
             lease_renew_deadline_seconds: 10,
             metrics_addr: None,
             certs: certs::CertConfig::default(),
+            enforcement: enforcement::EnforcementConfig::default(),
             metrics: metrics::Metrics::default(),
         }
     }

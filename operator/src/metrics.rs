@@ -38,6 +38,10 @@ struct Inner {
     certificate_errors: AtomicU64,
     serving_not_after: AtomicI64,
     ca_not_after: AtomicI64,
+    sidecar_checks_ok: AtomicU64,
+    sidecar_checks_unreachable: AtomicU64,
+    /// Per namespace: running jailed pods proven to enforce, and not proven.
+    enforcement: std::sync::Mutex<std::collections::BTreeMap<String, (i64, i64)>>,
 }
 
 /// The operator's counters; cheap to clone.
@@ -90,6 +94,30 @@ impl Metrics {
     pub fn set_certificate_expiry(&self, serving: i64, ca: i64) {
         self.0.serving_not_after.store(serving, Ordering::Relaxed);
         self.0.ca_not_after.store(ca, Ordering::Relaxed);
+    }
+
+    /// A round of enforcement checks asked `ok` sidecars successfully and could not read
+    /// `unreachable` ones.
+    pub fn sidecars_checked(&self, ok: usize, unreachable: usize) {
+        let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
+        self.0.sidecar_checks_ok.fetch_add(n(ok), Ordering::Relaxed);
+        self.0
+            .sidecar_checks_unreachable
+            .fetch_add(n(unreachable), Ordering::Relaxed);
+    }
+
+    /// The running jailed pods of `namespace`: how many are proven to enforce, how many not.
+    pub fn set_enforcement(&self, namespace: &str, enforced: i64, not_enforcing: i64) {
+        let mut map = self
+            .0
+            .enforcement
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if enforced == 0 && not_enforcing == 0 {
+            map.remove(namespace);
+        } else {
+            map.insert(namespace.to_owned(), (enforced, not_enforcing));
+        }
     }
 
     /// Prometheus text exposition.
@@ -169,7 +197,50 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
             );
         }
+        self.render_enforcement(&mut out);
         out
+    }
+
+    /// The enforcement checks' series.
+    fn render_enforcement(&self, out: &mut String) {
+        let i = &self.0;
+        out.push_str("# HELP boundary_operator_sidecar_checks_total Sidecar status requests by result.\n# TYPE boundary_operator_sidecar_checks_total counter\n");
+        for (result, counter) in [
+            ("ok", &i.sidecar_checks_ok),
+            ("unreachable", &i.sidecar_checks_unreachable),
+        ] {
+            let _ = writeln!(
+                out,
+                "boundary_operator_sidecar_checks_total{{result=\"{result}\"}} {}",
+                count(counter)
+            );
+        }
+        let (enforced, not_enforcing) = i
+            .enforcement
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .fold((0, 0), |(a, b), (x, y)| (a + x, b + y));
+        let gauges: [(&str, &str, &str, i64); 2] = [
+            (
+                "boundary_operator_pods_enforced",
+                "gauge",
+                "Running jailed pods whose sidecar proves enforcement of the current policy.",
+                enforced,
+            ),
+            (
+                "boundary_operator_pods_not_enforcing",
+                "gauge",
+                "Running jailed pods not proven to enforce (see the policies' notEnforcing).",
+                not_enforcing,
+            ),
+        ];
+        for (name, kind, help, value) in gauges {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        }
     }
 }
 
@@ -235,6 +306,11 @@ mod tests {
         m.set_leader(true);
         m.certificate_issued("ca");
         m.set_certificate_expiry(2_000_000_000, 2_100_000_000);
+        m.sidecars_checked(3, 1);
+        m.set_enforcement("a", 2, 1);
+        m.set_enforcement("b", 1, 0);
+        m.set_enforcement("gone", 5, 5);
+        m.set_enforcement("gone", 0, 0);
         let text = m.render();
         for line in [
             "boundary_operator_reconciles_total{controller=\"policy\",result=\"ok\"} 1",
@@ -244,6 +320,10 @@ mod tests {
             "boundary_operator_leader_transitions_total 1",
             "boundary_operator_ca_issued_total 1",
             "boundary_operator_serving_certificate_expiry_seconds 2000000000",
+            "boundary_operator_sidecar_checks_total{result=\"ok\"} 3",
+            "boundary_operator_sidecar_checks_total{result=\"unreachable\"} 1",
+            "boundary_operator_pods_enforced 3",
+            "boundary_operator_pods_not_enforcing 1",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -11,17 +11,18 @@
 //! policies left; when the last policy goes, the ConfigMap goes, and running pods keep the last
 //! file they loaded until they restart.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use boundary_api::contract::{self, API_VERSION, annotations, labels, objects};
-use boundary_api::crd::BoundaryPolicy;
+use boundary_api::contract::{self, API_VERSION, annotations, conditions, labels, objects};
+use boundary_api::crd::{BoundaryPolicy, BoundaryPolicyStatus};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, ObjectMeta, PartialObjectMeta, Patch, PatchParams};
+use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams};
+use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -29,9 +30,11 @@ use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
+use crate::AbortOnDrop;
 use crate::compile::compile_namespace;
+use crate::enforcement::{self, EnforcementConfig, Observations, PodFacts, PodKey, Verdict};
 use crate::metrics::{Controller as MetricsController, Metrics};
-use crate::status::{Publication, desired_status, up_to_date};
+use crate::status::{Publication, desired_status, up_to_date, with_enforcement};
 use crate::{Config, Error, Shutdown, spawn_reflector, wait_ready};
 
 /// Value of [`labels::COMPONENT`] on the policy ConfigMaps.
@@ -46,7 +49,13 @@ pub struct Context {
     client: Client,
     policies: Store<BoundaryPolicy>,
     config_maps: Store<ConfigMap>,
-    jailed: Store<PartialObjectMeta<Pod>>,
+    /// Jailed pods, trimmed to what the counts and the checks read ([`enforcement::trim`]).
+    jailed: Store<Pod>,
+    /// What each running jailed pod's sidecar said last.
+    observations: Observations,
+    enforcement: EnforcementConfig,
+    /// Per namespace, the last published hash and since when this operator has seen it.
+    published: Mutex<HashMap<String, (String, Instant)>>,
     recorder: Recorder,
     retry: Duration,
     metrics: Metrics,
@@ -78,7 +87,7 @@ pub async fn run(client: Client, config: Config, shutdown: Shutdown) -> Result<(
         Some(ns) => (
             Api::<BoundaryPolicy>::namespaced(client.clone(), ns),
             Api::<ConfigMap>::namespaced(client.clone(), ns),
-            Api::<PartialObjectMeta<Pod>>::namespaced(client.clone(), ns),
+            Api::<Pod>::namespaced(client.clone(), ns),
             watcher::Config::default().fields(&format!("metadata.name={ns}")),
         ),
         None => (
@@ -101,11 +110,13 @@ pub async fn run(client: Client, config: Config, shutdown: Shutdown) -> Result<(
         |c: &ConfigMap| c.namespace().map(|ns| ObjectRef::new(&ns)),
         tx.clone(),
     );
-    // Jailed pods, metadata only (labels and annotations are all the counts need).
+    // Jailed pods, whole (the checks need the pod IP, phase and container states) but trimmed
+    // before they are stored, so they cost about as much memory as metadata alone.
     let (jailed, _jailed_task) = spawn_reflector(
-        watcher(pod_api, watcher::Config::default().labels(labels::JAILED)),
-        |p: &PartialObjectMeta<Pod>| p.namespace().map(|ns| ObjectRef::new(&ns)),
-        tx,
+        watcher(pod_api, watcher::Config::default().labels(labels::JAILED))
+            .modify(enforcement::trim),
+        |p: &Pod| p.namespace().map(|ns| ObjectRef::new(&ns)),
+        tx.clone(),
     );
     // Never reconcile from a half-listed cache: an empty policy list deletes the ConfigMap.
     if !wait_ready(&policies, "BoundaryPolicy", &shutdown).await?
@@ -118,12 +129,24 @@ pub async fn run(client: Client, config: Config, shutdown: Shutdown) -> Result<(
         controller: objects::OPERATOR_FIELD_MANAGER.into(),
         instance: config.instance.clone(),
     };
+    let observations = Observations::default();
+    let _checks = AbortOnDrop(tokio::spawn(enforcement::run_checks(
+        jailed.clone(),
+        observations.clone(),
+        tx,
+        config.enforcement.clone(),
+        config.metrics.clone(),
+        shutdown.clone(),
+    )));
     let context = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client: client.clone(),
         policies,
         config_maps,
         jailed,
+        observations,
+        enforcement: config.enforcement.clone(),
+        published: Mutex::new(HashMap::new()),
         retry: config.retry(),
         metrics: config.metrics.clone(),
     });
@@ -157,21 +180,23 @@ pub async fn run(client: Client, config: Config, shutdown: Shutdown) -> Result<(
     Ok(())
 }
 
+/// Whether the webhook jailed `pod` under `policy` (and the pod is not being deleted).
+fn jailed_under(pod: &Pod, policy: &str) -> bool {
+    pod.metadata.deletion_timestamp.is_none()
+        && pod
+            .annotations()
+            .get(annotations::POLICY)
+            .is_some_and(|names| names.split(',').any(|n| n.trim() == policy))
+}
+
 /// How many of `pods` (jailed pods of one namespace) the webhook jailed under `policy`, and by
-/// tier. The watch is metadata-only (a fraction of the memory of whole pods), so a pod counts
-/// from admission until it is deleted, finished or not.
-pub fn jailed_by(
-    pods: &[Arc<PartialObjectMeta<Pod>>],
-    policy: &str,
-) -> (i32, BTreeMap<String, i32>) {
+/// tier. A pod counts from admission until it is deleted, finished or not: this is what the
+/// webhook did, not proof of enforcement (see [`enforcement`]).
+pub fn jailed_by(pods: &[Arc<Pod>], policy: &str) -> (i32, BTreeMap<String, i32>) {
     let mut tiers = BTreeMap::new();
     let mut matched = 0;
     for pod in pods {
-        let selected = pod
-            .annotations()
-            .get(annotations::POLICY)
-            .is_some_and(|names| names.split(',').any(|n| n.trim() == policy));
-        if !selected || pod.metadata.deletion_timestamp.is_some() {
+        if !jailed_under(pod, policy) {
             continue;
         }
         matched += 1;
@@ -209,6 +234,7 @@ pub async fn reconcile(namespace: Arc<Namespace>, ctx: Arc<Context>) -> Result<A
     let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
 
     if policies.is_empty() {
+        ctx.forget(&ns);
         if existing.is_some() {
             match cms
                 .delete(objects::POLICY_CONFIGMAP, &DeleteParams::default())
@@ -246,12 +272,9 @@ pub async fn reconcile(namespace: Arc<Namespace>, ctx: Arc<Context>) -> Result<A
         hash,
     };
     let now = Time(Timestamp::now());
-    let ns_pods: Vec<Arc<PartialObjectMeta<Pod>>> = ctx
-        .jailed
-        .state()
-        .into_iter()
-        .filter(|p| p.namespace().as_deref() == Some(ns.as_str()))
-        .collect();
+    let ns_pods = ctx.pods_of(&ns);
+    let verdicts = ctx.verdicts(&ns_pods, &publication.hash);
+    let published_for = ctx.published_for(&ns, &publication.hash);
     let api: Api<BoundaryPolicy> = Api::namespaced(ctx.client.clone(), &ns);
     for report in &compiled.reports {
         let Some(bp) = policies.iter().find(|p| p.name_any() == report.name) else {
@@ -259,14 +282,15 @@ pub async fn reconcile(namespace: Arc<Namespace>, ctx: Arc<Context>) -> Result<A
         };
         let previous = bp.status.as_ref();
         let mut status = desired_status(report, previous, &publication, &now);
-        let (matched, mut tiers) = jailed_by(&ns_pods, &report.name);
-        // A tier once shown stays, at 0: applying a map without its last key makes older
-        // apiservers (1.20) store `null`, which the schema refuses.
-        for tier in previous.iter().flat_map(|s| s.tiers.keys()) {
-            tiers.entry(tier.clone()).or_insert(0);
-        }
-        status.matched_pods = Some(matched);
-        status.tiers = tiers;
+        pod_fields(
+            &mut status,
+            previous,
+            &report.name,
+            &ns_pods,
+            &verdicts,
+            ctx.enforcement.enabled(),
+            &now,
+        );
         if up_to_date(previous, &status) {
             continue;
         }
@@ -295,7 +319,159 @@ pub async fn reconcile(namespace: Arc<Namespace>, ctx: Arc<Context>) -> Result<A
             }
         }
     }
+    ctx.count_verdicts(&ns, &verdicts);
+    set_pod_conditions(&ctx, &ns, &ns_pods, &verdicts, published_for, &now).await;
     Ok(Action::await_change())
+}
+
+/// The fields of a policy's status computed from its pods: `matchedPods` and `tiers` (what the
+/// webhook did) and the enforcement part (what the sidecars proved).
+fn pod_fields(
+    status: &mut BoundaryPolicyStatus,
+    previous: Option<&BoundaryPolicyStatus>,
+    policy: &str,
+    pods: &[Arc<Pod>],
+    verdicts: &[Verdict],
+    checks_enabled: bool,
+    now: &Time,
+) {
+    let (matched, mut tiers) = jailed_by(pods, policy);
+    // A tier once shown stays, at 0: applying a map without its last key makes older
+    // apiservers (1.20) store `null`, which the schema refuses.
+    for tier in previous.iter().flat_map(|s| s.tiers.keys()) {
+        tiers.entry(tier.clone()).or_insert(0);
+    }
+    status.matched_pods = Some(matched);
+    status.tiers = tiers;
+    let summary = enforcement::summarize(
+        pods.iter()
+            .zip(verdicts)
+            .filter(|(pod, _)| jailed_under(pod, policy))
+            .map(|(pod, verdict)| (pod.metadata.name.as_deref().unwrap_or_default(), verdict)),
+    );
+    let generation = status.observed_generation;
+    with_enforcement(status, previous, summary, checks_enabled, generation, now);
+}
+
+impl Context {
+    /// The jailed pods of `namespace`.
+    fn pods_of(&self, namespace: &str) -> Vec<Arc<Pod>> {
+        self.jailed
+            .state()
+            .into_iter()
+            .filter(|p| p.namespace().as_deref() == Some(namespace))
+            .collect()
+    }
+
+    /// Metrics of the verdicts on the pods of `namespace`.
+    fn count_verdicts(&self, namespace: &str, verdicts: &[Verdict]) {
+        let count = |f: fn(&Verdict) -> bool| {
+            i64::try_from(verdicts.iter().filter(|v| f(v)).count()).unwrap_or(i64::MAX)
+        };
+        self.metrics.set_enforcement(
+            namespace,
+            count(|v| *v == Verdict::Enforced),
+            count(|v| matches!(v, Verdict::NotEnforcing { .. })),
+        );
+    }
+
+    /// Forgets what was recorded for `namespace` (it has no policy left).
+    fn forget(&self, namespace: &str) {
+        self.lock_published().remove(namespace);
+        self.metrics.set_enforcement(namespace, 0, 0);
+    }
+
+    fn lock_published(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Instant)>> {
+        self.published
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// How long `hash` has been the published policy of `namespace`, as far as this process
+    /// knows (a restarted operator counts from its start: a fresh grace, never a shorter one).
+    fn published_for(&self, namespace: &str, hash: &str) -> Duration {
+        let mut map = self.lock_published();
+        let entry = map
+            .entry(namespace.to_owned())
+            .or_insert_with(|| (hash.to_owned(), Instant::now()));
+        if entry.0 != hash {
+            *entry = (hash.to_owned(), Instant::now());
+        }
+        entry.1.elapsed()
+    }
+
+    /// The verdict on each of `pods` (same order).
+    fn verdicts(&self, pods: &[Arc<Pod>], hash: &str) -> Vec<Verdict> {
+        pods.iter()
+            .map(|pod| {
+                if pod.metadata.deletion_timestamp.is_some() {
+                    Verdict::Exited
+                } else if self.enforcement.enabled() {
+                    let observation = self.observations.get(&PodKey::of(pod));
+                    enforcement::decide(&PodFacts::of(pod), observation.as_ref(), hash)
+                } else {
+                    Verdict::NotChecked
+                }
+            })
+            .collect()
+    }
+}
+
+/// Sets the pod condition `agentboundary.dev/enforced` on the pods that have it as a readiness
+/// gate, where it differs from what the verdict says (strategic merge patch of `pods/status`,
+/// merged by condition type). Failures are logged: they must not hold up the policies' status.
+async fn set_pod_conditions(
+    ctx: &Context,
+    namespace: &str,
+    pods: &[Arc<Pod>],
+    verdicts: &[Verdict],
+    published_for: Duration,
+    now: &Time,
+) {
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    for (pod, verdict) in pods.iter().zip(verdicts) {
+        if !enforcement::gated(pod) {
+            continue;
+        }
+        let Some((status, reason, message)) =
+            enforcement::pod_condition(verdict, published_for, ctx.enforcement.stale_grace())
+        else {
+            continue;
+        };
+        let current = enforcement::current_condition(pod);
+        if current.is_some_and(|c| {
+            c.status == status
+                && c.reason.as_deref() == Some(reason)
+                && c.message.as_deref() == Some(message.as_str())
+        }) {
+            continue;
+        }
+        let since = current
+            .filter(|c| c.status == status)
+            .and_then(|c| c.last_transition_time.clone())
+            .unwrap_or_else(|| now.clone());
+        let body = json!({"status": {"conditions": [{
+            "type": conditions::ENFORCED,
+            "status": status,
+            "reason": reason,
+            "message": message,
+            "lastTransitionTime": since,
+        }]}});
+        let name = pod.name_any();
+        match api
+            .patch_status(&name, &PatchParams::default(), &Patch::Strategic(&body))
+            .await
+        {
+            Ok(_) => tracing::info!(namespace, pod = %name, status, reason, "pod condition set"),
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(error) => tracing::warn!(
+                namespace, pod = %name, %error,
+                "setting the pod condition {} failed (does the operator's role allow patch on \
+                 pods/status?)",
+                conditions::ENFORCED
+            ),
+        }
+    }
 }
 
 /// A Warning Event on the policy naming its problems. Failing to record it is only logged.

@@ -5,6 +5,7 @@ use boundary_api::crd::{BoundaryPolicyStatus, condition_types};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::compile::{Outcome, PolicyReport};
+use crate::enforcement::{MAX_NOT_ENFORCING, Summary, policy_condition};
 
 /// Where the namespace's compiled policy was published.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,9 +28,9 @@ pub mod reasons {
     pub const PUBLISHED: &str = "Published";
 }
 
-/// The status the operator wants for the policy of `report`. The fields the operator does not
-/// compute yet (`matchedPods`, `tiers`) are copied from `previous`, so comparing with the current
-/// status tells whether a write is needed.
+/// The status the operator wants for the policy of `report`, from the compile report alone. The
+/// fields computed from pods (`matchedPods`, `tiers`, `enforcedPods`, `notEnforcing`, the
+/// `Enforced` condition) are copied from `previous`; the controller sets them.
 pub fn desired_status(
     report: &PolicyReport,
     previous: Option<&BoundaryPolicyStatus>,
@@ -90,37 +91,93 @@ pub fn desired_status(
             ),
         ),
     };
-    let old = previous
-        .map(|s| s.conditions.as_slice())
-        .unwrap_or_default();
     let condition = |type_: &str, (status, reason, message): (&str, &str, String)| {
-        let last_transition_time = old
-            .iter()
-            .find(|c| c.type_ == type_ && c.status == status)
-            .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
-        Condition {
-            type_: type_.to_owned(),
-            status: status.to_owned(),
-            reason: reason.to_owned(),
-            message,
-            observed_generation: report.generation,
-            last_transition_time,
-        }
+        condition(
+            previous,
+            type_,
+            (status, reason, message),
+            report.generation,
+            now,
+        )
     };
     let published = report.outcome != Outcome::Excluded;
     BoundaryPolicyStatus {
         observed_generation: report.generation,
-        conditions: vec![
+        conditions: [
             condition(condition_types::RULES_VALID, rules_valid),
             condition(condition_types::READY, ready),
-        ],
+        ]
+        .into_iter()
+        .chain(
+            previous
+                .iter()
+                .flat_map(|s| &s.conditions)
+                .filter(|c| c.type_ == condition_types::ENFORCED)
+                .cloned(),
+        )
+        .collect(),
         rule_count: Some(i32::try_from(report.rule_count).unwrap_or(i32::MAX)),
         rule_problems: report.problems.clone(),
         config_map: published.then(|| publication.config_map.clone()),
         policy_hash: published.then(|| publication.hash.clone()),
         matched_pods: previous.and_then(|s| s.matched_pods),
         tiers: previous.map(|s| s.tiers.clone()).unwrap_or_default(),
+        enforced_pods: previous.and_then(|s| s.enforced_pods),
+        not_enforcing: previous
+            .map(|s| s.not_enforcing.clone())
+            .unwrap_or_default(),
     }
+}
+
+/// The condition `type_` with `(status, reason, message)`; its `lastTransitionTime` is the one in
+/// `previous` while the status stays the same, else `now`.
+pub fn condition(
+    previous: Option<&BoundaryPolicyStatus>,
+    type_: &str,
+    (status, reason, message): (&str, &str, String),
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
+    let last_transition_time = previous
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+    Condition {
+        type_: type_.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        observed_generation: generation,
+        last_transition_time,
+    }
+}
+
+/// Sets the enforcement part of `status` (`enforcedPods`, `notEnforcing`, the `Enforced`
+/// condition) from the verdicts on the policy's pods.
+pub fn with_enforcement(
+    status: &mut BoundaryPolicyStatus,
+    previous: Option<&BoundaryPolicyStatus>,
+    summary: Summary,
+    checks_enabled: bool,
+    generation: Option<i64>,
+    now: &Time,
+) {
+    let (state, reason, message) = policy_condition(&summary, checks_enabled);
+    status
+        .conditions
+        .retain(|c| c.type_ != condition_types::ENFORCED);
+    status.conditions.push(condition(
+        previous,
+        condition_types::ENFORCED,
+        (state, &reason, message),
+        generation,
+        now,
+    ));
+    status.enforced_pods = Some(summary.enforced);
+    status.not_enforcing = summary.not_enforcing;
+    status.not_enforcing.truncate(MAX_NOT_ENFORCING);
 }
 
 /// Whether `current` already says what `desired` says (conditions compared as a set).
@@ -252,5 +309,79 @@ mod tests {
         assert_eq!(s.matched_pods, Some(4));
         assert_eq!(s.tiers["userns"], 4);
         assert!(!up_to_date(None, &s));
+    }
+
+    #[test]
+    fn the_enforcement_part_keeps_its_transition_time_and_bounds_the_list() {
+        use crate::enforcement::{Summary, reasons};
+        use boundary_api::crd::NotEnforcingPod;
+        let failing = |n: usize| Summary {
+            enforced: 1,
+            not_enforcing: (0..n)
+                .map(|i| NotEnforcingPod {
+                    pod: format!("p{i:02}"),
+                    container: Some("agent".into()),
+                    reason: reasons::NO_JAIL_CONNECTED.into(),
+                    message: "no jail".into(),
+                })
+                .collect(),
+            ..Summary::default()
+        };
+        let base = desired_status(
+            &report(Outcome::Published, 1),
+            None,
+            &publication("aa"),
+            &time(1),
+        );
+        let mut first = base.clone();
+        with_enforcement(&mut first, None, failing(25), true, Some(1), &time(10));
+        let enforced = condition(&first, condition_types::ENFORCED).clone();
+        assert_eq!(
+            (enforced.status.as_str(), enforced.reason.as_str()),
+            ("False", reasons::NO_JAIL_CONNECTED)
+        );
+        assert_eq!(first.not_enforcing.len(), MAX_NOT_ENFORCING);
+        assert_eq!(first.enforced_pods, Some(1));
+        assert_eq!(first.conditions.len(), 3);
+
+        // Still failing (fewer pods): the time stays. The next compile keeps the condition.
+        let mut second = desired_status(
+            &report(Outcome::Published, 1),
+            Some(&first),
+            &publication("aa"),
+            &time(20),
+        );
+        assert_eq!(condition(&second, condition_types::ENFORCED), &enforced);
+        with_enforcement(
+            &mut second,
+            Some(&first),
+            failing(2),
+            true,
+            Some(1),
+            &time(20),
+        );
+        assert_eq!(second.conditions.len(), 3);
+        let still = condition(&second, condition_types::ENFORCED);
+        assert_eq!(still.last_transition_time, time(10));
+        assert!(still.message.starts_with("2 of 3"), "{}", still.message);
+        assert!(!up_to_date(Some(&first), &second));
+
+        // All enforce: True, list empty, new time.
+        let mut third = second.clone();
+        with_enforcement(
+            &mut third,
+            Some(&second),
+            failing(0),
+            true,
+            Some(1),
+            &time(30),
+        );
+        let fine = condition(&third, condition_types::ENFORCED);
+        assert_eq!(fine.status, "True");
+        assert_eq!(fine.last_transition_time, time(30));
+        assert!(third.not_enforcing.is_empty());
+        let serialized = serde_json::to_value(&third).unwrap();
+        assert!(serialized.get("notEnforcing").is_none());
+        assert_eq!(serialized["enforcedPods"], 1);
     }
 }

@@ -258,6 +258,9 @@ def check_render(name, s, objs, kube):
         check(e in WEBHOOK_ENV, f"{where} webhook env {e} is a flag of webhook/src")
     runtime_image = v.get("jailRuntime.image", f"{LOCAL_REPO}/jail-runtime:{LOCAL_TAG}")
     check(env_value(wc, "BOUNDARY_WEBHOOK_IMAGE") == runtime_image, f"{where} injected image is the jail-runtime image")
+    gate = v.get("webhook.enforcementReadinessGate", False)
+    check(env_value(wc, "BOUNDARY_WEBHOOK_ENFORCEMENT_READINESS_GATE") == ("true" if gate else "false"),
+          f"{where} the webhook adds the readiness gate exactly when enforcementReadinessGate is on")
     # The serving certificate: the Secret the operator / cert-manager writes, at the flag's path.
     vols = {vol["name"]: vol for vol in spec.get("volumes", [])}
     mounts = {m["name"]: m for m in wc.get("volumeMounts", [])}
@@ -402,6 +405,13 @@ def check_render(name, s, objs, kube):
     check(env_value(oc, "BOUNDARY_METRICS_ADDR") == f"0.0.0.0:{metrics}", f"{where} operator metrics port")
     check(oc["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}, f"{where} operator readiness")
     check(env_value(oc, "BOUNDARY_NODE_AGENT_NAMESPACE") == ns, f"{where} node-agent reports trusted only from {ns}")
+    # Enforcement checks: the values reach the operator's flags.
+    for key, env, default in (("intervalSeconds", "BOUNDARY_ENFORCEMENT_INTERVAL_SECONDS", 10),
+                              ("timeoutMillis", "BOUNDARY_ENFORCEMENT_TIMEOUT_MILLIS", 2000),
+                              ("concurrency", "BOUNDARY_ENFORCEMENT_CONCURRENCY", 32),
+                              ("staleGraceSeconds", "BOUNDARY_ENFORCEMENT_STALE_GRACE_SECONDS", 180)):
+        want = str(v.get(f"operator.enforcementChecks.{key}", default))
+        check(env_value(oc, env) == want, f"{where} operator {env}={want} (got {env_value(oc, env)})")
 
     # --- node agent
     ds = objs.maybe("DaemonSet", agent_name)
@@ -511,6 +521,14 @@ def check_render(name, s, objs, kube):
           f"{where} operator reads Pods")
     check(not any("pods" in r["resources"] and set(r["verbs"]) - {"list", "watch"}
                   for r in rules_of(ocr) + rules_of(orole)), f"{where} operator never writes Pods")
+    # The readiness gate's pod condition: patch pods/status, only when the gate is on, nothing more.
+    status_rules = [r for r in rules_of(ocr) + rules_of(orole) if "pods/status" in r["resources"]]
+    gate = v.get("webhook.enforcementReadinessGate", False)
+    check(status_rules == ([{"apiGroups": [""], "resources": ["pods/status"], "verbs": ["patch"]}] if gate else []),
+          f"{where} operator may patch pods/status exactly when enforcementReadinessGate is on: {status_rules}")
+    # The agents' service accounts are not the chart's; no component gets pod-writing rights for them.
+    for r in rules_of(wcr):
+        check(not any(res.startswith("pods") for res in r["resources"]), f"{where} webhook reads no pods")
 
 
 def lint(sets):
@@ -559,6 +577,13 @@ SCENARIOS = {
     "one-webhook-ha-operator": scenario("agent-boundary", "agent-boundary", webhook__replicas=1, operator__replicas=2),
     "no-leader-election-no-agent": scenario("agent-boundary", "agent-boundary", operator__leaderElection__enabled=False,
                                             nodeAgent__enabled=False),
+    "enforcement-readiness-gate": scenario("agent-boundary", "agent-boundary", webhook__enforcementReadinessGate=True,
+                                           operator__enforcementChecks__intervalSeconds=30,
+                                           operator__enforcementChecks__timeoutMillis=500,
+                                           operator__enforcementChecks__concurrency=8,
+                                           operator__enforcementChecks__staleGraceSeconds=0),
+    "enforcement-checks-off": scenario("agent-boundary", "agent-boundary",
+                                       operator__enforcementChecks__intervalSeconds=0),
     "cert-manager-no-leader-election": scenario("agent-boundary", "agent-boundary", certManager__enabled=True,
                                                 operator__leaderElection__enabled=False),
 }
@@ -577,6 +602,11 @@ REFUSED = [
     (["certManager.enable=true"], "enable"),
     (["jailRuntime.image.pullPolicy=Sometimes"], "pullPolicy"),
     (["operator.replicas=2", "operator.leaderElection.enabled=false"], "leaderElection"),
+    (["webhook.enforcementReadinessGate=yes"], "enforcementReadinessGate"),
+    (["operator.enforcementChecks.interval=5"], "interval"),
+    (["operator.enforcementChecks.timeoutMillis=0"], "timeoutMillis"),
+    (["webhook.enforcementReadinessGate=true", "operator.enforcementChecks.intervalSeconds=0"],
+     "intervalSeconds"),
 ]
 
 

@@ -9,15 +9,15 @@
 use std::collections::BTreeMap;
 
 use boundary_api::contract::{
-    annotations, containers, env, exit_when, labels, objects, paths, ports, volumes,
+    annotations, conditions, containers, env, exit_when, labels, objects, paths, ports, volumes,
 };
 use boundary_api::{JailRuntime, Mode, Tier};
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMapVolumeSource, Container, ContainerPort, DownwardAPIVolumeFile,
     DownwardAPIVolumeSource, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction,
     NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector,
-    Pod, PodSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext, Volume,
-    VolumeMount,
+    Pod, PodReadinessGate, PodSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext,
+    Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -113,6 +113,10 @@ pub struct InjectionStatus {
     /// The node pin, when the pod was pinned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pin: Option<Pin>,
+    /// Whether this webhook added the readiness gate [`conditions::ENFORCED`] (not when the pod
+    /// had it already).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub readiness_gate: bool,
 }
 
 impl InjectionStatus {
@@ -140,6 +144,9 @@ pub struct Settings {
     pub sidecar_memory_request: String,
     /// Memory limit of the sidecar.
     pub sidecar_memory_limit: String,
+    /// Give pods jailed with the builtin runtime the readiness gate [`conditions::ENFORCED`], so
+    /// they are not Ready until the operator has confirmed their enforcement.
+    pub enforcement_readiness_gate: bool,
 }
 
 impl Default for Settings {
@@ -150,6 +157,7 @@ impl Default for Settings {
             sidecar_cpu_request: "10m".into(),
             sidecar_memory_request: "32Mi".into(),
             sidecar_memory_limit: "256Mi".into(),
+            enforcement_readiness_gate: false,
         }
     }
 }
@@ -271,6 +279,15 @@ pub fn strip(pod: &mut Pod, status: &InjectionStatus) {
     }
     if let (Some(pin), Some(spec)) = (&status.pin, pod.spec.as_mut()) {
         unpin(spec, pin);
+    }
+    if status.readiness_gate
+        && let Some(spec) = pod.spec.as_mut()
+        && let Some(gates) = spec.readiness_gates.as_mut()
+    {
+        gates.retain(|g| g.condition_type != conditions::ENFORCED);
+        if gates.is_empty() {
+            spec.readiness_gates = None;
+        }
     }
 }
 
@@ -825,6 +842,19 @@ pub fn inject(pod: &mut Pod, injection: &Injection<'_>, settings: &Settings) -> 
         .pin
         .as_ref()
         .map(|(requirement, by_field)| pin(spec, requirement, *by_field));
+    // Only the builtin runtime has a sidecar that can confirm enforcement.
+    let readiness_gate = builtin && settings.enforcement_readiness_gate && {
+        let gates = spec.readiness_gates.get_or_insert_with(Vec::new);
+        let absent = !gates
+            .iter()
+            .any(|g| g.condition_type == conditions::ENFORCED);
+        if absent {
+            gates.push(PodReadinessGate {
+                condition_type: conditions::ENFORCED.into(),
+            });
+        }
+        absent
+    };
     let status = InjectionStatus {
         version: STATUS_VERSION,
         runtime: injection.runtime,
@@ -835,6 +865,7 @@ pub fn inject(pod: &mut Pod, injection: &Injection<'_>, settings: &Settings) -> 
         sidecar,
         containers: records,
         pin,
+        readiness_gate,
     };
     let annotations = pod.metadata.annotations.get_or_insert_with(BTreeMap::new);
     annotations.insert(

@@ -78,6 +78,15 @@ struct Cli {
         default_value = "256Mi"
     )]
     sidecar_memory_limit: String,
+    /// Give jailed pods the readiness gate `agentboundary.dev/enforced`: they are not Ready until
+    /// the operator has confirmed, from their sidecar, that every jailed container runs in its
+    /// jail under the current policy.
+    #[arg(
+        long,
+        env = "BOUNDARY_WEBHOOK_ENFORCEMENT_READINESS_GATE",
+        default_value_t = false
+    )]
+    enforcement_readiness_gate: bool,
     /// Largest `AdmissionReview` body accepted, in bytes.
     #[arg(long, env = "BOUNDARY_WEBHOOK_MAX_BODY_BYTES", default_value_t = 7 * 1024 * 1024)]
     max_body_bytes: usize,
@@ -129,6 +138,7 @@ async fn main() -> anyhow::Result<()> {
         sidecar_cpu_request: cli.sidecar_cpu_request.clone(),
         sidecar_memory_request: cli.sidecar_memory_request.clone(),
         sidecar_memory_limit: cli.sidecar_memory_limit.clone(),
+        enforcement_readiness_gate: cli.enforcement_readiness_gate,
     };
     let config = Config {
         https_addr: cli.https_addr,

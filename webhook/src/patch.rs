@@ -2,7 +2,8 @@
 //!
 //! Injection and stripping only ever change `metadata.annotations`, `metadata.labels` and
 //! `spec.affinity`,
-//! `spec.containers`, `spec.initContainers` and `spec.volumes`, so only those are compared:
+//! `spec.containers`, `spec.initContainers`, `spec.volumes` and `spec.readinessGates`, so only
+//! those are compared:
 //! serialising and diffing the whole pod was most of a review's cost. Both sides of each
 //! section go through the same typed round trip, so fields this build does not know are never
 //! touched. The golden tests check, for every case, that the patch turns the input into exactly
@@ -164,6 +165,12 @@ pub fn between(original: &Pod, planned: &Pod) -> Patch {
             &["spec", "volumes"],
             a.volumes.as_ref(),
             b.volumes.as_ref(),
+            &mut ops,
+        );
+        list(
+            &["spec", "readinessGates"],
+            a.readiness_gates.as_ref(),
+            b.readiness_gates.as_ref(),
             &mut ops,
         );
     }

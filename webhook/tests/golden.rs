@@ -45,6 +45,9 @@ struct Case {
     /// Merged into the default pod.
     #[serde(default)]
     pod: Option<Value>,
+    /// The webhook's `--enforcement-readiness-gate` (default off).
+    #[serde(default)]
+    enforcement_readiness_gate: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -98,6 +101,7 @@ fn settings() -> Settings {
 
 struct Loaded {
     pod: Pod,
+    settings: Settings,
     namespace_labels: BTreeMap<String, String>,
     policies: Vec<BoundaryPolicy>,
     nodes: Vec<NodeFacts>,
@@ -145,6 +149,10 @@ fn load(path: &Path) -> anyhow::Result<Loaded> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     Ok(Loaded {
         pod: serde_json::from_value(pod)?,
+        settings: Settings {
+            enforcement_readiness_gate: case.enforcement_readiness_gate,
+            ..settings()
+        },
         namespace_labels: case.namespace_labels.unwrap_or_else(|| {
             BTreeMap::from([("agentboundary.dev/inject".into(), "enabled".into())])
         }),
@@ -207,7 +215,6 @@ fn cases() -> anyhow::Result<Vec<PathBuf>> {
 #[test]
 fn every_case_matches_its_golden_file_and_reinvocation_changes_nothing() -> anyhow::Result<()> {
     let update = std::env::var_os("UPDATE_GOLDEN").is_some();
-    let settings = settings();
     let mut failures = Vec::new();
     let all = cases()?;
     assert!(
@@ -217,7 +224,8 @@ fn every_case_matches_its_golden_file_and_reinvocation_changes_nothing() -> anyh
     );
     for path in &all {
         let loaded = load(path)?;
-        let decision = decide(&loaded, &loaded.pod, &settings);
+        let settings = &loaded.settings;
+        let decision = decide(&loaded, &loaded.pod, settings);
         let got = output(&decision, &loaded.pod)?;
         let golden = path.with_extension("golden.yaml");
         if update {
@@ -247,10 +255,10 @@ fn every_case_matches_its_golden_file_and_reinvocation_changes_nothing() -> anyh
         }
         // Reinvocation: the patched pod planned again gives the same verdict and no patch.
         let patched: Pod = serde_json::from_value(patched)?;
-        if let Some(failure) = recreated_pod_differs(&loaded, &patched, &decision, &settings)? {
+        if let Some(failure) = recreated_pod_differs(&loaded, &patched, &decision, settings)? {
             failures.push(format!("{}: {failure}", path.display()));
         }
-        let again = decide(&loaded, &patched, &settings);
+        let again = decide(&loaded, &patched, settings);
         let second = again.patch(&patched);
         if !second.0.is_empty() || again.verdict != decision.verdict {
             failures.push(format!(
