@@ -9,6 +9,7 @@
 //! another's pod. Every lookup of one review shares one deadline ([`Resolver::resolve_all`]).
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -106,7 +107,7 @@ fn unauthorized_hint(with_credentials: bool, problems: &[String]) -> String {
         "and no imagePullSecret of the pod or its ServiceAccount has credentials for it".to_owned()
     };
     if !problems.is_empty() {
-        hint.push_str(&format!(" ({})", problems.join("; ")));
+        let _ = write!(hint, " ({})", problems.join("; "));
     }
     hint
 }
@@ -130,7 +131,7 @@ impl Default for ResolverConfig {
     fn default() -> Self {
         ResolverConfig {
             budget: Duration::from_secs(4),
-            tag_ttl: Duration::from_secs(60),
+            tag_ttl: Duration::from_mins(1),
             insecure_registries: Vec::new(),
             default_arch: "amd64".into(),
             config_cache_entries: 4096,
@@ -197,8 +198,10 @@ fn credential_id(registry: &str, credential: Option<&Credential>) -> CredentialI
     hash.finalize()
         .iter()
         .take(16)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+        .fold(String::new(), |mut hex, b| {
+            let _ = write!(hex, "{b:02x}");
+            hex
+        })
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
@@ -363,6 +366,70 @@ fn pick_platform<'a>(entries: &'a [ImageIndexEntry], arch: &str) -> Option<&'a I
     })
 }
 
+/// The config of `manifest` (an image, or an index to pick `arch` from).
+async fn fetch_config(
+    client: &Client,
+    target: &Reference,
+    manifest: OciManifest,
+    digest: &str,
+    arch: &str,
+    auth: &RegistryAuth,
+    fail: &(dyn Fn(OciDistributionError) -> ResolveError + Sync),
+) -> Result<ImageConfig, ResolveError> {
+    let (image_manifest, image_digest) = match manifest {
+        OciManifest::Image(m) => (m, digest.to_owned()),
+        OciManifest::ImageIndex(index) => {
+            let entry =
+                pick_platform(&index.manifests, arch).ok_or_else(|| ResolveError::NoPlatform {
+                    arch: arch.to_owned(),
+                    available: index
+                        .manifests
+                        .iter()
+                        .map(platform_of)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                })?;
+            let platform = target.clone_with_digest(entry.digest.clone());
+            match client.pull_manifest(&platform, auth).await.map_err(fail)? {
+                (OciManifest::Image(m), d) => (m, d),
+                (OciManifest::ImageIndex(_), _) => {
+                    return Err(ResolveError::Registry {
+                        registry: target.registry().to_owned(),
+                        detail: format!(
+                            "the linux/{arch} entry {} of the index is another index",
+                            entry.digest
+                        ),
+                    });
+                }
+            }
+        }
+    };
+    let mut blob = Vec::new();
+    client
+        .pull_blob(target, &image_manifest.config, &mut blob)
+        .await
+        .map_err(fail)?;
+    let parsed: ConfigBlob = serde_json::from_slice(&blob).map_err(|e| ResolveError::Registry {
+        registry: target.registry().to_owned(),
+        detail: format!(
+            "the image config {} is not JSON: {e}",
+            image_manifest.config.digest
+        ),
+    })?;
+    let section = parsed.config.unwrap_or(ConfigSection {
+        entrypoint: None,
+        cmd: None,
+        user: None,
+    });
+    let config = ImageConfig {
+        digest: image_digest,
+        entrypoint: section.entrypoint.unwrap_or_default(),
+        cmd: section.cmd.unwrap_or_default(),
+        user: section.user.unwrap_or_default(),
+    };
+    Ok(config)
+}
+
 impl Resolver {
     /// A resolver with empty caches.
     pub fn new(config: ResolverConfig) -> Self {
@@ -525,6 +592,7 @@ impl Resolver {
         });
         let client = self.client(&id);
         let fail = |e| classify(e, registry, with_credentials);
+        let fail: &(dyn Fn(OciDistributionError) -> ResolveError + Sync) = &fail;
         let target = match &known_digest {
             Some(d) => reference.clone_with_digest(d.clone()),
             None => reference.clone(),
@@ -541,59 +609,7 @@ impl Resolver {
         if let Some(found) = lock(&self.configs).get(&config_key(&digest)) {
             return Ok(found);
         }
-        let (image_manifest, image_digest) = match manifest {
-            OciManifest::Image(m) => (m, digest.clone()),
-            OciManifest::ImageIndex(index) => {
-                let entry = pick_platform(&index.manifests, arch).ok_or_else(|| {
-                    ResolveError::NoPlatform {
-                        arch: arch.to_owned(),
-                        available: index
-                            .manifests
-                            .iter()
-                            .map(platform_of)
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                    }
-                })?;
-                let platform = reference.clone_with_digest(entry.digest.clone());
-                match client.pull_manifest(&platform, &auth).await.map_err(fail)? {
-                    (OciManifest::Image(m), d) => (m, d),
-                    (OciManifest::ImageIndex(_), _) => {
-                        return Err(ResolveError::Registry {
-                            registry: registry.to_owned(),
-                            detail: format!(
-                                "the linux/{arch} entry {} of the index is another index",
-                                entry.digest
-                            ),
-                        });
-                    }
-                }
-            }
-        };
-        let mut blob = Vec::new();
-        client
-            .pull_blob(&target, &image_manifest.config, &mut blob)
-            .await
-            .map_err(fail)?;
-        let parsed: ConfigBlob =
-            serde_json::from_slice(&blob).map_err(|e| ResolveError::Registry {
-                registry: registry.to_owned(),
-                detail: format!(
-                    "the image config {} is not JSON: {e}",
-                    image_manifest.config.digest
-                ),
-            })?;
-        let section = parsed.config.unwrap_or(ConfigSection {
-            entrypoint: None,
-            cmd: None,
-            user: None,
-        });
-        let config = ImageConfig {
-            digest: image_digest,
-            entrypoint: section.entrypoint.unwrap_or_default(),
-            cmd: section.cmd.unwrap_or_default(),
-            user: section.user.unwrap_or_default(),
-        };
+        let config = fetch_config(&client, &target, manifest, &digest, arch, &auth, fail).await?;
         lock(&self.configs).insert(config_key(&digest), config.clone());
         Ok(config)
     }

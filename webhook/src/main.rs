@@ -9,10 +9,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use boundary_webhook::admit::Planner;
+use boundary_webhook::admit::{ApiPullSecrets, FixedPullSecrets, ImageLookup, PullSecretSource};
 use boundary_webhook::cache::LiveView;
+use boundary_webhook::image::{Resolver, ResolverConfig};
 use boundary_webhook::inject::Settings;
 use boundary_webhook::server::{Config, Server};
-use clap::{Parser, ValueEnum};
+use clap::{ArgAction, Parser, ValueEnum};
 
 /// Mutating admission webhook that jails opted-in pods with the least-privileged tier their
 /// nodes support.
@@ -81,6 +83,48 @@ struct Cli {
     /// Largest `AdmissionReview` body accepted, in bytes.
     #[arg(long, env = "BOUNDARY_WEBHOOK_MAX_BODY_BYTES", default_value_t = 7 * 1024 * 1024)]
     max_body_bytes: usize,
+    /// Read image configs (`Entrypoint`, `Cmd`, `User`) from registries when a plan needs them:
+    /// a wrapped container without `command`, or a capability tier and the image's `USER`.
+    /// Off: such containers are denied (Enforce) and users stay unknown.
+    #[arg(long, env = "BOUNDARY_WEBHOOK_REGISTRY_LOOKUP", default_value_t = true, action = ArgAction::Set)]
+    registry_lookup: bool,
+    /// Use the pod's and its ServiceAccount's imagePullSecrets for lookups (needs `get` on
+    /// Secrets and service accounts). Off: anonymous lookups only.
+    #[arg(long, env = "BOUNDARY_WEBHOOK_REGISTRY_PULL_SECRETS", default_value_t = true, action = ArgAction::Set)]
+    registry_pull_secrets: bool,
+    /// Time for all registry lookups of one review, in milliseconds; keep it under the
+    /// webhook configuration's timeoutSeconds.
+    #[arg(
+        long,
+        env = "BOUNDARY_WEBHOOK_REGISTRY_BUDGET_MS",
+        default_value_t = 4000
+    )]
+    registry_budget_ms: u64,
+    /// How long a tag's digest is reused before the registry is asked again.
+    #[arg(
+        long,
+        env = "BOUNDARY_WEBHOOK_REGISTRY_TAG_TTL_SECONDS",
+        default_value_t = 60
+    )]
+    registry_tag_ttl_seconds: u64,
+    /// Image configs kept in memory (by digest; least recently used evicted).
+    #[arg(
+        long,
+        env = "BOUNDARY_WEBHOOK_REGISTRY_CONFIG_CACHE_ENTRIES",
+        default_value_t = 4096
+    )]
+    registry_config_cache_entries: usize,
+    /// Architecture picked from multi-platform images when the pod has no
+    /// `kubernetes.io/arch` node selector (`amd64`, `arm64`, `arm/v7`).
+    #[arg(long, env = "BOUNDARY_WEBHOOK_REGISTRY_ARCH", default_value = "amd64")]
+    registry_arch: String,
+    /// Registries (`host[:port]`, comma-separated) spoken to over plain HTTP.
+    #[arg(
+        long,
+        env = "BOUNDARY_WEBHOOK_INSECURE_REGISTRIES",
+        value_delimiter = ','
+    )]
+    insecure_registries: Vec<String>,
     /// Log format: `json` (in clusters) or `text`.
     #[arg(
         long,
@@ -120,6 +164,23 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
     let ready = Arc::new(AtomicBool::new(false));
+    let image_lookup = cli.registry_lookup.then(|| {
+        let secrets: Box<dyn PullSecretSource> = if cli.registry_pull_secrets {
+            Box::new(ApiPullSecrets(client.clone()))
+        } else {
+            Box::new(FixedPullSecrets::default())
+        };
+        ImageLookup {
+            resolver: Arc::new(Resolver::new(ResolverConfig {
+                budget: Duration::from_millis(cli.registry_budget_ms),
+                tag_ttl: Duration::from_secs(cli.registry_tag_ttl_seconds),
+                insecure_registries: cli.insecure_registries.clone(),
+                default_arch: cli.registry_arch.clone(),
+                config_cache_entries: cli.registry_config_cache_entries,
+            })),
+            secrets,
+        }
+    });
     let view = LiveView::start(client, ready.clone())
         .await
         .context("starting the node, namespace and policy watches")?;
@@ -138,7 +199,11 @@ async fn main() -> anyhow::Result<()> {
         max_body_bytes: cli.max_body_bytes,
         ..Config::default()
     };
-    let server = Server::bind(config, Arc::new(Planner::new(view, settings)), ready)
+    let mut planner = Planner::new(view, settings);
+    if let Some(lookup) = image_lookup {
+        planner = planner.with_image_lookup(lookup);
+    }
+    let server = Server::bind(config, Arc::new(planner), ready)
         .await
         .context("starting the HTTPS server")?;
     tracing::info!(https = %server.https_addr(), plain = %server.plain_addr(), "serving");

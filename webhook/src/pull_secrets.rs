@@ -168,10 +168,9 @@ impl Keyring {
         };
         for (key, auth) in auths {
             let credential = match (auth.username, auth.password, auth.auth) {
-                (Some(username), Some(password), _) if !username.is_empty() => Credential {
-                    username,
-                    password,
-                },
+                (Some(username), Some(password), _) if !username.is_empty() => {
+                    Credential { username, password }
+                }
                 (_, _, Some(encoded)) if !encoded.is_empty() => {
                     let decoded = base64::engine::general_purpose::STANDARD
                         .decode(encoded.trim())
@@ -350,7 +349,10 @@ mod tests {
         assert_eq!(users(&k, "docker.io", "library/alpine"), ["hub"]);
         assert_eq!(users(&k, "index.docker.io", "library/alpine"), ["hub"]);
         assert_eq!(users(&k, "registry.example:5000", "a"), ["port"]);
-        assert_eq!(users(&k, "registry.example", "team/agent"), ["team", "plain"]);
+        assert_eq!(
+            users(&k, "registry.example", "team/agent"),
+            ["team", "plain"]
+        );
         assert_eq!(users(&k, "registry.example", "teamster/agent"), ["plain"]);
         assert_eq!(users(&k, "REGISTRY.example", "x"), ["plain"]);
         assert_eq!(
@@ -379,7 +381,11 @@ mod tests {
         let mut opaque = Secret::default();
         opaque.metadata.name = Some("opaque".into());
         add_secret(&mut k, &opaque);
-        assert!(k.problems[0].contains("Secret opaque has type Opaque"), "{:?}", k.problems);
+        assert!(
+            k.problems[0].contains("Secret opaque has type Opaque"),
+            "{:?}",
+            k.problems
+        );
     }
 
     #[test]
