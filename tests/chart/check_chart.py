@@ -486,8 +486,9 @@ def check_render(name, s, objs, kube):
             for rule in rules_of(r):
                 check("*" not in rule.get("verbs", []) + rule.get("resources", []) + rule.get("apiGroups", []),
                       f"{where} {kind} {r['metadata']['name']}: no wildcards")
-                if kind == "ClusterRole":
+                if kind == "ClusterRole" and r["metadata"]["name"] != webhook_name:
                     check("secrets" not in rule["resources"], f"{where} {kind} {r['metadata']['name']}: no Secrets cluster-wide")
+                if kind == "ClusterRole":
                     check("pods" not in rule["resources"] or set(rule["verbs"]) <= {"list", "watch"},
                           f"{where} {kind} {r['metadata']['name']}: pods read-only at most")
     for kind, role_kind in (("ClusterRoleBinding", "ClusterRole"), ("RoleBinding", "Role")):
@@ -499,6 +500,21 @@ def check_render(name, s, objs, kube):
                   f"{where} {kind} {n} binds only ServiceAccount {n}")
     wcr = objs.get("ClusterRole", webhook_name)
     check(all(set(r["verbs"]) <= {"get", "list", "watch"} for r in rules_of(wcr)), f"{where} webhook is read-only")
+    # Image pull secrets: read by name only (get), never listed or watched, and only with lookups.
+    lookup = v.get("webhook.imageLookup.enabled", True) and v.get("webhook.imageLookup.pullSecrets", True)
+    pull_rules = [r for r in rules_of(wcr) if {"secrets", "serviceaccounts"} & set(r["resources"])]
+    want = [{"apiGroups": [""], "resources": ["secrets", "serviceaccounts"], "verbs": ["get"]}] if lookup else []
+    check(pull_rules == want, f"{where} webhook reads pull secrets and service accounts by name only, and only "
+          f"with imageLookup.pullSecrets: {pull_rules}")
+    budget = int(env_value(wc, "BOUNDARY_WEBHOOK_REGISTRY_BUDGET_MS") or 0)
+    check(env_value(wc, "BOUNDARY_WEBHOOK_REGISTRY_LOOKUP") == str(v.get("webhook.imageLookup.enabled", True)).lower()
+          and env_value(wc, "BOUNDARY_WEBHOOK_REGISTRY_PULL_SECRETS")
+          == str(v.get("webhook.imageLookup.pullSecrets", True)).lower()
+          and 0 < budget < 1000 * v.get("webhook.timeoutSeconds", 5),
+          f"{where} webhook image lookup env, budget {budget} ms under timeoutSeconds")
+    insecure = v.get("webhook.imageLookup.insecureRegistries", [])
+    check(env_value(wc, "BOUNDARY_WEBHOOK_INSECURE_REGISTRIES") == (",".join(insecure) if insecure else None),
+          f"{where} webhook insecure registries {insecure}")
     check(objs.maybe("Role", webhook_name) is None, f"{where} webhook has no namespaced rights")
     cm_rules = [r for r in rules_of(ocr) if "configmaps" in r["resources"]]
     check(cm_rules and all(r.get("resourceNames") == [POLICY_CONFIGMAP] or set(r["verbs"]) <= {"list", "watch", "create"}
@@ -553,6 +569,10 @@ SCENARIOS = {
     "seccomp-profile-only": scenario("agent-boundary", "agent-boundary", nodeAgent__installSeccompProfile=True),
     "fail-open": scenario("agent-boundary", "agent-boundary", webhook__failurePolicy="Ignore",
                           webhook__timeoutSeconds=2, webhook__reinvocationPolicy="Never"),
+    "anonymous-image-lookup": scenario("agent-boundary", "agent-boundary", webhook__imageLookup__pullSecrets=False,
+                                       webhook__imageLookup__budgetMilliseconds=2500,
+                                       webhook__imageLookup__insecureRegistries=["registry.local:5000", "10.0.0.5"]),
+    "no-image-lookup": scenario("agent-boundary", "agent-boundary", webhook__imageLookup__enabled=False),
     "custom-namespace": scenario("ab", "agents-system", webhook__excludeNamespaces=["monitoring", "ci"],
                                  jailRuntime__image="registry.example.com/ab/jail-runtime:1.2.3",
                                  webhook__image="registry.example.com/ab/boundary-webhook:1.2.3"),
@@ -570,6 +590,7 @@ REFUSED = [
     (["webhook.replicas=two"], "replicas"),
     (["webhook.failurePolicy=Fial"], "failurePolicy"),
     (["webhook.timeoutSeconds=60"], "timeoutSeconds"),
+    (["webhook.timeoutSeconds=3", "webhook.imageLookup.budgetMilliseconds=3000"], "budgetMilliseconds"),
     (["webhook.reinvocationPolicy=Always"], "reinvocationPolicy"),
     (["webhook.hostNetwork=yes"], "hostNetwork"),
     (["nodeAgent.enableUserNamespace=true"], "enableUserNamespace"),
