@@ -351,7 +351,7 @@ impl<V: ClusterView> Admit for Planner<V> {
         request: &'a AdmissionRequest,
     ) -> Pin<Box<dyn Future<Output = AdmissionResponse> + Send + 'a>> {
         let Some(lookup) = &self.images else {
-            return Box::pin(std::future::ready(self.admit(request)));
+            return Box::pin(async move { self.admit(request) });
         };
         Box::pin(async move {
             match Self::prepare(request) {

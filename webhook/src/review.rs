@@ -195,7 +195,8 @@ pub trait Admit: Send + Sync + 'static {
         &'a self,
         request: &'a AdmissionRequest,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = AdmissionResponse> + Send + 'a>> {
-        Box::pin(std::future::ready(self.admit(request)))
+        // Decided when polled, so a panic is caught where the server polls it.
+        Box::pin(async move { self.admit(request) })
     }
 }
 
