@@ -20,6 +20,7 @@ use oci_client::{Client, Reference};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
+use crate::ecr::{self, Ecr, EcrSettings};
 use crate::pull_secrets::{Credential, Keyring};
 
 /// What the planner learns from an image's config.
@@ -125,6 +126,8 @@ pub struct ResolverConfig {
     pub default_arch: String,
     /// Configs kept in memory.
     pub config_cache_entries: usize,
+    /// ECR registries with the webhook's own AWS identity (`None`: not asked).
+    pub ecr: Option<EcrSettings>,
 }
 
 impl Default for ResolverConfig {
@@ -135,6 +138,7 @@ impl Default for ResolverConfig {
             insecure_registries: Vec::new(),
             default_arch: "amd64".into(),
             config_cache_entries: 4096,
+            ecr: None,
         }
     }
 }
@@ -231,6 +235,7 @@ pub struct Resolver {
     tags: Mutex<HashMap<TagKey, (String, Instant)>>,
     configs: Mutex<Lru<ConfigKey, ImageConfig>>,
     registry_requests: std::sync::atomic::AtomicU64,
+    ecr: Option<Ecr>,
 }
 
 impl std::fmt::Debug for Resolver {
@@ -437,6 +442,7 @@ impl Resolver {
         // error means one is installed already.
         let _ = rustls::crypto::ring::default_provider().install_default();
         Resolver {
+            ecr: config.ecr.clone().map(Ecr::new),
             configs: Mutex::new(Lru::new(config.config_cache_entries)),
             config,
             clients: Mutex::new(HashMap::new()),
@@ -510,7 +516,7 @@ impl Resolver {
     }
 
     /// Resolves one image: the pod's credentials for its registry in turn (most specific
-    /// first), then anonymous, until one is not refused.
+    /// first), then the webhook's own for ECR, then anonymous, until one is not refused.
     pub async fn resolve(
         &self,
         image: &str,
@@ -521,34 +527,36 @@ impl Resolver {
             .parse()
             .map_err(|e: oci_client::ParseError| ResolveError::InvalidReference(e.to_string()))?;
         let registry = reference.registry().to_owned();
-        let mut attempts: Vec<Option<&Credential>> = keyring
+        let mut attempts: Vec<Option<Credential>> = keyring
             .lookup(&registry, reference.repository())
             .into_iter()
-            .map(|(_, c)| Some(c))
+            .map(|(_, c)| Some(c.clone()))
             .collect();
+        let mut problems = keyring.problems.clone();
+        if let Some(ecr) = &self.ecr
+            && ecr::registry_of(&registry).is_some()
+        {
+            match ecr.credential(&registry).await {
+                Ok(credential) => attempts.push(Some(credential)),
+                Err(problem) => problems.push(problem),
+            }
+        }
         let with_credentials = !attempts.is_empty();
         attempts.push(None);
-        let mut last = None;
         for credential in attempts {
             match self
-                .resolve_as(&reference, arch, credential, with_credentials)
+                .resolve_as(&reference, arch, credential.as_ref(), with_credentials)
                 .await
             {
-                Err(ResolveError::Unauthorized { .. }) => {
-                    last = Some(ResolveError::Unauthorized {
-                        registry: registry.clone(),
-                        with_credentials,
-                        problems: keyring.problems.clone(),
-                    });
-                }
+                Err(ResolveError::Unauthorized { .. }) => {}
                 other => return other,
             }
         }
-        Err(last.unwrap_or(ResolveError::Unauthorized {
+        Err(ResolveError::Unauthorized {
             registry,
             with_credentials,
-            problems: keyring.problems.clone(),
-        }))
+            problems,
+        })
     }
 
     async fn resolve_as(

@@ -9,6 +9,7 @@
 pub mod admit;
 pub mod cache;
 pub mod candidates;
+pub mod ecr;
 pub mod facts;
 pub mod image;
 pub mod inject;

@@ -11,6 +11,7 @@ use anyhow::Context;
 use boundary_webhook::admit::Planner;
 use boundary_webhook::admit::{ApiPullSecrets, FixedPullSecrets, ImageLookup, PullSecretSource};
 use boundary_webhook::cache::LiveView;
+use boundary_webhook::ecr::EcrSettings;
 use boundary_webhook::image::{Resolver, ResolverConfig};
 use boundary_webhook::inject::Settings;
 use boundary_webhook::server::{Config, Server};
@@ -118,6 +119,10 @@ struct Cli {
     /// `kubernetes.io/arch` node selector (`amd64`, `arm64`, `arm/v7`).
     #[arg(long, env = "BOUNDARY_WEBHOOK_REGISTRY_ARCH", default_value = "amd64")]
     registry_arch: String,
+    /// Pull from ECR registries (`<account>.dkr.ecr.<region>.amazonaws.com`) with the webhook's
+    /// own AWS identity (IRSA, EKS Pod Identity, instance profile, environment).
+    #[arg(long, env = "BOUNDARY_WEBHOOK_REGISTRY_ECR", default_value_t = true, action = ArgAction::Set)]
+    registry_ecr: bool,
     /// Registries (`host[:port]`, comma-separated) spoken to over plain HTTP.
     #[arg(
         long,
@@ -177,6 +182,7 @@ async fn main() -> anyhow::Result<()> {
                 insecure_registries: cli.insecure_registries.clone(),
                 default_arch: cli.registry_arch.clone(),
                 config_cache_entries: cli.registry_config_cache_entries,
+                ecr: cli.registry_ecr.then(EcrSettings::default),
             })),
             secrets,
         }

@@ -581,3 +581,139 @@ fn the_registry_binaries_are_installed() {
         );
     }
 }
+
+/// A stand-in for the ECR API on loopback (the AWS JSON 1.1 protocol the SDK speaks): answers
+/// each request with `answer` and records the requests' heads.
+async fn ecr_stand_in(
+    status: &'static str,
+    answer: serde_json::Value,
+) -> anyhow::Result<(SocketAddr, Arc<std::sync::Mutex<Vec<String>>>)> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = heads.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let seen = seen.clone();
+            let answer = answer.to_string();
+            tokio::spawn(async move {
+                loop {
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    let head_end = loop {
+                        let Ok(n) = stream.read(&mut buf).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        request.extend_from_slice(&buf[..n]);
+                        if let Some(i) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&request[..head_end]).to_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    while request.len() < head_end + length {
+                        let Ok(n) = stream.read(&mut buf).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        request.extend_from_slice(&buf[..n]);
+                    }
+                    seen.lock().unwrap().push(head);
+                    let response = format!(
+                        "HTTP/1.1 {status}\r\ncontent-type: application/x-amz-json-1.1\r\ncontent-length: {}\r\n\r\n{answer}",
+                        answer.len()
+                    );
+                    if stream.write_all(response.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Ok((addr, heads))
+}
+
+fn ecr_settings(endpoint: SocketAddr) -> boundary_webhook::ecr::EcrSettings {
+    boundary_webhook::ecr::EcrSettings {
+        endpoint_url: Some(format!("http://{endpoint}")),
+        static_credentials: Some(("AKIDEXAMPLE".into(), "secret".into())),
+    }
+}
+
+#[tokio::test]
+async fn ecr_credentials_come_from_get_authorization_token_and_are_reused() -> anyhow::Result<()> {
+    use base64::Engine as _;
+    let token = base64::engine::general_purpose::STANDARD.encode("AWS:ecr-password");
+    let expires = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        + 12 * 3600;
+    let (endpoint, heads) = ecr_stand_in(
+        "200 OK",
+        json!({"authorizationData": [{
+            "authorizationToken": token, "expiresAt": expires,
+            "proxyEndpoint": "https://123456789012.dkr.ecr.eu-west-1.amazonaws.com"
+        }]}),
+    )
+    .await?;
+    let ecr = boundary_webhook::ecr::Ecr::new(ecr_settings(endpoint));
+    let host = "123456789012.dkr.ecr.eu-west-1.amazonaws.com";
+    let credential = ecr.credential(host).await.map_err(anyhow::Error::msg)?;
+    assert_eq!(
+        (credential.username.as_str(), credential.password.as_str()),
+        ("AWS", "ecr-password")
+    );
+    // Another registry of the region, and the same again: the token is reused.
+    ecr.credential("210987654321.dkr.ecr.eu-west-1.amazonaws.com")
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let heads = heads.lock().unwrap().clone();
+    assert_eq!(heads.len(), 1, "{heads:?}");
+    assert!(
+        heads[0]
+            .contains("x-amz-target: amazonec2containerregistry_v20150921.getauthorizationtoken"),
+        "{}",
+        heads[0]
+    );
+    // Signed with the identity (SigV4, the region's ECR scope).
+    assert!(
+        heads[0].contains("authorization: aws4-hmac-sha256 credential=akidexample/")
+            && heads[0].contains("/eu-west-1/ecr/aws4_request"),
+        "{}",
+        heads[0]
+    );
+    assert!(ecr.credential("registry.example").await.is_err());
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_ecr_refusal_is_reported_with_the_apis_reason() -> anyhow::Result<()> {
+    let (endpoint, _) = ecr_stand_in(
+        "400 Bad Request",
+        json!({"__type": "AccessDeniedException", "message": "User: arn:aws:sts::123456789012:assumed-role/webhook is not authorized to perform: ecr:GetAuthorizationToken"}),
+    )
+    .await?;
+    let ecr = boundary_webhook::ecr::Ecr::new(ecr_settings(endpoint));
+    let problem = ecr
+        .credential("123456789012.dkr.ecr.eu-west-1.amazonaws.com")
+        .await
+        .unwrap_err();
+    for part in [
+        "GetAuthorizationToken",
+        "AccessDeniedException",
+        "ecr:GetAuthorizationToken",
+    ] {
+        assert!(problem.contains(part), "{part} not in: {problem}");
+    }
+    Ok(())
+}
