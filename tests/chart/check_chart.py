@@ -512,6 +512,12 @@ def check_render(name, s, objs, kube):
           == str(v.get("webhook.imageLookup.pullSecrets", True)).lower()
           and 0 < budget < 1000 * v.get("webhook.timeoutSeconds", 5),
           f"{where} webhook image lookup env, budget {budget} ms under timeoutSeconds")
+    check(env_value(wc, "BOUNDARY_WEBHOOK_REGISTRY_ECR") == str(v.get("webhook.imageLookup.ecr", True)).lower(),
+          f"{where} webhook ECR lookups {v.get('webhook.imageLookup.ecr', True)}")
+    wsa = objs.get("ServiceAccount", webhook_name)
+    irsa = v.get("webhook.serviceAccountAnnotations.eks\\.amazonaws\\.com/role-arn")
+    check(wsa["metadata"].get("annotations", {}).get("eks.amazonaws.com/role-arn") == irsa,
+          f"{where} webhook ServiceAccount annotations (IRSA role {irsa})")
     insecure = v.get("webhook.imageLookup.insecureRegistries", [])
     check(env_value(wc, "BOUNDARY_WEBHOOK_INSECURE_REGISTRIES") == (",".join(insecure) if insecure else None),
           f"{where} webhook insecure registries {insecure}")
@@ -571,8 +577,11 @@ SCENARIOS = {
                           webhook__timeoutSeconds=2, webhook__reinvocationPolicy="Never"),
     "anonymous-image-lookup": scenario("agent-boundary", "agent-boundary", webhook__imageLookup__pullSecrets=False,
                                        webhook__imageLookup__budgetMilliseconds=2500,
-                                       webhook__imageLookup__insecureRegistries=["registry.local:5000", "10.0.0.5"]),
+                                       webhook__imageLookup__insecureRegistries=["registry.local:5000", "10.0.0.5"],
+                                       webhook__imageLookup__ecr=False),
     "no-image-lookup": scenario("agent-boundary", "agent-boundary", webhook__imageLookup__enabled=False),
+    "ecr-irsa": scenario("agent-boundary", "agent-boundary", **{
+        "webhook__serviceAccountAnnotations__eks\\.amazonaws\\.com/role-arn": "arn:aws:iam::123456789012:role/webhook"}),
     "custom-namespace": scenario("ab", "agents-system", webhook__excludeNamespaces=["monitoring", "ci"],
                                  jailRuntime__image="registry.example.com/ab/jail-runtime:1.2.3",
                                  webhook__image="registry.example.com/ab/boundary-webhook:1.2.3"),

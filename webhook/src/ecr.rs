@@ -116,7 +116,7 @@ impl Ecr {
                 // (no credentials found, endpoint unreachable).
                 let detail = match e.code() {
                     Some(code) => format!("{code}: {}", e.message().unwrap_or_default()),
-                    None => aws_sdk_ecr::error::DisplayErrorContext(&e).to_string(),
+                    None => crate::image::chain(&e),
                 };
                 format!(
                     "ECR GetAuthorizationToken with the webhook's AWS identity failed: {detail}"
