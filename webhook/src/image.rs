@@ -103,7 +103,8 @@ pub enum ResolveError {
 
 fn unauthorized_hint(with_credentials: bool, problems: &[String]) -> String {
     let mut hint = if with_credentials {
-        "to the credentials of the pod's pull secrets".to_owned()
+        "to the credentials it was given (the pod's pull secrets; for ECR also the webhook's own token)"
+            .to_owned()
     } else {
         "and no imagePullSecret of the pod or its ServiceAccount has credentials for it".to_owned()
     };

@@ -372,7 +372,8 @@ async fn a_private_image_needs_the_pods_pull_secret() -> anyhow::Result<()> {
         .unwrap_err();
     let text = wrong.to_string();
     assert!(
-        text.contains("401 Unauthorized") && text.contains("credentials of the pod's pull secrets"),
+        text.contains("401 Unauthorized")
+            && text.contains("credentials it was given (the pod's pull secrets"),
         "{text}"
     );
 
