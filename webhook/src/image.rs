@@ -101,6 +101,33 @@ pub enum ResolveError {
     },
 }
 
+impl ResolveError {
+    /// The metric label of the cause.
+    fn kind(&self) -> &'static str {
+        match self {
+            ResolveError::InvalidReference(_) => "invalid_reference",
+            ResolveError::Unreachable { .. } => "unreachable",
+            ResolveError::Unauthorized { .. } => "unauthorized",
+            ResolveError::NotFound { .. } => "not_found",
+            ResolveError::NoPlatform { .. } => "no_platform",
+            ResolveError::Timeout { .. } => "timeout",
+            ResolveError::Registry { .. } => "registry_error",
+        }
+    }
+}
+
+/// The results counted in `agent_boundary_webhook_image_lookups_total`.
+const LOOKUP_RESULTS: [&str; 8] = [
+    "ok",
+    "invalid_reference",
+    "unreachable",
+    "unauthorized",
+    "not_found",
+    "no_platform",
+    "timeout",
+    "registry_error",
+];
+
 fn unauthorized_hint(with_credentials: bool, problems: &[String]) -> String {
     let mut hint = if with_credentials {
         "to the credentials it was given (the pod's pull secrets; for ECR also the webhook's own token)"
@@ -236,6 +263,7 @@ pub struct Resolver {
     tags: Mutex<HashMap<TagKey, (String, Instant)>>,
     configs: Mutex<Lru<ConfigKey, ImageConfig>>,
     registry_requests: std::sync::atomic::AtomicU64,
+    results: [std::sync::atomic::AtomicU64; LOOKUP_RESULTS.len()],
     ecr: Option<Ecr>,
 }
 
@@ -449,6 +477,7 @@ impl Resolver {
             clients: Mutex::new(HashMap::new()),
             tags: Mutex::new(HashMap::new()),
             registry_requests: std::sync::atomic::AtomicU64::new(0),
+            results: Default::default(),
         }
     }
 
@@ -461,6 +490,25 @@ impl Resolver {
     pub fn registry_lookups(&self) -> u64 {
         self.registry_requests
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Prometheus text of the lookups (appended to the webhook's `/metrics`).
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::sync::atomic::Ordering::Relaxed;
+        out.push_str("# HELP agent_boundary_webhook_image_lookups_total Image configs looked up for reviews, by result.\n# TYPE agent_boundary_webhook_image_lookups_total counter\n");
+        for (result, count) in LOOKUP_RESULTS.iter().zip(&self.results) {
+            let _ = writeln!(
+                out,
+                "agent_boundary_webhook_image_lookups_total{{result=\"{result}\"}} {}",
+                count.load(Relaxed)
+            );
+        }
+        out.push_str("# HELP agent_boundary_webhook_image_registry_requests_total Image lookups not answered from the caches.\n# TYPE agent_boundary_webhook_image_registry_requests_total counter\n");
+        let _ = writeln!(
+            out,
+            "agent_boundary_webhook_image_registry_requests_total {}",
+            self.registry_lookups()
+        );
     }
 
     fn client(&self, id: &CredentialId) -> Client {
@@ -508,6 +556,10 @@ impl Resolver {
                         budget_ms: self.config.budget.as_millis(),
                     }),
                 };
+            let label = result.as_ref().map_or_else(ResolveError::kind, |_| "ok");
+            if let Some(i) = LOOKUP_RESULTS.iter().position(|r| *r == label) {
+                self.results[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             (key.clone(), result)
         });
         futures_util::future::join_all(lookups)

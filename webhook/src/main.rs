@@ -206,12 +206,16 @@ async fn main() -> anyhow::Result<()> {
         ..Config::default()
     };
     let mut planner = Planner::new(view, settings);
+    let resolver = image_lookup.as_ref().map(|l| l.resolver.clone());
     if let Some(lookup) = image_lookup {
         planner = planner.with_image_lookup(lookup);
     }
-    let server = Server::bind(config, Arc::new(planner), ready)
+    let mut server = Server::bind(config, Arc::new(planner), ready)
         .await
         .context("starting the HTTPS server")?;
+    if let Some(resolver) = resolver {
+        server = server.with_extra_metrics(move |out| resolver.render_metrics(out));
+    }
     tracing::info!(https = %server.https_addr(), plain = %server.plain_addr(), "serving");
     server
         .run(async {

@@ -446,6 +446,12 @@ async fn a_registry_that_never_answers_runs_into_the_budget() -> anyhow::Result<
             Instant::now(),
         )
         .await;
+    let mut metrics = String::new();
+    resolver.render_metrics(&mut metrics);
+    assert!(
+        metrics.contains("agent_boundary_webhook_image_lookups_total{result=\"timeout\"} 2"),
+        "{metrics}"
+    );
     for key in ["a", "b"] {
         let error = found[key].clone().unwrap_err();
         assert_eq!(error, ResolveError::Timeout { budget_ms: 500 }, "{key}");
