@@ -273,9 +273,7 @@ impl<V: ClusterView> Planner<V> {
                     none
                 }));
             }
-            let Some(keyring) = keyring.as_ref() else {
-                return decision;
-            };
+            let keyring = keyring.get_or_insert_default();
             let found = lookup
                 .resolver
                 .resolve_all(&wanted, pod_arch(&prepared.pod), keyring, started)

@@ -615,7 +615,7 @@ fn jail_container(
     }
     if injection.wrap_command && builtin {
         let mut wrapped = vec![paths::BOUNDARY_BIN.to_owned(), "run".into(), "--".into()];
-        if let Some(command) = c.command.clone().filter(|c| !c.is_empty()) {
+        if let Some(command) = c.command.clone().filter(|own| !own.is_empty()) {
             wrapped.extend(command.iter().cloned());
             c.command = Some(wrapped);
             record.wrapped_command = Some(command);
