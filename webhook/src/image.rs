@@ -661,9 +661,14 @@ impl Resolver {
         let (manifest, digest) = client.pull_manifest(&target, &auth).await.map_err(fail)?;
         if let Some(key) = tag_key {
             let mut tags = lock(&self.tags);
-            // Expired entries go when the map grows (tags are few; this is rare).
-            if tags.len() > 4 * self.config.config_cache_entries {
+            // Expired entries go when the map grows (tags are few; this is rare), and all of
+            // them if that is not enough: it only costs a request per tag.
+            let bound = 4 * self.config.config_cache_entries;
+            if tags.len() > bound {
                 tags.retain(|_, (_, at)| at.elapsed() < self.config.tag_ttl);
+                if tags.len() > bound {
+                    tags.clear();
+                }
             }
             tags.insert(key, (digest.clone(), Instant::now()));
         }
