@@ -464,6 +464,17 @@ async fn fetch_config(
     Ok(config)
 }
 
+/// Mozilla's root certificates (webpki-root-certs), for registries over HTTPS.
+fn mozilla_roots() -> Vec<oci_client::client::Certificate> {
+    webpki_root_certs::TLS_SERVER_ROOT_CERTS
+        .iter()
+        .map(|der| oci_client::client::Certificate {
+            encoding: oci_client::client::CertificateEncoding::Der,
+            data: der.to_vec(),
+        })
+        .collect()
+}
+
 impl Resolver {
     /// A resolver with empty caches.
     pub fn new(config: ResolverConfig) -> Self {
@@ -529,6 +540,8 @@ impl Resolver {
             },
             // Index entries are picked here, per pod.
             platform_resolver: None,
+            // The image is `FROM scratch`: no system trust store, so Mozilla's roots.
+            tls_certs_only: mozilla_roots(),
             connect_timeout: Some(self.config.budget),
             read_timeout: Some(self.config.budget),
             ..oci_client::client::ClientConfig::default()
