@@ -150,6 +150,8 @@ pub struct ResolverConfig {
     pub tag_ttl: Duration,
     /// Registries (`host[:port]`) spoken to over plain HTTP.
     pub insecure_registries: Vec<String>,
+    /// CA certificates (DER) trusted for registries besides Mozilla's roots.
+    pub extra_roots: Vec<Vec<u8>>,
     /// Architecture picked from image indexes when the pod does not name one.
     pub default_arch: String,
     /// Configs kept in memory.
@@ -164,6 +166,7 @@ impl Default for ResolverConfig {
             budget: Duration::from_secs(4),
             tag_ttl: Duration::from_mins(1),
             insecure_registries: Vec::new(),
+            extra_roots: Vec::new(),
             default_arch: "amd64".into(),
             config_cache_entries: 4096,
             ecr: None,
@@ -530,22 +533,31 @@ impl Resolver {
         if clients.len() >= MAX_CLIENTS {
             clients.clear();
         }
-        let client = Client::new(oci_client::client::ClientConfig {
-            protocol: if self.config.insecure_registries.is_empty() {
-                oci_client::client::ClientProtocol::Https
-            } else {
-                oci_client::client::ClientProtocol::HttpsExcept(
-                    self.config.insecure_registries.clone(),
-                )
-            },
-            // Index entries are picked here, per pod.
-            platform_resolver: None,
-            // The image is `FROM scratch`: no system trust store, so Mozilla's roots.
-            tls_certs_only: mozilla_roots(),
-            connect_timeout: Some(self.config.budget),
-            read_timeout: Some(self.config.budget),
-            ..oci_client::client::ClientConfig::default()
-        });
+        let client =
+            Client::new(oci_client::client::ClientConfig {
+                protocol: if self.config.insecure_registries.is_empty() {
+                    oci_client::client::ClientProtocol::Https
+                } else {
+                    oci_client::client::ClientProtocol::HttpsExcept(
+                        self.config.insecure_registries.clone(),
+                    )
+                },
+                // Index entries are picked here, per pod.
+                platform_resolver: None,
+                // The image is `FROM scratch`: no system trust store, so Mozilla's roots.
+                tls_certs_only: mozilla_roots()
+                    .into_iter()
+                    .chain(self.config.extra_roots.iter().map(|der| {
+                        oci_client::client::Certificate {
+                            encoding: oci_client::client::CertificateEncoding::Der,
+                            data: der.clone(),
+                        }
+                    }))
+                    .collect(),
+                connect_timeout: Some(self.config.budget),
+                read_timeout: Some(self.config.budget),
+                ..oci_client::client::ClientConfig::default()
+            });
         clients.insert(id.clone(), client.clone());
         client
     }

@@ -123,6 +123,10 @@ struct Cli {
     /// own AWS identity (IRSA, EKS Pod Identity, instance profile, environment).
     #[arg(long, env = "BOUNDARY_WEBHOOK_REGISTRY_ECR", default_value_t = true, action = ArgAction::Set)]
     registry_ecr: bool,
+    /// PEM file of CA certificates trusted for registries besides Mozilla's roots (registries
+    /// with a private CA).
+    #[arg(long, env = "BOUNDARY_WEBHOOK_REGISTRY_CA_FILE")]
+    registry_ca_file: Option<PathBuf>,
     /// Registries (`host[:port]`, comma-separated) spoken to over plain HTTP.
     #[arg(
         long,
@@ -161,6 +165,21 @@ fn init_logging(cli: &Cli) {
     }
 }
 
+/// The certificates of a PEM file (at least one).
+fn registry_cas(path: &std::path::Path) -> anyhow::Result<Vec<Vec<u8>>> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .with_context(|| format!("reading the registry CA file {}", path.display()))?;
+    anyhow::ensure!(
+        !certs.is_empty(),
+        "the registry CA file {} holds no PEM certificate",
+        path.display()
+    );
+    Ok(certs.into_iter().map(|c| c.to_vec()).collect())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -169,6 +188,10 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
     let ready = Arc::new(AtomicBool::new(false));
+    let extra_roots = match &cli.registry_ca_file {
+        Some(path) => registry_cas(path)?,
+        None => Vec::new(),
+    };
     let image_lookup = cli.registry_lookup.then(|| {
         let secrets: Box<dyn PullSecretSource> = if cli.registry_pull_secrets {
             Box::new(ApiPullSecrets(client.clone()))
@@ -180,6 +203,7 @@ async fn main() -> anyhow::Result<()> {
                 budget: Duration::from_millis(cli.registry_budget_ms),
                 tag_ttl: Duration::from_secs(cli.registry_tag_ttl_seconds),
                 insecure_registries: cli.insecure_registries.clone(),
+                extra_roots,
                 default_arch: cli.registry_arch.clone(),
                 config_cache_entries: cli.registry_config_cache_entries,
                 ecr: cli.registry_ecr.then(EcrSettings::default),

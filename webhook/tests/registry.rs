@@ -26,6 +26,7 @@ use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
 use oci_client::manifest::{OCI_IMAGE_INDEX_MEDIA_TYPE, OCI_IMAGE_MEDIA_TYPE, OciImageIndex};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
+use rustls::pki_types::pem::PemObject as _;
 use serde_json::json;
 
 /// A `docker-registry` process with its own storage, killed on drop.
@@ -38,12 +39,28 @@ struct Registry {
 impl Registry {
     /// Starts a registry; with `user` it requires that basic-auth user (password `password`).
     fn start(user: Option<&str>) -> anyhow::Result<Registry> {
+        Registry::start_with(user, None)
+    }
+
+    /// With `tls`, a certificate and key (PEM), it serves HTTPS.
+    fn start_with(user: Option<&str>, tls: Option<(String, String)>) -> anyhow::Result<Registry> {
         let dir = tempfile::tempdir()?;
         let addr = free_port()?;
         let mut config = format!(
             "version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\nhttp:\n  addr: {addr}\n",
             dir.path().join("data").display()
         );
+        if let Some((cert, key)) = tls {
+            let (cert_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+            std::fs::write(&cert_path, cert)?;
+            std::fs::write(&key_path, key)?;
+            writeln!(
+                config,
+                "  tls: {{certificate: {}, key: {}}}",
+                cert_path.display(),
+                key_path.display()
+            )?;
+        }
         if let Some(user) = user {
             let htpasswd = dir.path().join("htpasswd");
             let out = Command::new("htpasswd")
@@ -119,6 +136,19 @@ fn pusher() -> Client {
     })
 }
 
+/// A pusher over HTTPS that trusts `ca_pem`.
+fn tls_pusher(ca_pem: &str) -> Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    Client::new(ClientConfig {
+        protocol: ClientProtocol::Https,
+        tls_certs_only: vec![oci_client::client::Certificate {
+            encoding: oci_client::client::CertificateEncoding::Pem,
+            data: ca_pem.as_bytes().to_vec(),
+        }],
+        ..ClientConfig::default()
+    })
+}
+
 fn basic(user: &str) -> RegistryAuth {
     RegistryAuth::Basic(user.into(), "password".into())
 }
@@ -130,8 +160,16 @@ async fn push_image(
     config: serde_json::Value,
     auth: &RegistryAuth,
 ) -> anyhow::Result<(String, usize)> {
+    push_image_with(&pusher(), reference, config, auth).await
+}
+
+async fn push_image_with(
+    client: &Client,
+    reference: &str,
+    config: serde_json::Value,
+    auth: &RegistryAuth,
+) -> anyhow::Result<(String, usize)> {
     let reference: Reference = reference.parse()?;
-    let client = pusher();
     let blob = json!({
         "architecture": "amd64", "os": "linux", "config": config,
         "rootfs": {"type": "layers", "diff_ids": []}
@@ -722,5 +760,61 @@ async fn an_ecr_refusal_is_reported_with_the_apis_reason() -> anyhow::Result<()>
     ] {
         assert!(problem.contains(part), "{part} not in: {problem}");
     }
+    Ok(())
+}
+
+/// A CA and a serving certificate for 127.0.0.1 it signed (PEM: CA, certificate, key).
+fn private_ca() -> anyhow::Result<(String, String, String)> {
+    let ca_key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::default();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "registry test CA");
+    let ca = params.self_signed(&ca_key)?;
+    let issuer = rcgen::Issuer::new(params, ca_key);
+    let key = rcgen::KeyPair::generate()?;
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".into()])?.signed_by(&key, &issuer)?;
+    Ok((ca.pem(), cert.pem(), key.serialize_pem()))
+}
+
+#[tokio::test]
+async fn an_https_registry_is_trusted_through_its_ca_and_refused_without() -> anyhow::Result<()> {
+    let (ca, cert, key) = private_ca()?;
+    let registry = Registry::start_with(None, Some((cert, key)))?;
+    let image = format!("{}/agents/tls:1", registry.host());
+    push_image_with(
+        &tls_pusher(&ca),
+        &image,
+        json!({"Entrypoint": ["/agent"]}),
+        &RegistryAuth::Anonymous,
+    )
+    .await?;
+    let ca_der = rustls::pki_types::CertificateDer::from_pem_slice(ca.as_bytes())?.to_vec();
+    let none = Keyring::default();
+
+    let trusting = Resolver::new(ResolverConfig {
+        extra_roots: vec![ca_der],
+        ..ResolverConfig::default()
+    });
+    assert_eq!(
+        trusting.resolve(&image, "amd64", &none).await?.entrypoint,
+        ["/agent"]
+    );
+
+    // Mozilla's roots alone do not know this CA.
+    let error = Resolver::new(ResolverConfig::default())
+        .resolve(&image, "amd64", &none)
+        .await
+        .unwrap_err();
+    let text = error.to_string();
+    assert!(
+        matches!(error, ResolveError::Unreachable { .. }) && text.contains("UnknownIssuer"),
+        "{text}"
+    );
     Ok(())
 }
