@@ -518,6 +518,14 @@ def check_render(name, s, objs, kube):
     irsa = v.get("webhook.serviceAccountAnnotations.eks\\.amazonaws\\.com/role-arn")
     check(wsa["metadata"].get("annotations", {}).get("eks.amazonaws.com/role-arn") == irsa,
           f"{where} webhook ServiceAccount annotations (IRSA role {irsa})")
+    ca_map = v.get("webhook.imageLookup.caConfigMap", "")
+    ca_volumes = [vol for vol in spec.get("volumes", []) if vol["name"] == "registry-ca"]
+    check(ca_volumes == ([{"name": "registry-ca", "configMap": {"name": ca_map, "items": [{"key": "ca.crt", "path": "ca.crt"}]}}]
+                         if ca_map else [])
+          and env_value(wc, "BOUNDARY_WEBHOOK_REGISTRY_CA_FILE") == ("/etc/agent-boundary/registry-ca/ca.crt" if ca_map else None)
+          and any(m["name"] == "registry-ca" and m["mountPath"] == "/etc/agent-boundary/registry-ca"
+                  for m in wc.get("volumeMounts", [])) == bool(ca_map),
+          f"{where} registry CA ConfigMap {ca_map!r} mounted and named to the webhook")
     insecure = v.get("webhook.imageLookup.insecureRegistries", [])
     check(env_value(wc, "BOUNDARY_WEBHOOK_INSECURE_REGISTRIES") == (",".join(insecure) if insecure else None),
           f"{where} webhook insecure registries {insecure}")
@@ -578,7 +586,8 @@ SCENARIOS = {
     "anonymous-image-lookup": scenario("agent-boundary", "agent-boundary", webhook__imageLookup__pullSecrets=False,
                                        webhook__imageLookup__budgetMilliseconds=2500,
                                        webhook__imageLookup__insecureRegistries=["registry.local:5000", "10.0.0.5"],
-                                       webhook__imageLookup__ecr=False),
+                                       webhook__imageLookup__ecr=False,
+                                       webhook__imageLookup__caConfigMap="registry-ca"),
     "no-image-lookup": scenario("agent-boundary", "agent-boundary", webhook__imageLookup__enabled=False),
     "ecr-irsa": scenario("agent-boundary", "agent-boundary", **{
         "webhook__serviceAccountAnnotations__eks\\.amazonaws\\.com/role-arn": "arn:aws:iam::123456789012:role/webhook"}),
