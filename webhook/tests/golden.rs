@@ -1,5 +1,6 @@
 //! Golden tests of the planner: one case per row of each table, plus mixed node pools, pinning,
-//! opt-out, reinvocation, Windows nodes, hostNetwork pods and Pod Security levels.
+//! opt-out, reinvocation, Windows nodes, hostNetwork pods and Pod Security levels, and image
+//! configs as the server looked them up (`images:`: wrapCommand from the image, image users).
 //!
 //! Each `tests/golden/<group>/<case>.yaml` is an input (pod, namespace, policies, nodes, cluster
 //! version; shorthand defaults below); `<case>.golden.yaml` next to it is the expected verdict,
