@@ -221,9 +221,10 @@ pub struct JailSpec {
     /// false (deny in Enforce mode, admit with a warning in Audit mode).
     #[serde(default, skip_serializing_if = "is_default")]
     pub allow_node_pinning: bool,
-    /// Run the container's whole command inside the jail (`boundary run -- <command>`). The
-    /// container must then set `command` in the pod spec. Default: false (the agent runs
-    /// `boundary run` itself).
+    /// Run the container's whole command inside the jail (`boundary run -- <command>`). A
+    /// container without `command` gets its image's entrypoint (and, without `args`, its cmd),
+    /// read from the registry by the webhook. Default: false (the agent runs `boundary run`
+    /// itself).
     #[serde(default, skip_serializing_if = "is_default")]
     pub wrap_command: bool,
 }

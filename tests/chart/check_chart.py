@@ -496,8 +496,9 @@ def check_render(name, s, objs, kube):
             for rule in rules_of(r):
                 check("*" not in rule.get("verbs", []) + rule.get("resources", []) + rule.get("apiGroups", []),
                       f"{where} {kind} {r['metadata']['name']}: no wildcards")
-                if kind == "ClusterRole":
+                if kind == "ClusterRole" and r["metadata"]["name"] != webhook_name:
                     check("secrets" not in rule["resources"], f"{where} {kind} {r['metadata']['name']}: no Secrets cluster-wide")
+                if kind == "ClusterRole":
                     check("pods" not in rule["resources"] or set(rule["verbs"]) <= {"list", "watch"},
                           f"{where} {kind} {r['metadata']['name']}: pods read-only at most")
     for kind, role_kind in (("ClusterRoleBinding", "ClusterRole"), ("RoleBinding", "Role")):
@@ -509,6 +510,35 @@ def check_render(name, s, objs, kube):
                   f"{where} {kind} {n} binds only ServiceAccount {n}")
     wcr = objs.get("ClusterRole", webhook_name)
     check(all(set(r["verbs"]) <= {"get", "list", "watch"} for r in rules_of(wcr)), f"{where} webhook is read-only")
+    # Image pull secrets: read by name only (get), never listed or watched, and only with lookups.
+    lookup = v.get("webhook.imageLookup.enabled", True) and v.get("webhook.imageLookup.pullSecrets", True)
+    pull_rules = [r for r in rules_of(wcr) if {"secrets", "serviceaccounts"} & set(r["resources"])]
+    want = [{"apiGroups": [""], "resources": ["secrets", "serviceaccounts"], "verbs": ["get"]}] if lookup else []
+    check(pull_rules == want, f"{where} webhook reads pull secrets and service accounts by name only, and only "
+          f"with imageLookup.pullSecrets: {pull_rules}")
+    budget = int(env_value(wc, "BOUNDARY_WEBHOOK_REGISTRY_BUDGET_MS") or 0)
+    check(env_value(wc, "BOUNDARY_WEBHOOK_REGISTRY_LOOKUP") == str(v.get("webhook.imageLookup.enabled", True)).lower()
+          and env_value(wc, "BOUNDARY_WEBHOOK_REGISTRY_PULL_SECRETS")
+          == str(v.get("webhook.imageLookup.pullSecrets", True)).lower()
+          and 0 < budget < 1000 * v.get("webhook.timeoutSeconds", 5),
+          f"{where} webhook image lookup env, budget {budget} ms under timeoutSeconds")
+    check(env_value(wc, "BOUNDARY_WEBHOOK_REGISTRY_ECR") == str(v.get("webhook.imageLookup.ecr", True)).lower(),
+          f"{where} webhook ECR lookups {v.get('webhook.imageLookup.ecr', True)}")
+    wsa = objs.get("ServiceAccount", webhook_name)
+    irsa = v.get("webhook.serviceAccountAnnotations.eks\\.amazonaws\\.com/role-arn")
+    check(wsa["metadata"].get("annotations", {}).get("eks.amazonaws.com/role-arn") == irsa,
+          f"{where} webhook ServiceAccount annotations (IRSA role {irsa})")
+    ca_map = v.get("webhook.imageLookup.caConfigMap", "")
+    ca_volumes = [vol for vol in spec.get("volumes", []) if vol["name"] == "registry-ca"]
+    check(ca_volumes == ([{"name": "registry-ca", "configMap": {"name": ca_map, "items": [{"key": "ca.crt", "path": "ca.crt"}]}}]
+                         if ca_map else [])
+          and env_value(wc, "BOUNDARY_WEBHOOK_REGISTRY_CA_FILE") == ("/etc/agent-boundary/registry-ca/ca.crt" if ca_map else None)
+          and any(m["name"] == "registry-ca" and m["mountPath"] == "/etc/agent-boundary/registry-ca"
+                  for m in wc.get("volumeMounts", [])) == bool(ca_map),
+          f"{where} registry CA ConfigMap {ca_map!r} mounted and named to the webhook")
+    insecure = v.get("webhook.imageLookup.insecureRegistries", [])
+    check(env_value(wc, "BOUNDARY_WEBHOOK_INSECURE_REGISTRIES") == (",".join(insecure) if insecure else None),
+          f"{where} webhook insecure registries {insecure}")
     check(objs.maybe("Role", webhook_name) is None, f"{where} webhook has no namespaced rights")
     cm_rules = [r for r in rules_of(ocr) if "configmaps" in r["resources"]]
     check(cm_rules and all(r.get("resourceNames") == [POLICY_CONFIGMAP] or set(r["verbs"]) <= {"list", "watch", "create"}
@@ -571,6 +601,14 @@ SCENARIOS = {
     "seccomp-profile-only": scenario("agent-boundary", "agent-boundary", nodeAgent__installSeccompProfile=True),
     "fail-open": scenario("agent-boundary", "agent-boundary", webhook__failurePolicy="Ignore",
                           webhook__timeoutSeconds=2, webhook__reinvocationPolicy="Never"),
+    "anonymous-image-lookup": scenario("agent-boundary", "agent-boundary", webhook__imageLookup__pullSecrets=False,
+                                       webhook__imageLookup__budgetMilliseconds=2500,
+                                       webhook__imageLookup__insecureRegistries=["registry.local:5000", "10.0.0.5"],
+                                       webhook__imageLookup__ecr=False,
+                                       webhook__imageLookup__caConfigMap="registry-ca"),
+    "no-image-lookup": scenario("agent-boundary", "agent-boundary", webhook__imageLookup__enabled=False),
+    "ecr-irsa": scenario("agent-boundary", "agent-boundary", **{
+        "webhook__serviceAccountAnnotations__eks\\.amazonaws\\.com/role-arn": "arn:aws:iam::123456789012:role/webhook"}),
     "custom-namespace": scenario("ab", "agents-system", webhook__excludeNamespaces=["monitoring", "ci"],
                                  jailRuntime__image="registry.example.com/ab/jail-runtime:1.2.3",
                                  webhook__image="registry.example.com/ab/boundary-webhook:1.2.3"),
@@ -595,6 +633,7 @@ REFUSED = [
     (["webhook.replicas=two"], "replicas"),
     (["webhook.failurePolicy=Fial"], "failurePolicy"),
     (["webhook.timeoutSeconds=60"], "timeoutSeconds"),
+    (["webhook.timeoutSeconds=3", "webhook.imageLookup.budgetMilliseconds=3000"], "budgetMilliseconds"),
     (["webhook.reinvocationPolicy=Always"], "reinvocationPolicy"),
     (["webhook.hostNetwork=yes"], "hostNetwork"),
     (["nodeAgent.enableUserNamespace=true"], "enableUserNamespace"),

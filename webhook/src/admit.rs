@@ -1,17 +1,24 @@
 //! The bridge between an admission request and the planner: reads the pod, takes the current
-//! view of the cluster (nodes, namespace, policies), plans, and answers. No I/O here either:
-//! the view is kept up to date by watches ([`crate::cache`]), so a review never waits on the
-//! apiserver.
+//! view of the cluster (nodes, namespace, policies), plans, and answers. The view is kept up to
+//! date by watches ([`crate::cache`]). The one wait a review may have: when a plan needs image
+//! configs (a wrapped container without `command`, or the image's `USER`), they are looked up
+//! ([`crate::image`], with the pod's pull secrets) within a time budget and the pod is planned
+//! again with them.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
 
 use boundary_api::crd::BoundaryPolicy;
 use k8s_openapi::api::core::v1::Pod;
 
 use crate::facts::NodeFacts;
+use crate::image::{ImageConfig, Resolver};
 use crate::inject::Settings;
 use crate::plan::{self, Cluster, Input, Verdict};
+use crate::pull_secrets::{self, Keyring};
 use crate::review::{AdmissionRequest, AdmissionResponse, Admit};
 
 /// Audit annotation (prefixed by the apiserver with the webhook's name): the outcome.
@@ -66,17 +73,90 @@ impl ClusterView for StaticView {
     }
 }
 
+/// Where a pod's registry credentials come from.
+pub trait PullSecretSource: Send + Sync + 'static {
+    /// The credentials of `pod`'s pull secrets and its ServiceAccount's, in `namespace`.
+    fn keyring<'a>(
+        &'a self,
+        namespace: &'a str,
+        pod: &'a Pod,
+    ) -> Pin<Box<dyn Future<Output = Keyring> + Send + 'a>>;
+}
+
+/// The pull secrets read from the apiserver when a lookup needs them.
+#[derive(Clone)]
+pub struct ApiPullSecrets(pub kube::Client);
+
+impl std::fmt::Debug for ApiPullSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiPullSecrets")
+    }
+}
+
+impl PullSecretSource for ApiPullSecrets {
+    fn keyring<'a>(
+        &'a self,
+        namespace: &'a str,
+        pod: &'a Pod,
+    ) -> Pin<Box<dyn Future<Output = Keyring> + Send + 'a>> {
+        Box::pin(pull_secrets::read_for_pod(&self.0, namespace, pod))
+    }
+}
+
+/// The same credentials for every pod (tests, and clusters without pull secrets).
+#[derive(Clone, Debug, Default)]
+pub struct FixedPullSecrets(pub Keyring);
+
+impl PullSecretSource for FixedPullSecrets {
+    fn keyring<'a>(
+        &'a self,
+        _namespace: &'a str,
+        _pod: &'a Pod,
+    ) -> Pin<Box<dyn Future<Output = Keyring> + Send + 'a>> {
+        Box::pin(std::future::ready(self.0.clone()))
+    }
+}
+
+/// Image lookups for the planner: the resolver and the pods' credentials.
+pub struct ImageLookup {
+    /// Registry access and caches.
+    pub resolver: Arc<Resolver>,
+    /// Credentials.
+    pub secrets: Box<dyn PullSecretSource>,
+}
+
+impl std::fmt::Debug for ImageLookup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImageLookup")
+            .field("resolver", &self.resolver)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The webhook's decider.
 #[derive(Debug)]
 pub struct Planner<V> {
     view: V,
     settings: Settings,
+    images: Option<ImageLookup>,
 }
 
 impl<V: ClusterView> Planner<V> {
-    /// A planner over `view` injecting with `settings`.
+    /// A planner over `view` injecting with `settings`, without registry access (containers
+    /// that leave their command to the image are not wrapped).
     pub fn new(view: V, settings: Settings) -> Self {
-        Planner { view, settings }
+        Planner {
+            view,
+            settings,
+            images: None,
+        }
+    }
+
+    /// Looks image configs up when a plan needs them (reviews through [`Admit::admit_async`]).
+    #[must_use]
+    pub fn with_image_lookup(mut self, images: ImageLookup) -> Self {
+        self.images = Some(images);
+        self
     }
 }
 
@@ -84,26 +164,44 @@ fn is_pod(request: &AdmissionRequest) -> bool {
     request.kind.group.is_empty() && request.kind.version == "v1" && request.kind.kind == "Pod"
 }
 
-impl<V: ClusterView> Admit for Planner<V> {
-    fn admit(&self, request: &AdmissionRequest) -> AdmissionResponse {
+/// A Pod CREATE ready to plan.
+struct Prepared {
+    pod: Pod,
+    namespace: String,
+    /// The pod's own `metadata.namespace` (often absent on CREATE).
+    given_namespace: Option<String>,
+}
+
+/// The architecture a pod asks for by node selector, if any.
+fn pod_arch(pod: &Pod) -> Option<&str> {
+    pod.spec
+        .as_ref()?
+        .node_selector
+        .as_ref()?
+        .get("kubernetes.io/arch")
+        .map(String::as_str)
+}
+
+impl<V: ClusterView> Planner<V> {
+    fn prepare(request: &AdmissionRequest) -> Result<Prepared, Box<AdmissionResponse>> {
         let uid = &request.uid;
         if !is_pod(request) || request.operation != "CREATE" {
             // Registered for Pod CREATE only; anything else passes untouched.
-            return AdmissionResponse::allow(uid);
+            return Err(Box::new(AdmissionResponse::allow(uid)));
         }
         let Some(object) = request.object.as_ref() else {
-            return AdmissionResponse::deny(
+            return Err(Box::new(AdmissionResponse::deny(
                 uid,
                 "agentboundary.dev: the review carries no Pod object",
-            );
+            )));
         };
         let mut pod = match serde_json::from_str::<Pod>(object.get()) {
             Ok(pod) => pod,
             Err(e) => {
-                return AdmissionResponse::deny(
+                return Err(Box::new(AdmissionResponse::deny(
                     uid,
                     format!("agentboundary.dev: the object is not a readable Pod: {e}"),
-                );
+                )));
             }
         };
         let namespace = request
@@ -117,25 +215,101 @@ impl<V: ClusterView> Admit for Planner<V> {
         if given_namespace.is_none() {
             pod.metadata.namespace = Some(namespace.clone());
         }
+        Ok(Prepared {
+            pod,
+            namespace,
+            given_namespace,
+        })
+    }
+
+    fn decide(
+        &self,
+        prepared: &Prepared,
+        images: &BTreeMap<String, Result<ImageConfig, String>>,
+    ) -> plan::Decision {
         let nodes = self.view.nodes();
-        let labels = self.view.namespace_labels(&namespace);
-        let policies = self.view.policies(&namespace);
-        let decision = plan::plan(&Input {
-            pod: &pod,
+        let labels = self.view.namespace_labels(&prepared.namespace);
+        let policies = self.view.policies(&prepared.namespace);
+        plan::plan(&Input {
+            pod: &prepared.pod,
             namespace_labels: &labels,
             policies: &policies,
             nodes: &nodes,
             cluster: self.view.cluster(),
             settings: &self.settings,
-        });
-        let mut decision = decision;
+            images,
+        })
+    }
+
+    /// Plans, looking up the image configs each plan asks for, within the lookup budget.
+    async fn decide_with_images(
+        &self,
+        lookup: &ImageLookup,
+        prepared: &Prepared,
+    ) -> plan::Decision {
+        let started = Instant::now();
+        let mut images = BTreeMap::new();
+        let mut keyring: Option<Keyring> = None;
+        let mut decision = self.decide(prepared, &images);
+        // A pass wants only containers not looked up yet, so this ends: commands, then users.
+        loop {
+            let wanted: Vec<(String, String)> = decision
+                .wanted_images
+                .iter()
+                .filter(|w| !images.contains_key(&w.container))
+                .map(|w| (w.container.clone(), w.image.clone()))
+                .collect();
+            if wanted.is_empty() {
+                return decision;
+            }
+            if keyring.is_none() {
+                let budget = lookup.resolver.config().budget;
+                let read = lookup.secrets.keyring(&prepared.namespace, &prepared.pod);
+                let read = tokio::time::timeout_at((started + budget).into(), read).await;
+                keyring = Some(read.unwrap_or_else(|_| {
+                    let mut none = Keyring::default();
+                    none.problems
+                        .push("the pull secrets could not be read within the lookup budget".into());
+                    none
+                }));
+            }
+            let keyring = keyring.get_or_insert_default();
+            let found = lookup
+                .resolver
+                .resolve_all(&wanted, pod_arch(&prepared.pod), keyring, started)
+                .await;
+            for (container, result) in found {
+                if let Err(e) = &result {
+                    tracing::info!(
+                        namespace = %prepared.namespace,
+                        container = %container,
+                        error = %e,
+                        "image config lookup failed"
+                    );
+                }
+                images.insert(container, result.map_err(|e| e.to_string()));
+            }
+            decision = self.decide(prepared, &images);
+        }
+    }
+
+    fn respond(
+        request: &AdmissionRequest,
+        mut prepared: Prepared,
+        mut decision: plan::Decision,
+    ) -> AdmissionResponse {
+        let uid = &request.uid;
         let (mut response, outcome, tier) = match &decision.verdict {
             Verdict::Jailed { row, .. } => {
                 let row = row.clone();
-                pod.metadata.namespace.clone_from(&given_namespace);
-                decision.pod.metadata.namespace = given_namespace;
+                prepared
+                    .pod
+                    .metadata
+                    .namespace
+                    .clone_from(&prepared.given_namespace);
+                decision.pod.metadata.namespace = prepared.given_namespace;
                 (
-                    AdmissionResponse::patched(uid, &decision.patch(&pod)),
+                    AdmissionResponse::patched(uid, &decision.patch(&prepared.pod)),
                     "jailed",
                     Some(row),
                 )
@@ -156,5 +330,35 @@ impl<V: ClusterView> Admit for Planner<V> {
             response.audit_annotations.insert(AUDIT_TIER.into(), tier);
         }
         response
+    }
+}
+
+impl<V: ClusterView> Admit for Planner<V> {
+    fn admit(&self, request: &AdmissionRequest) -> AdmissionResponse {
+        match Self::prepare(request) {
+            Ok(prepared) => {
+                let decision = self.decide(&prepared, &BTreeMap::new());
+                Self::respond(request, prepared, decision)
+            }
+            Err(response) => *response,
+        }
+    }
+
+    fn admit_async<'a>(
+        &'a self,
+        request: &'a AdmissionRequest,
+    ) -> Pin<Box<dyn Future<Output = AdmissionResponse> + Send + 'a>> {
+        let Some(lookup) = &self.images else {
+            return Box::pin(async move { self.admit(request) });
+        };
+        Box::pin(async move {
+            match Self::prepare(request) {
+                Ok(prepared) => {
+                    let decision = self.decide_with_images(lookup, &prepared).await;
+                    Self::respond(request, prepared, decision)
+                }
+                Err(response) => *response,
+            }
+        })
     }
 }

@@ -23,6 +23,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::{Deserialize, Serialize};
 
+use crate::image::ImageConfig;
 use crate::tables::Row;
 
 /// Version of the status annotation's format.
@@ -73,6 +74,26 @@ pub struct JailedContainer {
     /// profile it set (the apiserver refuses a field and an annotation that disagree).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seccomp_annotation_replaced: Option<String>,
+    /// Set when the wrapped command came from the image's config (the container had none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_command: Option<ImageCommand>,
+}
+
+/// A command taken from the image: what the container had before, to restore it exactly.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageCommand {
+    /// Digest of the image manifest whose config gave `Entrypoint` and `Cmd`.
+    pub digest: String,
+    /// The container's `command` before (absent or empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// Whether `args` were set to the image's `Cmd` (the container had none).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub args_from_image: bool,
+    /// The container's `args` before, when they were set (absent or empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<String>>,
 }
 
 /// The node-affinity requirement added to pin the pod.
@@ -177,6 +198,8 @@ pub struct Injection<'a> {
     pub containers: Vec<JailTarget>,
     /// Wrap the containers' commands in `boundary run --`.
     pub wrap_command: bool,
+    /// Image configs of the containers to wrap that have no command, by container name.
+    pub images: BTreeMap<String, ImageConfig>,
     /// Native or classic sidecar.
     pub sidecar: SidecarKind,
     /// The node pin.
@@ -256,6 +279,12 @@ pub fn strip(pod: &mut Pod, status: &InjectionStatus) {
         }
         if let Some(command) = &record.wrapped_command {
             c.command = Some(command.clone());
+        }
+        if let Some(from_image) = &record.image_command {
+            c.command.clone_from(&from_image.command);
+            if from_image.args_from_image {
+                c.args.clone_from(&from_image.args);
+            }
         }
         if let Some(sc) = c.security_context.as_mut() {
             if let Some(add) = sc.capabilities.as_mut().and_then(|caps| caps.add.as_mut()) {
@@ -764,14 +793,37 @@ fn jail_container(
         });
         sc.seccomp_profile = Some(profile.clone());
     }
-    if injection.wrap_command
-        && builtin
-        && let Some(command) = c.command.clone()
-    {
+    if injection.wrap_command && builtin {
         let mut wrapped = vec![paths::BOUNDARY_BIN.to_owned(), "run".into(), "--".into()];
-        wrapped.extend(command.iter().cloned());
-        c.command = Some(wrapped);
-        record.wrapped_command = Some(command);
+        if let Some(command) = c.command.clone().filter(|own| !own.is_empty()) {
+            wrapped.extend(command.iter().cloned());
+            c.command = Some(wrapped);
+            record.wrapped_command = Some(command);
+        } else if let Some(image) = injection.images.get(&name) {
+            record.image_command = Some(wrap_image_command(c, wrapped, image));
+        }
+    }
+    record
+}
+
+/// Kubernetes runs the image's `Entrypoint` when `command` is empty, with `args`, or with the
+/// image's `Cmd` when `args` are empty too. Wrapped: `command: [boundary run --] + Entrypoint`,
+/// `args` kept, or the image's `Cmd` when there are none.
+fn wrap_image_command(
+    c: &mut Container,
+    mut wrapped: Vec<String>,
+    image: &ImageConfig,
+) -> ImageCommand {
+    let mut record = ImageCommand {
+        digest: image.digest.clone(),
+        command: c.command.clone(),
+        ..ImageCommand::default()
+    };
+    wrapped.extend(image.entrypoint.iter().cloned());
+    c.command = Some(wrapped);
+    if c.args.as_ref().is_none_or(Vec::is_empty) && !image.cmd.is_empty() {
+        record.args_from_image = true;
+        record.args = c.args.replace(image.cmd.clone());
     }
     record
 }

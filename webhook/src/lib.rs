@@ -9,12 +9,15 @@
 pub mod admit;
 pub mod cache;
 pub mod candidates;
+pub mod ecr;
 pub mod facts;
+pub mod image;
 pub mod inject;
 pub mod metrics;
 pub mod patch;
 pub mod plan;
 pub mod ports;
+pub mod pull_secrets;
 pub mod review;
 pub mod seccomp;
 pub mod server;

@@ -9,10 +9,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use boundary_webhook::admit::Planner;
+use boundary_webhook::admit::{ApiPullSecrets, FixedPullSecrets, ImageLookup, PullSecretSource};
 use boundary_webhook::cache::LiveView;
+use boundary_webhook::ecr::EcrSettings;
+use boundary_webhook::image::{Resolver, ResolverConfig};
 use boundary_webhook::inject::Settings;
 use boundary_webhook::server::{Config, Server};
-use clap::{Parser, ValueEnum};
+use clap::{ArgAction, Parser, ValueEnum};
 
 /// Mutating admission webhook that jails opted-in pods with the least-privileged tier their
 /// nodes support.
@@ -90,6 +93,9 @@ struct Cli {
     /// Largest `AdmissionReview` body accepted, in bytes.
     #[arg(long, env = "BOUNDARY_WEBHOOK_MAX_BODY_BYTES", default_value_t = 7 * 1024 * 1024)]
     max_body_bytes: usize,
+    /// Image lookups in registries.
+    #[command(flatten)]
+    registry: RegistryArgs,
     /// Log format: `json` (in clusters) or `text`.
     #[arg(
         long,
@@ -101,6 +107,62 @@ struct Cli {
     /// Log filter (`info`, `debug`, `boundary_webhook=debug`, ...).
     #[arg(long, env = "BOUNDARY_WEBHOOK_LOG_LEVEL", default_value = "info")]
     log_level: String,
+}
+
+/// How the webhook reads image configs from registries.
+#[derive(Debug, clap::Args)]
+#[allow(clippy::struct_excessive_bools)] // independent switches, each a Helm value
+struct RegistryArgs {
+    /// Read image configs (`Entrypoint`, `Cmd`, `User`) from registries when a plan needs them:
+    /// a wrapped container without `command`, or a capability tier and the image's `USER`.
+    /// Off: such containers are denied (Enforce) and users stay unknown.
+    #[arg(long, env = "BOUNDARY_WEBHOOK_REGISTRY_LOOKUP", default_value_t = true, action = ArgAction::Set)]
+    registry_lookup: bool,
+    /// Use the pod's and its ServiceAccount's imagePullSecrets for lookups (needs `get` on
+    /// Secrets and service accounts). Off: anonymous lookups only.
+    #[arg(long, env = "BOUNDARY_WEBHOOK_REGISTRY_PULL_SECRETS", default_value_t = true, action = ArgAction::Set)]
+    registry_pull_secrets: bool,
+    /// Time for all registry lookups of one review, in milliseconds; keep it under the
+    /// webhook configuration's timeoutSeconds.
+    #[arg(
+        long,
+        env = "BOUNDARY_WEBHOOK_REGISTRY_BUDGET_MS",
+        default_value_t = 4000
+    )]
+    registry_budget_ms: u64,
+    /// How long a tag's digest is reused before the registry is asked again.
+    #[arg(
+        long,
+        env = "BOUNDARY_WEBHOOK_REGISTRY_TAG_TTL_SECONDS",
+        default_value_t = 60
+    )]
+    registry_tag_ttl_seconds: u64,
+    /// Image configs kept in memory (by digest; least recently used evicted).
+    #[arg(
+        long,
+        env = "BOUNDARY_WEBHOOK_REGISTRY_CONFIG_CACHE_ENTRIES",
+        default_value_t = 4096
+    )]
+    registry_config_cache_entries: usize,
+    /// Architecture picked from multi-platform images when the pod has no
+    /// `kubernetes.io/arch` node selector (`amd64`, `arm64`, `arm/v7`).
+    #[arg(long, env = "BOUNDARY_WEBHOOK_REGISTRY_ARCH", default_value = "amd64")]
+    registry_arch: String,
+    /// Pull from ECR registries (`<account>.dkr.ecr.<region>.amazonaws.com`) with the webhook's
+    /// own AWS identity (IRSA, EKS Pod Identity, instance profile, environment).
+    #[arg(long, env = "BOUNDARY_WEBHOOK_REGISTRY_ECR", default_value_t = true, action = ArgAction::Set)]
+    registry_ecr: bool,
+    /// PEM file of CA certificates trusted for registries besides Mozilla's roots (registries
+    /// with a private CA).
+    #[arg(long, env = "BOUNDARY_WEBHOOK_REGISTRY_CA_FILE")]
+    registry_ca_file: Option<PathBuf>,
+    /// Registries (`host[:port]`, comma-separated) spoken to over plain HTTP.
+    #[arg(
+        long,
+        env = "BOUNDARY_WEBHOOK_INSECURE_REGISTRIES",
+        value_delimiter = ','
+    )]
+    insecure_registries: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -121,6 +183,21 @@ fn init_logging(cli: &Cli) {
     }
 }
 
+/// The certificates of a PEM file (at least one).
+fn registry_cas(path: &std::path::Path) -> anyhow::Result<Vec<Vec<u8>>> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .with_context(|| format!("reading the registry CA file {}", path.display()))?;
+    anyhow::ensure!(
+        !certs.is_empty(),
+        "the registry CA file {} holds no PEM certificate",
+        path.display()
+    );
+    Ok(certs.into_iter().map(|c| c.to_vec()).collect())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -129,6 +206,29 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
     let ready = Arc::new(AtomicBool::new(false));
+    let extra_roots = match &cli.registry.registry_ca_file {
+        Some(path) => registry_cas(path)?,
+        None => Vec::new(),
+    };
+    let image_lookup = cli.registry.registry_lookup.then(|| {
+        let secrets: Box<dyn PullSecretSource> = if cli.registry.registry_pull_secrets {
+            Box::new(ApiPullSecrets(client.clone()))
+        } else {
+            Box::new(FixedPullSecrets::default())
+        };
+        ImageLookup {
+            resolver: Arc::new(Resolver::new(ResolverConfig {
+                budget: Duration::from_millis(cli.registry.registry_budget_ms),
+                tag_ttl: Duration::from_secs(cli.registry.registry_tag_ttl_seconds),
+                insecure_registries: cli.registry.insecure_registries.clone(),
+                extra_roots,
+                default_arch: cli.registry.registry_arch.clone(),
+                config_cache_entries: cli.registry.registry_config_cache_entries,
+                ecr: cli.registry.registry_ecr.then(EcrSettings::default),
+            })),
+            secrets,
+        }
+    });
     let view = LiveView::start(client, ready.clone())
         .await
         .context("starting the node, namespace and policy watches")?;
@@ -148,9 +248,17 @@ async fn main() -> anyhow::Result<()> {
         max_body_bytes: cli.max_body_bytes,
         ..Config::default()
     };
-    let server = Server::bind(config, Arc::new(Planner::new(view, settings)), ready)
+    let mut planner = Planner::new(view, settings);
+    let resolver = image_lookup.as_ref().map(|l| l.resolver.clone());
+    if let Some(lookup) = image_lookup {
+        planner = planner.with_image_lookup(lookup);
+    }
+    let mut server = Server::bind(config, Arc::new(planner), ready)
         .await
         .context("starting the HTTPS server")?;
+    if let Some(resolver) = resolver {
+        server = server.with_extra_metrics(move |out| resolver.render_metrics(out));
+    }
     tracing::info!(https = %server.https_addr(), plain = %server.plain_addr(), "serving");
     server
         .run(async {

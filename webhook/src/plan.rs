@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use crate::candidates::{self, Candidates};
 use crate::facts::{KUBERNETES_OS, NodeFacts};
+use crate::image::ImageConfig;
 use crate::inject::{self, Injection, InjectionStatus, JailTarget, Settings, SidecarKind};
 use crate::ports;
 use crate::seccomp;
@@ -50,6 +51,19 @@ pub struct Input<'a> {
     pub cluster: Cluster,
     /// What to inject.
     pub settings: &'a Settings,
+    /// Image configs of the pod's containers by container name, as the server looked them up
+    /// (`Err`: why not). A container missing here whose config the plan needs is named in
+    /// [`Decision::wanted_images`].
+    pub images: &'a BTreeMap<String, Result<ImageConfig, String>>,
+}
+
+/// A container whose image config would change the plan, and its image.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct WantedImage {
+    /// The container.
+    pub container: String,
+    /// Its image reference.
+    pub image: String,
 }
 
 /// The outcome.
@@ -94,6 +108,8 @@ pub struct Decision {
     pub pod: Pod,
     /// Warnings for the client (`kubectl` prints them).
     pub warnings: Vec<String>,
+    /// Image configs the plan needed but `Input::images` lacks: look them up and plan again.
+    pub wanted_images: Vec<WantedImage>,
 }
 
 impl Decision {
@@ -246,12 +262,16 @@ impl PodSecurity {
     }
 }
 
-/// Admission cannot see an image's `USER`: a row whose capabilities need uid 0 says so for each
-/// container the pod spec leaves to its image (the jail would stop with its own error).
+/// A row whose capabilities need uid 0, for containers the pod spec leaves to their image's
+/// `USER`: the image config decides (a non-root one has excluded the row already); one not
+/// looked up yet is wanted, and while it is unknown a warning says what to set (the jail would
+/// stop with its own error).
 fn warn_of_image_users(
     row: &Row,
     spec: &PodSpec,
     jailed: &[&Container],
+    images: &BTreeMap<String, Result<ImageConfig, String>>,
+    wanted: &mut Vec<WantedImage>,
     warnings: &mut Vec<String>,
 ) {
     if !row.needs_root {
@@ -264,8 +284,21 @@ fn warn_of_image_users(
         ""
     };
     for c in jailed.iter().filter(|c| run_as_user(spec, c).is_none()) {
+        let unread = match images.get(&c.name) {
+            Some(Ok(_)) => continue,
+            Some(Err(cause)) => format!(" (its config could not be read: {cause})"),
+            None => {
+                if let Some(image) = c.image.as_deref().filter(|i| !i.is_empty()) {
+                    wanted.push(WantedImage {
+                        container: c.name.clone(),
+                        image: image.to_owned(),
+                    });
+                }
+                String::new()
+            }
+        };
         warnings.push(format!(
-            "agentboundary.dev: {} adds capabilities that take effect only for uid 0, and container {} runs as its image's user; if that is not root, set securityContext.runAsUser: 0{dropped}",
+            "agentboundary.dev: {} adds capabilities that take effect only for uid 0, and container {} runs as its image's user{unread}; if that is not root, set securityContext.runAsUser: 0{dropped}",
             row.name, c.name
         ));
     }
@@ -292,15 +325,21 @@ fn run_as_user(spec: &PodSpec, c: &Container) -> Option<i64> {
 }
 
 /// Whether a container certainly runs as a non-root uid (added capabilities would not be
-/// effective). Unknown (image `USER`) counts as root; the jail says so at start if wrong.
-fn runs_as_non_root(spec: &PodSpec, c: &Container) -> bool {
+/// effective). Left to the image: its config's `USER` when it was read, else it counts as root
+/// (the jail says so at start if wrong).
+fn runs_as_non_root(
+    spec: &PodSpec,
+    c: &Container,
+    images: &BTreeMap<String, Result<ImageConfig, String>>,
+) -> bool {
     let sc = c.security_context.as_ref();
     let psc = spec.security_context.as_ref();
     let uid = run_as_user(spec, c);
     let non_root = sc
         .and_then(|s| s.run_as_non_root)
         .or_else(|| psc.and_then(|s| s.run_as_non_root));
-    uid.is_some_and(|u| u != 0) || (uid.is_none() && non_root == Some(true))
+    let image_non_root = matches!(images.get(&c.name), Some(Ok(config)) if !config.user_is_root());
+    uid.is_some_and(|u| u != 0) || (uid.is_none() && (non_root == Some(true) || image_non_root))
 }
 
 /// How the seccomp needs of a row are met for one container on a set of nodes.
@@ -385,6 +424,7 @@ fn row_excluded(
     combined: &Combined,
     spec: &PodSpec,
     jailed: &[&Container],
+    images: &BTreeMap<String, Result<ImageConfig, String>>,
     level: PodSecurity,
 ) -> Option<Exclusion> {
     if let Some(tier) = row.tier.filter(|t| !combined.tiers.contains(t)) {
@@ -393,10 +433,15 @@ fn row_excluded(
         )));
     }
     if row.needs_root
-        && let Some(c) = jailed.iter().find(|c| runs_as_non_root(spec, c))
+        && let Some(c) = jailed.iter().find(|c| runs_as_non_root(spec, c, images))
     {
+        let whose = if run_as_user(spec, c).is_none() {
+            "its image's non-root USER"
+        } else {
+            "a non-root user"
+        };
         return Some(Exclusion::RuledOut(format!(
-            "container {} runs as a non-root user, for whom added capabilities are not effective",
+            "container {} runs as {whose}, for whom added capabilities are not effective",
             c.name
         )));
     }
@@ -478,14 +523,18 @@ fn cannot_jail(combined: &Combined, reason: String, mut warnings: Vec<String>) -
 
 /// Plans the pod.
 pub fn plan(input: &Input<'_>) -> Decision {
-    match plan_jail(input) {
+    let mut wanted = Vec::new();
+    let mut decision = match plan_jail(input, &mut wanted) {
         Ok(decision) => decision,
         Err(Early { verdict, warnings }) => Decision {
             verdict,
             pod: input.pod.clone(),
             warnings,
+            wanted_images: Vec::new(),
         },
-    }
+    };
+    decision.wanted_images = wanted;
+    decision
 }
 
 /// Why a pod is none of this webhook's business, if it is not.
@@ -509,7 +558,8 @@ fn not_ours(
         .then_some("injection is not enabled for this pod or namespace")
 }
 
-fn plan_jail(input: &Input<'_>) -> Result<Decision, Early> {
+#[allow(clippy::too_many_lines)] // the planner's steps in order, each its own function
+fn plan_jail(input: &Input<'_>, wanted: &mut Vec<WantedImage>) -> Result<Decision, Early> {
     let original = input.pod;
     let pod_labels = original.metadata.labels.clone().unwrap_or_default();
     if let Some(reason) = not_ours(original, &pod_labels, input.namespace_labels) {
@@ -537,7 +587,15 @@ fn plan_jail(input: &Input<'_>) -> Result<Decision, Early> {
         }
     };
     let mut warnings = Vec::new();
-    let jailed = jailed_containers(&spec, &pod_annotations, &combined, &mut warnings)?;
+    let images = input.images;
+    let jailed = jailed_containers(
+        &spec,
+        &pod_annotations,
+        &combined,
+        images,
+        wanted,
+        &mut warnings,
+    )?;
 
     let fallback;
     let nodes: Vec<&NodeFacts> = match candidates::candidates(&spec, &pod_labels, input.nodes) {
@@ -559,11 +617,18 @@ fn plan_jail(input: &Input<'_>) -> Result<Decision, Early> {
         Candidates::Nodes(found) => found,
     };
     let level = PodSecurity::of(input.namespace_labels);
-    let (row, supporting, pinned) =
-        match choose_row(&combined, &spec, &jailed, &nodes, level, &mut warnings) {
-            Ok(chosen) => chosen,
-            Err(reason) => return Err(cannot_jail(&combined, reason, warnings)),
-        };
+    let (row, supporting, pinned) = match choose_row(
+        &combined,
+        &spec,
+        &jailed,
+        images,
+        &nodes,
+        level,
+        &mut warnings,
+    ) {
+        Ok(chosen) => chosen,
+        Err(reason) => return Err(cannot_jail(&combined, reason, warnings)),
+    };
     let containers = targets(
         row,
         &combined,
@@ -573,7 +638,7 @@ fn plan_jail(input: &Input<'_>) -> Result<Decision, Early> {
         level,
         &mut warnings,
     );
-    warn_of_image_users(row, &spec, &jailed, &mut warnings);
+    warn_of_image_users(row, &spec, &jailed, images, wanted, &mut warnings);
     warn_of_unwrapped(&combined, &jailed, &mut warnings);
     let pin = pinned.then(|| pin_requirement(row, &supporting, &mut warnings));
     let injection = Injection {
@@ -583,6 +648,7 @@ fn plan_jail(input: &Input<'_>) -> Result<Decision, Early> {
         policies: combined.names.clone(),
         containers,
         wrap_command: combined.wrap_command,
+        images: image_commands(&combined, &jailed, images),
         sidecar: if input.cluster.minor >= NATIVE_SIDECAR_MINOR {
             SidecarKind::Native
         } else {
@@ -600,6 +666,7 @@ fn plan_jail(input: &Input<'_>) -> Result<Decision, Early> {
         },
         pod,
         warnings,
+        wanted_images: Vec::new(),
     })
 }
 
@@ -619,6 +686,25 @@ fn as_before_injection(original: &Pod) -> (Pod, BTreeMap<String, String>, PodSpe
         &pod_annotations,
     );
     (pod, pod_annotations, spec)
+}
+
+/// The image configs that give wrapped containers without a command theirs.
+fn image_commands(
+    combined: &Combined,
+    jailed: &[&Container],
+    images: &BTreeMap<String, Result<ImageConfig, String>>,
+) -> BTreeMap<String, ImageConfig> {
+    if !combined.wrap_command || combined.runtime != JailRuntime::Builtin {
+        return BTreeMap::new();
+    }
+    jailed
+        .iter()
+        .filter(|c| c.command.as_ref().is_none_or(Vec::is_empty))
+        .filter_map(|c| match images.get(&c.name) {
+            Some(Ok(config)) => Some((c.name.clone(), config.clone())),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Injects, and adds the injection's warnings.
@@ -773,6 +859,8 @@ fn jailed_containers<'a>(
     spec: &'a PodSpec,
     pod_annotations: &BTreeMap<String, String>,
     combined: &Combined,
+    images: &BTreeMap<String, Result<ImageConfig, String>>,
+    wanted: &mut Vec<WantedImage>,
     warnings: &mut Vec<String>,
 ) -> Result<Vec<&'a Container>, Early> {
     if spec.host_network == Some(true) {
@@ -802,21 +890,10 @@ fn jailed_containers<'a>(
             std::mem::take(warnings),
         ));
     }
-    if combined.wrap_command
-        && combined.runtime == JailRuntime::Builtin
-        && let Some(c) = jailed
-            .iter()
-            .find(|c| c.command.as_ref().is_none_or(Vec::is_empty))
-    {
-        {
-            return Err(cannot_jail(
-                combined,
-                format!(
-                    "spec.jail.wrapCommand is set, but container {} has no command in the pod spec (the image's entrypoint is not visible to admission); set command: to the entrypoint, e.g. command: [\"/usr/local/bin/agent\"]",
-                    c.name
-                ),
-                std::mem::take(warnings),
-            ));
+    if combined.wrap_command && combined.runtime == JailRuntime::Builtin {
+        let problem = commands_from_images(&jailed, images, wanted);
+        if let Some(reason) = problem {
+            return Err(cannot_jail(combined, reason, std::mem::take(warnings)));
         }
     }
     if combined.wrap_command && combined.runtime == JailRuntime::CoderBoundary {
@@ -889,12 +966,66 @@ fn invokes_boundary(c: &Container) -> bool {
         })
 }
 
+/// Containers to wrap that leave their command to the image need its config: every one not
+/// looked up yet goes into `wanted`; the first that cannot be wrapped is the reason returned.
+fn commands_from_images(
+    jailed: &[&Container],
+    images: &BTreeMap<String, Result<ImageConfig, String>>,
+    wanted: &mut Vec<WantedImage>,
+) -> Option<String> {
+    const FIX: &str =
+        "set command: to the image's entrypoint, e.g. command: [\"/usr/local/bin/agent\"]";
+    let mut reason = None;
+    for c in jailed
+        .iter()
+        .filter(|c| c.command.as_ref().is_none_or(Vec::is_empty))
+    {
+        let image = c.image.as_deref().unwrap_or_default();
+        let lead = format!(
+            "spec.jail.wrapCommand is set and container {} has no command, so the entrypoint of its image {image} is needed",
+            c.name
+        );
+        let problem = if image.is_empty() {
+            Some(format!("{lead}, but it names no image; {FIX}"))
+        } else {
+            match images.get(&c.name) {
+                Some(Ok(config)) => {
+                    let no_args = c.args.as_ref().is_none_or(Vec::is_empty);
+                    (config.entrypoint.is_empty() && config.cmd.is_empty() && no_args).then(|| {
+                        format!(
+                            "{lead}, but the image ({}) has neither ENTRYPOINT nor CMD; {FIX}",
+                            config.digest
+                        )
+                    })
+                }
+                Some(Err(cause)) => {
+                    Some(format!("{lead}, but it could not be read: {cause}; {FIX}"))
+                }
+                None => {
+                    wanted.push(WantedImage {
+                        container: c.name.clone(),
+                        image: image.to_owned(),
+                    });
+                    Some(format!(
+                        "{lead}, but it was not looked up (the webhook has no registry access); {FIX}"
+                    ))
+                }
+            }
+        };
+        if reason.is_none() {
+            reason = problem;
+        }
+    }
+    reason
+}
+
 /// The first row (least privilege first) that works on every candidate node; else, when
 /// pinning is allowed, the first that works on some of them (`pinned`); else why not.
 fn choose_row<'n>(
     combined: &Combined,
     spec: &PodSpec,
     jailed: &[&Container],
+    images: &BTreeMap<String, Result<ImageConfig, String>>,
     nodes: &[&'n NodeFacts],
     level: PodSecurity,
     warnings: &mut Vec<String>,
@@ -913,7 +1044,7 @@ fn choose_row<'n>(
         }
     };
     for row in tables::table(combined.runtime) {
-        match row_excluded(row, combined, spec, jailed, level) {
+        match row_excluded(row, combined, spec, jailed, images, level) {
             Some(Exclusion::NotPermitted(why)) => {
                 excluded.push(format!("{}: {why}", row.name));
                 continue;

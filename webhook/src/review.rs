@@ -184,11 +184,20 @@ impl AdmissionResponse {
     }
 }
 
-/// What the server hands a review to. Implementations are pure deciders: no I/O on the
-/// request path, so the webhook answers within the apiserver's timeout.
+/// What the server hands a review to. `admit` is a pure decider; `admit_async` may wait on
+/// bounded lookups (image configs) and by default is `admit`.
 pub trait Admit: Send + Sync + 'static {
     /// Decides one request.
     fn admit(&self, request: &AdmissionRequest) -> AdmissionResponse;
+
+    /// Decides one request, with lookups that finish within the implementation's budget.
+    fn admit_async<'a>(
+        &'a self,
+        request: &'a AdmissionRequest,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = AdmissionResponse> + Send + 'a>> {
+        // Decided when polled, so a panic is caught where the server polls it.
+        Box::pin(async move { self.admit(request) })
+    }
 }
 
 /// Why a body is not a usable `AdmissionReview` (answered with HTTP 400).

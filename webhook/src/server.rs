@@ -20,6 +20,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, Version, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use futures_util::FutureExt as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -562,7 +563,8 @@ async fn mutate(State(state): State<Arc<AppState>>, request: Request) -> Respons
     drop(body);
     // A panicking decider is a bug, but one review must not take the webhook down with it.
     let admit = &state.admit;
-    match std::panic::catch_unwind(AssertUnwindSafe(|| admit.admit(&request))) {
+    let decided = AssertUnwindSafe(admit.admit_async(&request)).catch_unwind();
+    match decided.await {
         Ok(response) => answer(&state.metrics, &request, response, started),
         Err(panic) => {
             let what = panic

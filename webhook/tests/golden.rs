@@ -1,5 +1,6 @@
 //! Golden tests of the planner: one case per row of each table, plus mixed node pools, pinning,
-//! opt-out, reinvocation, Windows nodes, hostNetwork pods and Pod Security levels.
+//! opt-out, reinvocation, Windows nodes, hostNetwork pods and Pod Security levels, and image
+//! configs as the server looked them up (`images:`: wrapCommand from the image, image users).
 //!
 //! Each `tests/golden/<group>/<case>.yaml` is an input (pod, namespace, policies, nodes, cluster
 //! version; shorthand defaults below); `<case>.golden.yaml` next to it is the expected verdict,
@@ -15,6 +16,7 @@ use anyhow::{Context, bail};
 use boundary_api::JailRuntime;
 use boundary_api::crd::BoundaryPolicy;
 use boundary_webhook::facts::NodeFacts;
+use boundary_webhook::image::ImageConfig;
 use boundary_webhook::inject::Settings;
 use boundary_webhook::plan::{Cluster, Decision, Input, Verdict, plan};
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -48,6 +50,23 @@ struct Case {
     /// The webhook's `--enforcement-readiness-gate` (default off).
     #[serde(default)]
     enforcement_readiness_gate: bool,
+    /// Image configs the server looked up, by container name.
+    #[serde(default)]
+    images: BTreeMap<String, ImageShorthand>,
+}
+
+/// An image config (`entrypoint`, `cmd`, `user`), or the lookup's `error`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ImageShorthand {
+    #[serde(default)]
+    entrypoint: Vec<String>,
+    #[serde(default)]
+    cmd: Vec<String>,
+    #[serde(default)]
+    user: String,
+    #[serde(default)]
+    error: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -106,6 +125,7 @@ struct Loaded {
     policies: Vec<BoundaryPolicy>,
     nodes: Vec<NodeFacts>,
     cluster: Cluster,
+    images: BTreeMap<String, Result<ImageConfig, String>>,
 }
 
 fn load(path: &Path) -> anyhow::Result<Loaded> {
@@ -161,6 +181,22 @@ fn load(path: &Path) -> anyhow::Result<Loaded> {
         cluster: Cluster {
             minor: case.cluster_minor.unwrap_or(33),
         },
+        images: case
+            .images
+            .into_iter()
+            .map(|(name, image)| {
+                let result = match image.error {
+                    Some(error) => Err(error),
+                    None => Ok(ImageConfig {
+                        digest: format!("sha256:{}", "ab".repeat(32)),
+                        entrypoint: image.entrypoint,
+                        cmd: image.cmd,
+                        user: image.user,
+                    }),
+                };
+                (name, result)
+            })
+            .collect(),
     })
 }
 
@@ -172,6 +208,7 @@ fn decide(loaded: &Loaded, pod: &Pod, settings: &Settings) -> Decision {
         nodes: &loaded.nodes,
         cluster: loaded.cluster,
         settings,
+        images: &loaded.images,
     })
 }
 
@@ -440,5 +477,32 @@ fn fields_this_build_does_not_know_survive_the_patch() -> anyhow::Result<()> {
         raw["spec"]["containers"][0]["securityContext"]["capabilities"]["add"],
         json!(["NET_ADMIN", "SYS_ADMIN"])
     );
+    Ok(())
+}
+
+#[test]
+fn the_plan_names_the_image_configs_it_needs_and_no_others() -> anyhow::Result<()> {
+    let settings = settings();
+    let wanted = |case: &str| -> anyhow::Result<Vec<(String, String)>> {
+        let loaded = loaded_case(case)?;
+        Ok(decide(&loaded, &loaded.pod, &settings)
+            .wanted_images
+            .into_iter()
+            .map(|w| (w.container, w.image))
+            .collect())
+    };
+    let agent = vec![("agent".to_owned(), "registry.example/agent:1".to_owned())];
+    // The command (wrapCommand without command), and the user (a tier that needs uid 0).
+    assert_eq!(
+        wanted("builtin/wrap-command-without-command-denied.yaml")?,
+        agent
+    );
+    assert_eq!(wanted("builtin/privileged-netns-bottlerocket.yaml")?, agent);
+    // Nothing when the pod spec answers (a command; userns needs no root), or it was read.
+    assert!(wanted("builtin/wrap-command.yaml")?.is_empty());
+    assert!(wanted("builtin/userns-amazon-linux-2023.yaml")?.is_empty());
+    assert!(wanted("builtin/privileged-netns-as-root.yaml")?.is_empty());
+    assert!(wanted("images/entrypoint-and-cmd.yaml")?.is_empty());
+    assert!(wanted("images/image-user-unreadable.yaml")?.is_empty());
     Ok(())
 }

@@ -31,6 +31,8 @@ const EVENTUALLY: Duration = Duration::from_mins(1);
 // The decider under the server.
 
 /// Denies `deny-me`, admits `allow-me` unchanged, panics on `panic`, patches anything else.
+/// `waits` is decided only by the asynchronous path, after a wait (as image lookups do), and
+/// `panic-later` panics there after the wait.
 struct TestAdmit;
 
 fn test_patch() -> json_patch::Patch {
@@ -47,6 +49,7 @@ impl Admit for TestAdmit {
             "deny-me" => AdmissionResponse::deny(&request.uid, "denied by the test decider"),
             "allow-me" => AdmissionResponse::allow(&request.uid),
             "panic" => panic!("the test decider panics on purpose"),
+            "waits" => AdmissionResponse::deny(&request.uid, "the synchronous path was taken"),
             _ => {
                 let mut response = AdmissionResponse::patched(&request.uid, &test_patch());
                 response.warnings.push("patched by the test decider".into());
@@ -56,6 +59,27 @@ impl Admit for TestAdmit {
                 response
             }
         }
+    }
+
+    fn admit_async<'a>(
+        &'a self,
+        request: &'a AdmissionRequest,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = AdmissionResponse> + Send + 'a>> {
+        Box::pin(async move {
+            match request.object_name().as_str() {
+                "waits" => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let mut response = AdmissionResponse::allow(&request.uid);
+                    response.warnings.push("decided after waiting".into());
+                    response
+                }
+                "panic-later" => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    panic!("the test decider panics on purpose, after a wait")
+                }
+                _ => self.admit(request),
+            }
+        })
     }
 }
 
@@ -750,6 +774,32 @@ async fn a_panicking_decider_gives_500_and_the_next_review_is_served() {
         "again"
     );
     assert_eq!(server.metric("reviews_total{result=\"error\"}").await, 1);
+    assert_eq!(server.metric("in_flight_requests").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_awaits_the_asynchronous_decider_and_catches_its_panics() {
+    let server = TestServer::start(|_| {}).await;
+    let reply = server.review("w1", "waits").await;
+    assert_eq!(reply.json()["response"]["allowed"], true, "{reply:?}");
+    assert_eq!(
+        reply.json()["response"]["warnings"],
+        json!(["decided after waiting"])
+    );
+    let mut client = server.client().await;
+    let reply = client
+        .post_json(
+            "/mutate",
+            &review_body("boom-later", "panic-later").to_string(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR, "{reply:?}");
+    assert!(reply.error().contains("boom-later"));
+    assert_eq!(
+        server.review("after", "web").await.json()["response"]["uid"],
+        "after"
+    );
     assert_eq!(server.metric("in_flight_requests").await, 0);
 }
 
