@@ -87,9 +87,11 @@ if [ "$NODE" = 1 ]; then
     exit 1
   fi
   log "starting dockerd"
-  # dockerd first: it creates docker0, which holds NODE_IP.
+  # dockerd first: it creates docker0, which holds NODE_IP. Registries on NODE_IP (the e2e tests
+  # start one that pods and the webhook reach there) are spoken to over plain HTTP.
   start dockerd dockerd --data-root "${DOCKER_DATA:-/var/lib/agent-boundary-docker}" --exec-root "$STATE/docker-exec" \
-    --pidfile "$STATE/dockerd.real.pid" --add-runtime "runc-clamp=$HERE/runc-clamp-oom" --default-runtime=runc-clamp
+    --pidfile "$STATE/dockerd.real.pid" --add-runtime "runc-clamp=$HERE/runc-clamp-oom" --default-runtime=runc-clamp \
+    --insecure-registry "$NODE_IP/32"
   wait_for dockerd docker info
 fi
 start apiserver "$BIN/kube-apiserver" --etcd-servers="http://127.0.0.1:$EPORT" \

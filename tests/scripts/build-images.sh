@@ -36,9 +36,18 @@ for entry in "${IMAGES[@]}" "${TEST_IMAGES[@]}"; do
   fi
   rm -rf "${ctx:?}"/*
   cp "$bin" "$ctx/$binary"
+  extra=
+  if [ "$image" = boundary-webhook ]; then
+    # oci-client builds a default reqwest client even when it is given its roots, and that
+    # panics without a system trust store: the webhook image carries Debian's bundle (the
+    # webhook itself trusts only Mozilla's roots plus webhook.imageLookup.caConfigMap).
+    mkdir -p "$ctx/certs"; cp /etc/ssl/certs/ca-certificates.crt "$ctx/certs/"
+    extra="COPY certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt"
+  fi
   cat > "$ctx/Dockerfile" <<D
 FROM scratch
 COPY $binary /usr/local/bin/$binary
+$extra
 USER 65532:65532
 ENTRYPOINT ["/usr/local/bin/$binary"]
 D

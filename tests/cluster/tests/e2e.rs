@@ -23,6 +23,9 @@ use kube::api::{ListParams, LogParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt as _};
 use serde_json::{Value, json};
 
+#[path = "e2e/real_pods.rs"]
+mod real_pods;
+
 const RELEASE: &str = "agent-boundary";
 const RELEASE_NAMESPACE: &str = "agent-boundary-e2e";
 const ALLOWED: &str = "allowed.e2e.test";
@@ -102,6 +105,9 @@ async fn install(client: &Client, extra: &[&str]) -> anyhow::Result<()> {
         "webhook.logFormat=text".into(),
     ];
     values.extend(extra.iter().map(ToString::to_string));
+    // Helm installs a chart's CRDs only on the first install and never upgrades them: the
+    // working tree's schema is applied first, as an upgrade of this project needs today.
+    boundary_test_support::install_crds(client).await?;
     let mut cmd = Command::new(helm());
     cmd.args(["upgrade", "--install", RELEASE])
         .arg(repo_root().join("charts/agent-boundary"))
