@@ -287,7 +287,11 @@ async fn status_goes_through_the_subresource_and_shows_in_kubectl_get() -> anyho
         .unwrap_or_default()
         .split_whitespace()
         .collect();
-    assert_eq!(header, ["NAME", "MODE", "RULES", "READY", "AGE"], "{table}");
+    assert_eq!(
+        header,
+        ["NAME", "MODE", "RULES", "READY", "ENFORCED", "AGE"],
+        "{table}"
+    );
     let row: Vec<&str> = lines
         .next()
         .unwrap_or_default()

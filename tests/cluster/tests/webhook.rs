@@ -376,7 +376,14 @@ async fn pods_are_mutated_as_planned_for_the_nodes_they_can_land_on() -> anyhow:
                     &pod,
                 )
                 .await?;
-            Ok((annotation(&created, annotations::TIER) == Some("userns")).then_some(created))
+            if annotation(&created, annotations::TIER) == Some("userns") {
+                Ok(Some(created))
+            } else {
+                anyhow::bail!(
+                    "planned so far: {:?}",
+                    created.metadata.annotations.unwrap_or_default()
+                )
+            }
         },
     )
     .await?;
