@@ -194,18 +194,25 @@ async fn serve(addr: SocketAddr, cert: &Path, key: &Path, name: String) -> anyho
                     return;
                 }
             };
-            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let body = format!("hello from {name}: {} {}\n", req.method(), req.uri().path());
-                eprintln!("e2e-tools: {peer} {} {}", req.method(), req.uri());
-                async move {
-                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(body))))
-                }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tls), service)
-                .await;
+            answer_hello(tls, &name, peer).await;
         });
     }
+}
+
+/// Answers every request on one connection with `hello from NAME: METHOD PATH`.
+async fn answer_hello<T>(io: T, name: &Arc<str>, peer: SocketAddr)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let name = name.clone();
+    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+        let body = format!("hello from {name}: {} {}\n", req.method(), req.uri().path());
+        eprintln!("e2e-tools: {peer} {} {}", req.method(), req.uri());
+        async move { Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(body)))) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), service)
+        .await;
 }
 
 async fn serve_http(addr: SocketAddr, name: String) -> anyhow::Result<()> {
@@ -216,16 +223,7 @@ async fn serve_http(addr: SocketAddr, name: String) -> anyhow::Result<()> {
         let (tcp, peer) = listener.accept().await?;
         let name = name.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let body = format!("hello from {name}: {} {}\n", req.method(), req.uri().path());
-                eprintln!("e2e-tools: {peer} {} {}", req.method(), req.uri());
-                async move {
-                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(body))))
-                }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), service)
-                .await;
+            answer_hello(tcp, &name, peer).await;
         });
     }
 }
