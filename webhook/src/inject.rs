@@ -219,11 +219,14 @@ pub struct JailTarget {
     pub pod_local_ports: Vec<u16>,
 }
 
-/// Removes everything a previous injection (recorded in `status`) added.
-pub fn strip(pod: &mut Pod, status: &InjectionStatus) {
+/// Removes the annotations `keys` and the jailed label (maps left empty go).
+fn forget_metadata(pod: &mut Pod, keys: &[&str]) {
     if let Some(annotations) = pod.metadata.annotations.as_mut() {
-        for key in [annotations::STATUS, annotations::TIER, annotations::POLICY] {
-            annotations.remove(key);
+        for key in keys {
+            annotations.remove(*key);
+        }
+        if annotations.is_empty() {
+            pod.metadata.annotations = None;
         }
     }
     if let Some(pod_labels) = pod.metadata.labels.as_mut() {
@@ -232,6 +235,14 @@ pub fn strip(pod: &mut Pod, status: &InjectionStatus) {
             pod.metadata.labels = None;
         }
     }
+}
+
+/// Removes everything a previous injection (recorded in `status`) added.
+pub fn strip(pod: &mut Pod, status: &InjectionStatus) {
+    forget_metadata(
+        pod,
+        &[annotations::STATUS, annotations::TIER, annotations::POLICY],
+    );
     let Some(spec) = pod.spec.as_mut() else {
         return;
     };
@@ -336,20 +347,7 @@ const JAILED_ENV: [&str; 7] = [
 /// create`) carries them without the annotation, and would otherwise be wrapped twice. Leaves a
 /// pod without such parts as it is.
 pub fn strip_recognised(pod: &mut Pod) {
-    if let Some(annotations) = pod.metadata.annotations.as_mut() {
-        for key in [annotations::TIER, annotations::POLICY] {
-            annotations.remove(key);
-        }
-        if annotations.is_empty() {
-            pod.metadata.annotations = None;
-        }
-    }
-    if let Some(pod_labels) = pod.metadata.labels.as_mut() {
-        pod_labels.remove(labels::JAILED);
-        if pod_labels.is_empty() {
-            pod.metadata.labels = None;
-        }
-    }
+    forget_metadata(pod, &[annotations::TIER, annotations::POLICY]);
     let Some(spec) = pod.spec.as_mut() else {
         return;
     };
