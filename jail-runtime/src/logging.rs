@@ -1,5 +1,8 @@
 //! Diagnostics (not the audit trail) go to standard error: plain text for people, JSON in
-//! clusters (`--log-format json` or `BOUNDARY_LOG_FORMAT=json`).
+//! clusters (`--log-format json` or `BOUNDARY_LOG_FORMAT=json`). Colours only on a terminal:
+//! `kubectl logs` shows escape codes as they are.
+
+use std::io::IsTerminal as _;
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::LevelFilter;
@@ -28,6 +31,7 @@ pub fn init(level: &str, json: bool) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     let _ = if json {
         builder.json().flatten_event(true).try_init()

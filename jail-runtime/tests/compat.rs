@@ -363,3 +363,24 @@ async fn the_sidecar_enforces_the_policy_file_and_reloads_it() {
         "the bad version is reported:\n{log}"
     );
 }
+
+/// `kubectl logs` shows what the supervisor writes as it is: on a pipe, no colour codes.
+#[tokio::test]
+async fn diagnostics_on_a_pipe_carry_no_colour_codes() {
+    require_root();
+    let out = boundary(As::Root)
+        .args(["run", "--pod-local-port", "53", "--", "true"])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("WARN") && text.contains("53"),
+        "a warning: {text}"
+    );
+    assert!(
+        !text.contains('\u{1b}'),
+        "no escape codes on a pipe: {text:?}"
+    );
+}

@@ -33,7 +33,10 @@ enum LogFormat {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let filter = EnvFilter::try_new(&cli.log).context("--log")?;
-    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colours only on a terminal: `kubectl logs` shows escape codes as they are.
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
     match cli.log_format {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),
