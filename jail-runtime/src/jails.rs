@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use boundary_api::Tier;
 use boundary_api::contract::exit_when;
+use boundary_api::enforcement::{JailReport, SidecarStatus};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
@@ -62,19 +63,9 @@ impl FromStr for ExitWhen {
     }
 }
 
-/// A jail's state as the sidecar knows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum JailState {
-    /// Its `boundary run` is connected; the command runs.
-    Connected,
-    /// The command ended and `boundary run` said with which code.
-    Exited,
-    /// The jail could not be set up.
-    Failed,
-    /// The session ended without an exit code: the container was killed (OOM, SIGKILL).
-    Lost,
-}
+/// A jail's state: the wire type the operator reads (`boundary_api::enforcement`), also kept in
+/// the state file.
+pub use boundary_api::enforcement::JailState;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Entry {
@@ -306,36 +297,15 @@ impl Jails {
     }
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Status {
-    policy_hash: Option<String>,
-    policy_loaded: bool,
-    jails: Vec<JailStatus>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct JailStatus {
-    container: String,
-    tier: Option<Tier>,
-    state: JailState,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    exit_code: Option<i32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
-    since: String,
-}
-
-/// The body of `GET /status`.
+/// The body of `GET /status` (`boundary_api::enforcement::SidecarStatus`).
 pub fn status_json(proxy: &Proxy, jails: Option<&Jails>) -> String {
     let hash = proxy.policy_hash();
     let jails = jails.map_or_else(Vec::new, |j| {
         j.lock()
             .iter()
-            .map(|(name, e)| JailStatus {
+            .map(|(name, e)| JailReport {
                 container: name.clone(),
-                tier: e.tier,
+                tier: e.tier.map(Tier::as_str).unwrap_or_default().to_owned(),
                 state: e.state,
                 exit_code: e.exit_code,
                 error: e.error.clone(),
@@ -343,9 +313,9 @@ pub fn status_json(proxy: &Proxy, jails: Option<&Jails>) -> String {
             })
             .collect()
     });
-    let mut body = serde_json::to_string(&Status {
+    let mut body = serde_json::to_string(&SidecarStatus {
         policy_loaded: hash.is_some(),
-        policy_hash: hash,
+        policy_hash: hash.unwrap_or_default(),
         jails,
     })
     .unwrap_or_default();

@@ -515,6 +515,10 @@ impl Sidecar {
     pub async fn status(&self) -> serde_json::Value {
         let (code, body) = http_get(self.metrics, "/status").await.unwrap();
         assert_eq!(code, 200, "{body}");
+        // Whatever the sidecar's state, the operator's type reads it.
+        if let Err(e) = serde_json::from_str::<boundary_api::enforcement::SidecarStatus>(&body) {
+            panic!("the operator cannot read /status: {e}: {body}");
+        }
         serde_json::from_str(&body).unwrap()
     }
 
