@@ -59,6 +59,12 @@ pub struct PolicyEntry {
     /// Enforce or Audit.
     #[serde(default)]
     pub mode: Mode,
+    /// `true` for a `ClusterBoundaryPolicy` (its name is then cluster-wide).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cluster: bool,
+    /// Coder-grammar deny rules: a request one of them matches is denied whatever allows it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<String>,
     /// Coder-grammar rules.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow: Vec<String>,

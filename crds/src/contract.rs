@@ -43,6 +43,9 @@ pub mod labels {
 pub const INJECT_ENABLED: &str = "enabled";
 /// Value of [`labels::INJECT`] that opts a pod (or a whole namespace) out.
 pub const INJECT_DISABLED: &str = "disabled";
+/// Value of [`labels::INJECT`] that makes jailing required in a namespace: every pod is jailed
+/// or refused, the pod-level opt-out is ignored, and the webhook's failure refuses pods.
+pub const INJECT_REQUIRED: &str = "required";
 /// Value of [`labels::MANAGED_BY`] on objects the operator creates.
 pub const MANAGED_BY_OPERATOR: &str = "agent-boundary-operator";
 /// Value of [`labels::PART_OF`].
@@ -398,6 +401,7 @@ mod tests {
         let values = [
             INJECT_ENABLED,
             INJECT_DISABLED,
+            INJECT_REQUIRED,
             MANAGED_BY_OPERATOR,
             PART_OF,
         ];

@@ -115,6 +115,117 @@ impl BoundaryPolicySpec {
     }
 }
 
+/// Cluster-wide egress rules set by cluster administrators: they apply to the selected pods of
+/// every selected namespace under that namespace's own `BoundaryPolicy` objects. Deny rules win
+/// over any allow rule; allow rules add to the namespace's. Namespace owners cannot loosen it.
+// `printcolumn(...)` repeats keys such as `type_` by design of the derive.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "agentboundary.dev",
+    version = "v1alpha1",
+    kind = "ClusterBoundaryPolicy",
+    plural = "clusterboundarypolicies",
+    singular = "clusterboundarypolicy",
+    shortname = "cbp",
+    category = "agentboundary",
+    status = "ClusterBoundaryPolicyStatus",
+    derive = "PartialEq",
+    derive = "Default",
+    doc = "ClusterBoundaryPolicy holds administrators' egress rules for the selected pods of the \
+           selected namespaces: its deny rules beat every allow rule, its allow rules add to the \
+           namespaces' own BoundaryPolicies, and it can make jailing required.",
+    printcolumn(name = "Mode", type_ = "string", json_path = ".spec.mode"),
+    printcolumn(
+        name = "Required",
+        type_ = "boolean",
+        json_path = ".spec.requireJailing"
+    ),
+    printcolumn(
+        name = "Namespaces",
+        type_ = "integer",
+        json_path = ".status.namespaceCount",
+        description = "Namespaces it applies to"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterBoundaryPolicySpec {
+    /// Namespaces the policy applies to. Required; `{}` selects every namespace except the
+    /// ones the chart excludes (its own, `kube-system`, `webhook.excludeNamespaces`).
+    pub namespace_selector: LabelSelector,
+    /// Pods of those namespaces it applies to. Required; `{}` selects every pod.
+    pub pod_selector: LabelSelector,
+    /// `Enforce` (default) or `Audit`. It combines with the namespace's policies like theirs
+    /// do: when any policy selecting a pod is `Enforce`, the pod's rules are enforced.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Deny rules in Coder's grammar (`domain=pastebin.com`, `domain=*.github.com method=POST
+    /// path=/gists*`): a request one of them matches is denied whatever allows it. A TCP or
+    /// TLS-passthrough connection is denied when a deny rule names its host and port (the proxy
+    /// cannot see its method or path).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(length(min = 1)))]
+    pub deny: Vec<String>,
+    /// Allow rules in Coder's grammar, added to those of the namespace's policies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(length(min = 1)))]
+    pub allow: Vec<String>,
+    /// Structured HTTP(S) allow rules, added to the namespace's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http: Vec<HttpRule>,
+    /// Plain TCP allow rules, added to the namespace's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tcp: Vec<TcpRule>,
+    /// Makes jailing required in the selected namespaces: the operator labels them
+    /// `agentboundary.dev/inject=required`, so every pod there is jailed or refused and the
+    /// pod-level opt-out is ignored.
+    #[serde(default)]
+    pub require_jailing: bool,
+}
+
+impl ClusterBoundaryPolicySpec {
+    /// Number of rules of every kind (deny and allow).
+    pub fn rule_count(&self) -> usize {
+        self.deny.len() + self.allow.len() + self.http.len() + self.tcp.len()
+    }
+}
+
+/// Observed state of a `ClusterBoundaryPolicy`, written by the operator.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterBoundaryPolicyStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `RulesValid`: every rule parses. `Ready`: the rules are published into the compiled
+    /// policy of every selected namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// Number of rules (deny and allow).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule_count: Option<i32>,
+    /// Problems found in the rules, each with its position.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rule_problems: Vec<RuleProblem>,
+    /// Number of namespaces the policy applies to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_count: Option<i32>,
+    /// The namespaces it applies to, sorted (at most 50; `namespaceCount` has the total).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
+}
+
 /// Observed state of a `BoundaryPolicy`, written by the operator.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -93,6 +93,8 @@ pub fn compile_namespace(namespace: &str, policies: &[BoundaryPolicy]) -> Compil
             pod_selector,
             containers: spec.containers.clone(),
             mode: spec.mode,
+            cluster: false,
+            deny: Vec::new(),
             allow: spec.allow.clone(),
             http: spec.http.clone(),
             tcp: spec.tcp.clone(),
