@@ -12,6 +12,9 @@ BIN=${K8S_BIN:-$HOME/.cache/local-k8s/v1.20.2}
 STATE=${STATE:-/tmp/agent-boundary-cluster}
 PORT=${PORT:-16443}; EPORT=${EPORT:-12379}
 NODE=${NODE:-0}
+# Ephemeral containers (`kubectl debug`) are alpha in 1.20: on, so the webhook's guard is tested
+# against the real subresource.
+FEATURES=EphemeralContainers=true
 NODE_IP=172.17.0.1            # docker0's address: kubelet refuses a loopback node IP
 KUBECTL="$BIN/kubectl"
 
@@ -100,7 +103,7 @@ start apiserver "$BIN/kube-apiserver" --etcd-servers="http://127.0.0.1:$EPORT" \
   --token-auth-file=pki/tokens.csv --authorization-mode=RBAC --client-ca-file=pki/ca.crt \
   --service-cluster-ip-range=10.96.0.0/16 --service-account-issuer=https://kubernetes.default.svc \
   --service-account-key-file=pki/sa.pub --service-account-signing-key-file=pki/sa.key \
-  --allow-privileged=true "${EXTRA[@]}"
+  --allow-privileged=true --feature-gates="$FEATURES" "${EXTRA[@]}"
 wait_for apiserver curl -sf --cacert pki/ca.crt -H "Authorization: Bearer $TOKEN" "https://127.0.0.1:$PORT/readyz"
 
 if [ "$NODE" = 1 ]; then
@@ -127,7 +130,7 @@ if [ "$NODE" = 1 ]; then
     --cgroup-driver=cgroupfs --cgroups-per-qos=false --enforce-node-allocatable= \
     --fail-swap-on=false --image-gc-high-threshold=100 --image-gc-low-threshold=99 \
     --eviction-hard='memory.available<1Mi,nodefs.available<1%,imagefs.available<1%' \
-    --anonymous-auth=true --authorization-mode=AlwaysAllow
+    --anonymous-auth=true --authorization-mode=AlwaysAllow --feature-gates="$FEATURES"
   start kube-proxy "$BIN/kube-proxy" --kubeconfig="$STATE/kubeconfig" --hostname-override=local-node \
     --proxy-mode=iptables --masquerade-all --cluster-cidr=172.17.0.0/16 --conntrack-max-per-core=0
   wait_for kubelet sh -c "'$KUBECTL' --kubeconfig '$STATE/kubeconfig' get node local-node -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}' | grep -qx True"

@@ -11,10 +11,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use boundary_api::crd::BoundaryPolicy;
+use boundary_api::crd::{BoundaryPolicy, ClusterBoundaryPolicy};
 use k8s_openapi::api::core::v1::Pod;
 
 use crate::facts::NodeFacts;
+use crate::guard::{self, Jailing};
 use crate::image::{ImageConfig, Resolver};
 use crate::inject::Settings;
 use crate::plan::{self, Cluster, Input, Verdict};
@@ -34,6 +35,17 @@ pub trait ClusterView: Send + Sync + 'static {
     fn namespace_labels(&self, namespace: &str) -> BTreeMap<String, String>;
     /// The `BoundaryPolicy` objects of a namespace.
     fn policies(&self, namespace: &str) -> Vec<BoundaryPolicy>;
+    /// Every `ClusterBoundaryPolicy`.
+    fn all_cluster_policies(&self) -> Vec<ClusterBoundaryPolicy>;
+    /// The `ClusterBoundaryPolicy` objects whose `namespaceSelector` selects `namespace` (a
+    /// malformed selector selects nothing; the operator reports it).
+    fn cluster_policies(&self, namespace: &str) -> Vec<ClusterBoundaryPolicy> {
+        let labels = self.namespace_labels(namespace);
+        self.all_cluster_policies()
+            .into_iter()
+            .filter(|p| plan::selector(&p.spec.namespace_selector).matches(&labels) == Ok(true))
+            .collect()
+    }
     /// The apiserver's version.
     fn cluster(&self) -> Cluster;
 }
@@ -47,6 +59,8 @@ pub struct StaticView {
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
     /// Policies (each in its own namespace).
     pub policies: Vec<BoundaryPolicy>,
+    /// Cluster policies.
+    pub cluster_policies: Vec<ClusterBoundaryPolicy>,
     /// Cluster version.
     pub cluster: Cluster,
 }
@@ -66,6 +80,10 @@ impl ClusterView for StaticView {
             .filter(|p| p.metadata.namespace.as_deref() == Some(namespace))
             .cloned()
             .collect()
+    }
+
+    fn all_cluster_policies(&self) -> Vec<ClusterBoundaryPolicy> {
+        self.cluster_policies.clone()
     }
 
     fn cluster(&self) -> Cluster {
@@ -138,6 +156,7 @@ impl std::fmt::Debug for ImageLookup {
 pub struct Planner<V> {
     view: V,
     settings: Settings,
+    jailing: Jailing,
     images: Option<ImageLookup>,
 }
 
@@ -148,8 +167,17 @@ impl<V: ClusterView> Planner<V> {
         Planner {
             view,
             settings,
+            jailing: Jailing::default(),
             images: None,
         }
+    }
+
+    /// Requires jailing where the admins say so, and lets the service accounts they name opt
+    /// out.
+    #[must_use]
+    pub fn with_jailing(mut self, jailing: Jailing) -> Self {
+        self.jailing = jailing;
+        self
     }
 
     /// Looks image configs up when a plan needs them (reviews through [`Admit::admit_async`]).
@@ -186,7 +214,7 @@ impl<V: ClusterView> Planner<V> {
     fn prepare(request: &AdmissionRequest) -> Result<Prepared, Box<AdmissionResponse>> {
         let uid = &request.uid;
         if !is_pod(request) || request.operation != "CREATE" {
-            // Registered for Pod CREATE only; anything else passes untouched.
+            // Pod CREATE is planned, UPDATE guarded; anything else passes untouched.
             return Err(Box::new(AdmissionResponse::allow(uid)));
         }
         let Some(object) = request.object.as_ref() else {
@@ -230,10 +258,13 @@ impl<V: ClusterView> Planner<V> {
         let nodes = self.view.nodes();
         let labels = self.view.namespace_labels(&prepared.namespace);
         let policies = self.view.policies(&prepared.namespace);
+        let cluster_policies = self.view.cluster_policies(&prepared.namespace);
         plan::plan(&Input {
             pod: &prepared.pod,
             namespace_labels: &labels,
             policies: &policies,
+            cluster_policies: &cluster_policies,
+            jailing: &self.jailing,
             nodes: &nodes,
             cluster: self.view.cluster(),
             settings: &self.settings,
@@ -333,8 +364,150 @@ impl<V: ClusterView> Planner<V> {
     }
 }
 
+/// The parts of a Pod, or of 1.20–1.21's `EphemeralContainers` object, the ephemeral container
+/// check reads.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WithEphemeral {
+    #[serde(default)]
+    metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    /// Kubernetes 1.22+: the Pod.
+    #[serde(default)]
+    spec: Option<EphemeralList>,
+    /// Up to 1.21: `EphemeralContainers` carries the list itself.
+    #[serde(default)]
+    ephemeral_containers: Option<Vec<Named>>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EphemeralList {
+    #[serde(default)]
+    ephemeral_containers: Option<Vec<Named>>,
+}
+
+#[derive(serde::Deserialize)]
+struct Named {
+    name: String,
+}
+
+impl WithEphemeral {
+    fn names(&self) -> Vec<&str> {
+        self.ephemeral_containers
+            .iter()
+            .chain(
+                self.spec
+                    .iter()
+                    .filter_map(|s| s.ephemeral_containers.as_ref()),
+            )
+            .flatten()
+            .map(|c| c.name.as_str())
+            .collect()
+    }
+}
+
+fn parse_object<T: serde::de::DeserializeOwned>(
+    raw: Option<&serde_json::value::RawValue>,
+    which: &str,
+) -> Result<T, String> {
+    let raw = raw.ok_or_else(|| format!("agentboundary.dev: the review carries no {which}"))?;
+    serde_json::from_str(raw.get())
+        .map_err(|e| format!("agentboundary.dev: the {which} is not readable: {e}"))
+}
+
+impl<V: ClusterView> Planner<V> {
+    /// A change to an existing pod: refused when it would get around the jail of a jailed pod.
+    /// Unreadable objects are refused (this webhook fails closed for jailed pods).
+    fn guard_update(&self, request: &AdmissionRequest) -> AdmissionResponse {
+        let uid = &request.uid;
+        let refusal = match request.sub_resource.as_deref().unwrap_or_default() {
+            "" if is_pod(request) => self.refuse_pod_update(request),
+            "ephemeralcontainers" => Self::refuse_ephemeral(request),
+            _ => Ok(None),
+        };
+        let mut response = match refusal {
+            Ok(None) => AdmissionResponse::allow(uid),
+            Ok(Some(message)) | Err(message) => AdmissionResponse::deny(uid, message),
+        };
+        let outcome = if response.allowed {
+            "allowed"
+        } else {
+            "denied"
+        };
+        response
+            .audit_annotations
+            .insert(AUDIT_DECISION.into(), outcome.into());
+        response
+    }
+
+    fn refuse_pod_update(&self, request: &AdmissionRequest) -> Result<Option<String>, String> {
+        let old: Pod = parse_object(request.old_object.as_deref(), "old Pod")?;
+        if !guard::is_jailed(old.metadata.annotations.as_ref()) {
+            return Ok(None);
+        }
+        let new: Pod = parse_object(request.object.as_deref(), "Pod")?;
+        let namespace = request
+            .namespace
+            .clone()
+            .or_else(|| old.metadata.namespace.clone())
+            .unwrap_or_default();
+        let policies = self.view.policies(&namespace);
+        let cluster_policies = self.view.cluster_policies(&namespace);
+        let selecting = |labels: &BTreeMap<String, String>| {
+            let mut names: Vec<String> = policies
+                .iter()
+                .filter(|p| plan::selector(&p.spec.pod_selector).matches(labels) == Ok(true))
+                .map(|p| {
+                    format!(
+                        "BoundaryPolicy {}",
+                        p.metadata.name.as_deref().unwrap_or_default()
+                    )
+                })
+                .chain(
+                    cluster_policies
+                        .iter()
+                        .filter(|p| {
+                            plan::selector(&p.spec.pod_selector).matches(labels) == Ok(true)
+                        })
+                        .map(|p| {
+                            format!(
+                                "ClusterBoundaryPolicy {}",
+                                p.metadata.name.as_deref().unwrap_or_default()
+                            )
+                        }),
+                )
+                .collect();
+            names.sort();
+            names
+        };
+        Ok(guard::refuse_update(&old, &new, selecting))
+    }
+
+    fn refuse_ephemeral(request: &AdmissionRequest) -> Result<Option<String>, String> {
+        let old: WithEphemeral = parse_object(request.old_object.as_deref(), "old object")?;
+        if !guard::is_jailed(old.metadata.annotations.as_ref()) {
+            return Ok(None);
+        }
+        let new: WithEphemeral = parse_object(request.object.as_deref(), "object")?;
+        let before = old.names();
+        let added: Vec<String> = new
+            .names()
+            .into_iter()
+            .filter(|n| !before.contains(n))
+            .map(str::to_owned)
+            .collect();
+        Ok(guard::refuse_ephemeral(
+            old.metadata.annotations.as_ref(),
+            &added,
+        ))
+    }
+}
+
 impl<V: ClusterView> Admit for Planner<V> {
     fn admit(&self, request: &AdmissionRequest) -> AdmissionResponse {
+        if request.operation == "UPDATE" {
+            return self.guard_update(request);
+        }
         match Self::prepare(request) {
             Ok(prepared) => {
                 let decision = self.decide(&prepared, &BTreeMap::new());
@@ -348,7 +521,11 @@ impl<V: ClusterView> Admit for Planner<V> {
         &'a self,
         request: &'a AdmissionRequest,
     ) -> Pin<Box<dyn Future<Output = AdmissionResponse> + Send + 'a>> {
-        let Some(lookup) = &self.images else {
+        let Some(lookup) = self
+            .images
+            .as_ref()
+            .filter(|_| request.operation == "CREATE")
+        else {
             return Box::pin(async move { self.admit(request) });
         };
         Box::pin(async move {

@@ -1,4 +1,5 @@
-//! The live [`ClusterView`]: watches of Nodes, Namespaces and `BoundaryPolicy` objects kept in
+//! The live [`ClusterView`]: watches of Nodes, Namespaces, `BoundaryPolicy` and
+//! `ClusterBoundaryPolicy` objects kept in
 //! memory (kube-runtime reflectors), so that a review is answered without calling the
 //! apiserver. Node facts are recomputed when a node changes, not on every review.
 
@@ -7,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwap;
-use boundary_api::crd::BoundaryPolicy;
+use boundary_api::crd::{BoundaryPolicy, ClusterBoundaryPolicy};
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -35,6 +36,7 @@ pub struct LiveView {
     nodes: Arc<ArcSwap<Vec<NodeFacts>>>,
     namespaces: Store<Namespace>,
     policies: Store<BoundaryPolicy>,
+    cluster_policies: Store<ClusterBoundaryPolicy>,
     cluster: Cluster,
     ready: Arc<AtomicBool>,
 }
@@ -67,6 +69,7 @@ impl LiveView {
         let (node_store, node_writer) = reflector::store::<Node>();
         let (ns_store, ns_writer) = reflector::store::<Namespace>();
         let (policy_store, policy_writer) = reflector::store::<BoundaryPolicy>();
+        let (cluster_store, cluster_writer) = reflector::store::<ClusterBoundaryPolicy>();
         let nodes = Arc::new(ArcSwap::from_pointee(Vec::new()));
 
         let node_events = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
@@ -92,30 +95,48 @@ impl LiveView {
         spawn_drain(
             "policy",
             watcher(
-                Api::<BoundaryPolicy>::all(client),
+                Api::<BoundaryPolicy>::all(client.clone()),
                 watcher::Config::default(),
             )
             .default_backoff()
             .reflect(policy_writer)
             .touched_objects(),
         );
+        spawn_drain(
+            "cluster policy",
+            watcher(
+                Api::<ClusterBoundaryPolicy>::all(client),
+                watcher::Config::default(),
+            )
+            .default_backoff()
+            .reflect(cluster_writer)
+            .touched_objects(),
+        );
         let view = LiveView {
             nodes,
             namespaces: ns_store,
             policies: policy_store,
+            cluster_policies: cluster_store,
             cluster: Cluster { minor },
             ready: ready.clone(),
         };
-        let (b, c) = (view.namespaces.clone(), view.policies.clone());
+        let (b, c, d) = (
+            view.namespaces.clone(),
+            view.policies.clone(),
+            view.cluster_policies.clone(),
+        );
         tokio::spawn(async move {
             let all = async {
                 // The node facts, not just the node store: the facts are what reviews read.
                 nodes_listed.wait_for(|listed| *listed).await.ok()?;
                 b.wait_until_ready().await.ok()?;
-                c.wait_until_ready().await.ok()
+                c.wait_until_ready().await.ok()?;
+                d.wait_until_ready().await.ok()
             };
             if all.await.is_some() {
-                tracing::info!("node, namespace and policy caches are synced; ready");
+                tracing::info!(
+                    "node, namespace, policy and cluster policy caches are synced; ready"
+                );
                 ready.store(true, Ordering::SeqCst);
             }
         });
@@ -196,6 +217,14 @@ impl ClusterView for LiveView {
     fn policies(&self, namespace: &str) -> Vec<BoundaryPolicy> {
         self.policies
             .state_filter(|p| p.metadata.namespace.as_deref() == Some(namespace))
+            .iter()
+            .map(|p| (**p).clone())
+            .collect()
+    }
+
+    fn all_cluster_policies(&self) -> Vec<ClusterBoundaryPolicy> {
+        self.cluster_policies
+            .state()
             .iter()
             .map(|p| (**p).clone())
             .collect()

@@ -11,6 +11,7 @@ pub mod cache;
 pub mod candidates;
 pub mod ecr;
 pub mod facts;
+pub mod guard;
 pub mod image;
 pub mod inject;
 pub mod metrics;

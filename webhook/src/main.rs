@@ -12,6 +12,7 @@ use boundary_webhook::admit::Planner;
 use boundary_webhook::admit::{ApiPullSecrets, FixedPullSecrets, ImageLookup, PullSecretSource};
 use boundary_webhook::cache::LiveView;
 use boundary_webhook::ecr::EcrSettings;
+use boundary_webhook::guard::Jailing;
 use boundary_webhook::image::{Resolver, ResolverConfig};
 use boundary_webhook::inject::Settings;
 use boundary_webhook::server::{Config, Server};
@@ -90,6 +91,22 @@ struct Cli {
         default_value_t = false
     )]
     enforcement_readiness_gate: bool,
+    /// Namespaces where jailing is required whatever their labels (comma-separated): every pod
+    /// is jailed or refused, and the pod-level opt-out is ignored.
+    #[arg(
+        long,
+        env = "BOUNDARY_WEBHOOK_REQUIRED_NAMESPACES",
+        value_delimiter = ','
+    )]
+    required_namespaces: Vec<String>,
+    /// Service accounts (`namespace/name`, comma-separated) whose pods may carry the opt-out
+    /// label `agentboundary.dev/inject=disabled` where an Enforce policy selects them.
+    #[arg(
+        long,
+        env = "BOUNDARY_WEBHOOK_OPT_OUT_SERVICE_ACCOUNTS",
+        value_delimiter = ','
+    )]
+    opt_out_service_accounts: Vec<String>,
     /// Largest `AdmissionReview` body accepted, in bytes.
     #[arg(long, env = "BOUNDARY_WEBHOOK_MAX_BODY_BYTES", default_value_t = 7 * 1024 * 1024)]
     max_body_bytes: usize,
@@ -200,10 +217,35 @@ fn registry_cas(path: &std::path::Path) -> anyhow::Result<Vec<Vec<u8>>> {
     Ok(certs.into_iter().map(|c| c.to_vec()).collect())
 }
 
+/// The admins' jailing settings; a service account not written `namespace/name` is an error.
+fn jailing(cli: &Cli) -> anyhow::Result<Jailing> {
+    let trimmed = |list: &[String]| -> Vec<String> {
+        list.iter()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect()
+    };
+    let accounts = trimmed(&cli.opt_out_service_accounts);
+    for account in &accounts {
+        let valid = account
+            .split_once('/')
+            .is_some_and(|(ns, name)| !ns.is_empty() && !name.is_empty() && !name.contains('/'));
+        anyhow::ensure!(
+            valid,
+            "--opt-out-service-accounts: {account:?} is not namespace/name (e.g. ci/runner)"
+        );
+    }
+    Ok(Jailing {
+        required_namespaces: trimmed(&cli.required_namespaces).into_iter().collect(),
+        opt_out_service_accounts: accounts.into_iter().collect(),
+    })
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(&cli);
+    let jailing = jailing(&cli)?;
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
@@ -250,7 +292,7 @@ async fn main() -> anyhow::Result<()> {
         max_body_bytes: cli.max_body_bytes,
         ..Config::default()
     };
-    let mut planner = Planner::new(view, settings);
+    let mut planner = Planner::new(view, settings).with_jailing(jailing);
     let resolver = image_lookup.as_ref().map(|l| l.resolver.clone());
     if let Some(lookup) = image_lookup {
         planner = planner.with_image_lookup(lookup);

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use boundary_api::compiled::{Requirement, Selector};
 use boundary_api::contract::{self, annotations, containers, labels, node_labels};
-use boundary_api::crd::BoundaryPolicy;
+use boundary_api::crd::{BoundaryPolicy, ClusterBoundaryPolicy};
 use boundary_api::{JailRuntime, Mode, Tier};
 use k8s_openapi::api::core::v1::{
     Container, NodeSelectorRequirement, Pod, PodSpec, SeccompProfile,
@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use crate::candidates::{self, Candidates};
 use crate::facts::{KUBERNETES_OS, NodeFacts};
+use crate::guard::{self, Jailing, RequiredBy, Requirement as Jail};
 use crate::image::ImageConfig;
 use crate::inject::{self, Injection, InjectionStatus, JailTarget, Settings, SidecarKind};
 use crate::ports;
@@ -45,6 +46,10 @@ pub struct Input<'a> {
     pub namespace_labels: &'a BTreeMap<String, String>,
     /// `BoundaryPolicy` objects of the pod's namespace.
     pub policies: &'a [BoundaryPolicy],
+    /// `ClusterBoundaryPolicy` objects whose `namespaceSelector` selects the pod's namespace.
+    pub cluster_policies: &'a [ClusterBoundaryPolicy],
+    /// Where jailing is required and who may opt out.
+    pub jailing: &'a Jailing,
     /// Every node of the cluster.
     pub nodes: &'a [NodeFacts],
     /// The cluster.
@@ -122,7 +127,14 @@ impl Decision {
 /// The policies selecting a pod, combined.
 #[derive(Debug)]
 struct Combined {
+    /// The selecting `BoundaryPolicy` objects (recorded on the pod).
     names: Vec<String>,
+    /// The selecting `ClusterBoundaryPolicy` objects.
+    cluster_names: Vec<String>,
+    /// Set where jailing is required: a pod that cannot be jailed is refused whatever the mode.
+    required: Option<RequiredBy>,
+    /// The pod's namespace (for messages).
+    namespace: String,
     mode: Mode,
     runtime: JailRuntime,
     /// Tiers every policy permits (builtin rows only).
@@ -135,7 +147,8 @@ struct Combined {
     pod_local: BTreeSet<u16>,
 }
 
-fn selector(label_selector: &LabelSelector) -> Selector {
+/// A Kubernetes label selector as the shared [`Selector`].
+pub fn selector(label_selector: &LabelSelector) -> Selector {
     Selector {
         match_labels: label_selector.match_labels.clone().unwrap_or_default(),
         match_expressions: label_selector
@@ -152,9 +165,12 @@ fn selector(label_selector: &LabelSelector) -> Selector {
 }
 
 /// Combines the policies selecting a pod: Enforce wins, tiers intersect, pinning only when
-/// every policy allows it, command wrapping when any asks for it, containers unite.
+/// every policy allows it, command wrapping when any asks for it, containers unite. Cluster
+/// policies count for the mode and say nothing about the jail; they need the builtin runtime,
+/// the only one that reads their rules.
 fn combine(
     policies: &[BoundaryPolicy],
+    cluster_policies: &[ClusterBoundaryPolicy],
     pod_labels: &BTreeMap<String, String>,
 ) -> Result<Option<Combined>, String> {
     let mut selected: Vec<&BoundaryPolicy> = Vec::new();
@@ -165,17 +181,31 @@ fn combine(
         }
     }
     selected.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-    let Some(first) = selected.first() else {
+    let mut cluster: Vec<&ClusterBoundaryPolicy> = cluster_policies
+        .iter()
+        .filter(|p| selector(&p.spec.pod_selector).matches(pod_labels) == Ok(true))
+        .collect();
+    cluster.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    if selected.is_empty() && cluster.is_empty() {
         return Ok(None);
-    };
+    }
     let mut combined = Combined {
         names: Vec::new(),
+        cluster_names: Vec::new(),
+        required: None,
+        namespace: String::new(),
         mode: Mode::Audit,
-        runtime: first.spec.jail.runtime,
+        runtime: selected
+            .first()
+            .map_or(JailRuntime::Builtin, |p| p.spec.jail.runtime),
         tiers: Tier::ALL.into_iter().collect(),
         pinning: true,
         wrap_command: false,
-        containers: Some(BTreeSet::new()),
+        containers: if selected.is_empty() {
+            None
+        } else {
+            Some(BTreeSet::new())
+        },
         pod_local: BTreeSet::new(),
     };
     for policy in &selected {
@@ -207,7 +237,47 @@ fn combine(
         );
         combined.names.push(name);
     }
+    for policy in &cluster {
+        combined.mode = combined.mode.strictest(policy.spec.mode);
+        combined
+            .cluster_names
+            .push(policy.metadata.name.clone().unwrap_or_default());
+    }
+    if combined.runtime != JailRuntime::Builtin && !combined.cluster_names.is_empty() {
+        return Err(format!(
+            "ClusterBoundaryPolicy {} selects this pod, but BoundaryPolicy {} jails it with runtime {}, which does not read cluster rules; use the builtin runtime",
+            combined.cluster_names.join(", "),
+            combined.names.join(", "),
+            runtime_name(combined.runtime)
+        ));
+    }
     Ok(Some(combined))
+}
+
+impl Combined {
+    /// The selecting policies, for messages: `BoundaryPolicy a, b and ClusterBoundaryPolicy c`.
+    fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.names.is_empty() {
+            parts.push(format!("BoundaryPolicy {}", self.names.join(", ")));
+        }
+        if !self.cluster_names.is_empty() {
+            parts.push(format!(
+                "ClusterBoundaryPolicy {}",
+                self.cluster_names.join(", ")
+            ));
+        }
+        parts.join(" and ")
+    }
+
+    /// `selects` or `select`, agreeing with [`Combined::describe`].
+    fn selects(&self) -> &'static str {
+        if self.names.len() + self.cluster_names.len() == 1 {
+            "selects"
+        } else {
+            "select"
+        }
+    }
 }
 
 /// The API spelling of a runtime.
@@ -215,21 +285,6 @@ fn runtime_name(runtime: JailRuntime) -> &'static str {
     match runtime {
         JailRuntime::Builtin => "builtin",
         JailRuntime::CoderBoundary => "coder-boundary",
-    }
-}
-
-/// Whether the pod opted in: its own label, else its namespace's.
-fn opted_in(
-    pod_labels: &BTreeMap<String, String>,
-    namespace_labels: &BTreeMap<String, String>,
-) -> bool {
-    match pod_labels.get(labels::INJECT).map(String::as_str) {
-        Some(contract::INJECT_ENABLED) => true,
-        Some(_) => false,
-        None => {
-            namespace_labels.get(labels::INJECT).map(String::as_str)
-                == Some(contract::INJECT_ENABLED)
-        }
     }
 }
 
@@ -495,14 +550,27 @@ impl Early {
     }
 }
 
-/// The pod cannot be jailed: Enforce denies, Audit admits it unjailed with a warning.
+/// The pod cannot be jailed: Enforce denies, Audit admits it unjailed with a warning; where
+/// jailing is required it is denied whatever the mode.
 fn cannot_jail(combined: &Combined, reason: String, mut warnings: Vec<String>) -> Early {
-    let policies = combined.names.join(", ");
+    let policies = combined.describe();
+    if let Some(required) = &combined.required {
+        return Early {
+            verdict: Verdict::Denied {
+                message: format!(
+                    "agentboundary.dev: {}, and this pod cannot be jailed: {reason}",
+                    required.describe(&combined.namespace)
+                ),
+            },
+            warnings,
+        };
+    }
     match combined.mode {
         Mode::Enforce => Early {
             verdict: Verdict::Denied {
                 message: format!(
-                    "agentboundary.dev: BoundaryPolicy {policies} (Enforce) selects this pod, but it cannot be jailed: {reason}. To run it unjailed, label it {}={}",
+                    "agentboundary.dev: {policies} (Enforce) {} this pod, but it cannot be jailed: {reason}. To run it unjailed, a cluster admin must exempt its service account (chart value webhook.optOutServiceAccounts) and the pod be labelled {}={}",
+                    combined.selects(),
                     labels::INJECT,
                     contract::INJECT_DISABLED
                 ),
@@ -511,7 +579,7 @@ fn cannot_jail(combined: &Combined, reason: String, mut warnings: Vec<String>) -
         },
         Mode::Audit => {
             warnings.push(format!(
-                "agentboundary.dev: not jailed (BoundaryPolicy {policies} is in Audit mode): {reason}"
+                "agentboundary.dev: not jailed ({policies} is in Audit mode): {reason}"
             ));
             Early {
                 verdict: Verdict::Unjailed { reason },
@@ -537,12 +605,8 @@ pub fn plan(input: &Input<'_>) -> Decision {
     decision
 }
 
-/// Why a pod is none of this webhook's business, if it is not.
-fn not_ours(
-    pod: &Pod,
-    pod_labels: &BTreeMap<String, String>,
-    namespace_labels: &BTreeMap<String, String>,
-) -> Option<&'static str> {
+/// Why a pod is none of this webhook's business whatever its labels, if it is not.
+fn not_ours(pod: &Pod) -> Option<&'static str> {
     if pod
         .metadata
         .annotations
@@ -551,41 +615,97 @@ fn not_ours(
     {
         return Some("mirror pod (static pods are not changed by admission)");
     }
-    if pod.spec.is_none() {
-        return Some("pod without spec");
+    pod.spec.is_none().then_some("pod without spec")
+}
+
+/// The policies selecting the pod, and whether it is to be jailed at all: `Err` when it is not
+/// (skipped, or refused: an opt-out under Enforce, nothing selecting it where jailing is
+/// required, policies that disagree).
+fn selecting(input: &Input<'_>, pod_labels: &BTreeMap<String, String>) -> Result<Combined, Early> {
+    let pod = input.pod;
+    let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+    let requiring = input
+        .cluster_policies
+        .iter()
+        .filter(|p| p.spec.require_jailing)
+        .map(|p| p.metadata.name.clone().unwrap_or_default())
+        .collect();
+    let requirement = guard::requirement(
+        input.jailing,
+        &namespace,
+        input.namespace_labels,
+        pod_labels,
+        requiring,
+    );
+    let combined = combine(input.policies, input.cluster_policies, pod_labels).map_err(|m| Early {
+        verdict: Verdict::Denied {
+            message: format!("agentboundary.dev: {m}"),
+        },
+        warnings: Vec::new(),
+    });
+    match requirement {
+        Jail::Off => Err(Early::skipped(
+            "injection is not enabled for this pod or namespace",
+            Vec::new(),
+        )),
+        Jail::OptedOut => {
+            let enforcing = match combined {
+                Ok(Some(c)) if c.mode == Mode::Enforce => vec![c.describe()],
+                Ok(_) => Vec::new(),
+                Err(early) => return Err(early),
+            };
+            let account = guard::service_account(&namespace, pod);
+            match guard::refuse_opt_out(input.jailing, &account, &enforcing) {
+                Some(message) => Err(Early {
+                    verdict: Verdict::Denied { message },
+                    warnings: Vec::new(),
+                }),
+                None => Err(Early::skipped(
+                    "the pod opted out (label agentboundary.dev/inject=disabled)",
+                    Vec::new(),
+                )),
+            }
+        }
+        Jail::Required(by) => match combined? {
+            Some(mut c) => {
+                c.required = Some(by);
+                c.namespace = namespace;
+                Ok(c)
+            }
+            None => Err(Early {
+                verdict: Verdict::Denied {
+                    message: format!(
+                        "agentboundary.dev: {}, and no BoundaryPolicy or ClusterBoundaryPolicy selects this pod, so it cannot be jailed. A namespace admin can create a BoundaryPolicy that selects it",
+                        by.describe(&namespace)
+                    ),
+                },
+                warnings: Vec::new(),
+            }),
+        },
+        Jail::OptedIn => match combined? {
+            Some(mut c) => {
+                c.namespace = namespace;
+                Ok(c)
+            }
+            None => Err(Early::skipped(
+                "no BoundaryPolicy selects this pod",
+                vec![format!(
+                    "agentboundary.dev: injection is enabled but no BoundaryPolicy in namespace {namespace} selects this pod; it runs without a jail"
+                )],
+            )),
+        },
     }
-    (!opted_in(pod_labels, namespace_labels))
-        .then_some("injection is not enabled for this pod or namespace")
 }
 
 #[allow(clippy::too_many_lines)] // the planner's steps in order, each its own function
 fn plan_jail(input: &Input<'_>, wanted: &mut Vec<WantedImage>) -> Result<Decision, Early> {
     let original = input.pod;
     let pod_labels = original.metadata.labels.clone().unwrap_or_default();
-    if let Some(reason) = not_ours(original, &pod_labels, input.namespace_labels) {
+    if let Some(reason) = not_ours(original) {
         return Err(Early::skipped(reason, Vec::new()));
     }
+    let combined = selecting(input, &pod_labels)?;
     let (mut pod, pod_annotations, spec) = as_before_injection(original);
-    let combined = match combine(input.policies, &pod_labels) {
-        Ok(Some(c)) => c,
-        Ok(None) => {
-            return Err(Early::skipped(
-                "no BoundaryPolicy selects this pod",
-                vec![format!(
-                    "agentboundary.dev: injection is enabled but no BoundaryPolicy in namespace {} selects this pod; it runs without a jail",
-                    original.metadata.namespace.as_deref().unwrap_or_default()
-                )],
-            ));
-        }
-        Err(message) => {
-            return Err(Early {
-                verdict: Verdict::Denied {
-                    message: format!("agentboundary.dev: {message}"),
-                },
-                warnings: Vec::new(),
-            });
-        }
-    };
     let mut warnings = Vec::new();
     let images = input.images;
     let jailed = jailed_containers(
@@ -738,6 +858,10 @@ fn naming(combined: &Combined, pod_annotations: &BTreeMap<String, String>) -> Na
     if let Some(names) = &combined.containers {
         return Naming::Policy(names.clone());
     }
+    // Where jailing is required the pod's author does not choose what is left out.
+    if combined.required.is_some() {
+        return Naming::Default;
+    }
     match pod_annotations.get(annotations::CONTAINERS) {
         Some(list) => Naming::Annotation(
             list.split(',')
@@ -799,12 +923,33 @@ fn select_containers<'a>(
         .containers
         .iter()
         .filter(|c| c.name != containers::SIDECAR);
+    if let Some(c) = spec.init_containers.iter().flatten().next()
+        && combined.required.is_some()
+    {
+        // Init containers run before the sidecar (and, before Kubernetes 1.29, with no sidecar
+        // at all), so they are never jailed.
+        return Err(cannot_jail(
+            combined,
+            format!(
+                "its init container {} would run unjailed before the jail's sidecar starts; move that step into a jailed container",
+                c.name
+            ),
+            std::mem::take(warnings),
+        ));
+    }
     Ok(match naming(combined, pod_annotations) {
         Naming::Default => {
             let mut kept = Vec::new();
             for c in app {
                 match loses_privileges(c, combined.runtime) {
                     None => kept.push(c),
+                    Some(why) if combined.required.is_some() => {
+                        return Err(cannot_jail(
+                            combined,
+                            format!("container {} cannot be jailed: {why}", c.name),
+                            std::mem::take(warnings),
+                        ));
+                    }
                     Some(why) => warnings.push(format!(
                         "agentboundary.dev: container {} is left out of the jail and its egress is not filtered: {why}. Name the agent containers in the policy's spec.containers or the pod annotation {}",
                         c.name,

@@ -60,6 +60,12 @@ pub struct AdmissionRequest {
     /// reads it straight into its own type, without an intermediate JSON tree.
     #[serde(default)]
     pub object: Option<Box<serde_json::value::RawValue>>,
+    /// The object as stored before an UPDATE, unparsed.
+    #[serde(default)]
+    pub old_object: Option<Box<serde_json::value::RawValue>>,
+    /// The subresource (`ephemeralcontainers`), empty for the object itself.
+    #[serde(default)]
+    pub sub_resource: Option<String>,
     /// True for `--dry-run=server` requests: no side effects allowed (this webhook has none).
     #[serde(default)]
     pub dry_run: Option<bool>,

@@ -14,11 +14,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use boundary_api::JailRuntime;
-use boundary_api::crd::BoundaryPolicy;
+use boundary_api::crd::{BoundaryPolicy, ClusterBoundaryPolicy};
 use boundary_webhook::facts::NodeFacts;
+use boundary_webhook::guard::Jailing;
 use boundary_webhook::image::ImageConfig;
 use boundary_webhook::inject::Settings;
-use boundary_webhook::plan::{Cluster, Decision, Input, Verdict, plan};
+use boundary_webhook::plan::{Cluster, Decision, Input, Verdict, plan, selector};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -41,6 +42,16 @@ struct Case {
     /// Full list of policies (`{name, spec}`).
     #[serde(default)]
     policies: Option<Vec<Value>>,
+    /// Cluster policies (`{name, spec}`); those whose namespaceSelector selects the pod's
+    /// namespace reach the planner, as the live view hands them over.
+    #[serde(default)]
+    cluster_policies: Vec<Value>,
+    /// The webhook's `--required-namespaces`.
+    #[serde(default)]
+    required_namespaces: Vec<String>,
+    /// The webhook's `--opt-out-service-accounts`.
+    #[serde(default)]
+    opt_out_service_accounts: Vec<String>,
     /// Nodes in shorthand.
     #[serde(default)]
     nodes: Vec<NodeShorthand>,
@@ -123,6 +134,8 @@ struct Loaded {
     settings: Settings,
     namespace_labels: BTreeMap<String, String>,
     policies: Vec<BoundaryPolicy>,
+    cluster_policies: Vec<ClusterBoundaryPolicy>,
+    jailing: Jailing,
     nodes: Vec<NodeFacts>,
     cluster: Cluster,
     images: BTreeMap<String, Result<ImageConfig, String>>,
@@ -167,15 +180,36 @@ fn load(path: &Path) -> anyhow::Result<Loaded> {
         .iter()
         .map(|n| n.node().map(|node| NodeFacts::from_node(&node)))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let namespace_labels = case
+        .namespace_labels
+        .unwrap_or_else(|| BTreeMap::from([("agentboundary.dev/inject".into(), "enabled".into())]));
+    let cluster_policies = case
+        .cluster_policies
+        .iter()
+        .map(|p| {
+            serde_json::from_value(json!({
+                "apiVersion": "agentboundary.dev/v1alpha1",
+                "kind": "ClusterBoundaryPolicy",
+                "metadata": {"name": p["name"]},
+                "spec": p["spec"],
+            }))
+        })
+        .collect::<Result<Vec<ClusterBoundaryPolicy>, _>>()?
+        .into_iter()
+        .filter(|p| selector(&p.spec.namespace_selector).matches(&namespace_labels) == Ok(true))
+        .collect();
     Ok(Loaded {
         pod: serde_json::from_value(pod)?,
+        cluster_policies,
+        jailing: Jailing {
+            required_namespaces: case.required_namespaces.into_iter().collect(),
+            opt_out_service_accounts: case.opt_out_service_accounts.into_iter().collect(),
+        },
         settings: Settings {
             enforcement_readiness_gate: case.enforcement_readiness_gate,
             ..settings()
         },
-        namespace_labels: case.namespace_labels.unwrap_or_else(|| {
-            BTreeMap::from([("agentboundary.dev/inject".into(), "enabled".into())])
-        }),
+        namespace_labels,
         policies,
         nodes,
         cluster: Cluster {
@@ -205,6 +239,8 @@ fn decide(loaded: &Loaded, pod: &Pod, settings: &Settings) -> Decision {
         pod,
         namespace_labels: &loaded.namespace_labels,
         policies: &loaded.policies,
+        cluster_policies: &loaded.cluster_policies,
+        jailing: &loaded.jailing,
         nodes: &loaded.nodes,
         cluster: loaded.cluster,
         settings,

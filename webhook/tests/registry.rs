@@ -523,6 +523,7 @@ fn view() -> anyhow::Result<StaticView> {
             BTreeMap::from([("agentboundary.dev/inject".into(), "enabled".into())]),
         )]),
         policies: vec![policy],
+        cluster_policies: Vec::new(),
         cluster: Cluster { minor: 33 },
     })
 }

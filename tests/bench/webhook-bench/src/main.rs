@@ -140,6 +140,7 @@ fn bench_view() -> StaticView {
         .expect("a valid policy literal")
     };
     StaticView {
+        cluster_policies: Vec::new(),
         nodes: Arc::new(nodes),
         namespaces: [(
             "agents".to_owned(),

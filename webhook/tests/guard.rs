@@ -1,0 +1,223 @@
+//! The admission layer's guard of jailed pods, through `Planner::admit` with the wire format the
+//! apiserver sends: pod UPDATEs, the `ephemeralcontainers` subresource (1.20's
+//! `EphemeralContainers` object and 1.22+'s Pod), unreadable objects, and CREATE with the
+//! admins' settings.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use boundary_api::crd::{BoundaryPolicy, ClusterBoundaryPolicy};
+use boundary_webhook::admit::{Planner, StaticView};
+use boundary_webhook::guard::Jailing;
+use boundary_webhook::inject::Settings;
+use boundary_webhook::plan::Cluster;
+use boundary_webhook::review::{self, AdmissionResponse, Admit};
+use serde_json::{Value, json};
+
+fn policy(name: &str, app: &str) -> BoundaryPolicy {
+    serde_json::from_value(json!({
+        "apiVersion": "agentboundary.dev/v1alpha1", "kind": "BoundaryPolicy",
+        "metadata": {"name": name, "namespace": "agents"},
+        "spec": {"podSelector": {"matchLabels": {"app": app}}, "allow": ["domain=example.com"]}
+    }))
+    .unwrap()
+}
+
+fn planner(cluster_policies: Vec<ClusterBoundaryPolicy>, jailing: Jailing) -> Planner<StaticView> {
+    let view = StaticView {
+        nodes: Arc::new(Vec::new()),
+        namespaces: BTreeMap::from([(
+            "agents".into(),
+            BTreeMap::from([("agentboundary.dev/inject".into(), "enabled".into())]),
+        )]),
+        policies: vec![policy("strict", "agent"), policy("lax", "other")],
+        cluster_policies,
+        cluster: Cluster { minor: 20 },
+    };
+    Planner::new(view, Settings::default()).with_jailing(jailing)
+}
+
+fn jailed_pod(app: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {
+            "name": "agent", "namespace": "agents",
+            "labels": {"app": app, "agentboundary.dev/jailed": "userns"},
+            "annotations": {"agentboundary.dev/status": "{}", "agentboundary.dev/policy": "strict",
+                            "agentboundary.dev/tier": "userns"}
+        },
+        "spec": {"containers": [{"name": "agent", "image": "agent:1"}]}
+    })
+}
+
+fn admit(planner: &Planner<StaticView>, request: Value) -> AdmissionResponse {
+    let body =
+        json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request});
+    let request = review::parse(&serde_json::to_vec(&body).unwrap()).unwrap();
+    planner.admit(&request)
+}
+
+fn update(old: &Value, new: &Value, sub_resource: Option<&str>, kind: &str) -> Value {
+    let mut request = json!({
+        "uid": "u1", "kind": {"group": "", "version": "v1", "kind": kind},
+        "operation": "UPDATE", "namespace": "agents", "name": "agent",
+        "object": new, "oldObject": old
+    });
+    if let Some(sub) = sub_resource {
+        request["subResource"] = json!(sub);
+    }
+    request
+}
+
+fn message(response: &AdmissionResponse) -> String {
+    response
+        .status
+        .as_ref()
+        .map(|s| s.message.clone())
+        .unwrap_or_default()
+}
+
+#[test]
+fn relabelling_a_jailed_pod_onto_another_policy_is_refused() {
+    let p = planner(Vec::new(), Jailing::default());
+    let old = jailed_pod("agent");
+    let response = admit(&p, update(&old, &jailed_pod("other"), None, "Pod"));
+    assert!(!response.allowed);
+    let text = message(&response);
+    assert!(
+        text.contains("BoundaryPolicy strict") && text.contains("BoundaryPolicy lax"),
+        "{text}"
+    );
+    // A label no policy looks at is fine.
+    let mut new = old.clone();
+    new["metadata"]["labels"]["team"] = json!("ml");
+    assert!(admit(&p, update(&old, &new, None, "Pod")).allowed);
+    // So is an image change: the wrapped command stays.
+    let mut new = old.clone();
+    new["spec"]["containers"][0]["image"] = json!("agent:2");
+    assert!(admit(&p, update(&old, &new, None, "Pod")).allowed);
+}
+
+#[test]
+fn the_injection_record_of_a_jailed_pod_cannot_be_removed() {
+    let p = planner(Vec::new(), Jailing::default());
+    let old = jailed_pod("agent");
+    let mut new = old.clone();
+    new["metadata"]["annotations"]
+        .as_object_mut()
+        .unwrap()
+        .remove("agentboundary.dev/status");
+    let response = admit(&p, update(&old, &new, None, "Pod"));
+    assert!(!response.allowed);
+    assert!(message(&response).contains("agentboundary.dev/status"));
+}
+
+#[test]
+fn an_unjailed_pod_may_change_as_it_likes() {
+    let p = planner(Vec::new(), Jailing::default());
+    let old =
+        json!({"metadata": {"name": "x", "labels": {"app": "agent"}}, "spec": {"containers": []}});
+    let new =
+        json!({"metadata": {"name": "x", "labels": {"app": "other"}}, "spec": {"containers": []}});
+    assert!(admit(&p, update(&old, &new, None, "Pod")).allowed);
+}
+
+#[test]
+fn ephemeral_containers_are_refused_in_jailed_pods_in_both_api_shapes() {
+    let p = planner(Vec::new(), Jailing::default());
+    // Kubernetes 1.22+: the Pod itself.
+    let old = jailed_pod("agent");
+    let mut new = old.clone();
+    new["spec"]["ephemeralContainers"] = json!([{"name": "debugger", "image": "busybox"}]);
+    let response = admit(&p, update(&old, &new, Some("ephemeralcontainers"), "Pod"));
+    assert!(!response.allowed);
+    assert!(
+        message(&response).contains("debugger"),
+        "{}",
+        message(&response)
+    );
+    // Kubernetes 1.16–1.21: an `EphemeralContainers` object with the pod's metadata.
+    let shape = |list: Value| {
+        json!({"apiVersion": "v1", "kind": "EphemeralContainers",
+               "metadata": jailed_pod("agent")["metadata"].clone(), "ephemeralContainers": list})
+    };
+    let response = admit(
+        &p,
+        update(
+            &shape(json!([])),
+            &shape(json!([{"name": "shell", "image": "busybox"}])),
+            Some("ephemeralcontainers"),
+            "EphemeralContainers",
+        ),
+    );
+    assert!(!response.allowed);
+    assert!(message(&response).contains("shell"));
+    // Not jailed: allowed.
+    let free = json!({"metadata": {"name": "x"}, "ephemeralContainers": []});
+    let added =
+        json!({"metadata": {"name": "x"}, "ephemeralContainers": [{"name": "d", "image": "b"}]});
+    assert!(
+        admit(
+            &p,
+            update(
+                &free,
+                &added,
+                Some("ephemeralcontainers"),
+                "EphemeralContainers"
+            )
+        )
+        .allowed
+    );
+}
+
+#[test]
+fn unreadable_updates_of_jailed_pods_fail_closed() {
+    let p = planner(Vec::new(), Jailing::default());
+    let old = jailed_pod("agent");
+    let response = admit(&p, update(&old, &json!("not a pod"), None, "Pod"));
+    assert!(!response.allowed);
+    assert!(
+        message(&response).contains("not readable"),
+        "{}",
+        message(&response)
+    );
+    let mut request = update(&old, &old, Some("ephemeralcontainers"), "Pod");
+    request.as_object_mut().unwrap().remove("object");
+    assert!(!admit(&p, request).allowed);
+}
+
+#[test]
+fn creates_follow_the_admins_settings() {
+    let create = |labels: Value, sa: &str| {
+        json!({
+            "uid": "c1", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "operation": "CREATE", "namespace": "agents",
+            "object": {"metadata": {"name": "p", "labels": labels},
+                       "spec": {"serviceAccountName": sa, "containers": [{"name": "a", "image": "a:1", "command": ["a"]}]}}
+        })
+    };
+    let opted_out = json!({"app": "agent", "agentboundary.dev/inject": "disabled"});
+    let p = planner(Vec::new(), Jailing::default());
+    let response = admit(&p, create(opted_out.clone(), "ci"));
+    assert!(!response.allowed);
+    assert!(message(&response).contains("agents/ci"));
+    let exempt = Jailing {
+        opt_out_service_accounts: ["agents/ci".to_owned()].into(),
+        ..Jailing::default()
+    };
+    let response = admit(
+        &planner(Vec::new(), exempt.clone()),
+        create(opted_out.clone(), "ci"),
+    );
+    assert!(response.allowed && response.patch.is_none());
+    // A ClusterBoundaryPolicy requiring jailing wins over the exemption.
+    let required: ClusterBoundaryPolicy = serde_json::from_value(json!({
+        "apiVersion": "agentboundary.dev/v1alpha1", "kind": "ClusterBoundaryPolicy",
+        "metadata": {"name": "all-agents"},
+        "spec": {"namespaceSelector": {}, "podSelector": {}, "requireJailing": true}
+    }))
+    .unwrap();
+    let response = admit(&planner(vec![required], exempt), create(opted_out, "ci"));
+    assert!(response.allowed, "{}", message(&response));
+    assert!(response.patch.is_some(), "jailed, not skipped");
+}
