@@ -93,7 +93,7 @@ def env_flags(*dirs):
 
 C = contract()
 INJECT = C["labels"]["INJECT"]
-ENABLED, DISABLED = C[""]["INJECT_ENABLED"], C[""]["INJECT_DISABLED"]
+ENABLED, DISABLED, REQUIRED = C[""]["INJECT_ENABLED"], C[""]["INJECT_DISABLED"], C[""]["INJECT_REQUIRED"]
 COMPONENT = C["labels"]["COMPONENT"]
 POLICY_CONFIGMAP = C["objects"]["POLICY_CONFIGMAP"]
 CA_SUFFIX = C["objects"]["CA_SECRET_SUFFIX"]
@@ -182,11 +182,15 @@ def selector_matches(selector, labels):
     return True
 
 
-def planner_opted_in(ns_labels, pod_labels):
-    """webhook/src/plan.rs `opted_in`: the pod's label, else its namespace's."""
-    if INJECT in pod_labels:
-        return pod_labels[INJECT] == ENABLED
-    return ns_labels.get(INJECT) == ENABLED
+def webhook_must_see(ns_labels, pod_labels, required_names):
+    """webhook/src/guard.rs `requirement`: where the webhook decides (jail, refuse, skip) a pod
+    CREATE. Required namespaces (label or name): every pod. Enabled namespaces: every pod (the
+    pod's opt-out label is judged by the webhook). Elsewhere: pods labelled enabled."""
+    if ns_labels.get(INJECT) == REQUIRED or ns_labels["kubernetes.io/metadata.name"] in required_names:
+        return True
+    if ns_labels.get(INJECT) == ENABLED:
+        return True
+    return pod_labels.get(INJECT) == ENABLED
 
 
 def rules_of(obj):
@@ -259,6 +263,10 @@ def check_render(name, s, objs, kube):
     runtime_image = v.get("jailRuntime.image", f"{LOCAL_REPO}/jail-runtime:{LOCAL_TAG}")
     check(env_value(wc, "BOUNDARY_WEBHOOK_IMAGE") == runtime_image, f"{where} injected image is the jail-runtime image")
     gate = v.get("webhook.enforcementReadinessGate", False)
+    check(env_value(wc, "BOUNDARY_WEBHOOK_REQUIRED_NAMESPACES") == ",".join(v.get("webhook.requiredNamespaces", [])),
+          f"{where} the webhook knows the required namespaces")
+    check(env_value(wc, "BOUNDARY_WEBHOOK_OPT_OUT_SERVICE_ACCOUNTS") == ",".join(v.get("webhook.optOutServiceAccounts", [])),
+          f"{where} the webhook knows the exempt service accounts")
     check(env_value(wc, "BOUNDARY_WEBHOOK_ENFORCEMENT_READINESS_GATE") == ("true" if gate else "false"),
           f"{where} the webhook adds the readiness gate exactly when enforcementReadinessGate is on")
     # The serving certificate: the Secret the operator / cert-manager writes, at the flag's path.
@@ -293,15 +301,29 @@ def check_render(name, s, objs, kube):
     # --- MutatingWebhookConfiguration
     (mwc,) = objs.all("MutatingWebhookConfiguration") or [{}]
     hooks = mwc.get("webhooks", [])
-    check(len(hooks) == 2, f"{where} two webhooks (namespace opt-in, pod opt-in)")
+    required_names = v.get("webhook.requiredNamespaces", [])
+    names = [h["name"] for h in hooks]
+    want = ["required.webhook.agentboundary.dev"] + (["required-names.webhook.agentboundary.dev"] if required_names else []) + [
+        "namespaces.webhook.agentboundary.dev", "pods.webhook.agentboundary.dev", "guard.webhook.agentboundary.dev"]
+    check(names == want, f"{where} webhooks {names}, expected {want}")
+    creates = [h for h in hooks if not h["name"].startswith("guard.")]
     for h in hooks:
         hn = h["name"]
-        check(h["failurePolicy"] == v.get("webhook.failurePolicy", "Fail"), f"{where} {hn} failurePolicy")
+        fixed = hn.startswith(("required", "guard."))
+        expected = "Fail" if fixed else v.get("webhook.failurePolicy", "Fail")
+        check(h["failurePolicy"] == expected, f"{where} {hn} failurePolicy {h['failurePolicy']}, expected {expected}")
         check(h["timeoutSeconds"] == v.get("webhook.timeoutSeconds", 5), f"{where} {hn} timeoutSeconds")
-        check(h["reinvocationPolicy"] == v.get("webhook.reinvocationPolicy", "IfNeeded"), f"{where} {hn} reinvocationPolicy")
         check(h["sideEffects"] == "None" and "v1" in h["admissionReviewVersions"], f"{where} {hn} v1, no side effects")
-        check(h["rules"] == [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
-                              "resources": ["pods"], "scope": "Namespaced"}], f"{where} {hn} only Pod CREATE")
+        if h in creates:
+            check(h["reinvocationPolicy"] == v.get("webhook.reinvocationPolicy", "IfNeeded"), f"{where} {hn} reinvocationPolicy")
+            check(h["rules"] == [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
+                                  "resources": ["pods"], "scope": "Namespaced"}], f"{where} {hn} only Pod CREATE")
+        else:
+            check(h["rules"] == [{"operations": ["UPDATE"], "apiGroups": [""], "apiVersions": ["v1"],
+                                  "resources": ["pods", "pods/ephemeralcontainers"], "scope": "Namespaced"}],
+                  f"{where} {hn}: UPDATE of pods and their ephemeral containers")
+            check(h["objectSelector"] == {"matchExpressions": [{"key": "agentboundary.dev/jailed", "operator": "Exists"}]},
+                  f"{where} {hn}: only jailed pods")
         cc = h["clientConfig"]
         check(cc.get("service") == {"name": webhook_name, "namespace": ns, "path": "/mutate", "port": 443},
               f"{where} {hn} calls the Service's /mutate")
@@ -311,8 +333,8 @@ def check_render(name, s, objs, kube):
             check("caBundle" not in cc, f"{where} {hn}: caBundle left to the operator (helm upgrade keeps it)")
     # Who is mutated: every combination of namespace and pod labels.
     excluded = [ns, "kube-system"] + v.get("webhook.excludeNamespaces", [])
-    states = [None, ENABLED, DISABLED, "other"]
-    for ns_name in ["agents", *excluded]:
+    states = [None, ENABLED, DISABLED, REQUIRED, "other"]
+    for ns_name in ["agents", *required_names, *excluded]:
         for ns_state in states:
             for pod_state in states:
                 ns_labels = {"kubernetes.io/metadata.name": ns_name}
@@ -321,19 +343,25 @@ def check_render(name, s, objs, kube):
                 plabels = {"app": "x"}
                 if pod_state:
                     plabels[INJECT] = pod_state
-                called = [h["name"] for h in hooks
+                called = [h for h in creates
                           if selector_matches(h["namespaceSelector"], ns_labels)
-                          and selector_matches(h["objectSelector"], plabels)]
-                should = planner_opted_in(ns_labels, plabels) and ns_name not in excluded
+                          and selector_matches(h.get("objectSelector"), plabels)]
+                should = webhook_must_see(ns_labels, plabels, required_names) and ns_name not in excluded
                 case = f"{where} namespace {ns_name} {INJECT}={ns_state}, pod {INJECT}={pod_state}"
-                check(len(called) <= 1, f"{case}: called twice {called}")
+                check(len(called) <= 1, f"{case}: called twice {[h['name'] for h in called]}")
+                required = ns_state == REQUIRED or ns_name in required_names
                 if should:
-                    check(len(called) == 1, f"{case}: an opted-in pod must reach the webhook")
+                    check(len(called) == 1, f"{case}: the pod must reach the webhook")
+                    if required and called:
+                        check(called[0]["failurePolicy"] == "Fail", f"{case}: a required namespace fails closed")
                 elif ns_name in excluded:
                     check(called == [], f"{case}: excluded namespace reached the webhook")
-                elif pod_state is None and ns_state != ENABLED:
+                elif pod_state != ENABLED and ns_state != ENABLED:
                     # Pods that never opted in must not depend on the webhook being up.
                     check(called == [], f"{case}: a pod that did not opt in reached the webhook")
+                guards = [h for h in hooks if h["name"].startswith("guard.")
+                          and selector_matches(h["namespaceSelector"], ns_labels)]
+                check((guards != []) == (ns_name not in excluded), f"{case}: guard of jailed pods")
 
     # --- certificates: operator or cert-manager
     (op_dep,) = [objs.get("Deployment", operator_name)]
@@ -612,6 +640,9 @@ SCENARIOS = {
     "custom-namespace": scenario("ab", "agents-system", webhook__excludeNamespaces=["monitoring", "ci"],
                                  jailRuntime__image="registry.example.com/ab/jail-runtime:1.2.3",
                                  webhook__image="registry.example.com/ab/boundary-webhook:1.2.3"),
+    "required-and-exempt": scenario("agent-boundary", "agent-boundary", webhook__failurePolicy="Ignore",
+                                    webhook__requiredNamespaces=["agents-prod", "ci"],
+                                    webhook__optOutServiceAccounts=["ci/runner", "tools/builder"]),
     "one-webhook-ha-operator": scenario("agent-boundary", "agent-boundary", webhook__replicas=1, operator__replicas=2),
     "no-leader-election-no-agent": scenario("agent-boundary", "agent-boundary", operator__leaderElection__enabled=False,
                                             nodeAgent__enabled=False),
@@ -642,6 +673,9 @@ REFUSED = [
     (["jailRuntime.image.pullPolicy=Sometimes"], "pullPolicy"),
     (["operator.replicas=2", "operator.leaderElection.enabled=false"], "leaderElection"),
     (["webhook.enforcementReadinessGate=yes"], "enforcementReadinessGate"),
+    (["webhook.requiredNamespaces={kube-system}"], "requiredNamespaces"),
+    (["webhook.requiredNamespaces={agent-boundary}"], "requiredNamespaces"),
+    (["webhook.optOutServiceAccounts={runner}"], "optOutServiceAccounts"),
     (["operator.enforcementChecks.interval=5"], "interval"),
     (["operator.enforcementChecks.timeoutMillis=0"], "timeoutMillis"),
     (["webhook.enforcementReadinessGate=true", "operator.enforcementChecks.intervalSeconds=0"],
