@@ -40,7 +40,8 @@ pub async fn client() -> anyhow::Result<Client> {
     Client::try_from(config).context("building a Kubernetes client from KUBECONFIG")
 }
 
-async fn config() -> anyhow::Result<Config> {
+/// The client configuration for the cluster `KUBECONFIG` names (e.g. to impersonate).
+pub async fn config() -> anyhow::Result<Config> {
     let Some(path) = std::env::var_os("KUBECONFIG") else {
         bail!(
             "KUBECONFIG is not set. Cluster tests need a real cluster: run \
