@@ -133,9 +133,15 @@ async fn a_required_namespace_jails_or_refuses_every_pod_whoever_creates_it() ->
     .await?;
     let result = async {
         policy_with(&ns, json!({})).await?;
-        let opted_out = json!({"metadata": {"labels": {labels::INJECT: contract::INJECT_DISABLED}}});
-        let jailed = ns.create_pod(&tool_pod("opted-out", "agent", &opted_out)?).await?;
-        assert!(is_jailed(&jailed), "the opt-out is ignored where jailing is required");
+        let opted_out =
+            json!({"metadata": {"labels": {labels::INJECT: contract::INJECT_DISABLED}}});
+        let jailed = ns
+            .create_pod(&tool_pod("opted-out", "agent", &opted_out)?)
+            .await?;
+        assert!(
+            is_jailed(&jailed),
+            "the opt-out is ignored where jailing is required"
+        );
 
         let privileged = json!({"spec": {"containers": [{
             "name": "dind", "image": image("e2e-tools"), "imagePullPolicy": "IfNotPresent",
@@ -162,7 +168,22 @@ async fn a_required_namespace_jails_or_refuses_every_pod_whoever_creates_it() ->
             "{message}"
         );
 
-        // An agent whose service account may create pods.
+        an_agent_that_creates_pods_cannot_escape(&ns, &two, &init).await?;
+        refused_while_the_webhook_is_down(&client, &ns).await
+    };
+    let result = Box::pin(result).await;
+    install(&client, &[]).await?;
+    dump_on_error(&ns, result).await
+}
+
+/// An agent whose service account may create pods tries pods that would run unjailed.
+async fn an_agent_that_creates_pods_cannot_escape(
+    ns: &TestNamespace,
+    with_dind: &Pod,
+    init: &Value,
+) -> anyhow::Result<()> {
+    let opted_out = json!({"metadata": {"labels": {labels::INJECT: contract::INJECT_DISABLED}}});
+    {
         let account: ServiceAccount =
             serde_json::from_value(json!({"metadata": {"name": "agent"}}))?;
         ns.api::<ServiceAccount>()
@@ -172,7 +193,9 @@ async fn a_required_namespace_jails_or_refuses_every_pod_whoever_creates_it() ->
             "metadata": {"name": "pod-creator"},
             "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "get"]}],
         }))?;
-        ns.api::<Role>().create(&PostParams::default(), &role).await?;
+        ns.api::<Role>()
+            .create(&PostParams::default(), &role)
+            .await?;
         let binding: RoleBinding = serde_json::from_value(json!({
             "metadata": {"name": "agent-creates-pods"},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "pod-creator"},
@@ -181,34 +204,57 @@ async fn a_required_namespace_jails_or_refuses_every_pod_whoever_creates_it() ->
         ns.api::<RoleBinding>()
             .create(&PostParams::default(), &binding)
             .await?;
-        let as_agent: Api<Pod> = Api::namespaced(impersonating(ns.name(), "agent").await?, ns.name());
+        let as_agent: Api<Pod> =
+            Api::namespaced(impersonating(ns.name(), "agent").await?, ns.name());
         let mut escapes = vec![
             tool_pod("escape-optout", "tool", &opted_out)?,
-            tool_pod("escape-hostnet", "agent", &json!({"spec": {"hostNetwork": true}}))?,
-            tool_pod("escape-init", "agent", &init)?,
+            tool_pod(
+                "escape-hostnet",
+                "agent",
+                &json!({"spec": {"hostNetwork": true}}),
+            )?,
+            tool_pod("escape-init", "agent", init)?,
         ];
-        escapes.push(two.clone());
+        escapes.push(with_dind.clone());
         escapes[3].metadata.name = Some("escape-dind".into());
         let mut outcomes = Vec::new();
         for pod in &escapes {
             let name = pod.name_any();
             match as_agent.create(&PostParams::default(), pod).await {
-                Ok(created) => bail!("{name} created by the agent (jailed: {})", is_jailed(&created)),
+                Ok(created) => bail!(
+                    "{name} created by the agent (jailed: {})",
+                    is_jailed(&created)
+                ),
                 Err(kube::Error::Api(status)) => {
                     assert_eq!(status.code, 403, "{name}: {status:?}");
-                    assert!(status.message.contains("requires jailing"), "{name}: {}", status.message);
+                    assert!(
+                        status.message.contains("requires jailing"),
+                        "{name}: {}",
+                        status.message
+                    );
                     outcomes.push(format!("{name}: refused"));
                 }
                 Err(e) => bail!("{name}: {e}"),
             }
         }
         let allowed = as_agent
-            .create(&PostParams::default(), &tool_pod("by-agent", "agent", &json!({}))?)
+            .create(
+                &PostParams::default(),
+                &tool_pod("by-agent", "agent", &json!({}))?,
+            )
             .await?;
         assert!(is_jailed(&allowed), "what the agent may create is jailed");
         eprintln!("as the agent's service account: {outcomes:?}, a jailable pod: jailed");
+    }
+    Ok(())
+}
 
-        // The webhook down: required namespaces fail closed despite failurePolicy Ignore.
+/// The webhook down: a required namespace fails closed despite `failurePolicy: Ignore`.
+async fn refused_while_the_webhook_is_down(
+    client: &Client,
+    ns: &TestNamespace,
+) -> anyhow::Result<()> {
+    {
         let deployments: Api<Deployment> = Api::namespaced(client.clone(), RELEASE_NAMESPACE);
         let webhook = deployments
             .list(&ListParams::default())
@@ -233,24 +279,26 @@ async fn a_required_namespace_jails_or_refuses_every_pod_whoever_creates_it() ->
             Ok(left.items.is_empty().then_some(()))
         })
         .await?;
-        let message = refused(&ns, &tool_pod("while-down", "agent", &json!({}))?).await?;
+        let message = refused(ns, &tool_pod("while-down", "agent", &json!({}))?).await?;
         assert!(
             message.contains("required.webhook.agentboundary.dev"),
             "the apiserver names the required webhook: {message}"
         );
         let enabled = TestNamespace::create(
-            &client,
+            client,
             "e2e-required-other",
             &[(labels::INJECT, contract::INJECT_ENABLED)],
         )
         .await?;
-        let admitted = enabled.create_pod(&tool_pod("ignored", "tool", &json!({}))?).await?;
-        assert!(!is_jailed(&admitted), "failurePolicy Ignore applies elsewhere");
-        anyhow::Ok(())
+        let admitted = enabled
+            .create_pod(&tool_pod("ignored", "tool", &json!({}))?)
+            .await?;
+        assert!(
+            !is_jailed(&admitted),
+            "failurePolicy Ignore applies elsewhere"
+        );
     }
-    .await;
-    install(&client, &[]).await?;
-    dump_on_error(&ns, result).await
+    Ok(())
 }
 
 /// The subresource through which ephemeral containers are added, as Kubernetes 1.20 serves it
@@ -406,6 +454,8 @@ async fn a_cluster_policy_deny_beats_a_namespaced_allow_in_the_audit() -> anyhow
         anyhow::Ok(())
     }
     .await;
-    let _ = cluster_policies.delete(&name, &Default::default()).await;
+    let _ = cluster_policies
+        .delete(&name, &kube::api::DeleteParams::default())
+        .await;
     dump_on_error(ns, result).await
 }
