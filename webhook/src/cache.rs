@@ -102,16 +102,27 @@ impl LiveView {
             .reflect(policy_writer)
             .touched_objects(),
         );
-        spawn_drain(
-            "cluster policy",
-            watcher(
-                Api::<ClusterBoundaryPolicy>::all(client),
-                watcher::Config::default(),
-            )
-            .default_backoff()
-            .reflect(cluster_writer)
-            .touched_objects(),
+        // Helm never upgrades CRDs: after an upgrade from a release without this one there can
+        // be no ClusterBoundaryPolicy, so none is the truth (a watch would never list, and the
+        // webhook never become ready).
+        let cluster_api = Api::<ClusterBoundaryPolicy>::all(client);
+        let cluster_crd_missing = matches!(
+            cluster_api.list(&kube::api::ListParams::default().limit(1)).await,
+            Err(kube::Error::Api(ref status)) if status.code == 404
         );
+        if cluster_crd_missing {
+            tracing::warn!(
+                "the ClusterBoundaryPolicy CRD is not installed: cluster policies are ignored until it is and the webhook restarts (apply the chart's crds/)"
+            );
+        } else {
+            spawn_drain(
+                "cluster policy",
+                watcher(cluster_api, watcher::Config::default())
+                    .default_backoff()
+                    .reflect(cluster_writer)
+                    .touched_objects(),
+            );
+        }
         let view = LiveView {
             nodes,
             namespaces: ns_store,
@@ -131,7 +142,10 @@ impl LiveView {
                 nodes_listed.wait_for(|listed| *listed).await.ok()?;
                 b.wait_until_ready().await.ok()?;
                 c.wait_until_ready().await.ok()?;
-                d.wait_until_ready().await.ok()
+                if !cluster_crd_missing {
+                    d.wait_until_ready().await.ok()?;
+                }
+                Some(())
             };
             if all.await.is_some() {
                 tracing::info!(
