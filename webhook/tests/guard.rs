@@ -81,7 +81,7 @@ fn message(response: &AdmissionResponse) -> String {
 fn relabelling_a_jailed_pod_onto_another_policy_is_refused() {
     let p = planner(Vec::new(), Jailing::default());
     let old = jailed_pod("agent");
-    let response = admit(&p, update(&old, &jailed_pod("other"), None, "Pod"));
+    let response = admit(&p, &update(&old, &jailed_pod("other"), None, "Pod"));
     assert!(!response.allowed);
     let text = message(&response);
     assert!(
@@ -91,11 +91,11 @@ fn relabelling_a_jailed_pod_onto_another_policy_is_refused() {
     // A label no policy looks at is fine.
     let mut new = old.clone();
     new["metadata"]["labels"]["team"] = json!("ml");
-    assert!(admit(&p, update(&old, &new, None, "Pod")).allowed);
+    assert!(admit(&p, &update(&old, &new, None, "Pod")).allowed);
     // So is an image change: the wrapped command stays.
     let mut new = old.clone();
     new["spec"]["containers"][0]["image"] = json!("agent:2");
-    assert!(admit(&p, update(&old, &new, None, "Pod")).allowed);
+    assert!(admit(&p, &update(&old, &new, None, "Pod")).allowed);
 }
 
 #[test]
@@ -107,7 +107,7 @@ fn the_injection_record_of_a_jailed_pod_cannot_be_removed() {
         .as_object_mut()
         .unwrap()
         .remove("agentboundary.dev/status");
-    let response = admit(&p, update(&old, &new, None, "Pod"));
+    let response = admit(&p, &update(&old, &new, None, "Pod"));
     assert!(!response.allowed);
     assert!(message(&response).contains("agentboundary.dev/status"));
 }
@@ -119,7 +119,7 @@ fn an_unjailed_pod_may_change_as_it_likes() {
         json!({"metadata": {"name": "x", "labels": {"app": "agent"}}, "spec": {"containers": []}});
     let new =
         json!({"metadata": {"name": "x", "labels": {"app": "other"}}, "spec": {"containers": []}});
-    assert!(admit(&p, update(&old, &new, None, "Pod")).allowed);
+    assert!(admit(&p, &update(&old, &new, None, "Pod")).allowed);
 }
 
 #[test]
@@ -129,7 +129,7 @@ fn ephemeral_containers_are_refused_in_jailed_pods_in_both_api_shapes() {
     let old = jailed_pod("agent");
     let mut new = old.clone();
     new["spec"]["ephemeralContainers"] = json!([{"name": "debugger", "image": "busybox"}]);
-    let response = admit(&p, update(&old, &new, Some("ephemeralcontainers"), "Pod"));
+    let response = admit(&p, &update(&old, &new, Some("ephemeralcontainers"), "Pod"));
     assert!(!response.allowed);
     assert!(
         message(&response).contains("debugger"),
@@ -143,7 +143,7 @@ fn ephemeral_containers_are_refused_in_jailed_pods_in_both_api_shapes() {
     };
     let response = admit(
         &p,
-        update(
+        &update(
             &shape(json!([])),
             &shape(json!([{"name": "shell", "image": "busybox"}])),
             Some("ephemeralcontainers"),
@@ -159,7 +159,7 @@ fn ephemeral_containers_are_refused_in_jailed_pods_in_both_api_shapes() {
     assert!(
         admit(
             &p,
-            update(
+            &update(
                 &free,
                 &added,
                 Some("ephemeralcontainers"),
@@ -174,7 +174,7 @@ fn ephemeral_containers_are_refused_in_jailed_pods_in_both_api_shapes() {
 fn unreadable_updates_of_jailed_pods_fail_closed() {
     let p = planner(Vec::new(), Jailing::default());
     let old = jailed_pod("agent");
-    let response = admit(&p, update(&old, &json!("not a pod"), None, "Pod"));
+    let response = admit(&p, &update(&old, &json!("not a pod"), None, "Pod"));
     assert!(!response.allowed);
     assert!(
         message(&response).contains("not readable"),
@@ -183,7 +183,7 @@ fn unreadable_updates_of_jailed_pods_fail_closed() {
     );
     let mut request = update(&old, &old, Some("ephemeralcontainers"), "Pod");
     request.as_object_mut().unwrap().remove("object");
-    assert!(!admit(&p, request).allowed);
+    assert!(!admit(&p, &request).allowed);
 }
 
 #[test]
@@ -198,7 +198,7 @@ fn creates_follow_the_admins_settings() {
     };
     let opted_out = json!({"app": "agent", "agentboundary.dev/inject": "disabled"});
     let p = planner(Vec::new(), Jailing::default());
-    let response = admit(&p, create(opted_out.clone(), "ci"));
+    let response = admit(&p, &create(opted_out.clone(), "ci"));
     assert!(!response.allowed);
     assert!(message(&response).contains("agents/ci"));
     let exempt = Jailing {
@@ -217,7 +217,7 @@ fn creates_follow_the_admins_settings() {
         "spec": {"namespaceSelector": {}, "podSelector": {}, "requireJailing": true}
     }))
     .unwrap();
-    let response = admit(&planner(vec![required], exempt), create(opted_out, "ci"));
+    let response = admit(&planner(vec![required], exempt), &create(opted_out, "ci"));
     assert!(response.allowed, "{}", message(&response));
     assert!(response.patch.is_some(), "jailed, not skipped");
 }
