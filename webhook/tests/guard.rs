@@ -50,7 +50,7 @@ fn jailed_pod(app: &str) -> Value {
     })
 }
 
-fn admit(planner: &Planner<StaticView>, request: Value) -> AdmissionResponse {
+fn admit(planner: &Planner<StaticView>, request: &Value) -> AdmissionResponse {
     let body =
         json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request});
     let request = review::parse(&serde_json::to_vec(&body).unwrap()).unwrap();
