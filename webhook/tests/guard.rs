@@ -207,7 +207,7 @@ fn creates_follow_the_admins_settings() {
     };
     let response = admit(
         &planner(Vec::new(), exempt.clone()),
-        create(opted_out.clone(), "ci"),
+        &create(opted_out.clone(), "ci"),
     );
     assert!(response.allowed && response.patch.is_none());
     // A ClusterBoundaryPolicy requiring jailing wins over the exemption.
