@@ -23,6 +23,8 @@ use kube::api::{ListParams, LogParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt as _};
 use serde_json::{Value, json};
 
+#[path = "e2e/chaos.rs"]
+mod chaos;
 #[path = "e2e/no_way_out.rs"]
 mod no_way_out;
 #[path = "e2e/real_pods.rs"]
