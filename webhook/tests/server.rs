@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use boundary_webhook::review::{self, AdmissionRequest, AdmissionResponse, Admit};
-use boundary_webhook::server::{Config, Server};
+use boundary_webhook::server::{Config, Server, Stopped};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::header::HeaderMap;
@@ -32,8 +32,11 @@ const EVENTUALLY: Duration = Duration::from_mins(1);
 
 /// Denies `deny-me`, admits `allow-me` unchanged, panics on `panic`, patches anything else.
 /// `waits` is decided only by the asynchronous path, after a wait (as image lookups do), and
-/// `panic-later` panics there after the wait.
-struct TestAdmit;
+/// `panic-later` panics there after the wait. `held` is admitted by the asynchronous path once
+/// the test adds a permit to `held` (a review kept in flight as long as the test wants).
+struct TestAdmit {
+    held: Arc<tokio::sync::Semaphore>,
+}
 
 fn test_patch() -> json_patch::Patch {
     serde_json::from_value(json!([
@@ -49,7 +52,9 @@ impl Admit for TestAdmit {
             "deny-me" => AdmissionResponse::deny(&request.uid, "denied by the test decider"),
             "allow-me" => AdmissionResponse::allow(&request.uid),
             "panic" => panic!("the test decider panics on purpose"),
-            "waits" => AdmissionResponse::deny(&request.uid, "the synchronous path was taken"),
+            "waits" | "held" => {
+                AdmissionResponse::deny(&request.uid, "the synchronous path was taken")
+            }
             _ => {
                 let mut response = AdmissionResponse::patched(&request.uid, &test_patch());
                 response.warnings.push("patched by the test decider".into());
@@ -72,6 +77,10 @@ impl Admit for TestAdmit {
                     let mut response = AdmissionResponse::allow(&request.uid);
                     response.warnings.push("decided after waiting".into());
                     response
+                }
+                "held" => {
+                    self.held.acquire().await.unwrap().forget();
+                    AdmissionResponse::allow(&request.uid)
                 }
                 "panic-later" => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -209,10 +218,12 @@ struct TestServer {
     https: SocketAddr,
     plain: SocketAddr,
     ready: Arc<AtomicBool>,
+    /// Permits for `held` reviews.
+    held: Arc<tokio::sync::Semaphore>,
     ca: Ca,
     volume: SecretVolume,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
+    task: Option<JoinHandle<Stopped>>,
 }
 
 impl TestServer {
@@ -228,12 +239,15 @@ impl TestServer {
             key_file: volume.path("tls.key"),
             max_body_bytes: 256 << 10,
             cert_poll_interval: Duration::from_millis(100),
+            shutdown_delay: Duration::ZERO,
             shutdown_grace: Duration::from_secs(5),
             ..Config::default()
         };
         tweak(&mut config);
         let ready = Arc::new(AtomicBool::new(false));
-        let server = Server::bind(config, Arc::new(TestAdmit), ready.clone())
+        let held = Arc::new(tokio::sync::Semaphore::new(0));
+        let admit = TestAdmit { held: held.clone() };
+        let server = Server::bind(config, Arc::new(admit), ready.clone())
             .await
             .unwrap();
         let (https, plain) = (server.https_addr(), server.plain_addr());
@@ -245,6 +259,7 @@ impl TestServer {
             https,
             plain,
             ready,
+            held,
             ca,
             volume,
             stop: Some(stop),
@@ -356,6 +371,8 @@ async fn tls_connect(
 /// An HTTP/1.1 keep-alive connection over TLS.
 struct H1 {
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    /// Ends when the connection does.
+    connection: JoinHandle<hyper::Result<()>>,
 }
 
 impl H1 {
@@ -366,8 +383,8 @@ impl H1 {
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
             .map_err(|e| format!("HTTP: {e}"))?;
-        tokio::spawn(connection);
-        Ok(H1 { sender })
+        let connection = tokio::spawn(connection);
+        Ok(H1 { sender, connection })
     }
 
     async fn send(
@@ -417,6 +434,94 @@ impl H1 {
         )
         .await
     }
+}
+
+/// An HTTP/2 connection over TLS (what the apiserver negotiates).
+struct H2 {
+    sender: hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    /// Ends when the connection does.
+    connection: JoinHandle<hyper::Result<()>>,
+}
+
+impl H2 {
+    async fn connect(addr: SocketAddr, ca: &Ca) -> H2 {
+        let tls = tls_connect(addr, ca, &[b"h2"]).await.unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(b"h2".as_slice()));
+        let (sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .unwrap();
+        let connection = tokio::spawn(connection);
+        H2 { sender, connection }
+    }
+
+    /// Sends a review; the answer is awaited by the returned task.
+    fn review(&mut self, uid: &str, name: &str) -> JoinHandle<Result<Reply, String>> {
+        let request = Request::post("https://localhost/mutate")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(review_body(uid, name).to_string())))
+            .unwrap();
+        let sent = self.sender.send_request(request);
+        tokio::spawn(async move {
+            let response = sent.await.map_err(|e| e.to_string())?;
+            let status = response.status();
+            let headers = response.headers().clone();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            Ok(Reply {
+                status,
+                headers,
+                body,
+            })
+        })
+    }
+}
+
+/// Asserts that `reply` is the decider's answer to review `uid`.
+fn assert_answered(reply: &Reply, uid: &str) {
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    let review = reply.json();
+    assert_eq!(review["kind"], "AdmissionReview", "{review}");
+    assert_eq!(review["response"]["uid"], uid, "{review}");
+    assert!(review["response"]["allowed"].is_boolean(), "{review}");
+}
+
+/// Waits until nothing listens on `addr` any more.
+async fn until_refused(addr: SocketAddr) {
+    let deadline = Instant::now() + EVENTUALLY;
+    while TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "{addr} kept accepting connections"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until `/readyz` answers 503; returns its body.
+async fn until_not_ready(plain: SocketAddr) -> String {
+    let deadline = Instant::now() + EVENTUALLY;
+    loop {
+        let reply = plain_get(plain, "/readyz").await;
+        if reply.status == StatusCode::SERVICE_UNAVAILABLE {
+            return reply.text();
+        }
+        assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+        assert!(Instant::now() < deadline, "/readyz stayed ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits (at most EVENTUALLY) for a connection task to end.
+async fn ended(connection: &mut JoinHandle<hyper::Result<()>>) -> hyper::Result<()> {
+    tokio::time::timeout(EVENTUALLY, connection)
+        .await
+        .expect("the server did not close the connection")
+        .unwrap()
 }
 
 async fn plain_get(addr: SocketAddr, path: &str) -> Reply {
@@ -1097,4 +1202,159 @@ async fn shutdown_stops_the_listeners() {
         .unwrap();
     assert!(TcpStream::connect(server.https).await.is_err());
     assert!(TcpStream::connect(server.plain).await.is_err());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shutdown: no review is refused while the pod is taken out of the Service.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_shutdown_is_requested_readyz_fails_and_reviews_are_still_answered_for_the_delay() {
+    // The delay is far longer than the few exchanges made during it.
+    let mut server = TestServer::start(|c| c.shutdown_delay = Duration::from_secs(5)).await;
+    server.ready.store(true, Ordering::Release);
+    assert_eq!(
+        plain_get(server.plain, "/readyz").await.status,
+        StatusCode::OK
+    );
+    // Keep-alive connections opened before, as the apiserver keeps them.
+    let mut h1 = server.client().await;
+    assert_answered(
+        &h1.post_json("/mutate", &review_body("h1-before", "web").to_string())
+            .await
+            .unwrap(),
+        "h1-before",
+    );
+    let mut h2 = H2::connect(server.https, &server.ca).await;
+    assert_answered(
+        &h2.review("h2-before", "web").await.unwrap().unwrap(),
+        "h2-before",
+    );
+
+    let _ = server.stop.take().unwrap().send(());
+    let body = until_not_ready(server.plain).await;
+    assert!(body.contains("shutting down"), "{body}");
+    // Liveness is unaffected: the kubelet must not restart a pod that is shutting down.
+    assert_eq!(
+        plain_get(server.plain, "/healthz").await.status,
+        StatusCode::OK
+    );
+
+    let during = h1
+        .post_json("/mutate", &review_body("h1-during", "web").to_string())
+        .await
+        .unwrap();
+    assert_answered(&during, "h1-during");
+    assert!(during.headers.get("connection").is_none(), "{during:?}");
+    assert_answered(&server.review("new-during", "web").await, "new-during");
+    assert_answered(
+        &h2.review("h2-during", "web").await.unwrap().unwrap(),
+        "h2-during",
+    );
+    // Still /readyz 503 after those reviews: not a blip.
+    assert_eq!(
+        plain_get(server.plain, "/readyz").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let task = server.task.take().unwrap();
+    assert!(!task.is_finished(), "run returned before the delay ended");
+
+    // After the delay: both idle keep-alive connections are closed by the server (HTTP/2 with
+    // GOAWAY: the client's connection ends without an error), the listeners are gone.
+    let stopped = tokio::time::timeout(EVENTUALLY, task)
+        .await
+        .expect("run did not return after the delay")
+        .unwrap();
+    assert_eq!(stopped, Stopped::Drained);
+    ended(&mut h1.connection).await.unwrap();
+    ended(&mut h2.connection).await.unwrap();
+    assert!(TcpStream::connect(server.https).await.is_err());
+    assert!(TcpStream::connect(server.plain).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reviews_in_flight_when_the_delay_ends_are_answered_and_idle_connections_closed() {
+    let mut server = TestServer::start(|c| {
+        c.shutdown_delay = Duration::from_millis(200);
+        c.shutdown_grace = EVENTUALLY;
+    })
+    .await;
+    let mut idle = server.client().await;
+    assert_answered(
+        &idle
+            .post_json("/mutate", &review_body("idle", "web").to_string())
+            .await
+            .unwrap(),
+        "idle",
+    );
+    // Two reviews the decider holds: over HTTP/1.1 and over HTTP/2.
+    let mut h1 = server.client().await;
+    let h1_held = tokio::spawn(async move {
+        let reply = h1
+            .post_json("/mutate", &review_body("h1-held", "held").to_string())
+            .await;
+        (h1, reply)
+    });
+    let mut h2 = H2::connect(server.https, &server.ca).await;
+    let h2_held = h2.review("h2-held", "held");
+    server.wait_for_metric("in_flight_requests", 2).await;
+
+    let _ = server.stop.take().unwrap().send(());
+    // The delay ends: the listener closes while both reviews are still held.
+    until_refused(server.https).await;
+    // An idle keep-alive connection is closed now, not when the held reviews end.
+    ended(&mut idle.connection).await.unwrap();
+    assert!(!h1_held.is_finished() && !h2_held.is_finished());
+    // HTTP/2: after GOAWAY the connection takes no new stream.
+    let refused = h2.review("h2-after", "web").await.unwrap();
+    assert!(refused.is_err(), "{refused:?}");
+
+    server.held.add_permits(2);
+    let (mut h1, h1_reply) = tokio::time::timeout(EVENTUALLY, h1_held)
+        .await
+        .expect("the held HTTP/1.1 review was not answered")
+        .unwrap();
+    let h1_reply = h1_reply.unwrap();
+    assert_answered(&h1_reply, "h1-held");
+    // The answer tells the client not to reuse the connection, and the server closes it.
+    assert_eq!(
+        h1_reply.headers.get("connection").map(|v| v.as_bytes()),
+        Some(b"close".as_slice()),
+        "{h1_reply:?}"
+    );
+    ended(&mut h1.connection).await.unwrap();
+    let h2_reply = tokio::time::timeout(EVENTUALLY, h2_held)
+        .await
+        .expect("the held HTTP/2 review was not answered")
+        .unwrap()
+        .unwrap();
+    assert_answered(&h2_reply, "h2-held");
+    ended(&mut h2.connection).await.unwrap();
+    let stopped = tokio::time::timeout(EVENTUALLY, server.task.take().unwrap())
+        .await
+        .expect("run did not return once the held reviews were answered")
+        .unwrap();
+    assert_eq!(stopped, Stopped::Drained);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_still_open_after_the_grace_are_dropped() {
+    let mut server = TestServer::start(|c| c.shutdown_grace = Duration::from_millis(300)).await;
+    let mut h1 = server.client().await;
+    let held = tokio::spawn(async move {
+        h1.post_json("/mutate", &review_body("never", "held").to_string())
+            .await
+    });
+    server.wait_for_metric("in_flight_requests", 1).await;
+    let _ = server.stop.take().unwrap().send(());
+    let stopped = tokio::time::timeout(EVENTUALLY, server.task.take().unwrap())
+        .await
+        .expect("run did not return after the grace")
+        .unwrap();
+    assert_eq!(stopped, Stopped::GraceExceeded);
+    // The client learns that the connection is gone instead of waiting for ever.
+    let reply = tokio::time::timeout(EVENTUALLY, held)
+        .await
+        .expect("the dropped request's client was left waiting")
+        .unwrap();
+    assert!(reply.is_err(), "{reply:?}");
 }
