@@ -20,7 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
@@ -1357,4 +1357,265 @@ async fn requests_still_open_after_the_grace_are_dropped() {
         .expect("the dropped request's client was left waiting")
         .unwrap();
     assert!(reply.is_err(), "{reply:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The real binary, stopped with real signals.
+
+/// A stand-in for the Kubernetes API, just enough for `boundary-webhook` to start and become
+/// ready: its version, an empty list of anything, and watches that stay open without events.
+/// (Not an apiserver: the webhook's cluster view is tested against a real one in tests/cluster.)
+async fn stand_in_apiserver() -> SocketAddr {
+    use axum::response::IntoResponse;
+    async fn answer(request: axum::extract::Request) -> axum::response::Response {
+        let json = [("content-type", "application/json")];
+        if request.uri().path() == "/version" {
+            let version = json!({
+                "major": "1", "minor": "30", "gitVersion": "v1.30.0", "gitCommit": "",
+                "gitTreeState": "clean", "buildDate": "", "goVersion": "", "compiler": "gc",
+                "platform": "linux/amd64",
+            });
+            return (json, version.to_string()).into_response();
+        }
+        let watch = request
+            .uri()
+            .query()
+            .is_some_and(|q| q.split('&').any(|p| p == "watch=true" || p == "watch=1"));
+        if watch {
+            let silence = futures_util::stream::pending::<Result<Bytes, std::io::Error>>();
+            return (json, axum::body::Body::from_stream(silence)).into_response();
+        }
+        let list = json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": []});
+        (json, list.to_string()).into_response()
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().fallback(answer);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+/// `boundary-webhook` as a process, with its log lines (JSON) collected.
+struct Webhook {
+    child: tokio::process::Child,
+    https: SocketAddr,
+    plain: SocketAddr,
+    ca: Ca,
+    logs: Arc<std::sync::Mutex<Vec<Value>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Webhook {
+    async fn start(shutdown_delay_seconds: u64) -> Webhook {
+        use boundary_api::contract::webhook_env;
+        let apiserver = stand_in_apiserver().await;
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\ncurrent-context: test\n\
+                 clusters: [{{name: test, cluster: {{server: 'http://{apiserver}'}}}}]\n\
+                 users: [{{name: test, user: {{}}}}]\n\
+                 contexts: [{{name: test, context: {{cluster: test, user: test}}}}]\n"
+            ),
+        )
+        .unwrap();
+        let ca = Ca::new("binary test CA");
+        let (cert, key) = ca.leaf();
+        std::fs::write(dir.path().join("tls.crt"), cert).unwrap();
+        std::fs::write(dir.path().join("tls.key"), key).unwrap();
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_boundary-webhook"))
+            .env_clear()
+            .env("KUBECONFIG", &kubeconfig)
+            .env("BOUNDARY_WEBHOOK_HTTPS_ADDR", "127.0.0.1:0")
+            .env("BOUNDARY_WEBHOOK_PLAIN_ADDR", "127.0.0.1:0")
+            .env("BOUNDARY_WEBHOOK_CERT_FILE", dir.path().join("tls.crt"))
+            .env("BOUNDARY_WEBHOOK_KEY_FILE", dir.path().join("tls.key"))
+            .env("BOUNDARY_WEBHOOK_IMAGE", "jail-runtime:test")
+            .env("BOUNDARY_WEBHOOK_REGISTRY_LOOKUP", "false")
+            .env("BOUNDARY_WEBHOOK_LOG_FORMAT", "json")
+            .env(
+                webhook_env::SHUTDOWN_DELAY_SECONDS,
+                shutdown_delay_seconds.to_string(),
+            )
+            .env(webhook_env::SHUTDOWN_GRACE_SECONDS, "60")
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let logs = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (serving, mut addresses) = tokio::sync::mpsc::unbounded_channel();
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let collected = logs.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                eprintln!("webhook: {line}");
+                let Ok(entry) = serde_json::from_str::<Value>(&line) else {
+                    continue;
+                };
+                if entry["fields"]["message"] == "serving" {
+                    let _ = serving.send(entry["fields"].clone());
+                }
+                collected.lock().unwrap().push(entry);
+            }
+        });
+        let fields = tokio::time::timeout(EVENTUALLY, addresses.recv())
+            .await
+            .expect("the webhook did not log `serving`")
+            .expect("the webhook ended before serving");
+        let addr = |name: &str| fields[name].as_str().unwrap().parse().unwrap();
+        Webhook {
+            https: addr("https"),
+            plain: addr("plain"),
+            child,
+            ca,
+            logs,
+            _dir: dir,
+        }
+    }
+
+    /// Sends `signal` (`TERM`, `INT`) to the process.
+    fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("the webhook has exited").to_string();
+        let status = std::process::Command::new("kill")
+            .args([format!("-{signal}"), pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    async fn exited(&mut self) -> std::process::ExitStatus {
+        tokio::time::timeout(EVENTUALLY, self.child.wait())
+            .await
+            .expect("the webhook did not exit")
+            .unwrap()
+    }
+
+    async fn until_ready(&self) {
+        let deadline = Instant::now() + EVENTUALLY;
+        while plain_get(self.plain, "/readyz").await.status != StatusCode::OK {
+            assert!(Instant::now() < deadline, "the webhook never became ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The index of the first log line whose message contains `text`.
+    fn logged(&self, text: &str) -> usize {
+        let logs = self.logs.lock().unwrap();
+        logs.iter()
+            .position(|e| {
+                e["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains(text))
+            })
+            .unwrap_or_else(|| panic!("no log line says {text:?}"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_answers_reviews_until_its_shutdown_delay_ends_after_sigterm_and_exits_0() {
+    // The delay is far longer than the few exchanges made during it, and shorter than the
+    // 10 s a request body may take (one is sent across the end of the delay).
+    let mut webhook = Webhook::start(4).await;
+    webhook.until_ready().await;
+    let mut keep_alive = H1::connect(webhook.https, &webhook.ca).await.unwrap();
+    assert_answered(
+        &keep_alive
+            .post_json("/mutate", &review_body("before", "web").to_string())
+            .await
+            .unwrap(),
+        "before",
+    );
+
+    webhook.signal("TERM");
+    let body = until_not_ready(webhook.plain).await;
+    assert!(body.contains("shutting down"), "{body}");
+    assert_answered(
+        &keep_alive
+            .post_json("/mutate", &review_body("kept", "web").to_string())
+            .await
+            .unwrap(),
+        "kept",
+    );
+    let mut new = H1::connect(webhook.https, &webhook.ca).await.unwrap();
+    assert_answered(
+        &new.post_json("/mutate", &review_body("new", "web").to_string())
+            .await
+            .unwrap(),
+        "new",
+    );
+    // A review whose body is half sent when the delay ends.
+    let review = review_body("across", "web").to_string();
+    let (first, rest) = review.as_bytes().split_at(review.len() / 2);
+    let mut across = tls_connect(webhook.https, &webhook.ca, &[b"http/1.1"])
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        review.len()
+    );
+    across.write_all(head.as_bytes()).await.unwrap();
+    across.write_all(first).await.unwrap();
+    across.flush().await.unwrap();
+    assert!(
+        webhook.child.try_wait().unwrap().is_none(),
+        "exited during the delay"
+    );
+
+    until_refused(webhook.https).await;
+    across.write_all(rest).await.unwrap();
+    across.flush().await.unwrap();
+    let mut answer = Vec::new();
+    // The server closes the connection after the answer.
+    tokio::time::timeout(EVENTUALLY, across.read_to_end(&mut answer))
+        .await
+        .expect("the review across the end of the delay was not answered")
+        .unwrap();
+    let answer = String::from_utf8(answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        head.to_ascii_lowercase().contains("\r\nconnection: close"),
+        "{answer}"
+    );
+    let reply: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(reply["response"]["uid"], "across", "{reply}");
+
+    let status = webhook.exited().await;
+    assert_eq!(status.code(), Some(0), "{status}");
+    // Each phase is logged, in order.
+    let phases = [
+        "shutting down (signal again",
+        "shutdown requested",
+        "shutdown delay over",
+        "every open request finished",
+    ]
+    .map(|p| webhook.logged(p));
+    assert!(phases.is_sorted(), "{phases:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_makes_the_binary_exit_without_waiting_for_the_delay() {
+    // A delay no test waits for.
+    let mut webhook = Webhook::start(3600).await;
+    webhook.until_ready().await;
+    webhook.signal("TERM");
+    until_not_ready(webhook.plain).await;
+    assert_answered(&review_over(&webhook).await, "still");
+    webhook.signal("INT");
+    let status = webhook.exited().await;
+    assert_eq!(status.code(), Some(130), "{status}");
+    webhook.logged("second signal");
+}
+
+async fn review_over(webhook: &Webhook) -> Reply {
+    H1::connect(webhook.https, &webhook.ca)
+        .await
+        .unwrap()
+        .post_json("/mutate", &review_body("still", "web").to_string())
+        .await
+        .unwrap()
 }
