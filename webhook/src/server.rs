@@ -269,21 +269,18 @@ impl Server {
             grace = ?self.config.shutdown_grace,
             "shutdown delay over: no new connections; closing idle ones, finishing open requests"
         );
-        let stopped =
-            match tokio::time::timeout(self.config.shutdown_grace, graceful.shutdown()).await {
-                Ok(()) => {
-                    tracing::info!("every open request finished; webhook server stopped");
-                    Stopped::Drained
-                }
-                Err(_) => {
-                    tasks.shutdown().await;
-                    tracing::warn!(
-                        grace = ?self.config.shutdown_grace,
-                        "open requests did not finish within the shutdown grace; dropped them"
-                    );
-                    Stopped::GraceExceeded
-                }
-            };
+        let drained = tokio::time::timeout(self.config.shutdown_grace, graceful.shutdown()).await;
+        let stopped = if drained.is_ok() {
+            tracing::info!("every open request finished; webhook server stopped");
+            Stopped::Drained
+        } else {
+            tasks.shutdown().await;
+            tracing::warn!(
+                grace = ?self.config.shutdown_grace,
+                "open requests did not finish within the shutdown grace; dropped them"
+            );
+            Stopped::GraceExceeded
+        };
         reloader.abort();
         stopped
     }

@@ -1317,7 +1317,10 @@ async fn reviews_in_flight_when_the_delay_ends_are_answered_and_idle_connections
     assert_answered(&h1_reply, "h1-held");
     // The answer tells the client not to reuse the connection, and the server closes it.
     assert_eq!(
-        h1_reply.headers.get("connection").map(|v| v.as_bytes()),
+        h1_reply
+            .headers
+            .get("connection")
+            .map(hyper::header::HeaderValue::as_bytes),
         Some(b"close".as_slice()),
         "{h1_reply:?}"
     );
