@@ -249,6 +249,17 @@ pub mod env {
     }
 }
 
+/// Environment variables of the webhook's own flags whose values the chart derives other
+/// settings from (the pod's `terminationGracePeriodSeconds` covers both).
+pub mod webhook_env {
+    names! {
+        /// Seconds reviews are still served after SIGTERM while `/readyz` answers 503.
+        SHUTDOWN_DELAY_SECONDS = "BOUNDARY_WEBHOOK_SHUTDOWN_DELAY_SECONDS";
+        /// Seconds open requests may take to finish after that delay.
+        SHUTDOWN_GRACE_SECONDS = "BOUNDARY_WEBHOOK_SHUTDOWN_GRACE_SECONDS";
+    }
+}
+
 /// Values of [`env::EXIT_WHEN`].
 pub mod exit_when {
     names! {
@@ -425,8 +436,8 @@ mod tests {
 
     #[test]
     fn env_names_are_portable_identifiers() {
-        unique(env::ALL);
-        for name in env::ALL {
+        unique(&[env::ALL, webhook_env::ALL].concat());
+        for name in env::ALL.iter().chain(webhook_env::ALL) {
             assert!(
                 name.bytes()
                     .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_'),

@@ -80,14 +80,19 @@ def contract():
 
 
 def env_flags(*dirs):
-    """Every `env = "NAME"` of the clap flags under the given source folders."""
+    """Every `env = "NAME"` (or `env = group::NAME` of the contract) of the clap flags under the
+    given source folders."""
     names = set()
     for d in dirs:
         for base, _, files in os.walk(os.path.join(ROOT, d)):
             for f in files:
                 if f.endswith(".rs"):
                     with open(os.path.join(base, f)) as fh:
-                        names.update(re.findall(r'env\s*=\s*"([A-Z0-9_]+)"', fh.read()))
+                        text = fh.read()
+                    names.update(re.findall(r'env\s*=\s*"([A-Z0-9_]+)"', text))
+                    for group, name in re.findall(r"env\s*=\s*(\w+)::([A-Z][A-Z0-9_]*)\b", text):
+                        if name in C.get(group, {}):
+                            names.add(C[group][name])
     return names
 
 
@@ -98,6 +103,9 @@ COMPONENT = C["labels"]["COMPONENT"]
 POLICY_CONFIGMAP = C["objects"]["POLICY_CONFIGMAP"]
 CA_SUFFIX = C["objects"]["CA_SECRET_SUFFIX"]
 WEBHOOK_ENV = env_flags("webhook/src")
+SHUTDOWN_DELAY_ENV = C["webhook_env"]["SHUTDOWN_DELAY_SECONDS"]
+SHUTDOWN_GRACE_ENV = C["webhook_env"]["SHUTDOWN_GRACE_SECONDS"]
+check({SHUTDOWN_DELAY_ENV, SHUTDOWN_GRACE_ENV} <= WEBHOOK_ENV, "the webhook's shutdown flags read the contract's env names")
 OPERATOR_ENV = env_flags("operator/src")
 BOUNDARY_ENV = env_flags("jail-runtime/src")
 # Set from the downward API; read by the binaries under these names.
@@ -279,6 +287,20 @@ def check_render(name, s, objs, kube):
         check(env_value(wc, "BOUNDARY_WEBHOOK_CERT_FILE") == f"{mount}/tls.crt"
               and env_value(wc, "BOUNDARY_WEBHOOK_KEY_FILE") == f"{mount}/tls.key",
               f"{where} webhook reads tls.crt/tls.key from the mounted Secret")
+
+    # Shutdown without refused reviews: not ready at once, reviews answered for the delay, then
+    # open requests finish (as long as the apiserver waits), all within the grace period.
+    delay = v.get("webhook.shutdownDelaySeconds", 10)
+    grace = int(env_value(wc, SHUTDOWN_GRACE_ENV) or 0)
+    check(env_value(wc, SHUTDOWN_DELAY_ENV) == str(delay), f"{where} webhook shutdown delay {delay}")
+    check(grace > v.get("webhook.timeoutSeconds", 5), f"{where} open requests may run as long as the apiserver waits: {grace}")
+    termination = spec.get("terminationGracePeriodSeconds", 30)
+    check(termination > delay + grace,
+          f"{where} terminationGracePeriodSeconds {termination} > shutdown delay {delay} + grace {grace}")
+    ready = wc["readinessProbe"]
+    unready_after = ready.get("periodSeconds", 10) * ready.get("failureThreshold", 3)
+    if delay >= 5:
+        check(unready_after < delay, f"{where} the kubelet sees /readyz fail ({unready_after} s) within the delay {delay}")
 
     svc = objs.get("Service", webhook_name)
     check(selector_matches({"matchLabels": svc["spec"]["selector"]}, pod_labels), f"{where} Service selects the webhook pods")
@@ -643,6 +665,9 @@ SCENARIOS = {
     "required-and-exempt": scenario("agent-boundary", "agent-boundary", webhook__failurePolicy="Ignore",
                                     webhook__requiredNamespaces=["agents-prod", "ci"],
                                     webhook__optOutServiceAccounts=["ci/runner", "tools/builder"]),
+    "long-shutdown-delay": scenario("agent-boundary", "agent-boundary", webhook__shutdownDelaySeconds=45,
+                                    webhook__timeoutSeconds=30),
+    "no-shutdown-delay": scenario("agent-boundary", "agent-boundary", webhook__shutdownDelaySeconds=0),
     "one-webhook-ha-operator": scenario("agent-boundary", "agent-boundary", webhook__replicas=1, operator__replicas=2),
     "no-leader-election-no-agent": scenario("agent-boundary", "agent-boundary", operator__leaderElection__enabled=False,
                                             nodeAgent__enabled=False),
@@ -666,6 +691,8 @@ REFUSED = [
     (["webhook.timeoutSeconds=60"], "timeoutSeconds"),
     (["webhook.timeoutSeconds=3", "webhook.imageLookup.budgetMilliseconds=3000"], "budgetMilliseconds"),
     (["webhook.reinvocationPolicy=Always"], "reinvocationPolicy"),
+    (["webhook.shutdownDelaySeconds=-1"], "shutdownDelaySeconds"),
+    (["webhook.shutdownDelaySeconds=ten"], "shutdownDelaySeconds"),
     (["webhook.hostNetwork=yes"], "hostNetwork"),
     (["nodeAgent.enableUserNamespace=true"], "enableUserNamespace"),
     (["nodeAgent.seccompProfileType=Localhost"], "seccompProfileType"),

@@ -8,6 +8,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::Context;
+use boundary_api::contract::webhook_env;
 use boundary_webhook::admit::Planner;
 use boundary_webhook::admit::{ApiPullSecrets, FixedPullSecrets, ImageLookup, PullSecretSource};
 use boundary_webhook::cache::LiveView;
@@ -110,6 +111,9 @@ struct Cli {
     /// Largest `AdmissionReview` body accepted, in bytes.
     #[arg(long, env = "BOUNDARY_WEBHOOK_MAX_BODY_BYTES", default_value_t = 7 * 1024 * 1024)]
     max_body_bytes: usize,
+    /// Shutdown on SIGTERM.
+    #[command(flatten)]
+    shutdown: ShutdownArgs,
     /// Image lookups in registries.
     #[command(flatten)]
     registry: RegistryArgs,
@@ -124,6 +128,21 @@ struct Cli {
     /// Log filter (`info`, `debug`, `boundary_webhook=debug`, ...).
     #[arg(long, env = "BOUNDARY_WEBHOOK_LOG_LEVEL", default_value = "info")]
     log_level: String,
+}
+
+/// How the webhook stops: it keeps answering reviews while it is taken out of the Service, then
+/// finishes the open ones. A second SIGTERM or Ctrl-C exits at once.
+#[derive(Debug, clap::Args)]
+struct ShutdownArgs {
+    /// Seconds reviews are still served after SIGTERM while `/readyz` answers 503, so that
+    /// endpoints, kube-proxy and the apiserver stop sending reviews here before the listener
+    /// closes.
+    #[arg(long, env = webhook_env::SHUTDOWN_DELAY_SECONDS, default_value_t = 10)]
+    shutdown_delay_seconds: u64,
+    /// Seconds open requests may take to finish after the delay (keep it above the webhook
+    /// configuration's timeoutSeconds).
+    #[arg(long, env = webhook_env::SHUTDOWN_GRACE_SECONDS, default_value_t = 10)]
+    shutdown_grace_seconds: u64,
 }
 
 /// How the webhook reads image configs from registries.
@@ -290,6 +309,8 @@ async fn main() -> anyhow::Result<()> {
         cert_file: cli.cert_file.clone(),
         key_file: cli.key_file.clone(),
         max_body_bytes: cli.max_body_bytes,
+        shutdown_delay: Duration::from_secs(cli.shutdown.shutdown_delay_seconds),
+        shutdown_grace: Duration::from_secs(cli.shutdown.shutdown_grace_seconds),
         ..Config::default()
     };
     let mut planner = Planner::new(view, settings).with_jailing(jailing);
@@ -304,24 +325,51 @@ async fn main() -> anyhow::Result<()> {
         server = server.with_extra_metrics(move |out| resolver.render_metrics(out));
     }
     tracing::info!(https = %server.https_addr(), plain = %server.plain_addr(), "serving");
+    // Handlers installed before serving: a signal from now on is never the default (fatal) one.
+    let mut signals = Signals::install().context("installing the SIGTERM and SIGINT handlers")?;
+    let (terminate, terminated) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let first = signals.next().await;
+        tracing::info!(
+            signal = first,
+            "shutting down (signal again to exit at once)"
+        );
+        let _ = terminate.send(());
+        let second = signals.next().await;
+        tracing::warn!(
+            signal = second,
+            "second signal: exiting without finishing open requests"
+        );
+        std::process::exit(130);
+    });
     server
         .run(async {
-            // Kubernetes stops pods with SIGTERM; Ctrl-C for people.
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut term) => {
-                    tokio::select! {
-                        _ = term.recv() => {}
-                        _ = tokio::signal::ctrl_c() => {}
-                    }
-                }
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                }
-            }
-            tracing::info!("shutting down");
+            let _ = terminated.await;
         })
         .await;
-    // Give in-flight reviews their answer before the process ends.
-    tokio::time::sleep(Duration::from_millis(50)).await;
     Ok(())
+}
+
+/// SIGTERM (how Kubernetes stops pods) and SIGINT (Ctrl-C), each delivery counted once.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// The name of the next signal.
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.interrupt.recv() => "SIGINT",
+        }
+    }
 }

@@ -26,6 +26,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
 use tower_service::Service;
 
 use crate::metrics::{BodyRejection, ConnectionFailure, Metrics, ReviewResult};
@@ -66,14 +67,18 @@ pub struct Config {
     pub tls_handshake_timeout: Duration,
     /// How often the certificate files are compared with the served pair.
     pub cert_poll_interval: Duration,
-    /// How long open requests may take to finish once shutdown starts.
+    /// How long reviews are still served once shutdown is requested, while `/readyz` already
+    /// answers 503: the time endpoints, kube-proxy and the apiserver take to stop sending new
+    /// connections here.
+    pub shutdown_delay: Duration,
+    /// How long open requests may take to finish once the listeners are closed.
     pub shutdown_grace: Duration,
 }
 
 impl Default for Config {
     /// HTTPS on port 8443, plain on 8080 (all interfaces), the certificate of the chart's
     /// Secret volume, 7 MiB bodies, 10 s for each of handshake, head and body, certificate
-    /// polled every second, 10 s shutdown grace.
+    /// polled every second, 10 s of shutdown delay and 10 s of shutdown grace.
     fn default() -> Self {
         Config {
             https_addr: SocketAddr::from(([0, 0, 0, 0], 8443)),
@@ -85,6 +90,7 @@ impl Default for Config {
             body_read_timeout: Duration::from_secs(10),
             tls_handshake_timeout: Duration::from_secs(10),
             cert_poll_interval: Duration::from_secs(1),
+            shutdown_delay: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
         }
     }
@@ -108,6 +114,15 @@ pub enum ServerError {
     /// rustls refused the configuration.
     #[error("building the TLS configuration: {0}")]
     Tls(#[source] rustls::Error),
+}
+
+/// How [`Server::run`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// Every connection finished.
+    Drained,
+    /// Connections still open after [`Config::shutdown_grace`] were dropped.
+    GraceExceeded,
 }
 
 /// Extra exposition text appended to `/metrics` (metrics of the caches, for example).
@@ -193,10 +208,16 @@ impl Server {
         self.metrics.clone()
     }
 
-    /// Serves until `shutdown` completes, then stops accepting and gives open requests
-    /// [`Config::shutdown_grace`] to finish.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) {
-        let (https, plain) = (self.https, self.plain);
+    /// Serves until `shutdown` completes, then shuts down without refusing a review:
+    ///
+    /// 1. `/readyz` answers 503 at once, so the pod leaves the Service's endpoints, while
+    ///    reviews are still served, on open and new connections, for [`Config::shutdown_delay`]
+    ///    (until endpoints, kube-proxy and the apiserver have stopped sending them here);
+    /// 2. the listeners close, idle connections are closed (HTTP/1 at once, HTTP/2 with
+    ///    GOAWAY) and answers of open requests carry `Connection: close`, so clients reconnect
+    ///    to another replica;
+    /// 3. open requests get [`Config::shutdown_grace`] to finish; the rest are dropped.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Stopped {
         let reloader = tokio::spawn(
             self.certificates
                 .run(self.config.cert_poll_interval, self.metrics.clone()),
@@ -204,50 +225,99 @@ impl Server {
         let state = Arc::new(AppState {
             admit: self.admit,
             ready: self.ready,
+            shutting_down: AtomicBool::new(false),
             metrics: self.metrics.clone(),
             extra_metrics: self.extra_metrics,
             max_body_bytes: self.config.max_body_bytes,
             body_read_timeout: self.config.body_read_timeout,
         });
-        let connections = Connections {
-            acceptor: tokio_rustls::TlsAcceptor::from(self.tls),
-            mutate: mutate_router(state.clone()),
-            probes: probe_router(state),
-            metrics: self.metrics,
-            tls_handshake_timeout: self.config.tls_handshake_timeout,
-            header_read_timeout: self.config.header_read_timeout,
-        };
         let graceful = GracefulShutdown::new();
-        let mut shutdown = pin!(shutdown);
-        loop {
-            tokio::select! {
-                () = &mut shutdown => break,
-                accepted = https.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        tokio::spawn(connections.clone().serve_tls(stream, peer, graceful.watcher()));
-                    }
-                    Err(e) => accept_failed(&e).await,
-                },
-                accepted = plain.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        tokio::spawn(connections.clone().serve_plain(stream, peer, graceful.watcher()));
-                    }
-                    Err(e) => accept_failed(&e).await,
-                },
-            }
-        }
+        let mut listeners = Listeners {
+            https: self.https,
+            plain: self.plain,
+            connections: Connections {
+                acceptor: tokio_rustls::TlsAcceptor::from(self.tls),
+                mutate: mutate_router(state.clone()),
+                probes: probe_router(state.clone()),
+                metrics: self.metrics,
+                tls_handshake_timeout: self.config.tls_handshake_timeout,
+                header_read_timeout: self.config.header_read_timeout,
+            },
+            tasks: JoinSet::new(),
+        };
+        listeners.accept_until(&graceful, shutdown).await;
+
+        state.shutting_down.store(true, Ordering::Release);
+        tracing::info!(
+            delay = ?self.config.shutdown_delay,
+            "shutdown requested: /readyz answers 503; reviews are still served until the delay \
+             ends (time for endpoints and proxies to stop sending them here)"
+        );
+        listeners
+            .accept_until(&graceful, tokio::time::sleep(self.config.shutdown_delay))
+            .await;
+        let Listeners {
+            https,
+            plain,
+            mut tasks,
+            ..
+        } = listeners;
         drop((https, plain));
-        tracing::info!("webhook server stopping; waiting for open requests");
-        if tokio::time::timeout(self.config.shutdown_grace, graceful.shutdown())
-            .await
-            .is_err()
-        {
+
+        tracing::info!(
+            connections = graceful.count(),
+            grace = ?self.config.shutdown_grace,
+            "shutdown delay over: no new connections; closing idle ones, finishing open requests"
+        );
+        let drained = tokio::time::timeout(self.config.shutdown_grace, graceful.shutdown()).await;
+        let stopped = if drained.is_ok() {
+            tracing::info!("every open request finished; webhook server stopped");
+            Stopped::Drained
+        } else {
+            tasks.shutdown().await;
             tracing::warn!(
                 grace = ?self.config.shutdown_grace,
-                "open connections did not finish within the shutdown grace; dropping them"
+                "open requests did not finish within the shutdown grace; dropped them"
             );
-        }
+            Stopped::GraceExceeded
+        };
         reloader.abort();
+        stopped
+    }
+}
+
+/// Both listeners, what their connections need, and the connections' tasks (so that those
+/// still open after the shutdown grace can be ended).
+struct Listeners {
+    https: TcpListener,
+    plain: TcpListener,
+    connections: Connections,
+    tasks: JoinSet<()>,
+}
+
+impl Listeners {
+    /// Accepts and serves connections, each watched by `graceful`, until `until` completes.
+    async fn accept_until(&mut self, graceful: &GracefulShutdown, until: impl Future<Output = ()>) {
+        let mut until = pin!(until);
+        loop {
+            tokio::select! {
+                () = &mut until => return,
+                accepted = self.https.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        self.tasks.spawn(self.connections.clone().serve_tls(stream, peer, graceful.watcher()));
+                    }
+                    Err(e) => accept_failed(&e).await,
+                },
+                accepted = self.plain.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        self.tasks.spawn(self.connections.clone().serve_plain(stream, peer, graceful.watcher()));
+                    }
+                    Err(e) => accept_failed(&e).await,
+                },
+                // Ended connections are reaped so the set holds only open ones.
+                Some(_) = self.tasks.join_next() => {}
+            }
+        }
     }
 }
 
@@ -383,6 +453,8 @@ impl hyper::service::Service<hyper::Request<Incoming>> for PeerService {
 struct AppState {
     admit: Arc<dyn Admit>,
     ready: Arc<AtomicBool>,
+    /// Set once shutdown is requested: `/readyz` answers 503 from then on.
+    shutting_down: AtomicBool,
     metrics: Arc<Metrics>,
     extra_metrics: Option<ExtraMetrics>,
     max_body_bytes: usize,
@@ -442,7 +514,13 @@ async fn not_found(request: Request) -> Response {
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    if state.ready.load(Ordering::Acquire) {
+    if state.shutting_down.load(Ordering::Acquire) {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting down: still answering reviews until the shutdown delay ends\n",
+        )
+            .into_response()
+    } else if state.ready.load(Ordering::Acquire) {
         (StatusCode::OK, "ok\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "caches not synced yet\n").into_response()

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use boundary_webhook::review::{self, AdmissionRequest, AdmissionResponse, Admit};
-use boundary_webhook::server::{Config, Server};
+use boundary_webhook::server::{Config, Server, Stopped};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::header::HeaderMap;
@@ -20,7 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
@@ -32,8 +32,11 @@ const EVENTUALLY: Duration = Duration::from_mins(1);
 
 /// Denies `deny-me`, admits `allow-me` unchanged, panics on `panic`, patches anything else.
 /// `waits` is decided only by the asynchronous path, after a wait (as image lookups do), and
-/// `panic-later` panics there after the wait.
-struct TestAdmit;
+/// `panic-later` panics there after the wait. `held` is admitted by the asynchronous path once
+/// the test adds a permit to `held` (a review kept in flight as long as the test wants).
+struct TestAdmit {
+    held: Arc<tokio::sync::Semaphore>,
+}
 
 fn test_patch() -> json_patch::Patch {
     serde_json::from_value(json!([
@@ -49,7 +52,9 @@ impl Admit for TestAdmit {
             "deny-me" => AdmissionResponse::deny(&request.uid, "denied by the test decider"),
             "allow-me" => AdmissionResponse::allow(&request.uid),
             "panic" => panic!("the test decider panics on purpose"),
-            "waits" => AdmissionResponse::deny(&request.uid, "the synchronous path was taken"),
+            "waits" | "held" => {
+                AdmissionResponse::deny(&request.uid, "the synchronous path was taken")
+            }
             _ => {
                 let mut response = AdmissionResponse::patched(&request.uid, &test_patch());
                 response.warnings.push("patched by the test decider".into());
@@ -72,6 +77,10 @@ impl Admit for TestAdmit {
                     let mut response = AdmissionResponse::allow(&request.uid);
                     response.warnings.push("decided after waiting".into());
                     response
+                }
+                "held" => {
+                    self.held.acquire().await.unwrap().forget();
+                    AdmissionResponse::allow(&request.uid)
                 }
                 "panic-later" => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -209,10 +218,12 @@ struct TestServer {
     https: SocketAddr,
     plain: SocketAddr,
     ready: Arc<AtomicBool>,
+    /// Permits for `held` reviews.
+    held: Arc<tokio::sync::Semaphore>,
     ca: Ca,
     volume: SecretVolume,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
+    task: Option<JoinHandle<Stopped>>,
 }
 
 impl TestServer {
@@ -228,12 +239,15 @@ impl TestServer {
             key_file: volume.path("tls.key"),
             max_body_bytes: 256 << 10,
             cert_poll_interval: Duration::from_millis(100),
+            shutdown_delay: Duration::ZERO,
             shutdown_grace: Duration::from_secs(5),
             ..Config::default()
         };
         tweak(&mut config);
         let ready = Arc::new(AtomicBool::new(false));
-        let server = Server::bind(config, Arc::new(TestAdmit), ready.clone())
+        let held = Arc::new(tokio::sync::Semaphore::new(0));
+        let admit = TestAdmit { held: held.clone() };
+        let server = Server::bind(config, Arc::new(admit), ready.clone())
             .await
             .unwrap();
         let (https, plain) = (server.https_addr(), server.plain_addr());
@@ -245,6 +259,7 @@ impl TestServer {
             https,
             plain,
             ready,
+            held,
             ca,
             volume,
             stop: Some(stop),
@@ -356,6 +371,8 @@ async fn tls_connect(
 /// An HTTP/1.1 keep-alive connection over TLS.
 struct H1 {
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    /// Ends when the connection does.
+    connection: JoinHandle<hyper::Result<()>>,
 }
 
 impl H1 {
@@ -366,8 +383,8 @@ impl H1 {
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
             .map_err(|e| format!("HTTP: {e}"))?;
-        tokio::spawn(connection);
-        Ok(H1 { sender })
+        let connection = tokio::spawn(connection);
+        Ok(H1 { sender, connection })
     }
 
     async fn send(
@@ -417,6 +434,94 @@ impl H1 {
         )
         .await
     }
+}
+
+/// An HTTP/2 connection over TLS (what the apiserver negotiates).
+struct H2 {
+    sender: hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    /// Ends when the connection does.
+    connection: JoinHandle<hyper::Result<()>>,
+}
+
+impl H2 {
+    async fn connect(addr: SocketAddr, ca: &Ca) -> H2 {
+        let tls = tls_connect(addr, ca, &[b"h2"]).await.unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(b"h2".as_slice()));
+        let (sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .unwrap();
+        let connection = tokio::spawn(connection);
+        H2 { sender, connection }
+    }
+
+    /// Sends a review; the answer is awaited by the returned task.
+    fn review(&mut self, uid: &str, name: &str) -> JoinHandle<Result<Reply, String>> {
+        let request = Request::post("https://localhost/mutate")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(review_body(uid, name).to_string())))
+            .unwrap();
+        let sent = self.sender.send_request(request);
+        tokio::spawn(async move {
+            let response = sent.await.map_err(|e| e.to_string())?;
+            let status = response.status();
+            let headers = response.headers().clone();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            Ok(Reply {
+                status,
+                headers,
+                body,
+            })
+        })
+    }
+}
+
+/// Asserts that `reply` is the decider's answer to review `uid`.
+fn assert_answered(reply: &Reply, uid: &str) {
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    let review = reply.json();
+    assert_eq!(review["kind"], "AdmissionReview", "{review}");
+    assert_eq!(review["response"]["uid"], uid, "{review}");
+    assert!(review["response"]["allowed"].is_boolean(), "{review}");
+}
+
+/// Waits until nothing listens on `addr` any more.
+async fn until_refused(addr: SocketAddr) {
+    let deadline = Instant::now() + EVENTUALLY;
+    while TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "{addr} kept accepting connections"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until `/readyz` answers 503; returns its body.
+async fn until_not_ready(plain: SocketAddr) -> String {
+    let deadline = Instant::now() + EVENTUALLY;
+    loop {
+        let reply = plain_get(plain, "/readyz").await;
+        if reply.status == StatusCode::SERVICE_UNAVAILABLE {
+            return reply.text();
+        }
+        assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+        assert!(Instant::now() < deadline, "/readyz stayed ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits (at most EVENTUALLY) for a connection task to end.
+async fn ended(connection: &mut JoinHandle<hyper::Result<()>>) -> hyper::Result<()> {
+    tokio::time::timeout(EVENTUALLY, connection)
+        .await
+        .expect("the server did not close the connection")
+        .unwrap()
 }
 
 async fn plain_get(addr: SocketAddr, path: &str) -> Reply {
@@ -1097,4 +1202,420 @@ async fn shutdown_stops_the_listeners() {
         .unwrap();
     assert!(TcpStream::connect(server.https).await.is_err());
     assert!(TcpStream::connect(server.plain).await.is_err());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shutdown: no review is refused while the pod is taken out of the Service.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_shutdown_is_requested_readyz_fails_and_reviews_are_still_answered_for_the_delay() {
+    // The delay is far longer than the few exchanges made during it.
+    let mut server = TestServer::start(|c| c.shutdown_delay = Duration::from_secs(5)).await;
+    server.ready.store(true, Ordering::Release);
+    assert_eq!(
+        plain_get(server.plain, "/readyz").await.status,
+        StatusCode::OK
+    );
+    // Keep-alive connections opened before, as the apiserver keeps them.
+    let mut h1 = server.client().await;
+    assert_answered(
+        &h1.post_json("/mutate", &review_body("h1-before", "web").to_string())
+            .await
+            .unwrap(),
+        "h1-before",
+    );
+    let mut h2 = H2::connect(server.https, &server.ca).await;
+    assert_answered(
+        &h2.review("h2-before", "web").await.unwrap().unwrap(),
+        "h2-before",
+    );
+
+    let _ = server.stop.take().unwrap().send(());
+    let body = until_not_ready(server.plain).await;
+    assert!(body.contains("shutting down"), "{body}");
+    // Liveness is unaffected: the kubelet must not restart a pod that is shutting down.
+    assert_eq!(
+        plain_get(server.plain, "/healthz").await.status,
+        StatusCode::OK
+    );
+
+    let during = h1
+        .post_json("/mutate", &review_body("h1-during", "web").to_string())
+        .await
+        .unwrap();
+    assert_answered(&during, "h1-during");
+    assert!(during.headers.get("connection").is_none(), "{during:?}");
+    assert_answered(&server.review("new-during", "web").await, "new-during");
+    assert_answered(
+        &h2.review("h2-during", "web").await.unwrap().unwrap(),
+        "h2-during",
+    );
+    // Still /readyz 503 after those reviews: not a blip.
+    assert_eq!(
+        plain_get(server.plain, "/readyz").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let task = server.task.take().unwrap();
+    assert!(!task.is_finished(), "run returned before the delay ended");
+
+    // After the delay: both idle keep-alive connections are closed by the server (HTTP/2 with
+    // GOAWAY: the client's connection ends without an error), the listeners are gone.
+    let stopped = tokio::time::timeout(EVENTUALLY, task)
+        .await
+        .expect("run did not return after the delay")
+        .unwrap();
+    assert_eq!(stopped, Stopped::Drained);
+    ended(&mut h1.connection).await.unwrap();
+    ended(&mut h2.connection).await.unwrap();
+    assert!(TcpStream::connect(server.https).await.is_err());
+    assert!(TcpStream::connect(server.plain).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reviews_in_flight_when_the_delay_ends_are_answered_and_idle_connections_closed() {
+    let mut server = TestServer::start(|c| {
+        c.shutdown_delay = Duration::from_millis(200);
+        c.shutdown_grace = EVENTUALLY;
+    })
+    .await;
+    let mut idle = server.client().await;
+    assert_answered(
+        &idle
+            .post_json("/mutate", &review_body("idle", "web").to_string())
+            .await
+            .unwrap(),
+        "idle",
+    );
+    // Two reviews the decider holds: over HTTP/1.1 and over HTTP/2.
+    let mut h1 = server.client().await;
+    let h1_held = tokio::spawn(async move {
+        let reply = h1
+            .post_json("/mutate", &review_body("h1-held", "held").to_string())
+            .await;
+        (h1, reply)
+    });
+    let mut h2 = H2::connect(server.https, &server.ca).await;
+    let h2_held = h2.review("h2-held", "held");
+    server.wait_for_metric("in_flight_requests", 2).await;
+
+    let _ = server.stop.take().unwrap().send(());
+    // The delay ends: the listener closes while both reviews are still held.
+    until_refused(server.https).await;
+    // An idle keep-alive connection is closed now, not when the held reviews end.
+    ended(&mut idle.connection).await.unwrap();
+    assert!(!h1_held.is_finished() && !h2_held.is_finished());
+    server.held.add_permits(2);
+    let (mut h1, h1_reply) = tokio::time::timeout(EVENTUALLY, h1_held)
+        .await
+        .expect("the held HTTP/1.1 review was not answered")
+        .unwrap();
+    let h1_reply = h1_reply.unwrap();
+    assert_answered(&h1_reply, "h1-held");
+    // The answer tells the client not to reuse the connection, and the server closes it.
+    assert_eq!(
+        h1_reply
+            .headers
+            .get("connection")
+            .map(hyper::header::HeaderValue::as_bytes),
+        Some(b"close".as_slice()),
+        "{h1_reply:?}"
+    );
+    ended(&mut h1.connection).await.unwrap();
+    let h2_reply = tokio::time::timeout(EVENTUALLY, h2_held)
+        .await
+        .expect("the held HTTP/2 review was not answered")
+        .unwrap()
+        .unwrap();
+    assert_answered(&h2_reply, "h2-held");
+    // The server ends the HTTP/2 connection (GOAWAY) once its last stream is answered.
+    ended(&mut h2.connection).await.unwrap();
+    let stopped = tokio::time::timeout(EVENTUALLY, server.task.take().unwrap())
+        .await
+        .expect("run did not return once the held reviews were answered")
+        .unwrap();
+    assert_eq!(stopped, Stopped::Drained);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_still_open_after_the_grace_are_dropped() {
+    let mut server = TestServer::start(|c| c.shutdown_grace = Duration::from_millis(300)).await;
+    let mut h1 = server.client().await;
+    let held = tokio::spawn(async move {
+        h1.post_json("/mutate", &review_body("never", "held").to_string())
+            .await
+    });
+    server.wait_for_metric("in_flight_requests", 1).await;
+    let _ = server.stop.take().unwrap().send(());
+    let stopped = tokio::time::timeout(EVENTUALLY, server.task.take().unwrap())
+        .await
+        .expect("run did not return after the grace")
+        .unwrap();
+    assert_eq!(stopped, Stopped::GraceExceeded);
+    // The client learns that the connection is gone instead of waiting for ever.
+    let reply = tokio::time::timeout(EVENTUALLY, held)
+        .await
+        .expect("the dropped request's client was left waiting")
+        .unwrap();
+    assert!(reply.is_err(), "{reply:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The real binary, stopped with real signals.
+
+/// A stand-in for the Kubernetes API, just enough for `boundary-webhook` to start and become
+/// ready: its version, an empty list of anything, and watches that stay open without events.
+/// (Not an apiserver: the webhook's cluster view is tested against a real one in tests/cluster.)
+async fn stand_in_apiserver() -> SocketAddr {
+    use axum::response::IntoResponse;
+    async fn answer(request: axum::extract::Request) -> axum::response::Response {
+        let json = [("content-type", "application/json")];
+        if request.uri().path() == "/version" {
+            let version = json!({
+                "major": "1", "minor": "30", "gitVersion": "v1.30.0", "gitCommit": "",
+                "gitTreeState": "clean", "buildDate": "", "goVersion": "", "compiler": "gc",
+                "platform": "linux/amd64",
+            });
+            return (json, version.to_string()).into_response();
+        }
+        let watch = request
+            .uri()
+            .query()
+            .is_some_and(|q| q.split('&').any(|p| p == "watch=true" || p == "watch=1"));
+        if watch {
+            let silence = futures_util::stream::pending::<Result<Bytes, std::io::Error>>();
+            return (json, axum::body::Body::from_stream(silence)).into_response();
+        }
+        let list = json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": []});
+        (json, list.to_string()).into_response()
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().fallback(answer);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+/// `boundary-webhook` as a process, with its log lines (JSON) collected.
+struct Webhook {
+    child: tokio::process::Child,
+    https: SocketAddr,
+    plain: SocketAddr,
+    ca: Ca,
+    logs: Arc<std::sync::Mutex<Vec<Value>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Webhook {
+    async fn start(shutdown_delay_seconds: u64) -> Webhook {
+        use boundary_api::contract::webhook_env;
+        let apiserver = stand_in_apiserver().await;
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\ncurrent-context: test\n\
+                 clusters: [{{name: test, cluster: {{server: 'http://{apiserver}'}}}}]\n\
+                 users: [{{name: test, user: {{}}}}]\n\
+                 contexts: [{{name: test, context: {{cluster: test, user: test}}}}]\n"
+            ),
+        )
+        .unwrap();
+        let ca = Ca::new("binary test CA");
+        let (cert, key) = ca.leaf();
+        std::fs::write(dir.path().join("tls.crt"), cert).unwrap();
+        std::fs::write(dir.path().join("tls.key"), key).unwrap();
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_boundary-webhook"))
+            .env_clear()
+            .env("KUBECONFIG", &kubeconfig)
+            .env("BOUNDARY_WEBHOOK_HTTPS_ADDR", "127.0.0.1:0")
+            .env("BOUNDARY_WEBHOOK_PLAIN_ADDR", "127.0.0.1:0")
+            .env("BOUNDARY_WEBHOOK_CERT_FILE", dir.path().join("tls.crt"))
+            .env("BOUNDARY_WEBHOOK_KEY_FILE", dir.path().join("tls.key"))
+            .env("BOUNDARY_WEBHOOK_IMAGE", "jail-runtime:test")
+            .env("BOUNDARY_WEBHOOK_REGISTRY_LOOKUP", "false")
+            .env("BOUNDARY_WEBHOOK_LOG_FORMAT", "json")
+            .env(
+                webhook_env::SHUTDOWN_DELAY_SECONDS,
+                shutdown_delay_seconds.to_string(),
+            )
+            .env(webhook_env::SHUTDOWN_GRACE_SECONDS, "60")
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let logs = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (serving, mut addresses) = tokio::sync::mpsc::unbounded_channel();
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let collected = logs.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                eprintln!("webhook: {line}");
+                let Ok(entry) = serde_json::from_str::<Value>(&line) else {
+                    continue;
+                };
+                if entry["fields"]["message"] == "serving" {
+                    let _ = serving.send(entry["fields"].clone());
+                }
+                collected.lock().unwrap().push(entry);
+            }
+        });
+        let fields = tokio::time::timeout(EVENTUALLY, addresses.recv())
+            .await
+            .expect("the webhook did not log `serving`")
+            .expect("the webhook ended before serving");
+        let addr = |name: &str| fields[name].as_str().unwrap().parse().unwrap();
+        Webhook {
+            https: addr("https"),
+            plain: addr("plain"),
+            child,
+            ca,
+            logs,
+            _dir: dir,
+        }
+    }
+
+    /// Sends `signal` (`TERM`, `INT`) to the process.
+    fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("the webhook has exited").to_string();
+        let status = std::process::Command::new("kill")
+            .args([format!("-{signal}"), pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    async fn exited(&mut self) -> std::process::ExitStatus {
+        tokio::time::timeout(EVENTUALLY, self.child.wait())
+            .await
+            .expect("the webhook did not exit")
+            .unwrap()
+    }
+
+    async fn until_ready(&self) {
+        let deadline = Instant::now() + EVENTUALLY;
+        while plain_get(self.plain, "/readyz").await.status != StatusCode::OK {
+            assert!(Instant::now() < deadline, "the webhook never became ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The index of the first log line whose message contains `text`.
+    fn logged(&self, text: &str) -> usize {
+        let logs = self.logs.lock().unwrap();
+        logs.iter()
+            .position(|e| {
+                e["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains(text))
+            })
+            .unwrap_or_else(|| panic!("no log line says {text:?}"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_answers_reviews_until_its_shutdown_delay_ends_after_sigterm_and_exits_0() {
+    // The delay is far longer than the few exchanges made during it, and shorter than the
+    // 10 s a request body may take (one is sent across the end of the delay).
+    let mut webhook = Webhook::start(4).await;
+    webhook.until_ready().await;
+    let mut keep_alive = H1::connect(webhook.https, &webhook.ca).await.unwrap();
+    assert_answered(
+        &keep_alive
+            .post_json("/mutate", &review_body("before", "web").to_string())
+            .await
+            .unwrap(),
+        "before",
+    );
+
+    webhook.signal("TERM");
+    let body = until_not_ready(webhook.plain).await;
+    assert!(body.contains("shutting down"), "{body}");
+    assert_answered(
+        &keep_alive
+            .post_json("/mutate", &review_body("kept", "web").to_string())
+            .await
+            .unwrap(),
+        "kept",
+    );
+    let mut new = H1::connect(webhook.https, &webhook.ca).await.unwrap();
+    assert_answered(
+        &new.post_json("/mutate", &review_body("new", "web").to_string())
+            .await
+            .unwrap(),
+        "new",
+    );
+    // A review whose body is half sent when the delay ends.
+    let review = review_body("across", "web").to_string();
+    let (first, rest) = review.as_bytes().split_at(review.len() / 2);
+    let mut across = tls_connect(webhook.https, &webhook.ca, &[b"http/1.1"])
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        review.len()
+    );
+    across.write_all(head.as_bytes()).await.unwrap();
+    across.write_all(first).await.unwrap();
+    across.flush().await.unwrap();
+    assert!(
+        webhook.child.try_wait().unwrap().is_none(),
+        "exited during the delay"
+    );
+
+    until_refused(webhook.https).await;
+    across.write_all(rest).await.unwrap();
+    across.flush().await.unwrap();
+    let mut answer = Vec::new();
+    // The server closes the connection after the answer.
+    tokio::time::timeout(EVENTUALLY, across.read_to_end(&mut answer))
+        .await
+        .expect("the review across the end of the delay was not answered")
+        .unwrap();
+    let answer = String::from_utf8(answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        head.to_ascii_lowercase().contains("\r\nconnection: close"),
+        "{answer}"
+    );
+    let reply: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(reply["response"]["uid"], "across", "{reply}");
+
+    let status = webhook.exited().await;
+    assert_eq!(status.code(), Some(0), "{status}");
+    // Each phase is logged, in order.
+    let phases = [
+        "shutting down (signal again",
+        "shutdown requested",
+        "shutdown delay over",
+        "every open request finished",
+    ]
+    .map(|p| webhook.logged(p));
+    assert!(phases.is_sorted(), "{phases:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_makes_the_binary_exit_without_waiting_for_the_delay() {
+    // A delay no test waits for.
+    let mut webhook = Webhook::start(3600).await;
+    webhook.until_ready().await;
+    webhook.signal("TERM");
+    until_not_ready(webhook.plain).await;
+    assert_answered(&review_over(&webhook).await, "still");
+    webhook.signal("INT");
+    let status = webhook.exited().await;
+    assert_eq!(status.code(), Some(130), "{status}");
+    webhook.logged("second signal");
+}
+
+async fn review_over(webhook: &Webhook) -> Reply {
+    H1::connect(webhook.https, &webhook.ca)
+        .await
+        .unwrap()
+        .post_json("/mutate", &review_body("still", "web").to_string())
+        .await
+        .unwrap()
 }
