@@ -495,12 +495,28 @@ async fn apply_inject_label(
 /// Brings the ConfigMap and the status of every policy of `namespace` up to date, and its
 /// inject label.
 pub async fn reconcile(namespace: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let ns = namespace.name_any();
     let clusters = ctx.compiled_clusters();
     let applying = cluster::applying(&clusters, &namespace, &ctx.excluded);
-    if namespace.metadata.deletion_timestamp.is_none() {
-        apply_inject_label(&ctx, &namespace, &applying).await?;
-    }
+    // A label that cannot be written must not hold up the policies (nor the other way round);
+    // either failure retries the whole reconcile.
+    let labelled = if namespace.metadata.deletion_timestamp.is_none() {
+        apply_inject_label(&ctx, &namespace, &applying).await
+    } else {
+        Ok(())
+    };
+    let published = publish(&namespace, &ctx, &applying).await;
+    labelled?;
+    published
+}
+
+/// Publishes the ConfigMap of `namespace` from its policies and the cluster policies
+/// `applying` to it (or deletes it when there are none), and writes its policies' status.
+async fn publish(
+    namespace: &Namespace,
+    ctx: &Context,
+    applying: &[&CompiledCluster],
+) -> Result<Action, Error> {
+    let ns = namespace.name_any();
     let mut policies: Vec<BoundaryPolicy> = ctx
         .policies
         .state()
@@ -525,10 +541,10 @@ pub async fn reconcile(namespace: Arc<Namespace>, ctx: Arc<Context>) -> Result<A
         return Ok(Action::await_change());
     }
 
-    let compiled = compile_namespace(&ns, &policies, &applying);
+    let compiled = compile_namespace(&ns, &policies, applying);
     let text = compiled.to_json();
     let hash = boundary_api::compiled::policy_hash(text.as_bytes());
-    let desired = config_map(&ns, &policies, &applying, text)?;
+    let desired = config_map(&ns, &policies, applying, text)?;
     if !config_map_current(existing.as_deref(), &desired) {
         cms.patch(
             objects::POLICY_CONFIGMAP,
@@ -594,7 +610,7 @@ pub async fn reconcile(namespace: Arc<Namespace>, ctx: Arc<Context>) -> Result<A
         }
     }
     ctx.count_verdicts(&ns, &verdicts);
-    set_pod_conditions(&ctx, &ns, &ns_pods, &verdicts, published_for, &now).await;
+    set_pod_conditions(ctx, &ns, &ns_pods, &verdicts, published_for, &now).await;
     Ok(Action::await_change())
 }
 
