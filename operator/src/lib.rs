@@ -451,4 +451,26 @@ mod tests {
             .await
             .expect("a dropped trigger shuts down");
     }
+
+    #[test]
+    fn excluded_namespaces_are_a_comma_separated_list() {
+        use clap::Parser;
+        #[derive(Debug, Parser)]
+        struct Cli {
+            #[command(flatten)]
+            config: Config,
+        }
+        let cli = Cli::try_parse_from([
+            "op",
+            "--excluded-namespaces",
+            "monitoring,ci",
+            "--namespace-selector",
+            "team=ml",
+        ])
+        .unwrap();
+        assert_eq!(cli.config.excluded_namespaces, ["monitoring", "ci"]);
+        assert_eq!(cli.config.namespace_selector.as_deref(), Some("team=ml"));
+        let none = Cli::try_parse_from(["op"]).unwrap();
+        assert!(none.config.excluded_namespaces.is_empty());
+    }
 }

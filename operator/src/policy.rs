@@ -236,7 +236,7 @@ pub async fn run(client: Client, config: Config, shutdown: Shutdown) -> Result<(
     );
     // Never reconcile from a half-listed cache: an empty policy list deletes the ConfigMap.
     if !wait_ready(&policies, "BoundaryPolicy", &shutdown).await?
-        || !wait_ready(&clusters, "ClusterBoundaryPolicy", &shutdown).await?
+        || !wait_for_cluster_policies(&clusters, &shutdown).await?
         || !wait_ready(&namespaces, "Namespace", &shutdown).await?
         || !wait_ready(&config_maps, "ConfigMap", &shutdown).await?
         || !wait_ready(&jailed, "jailed Pod", &shutdown).await?
@@ -305,6 +305,29 @@ pub async fn run(client: Client, config: Config, shutdown: Shutdown) -> Result<(
     futures::join!(namespaces, cluster_status);
     tracing::info!("policy controller stopped");
     Ok(())
+}
+
+/// Waits for the first list of cluster policies, saying what is likely wrong when it takes long:
+/// `helm upgrade` never installs a CRD that is new in the chart. Nothing is reconciled before:
+/// without the cluster policies the namespaces would lose their deny rules and the
+/// `inject=required` labels.
+async fn wait_for_cluster_policies(
+    clusters: &Store<ClusterBoundaryPolicy>,
+    shutdown: &Shutdown,
+) -> Result<bool, Error> {
+    let waiting = wait_ready(clusters, "ClusterBoundaryPolicy", shutdown);
+    let mut waiting = std::pin::pin!(waiting);
+    tokio::select! {
+        ready = &mut waiting => return ready,
+        () = tokio::time::sleep(Duration::from_secs(30)) => {}
+    }
+    tracing::error!(
+        "ClusterBoundaryPolicy objects cannot be listed yet; nothing is reconciled until they \
+         can. Is the CRD installed? (helm upgrade does not install new CRDs: kubectl apply -f \
+         charts/agent-boundary/crds/) Does the operator's role allow list/watch on \
+         clusterboundarypolicies?"
+    );
+    waiting.await
 }
 
 /// The controller of the cluster policies' status, until `shutdown`; `all` triggers every one.
