@@ -574,12 +574,12 @@ def check_render(name, s, objs, kube):
     aggregated = [r for r in objs.all("ClusterRole")
                   if any(k.startswith("rbac.authorization.k8s.io/aggregate-to-") for k in r["metadata"]["labels"])]
     check([r["metadata"]["name"] for r in aggregated] == [f"{full}-view"]
-          and [k for k in aggregated[0]["metadata"]["labels"] if k.startswith("rbac.authorization.k8s.io/")]
-          == ["rbac.authorization.k8s.io/aggregate-to-view"]
+          and sorted(k for k in aggregated[0]["metadata"]["labels"] if k.startswith("rbac.authorization.k8s.io/"))
+          == [f"rbac.authorization.k8s.io/aggregate-to-{r}" for r in ("admin", "edit", "view")]
           and rules_of(aggregated[0]) == [{"apiGroups": ["agentboundary.dev"],
                                            "resources": ["boundarypolicies", "clusterboundarypolicies"],
                                            "verbs": ["get", "list", "watch"]}],
-          f"{where} only {full}-view is aggregated (to view, read-only): {[r['metadata'] for r in aggregated]}")
+          f"{where} only {full}-view is aggregated (to view, edit, admin; read-only): {[r['metadata'] for r in aggregated]}")
     # Jailed pods (policy status) everywhere and the node agents' reports: read, never write.
     check(any("pods" in r["resources"] and set(r["verbs"]) == {"list", "watch"} for r in rules_of(ocr)),
           f"{where} operator reads Pods")
