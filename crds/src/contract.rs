@@ -111,7 +111,8 @@ pub mod os {
     }
 }
 
-/// Pod annotations written by the webhook and by the node agent.
+/// Annotations written by the webhook and the node agent (on pods) and by the operator (on
+/// namespaces).
 pub mod annotations {
     names! {
         /// JSON record of what the webhook injected; makes re-invocation idempotent.
@@ -125,6 +126,11 @@ pub mod annotations {
         /// On a pod, set by whoever templates it: the containers to jail (comma-separated
         /// names), for policies that do not name containers themselves.
         CONTAINERS = "agentboundary.dev/containers";
+        /// On a namespace, written by the operator while a `ClusterBoundaryPolicy` with
+        /// `requireJailing` sets its [`super::labels::INJECT`] label to `required`: the label's
+        /// value before (`enabled`, `disabled`), put back when no cluster policy requires
+        /// jailing there any more.
+        INJECT_BEFORE_REQUIRED = "agentboundary.dev/inject-before-required";
     }
 }
 
@@ -246,6 +252,9 @@ pub mod env {
         /// pod's network namespace and relays into the jail's `127.0.0.1`, for servers in the
         /// jail (probes, Services, port-forward).
         INBOUND_PORTS = "BOUNDARY_INBOUND_PORTS";
+        /// On the operator: namespaces (comma-separated) no `ClusterBoundaryPolicy` ever selects,
+        /// besides its own and `kube-system` (the chart passes `webhook.excludeNamespaces`).
+        EXCLUDED_NAMESPACES = "BOUNDARY_EXCLUDED_NAMESPACES";
     }
 }
 
@@ -305,6 +314,10 @@ pub mod objects {
         CA_SECRET_SUFFIX = "-ca";
         /// Default name of the operator's leader-election Lease.
         OPERATOR_LEASE = "agent-boundary-operator";
+        /// Field manager of the operator's server-side applies of the namespace label
+        /// `agentboundary.dev/inject=required` (and [`super::annotations::INJECT_BEFORE_REQUIRED`]),
+        /// separate so that releasing them never touches the labels other managers own.
+        OPERATOR_INJECT_FIELD_MANAGER = "agent-boundary-operator-inject";
     }
 }
 

@@ -18,9 +18,22 @@
 //! `DoesNotExist`; the apiserver does not check that inside custom resources) cannot be
 //! evaluated at all and is left out of the file (the proxy would otherwise fail for every pod of
 //! the namespace). Both cases are reported in the policy's status with the field and column.
+//!
+//! # Cluster policies
+//!
+//! A `ClusterBoundaryPolicy` is compiled once ([`compile_cluster`]) into one entry (`cluster:
+//! true`) that goes into the file of every namespace it selects, after the namespace's own
+//! entries. With problems it fails closed too, but keeps what only restricts:
+//!
+//! * invalid **rules** (deny or allow): its allow rules (`allow`, `http`, `tcp`) are all
+//!   withheld, so a typo can never allow anything; every deny rule that compiles stays, so a typo
+//!   in one deny rule does not drop the others (the broken deny rule itself cannot be enforced
+//!   and is reported); `requireJailing` still applies;
+//! * a malformed **pod selector** or **namespace selector**: it cannot be evaluated and is
+//!   published nowhere (as a `BoundaryPolicy` with a malformed selector).
 
 use boundary_api::compiled::{self, CompiledPolicy, FORMAT_VERSION, PolicyEntry, Requirement};
-use boundary_api::crd::{BoundaryPolicy, RuleProblem};
+use boundary_api::crd::{BoundaryPolicy, ClusterBoundaryPolicy, RuleProblem};
 use boundary_api::rules::CompileErrors;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
@@ -33,7 +46,8 @@ const OPERATORS: [&str; 4] = ["In", "NotIn", "Exists", "DoesNotExist"];
 pub enum Outcome {
     /// Every rule compiles; the policy is in the file as written.
     Published,
-    /// Some rules do not compile; the policy is in the file with no rules (fails closed).
+    /// Some rules do not compile; the policy is in the file with no allow rules (fails
+    /// closed); a cluster policy keeps the deny rules that compile.
     RulesWithheld,
     /// The selector is malformed; the policy is not in the file.
     Excluded,
@@ -46,7 +60,8 @@ pub struct PolicyReport {
     pub name: String,
     /// `metadata.generation` of the compiled object.
     pub generation: Option<i64>,
-    /// Number of allow rules as written (strings, HTTP, TCP and pod-local rules).
+    /// Number of rules as written (strings, HTTP, TCP and pod-local rules; a cluster policy's
+    /// deny rules too).
     pub rule_count: usize,
     /// Every problem found, with its field and column.
     pub problems: Vec<RuleProblem>,
@@ -75,8 +90,14 @@ impl CompiledNamespace {
 }
 
 /// Compiles every policy of `namespace` (policies of other namespaces in `policies` are
-/// ignored). See the module documentation for what happens to policies with problems.
-pub fn compile_namespace(namespace: &str, policies: &[BoundaryPolicy]) -> CompiledNamespace {
+/// ignored), followed by the entries of the cluster policies in `cluster` (the caller chose the
+/// ones that select this namespace; see [`CompiledCluster::selects`]). See the module
+/// documentation for what happens to policies with problems.
+pub fn compile_namespace(
+    namespace: &str,
+    policies: &[BoundaryPolicy],
+    cluster: &[&CompiledCluster],
+) -> CompiledNamespace {
     let mut own: Vec<&BoundaryPolicy> = policies
         .iter()
         .filter(|p| p.namespace().as_deref() == Some(namespace))
@@ -87,7 +108,7 @@ pub fn compile_namespace(namespace: &str, policies: &[BoundaryPolicy]) -> Compil
     for bp in own {
         let name = bp.name_any();
         let spec = &bp.spec;
-        let (pod_selector, mut problems) = selector(&spec.pod_selector);
+        let (pod_selector, mut problems) = selector(&spec.pod_selector, "spec.podSelector");
         let mut entry = PolicyEntry {
             name: name.clone(),
             pod_selector,
@@ -104,11 +125,7 @@ pub fn compile_namespace(namespace: &str, policies: &[BoundaryPolicy]) -> Compil
         let rules_valid = match entry.compile() {
             Ok(_) => true,
             Err(CompileErrors(found)) => {
-                problems.extend(found.into_iter().map(|p| RuleProblem {
-                    field: p.field,
-                    column: p.column.and_then(|c| i32::try_from(c).ok()),
-                    message: p.message,
-                }));
+                problems.extend(found.into_iter().map(problem));
                 false
             }
         };
@@ -141,6 +158,9 @@ pub fn compile_namespace(namespace: &str, policies: &[BoundaryPolicy]) -> Compil
             outcome,
         });
     }
+    let mut cluster: Vec<&CompiledCluster> = cluster.to_vec();
+    cluster.sort_by(|a, b| a.name.cmp(&b.name));
+    entries.extend(cluster.iter().filter_map(|c| c.entry.clone()));
     CompiledNamespace {
         policy: CompiledPolicy {
             version: FORMAT_VERSION,
@@ -151,8 +171,148 @@ pub fn compile_namespace(namespace: &str, policies: &[BoundaryPolicy]) -> Compil
     }
 }
 
-/// `LabelSelector` → the proxy's selector, with a problem per unknown operator.
-fn selector(s: &LabelSelector) -> (compiled::Selector, Vec<RuleProblem>) {
+/// A `ClusterBoundaryPolicy` compiled once, for every namespace it selects.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompiledCluster {
+    /// The policy's name.
+    pub name: String,
+    /// The policy's `metadata.uid` (for the ConfigMaps' owner references).
+    pub uid: Option<String>,
+    /// The namespaces it selects, by their labels (`None`: malformed, selects none).
+    pub namespace_selector: Option<compiled::Selector>,
+    /// Its entry in the file of each selected namespace (`None`: published nowhere).
+    pub entry: Option<PolicyEntry>,
+    /// Whether it makes jailing required in the namespaces it selects.
+    pub require_jailing: bool,
+    /// The facts its status is made from.
+    pub report: PolicyReport,
+}
+
+impl CompiledCluster {
+    /// Whether it applies to a namespace with `labels` (excluded namespaces are the caller's
+    /// business). A policy published nowhere applies nowhere.
+    pub fn selects(&self, labels: &std::collections::BTreeMap<String, String>) -> bool {
+        self.entry.is_some()
+            && self
+                .namespace_selector
+                .as_ref()
+                .is_some_and(|s| s.matches(labels).unwrap_or(false))
+    }
+}
+
+/// Compiles a `ClusterBoundaryPolicy` (see the module documentation for policies with problems).
+pub fn compile_cluster(cbp: &ClusterBoundaryPolicy) -> CompiledCluster {
+    let name = cbp.name_any();
+    let spec = &cbp.spec;
+    let (namespace_selector, mut problems) =
+        selector(&spec.namespace_selector, "spec.namespaceSelector");
+    let (pod_selector, pod_problems) = selector(&spec.pod_selector, "spec.podSelector");
+    problems.extend(pod_problems);
+    let selectors_valid = problems.is_empty();
+    let mut entry = PolicyEntry {
+        name: name.clone(),
+        pod_selector,
+        mode: spec.mode,
+        cluster: true,
+        deny: Vec::new(),
+        allow: spec.allow.clone(),
+        http: spec.http.clone(),
+        tcp: spec.tcp.clone(),
+        ..PolicyEntry::default()
+    };
+    let mut rules_valid = true;
+    for (i, rule) in spec.deny.iter().enumerate() {
+        let found = deny_problems(&name, i, rule);
+        if found.is_empty() {
+            entry.deny.push(rule.clone());
+        } else {
+            rules_valid = false;
+            problems.extend(found);
+        }
+    }
+    // The allow part alone: the deny rules were checked one by one above.
+    let allow_part = PolicyEntry {
+        deny: Vec::new(),
+        ..entry.clone()
+    };
+    if let Err(CompileErrors(found)) = allow_part.compile() {
+        rules_valid = false;
+        problems.extend(found.into_iter().map(problem));
+    }
+    let outcome = if !selectors_valid {
+        Outcome::Excluded
+    } else if rules_valid {
+        Outcome::Published
+    } else {
+        entry.allow.clear();
+        entry.http.clear();
+        entry.tcp.clear();
+        Outcome::RulesWithheld
+    };
+    CompiledCluster {
+        name: name.clone(),
+        uid: cbp.metadata.uid.clone(),
+        namespace_selector: selectors_valid.then_some(namespace_selector),
+        entry: (outcome != Outcome::Excluded).then_some(entry),
+        require_jailing: spec.require_jailing,
+        report: PolicyReport {
+            name,
+            generation: cbp.metadata.generation,
+            rule_count: spec.rule_count(),
+            problems,
+            outcome,
+        },
+    }
+}
+
+/// The problems of deny rule `index`, reported at `spec.deny[index]`. Deny rules share the
+/// allow rules' grammar: while the rule engine's `compile` does not check deny rules itself
+/// (it reports nothing for them), the rule is checked as an allow rule.
+fn deny_problems(policy: &str, index: usize, rule: &str) -> Vec<RuleProblem> {
+    let single = vec![rule.to_owned()];
+    let as_deny = PolicyEntry {
+        name: policy.to_owned(),
+        deny: single.clone(),
+        ..PolicyEntry::default()
+    };
+    let as_allow = PolicyEntry {
+        name: policy.to_owned(),
+        allow: single,
+        ..PolicyEntry::default()
+    };
+    let found = match as_deny.compile() {
+        Err(CompileErrors(found)) => found,
+        Ok(_) => match as_allow.compile() {
+            Err(CompileErrors(found)) => found,
+            Ok(_) => Vec::new(),
+        },
+    };
+    let field = format!("spec.deny[{index}]");
+    found
+        .into_iter()
+        .map(|p| {
+            // `spec.allow[0]…` or `spec.deny[0]…` of the single-rule entry → this rule's path.
+            let rest = p.field.split_once(']').map_or("", |(_, rest)| rest);
+            RuleProblem {
+                field: format!("{field}{rest}"),
+                ..problem(p)
+            }
+        })
+        .collect()
+}
+
+/// A rule engine problem as a status `RuleProblem`.
+fn problem(p: boundary_api::rules::Problem) -> RuleProblem {
+    RuleProblem {
+        field: p.field,
+        column: p.column.and_then(|c| i32::try_from(c).ok()),
+        message: p.message,
+    }
+}
+
+/// `LabelSelector` → the proxy's selector, with a problem per unknown operator (fields under
+/// `field`, e.g. `spec.podSelector`).
+fn selector(s: &LabelSelector, field: &str) -> (compiled::Selector, Vec<RuleProblem>) {
     let mut problems = Vec::new();
     let match_expressions = s
         .match_expressions
@@ -162,7 +322,7 @@ fn selector(s: &LabelSelector) -> (compiled::Selector, Vec<RuleProblem>) {
         .map(|(i, r)| {
             if !OPERATORS.contains(&r.operator.as_str()) {
                 problems.push(RuleProblem {
-                    field: format!("spec.podSelector.matchExpressions[{i}].operator"),
+                    field: format!("{field}.matchExpressions[{i}].operator"),
                     column: None,
                     message: format!(
                         "unknown label selector operator {:?}: use In, NotIn, Exists or \
@@ -217,7 +377,7 @@ mod tests {
         );
         let mut other = policy("c", &json!({"podSelector": {}}));
         other.metadata.namespace = Some("elsewhere".into());
-        let out = compile_namespace("agents", &[b, a, other]);
+        let out = compile_namespace("agents", &[b, a, other], &[]);
         let names: Vec<_> = out
             .policy
             .policies
@@ -260,7 +420,7 @@ mod tests {
             "audit",
             &json!({"podSelector": {}, "mode": "Audit", "allow": ["domain=a.com"]}),
         );
-        let out = compile_namespace("agents", &[bad, audit]);
+        let out = compile_namespace("agents", &[bad, audit], &[]);
         let report = &out.reports[1];
         assert_eq!(report.name, "bad");
         assert_eq!(report.outcome, Outcome::RulesWithheld);
@@ -294,7 +454,7 @@ mod tests {
             "clash",
             &json!({"podSelector": {}, "podLocal": [{"ports": [9000, 15090]}, {"ports": [53]}]}),
         );
-        let out = compile_namespace("agents", &[db, clash]);
+        let out = compile_namespace("agents", &[db, clash], &[]);
         let (clash, db) = (&out.reports[0], &out.reports[1]);
         assert_eq!(db.outcome, Outcome::Published);
         assert_eq!(db.rule_count, 3, "one allow string and two podLocal rules");
@@ -329,7 +489,7 @@ mod tests {
                 {"key": "a", "operator": "Exists"}, {"key": "b", "operator": "Gt", "values": ["1"]}]},
                 "allow": ["domain=a.com"]}),
         );
-        let out = compile_namespace("agents", &[p]);
+        let out = compile_namespace("agents", &[p], &[]);
         assert!(out.policy.policies.is_empty());
         assert_eq!(out.reports[0].outcome, Outcome::Excluded);
         assert_eq!(
@@ -347,8 +507,8 @@ mod tests {
                     "allow": ["domain=a.com"], "http": [{"domains": ["b.com"], "methods": ["GET"]}]}),
         );
         let b = policy("b", &json!({"podSelector": {}, "allow": ["domain=b.com"]}));
-        let one = compile_namespace("agents", &[a.clone(), b.clone()]);
-        let two = compile_namespace("agents", &[b, a.clone()]);
+        let one = compile_namespace("agents", &[a.clone(), b.clone()], &[]);
+        let two = compile_namespace("agents", &[b, a.clone()], &[]);
         assert_eq!(one.to_json(), two.to_json());
         assert_eq!(
             compiled::policy_hash(one.to_json().as_bytes()),
@@ -356,10 +516,133 @@ mod tests {
         );
         let parsed: CompiledPolicy = serde_json::from_str(&one.to_json()).unwrap();
         assert_eq!(parsed, one.policy);
-        let changed = compile_namespace("agents", &[a]);
+        let changed = compile_namespace("agents", &[a], &[]);
         assert_ne!(
             compiled::policy_hash(one.to_json().as_bytes()),
             compiled::policy_hash(changed.to_json().as_bytes())
         );
+    }
+
+    fn cluster(name: &str, spec: &serde_json::Value) -> ClusterBoundaryPolicy {
+        serde_json::from_value(json!({
+            "apiVersion": "agentboundary.dev/v1alpha1",
+            "kind": "ClusterBoundaryPolicy",
+            "metadata": {"name": name, "uid": format!("uid-{name}"), "generation": 2},
+            "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn cluster_policies_follow_the_namespace_policies_as_cluster_entries() {
+        let org = compile_cluster(&cluster(
+            "org",
+            &json!({"namespaceSelector": {"matchLabels": {"team": "agents"}},
+                    "podSelector": {"matchLabels": {"app": "agent"}}, "mode": "Audit",
+                    "deny": ["domain=pastebin.com"], "allow": ["domain=api.anthropic.com"],
+                    "tcp": [{"domain": "github.com", "ports": [22]}], "requireJailing": true}),
+        ));
+        assert_eq!(org.report.outcome, Outcome::Published);
+        assert_eq!(org.report.rule_count, 3);
+        assert_eq!(org.report.generation, Some(2));
+        assert!(org.require_jailing);
+        assert_eq!(org.uid.as_deref(), Some("uid-org"));
+        let team = BTreeMap::from([("team".to_owned(), "agents".to_owned())]);
+        assert!(org.selects(&team));
+        assert!(!org.selects(&BTreeMap::new()));
+        // A namespace policy named like the cluster policy stays a separate entry.
+        let own = policy(
+            "org",
+            &json!({"podSelector": {}, "allow": ["domain=a.com"]}),
+        );
+        let out = compile_namespace("agents", &[own], &[&org]);
+        let entries: Vec<_> = out
+            .policy
+            .policies
+            .iter()
+            .map(|e| (e.name.as_str(), e.cluster))
+            .collect();
+        assert_eq!(entries, [("org", false), ("org", true)]);
+        assert_eq!(
+            out.reports.len(),
+            1,
+            "reports are for namespace policies only"
+        );
+        let entry = &out.policy.policies[1];
+        assert_eq!(entry.deny, ["domain=pastebin.com"]);
+        assert_eq!(entry.allow, ["domain=api.anthropic.com"]);
+        assert_eq!(entry.mode, Mode::Audit);
+        assert_eq!(entry.pod_selector.match_labels["app"], "agent");
+        assert!(entry.containers.is_empty() && entry.pod_local.is_empty());
+        let text = out.to_json();
+        assert!(text.contains("\"cluster\": true"), "{text}");
+        assert!(text.contains("\"deny\""), "{text}");
+        // The namespace's pods get both entries' allow rules.
+        let labels = BTreeMap::from([("app".to_owned(), "agent".to_owned())]);
+        let (set, selected) = out.policy.rule_set(&labels, None).unwrap();
+        assert_eq!(selected, ["org", "org"]);
+        assert_eq!(set.mode(), Mode::Enforce);
+        assert_eq!(set.rules().len(), 3);
+    }
+
+    #[test]
+    fn a_cluster_policy_with_bad_rules_keeps_its_valid_deny_rules_and_allows_nothing() {
+        let c = compile_cluster(&cluster(
+            "org",
+            &json!({"namespaceSelector": {}, "podSelector": {},
+                    "deny": ["domain=pastebin.com", "domain=x.* method=GET", "domain=evil.com"],
+                    "allow": ["domain=ok.com"], "http": [{"domains": ["a.com"], "paths": ["no-slash"]}]}),
+        ));
+        assert_eq!(c.report.outcome, Outcome::RulesWithheld);
+        assert_eq!(c.report.rule_count, 5);
+        let fields: Vec<_> = c.report.problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields.len(), 2, "{:?}", c.report.problems);
+        assert_eq!(fields[0], "spec.deny[1]");
+        assert_eq!(
+            c.report.problems[0].column,
+            Some(10),
+            "{:?}",
+            c.report.problems
+        );
+        assert!(fields[1].starts_with("spec.http[0]"), "{fields:?}");
+        let entry = c.entry.as_ref().unwrap();
+        assert_eq!(entry.deny, ["domain=pastebin.com", "domain=evil.com"]);
+        assert!(entry.allow.is_empty() && entry.http.is_empty() && entry.tcp.is_empty());
+        assert!(c.selects(&BTreeMap::new()));
+        // An invalid allow rule alone withholds the allow rules and keeps every deny rule.
+        let c = compile_cluster(&cluster(
+            "org",
+            &json!({"namespaceSelector": {}, "podSelector": {},
+                    "deny": ["domain=pastebin.com"], "allow": ["domain=ok.com", "domain=x.*"]}),
+        ));
+        assert_eq!(c.report.outcome, Outcome::RulesWithheld);
+        assert_eq!(c.report.problems[0].field, "spec.allow[1]");
+        let entry = c.entry.unwrap();
+        assert_eq!(entry.deny, ["domain=pastebin.com"]);
+        assert!(entry.allow.is_empty());
+    }
+
+    #[test]
+    fn a_cluster_policy_with_a_malformed_selector_applies_nowhere() {
+        for (spec, field) in [
+            (
+                json!({"namespaceSelector": {"matchExpressions": [{"key": "a", "operator": "Gt"}]},
+                       "podSelector": {}, "deny": ["domain=pastebin.com"]}),
+                "spec.namespaceSelector.matchExpressions[0].operator",
+            ),
+            (
+                json!({"namespaceSelector": {}, "deny": ["domain=pastebin.com"],
+                       "podSelector": {"matchExpressions": [{"key": "a", "operator": "exists"}]}}),
+                "spec.podSelector.matchExpressions[0].operator",
+            ),
+        ] {
+            let c = compile_cluster(&cluster("org", &spec));
+            assert_eq!(c.report.outcome, Outcome::Excluded);
+            assert_eq!(c.report.problems[0].field, field);
+            assert!(c.entry.is_none());
+            assert!(!c.selects(&BTreeMap::new()));
+            let out = compile_namespace("agents", &[], &[&c]);
+            assert!(out.policy.policies.is_empty());
+        }
     }
 }

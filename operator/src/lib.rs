@@ -5,14 +5,17 @@
 //! manager ([`boundary_api::contract::objects::OPERATOR_FIELD_MANAGER`]), Events, an
 //! `error_policy` that requeues, and graceful shutdown.
 //!
-//! * [`policy`]: compiles the `BoundaryPolicy` objects of each namespace ([`compile`]) into the
-//!   ConfigMap the sidecars mount, and writes each policy's status ([`status`]), including which
-//!   jailed pods are proven to enforce it ([`enforcement`]).
+//! * [`policy`]: compiles the `BoundaryPolicy` objects of each namespace and the
+//!   `ClusterBoundaryPolicy` objects selecting it ([`compile`], [`cluster`]) into the ConfigMap
+//!   the sidecars mount, writes each policy's status ([`status`]), including which jailed pods
+//!   are proven to enforce it ([`enforcement`]), each cluster policy's status, and the namespace
+//!   label `agentboundary.dev/inject=required` of `requireJailing`.
 //! * [`nodes`]: writes the node labels the webhook reads, from classification and the node
 //!   agent's probe reports ([`labels`]).
 #![forbid(unsafe_code)]
 
 pub mod certs;
+pub mod cluster;
 pub mod compile;
 pub mod enforcement;
 pub mod labels;
@@ -83,6 +86,14 @@ pub struct Config {
     /// Reconcile the BoundaryPolicy objects of this namespace only (default: all namespaces).
     #[arg(long, env = "BOUNDARY_WATCH_NAMESPACE")]
     pub watch_namespace: Option<String>,
+    /// Reconcile only the namespaces with these labels (a label selector; default: every
+    /// namespace). `ClusterBoundaryPolicy` status then counts only those namespaces.
+    #[arg(long, env = "BOUNDARY_NAMESPACE_SELECTOR")]
+    pub namespace_selector: Option<String>,
+    /// Namespaces (comma-separated) no `ClusterBoundaryPolicy` selects, besides the operator's own
+    /// (`POD_NAMESPACE`) and `kube-system`, which never are.
+    #[arg(long, env = boundary_api::contract::env::EXCLUDED_NAMESPACES, value_delimiter = ',')]
+    pub excluded_namespaces: Vec<String>,
     /// Label selector of the nodes to label (default: every node).
     #[arg(long, env = "BOUNDARY_NODE_SELECTOR")]
     pub node_selector: Option<String>,
@@ -139,6 +150,8 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             watch_namespace: None,
+            namespace_selector: None,
+            excluded_namespaces: Vec::new(),
             node_selector: None,
             node_agent_selector: DEFAULT_NODE_AGENT_SELECTOR.into(),
             node_agent_namespace: None,
@@ -437,5 +450,27 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), shutdown.wait())
             .await
             .expect("a dropped trigger shuts down");
+    }
+
+    #[test]
+    fn excluded_namespaces_are_a_comma_separated_list() {
+        use clap::Parser;
+        #[derive(Debug, Parser)]
+        struct Cli {
+            #[command(flatten)]
+            config: Config,
+        }
+        let cli = Cli::try_parse_from([
+            "op",
+            "--excluded-namespaces",
+            "monitoring,ci",
+            "--namespace-selector",
+            "team=ml",
+        ])
+        .unwrap();
+        assert_eq!(cli.config.excluded_namespaces, ["monitoring", "ci"]);
+        assert_eq!(cli.config.namespace_selector.as_deref(), Some("team=ml"));
+        let none = Cli::try_parse_from(["op"]).unwrap();
+        assert!(none.config.excluded_namespaces.is_empty());
     }
 }

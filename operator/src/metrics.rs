@@ -16,10 +16,15 @@ pub enum Controller {
     Policy,
     /// Node labels.
     Nodes,
+    /// The status of `ClusterBoundaryPolicy` objects.
+    ClusterPolicy,
 }
 
-const CONTROLLERS: [(Controller, &str); 2] =
-    [(Controller::Policy, "policy"), (Controller::Nodes, "nodes")];
+const CONTROLLERS: [(Controller, &str); 3] = [
+    (Controller::Policy, "policy"),
+    (Controller::Nodes, "nodes"),
+    (Controller::ClusterPolicy, "clusterpolicy"),
+];
 
 #[derive(Debug, Default)]
 struct PerController {
@@ -30,7 +35,7 @@ struct PerController {
 
 #[derive(Debug, Default)]
 struct Inner {
-    controllers: [PerController; 2],
+    controllers: [PerController; 3],
     leader: AtomicBool,
     leader_transitions: AtomicU64,
     ca_issued: AtomicU64,
@@ -302,6 +307,7 @@ mod tests {
         let m = Metrics::default();
         m.reconciled(Controller::Policy, true, Duration::from_millis(3));
         m.reconciled(Controller::Nodes, false, Duration::from_millis(1));
+        m.reconciled(Controller::ClusterPolicy, true, Duration::from_millis(1));
         m.set_leader(true);
         m.set_leader(true);
         m.certificate_issued("ca");
@@ -315,6 +321,7 @@ mod tests {
         for line in [
             "boundary_operator_reconciles_total{controller=\"policy\",result=\"ok\"} 1",
             "boundary_operator_reconciles_total{controller=\"nodes\",result=\"error\"} 1",
+            "boundary_operator_reconciles_total{controller=\"clusterpolicy\",result=\"ok\"} 1",
             "boundary_operator_reconcile_seconds_sum{controller=\"policy\"} 0.003",
             "boundary_operator_leader 1",
             "boundary_operator_leader_transitions_total 1",

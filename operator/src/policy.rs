@@ -1,10 +1,22 @@
-//! The `BoundaryPolicy` controller. The unit of work is a namespace: its policies compile into
-//! one ConfigMap, so any change to one of them (created, edited, deleted) or to the ConfigMap
-//! reconciles the whole namespace from the in-memory copies (reflectors) of both.
+//! The `BoundaryPolicy` controller. The unit of work is a namespace: its policies and the
+//! `ClusterBoundaryPolicy` objects selecting it compile into one ConfigMap, so any change to one
+//! of them (created, edited, deleted), to the namespace's labels or to the ConfigMap reconciles
+//! the whole namespace from the in-memory copies (reflectors). A change to a cluster policy
+//! reconciles every namespace: simple and correct (the old and the new selector both count), and
+//! cheap at the scale of hundreds of namespaces, since a reconcile that changes nothing writes
+//! nothing. The same reconcile sets or releases the namespace label
+//! `agentboundary.dev/inject=required` of `requireJailing` ([`crate::cluster`]).
 //!
-//! The ConfigMap has an owner reference to every policy of the namespace, so the garbage
+//! The ConfigMap has an owner reference to every policy that applies to the namespace, cluster
+//! policies included (a namespaced object may have cluster-scoped owners), so the garbage
 //! collector removes it when the last one goes; the operator also deletes it itself (clusters
-//! without a garbage collector, and the operator notices first).
+//! without a garbage collector, a cluster policy that stops selecting the namespace, and the
+//! operator notices first).
+//!
+//! A second controller writes the status of each cluster policy (namespaces it applies to,
+//! whether its entry is in each of their ConfigMaps), triggered by the cluster policy and by any
+//! change to namespaces and ConfigMaps. Only an operator that manages every namespace writes it
+//! (not one started with `--watch-namespace`: its view is one namespace).
 //!
 //! A deleted policy stops applying at once to new pods and, through the mounted ConfigMap (the
 //! kubelet refreshes it, the sidecar reloads it), to running ones once the namespace has other
@@ -15,8 +27,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use boundary_api::compiled::CompiledPolicy;
 use boundary_api::contract::{self, API_VERSION, annotations, conditions, labels, objects};
-use boundary_api::crd::{BoundaryPolicy, BoundaryPolicyStatus};
+use boundary_api::crd::{BoundaryPolicy, BoundaryPolicyStatus, ClusterBoundaryPolicy};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
@@ -31,7 +44,8 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
 use crate::AbortOnDrop;
-use crate::compile::compile_namespace;
+use crate::cluster::{self, Excluded};
+use crate::compile::{CompiledCluster, compile_cluster, compile_namespace};
 use crate::enforcement::{self, EnforcementConfig, Observations, PodFacts, PodKey, Verdict};
 use crate::metrics::{Controller as MetricsController, Metrics};
 use crate::status::{Publication, desired_status, up_to_date, with_enforcement};
@@ -48,6 +62,11 @@ const MAX_NOTE: usize = 1000;
 pub struct Context {
     client: Client,
     policies: Store<BoundaryPolicy>,
+    clusters: Store<ClusterBoundaryPolicy>,
+    /// The namespaces this operator manages (their labels select cluster policies).
+    namespaces: Store<Namespace>,
+    /// Namespaces no cluster policy selects.
+    excluded: Excluded,
     config_maps: Store<ConfigMap>,
     /// Jailed pods, trimmed to what the counts and the checks read ([`enforcement::trim`]).
     jailed: Store<Pod>,
@@ -80,21 +99,123 @@ pub fn config_map_selector() -> String {
     )
 }
 
-/// Runs the controller until `shutdown`.
+/// The watch of the namespaces this operator manages: `--watch-namespace` and
+/// `--namespace-selector`.
+fn namespace_watch(config: &Config) -> watcher::Config {
+    let mut ns_watch = watcher::Config::default();
+    if let Some(ns) = &config.watch_namespace {
+        ns_watch = ns_watch.fields(&format!("metadata.name={ns}"));
+    }
+    if let Some(selector) = &config.namespace_selector {
+        ns_watch = ns_watch.labels(selector);
+    }
+    ns_watch
+}
+
+/// Forwards every target `rx` receives to `namespaces` and a unit to `all` (while anyone listens
+/// there: not when the cluster policy status controller does not run), until `namespaces` is
+/// closed.
+fn tee(
+    mut rx: futures::channel::mpsc::UnboundedReceiver<ObjectRef<Namespace>>,
+    namespaces: futures::channel::mpsc::UnboundedSender<ObjectRef<Namespace>>,
+    all: futures::channel::mpsc::UnboundedSender<()>,
+) -> AbortOnDrop {
+    AbortOnDrop(tokio::spawn(async move {
+        while let Some(target) = rx.next().await {
+            if namespaces.unbounded_send(target).is_err() {
+                break;
+            }
+            let _ = all.unbounded_send(());
+        }
+    }))
+}
+
+/// The reflector of the policy ConfigMaps; a change triggers its namespace and the cluster
+/// policy status (`all`).
+fn config_map_reflector(
+    api: Api<ConfigMap>,
+    tx: &futures::channel::mpsc::UnboundedSender<ObjectRef<Namespace>>,
+    all: futures::channel::mpsc::UnboundedSender<()>,
+) -> (Store<ConfigMap>, [AbortOnDrop; 2]) {
+    let (cm_tx, cm_rx) = futures::channel::mpsc::unbounded();
+    let cm_tee = tee(cm_rx, tx.clone(), all);
+    let (store, task) = spawn_reflector(
+        watcher(
+            api,
+            watcher::Config::default().labels(&config_map_selector()),
+        ),
+        |c: &ConfigMap| c.namespace().map(|ns| ObjectRef::new(&ns)),
+        cm_tx,
+    );
+    (store, [cm_tee, task])
+}
+
+/// The reflectors of the managed namespaces and of the cluster policies. Namespaces trigger
+/// their own reconcile (the namespace controller sees label changes too; this copy is for the
+/// fan-out) and the cluster policy status (`all`); a cluster policy triggers every namespace,
+/// since its old selector may have matched namespaces the new one does not.
+fn cluster_reflectors(
+    client: &Client,
+    ns_watch: watcher::Config,
+    tx: &futures::channel::mpsc::UnboundedSender<ObjectRef<Namespace>>,
+    all: futures::channel::mpsc::UnboundedSender<()>,
+) -> (
+    Store<Namespace>,
+    Store<ClusterBoundaryPolicy>,
+    Vec<AbortOnDrop>,
+) {
+    let (ns_tx, ns_rx) = futures::channel::mpsc::unbounded();
+    let ns_tee = tee(ns_rx, tx.clone(), all);
+    let (namespaces, ns_task) = spawn_reflector(
+        watcher(Api::<Namespace>::all(client.clone()), ns_watch),
+        |n: &Namespace| Some(ObjectRef::new(&n.name_any())),
+        ns_tx,
+    );
+    let (cluster_tx, mut cluster_rx) =
+        futures::channel::mpsc::unbounded::<ObjectRef<ClusterBoundaryPolicy>>();
+    let (clusters, cluster_task) = spawn_reflector(
+        watcher(
+            Api::<ClusterBoundaryPolicy>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+        |c: &ClusterBoundaryPolicy| Some(ObjectRef::from_obj(c)),
+        cluster_tx,
+    );
+    let fan_out = {
+        let (namespaces, tx) = (namespaces.clone(), tx.clone());
+        AbortOnDrop(tokio::spawn(async move {
+            while cluster_rx.next().await.is_some() {
+                for ns in namespaces.state() {
+                    if tx.unbounded_send(ObjectRef::new(&ns.name_any())).is_err() {
+                        return;
+                    }
+                }
+            }
+        }))
+    };
+    (
+        namespaces,
+        clusters,
+        vec![ns_tee, ns_task, cluster_task, fan_out],
+    )
+}
+
+/// Runs the controllers (namespaces; cluster policy status) until `shutdown`.
 pub async fn run(client: Client, config: Config, shutdown: Shutdown) -> Result<(), Error> {
     let (tx, rx) = futures::channel::mpsc::unbounded::<ObjectRef<Namespace>>();
-    let (policy_api, cm_api, pod_api, ns_watch) = match &config.watch_namespace {
+    // Triggers of the cluster policy status controller: namespaces and ConfigMaps changed.
+    let (all_tx, all_rx) = futures::channel::mpsc::unbounded::<()>();
+    let ns_watch = namespace_watch(&config);
+    let (policy_api, cm_api, pod_api) = match &config.watch_namespace {
         Some(ns) => (
             Api::<BoundaryPolicy>::namespaced(client.clone(), ns),
             Api::<ConfigMap>::namespaced(client.clone(), ns),
             Api::<Pod>::namespaced(client.clone(), ns),
-            watcher::Config::default().fields(&format!("metadata.name={ns}")),
         ),
         None => (
             Api::all(client.clone()),
             Api::all(client.clone()),
             Api::all(client.clone()),
-            watcher::Config::default(),
         ),
     };
     let (policies, _policy_task) = spawn_reflector(
@@ -102,14 +223,9 @@ pub async fn run(client: Client, config: Config, shutdown: Shutdown) -> Result<(
         |p: &BoundaryPolicy| p.namespace().map(|ns| ObjectRef::new(&ns)),
         tx.clone(),
     );
-    let (config_maps, _cm_task) = spawn_reflector(
-        watcher(
-            cm_api,
-            watcher::Config::default().labels(&config_map_selector()),
-        ),
-        |c: &ConfigMap| c.namespace().map(|ns| ObjectRef::new(&ns)),
-        tx.clone(),
-    );
+    let (config_maps, _cm_tasks) = config_map_reflector(cm_api, &tx, all_tx.clone());
+    let (namespaces, clusters, _cluster_tasks) =
+        cluster_reflectors(&client, ns_watch.clone(), &tx, all_tx);
     // Jailed pods, whole (the checks need the pod IP, phase and container states) but trimmed
     // before they are stored, so they cost about as much memory as metadata alone.
     let (jailed, _jailed_task) = spawn_reflector(
@@ -120,6 +236,8 @@ pub async fn run(client: Client, config: Config, shutdown: Shutdown) -> Result<(
     );
     // Never reconcile from a half-listed cache: an empty policy list deletes the ConfigMap.
     if !wait_ready(&policies, "BoundaryPolicy", &shutdown).await?
+        || !wait_for_cluster_policies(&clusters, &shutdown).await?
+        || !wait_ready(&namespaces, "Namespace", &shutdown).await?
         || !wait_ready(&config_maps, "ConfigMap", &shutdown).await?
         || !wait_ready(&jailed, "jailed Pod", &shutdown).await?
     {
@@ -142,6 +260,9 @@ pub async fn run(client: Client, config: Config, shutdown: Shutdown) -> Result<(
         recorder: Recorder::new(client.clone(), reporter),
         client: client.clone(),
         policies,
+        clusters,
+        namespaces,
+        excluded: Excluded::new(config.namespace.as_deref(), &config.excluded_namespaces),
         config_maps,
         jailed,
         observations,
@@ -150,10 +271,10 @@ pub async fn run(client: Client, config: Config, shutdown: Shutdown) -> Result<(
         retry: config.retry(),
         metrics: config.metrics.clone(),
     });
-    tracing::info!(namespace = ?config.watch_namespace, "policy controller started");
-    Controller::new(Api::<Namespace>::all(client), ns_watch)
+    tracing::info!(namespace = ?config.watch_namespace, selector = ?config.namespace_selector, "policy controller started");
+    let namespaces = Controller::new(Api::<Namespace>::all(client.clone()), ns_watch)
         .reconcile_on(rx)
-        .graceful_shutdown_on(shutdown.wait())
+        .graceful_shutdown_on(shutdown.clone().wait())
         .run(
             |object, ctx: Arc<Context>| async move {
                 let started = std::time::Instant::now();
@@ -166,7 +287,7 @@ pub async fn run(client: Client, config: Config, shutdown: Shutdown) -> Result<(
                 result
             },
             error_policy,
-            context,
+            context.clone(),
         )
         .for_each(|result| {
             match result {
@@ -174,10 +295,75 @@ pub async fn run(client: Client, config: Config, shutdown: Shutdown) -> Result<(
                 Err(err) => tracing::debug!(error = %err, "reconcile skipped"),
             }
             std::future::ready(())
-        })
-        .await;
+        });
+    let cluster_status = async {
+        // An operator that sees one namespace cannot tell where a cluster policy applies.
+        if config.watch_namespace.is_none() {
+            run_cluster_status(client, context, all_rx, shutdown).await;
+        }
+    };
+    futures::join!(namespaces, cluster_status);
     tracing::info!("policy controller stopped");
     Ok(())
+}
+
+/// Waits for the first list of cluster policies, saying what is likely wrong when it takes long:
+/// `helm upgrade` never installs a CRD that is new in the chart. Nothing is reconciled before:
+/// without the cluster policies the namespaces would lose their deny rules and the
+/// `inject=required` labels.
+async fn wait_for_cluster_policies(
+    clusters: &Store<ClusterBoundaryPolicy>,
+    shutdown: &Shutdown,
+) -> Result<bool, Error> {
+    let waiting = wait_ready(clusters, "ClusterBoundaryPolicy", shutdown);
+    let mut waiting = std::pin::pin!(waiting);
+    tokio::select! {
+        ready = &mut waiting => return ready,
+        () = tokio::time::sleep(Duration::from_secs(30)) => {}
+    }
+    tracing::error!(
+        "ClusterBoundaryPolicy objects cannot be listed yet; nothing is reconciled until they \
+         can. Is the CRD installed? (helm upgrade does not install new CRDs: kubectl apply -f \
+         charts/agent-boundary/crds/) Does the operator's role allow list/watch on \
+         clusterboundarypolicies?"
+    );
+    waiting.await
+}
+
+/// The controller of the cluster policies' status, until `shutdown`; `all` triggers every one.
+async fn run_cluster_status(
+    client: Client,
+    context: Arc<Context>,
+    all: futures::channel::mpsc::UnboundedReceiver<()>,
+    shutdown: Shutdown,
+) {
+    Controller::new(
+        Api::<ClusterBoundaryPolicy>::all(client),
+        watcher::Config::default(),
+    )
+    .reconcile_all_on(all)
+    .graceful_shutdown_on(shutdown.wait())
+    .run(
+        |object, ctx: Arc<Context>| async move {
+            let started = std::time::Instant::now();
+            let result = reconcile_cluster(object, ctx.clone()).await;
+            ctx.metrics.reconciled(
+                MetricsController::ClusterPolicy,
+                result.is_ok(),
+                started.elapsed(),
+            );
+            result
+        },
+        error_policy_cluster,
+        context,
+    )
+    .for_each(|result| {
+        if let Err(err) = result {
+            tracing::debug!(error = %err, "cluster policy reconcile skipped");
+        }
+        std::future::ready(())
+    })
+    .await;
 }
 
 /// Whether the webhook jailed `pod` under `policy` (and the pod is not being deleted).
@@ -218,8 +404,141 @@ pub fn error_policy(namespace: Arc<Namespace>, error: &Error, ctx: Arc<Context>)
     Action::requeue(ctx.retry)
 }
 
-/// Brings the ConfigMap and the status of every policy of `namespace` up to date.
+/// Failed cluster policy reconciles are retried after the configured delay.
+// The signature is the one `Controller::run` takes.
+#[allow(clippy::needless_pass_by_value)]
+pub fn error_policy_cluster(
+    policy: Arc<ClusterBoundaryPolicy>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    tracing::warn!(policy = %policy.name_any(), %error, "cluster policy reconcile failed");
+    Action::requeue(ctx.retry)
+}
+
+/// Brings the status of a cluster policy up to date: the namespaces it applies to and whether
+/// its entry is in the published file of each.
+pub async fn reconcile_cluster(
+    policy: Arc<ClusterBoundaryPolicy>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let name = policy.name_any();
+    let compiled = compile_cluster(&policy);
+    let selected = cluster::selected_namespaces(&compiled, &ctx.namespaces.state(), &ctx.excluded);
+    let unpublished: Vec<String> = selected
+        .iter()
+        .filter(|ns| !ctx.entry_published(ns, &compiled))
+        .cloned()
+        .collect();
+    let previous = policy.status.as_ref();
+    let now = Time(Timestamp::now());
+    let status = cluster::desired_status(&compiled, &selected, &unpublished, previous, &now);
+    if cluster::up_to_date(previous, &status) {
+        return Ok(Action::await_change());
+    }
+    let report = &compiled.report;
+    let problems_changed = previous.is_none_or(|s| {
+        s.rule_problems != report.problems || s.observed_generation != report.generation
+    });
+    if !report.problems.is_empty() && problems_changed {
+        let reference = policy.object_ref(&());
+        publish_problems(&ctx.recorder, &reference, &name, &status.conditions).await;
+    }
+    let body =
+        json!({"apiVersion": API_VERSION, "kind": "ClusterBoundaryPolicy", "status": status});
+    let api: Api<ClusterBoundaryPolicy> = Api::all(ctx.client.clone());
+    match api
+        .patch_status(
+            &name,
+            &PatchParams::apply(objects::OPERATOR_FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+    {
+        Ok(_) => Ok(Action::await_change()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(Action::await_change()),
+        Err(e) => Err(Error::kube(
+            format!("writing the status of ClusterBoundaryPolicy {name}"),
+            e,
+        )),
+    }
+}
+
+/// Deletes the policy ConfigMap of `ns` (nothing applies there any more).
+async fn delete_config_map(cms: &Api<ConfigMap>, ns: &str) -> Result<(), Error> {
+    match cms
+        .delete(objects::POLICY_CONFIGMAP, &DeleteParams::default())
+        .await
+    {
+        Ok(_) => tracing::info!(namespace = %ns, "no policies left: ConfigMap deleted"),
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(e) => return Err(Error::kube(format!("deleting ConfigMap in {ns}"), e)),
+    }
+    Ok(())
+}
+
+/// Sets or releases the namespace label `agentboundary.dev/inject=required`
+/// ([`cluster::inject_label`]).
+async fn apply_inject_label(
+    ctx: &Context,
+    namespace: &Namespace,
+    applying: &[&CompiledCluster],
+) -> Result<(), Error> {
+    let ns = namespace.name_any();
+    let required = applying.iter().any(|c| c.require_jailing);
+    let Some(body) = cluster::inject_label(namespace, required) else {
+        return Ok(());
+    };
+    let api: Api<Namespace> = Api::all(ctx.client.clone());
+    api.patch(
+        &ns,
+        &PatchParams::apply(objects::OPERATOR_INJECT_FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map_err(|e| {
+        Error::kube(
+            format!(
+                "setting the label {}={} of namespace {ns} (does the operator's role allow \
+                 patch on namespaces?)",
+                labels::INJECT,
+                if required {
+                    contract::INJECT_REQUIRED
+                } else {
+                    "<released>"
+                }
+            ),
+            e,
+        )
+    })?;
+    tracing::info!(namespace = %ns, required, "inject label applied");
+    Ok(())
+}
+
+/// Brings the ConfigMap and the status of every policy of `namespace` up to date, and its
+/// inject label.
 pub async fn reconcile(namespace: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let clusters = ctx.compiled_clusters();
+    let applying = cluster::applying(&clusters, &namespace, &ctx.excluded);
+    // A label that cannot be written must not hold up the policies (nor the other way round);
+    // either failure retries the whole reconcile.
+    let labelled = if namespace.metadata.deletion_timestamp.is_none() {
+        apply_inject_label(&ctx, &namespace, &applying).await
+    } else {
+        Ok(())
+    };
+    let published = publish(&namespace, &ctx, &applying).await;
+    labelled?;
+    published
+}
+
+/// Publishes the ConfigMap of `namespace` from its policies and the cluster policies
+/// `applying` to it (or deletes it when there are none), and writes its policies' status.
+async fn publish(
+    namespace: &Namespace,
+    ctx: &Context,
+    applying: &[&CompiledCluster],
+) -> Result<Action, Error> {
     let ns = namespace.name_any();
     let mut policies: Vec<BoundaryPolicy> = ctx
         .policies
@@ -233,17 +552,10 @@ pub async fn reconcile(namespace: Arc<Namespace>, ctx: Arc<Context>) -> Result<A
     let existing = ctx.config_maps.get(&cm_ref);
     let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
 
-    if policies.is_empty() {
+    if policies.is_empty() && applying.is_empty() {
         ctx.forget(&ns);
         if existing.is_some() {
-            match cms
-                .delete(objects::POLICY_CONFIGMAP, &DeleteParams::default())
-                .await
-            {
-                Ok(_) => tracing::info!(namespace = %ns, "no policies left: ConfigMap deleted"),
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => return Err(Error::kube(format!("deleting ConfigMap in {ns}"), e)),
-            }
+            delete_config_map(&cms, &ns).await?;
         }
         return Ok(Action::await_change());
     }
@@ -252,10 +564,10 @@ pub async fn reconcile(namespace: Arc<Namespace>, ctx: Arc<Context>) -> Result<A
         return Ok(Action::await_change());
     }
 
-    let compiled = compile_namespace(&ns, &policies);
+    let compiled = compile_namespace(&ns, &policies, applying);
     let text = compiled.to_json();
     let hash = boundary_api::compiled::policy_hash(text.as_bytes());
-    let desired = config_map(&ns, &policies, text)?;
+    let desired = config_map(&ns, &policies, applying, text)?;
     if !config_map_current(existing.as_deref(), &desired) {
         cms.patch(
             objects::POLICY_CONFIGMAP,
@@ -264,7 +576,7 @@ pub async fn reconcile(namespace: Arc<Namespace>, ctx: Arc<Context>) -> Result<A
         )
         .await
         .map_err(|e| Error::kube(format!("applying ConfigMap in {ns}"), e))?;
-        tracing::info!(namespace = %ns, %hash, policies = policies.len(), "compiled policy published");
+        tracing::info!(namespace = %ns, %hash, policies = policies.len(), cluster_policies = applying.len(), "compiled policy published");
     }
 
     let publication = Publication {
@@ -298,7 +610,8 @@ pub async fn reconcile(namespace: Arc<Namespace>, ctx: Arc<Context>) -> Result<A
             s.rule_problems != report.problems || s.observed_generation != report.generation
         });
         if !report.problems.is_empty() && problems_changed {
-            publish_problems(&ctx.recorder, bp, &status).await;
+            let reference = bp.object_ref(&());
+            publish_problems(&ctx.recorder, &reference, &report.name, &status.conditions).await;
         }
         let body = json!({"apiVersion": API_VERSION, "kind": "BoundaryPolicy", "status": status});
         match api
@@ -320,7 +633,7 @@ pub async fn reconcile(namespace: Arc<Namespace>, ctx: Arc<Context>) -> Result<A
         }
     }
     ctx.count_verdicts(&ns, &verdicts);
-    set_pod_conditions(&ctx, &ns, &ns_pods, &verdicts, published_for, &now).await;
+    set_pod_conditions(ctx, &ns, &ns_pods, &verdicts, published_for, &now).await;
     Ok(Action::await_change())
 }
 
@@ -373,6 +686,33 @@ impl Context {
             count(|v| *v == Verdict::Enforced),
             count(|v| matches!(v, Verdict::NotEnforcing { .. })),
         );
+    }
+
+    /// Every cluster policy, compiled.
+    fn compiled_clusters(&self) -> Vec<CompiledCluster> {
+        self.clusters
+            .state()
+            .iter()
+            .map(|c| compile_cluster(c))
+            .collect()
+    }
+
+    /// Whether the published ConfigMap of `namespace` holds `cluster`'s entry as compiled now.
+    fn entry_published(&self, namespace: &str, cluster: &CompiledCluster) -> bool {
+        let Some(entry) = &cluster.entry else {
+            return false;
+        };
+        let cm_ref = ObjectRef::<ConfigMap>::new(objects::POLICY_CONFIGMAP).within(namespace);
+        self.config_maps
+            .get(&cm_ref)
+            .and_then(|cm| {
+                cm.data
+                    .as_ref()?
+                    .get(objects::POLICY_CONFIGMAP_KEY)
+                    .cloned()
+            })
+            .and_then(|text| serde_json::from_str::<CompiledPolicy>(&text).ok())
+            .is_some_and(|file| file.policies.iter().any(|e| e == entry))
     }
 
     /// Forgets what was recorded for `namespace` (it has no policy left).
@@ -474,14 +814,15 @@ async fn set_pod_conditions(
     }
 }
 
-/// A Warning Event on the policy naming its problems. Failing to record it is only logged.
+/// A Warning Event on the policy `reference` naming its problems (the message of the
+/// `RulesValid` condition in `conditions`). Failing to record it is only logged.
 async fn publish_problems(
     recorder: &Recorder,
-    bp: &BoundaryPolicy,
-    status: &boundary_api::crd::BoundaryPolicyStatus,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    name: &str,
+    conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
 ) {
-    let message = status
-        .conditions
+    let message = conditions
         .iter()
         .find(|c| c.type_ == boundary_api::crd::condition_types::RULES_VALID)
         .map(|c| c.message.clone())
@@ -497,29 +838,37 @@ async fn publish_problems(
         action: "Compile".into(),
         secondary: None,
     };
-    if let Err(err) = recorder.publish(&event, &bp.object_ref(&())).await {
-        tracing::warn!(policy = %bp.name_any(), error = %err, "recording an Event failed");
+    if let Err(err) = recorder.publish(&event, reference).await {
+        tracing::warn!(policy = %name, error = %err, "recording an Event failed");
     }
 }
 
-/// The namespace's policy ConfigMap, owned by every policy of the namespace.
+/// The namespace's policy ConfigMap, owned by every policy of the namespace and every cluster
+/// policy applying to it.
 pub fn config_map(
     namespace: &str,
     policies: &[BoundaryPolicy],
+    clusters: &[&CompiledCluster],
     text: String,
 ) -> Result<ConfigMap, Error> {
+    let owner = |kind: &str, name: String, uid: Option<String>| {
+        Ok(OwnerReference {
+            api_version: API_VERSION.into(),
+            kind: kind.into(),
+            name,
+            uid: uid.ok_or(Error::MissingField("metadata.uid"))?,
+            controller: None,
+            block_owner_deletion: None,
+        })
+    };
     let owners = policies
         .iter()
-        .map(|p| {
-            Ok(OwnerReference {
-                api_version: API_VERSION.into(),
-                kind: "BoundaryPolicy".into(),
-                name: p.name_any(),
-                uid: p.uid().ok_or(Error::MissingField("metadata.uid"))?,
-                controller: None,
-                block_owner_deletion: None,
-            })
-        })
+        .map(|p| owner("BoundaryPolicy", p.name_any(), p.uid()))
+        .chain(
+            clusters
+                .iter()
+                .map(|c| owner("ClusterBoundaryPolicy", c.name.clone(), c.uid.clone())),
+        )
         .collect::<Result<Vec<_>, Error>>()?;
     Ok(ConfigMap {
         metadata: ObjectMeta {
@@ -580,7 +929,7 @@ mod tests {
     #[test]
     fn the_config_map_is_owned_by_every_policy_and_labelled() {
         let policies = [policy("a", "u1"), policy("b", "u2")];
-        let cm = config_map("agents", &policies, "{}\n".into()).unwrap();
+        let cm = config_map("agents", &policies, &[], "{}\n".into()).unwrap();
         let owners = cm.metadata.owner_references.clone().unwrap();
         assert_eq!(
             owners.iter().map(|o| o.uid.as_str()).collect::<Vec<_>>(),
@@ -598,13 +947,63 @@ mod tests {
         );
         assert!(config_map_current(Some(&cm), &cm));
         assert!(!config_map_current(None, &cm));
-        let fewer = config_map("agents", &policies[..1], "{}\n".into()).unwrap();
+        let fewer = config_map("agents", &policies[..1], &[], "{}\n".into()).unwrap();
         assert!(!config_map_current(Some(&fewer), &cm));
-        let other = config_map("agents", &policies, "[]\n".into()).unwrap();
+        let other = config_map("agents", &policies, &[], "[]\n".into()).unwrap();
         assert!(!config_map_current(Some(&other), &cm));
-        assert!(config_map("agents", &[policy("a", "")], String::new()).is_ok());
+        assert!(config_map("agents", &[policy("a", "")], &[], String::new()).is_ok());
         let mut no_uid = policy("a", "");
         no_uid.metadata.uid = None;
-        assert!(config_map("agents", &[no_uid], String::new()).is_err());
+        assert!(config_map("agents", &[no_uid], &[], String::new()).is_err());
+    }
+
+    #[test]
+    fn cluster_policies_own_the_config_map_too() {
+        let cbp: ClusterBoundaryPolicy = serde_json::from_value(json!({
+            "apiVersion": API_VERSION, "kind": "ClusterBoundaryPolicy",
+            "metadata": {"name": "org", "uid": "c1"},
+            "spec": {"namespaceSelector": {}, "podSelector": {}, "deny": ["domain=pastebin.com"]},
+        }))
+        .unwrap();
+        let org = compile_cluster(&cbp);
+        let cm = config_map("agents", &[policy("a", "u1")], &[&org], "{}\n".into()).unwrap();
+        let owners: Vec<_> = cm
+            .owner_references()
+            .iter()
+            .map(|o| (o.kind.as_str(), o.name.as_str(), o.uid.as_str()))
+            .collect();
+        assert_eq!(
+            owners,
+            [
+                ("BoundaryPolicy", "a", "u1"),
+                ("ClusterBoundaryPolicy", "org", "c1")
+            ]
+        );
+        // Only a cluster policy applies: it alone owns the ConfigMap.
+        let cm = config_map("agents", &[], &[&org], "{}\n".into()).unwrap();
+        assert_eq!(cm.owner_references().len(), 1);
+        let without_cluster =
+            config_map("agents", &[policy("a", "u1")], &[], "{}\n".into()).unwrap();
+        assert!(!config_map_current(Some(&without_cluster), &cm));
+        let mut no_uid = org.clone();
+        no_uid.uid = None;
+        assert!(config_map("agents", &[], &[&no_uid], String::new()).is_err());
+    }
+
+    #[test]
+    fn the_namespace_watch_combines_name_and_labels() {
+        let config = Config {
+            watch_namespace: Some("agents".into()),
+            namespace_selector: Some("team=ml".into()),
+            ..Config::default()
+        };
+        let watch = namespace_watch(&config);
+        assert_eq!(
+            watch.field_selector.as_deref(),
+            Some("metadata.name=agents")
+        );
+        assert_eq!(watch.label_selector.as_deref(), Some("team=ml"));
+        let all = namespace_watch(&Config::default());
+        assert!(all.field_selector.is_none() && all.label_selector.is_none());
     }
 }

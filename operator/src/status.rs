@@ -26,6 +26,9 @@ pub mod reasons {
     pub const INVALID_SELECTOR: &str = "InvalidSelector";
     /// `Ready=True`.
     pub const PUBLISHED: &str = "Published";
+    /// `Ready=False` on a cluster policy: not yet in the compiled policy of every namespace it
+    /// selects.
+    pub const PUBLISHING: &str = "Publishing";
 }
 
 /// The status the operator wants for the policy of `report`, from the compile report alone. The
@@ -93,7 +96,7 @@ pub fn desired_status(
     };
     let condition = |type_: &str, (status, reason, message): (&str, &str, String)| {
         condition(
-            previous,
+            previous.map(|s| s.conditions.as_slice()),
             type_,
             (status, reason, message),
             report.generation,
@@ -130,16 +133,16 @@ pub fn desired_status(
 }
 
 /// The condition `type_` with `(status, reason, message)`; its `lastTransitionTime` is the one in
-/// `previous` while the status stays the same, else `now`.
+/// `previous` (the conditions of the current status) while the status stays the same, else
+/// `now`.
 pub fn condition(
-    previous: Option<&BoundaryPolicyStatus>,
+    previous: Option<&[Condition]>,
     type_: &str,
     (status, reason, message): (&str, &str, String),
     generation: Option<i64>,
     now: &Time,
 ) -> Condition {
     let last_transition_time = previous
-        .map(|s| s.conditions.as_slice())
         .unwrap_or_default()
         .iter()
         .find(|c| c.type_ == type_ && c.status == status)
@@ -169,7 +172,7 @@ pub fn with_enforcement(
         .conditions
         .retain(|c| c.type_ != condition_types::ENFORCED);
     status.conditions.push(condition(
-        previous,
+        previous.map(|s| s.conditions.as_slice()),
         condition_types::ENFORCED,
         (state, &reason, message),
         generation,

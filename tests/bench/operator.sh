@@ -25,8 +25,9 @@ trap cleanup EXIT
 NODE=0 tests/local-cluster/up.sh >/dev/null
 # shellcheck disable=SC1091
 . "$STATE/env"
-"$KUBECTL" apply -f crds/boundarypolicy.yaml >/dev/null
-"$KUBECTL" wait --for=condition=Established crd/boundarypolicies.agentboundary.dev >/dev/null
+"$KUBECTL" apply -f crds/boundarypolicy.yaml -f crds/clusterboundarypolicy.yaml >/dev/null
+"$KUBECTL" wait --for=condition=Established crd/boundarypolicies.agentboundary.dev \
+  crd/clusterboundarypolicies.agentboundary.dev >/dev/null
 "$KUBECTL" create namespace agent-boundary >/dev/null
 
 POD_NAMESPACE=agent-boundary BOUNDARY_LEASE_NAMESPACE=agent-boundary POD_NAME=bench \

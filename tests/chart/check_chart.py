@@ -93,10 +93,14 @@ def env_flags(*dirs):
                     for group, name in re.findall(r"env\s*=\s*(\w+)::([A-Z][A-Z0-9_]*)\b", text):
                         if name in C.get(group, {}):
                             names.add(C[group][name])
+                    names.update(C["env"][n] for n in re.findall(r'env\s*=\s*[\w:]*env::([A-Z0-9_]+)', text)
+                                 if n in C["env"])
     return names
 
 
 C = contract()
+# The generated CRD files, in the order of their CRDs' names (boundarypolicies, clusterboundarypolicies).
+CRD_FILES = ["boundarypolicy.yaml", "clusterboundarypolicy.yaml"]
 INJECT = C["labels"]["INJECT"]
 ENABLED, DISABLED, REQUIRED = C[""]["INJECT_ENABLED"], C[""]["INJECT_DISABLED"], C[""]["INJECT_REQUIRED"]
 COMPONENT = C["labels"]["COMPONENT"]
@@ -229,10 +233,10 @@ def check_render(name, s, objs, kube):
             check(md.get("labels", {}).get("app.kubernetes.io/instance") == s["release"],
                   f"{where} {d['kind']} {md['name']} carries the release label")
 
-    # The CRD is the generated one, byte for byte the same objects as crds/boundarypolicy.yaml.
-    crd = objs.all("CustomResourceDefinition")
-    check(crd == [yaml.safe_load(read("crds", "boundarypolicy.yaml"))],
-          f"{where} the chart's CRD is crds/boundarypolicy.yaml")
+    # The CRDs are the generated ones, byte for byte the same objects as crds/*.yaml.
+    crds = sorted(objs.all("CustomResourceDefinition"), key=lambda c: c["metadata"]["name"])
+    check(crds == [yaml.safe_load(read("crds", f)) for f in CRD_FILES],
+          f"{where} the chart's CRDs are {', '.join('crds/' + f for f in CRD_FILES)}")
 
     # --- webhook Deployment, Service, PDB
     dep = objs.get("Deployment", webhook_name)
@@ -435,6 +439,11 @@ def check_render(name, s, objs, kube):
         check(e in OPERATOR_ENV, f"{where} operator env {e} is a flag of operator/src")
     for e in ("POD_NAME", "POD_NAMESPACE"):
         check(env_of(oc).get(e, {}).get("valueFrom") is not None, f"{where} operator {e} from the downward API")
+    # ClusterBoundaryPolicies skip the namespaces the webhook never mutates (the operator adds its
+    # own and kube-system itself).
+    excluded_env = env_value(oc, C["env"]["EXCLUDED_NAMESPACES"])
+    check(excluded_env == ",".join(v.get("webhook.excludeNamespaces", [])),
+          f"{where} operator {C['env']['EXCLUDED_NAMESPACES']}={excluded_env!r}")
     leader = v.get("operator.leaderElection.enabled", True)
     lease_rules = [r for r in rules_of(orole) if "leases" in r["resources"]]
     if not leader and v.get("certManager.enabled"):
@@ -596,6 +605,29 @@ def check_render(name, s, objs, kube):
           f"{where} operator changes and deletes only ConfigMaps named {POLICY_CONFIGMAP}")
     check(any("nodes" in r["resources"] and "patch" in r["verbs"] for r in rules_of(ocr)), f"{where} operator labels nodes")
     check(any("boundarypolicies/status" in r["resources"] for r in rules_of(ocr)), f"{where} operator writes policy status")
+    # ClusterBoundaryPolicy: the operator reads them and writes their status, and labels namespaces
+    # (inject=required); nothing in the chart may write them: only cluster administrators do.
+    check(any("clusterboundarypolicies" in r["resources"] and {"list", "watch"} <= set(r["verbs"])
+              for r in rules_of(ocr)), f"{where} operator watches cluster policies")
+    check(any(r["resources"] == ["clusterboundarypolicies/status"] and r["verbs"] == ["patch"] for r in rules_of(ocr)),
+          f"{where} operator writes cluster policy status")
+    check(any("namespaces" in r["resources"] and {"list", "watch", "patch"} <= set(r["verbs"]) for r in rules_of(ocr)),
+          f"{where} operator watches and labels namespaces")
+    for kind in ("ClusterRole", "Role"):
+        for r in objs.all(kind):
+            for rule in rules_of(r):
+                if "clusterboundarypolicies" in rule["resources"] or "boundarypolicies" in rule["resources"]:
+                    check(set(rule["verbs"]) <= {"get", "list", "watch"},
+                          f"{where} {kind} {r['metadata']['name']} may not write policies: {rule}")
+    aggregated = [r for r in objs.all("ClusterRole")
+                  if any(k.startswith("rbac.authorization.k8s.io/aggregate-to-") for k in r["metadata"]["labels"])]
+    check([r["metadata"]["name"] for r in aggregated] == [f"{full}-view"]
+          and sorted(k for k in aggregated[0]["metadata"]["labels"] if k.startswith("rbac.authorization.k8s.io/"))
+          == [f"rbac.authorization.k8s.io/aggregate-to-{r}" for r in ("admin", "edit", "view")]
+          and rules_of(aggregated[0]) == [{"apiGroups": ["agentboundary.dev"],
+                                           "resources": ["boundarypolicies", "clusterboundarypolicies"],
+                                           "verbs": ["get", "list", "watch"]}],
+          f"{where} only {full}-view is aggregated (to view, edit, admin; read-only): {[r['metadata'] for r in aggregated]}")
     # Jailed pods (policy status) everywhere and the node agents' reports: read, never write.
     check(any("pods" in r["resources"] and set(r["verbs"]) == {"list", "watch"} for r in rules_of(ocr)),
           f"{where} operator reads Pods")
@@ -743,9 +775,10 @@ def main():
             (tgz,) = [os.path.join(tmp, f) for f in os.listdir(tmp) if f.endswith(".tgz")]
             with tarfile.open(tgz) as t:
                 names = t.getnames()
-                crd = t.extractfile("agent-boundary/crds/boundarypolicy.yaml")
-                check(crd is not None and crd.read().decode() == read("crds", "boundarypolicy.yaml"),
-                      "the packaged chart holds the generated CRD")
+                for f in CRD_FILES:
+                    crd = t.extractfile(f"agent-boundary/crds/{f}")
+                    check(crd is not None and crd.read().decode() == read("crds", f),
+                          f"the packaged chart holds the generated crds/{f}")
             check("agent-boundary/values.schema.json" in names and "agent-boundary/templates/NOTES.txt" in names,
                   "the packaged chart holds values.schema.json and NOTES.txt")
             from_dir = helm("template", "x", CHART, "--include-crds").stdout

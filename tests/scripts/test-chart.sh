@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Tests of the Helm chart (charts/agent-boundary), no cluster needed (< 1 min):
-#   - the chart's CRD is the generated crds/boundarypolicy.yaml
+#   - the chart's CRDs are the generated crds/boundarypolicy.yaml and crds/clusterboundarypolicy.yaml
 #   - helm lint --strict and helm template for each value combination, for Kubernetes 1.20 and a
 #     recent version, with assertions on the rendered objects (tests/chart/check_chart.py)
 #   - values.schema.json refuses typos and wrong types; helm package ships the same chart
@@ -21,11 +21,13 @@ else
   OUT=$(mktemp -d); trap 'rm -rf "$OUT"' EXIT
 fi
 
-if ! cmp -s "$ROOT/crds/boundarypolicy.yaml" "$ROOT/charts/agent-boundary/crds/boundarypolicy.yaml"; then
-  echo "test-chart: charts/agent-boundary/crds/boundarypolicy.yaml differs from crds/boundarypolicy.yaml;" \
-    "run: cargo run -p boundary-api --features kube --bin boundary-crdgen" >&2
-  exit 1
-fi
+for crd in boundarypolicy.yaml clusterboundarypolicy.yaml; do
+  if ! cmp -s "$ROOT/crds/$crd" "$ROOT/charts/agent-boundary/crds/$crd"; then
+    echo "test-chart: charts/agent-boundary/crds/$crd differs from crds/$crd;" \
+      "run: cargo run -p boundary-api --features kube --bin boundary-crdgen" >&2
+    exit 1
+  fi
+done
 
 "$KV_NEW_PY" "$ROOT/tests/chart/check_chart.py" "$HELM" "$ROOT" "$OUT" "$KV_NEW_K8S.0"
 "$KV_OLD_PY" "$ROOT/tests/chart/validate.py" "$KV_OLD_K8S" "$OUT"/*-1.20.yaml

@@ -1,23 +1,20 @@
-//! Writes the `BoundaryPolicy` CRD as YAML to every place the repository keeps it:
-//! `crds/boundarypolicy.yaml` (plain `kubectl apply`, the tests) and the Helm chart's
-//! `charts/agent-boundary/crds/boundarypolicy.yaml` (Helm installs CRDs from there). Both are this
-//! output byte for byte; a unit test fails when either is stale.
+//! Writes the CRDs (`BoundaryPolicy`, `ClusterBoundaryPolicy`) as YAML to every place the
+//! repository keeps them (`boundary_api::crd::CRD_FILES`): `crds/<singular>.yaml` (plain
+//! `kubectl apply`, the tests) and the Helm chart's `charts/agent-boundary/crds/<singular>.yaml`
+//! (Helm installs CRDs from there). Each file is this output byte for byte; a unit test fails
+//! when one is stale.
 //!
-//! `boundary-crdgen` writes both files; `boundary-crdgen --stdout` prints the YAML instead.
+//! `boundary-crdgen` writes every file; `boundary-crdgen --stdout` prints the CRDs instead, as
+//! one multi-document YAML stream.
 #![forbid(unsafe_code)]
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use boundary_api::crd::{CRD_FILES, crd_yaml, crds};
+
 fn main() -> ExitCode {
-    let yaml = match boundary_api::crd::crd_yaml() {
-        Ok(yaml) => yaml,
-        Err(err) => {
-            eprintln!("boundary-crdgen: cannot serialize the CRD: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args
         .iter()
@@ -27,19 +24,39 @@ fn main() -> ExitCode {
     {
         [] => {
             let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-            for relative in boundary_api::crd::CRD_FILES {
-                let path = root.join("..").join(relative);
+            for file in CRD_FILES {
+                let yaml = match crd_yaml(&(file.crd)()) {
+                    Ok(yaml) => yaml,
+                    Err(err) => {
+                        eprintln!("boundary-crdgen: cannot serialize the CRD: {err}");
+                        return ExitCode::FAILURE;
+                    }
+                };
+                let path = root.join("..").join(file.path);
                 if let Err(err) = std::fs::write(&path, &yaml) {
                     eprintln!("boundary-crdgen: writing {}: {err}", path.display());
                     return ExitCode::FAILURE;
                 }
                 // Messages go to stderr: stdout may be redirected onto one of these files.
-                eprintln!("boundary-crdgen: wrote {relative}");
+                eprintln!("boundary-crdgen: wrote {}", file.path);
             }
             ExitCode::SUCCESS
         }
         ["--stdout"] => {
-            if std::io::stdout().write_all(yaml.as_bytes()).is_ok() {
+            let mut out = String::new();
+            for crd in crds() {
+                match crd_yaml(&crd) {
+                    Ok(yaml) => {
+                        out.push_str("---\n");
+                        out.push_str(&yaml);
+                    }
+                    Err(err) => {
+                        eprintln!("boundary-crdgen: cannot serialize the CRD: {err}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
+            if std::io::stdout().write_all(out.as_bytes()).is_ok() {
                 ExitCode::SUCCESS
             } else {
                 eprintln!("boundary-crdgen: cannot write to stdout");
@@ -47,9 +64,10 @@ fn main() -> ExitCode {
             }
         }
         _ => {
+            let paths: Vec<&str> = CRD_FILES.iter().map(|f| f.path).collect();
             eprintln!(
-                "usage: boundary-crdgen            write {}\n       boundary-crdgen --stdout   print the CRD",
-                boundary_api::crd::CRD_FILES.join(" and ")
+                "usage: boundary-crdgen            write {}\n       boundary-crdgen --stdout   print the CRDs",
+                paths.join(", ")
             );
             ExitCode::from(2)
         }

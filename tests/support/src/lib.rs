@@ -56,27 +56,47 @@ pub async fn config() -> anyhow::Result<Config> {
         .context("loading KUBECONFIG")
 }
 
-/// Installs (server-side applies) the project's CRDs and waits until the apiserver serves them.
+/// Installs (server-side applies) the project's CRDs (`BoundaryPolicy`,
+/// `ClusterBoundaryPolicy`) and waits until the apiserver serves them.
 pub async fn install_crds(client: &Client) -> anyhow::Result<()> {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd = boundary_api::crd::crd();
-    let name = crd.name_any();
-    crds.patch(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .with_context(|| format!("applying CRD {name}"))?;
-    tokio::time::timeout(
-        Duration::from_secs(30),
-        await_condition(crds, &name, conditions::is_crd_established()),
-    )
-    .await
-    .with_context(|| format!("CRD {name} not Established within 30 s"))??;
+    let all = boundary_api::crd::crds();
+    for crd in &all {
+        let name = crd.name_any();
+        crds.patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(crd),
+        )
+        .await
+        .with_context(|| format!("applying CRD {name}"))?;
+    }
+    for crd in &all {
+        let name = crd.name_any();
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            await_condition(crds.clone(), &name, conditions::is_crd_established()),
+        )
+        .await
+        .with_context(|| format!("CRD {name} not Established within 30 s"))??;
+    }
     // Established comes a moment before discovery serves the resource; kubectl (and anything
-    // resolving `bp`) needs discovery, so wait for it too.
+    // resolving `bp` or `cbp`) needs discovery, so wait for it too.
     let group_version = boundary_api::contract::API_VERSION;
+    let served: Vec<(String, String)> = all
+        .iter()
+        .map(|crd| {
+            let names = &crd.spec.names;
+            let short = names
+                .short_names
+                .iter()
+                .flatten()
+                .next()
+                .cloned()
+                .unwrap_or_default();
+            (names.plural.clone(), short)
+        })
+        .collect();
     eventually(
         Duration::from_secs(30),
         &format!("{group_version} in discovery"),
@@ -90,14 +110,15 @@ pub async fn install_crds(client: &Client) -> anyhow::Result<()> {
                 return Ok(None);
             }
             let resources = client.list_api_group_resources(group_version).await?;
-            Ok(resources
-                .resources
+            Ok(served
                 .iter()
-                .any(|r| {
-                    r.name == "boundarypolicies"
-                        && r.short_names
-                            .as_ref()
-                            .is_some_and(|s| s.iter().any(|n| n == "bp"))
+                .all(|(plural, short)| {
+                    resources.resources.iter().any(|r| {
+                        &r.name == plural
+                            && r.short_names
+                                .as_ref()
+                                .is_some_and(|s| s.iter().any(|n| n == short))
+                    })
                 })
                 .then_some(()))
         },
