@@ -255,6 +255,10 @@ pub mod env {
         /// On the operator: namespaces (comma-separated) no `ClusterBoundaryPolicy` ever selects,
         /// besides its own and `kube-system` (the chart passes `webhook.excludeNamespaces`).
         EXCLUDED_NAMESPACES = "BOUNDARY_EXCLUDED_NAMESPACES";
+        /// On the operator: namespaces (comma-separated) where jailing is required; it labels
+        /// them `agentboundary.dev/inject=required`, so the webhook's fail-closed configuration
+        /// selects them also before Kubernetes 1.21 (the chart passes `webhook.requiredNamespaces`).
+        REQUIRED_NAMESPACES = "BOUNDARY_REQUIRED_NAMESPACES";
     }
 }
 

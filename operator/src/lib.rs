@@ -94,6 +94,10 @@ pub struct Config {
     /// (`POD_NAMESPACE`) and `kube-system`, which never are.
     #[arg(long, env = boundary_api::contract::env::EXCLUDED_NAMESPACES, value_delimiter = ',')]
     pub excluded_namespaces: Vec<String>,
+    /// Namespaces (comma-separated) where jailing is required: labelled
+    /// `agentboundary.dev/inject=required` like those a `ClusterBoundaryPolicy` requires.
+    #[arg(long, env = boundary_api::contract::env::REQUIRED_NAMESPACES, value_delimiter = ',')]
+    pub required_namespaces: Vec<String>,
     /// Label selector of the nodes to label (default: every node).
     #[arg(long, env = "BOUNDARY_NODE_SELECTOR")]
     pub node_selector: Option<String>,
@@ -152,6 +156,7 @@ impl Default for Config {
             watch_namespace: None,
             namespace_selector: None,
             excluded_namespaces: Vec::new(),
+            required_namespaces: Vec::new(),
             node_selector: None,
             node_agent_selector: DEFAULT_NODE_AGENT_SELECTOR.into(),
             node_agent_namespace: None,
@@ -466,9 +471,12 @@ mod tests {
             "monitoring,ci",
             "--namespace-selector",
             "team=ml",
+            "--required-namespaces",
+            "agents,ci",
         ])
         .unwrap();
         assert_eq!(cli.config.excluded_namespaces, ["monitoring", "ci"]);
+        assert_eq!(cli.config.required_namespaces, ["agents", "ci"]);
         assert_eq!(cli.config.namespace_selector.as_deref(), Some("team=ml"));
         let none = Cli::try_parse_from(["op"]).unwrap();
         assert!(none.config.excluded_namespaces.is_empty());

@@ -67,6 +67,8 @@ pub struct Context {
     namespaces: Store<Namespace>,
     /// Namespaces no cluster policy selects.
     excluded: Excluded,
+    /// Namespaces the chart requires jailing in (`--required-namespaces`).
+    required: std::collections::BTreeSet<String>,
     config_maps: Store<ConfigMap>,
     /// Jailed pods, trimmed to what the counts and the checks read ([`enforcement::trim`]).
     jailed: Store<Pod>,
@@ -263,6 +265,7 @@ pub async fn run(client: Client, config: Config, shutdown: Shutdown) -> Result<(
         clusters,
         namespaces,
         excluded: Excluded::new(config.namespace.as_deref(), &config.excluded_namespaces),
+        required: config.required_namespaces.iter().cloned().collect(),
         config_maps,
         jailed,
         observations,
@@ -289,13 +292,7 @@ pub async fn run(client: Client, config: Config, shutdown: Shutdown) -> Result<(
             error_policy,
             context.clone(),
         )
-        .for_each(|result| {
-            match result {
-                Ok((namespace, _)) => tracing::debug!(namespace = %namespace.name, "reconciled"),
-                Err(err) => tracing::debug!(error = %err, "reconcile skipped"),
-            }
-            std::future::ready(())
-        });
+        .for_each(log_reconciled);
     let cluster_status = async {
         // An operator that sees one namespace cannot tell where a cluster policy applies.
         if config.watch_namespace.is_none() {
@@ -305,6 +302,16 @@ pub async fn run(client: Client, config: Config, shutdown: Shutdown) -> Result<(
     futures::join!(namespaces, cluster_status);
     tracing::info!("policy controller stopped");
     Ok(())
+}
+
+fn log_reconciled<E: std::fmt::Display>(
+    result: Result<(ObjectRef<Namespace>, Action), E>,
+) -> std::future::Ready<()> {
+    match result {
+        Ok((namespace, _)) => tracing::debug!(namespace = %namespace.name, "reconciled"),
+        Err(err) => tracing::debug!(error = %err, "reconcile skipped"),
+    }
+    std::future::ready(())
 }
 
 /// Waits for the first list of cluster policies, saying what is likely wrong when it takes long:
@@ -485,7 +492,8 @@ async fn apply_inject_label(
     applying: &[&CompiledCluster],
 ) -> Result<(), Error> {
     let ns = namespace.name_any();
-    let required = applying.iter().any(|c| c.require_jailing);
+    let required = applying.iter().any(|c| c.require_jailing)
+        || (ctx.required.contains(&ns) && !ctx.excluded.contains(&ns));
     let Some(body) = cluster::inject_label(namespace, required) else {
         return Ok(());
     };

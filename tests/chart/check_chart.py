@@ -275,6 +275,9 @@ def check_render(name, s, objs, kube):
     runtime_image = v.get("jailRuntime.image", f"{LOCAL_REPO}/jail-runtime:{LOCAL_TAG}")
     check(env_value(wc, "BOUNDARY_WEBHOOK_IMAGE") == runtime_image, f"{where} injected image is the jail-runtime image")
     gate = v.get("webhook.enforcementReadinessGate", False)
+    (op_c,) = objs.get("Deployment", operator_name)["spec"]["template"]["spec"]["containers"]
+    check(env_value(op_c, "BOUNDARY_REQUIRED_NAMESPACES") == ",".join(v.get("webhook.requiredNamespaces", [])),
+          f"{where} the operator labels the required namespaces (1.20 has no namespace name label)")
     check(env_value(wc, "BOUNDARY_WEBHOOK_REQUIRED_NAMESPACES") == ",".join(v.get("webhook.requiredNamespaces", [])),
           f"{where} the webhook knows the required namespaces")
     check(env_value(wc, "BOUNDARY_WEBHOOK_OPT_OUT_SERVICE_ACCOUNTS") == ",".join(v.get("webhook.optOutServiceAccounts", [])),
