@@ -333,12 +333,13 @@ def check_render(name, s, objs, kube):
     required_names = v.get("webhook.requiredNamespaces", [])
     names = [h["name"] for h in hooks]
     want = ["required.webhook.agentboundary.dev"] + (["required-names.webhook.agentboundary.dev"] if required_names else []) + [
-        "namespaces.webhook.agentboundary.dev", "pods.webhook.agentboundary.dev", "guard.webhook.agentboundary.dev"]
+        "namespaces.webhook.agentboundary.dev", "pods.webhook.agentboundary.dev", "guard.webhook.agentboundary.dev",
+        "ephemeral.webhook.agentboundary.dev"]
     check(names == want, f"{where} webhooks {names}, expected {want}")
-    creates = [h for h in hooks if not h["name"].startswith("guard.")]
+    creates = [h for h in hooks if not h["name"].startswith(("guard.", "ephemeral."))]
     for h in hooks:
         hn = h["name"]
-        fixed = hn.startswith(("required", "guard."))
+        fixed = hn.startswith(("required", "guard.", "ephemeral."))
         expected = "Fail" if fixed else v.get("webhook.failurePolicy", "Fail")
         check(h["failurePolicy"] == expected, f"{where} {hn} failurePolicy {h['failurePolicy']}, expected {expected}")
         check(h["timeoutSeconds"] == v.get("webhook.timeoutSeconds", 5), f"{where} {hn} timeoutSeconds")
@@ -347,12 +348,17 @@ def check_render(name, s, objs, kube):
             check(h["reinvocationPolicy"] == v.get("webhook.reinvocationPolicy", "IfNeeded"), f"{where} {hn} reinvocationPolicy")
             check(h["rules"] == [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
                                   "resources": ["pods"], "scope": "Namespaced"}], f"{where} {hn} only Pod CREATE")
-        else:
+        elif hn.startswith("guard."):
             check(h["rules"] == [{"operations": ["UPDATE"], "apiGroups": [""], "apiVersions": ["v1"],
-                                  "resources": ["pods", "pods/ephemeralcontainers"], "scope": "Namespaced"}],
-                  f"{where} {hn}: UPDATE of pods and their ephemeral containers")
+                                  "resources": ["pods"], "scope": "Namespaced"}],
+                  f"{where} {hn}: UPDATE of pods")
             check(h["objectSelector"] == {"matchExpressions": [{"key": "agentboundary.dev/jailed", "operator": "Exists"}]},
                   f"{where} {hn}: only jailed pods")
+        else:
+            check(h["rules"] == [{"operations": ["UPDATE"], "apiGroups": [""], "apiVersions": ["v1"],
+                                  "resources": ["pods/ephemeralcontainers"], "scope": "Namespaced"}],
+                  f"{where} {hn}: ephemeral containers of every pod")
+            check("objectSelector" not in h, f"{where} {hn}: no objectSelector (1.20's object has no labels)")
         cc = h["clientConfig"]
         check(cc.get("service") == {"name": webhook_name, "namespace": ns, "path": "/mutate", "port": 443},
               f"{where} {hn} calls the Service's /mutate")
@@ -388,9 +394,9 @@ def check_render(name, s, objs, kube):
                 elif pod_state != ENABLED and ns_state != ENABLED:
                     # Pods that never opted in must not depend on the webhook being up.
                     check(called == [], f"{case}: a pod that did not opt in reached the webhook")
-                guards = [h for h in hooks if h["name"].startswith("guard.")
+                guards = [h for h in hooks if h["name"].startswith(("guard.", "ephemeral."))
                           and selector_matches(h["namespaceSelector"], ns_labels)]
-                check((guards != []) == (ns_name not in excluded), f"{case}: guard of jailed pods")
+                check(len(guards) == (0 if ns_name in excluded else 2), f"{case}: guards of jailed pods")
 
     # --- certificates: operator or cert-manager
     (op_dep,) = [objs.get("Deployment", operator_name)]
@@ -561,7 +567,7 @@ def check_render(name, s, objs, kube):
                 if kind == "ClusterRole" and r["metadata"]["name"] != webhook_name:
                     check("secrets" not in rule["resources"], f"{where} {kind} {r['metadata']['name']}: no Secrets cluster-wide")
                 if kind == "ClusterRole":
-                    check("pods" not in rule["resources"] or set(rule["verbs"]) <= {"list", "watch"},
+                    check("pods" not in rule["resources"] or set(rule["verbs"]) <= {"get", "list", "watch"},
                           f"{where} {kind} {r['metadata']['name']}: pods read-only at most")
     for kind, role_kind in (("ClusterRoleBinding", "ClusterRole"), ("RoleBinding", "Role")):
         for b in objs.all(kind):
@@ -642,8 +648,9 @@ def check_render(name, s, objs, kube):
     check(status_rules == ([{"apiGroups": [""], "resources": ["pods/status"], "verbs": ["patch"]}] if gate else []),
           f"{where} operator may patch pods/status exactly when enforcementReadinessGate is on: {status_rules}")
     # The agents' service accounts are not the chart's; no component gets pod-writing rights for them.
-    for r in rules_of(wcr):
-        check(not any(res.startswith("pods") for res in r["resources"]), f"{where} webhook reads no pods")
+    pod_rules = [r for r in rules_of(wcr) if any(res.startswith("pods") for res in r["resources"])]
+    check(pod_rules == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}],
+          f"{where} the webhook only gets pods (ephemeral container requests before 1.22): {pod_rules}")
 
 
 def lint(sets):

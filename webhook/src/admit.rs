@@ -157,6 +157,7 @@ pub struct Planner<V> {
     view: V,
     settings: Settings,
     jailing: Jailing,
+    pods: Option<Box<dyn PodReader>>,
     images: Option<ImageLookup>,
 }
 
@@ -168,8 +169,17 @@ impl<V: ClusterView> Planner<V> {
             view,
             settings,
             jailing: Jailing::default(),
+            pods: None,
             images: None,
         }
+    }
+
+    /// Reads pods from the apiserver where a review lacks their metadata (ephemeral containers
+    /// before Kubernetes 1.22). Without it such requests are refused.
+    #[must_use]
+    pub fn with_pod_reader(mut self, pods: Box<dyn PodReader>) -> Self {
+        self.pods = Some(pods);
+        self
     }
 
     /// Requires jailing where the admins say so, and lets the service accounts they name opt
@@ -391,7 +401,83 @@ struct Named {
     name: String,
 }
 
+/// The subresource through which ephemeral containers are added.
+const EPHEMERAL: &str = "ephemeralcontainers";
+
+/// A pod's annotations as read from the apiserver: `Ok(None)` when it does not exist.
+pub type Looked = Result<Option<BTreeMap<String, String>>, String>;
+
+/// Reads a pod's annotations when a review's object lacks them.
+pub trait PodReader: std::fmt::Debug + Send + Sync + 'static {
+    /// The annotations of pod `name` in `namespace`.
+    fn annotations<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Looked> + Send + 'a>>;
+}
+
+/// Pods read from the apiserver (`get` on pods).
+#[derive(Clone)]
+pub struct ApiPods(pub kube::Client);
+
+impl std::fmt::Debug for ApiPods {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiPods")
+    }
+}
+
+impl PodReader for ApiPods {
+    fn annotations<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Looked> + Send + 'a>> {
+        Box::pin(async move {
+            let pods: kube::Api<Pod> = kube::Api::namespaced(self.0.clone(), namespace);
+            let read = tokio::time::timeout(std::time::Duration::from_secs(3), pods.get_opt(name));
+            match read.await {
+                Ok(Ok(pod)) => Ok(pod.map(|p| p.metadata.annotations.unwrap_or_default())),
+                Ok(Err(e)) => Err(format!("reading the pod: {e}")),
+                Err(_) => Err("reading the pod took over 3 s".into()),
+            }
+        })
+    }
+}
+
+/// The same pods for every review (tests).
+#[derive(Clone, Debug, Default)]
+pub struct FixedPods(pub BTreeMap<(String, String), BTreeMap<String, String>>);
+
+impl PodReader for FixedPods {
+    fn annotations<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Looked> + Send + 'a>> {
+        let found = self
+            .0
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .cloned();
+        Box::pin(std::future::ready(Ok(found)))
+    }
+}
+
+/// Whether a review is an ephemeral container request whose object lacks the pod's metadata.
+fn needs_pod_lookup(request: &AdmissionRequest) -> bool {
+    request.operation == "UPDATE"
+        && request.sub_resource.as_deref() == Some(EPHEMERAL)
+        && parse_object::<WithEphemeral>(request.old_object.as_deref(), "old object")
+            .is_ok_and(|o| o.without_pod_metadata())
+}
+
 impl WithEphemeral {
+    /// 1.20–1.21's `EphemeralContainers` carries the pod's name but not its labels or
+    /// annotations.
+    fn without_pod_metadata(&self) -> bool {
+        self.spec.is_none() && self.metadata.annotations.is_none()
+    }
+
     fn names(&self) -> Vec<&str> {
         self.ephemeral_containers
             .iter()
@@ -418,11 +504,17 @@ fn parse_object<T: serde::de::DeserializeOwned>(
 impl<V: ClusterView> Planner<V> {
     /// A change to an existing pod: refused when it would get around the jail of a jailed pod.
     /// Unreadable objects are refused (this webhook fails closed for jailed pods).
-    fn guard_update(&self, request: &AdmissionRequest) -> AdmissionResponse {
+    /// `looked_up`: the pod's annotations read from the apiserver, for objects that do not
+    /// carry them (1.20–1.21's `EphemeralContainers`).
+    fn guard_update(
+        &self,
+        request: &AdmissionRequest,
+        looked_up: Option<Looked>,
+    ) -> AdmissionResponse {
         let uid = &request.uid;
         let refusal = match request.sub_resource.as_deref().unwrap_or_default() {
             "" if is_pod(request) => self.refuse_pod_update(request),
-            "ephemeralcontainers" => Self::refuse_ephemeral(request),
+            EPHEMERAL => Self::refuse_ephemeral(request, looked_up),
             _ => Ok(None),
         };
         let mut response = match refusal {
@@ -483,11 +575,11 @@ impl<V: ClusterView> Planner<V> {
         Ok(guard::refuse_update(&old, &new, selecting))
     }
 
-    fn refuse_ephemeral(request: &AdmissionRequest) -> Result<Option<String>, String> {
+    fn refuse_ephemeral(
+        request: &AdmissionRequest,
+        looked_up: Option<Looked>,
+    ) -> Result<Option<String>, String> {
         let old: WithEphemeral = parse_object(request.old_object.as_deref(), "old object")?;
-        if !guard::is_jailed(old.metadata.annotations.as_ref()) {
-            return Ok(None);
-        }
         let new: WithEphemeral = parse_object(request.object.as_deref(), "object")?;
         let before = old.names();
         let added: Vec<String> = new
@@ -496,17 +588,38 @@ impl<V: ClusterView> Planner<V> {
             .filter(|n| !before.contains(n))
             .map(str::to_owned)
             .collect();
-        Ok(guard::refuse_ephemeral(
-            old.metadata.annotations.as_ref(),
-            &added,
-        ))
+        if added.is_empty() {
+            return Ok(None);
+        }
+        if !old.without_pod_metadata() {
+            return Ok(guard::refuse_ephemeral(
+                old.metadata.annotations.as_ref(),
+                &added,
+            ));
+        }
+        // Whether the pod is jailed is not in the object: it is read, and when that fails the
+        // ephemeral container is refused (it could be a jailed pod's).
+        let unknown = |why: &str| {
+            format!(
+                "agentboundary.dev: cannot tell whether pod {} is jailed ({why}), so ephemeral container {} is refused; try again",
+                request.name.as_deref().unwrap_or_default(),
+                added.join(", ")
+            )
+        };
+        match looked_up {
+            Some(Ok(Some(annotations))) => Ok(guard::refuse_ephemeral(Some(&annotations), &added)),
+            // The pod is gone: the apiserver refuses the request itself.
+            Some(Ok(None)) => Ok(None),
+            Some(Err(e)) => Err(unknown(&e)),
+            None => Err(unknown("this webhook cannot read pods")),
+        }
     }
 }
 
 impl<V: ClusterView> Admit for Planner<V> {
     fn admit(&self, request: &AdmissionRequest) -> AdmissionResponse {
         if request.operation == "UPDATE" {
-            return self.guard_update(request);
+            return self.guard_update(request, None);
         }
         match Self::prepare(request) {
             Ok(prepared) => {
@@ -521,6 +634,14 @@ impl<V: ClusterView> Admit for Planner<V> {
         &'a self,
         request: &'a AdmissionRequest,
     ) -> Pin<Box<dyn Future<Output = AdmissionResponse> + Send + 'a>> {
+        if let Some(pods) = self.pods.as_deref().filter(|_| needs_pod_lookup(request)) {
+            return Box::pin(async move {
+                let namespace = request.namespace.as_deref().unwrap_or_default();
+                let name = request.name.as_deref().unwrap_or_default();
+                let looked_up = pods.annotations(namespace, name).await;
+                self.guard_update(request, Some(looked_up))
+            });
+        }
         let Some(lookup) = self
             .images
             .as_ref()

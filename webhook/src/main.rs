@@ -10,7 +10,9 @@ use std::time::Duration;
 use anyhow::Context;
 use boundary_api::contract::webhook_env;
 use boundary_webhook::admit::Planner;
-use boundary_webhook::admit::{ApiPullSecrets, FixedPullSecrets, ImageLookup, PullSecretSource};
+use boundary_webhook::admit::{
+    ApiPods, ApiPullSecrets, FixedPullSecrets, ImageLookup, PullSecretSource,
+};
 use boundary_webhook::cache::LiveView;
 use boundary_webhook::ecr::EcrSettings;
 use boundary_webhook::guard::Jailing;
@@ -292,7 +294,7 @@ async fn main() -> anyhow::Result<()> {
             secrets,
         }
     });
-    let view = LiveView::start(client, ready.clone())
+    let view = LiveView::start(client.clone(), ready.clone())
         .await
         .context("starting the node, namespace and policy watches")?;
     let settings = Settings {
@@ -313,7 +315,9 @@ async fn main() -> anyhow::Result<()> {
         shutdown_grace: Duration::from_secs(cli.shutdown.shutdown_grace_seconds),
         ..Config::default()
     };
-    let mut planner = Planner::new(view, settings).with_jailing(jailing);
+    let mut planner = Planner::new(view, settings)
+        .with_jailing(jailing)
+        .with_pod_reader(Box::new(ApiPods(client.clone())));
     let resolver = image_lookup.as_ref().map(|l| l.resolver.clone());
     if let Some(lookup) = image_lookup {
         planner = planner.with_image_lookup(lookup);

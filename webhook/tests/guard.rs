@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use boundary_api::crd::{BoundaryPolicy, ClusterBoundaryPolicy};
-use boundary_webhook::admit::{Planner, StaticView};
+use boundary_webhook::admit::{FixedPods, Planner, StaticView};
 use boundary_webhook::guard::Jailing;
 use boundary_webhook::inject::Settings;
 use boundary_webhook::plan::Cluster;
@@ -123,7 +123,7 @@ fn an_unjailed_pod_may_change_as_it_likes() {
 }
 
 #[test]
-fn ephemeral_containers_are_refused_in_jailed_pods_in_both_api_shapes() {
+fn ephemeral_containers_are_refused_in_jailed_pods() {
     let p = planner(Vec::new(), Jailing::default());
     // Kubernetes 1.22+: the Pod itself.
     let old = jailed_pod("agent");
@@ -136,37 +136,70 @@ fn ephemeral_containers_are_refused_in_jailed_pods_in_both_api_shapes() {
         "{}",
         message(&response)
     );
-    // Kubernetes 1.16–1.21: an `EphemeralContainers` object with the pod's metadata.
-    let shape = |list: Value| {
-        json!({"apiVersion": "v1", "kind": "EphemeralContainers",
-               "metadata": jailed_pod("agent")["metadata"].clone(), "ephemeralContainers": list})
-    };
-    let response = admit(
-        &p,
-        &update(
-            &shape(json!([])),
-            &shape(json!([{"name": "shell", "image": "busybox"}])),
-            Some("ephemeralcontainers"),
-            "EphemeralContainers",
-        ),
-    );
-    assert!(!response.allowed);
-    assert!(message(&response).contains("shell"));
-    // Not jailed: allowed.
-    let free = json!({"metadata": {"name": "x"}, "ephemeralContainers": []});
-    let added =
-        json!({"metadata": {"name": "x"}, "ephemeralContainers": [{"name": "d", "image": "b"}]});
+    // Not jailed (1.22+ shape): allowed.
+    let free = json!({"metadata": {"name": "x", "annotations": {}}, "spec": {"containers": []}});
+    let mut added = free.clone();
+    added["spec"]["ephemeralContainers"] = json!([{"name": "d", "image": "b"}]);
     assert!(
         admit(
             &p,
-            &update(
-                &free,
-                &added,
-                Some("ephemeralcontainers"),
-                "EphemeralContainers"
-            )
+            &update(&free, &added, Some("ephemeralcontainers"), "Pod")
         )
         .allowed
+    );
+}
+
+/// Kubernetes 1.16–1.21: an `EphemeralContainers` object with the pod's name only (no labels,
+/// no annotations), so the webhook reads the pod.
+fn legacy(pod: &str, list: &Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "EphemeralContainers",
+           "metadata": {"name": pod, "namespace": "agents"}, "ephemeralContainers": list})
+}
+
+fn legacy_update(pod: &str) -> Value {
+    let mut request = update(
+        &legacy(pod, &json!([])),
+        &legacy(pod, &json!([{"name": "shell", "image": "busybox"}])),
+        Some("ephemeralcontainers"),
+        "EphemeralContainers",
+    );
+    request["name"] = json!(pod);
+    request
+}
+
+async fn admit_async(planner: &Planner<StaticView>, request: &Value) -> AdmissionResponse {
+    let body =
+        json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request});
+    let request = review::parse(&serde_json::to_vec(&body).unwrap()).unwrap();
+    planner.admit_async(&request).await
+}
+
+#[tokio::test]
+async fn before_1_22_the_pod_is_read_to_tell_whether_it_is_jailed() {
+    let pods = FixedPods(BTreeMap::from([
+        (
+            ("agents".to_owned(), "jailed".to_owned()),
+            BTreeMap::from([("agentboundary.dev/status".to_owned(), "{}".to_owned())]),
+        ),
+        (("agents".to_owned(), "free".to_owned()), BTreeMap::new()),
+    ]));
+    let p = planner(Vec::new(), Jailing::default()).with_pod_reader(Box::new(pods));
+    let response = admit_async(&p, &legacy_update("jailed")).await;
+    assert!(!response.allowed);
+    assert!(
+        message(&response).contains("shell"),
+        "{}",
+        message(&response)
+    );
+    assert!(admit_async(&p, &legacy_update("free")).await.allowed);
+    // Without a way to read pods it cannot tell, and refuses.
+    let blind = planner(Vec::new(), Jailing::default());
+    let response = admit_async(&blind, &legacy_update("free")).await;
+    assert!(!response.allowed);
+    assert!(
+        message(&response).contains("cannot tell"),
+        "{}",
+        message(&response)
     );
 }
 
