@@ -32,7 +32,10 @@ fn policy(mode: &str, tcp_port: u16) -> serde_json::Value {
                 "podSelector": {},
                 "mode": mode,
                 "allow": ["domain=*"],
-                "tcp": [{"domain": "paste.test", "ports": [tcp_port]}]
+                "tcp": [
+                    {"domain": "paste.test", "ports": [tcp_port]},
+                    {"domain": "api.test", "ports": [tcp_port]}
+                ]
             },
             {
                 "name": "no-exfiltration",
@@ -252,7 +255,7 @@ async fn a_cluster_whole_host_deny_beats_domain_star_over_https_http_tcp_and_con
     let (status, body) = request(stream, "GET", "/", &paste).await;
     assert_eq!(status, 403, "{body}");
     assert!(body.contains(PASTE_DENY), "{body}");
-    // ...the namespace's TCP rule for it does not relay...
+    // ...and the namespace's TCP rule for it does not relay.
     let stream = sidecar.connect("paste.test", tcp_port).await;
     let got = read_to_close(stream)
         .await
@@ -261,7 +264,14 @@ async fn a_cluster_whole_host_deny_beats_domain_star_over_https_http_tcp_and_con
         got.is_empty(),
         "nothing of the server reached the client: {got:?}"
     );
-    // ...and neither does a CONNECT tunnel of the explicit proxy.
+    // A deny rule with a method and path names api.test too: the proxy cannot see them in
+    // plain TCP, so the namespace's TCP rule for api.test is beaten as well (fail closed).
+    let stream = sidecar.connect("api.test", tcp_port).await;
+    let got = read_to_close(stream)
+        .await
+        .expect("the connection is closed");
+    assert!(got.is_empty(), "{got:?}");
+    // The explicit proxy refuses a CONNECT tunnel to paste.test.
     let mut explicit = tokio::net::TcpStream::connect(sidecar.explicit)
         .await
         .unwrap();
@@ -296,6 +306,18 @@ async fn a_cluster_whole_host_deny_beats_domain_star_over_https_http_tcp_and_con
         assert_eq!(r["rule"], PASTE_DENY, "{r}");
         assert_eq!(r["denied_by"], "deny-rule", "{r}");
     }
+    let api_tcp = find(&records, |r| {
+        r["host"] == "api.test" && r["scheme"] == "tcp"
+    });
+    assert_eq!(api_tcp["decision"], "deny", "{api_tcp}");
+    assert_eq!(api_tcp["rule"], UPLOAD_DENY, "{api_tcp}");
+    assert!(
+        api_tcp["reason"]
+            .as_str()
+            .unwrap()
+            .contains("cannot see the method or path of a plain TCP connection"),
+        "{api_tcp}"
+    );
     let connect = find(&records, |r| r["method"] == "CONNECT");
     assert_eq!(
         (&connect["decision"], &connect["rule"]),

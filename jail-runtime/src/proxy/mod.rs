@@ -239,7 +239,8 @@ impl Proxy {
         // A TCP rule relays it. One a deny rule beats: Audit lets it through as a would-be
         // denial; Enforce goes on, as the connection may still be HTTP or TLS whose requests
         // are checked one by one.
-        let relayed = match rules.check_tcp(&bound, port) {
+        let tcp = rules.check_tcp(&bound, port);
+        let relayed = match tcp {
             Verdict::Allow(rule) => Some((Decision::Allow, rule, None)),
             Verdict::Denied {
                 by,
@@ -269,12 +270,25 @@ impl Proxy {
         }
         // When nothing could allow this name, give the client only a moment to say what it
         // is: an HTTP client still gets a 403 page and a TLS client an alert, while a protocol
-        // where the server speaks first (ssh) is closed quickly.
+        // where the server speaks first (ssh) is closed quickly. The same for the port of a TCP
+        // rule a deny rule beat: most likely such a protocol, and HTTP or TLS clients speak at
+        // once anyway.
         let hopeless = matches!(bound, Host::Name(_))
             && rules.mode() == Mode::Enforce
             && !rules.may_allow_http(&bound, port)
             && !rules.check_passthrough(&bound, port).is_allow();
-        let wait = if hopeless { HOPELESS_WAIT } else { FIRST_BYTES };
+        let tcp_beaten = matches!(
+            tcp,
+            Verdict::Denied {
+                overrides: Some(_),
+                ..
+            }
+        );
+        let wait = if hopeless || tcp_beaten {
+            HOPELESS_WAIT
+        } else {
+            FIRST_BYTES
+        };
         let mut buf = Vec::with_capacity(2048);
         if !read_more(&mut io, &mut buf, wait).await {
             self.deny_silent(&ctx, &bound, hopeless, rules);
