@@ -5,6 +5,11 @@
 //! entries that select its pod (labels from a downward-API file, so label changes apply) and the
 //! jailed container, and enforces their union: allow rules OR'ed, `Enforce` beats `Audit`.
 //! No entry selecting a container means nothing is allowed (fail closed).
+//!
+//! The operator also publishes the `ClusterBoundaryPolicy` objects selecting the namespace, as
+//! entries with `cluster: true`. Their deny rules join the union too, and a deny rule of any
+//! selected entry wins over every allow rule of every entry (see [`crate::rules`]); their mode
+//! combines like any other entry's.
 
 use std::collections::BTreeMap;
 
@@ -92,11 +97,13 @@ impl PolicyEntry {
         }
     }
 
-    /// Compiles this entry's rules.
+    /// Compiles this entry's rules, deny rules included (problems name `spec.deny[i]`).
     pub fn compile(&self) -> Result<Vec<rules::Rule>, CompileErrors> {
         rules::compile(RuleSource {
             policy: Some(&self.name),
+            cluster: self.cluster,
             field_prefix: "spec.",
+            deny: &self.deny,
             allow: &self.allow,
             http: &self.http,
             tcp: &self.tcp,
@@ -211,8 +218,9 @@ impl CompiledPolicy {
         Ok(out)
     }
 
-    /// The rule set for a pod with `labels` and `container`: the union of the selected entries,
-    /// in `Enforce` unless every one of them is `Audit`; no entry: nothing allowed.
+    /// The rule set for a pod with `labels` and `container`: the union of the selected entries'
+    /// allow rules and deny rules (a deny rule beats every allow rule), in `Enforce` unless every
+    /// one of them is `Audit`; no entry: nothing allowed.
     pub fn rule_set(
         &self,
         labels: &BTreeMap<String, String>,
@@ -272,7 +280,7 @@ pub fn parse_downward_labels(text: &str) -> BTreeMap<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rules::{Host, HttpRequest, RequestPath};
+    use crate::rules::{Host, HttpRequest, RequestPath, Verdict};
 
     #[test]
     fn the_policy_hash_is_sha256_hex_of_the_bytes() {
@@ -492,6 +500,163 @@ mod tests {
             err.to_string().contains("bad: spec.podLocal[0].ports[0]"),
             "{err}"
         );
+    }
+
+    /// A namespace's own policy allowing widely and a `ClusterBoundaryPolicy`'s entry, as the
+    /// operator publishes them.
+    fn with_cluster_entry(cluster_mode: &str, own_mode: &str) -> CompiledPolicy {
+        serde_json::from_value(serde_json::json!({
+            "version": 1,
+            "namespace": "agents",
+            "policies": [
+                {
+                    "name": "no-exfiltration",
+                    "cluster": true,
+                    "podSelector": {},
+                    "mode": cluster_mode,
+                    "deny": [
+                        "domain=pastebin.com",
+                        "domain=*.github.com method=POST,PATCH path=/gists,/gists/*"
+                    ],
+                    "allow": ["domain=proxy.corp.example"]
+                },
+                {
+                    "name": "agent",
+                    "podSelector": {"matchLabels": {"app": "agent"}},
+                    "mode": own_mode,
+                    "allow": ["domain=*"],
+                    "http": [{"domains": ["pastebin.com"], "tls": "Passthrough"}],
+                    "tcp": [{"domain": "api.github.com", "ports": [22]}]
+                }
+            ]
+        }))
+        .unwrap()
+    }
+
+    fn verdict<'a>(set: &'a RuleSet, method: &str, host: &str, path: &str) -> Verdict<'a> {
+        let host = Host::parse(host).unwrap();
+        let path = RequestPath::parse(path).unwrap();
+        set.check_http(HttpRequest {
+            host: &host,
+            port: 443,
+            method,
+            path: &path,
+        })
+    }
+
+    #[test]
+    fn a_cluster_entrys_deny_rules_beat_the_namespaces_allow_rules() {
+        let file = with_cluster_entry("Enforce", "Enforce");
+        let (set, names) = file
+            .rule_set(&labels(&[("app", "agent")]), Some("main"))
+            .unwrap();
+        assert_eq!(names, ["no-exfiltration", "agent"]);
+        assert_eq!((set.rules().len(), set.deny_rules().len()), (4, 2));
+        // Whole-host deny: beats `domain=*` of the other entry, named as the cluster's rule.
+        let Verdict::Denied { by, overrides } = verdict(&set, "GET", "pastebin.com", "/x") else {
+            panic!("domain=* allowed a denied host")
+        };
+        assert_eq!(
+            by.origin.to_string(),
+            "ClusterBoundaryPolicy no-exfiltration spec.deny[0]: domain=pastebin.com"
+        );
+        assert_eq!(
+            overrides.unwrap().origin.to_string(),
+            "agent spec.allow[0]: domain=*"
+        );
+        // Method and path: only matching requests are denied.
+        let Verdict::Denied { by, .. } = verdict(&set, "POST", "api.github.com", "/gists") else {
+            panic!("POST /gists allowed")
+        };
+        assert_eq!(by.origin.field, "spec.deny[1]");
+        assert!(
+            verdict(&set, "PATCH", "api.github.com", "/gists/7")
+                .deny_rule()
+                .is_some()
+        );
+        assert!(verdict(&set, "GET", "api.github.com", "/gists").is_allow());
+        assert!(verdict(&set, "POST", "api.github.com", "/repos").is_allow());
+        assert!(verdict(&set, "POST", "github.com", "/gists").is_allow());
+        // The cluster entry's allow rules add to the namespace's.
+        let (own_only, _) = file.rule_set(&labels(&[]), None).unwrap();
+        assert!(verdict(&own_only, "GET", "proxy.corp.example", "/").is_allow());
+        assert!(!verdict(&own_only, "GET", "example.org", "/").is_allow());
+    }
+
+    #[test]
+    fn connections_and_tls_to_denied_hosts_are_refused_before_looking_inside() {
+        let file = with_cluster_entry("Enforce", "Enforce");
+        let (set, _) = file.rule_set(&labels(&[("app", "agent")]), None).unwrap();
+        let paste = Host::parse("pastebin.com").unwrap();
+        let gh = Host::parse("api.github.com").unwrap();
+        // The namespace's passthrough and TCP rules are beaten: the proxy cannot see the method
+        // or path, so a deny rule for the host and port decides.
+        assert!(matches!(
+            set.check_passthrough(&paste, 443),
+            Verdict::Denied {
+                overrides: Some(_),
+                ..
+            }
+        ));
+        let Verdict::Denied { by, overrides } = set.check_tcp(&gh, 22) else {
+            panic!("TCP allowed to a host a deny rule names")
+        };
+        assert_eq!(by.origin.field, "spec.deny[1]");
+        assert_eq!(overrides.unwrap().origin.field, "spec.tcp[0]");
+        // TLS: refused before a certificate only for a whole-host deny.
+        assert!(!set.may_allow_http(&paste, 443));
+        assert!(set.may_allow_http(&gh, 443));
+        assert!(set.may_allow_http(&Host::parse("example.org").unwrap(), 443));
+    }
+
+    #[test]
+    fn a_cluster_entrys_mode_combines_like_any_other() {
+        let selected = labels(&[("app", "agent")]);
+        for (cluster, own, expected) in [
+            ("Audit", "Enforce", Mode::Enforce),
+            ("Enforce", "Audit", Mode::Enforce),
+            ("Audit", "Audit", Mode::Audit),
+        ] {
+            let (set, _) = with_cluster_entry(cluster, own)
+                .rule_set(&selected, None)
+                .unwrap();
+            assert_eq!(set.mode(), expected, "cluster {cluster}, namespace {own}");
+            // In Audit the verdict is the same; the proxy lets it through and records it.
+            assert!(
+                verdict(&set, "GET", "pastebin.com", "/")
+                    .deny_rule()
+                    .is_some()
+            );
+        }
+    }
+
+    #[test]
+    fn deny_rule_problems_name_spec_deny_and_the_column() {
+        let entry = PolicyEntry {
+            name: "admins".into(),
+            cluster: true,
+            deny: vec!["domain=ok.com".into(), "domain=a.com metod=POST".into()],
+            allow: vec!["domain=ok.com".into()],
+            ..PolicyEntry::default()
+        };
+        let CompileErrors(problems) = entry.compile().unwrap_err();
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].field, "spec.deny[1]");
+        assert_eq!(problems[0].column, Some(14));
+        assert_eq!(problems[0].policy.as_deref(), Some("admins"));
+        let file = CompiledPolicy {
+            version: 1,
+            policies: vec![entry],
+            ..CompiledPolicy::default()
+        };
+        let err = file.rule_set(&BTreeMap::new(), None).unwrap_err();
+        assert!(
+            err.to_string().contains("admins: spec.deny[1] column 14"),
+            "{err}"
+        );
+        // Written back only when present.
+        let json = serde_json::to_value(PolicyEntry::default()).unwrap();
+        assert!(json.get("deny").is_none() && json.get("cluster").is_none());
     }
 
     #[test]

@@ -214,6 +214,10 @@ pub mod env {
         POD_NAMESPACE = "BOUNDARY_POD_NAMESPACE";
         /// The jailed container's name.
         CONTAINER_NAME = "BOUNDARY_CONTAINER_NAME";
+        /// `boundary run`'s deny rules (Coder's grammar, one per line): a request or connection
+        /// one of them matches is denied whatever allows it (the standalone counterpart of a
+        /// `ClusterBoundaryPolicy`'s `spec.deny`).
+        DENY = "BOUNDARY_DENY";
         /// The tier the webhook chose; `boundary run` uses it instead of probing.
         TIER = "BOUNDARY_TIER";
         /// Path of the sidecar proxy's unix socket.

@@ -25,9 +25,20 @@ pub struct RunArgs {
         value_delimiter = '\n'
     )]
     pub allow: Vec<String>,
+    /// Deny rule in Coder's grammar (repeatable), e.g. "domain=pastebin.com": whatever it matches
+    /// is denied, whatever allows it. TCP and TLS-passthrough connections are denied when it
+    /// names their host and port (their method and path are not seen). From the environment: one
+    /// rule per line.
+    #[arg(
+        long = "deny",
+        value_name = "RULE",
+        env = contract::env::DENY,
+        value_delimiter = '\n'
+    )]
+    pub deny: Vec<String>,
     /// Coder-compatible YAML config file (`allowlist`, `log_level`, `log_dir`, `proxy_port`,
-    /// `jail_type`, `no_user_namespace`, ...; extensions: `tier`, `mode`, `http`, `tcp`, `resolve`,
-    /// `upstream_ca`).
+    /// `jail_type`, `no_user_namespace`, ...; extensions: `tier`, `mode`, `deny`, `http`, `tcp`,
+    /// `resolve`, `upstream_ca`).
     #[arg(long, value_name = "FILE", env = "BOUNDARY_CONFIG")]
     pub config: Option<PathBuf>,
     /// Jail tier: auto (first that works), userns, privileged-netns or landlock.
@@ -128,6 +139,7 @@ pub struct RunArgs {
 #[serde(default)]
 pub struct ConfigFile {
     allowlist: Vec<String>,
+    deny: Vec<String>,
     log_level: Option<String>,
     log_dir: Option<PathBuf>,
     proxy_port: Option<u16>,
@@ -330,6 +342,16 @@ fn pod_local_ports(
     Ok(ports)
 }
 
+/// Rule strings of a flag and of the config file, flags first, blank ones left out.
+fn rule_strings(flags: &[String], file: &[String]) -> Vec<String> {
+    flags
+        .iter()
+        .chain(file)
+        .filter(|r| !r.trim().is_empty())
+        .cloned()
+        .collect()
+}
+
 /// Parses `HOST=IP` overrides.
 pub fn parse_resolve(items: &[String]) -> Result<HashMap<String, IpAddr>, ConfigError> {
     let mut out = HashMap::new();
@@ -387,17 +409,14 @@ impl RunArgs {
             Some(m) => parse_mode(m)?,
             None => Mode::Enforce,
         };
-        let allow: Vec<String> = self
-            .allow
-            .iter()
-            .chain(&file.allowlist)
-            .filter(|r| !r.trim().is_empty())
-            .cloned()
-            .collect();
+        let allow = rule_strings(&self.allow, &file.allowlist);
+        let deny = rule_strings(&self.deny, &file.deny);
         let pod_local = allow_pod_local(&self.allow_pod_local)?;
         let compiled = rules::compile(RuleSource {
             policy: None,
+            cluster: false,
             field_prefix: "--",
+            deny: &deny,
             allow: &allow,
             http: &file.http,
             tcp: &file.tcp,
@@ -405,7 +424,7 @@ impl RunArgs {
         })?;
         let pod_local_ports = pod_local_ports(&self.pod_local_ports, &pod_local, &mut warnings)?;
         if self.proxy_socket.is_some() && !compiled.is_empty() {
-            warnings.push("--allow and config rules are ignored with --proxy-socket: the sidecar enforces the BoundaryPolicy".into());
+            warnings.push("--allow, --deny and config rules are ignored with --proxy-socket: the sidecar enforces the BoundaryPolicy".into());
         }
         let mut resolve_items = self.resolve.clone();
         resolve_items.extend(file.resolve.iter().cloned());
@@ -600,6 +619,76 @@ mod tests {
             .resolve()
             .unwrap_err();
         assert!(e.to_string().contains("at most 256"), "{e}");
+    }
+
+    #[test]
+    fn deny_rules_come_from_flags_and_the_config_file() {
+        let dir = TempDir::new();
+        let file = dir.0.join("config.yaml");
+        std::fs::write(
+            &file,
+            "allowlist: [\"domain=*\"]\ndeny:\n  - domain=pastebin.com\n",
+        )
+        .unwrap();
+        let cfg = file.to_string_lossy().into_owned();
+        let s = args(&[
+            "--config",
+            &cfg,
+            "--deny",
+            "domain=*.github.com method=POST path=/gists",
+            "--",
+            "true",
+        ])
+        .resolve()
+        .unwrap();
+        let deny: Vec<String> = s
+            .rules
+            .deny_rules()
+            .iter()
+            .map(|r| r.origin.to_string())
+            .collect();
+        assert_eq!(
+            deny,
+            [
+                "--deny[0]: domain=*.github.com method=POST path=/gists",
+                "--deny[1]: domain=pastebin.com"
+            ]
+        );
+        assert_eq!(s.rules.rules().len(), 1);
+        let e = args(&["--deny", "domain=a.com metod=POST", "--", "true"])
+            .resolve()
+            .unwrap_err();
+        assert!(e.to_string().contains("--deny[0] column 14"), "{e}");
+        let command = <Cli as clap::CommandFactory>::command();
+        let arg = command
+            .get_arguments()
+            .find(|a| a.get_long() == Some("deny"))
+            .unwrap();
+        assert_eq!(
+            arg.get_env().and_then(|e| e.to_str()),
+            Some(contract::env::DENY)
+        );
+    }
+
+    /// A scratch directory removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new() -> TempDir {
+            let dir = std::env::temp_dir().join(format!(
+                "boundary-config-deny-{}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 
     #[test]

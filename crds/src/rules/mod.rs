@@ -3,6 +3,21 @@
 //!
 //! Rules come from Coder-grammar strings ([`grammar`]), structured HTTP rules and TCP rules
 //! ([`crate::policy`]). Everything not allowed is denied; several rules are OR'ed.
+//!
+//! Deny rules (a `ClusterBoundaryPolicy`'s `spec.deny`, `boundary run --deny`) are Coder-grammar
+//! strings too, and a matching deny rule wins over every allow rule:
+//!
+//! * an HTTP request (plain, intercepted TLS) is denied when a deny rule matches its host, port,
+//!   method and path, as an allow rule would ([`Verdict::Denied`]);
+//! * a connection the proxy cannot look into (a TCP rule's, TLS passthrough, a CONNECT tunnel
+//!   before interception) is denied when a deny rule matches its host and port, whatever the
+//!   rule's method and path: the proxy cannot tell, so it fails closed ([`RuleSet::deny_for`]);
+//! * TLS is refused before a certificate is minted when a deny rule with neither method nor path
+//!   matches the host and port ([`RuleSet::may_allow_http`]);
+//! * a deny rule without `domain=`, or with `domain=*`, matches IP literals too (an allow rule's
+//!   `*` does not: denying is the safe side);
+//! * connections to the pod's own loopback (`podLocal` rules, by port only) are not affected: a
+//!   deny rule names hosts, and those have none.
 
 pub mod grammar;
 pub mod host;
@@ -19,8 +34,11 @@ pub use path::{PathError, PathPattern, RequestPath};
 /// Where a rule came from, for audit records, 403 bodies and status problems.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RuleOrigin {
-    /// The `BoundaryPolicy` name, or `None` for command-line and config-file rules.
+    /// The policy's name, or `None` for command-line and config-file rules.
     pub policy: Option<String>,
+    /// The policy is a `ClusterBoundaryPolicy` (the cluster administrators'), not a namespace's
+    /// `BoundaryPolicy`.
+    pub cluster: bool,
     /// The rule's place: `spec.allow[2]`, `spec.http[0]`, `--allow[1]`.
     pub field: String,
     /// The rule as written (strings) or summarised (structured rules).
@@ -30,13 +48,18 @@ pub struct RuleOrigin {
 impl fmt::Display for RuleOrigin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.policy {
+            Some(policy) if self.cluster => write!(
+                f,
+                "ClusterBoundaryPolicy {policy} {}: {}",
+                self.field, self.text
+            ),
             Some(policy) => write!(f, "{policy} {}: {}", self.field, self.text),
             None => write!(f, "{}: {}", self.field, self.text),
         }
     }
 }
 
-/// What a rule lets through.
+/// What a rule lets through (or, for [`RuleKind::Deny`], refuses).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RuleKind {
     /// HTTP requests (plain or intercepted TLS); `None` lists match everything.
@@ -53,14 +76,21 @@ pub enum RuleKind {
     /// TCP connections to the pod's own loopback, by port only (no host: it is always the
     /// pod's loopback). Never matched by name checks.
     PodLocal,
+    /// A deny rule: refuses what it matches, whatever allows it. `None` lists match everything.
+    Deny {
+        /// Upper-case methods.
+        methods: Option<Vec<String>>,
+        /// Path patterns.
+        paths: Option<Vec<PathPattern>>,
+    },
 }
 
-/// A compiled allow rule.
+/// A compiled rule: an allow rule, or a deny rule ([`RuleKind::Deny`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule {
     /// Where it came from.
     pub origin: RuleOrigin,
-    /// What it allows.
+    /// What it allows or denies.
     pub kind: RuleKind,
     /// Host patterns; `None` matches every host name (a left-out `domain=`).
     pub domains: Option<Vec<DomainPattern>>,
@@ -78,6 +108,51 @@ impl Rule {
 
     fn port_matches(&self, port: u16) -> bool {
         self.ports.as_ref().is_none_or(|p| p.contains(&port))
+    }
+
+    /// A deny rule's host check: no `domain=`, or `*`, covers IP literals too (fail closed).
+    fn deny_host_matches(&self, host: &Host) -> bool {
+        match &self.domains {
+            None => true,
+            Some(domains) => domains
+                .iter()
+                .any(|d| *d == DomainPattern::AnyName || d.matches(host)),
+        }
+    }
+
+    /// Whether this deny rule matches a connection to `host:port` (its method and path unseen).
+    fn denies_connection(&self, host: &Host, port: u16) -> bool {
+        self.deny_host_matches(host) && self.port_matches(port)
+    }
+
+    /// Whether this deny rule matches every request to `host:port` (no method or path list).
+    fn denies_whole_host(&self, host: &Host, port: u16) -> bool {
+        matches!(
+            &self.kind,
+            RuleKind::Deny {
+                methods: None,
+                paths: None
+            }
+        ) && self.denies_connection(host, port)
+    }
+
+    /// Whether this deny rule matches an HTTP request.
+    fn denies_request(&self, req: HttpRequest<'_>) -> bool {
+        let RuleKind::Deny { methods, paths } = &self.kind else {
+            return false;
+        };
+        self.denies_connection(req.host, req.port)
+            && methods
+                .as_ref()
+                .is_none_or(|m| m.iter().any(|m| m == req.method))
+            && paths
+                .as_ref()
+                .is_none_or(|p| p.iter().any(|p| p.matches(req.path)))
+    }
+
+    /// Whether this is a deny rule.
+    pub fn is_deny(&self) -> bool {
+        matches!(self.kind, RuleKind::Deny { .. })
     }
 }
 
@@ -117,8 +192,12 @@ pub struct CompileErrors(pub Vec<Problem>);
 pub struct RuleSource<'a> {
     /// Policy name, `None` for the command line and config file.
     pub policy: Option<&'a str>,
+    /// The policy is a `ClusterBoundaryPolicy`.
+    pub cluster: bool,
     /// Prefix of field paths: `spec.` for policies, `--` for flags.
     pub field_prefix: &'a str,
+    /// Coder-grammar deny rules.
+    pub deny: &'a [String],
     /// Coder-grammar strings.
     pub allow: &'a [String],
     /// Structured HTTP rules.
@@ -133,12 +212,16 @@ pub struct RuleSource<'a> {
 pub fn compile(source: RuleSource<'_>) -> Result<Vec<Rule>, CompileErrors> {
     let mut c = Compiler {
         policy: source.policy.map(str::to_owned),
+        cluster: source.cluster,
         prefix: source.field_prefix,
         rules: Vec::new(),
         problems: Vec::new(),
     };
+    for (i, text) in source.deny.iter().enumerate() {
+        c.grammar("deny", i, text);
+    }
     for (i, text) in source.allow.iter().enumerate() {
-        c.allow(i, text);
+        c.grammar("allow", i, text);
     }
     for (i, rule) in source.http.iter().enumerate() {
         c.http(i, rule);
@@ -158,6 +241,7 @@ pub fn compile(source: RuleSource<'_>) -> Result<Vec<Rule>, CompileErrors> {
 
 struct Compiler<'a> {
     policy: Option<String>,
+    cluster: bool,
     prefix: &'a str,
     rules: Vec<Rule>,
     problems: Vec<Problem>,
@@ -183,6 +267,7 @@ impl Compiler<'_> {
     ) {
         let origin = RuleOrigin {
             policy: self.policy.clone(),
+            cluster: self.cluster,
             field,
             text,
         };
@@ -194,13 +279,21 @@ impl Compiler<'_> {
         });
     }
 
-    fn allow(&mut self, i: usize, text: &str) {
-        let field = format!("{}allow[{i}]", self.prefix);
+    /// A Coder-grammar string of the `allow` or `deny` list.
+    fn grammar(&mut self, list: &str, i: usize, text: &str) {
+        let field = format!("{}{list}[{i}]", self.prefix);
         match parse_rule(text) {
             Ok(parsed) => {
-                let kind = RuleKind::Http {
-                    methods: parsed.methods,
-                    paths: parsed.paths,
+                let kind = if list == "deny" {
+                    RuleKind::Deny {
+                        methods: parsed.methods,
+                        paths: parsed.paths,
+                    }
+                } else {
+                    RuleKind::Http {
+                        methods: parsed.methods,
+                        paths: parsed.paths,
+                    }
                 };
                 self.push(
                     field,
@@ -422,14 +515,29 @@ impl Miss {
 pub enum Verdict<'a> {
     /// Allowed by this rule.
     Allow(&'a Rule),
+    /// A deny rule matches: denied whatever allows it; no allow rule can change that.
+    Denied {
+        /// The deny rule (the first that matches).
+        by: &'a Rule,
+        /// The allow rule it beats, when one would have allowed it.
+        overrides: Option<&'a Rule>,
+    },
     /// No rule allows it; rules for the same host that missed on something else.
     Deny(Vec<(&'a Rule, Miss)>),
 }
 
-impl Verdict<'_> {
+impl<'a> Verdict<'a> {
     /// Whether a rule allows it.
     pub fn is_allow(&self) -> bool {
         matches!(self, Verdict::Allow(_))
+    }
+
+    /// The deny rule that refuses it, if one does.
+    pub fn deny_rule(&self) -> Option<&'a Rule> {
+        match self {
+            Verdict::Denied { by, .. } => Some(by),
+            _ => None,
+        }
     }
 }
 
@@ -437,18 +545,25 @@ impl Verdict<'_> {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RuleSet {
     rules: Vec<Rule>,
+    deny: Vec<Rule>,
     mode: Mode,
 }
 
 impl RuleSet {
-    /// A rule set in `mode`.
+    /// A rule set in `mode`; deny rules among `rules` are kept apart and checked first.
     pub fn new(rules: Vec<Rule>, mode: Mode) -> Self {
-        RuleSet { rules, mode }
+        let (deny, rules) = rules.into_iter().partition(Rule::is_deny);
+        RuleSet { rules, deny, mode }
     }
 
-    /// The rules.
+    /// The allow rules.
     pub fn rules(&self) -> &[Rule] {
         &self.rules
+    }
+
+    /// The deny rules.
+    pub fn deny_rules(&self) -> &[Rule] {
+        &self.deny
     }
 
     /// Enforce or Audit.
@@ -456,8 +571,23 @@ impl RuleSet {
         self.mode
     }
 
-    /// Checks an HTTP request (plain or intercepted).
+    /// Checks an HTTP request (plain or intercepted): a matching deny rule first, then the
+    /// allow rules.
     pub fn check_http(&self, req: HttpRequest<'_>) -> Verdict<'_> {
+        let verdict = self.allow_http(req);
+        match self.deny.iter().find(|d| d.denies_request(req)) {
+            Some(by) => Verdict::Denied {
+                by,
+                overrides: match verdict {
+                    Verdict::Allow(rule) => Some(rule),
+                    _ => None,
+                },
+            },
+            None => verdict,
+        }
+    }
+
+    fn allow_http(&self, req: HttpRequest<'_>) -> Verdict<'_> {
         let mut misses = Vec::new();
         for rule in &self.rules {
             if rule.kind == RuleKind::PodLocal || !rule.host_matches(req.host) {
@@ -486,25 +616,56 @@ impl RuleSet {
         Verdict::Deny(misses)
     }
 
-    /// A plain TCP connection: allowed only by a TCP rule.
-    pub fn check_tcp(&self, host: &Host, port: u16) -> Option<&Rule> {
-        self.find(host, port, |k| matches!(k, RuleKind::Tcp))
+    /// A plain TCP connection: allowed only by a TCP rule, and denied by any deny rule for its
+    /// host and port (the proxy cannot see a method or path in it).
+    pub fn check_tcp(&self, host: &Host, port: u16) -> Verdict<'_> {
+        self.check_connection(host, port, |k| matches!(k, RuleKind::Tcp))
     }
 
     /// A TLS connection whose SNI is `host`: relayed without interception only by a Passthrough
-    /// rule.
-    pub fn check_passthrough(&self, host: &Host, port: u16) -> Option<&Rule> {
-        self.find(host, port, |k| matches!(k, RuleKind::TlsPassthrough))
+    /// rule, and denied by any deny rule for its host and port.
+    pub fn check_passthrough(&self, host: &Host, port: u16) -> Verdict<'_> {
+        self.check_connection(host, port, |k| matches!(k, RuleKind::TlsPassthrough))
+    }
+
+    fn check_connection(
+        &self,
+        host: &Host,
+        port: u16,
+        kind: impl Fn(&RuleKind) -> bool,
+    ) -> Verdict<'_> {
+        let allow = self.find(host, port, kind);
+        match (self.deny_for(host, port), allow) {
+            (Some(by), overrides) => Verdict::Denied { by, overrides },
+            (None, Some(rule)) => Verdict::Allow(rule),
+            (None, None) => Verdict::Deny(Vec::new()),
+        }
+    }
+
+    /// The deny rule (the first) that refuses a connection to `host:port` whose requests the
+    /// proxy cannot see: any deny rule for that host and port, whatever its method and path.
+    pub fn deny_for(&self, host: &Host, port: u16) -> Option<&Rule> {
+        self.deny.iter().find(|d| d.denies_connection(host, port))
+    }
+
+    /// The deny rule (the first) that refuses every request to `host:port`: one with neither
+    /// method nor path.
+    pub fn whole_host_deny(&self, host: &Host, port: u16) -> Option<&Rule> {
+        self.deny.iter().find(|d| d.denies_whole_host(host, port))
     }
 
     /// Whether some HTTP rule could allow a request to `host:port`: if not, a TLS connection is
-    /// denied before any interception (no certificate is minted for it).
+    /// denied before any interception (no certificate is minted for it). False also when a deny
+    /// rule refuses every request to it ([`RuleSet::whole_host_deny`]).
     pub fn may_allow_http(&self, host: &Host, port: u16) -> bool {
-        self.find(host, port, |k| matches!(k, RuleKind::Http { .. }))
-            .is_some()
+        self.whole_host_deny(host, port).is_none()
+            && self
+                .find(host, port, |k| matches!(k, RuleKind::Http { .. }))
+                .is_some()
     }
 
-    /// A TCP connection to `port` on the pod's loopback: allowed only by a pod-local rule.
+    /// A TCP connection to `port` on the pod's loopback: allowed only by a pod-local rule. Deny
+    /// rules do not apply (they name hosts; the pod's loopback has none).
     pub fn check_pod_local(&self, port: u16) -> Option<&Rule> {
         self.rules
             .iter()
@@ -658,14 +819,14 @@ mod tests {
         assert!(!check(&set, "GET", "registry.npmjs.org", 80, "/x").is_allow());
         assert!(!check(&set, "PUT", "registry.npmjs.org", 443, "/x").is_allow());
         let gh = Host::parse("github.com").unwrap();
-        assert!(set.check_tcp(&gh, 22).is_some());
-        assert!(set.check_tcp(&gh, 443).is_none());
+        assert!(set.check_tcp(&gh, 22).is_allow());
+        assert!(!set.check_tcp(&gh, 443).is_allow());
         assert!(
             !set.may_allow_http(&gh, 22),
             "a TCP rule does not allow HTTP"
         );
         let pinned = Host::parse("pinned.example.com").unwrap();
-        assert!(set.check_passthrough(&pinned, 443).is_some());
+        assert!(set.check_passthrough(&pinned, 443).is_allow());
         assert!(!set.may_allow_http(&pinned, 443));
         assert_eq!(
             set.rules()[0].origin.to_string(),
@@ -705,6 +866,7 @@ mod tests {
             http: &http,
             tcp: &tcp,
             pod_local: &[],
+            ..RuleSource::default()
         })
         .unwrap_err();
         let fields: Vec<(&str, Option<usize>)> = problems
@@ -779,8 +941,8 @@ mod tests {
         let lo = Host::parse("127.0.0.1").unwrap();
         let any = Host::parse("db.example.com").unwrap();
         for host in [&lo, &any] {
-            assert!(set.check_tcp(host, 5432).is_none());
-            assert!(set.check_passthrough(host, 5432).is_none());
+            assert!(!set.check_tcp(host, 5432).is_allow());
+            assert!(!set.check_passthrough(host, 5432).is_allow());
         }
         assert!(!set.may_allow_http(&any, 5432));
         let Verdict::Deny(misses) = check(&set, "GET", "db.example.com", 5432, "/") else {
@@ -833,6 +995,195 @@ mod tests {
         })
         .unwrap_err();
         assert_eq!(problems[0].field, "--allow-pod-local[1].ports[0]");
+    }
+
+    fn with_deny(allow: &[&str], deny: &[&str], tcp: &[TcpRule]) -> RuleSet {
+        let allow: Vec<String> = allow.iter().map(|s| (*s).to_owned()).collect();
+        let deny: Vec<String> = deny.iter().map(|s| (*s).to_owned()).collect();
+        let compiled = compile(RuleSource {
+            policy: Some("admins"),
+            cluster: true,
+            field_prefix: "spec.",
+            allow: &allow,
+            deny: &deny,
+            tcp,
+            ..RuleSource::default()
+        })
+        .unwrap();
+        RuleSet::new(compiled, Mode::Enforce)
+    }
+
+    #[test]
+    fn a_matching_deny_rule_beats_every_allow_rule_and_names_itself() {
+        let set = with_deny(
+            &["domain=*", "domain=api.example.com method=POST"],
+            &[
+                "domain=api.example.com method=POST path=/upload/*",
+                "domain=pastebin.com",
+            ],
+            &[],
+        );
+        assert_eq!(set.rules().len(), 2);
+        assert_eq!(set.deny_rules().len(), 2);
+        assert!(check(&set, "POST", "api.example.com", 443, "/v1/items").is_allow());
+        assert!(check(&set, "GET", "api.example.com", 443, "/upload/a").is_allow());
+        let Verdict::Denied { by, overrides } =
+            check(&set, "POST", "API.example.com.", 443, "/upload/a")
+        else {
+            panic!("the deny rule did not win")
+        };
+        assert_eq!(
+            by.origin.to_string(),
+            "ClusterBoundaryPolicy admins spec.deny[0]: domain=api.example.com method=POST \
+             path=/upload/*"
+        );
+        assert_eq!(
+            overrides.map(|r| r.origin.field.as_str()),
+            Some("spec.allow[0]")
+        );
+        // Path normalisation applies to deny rules as to allow rules.
+        assert!(matches!(
+            check(&set, "POST", "api.example.com", 443, "/v1/../upload/%61"),
+            Verdict::Denied { .. }
+        ));
+        let Verdict::Denied { by, .. } = check(&set, "GET", "pastebin.com", 8080, "/") else {
+            panic!("a whole-host deny rule did not win over domain=*")
+        };
+        assert_eq!(by.origin.field, "spec.deny[1]");
+        // Nothing allows it either: still named by the deny rule, with nothing overridden.
+        let set = with_deny(&[], &["domain=pastebin.com"], &[]);
+        assert!(matches!(
+            check(&set, "GET", "pastebin.com", 443, "/"),
+            Verdict::Denied {
+                overrides: None,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn connections_the_proxy_cannot_look_into_are_denied_by_host_and_port() {
+        let tcp = [TcpRule {
+            domain: "git.example.com".into(),
+            ports: vec![Port::new(22).unwrap()],
+        }];
+        let set = with_deny(
+            &["domain=*"],
+            &[
+                "domain=git.example.com method=POST path=/upload",
+                "domain=pastebin.com",
+                "domain=*.corp.example port=443",
+            ],
+            &tcp,
+        );
+        let git = Host::parse("git.example.com").unwrap();
+        let paste = Host::parse("pastebin.com").unwrap();
+        let corp = Host::parse("wiki.corp.example").unwrap();
+        // A TCP rule, a deny rule for the host with a method and path: denied (fail closed).
+        let Verdict::Denied { by, overrides } = set.check_tcp(&git, 22) else {
+            panic!("TCP allowed past a deny rule")
+        };
+        assert_eq!(by.origin.field, "spec.deny[0]");
+        assert_eq!(overrides.unwrap().origin.field, "spec.tcp[0]");
+        assert!(matches!(
+            set.check_passthrough(&git, 443),
+            Verdict::Denied {
+                overrides: None,
+                ..
+            }
+        ));
+        assert!(matches!(set.check_tcp(&paste, 22), Verdict::Denied { .. }));
+        assert!(!set.check_tcp(&corp, 22).is_allow());
+        assert!(set.deny_for(&corp, 22).is_none(), "the port narrows it");
+        assert!(set.deny_for(&corp, 443).is_some());
+        // TLS is refused before a certificate only by a deny rule without method and path.
+        assert!(
+            set.may_allow_http(&git, 443),
+            "requests are checked one by one"
+        );
+        assert!(set.whole_host_deny(&git, 443).is_none());
+        assert!(!set.may_allow_http(&paste, 443));
+        assert_eq!(
+            set.whole_host_deny(&paste, 443).unwrap().origin.field,
+            "spec.deny[1]"
+        );
+        assert!(!set.may_allow_http(&corp, 443) && set.may_allow_http(&corp, 8443));
+    }
+
+    #[test]
+    fn deny_rules_without_a_domain_or_with_star_cover_ip_literals() {
+        let set = with_deny(
+            &["domain=10.0.0.0/8", "domain=example.com"],
+            &["method=DELETE", "domain=* path=/admin/*"],
+            &[],
+        );
+        assert!(check(&set, "GET", "10.1.2.3", 80, "/admin").is_allow());
+        for (method, host, path) in [
+            ("DELETE", "10.1.2.3", "/x"),
+            ("DELETE", "example.com", "/x"),
+            ("GET", "10.1.2.3", "/admin/users"),
+            ("GET", "[::ffff:10.1.2.3]", "/admin/users"),
+            ("GET", "example.com", "/admin/users"),
+        ] {
+            assert!(
+                matches!(check(&set, method, host, 80, path), Verdict::Denied { .. }),
+                "{method} {host} {path}"
+            );
+        }
+    }
+
+    #[test]
+    fn deny_rules_leave_pod_local_ports_alone() {
+        let deny = vec!["domain=*".to_owned(), "method=GET".to_owned()];
+        let compiled = compile(RuleSource {
+            field_prefix: "--",
+            deny: &deny,
+            pod_local: &[pod_local(&[5432], None)],
+            ..RuleSource::default()
+        })
+        .unwrap();
+        let set = RuleSet::new(compiled, Mode::Enforce);
+        assert_eq!(
+            set.check_pod_local(5432).map(|r| r.origin.to_string()),
+            Some("--allow-pod-local[0]: podLocal ports=5432".to_owned())
+        );
+        assert_eq!(
+            set.deny_rules()[1].origin.to_string(),
+            "--deny[1]: method=GET",
+            "command-line deny rules are not a ClusterBoundaryPolicy's"
+        );
+    }
+
+    #[test]
+    fn deny_rule_problems_carry_their_place_and_column() {
+        let deny = vec![
+            "domain=ok.com".to_owned(),
+            "domain=pastebin.* method=POST".to_owned(),
+            "domain=a.com metod=GET".to_owned(),
+        ];
+        let allow = vec!["domain=b.*".to_owned()];
+        let CompileErrors(problems) = compile(RuleSource {
+            policy: Some("admins"),
+            cluster: true,
+            field_prefix: "spec.",
+            deny: &deny,
+            allow: &allow,
+            ..RuleSource::default()
+        })
+        .unwrap_err();
+        let fields: Vec<(&str, Option<usize>)> = problems
+            .iter()
+            .map(|p| (p.field.as_str(), p.column))
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                ("spec.deny[1]", Some(17)),
+                ("spec.deny[2]", Some(14)),
+                ("spec.allow[0]", Some(10)),
+            ]
+        );
+        assert!(problems[1].message.contains("did you mean `method`"));
     }
 
     #[test]

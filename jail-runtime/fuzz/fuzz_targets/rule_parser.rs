@@ -43,7 +43,37 @@ fuzz_target!(|data: &[u8]| {
         method,
         path: &path,
     };
-    let _ = set.check_http(req);
+    let allowed = set.check_http(req).is_allow();
+    // The same string as a deny rule matches at least what it allows (a deny rule's `*` also
+    // covers IP literals), beats an allow-everything rule, and also refuses TCP and passthrough
+    // to that host and port.
+    let deny = vec![rule.to_owned()];
+    let everything = vec![
+        "domain=*".to_owned(),
+        "domain=0.0.0.0/0".to_owned(),
+        "domain=::/0".to_owned(),
+    ];
+    let denying = RuleSet::new(
+        rules::compile(RuleSource {
+            field_prefix: "--",
+            deny: &deny,
+            allow: &everything,
+            ..RuleSource::default()
+        })
+        .expect("a rule that compiles as an allow rule compiles as a deny rule"),
+        Mode::Enforce,
+    );
+    let verdict = denying.check_http(req);
+    if allowed {
+        assert!(
+            verdict.deny_rule().is_some(),
+            "{rule:?} allows but does not deny {request:?}"
+        );
+    }
+    if verdict.deny_rule().is_some() {
+        assert!(!denying.check_tcp(&host, 443).is_allow());
+        assert!(!denying.check_passthrough(&host, 443).is_allow());
+    }
     for suggestion in rules::suggest(req) {
         let allow = vec![suggestion.clone()];
         let compiled = rules::compile(RuleSource {

@@ -22,6 +22,14 @@ pub enum Decision {
     WouldDeny,
 }
 
+/// What refused a request or connection, when it was not the absence of an allow rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeniedBy {
+    /// The record's `rule` is a deny rule, which beats every allow rule.
+    DenyRule,
+}
+
 /// Who is being audited: from the environment the webhook sets.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Identity {
@@ -60,9 +68,12 @@ pub struct Record {
     pub path: Option<String>,
     /// The decision.
     pub decision: Decision,
-    /// The rule that allowed it.
+    /// The rule that allowed it, or the deny rule that refused it (then `denied_by` is set).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
+    /// `deny-rule` when a deny rule refused it (or would have, in Audit mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub denied_by: Option<DeniedBy>,
     /// Why it was denied (or would have been).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -319,6 +330,7 @@ mod tests {
             path: Some(format!("/{n}")),
             decision: Decision::Allow,
             rule: None,
+            denied_by: None,
             reason: None,
             mode: Mode::Enforce,
             tier: None,

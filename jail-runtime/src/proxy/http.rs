@@ -1,6 +1,7 @@
 //! HTTP inside a connection (plain or intercepted TLS; HTTP/1.1 keep-alive and HTTP/2): every
 //! request is checked, audited, and forwarded with bodies streamed both ways, trailers and
-//! upgrades (WebSocket) included, or answered 403 with the rule that would allow it.
+//! upgrades (WebSocket) included, or answered 403 with the rule that would allow it (or the deny
+//! rule that refused it, which no allow rule can override).
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -11,7 +12,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use boundary_api::Mode;
-use boundary_api::rules::{Host, HttpRequest, Miss, Verdict, suggest};
+use boundary_api::rules::{Host, HttpRequest, Miss, Rule, Verdict, suggest};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -28,7 +29,7 @@ use super::keepalive::{self, Exchange, Pending};
 use super::metrics::{Kind, UpstreamError};
 use super::pod_local::{self, PodLocalDecision};
 use super::upstream::{Body, BoxError, Failure};
-use super::{ConnCtx, Destination, Proxy, unspecified};
+use super::{ConnCtx, Destination, Proxy, name_rule, unspecified};
 
 /// Headers of one hop only (RFC 9110 §7.6.1), never forwarded.
 const HOP_BY_HOP: [&str; 8] = [
@@ -283,14 +284,20 @@ async fn handle(
     let mut rec = proxy.record(&ctx, scheme.as_str(), &target.host, target.port, mode);
     rec.method = Some(parts.method.to_string());
     rec.path = Some(target.path.to_string());
+    let refused = if mode == Mode::Audit {
+        Decision::WouldDeny
+    } else {
+        Decision::Deny
+    };
     match &verdict {
-        Verdict::Allow(rule) => rec.rule = Some(rule.origin.to_string()),
+        Verdict::Allow(rule) => name_rule(&mut rec, rule),
+        Verdict::Denied { by, overrides } => {
+            rec.decision = refused;
+            name_rule(&mut rec, by);
+            rec.reason = Some(denied_reason(by, *overrides));
+        }
         Verdict::Deny(misses) => {
-            rec.decision = if mode == Mode::Audit {
-                Decision::WouldDeny
-            } else {
-                Decision::Deny
-            };
+            rec.decision = refused;
             rec.reason = Some(deny_reason(misses));
         }
     }
@@ -298,10 +305,13 @@ async fn handle(
     if rec.decision == Decision::Deny {
         rec.status = Some(403);
         proxy.inner.audit.record(&rec);
-        let Verdict::Deny(misses) = &verdict else {
-            unreachable!()
+        return match &verdict {
+            Verdict::Denied { by, overrides } => {
+                denied_page(scheme, request, by, *overrides, &proxy, &ctx)
+            }
+            Verdict::Deny(misses) => deny_page(scheme, request, misses, &proxy, &ctx),
+            Verdict::Allow(_) => unreachable!("an allowed request is never refused"),
         };
-        return deny_page(scheme, request, misses, &proxy, &ctx);
     }
     forward(proxy, scheme, parts, body, &target, rec, client_upgrade).await
 }
@@ -407,6 +417,56 @@ fn deny_reason(misses: &[(&boundary_api::rules::Rule, Miss)]) -> String {
             .collect();
         format!("no rule allows this request ({})", near.join("; "))
     }
+}
+
+/// Why a deny rule refused a request.
+fn denied_reason(by: &Rule, overrides: Option<&Rule>) -> String {
+    match overrides {
+        Some(allow) => format!(
+            "denied by the deny rule {}, which wins over the allow rule {}",
+            by.origin, allow.origin
+        ),
+        None => format!("denied by the deny rule {}", by.origin),
+    }
+}
+
+/// The 403 page for a request a deny rule matches: the rule, and that no allow rule can let the
+/// request through (so none is suggested).
+fn denied_page(
+    scheme: Scheme,
+    req: HttpRequest<'_>,
+    by: &Rule,
+    overrides: Option<&Rule>,
+    proxy: &Proxy,
+    ctx: &ConnCtx,
+) -> Response<Body> {
+    let tier = ctx
+        .tier
+        .or(proxy.inner.tier)
+        .map_or("none".into(), |t| t.to_string());
+    let mut body = format!(
+        "Blocked by Agent Boundary: {} {}://{}:{}{}\n\nDenied by a deny rule (mode Enforce, jail tier {tier}):\n  {}\n\n\
+         A deny rule wins over every allow rule: no allow rule can let this request through.\n",
+        req.method,
+        scheme.as_str(),
+        req.host,
+        req.port,
+        req.path,
+        by.origin,
+    );
+    if let Some(allow) = overrides {
+        let _ = writeln!(body, "It overrides the allow rule {}.", allow.origin);
+    }
+    if by.origin.cluster {
+        body.push_str(
+            "It is a ClusterBoundaryPolicy's rule, set by the cluster's administrators: ask them \
+             if this request must be allowed.\n",
+        );
+    }
+    let mut resp = text(403, body);
+    resp.headers_mut()
+        .insert("x-agent-boundary", HeaderValue::from_static("denied"));
+    resp
 }
 
 /// The 403 page: what was blocked, the rules that came close, and the rules that would allow
@@ -710,8 +770,8 @@ fn connect(
     };
     let resolved = proxy.rules_for(ctx.container.as_deref());
     let rules = &resolved.rules;
-    let could = rules.check_tcp(&host, port).is_some()
-        || rules.check_passthrough(&host, port).is_some()
+    let could = rules.check_tcp(&host, port).is_allow()
+        || rules.check_passthrough(&host, port).is_allow()
         || rules.may_allow_http(&host, port);
     if let Host::Ip(ip) = host
         && pod_local::is_loopback(ip)
@@ -729,9 +789,24 @@ fn connect(
             return text(403, format!("Blocked by Agent Boundary: {reason}\n"));
         }
     } else if !could && rules.mode() == Mode::Enforce {
-        let reason = format!("CONNECT to {host}:{port}: no rule allows this host");
+        // Before the tunnel nothing inside it is seen: a deny rule for the host and port refuses
+        // it unless requests in it could be checked one by one (an HTTP rule, no whole-host deny).
+        let deny = rules
+            .whole_host_deny(&host, port)
+            .or_else(|| rules.deny_for(&host, port));
+        let reason = match deny {
+            Some(by) => format!(
+                "CONNECT to {host}:{port}: denied by the deny rule {}, which no allow rule can \
+                 override",
+                by.origin
+            ),
+            None => format!("CONNECT to {host}:{port}: no rule allows this host"),
+        };
         proxy.inner.metrics.decision(Kind::Tcp, Decision::Deny);
         let mut rec = proxy.record(ctx, "tcp", &host, port, rules.mode());
+        if let Some(by) = deny {
+            name_rule(&mut rec, by);
+        }
         rec.method = Some("CONNECT".into());
         rec.decision = Decision::Deny;
         rec.reason = Some(reason.clone());

@@ -14,6 +14,14 @@
 //!    else is refused;
 //! 4. every HTTP request is checked (see [`head`] and `boundary_api::rules`), audited, and
 //!    forwarded with bodies streamed both ways, or answered 403 with the rule that would allow it.
+//!
+//! Deny rules (a `ClusterBoundaryPolicy`'s, `--deny`) win over every allow rule at each step: a
+//! TCP or passthrough connection to a host and port a deny rule names is not relayed (the proxy
+//! cannot see its method or path), TLS to a host a method- and path-less deny rule names gets the
+//! alert before any certificate, and a request a deny rule matches gets a 403 naming that rule
+//! (no allow rule is suggested: none would help). In Audit mode each of them is let through and
+//! recorded as `would-deny` with the rule. Audit records name the deny rule in `rule`, with
+//! `"denied_by": "deny-rule"`. Pod-local connections (step 0) are not affected.
 
 pub mod audit;
 pub mod client_hello;
@@ -35,7 +43,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use boundary_api::rules::{Host, RuleSet};
+use boundary_api::rules::{Host, Rule, RuleSet, Verdict};
 use boundary_api::{Mode, Tier};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, UnixListener, UnixStream};
@@ -187,6 +195,7 @@ impl Proxy {
             path: None,
             decision: Decision::Allow,
             rule: None,
+            denied_by: None,
             reason: None,
             mode,
             tier,
@@ -227,43 +236,62 @@ impl Proxy {
             self.serve_pod_local(io, &ctx, dest.dst, rules).await;
             return;
         }
-        if let Some(rule) = rules.check_tcp(&bound, port) {
-            let origin = rule.origin.to_string();
+        // A TCP rule relays it. One a deny rule beats: Audit lets it through as a would-be
+        // denial; Enforce goes on, as the connection may still be HTTP or TLS whose requests
+        // are checked one by one.
+        let tcp = rules.check_tcp(&bound, port);
+        let relayed = match tcp {
+            Verdict::Allow(rule) => Some((Decision::Allow, rule, None)),
+            Verdict::Denied {
+                by,
+                overrides: Some(_),
+            } if rules.mode() == Mode::Audit => Some((
+                Decision::WouldDeny,
+                by,
+                Some(connection_denied(by, &bound, port, "plain TCP")),
+            )),
+            _ => None,
+        };
+        if let Some((decision, rule, reason)) = relayed {
+            let mode = rules.mode();
             self.relay(
                 io,
                 Vec::new(),
                 &ctx,
                 &bound,
                 "tcp",
-                Decision::Allow,
-                Some(origin),
-                None,
-                rules.mode(),
+                decision,
+                Some(rule),
+                reason,
+                mode,
             )
             .await;
             return;
         }
         // When nothing could allow this name, give the client only a moment to say what it
         // is: an HTTP client still gets a 403 page and a TLS client an alert, while a protocol
-        // where the server speaks first (ssh) is closed quickly.
+        // where the server speaks first (ssh) is closed quickly. The same for the port of a TCP
+        // rule a deny rule beat: most likely such a protocol, and HTTP or TLS clients speak at
+        // once anyway.
         let hopeless = matches!(bound, Host::Name(_))
             && rules.mode() == Mode::Enforce
             && !rules.may_allow_http(&bound, port)
-            && rules.check_passthrough(&bound, port).is_none();
-        let wait = if hopeless { HOPELESS_WAIT } else { FIRST_BYTES };
+            && !rules.check_passthrough(&bound, port).is_allow();
+        let tcp_beaten = matches!(
+            tcp,
+            Verdict::Denied {
+                overrides: Some(_),
+                ..
+            }
+        );
+        let wait = if hopeless || tcp_beaten {
+            HOPELESS_WAIT
+        } else {
+            FIRST_BYTES
+        };
         let mut buf = Vec::with_capacity(2048);
         if !read_more(&mut io, &mut buf, wait).await {
-            let reason = if hopeless {
-                format!(
-                    "no rule allows connections to {bound}:{port}; to allow plain TCP add a tcp rule {{domain: {bound}, ports: [{port}]}}"
-                )
-            } else {
-                format!(
-                    "the client sent nothing within {}s and no tcp rule allows {bound}:{port}",
-                    FIRST_BYTES.as_secs()
-                )
-            };
-            self.deny_connection(&ctx, &bound, "tcp", reason, rules.mode());
+            self.deny_silent(&ctx, &bound, hopeless, rules);
             return;
         }
         if client_hello::is_tls_start(buf[0]) {
@@ -285,20 +313,49 @@ impl Proxy {
                 break;
             }
         }
-        Box::pin(self.handle_plain(io, buf, ctx, &bound, rules.mode())).await;
+        Box::pin(self.handle_plain(io, buf, ctx, &bound, rules)).await;
+    }
+
+    /// Records a connection whose client sent nothing (in time) as denied.
+    fn deny_silent(&self, ctx: &ConnCtx, bound: &Host, hopeless: bool, rules: &RuleSet) {
+        let port = ctx.port;
+        let deny = rules.deny_for(bound, port);
+        let reason = if let Some(by) = deny {
+            connection_denied(by, bound, port, "plain TCP")
+        } else if hopeless {
+            format!(
+                "no rule allows connections to {bound}:{port}; to allow plain TCP add a tcp rule {{domain: {bound}, ports: [{port}]}}"
+            )
+        } else {
+            format!(
+                "the client sent nothing within {}s and no tcp rule allows {bound}:{port}",
+                FIRST_BYTES.as_secs()
+            )
+        };
+        self.deny_connection_by(ctx, bound, "tcp", reason, rules.mode(), deny);
     }
 
     /// A connection that did not start with TLS: HTTP, or bytes no rule allows.
-    async fn handle_plain(&self, io: BoxIo, buf: Vec<u8>, ctx: ConnCtx, bound: &Host, mode: Mode) {
+    async fn handle_plain(
+        &self,
+        io: BoxIo,
+        buf: Vec<u8>,
+        ctx: ConnCtx,
+        bound: &Host,
+        rules: &RuleSet,
+    ) {
         let port = ctx.port;
+        let mode = rules.mode();
+        let deny = rules.deny_for(bound, port);
         if sniff_http(&buf) == Some(true) {
             let protocol = http::Protocol::from_start(&buf);
             let io = Prefixed::new(buf, io);
             http::serve(self.clone(), io, ctx, Scheme::Http, protocol).await;
         } else if mode == Mode::Audit {
-            let reason = Some(format!(
-                "not HTTP or TLS and no tcp rule allows {bound}:{port}"
-            ));
+            let reason = Some(match deny {
+                Some(by) => connection_denied(by, bound, port, "plain TCP"),
+                None => format!("not HTTP or TLS and no tcp rule allows {bound}:{port}"),
+            });
             self.relay(
                 io,
                 buf,
@@ -306,16 +363,19 @@ impl Proxy {
                 bound,
                 "tcp",
                 Decision::WouldDeny,
-                None,
+                deny,
                 reason,
                 Mode::Audit,
             )
             .await;
         } else {
-            let reason = format!(
-                "not HTTP or TLS, and no tcp rule allows {bound}:{port}; add a tcp rule {{domain: {bound}, ports: [{port}]}}"
-            );
-            self.deny_connection(&ctx, bound, "tcp", reason, mode);
+            let reason = match deny {
+                Some(by) => connection_denied(by, bound, port, "plain TCP"),
+                None => format!(
+                    "not HTTP or TLS, and no tcp rule allows {bound}:{port}; add a tcp rule {{domain: {bound}, ports: [{port}]}}"
+                ),
+            };
+            self.deny_connection_by(&ctx, bound, "tcp", reason, mode, deny);
         }
     }
 
@@ -353,18 +413,36 @@ impl Proxy {
             return;
         }
         let name = sni.clone().unwrap_or_else(|| bound.clone());
-        if let Some(rule) = rules.check_passthrough(&name, port) {
-            let origin = rule.origin.to_string();
+        // A passthrough rule relays it. One a deny rule beats: Audit relays it as a would-be
+        // denial; Enforce goes on to interception when an HTTP rule could allow requests there,
+        // else to the alert.
+        let mut beaten = None;
+        let relayed = match rules.check_passthrough(&name, port) {
+            Verdict::Allow(rule) => Some((Decision::Allow, rule, None)),
+            Verdict::Denied {
+                by,
+                overrides: Some(_),
+            } => {
+                beaten = Some(by);
+                (rules.mode() == Mode::Audit).then(|| {
+                    let reason = connection_denied(by, &name, port, "TLS passthrough");
+                    (Decision::WouldDeny, by, Some(reason))
+                })
+            }
+            _ => None,
+        };
+        if let Some((decision, rule, reason)) = relayed {
+            let mode = rules.mode();
             self.relay(
                 io,
                 buf,
                 ctx,
                 &name,
                 "tls",
-                Decision::Allow,
-                Some(origin),
-                None,
-                rules.mode(),
+                decision,
+                Some(rule),
+                reason,
+                mode,
             )
             .await;
             return;
@@ -375,8 +453,7 @@ impl Proxy {
                 .write_all(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 49])
                 .await;
             let _ = io.shutdown().await;
-            let reason = format!("no rule allows HTTPS to {name}:{port}");
-            self.deny_connection(ctx, &name, "tls", reason, rules.mode());
+            self.deny_tls(ctx, &name, beaten, rules);
             return;
         }
         let h2 = hello.alpn.iter().any(|p| p == b"h2");
@@ -411,6 +488,21 @@ impl Proxy {
         .await;
     }
 
+    /// Records TLS refused before interception: by a whole-host deny rule, by a deny rule that
+    /// beat a passthrough rule (`beaten`), or for want of an allow rule.
+    fn deny_tls(&self, ctx: &ConnCtx, name: &Host, beaten: Option<&Rule>, rules: &RuleSet) {
+        let port = ctx.port;
+        let (reason, deny) = if let Some(by) = rules.whole_host_deny(name, port) {
+            (whole_host_denied(by, name, port), Some(by))
+        } else if let Some(by) = beaten {
+            let reason = connection_denied(by, name, port, "TLS passthrough");
+            (reason, Some(by))
+        } else {
+            (format!("no rule allows HTTPS to {name}:{port}"), None)
+        };
+        self.deny_connection_by(ctx, name, "tls", reason, rules.mode(), deny);
+    }
+
     fn deny_connection(
         &self,
         ctx: &ConnCtx,
@@ -418,6 +510,19 @@ impl Proxy {
         scheme: &'static str,
         reason: String,
         mode: Mode,
+    ) {
+        self.deny_connection_by(ctx, host, scheme, reason, mode, None);
+    }
+
+    /// Records a denied connection; `rule`: the deny rule that refused it.
+    fn deny_connection_by(
+        &self,
+        ctx: &ConnCtx,
+        host: &Host,
+        scheme: &'static str,
+        reason: String,
+        mode: Mode,
+        rule: Option<&Rule>,
     ) {
         let kind = if scheme == "tls" {
             Kind::Tls
@@ -428,6 +533,9 @@ impl Proxy {
         let mut rec = self.record(ctx, scheme, host, ctx.port, mode);
         rec.decision = Decision::Deny;
         rec.reason = Some(reason);
+        if let Some(rule) = rule {
+            name_rule(&mut rec, rule);
+        }
         self.inner.audit.record(&rec);
     }
 
@@ -441,7 +549,7 @@ impl Proxy {
         host: &Host,
         scheme: &'static str,
         decision: Decision,
-        rule: Option<String>,
+        rule: Option<&Rule>,
         reason: Option<String>,
         mode: Mode,
     ) {
@@ -454,7 +562,9 @@ impl Proxy {
         let started = Instant::now();
         let mut rec = self.record(ctx, scheme, host, ctx.port, mode);
         rec.decision = decision;
-        rec.rule = rule;
+        if let Some(rule) = rule {
+            name_rule(&mut rec, rule);
+        }
         rec.reason = reason;
         match self.inner.upstream.connect_tcp(host, ctx.port).await {
             Ok(upstream) => {
@@ -612,6 +722,31 @@ impl Proxy {
             });
         }
     }
+}
+
+/// Puts the rule that decided into a record: `rule`, and `denied_by` for a deny rule.
+fn name_rule(rec: &mut Record, rule: &Rule) {
+    rec.rule = Some(rule.origin.to_string());
+    if rule.is_deny() {
+        rec.denied_by = Some(audit::DeniedBy::DenyRule);
+    }
+}
+
+/// Why a connection whose requests the proxy cannot see (plain TCP, TLS passthrough) is denied.
+fn connection_denied(by: &Rule, host: &Host, port: u16, what: &str) -> String {
+    format!(
+        "denied by the deny rule {}: it names {host}:{port}, and the proxy cannot see the method \
+         or path of a {what} connection, so it is denied whatever allows it",
+        by.origin
+    )
+}
+
+/// Why TLS to a host a method- and path-less deny rule names is refused.
+fn whole_host_denied(by: &Rule, host: &Host, port: u16) -> String {
+    format!(
+        "denied by the deny rule {}: it refuses every request to {host}:{port}, whatever allows it",
+        by.origin
+    )
 }
 
 /// Unix stream sockets default to small buffers (about 200 KiB), which caps bulk throughput

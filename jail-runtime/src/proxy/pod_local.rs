@@ -3,7 +3,8 @@
 //! (`BOUNDARY_POD_LOCAL_PORTS`); whatever arrives here with a loopback destination is decided by
 //! `podLocal` rules alone ([`decide`], pure), never by host rules, then relayed as raw TCP to the
 //! same loopback address and port in the proxy's network namespace (the pod's; standalone, the
-//! host's) and audited as `pod-local`.
+//! host's) and audited as `pod-local`. Deny rules do not apply: they name hosts, and the pod's
+//! loopback has none (a `ClusterBoundaryPolicy` cannot add `podLocal` rules either).
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
