@@ -233,7 +233,7 @@ impl Jails {
                     proxy.record_inbound(hello.container.clone(), hello.tier, event);
                 }
                 Ok(SessionMessage::Unreachable(report)) => {
-                    record_unreachable(proxy, &hello, report);
+                    record_unreachable(proxy, &hello, &report);
                 }
                 Err(e) => {
                     tracing::warn!(container = %name, error = %e, "session closed");
@@ -329,7 +329,7 @@ impl Jails {
 /// Audits what a jail's `boundary run` refused while this sidecar was unreachable: one
 /// `unreachable-sidecar` record per listed connection (`decision: deny`, destination, host,
 /// port, `at`), then one `unreachable-sidecar-summary` with the totals.
-fn record_unreachable(proxy: &Proxy, hello: &Hello, report: UnreachableReport) {
+fn record_unreachable(proxy: &Proxy, hello: &Hello, report: &UnreachableReport) {
     tracing::warn!(
         container = hello.container.as_deref().unwrap_or(""),
         refused = report.refused,

@@ -159,16 +159,7 @@ pub fn run(args: &SidecarArgs) -> i32 {
 
 async fn serve(args: &SidecarArgs, jails: Arc<Jails>) -> anyhow::Result<()> {
     let session = crate::run::session_id();
-    let (ca, ca_origin) = match &args.ca_dir {
-        Some(dir) => CertAuthority::load_or_generate(dir, &session)?,
-        None => (CertAuthority::generate(&session)?, CaOrigin::Ephemeral),
-    };
-    if let CaOrigin::New {
-        replaced: Some(why),
-    } = &ca_origin
-    {
-        tracing::warn!(reason = %why, "the kept proxy CA is unusable: replaced by a new one");
-    }
+    let (ca, ca_origin) = proxy_ca(args, &session)?;
     let ca = Arc::new(ca);
     let dir = args.socket.parent().unwrap_or(Path::new("/")).to_path_buf();
     std::fs::create_dir_all(&dir)?;
@@ -209,23 +200,7 @@ async fn serve(args: &SidecarArgs, jails: Arc<Jails>) -> anyhow::Result<()> {
     let listener = tokio::net::UnixListener::bind(&args.socket)?;
     // Jailed containers may run as any user.
     std::fs::set_permissions(&args.socket, std::fs::Permissions::from_mode(0o666))?;
-    let restored_states = jails.state_file_exists();
-    let restored = jails.restore();
-    if restored_states || ca_origin == CaOrigin::Reused {
-        record_restart(&proxy, &ca_origin, &jails);
-    }
-    if proxy.policy_file_missing() {
-        proxy.record_event(
-            "policy-missing",
-            None,
-            None,
-            serde_json::json!({
-                "file": args.policy_file.display().to_string(),
-                "policyHash": null,
-                "kept": "deny-all",
-            }),
-        );
-    }
+    let restored = report_start(args, &proxy, &ca_origin, &jails);
     tokio::spawn(proxy.clone().run_unix(listener, Some(jails.clone())));
     if restored {
         let jails = jails.clone();
@@ -262,6 +237,54 @@ async fn serve(args: &SidecarArgs, jails: Arc<Jails>) -> anyhow::Result<()> {
     }
     proxy.flush().await;
     Ok(())
+}
+
+/// The CA: kept in `--ca-dir` (reused when usable), or a new one for this run only.
+fn proxy_ca(args: &SidecarArgs, session: &str) -> anyhow::Result<(CertAuthority, CaOrigin)> {
+    let (ca, origin) = match &args.ca_dir {
+        Some(dir) => CertAuthority::load_or_generate(dir, session)?,
+        None => (CertAuthority::generate(session)?, CaOrigin::Ephemeral),
+    };
+    if let CaOrigin::New {
+        replaced: Some(why),
+    } = &origin
+    {
+        tracing::warn!(reason = %why, "the kept proxy CA is unusable: replaced by a new one");
+    }
+    Ok((ca, origin))
+}
+
+/// Audits what this start found: traces of a previous run (`sidecar-restart`) and a missing
+/// policy file. Takes over the previous run's jail states; returns whether there were any.
+fn report_start(
+    args: &SidecarArgs,
+    proxy: &crate::proxy::Proxy,
+    ca_origin: &CaOrigin,
+    jails: &Jails,
+) -> bool {
+    let restored_states = jails.state_file_exists();
+    let restored = jails.restore();
+    // A kept CA (usable or not) is a previous run's.
+    let kept_ca = matches!(
+        ca_origin,
+        CaOrigin::Reused | CaOrigin::New { replaced: Some(_) }
+    );
+    if restored_states || kept_ca {
+        record_restart(proxy, ca_origin, jails);
+    }
+    if proxy.policy_file_missing() {
+        proxy.record_event(
+            "policy-missing",
+            None,
+            None,
+            serde_json::json!({
+                "file": args.policy_file.display().to_string(),
+                "policyHash": null,
+                "kept": "deny-all",
+            }),
+        );
+    }
+    restored
 }
 
 /// Says in the log and the audit trail that this start follows an earlier run of the sidecar in
