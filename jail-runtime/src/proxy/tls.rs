@@ -188,10 +188,10 @@ impl CertAuthority {
             (_, Err(e)) => Some(format!("{KEPT_CA_KEY}: {e}")),
         };
         std::fs::create_dir_all(dir).map_err(fail)?;
-        // Only the sidecar mounts the directory; the mode is a second line, and the mount
-        // point of a volume may belong to someone else.
+        // A second line behind the mount: only the sidecar mounts the volume, and its mount
+        // point belongs to root when the sidecar runs as another user (then it stays as it is).
         if let Err(e) = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)) {
-            tracing::warn!(dir = %dir.display(), error = %e, "cannot make the CA directory private (mode 0700); the key file itself is 0600");
+            tracing::info!(dir = %dir.display(), error = %e, "the CA directory keeps its mode (not ours); the key file is 0600");
         }
         let ca = CertAuthority::generate(session)?;
         // The key first: a crash between the two leaves a pair that does not match, which the
