@@ -201,6 +201,11 @@ pub async fn read_header<R: AsyncRead + Unpin>(
         .await
         .map_err(|e| format!("header: {e}"))?
         .ok_or("header missing")?;
+    parse_header(&text)
+}
+
+/// Parses a header line (without its newline).
+pub fn parse_header(text: &str) -> Result<Header, String> {
     if let Some(json) = text.strip_prefix(RELAY_MAGIC) {
         return serde_json::from_str(json)
             .map(Header::Relay)
