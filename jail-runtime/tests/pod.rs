@@ -573,6 +573,17 @@ async fn https_pod(upstream_ca: &TestCa, extra: &[&str]) -> (TestServer, Sidecar
     (https, sidecar)
 }
 
+/// The sidecar's audit trail once `f` holds for it.
+async fn audit_until(sidecar: &Sidecar, what: &str, f: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    for _ in 0..100 {
+        let audit = sidecar.audit().await;
+        if f(&audit) {
+            return audit;
+        }
+    }
+    panic!("{what}: {:?}", sidecar.audit().await);
+}
+
 /// Whether the test server answered a request for `/path`.
 fn served(answer: &str, path: &str) -> bool {
     answer.contains("hello GET allowed.test") && answer.contains(&format!(" /{path} "))
@@ -629,7 +640,13 @@ async fn a_restarted_sidecar_keeps_its_ca_so_the_running_jail_keeps_working() {
     let answer = agent.get("after").await;
     assert!(served(&answer, "after"), "{answer}");
 
-    let audit = sidecar.audit().await;
+    // The restored state says `connected` before the session is back: wait for its report.
+    let audit = audit_until(&sidecar, "the refusals reported", |audit| {
+        audit
+            .iter()
+            .any(|r| r["kind"] == "unreachable-sidecar-summary")
+    })
+    .await;
     let restart = audit
         .iter()
         .find(|r| r["kind"] == "sidecar-restart")
@@ -813,7 +830,10 @@ async fn a_deleted_policy_file_keeps_the_last_policy_and_says_so_until_it_is_bac
         denied.starts_with("HTTP/1.1 403"),
         "the returned policy is enforced: {denied}"
     );
-    let audit = sidecar.audit().await;
+    let audit = audit_until(&sidecar, "the policy file's return audited", |audit| {
+        audit.iter().any(|r| r["kind"] == "policy-restored")
+    })
+    .await;
     let missing: Vec<&Value> = audit
         .iter()
         .filter(|r| r["kind"] == "policy-missing")
