@@ -170,6 +170,10 @@ pub mod volumes {
         /// The namespace's optional ConfigMap of extra upstream CAs
         /// ([`super::objects::UPSTREAM_CA_CONFIGMAP`]), mounted into the sidecar.
         UPSTREAM_CA = "boundary-upstream-ca";
+        /// Memory-backed emptyDir mounted into the sidecar only: its proxy CA (key and
+        /// certificate), kept for the pod's lifetime so a restarted sidecar presents the CA the
+        /// running jails already trust.
+        CA = "boundary-ca";
     }
 }
 
@@ -202,6 +206,8 @@ pub mod paths {
         /// Where the jailed containers also find `boundary` (a single-file mount): on the `PATH`
         /// of practically every image without touching the image's `PATH`.
         BOUNDARY_ON_PATH = "/usr/local/bin/boundary";
+        /// Mount point of [`super::volumes::CA`] in the sidecar (never in a jailed container).
+        CA_DIR = "/run/agent-boundary-ca";
     }
 }
 
@@ -263,6 +269,9 @@ pub mod env {
         /// them `agentboundary.dev/inject=required`, so the webhook's fail-closed configuration
         /// selects them also before Kubernetes 1.21 (the chart passes `webhook.requiredNamespaces`).
         REQUIRED_NAMESPACES = "BOUNDARY_REQUIRED_NAMESPACES";
+        /// On the sidecar: the directory where it keeps its proxy CA across its own restarts
+        /// (see [`super::paths::CA_DIR`]). Unset: a new CA at every start.
+        CA_DIR = "BOUNDARY_CA_DIR";
     }
 }
 
@@ -479,6 +488,8 @@ mod tests {
             assert!(file.starts_with(&format!("{}/", paths::RUN_DIR)), "{file}");
         }
         assert!(paths::BOUNDARY_BIN.starts_with(&format!("{}/", paths::BIN_DIR)));
+        // The jailed containers mount the run directory; the CA key must not be under it.
+        assert!(!paths::CA_DIR.starts_with(&format!("{}/", paths::RUN_DIR)));
         assert_eq!(
             paths::POLICY_FILE,
             format!("{}/{}", paths::POLICY_DIR, objects::POLICY_CONFIGMAP_KEY)

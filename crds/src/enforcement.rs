@@ -25,6 +25,25 @@ pub struct SidecarStatus {
     /// container; a restarted container adds a new one).
     #[serde(default)]
     pub jails: Vec<JailReport>,
+    /// Whether the mounted policy file is there now: `missing` when it vanished (its ConfigMap
+    /// was deleted) and the proxy keeps enforcing the last one it loaded (`policyHash`). Absent
+    /// from older sidecars.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_file: Option<PolicyFileState>,
+}
+
+/// Whether the sidecar's policy file exists ([`SidecarStatus::policy_file`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PolicyFileState {
+    /// The file is there (whether or not its content was accepted).
+    Present,
+    /// The file is gone; the last policy loaded stays in force.
+    Missing,
+    /// A value this build does not know.
+    #[default]
+    #[serde(other)]
+    Unknown,
 }
 
 /// One jail (one `boundary run` in a jailed container).
@@ -112,9 +131,19 @@ mod tests {
         );
         assert_eq!(status.jails[1].exit_code, Some(3));
         assert_eq!(status.jails[2].error.as_deref(), Some("no userns"));
+        assert_eq!(status.policy_file, None, "older sidecars do not say");
         let again: SidecarStatus =
             serde_json::from_value(serde_json::to_value(&status).unwrap()).unwrap();
         assert_eq!(again, status);
+        for (wire, state) in [
+            ("missing", PolicyFileState::Missing),
+            ("present", PolicyFileState::Present),
+            ("evaporated", PolicyFileState::Unknown),
+        ] {
+            let status: SidecarStatus =
+                serde_json::from_value(json!({"policyHash": "ab12", "policyFile": wire})).unwrap();
+            assert_eq!(status.policy_file, Some(state));
+        }
         let text = serde_json::to_value(&status.jails[0]).unwrap();
         assert_eq!(
             text,

@@ -18,14 +18,16 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket, UnixStream};
 use crate::dns::{self, NameTable};
 use crate::jail::{FORWARDER_PORT, ListenerKind};
 use crate::proxy::{Destination, Proxy};
+use crate::session::Refusals;
 
 /// Where intercepted connections go.
 #[derive(Debug, Clone)]
 pub enum Target {
     /// The proxy in this process (standalone `boundary run`).
     Local(Proxy),
-    /// The sidecar's unix socket.
-    Socket(PathBuf),
+    /// The sidecar's unix socket, and where connections refused while it is unreachable are
+    /// noted for the session to report.
+    Socket(PathBuf, Arc<Refusals>),
 }
 
 /// What the forwarder needs.
@@ -113,7 +115,7 @@ impl Forwarder {
         };
         match &self.target {
             Target::Local(proxy) => proxy.serve_connection(Box::new(stream), dest).await,
-            Target::Socket(path) => relay_to_socket(stream, path, &dest).await,
+            Target::Socket(path, refusals) => relay_to_socket(stream, path, &dest, refusals).await,
         }
     }
 
@@ -190,11 +192,25 @@ fn original_destination(stream: &TcpStream) -> Option<SocketAddr> {
     }
 }
 
-async fn relay_to_socket(mut stream: TcpStream, path: &std::path::Path, dest: &Destination) {
+async fn relay_to_socket(
+    mut stream: TcpStream,
+    path: &std::path::Path,
+    dest: &Destination,
+    refusals: &Refusals,
+) {
     let mut upstream = match UnixStream::connect(path).await {
         Ok(s) => s,
         Err(e) => {
-            tracing::warn!(error = %e, socket = %path.display(), "the boundary sidecar is not reachable; connection refused");
+            // Fail closed; said once per outage, and the sidecar audits each one once back.
+            if refusals.refused(dest) {
+                tracing::warn!(
+                    error = %e,
+                    socket = %path.display(),
+                    "the boundary sidecar is not reachable: the jail's connections are refused until it is back"
+                );
+            } else {
+                tracing::debug!(error = %e, destination = %dest.dst, "the boundary sidecar is not reachable; connection refused");
+            }
             return;
         }
     };

@@ -15,14 +15,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use boundary_api::Tier;
 use boundary_api::contract::exit_when;
-use boundary_api::enforcement::{JailReport, SidecarStatus};
+use boundary_api::enforcement::{JailReport, PolicyFileState, SidecarStatus};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
 use crate::proxy::Proxy;
 use crate::proxy::audit::now;
-use crate::proxy::header::{self, EXIT_ACK, Hello, JailOutcome, MAX_MESSAGE, SessionMessage};
+use crate::proxy::header::{
+    self, EXIT_ACK, Hello, JailOutcome, MAX_MESSAGE, SessionMessage, UnreachableReport,
+};
 
 /// When the sidecar exits by itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -111,6 +113,13 @@ impl Jails {
             sessions: AtomicU64::new(0),
             done: tokio::sync::watch::Sender::new(false),
         }
+    }
+
+    /// Whether a previous run of the sidecar left a state file (it restarted).
+    pub fn state_file_exists(&self) -> bool {
+        self.state_file
+            .as_deref()
+            .is_some_and(std::path::Path::exists)
     }
 
     /// Takes over the states a previous run of the sidecar left in the state file; returns
@@ -223,6 +232,9 @@ impl Jails {
                 Ok(SessionMessage::Inbound(event)) => {
                     proxy.record_inbound(hello.container.clone(), hello.tier, event);
                 }
+                Ok(SessionMessage::Unreachable(report)) => {
+                    record_unreachable(proxy, &hello, &report);
+                }
                 Err(e) => {
                     tracing::warn!(container = %name, error = %e, "session closed");
                     break;
@@ -297,11 +309,10 @@ impl Jails {
     }
 }
 
-/// The body of `GET /status` (`boundary_api::enforcement::SidecarStatus`).
-pub fn status_json(proxy: &Proxy, jails: Option<&Jails>) -> String {
-    let hash = proxy.policy_hash();
-    let jails = jails.map_or_else(Vec::new, |j| {
-        j.lock()
+impl Jails {
+    /// Every jail's state, as `/status` reports it.
+    pub fn reports(&self) -> Vec<JailReport> {
+        self.lock()
             .iter()
             .map(|(name, e)| JailReport {
                 container: name.clone(),
@@ -312,11 +323,61 @@ pub fn status_json(proxy: &Proxy, jails: Option<&Jails>) -> String {
                 since: e.since.clone(),
             })
             .collect()
-    });
+    }
+}
+
+/// Audits what a jail's `boundary run` refused while this sidecar was unreachable: one
+/// `unreachable-sidecar` record per listed connection (`decision: deny`, destination, host,
+/// port, `at`), then one `unreachable-sidecar-summary` with the totals.
+fn record_unreachable(proxy: &Proxy, hello: &Hello, report: &UnreachableReport) {
+    tracing::warn!(
+        container = hello.container.as_deref().unwrap_or(""),
+        refused = report.refused,
+        since = %report.first_at,
+        until = %report.last_at,
+        "connections of this jail were refused while the sidecar was unreachable"
+    );
+    for refused in &report.listed {
+        proxy.record_event(
+            "unreachable-sidecar",
+            hello.container.clone(),
+            hello.tier,
+            serde_json::json!({
+                "decision": "deny",
+                "reason": "the boundary sidecar was unreachable: the connection was closed",
+                "destination": refused.dst,
+                "host": refused.name.clone().unwrap_or_else(|| refused.dst.ip().to_string()),
+                "port": refused.dst.port(),
+                "at": refused.at,
+            }),
+        );
+    }
+    proxy.record_event(
+        "unreachable-sidecar-summary",
+        hello.container.clone(),
+        hello.tier,
+        serde_json::json!({
+            "refused": report.refused,
+            "listed": report.listed.len(),
+            "dropped": report.dropped,
+            "first_at": report.first_at,
+            "last_at": report.last_at,
+        }),
+    );
+}
+
+/// The body of `GET /status` (`boundary_api::enforcement::SidecarStatus`).
+pub fn status_json(proxy: &Proxy, jails: Option<&Jails>) -> String {
+    let hash = proxy.policy_hash();
     let mut body = serde_json::to_string(&SidecarStatus {
         policy_loaded: hash.is_some(),
         policy_hash: hash.unwrap_or_default(),
-        jails,
+        jails: jails.map_or_else(Vec::new, Jails::reports),
+        policy_file: Some(if proxy.policy_file_missing() {
+            PolicyFileState::Missing
+        } else {
+            PolicyFileState::Present
+        }),
     })
     .unwrap_or_default();
     body.push('\n');

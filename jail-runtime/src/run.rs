@@ -294,6 +294,7 @@ async fn serve(
         Started::Jail(spawned) => spawned.init,
         Started::Landlock { pid, .. } => *pid,
     };
+    let refusals = Arc::new(crate::session::Refusals::default());
     let sidecar = settings.proxy_socket.clone().map(|socket| {
         crate::session::start(
             socket,
@@ -303,6 +304,7 @@ async fn serve(
                 jail: JailOutcome::Started,
                 error: None,
             },
+            refusals.clone(),
         )
     });
     let result = serve_jail(
@@ -311,7 +313,7 @@ async fn serve(
         ca,
         started,
         tier,
-        sidecar.as_ref().map(crate::session::Running::session),
+        sidecar.as_ref().map(|s| (s.session(), refusals.clone())),
     )
     .await;
     if result.is_err() {
@@ -333,7 +335,7 @@ async fn serve_jail(
     ca: Option<Arc<CertAuthority>>,
     started: Started,
     tier: Tier,
-    sidecar: Option<crate::session::Session>,
+    sidecar: Option<(crate::session::Session, Arc<crate::session::Refusals>)>,
 ) -> Result<i32, JailError> {
     let proxy = match ca {
         Some(ca) => Some(
@@ -361,10 +363,11 @@ async fn serve_jail(
     let exit = wait_for(pid);
     let code = match started {
         Started::Jail(spawned) => {
-            let target = match (&proxy, &settings.proxy_socket) {
-                (Some(p), _) => Target::Local(p.clone()),
-                (None, Some(socket)) => Target::Socket(socket.clone()),
-                (None, None) => unreachable!("either a local proxy or a sidecar"),
+            let (sidecar, refusals) = sidecar.unzip();
+            let target = match (&proxy, &settings.proxy_socket, refusals) {
+                (Some(p), _, _) => Target::Local(p.clone()),
+                (None, Some(socket), Some(refusals)) => Target::Socket(socket.clone(), refusals),
+                (None, _, _) => unreachable!("either a local proxy or a sidecar"),
             };
             let forwarder = Arc::new(Forwarder {
                 names: Arc::new(NameTable::default()),

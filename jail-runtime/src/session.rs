@@ -3,17 +3,27 @@
 //! inbound-connection events for the sidecar's audit trail and, at the end, the command's exit
 //! code. A sidecar that restarts is reconnected to and told again. Best effort throughout: the
 //! command never waits for the sidecar.
+//!
+//! While the sidecar is unreachable the forwarder refuses the jail's connections (fail closed)
+//! and notes them in [`Refusals`] (a count and the first few destinations); the session sends
+//! that record as soon as it is connected, so the sidecar's audit trail shows what was refused
+//! meanwhile.
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
-use crate::proxy::header::{EXIT_ACK, Hello, InboundEvent, SessionMessage};
+use crate::proxy::Destination;
+use crate::proxy::audit::now;
+use crate::proxy::header::{
+    EXIT_ACK, Hello, InboundEvent, RefusedConnection, SessionMessage, UnreachableReport,
+};
 
 /// How long `boundary run` tries to deliver the exit code before it exits anyway.
 const EXIT_DELIVERY: Duration = Duration::from_secs(3);
@@ -47,10 +57,78 @@ pub struct Running {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// The connections refused while the sidecar was unreachable, not yet reported to it; shared by
+/// the forwarder (which refuses them) and the session (which reports them).
+#[derive(Debug, Default)]
+pub struct Refusals {
+    outage: Mutex<Option<UnreachableReport>>,
+    noted: tokio::sync::Notify,
+}
+
+impl Refusals {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<UnreachableReport>> {
+        self.outage
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Notes a refused connection; `true` for the first one not yet reported (log that one,
+    /// not every connection).
+    pub fn refused(&self, dest: &Destination) -> bool {
+        let at = now();
+        let mut outage = self.lock();
+        let first = outage.is_none();
+        let report = outage.get_or_insert_with(|| UnreachableReport {
+            refused: 0,
+            listed: Vec::new(),
+            dropped: 0,
+            first_at: at.clone(),
+            last_at: at.clone(),
+        });
+        report.refused = report.refused.saturating_add(1);
+        if report.listed.len() < UnreachableReport::LISTED {
+            report.listed.push(RefusedConnection {
+                dst: dest.dst,
+                name: dest.name.clone(),
+                at: at.clone(),
+            });
+        } else {
+            report.dropped = report.dropped.saturating_add(1);
+        }
+        report.last_at = at;
+        drop(outage);
+        self.noted.notify_one();
+        first
+    }
+
+    /// Takes what was noted (nothing is noted twice).
+    fn take(&self) -> Option<UnreachableReport> {
+        self.lock().take()
+    }
+
+    /// Puts back a report that could not be delivered, ahead of what was noted since.
+    fn put_back(&self, mut earlier: UnreachableReport) {
+        let mut outage = self.lock();
+        if let Some(later) = outage.take() {
+            earlier.refused = earlier.refused.saturating_add(later.refused);
+            earlier.dropped = earlier.dropped.saturating_add(later.dropped);
+            for refused in later.listed {
+                if earlier.listed.len() < UnreachableReport::LISTED {
+                    earlier.listed.push(refused);
+                } else {
+                    earlier.dropped = earlier.dropped.saturating_add(1);
+                }
+            }
+            earlier.last_at = later.last_at;
+        }
+        *outage = Some(earlier);
+    }
+}
+
 /// Starts the session task (needs a runtime).
-pub fn start(socket: PathBuf, hello: Hello) -> Running {
+pub fn start(socket: PathBuf, hello: Hello, refusals: Arc<Refusals>) -> Running {
     let (tx, rx) = mpsc::unbounded_channel();
-    let task = tokio::spawn(run(socket, hello, rx));
+    let task = tokio::spawn(run(socket, hello, rx, refusals));
     Running {
         session: Session { tx },
         task,
@@ -83,7 +161,12 @@ impl Running {
     }
 }
 
-async fn run(socket: PathBuf, hello: Hello, mut rx: mpsc::UnboundedReceiver<Command>) {
+async fn run(
+    socket: PathBuf,
+    hello: Hello,
+    mut rx: mpsc::UnboundedReceiver<Command>,
+    refusals: Arc<Refusals>,
+) {
     let mut backlog: VecDeque<InboundEvent> = VecDeque::new();
     let mut exit: Option<i32> = None;
     let mut open = true;
@@ -92,7 +175,14 @@ async fn run(socket: PathBuf, hello: Hello, mut rx: mpsc::UnboundedReceiver<Comm
         match UnixStream::connect(&socket).await {
             Ok(stream) => {
                 let began = Instant::now();
-                match connected(stream, &hello, &mut rx, &mut backlog, &mut exit, &mut open).await {
+                let link = Link {
+                    rx: &mut rx,
+                    backlog: &mut backlog,
+                    exit: &mut exit,
+                    open: &mut open,
+                    refusals: &refusals,
+                };
+                match connected(stream, &hello, link).await {
                     Ok(true) => return,
                     Ok(false) => {
                         tracing::info!("the boundary sidecar closed the session; reconnecting");
@@ -142,21 +232,52 @@ fn take(cmd: Command, backlog: &mut VecDeque<InboundEvent>, exit: &mut Option<i3
     }
 }
 
+/// What a connection works on: the commands, what is waiting to be sent, the refusals.
+struct Link<'a> {
+    rx: &'a mut mpsc::UnboundedReceiver<Command>,
+    backlog: &'a mut VecDeque<InboundEvent>,
+    exit: &'a mut Option<i32>,
+    open: &'a mut bool,
+    refusals: &'a Refusals,
+}
+
+/// Sends what was refused while the sidecar was away (put back if the write fails).
+async fn report_refusals(
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+    refusals: &Refusals,
+) -> std::io::Result<()> {
+    let Some(report) = refusals.take() else {
+        return Ok(());
+    };
+    let line = SessionMessage::Unreachable(report.clone()).line();
+    if let Err(e) = write.write_all(&line).await {
+        refusals.put_back(report);
+        return Err(e);
+    }
+    tracing::info!(
+        refused = report.refused,
+        since = %report.first_at,
+        "the boundary sidecar is reachable again; the connections refused meanwhile are in its audit trail"
+    );
+    Ok(())
+}
+
 /// One connection: `Ok(true)` once the exit code was acknowledged, `Ok(false)` when the sidecar
 /// went away.
-async fn connected(
-    stream: UnixStream,
-    hello: &Hello,
-    rx: &mut mpsc::UnboundedReceiver<Command>,
-    backlog: &mut VecDeque<InboundEvent>,
-    exit: &mut Option<i32>,
-    open: &mut bool,
-) -> std::io::Result<bool> {
+async fn connected(stream: UnixStream, hello: &Hello, link: Link<'_>) -> std::io::Result<bool> {
+    let Link {
+        rx,
+        backlog,
+        exit,
+        open,
+        refusals,
+    } = link;
     let (read, mut write) = stream.into_split();
     let mut read = BufReader::new(read);
     write.write_all(&hello.header()).await?;
     let mut reply = Vec::new();
     loop {
+        report_refusals(&mut write, refusals).await?;
         while let Some(event) = backlog.front() {
             write
                 .write_all(&SessionMessage::Inbound(event.clone()).line())
@@ -176,6 +297,9 @@ async fn connected(
                 Some(cmd) => take(cmd, backlog, exit),
                 None => *open = false,
             },
+            // Refused while this session was (re)connecting: the relay failed before the
+            // sidecar listened again.
+            () = refusals.noted.notified() => {}
             // The sidecar only ever writes the exit acknowledgement: anything else here is its end.
             n = read.read_until(b'\n', &mut reply) => {
                 let _ = n?;
@@ -203,5 +327,47 @@ pub fn announce_failure(socket: &Path, hello: &Hello, code: i32) {
     };
     if let Err(e) = attempt() {
         tracing::debug!(error = %e, "could not tell the boundary sidecar that the jail failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dest(n: usize) -> Destination {
+        Destination {
+            dst: format!("198.18.0.{}:443", n % 250 + 1).parse().unwrap(),
+            name: Some(format!("host{n}.test")),
+            container: Some("agent".into()),
+            tier: None,
+        }
+    }
+
+    #[test]
+    fn refusals_are_bounded_counted_and_reported_once() {
+        let refusals = Refusals::default();
+        assert!(
+            refusals.refused(&dest(0)),
+            "the first refusal of an outage is logged"
+        );
+        for n in 1..100 {
+            assert!(!refusals.refused(&dest(n)), "later ones are not");
+        }
+        let report = refusals.take().unwrap();
+        assert_eq!(report.refused, 100);
+        assert_eq!(report.listed.len(), UnreachableReport::LISTED);
+        assert_eq!(report.dropped, 100 - UnreachableReport::LISTED as u64);
+        assert_eq!(report.listed[0].name.as_deref(), Some("host0.test"));
+        assert_eq!(report.listed[31].name.as_deref(), Some("host31.test"));
+        assert!(refusals.take().is_none(), "reported once");
+        assert!(refusals.refused(&dest(7)), "a new outage is logged again");
+
+        // Undelivered: put back in front of what came since, still bounded.
+        refusals.put_back(report);
+        let merged = refusals.take().unwrap();
+        assert_eq!(merged.refused, 101);
+        assert_eq!(merged.listed.len(), UnreachableReport::LISTED);
+        assert_eq!(merged.dropped, 101 - UnreachableReport::LISTED as u64);
+        assert_eq!(merged.listed[0].name.as_deref(), Some("host0.test"));
     }
 }

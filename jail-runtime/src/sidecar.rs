@@ -1,8 +1,13 @@
 //! `boundary sidecar`: the policy proxy as a pod's jail-runtime sidecar. It listens on a unix
-//! socket on the volume shared with the jailed containers, keeps the CA private key in memory
-//! only, writes the CA certificate (and a trust bundle) next to the socket, reads the compiled
-//! policy mounted from the namespace's ConfigMap and reloads it when it changes, and writes the
-//! audit trail to standard output (`kubectl logs <pod> -c boundary`).
+//! socket on the volume shared with the jailed containers, writes the CA certificate (and a
+//! trust bundle) next to the socket, reads the compiled policy mounted from the namespace's
+//! ConfigMap and reloads it when it changes, and writes the audit trail to standard output
+//! (`kubectl logs <pod> -c boundary`).
+//!
+//! The CA's key stays out of the jails' reach: in memory, and with `--ca-dir` also in a
+//! directory only the sidecar mounts, so that a sidecar the kubelet restarts (crash, OOM kill)
+//! presents the CA the running jails trusted when they started. A start that finds traces of a
+//! previous run (the kept CA, the jails' state file) is audited as `sidecar-restart`.
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -17,7 +22,7 @@ use crate::config::parse_resolve;
 use crate::jails::{ExitWhen, Jails};
 use crate::proxy::audit::{Identity, Sink};
 use crate::proxy::policy::{PolicyStore, Source};
-use crate::proxy::tls::CertAuthority;
+use crate::proxy::tls::{CaOrigin, CertAuthority};
 use crate::proxy::{Proxy, ProxyConfig};
 use crate::trust::builtin_roots_pem;
 
@@ -98,6 +103,11 @@ pub struct SidecarArgs {
     /// policy Never) or all-succeeded (every one ended with 0; restart policy `OnFailure`).
     #[arg(long, value_name = "WHEN", env = contract_env::EXIT_WHEN, default_value = exit_when::NEVER)]
     pub exit_when: ExitWhen,
+    /// Keep the proxy CA (key and certificate) in DIR and reuse it at the next start, so jails
+    /// still running when the sidecar restarts keep trusting it. Give it a directory only the
+    /// sidecar can read (the webhook mounts a memory-backed emptyDir). Unset: a new CA per start.
+    #[arg(long, value_name = "DIR", env = contract_env::CA_DIR)]
+    pub ca_dir: Option<PathBuf>,
 }
 
 /// How long the sidecar waits, once its exit condition holds, for connections still open (their
@@ -149,7 +159,8 @@ pub fn run(args: &SidecarArgs) -> i32 {
 
 async fn serve(args: &SidecarArgs, jails: Arc<Jails>) -> anyhow::Result<()> {
     let session = crate::run::session_id();
-    let ca = Arc::new(CertAuthority::generate(&session)?);
+    let (ca, ca_origin) = proxy_ca(args, &session)?;
+    let ca = Arc::new(ca);
     let dir = args.socket.parent().unwrap_or(Path::new("/")).to_path_buf();
     std::fs::create_dir_all(&dir)?;
     write_atomically(&dir.join("ca.crt"), ca.ca_pem())?;
@@ -189,8 +200,9 @@ async fn serve(args: &SidecarArgs, jails: Arc<Jails>) -> anyhow::Result<()> {
     let listener = tokio::net::UnixListener::bind(&args.socket)?;
     // Jailed containers may run as any user.
     std::fs::set_permissions(&args.socket, std::fs::Permissions::from_mode(0o666))?;
+    let restored = report_start(args, &proxy, &ca_origin, &jails);
     tokio::spawn(proxy.clone().run_unix(listener, Some(jails.clone())));
-    if jails.restore() {
+    if restored {
         let jails = jails.clone();
         tokio::spawn(async move {
             tokio::time::sleep(crate::jails::RECONNECT_GRACE).await;
@@ -225,6 +237,87 @@ async fn serve(args: &SidecarArgs, jails: Arc<Jails>) -> anyhow::Result<()> {
     }
     proxy.flush().await;
     Ok(())
+}
+
+/// The CA: kept in `--ca-dir` (reused when usable), or a new one for this run only.
+fn proxy_ca(args: &SidecarArgs, session: &str) -> anyhow::Result<(CertAuthority, CaOrigin)> {
+    let (ca, origin) = match &args.ca_dir {
+        Some(dir) => CertAuthority::load_or_generate(dir, session)?,
+        None => (CertAuthority::generate(session)?, CaOrigin::Ephemeral),
+    };
+    if let CaOrigin::New {
+        replaced: Some(why),
+    } = &origin
+    {
+        tracing::warn!(reason = %why, "the kept proxy CA is unusable: replaced by a new one");
+    }
+    Ok((ca, origin))
+}
+
+/// Audits what this start found: traces of a previous run (`sidecar-restart`) and a missing
+/// policy file. Takes over the previous run's jail states; returns whether there were any.
+fn report_start(
+    args: &SidecarArgs,
+    proxy: &crate::proxy::Proxy,
+    ca_origin: &CaOrigin,
+    jails: &Jails,
+) -> bool {
+    let restored_states = jails.state_file_exists();
+    let restored = jails.restore();
+    // A kept CA (usable or not) is a previous run's.
+    let kept_ca = matches!(
+        ca_origin,
+        CaOrigin::Reused | CaOrigin::New { replaced: Some(_) }
+    );
+    if restored_states || kept_ca {
+        record_restart(proxy, ca_origin, jails);
+    }
+    if proxy.policy_file_missing() {
+        proxy.record_event(
+            "policy-missing",
+            None,
+            None,
+            serde_json::json!({
+                "file": args.policy_file.display().to_string(),
+                "policyHash": null,
+                "kept": "deny-all",
+            }),
+        );
+    }
+    restored
+}
+
+/// Says in the log and the audit trail that this start follows an earlier run of the sidecar in
+/// the same pod (the kubelet restarted the container): whether the CA the jails trust was kept,
+/// and the jails' states as that run left them.
+fn record_restart(proxy: &crate::proxy::Proxy, ca: &CaOrigin, jails: &Jails) {
+    let states = jails.reports();
+    let replaced = match ca {
+        CaOrigin::New { replaced } => replaced.clone(),
+        _ => None,
+    };
+    if *ca == CaOrigin::Reused {
+        tracing::info!(
+            jails = states.len(),
+            "the boundary sidecar restarted: the kept CA is reused, running jails keep working"
+        );
+    } else {
+        tracing::warn!(
+            ca = ca.as_str(),
+            jails = states.len(),
+            "the boundary sidecar restarted with a new CA: HTTPS requests of jails that are still running fail (unknown issuer) until their containers restart"
+        );
+    }
+    proxy.record_event(
+        "sidecar-restart",
+        None,
+        None,
+        serde_json::json!({
+            "ca": ca.as_str(),
+            "ca_replaced": replaced,
+            "jails": states,
+        }),
+    );
 }
 
 /// The upstream CA files: `--upstream-ca` and every file in `--upstream-ca-dir`.

@@ -9,8 +9,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::{
-    As, Sidecar, TempDir, TestServer, boundary, compiled, http_get, jailed, output, require_root,
-    stderr, stdout,
+    As, Sidecar, TempDir, TestCa, TestServer, boundary, compiled, http_get, jailed, output,
+    require_root, stderr, stdout,
 };
 use serde_json::Value;
 
@@ -498,4 +498,352 @@ async fn an_inbound_port_in_use_stops_the_jail_with_the_cause() {
         err.contains(&format!("0.0.0.0:{port}")) && err.contains("listens on it"),
         "{err}"
     );
+}
+
+/// A jailed command that runs until its standard input ends and, for every line `PATH` it reads,
+/// makes an HTTPS request to `https://allowed.test:PORT/PATH` and prints the answer (or curl's
+/// error) and `END PATH`: one process, one trust bundle (the one `boundary run` made at its
+/// start) for the whole test.
+struct LongRunningAgent {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl LongRunningAgent {
+    fn start(sidecar: &Sidecar, port: u16) -> LongRunningAgent {
+        let script = format!(
+            "while read path; do curl -sS --max-time 10 https://allowed.test:{port}/$path 2>&1 | head -c 300; echo; echo END $path; done"
+        );
+        let mut cmd = in_pod(sidecar, As::Nobody, "agent", &[], &script);
+        cmd.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        LongRunningAgent {
+            child,
+            lines: tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout)),
+        }
+    }
+
+    /// Asks for `path`; what curl printed.
+    async fn get(&mut self, path: &str) -> String {
+        let stdin = self.child.stdin.as_mut().unwrap();
+        tokio::io::AsyncWriteExt::write_all(stdin, format!("{path}\n").as_bytes())
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        let end = format!("END {path}");
+        loop {
+            let line = tokio::time::timeout(Duration::from_secs(30), self.lines.next_line())
+                .await
+                .expect("the jailed command answers")
+                .unwrap()
+                .expect("the jailed command still runs");
+            if line == end {
+                return answer;
+            }
+            answer.push_str(&line);
+            answer.push('\n');
+        }
+    }
+
+    /// Ends the command; its exit code and `boundary run`'s standard error.
+    async fn finish(mut self) -> (Option<i32>, String) {
+        drop(self.child.stdin.take());
+        let out = tokio::time::timeout(Duration::from_secs(30), self.child.wait_with_output())
+            .await
+            .unwrap()
+            .unwrap();
+        (out.status.code(), stderr(&out))
+    }
+}
+
+/// An HTTPS server for `allowed.test` and a sidecar allowing it, with `extra` flags.
+async fn https_pod(upstream_ca: &TestCa, extra: &[&str]) -> (TestServer, Sidecar) {
+    let https = TestServer::start(Some(upstream_ca.server_config(&["allowed.test"], false))).await;
+    let mut args = vec![
+        "--resolve",
+        "allowed.test=127.0.0.1",
+        "--upstream-ca",
+        upstream_ca.pem_path.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let sidecar = Sidecar::start(&compiled(&["domain=allowed.test"]), &args).await;
+    (https, sidecar)
+}
+
+/// The sidecar's audit trail once `f` holds for it.
+async fn audit_until(sidecar: &Sidecar, what: &str, f: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    for _ in 0..100 {
+        let audit = sidecar.audit().await;
+        if f(&audit) {
+            return audit;
+        }
+    }
+    panic!("{what}: {:?}", sidecar.audit().await);
+}
+
+/// Whether the test server answered a request for `/path`.
+fn served(answer: &str, path: &str) -> bool {
+    answer.contains("hello GET allowed.test") && answer.contains(&format!(" /{path} "))
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(path).unwrap().permissions()) & 0o777
+}
+
+#[tokio::test]
+async fn a_restarted_sidecar_keeps_its_ca_so_the_running_jail_keeps_working() {
+    require_root();
+    let upstream_ca = TestCa::new();
+    let dir = TempDir::new("kept-ca");
+    let kept = dir.path().join("ca");
+    let (https, mut sidecar) = https_pod(&upstream_ca, &["--ca-dir", kept.to_str().unwrap()]).await;
+    assert_eq!(mode(&kept.join("ca.key")), 0o600, "the CA key is private");
+    assert_eq!(mode(&kept), 0o700);
+    assert_eq!(
+        std::fs::read_to_string(kept.join("ca.crt")).unwrap(),
+        sidecar.ca_pem
+    );
+    let first_ca = sidecar.ca_pem.clone();
+
+    let mut agent = LongRunningAgent::start(&sidecar, https.port());
+    let answer = agent.get("before").await;
+    assert!(served(&answer, "before"), "{answer}");
+    wait_status(&sidecar, "agent connected", |s| {
+        state_is(s, "agent", "connected")
+    })
+    .await;
+
+    // The sidecar crashes; meanwhile the jail's connections fail closed.
+    sidecar.kill().await;
+    let requests_before = https.requests.load(std::sync::atomic::Ordering::SeqCst);
+    for path in ["during-1", "during-2"] {
+        let answer = agent.get(path).await;
+        assert!(!answer.contains("hello"), "{answer}");
+    }
+    assert_eq!(
+        https.requests.load(std::sync::atomic::Ordering::SeqCst),
+        requests_before,
+        "nothing reached the server while the sidecar was down"
+    );
+
+    // The kubelet restarts it: the same process's next HTTPS request works, because the CA it
+    // trusts since its start is the one the new sidecar presents.
+    sidecar.start_again().await;
+    assert_eq!(sidecar.ca_pem, first_ca, "the kept CA is reused");
+    wait_status(&sidecar, "agent reconnected", |s| {
+        state_is(s, "agent", "connected")
+    })
+    .await;
+    let answer = agent.get("after").await;
+    assert!(served(&answer, "after"), "{answer}");
+
+    // The restored state says `connected` before the session is back: wait for its report.
+    let audit = audit_until(&sidecar, "the refusals reported", |audit| {
+        audit
+            .iter()
+            .any(|r| r["kind"] == "unreachable-sidecar-summary")
+    })
+    .await;
+    let restart = audit
+        .iter()
+        .find(|r| r["kind"] == "sidecar-restart")
+        .unwrap_or_else(|| panic!("no restart record: {audit:?}"));
+    assert_eq!(restart["ca"], "reused", "{restart}");
+    let jails = restart["jails"].as_array().unwrap();
+    assert!(
+        jails
+            .iter()
+            .any(|j| j["container"] == "agent" && j["state"] == "connected"),
+        "the states the previous run left: {restart}"
+    );
+    let refused: Vec<&Value> = audit
+        .iter()
+        .filter(|r| r["kind"] == "unreachable-sidecar")
+        .collect();
+    assert_eq!(
+        refused.len(),
+        2,
+        "one record per refused connection: {audit:?}"
+    );
+    for r in &refused {
+        assert_eq!(r["container"], "agent", "{r}");
+        assert_eq!(r["host"], "allowed.test", "{r}");
+        assert_eq!(r["port"], https.port(), "{r}");
+        assert_eq!(r["decision"], "deny", "{r}");
+        assert_eq!(r["tier"], "userns", "{r}");
+        r["at"]
+            .as_str()
+            .unwrap()
+            .parse::<jiff::Timestamp>()
+            .unwrap();
+    }
+    let summary = audit
+        .iter()
+        .find(|r| r["kind"] == "unreachable-sidecar-summary")
+        .unwrap_or_else(|| panic!("{audit:?}"));
+    assert_eq!(summary["refused"], 2, "{summary}");
+    assert_eq!(summary["dropped"], 0, "{summary}");
+
+    let (code, log) = agent.finish().await;
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(
+        log.matches("the boundary sidecar is not reachable").count(),
+        1,
+        "boundary run says it once per outage, not per connection: {log}"
+    );
+}
+
+/// The same crash without `--ca-dir`: the restarted sidecar's new CA is not the one the running
+/// jail trusts (the bug `--ca-dir` fixes; this shows the test above can fail).
+#[tokio::test]
+async fn without_a_ca_dir_a_restarted_sidecar_is_not_trusted_by_the_running_jail() {
+    require_root();
+    let upstream_ca = TestCa::new();
+    let (https, mut sidecar) = https_pod(&upstream_ca, &[]).await;
+    let mut agent = LongRunningAgent::start(&sidecar, https.port());
+    let answer = agent.get("before").await;
+    assert!(served(&answer, "before"), "{answer}");
+    wait_status(&sidecar, "agent connected", |s| {
+        state_is(s, "agent", "connected")
+    })
+    .await;
+    let first_ca = sidecar.ca_pem.clone();
+    sidecar.restart().await;
+    assert_ne!(sidecar.ca_pem, first_ca);
+    wait_status(&sidecar, "agent reconnected", |s| {
+        state_is(s, "agent", "connected")
+    })
+    .await;
+    let answer = agent.get("after").await;
+    assert!(!answer.contains("hello"), "{answer}");
+    assert!(answer.contains("certificate"), "{answer}");
+    let audit = sidecar.audit().await;
+    let restart = audit
+        .iter()
+        .find(|r| r["kind"] == "sidecar-restart")
+        .unwrap_or_else(|| panic!("the jails' state file tells a restart: {audit:?}"));
+    assert_eq!(restart["ca"], "ephemeral", "{restart}");
+    let _ = agent.finish().await;
+}
+
+#[tokio::test]
+async fn a_corrupt_kept_ca_is_replaced_and_the_restart_says_so() {
+    require_root();
+    let upstream_ca = TestCa::new();
+    let dir = TempDir::new("corrupt-ca");
+    let kept = dir.path().join("ca");
+    std::fs::create_dir(&kept).unwrap();
+    // A crash in the middle of a write, as it could look without the rename.
+    std::fs::write(kept.join("ca.crt"), "-----BEGIN CERTIFICATE-----\nMIIB").unwrap();
+    std::fs::write(kept.join("ca.key"), "").unwrap();
+    let (https, sidecar) = https_pod(&upstream_ca, &["--ca-dir", kept.to_str().unwrap()]).await;
+    assert_eq!(
+        std::fs::read_to_string(kept.join("ca.crt")).unwrap(),
+        sidecar.ca_pem
+    );
+    assert_eq!(mode(&kept.join("ca.key")), 0o600);
+    // The new CA works for a jail that starts now.
+    let mut agent = LongRunningAgent::start(&sidecar, https.port());
+    let answer = agent.get("fresh").await;
+    assert!(served(&answer, "fresh"), "{answer}");
+    let audit = sidecar.audit().await;
+    let restart = audit
+        .iter()
+        .find(|r| r["kind"] == "sidecar-restart")
+        .unwrap_or_else(|| panic!("{audit:?}"));
+    assert_eq!(restart["ca"], "new", "{restart}");
+    assert!(
+        restart["ca_replaced"].as_str().unwrap().contains("ca.crt"),
+        "{restart}"
+    );
+    let (code, log) = agent.finish().await;
+    assert_eq!(code, Some(0), "{log}");
+}
+
+/// `GET /kept` to `host` as the jail's forwarder sends it; the raw answer.
+async fn plain_get(sidecar: &Sidecar, host: &str, port: u16) -> String {
+    let mut stream = sidecar.connect(host, port).await;
+    let request = format!("GET /kept HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut answer),
+    )
+    .await;
+    answer
+}
+
+#[tokio::test]
+async fn a_deleted_policy_file_keeps_the_last_policy_and_says_so_until_it_is_back() {
+    require_root();
+    let http = TestServer::start(None).await;
+    let mut sidecar = Sidecar::start(
+        &compiled(&["domain=allowed.test"]),
+        &["--resolve", "allowed.test=127.0.0.1"],
+    )
+    .await;
+    let hash = sidecar.status().await["policyHash"].clone();
+    assert_eq!(sidecar.status().await["policyFile"], "present");
+    sidecar.policy.delete();
+    let status = wait_status(&sidecar, "the policy file reported missing", |s| {
+        s["policyFile"] == "missing"
+    })
+    .await;
+    assert_eq!(status["policyHash"], hash, "the last policy stays in force");
+    assert_eq!(status["policyLoaded"], true);
+    let (_, metrics) = http_get(sidecar.metrics, "/metrics").await.unwrap();
+    assert!(
+        metrics.contains("agent_boundary_policy_file_missing 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("agent_boundary_policy_reloads_total{result=\"error\"} 0"),
+        "a deleted file is not a rejected version: {metrics}"
+    );
+    // Still enforced: the allowed host is reached, another is not.
+    let allowed = plain_get(&sidecar, "allowed.test", http.port()).await;
+    assert!(served(&allowed, "kept"), "{allowed}");
+    let denied = plain_get(&sidecar, "other.test", http.port()).await;
+    assert!(denied.starts_with("HTTP/1.1 403"), "{denied}");
+    // Said once, however long it stays missing.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    sidecar.policy.restore(&compiled(&["domain=other.test"]));
+    let status = wait_status(&sidecar, "the policy file back", |s| {
+        s["policyFile"] == "present" && s["policyHash"] != hash
+    })
+    .await;
+    assert_eq!(status["policyLoaded"], true);
+    let (_, metrics) = http_get(sidecar.metrics, "/metrics").await.unwrap();
+    assert!(
+        metrics.contains("agent_boundary_policy_file_missing 0"),
+        "{metrics}"
+    );
+    let denied = plain_get(&sidecar, "allowed.test", http.port()).await;
+    assert!(
+        denied.starts_with("HTTP/1.1 403"),
+        "the returned policy is enforced: {denied}"
+    );
+    let audit = audit_until(&sidecar, "the policy file's return audited", |audit| {
+        audit.iter().any(|r| r["kind"] == "policy-restored")
+    })
+    .await;
+    let missing: Vec<&Value> = audit
+        .iter()
+        .filter(|r| r["kind"] == "policy-missing")
+        .collect();
+    assert_eq!(missing.len(), 1, "{audit:?}");
+    assert_eq!(missing[0]["policyHash"], hash);
+    assert_eq!(missing[0]["kept"], "last-loaded");
+    assert!(
+        audit.iter().any(|r| r["kind"] == "policy-restored"),
+        "{audit:?}"
+    );
+    assert!(sidecar.running());
 }

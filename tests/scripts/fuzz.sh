@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every fuzz target for a while (default 20 s each): the rule parser, the request-head path
-# (framing check + head checks), the TLS ClientHello parser and the jail's DNS server.
+# (framing check + head checks), the TLS ClientHello parser, the jail's DNS server and the sidecar
+# socket's header lines and session messages.
 # cargo-fuzz works on the stable toolchain without a sanitizer (--sanitizer none).
 #   tests/scripts/fuzz.sh [SECONDS_PER_TARGET]
 set -euo pipefail

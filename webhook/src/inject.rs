@@ -574,6 +574,7 @@ fn sidecar_container(settings: &Settings, native: bool) -> Container {
             value_env(env::POLICY_FILE, paths::POLICY_FILE),
             value_env(env::LABELS_FILE, paths::LABELS_FILE),
             value_env(env::UPSTREAM_CA_DIR, paths::UPSTREAM_CA_DIR),
+            value_env(env::CA_DIR, paths::CA_DIR),
             value_env(
                 env::EXPLICIT_PROXY,
                 &format!("127.0.0.1:{}", ports::EXPLICIT_PROXY),
@@ -594,6 +595,8 @@ fn sidecar_container(settings: &Settings, native: bool) -> Container {
             mount(volumes::POLICY, paths::POLICY_DIR, true),
             mount(volumes::PODINFO, paths::PODINFO_DIR, true),
             mount(volumes::UPSTREAM_CA, paths::UPSTREAM_CA_DIR, true),
+            // The proxy CA's key: the sidecar's alone, never a jailed container's.
+            mount(volumes::CA, paths::CA_DIR, false),
         ]),
         security_context: Some(restricted_security_context()),
         resources: Some(ResourceRequirements {
@@ -659,6 +662,16 @@ fn volumes_to_add() -> Vec<Volume> {
                 // Most namespaces have none: then the directory is empty.
                 optional: Some(true),
                 ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        Volume {
+            name: volumes::CA.into(),
+            // The sidecar's CA outlives a restart of the sidecar (the jails still trust it) but
+            // not the pod; in memory, never on the node's disk. Two PEM files.
+            empty_dir: Some(EmptyDirVolumeSource {
+                medium: Some("Memory".into()),
+                size_limit: Some(Quantity("1Mi".into())),
             }),
             ..Volume::default()
         },

@@ -328,6 +328,9 @@ fn every_case_matches_its_golden_file_and_reinvocation_changes_nothing() -> anyh
         }
         // Reinvocation: the patched pod planned again gives the same verdict and no patch.
         let patched: Pod = serde_json::from_value(patched)?;
+        if let Some(failure) = ca_volume_misplaced(&patched) {
+            failures.push(format!("{}: {failure}", path.display()));
+        }
         if let Some(failure) = recreated_pod_differs(&loaded, &patched, &decision, settings)? {
             failures.push(format!("{}: {failure}", path.display()));
         }
@@ -351,6 +354,61 @@ fn every_case_matches_its_golden_file_and_reinvocation_changes_nothing() -> anyh
         );
     }
     Ok(())
+}
+
+/// The sidecar's CA volume (its private key) must be mounted by the sidecar and by no other
+/// container: a jailed container that mounted it could read the key and mint certificates its
+/// own jail trusts.
+fn ca_volume_misplaced(pod: &Pod) -> Option<String> {
+    use boundary_api::contract::{containers, paths, volumes};
+    let spec = pod.spec.as_ref()?;
+    let all = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten());
+    let mut sidecar_mounts = false;
+    for c in all {
+        let mounts_ca = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.name == volumes::CA || m.mount_path.starts_with(paths::CA_DIR));
+        if c.name == containers::SIDECAR {
+            sidecar_mounts = mounts_ca;
+        } else if mounts_ca {
+            return Some(format!(
+                "container {} mounts the sidecar's CA volume",
+                c.name
+            ));
+        }
+    }
+    let has_volume = spec.volumes.iter().flatten().any(|v| v.name == volumes::CA);
+    if has_volume != sidecar_mounts {
+        return Some(format!(
+            "the CA volume is {} but the sidecar {} it",
+            if has_volume { "there" } else { "missing" },
+            if sidecar_mounts {
+                "mounts"
+            } else {
+                "does not mount"
+            }
+        ));
+    }
+    if let Some(volume) = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == volumes::CA)
+    {
+        let memory = volume
+            .empty_dir
+            .as_ref()
+            .is_some_and(|e| e.medium.as_deref() == Some("Memory") && e.size_limit.is_some());
+        if !memory {
+            return Some("the CA volume is not a size-limited memory emptyDir".into());
+        }
+    }
+    None
 }
 
 /// A jailed pod re-created from its mutated spec without the status annotation (a controller
@@ -463,7 +521,11 @@ fn a_container_added_by_another_webhook_is_jailed_on_reinvocation_without_double
             .count(),
         1
     );
-    assert_eq!(spec.volumes.as_ref().unwrap().len(), 5);
+    // Each injected volume once.
+    assert_eq!(
+        spec.volumes.as_ref().unwrap().len(),
+        boundary_api::contract::volumes::ALL.len()
+    );
     // And a third call changes nothing.
     let third = decide(&loaded, &result, &settings);
     assert!(third.patch(&result).0.is_empty());
@@ -540,5 +602,60 @@ fn the_plan_names_the_image_configs_it_needs_and_no_others() -> anyhow::Result<(
     assert!(wanted("builtin/privileged-netns-as-root.yaml")?.is_empty());
     assert!(wanted("images/entrypoint-and-cmd.yaml")?.is_empty());
     assert!(wanted("images/image-user-unreadable.yaml")?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn a_pod_injected_before_the_ca_volume_existed_gets_it_once_and_only_in_the_sidecar()
+-> anyhow::Result<()> {
+    use boundary_api::contract::{containers, env, volumes};
+    let loaded = loaded_case("builtin/userns-amazon-linux-2023.yaml")?;
+    let settings = settings();
+    let current = apply(&loaded.pod, &decide(&loaded, &loaded.pod, &settings))?;
+    // The same pod as an older webhook injected it (no CA volume, mount or env), re-created
+    // from its spec without the status record, and as reinvoked with the record.
+    let mut older = current.clone();
+    let spec = older.spec.as_mut().unwrap();
+    spec.volumes
+        .as_mut()
+        .unwrap()
+        .retain(|v| v.name != volumes::CA);
+    for c in spec
+        .init_containers
+        .iter_mut()
+        .flatten()
+        .chain(spec.containers.iter_mut())
+        .filter(|c| c.name == containers::SIDECAR)
+    {
+        c.volume_mounts
+            .as_mut()
+            .unwrap()
+            .retain(|m| m.name != volumes::CA);
+        c.env.as_mut().unwrap().retain(|e| e.name != env::CA_DIR);
+    }
+    let mut recreated = older.clone();
+    recreated
+        .metadata
+        .annotations
+        .as_mut()
+        .unwrap()
+        .remove("agentboundary.dev/status");
+    for pod in [older, recreated] {
+        let result = apply(&pod, &decide(&loaded, &pod, &settings))?;
+        let spec = result.spec.as_ref().unwrap();
+        let ca_volumes = spec
+            .volumes
+            .iter()
+            .flatten()
+            .filter(|v| v.name == volumes::CA)
+            .count();
+        assert_eq!(ca_volumes, 1);
+        assert_eq!(ca_volume_misplaced(&result), None);
+        assert_eq!(
+            serde_json::to_value(&result.spec)?,
+            serde_json::to_value(&current.spec)?,
+            "injected as a new pod is"
+        );
+    }
     Ok(())
 }

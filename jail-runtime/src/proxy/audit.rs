@@ -119,6 +119,68 @@ pub struct InboundRecord {
     pub event: super::header::InboundEvent,
 }
 
+/// One audit line about the proxy or a jail rather than a decision: `kind` says what
+/// (`sidecar-restart`, `unreachable-sidecar`, `policy-missing`, ...), `detail`'s fields follow.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventRecord {
+    /// RFC 3339 time.
+    pub time: String,
+    /// The session id of whoever writes the trail.
+    pub session: Arc<str>,
+    /// Pod and namespace.
+    #[serde(flatten)]
+    pub identity: Arc<Identity>,
+    /// The jailed container it is about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// What happened.
+    pub kind: &'static str,
+    /// The jail tier.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tier: Option<Tier>,
+    /// The kind's own fields.
+    #[serde(flatten)]
+    pub detail: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Writes [`EventRecord`]s to the trail; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Events {
+    /// The trail.
+    pub audit: Audit,
+    /// The writer's session id.
+    pub session: Arc<str>,
+    /// Pod and namespace.
+    pub identity: Arc<Identity>,
+}
+
+impl Events {
+    /// Queues one event; `detail` should be a JSON object (anything else is kept under
+    /// `detail`).
+    pub fn record(
+        &self,
+        kind: &'static str,
+        container: Option<String>,
+        tier: Option<Tier>,
+        detail: serde_json::Value,
+    ) {
+        let detail = match detail {
+            serde_json::Value::Object(map) => map,
+            serde_json::Value::Null => serde_json::Map::new(),
+            other => std::iter::once(("detail".to_owned(), other)).collect(),
+        };
+        self.audit.record_line(&EventRecord {
+            time: now(),
+            session: self.session.clone(),
+            identity: self.identity.clone(),
+            container,
+            kind,
+            tier,
+            detail,
+        });
+    }
+}
+
 /// Where audit lines go.
 #[derive(Debug, Clone)]
 pub enum Sink {

@@ -95,6 +95,41 @@ pub struct InboundEvent {
     pub duration_ms: u64,
 }
 
+/// A connection the forwarder refused because the sidecar was unreachable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusedConnection {
+    /// The original destination (a synthetic address when `name` is set).
+    pub dst: SocketAddr,
+    /// The name the jail's DNS handed out for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// When (RFC 3339).
+    pub at: String,
+}
+
+/// The connections `boundary run` refused (failed closed) while the sidecar was unreachable,
+/// sent once the session is back: how many, the first [`UnreachableReport::LISTED`] of them, and
+/// how many were not listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnreachableReport {
+    /// Connections refused.
+    pub refused: u64,
+    /// The first ones, in order.
+    pub listed: Vec<RefusedConnection>,
+    /// Refused but not listed.
+    pub dropped: u64,
+    /// The first refusal (RFC 3339).
+    pub first_at: String,
+    /// The last refusal (RFC 3339).
+    pub last_at: String,
+}
+
+impl UnreachableReport {
+    /// Connections listed by destination; the rest are only counted. A DNS name is at most 253
+    /// bytes, so a full report stays well under [`MAX_MESSAGE`].
+    pub const LISTED: usize = 32;
+}
+
 /// A line of a session after its header.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
@@ -106,6 +141,8 @@ pub enum SessionMessage {
     },
     /// An inbound connection ended; the sidecar writes it to its audit trail.
     Inbound(InboundEvent),
+    /// Connections refused while the sidecar was unreachable; the sidecar audits them.
+    Unreachable(UnreachableReport),
 }
 
 impl SessionMessage {
@@ -164,6 +201,11 @@ pub async fn read_header<R: AsyncRead + Unpin>(
         .await
         .map_err(|e| format!("header: {e}"))?
         .ok_or("header missing")?;
+    parse_header(&text)
+}
+
+/// Parses a header line (without its newline).
+pub fn parse_header(text: &str) -> Result<Header, String> {
     if let Some(json) = text.strip_prefix(RELAY_MAGIC) {
         return serde_json::from_str(json)
             .map(Header::Relay)
@@ -234,5 +276,31 @@ mod tests {
         let huge = [b'a'; 5000];
         assert!(read_header(&mut BufReader::new(&huge[..])).await.is_err());
         assert!(parse_message(r#"{"type":"reboot"}"#).is_err());
+    }
+
+    #[test]
+    fn a_full_unreachable_report_fits_in_one_message_and_round_trips() {
+        let at = "2026-12-05T11:00:00.123Z".to_owned();
+        let report = UnreachableReport {
+            refused: u64::MAX,
+            listed: (0..UnreachableReport::LISTED)
+                .map(|i| RefusedConnection {
+                    dst: "[fd00:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535"
+                        .parse()
+                        .unwrap(),
+                    name: Some(format!("{i:0>3}{}", ".a".repeat(125))),
+                    at: at.clone(),
+                })
+                .collect(),
+            dropped: u64::MAX - 32,
+            first_at: at.clone(),
+            last_at: at,
+        };
+        let message = SessionMessage::Unreachable(report);
+        let line = message.line();
+        assert!(line.len() < MAX_MESSAGE, "{} bytes", line.len());
+        let text = std::str::from_utf8(&line[..line.len() - 1]).unwrap();
+        assert!(text.starts_with(r#"{"type":"unreachable","#), "{text}");
+        assert_eq!(parse_message(text).unwrap(), message);
     }
 }

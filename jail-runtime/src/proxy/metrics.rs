@@ -1,7 +1,7 @@
 //! Prometheus metrics of the proxy, exposed as text on `/metrics`.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 use super::audit::Decision;
 
@@ -61,6 +61,7 @@ pub struct Metrics {
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
     dns_queries: AtomicU64,
+    policy_file_missing: AtomicBool,
 }
 
 fn index<T: PartialEq + Copy, const N: usize>(table: &[(T, &str); N], value: T) -> usize {
@@ -103,6 +104,11 @@ impl Metrics {
             &self.reloads_failed
         }
         .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether the policy file is missing now (the last policy loaded stays in force).
+    pub fn policy_file_missing(&self, missing: bool) {
+        self.policy_file_missing.store(missing, Ordering::Relaxed);
     }
 
     /// Counts a DNS query answered in the jail.
@@ -160,6 +166,12 @@ impl Metrics {
             "agent_boundary_policy_reloads_total{{result=\"error\"}} {}",
             load(&self.reloads_failed)
         );
+        out.push_str("# HELP agent_boundary_policy_file_missing 1 while the policy file is gone (its ConfigMap deleted) and the last policy loaded stays in force.\n# TYPE agent_boundary_policy_file_missing gauge\n");
+        let _ = writeln!(
+            out,
+            "agent_boundary_policy_file_missing {}",
+            u8::from(self.policy_file_missing.load(Ordering::Relaxed))
+        );
         out.push_str("# HELP agent_boundary_dns_queries_total DNS queries answered inside jails.\n# TYPE agent_boundary_dns_queries_total counter\n");
         let _ = writeln!(
             out,
@@ -185,6 +197,7 @@ mod tests {
         m.decision(Kind::PodLocal, Decision::WouldDeny);
         m.upstream_error(UpstreamError::Tls);
         m.reload(false);
+        m.policy_file_missing(true);
         m.active(3);
         m.active(-1);
         let text = m.render(7);
@@ -197,5 +210,8 @@ mod tests {
         assert!(text.contains("agent_boundary_policy_reloads_total{result=\"error\"} 1"));
         assert!(text.contains("agent_boundary_active_connections 2"));
         assert!(text.contains("agent_boundary_audit_dropped_total 7"));
+        assert!(text.contains("agent_boundary_policy_file_missing 1"));
+        m.policy_file_missing(false);
+        assert!(m.render(0).contains("agent_boundary_policy_file_missing 0"));
     }
 }

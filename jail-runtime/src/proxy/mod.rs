@@ -48,7 +48,7 @@ use boundary_api::{Mode, Tier};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, UnixListener, UnixStream};
 
-use self::audit::{Audit, Decision, Identity, Record};
+use self::audit::{Audit, Decision, Events, Identity, Record};
 use self::client_hello::Parse;
 use self::head::Scheme;
 pub use self::header::Destination;
@@ -141,18 +141,23 @@ impl Proxy {
         let upstream = Upstream::new(config.resolve, tls::UpstreamTls::new(&config.upstream_cas)?);
         let metrics = Arc::new(Metrics::default());
         let policy = Arc::new(config.policy);
-        policy.spawn_reloader(metrics.clone());
+        let events = Events {
+            audit: Audit::start(&config.audit).map_err(StartError::Audit)?,
+            session: config.session.into(),
+            identity: Arc::new(config.identity),
+        };
+        policy.spawn_reloader(metrics.clone(), events.clone());
         Ok(Proxy {
             inner: Arc::new(Inner {
-                session: config.session.into(),
-                identity: Arc::new(config.identity),
+                session: events.session.clone(),
+                identity: events.identity.clone(),
                 tier: config.tier,
                 policy,
                 ca: config.ca,
                 client_h1: upstream.client(false),
                 client_h2: upstream.client(true),
                 upstream,
-                audit: Audit::start(&config.audit).map_err(StartError::Audit)?,
+                audit: events.audit,
                 metrics,
                 upstream_timeout: config.upstream_timeout,
             }),
@@ -669,6 +674,27 @@ impl Proxy {
             tier: tier.or(self.inner.tier),
             event,
         });
+    }
+
+    /// Writes an event about the proxy or a jail (not a connection) to the audit trail.
+    pub fn record_event(
+        &self,
+        kind: &'static str,
+        container: Option<String>,
+        tier: Option<Tier>,
+        detail: serde_json::Value,
+    ) {
+        Events {
+            audit: self.inner.audit.clone(),
+            session: self.inner.session.clone(),
+            identity: self.inner.identity.clone(),
+        }
+        .record(kind, container, tier.or(self.inner.tier), detail);
+    }
+
+    /// Whether the policy file is missing now (the last policy loaded stays in force).
+    pub fn policy_file_missing(&self) -> bool {
+        self.inner.policy.file_missing()
     }
 
     /// The hash of the compiled-policy file enforced now (see

@@ -7,10 +7,16 @@
 //! a symlink swap is seen. A new version that does not parse or compile is rejected and the old
 //! rules stay, with an error in the log and the metrics. Open connections keep the rules they
 //! started with only until their next request: each request reads the current rules.
+//!
+//! A policy file that disappears (the namespace's ConfigMap was deleted: the kubelet empties an
+//! optional ConfigMap volume) is not a rejected version: the last policy loaded stays in force
+//! and the store says the file is missing (once in the log and the audit trail, in `/status`
+//! and as a metric) until a file is there again, which is then loaded as usual.
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,6 +25,7 @@ use boundary_api::Mode;
 use boundary_api::compiled::{CompiledPolicy, parse_downward_labels};
 use boundary_api::rules::RuleSet;
 
+use super::audit::Events;
 use super::metrics::Metrics;
 
 /// Rules for one container, with the policies they came from.
@@ -79,11 +86,24 @@ struct Loaded {
     per_container: Mutex<HashMap<Option<String>, Arc<Resolved>>>,
 }
 
+/// What a check of the files found.
+#[derive(Debug)]
+pub enum Reload {
+    /// A new version is in force.
+    Loaded,
+    /// A new version was rejected; the previous one stays.
+    Rejected(LoadError),
+    /// The policy file disappeared; the previous version stays.
+    Missing,
+}
+
 /// The current rules, swapped atomically on reload.
 pub struct PolicyStore {
     source: Source,
     current: ArcSwap<Loaded>,
     fixed: Option<Arc<Resolved>>,
+    /// The policy file is not there (deleted under a running pod, or never published).
+    missing: AtomicBool,
 }
 
 impl std::fmt::Debug for PolicyStore {
@@ -134,13 +154,19 @@ impl PolicyStore {
             source,
             current: ArcSwap::from_pointee(loaded),
             fixed,
+            missing: AtomicBool::new(false),
         })
     }
 
     /// A file source whose first version is missing or bad: deny everything until a good one
     /// appears (fail closed).
     pub fn deny_all(source: Source) -> PolicyStore {
+        let missing = match &source {
+            Source::File { policy, .. } => policy_file_missing(policy),
+            Source::Static(_) => false,
+        };
         PolicyStore {
+            missing: AtomicBool::new(missing),
             source,
             current: ArcSwap::from_pointee(Loaded {
                 compiled: None,
@@ -151,6 +177,12 @@ impl PolicyStore {
             }),
             fixed: None,
         }
+    }
+
+    /// Whether the policy file is missing now (the rules in force are the last ones loaded, or
+    /// none).
+    pub fn file_missing(&self) -> bool {
+        self.missing.load(Ordering::Relaxed)
     }
 
     /// The hash of the compiled-policy file in force (`None`: no file loaded yet, or static
@@ -186,9 +218,8 @@ impl PolicyStore {
         resolved
     }
 
-    /// Checks the files once; `Some(Ok)` when a new version was loaded, `Some(Err)` when one was
-    /// rejected, `None` when nothing changed.
-    pub fn reload_if_changed(&self) -> Option<Result<(), LoadError>> {
+    /// Checks the files once; `None` when nothing changed (or the file is still missing).
+    pub fn reload_if_changed(&self) -> Option<Reload> {
         let Source::File { policy, labels } = &self.source else {
             return None;
         };
@@ -201,50 +232,104 @@ impl PolicyStore {
         if now == current.fingerprint {
             return None;
         }
+        // Keeps the version in force, remembering what was seen so it is reported once, not
+        // every second.
+        let keep = |fingerprint| {
+            self.current.store(Arc::new(Loaded {
+                compiled: current.compiled.clone(),
+                hash: current.hash.clone(),
+                labels: current.labels.clone(),
+                fingerprint,
+                per_container: Mutex::new(HashMap::new()),
+            }));
+        };
+        if policy_file_missing(policy) {
+            keep(now);
+            let was_missing = self.missing.swap(true, Ordering::Relaxed);
+            return (!was_missing).then_some(Reload::Missing);
+        }
+        self.missing.store(false, Ordering::Relaxed);
         match read(policy, labels.as_deref()) {
             Ok(loaded) => {
                 self.current.store(Arc::new(loaded));
-                Some(Ok(()))
+                Some(Reload::Loaded)
             }
             Err(e) => {
-                // Remember the bad version so it is reported once, not every second.
-                let kept = Loaded {
-                    compiled: current.compiled.clone(),
-                    hash: current.hash.clone(),
-                    labels: current.labels.clone(),
-                    fingerprint: now,
-                    per_container: Mutex::new(HashMap::new()),
-                };
-                self.current.store(Arc::new(kept));
-                Some(Err(e))
+                keep(now);
+                Some(Reload::Rejected(e))
             }
         }
     }
 
-    /// Reloads every second until the runtime stops.
-    pub fn spawn_reloader(self: &Arc<Self>, metrics: Arc<Metrics>) {
+    /// Reloads every second until the runtime stops; a vanished policy file is logged and
+    /// audited (`policy-missing`) once, and so is its return (`policy-restored`).
+    pub fn spawn_reloader(self: &Arc<Self>, metrics: Arc<Metrics>, events: Events) {
         if matches!(self.source, Source::Static(_)) {
             return;
         }
+        metrics.policy_file_missing(self.file_missing());
         let store = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
-                match store.reload_if_changed() {
-                    Some(Ok(())) => {
+                let was_missing = store.file_missing();
+                let outcome = store.reload_if_changed();
+                metrics.policy_file_missing(store.file_missing());
+                if was_missing && !store.file_missing() {
+                    tracing::info!("the policy file is back");
+                    events.record(
+                        "policy-restored",
+                        None,
+                        None,
+                        serde_json::json!({"file": store.file_path()}),
+                    );
+                }
+                match outcome {
+                    Some(Reload::Loaded) => {
                         metrics.reload(true);
                         tracing::info!(policies = ?store.rules_for(None).policies, "policy reloaded");
                     }
-                    Some(Err(e)) => {
+                    Some(Reload::Rejected(e)) => {
                         metrics.reload(false);
                         tracing::error!(error = %e, "new policy rejected; keeping the previous one");
+                    }
+                    Some(Reload::Missing) => {
+                        let hash = store.hash();
+                        tracing::warn!(
+                            file = store.file_path().unwrap_or_default(),
+                            policy_hash = hash.as_deref().unwrap_or(""),
+                            "the policy file is gone (its ConfigMap was deleted?); keeping the last policy loaded until it is back"
+                        );
+                        events.record(
+                            "policy-missing",
+                            None,
+                            None,
+                            serde_json::json!({
+                                "file": store.file_path(),
+                                "policyHash": hash,
+                                "kept": if hash.is_some() { "last-loaded" } else { "deny-all" },
+                            }),
+                        );
                     }
                     None => {}
                 }
             }
         });
     }
+
+    /// The policy file's path (file sources).
+    fn file_path(&self) -> Option<String> {
+        match &self.source {
+            Source::File { policy, .. } => Some(policy.display().to_string()),
+            Source::Static(_) => None,
+        }
+    }
+}
+
+/// Whether `policy` is not there: the file or, for a ConfigMap key, its symlink's target.
+fn policy_file_missing(policy: &Path) -> bool {
+    matches!(std::fs::metadata(policy), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
 }
 
 fn deny_everything() -> Resolved {
@@ -288,4 +373,83 @@ fn read(policy: &Path, labels: Option<&Path>) -> Result<Loaded, LoadError> {
         fingerprint,
         per_container: Mutex::new(HashMap::new()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compiled(allow: &str) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "version": 1,
+            "namespace": "agents",
+            "policies": [{"name": "p", "podSelector": {}, "allow": [allow]}]
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_vanished_policy_file_keeps_the_last_policy_and_is_reported_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("policy.json");
+        std::fs::write(&file, compiled("domain=a.test")).unwrap();
+        let store = PolicyStore::load(Source::File {
+            policy: file.clone(),
+            labels: None,
+        })
+        .unwrap();
+        let hash = store.hash().unwrap();
+        assert!(!store.file_missing());
+
+        std::fs::remove_file(&file).unwrap();
+        assert!(matches!(store.reload_if_changed(), Some(Reload::Missing)));
+        assert!(store.file_missing());
+        assert_eq!(
+            store.hash().as_deref(),
+            Some(hash.as_str()),
+            "still enforced"
+        );
+        assert_eq!(store.rules_for(None).policies, ["p"]);
+        assert!(store.reload_if_changed().is_none(), "said once");
+
+        std::fs::write(&file, compiled("domain=b.test")).unwrap();
+        assert!(matches!(store.reload_if_changed(), Some(Reload::Loaded)));
+        assert!(!store.file_missing());
+        assert_ne!(
+            store.hash().unwrap(),
+            hash,
+            "the new file is loaded as usual"
+        );
+
+        // A dangling ConfigMap key (its `..data` target gone) is missing too, not rejected.
+        std::fs::remove_file(&file).unwrap();
+        std::os::unix::fs::symlink("..data/policy.json", &file).unwrap();
+        assert!(matches!(store.reload_if_changed(), Some(Reload::Missing)));
+        // A file that is there but bad is rejected, not missing.
+        std::fs::remove_file(&file).unwrap();
+        std::fs::write(&file, b"{").unwrap();
+        assert!(matches!(
+            store.reload_if_changed(),
+            Some(Reload::Rejected(_))
+        ));
+        assert!(!store.file_missing());
+    }
+
+    #[test]
+    fn a_sidecar_starting_without_a_policy_file_denies_all_and_says_the_file_is_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("policy.json");
+        let source = Source::File {
+            policy: file.clone(),
+            labels: None,
+        };
+        assert!(PolicyStore::load(source.clone()).is_err());
+        let store = PolicyStore::deny_all(source);
+        assert!(store.file_missing());
+        assert!(store.hash().is_none());
+        assert!(store.reload_if_changed().is_none(), "already said at start");
+        std::fs::write(&file, compiled("domain=a.test")).unwrap();
+        assert!(matches!(store.reload_if_changed(), Some(Reload::Loaded)));
+        assert!(!store.file_missing());
+    }
 }

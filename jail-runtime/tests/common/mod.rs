@@ -329,6 +329,24 @@ impl PolicyDir {
     pub fn path(&self) -> std::path::PathBuf {
         self.dir.path().join("policy.json")
     }
+
+    /// What the kubelet does when an optional ConfigMap is deleted: `..data` points to an
+    /// empty version and the key's symlink is removed.
+    pub fn delete(&mut self) {
+        self.version += 1;
+        let v = self.dir.path().join(format!("..v{}", self.version));
+        std::fs::create_dir(&v).unwrap();
+        let tmp = self.dir.path().join("..data_tmp");
+        std::os::unix::fs::symlink(format!("..v{}", self.version), &tmp).unwrap();
+        std::fs::rename(&tmp, self.dir.path().join("..data")).unwrap();
+        std::fs::remove_file(self.path()).unwrap();
+    }
+
+    /// The ConfigMap is back: the key's symlink again, to a new version.
+    pub fn restore(&mut self, policy: &serde_json::Value) {
+        self.publish(policy);
+        std::os::unix::fs::symlink("..data/policy.json", self.path()).unwrap();
+    }
 }
 
 pub fn compiled(allow: &[&str]) -> serde_json::Value {
@@ -431,8 +449,19 @@ impl Sidecar {
     /// Kills the sidecar (SIGKILL, as a crash) and starts it again with the same socket, policy,
     /// ports and flags, as the kubelet restarts a container.
     pub async fn restart(&mut self) {
+        self.kill().await;
+        self.start_again().await;
+    }
+
+    /// Kills the sidecar (SIGKILL, as a crash or an OOM kill); its socket file stays.
+    pub async fn kill(&mut self) {
         self.child.kill().await.unwrap();
         let _ = std::fs::remove_file(self.socket.with_file_name("ca.crt"));
+    }
+
+    /// Starts a killed sidecar again with the same socket, policy, ports and flags, as the
+    /// kubelet restarts a container.
+    pub async fn start_again(&mut self) {
         let (child, pid, ca_pem) =
             Self::spawn(&self.args, &self.socket, self.metrics, &self.audit).await;
         self.child = child;
