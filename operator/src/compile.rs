@@ -265,27 +265,17 @@ pub fn compile_cluster(cbp: &ClusterBoundaryPolicy) -> CompiledCluster {
     }
 }
 
-/// The problems of deny rule `index`, reported at `spec.deny[index]`. Deny rules share the
-/// allow rules' grammar: while the rule engine's `compile` does not check deny rules itself
-/// (it reports nothing for them), the rule is checked as an allow rule.
+/// The problems of deny rule `index`, reported at `spec.deny[index]`: each deny rule is checked
+/// on its own, so the valid ones can be published while a broken one is reported.
 fn deny_problems(policy: &str, index: usize, rule: &str) -> Vec<RuleProblem> {
-    let single = vec![rule.to_owned()];
     let as_deny = PolicyEntry {
         name: policy.to_owned(),
-        deny: single.clone(),
-        ..PolicyEntry::default()
-    };
-    let as_allow = PolicyEntry {
-        name: policy.to_owned(),
-        allow: single,
+        deny: vec![rule.to_owned()],
         ..PolicyEntry::default()
     };
     let found = match as_deny.compile() {
         Err(CompileErrors(found)) => found,
-        Ok(_) => match as_allow.compile() {
-            Err(CompileErrors(found)) => found,
-            Ok(_) => Vec::new(),
-        },
+        Ok(_) => Vec::new(),
     };
     let field = format!("spec.deny[{index}]");
     found
