@@ -846,7 +846,17 @@ async fn publish_problems(
         action: "Compile".into(),
         secondary: None,
     };
-    if let Err(err) = recorder.publish(&event, reference).await {
+    let mut result = recorder.publish(&event, reference).await;
+    // Kubernetes before 1.21 refuses an events.k8s.io/v1 Event about a cluster-scoped object
+    // unless the reference names the Event's namespace.
+    if matches!(&result, Err(kube::Error::Api(status)) if status.code == 422)
+        && reference.namespace.is_none()
+    {
+        let mut in_default = reference.clone();
+        in_default.namespace = Some("default".into());
+        result = recorder.publish(&event, &in_default).await;
+    }
+    if let Err(err) = result {
         tracing::warn!(policy = %name, error = %err, "recording an Event failed");
     }
 }
