@@ -84,12 +84,21 @@ async fn a_killed_sidecar_comes_back_and_the_running_agent_works_again() -> anyh
         fetches_as_the_policy_says(&pods, "agent").await?;
         let pod = pods.get("agent").await?;
         let agent_restarts = restarts(&pod, "agent");
+        // Killed twice: the kubelet restarts a crashed container at once the first time and
+        // after its crash-loop back-off (10 s) the second, so the agent meets the outage.
+        run(Command::new("docker").args(["kill", &container_id(&pod, sidecar)?]))?;
+        let pod = eventually(Duration::from_mins(2), "the kubelet restarts the sidecar", || async {
+            let pod = pods.get("agent").await?;
+            let running = restarts(&pod, sidecar) >= 1 && container_id(&pod, sidecar).is_ok();
+            Ok(running.then_some(pod))
+        })
+        .await?;
         let killed_at = Timestamp::now();
         let started = Instant::now();
         run(Command::new("docker").args(["kill", &container_id(&pod, sidecar)?]))?;
-        eventually(Duration::from_mins(2), "the kubelet restarts the sidecar", || async {
+        eventually(Duration::from_mins(2), "the kubelet restarts the sidecar again", || async {
             let pod = pods.get("agent").await?;
-            Ok((restarts(&pod, sidecar) >= 1).then_some(()))
+            Ok((restarts(&pod, sidecar) >= 2).then_some(()))
         })
         .await?;
         let ok = format!("fetch https://{ALLOWED}/ok -> 200");
@@ -143,29 +152,47 @@ async fn a_killed_sidecar_comes_back_and_the_running_agent_works_again() -> anyh
                 .all(|(_, l)| !l.contains("UnknownIssuer")),
             "no certificate errors after the restart"
         );
-        let audit = logs(&pods, "agent", sidecar).await?;
-        let records: Vec<Value> = audit
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect();
-        let restart = records
-            .iter()
-            .find(|r| r["kind"] == "sidecar-restart")
-            .with_context(|| format!("no sidecar-restart record:\n{}", tail(&audit, 20)))?;
+        let (restart, refused) = restart_audited(&pods).await?;
         assert_eq!(restart["ca"], "reused", "{restart}");
-        let refused = records
-            .iter()
-            .filter(|r| r["kind"] == "unreachable-sidecar")
-            .count();
         eprintln!(
-            "chaos: sidecar killed: the agent's next allowed request worked {recovery} ms after the kill ({} s until the kubelet restarted it); {refused} connections refused meanwhile and audited; denied server reached 0 times",
+            "chaos: sidecar killed twice (the second restart after the kubelet's back-off): the agent's next allowed request worked {recovery} ms after the second kill ({} s until the kubelet restarted it); {refused} connections refused meanwhile and audited; denied server reached 0 times",
             started.elapsed().as_secs()
         );
-        assert!(refused >= 1, "the connections refused while it was down are audited");
         anyhow::Ok(())
     }
     .await;
     dump_on_error(ns, result).await
+}
+
+/// The sidecar's audit of its restart and of the connections refused meanwhile. The refusals
+/// are reported when `boundary run`'s session reconnects, which may come a moment after the
+/// first allowed request.
+async fn restart_audited(pods: &Api<Pod>) -> anyhow::Result<(Value, usize)> {
+    let sidecar = contract::containers::SIDECAR;
+    eventually(
+        Duration::from_secs(30),
+        "the audit has the restart and the refusals meanwhile",
+        || async {
+            let audit = logs(pods, "agent", sidecar).await?;
+            let records: Vec<Value> = audit
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            let restart = records
+                .iter()
+                .find(|r| r["kind"] == "sidecar-restart")
+                .cloned();
+            let refused = records
+                .iter()
+                .filter(|r| r["kind"] == "unreachable-sidecar")
+                .count();
+            match restart {
+                Some(r) if refused >= 1 => Ok(Some((r, refused))),
+                _ => bail!("so far:\n{}", tail(&audit, 12)),
+            }
+        },
+    )
+    .await
 }
 
 /// The webhook Deployment of the release.
@@ -527,8 +554,15 @@ async fn operator_killed_after_its_certificates_went(
         .map(|s| s.name_any())
         .find(|n| n.ends_with("-webhook-tls") || n.ends_with("-webhook"))
         .context("no webhook Secret")?;
+    let ca_secret = format!("{webhook_secret}-ca");
+    let old_ca = secrets
+        .get(&ca_secret)
+        .await?
+        .data
+        .and_then(|d| d.get("ca.crt").cloned())
+        .context("no CA")?;
     let started = Instant::now();
-    for name in [webhook_secret.clone(), format!("{webhook_secret}-ca")] {
+    for name in [webhook_secret.clone(), ca_secret.clone()] {
         let _ = secrets
             .delete(&name, &kube::api::DeleteParams::default())
             .await;
@@ -544,6 +578,40 @@ async fn operator_killed_after_its_certificates_went(
         dry_run: true,
         ..PostParams::default()
     };
+    let configurations: Api<
+        k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration,
+    > = Api::all(client.clone());
+    eventually(
+        Duration::from_mins(2),
+        "a new CA is made and published",
+        || async {
+            let Some(ca) = secrets.get_opt(&ca_secret).await? else {
+                return Ok(None);
+            };
+            let Some(new) = ca.data.and_then(|d| d.get("ca.crt").cloned()) else {
+                return Ok(None);
+            };
+            if new == old_ca {
+                bail!("still the old CA");
+            }
+            let list = configurations.list(&ListParams::default()).await?;
+            // The bundle holds the new CA (and the old one only while both are trusted).
+            let pem = String::from_utf8_lossy(&new.0).into_owned();
+            let published = list
+                .items
+                .iter()
+                .filter(|c| c.name_any().starts_with(RELEASE))
+                .flat_map(|c| c.webhooks.iter().flatten())
+                .all(|w| {
+                    w.client_config
+                        .ca_bundle
+                        .as_ref()
+                        .is_some_and(|b| String::from_utf8_lossy(&b.0).contains(pem.trim()))
+                });
+            Ok(published.then_some(()))
+        },
+    )
+    .await?;
     eventually(
         Duration::from_mins(4),
         "new certificates in place: pods admitted and jailed again",
