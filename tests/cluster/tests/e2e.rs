@@ -124,6 +124,7 @@ async fn install(client: &Client, extra: &[&str]) -> anyhow::Result<()> {
         cmd.arg("--kubeconfig").arg(kubeconfig);
     }
     run(&mut cmd)?;
+    only_current_webhook_pods(client).await?;
     let webhooks: Api<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration> =
         Api::all(client.clone());
     eventually(
@@ -151,6 +152,44 @@ async fn install(client: &Client, extra: &[&str]) -> anyhow::Result<()> {
     )
     .await?;
     Ok(())
+}
+
+/// Waits until the webhook pods are those of the current settings only: a replaced pod keeps
+/// answering reviews (with the old settings) during its shutdown delay, and one deleted while
+/// its container was being created can take the old kubelet a while to clear.
+async fn only_current_webhook_pods(client: &Client) -> anyhow::Result<()> {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), RELEASE_NAMESPACE);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), RELEASE_NAMESPACE);
+    eventually(
+        Duration::from_mins(3),
+        "only the current webhook pods run, all ready",
+        || async {
+            let Some(webhook) = deployments
+                .list(&ListParams::default())
+                .await?
+                .items
+                .into_iter()
+                .find(|d| d.name_any().ends_with("-webhook"))
+            else {
+                return Ok(None);
+            };
+            let wanted = webhook.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+            let status = webhook.status.clone().unwrap_or_default();
+            let rolled_out = status.observed_generation == webhook.metadata.generation
+                && status.updated_replicas == Some(wanted)
+                && status.ready_replicas == Some(wanted);
+            let list = pods
+                .list(&ListParams::default().labels("app.kubernetes.io/component=webhook"))
+                .await?;
+            let count = i32::try_from(list.items.len()).unwrap_or(i32::MAX);
+            let none_leaving = list
+                .items
+                .iter()
+                .all(|p| p.metadata.deletion_timestamp.is_none());
+            Ok((rolled_out && none_leaving && count == wanted).then_some(()))
+        },
+    )
+    .await
 }
 
 /// Waits until the operator has labelled the node from the node agent's probe.
@@ -1018,7 +1057,7 @@ async fn without_a_webhook_opted_in_pods_fail_closed_and_other_namespaces_are_un
         .await?;
     let result = async {
         let release_pods: Api<Pod> = Api::namespaced(world.client.clone(), RELEASE_NAMESPACE);
-        eventually(Duration::from_mins(1), "no webhook pod left", || async {
+        eventually(Duration::from_mins(3), "no webhook pod left", || async {
             let left = release_pods
                 .list(&ListParams::default().labels("app.kubernetes.io/component=webhook"))
                 .await?;

@@ -272,7 +272,7 @@ async fn refused_while_the_webhook_is_down(
             )
             .await?;
         let release_pods: Api<Pod> = Api::namespaced(client.clone(), RELEASE_NAMESPACE);
-        eventually(Duration::from_mins(1), "no webhook pod left", || async {
+        eventually(Duration::from_mins(3), "no webhook pod left", || async {
             let left = release_pods
                 .list(&ListParams::default().labels("app.kubernetes.io/component=webhook"))
                 .await?;
