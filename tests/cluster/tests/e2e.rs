@@ -192,6 +192,39 @@ async fn only_current_webhook_pods(client: &Client) -> anyhow::Result<()> {
     .await
 }
 
+/// The release's webhook Deployment.
+async fn webhook_deployment(client: &Client) -> anyhow::Result<String> {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), RELEASE_NAMESPACE);
+    Ok(deployments
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .find(|d| d.name_any().ends_with("-webhook"))
+        .context("no webhook Deployment")?
+        .name_any())
+}
+
+/// Scales the webhook to 0 and waits until none of its pods is left (`install` scales it back).
+async fn webhook_scaled_to_zero(client: &Client) -> anyhow::Result<()> {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), RELEASE_NAMESPACE);
+    deployments
+        .patch(
+            &webhook_deployment(client).await?,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 0}})),
+        )
+        .await?;
+    let release_pods: Api<Pod> = Api::namespaced(client.clone(), RELEASE_NAMESPACE);
+    eventually(Duration::from_mins(3), "no webhook pod left", || async {
+        let left = release_pods
+            .list(&ListParams::default().labels("app.kubernetes.io/component=webhook"))
+            .await?;
+        Ok(left.items.is_empty().then_some(()))
+    })
+    .await
+}
+
 /// Waits until the operator has labelled the node from the node agent's probe.
 async fn probed_node(client: &Client) -> anyhow::Result<Node> {
     let nodes: Api<Node> = Api::all(client.clone());
@@ -1039,31 +1072,8 @@ async fn without_a_webhook_opted_in_pods_fail_closed_and_other_namespaces_are_un
 -> anyhow::Result<()> {
     let _lock = exclusive()?;
     let world = world("e2e-down").await?;
-    let deployments: Api<Deployment> = Api::namespaced(world.client.clone(), RELEASE_NAMESPACE);
-    let webhook = deployments
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .find(|d| d.name_any().ends_with("-webhook"))
-        .context("no webhook Deployment")?
-        .name_any();
-    deployments
-        .patch(
-            &webhook,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"replicas": 0}})),
-        )
-        .await?;
     let result = async {
-        let release_pods: Api<Pod> = Api::namespaced(world.client.clone(), RELEASE_NAMESPACE);
-        eventually(Duration::from_mins(3), "no webhook pod left", || async {
-            let left = release_pods
-                .list(&ListParams::default().labels("app.kubernetes.io/component=webhook"))
-                .await?;
-            Ok(left.items.is_empty().then_some(()))
-        })
-        .await?;
+        webhook_scaled_to_zero(&world.client).await?;
         let refused = world
             .ns
             .create_pod(&agent_pod(&world, "agent", &json!({}))?)

@@ -195,19 +195,6 @@ async fn restart_audited(pods: &Api<Pod>) -> anyhow::Result<(Value, usize)> {
     .await
 }
 
-/// The webhook Deployment of the release.
-async fn webhook_deployment(client: &Client) -> anyhow::Result<String> {
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), RELEASE_NAMESPACE);
-    Ok(deployments
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .find(|d| d.name_any().ends_with("-webhook"))
-        .context("no webhook Deployment")?
-        .name_any())
-}
-
 /// 2. With two webhook replicas, one webhook pod is deleted and then the Deployment rolled while
 ///    pods are created without pause (server-side dry runs, which go through admission like any
 ///    create): no admission is refused and every pod is jailed.

@@ -255,30 +255,7 @@ async fn refused_while_the_webhook_is_down(
     ns: &TestNamespace,
 ) -> anyhow::Result<()> {
     {
-        let deployments: Api<Deployment> = Api::namespaced(client.clone(), RELEASE_NAMESPACE);
-        let webhook = deployments
-            .list(&ListParams::default())
-            .await?
-            .items
-            .into_iter()
-            .find(|d| d.name_any().ends_with("-webhook"))
-            .context("no webhook Deployment")?
-            .name_any();
-        deployments
-            .patch(
-                &webhook,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"replicas": 0}})),
-            )
-            .await?;
-        let release_pods: Api<Pod> = Api::namespaced(client.clone(), RELEASE_NAMESPACE);
-        eventually(Duration::from_mins(3), "no webhook pod left", || async {
-            let left = release_pods
-                .list(&ListParams::default().labels("app.kubernetes.io/component=webhook"))
-                .await?;
-            Ok(left.items.is_empty().then_some(()))
-        })
-        .await?;
+        webhook_scaled_to_zero(client).await?;
         let message = refused(ns, &tool_pod("while-down", "agent", &json!({}))?).await?;
         assert!(
             message.contains("required.webhook.agentboundary.dev"),
