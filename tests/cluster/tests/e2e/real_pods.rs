@@ -372,14 +372,16 @@ async fn a_server_in_the_jail_is_probed_and_reached_through_its_service() -> any
                 "restartPolicy": "Never",
                 "containers": [{
                     "name": "client", "image": image("e2e-tools"), "imagePullPolicy": "IfNotPresent",
-                    "command": [TOOLS, "fetch", "--timeout", "5",
+                    // Again every second: kube-proxy may program the new Service a moment
+                    // after the server is ready.
+                    "command": [TOOLS, "fetch", "--timeout", "5", "--every", "1",
                                 format!("http://{service_ip}:8080/from-client"),
                                 format!("http://{pod_ip}:9090/undeclared")],
                 }],
             },
         }))?;
         world.ns.create_pod(&client_pod).await?;
-        let answers = logs_show(&pods, "client", "client", &["/from-client ->", "/undeclared ->"]).await?;
+        let answers = logs_show(&pods, "client", "client", &["/from-client -> 200", "/undeclared ->"]).await?;
         assert!(
             answers.contains("-> 200 hello from runtime: GET /from-client"),
             "the Service reaches the jailed server:\n{answers}"
