@@ -366,6 +366,44 @@ impl<T: kube::Resource> Triggers<T> {
     }
 }
 
+/// `controller` set to shut down gracefully on `shutdown`, and a future for `take_until` on its
+/// results that resolves when shutdown comes before the controller's own store was listed.
+/// kube-runtime 5's graceful shutdown then never ends: its runner holds until the store is
+/// ready, but the watcher that would fill it has stopped. Nothing was reconciled yet, so
+/// dropping the stream loses nothing.
+pub(crate) fn stop_on<K>(
+    controller: kube::runtime::Controller<K>,
+    shutdown: &Shutdown,
+) -> (
+    kube::runtime::Controller<K>,
+    impl Future<Output = ()> + Send + 'static,
+)
+where
+    K: kube::Resource
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + std::fmt::Debug + Unpin + Send + Sync,
+{
+    let store = controller.store();
+    let abandon = {
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.wait().await;
+            if futures::FutureExt::now_or_never(store.wait_until_ready()).is_some() {
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    (
+        controller.graceful_shutdown_on(shutdown.clone().wait()),
+        abandon,
+    )
+}
+
 /// Waits until `store` has listed its objects (or shutdown is requested: `Ok(false)`).
 pub(crate) async fn wait_ready<K>(
     store: &kube::runtime::reflector::Store<K>,

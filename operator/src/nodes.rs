@@ -69,9 +69,10 @@ pub async fn run(client: Client, config: Config, shutdown: Shutdown) -> Result<(
         metrics: config.metrics.clone(),
     });
     tracing::info!(selector = ?config.node_selector, "node controller started");
-    Controller::new(Api::<Node>::all(client), nodes)
+    let (controller, abandon) =
+        crate::stop_on(Controller::new(Api::<Node>::all(client), nodes), &shutdown);
+    controller
         .reconcile_on(rx)
-        .graceful_shutdown_on(shutdown.wait())
         .run(
             |object, ctx: Arc<Context>| async move {
                 let started = std::time::Instant::now();
@@ -83,6 +84,7 @@ pub async fn run(client: Client, config: Config, shutdown: Shutdown) -> Result<(
             error_policy,
             context,
         )
+        .take_until(abandon)
         .for_each(|result| {
             match result {
                 Ok((node, _)) => tracing::debug!(node = %node.name, "reconciled"),

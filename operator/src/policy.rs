@@ -275,9 +275,12 @@ pub async fn run(client: Client, config: Config, shutdown: Shutdown) -> Result<(
         metrics: config.metrics.clone(),
     });
     tracing::info!(namespace = ?config.watch_namespace, selector = ?config.namespace_selector, "policy controller started");
-    let namespaces = Controller::new(Api::<Namespace>::all(client.clone()), ns_watch)
+    let (controller, abandon) = crate::stop_on(
+        Controller::new(Api::<Namespace>::all(client.clone()), ns_watch),
+        &shutdown,
+    );
+    let namespaces = controller
         .reconcile_on(rx)
-        .graceful_shutdown_on(shutdown.clone().wait())
         .run(
             |object, ctx: Arc<Context>| async move {
                 let started = std::time::Instant::now();
@@ -292,6 +295,7 @@ pub async fn run(client: Client, config: Config, shutdown: Shutdown) -> Result<(
             error_policy,
             context.clone(),
         )
+        .take_until(abandon)
         .for_each(log_reconciled);
     let cluster_status = async {
         // An operator that sees one namespace cannot tell where a cluster policy applies.
@@ -344,33 +348,37 @@ async fn run_cluster_status(
     all: futures::channel::mpsc::UnboundedReceiver<()>,
     shutdown: Shutdown,
 ) {
-    Controller::new(
-        Api::<ClusterBoundaryPolicy>::all(client),
-        watcher::Config::default(),
-    )
-    .reconcile_all_on(all)
-    .graceful_shutdown_on(shutdown.wait())
-    .run(
-        |object, ctx: Arc<Context>| async move {
-            let started = std::time::Instant::now();
-            let result = reconcile_cluster(object, ctx.clone()).await;
-            ctx.metrics.reconciled(
-                MetricsController::ClusterPolicy,
-                result.is_ok(),
-                started.elapsed(),
-            );
-            result
-        },
-        error_policy_cluster,
-        context,
-    )
-    .for_each(|result| {
-        if let Err(err) = result {
-            tracing::debug!(error = %err, "cluster policy reconcile skipped");
-        }
-        std::future::ready(())
-    })
-    .await;
+    let (controller, abandon) = crate::stop_on(
+        Controller::new(
+            Api::<ClusterBoundaryPolicy>::all(client),
+            watcher::Config::default(),
+        ),
+        &shutdown,
+    );
+    controller
+        .reconcile_all_on(all)
+        .run(
+            |object, ctx: Arc<Context>| async move {
+                let started = std::time::Instant::now();
+                let result = reconcile_cluster(object, ctx.clone()).await;
+                ctx.metrics.reconciled(
+                    MetricsController::ClusterPolicy,
+                    result.is_ok(),
+                    started.elapsed(),
+                );
+                result
+            },
+            error_policy_cluster,
+            context,
+        )
+        .take_until(abandon)
+        .for_each(|result| {
+            if let Err(err) = result {
+                tracing::debug!(error = %err, "cluster policy reconcile skipped");
+            }
+            std::future::ready(())
+        })
+        .await;
 }
 
 /// Whether the webhook jailed `pod` under `policy` (and the pod is not being deleted).

@@ -2,8 +2,8 @@
 //! its Lease (so a standby takes over at once) and exits 0.
 //!
 //! The Kubernetes API is a stand-in on loopback: Leases are kept as written (create, read,
-//! replace with the resourceVersion check), every other list is empty and every watch stays open
-//! without events. Leader election against a real apiserver is tested in tests/cluster.
+//! replace with the resourceVersion check), every other list is empty (or, for one path, never
+//! answered) and every watch stays open without events. Leader election against a real apiserver is tested in tests/cluster.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -26,6 +26,8 @@ struct Leases {
     stored: BTreeMap<String, Value>,
     writes: Vec<(Method, Value)>,
     version: u64,
+    /// A path whose list is never answered.
+    stalled: Option<&'static str>,
 }
 
 type Shared = Arc<Mutex<Leases>>;
@@ -101,6 +103,10 @@ async fn answer(State(leases): State<Shared>, request: Request) -> Response {
     if method != Method::GET {
         return status(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed");
     }
+    let stalled = leases.lock().unwrap().stalled;
+    if stalled == Some(path.as_str()) {
+        return std::future::pending().await;
+    }
     let watch = request
         .uri()
         .query()
@@ -139,10 +145,27 @@ fn holder(leases: &Shared) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_sigterm_the_leading_operator_releases_its_lease_and_exits_0() {
+    sigterm_while_leading(None).await;
+}
+
+/// kube-runtime's graceful shutdown waits forever for a controller whose store was never
+/// listed; this failed in CI when SIGTERM came a moment after the start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_before_a_controllers_first_list_still_exits_0() {
+    sigterm_while_leading(Some("/api/v1/nodes")).await;
+}
+
+/// Starts the operator against the stand-in (which never answers the list of `stalled`), sends
+/// SIGTERM once it leads, and checks it releases the Lease and exits 0.
+async fn sigterm_while_leading(stalled: Option<&'static str>) {
     let leases = Shared::default();
+    leases.lock().unwrap().stalled = stalled;
     let apiserver = stand_in_apiserver(leases.clone()).await;
-    let kubeconfig =
-        std::env::temp_dir().join(format!("operator-shutdown-{}.yaml", std::process::id()));
+    let kubeconfig = std::env::temp_dir().join(format!(
+        "operator-shutdown-{}-{}.yaml",
+        std::process::id(),
+        stalled.is_some()
+    ));
     std::fs::write(
         &kubeconfig,
         format!(
