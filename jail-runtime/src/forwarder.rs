@@ -15,10 +15,10 @@ use nix::sys::socket::{getsockopt, sockopt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket, UnixStream};
 
-use crate::dns::{self, NameTable};
-use crate::jail::{FORWARDER_PORT, ListenerKind};
 use crate::proxy::{Destination, Proxy};
 use crate::session::Refusals;
+use boundary_jail::dns::{self, NameTable};
+use boundary_jail::{FORWARDER_PORT, ListenerKind};
 
 /// Where intercepted connections go.
 #[derive(Debug, Clone)]

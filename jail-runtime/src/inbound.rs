@@ -2,7 +2,7 @@
 //! `127.0.0.1:P` are reachable from outside as in an unjailed pod. The supervisor listens on
 //! `0.0.0.0:P` (and `[::]:P` where IPv6 works) in its own network namespace (the pod's) and
 //! relays each connection through a socket the jail's init created inside the jail's namespace
-//! (see [`crate::jail::JailSockets`]). Ports not listed stay unreachable. Every connection is
+//! (see [`boundary_jail::JailSockets`]). Ports not listed stay unreachable. Every connection is
 //! audited (`kind: inbound`): into the local audit trail standalone, over the session to the
 //! sidecar in a pod.
 
@@ -18,10 +18,10 @@ use nix::sys::socket::{
 };
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
-use crate::jail::{DNS_PORT, FORWARDER_PORT, JailSockets};
 use crate::proxy::Proxy;
 use crate::proxy::header::InboundEvent;
 use crate::session::Session;
+use boundary_jail::{DNS_PORT, FORWARDER_PORT, JailSockets};
 
 /// Where inbound events are recorded.
 #[derive(Debug, Clone)]

@@ -3,20 +3,17 @@
 //! command line over this library; the library exists so fuzz targets and benchmarks can reach
 //! the parsers directly.
 //!
-//! `unsafe_code` is denied workspace-wide; only [`sys`] (the kernel interface) allows it.
+//! The jail itself is the `boundary-jail` crate (`jail-runtime/jail/`), the only crate allowed
+//! `unsafe`.
 
 pub mod config;
-pub mod dns;
 pub mod forwarder;
 pub mod inbound;
-pub mod jail;
 pub mod jails;
 pub mod logging;
-pub mod netlink;
 pub mod node_agent;
 pub mod proxy;
 pub mod run;
 pub mod session;
 pub mod sidecar;
-pub mod sys;
 pub mod trust;

@@ -1,7 +1,8 @@
 //! `boundary`: jails an agent's process tree and lets out only what the policy allows.
 #![forbid(unsafe_code)]
 
-use boundary::{config, jail, node_agent, run, sidecar};
+use boundary::{config, node_agent, run, sidecar};
+use boundary_jail as jail;
 
 use std::path::PathBuf;
 

@@ -15,17 +15,17 @@ use boundary_api::contract::env as contract_env;
 use boundary_api::contract::paths;
 
 use crate::config::{RunArgs, RunSettings, TierChoice};
-use crate::dns::NameTable;
 use crate::forwarder::{Forwarder, Target};
 use crate::inbound;
-use crate::jail::landlock_tier::{self, LandlockPlan};
-use crate::jail::mounts::{BUNDLE_FILE, CA_FILE, MountPlan, RESOLV_CONF, RESOLV_FILE};
-use crate::jail::{self, EXIT_SETUP_FAILED, JailError, JailPlan, signals};
 use crate::proxy::audit::Identity;
 use crate::proxy::header::{Hello, JailOutcome};
 use crate::proxy::policy::{PolicyStore, Source};
 use crate::proxy::tls::CertAuthority;
 use crate::proxy::{Proxy, ProxyConfig};
+use boundary_jail::dns::NameTable;
+use boundary_jail::landlock_tier::{self, LandlockPlan};
+use boundary_jail::mounts::{BUNDLE_FILE, CA_FILE, MountPlan, RESOLV_CONF, RESOLV_FILE};
+use boundary_jail::{self as jail, EXIT_SETUP_FAILED, JailError, JailPlan, signals};
 
 /// Exit code for invalid flags or configuration (nothing was started).
 pub const EXIT_USAGE: i32 = 2;
@@ -213,6 +213,10 @@ fn start_jail(
                             .proxy_socket
                             .iter()
                             .filter_map(|s| s.parent().map(Path::to_path_buf))
+                            .collect(),
+                        trust_stores: crate::trust::TRUST_STORE_FILES
+                            .iter()
+                            .map(PathBuf::from)
                             .collect(),
                     },
                     pod_local_ports: settings.pod_local_ports.clone(),

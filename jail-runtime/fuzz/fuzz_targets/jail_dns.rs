@@ -1,7 +1,7 @@
 //! The jail's DNS server on arbitrary datagrams: no panic, answers echo the query id.
 #![no_main]
 
-use boundary::dns::{NameTable, answer};
+use boundary_jail::dns::{NameTable, answer};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

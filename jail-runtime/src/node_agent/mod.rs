@@ -1,6 +1,6 @@
 //! `boundary node-agent`: the DaemonSet process that tells the operator what works on its node.
 //!
-//! Every interval it runs the jail's probe ([`crate::jail::probe`]) in-process and, when the
+//! Every interval it runs the jail's probe ([`boundary_jail::probe`]) in-process and, when the
 //! report differs from the last one it published (and at start), writes it as the
 //! `agentboundary.dev/probe-report` annotation of its **own Pod** with a JSON merge patch. The
 //! operator reads that annotation from node-agent Pods in the agent namespace and labels the Pod's
@@ -26,7 +26,7 @@ use clap::Args;
 use serde::Serialize;
 
 use self::apiserver::{ApiError, ApiServer, Endpoint};
-use crate::jail::probe::ProbeReport;
+use boundary_jail::probe::ProbeReport;
 
 /// The long `--help` text of `boundary node-agent`.
 pub const LONG_ABOUT: &str = "\
@@ -276,7 +276,7 @@ impl Agent {
     fn observe(&mut self) -> AgentReport {
         let seccomp_profile = self.apply_switches();
         AgentReport {
-            probe: crate::jail::probe::probe(),
+            probe: boundary_jail::probe::probe(),
             seccomp_profile,
         }
     }
@@ -449,7 +449,7 @@ pub fn run(args: &NodeAgentArgs) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jail::probe::{ProbeFacts, TierProbe};
+    use boundary_jail::probe::{ProbeFacts, TierProbe};
     use std::collections::BTreeMap;
 
     fn report(userns: bool, seccomp: Option<&str>) -> AgentReport {

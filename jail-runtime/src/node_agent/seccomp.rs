@@ -167,7 +167,7 @@ mod tests {
     fn namespace_creation_is_allowed() {
         let p = profile();
         let (always, _) = allowed(&p);
-        // What jail-runtime/src/jail calls for the userns tier, and what any userns sandbox
+        // What jail-runtime/jail calls for the userns tier, and what any userns sandbox
         // needs next to it.
         for name in [
             "clone",

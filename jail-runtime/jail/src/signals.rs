@@ -15,8 +15,6 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
-use super::exit_code;
-
 /// Signals forwarded to the command, plus SIGCHLD (which the supervisors handle themselves).
 pub fn forwarded() -> SigSet {
     let mut set = SigSet::empty();
@@ -128,7 +126,16 @@ fn wait_blocking(main: Pid) -> i32 {
                 }
             }
             Err(Errno::EINTR) => {}
-            Err(_) => return super::EXIT_SETUP_FAILED,
+            Err(_) => return crate::EXIT_SETUP_FAILED,
         }
+    }
+}
+
+/// The exit code for a wait status: the code itself, or 128+N for death by signal N.
+pub fn exit_code(status: nix::sys::wait::WaitStatus) -> Option<i32> {
+    match status {
+        WaitStatus::Exited(_, code) => Some(code),
+        WaitStatus::Signaled(_, sig, _) => Some(128 + sig as i32),
+        _ => None,
     }
 }

@@ -12,13 +12,11 @@ use nix::sys::signal::Signal;
 use nix::sys::socket::{MsgFlags, recv};
 use nix::unistd::{Gid, Uid};
 
-use super::error::{EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_SETUP_FAILED, JailError};
-use super::{
-    DNS_PORT, FORWARDER_PORT, JailPlan, ListenerKind, Report, mounts, privileges, send_report,
-    serve_socket_request, signals,
-};
+use crate::error::{EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_SETUP_FAILED, JailError};
 use crate::netlink;
+use crate::spawn::{Report, send_report, serve_socket_request};
 use crate::sys::{self, Forked};
+use crate::{DNS_PORT, FORWARDER_PORT, JailPlan, ListenerKind, mounts, privileges, signals};
 
 /// Runs the init; returns its exit code (the command's).
 pub(super) fn main(plan: &JailPlan, control: &OwnedFd, uid: Uid, gid: Gid) -> i32 {

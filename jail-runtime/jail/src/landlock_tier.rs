@@ -18,9 +18,9 @@ use landlock::{
 };
 use nix::unistd::Pid;
 
-use super::error::{EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, JailError};
-use super::{privileges, signals};
+use crate::error::{EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, JailError};
 use crate::sys::{self, Forked};
+use crate::{privileges, signals};
 
 /// Landlock ABI that first restricts TCP connect.
 pub const MIN_ABI: i32 = 4;
@@ -60,7 +60,7 @@ pub fn spawn(plan: &LandlockPlan) -> Result<Pid, JailError> {
                 }
             };
             let _ = nix::unistd::write(&write_end, message.as_bytes());
-            std::process::exit(super::EXIT_SETUP_FAILED);
+            std::process::exit(crate::EXIT_SETUP_FAILED);
         }
         Forked::Parent(child) => {
             drop(write_end);
@@ -105,7 +105,7 @@ fn restrict_and_exec(plan: &LandlockPlan) -> Failure {
     if let Err(e) = sys::cloexec_from(3) {
         return Failure::Setup(format!("closing descriptors: {e}"));
     }
-    Failure::Exec(super::init::exec(&plan.command, &plan.env, &[]))
+    Failure::Exec(crate::init::exec(&plan.command, &plan.env, &[]))
 }
 
 fn restrict_network(proxy_port: u16) -> Result<(), landlock::RulesetError> {

@@ -9,10 +9,10 @@ use boundary_api::Tier;
 use nix::sched::CloneFlags;
 use serde::{Deserialize, Serialize};
 
-use super::error::{JailError, UsernsFacts};
-use super::{DNS_PORT, FORWARDER_PORT, landlock_tier, privileges};
+use crate::error::{JailError, UsernsFacts};
 use crate::netlink;
 use crate::sys::{self, Forked};
+use crate::{DNS_PORT, FORWARDER_PORT, landlock_tier, privileges};
 
 /// The result of probing one tier.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

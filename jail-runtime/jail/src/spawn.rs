@@ -1,31 +1,5 @@
-//! The jail: the agent's process tree in its own namespaces, with no way out but the proxy.
-//!
-//! ```text
-//! boundary run (supervisor: forwarder, DNS, proxy; outside the jail's PID namespace)
-//!  └─ jail init (PID 1 of the jail; sets up mounts and the network, then only reaps and
-//!     │          forwards signals, with no capabilities left)
-//!     └─ CMD (no capabilities in any set, no_new_privs)
-//! ```
-//!
-//! The supervisor creates the init with `clone` before any thread exists. The init builds the
-//! jail's view (see [`mounts`]), brings `lo` up with default routes through it, installs the
-//! nftables ruleset (see [`crate::netlink`]), creates the forwarder's and DNS server's sockets
-//! *inside* the jail's network namespace and passes them to the supervisor over a socketpair,
-//! then forks CMD, which drops every privilege and execs. Sockets belong to the namespace they
-//! were created in, so the supervisor serves them from outside, where the jailed process can
-//! neither see nor signal it.
-//!
-//! Clean-up needs no code: when the init dies the kernel kills the jail's processes and frees
-//! its namespaces (interfaces, routes, nftables rules, mounts with them); when the supervisor
-//! dies, the init gets SIGKILL (parent-death signal). Nothing is changed outside the jail.
-
-pub mod error;
-mod init;
-pub mod landlock_tier;
-pub mod mounts;
-pub mod privileges;
-pub mod probe;
-pub mod signals;
+//! Spawning the jail from the supervisor: the plan, the `clone` of the jail's init, and the
+//! sockets the init creates inside the jail's network namespace and passes back.
 
 use std::ffi::OsString;
 use std::io::IoSlice;
@@ -40,10 +14,10 @@ use nix::sys::socket::{
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
-pub use error::{EXIT_SETUP_FAILED, JailError, UsernsFacts};
-pub use mounts::{MountPlan, MountReport};
-
+use crate::error::{JailError, UsernsFacts};
+use crate::mounts::{MountPlan, MountReport};
 use crate::sys::{self, Forked};
+use crate::{init, privileges};
 
 /// Port of the TCP forwarder inside the jail's network namespace. Below 1024, so the jailed
 /// process (without `CAP_NET_BIND_SERVICE`) can never bind it, and unlikely to clash with a
@@ -156,7 +130,7 @@ impl JailSockets {
 }
 
 /// In the init: answers one request of [`JailSockets`]; false once the supervisor is gone.
-fn serve_socket_request(control: &OwnedFd) -> bool {
+pub(crate) fn serve_socket_request(control: &OwnedFd) -> bool {
     let mut request = [0u8; 16];
     let n = match nix::sys::socket::recv(control.as_raw_fd(), &mut request, MsgFlags::MSG_DONTWAIT)
     {
@@ -196,7 +170,7 @@ fn serve_socket_request(control: &OwnedFd) -> bool {
 
 /// The init's report to the supervisor.
 #[derive(Debug, Serialize, Deserialize)]
-enum Report {
+pub(crate) enum Report {
     Ready {
         ipv6: bool,
         mounts: MountReport,
@@ -372,7 +346,11 @@ fn receive_report(control: &OwnedFd, init: Pid, tier: Tier) -> Result<Spawned, J
     }
 }
 
-fn send_report(control: &OwnedFd, report: &Report, fds: &[std::os::fd::RawFd]) -> nix::Result<()> {
+pub(crate) fn send_report(
+    control: &OwnedFd,
+    report: &Report,
+    fds: &[std::os::fd::RawFd],
+) -> nix::Result<()> {
     let bytes = serde_json::to_vec(report).unwrap_or_default();
     let iov = [IoSlice::new(&bytes)];
     let cmsgs = if fds.is_empty() {
@@ -381,14 +359,4 @@ fn send_report(control: &OwnedFd, report: &Report, fds: &[std::os::fd::RawFd]) -
         vec![ControlMessage::ScmRights(fds)]
     };
     sendmsg::<()>(control.as_raw_fd(), &iov, &cmsgs, MsgFlags::empty(), None).map(drop)
-}
-
-/// The exit code for a wait status: the code itself, or 128+N for death by signal N.
-pub fn exit_code(status: nix::sys::wait::WaitStatus) -> Option<i32> {
-    use nix::sys::wait::WaitStatus;
-    match status {
-        WaitStatus::Exited(_, code) => Some(code),
-        WaitStatus::Signaled(_, sig, _) => Some(128 + sig as i32),
-        _ => None,
-    }
 }

@@ -13,8 +13,7 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{MsFlags, mount};
 
-use super::error::JailError;
-use crate::trust::TRUST_STORE_FILES;
+use crate::error::JailError;
 
 /// File names inside the jail's work directory.
 pub const BUNDLE_FILE: &str = "ca-bundle.crt";
@@ -39,6 +38,8 @@ pub struct MountPlan {
     pub supervisor_pid: u32,
     /// Paths to make unreachable.
     pub hide: Vec<PathBuf>,
+    /// The system trust stores the bundle (proxy CA + roots) is bound over, where they exist.
+    pub trust_stores: Vec<PathBuf>,
 }
 
 /// What the mount set-up achieved.
@@ -103,10 +104,10 @@ pub fn install_files(plan: &MountPlan) -> Result<(), JailError> {
     .and_then(|()| read_only(&plan.workdir, SAFE))
     .map_err(fail("making the jail's files read-only"))?;
     let bundle = plan.workdir.join(BUNDLE_FILE);
-    for store in TRUST_STORE_FILES {
-        if Path::new(store).is_file() {
-            bind_read_only(&bundle, Path::new(store))
-                .map_err(fail(format!("the trust bundle over {store}")))?;
+    for store in &plan.trust_stores {
+        if store.is_file() {
+            bind_read_only(&bundle, store)
+                .map_err(fail(format!("the trust bundle over {}", store.display())))?;
         }
     }
     if Path::new("/etc/resolv.conf").is_file() {

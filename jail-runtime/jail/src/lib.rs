@@ -1,0 +1,42 @@
+//! `boundary-jail`: the agent's process tree in its own namespaces, with no way out but the proxy.
+//!
+//! ```text
+//! boundary run (supervisor: forwarder, DNS, proxy; outside the jail's PID namespace)
+//!  └─ jail init (PID 1 of the jail; sets up mounts and the network, then only reaps and
+//!     │          forwards signals, with no capabilities left)
+//!     └─ CMD (no capabilities in any set, no_new_privs)
+//! ```
+//!
+//! The supervisor creates the init with `clone` before any thread exists. The init builds the
+//! jail's view (see [`mounts`]), brings `lo` up with default routes through it, installs the
+//! nftables ruleset (see [`crate::netlink`]), creates the forwarder's and DNS server's sockets
+//! *inside* the jail's network namespace and passes them to the supervisor over a socketpair,
+//! then forks CMD, which drops every privilege and execs. Sockets belong to the namespace they
+//! were created in, so the supervisor serves them from outside, where the jailed process can
+//! neither see nor signal it.
+//!
+//! Clean-up needs no code: when the init dies the kernel kills the jail's processes and frees
+//! its namespaces (interfaces, routes, nftables rules, mounts with them); when the supervisor
+//! dies, the init gets SIGKILL (parent-death signal). Nothing is changed outside the jail.
+//!
+//! Modules: [`spawn`] (the supervisor's side: plan, clone, sockets back), [`init`] (the jail's
+//! PID 1: mounts, network, then reaping), [`mounts`], [`netlink`] (links, routes, nftables),
+//! [`privileges`] (capabilities, `no_new_privs`), [`landlock_tier`] (the tier without
+//! namespaces), [`signals`], [`probe`] (which tiers work on this machine), [`dns`] (the jail's
+//! DNS answers). `unsafe` is allowed in [`sys`] only: the kernel interface.
+
+pub mod dns;
+pub mod error;
+mod init;
+pub mod landlock_tier;
+pub mod mounts;
+pub mod netlink;
+pub mod privileges;
+pub mod probe;
+pub mod signals;
+pub mod spawn;
+mod sys;
+
+pub use error::{EXIT_SETUP_FAILED, JailError, UsernsFacts};
+pub use mounts::{MountPlan, MountReport};
+pub use spawn::{DNS_PORT, FORWARDER_PORT, JailPlan, JailSockets, ListenerKind, Spawned, spawn};
