@@ -29,8 +29,8 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use serde_json::json;
 
-use crate::Shutdown;
 use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
 
 /// Certificates are dated this much before they are made, for clocks a little behind ours.
 pub const BACKDATE_SECONDS: i64 = 60;

@@ -259,7 +259,7 @@ pub async fn serve(
     addr: SocketAddr,
     metrics: Metrics,
     ready: Arc<AtomicBool>,
-    shutdown: crate::Shutdown,
+    shutdown: crate::shutdown::Shutdown,
 ) -> std::io::Result<SocketAddr> {
     use axum::http::StatusCode;
     use axum::routing::get;

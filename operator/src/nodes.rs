@@ -16,9 +16,12 @@ use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Map, Value, json};
 
+use crate::Error;
+use crate::config::Config;
 use crate::labels::{ProbeReport, classify, labels_in_sync, node_labels};
 use crate::metrics::{Controller as MetricsController, Metrics};
-use crate::{Config, Error, Shutdown, spawn_reflector, wait_ready};
+use crate::shutdown::Shutdown;
+use crate::watch::{spawn_reflector, stop_on, wait_ready};
 
 /// What a reconcile needs.
 pub struct Context {
@@ -70,7 +73,7 @@ pub async fn run(client: Client, config: Config, shutdown: Shutdown) -> Result<(
     });
     tracing::info!(selector = ?config.node_selector, "node controller started");
     let (controller, abandon) =
-        crate::stop_on(Controller::new(Api::<Node>::all(client), nodes), &shutdown);
+        stop_on(Controller::new(Api::<Node>::all(client), nodes), &shutdown);
     controller
         .reconcile_on(rx)
         .run(
