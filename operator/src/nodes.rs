@@ -78,10 +78,9 @@ pub async fn run(client: Client, config: Config, shutdown: Shutdown) -> Result<(
         .reconcile_on(rx)
         .run(
             |object, ctx: Arc<Context>| async move {
-                let started = std::time::Instant::now();
+                let measurer = ctx.metrics.measure(MetricsController::Nodes);
                 let result = reconcile(object, ctx.clone()).await;
-                ctx.metrics
-                    .reconciled(MetricsController::Nodes, result.is_ok(), started.elapsed());
+                measurer.count(&result);
                 result
             },
             error_policy,

@@ -285,13 +285,9 @@ pub async fn run(client: Client, config: Config, shutdown: Shutdown) -> Result<(
         .reconcile_on(rx)
         .run(
             |object, ctx: Arc<Context>| async move {
-                let started = std::time::Instant::now();
+                let measurer = ctx.metrics.measure(MetricsController::Policy);
                 let result = reconcile(object, ctx.clone()).await;
-                ctx.metrics.reconciled(
-                    MetricsController::Policy,
-                    result.is_ok(),
-                    started.elapsed(),
-                );
+                measurer.count(&result);
                 result
             },
             error_policy,
@@ -361,13 +357,9 @@ async fn run_cluster_status(
         .reconcile_all_on(all)
         .run(
             |object, ctx: Arc<Context>| async move {
-                let started = std::time::Instant::now();
+                let measurer = ctx.metrics.measure(MetricsController::ClusterPolicy);
                 let result = reconcile_cluster(object, ctx.clone()).await;
-                ctx.metrics.reconciled(
-                    MetricsController::ClusterPolicy,
-                    result.is_ok(),
-                    started.elapsed(),
-                );
+                measurer.count(&result);
                 result
             },
             error_policy_cluster,

@@ -24,7 +24,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use serde_json::json;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Certificate, Metrics};
 use crate::shutdown::Shutdown;
 
 pub use pki::inspect;
@@ -260,7 +260,7 @@ impl Manager {
                 rotation = ca.is_some(),
                 "making a new webhook CA (the old one, if any, stays in the caBundle)"
             );
-            self.metrics.certificate_issued("ca");
+            self.metrics.certificate_issued(Certificate::Ca);
             generate_ca(now, timing.ca_validity)?
         };
         let previous = match decision.previous {
@@ -296,7 +296,7 @@ impl Manager {
             s
         } else {
             tracing::info!(names = ?names, "signing a new webhook serving certificate");
-            self.metrics.certificate_issued("serving");
+            self.metrics.certificate_issued(Certificate::Serving);
             generate_serving(now, timing.serving_validity, &current, &names)?
         };
         let want_serving = secret(
