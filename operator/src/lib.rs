@@ -15,7 +15,7 @@
 //!   agent's probe reports ([`labels`]).
 //! * [`certs`]: the webhook's CA, serving certificate and `caBundle`.
 //! * [`run`](mod@run): wires them up behind [`leader`] election, with [`metrics`]; [`config`] is
-//!   their settings, [`watch`] and [`shutdown`] the plumbing they share.
+//!   their settings, `watch` and [`shutdown`] the plumbing they share.
 #![forbid(unsafe_code)]
 
 pub mod certs;
