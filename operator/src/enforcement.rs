@@ -32,8 +32,8 @@ use kube::api::ObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 use serde::Deserialize;
 
-use crate::Shutdown;
 use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
 
 /// Reasons of a pod that is not proven to enforce (in `notEnforcing[].reason`, the `Enforced`
 /// conditions and the pod condition).
@@ -736,7 +736,7 @@ async fn fetch(addr: SocketAddr) -> Result<SidecarStatus, FetchError> {
             .await
             .map_err(http)?;
     // Drives the connection; ends (and is aborted) with this function.
-    let _connection = crate::AbortOnDrop(tokio::spawn(async move {
+    let _connection = crate::watch::AbortOnDrop(tokio::spawn(async move {
         let _ = connection.await;
     }));
     let request = hyper::Request::get(contract::SIDECAR_STATUS_PATH)

@@ -16,8 +16,9 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
 
+use crate::Error;
 use crate::metrics::Metrics;
-use crate::{Error, Shutdown};
+use crate::shutdown::Shutdown;
 
 /// Timing and identity of an election.
 #[derive(Clone, Debug)]

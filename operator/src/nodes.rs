@@ -16,9 +16,12 @@ use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Map, Value, json};
 
+use crate::Error;
+use crate::config::Config;
 use crate::labels::{ProbeReport, classify, labels_in_sync, node_labels};
 use crate::metrics::{Controller as MetricsController, Metrics};
-use crate::{Config, Error, Shutdown, spawn_reflector, wait_ready};
+use crate::shutdown::Shutdown;
+use crate::watch::{spawn_reflector, stop_on, wait_ready};
 
 /// What a reconcile needs.
 pub struct Context {
@@ -70,15 +73,14 @@ pub async fn run(client: Client, config: Config, shutdown: Shutdown) -> Result<(
     });
     tracing::info!(selector = ?config.node_selector, "node controller started");
     let (controller, abandon) =
-        crate::stop_on(Controller::new(Api::<Node>::all(client), nodes), &shutdown);
+        stop_on(Controller::new(Api::<Node>::all(client), nodes), &shutdown);
     controller
         .reconcile_on(rx)
         .run(
             |object, ctx: Arc<Context>| async move {
-                let started = std::time::Instant::now();
+                let measurer = ctx.metrics.measure(MetricsController::Nodes);
                 let result = reconcile(object, ctx.clone()).await;
-                ctx.metrics
-                    .reconciled(MetricsController::Nodes, result.is_ok(), started.elapsed());
+                measurer.count(&result);
                 result
             },
             error_policy,

@@ -43,13 +43,15 @@ use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
-use crate::AbortOnDrop;
+use crate::Error;
 use crate::cluster::{self, Excluded};
 use crate::compile::{CompiledCluster, compile_cluster, compile_namespace};
+use crate::config::Config;
 use crate::enforcement::{self, EnforcementConfig, Observations, PodFacts, PodKey, Verdict};
 use crate::metrics::{Controller as MetricsController, Metrics};
+use crate::shutdown::Shutdown;
 use crate::status::{Publication, desired_status, up_to_date, with_enforcement};
-use crate::{Config, Error, Shutdown, spawn_reflector, wait_ready};
+use crate::watch::{AbortOnDrop, spawn_reflector, stop_on, wait_ready};
 
 /// Value of [`labels::COMPONENT`] on the policy ConfigMaps.
 pub const COMPONENT_POLICY: &str = "policy";
@@ -275,7 +277,7 @@ pub async fn run(client: Client, config: Config, shutdown: Shutdown) -> Result<(
         metrics: config.metrics.clone(),
     });
     tracing::info!(namespace = ?config.watch_namespace, selector = ?config.namespace_selector, "policy controller started");
-    let (controller, abandon) = crate::stop_on(
+    let (controller, abandon) = stop_on(
         Controller::new(Api::<Namespace>::all(client.clone()), ns_watch),
         &shutdown,
     );
@@ -283,13 +285,9 @@ pub async fn run(client: Client, config: Config, shutdown: Shutdown) -> Result<(
         .reconcile_on(rx)
         .run(
             |object, ctx: Arc<Context>| async move {
-                let started = std::time::Instant::now();
+                let measurer = ctx.metrics.measure(MetricsController::Policy);
                 let result = reconcile(object, ctx.clone()).await;
-                ctx.metrics.reconciled(
-                    MetricsController::Policy,
-                    result.is_ok(),
-                    started.elapsed(),
-                );
+                measurer.count(&result);
                 result
             },
             error_policy,
@@ -348,7 +346,7 @@ async fn run_cluster_status(
     all: futures::channel::mpsc::UnboundedReceiver<()>,
     shutdown: Shutdown,
 ) {
-    let (controller, abandon) = crate::stop_on(
+    let (controller, abandon) = stop_on(
         Controller::new(
             Api::<ClusterBoundaryPolicy>::all(client),
             watcher::Config::default(),
@@ -359,13 +357,9 @@ async fn run_cluster_status(
         .reconcile_all_on(all)
         .run(
             |object, ctx: Arc<Context>| async move {
-                let started = std::time::Instant::now();
+                let measurer = ctx.metrics.measure(MetricsController::ClusterPolicy);
                 let result = reconcile_cluster(object, ctx.clone()).await;
-                ctx.metrics.reconciled(
-                    MetricsController::ClusterPolicy,
-                    result.is_ok(),
-                    started.elapsed(),
-                );
+                measurer.count(&result);
                 result
             },
             error_policy_cluster,
