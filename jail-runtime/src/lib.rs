@@ -11,7 +11,6 @@ pub mod forwarder;
 pub mod inbound;
 pub mod jail;
 pub mod jails;
-pub mod logging;
 pub mod netlink;
 pub mod node_agent;
 pub mod proxy;

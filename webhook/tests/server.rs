@@ -1434,7 +1434,7 @@ impl Webhook {
             .env("BOUNDARY_WEBHOOK_KEY_FILE", dir.path().join("tls.key"))
             .env("BOUNDARY_WEBHOOK_IMAGE", "jail-runtime:test")
             .env("BOUNDARY_WEBHOOK_REGISTRY_LOOKUP", "false")
-            .env("BOUNDARY_WEBHOOK_LOG_FORMAT", "json")
+            .env(boundary_api::contract::log_env::FORMAT, "json")
             .env(
                 webhook_env::SHUTDOWN_DELAY_SECONDS,
                 shutdown_delay_seconds.to_string(),
