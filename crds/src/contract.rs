@@ -275,14 +275,175 @@ pub mod env {
     }
 }
 
-/// Environment variables of the webhook's own flags whose values the chart derives other
-/// settings from (the pod's `terminationGracePeriodSeconds` covers both).
+/// Environment variables of the webhook's own flags (the chart sets them; the chart also derives
+/// the pod's `terminationGracePeriodSeconds` from the two shutdown settings).
 pub mod webhook_env {
     names! {
         /// Seconds reviews are still served after SIGTERM while `/readyz` answers 503.
         SHUTDOWN_DELAY_SECONDS = "BOUNDARY_WEBHOOK_SHUTDOWN_DELAY_SECONDS";
         /// Seconds open requests may take to finish after that delay.
         SHUTDOWN_GRACE_SECONDS = "BOUNDARY_WEBHOOK_SHUTDOWN_GRACE_SECONDS";
+        /// HTTPS address of `/mutate`.
+        HTTPS_ADDR = "BOUNDARY_WEBHOOK_HTTPS_ADDR";
+        /// Plain HTTP address of `/healthz`, `/readyz` and `/metrics`.
+        PLAIN_ADDR = "BOUNDARY_WEBHOOK_PLAIN_ADDR";
+        /// Serving certificate (PEM).
+        CERT_FILE = "BOUNDARY_WEBHOOK_CERT_FILE";
+        /// Private key of the serving certificate (PEM).
+        KEY_FILE = "BOUNDARY_WEBHOOK_KEY_FILE";
+        /// The jail-runtime image injected into pods.
+        IMAGE = "BOUNDARY_WEBHOOK_IMAGE";
+        /// Pull policy of the injected image.
+        IMAGE_PULL_POLICY = "BOUNDARY_WEBHOOK_IMAGE_PULL_POLICY";
+        /// CPU request of the injected sidecar.
+        SIDECAR_CPU_REQUEST = "BOUNDARY_WEBHOOK_SIDECAR_CPU_REQUEST";
+        /// Memory request of the injected sidecar.
+        SIDECAR_MEMORY_REQUEST = "BOUNDARY_WEBHOOK_SIDECAR_MEMORY_REQUEST";
+        /// Memory limit of the injected sidecar.
+        SIDECAR_MEMORY_LIMIT = "BOUNDARY_WEBHOOK_SIDECAR_MEMORY_LIMIT";
+        /// `true`: jailed pods get the readiness gate [`super::conditions::ENFORCED`].
+        ENFORCEMENT_READINESS_GATE = "BOUNDARY_WEBHOOK_ENFORCEMENT_READINESS_GATE";
+        /// Namespaces (comma-separated) where jailing is required whatever their labels.
+        REQUIRED_NAMESPACES = "BOUNDARY_WEBHOOK_REQUIRED_NAMESPACES";
+        /// Service accounts (`namespace/name`, comma-separated) whose pods may opt out.
+        OPT_OUT_SERVICE_ACCOUNTS = "BOUNDARY_WEBHOOK_OPT_OUT_SERVICE_ACCOUNTS";
+        /// Largest `AdmissionReview` body accepted, in bytes.
+        MAX_BODY_BYTES = "BOUNDARY_WEBHOOK_MAX_BODY_BYTES";
+        /// `true`: read image configs from registries when a plan needs them.
+        REGISTRY_LOOKUP = "BOUNDARY_WEBHOOK_REGISTRY_LOOKUP";
+        /// `true`: use the pod's and its service account's imagePullSecrets for lookups.
+        REGISTRY_PULL_SECRETS = "BOUNDARY_WEBHOOK_REGISTRY_PULL_SECRETS";
+        /// Time for all registry lookups of one review, in milliseconds.
+        REGISTRY_BUDGET_MS = "BOUNDARY_WEBHOOK_REGISTRY_BUDGET_MS";
+        /// Seconds a tag's digest is reused.
+        REGISTRY_TAG_TTL_SECONDS = "BOUNDARY_WEBHOOK_REGISTRY_TAG_TTL_SECONDS";
+        /// Image configs kept in memory.
+        REGISTRY_CONFIG_CACHE_ENTRIES = "BOUNDARY_WEBHOOK_REGISTRY_CONFIG_CACHE_ENTRIES";
+        /// Architecture picked from multi-platform images by default.
+        REGISTRY_ARCH = "BOUNDARY_WEBHOOK_REGISTRY_ARCH";
+        /// `true`: pull from ECR with the webhook's own AWS identity.
+        REGISTRY_ECR = "BOUNDARY_WEBHOOK_REGISTRY_ECR";
+        /// PEM file of extra CA certificates trusted for registries.
+        REGISTRY_CA_FILE = "BOUNDARY_WEBHOOK_REGISTRY_CA_FILE";
+        /// Registries (`host[:port]`, comma-separated) spoken to over plain HTTP.
+        INSECURE_REGISTRIES = "BOUNDARY_WEBHOOK_INSECURE_REGISTRIES";
+    }
+}
+
+/// Environment variables of the operator's own flags (the chart sets them). The pod's identity
+/// is [`env::POD_NAME`] and [`env::POD_NAMESPACE`], its metrics address [`env::METRICS_ADDR`].
+pub mod operator_env {
+    names! {
+        /// Reconcile the policies of this namespace only.
+        WATCH_NAMESPACE = "BOUNDARY_WATCH_NAMESPACE";
+        /// Reconcile only the namespaces with these labels (a label selector).
+        NAMESPACE_SELECTOR = "BOUNDARY_NAMESPACE_SELECTOR";
+        /// Label selector of the nodes to label.
+        NODE_SELECTOR = "BOUNDARY_NODE_SELECTOR";
+        /// Label selector of the node agent's Pods.
+        NODE_AGENT_SELECTOR = "BOUNDARY_NODE_AGENT_SELECTOR";
+        /// Namespace of the node agent's Pods (the only ones trusted to report probes).
+        NODE_AGENT_NAMESPACE = "BOUNDARY_NODE_AGENT_NAMESPACE";
+        /// Seconds before a failed reconcile is retried.
+        RETRY_SECONDS = "BOUNDARY_RETRY_SECONDS";
+        /// Namespace of the leader-election Lease (unset: no leader election).
+        LEASE_NAMESPACE = "BOUNDARY_LEASE_NAMESPACE";
+        /// Name of the leader-election Lease.
+        LEASE_NAME = "BOUNDARY_LEASE_NAME";
+        /// Seconds a Lease holds without renewal.
+        LEASE_DURATION_SECONDS = "BOUNDARY_LEASE_DURATION_SECONDS";
+        /// Seconds the leader keeps acting without renewing the Lease.
+        LEASE_RENEW_DEADLINE_SECONDS = "BOUNDARY_LEASE_RENEW_DEADLINE_SECONDS";
+        /// The Secret of the webhook's serving certificate.
+        WEBHOOK_SECRET = "BOUNDARY_WEBHOOK_SECRET";
+        /// The `MutatingWebhookConfiguration` whose `caBundle` the operator keeps current.
+        WEBHOOK_CONFIGURATION = "BOUNDARY_WEBHOOK_CONFIGURATION";
+        /// DNS names (comma-separated) of the webhook's serving certificate.
+        WEBHOOK_DNS_NAMES = "BOUNDARY_WEBHOOK_DNS_NAMES";
+        /// IP addresses (comma-separated) of the webhook's serving certificate.
+        WEBHOOK_IP_ADDRESSES = "BOUNDARY_WEBHOOK_IP_ADDRESSES";
+        /// Seconds the webhook CA is valid.
+        CA_VALIDITY_SECONDS = "BOUNDARY_CA_VALIDITY_SECONDS";
+        /// Seconds a serving certificate is valid.
+        SERVING_VALIDITY_SECONDS = "BOUNDARY_SERVING_VALIDITY_SECONDS";
+        /// Seconds a new CA is published before it signs.
+        CA_PROPAGATION_SECONDS = "BOUNDARY_CA_PROPAGATION_SECONDS";
+        /// Seconds an old CA stays trusted after the new one signs.
+        CA_OVERLAP_SECONDS = "BOUNDARY_CA_OVERLAP_SECONDS";
+        /// Seconds between enforcement checks of jailed pods (0: off).
+        ENFORCEMENT_INTERVAL_SECONDS = "BOUNDARY_ENFORCEMENT_INTERVAL_SECONDS";
+        /// Time for one sidecar's `/status`, in milliseconds.
+        ENFORCEMENT_TIMEOUT_MILLIS = "BOUNDARY_ENFORCEMENT_TIMEOUT_MILLIS";
+        /// Sidecars asked at once.
+        ENFORCEMENT_CONCURRENCY = "BOUNDARY_ENFORCEMENT_CONCURRENCY";
+        /// Seconds a pod's sidecar may report an older policy before it counts as not enforcing.
+        ENFORCEMENT_STALE_GRACE_SECONDS = "BOUNDARY_ENFORCEMENT_STALE_GRACE_SECONDS";
+    }
+}
+
+/// Environment variables of `boundary`'s own flags, beside those the webhook sets ([`env`]).
+pub mod boundary_env {
+    names! {
+        /// `boundary run`'s allow rules (Coder's grammar, one per line).
+        ALLOW = "BOUNDARY_ALLOW";
+        /// Coder-compatible YAML config file of `boundary run`.
+        CONFIG = "BOUNDARY_CONFIG";
+        /// `HOST=IP` overrides (comma-separated) of the proxy's resolver.
+        RESOLVE = "BOUNDARY_RESOLVE";
+        /// Extra upstream CA files (comma-separated).
+        UPSTREAM_CA = "BOUNDARY_UPSTREAM_CA";
+        /// Directory of `boundary run`'s audit log (Coder's `log_dir`).
+        LOG_DIR = "BOUNDARY_LOG_DIR";
+        /// File of the audit trail (JSON lines).
+        AUDIT_FILE = "BOUNDARY_AUDIT_FILE";
+        /// `true`: no audit trail (Coder's `disable_audit_logs`).
+        DISABLE_AUDIT_LOGS = "BOUNDARY_DISABLE_AUDIT_LOGS";
+        /// `enforce` or `audit`.
+        MODE = "BOUNDARY_MODE";
+        /// Seconds an upstream may take to send response headers.
+        UPSTREAM_TIMEOUT = "BOUNDARY_UPSTREAM_TIMEOUT";
+        /// Loopback ports (comma-separated) `boundary run` allows out of the jail.
+        ALLOW_POD_LOCAL = "BOUNDARY_ALLOW_POD_LOCAL";
+        /// Seconds `boundary run` waits for the sidecar's socket and CA at its start.
+        SIDECAR_WAIT_SECONDS = "BOUNDARY_SIDECAR_WAIT_SECS";
+        /// Threads of `boundary sidecar` that serve connections (0: one per CPU).
+        WORKER_THREADS = "BOUNDARY_WORKER_THREADS";
+        /// Target directory of `boundary install`.
+        INSTALL_DIR = "BOUNDARY_INSTALL_DIR";
+        /// Seconds between the node agent's probes.
+        PROBE_INTERVAL_SECONDS = "BOUNDARY_PROBE_INTERVAL_SECONDS";
+        /// The apiserver the node agent reports to (default: in-cluster).
+        API_SERVER = "BOUNDARY_API_SERVER";
+        /// The node agent's bearer token file.
+        TOKEN_FILE = "BOUNDARY_TOKEN_FILE";
+        /// CA certificates (PEM) of the apiserver, for the node agent.
+        CA_FILE = "BOUNDARY_CA_FILE";
+        /// Value the node agent gives `user.max_user_namespaces` where it is 0.
+        SET_MAX_USER_NAMESPACES = "BOUNDARY_SET_MAX_USER_NAMESPACES";
+        /// The sysctl's file (tests point it elsewhere).
+        MAX_USER_NAMESPACES_FILE = "BOUNDARY_MAX_USER_NAMESPACES_FILE";
+        /// Kubelet's seccomp directory, where the node agent installs its profile.
+        SECCOMP_DIR = "BOUNDARY_SECCOMP_DIR";
+    }
+}
+
+/// Environment variables of other tools `boundary run` honours under their own names.
+pub mod coder_env {
+    names! {
+        /// Coder boundary's explicit proxy port, read when neither `--proxy-port` nor the config
+        /// file gives one.
+        PROXY_PORT = "PROXY_PORT";
+    }
+}
+
+/// Environment variables of the diagnostics settings every binary shares (`--log-level`,
+/// `--log-format`; `boundary-telemetry`).
+pub mod log_env {
+    names! {
+        /// The diagnostics filter: a level (`info`) or tracing `EnvFilter` directives.
+        LEVEL = "BOUNDARY_LOG_LEVEL";
+        /// `json` (clusters) or `text`.
+        FORMAT = "BOUNDARY_LOG_FORMAT";
     }
 }
 
@@ -466,8 +627,16 @@ mod tests {
 
     #[test]
     fn env_names_are_portable_identifiers() {
-        unique(&[env::ALL, webhook_env::ALL].concat());
-        for name in env::ALL.iter().chain(webhook_env::ALL) {
+        let ours = [
+            env::ALL,
+            webhook_env::ALL,
+            log_env::ALL,
+            operator_env::ALL,
+            boundary_env::ALL,
+        ]
+        .concat();
+        unique(&[ours.as_slice(), coder_env::ALL].concat());
+        for name in &ours {
             assert!(
                 name.bytes()
                     .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_'),

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use boundary_api::contract;
 use boundary_api::rules::{self, CompileErrors, RuleSet, RuleSource};
 use boundary_api::{HttpRule, Mode, PodLocalRule, Port, TcpRule, Tier};
+use boundary_telemetry::{LogArgs, LogFormat};
 use clap::Args;
 use serde::Deserialize;
 
@@ -21,7 +22,7 @@ pub struct RunArgs {
     #[arg(
         long = "allow",
         value_name = "RULE",
-        env = "BOUNDARY_ALLOW",
+        env = contract::boundary_env::ALLOW,
         value_delimiter = '\n'
     )]
     pub allow: Vec<String>,
@@ -39,70 +40,40 @@ pub struct RunArgs {
     /// Coder-compatible YAML config file (`allowlist`, `log_level`, `log_dir`, `proxy_port`,
     /// `jail_type`, `no_user_namespace`, ...; extensions: `tier`, `mode`, `deny`, `http`, `tcp`,
     /// `resolve`, `upstream_ca`).
-    #[arg(long, value_name = "FILE", env = "BOUNDARY_CONFIG")]
+    #[arg(long, value_name = "FILE", env = contract::boundary_env::CONFIG)]
     pub config: Option<PathBuf>,
     /// Jail tier: auto (first that works), userns, privileged-netns or landlock.
-    #[arg(long, value_name = "TIER", env = "BOUNDARY_TIER")]
+    #[arg(long, value_name = "TIER", env = contract::env::TIER)]
     pub tier: Option<String>,
     /// Coder's jail type: nsjail (namespaces) or landjail (the landlock tier).
-    #[arg(long, value_name = "TYPE", env = "BOUNDARY_JAIL_TYPE")]
+    #[arg(long, value_name = "TYPE", env = contract::env::CODER_JAIL_TYPE)]
     pub jail_type: Option<String>,
     /// Coder's switch for nodes without user namespaces: the privileged-netns tier.
-    #[arg(long, env = "BOUNDARY_NO_USER_NAMESPACE", value_parser = clap::builder::BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, env = contract::env::CODER_NO_USER_NAMESPACE, value_parser = clap::builder::BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true")]
     pub no_user_namespace: Option<bool>,
     /// Send traffic to the policy proxy on this unix socket (the jail-runtime sidecar) instead
     /// of running one in-process.
-    #[arg(long, value_name = "PATH", env = "BOUNDARY_PROXY_SOCKET")]
+    #[arg(long, value_name = "PATH", env = contract::env::PROXY_SOCKET)]
     pub proxy_socket: Option<PathBuf>,
-    /// Resolve HOST to IP in the proxy (repeatable; for tests and split-horizon setups).
-    #[arg(
-        long = "resolve",
-        value_name = "HOST=IP",
-        env = "BOUNDARY_RESOLVE",
-        value_delimiter = ','
-    )]
-    pub resolve: Vec<String>,
-    /// Extra CA certificate (PEM) trusted for upstream servers (repeatable).
-    #[arg(
-        long = "upstream-ca",
-        value_name = "FILE",
-        env = "BOUNDARY_UPSTREAM_CA",
-        value_delimiter = ','
-    )]
-    pub upstream_ca: Vec<PathBuf>,
-    /// Log level: error, warn, info, debug.
-    #[arg(long, value_name = "LEVEL", env = "BOUNDARY_LOG_LEVEL")]
-    pub log_level: Option<String>,
     /// Directory for the audit log (Coder's `log_dir`); default: standard error.
-    #[arg(long, value_name = "DIR", env = "BOUNDARY_LOG_DIR")]
+    #[arg(long, value_name = "DIR", env = contract::boundary_env::LOG_DIR)]
     pub log_dir: Option<PathBuf>,
-    /// File for the audit log (JSON lines).
-    #[arg(long, value_name = "FILE", env = "BOUNDARY_AUDIT_FILE")]
-    pub audit_file: Option<PathBuf>,
     /// Turn the audit log off (Coder's `disable_audit_logs`).
-    #[arg(long, env = "BOUNDARY_DISABLE_AUDIT_LOGS", value_parser = clap::builder::BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, env = contract::boundary_env::DISABLE_AUDIT_LOGS, value_parser = clap::builder::BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true")]
     pub disable_audit_logs: Option<bool>,
     /// Port of the explicit HTTP proxy (landlock tier); random when not set.
-    #[arg(long, value_name = "PORT", env = "BOUNDARY_PROXY_PORT")]
+    #[arg(long, value_name = "PORT", env = contract::env::PROXY_PORT)]
     pub proxy_port: Option<u16>,
     /// Enforce (default) or Audit (allow everything, record what would be denied).
-    #[arg(long, value_name = "MODE", env = "BOUNDARY_MODE")]
+    #[arg(long, value_name = "MODE", env = contract::boundary_env::MODE)]
     pub mode: Option<String>,
-    /// Seconds an upstream may take to send response headers before the client gets 504.
-    #[arg(
-        long,
-        value_name = "SECONDS",
-        env = "BOUNDARY_UPSTREAM_TIMEOUT",
-        default_value_t = 300
-    )]
-    pub upstream_timeout: u64,
     /// Allow TCP connections to PORT on the loopback outside the jail: the pod's sidecars (a
     /// database proxy, dind), or this host's own servers when run standalone (repeatable or
     /// comma-separated). The port is also redirected out of the jail (as --pod-local-port).
     #[arg(
         long = "allow-pod-local",
         value_name = "PORT",
-        env = "BOUNDARY_ALLOW_POD_LOCAL",
+        env = contract::boundary_env::ALLOW_POD_LOCAL,
         value_delimiter = ','
     )]
     pub allow_pod_local: Vec<String>,
@@ -112,12 +83,12 @@ pub struct RunArgs {
     #[arg(
         long = "pod-local-port",
         value_name = "PORTS",
-        env = "BOUNDARY_POD_LOCAL_PORTS",
+        env = contract::env::POD_LOCAL_PORTS,
         value_delimiter = ','
     )]
     pub pod_local_ports: Vec<String>,
     /// The container name recorded in audit records and used by the sidecar to pick rules.
-    #[arg(long, value_name = "NAME", env = "BOUNDARY_CONTAINER_NAME")]
+    #[arg(long, value_name = "NAME", env = contract::env::CONTAINER_NAME)]
     pub container: Option<String>,
     /// Ports (comma-separated, repeatable) of servers in the jail to reach from outside: each
     /// is listened on in this network namespace (all addresses) and relayed to the jail's
@@ -125,13 +96,66 @@ pub struct RunArgs {
     #[arg(
         long = "inbound-port",
         value_name = "PORTS",
-        env = boundary_api::contract::env::INBOUND_PORTS,
+        env = contract::env::INBOUND_PORTS,
         value_delimiter = ','
     )]
     pub inbound_ports: Vec<String>,
+    /// Seconds to wait at the start for the sidecar's socket and CA (with --proxy-socket).
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        env = contract::boundary_env::SIDECAR_WAIT_SECONDS,
+        default_value_t = 60
+    )]
+    pub sidecar_wait_seconds: u64,
+    /// Coder's `PROXY_PORT`, used when neither --proxy-port nor the config file sets the port.
+    /// Not a flag of its own: a value that is not a port is ignored with a warning, since the
+    /// name is generic enough to be set for something else.
+    #[arg(long, hide = true, value_name = "PORT", env = contract::coder_env::PROXY_PORT)]
+    pub coder_proxy_port: Option<String>,
+    /// Settings shared with `boundary sidecar`.
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
+    /// Diagnostics.
+    #[command(flatten)]
+    pub log: LogArgs,
     /// The command to jail, after `--`.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
+}
+
+/// The policy proxy's settings, the same in `boundary run` (in-process proxy) and `boundary
+/// sidecar`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ProxyArgs {
+    /// Resolve HOST to IP in the proxy (repeatable; for tests and split-horizon setups).
+    #[arg(
+        long = "resolve",
+        value_name = "HOST=IP",
+        env = contract::boundary_env::RESOLVE,
+        value_delimiter = ','
+    )]
+    pub resolve: Vec<String>,
+    /// Extra CA certificate (PEM) trusted for upstream servers (repeatable).
+    #[arg(
+        long = "upstream-ca",
+        value_name = "FILE",
+        env = contract::boundary_env::UPSTREAM_CA,
+        value_delimiter = ','
+    )]
+    pub upstream_ca: Vec<PathBuf>,
+    /// File for the audit trail (JSON lines); default: standard error (`boundary run`) or
+    /// standard output (`boundary sidecar`).
+    #[arg(long, value_name = "FILE", env = contract::boundary_env::AUDIT_FILE)]
+    pub audit_file: Option<PathBuf>,
+    /// Seconds an upstream may take to send response headers before the client gets 504.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        env = contract::boundary_env::UPSTREAM_TIMEOUT,
+        default_value_t = 300
+    )]
+    pub upstream_timeout: u64,
 }
 
 /// Coder's `config.yaml`, plus this project's extensions.
@@ -195,8 +219,8 @@ pub struct RunSettings {
     pub resolve: HashMap<String, IpAddr>,
     /// Extra upstream CAs.
     pub upstream_cas: Vec<PathBuf>,
-    /// Log level for diagnostics.
-    pub log_level: String,
+    /// Diagnostics (level and format resolved).
+    pub log: LogArgs,
     /// Audit destination.
     pub audit: Sink,
     /// Explicit proxy port (landlock tier).
@@ -209,6 +233,8 @@ pub struct RunSettings {
     pub upstream_timeout: std::time::Duration,
     /// Inbound ports relayed into the jail.
     pub inbound_ports: Vec<u16>,
+    /// How long to wait for the sidecar at the start.
+    pub sidecar_wait: std::time::Duration,
     /// Warnings to print once logging is set up.
     pub warnings: Vec<String>,
 }
@@ -352,6 +378,19 @@ fn rule_strings(flags: &[String], file: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// Coder's `PROXY_PORT`; a value that is not a port is left out with a warning.
+fn coder_proxy_port(value: Option<&str>, warnings: &mut Vec<String>) -> Option<u16> {
+    let value = value.map(str::trim).filter(|v| !v.is_empty())?;
+    let port = value.parse::<u16>().ok().filter(|p| *p != 0);
+    if port.is_none() {
+        warnings.push(format!(
+            "{}={value:?} is not a TCP port and was ignored",
+            contract::coder_env::PROXY_PORT
+        ));
+    }
+    port
+}
+
 /// Parses `HOST=IP` overrides.
 pub fn parse_resolve(items: &[String]) -> Result<HashMap<String, IpAddr>, ConfigError> {
     let mut out = HashMap::new();
@@ -426,12 +465,12 @@ impl RunArgs {
         if self.proxy_socket.is_some() && !compiled.is_empty() {
             warnings.push("--allow, --deny and config rules are ignored with --proxy-socket: the sidecar enforces the BoundaryPolicy".into());
         }
-        let mut resolve_items = self.resolve.clone();
+        let mut resolve_items = self.proxy.resolve.clone();
         resolve_items.extend(file.resolve.iter().cloned());
         let disable = self.disable_audit_logs.or(file.disable_audit_logs) == Some(true);
         let audit = if disable {
             Sink::Disabled
-        } else if let Some(f) = self.audit_file.clone().or(file.audit_file) {
+        } else if let Some(f) = self.proxy.audit_file.clone().or(file.audit_file) {
             Sink::File(f)
         } else if let Some(dir) = self.log_dir.clone().or(file.log_dir) {
             std::fs::create_dir_all(&dir)
@@ -440,7 +479,9 @@ impl RunArgs {
         } else {
             Sink::Stderr
         };
-        let mut upstream_cas = self.upstream_ca.clone();
+        let coder_port = coder_proxy_port(self.coder_proxy_port.as_deref(), &mut warnings);
+        let proxy_port = self.proxy_port.or(file.proxy_port).or(coder_port);
+        let mut upstream_cas = self.proxy.upstream_ca.clone();
         upstream_cas.extend(file.upstream_ca.iter().cloned());
         Ok(RunSettings {
             command: self.command.clone(),
@@ -449,22 +490,19 @@ impl RunArgs {
             proxy_socket: self.proxy_socket.clone(),
             resolve: parse_resolve(&resolve_items)?,
             upstream_cas,
-            log_level: self
-                .log_level
-                .clone()
-                .or(file.log_level)
-                .unwrap_or_else(|| "warn".into()),
+            log: LogArgs {
+                level: self.log.level.clone().or(file.log_level),
+                format: self.log.format,
+            }
+            .or_defaults("warn", LogFormat::Text),
             audit,
-            proxy_port: self.proxy_port.or(file.proxy_port).or_else(|| {
-                std::env::var("PROXY_PORT")
-                    .ok()
-                    .and_then(|p| p.parse().ok())
-            }),
+            proxy_port,
             container: self.container.clone(),
             pod_local_ports,
-            upstream_timeout: std::time::Duration::from_secs(self.upstream_timeout.max(1)),
+            upstream_timeout: std::time::Duration::from_secs(self.proxy.upstream_timeout.max(1)),
             inbound_ports: crate::inbound::parse_ports(&self.inbound_ports)
                 .map_err(ConfigError::Invalid)?,
+            sidecar_wait: std::time::Duration::from_secs(self.sidecar_wait_seconds),
             warnings,
         })
     }
@@ -511,7 +549,7 @@ mod tests {
         assert_eq!(s.rules.rules().len(), 4, "flag + two allowlist + tcp");
         assert_eq!(s.tier, TierChoice::Only(Tier::Landlock));
         assert_eq!(s.proxy_port, Some(8087));
-        assert_eq!(s.log_level, "info");
+        assert_eq!(s.log.level.as_deref(), Some("info"));
         assert!(s.warnings.iter().any(|w| w.contains("use_real_dns")));
         assert!(s.warnings.iter().any(|w| w.contains("mystery")));
         assert!(!s.warnings.iter().any(|w| w.contains("pprof")));
@@ -689,6 +727,84 @@ mod tests {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.0);
         }
+    }
+
+    #[test]
+    fn coders_proxy_port_and_the_sidecar_wait_are_flags_with_contract_env_names() {
+        let s = args(&["--coder-proxy-port", "8099", "--", "true"])
+            .resolve()
+            .unwrap();
+        assert_eq!(s.proxy_port, Some(8099));
+        assert_eq!(s.sidecar_wait, std::time::Duration::from_mins(1));
+        let s = args(&[
+            "--coder-proxy-port",
+            "8099",
+            "--proxy-port",
+            "8087",
+            "--",
+            "true",
+        ])
+        .resolve()
+        .unwrap();
+        assert_eq!(s.proxy_port, Some(8087), "--proxy-port wins");
+        let s = args(&["--coder-proxy-port", "http", "--", "true"])
+            .resolve()
+            .unwrap();
+        assert_eq!(s.proxy_port, None);
+        assert!(
+            s.warnings.iter().any(|w| w.contains("PROXY_PORT=\"http\"")),
+            "{:?}",
+            s.warnings
+        );
+        let s = args(&["--sidecar-wait-seconds", "3", "--", "true"])
+            .resolve()
+            .unwrap();
+        assert_eq!(s.sidecar_wait, std::time::Duration::from_secs(3));
+        let command = <Cli as clap::CommandFactory>::command();
+        let env = |long: &str| {
+            command
+                .get_arguments()
+                .find(|a| a.get_long() == Some(long))
+                .and_then(|a| a.get_env())
+                .and_then(|e| e.to_str())
+                .map(str::to_owned)
+        };
+        assert_eq!(
+            env("coder-proxy-port").as_deref(),
+            Some(contract::coder_env::PROXY_PORT)
+        );
+        assert_eq!(
+            env("sidecar-wait-seconds").as_deref(),
+            Some(contract::boundary_env::SIDECAR_WAIT_SECONDS)
+        );
+        assert_eq!(env("log-level").as_deref(), Some(contract::log_env::LEVEL));
+    }
+
+    #[test]
+    fn the_log_level_comes_from_the_flag_then_the_config_file_then_warn() {
+        let s = args(&["--", "true"]).resolve().unwrap();
+        assert_eq!(s.log.level.as_deref(), Some("warn"));
+        assert_eq!(s.log.format, Some(LogFormat::Text));
+        let dir = TempDir::new();
+        let file = dir.0.join("config.yaml");
+        std::fs::write(&file, "log_level: debug\n").unwrap();
+        let cfg = file.to_string_lossy().into_owned();
+        let s = args(&["--config", &cfg, "--", "true"]).resolve().unwrap();
+        assert_eq!(s.log.level.as_deref(), Some("debug"));
+        let s = args(&[
+            "--config",
+            &cfg,
+            "--log-level",
+            "error",
+            "--log-format",
+            "json",
+            "--",
+            "true",
+        ])
+        .resolve()
+        .unwrap();
+        assert_eq!(s.log.level.as_deref(), Some("error"));
+        assert_eq!(s.log.format, Some(LogFormat::Json));
     }
 
     #[test]

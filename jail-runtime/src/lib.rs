@@ -10,7 +10,6 @@ pub mod config;
 pub mod forwarder;
 pub mod inbound;
 pub mod jails;
-pub mod logging;
 pub mod node_agent;
 pub mod proxy;
 pub mod run;

@@ -59,7 +59,7 @@ enum Command {
     /// Copy this binary into a directory (the init container of pods without native sidecars).
     Install {
         /// Target directory.
-        #[arg(long, value_name = "DIR", env = "BOUNDARY_INSTALL_DIR", default_value = boundary_api::contract::paths::BIN_DIR)]
+        #[arg(long, value_name = "DIR", env = boundary_api::contract::boundary_env::INSTALL_DIR, default_value = boundary_api::contract::paths::BIN_DIR)]
         to: PathBuf,
     },
 }
@@ -107,5 +107,32 @@ fn install(dir: &std::path::Path) -> i32 {
             eprintln!("boundary install: copying to {}: {e}", dir.display());
             1
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::{Cli, NOT_RUN};
+
+    /// `NOT_RUN` is kept by hand (parsing the whole command tree costs start-up time): every
+    /// subcommand and help or version word must be in it, or that subcommand would be taken
+    /// for `boundary run`'s command.
+    #[test]
+    fn not_run_lists_every_subcommand_and_nothing_else() {
+        let command = Cli::command();
+        let mut expected: Vec<String> = command
+            .get_subcommands()
+            .flat_map(|s| std::iter::once(s.get_name()).chain(s.get_all_aliases()))
+            .map(str::to_owned)
+            .collect();
+        // clap's own subcommand and flags.
+        expected.extend(["help", "-h", "--help", "-V", "--version"].map(str::to_owned));
+        expected.sort();
+        expected.dedup();
+        let mut listed: Vec<String> = NOT_RUN.iter().map(|s| (*s).to_owned()).collect();
+        listed.sort();
+        assert_eq!(listed, expected);
     }
 }

@@ -88,7 +88,10 @@ pub fn run(args: &RunArgs) -> i32 {
             return EXIT_USAGE;
         }
     };
-    crate::logging::init(&settings.log_level, false);
+    if let Err(e) = boundary_telemetry::init(&settings.log) {
+        eprintln!("boundary: {e}");
+        return EXIT_USAGE;
+    }
     for w in &settings.warnings {
         tracing::warn!("{w}");
     }
@@ -178,7 +181,7 @@ impl Assets {
                 *ca = Some(Arc::new(made));
                 Ok(pem)
             }
-            Some(socket) => wait_for_sidecar(socket),
+            Some(socket) => wait_for_sidecar(socket, settings.sidecar_wait),
         })?;
         // Now that the jail is on its way, clean up after runs that were killed.
         for parent in [std::env::temp_dir(), PathBuf::from("/dev/shm")] {
@@ -466,13 +469,9 @@ fn ca_env(workdir: &Path) -> Vec<(OsString, OsString)> {
 }
 
 /// In sidecar mode, waits until the sidecar has written its CA next to its socket.
-fn wait_for_sidecar(socket: &Path) -> Result<String, JailError> {
+fn wait_for_sidecar(socket: &Path, wait: Duration) -> Result<String, JailError> {
     let ca = socket.with_file_name(Path::new(paths::CA_CERT).file_name().unwrap_or_default());
-    let wait = std::env::var("BOUNDARY_SIDECAR_WAIT_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(60);
-    let deadline = Instant::now() + Duration::from_secs(wait);
+    let deadline = Instant::now() + wait;
     let mut told = false;
     loop {
         if socket.exists()
@@ -483,10 +482,11 @@ fn wait_for_sidecar(socket: &Path) -> Result<String, JailError> {
         }
         if Instant::now() > deadline {
             return Err(JailError::Other(format!(
-                "the boundary sidecar is not ready: no socket at {} or no CA at {} after {wait} s. Check the sidecar \
+                "the boundary sidecar is not ready: no socket at {} or no CA at {} after {} s. Check the sidecar \
                  container's logs (kubectl logs <pod> -c boundary)",
                 socket.display(),
-                ca.display()
+                ca.display(),
+                wait.as_secs()
             )));
         }
         if !told {

@@ -15,10 +15,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use boundary_api::contract::env as contract_env;
-use boundary_api::contract::{exit_when, paths};
+use boundary_api::contract::{boundary_env, exit_when, paths};
+use boundary_telemetry::{LogArgs, LogFormat};
 use clap::Args;
 
-use crate::config::parse_resolve;
+use crate::config::{ProxyArgs, parse_resolve};
 use crate::jails::{ExitWhen, Jails};
 use crate::proxy::audit::{Identity, Sink};
 use crate::proxy::policy::{PolicyStore, Source};
@@ -30,64 +31,29 @@ use crate::trust::builtin_roots_pem;
 #[derive(Debug, Clone, Args)]
 pub struct SidecarArgs {
     /// Unix socket the jailed containers' forwarders connect to.
-    #[arg(long, value_name = "PATH", env = "BOUNDARY_PROXY_SOCKET", default_value = paths::PROXY_SOCKET)]
+    #[arg(long, value_name = "PATH", env = contract_env::PROXY_SOCKET, default_value = paths::PROXY_SOCKET)]
     pub socket: PathBuf,
     /// The compiled policy (mounted from the namespace's ConfigMap).
-    #[arg(long, value_name = "FILE", env = "BOUNDARY_POLICY_FILE", default_value = paths::POLICY_FILE)]
+    #[arg(long, value_name = "FILE", env = contract_env::POLICY_FILE, default_value = paths::POLICY_FILE)]
     pub policy_file: PathBuf,
     /// The pod's labels (downward API file), to pick the policies that select this pod.
-    #[arg(long, value_name = "FILE", env = "BOUNDARY_LABELS_FILE")]
+    #[arg(long, value_name = "FILE", env = contract_env::LABELS_FILE)]
     pub labels_file: Option<PathBuf>,
     /// Explicit HTTP proxy address for landlock-tier containers.
-    #[arg(long, value_name = "ADDR", env = "BOUNDARY_EXPLICIT_PROXY")]
+    #[arg(long, value_name = "ADDR", env = contract_env::EXPLICIT_PROXY)]
     pub explicit_proxy: Option<SocketAddr>,
     /// Address of /metrics and /healthz.
-    #[arg(long, value_name = "ADDR", env = "BOUNDARY_METRICS_ADDR")]
+    #[arg(long, value_name = "ADDR", env = contract_env::METRICS_ADDR)]
     pub metrics_addr: Option<SocketAddr>,
-    /// Resolve HOST to IP (repeatable).
-    #[arg(
-        long = "resolve",
-        value_name = "HOST=IP",
-        env = "BOUNDARY_RESOLVE",
-        value_delimiter = ','
-    )]
-    pub resolve: Vec<String>,
-    /// Extra upstream CA (repeatable).
-    #[arg(
-        long = "upstream-ca",
-        value_name = "FILE",
-        env = "BOUNDARY_UPSTREAM_CA",
-        value_delimiter = ','
-    )]
-    pub upstream_ca: Vec<PathBuf>,
     /// Directory of extra upstream CAs: every file in it (PEM), e.g. the optional ConfigMap
     /// `agent-boundary-upstream-ca` the webhook mounts. Missing or empty: none.
-    #[arg(long, value_name = "DIR", env = "BOUNDARY_UPSTREAM_CA_DIR")]
+    #[arg(long, value_name = "DIR", env = contract_env::UPSTREAM_CA_DIR)]
     pub upstream_ca_dir: Option<PathBuf>,
-    /// Audit destination file; default standard output.
-    #[arg(long, value_name = "FILE", env = "BOUNDARY_AUDIT_FILE")]
-    pub audit_file: Option<PathBuf>,
-    /// Seconds an upstream may take to send response headers before the client gets 504.
-    #[arg(
-        long,
-        value_name = "SECONDS",
-        env = "BOUNDARY_UPSTREAM_TIMEOUT",
-        default_value_t = 300
-    )]
-    pub upstream_timeout: u64,
-    /// Log level of diagnostics (standard error, JSON).
-    #[arg(
-        long,
-        value_name = "LEVEL",
-        env = "BOUNDARY_LOG_LEVEL",
-        default_value = "info"
-    )]
-    pub log_level: String,
     /// Threads that serve connections; 0 means one per available CPU.
     #[arg(
         long,
         value_name = "N",
-        env = "BOUNDARY_WORKER_THREADS",
+        env = boundary_env::WORKER_THREADS,
         default_value_t = 0
     )]
     pub worker_threads: usize,
@@ -108,6 +74,12 @@ pub struct SidecarArgs {
     /// sidecar can read (the webhook mounts a memory-backed emptyDir). Unset: a new CA per start.
     #[arg(long, value_name = "DIR", env = contract_env::CA_DIR)]
     pub ca_dir: Option<PathBuf>,
+    /// Settings shared with `boundary run`'s in-process proxy.
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
+    /// Diagnostics.
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 /// How long the sidecar waits, once its exit condition holds, for connections still open (their
@@ -116,7 +88,10 @@ const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Runs the sidecar until SIGTERM or SIGINT.
 pub fn run(args: &SidecarArgs) -> i32 {
-    crate::logging::init(&args.log_level, true);
+    if let Err(e) = boundary_telemetry::init(&args.log.or_defaults("info", LogFormat::Json)) {
+        eprintln!("boundary sidecar: {e}");
+        return crate::run::EXIT_USAGE;
+    }
     let expected: Vec<String> = args
         .jailed_containers
         .iter()
@@ -189,10 +164,14 @@ async fn serve(args: &SidecarArgs, jails: Arc<Jails>) -> anyhow::Result<()> {
         tier: None,
         policy,
         upstream_cas: upstream_cas(args)?,
-        resolve: parse_resolve(&args.resolve)?,
-        audit: args.audit_file.clone().map_or(Sink::Stdout, Sink::File),
+        resolve: parse_resolve(&args.proxy.resolve)?,
+        audit: args
+            .proxy
+            .audit_file
+            .clone()
+            .map_or(Sink::Stdout, Sink::File),
         ca,
-        upstream_timeout: std::time::Duration::from_secs(args.upstream_timeout.max(1)),
+        upstream_timeout: std::time::Duration::from_secs(args.proxy.upstream_timeout.max(1)),
     })?;
     tracing::info!(policies = ?proxy.rules_for(None).policies, "policy loaded");
 
@@ -322,7 +301,7 @@ fn record_restart(proxy: &crate::proxy::Proxy, ca: &CaOrigin, jails: &Jails) {
 
 /// The upstream CA files: `--upstream-ca` and every file in `--upstream-ca-dir`.
 fn upstream_cas(args: &SidecarArgs) -> anyhow::Result<Vec<PathBuf>> {
-    let mut files = args.upstream_ca.clone();
+    let mut files = args.proxy.upstream_ca.clone();
     if let Some(dir) = &args.upstream_ca_dir {
         files.extend(files_in(dir).map_err(|e| {
             anyhow::anyhow!("reading the upstream CA directory {}: {e}", dir.display())

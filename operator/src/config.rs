@@ -14,14 +14,14 @@ pub const DEFAULT_NODE_AGENT_SELECTOR: &str = "app.kubernetes.io/component=node-
 #[derive(Clone, Debug, clap::Args)]
 pub struct Config {
     /// Reconcile the BoundaryPolicy objects of this namespace only (default: all namespaces).
-    #[arg(long, env = "BOUNDARY_WATCH_NAMESPACE")]
+    #[arg(long, env = boundary_api::contract::operator_env::WATCH_NAMESPACE)]
     pub watch_namespace: Option<String>,
     /// Reconcile only the namespaces with these labels (a label selector; default: every
     /// namespace). `ClusterBoundaryPolicy` status then counts only those namespaces.
-    #[arg(long, env = "BOUNDARY_NAMESPACE_SELECTOR")]
+    #[arg(long, env = boundary_api::contract::operator_env::NAMESPACE_SELECTOR)]
     pub namespace_selector: Option<String>,
     /// Namespaces (comma-separated) no `ClusterBoundaryPolicy` selects, besides the operator's own
-    /// (`POD_NAMESPACE`) and `kube-system`, which never are.
+    /// (`BOUNDARY_POD_NAMESPACE`) and `kube-system`, which never are.
     #[arg(long, env = boundary_api::contract::env::EXCLUDED_NAMESPACES, value_delimiter = ',')]
     pub excluded_namespaces: Vec<String>,
     /// Namespaces (comma-separated) where jailing is required: labelled
@@ -29,45 +29,45 @@ pub struct Config {
     #[arg(long, env = boundary_api::contract::env::REQUIRED_NAMESPACES, value_delimiter = ',')]
     pub required_namespaces: Vec<String>,
     /// Label selector of the nodes to label (default: every node).
-    #[arg(long, env = "BOUNDARY_NODE_SELECTOR")]
+    #[arg(long, env = boundary_api::contract::operator_env::NODE_SELECTOR)]
     pub node_selector: Option<String>,
     /// Label selector of the node agent's Pods, whose probe-report annotation is merged into
     /// the labels of the node they run on.
-    #[arg(long, env = "BOUNDARY_NODE_AGENT_SELECTOR", default_value = DEFAULT_NODE_AGENT_SELECTOR)]
+    #[arg(long, env = boundary_api::contract::operator_env::NODE_AGENT_SELECTOR, default_value = DEFAULT_NODE_AGENT_SELECTOR)]
     pub node_agent_selector: String,
     /// Namespace of the node agent's Pods. Only Pods there are trusted to report probes; without
     /// it, matching Pods of every namespace are (anyone who can create a labelled Pod bound to a
     /// node could then change that node's labels).
-    #[arg(long, env = "BOUNDARY_NODE_AGENT_NAMESPACE")]
+    #[arg(long, env = boundary_api::contract::operator_env::NODE_AGENT_NAMESPACE)]
     pub node_agent_namespace: Option<String>,
     /// Seconds before a failed reconcile is retried.
-    #[arg(long, env = "BOUNDARY_RETRY_SECONDS", default_value_t = 10)]
+    #[arg(long, env = boundary_api::contract::operator_env::RETRY_SECONDS, default_value_t = 10)]
     pub retry_seconds: u64,
     /// Name of this instance in Events (`reportingInstance`) and in the leader-election Lease;
     /// the Pod name in a cluster.
-    #[arg(long, env = "POD_NAME")]
+    #[arg(long, env = boundary_api::contract::env::POD_NAME)]
     pub instance: Option<String>,
     /// The operator's own namespace (the webhook certificate Secrets live there).
-    #[arg(long, env = "POD_NAMESPACE")]
+    #[arg(long, env = boundary_api::contract::env::POD_NAMESPACE)]
     pub namespace: Option<String>,
     /// Namespace of the leader-election Lease. Unset: no leader election (run one replica).
-    #[arg(long, env = "BOUNDARY_LEASE_NAMESPACE")]
+    #[arg(long, env = boundary_api::contract::operator_env::LEASE_NAMESPACE)]
     pub lease_namespace: Option<String>,
     /// Name of the leader-election Lease.
-    #[arg(long, env = "BOUNDARY_LEASE_NAME", default_value = objects::OPERATOR_LEASE)]
+    #[arg(long, env = boundary_api::contract::operator_env::LEASE_NAME, default_value = objects::OPERATOR_LEASE)]
     pub lease_name: String,
     /// Seconds a Lease holds without renewal (another replica takes over after that).
-    #[arg(long, env = "BOUNDARY_LEASE_DURATION_SECONDS", default_value_t = 15)]
+    #[arg(long, env = boundary_api::contract::operator_env::LEASE_DURATION_SECONDS, default_value_t = 15)]
     pub lease_duration_seconds: u64,
     /// Seconds the leader keeps acting without renewing the Lease (less than its duration).
     #[arg(
         long,
-        env = "BOUNDARY_LEASE_RENEW_DEADLINE_SECONDS",
+        env = boundary_api::contract::operator_env::LEASE_RENEW_DEADLINE_SECONDS,
         default_value_t = 10
     )]
     pub lease_renew_deadline_seconds: u64,
     /// Address of `/metrics`, `/healthz` and `/readyz`. Unset: not served.
-    #[arg(long, env = "BOUNDARY_METRICS_ADDR")]
+    #[arg(long, env = boundary_api::contract::env::METRICS_ADDR)]
     pub metrics_addr: Option<SocketAddr>,
     /// Webhook certificate management.
     #[command(flatten)]

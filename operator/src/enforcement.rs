@@ -75,21 +75,21 @@ pub struct EnforcementConfig {
     /// 0 turns the checks off (the `Enforced` condition stays `Unknown`).
     #[arg(
         long = "enforcement-interval-seconds",
-        env = "BOUNDARY_ENFORCEMENT_INTERVAL_SECONDS",
+        env = contract::operator_env::ENFORCEMENT_INTERVAL_SECONDS,
         default_value_t = 10
     )]
     pub interval_seconds: u64,
     /// Milliseconds one sidecar has to answer (connect, request and body).
     #[arg(
         long = "enforcement-timeout-millis",
-        env = "BOUNDARY_ENFORCEMENT_TIMEOUT_MILLIS",
+        env = contract::operator_env::ENFORCEMENT_TIMEOUT_MILLIS,
         default_value_t = 2000
     )]
     pub timeout_millis: u64,
     /// Sidecars asked at the same time.
     #[arg(
         long = "enforcement-concurrency",
-        env = "BOUNDARY_ENFORCEMENT_CONCURRENCY",
+        env = contract::operator_env::ENFORCEMENT_CONCURRENCY,
         default_value_t = 32
     )]
     pub concurrency: usize,
@@ -99,7 +99,7 @@ pub struct EnforcementConfig {
     /// `StalePolicy` at once either way.
     #[arg(
         long = "enforcement-stale-grace-seconds",
-        env = "BOUNDARY_ENFORCEMENT_STALE_GRACE_SECONDS",
+        env = contract::operator_env::ENFORCEMENT_STALE_GRACE_SECONDS,
         default_value_t = 180
     )]
     pub stale_grace_seconds: u64,

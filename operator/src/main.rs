@@ -3,8 +3,8 @@
 
 use anyhow::Context as _;
 use boundary_operator::{Config, Shutdown};
+use boundary_telemetry::{LogArgs, LogFormat};
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 /// Controller for BoundaryPolicy objects and node labels.
 #[derive(Debug, Parser)]
@@ -12,35 +12,15 @@ use tracing_subscriber::EnvFilter;
 struct Cli {
     #[command(flatten)]
     config: Config,
-    /// Log format.
-    #[arg(long, env = "BOUNDARY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
-    /// Log filter (tracing `EnvFilter` syntax).
-    #[arg(long, env = "BOUNDARY_LOG", default_value = "info")]
-    log: String,
-}
-
-/// How log lines are written.
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
+    /// Diagnostics.
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let filter = EnvFilter::try_new(&cli.log).context("--log")?;
-    // Colours only on a terminal: `kubectl logs` shows escape codes as they are.
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
-    match cli.log_format {
-        LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().init(),
-    }
+    boundary_telemetry::init(&cli.log.or_defaults("info", LogFormat::Text))?;
     let client = kube::Client::try_default()
         .await
         .context("connecting to the cluster (in-cluster config or KUBECONFIG)")?;

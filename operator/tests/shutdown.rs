@@ -179,15 +179,15 @@ async fn sigterm_while_leading(stalled: Option<&'static str>) {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_boundary-operator"))
         .env_clear()
         .env("KUBECONFIG", &kubeconfig)
-        .env("POD_NAME", IDENTITY)
-        .env("POD_NAMESPACE", LEASE_NAMESPACE)
+        .env(boundary_api::contract::env::POD_NAME, IDENTITY)
+        .env(boundary_api::contract::env::POD_NAMESPACE, LEASE_NAMESPACE)
         .env("BOUNDARY_LEASE_NAMESPACE", LEASE_NAMESPACE)
         .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
     tokio::spawn(async move {
         while let Ok(Some(line)) = lines.next_line().await {
             eprintln!("operator: {line}");

@@ -30,8 +30,8 @@ NODE=0 tests/local-cluster/up.sh >/dev/null
   crd/clusterboundarypolicies.agentboundary.dev >/dev/null
 "$KUBECTL" create namespace agent-boundary >/dev/null
 
-POD_NAMESPACE=agent-boundary BOUNDARY_LEASE_NAMESPACE=agent-boundary POD_NAME=bench \
-  BOUNDARY_LOG=warn target/release/boundary-operator >"$work/operator.log" 2>&1 &
+BOUNDARY_POD_NAMESPACE=agent-boundary BOUNDARY_LEASE_NAMESPACE=agent-boundary BOUNDARY_POD_NAME=bench \
+  BOUNDARY_LOG_LEVEL=warn target/release/boundary-operator >"$work/operator.log" 2>&1 &
 op_pid=$!
 sleep 2
 kill -0 "$op_pid" || { cat "$work/operator.log" >&2; exit 1; }

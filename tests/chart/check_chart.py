@@ -80,8 +80,8 @@ def contract():
 
 
 def env_flags(*dirs):
-    """Every `env = "NAME"` (or `env = group::NAME` of the contract) of the clap flags under the
-    given source folders."""
+    """Every `env = "NAME"` (or `env = [path::]group::NAME` of the contract) of the clap flags
+    under the given source folders."""
     names = set()
     for d in dirs:
         for base, _, files in os.walk(os.path.join(ROOT, d)):
@@ -90,11 +90,9 @@ def env_flags(*dirs):
                     with open(os.path.join(base, f)) as fh:
                         text = fh.read()
                     names.update(re.findall(r'env\s*=\s*"([A-Z0-9_]+)"', text))
-                    for group, name in re.findall(r"env\s*=\s*(\w+)::([A-Z][A-Z0-9_]*)\b", text):
+                    for group, name in re.findall(r"env\s*=\s*(?:\w+::)*(\w+)::([A-Z][A-Z0-9_]*)\b", text):
                         if name in C.get(group, {}):
                             names.add(C[group][name])
-                    names.update(C["env"][n] for n in re.findall(r'env\s*=\s*[\w:]*env::([A-Z0-9_]+)', text)
-                                 if n in C["env"])
     return names
 
 
@@ -106,17 +104,19 @@ ENABLED, DISABLED, REQUIRED = C[""]["INJECT_ENABLED"], C[""]["INJECT_DISABLED"],
 COMPONENT = C["labels"]["COMPONENT"]
 POLICY_CONFIGMAP = C["objects"]["POLICY_CONFIGMAP"]
 CA_SUFFIX = C["objects"]["CA_SECRET_SUFFIX"]
-WEBHOOK_ENV = env_flags("webhook/src")
+# Every binary flattens the diagnostics flags of crds/telemetry.
+WEBHOOK_ENV = env_flags("webhook/src", "crds/telemetry/src")
 SHUTDOWN_DELAY_ENV = C["webhook_env"]["SHUTDOWN_DELAY_SECONDS"]
 SHUTDOWN_GRACE_ENV = C["webhook_env"]["SHUTDOWN_GRACE_SECONDS"]
 check({SHUTDOWN_DELAY_ENV, SHUTDOWN_GRACE_ENV} <= WEBHOOK_ENV, "the webhook's shutdown flags read the contract's env names")
-OPERATOR_ENV = env_flags("operator/src")
-BOUNDARY_ENV = env_flags("jail-runtime/src")
+OPERATOR_ENV = env_flags("operator/src", "crds/telemetry/src")
+BOUNDARY_ENV = env_flags("jail-runtime/src", "crds/telemetry/src")
 # Set from the downward API; read by the binaries under these names.
-DOWNWARD = {"POD_NAME", "POD_NAMESPACE", "NODE_NAME"}
+POD_NAME_ENV, POD_NAMESPACE_ENV = C["env"]["POD_NAME"], C["env"]["POD_NAMESPACE"]
+DOWNWARD = {POD_NAME_ENV, POD_NAMESPACE_ENV, "NODE_NAME"}
 check(
-    "POD_NAME" in OPERATOR_ENV and "POD_NAMESPACE" in OPERATOR_ENV,
-    "operator/src reads POD_NAME and POD_NAMESPACE",
+    POD_NAME_ENV in OPERATOR_ENV and POD_NAMESPACE_ENV in OPERATOR_ENV,
+    f"operator/src reads {POD_NAME_ENV} and {POD_NAMESPACE_ENV}",
 )
 check(len(WEBHOOK_ENV) > 5 and len(OPERATOR_ENV) > 5, "env flags found in webhook/ and operator/")
 
@@ -446,7 +446,7 @@ def check_render(name, s, objs, kube):
     check(op_dep["spec"]["replicas"] == op_replicas, f"{where} operator replicas {op_replicas}")
     for e in env_of(oc):
         check(e in OPERATOR_ENV, f"{where} operator env {e} is a flag of operator/src")
-    for e in ("POD_NAME", "POD_NAMESPACE"):
+    for e in (POD_NAME_ENV, POD_NAMESPACE_ENV):
         check(env_of(oc).get(e, {}).get("valueFrom") is not None, f"{where} operator {e} from the downward API")
     # ClusterBoundaryPolicies skip the namespaces the webhook never mutates (the operator adds its
     # own and kube-system itself).
@@ -498,7 +498,7 @@ def check_render(name, s, objs, kube):
         check(ac.get("args") == ["node-agent"] and ac.get("image") == runtime_image,
               f"{where} node agent runs `boundary node-agent` from the jail-runtime image")
         aenv = env_of(ac)
-        for e in ("POD_NAME", "POD_NAMESPACE", "NODE_NAME"):
+        for e in (POD_NAME_ENV, POD_NAMESPACE_ENV, "NODE_NAME"):
             check(aenv.get(e, {}).get("valueFrom") is not None, f"{where} node agent {e} from the downward API")
         for e in aenv:
             check(e in BOUNDARY_ENV or e in DOWNWARD, f"{where} node-agent env {e} is a flag of jail-runtime/src")

@@ -17,6 +17,10 @@ use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::{ImageIndexEntry, OciManifest};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
@@ -127,6 +131,12 @@ const LOOKUP_RESULTS: [&str; 8] = [
     "timeout",
     "registry_error",
 ];
+
+/// Labels of `agent_boundary_webhook_image_lookups_total`: one of [`LOOKUP_RESULTS`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct LookupLabels {
+    result: &'static str,
+}
 
 fn unauthorized_hint(with_credentials: bool, problems: &[String]) -> String {
     let mut hint = if with_credentials {
@@ -265,8 +275,9 @@ pub struct Resolver {
     clients: Mutex<HashMap<CredentialId, Client>>,
     tags: Mutex<HashMap<TagKey, (String, Instant)>>,
     configs: Mutex<Lru<ConfigKey, ImageConfig>>,
-    registry_requests: std::sync::atomic::AtomicU64,
-    results: [std::sync::atomic::AtomicU64; LOOKUP_RESULTS.len()],
+    registry_requests: Counter,
+    lookups: Family<LookupLabels, Counter>,
+    metrics: Registry,
     ecr: Option<Ecr>,
 }
 
@@ -484,14 +495,32 @@ impl Resolver {
         // reqwest's rustls needs a process-wide provider; the webhook uses ring throughout. An
         // error means one is installed already.
         let _ = rustls::crypto::ring::default_provider().install_default();
+        let registry_requests = Counter::default();
+        let lookups = Family::<LookupLabels, Counter>::default();
+        for result in LOOKUP_RESULTS {
+            let _ = lookups.get_or_create(&LookupLabels { result });
+        }
+        // The registry appends the final full stop of each help text.
+        let mut metrics = Registry::with_prefix(crate::metrics::PREFIX);
+        metrics.register(
+            "image_lookups",
+            "Image configs looked up for reviews, by result",
+            lookups.clone(),
+        );
+        metrics.register(
+            "image_registry_requests",
+            "Image lookups not answered from the caches",
+            registry_requests.clone(),
+        );
         Resolver {
             ecr: config.ecr.clone().map(Ecr::new),
             configs: Mutex::new(Lru::new(config.config_cache_entries)),
             config,
             clients: Mutex::new(HashMap::new()),
             tags: Mutex::new(HashMap::new()),
-            registry_requests: std::sync::atomic::AtomicU64::new(0),
-            results: Default::default(),
+            registry_requests,
+            lookups,
+            metrics,
         }
     }
 
@@ -502,27 +531,13 @@ impl Resolver {
 
     /// How many image lookups reached a registry (not answered from the caches).
     pub fn registry_lookups(&self) -> u64 {
-        self.registry_requests
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.registry_requests.get()
     }
 
     /// Prometheus text of the lookups (appended to the webhook's `/metrics`).
     pub fn render_metrics(&self, out: &mut String) {
-        use std::sync::atomic::Ordering::Relaxed;
-        out.push_str("# HELP agent_boundary_webhook_image_lookups_total Image configs looked up for reviews, by result.\n# TYPE agent_boundary_webhook_image_lookups_total counter\n");
-        for (result, count) in LOOKUP_RESULTS.iter().zip(&self.results) {
-            let _ = writeln!(
-                out,
-                "agent_boundary_webhook_image_lookups_total{{result=\"{result}\"}} {}",
-                count.load(Relaxed)
-            );
-        }
-        out.push_str("# HELP agent_boundary_webhook_image_registry_requests_total Image lookups not answered from the caches.\n# TYPE agent_boundary_webhook_image_registry_requests_total counter\n");
-        let _ = writeln!(
-            out,
-            "agent_boundary_webhook_image_registry_requests_total {}",
-            self.registry_lookups()
-        );
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::prometheus_text::encode(out, &self.metrics);
     }
 
     fn client(&self, id: &CredentialId) -> Client {
@@ -582,8 +597,8 @@ impl Resolver {
                     }),
                 };
             let label = result.as_ref().map_or_else(ResolveError::kind, |_| "ok");
-            if let Some(i) = LOOKUP_RESULTS.iter().position(|r| *r == label) {
-                self.results[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if let Some(result) = LOOKUP_RESULTS.iter().find(|r| **r == label) {
+                self.lookups.get_or_create(&LookupLabels { result }).inc();
             }
             (key.clone(), result)
         });
@@ -671,8 +686,7 @@ impl Resolver {
         {
             return Ok(found);
         }
-        self.registry_requests
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.registry_requests.inc();
         let auth = credential.map_or(RegistryAuth::Anonymous, |c| {
             RegistryAuth::Basic(c.username.clone(), c.password.clone())
         });

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use boundary_api::contract::webhook_env;
+use boundary_telemetry::{LogArgs, LogFormat};
 use boundary_webhook::admit::Planner;
 use boundary_webhook::admit::{
     ApiPods, ApiPullSecrets, FixedPullSecrets, ImageLookup, PullSecretSource,
@@ -19,7 +20,7 @@ use boundary_webhook::guard::Jailing;
 use boundary_webhook::image::{Resolver, ResolverConfig};
 use boundary_webhook::inject::Settings;
 use boundary_webhook::server::{Config, Server};
-use clap::{ArgAction, Parser, ValueEnum};
+use clap::{ArgAction, Parser};
 
 /// Mutating admission webhook that jails opted-in pods with the least-privileged tier their
 /// nodes support.
@@ -29,59 +30,59 @@ struct Cli {
     /// HTTPS address of `/mutate`.
     #[arg(
         long,
-        env = "BOUNDARY_WEBHOOK_HTTPS_ADDR",
+        env = webhook_env::HTTPS_ADDR,
         default_value = "0.0.0.0:8443"
     )]
     https_addr: SocketAddr,
     /// Plain HTTP address of `/healthz`, `/readyz` and `/metrics`.
     #[arg(
         long,
-        env = "BOUNDARY_WEBHOOK_PLAIN_ADDR",
+        env = webhook_env::PLAIN_ADDR,
         default_value = "0.0.0.0:8080"
     )]
     plain_addr: SocketAddr,
     /// Serving certificate (PEM); re-read when it changes (Secret volume updates included).
     #[arg(
         long,
-        env = "BOUNDARY_WEBHOOK_CERT_FILE",
+        env = webhook_env::CERT_FILE,
         default_value = "/etc/agent-boundary/webhook-tls/tls.crt"
     )]
     cert_file: PathBuf,
     /// Private key of the serving certificate (PEM).
     #[arg(
         long,
-        env = "BOUNDARY_WEBHOOK_KEY_FILE",
+        env = webhook_env::KEY_FILE,
         default_value = "/etc/agent-boundary/webhook-tls/tls.key"
     )]
     key_file: PathBuf,
     /// The jail-runtime image injected into pods.
-    #[arg(long, env = "BOUNDARY_WEBHOOK_IMAGE")]
+    #[arg(long, env = webhook_env::IMAGE)]
     image: String,
     /// Pull policy of the injected image.
     #[arg(
         long,
-        env = "BOUNDARY_WEBHOOK_IMAGE_PULL_POLICY",
+        env = webhook_env::IMAGE_PULL_POLICY,
         default_value = "IfNotPresent"
     )]
     image_pull_policy: String,
     /// CPU request of the injected sidecar.
     #[arg(
         long,
-        env = "BOUNDARY_WEBHOOK_SIDECAR_CPU_REQUEST",
+        env = webhook_env::SIDECAR_CPU_REQUEST,
         default_value = "10m"
     )]
     sidecar_cpu_request: String,
     /// Memory request of the injected sidecar.
     #[arg(
         long,
-        env = "BOUNDARY_WEBHOOK_SIDECAR_MEMORY_REQUEST",
+        env = webhook_env::SIDECAR_MEMORY_REQUEST,
         default_value = "32Mi"
     )]
     sidecar_memory_request: String,
     /// Memory limit of the injected sidecar.
     #[arg(
         long,
-        env = "BOUNDARY_WEBHOOK_SIDECAR_MEMORY_LIMIT",
+        env = webhook_env::SIDECAR_MEMORY_LIMIT,
         default_value = "256Mi"
     )]
     sidecar_memory_limit: String,
@@ -90,7 +91,7 @@ struct Cli {
     /// jail under the current policy.
     #[arg(
         long,
-        env = "BOUNDARY_WEBHOOK_ENFORCEMENT_READINESS_GATE",
+        env = webhook_env::ENFORCEMENT_READINESS_GATE,
         default_value_t = false
     )]
     enforcement_readiness_gate: bool,
@@ -98,7 +99,7 @@ struct Cli {
     /// is jailed or refused, and the pod-level opt-out is ignored.
     #[arg(
         long,
-        env = "BOUNDARY_WEBHOOK_REQUIRED_NAMESPACES",
+        env = webhook_env::REQUIRED_NAMESPACES,
         value_delimiter = ','
     )]
     required_namespaces: Vec<String>,
@@ -106,12 +107,12 @@ struct Cli {
     /// label `agentboundary.dev/inject=disabled` where an Enforce policy selects them.
     #[arg(
         long,
-        env = "BOUNDARY_WEBHOOK_OPT_OUT_SERVICE_ACCOUNTS",
+        env = webhook_env::OPT_OUT_SERVICE_ACCOUNTS,
         value_delimiter = ','
     )]
     opt_out_service_accounts: Vec<String>,
     /// Largest `AdmissionReview` body accepted, in bytes.
-    #[arg(long, env = "BOUNDARY_WEBHOOK_MAX_BODY_BYTES", default_value_t = 7 * 1024 * 1024)]
+    #[arg(long, env = webhook_env::MAX_BODY_BYTES, default_value_t = 7 * 1024 * 1024)]
     max_body_bytes: usize,
     /// Shutdown on SIGTERM.
     #[command(flatten)]
@@ -119,17 +120,9 @@ struct Cli {
     /// Image lookups in registries.
     #[command(flatten)]
     registry: RegistryArgs,
-    /// Log format: `json` (in clusters) or `text`.
-    #[arg(
-        long,
-        env = "BOUNDARY_WEBHOOK_LOG_FORMAT",
-        value_enum,
-        default_value = "json"
-    )]
-    log_format: LogFormat,
-    /// Log filter (`info`, `debug`, `boundary_webhook=debug`, ...).
-    #[arg(long, env = "BOUNDARY_WEBHOOK_LOG_LEVEL", default_value = "info")]
-    log_level: String,
+    /// Diagnostics.
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 /// How the webhook stops: it keeps answering reviews while it is taken out of the Service, then
@@ -154,73 +147,53 @@ struct RegistryArgs {
     /// Read image configs (`Entrypoint`, `Cmd`, `User`) from registries when a plan needs them:
     /// a wrapped container without `command`, or a capability tier and the image's `USER`.
     /// Off: such containers are denied (Enforce) and users stay unknown.
-    #[arg(long, env = "BOUNDARY_WEBHOOK_REGISTRY_LOOKUP", default_value_t = true, action = ArgAction::Set)]
+    #[arg(long, env = webhook_env::REGISTRY_LOOKUP, default_value_t = true, action = ArgAction::Set)]
     registry_lookup: bool,
     /// Use the pod's and its ServiceAccount's imagePullSecrets for lookups (needs `get` on
     /// Secrets and service accounts). Off: anonymous lookups only.
-    #[arg(long, env = "BOUNDARY_WEBHOOK_REGISTRY_PULL_SECRETS", default_value_t = true, action = ArgAction::Set)]
+    #[arg(long, env = webhook_env::REGISTRY_PULL_SECRETS, default_value_t = true, action = ArgAction::Set)]
     registry_pull_secrets: bool,
     /// Time for all registry lookups of one review, in milliseconds; keep it under the
     /// webhook configuration's timeoutSeconds.
     #[arg(
         long,
-        env = "BOUNDARY_WEBHOOK_REGISTRY_BUDGET_MS",
+        env = webhook_env::REGISTRY_BUDGET_MS,
         default_value_t = 4000
     )]
     registry_budget_ms: u64,
     /// How long a tag's digest is reused before the registry is asked again.
     #[arg(
         long,
-        env = "BOUNDARY_WEBHOOK_REGISTRY_TAG_TTL_SECONDS",
+        env = webhook_env::REGISTRY_TAG_TTL_SECONDS,
         default_value_t = 60
     )]
     registry_tag_ttl_seconds: u64,
     /// Image configs kept in memory (by digest; least recently used evicted).
     #[arg(
         long,
-        env = "BOUNDARY_WEBHOOK_REGISTRY_CONFIG_CACHE_ENTRIES",
+        env = webhook_env::REGISTRY_CONFIG_CACHE_ENTRIES,
         default_value_t = 4096
     )]
     registry_config_cache_entries: usize,
     /// Architecture picked from multi-platform images when the pod has no
     /// `kubernetes.io/arch` node selector (`amd64`, `arm64`, `arm/v7`).
-    #[arg(long, env = "BOUNDARY_WEBHOOK_REGISTRY_ARCH", default_value = "amd64")]
+    #[arg(long, env = webhook_env::REGISTRY_ARCH, default_value = "amd64")]
     registry_arch: String,
     /// Pull from ECR registries (`<account>.dkr.ecr.<region>.amazonaws.com`) with the webhook's
     /// own AWS identity (IRSA, EKS Pod Identity, instance profile, environment).
-    #[arg(long, env = "BOUNDARY_WEBHOOK_REGISTRY_ECR", default_value_t = true, action = ArgAction::Set)]
+    #[arg(long, env = webhook_env::REGISTRY_ECR, default_value_t = true, action = ArgAction::Set)]
     registry_ecr: bool,
     /// PEM file of CA certificates trusted for registries besides Mozilla's roots (registries
     /// with a private CA).
-    #[arg(long, env = "BOUNDARY_WEBHOOK_REGISTRY_CA_FILE")]
+    #[arg(long, env = webhook_env::REGISTRY_CA_FILE)]
     registry_ca_file: Option<PathBuf>,
     /// Registries (`host[:port]`, comma-separated) spoken to over plain HTTP.
     #[arg(
         long,
-        env = "BOUNDARY_WEBHOOK_INSECURE_REGISTRIES",
+        env = webhook_env::INSECURE_REGISTRIES,
         value_delimiter = ','
     )]
     insecure_registries: Vec<String>,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Json,
-    Text,
-}
-
-fn init_logging(cli: &Cli) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colours only on a terminal: `kubectl logs` shows escape codes as they are.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match cli.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
 }
 
 /// The certificates of a PEM file (at least one).
@@ -265,7 +238,7 @@ fn jailing(cli: &Cli) -> anyhow::Result<Jailing> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging(&cli);
+    boundary_telemetry::init(&cli.log.or_defaults("info", LogFormat::Json))?;
     let jailing = jailing(&cli)?;
     let client = kube::Client::try_default()
         .await

@@ -1,11 +1,17 @@
 //! Prometheus metrics of the webhook server, exposed as text on the plain listener's `/metrics`.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
 /// How a review ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ReviewResult {
     /// Admitted with a patch.
     Patched,
@@ -28,7 +34,7 @@ const RESULTS: [(ReviewResult, &str); 5] = [
 ];
 
 /// Why a request body was refused before it reached the decider.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BodyRejection {
     /// Larger than the limit (HTTP 413).
     TooLarge,
@@ -48,7 +54,7 @@ const REJECTIONS: [(BodyRejection, &str); 4] = [
 ];
 
 /// Why a connection was closed before it carried a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ConnectionFailure {
     /// The client took longer than the TLS handshake timeout.
     TlsHandshakeTimeout,
@@ -67,168 +73,186 @@ const CONNECTION_FAILURES: [(ConnectionFailure, &str); 3] = [
     (ConnectionFailure::HeaderTimeout, "header_timeout"),
 ];
 
-/// Upper bounds of the review duration buckets, in microseconds (0.5 ms to 10 s: the apiserver
-/// gives a webhook at most 30 s, 10 s by default).
-const BUCKETS_US: [u64; 14] = [
-    500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
-    2_500_000, 5_000_000, 10_000_000,
-];
-
-/// A histogram of durations with fixed buckets.
-#[derive(Debug, Default)]
-struct Histogram {
-    /// Observations per bucket (not cumulative); the last one is `+Inf`.
-    buckets: [AtomicU64; BUCKETS_US.len() + 1],
-    sum_us: AtomicU64,
-    count: AtomicU64,
-}
-
-impl Histogram {
-    fn observe(&self, duration: Duration) {
-        let us = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
-        let bucket = BUCKETS_US
-            .iter()
-            .position(|&bound| us <= bound)
-            .unwrap_or(BUCKETS_US.len());
-        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
-        self.sum_us.fetch_add(us, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn render(&self, out: &mut String, name: &str) {
-        let mut cumulative = 0;
-        for (i, bucket) in self.buckets.iter().enumerate() {
-            cumulative += bucket.load(Ordering::Relaxed);
-            match BUCKETS_US.get(i) {
-                Some(bound) => {
-                    let _ = writeln!(
-                        out,
-                        "{name}_bucket{{le=\"{}\"}} {cumulative}",
-                        seconds(*bound)
-                    );
-                }
-                None => {
-                    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
-                }
+/// The label value of each variant, in exposition order.
+macro_rules! label_values {
+    ($type:ty, $table:ident) => {
+        impl EncodeLabelValue for $type {
+            fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
+                let name = $table
+                    .iter()
+                    .find(|(value, _)| value == self)
+                    .map_or("unknown", |(_, name)| name);
+                encoder.write_str(name)
             }
         }
-        let _ = writeln!(
-            out,
-            "{name}_sum {}",
-            seconds(self.sum_us.load(Ordering::Relaxed))
-        );
-        let _ = writeln!(out, "{name}_count {}", self.count.load(Ordering::Relaxed));
-    }
+    };
 }
 
-/// Microseconds as decimal seconds, exactly (no float rounding in the exposition).
-fn seconds(us: u64) -> String {
-    let fraction = format!("{:06}", us % 1_000_000);
-    let fraction = fraction.trim_end_matches('0');
-    if fraction.is_empty() {
-        format!("{}", us / 1_000_000)
-    } else {
-        format!("{}.{fraction}", us / 1_000_000)
-    }
+label_values!(ReviewResult, RESULTS);
+label_values!(BodyRejection, REJECTIONS);
+label_values!(ConnectionFailure, CONNECTION_FAILURES);
+
+/// Result of a certificate reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum ReloadResult {
+    Ok,
+    Error,
 }
 
-fn index<T: PartialEq + Copy, const N: usize>(table: &[(T, &str); N], value: T) -> usize {
-    table.iter().position(|(v, _)| *v == value).unwrap_or(0)
+const RELOAD_RESULTS: [(ReloadResult, &str); 2] =
+    [(ReloadResult::Ok, "ok"), (ReloadResult::Error, "error")];
+
+label_values!(ReloadResult, RELOAD_RESULTS);
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReviewLabels {
+    result: ReviewResult,
 }
 
-/// All counters of the webhook server.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReloadLabels {
+    result: ReloadResult,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RejectionLabels {
+    reason: BodyRejection,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct FailureLabels {
+    reason: ConnectionFailure,
+}
+
+/// Upper bounds of the review duration buckets, in seconds (0.5 ms to 10 s: the apiserver gives
+/// a webhook at most 30 s, 10 s by default).
+const BUCKETS_SECONDS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Prefix of every metric name.
+pub const PREFIX: &str = "agent_boundary_webhook";
+
+/// All counters of the webhook server, in their registry.
+#[derive(Debug)]
 pub struct Metrics {
-    reviews: [AtomicU64; RESULTS.len()],
+    reviews: Family<ReviewLabels, Counter>,
     review_duration: Histogram,
-    in_flight: AtomicI64,
-    cert_reloads_ok: AtomicU64,
-    cert_reloads_failed: AtomicU64,
-    bodies_rejected: [AtomicU64; REJECTIONS.len()],
-    connection_failures: [AtomicU64; CONNECTION_FAILURES.len()],
+    in_flight: Gauge,
+    cert_reloads: Family<ReloadLabels, Counter>,
+    bodies_rejected: Family<RejectionLabels, Counter>,
+    connection_failures: Family<FailureLabels, Counter>,
+    registry: Registry,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let reviews = Family::<ReviewLabels, Counter>::default();
+        let review_duration = Histogram::new(BUCKETS_SECONDS);
+        let in_flight = Gauge::default();
+        let cert_reloads = Family::<ReloadLabels, Counter>::default();
+        let bodies_rejected = Family::<RejectionLabels, Counter>::default();
+        let connection_failures = Family::<FailureLabels, Counter>::default();
+        // Every label value is shown from the start, at 0, so a rate over it has a baseline.
+        for (result, _) in RESULTS {
+            let _ = reviews.get_or_create(&ReviewLabels { result });
+        }
+        for (result, _) in RELOAD_RESULTS {
+            let _ = cert_reloads.get_or_create(&ReloadLabels { result });
+        }
+        for (reason, _) in REJECTIONS {
+            let _ = bodies_rejected.get_or_create(&RejectionLabels { reason });
+        }
+        for (reason, _) in CONNECTION_FAILURES {
+            let _ = connection_failures.get_or_create(&FailureLabels { reason });
+        }
+        // The registry appends the final full stop of each help text.
+        let mut registry = Registry::with_prefix(PREFIX);
+        registry.register(
+            "reviews",
+            "Admission reviews answered, by result",
+            reviews.clone(),
+        );
+        registry.register(
+            "review_duration_seconds",
+            "Time from the start of a review request to its response",
+            review_duration.clone(),
+        );
+        registry.register(
+            "in_flight_requests",
+            "Review requests being handled now",
+            in_flight.clone(),
+        );
+        registry.register(
+            "certificate_reloads",
+            "Serving certificate reloads after the files changed, by result",
+            cert_reloads.clone(),
+        );
+        registry.register(
+            "bodies_rejected",
+            "Request bodies refused before review, by reason",
+            bodies_rejected.clone(),
+        );
+        registry.register(
+            "connection_failures",
+            "Connections closed before they carried a request, by reason",
+            connection_failures.clone(),
+        );
+        Metrics {
+            reviews,
+            review_duration,
+            in_flight,
+            cert_reloads,
+            bodies_rejected,
+            connection_failures,
+            registry,
+        }
+    }
 }
 
 impl Metrics {
     /// Counts a finished review and its duration.
     pub fn review(&self, result: ReviewResult, duration: Duration) {
-        self.reviews[index(&RESULTS, result)].fetch_add(1, Ordering::Relaxed);
-        self.review_duration.observe(duration);
+        self.reviews.get_or_create(&ReviewLabels { result }).inc();
+        self.review_duration.observe(duration.as_secs_f64());
     }
 
     /// A review request started (+1) or ended (-1).
     pub fn in_flight(&self, delta: i64) {
-        self.in_flight.fetch_add(delta, Ordering::Relaxed);
+        self.in_flight.inc_by(delta);
     }
 
     /// Counts a certificate reload attempt on a changed pair of files.
     pub fn cert_reload(&self, ok: bool) {
-        if ok {
-            &self.cert_reloads_ok
+        let result = if ok {
+            ReloadResult::Ok
         } else {
-            &self.cert_reloads_failed
-        }
-        .fetch_add(1, Ordering::Relaxed);
+            ReloadResult::Error
+        };
+        self.cert_reloads
+            .get_or_create(&ReloadLabels { result })
+            .inc();
     }
 
     /// Counts a body refused before it reached the decider.
     pub fn body_rejected(&self, reason: BodyRejection) {
-        self.bodies_rejected[index(&REJECTIONS, reason)].fetch_add(1, Ordering::Relaxed);
+        self.bodies_rejected
+            .get_or_create(&RejectionLabels { reason })
+            .inc();
     }
 
     /// Counts a connection closed before it carried a request.
     pub fn connection_failed(&self, failure: ConnectionFailure) {
-        self.connection_failures[index(&CONNECTION_FAILURES, failure)]
-            .fetch_add(1, Ordering::Relaxed);
+        self.connection_failures
+            .get_or_create(&FailureLabels { reason: failure })
+            .inc();
     }
 
-    /// The exposition text.
+    /// The exposition text (Prometheus text format 0.0.4).
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        out.push_str("# HELP agent_boundary_webhook_reviews_total Admission reviews answered, by result.\n# TYPE agent_boundary_webhook_reviews_total counter\n");
-        for (i, (_, result)) in RESULTS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "agent_boundary_webhook_reviews_total{{result=\"{result}\"}} {}",
-                load(&self.reviews[i])
-            );
-        }
-        out.push_str("# HELP agent_boundary_webhook_review_duration_seconds Time from the start of a review request to its response.\n# TYPE agent_boundary_webhook_review_duration_seconds histogram\n");
-        self.review_duration
-            .render(&mut out, "agent_boundary_webhook_review_duration_seconds");
-        out.push_str("# HELP agent_boundary_webhook_in_flight_requests Review requests being handled now.\n# TYPE agent_boundary_webhook_in_flight_requests gauge\n");
-        let _ = writeln!(
-            out,
-            "agent_boundary_webhook_in_flight_requests {}",
-            self.in_flight.load(Ordering::Relaxed)
-        );
-        out.push_str("# HELP agent_boundary_webhook_certificate_reloads_total Serving certificate reloads after the files changed, by result.\n# TYPE agent_boundary_webhook_certificate_reloads_total counter\n");
-        let _ = writeln!(
-            out,
-            "agent_boundary_webhook_certificate_reloads_total{{result=\"ok\"}} {}",
-            load(&self.cert_reloads_ok)
-        );
-        let _ = writeln!(
-            out,
-            "agent_boundary_webhook_certificate_reloads_total{{result=\"error\"}} {}",
-            load(&self.cert_reloads_failed)
-        );
-        out.push_str("# HELP agent_boundary_webhook_bodies_rejected_total Request bodies refused before review, by reason.\n# TYPE agent_boundary_webhook_bodies_rejected_total counter\n");
-        for (i, (_, reason)) in REJECTIONS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "agent_boundary_webhook_bodies_rejected_total{{reason=\"{reason}\"}} {}",
-                load(&self.bodies_rejected[i])
-            );
-        }
-        out.push_str("# HELP agent_boundary_webhook_connection_failures_total Connections closed before they carried a request, by reason.\n# TYPE agent_boundary_webhook_connection_failures_total counter\n");
-        for (i, (_, reason)) in CONNECTION_FAILURES.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "agent_boundary_webhook_connection_failures_total{{reason=\"{reason}\"}} {}",
-                load(&self.connection_failures[i])
-            );
-        }
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry);
         out
     }
 }

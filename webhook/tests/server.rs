@@ -1434,7 +1434,7 @@ impl Webhook {
             .env("BOUNDARY_WEBHOOK_KEY_FILE", dir.path().join("tls.key"))
             .env("BOUNDARY_WEBHOOK_IMAGE", "jail-runtime:test")
             .env("BOUNDARY_WEBHOOK_REGISTRY_LOOKUP", "false")
-            .env("BOUNDARY_WEBHOOK_LOG_FORMAT", "json")
+            .env(boundary_api::contract::log_env::FORMAT, "json")
             .env(
                 webhook_env::SHUTDOWN_DELAY_SECONDS,
                 shutdown_delay_seconds.to_string(),
@@ -1455,8 +1455,9 @@ impl Webhook {
                 let Ok(entry) = serde_json::from_str::<Value>(&line) else {
                     continue;
                 };
-                if entry["fields"]["message"] == "serving" {
-                    let _ = serving.send(entry["fields"].clone());
+                // One JSON object per line, the event's fields at the top level.
+                if entry["message"] == "serving" {
+                    let _ = serving.send(entry.clone());
                 }
                 collected.lock().unwrap().push(entry);
             }
@@ -1505,11 +1506,7 @@ impl Webhook {
     fn logged(&self, text: &str) -> usize {
         let logs = self.logs.lock().unwrap();
         logs.iter()
-            .position(|e| {
-                e["fields"]["message"]
-                    .as_str()
-                    .is_some_and(|m| m.contains(text))
-            })
+            .position(|e| e["message"].as_str().is_some_and(|m| m.contains(text)))
             .unwrap_or_else(|| panic!("no log line says {text:?}"))
     }
 }

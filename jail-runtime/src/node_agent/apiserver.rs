@@ -154,7 +154,7 @@ pub enum ApiError {
     /// 404: the agent's own Pod does not exist.
     #[error(
         "404 Not Found: pod {namespace}/{name} does not exist ({message}); it is being deleted, \
-         or POD_NAME/POD_NAMESPACE do not name this agent's Pod (set them from the downward API: \
+         or BOUNDARY_POD_NAME/BOUNDARY_POD_NAMESPACE do not name this agent's Pod (set them from the downward API: \
          fieldRef metadata.name and metadata.namespace)"
     )]
     PodNotFound {

@@ -34,7 +34,7 @@ Probe which jail tiers work on this node and report it on this agent's own Pod (
 
 Every --interval-seconds the jail's probe (what `boundary probe` prints) runs here; when its \
 result changes, and at start, it is written as the annotation agentboundary.dev/probe-report of \
-the Pod named by POD_NAME/POD_NAMESPACE (JSON merge patch). The operator turns it into node \
+the Pod named by BOUNDARY_POD_NAME/BOUNDARY_POD_NAMESPACE (JSON merge patch). The operator turns it into node \
 labels that the webhook reads. RBAC needed: get and patch on pods in the agent's namespace, \
 nothing else.
 
@@ -57,58 +57,53 @@ pub struct NodeAgentArgs {
     #[arg(
         long,
         value_name = "SECONDS",
-        env = "BOUNDARY_PROBE_INTERVAL_SECONDS",
+        env = boundary_api::contract::boundary_env::PROBE_INTERVAL_SECONDS,
         default_value_t = 60,
         value_parser = clap::value_parser!(u64).range(1..=86_400)
     )]
     pub interval_seconds: u64,
     /// Name of this agent's own Pod (downward API: fieldRef metadata.name).
-    #[arg(long, value_name = "NAME", env = "POD_NAME")]
+    #[arg(long, value_name = "NAME", env = boundary_api::contract::env::POD_NAME)]
     pub pod_name: Option<String>,
     /// Namespace of this agent's own Pod (downward API: fieldRef metadata.namespace).
-    #[arg(long, value_name = "NAMESPACE", env = "POD_NAMESPACE")]
+    #[arg(long, value_name = "NAMESPACE", env = boundary_api::contract::env::POD_NAMESPACE)]
     pub pod_namespace: Option<String>,
     /// The apiserver, as https://HOST:PORT [default: in-cluster, from KUBERNETES_SERVICE_HOST and
     /// KUBERNETES_SERVICE_PORT].
-    #[arg(long, value_name = "URL", env = "BOUNDARY_API_SERVER")]
+    #[arg(long, value_name = "URL", env = boundary_api::contract::boundary_env::API_SERVER)]
     pub api_server: Option<String>,
     /// Bearer token file, re-read for every request (projected tokens rotate).
-    #[arg(long, value_name = "FILE", env = "BOUNDARY_TOKEN_FILE", default_value = apiserver::IN_CLUSTER_TOKEN)]
+    #[arg(long, value_name = "FILE", env = boundary_api::contract::boundary_env::TOKEN_FILE, default_value = apiserver::IN_CLUSTER_TOKEN)]
     pub token_file: PathBuf,
     /// CA certificates (PEM) that sign the apiserver's certificate.
-    #[arg(long, value_name = "FILE", env = "BOUNDARY_CA_FILE", default_value = apiserver::IN_CLUSTER_CA)]
+    #[arg(long, value_name = "FILE", env = boundary_api::contract::boundary_env::CA_FILE, default_value = apiserver::IN_CLUSTER_CA)]
     pub ca_file: PathBuf,
     /// Where user.max_user_namespaces is 0 (user namespaces off, the Bottlerocket default), set
     /// it to N before every probe; 0 leaves the node alone. Needs a privileged container.
     #[arg(
         long,
         value_name = "N",
-        env = "BOUNDARY_SET_MAX_USER_NAMESPACES",
+        env = boundary_api::contract::boundary_env::SET_MAX_USER_NAMESPACES,
         default_value_t = 0
     )]
     pub set_max_user_namespaces: u64,
     /// The sysctl's file (tests point it elsewhere).
-    #[arg(long, hide = true, value_name = "FILE", env = "BOUNDARY_MAX_USER_NAMESPACES_FILE", default_value = sysctl::MAX_USER_NAMESPACES)]
+    #[arg(long, hide = true, value_name = "FILE", env = boundary_api::contract::boundary_env::MAX_USER_NAMESPACES_FILE, default_value = sysctl::MAX_USER_NAMESPACES)]
     pub max_user_namespaces_file: PathBuf,
     /// Install the Localhost seccomp profile agent-boundary-userns.json into DIR (kubelet's
     /// seccomp directory, /var/lib/kubelet/seccomp, mounted from the host) and report it. Needs
     /// root, and a privileged container on SELinux nodes.
-    #[arg(long, value_name = "DIR", env = "BOUNDARY_SECCOMP_DIR")]
+    #[arg(long, value_name = "DIR", env = boundary_api::contract::boundary_env::SECCOMP_DIR)]
     pub seccomp_dir: Option<PathBuf>,
-    /// Log level of diagnostics (JSON lines on standard error).
-    #[arg(
-        long,
-        value_name = "LEVEL",
-        env = "BOUNDARY_LOG_LEVEL",
-        default_value = "info"
-    )]
-    pub log_level: String,
+    /// Diagnostics (JSON lines on standard error by default).
+    #[command(flatten)]
+    pub log: boundary_telemetry::LogArgs,
 }
 
 /// Why the node agent cannot do (part of) its job.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// `POD_NAME` or `POD_NAMESPACE` is missing.
+    /// `BOUNDARY_POD_NAME` or `BOUNDARY_POD_NAMESPACE` is missing.
     #[error(
         "{env} is not set: the node agent reports on its own Pod and needs its {what} (set env \
          {env} from the downward API, fieldRef {field}, or pass {flag})"
@@ -243,14 +238,14 @@ impl Agent {
         let pod_name = identity(
             &args.pod_name,
             "name",
-            "POD_NAME",
+            boundary_api::contract::env::POD_NAME,
             "--pod-name",
             "metadata.name",
         )?;
         let namespace = identity(
             &args.pod_namespace,
             "namespace",
-            "POD_NAMESPACE",
+            boundary_api::contract::env::POD_NAMESPACE,
             "--pod-namespace",
             "metadata.namespace",
         )?;
@@ -359,7 +354,14 @@ impl Stop {
 
 /// Runs the node agent until SIGTERM or SIGINT; returns the exit code.
 pub fn run(args: &NodeAgentArgs) -> i32 {
-    crate::logging::init(&args.log_level, true);
+    if let Err(e) = boundary_telemetry::init(
+        &args
+            .log
+            .or_defaults("info", boundary_telemetry::LogFormat::Json),
+    ) {
+        eprintln!("boundary node-agent: {e}");
+        return 2;
+    }
     let mut agent = match Agent::new(args) {
         Ok(agent) => agent,
         Err(e) => {

@@ -37,36 +37,36 @@ pub struct CertConfig {
     /// Name of the Secret (in the operator's namespace) that holds the webhook's serving
     /// certificate (`tls.crt`, `tls.key`, `ca.crt`). Unset: the operator does not manage the
     /// webhook's certificates (cert-manager does).
-    #[arg(long, env = "BOUNDARY_WEBHOOK_SECRET")]
+    #[arg(long, env = contract::operator_env::WEBHOOK_SECRET)]
     pub webhook_secret: Option<String>,
     /// Name of the `MutatingWebhookConfiguration` whose `caBundle` the operator keeps current.
     #[arg(
         long,
-        env = "BOUNDARY_WEBHOOK_CONFIGURATION",
+        env = contract::operator_env::WEBHOOK_CONFIGURATION,
         default_value = "agent-boundary"
     )]
     pub webhook_configuration: String,
     /// DNS names of the webhook's Service for the serving certificate (comma-separated), e.g.
     /// `agent-boundary-webhook.agent-boundary.svc`.
-    #[arg(long, env = "BOUNDARY_WEBHOOK_DNS_NAMES", value_delimiter = ',')]
+    #[arg(long, env = contract::operator_env::WEBHOOK_DNS_NAMES, value_delimiter = ',')]
     pub webhook_dns_names: Vec<String>,
     /// IP addresses for the serving certificate (comma-separated; for webhooks reached by URL).
-    #[arg(long, env = "BOUNDARY_WEBHOOK_IP_ADDRESSES", value_delimiter = ',')]
+    #[arg(long, env = contract::operator_env::WEBHOOK_IP_ADDRESSES, value_delimiter = ',')]
     pub webhook_ip_addresses: Vec<std::net::IpAddr>,
     /// Lifetime of the CA, in seconds; it is replaced after two thirds of it.
-    #[arg(long, env = "BOUNDARY_CA_VALIDITY_SECONDS", default_value_t = 365 * 86_400)]
+    #[arg(long, env = contract::operator_env::CA_VALIDITY_SECONDS, default_value_t = 365 * 86_400)]
     pub ca_validity_seconds: i64,
     /// Lifetime of the serving certificate, in seconds; it is replaced after two thirds of it.
-    #[arg(long, env = "BOUNDARY_SERVING_VALIDITY_SECONDS", default_value_t = 90 * 86_400)]
+    #[arg(long, env = contract::operator_env::SERVING_VALIDITY_SECONDS, default_value_t = 90 * 86_400)]
     pub serving_validity_seconds: i64,
     /// Seconds between publishing a new CA in the `caBundle` and serving a certificate it signed
     /// (the apiserver's view of the webhook configuration must catch up first).
-    #[arg(long, env = "BOUNDARY_CA_PROPAGATION_SECONDS", default_value_t = 60)]
+    #[arg(long, env = contract::operator_env::CA_PROPAGATION_SECONDS, default_value_t = 60)]
     pub propagation_seconds: i64,
     /// Seconds the previous CA stays in the `caBundle` after the first certificate of the new
     /// CA is written (every webhook replica must have reloaded it: kubelet's Secret refresh plus
     /// the webhook's poll).
-    #[arg(long, env = "BOUNDARY_CA_OVERLAP_SECONDS", default_value_t = 600)]
+    #[arg(long, env = contract::operator_env::CA_OVERLAP_SECONDS, default_value_t = 600)]
     pub overlap_seconds: i64,
 }
 
@@ -104,7 +104,7 @@ impl CertConfig {
         if namespace.is_none_or(str::is_empty) {
             return Err(CertError::Settings(
                 "managing the webhook's certificates needs the operator's namespace: set \
-                 POD_NAMESPACE (the downward API) or --namespace"
+                 BOUNDARY_POD_NAMESPACE (the downward API) or --namespace"
                     .into(),
             ));
         }

@@ -281,9 +281,9 @@ impl AgentFiles {
             // Only what the flags say: nothing of an in-cluster environment leaks in.
             .env_remove("KUBERNETES_SERVICE_HOST")
             .env_remove("KUBERNETES_SERVICE_PORT")
-            .env_remove("BOUNDARY_LOG")
-            .env("POD_NAME", pod)
-            .env("POD_NAMESPACE", ns)
+            .env_remove(boundary_api::contract::log_env::LEVEL)
+            .env(boundary_api::contract::env::POD_NAME, pod)
+            .env(boundary_api::contract::env::POD_NAMESPACE, ns)
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
@@ -644,8 +644,8 @@ async fn the_node_agent_pod_on_a_real_node_installs_the_profile_that_lets_the_ja
                 "imagePullPolicy": "IfNotPresent",
                 "args": ["node-agent", "--interval-seconds", "2"],
                 "env": [
-                    {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-                    {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+                    {"name": boundary_api::contract::env::POD_NAME, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                    {"name": boundary_api::contract::env::POD_NAMESPACE, "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
                     {"name": "BOUNDARY_SECCOMP_DIR", "value": "/host/seccomp"},
                 ],
                 "volumeMounts": [{"name": "seccomp", "mountPath": "/host/seccomp"}],
