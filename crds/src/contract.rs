@@ -286,6 +286,33 @@ pub mod webhook_env {
     }
 }
 
+/// Environment variables of the node agent's flags (`boundary-node-agent`, the DaemonSet); the
+/// chart sets them. Its own Pod's name and namespace come from `POD_NAME` and `POD_NAMESPACE`
+/// (downward API), like the operator's.
+pub mod node_agent_env {
+    names! {
+        /// Seconds between probes (and the longest wait between retries of a failed report).
+        PROBE_INTERVAL_SECONDS = "BOUNDARY_PROBE_INTERVAL_SECONDS";
+        /// The `boundary` binary whose `boundary probe` the agent runs (the jail-runtime image's,
+        /// so the probe is the same build as the sidecars the webhook injects).
+        BOUNDARY_BIN = "BOUNDARY_BIN";
+        /// The apiserver as `https://HOST:PORT`; unset: in-cluster.
+        API_SERVER = "BOUNDARY_API_SERVER";
+        /// Bearer token file of the agent's ServiceAccount.
+        TOKEN_FILE = "BOUNDARY_TOKEN_FILE";
+        /// CA certificates (PEM) of the apiserver.
+        CA_FILE = "BOUNDARY_CA_FILE";
+        /// Where `user.max_user_namespaces` is 0, the value the agent sets (0: never touched).
+        SET_MAX_USER_NAMESPACES = "BOUNDARY_SET_MAX_USER_NAMESPACES";
+        /// The sysctl's file (tests point it elsewhere).
+        MAX_USER_NAMESPACES_FILE = "BOUNDARY_MAX_USER_NAMESPACES_FILE";
+        /// kubelet's seccomp directory (mounted from the host) to install the profile into.
+        SECCOMP_DIR = "BOUNDARY_SECCOMP_DIR";
+        /// Log level of the agent's JSON lines on standard error.
+        LOG_LEVEL = "BOUNDARY_LOG_LEVEL";
+    }
+}
+
 /// Values of [`env::EXIT_WHEN`].
 pub mod exit_when {
     names! {
@@ -466,8 +493,12 @@ mod tests {
 
     #[test]
     fn env_names_are_portable_identifiers() {
-        unique(&[env::ALL, webhook_env::ALL].concat());
-        for name in env::ALL.iter().chain(webhook_env::ALL) {
+        unique(&[env::ALL, webhook_env::ALL, node_agent_env::ALL].concat());
+        for name in env::ALL
+            .iter()
+            .chain(webhook_env::ALL)
+            .chain(node_agent_env::ALL)
+        {
             assert!(
                 name.bytes()
                     .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_'),

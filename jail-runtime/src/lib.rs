@@ -1,7 +1,7 @@
 //! The jail-runtime: the jail (`boundary run`), the policy proxy (in-process or as a pod's
-//! sidecar), the node probe and the node agent that reports it. The `boundary` binary is a thin
-//! command line over this library; the library exists so fuzz targets and benchmarks can reach
-//! the parsers directly.
+//! sidecar) and the node probe (`boundary probe`, which the operator crate's node agent runs).
+//! The `boundary` binary is a thin command line over this library; the library exists so fuzz
+//! targets and benchmarks can reach the parsers directly.
 //!
 //! `unsafe_code` is denied workspace-wide; only [`sys`] (the kernel interface) allows it.
 
@@ -13,7 +13,6 @@ pub mod jail;
 pub mod jails;
 pub mod logging;
 pub mod netlink;
-pub mod node_agent;
 pub mod proxy;
 pub mod run;
 pub mod session;

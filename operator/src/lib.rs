@@ -12,6 +12,8 @@
 //!   label `agentboundary.dev/inject=required` of `requireJailing`.
 //! * [`nodes`]: writes the node labels the webhook reads, from classification and the node
 //!   agent's probe reports ([`labels`]).
+//! * [`node_agent`]: the node agent (`boundary-node-agent`, the DaemonSet) that writes those
+//!   reports on its own Pod from `boundary probe`.
 #![forbid(unsafe_code)]
 
 pub mod certs;
@@ -21,6 +23,7 @@ pub mod enforcement;
 pub mod labels;
 pub mod leader;
 pub mod metrics;
+pub mod node_agent;
 pub mod nodes;
 pub mod policy;
 pub mod status;
