@@ -410,20 +410,6 @@ pub mod boundary_env {
         WORKER_THREADS = "BOUNDARY_WORKER_THREADS";
         /// Target directory of `boundary install`.
         INSTALL_DIR = "BOUNDARY_INSTALL_DIR";
-        /// Seconds between the node agent's probes.
-        PROBE_INTERVAL_SECONDS = "BOUNDARY_PROBE_INTERVAL_SECONDS";
-        /// The apiserver the node agent reports to (default: in-cluster).
-        API_SERVER = "BOUNDARY_API_SERVER";
-        /// The node agent's bearer token file.
-        TOKEN_FILE = "BOUNDARY_TOKEN_FILE";
-        /// CA certificates (PEM) of the apiserver, for the node agent.
-        CA_FILE = "BOUNDARY_CA_FILE";
-        /// Value the node agent gives `user.max_user_namespaces` where it is 0.
-        SET_MAX_USER_NAMESPACES = "BOUNDARY_SET_MAX_USER_NAMESPACES";
-        /// The sysctl's file (tests point it elsewhere).
-        MAX_USER_NAMESPACES_FILE = "BOUNDARY_MAX_USER_NAMESPACES_FILE";
-        /// Kubelet's seccomp directory, where the node agent installs its profile.
-        SECCOMP_DIR = "BOUNDARY_SECCOMP_DIR";
     }
 }
 
@@ -444,6 +430,31 @@ pub mod log_env {
         LEVEL = "BOUNDARY_LOG_LEVEL";
         /// `json` (clusters) or `text`.
         FORMAT = "BOUNDARY_LOG_FORMAT";
+    }
+}
+
+/// Environment variables of the node agent's flags (`boundary-node-agent`, the DaemonSet); the
+/// chart sets them. Its own Pod's name and namespace come from `POD_NAME` and `POD_NAMESPACE`
+/// (downward API), like the operator's.
+pub mod node_agent_env {
+    names! {
+        /// Seconds between probes (and the longest wait between retries of a failed report).
+        PROBE_INTERVAL_SECONDS = "BOUNDARY_PROBE_INTERVAL_SECONDS";
+        /// The `boundary` binary whose `boundary probe` the agent runs (the jail-runtime image's,
+        /// so the probe is the same build as the sidecars the webhook injects).
+        BOUNDARY_BIN = "BOUNDARY_BIN";
+        /// The apiserver as `https://HOST:PORT`; unset: in-cluster.
+        API_SERVER = "BOUNDARY_API_SERVER";
+        /// Bearer token file of the agent's ServiceAccount.
+        TOKEN_FILE = "BOUNDARY_TOKEN_FILE";
+        /// CA certificates (PEM) of the apiserver.
+        CA_FILE = "BOUNDARY_CA_FILE";
+        /// Where `user.max_user_namespaces` is 0, the value the agent sets (0: never touched).
+        SET_MAX_USER_NAMESPACES = "BOUNDARY_SET_MAX_USER_NAMESPACES";
+        /// The sysctl's file (tests point it elsewhere).
+        MAX_USER_NAMESPACES_FILE = "BOUNDARY_MAX_USER_NAMESPACES_FILE";
+        /// kubelet's seccomp directory (mounted from the host) to install the profile into.
+        SECCOMP_DIR = "BOUNDARY_SECCOMP_DIR";
     }
 }
 
@@ -633,6 +644,7 @@ mod tests {
             log_env::ALL,
             operator_env::ALL,
             boundary_env::ALL,
+            node_agent_env::ALL,
         ]
         .concat();
         unique(&[ours.as_slice(), coder_env::ALL].concat());

@@ -4,6 +4,7 @@
 //! - [`tier`], [`policy`]: jail tiers, modes and structured rules, free of Kubernetes types so the
 //!   `boundary` binary can use them without linking kube or k8s-openapi.
 //! - [`enforcement`]: what a pod's sidecar reports about its jails (operator and sidecar).
+//! - [`probe`]: the node probe's report (`boundary probe`, the node agent, the operator).
 //! - `crd` (feature `kube`): the `BoundaryPolicy` custom resource and its generated CRD.
 //! - `nodes` (feature `kube`): node classification and facts (operator and webhook).
 #![forbid(unsafe_code)]
@@ -16,6 +17,7 @@ pub mod enforcement;
 #[cfg(feature = "kube")]
 pub mod nodes;
 pub mod policy;
+pub mod probe;
 pub mod rules;
 pub mod tier;
 

@@ -1,7 +1,7 @@
 //! The jail-runtime: the jail (`boundary run`), the policy proxy (in-process or as a pod's
-//! sidecar), the node probe and the node agent that reports it. The `boundary` binary is a thin
-//! command line over this library; the library exists so fuzz targets and benchmarks can reach
-//! the parsers directly.
+//! sidecar) and the node probe (`boundary probe`, which the operator crate's node agent runs).
+//! The `boundary` binary is a thin command line over this library; the library exists so fuzz
+//! targets and benchmarks can reach the parsers directly.
 //!
 //! The jail itself is the `boundary-jail` crate (`jail-runtime/jail/`), the only crate allowed
 //! `unsafe`.
@@ -10,7 +10,6 @@ pub mod config;
 pub mod forwarder;
 pub mod inbound;
 pub mod jails;
-pub mod node_agent;
 pub mod proxy;
 pub mod run;
 pub mod session;

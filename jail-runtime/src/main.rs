@@ -1,7 +1,7 @@
 //! `boundary`: jails an agent's process tree and lets out only what the policy allows.
 #![forbid(unsafe_code)]
 
-use boundary::{config, node_agent, run, sidecar};
+use boundary::{config, run, sidecar};
 use boundary_jail as jail;
 
 use std::path::PathBuf;
@@ -32,10 +32,9 @@ struct RunCli {
 }
 
 /// Words that start another subcommand (or ask for help); anything else is `boundary run`.
-const NOT_RUN: [&str; 10] = [
+const NOT_RUN: [&str; 9] = [
     "sidecar",
     "probe",
-    "node-agent",
     "install",
     "help",
     "-h",
@@ -53,9 +52,6 @@ enum Command {
     Sidecar(sidecar::SidecarArgs),
     /// Print, as JSON, which jail tiers work here and why the others do not.
     Probe,
-    /// Probe this node every interval and report it on this agent's own Pod (DaemonSet).
-    #[command(long_about = node_agent::LONG_ABOUT)]
-    NodeAgent(node_agent::NodeAgentArgs),
     /// Copy this binary into a directory (the init container of pods without native sidecars).
     Install {
         /// Target directory.
@@ -85,7 +81,6 @@ fn main() {
             );
             0
         }
-        Command::NodeAgent(args) => node_agent::run(&args),
         Command::Install { to } => install(&to),
     };
     std::process::exit(code);

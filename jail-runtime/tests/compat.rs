@@ -180,6 +180,11 @@ async fn probe_reports_every_tier_with_reasons() {
     cmd.arg("probe");
     let root: serde_json::Value = serde_json::from_slice(&output(cmd).await.stdout).unwrap();
     assert_eq!(root["best"], "userns", "{root}");
+    // The API crate's type reads it and writes back the same JSON (what the node agent publishes
+    // and the operator reads).
+    let typed: boundary_api::probe::ProbeReport = serde_json::from_value(root.clone()).unwrap();
+    assert_eq!(typed.seccomp_profile, None);
+    assert_eq!(serde_json::to_value(&typed).unwrap(), root);
     for tier in ["userns", "privileged-netns", "landlock"] {
         assert_eq!(
             root["tiers"][tier]["works"], true,

@@ -9,56 +9,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use boundary_api::Tier;
 use boundary_api::contract::{node_labels, os};
 use boundary_api::nodes::NodeFacts;
+use boundary_api::probe::ProbeReport;
 use k8s_openapi::api::core::v1::Node;
-use serde::Deserialize;
-
-/// The JSON `boundary probe` prints, as the node agent puts it in the
-/// `agentboundary.dev/probe-report` annotation of its own Pod. Only what the operator uses;
-/// unknown fields are ignored so the node agent can add more.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ProbeReport {
-    /// Per tier name: whether it works.
-    #[serde(default)]
-    pub tiers: BTreeMap<String, TierProbe>,
-    /// The facts behind the verdicts.
-    #[serde(default)]
-    pub facts: ProbeFacts,
-    /// Name of the Localhost seccomp profile the node agent installed, if any.
-    #[serde(default)]
-    pub seccomp_profile: Option<String>,
-}
-
-/// One tier's verdict.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-pub struct TierProbe {
-    /// The tier can be built on the node.
-    pub works: bool,
-    /// Why not.
-    #[serde(default)]
-    pub reason: Option<String>,
-}
-
-/// Kernel facts of the probe.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ProbeFacts {
-    /// `uname -r`.
-    #[serde(default)]
-    pub kernel: String,
-    /// `user.max_user_namespaces`, when readable.
-    #[serde(default)]
-    pub max_user_namespaces: Option<u64>,
-    /// `kernel.apparmor_restrict_unprivileged_userns` is 1.
-    #[serde(default)]
-    pub apparmor_restricts_userns: bool,
-    /// Landlock ABI (0: none).
-    #[serde(default)]
-    pub landlock_abi: i32,
-    /// The probe held `CAP_SYS_ADMIN` and `CAP_NET_ADMIN`, so it could try `privileged-netns`.
-    #[serde(default)]
-    pub net_admin_and_sys_admin: bool,
-}
 
 /// Whether `key` is one of the labels the operator owns on nodes.
 pub fn is_operator_label(key: &str) -> bool {
@@ -100,10 +52,8 @@ pub fn node_labels(
     let (tiers, userns, landlock_abi, seccomp_profile, probed) = match probe {
         Some(p) => {
             let mut tiers: BTreeSet<Tier> = p
-                .tiers
-                .iter()
-                .filter(|(_, t)| t.works)
-                .filter_map(|(name, _)| name.parse().ok())
+                .working_tiers()
+                .filter_map(|name| name.parse().ok())
                 .collect();
             // A node agent without SYS_ADMIN and NET_ADMIN (the default) cannot try
             // privileged-netns: its "no" says what it lacks, not what a pod granted them can

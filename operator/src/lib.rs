@@ -13,6 +13,8 @@
 //!   label `agentboundary.dev/inject=required` of `requireJailing`.
 //! * [`nodes`]: writes the node labels the webhook reads, from classification and the node
 //!   agent's probe reports ([`labels`]).
+//! * [`node_agent`]: the node agent (`boundary-node-agent`, the DaemonSet) that writes those
+//!   reports on its own Pod from `boundary probe`.
 //! * [`certs`]: the webhook's CA, serving certificate and `caBundle`.
 //! * [`run`](mod@run): wires them up behind [`leader`] election, with [`metrics`]; [`config`] is
 //!   their settings, `watch` and [`shutdown`] the plumbing they share.
@@ -26,6 +28,7 @@ pub mod enforcement;
 pub mod labels;
 pub mod leader;
 pub mod metrics;
+pub mod node_agent;
 pub mod nodes;
 pub mod policy;
 pub mod run;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use boundary_api::contract::{annotations, objects};
+use boundary_api::probe::ProbeReport;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Patch, PatchParams};
@@ -18,7 +19,7 @@ use serde_json::{Map, Value, json};
 
 use crate::Error;
 use crate::config::Config;
-use crate::labels::{ProbeReport, classify, labels_in_sync, node_labels};
+use crate::labels::{classify, labels_in_sync, node_labels};
 use crate::metrics::{Controller as MetricsController, Metrics};
 use crate::shutdown::Shutdown;
 use crate::watch::{spawn_reflector, stop_on, wait_ready};

@@ -111,6 +111,9 @@ SHUTDOWN_GRACE_ENV = C["webhook_env"]["SHUTDOWN_GRACE_SECONDS"]
 check({SHUTDOWN_DELAY_ENV, SHUTDOWN_GRACE_ENV} <= WEBHOOK_ENV, "the webhook's shutdown flags read the contract's env names")
 OPERATOR_ENV = env_flags("operator/src", "crds/telemetry/src")
 BOUNDARY_ENV = env_flags("jail-runtime/src", "crds/telemetry/src")
+NODE_AGENT_ENV = env_flags("operator/src/node_agent", "operator/src/bin", "crds/telemetry/src")
+check(set(C["node_agent_env"].values()) <= NODE_AGENT_ENV,
+      "the node agent's flags read the contract's node_agent_env names")
 # Set from the downward API; read by the binaries under these names.
 POD_NAME_ENV, POD_NAMESPACE_ENV = C["env"]["POD_NAME"], C["env"]["POD_NAMESPACE"]
 DOWNWARD = {POD_NAME_ENV, POD_NAMESPACE_ENV, "NODE_NAME"}
@@ -127,6 +130,13 @@ check(
     sorted(IMAGES) == ["boundary-operator", "boundary-webhook", "jail-runtime"],
     f"build-images.sh builds the three images: {IMAGES}",
 )
+# The node agent runs from the jail-runtime image, next to the `boundary` it probes with.
+check(re.search(r"^declare -A EXTRA_BINARIES=\(\[jail-runtime\]=boundary-node-agent\)", build_images, re.M),
+      "build-images.sh puts boundary-node-agent into the jail-runtime image")
+dockerfile = read("charts", "images", "Dockerfile")
+jail_stage = dockerfile.split("AS jail-runtime", 1)[-1].split("FROM ", 1)[0]
+check("/usr/local/bin/boundary-node-agent" in jail_stage and "/usr/local/bin/boundary\n" in jail_stage,
+      "charts/images/Dockerfile puts boundary and boundary-node-agent into the jail-runtime image")
 m = re.search(r"REPO=\$\{BOUNDARY_IMAGE_REPO:-([^}]+)\}", build_images)
 LOCAL_REPO = m.group(1) if m else None
 m = re.search(r"TAG=\$\{1:-([^}]+)\}", build_images)
@@ -495,13 +505,14 @@ def check_render(name, s, objs, kube):
         check(sel_labels.get(COMPONENT) == "node-agent" and selector_matches({"matchLabels": sel_labels}, labels),
               f"{where} the operator's node-agent selector {sel!r} selects the node-agent pods")
         (ac,) = tmpl["spec"]["containers"]
-        check(ac.get("args") == ["node-agent"] and ac.get("image") == runtime_image,
-              f"{where} node agent runs `boundary node-agent` from the jail-runtime image")
+        check(ac.get("command") == ["/usr/local/bin/boundary-node-agent"] and "args" not in ac
+              and ac.get("image") == runtime_image,
+              f"{where} node agent runs boundary-node-agent from the jail-runtime image")
         aenv = env_of(ac)
         for e in (POD_NAME_ENV, POD_NAMESPACE_ENV, "NODE_NAME"):
             check(aenv.get(e, {}).get("valueFrom") is not None, f"{where} node agent {e} from the downward API")
         for e in aenv:
-            check(e in BOUNDARY_ENV or e in DOWNWARD, f"{where} node-agent env {e} is a flag of jail-runtime/src")
+            check(e in NODE_AGENT_ENV or e in DOWNWARD, f"{where} node-agent env {e} is a flag of boundary-node-agent")
         psc, csc = tmpl["spec"].get("securityContext", {}), ac.get("securityContext", {})
         userns, seccomp = na.get("enableUserNamespaces", False), na.get("installSeccompProfile", False)
         check(bool(csc.get("privileged")) == userns, f"{where} node agent privileged exactly when enableUserNamespaces")

@@ -1,59 +1,19 @@
 //! `boundary probe`: which tiers work here, and why the others do not. Each namespaced tier is
 //! tried for real in a throwaway child (create the namespaces, route through `lo`, install the
 //! nftables ruleset), so the answer reflects seccomp, AppArmor, sysctls and kernel modules as
-//! they are, not as configuration files claim.
+//! they are, not as configuration files claim. The report's type is the API crate's
+//! ([`boundary_api::probe`]): the node agent publishes it and the operator reads it.
 
 use std::collections::BTreeMap;
 
 use boundary_api::Tier;
+use boundary_api::probe::{ProbeFacts, ProbeReport, TierProbe};
 use nix::sched::CloneFlags;
-use serde::{Deserialize, Serialize};
 
 use crate::error::{JailError, UsernsFacts};
 use crate::netlink;
 use crate::sys::{self, Forked};
 use crate::{DNS_PORT, FORWARDER_PORT, landlock_tier, privileges};
-
-/// The result of probing one tier.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TierProbe {
-    /// The tier can be built here.
-    pub works: bool,
-    /// Why not, with the fix.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-}
-
-/// Node facts behind the verdicts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ProbeFacts {
-    /// `uname -r`.
-    pub kernel: String,
-    /// `user.max_user_namespaces`.
-    pub max_user_namespaces: Option<u64>,
-    /// `kernel.apparmor_restrict_unprivileged_userns` is 1.
-    pub apparmor_restricts_userns: bool,
-    /// This process runs under a seccomp filter.
-    pub seccomp_filter: bool,
-    /// Landlock ABI (0: none).
-    pub landlock_abi: i32,
-    /// Effective uid.
-    pub uid: u32,
-    /// `CAP_SYS_ADMIN` and `CAP_NET_ADMIN` are effective.
-    pub net_admin_and_sys_admin: bool,
-}
-
-/// Everything `boundary probe` prints.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProbeReport {
-    /// Per tier, keyed by tier name.
-    pub tiers: BTreeMap<String, TierProbe>,
-    /// The first tier that works, in order of preference.
-    pub best: Option<Tier>,
-    /// The facts.
-    pub facts: ProbeFacts,
-}
 
 /// Probes every tier. Single-threaded callers only (it forks).
 pub fn probe() -> ProbeReport {
@@ -95,7 +55,12 @@ pub fn probe() -> ProbeReport {
         );
     }
     let best = Tier::ALL.into_iter().find(|t| tiers[t.as_str()].works);
-    ProbeReport { tiers, best, facts }
+    ProbeReport {
+        tiers,
+        best,
+        facts,
+        seccomp_profile: None,
+    }
 }
 
 /// Builds the tier's network in a throwaway child; the error says what failed.

@@ -1,6 +1,7 @@
-//! The node agent (`boundary node-agent`) against a real kube-apiserver: the real binary runs on
-//! this host, outside any Pod, with `--api-server`/`--token-file`/`--ca-file` and the token of a
-//! ServiceAccount whose only permission is `get`/`patch` on pods in its namespace. Its Pod is an
+//! The node agent (`boundary-node-agent`) against a real kube-apiserver: the real binary runs on
+//! this host, outside any Pod, with `--api-server`/`--token-file`/`--ca-file`, the token of a
+//! ServiceAccount whose only permission is `get`/`patch` on pods in its namespace, and
+//! `--boundary-bin` pointing at the workspace's `boundary` (whose `boundary probe` it runs). Its Pod is an
 //! API object bound to a fake Node (no kubelet runs it). The operator's node controller runs in
 //! this process and turns the agent's report into labels of that Node.
 
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use boundary_api::Tier;
-use boundary_api::contract::{annotations, node_labels, objects};
+use boundary_api::contract::{annotations, node_agent_env, node_labels, objects};
 use boundary_operator::{Config, Shutdown};
 use boundary_test_support::nodes::{FakeNode, NodeSystem, TEST_POOL};
 use boundary_test_support::{TestNamespace, client, eventually};
@@ -27,40 +28,60 @@ const WAIT: Duration = Duration::from_secs(30);
 /// The node agent's label, as the operator selects it.
 const COMPONENT: (&str, &str) = ("app.kubernetes.io/component", "node-agent");
 
-/// The `boundary` binary. The cluster tests do not depend on the `boundary` package (artifact
-/// dependencies are unstable), so it is built here, into the target directory this test was
-/// built in; `cargo build` is a no-op when it is up to date. `BOUNDARY_BIN` overrides.
+/// The workspace binary `bin` of `package`. The cluster tests do not depend on the binaries'
+/// packages (artifact dependencies are unstable), so it is built here, into the target directory
+/// this test was built in; `cargo build` is a no-op when it is up to date. `env_override` names
+/// an env var whose path wins.
+fn workspace_bin(package: &str, bin: &str, env_override: &str) -> Result<PathBuf, String> {
+    if let Some(path) = std::env::var_os(env_override) {
+        return Ok(path.into());
+    }
+    // <target>/<profile dir>/deps/<this test>
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or("unexpected test binary location")?;
+    let target = profile_dir.parent().ok_or("no target directory")?;
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => "dev".to_owned(),
+        Some(other) => other.to_owned(),
+    };
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let status = std::process::Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "-p", package, "--bin", bin])
+        .arg("--profile")
+        .arg(&profile)
+        .arg("--target-dir")
+        .arg(target)
+        .current_dir(workspace)
+        .status()
+        .map_err(|e| format!("running cargo build: {e}"))?;
+    if !status.success() {
+        return Err(format!(
+            "cargo build -p {package} --bin {bin} failed: {status}"
+        ));
+    }
+    Ok(profile_dir.join(bin))
+}
+
+/// The `boundary` binary (`BOUNDARY_BIN` overrides), whose `boundary probe` the agent runs.
 fn boundary_bin() -> anyhow::Result<PathBuf> {
     static BIN: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| workspace_bin("boundary", "boundary", node_agent_env::BOUNDARY_BIN))
+        .clone()
+        .map_err(|e| anyhow::anyhow!(e))
+}
+
+/// The `boundary-node-agent` binary (`BOUNDARY_NODE_AGENT_BIN` overrides).
+fn node_agent_bin() -> anyhow::Result<PathBuf> {
+    static BIN: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
     BIN.get_or_init(|| {
-        if let Some(bin) = std::env::var_os("BOUNDARY_BIN") {
-            return Ok(bin.into());
-        }
-        // <target>/<profile dir>/deps/<this test>
-        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .ok_or("unexpected test binary location")?;
-        let target = profile_dir.parent().ok_or("no target directory")?;
-        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") | None => "dev".to_owned(),
-            Some(other) => other.to_owned(),
-        };
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let status = std::process::Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "-p", "boundary", "--bin", "boundary"])
-            .arg("--profile")
-            .arg(&profile)
-            .arg("--target-dir")
-            .arg(target)
-            .current_dir(workspace)
-            .status()
-            .map_err(|e| format!("running cargo build: {e}"))?;
-        if !status.success() {
-            return Err(format!("cargo build -p boundary failed: {status}"));
-        }
-        Ok(profile_dir.join("boundary"))
+        workspace_bin(
+            "boundary-operator",
+            "boundary-node-agent",
+            "BOUNDARY_NODE_AGENT_BIN",
+        )
     })
     .clone()
     .map_err(|e| anyhow::anyhow!(e))
@@ -173,7 +194,7 @@ async fn agent_pod(
             "automountServiceAccountToken": false,
             "tolerations": [{"operator": "Exists"}],
             "containers": [{"name": "agent", "image": "agent-boundary/jail-runtime:test",
-                            "args": ["node-agent"]}],
+                            "command": ["/usr/local/bin/boundary-node-agent"]}],
         },
     }))?;
     ns.create_pod(&pod).await?;
@@ -210,7 +231,7 @@ async fn client_with_token(token: &str) -> anyhow::Result<Client> {
     Ok(Client::try_from(config)?)
 }
 
-/// A running `boundary node-agent`; killed on drop, its log kept in a file.
+/// A running `boundary-node-agent`; killed on drop, its log kept in a file.
 struct Agent {
     child: tokio::process::Child,
     log: PathBuf,
@@ -268,8 +289,9 @@ impl AgentFiles {
     fn start(&self, ns: &str, pod: &str, log: &str, args: &[&str]) -> anyhow::Result<Agent> {
         let log = self.path(log);
         let out = std::fs::File::create(&log)?;
-        let child = tokio::process::Command::new(boundary_bin()?)
-            .arg("node-agent")
+        let child = tokio::process::Command::new(node_agent_bin()?)
+            .arg("--boundary-bin")
+            .arg(boundary_bin()?)
             .arg("--api-server")
             .arg(&self.url)
             .arg("--token-file")
@@ -289,7 +311,7 @@ impl AgentFiles {
             .stderr(out)
             .kill_on_drop(true)
             .spawn()
-            .context("starting boundary node-agent")?;
+            .context("starting boundary-node-agent")?;
         Ok(Agent { child, log })
     }
 }
@@ -642,7 +664,8 @@ async fn the_node_agent_pod_on_a_real_node_installs_the_profile_that_lets_the_ja
                 "name": "node-agent",
                 "image": boundary_test_support::image("jail-runtime"),
                 "imagePullPolicy": "IfNotPresent",
-                "args": ["node-agent", "--interval-seconds", "2"],
+                "command": ["/usr/local/bin/boundary-node-agent"],
+                "args": ["--interval-seconds", "2"],
                 "env": [
                     {"name": boundary_api::contract::env::POD_NAME, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
                     {"name": boundary_api::contract::env::POD_NAMESPACE, "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
