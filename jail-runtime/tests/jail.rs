@@ -341,6 +341,55 @@ getent hosts some.host.example"#,
     }
 }
 
+/// The jail's DNS as real clients use it: glibc forward and reverse lookups (UDP), and a raw
+/// query over TCP with an EDNS record and mixed case, read back field by field.
+#[tokio::test]
+async fn the_jails_dns_answers_glibc_and_tcp_clients() {
+    require_root();
+    let script = format!(
+        r#"{PY} - <<'EOF'
+import socket, struct
+ip = socket.gethostbyname("first.example")
+print("forward", ip)
+print("reverse", socket.gethostbyaddr(ip)[0])
+print("unknown-reverse", end=" ")
+try:
+    socket.gethostbyaddr("198.18.200.200"); print("answered")
+except socket.herror:
+    print("not-found")
+question = b"\x06Second\x07Example\x00" + struct.pack(">HH", 1, 1)
+query = struct.pack(">HHHHHH", 0x4242, 0x0100, 1, 0, 0, 1) + question
+query += b"\x00" + struct.pack(">HHIH", 41, 1232, 0, 0)
+s = socket.create_connection(("192.0.2.53", 53), timeout=3)
+s.sendall(struct.pack(">H", len(query)) + query)
+size = struct.unpack(">H", s.recv(2))[0]
+reply = b""
+while len(reply) < size:
+    reply += s.recv(size - len(reply))
+ident, flags, qd, an = struct.unpack(">HHHH", reply[:8])
+print("tcp", hex(ident), hex(flags), qd, an)
+print("tcp-question", reply[12:12 + len(question)] == question)
+print("tcp-answer", ".".join(str(b) for b in reply[-4:]))
+EOF"#
+    );
+    for who in [As::Nobody, As::Root] {
+        let out = jailed(who, &[], &script).await;
+        let text = stdout(&out);
+        assert!(out.status.success(), "{who:?}: {}\n{text}", stderr(&out));
+        for line in [
+            "forward 198.18.0.1",
+            "reverse first.example",
+            "unknown-reverse not-found",
+            // Id echoed; QR, RD copied, RA; one question, one answer.
+            "tcp 0x4242 0x8180 1 1",
+            "tcp-question True",
+            "tcp-answer 198.18.0.2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{who:?}: {line}:\n{text}");
+        }
+    }
+}
+
 /// Unmounts a path on drop.
 struct Unmount(std::path::PathBuf);
 
