@@ -32,7 +32,7 @@
 //! * a malformed **pod selector** or **namespace selector**: it cannot be evaluated and is
 //!   published nowhere (as a `BoundaryPolicy` with a malformed selector).
 
-use boundary_api::compiled::{self, CompiledPolicy, FORMAT_VERSION, PolicyEntry, Requirement};
+use boundary_api::compiled::{self, CompiledPolicy, FORMAT_VERSION, PolicyEntry};
 use boundary_api::crd::{BoundaryPolicy, ClusterBoundaryPolicy, RuleProblem};
 use boundary_api::rules::CompileErrors;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -303,36 +303,22 @@ fn problem(p: boundary_api::rules::Problem) -> RuleProblem {
 /// `LabelSelector` → the proxy's selector, with a problem per unknown operator (fields under
 /// `field`, e.g. `spec.podSelector`).
 fn selector(s: &LabelSelector, field: &str) -> (compiled::Selector, Vec<RuleProblem>) {
-    let mut problems = Vec::new();
-    let match_expressions = s
+    let problems = s
         .match_expressions
         .iter()
         .flatten()
         .enumerate()
-        .map(|(i, r)| {
-            if !OPERATORS.contains(&r.operator.as_str()) {
-                problems.push(RuleProblem {
-                    field: format!("{field}.matchExpressions[{i}].operator"),
-                    column: None,
-                    message: format!(
-                        "unknown label selector operator {:?}: use In, NotIn, Exists or \
-                         DoesNotExist",
-                        r.operator
-                    ),
-                });
-            }
-            Requirement {
-                key: r.key.clone(),
-                operator: r.operator.clone(),
-                values: r.values.clone().unwrap_or_default(),
-            }
+        .filter(|(_, r)| !OPERATORS.contains(&r.operator.as_str()))
+        .map(|(i, r)| RuleProblem {
+            field: format!("{field}.matchExpressions[{i}].operator"),
+            column: None,
+            message: format!(
+                "unknown label selector operator {:?}: use In, NotIn, Exists or DoesNotExist",
+                r.operator
+            ),
         })
         .collect();
-    let selector = compiled::Selector {
-        match_labels: s.match_labels.clone().unwrap_or_default(),
-        match_expressions,
-    };
-    (selector, problems)
+    (boundary_api::crd::compiled_selector(s), problems)
 }
 
 #[cfg(test)]

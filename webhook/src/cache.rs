@@ -16,8 +16,8 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 
 use crate::admit::ClusterView;
-use crate::facts::NodeFacts;
 use crate::plan::Cluster;
+use boundary_api::nodes::NodeFacts;
 
 /// Why the cache could not start.
 #[derive(Debug, thiserror::Error)]

@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::{
     NodeSelectorRequirement, NodeSelectorTerm, PodSpec, Taint, Toleration,
 };
 
-use crate::facts::NodeFacts;
+use boundary_api::nodes::NodeFacts;
 
 /// Label EKS puts on pods that a Fargate profile selected.
 pub const FARGATE_PROFILE_LABEL: &str = "eks.amazonaws.com/fargate-profile";

@@ -10,7 +10,6 @@ pub mod admit;
 pub mod cache;
 pub mod candidates;
 pub mod ecr;
-pub mod facts;
 pub mod guard;
 pub mod image;
 pub mod inject;

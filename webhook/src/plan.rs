@@ -4,24 +4,22 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
-use boundary_api::compiled::{Requirement, Selector};
 use boundary_api::contract::{self, annotations, containers, labels, node_labels};
 use boundary_api::crd::{BoundaryPolicy, ClusterBoundaryPolicy};
 use boundary_api::{JailRuntime, Mode, Tier};
 use k8s_openapi::api::core::v1::{
     Container, NodeSelectorRequirement, Pod, PodSpec, SeccompProfile,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde::Serialize;
 
 use crate::candidates::{self, Candidates};
-use crate::facts::{KUBERNETES_OS, NodeFacts};
 use crate::guard::{self, Jailing, RequiredBy, Requirement as Jail};
 use crate::image::ImageConfig;
 use crate::inject::{self, Injection, InjectionStatus, JailTarget, Settings, SidecarKind};
 use crate::ports;
 use crate::seccomp;
 use crate::tables::{self, Row, Seccomp};
+use boundary_api::nodes::{KUBERNETES_OS, NodeFacts};
 
 /// Annotation the kubelet puts on mirror pods of static pods.
 pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
@@ -147,22 +145,7 @@ struct Combined {
     pod_local: BTreeSet<u16>,
 }
 
-/// A Kubernetes label selector as the shared [`Selector`].
-pub fn selector(label_selector: &LabelSelector) -> Selector {
-    Selector {
-        match_labels: label_selector.match_labels.clone().unwrap_or_default(),
-        match_expressions: label_selector
-            .match_expressions
-            .iter()
-            .flatten()
-            .map(|e| Requirement {
-                key: e.key.clone(),
-                operator: e.operator.clone(),
-                values: e.values.clone().unwrap_or_default(),
-            })
-            .collect(),
-    }
-}
+pub use boundary_api::crd::compiled_selector as selector;
 
 /// Combines the policies selecting a pod: Enforce wins, tiers intersect, pinning only when
 /// every policy allows it, command wrapping when any asks for it, containers unite. Cluster

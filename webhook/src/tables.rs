@@ -10,7 +10,7 @@
 use boundary_api::contract::{env, os};
 use boundary_api::{JailRuntime, Tier};
 
-use crate::facts::NodeFacts;
+use boundary_api::nodes::NodeFacts;
 
 /// What a row needs from the container's seccomp profile.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

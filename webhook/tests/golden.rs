@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use boundary_api::JailRuntime;
 use boundary_api::crd::{BoundaryPolicy, ClusterBoundaryPolicy};
-use boundary_webhook::facts::NodeFacts;
+use boundary_api::nodes::NodeFacts;
 use boundary_webhook::guard::Jailing;
 use boundary_webhook::image::ImageConfig;
 use boundary_webhook::inject::Settings;

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use boundary_api::crd::BoundaryPolicy;
+use boundary_api::nodes::NodeFacts;
 use boundary_webhook::admit::{FixedPullSecrets, ImageLookup, Planner, StaticView};
-use boundary_webhook::facts::NodeFacts;
 use boundary_webhook::image::{ImageConfig, ResolveError, Resolver, ResolverConfig};
 use boundary_webhook::inject::Settings;
 use boundary_webhook::plan::Cluster;
