@@ -1,0 +1,159 @@
+//! Loopback HTTP upstreams: HTTP/1.1 and h2, over TLS or plain.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+/// What a [`TestServer`] answers (status 200) to anything but `/bulk`.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// `hello <method> <host> <path> <version>\n` (host from the `Host` header or the
+    /// authority), so a test sees what arrived upstream.
+    Echo,
+    /// The same body to every request.
+    Fixed(Bytes),
+}
+
+/// The size of the chunks of a `/bulk` answer.
+const BULK_CHUNK: usize = 256 * 1024;
+
+type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// A loopback server speaking HTTP/1.1 and h2 (ALPN over TLS, prior knowledge in plain), over
+/// TLS with the given config or plain. Answers [`Reply`], except `GET /bulk?n=N`, which streams
+/// N filler bytes (throughput). Counts accepted connections and requests. Stops accepting when
+/// dropped.
+#[derive(Debug)]
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub connections: Arc<AtomicUsize>,
+    pub requests: Arc<AtomicUsize>,
+    accepting: tokio::task::JoinHandle<()>,
+}
+
+impl TestServer {
+    /// A server answering [`Reply::Echo`].
+    pub async fn start(tls: Option<Arc<rustls::ServerConfig>>) -> TestServer {
+        TestServer::answering(tls, Reply::Echo).await
+    }
+
+    /// A server answering `reply`.
+    pub async fn answering(tls: Option<Arc<rustls::ServerConfig>>, reply: Reply) -> TestServer {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding a loopback port");
+        let addr = listener.local_addr().expect("a bound listener's address");
+        let connections = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (accepted, answered) = (connections.clone(), requests.clone());
+        let accepting = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                accepted.fetch_add(1, Ordering::SeqCst);
+                let (tls, reply, answered) = (tls.clone(), reply.clone(), answered.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request| {
+                        answered.fetch_add(1, Ordering::SeqCst);
+                        let reply = reply.clone();
+                        async move { Ok::<_, Infallible>(answer(&request, &reply)) }
+                    });
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        Some(config) => {
+                            let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                let _ = builder
+                                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                                    .await;
+                            }
+                        }
+                        None => {
+                            let _ = builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                                .await;
+                        }
+                    }
+                });
+            }
+        });
+        TestServer {
+            addr,
+            connections,
+            requests,
+            accepting,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.accepting.abort();
+    }
+}
+
+fn answer(request: &Request<Incoming>, reply: &Reply) -> Response<Body> {
+    if request.uri().path() == "/bulk" {
+        let total = request
+            .uri()
+            .query()
+            .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("n=")))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0);
+        return Response::new(bulk(total));
+    }
+    let body = match reply {
+        Reply::Echo => {
+            let host = request
+                .headers()
+                .get(hyper::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+                .or_else(|| request.uri().authority().map(ToString::to_string))
+                .unwrap_or_default();
+            Bytes::from(format!(
+                "hello {} {} {} {:?}\n",
+                request.method(),
+                host,
+                request.uri().path(),
+                request.version()
+            ))
+        }
+        Reply::Fixed(body) => body.clone(),
+    };
+    Response::new(Full::new(body).boxed())
+}
+
+/// `total` bytes of filler, streamed in chunks.
+fn bulk(total: u64) -> Body {
+    let chunk = Bytes::from(vec![b'7'; BULK_CHUNK]);
+    let frames = futures_util::stream::unfold(0u64, move |sent| {
+        let chunk = chunk.clone();
+        async move {
+            (sent < total).then(|| {
+                let n =
+                    usize::try_from(total - sent).map_or(chunk.len(), |left| left.min(chunk.len()));
+                (
+                    Ok::<_, Infallible>(Frame::data(chunk.slice(..n))),
+                    sent + n as u64,
+                )
+            })
+        }
+    });
+    StreamBody::new(frames).boxed()
+}
