@@ -18,23 +18,20 @@
     clippy::too_many_lines
 )]
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use boundary_test_kit::{Alpn, Reply, TestCa, TestServer, free_port, tls_connector, wait_port};
 use bytes::Bytes;
 use clap::Parser;
-use http_body_util::{BodyExt, Empty, Full, StreamBody};
-use hyper::body::{Frame, Incoming};
-use hyper::{Request, Response};
+use http_body_util::{BodyExt, Empty};
+use hyper::Request;
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::pem::PemObject;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UnixStream};
+use tokio::net::{TcpStream, UnixStream};
 
 /// Load benchmark of the policy proxy.
 #[derive(Debug, Parser)]
@@ -87,95 +84,6 @@ impl std::fmt::Display for Part {
 }
 
 const NAME: &str = "bench.test";
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// A CA and a server certificate for [`NAME`], in files.
-struct Pki {
-    ca_pem: PathBuf,
-    server: Arc<rustls::ServerConfig>,
-}
-
-fn pki(dir: &Path) -> anyhow::Result<Pki> {
-    let ca_key = rcgen::KeyPair::generate()?;
-    let mut ca = rcgen::CertificateParams::default();
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, "bench upstream CA");
-    let ca_cert = ca.self_signed(&ca_key)?;
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let key = rcgen::KeyPair::generate()?;
-    let cert = rcgen::CertificateParams::new(vec![NAME.to_owned()])?.signed_by(&key, &issuer)?;
-    let ca_pem = dir.join("upstream-ca.pem");
-    std::fs::write(&ca_pem, ca_cert.pem())?;
-    let server = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![cert.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        )?;
-    Ok(Pki {
-        ca_pem,
-        server: Arc::new(server),
-    })
-}
-
-type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
-
-async fn upstream(server: Arc<rustls::ServerConfig>) -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let _ = stream.set_nodelay(true);
-            let acceptor = tokio_rustls::TlsAcceptor::from(server.clone());
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(stream).await else {
-                    return;
-                };
-                let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
-                    let body: Body = if req.uri().path() == "/bulk" {
-                        let total: u64 = req
-                            .uri()
-                            .query()
-                            .and_then(|q| q.strip_prefix("n="))
-                            .and_then(|n| n.parse().ok())
-                            .unwrap_or(0);
-                        let chunk = Bytes::from(vec![7u8; 256 * 1024]);
-                        let stream = futures_util::stream::unfold(0u64, move |sent| {
-                            let chunk = chunk.clone();
-                            async move {
-                                (sent < total).then(|| {
-                                    let n = usize::try_from((total - sent).min(chunk.len() as u64))
-                                        .unwrap_or(0);
-                                    (
-                                        Ok::<_, Infallible>(Frame::data(chunk.slice(..n))),
-                                        sent + n as u64,
-                                    )
-                                })
-                            }
-                        });
-                        BodyExt::boxed(StreamBody::new(stream))
-                    } else {
-                        Full::new(Bytes::from_static(b"ok")).boxed()
-                    };
-                    Ok::<_, Infallible>(Response::new(body))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), svc)
-                    .await;
-            });
-        }
-    });
-    Ok(addr)
-}
 
 /// How the client reaches the upstream.
 #[derive(Debug, Clone)]
@@ -241,17 +149,10 @@ async fn open(route: &Route) -> anyhow::Result<Box<dyn Stream>> {
     })
 }
 
-fn tls_client(ca_pem: &Path) -> anyhow::Result<tokio_rustls::TlsConnector> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca_pem)? {
-        roots.add(cert?)?;
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+/// A client trusting the CA in the PEM file `ca`.
+fn tls_client(ca: &Path) -> anyhow::Result<tokio_rustls::TlsConnector> {
+    let pem = std::fs::read_to_string(ca).with_context(|| format!("reading {}", ca.display()))?;
+    Ok(tls_connector(&pem, Alpn::Http1)?)
 }
 
 async fn session(
@@ -416,20 +317,6 @@ impl Drop for Child {
     }
 }
 
-async fn wait_port(addr: SocketAddr, what: &str) -> anyhow::Result<()> {
-    for _ in 0..200 {
-        if TcpStream::connect(addr).await.is_ok() {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("{what} did not start listening on {addr}")
-}
-
-fn free_port() -> anyhow::Result<SocketAddr> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
-}
-
 async fn start_boundary(
     bin: &Path,
     dir: &Path,
@@ -586,13 +473,23 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let dir = std::env::temp_dir().join(format!("boundary-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let pki = pki(&dir)?;
-    let up = upstream(pki.server.clone()).await?;
-    let (boundary, explicit, socket, boundary_ca) =
-        start_boundary(&args.boundary, &dir, &pki.ca_pem, args.boundary_workers).await?;
+    let upstream_ca = TestCa::named("bench upstream CA");
+    let upstream = TestServer::answering(
+        Some(upstream_ca.server_config(&[NAME], Alpn::Http1)),
+        Reply::Fixed(Bytes::from_static(b"ok")),
+    )
+    .await;
+    let up = upstream.addr;
+    let (boundary, explicit, socket, boundary_ca) = start_boundary(
+        &args.boundary,
+        &dir,
+        &upstream_ca.pem_path,
+        args.boundary_workers,
+    )
+    .await?;
     let boundary_pid = boundary.0.id().context("pid")?;
     let mut routes = vec![
-        ("direct", Route::Direct(up), pki.ca_pem.clone()),
+        ("direct", Route::Direct(up), upstream_ca.pem_path.clone()),
         (
             "boundary (CONNECT)",
             Route::Connect {
@@ -611,7 +508,7 @@ async fn main() -> anyhow::Result<()> {
         ),
     ];
     let _squid = if args.squid {
-        let (child, port, ca) = start_squid(&dir, &pki.ca_pem, up).await?;
+        let (child, port, ca) = start_squid(&dir, &upstream_ca.pem_path, up).await?;
         routes.push((
             "squid ssl-bump (CONNECT)",
             Route::Connect {
