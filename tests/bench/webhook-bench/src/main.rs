@@ -36,6 +36,7 @@ use axum::http::header;
 use axum::routing::post;
 use boundary_api::crd::BoundaryPolicy;
 use boundary_api::nodes::NodeFacts;
+use boundary_test_kit::{Alpn, Leaf, TestCa};
 use boundary_webhook::admit::{Planner, StaticView};
 use boundary_webhook::inject::Settings;
 use boundary_webhook::plan::Cluster;
@@ -45,8 +46,6 @@ use clap::Parser;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tower_service::Service;
@@ -230,36 +229,6 @@ struct Target {
     threads: &'static str,
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// A CA and a serving certificate for [`NAME`]: PEM files for the webhook, the CA for the
-/// client.
-struct Pki {
-    ca: String,
-    cert: String,
-    key: String,
-}
-
-fn pki() -> anyhow::Result<Pki> {
-    let ca_key = rcgen::KeyPair::generate()?;
-    let mut ca = rcgen::CertificateParams::default();
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, "webhook bench CA");
-    let ca_cert = ca.self_signed(&ca_key)?;
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let key = rcgen::KeyPair::generate()?;
-    let cert = rcgen::CertificateParams::new(vec![NAME.to_owned()])?.signed_by(&key, &issuer)?;
-    Ok(Pki {
-        ca: ca_cert.pem(),
-        cert: cert.pem(),
-        key: key.serialize_pem(),
-    })
-}
-
 fn server_runtime(threads: usize, name: &str) -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads.max(1))
@@ -272,11 +241,11 @@ fn server_runtime(threads: usize, name: &str) -> anyhow::Result<tokio::runtime::
 fn start_webhook(
     runtime: &tokio::runtime::Runtime,
     dir: &Path,
-    pki: &Pki,
+    serving: &Leaf,
 ) -> anyhow::Result<SocketAddr> {
     let (cert_file, key_file) = (dir.join("tls.crt"), dir.join("tls.key"));
-    std::fs::write(&cert_file, &pki.cert)?;
-    std::fs::write(&key_file, &pki.key)?;
+    std::fs::write(&cert_file, &serving.cert_pem)?;
+    std::fs::write(&key_file, &serving.key_pem)?;
     let config = boundary_webhook::server::Config {
         https_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         plain_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -300,16 +269,11 @@ fn start_webhook(
 const FLOOR_RESPONSE: &str = r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":"bench-request","allowed":true}}"#;
 
 /// Starts the floor on `runtime`: axum + rustls, body read whole, constant answer.
-fn start_floor(runtime: &tokio::runtime::Runtime, pki: &Pki) -> anyhow::Result<SocketAddr> {
-    let chain =
-        CertificateDer::pem_slice_iter(pki.cert.as_bytes()).collect::<Result<Vec<_>, _>>()?;
-    let key = PrivateKeyDer::from_pem_slice(pki.key.as_bytes())?;
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)?;
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+fn start_floor(
+    runtime: &tokio::runtime::Runtime,
+    tls: Arc<rustls::ServerConfig>,
+) -> anyhow::Result<SocketAddr> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let router = Router::new().route(
         "/mutate",
         post(|_body: Bytes| async {
@@ -489,19 +453,6 @@ fn review_body() -> Bytes {
         }
     });
     Bytes::from(review.to_string())
-}
-
-fn tls_client(ca_pem: &str) -> anyhow::Result<tokio_rustls::TlsConnector> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(cert?)?;
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
@@ -764,8 +715,11 @@ where
     Ok(runs)
 }
 
-async fn bench(args: &Args, targets: &[Target], ca_pem: &str) -> anyhow::Result<()> {
-    let tls = tls_client(ca_pem)?;
+async fn bench(
+    args: &Args,
+    targets: &[Target],
+    tls: tokio_rustls::TlsConnector,
+) -> anyhow::Result<()> {
     let body = review_body();
     for target in targets {
         warm_up(target, &tls, &body).await?;
@@ -915,18 +869,18 @@ fn main() -> anyhow::Result<()> {
             .init();
     }
     let dir = tempfile::tempdir()?;
-    let pki = pki()?;
+    let ca = TestCa::named("webhook bench CA");
     let webhook_runtime = server_runtime(args.server_threads, "webhook-server")?;
     let floor_runtime = server_runtime(args.server_threads, "floor-server")?;
     let targets = [
         Target {
             name: "webhook",
-            addr: start_webhook(&webhook_runtime, dir.path(), &pki)?,
+            addr: start_webhook(&webhook_runtime, dir.path(), &ca.leaf(&[NAME]))?,
             threads: "webhook-server",
         },
         Target {
             name: "floor",
-            addr: start_floor(&floor_runtime, &pki)?,
+            addr: start_floor(&floor_runtime, ca.server_config(&[NAME], Alpn::Http1))?,
             threads: "floor-server",
         },
     ];
@@ -935,7 +889,7 @@ fn main() -> anyhow::Result<()> {
         .thread_name("bench-client")
         .enable_all()
         .build()?;
-    client.block_on(bench(&args, &targets, &pki.ca))?;
+    client.block_on(bench(&args, &targets, ca.connector(Alpn::Http1)))?;
     // Servers and client stop with their runtimes.
     drop(client);
     webhook_runtime.shutdown_background();
