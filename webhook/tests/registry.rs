@@ -764,29 +764,12 @@ async fn an_ecr_refusal_is_reported_with_the_apis_reason() -> anyhow::Result<()>
     Ok(())
 }
 
-/// A CA and a serving certificate for 127.0.0.1 it signed (PEM: CA, certificate, key).
-fn private_ca() -> anyhow::Result<(String, String, String)> {
-    let ca_key = rcgen::KeyPair::generate()?;
-    let mut params = rcgen::CertificateParams::default();
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::DigitalSignature,
-    ];
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "registry test CA");
-    let ca = params.self_signed(&ca_key)?;
-    let issuer = rcgen::Issuer::new(params, ca_key);
-    let key = rcgen::KeyPair::generate()?;
-    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".into()])?.signed_by(&key, &issuer)?;
-    Ok((ca.pem(), cert.pem(), key.serialize_pem()))
-}
-
 #[tokio::test]
 async fn an_https_registry_is_trusted_through_its_ca_and_refused_without() -> anyhow::Result<()> {
-    let (ca, cert, key) = private_ca()?;
-    let registry = Registry::start_with(None, Some((cert, key)))?;
+    let private_ca = boundary_test_kit::TestCa::named("registry test CA");
+    let serving = private_ca.leaf(&["127.0.0.1"]);
+    let registry = Registry::start_with(None, Some((serving.cert_pem, serving.key_pem)))?;
+    let ca = private_ca.pem.clone();
     let image = format!("{}/agents/tls:1", registry.host());
     push_image_with(
         &tls_pusher(&ca),

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use boundary_test_kit::{Alpn, TestCa};
 use boundary_webhook::review::{self, AdmissionRequest, AdmissionResponse, Admit};
 use boundary_webhook::server::{Config, Server, Stopped};
 use http_body_util::{BodyExt, Full};
@@ -17,8 +18,7 @@ use hyper::body::Bytes;
 use hyper::header::HeaderMap;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -115,56 +115,10 @@ fn review_body(uid: &str, name: &str) -> Value {
 // ---------------------------------------------------------------------------------------------
 // Certificates and a Secret volume.
 
-/// A CA that signs leaf certificates for `localhost` and 127.0.0.1.
-struct Ca {
-    pem: String,
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::default();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::DigitalSignature,
-        ];
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        let cert = params.self_signed(&key).unwrap();
-        Ca {
-            pem: cert.pem(),
-            issuer: rcgen::Issuer::new(params, key),
-        }
-    }
-
-    /// A leaf certificate and its key, as PEM.
-    fn leaf(&self) -> (String, String) {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
-            .unwrap()
-            .signed_by(&key, &self.issuer)
-            .unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-
-    fn client(&self, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(CertificateDer::from_pem_slice(self.pem.as_bytes()).unwrap())
-            .unwrap();
-        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        tokio_rustls::TlsConnector::from(Arc::new(config))
-    }
+/// The webhook's serving certificate and key (PEM), for `localhost` and 127.0.0.1.
+fn serving_pair(ca: &TestCa) -> (String, String) {
+    let leaf = ca.leaf(&["localhost", "127.0.0.1"]);
+    (leaf.cert_pem, leaf.key_pem)
 }
 
 /// A directory laid out and updated the way the kubelet maintains a Secret volume:
@@ -220,7 +174,7 @@ struct TestServer {
     ready: Arc<AtomicBool>,
     /// Permits for `held` reviews.
     held: Arc<tokio::sync::Semaphore>,
-    ca: Ca,
+    ca: TestCa,
     volume: SecretVolume,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<JoinHandle<Stopped>>,
@@ -228,8 +182,8 @@ struct TestServer {
 
 impl TestServer {
     async fn start(tweak: impl FnOnce(&mut Config)) -> TestServer {
-        let ca = Ca::new("test CA one");
-        let (cert, key) = ca.leaf();
+        let ca = TestCa::named("test CA one");
+        let (cert, key) = serving_pair(&ca);
         let volume =
             SecretVolume::new(&[("tls.crt", cert.as_bytes()), ("tls.key", key.as_bytes())]);
         let mut config = Config {
@@ -359,11 +313,11 @@ impl Reply {
 
 async fn tls_connect(
     addr: SocketAddr,
-    ca: &Ca,
-    alpn: &[&[u8]],
+    ca: &TestCa,
+    alpn: Alpn,
 ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
     let tcp = TcpStream::connect(addr).await?;
-    ca.client(alpn)
+    ca.connector(alpn)
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
 }
@@ -376,8 +330,8 @@ struct H1 {
 }
 
 impl H1 {
-    async fn connect(addr: SocketAddr, ca: &Ca) -> Result<H1, String> {
-        let tls = tls_connect(addr, ca, &[b"http/1.1"])
+    async fn connect(addr: SocketAddr, ca: &TestCa) -> Result<H1, String> {
+        let tls = tls_connect(addr, ca, Alpn::Http1)
             .await
             .map_err(|e| format!("TLS: {e}"))?;
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
@@ -444,8 +398,8 @@ struct H2 {
 }
 
 impl H2 {
-    async fn connect(addr: SocketAddr, ca: &Ca) -> H2 {
-        let tls = tls_connect(addr, ca, &[b"h2"]).await.unwrap();
+    async fn connect(addr: SocketAddr, ca: &TestCa) -> H2 {
+        let tls = tls_connect(addr, ca, Alpn::H2).await.unwrap();
         assert_eq!(tls.get_ref().1.alpn_protocol(), Some(b"h2".as_slice()));
         let (sender, connection) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
@@ -577,8 +531,8 @@ async fn stall_in_handshake(addr: SocketAddr) -> TcpStream {
 
 /// A client that completes TLS, sends `sent` and then nothing; the TCP stream is returned
 /// (what follows is only read to see whether the server closes).
-async fn stall_after(addr: SocketAddr, ca: &Ca, sent: &[u8]) -> TcpStream {
-    let mut tls = tls_connect(addr, ca, &[b"http/1.1"]).await.unwrap();
+async fn stall_after(addr: SocketAddr, ca: &TestCa, sent: &[u8]) -> TcpStream {
+    let mut tls = tls_connect(addr, ca, Alpn::Http1).await.unwrap();
     tls.write_all(sent).await.unwrap();
     tls.flush().await.unwrap();
     tls.into_inner().0
@@ -601,7 +555,7 @@ async fn send_endless_body(
     head: &'static [u8],
     chunk: &'static [u8],
 ) -> (String, bool) {
-    let tls = tls_connect(server.https, &server.ca, &[b"http/1.1"])
+    let tls = tls_connect(server.https, &server.ca, Alpn::Http1)
         .await
         .unwrap();
     let (mut reader, mut writer) = tokio::io::split(tls);
@@ -693,7 +647,7 @@ async fn reviews_are_answered_with_the_deciders_response() {
 async fn reviews_over_http2_are_answered() {
     // The apiserver negotiates HTTP/2 when the webhook offers it.
     let server = TestServer::start(|_| {}).await;
-    let tls = tls_connect(server.https, &server.ca, &[b"h2", b"http/1.1"])
+    let tls = tls_connect(server.https, &server.ca, Alpn::H2AndHttp1)
         .await
         .unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(b"h2".as_slice()));
@@ -948,7 +902,7 @@ async fn a_stalled_tls_handshake_is_cut_off_while_others_are_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_body_gets_408() {
     let server = TestServer::start(|c| c.body_read_timeout = Duration::from_secs(2)).await;
-    let mut tls = tls_connect(server.https, &server.ca, &[b"http/1.1"])
+    let mut tls = tls_connect(server.https, &server.ca, Alpn::Http1)
         .await
         .unwrap();
     tls.write_all(HALF_A_BODY).await.unwrap();
@@ -1020,12 +974,12 @@ async fn stalled_clients_do_not_hold_up_others() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_certificate_in_a_secret_volume_is_served() {
     let mut server = TestServer::start(|_| {}).await;
-    let new_ca = Ca::new("test CA two");
+    let new_ca = TestCa::named("test CA two");
     assert!(
         H1::connect(server.https, &new_ca).await.is_err(),
         "a client trusting only the new CA connected before the rotation"
     );
-    let (cert, key) = new_ca.leaf();
+    let (cert, key) = serving_pair(&new_ca);
     server
         .volume
         .update(&[("tls.crt", cert.as_bytes()), ("tls.key", key.as_bytes())]);
@@ -1067,9 +1021,9 @@ async fn a_rotated_certificate_in_a_secret_volume_is_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_certificates_are_refused_and_the_old_one_keeps_serving() {
     let mut server = TestServer::start(|_| {}).await;
-    let new_ca = Ca::new("test CA two");
-    let (new_cert, new_key) = new_ca.leaf();
-    let (_, unrelated_key) = new_ca.leaf();
+    let new_ca = TestCa::named("test CA two");
+    let (new_cert, new_key) = serving_pair(&new_ca);
+    let (_, unrelated_key) = serving_pair(&new_ca);
     let half = &new_cert.as_bytes()[..new_cert.len() / 2];
     let bad_pairs: [&[(&str, &[u8])]; 4] = [
         &[("tls.crt", b"garbage"), ("tls.key", new_key.as_bytes())],
@@ -1400,7 +1354,7 @@ struct Webhook {
     child: tokio::process::Child,
     https: SocketAddr,
     plain: SocketAddr,
-    ca: Ca,
+    ca: TestCa,
     logs: Arc<std::sync::Mutex<Vec<Value>>>,
     _dir: tempfile::TempDir,
 }
@@ -1421,8 +1375,8 @@ impl Webhook {
             ),
         )
         .unwrap();
-        let ca = Ca::new("binary test CA");
-        let (cert, key) = ca.leaf();
+        let ca = TestCa::named("binary test CA");
+        let (cert, key) = serving_pair(&ca);
         std::fs::write(dir.path().join("tls.crt"), cert).unwrap();
         std::fs::write(dir.path().join("tls.key"), key).unwrap();
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_boundary-webhook"))
@@ -1546,7 +1500,7 @@ async fn the_binary_answers_reviews_until_its_shutdown_delay_ends_after_sigterm_
     // A review whose body is half sent when the delay ends.
     let review = review_body("across", "web").to_string();
     let (first, rest) = review.as_bytes().split_at(review.len() / 2);
-    let mut across = tls_connect(webhook.https, &webhook.ca, &[b"http/1.1"])
+    let mut across = tls_connect(webhook.https, &webhook.ca, Alpn::Http1)
         .await
         .unwrap();
     let head = format!(
