@@ -47,6 +47,26 @@ impl TestServer {
 
     /// A server answering `reply`.
     pub async fn answering(tls: Option<Arc<rustls::ServerConfig>>, reply: Reply) -> TestServer {
+        TestServer::serving(tls, move |request| {
+            let response = answer(&request, &reply);
+            async move { response }
+        })
+        .await
+    }
+
+    /// A server answering with `handler` (for upstreams with routes of their own); the
+    /// connection handling, TLS, protocols and counters are the same.
+    pub async fn serving<F, Fut, B>(
+        tls: Option<Arc<rustls::ServerConfig>>,
+        handler: F,
+    ) -> TestServer
+    where
+        F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Response<B>> + Send + 'static,
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("binding a loopback port");
@@ -61,12 +81,12 @@ impl TestServer {
                 };
                 let _ = stream.set_nodelay(true);
                 accepted.fetch_add(1, Ordering::SeqCst);
-                let (tls, reply, answered) = (tls.clone(), reply.clone(), answered.clone());
+                let (tls, handler, answered) = (tls.clone(), handler.clone(), answered.clone());
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |request| {
                         answered.fetch_add(1, Ordering::SeqCst);
-                        let reply = reply.clone();
-                        async move { Ok::<_, Infallible>(answer(&request, &reply)) }
+                        let response = handler(request);
+                        async move { Ok::<_, Infallible>(response.await) }
                     });
                     let builder =
                         hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());

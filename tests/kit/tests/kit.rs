@@ -200,3 +200,44 @@ async fn a_dropped_server_stops_accepting() {
     let error = wait_port_within(addr, "the dropped server", Duration::from_millis(500)).await;
     assert!(error.is_err(), "still accepting on {addr}");
 }
+
+#[tokio::test]
+async fn a_server_with_its_own_handler_keeps_tls_protocols_and_counters() {
+    let ca = TestCa::new();
+    let server = TestServer::serving(
+        Some(ca.server_config(&["upstream.test"], Alpn::H2AndHttp1)),
+        |request: Request<hyper::body::Incoming>| async move {
+            let status = if request.uri().path() == "/teapot" {
+                418
+            } else {
+                404
+            };
+            hyper::Response::builder()
+                .status(status)
+                .body(http_body_util::Full::new(Bytes::from_static(
+                    b"short and stout",
+                )))
+                .unwrap()
+        },
+    )
+    .await;
+    let stream = tls(server.addr, &ca.connector(Alpn::H2), "upstream.test")
+        .await
+        .unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    for (path, status) in [("/teapot", 418), ("/other", 404)] {
+        let request = Request::get(format!("https://upstream.test{path}"))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), status);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "short and stout");
+    }
+    assert_eq!(server.connections.load(Ordering::SeqCst), 1);
+    assert_eq!(server.requests.load(Ordering::SeqCst), 2);
+}
