@@ -28,9 +28,9 @@ const BULK_CHUNK: usize = 256 * 1024;
 type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
 /// A loopback server speaking HTTP/1.1 and h2 (ALPN over TLS, prior knowledge in plain), over
-/// TLS with the given config or plain. Answers [`Reply`], except `GET /bulk?n=N`, which streams
-/// N filler bytes (throughput). Counts accepted connections and requests. Stops accepting when
-/// dropped.
+/// TLS with the given config or plain. Answers a [`Reply`] (`GET /bulk?n=N` streams N filler
+/// bytes, for throughput) or a handler of the test's own ([`TestServer::serving`]). Counts
+/// accepted connections and requests. Stops accepting when dropped.
 #[derive(Debug)]
 pub struct TestServer {
     pub addr: SocketAddr,
