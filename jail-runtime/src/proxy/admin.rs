@@ -1,5 +1,6 @@
-//! The sidecar's admin port (`BOUNDARY_METRICS_ADDR`): `/metrics` (Prometheus), `/healthz` and
-//! `/readyz`, and `/status` (the policy hash and the jails, read by the operator).
+//! The sidecar's admin port (`BOUNDARY_METRICS_ADDR`): `/metrics` (Prometheus, in the
+//! `OpenMetrics` text format), `/healthz` and `/readyz`, and `/status` (the policy hash and the
+//! jails, read by the operator).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use tokio::net::TcpListener;
 
-use super::Proxy;
+use super::{Proxy, metrics};
 use crate::jails::Jails;
 
 const TEXT: &str = "text/plain; version=0.0.4";
@@ -39,7 +40,11 @@ impl Proxy {
 
 fn answer(proxy: &Proxy, jails: Option<&Jails>, path: &str) -> Response<Full<Bytes>> {
     let (status, body, kind) = match path {
-        "/metrics" => (200, proxy.metrics().render(proxy.audit_dropped()), TEXT),
+        "/metrics" => (
+            200,
+            proxy.metrics().render(proxy.audit_dropped()),
+            metrics::CONTENT_TYPE,
+        ),
         "/healthz" | "/readyz" => (200, "ok\n".to_owned(), TEXT),
         "/status" => (
             200,

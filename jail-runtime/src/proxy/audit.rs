@@ -11,7 +11,7 @@ use boundary_api::{Mode, Tier};
 use serde::Serialize;
 
 /// What happened to a request or connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Decision {
     /// A rule allowed it.

@@ -22,6 +22,11 @@
 //! (no allow rule is suggested: none would help). In Audit mode each of them is let through and
 //! recorded as `would-deny` with the rule. Audit records name the deny rule in `rule`, with
 //! `"denied_by": "deny-rule"`. Pod-local connections (step 0) are not affected.
+//!
+//! Every step's rule check is in [`decide`] (pure); `conn` (one connection) and `http` (its
+//! requests) act on the verdicts. Each connection or request has one [`audit::Entry`], written
+//! once when it drops. [`wire`] is the forwarder/sidecar header, [`admin`] the sidecar's admin
+//! port, `keepalive` hyper's HTTP/1 connections taken back between requests.
 
 pub mod admin;
 pub mod audit;
