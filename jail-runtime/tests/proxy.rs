@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Sidecar, TestCa, require_root};
+use common::{Sidecar, TestCa};
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
@@ -260,11 +260,12 @@ async fn h1<S>(
 
 #[tokio::test]
 async fn every_request_on_a_keep_alive_connection_is_checked() {
-    require_root();
     let up = Upstream::start(None).await;
-    let sidecar = Sidecar::start(
+    let sidecar = Sidecar::for_upstream(
         &policy(&["domain=allowed.test path=/v1/*"]),
-        &["--resolve", "allowed.test=127.0.0.1"],
+        &["allowed.test"],
+        None,
+        &[],
     )
     .await;
     let stream = sidecar.connect("allowed.test", up.port()).await;
@@ -305,17 +306,13 @@ async fn every_request_on_a_keep_alive_connection_is_checked() {
 
 #[tokio::test]
 async fn http2_on_both_sides_with_trailers() {
-    require_root();
     let ca = TestCa::new();
     let up = Upstream::start(Some(ca.server_config(&["allowed.test"], true))).await;
-    let sidecar = Sidecar::start(
+    let sidecar = Sidecar::for_upstream(
         &policy(&["domain=allowed.test"]),
-        &[
-            "--resolve",
-            "allowed.test=127.0.0.1",
-            "--upstream-ca",
-            ca.pem_path.to_str().unwrap(),
-        ],
+        &["allowed.test"],
+        Some(&ca),
+        &[],
     )
     .await;
     let stream = sidecar.connect("allowed.test", up.port()).await;
@@ -364,11 +361,12 @@ async fn http2_on_both_sides_with_trailers() {
 
 #[tokio::test]
 async fn websocket_after_an_allowed_upgrade_and_not_after_a_denied_one() {
-    require_root();
     let up = Upstream::start(None).await;
-    let sidecar = Sidecar::start(
+    let sidecar = Sidecar::for_upstream(
         &policy(&["domain=allowed.test path=/ws"]),
-        &["--resolve", "allowed.test=127.0.0.1"],
+        &["allowed.test"],
+        None,
+        &[],
     )
     .await;
     let stream = sidecar.connect("allowed.test", up.port()).await;
@@ -392,11 +390,12 @@ async fn websocket_after_an_allowed_upgrade_and_not_after_a_denied_one() {
 
 #[tokio::test]
 async fn an_event_stream_reaches_the_client_as_it_is_produced() {
-    require_root();
     let up = Upstream::start(None).await;
-    let sidecar = Sidecar::start(
+    let sidecar = Sidecar::for_upstream(
         &policy(&["domain=allowed.test"]),
-        &["--resolve", "allowed.test=127.0.0.1"],
+        &["allowed.test"],
+        None,
+        &[],
     )
     .await;
     let stream = sidecar.connect("allowed.test", up.port()).await;
@@ -429,11 +428,12 @@ async fn an_event_stream_reaches_the_client_as_it_is_produced() {
 #[tokio::test]
 async fn a_gibibyte_each_way_streams_with_flat_memory() {
     const GIB: u64 = 1 << 30;
-    require_root();
     let up = Upstream::start(None).await;
-    let sidecar = Sidecar::start(
+    let sidecar = Sidecar::for_upstream(
         &policy(&["domain=allowed.test"]),
-        &["--resolve", "allowed.test=127.0.0.1"],
+        &["allowed.test"],
+        None,
+        &[],
     )
     .await;
     let before = sidecar.peak_rss_kib();
@@ -501,11 +501,12 @@ async fn raw(sidecar: &Sidecar, name: &str, port: u16, request: &[u8], until: &s
 
 #[tokio::test]
 async fn expect_100_continue_is_answered_before_the_body_is_sent() {
-    require_root();
     let up = Upstream::start(None).await;
-    let sidecar = Sidecar::start(
+    let sidecar = Sidecar::for_upstream(
         &policy(&["domain=allowed.test"]),
-        &["--resolve", "allowed.test=127.0.0.1"],
+        &["allowed.test"],
+        None,
+        &[],
     )
     .await;
     let mut stream = sidecar.connect("allowed.test", up.port()).await;
@@ -563,11 +564,12 @@ async fn read_until<S: tokio::io::AsyncRead + Unpin>(
 /// cheap); the stream must behave exactly as one long keep-alive connection would.
 #[tokio::test]
 async fn keep_alive_connections_behave_across_idle_periods_pipelining_and_closes() {
-    require_root();
     let up = Upstream::start(None).await;
-    let sidecar = Sidecar::start(
+    let sidecar = Sidecar::for_upstream(
         &policy(&["domain=allowed.test method=GET path=/v1/*"]),
-        &["--resolve", "allowed.test=127.0.0.1"],
+        &["allowed.test"],
+        None,
+        &[],
     )
     .await;
     let host = format!("allowed.test:{}", up.port());
@@ -656,23 +658,17 @@ async fn keep_alive_connections_behave_across_idle_periods_pipelining_and_closes
 
 #[tokio::test]
 async fn inconsistent_requests_and_bypass_attempts_are_refused() {
-    require_root();
     let ca = TestCa::new();
     let plain = Upstream::start(None).await;
     let tls_up = Upstream::start(Some(
         ca.server_config(&["allowed.test", "evil.test"], false),
     ))
     .await;
-    let sidecar = Sidecar::start(
+    let sidecar = Sidecar::for_upstream(
         &policy(&["domain=allowed.test path=/api/*", "domain=*.github.test"]),
-        &[
-            "--resolve",
-            "allowed.test=127.0.0.1",
-            "--resolve",
-            "evil.test=127.0.0.1",
-            "--upstream-ca",
-            ca.pem_path.to_str().unwrap(),
-        ],
+        &["allowed.test", "evil.test"],
+        Some(&ca),
+        &[],
     )
     .await;
     let p = plain.port();
@@ -796,17 +792,13 @@ async fn raw_ip(sidecar: &Sidecar, port: u16, request: &[u8]) -> String {
 
 #[tokio::test]
 async fn the_explicit_proxy_serves_connect_and_refuses_hosts_no_rule_allows() {
-    require_root();
     let ca = TestCa::new();
     let up = Upstream::start(Some(ca.server_config(&["allowed.test"], false))).await;
-    let sidecar = Sidecar::start(
+    let sidecar = Sidecar::for_upstream(
         &policy(&["domain=allowed.test"]),
-        &[
-            "--resolve",
-            "allowed.test=127.0.0.1",
-            "--upstream-ca",
-            ca.pem_path.to_str().unwrap(),
-        ],
+        &["allowed.test"],
+        Some(&ca),
+        &[],
     )
     .await;
     let dir = common::TempDir::new("proxy-ca");
@@ -848,21 +840,17 @@ async fn the_explicit_proxy_serves_connect_and_refuses_hosts_no_rule_allows() {
 
 #[tokio::test]
 async fn upstream_failures_are_502_and_504_with_a_reason() {
-    require_root();
     let up = Upstream::start(None).await;
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let sidecar = Sidecar::start(
+    let sidecar = Sidecar::for_upstream(
         &policy(&["domain=allowed.test", "domain=nowhere.test"]),
-        &[
-            "--resolve",
-            "allowed.test=127.0.0.1",
-            "--upstream-timeout",
-            "1",
-        ],
+        &["allowed.test"],
+        None,
+        &["--upstream-timeout", "1"],
     )
     .await;
     let refused = raw(
@@ -917,7 +905,6 @@ async fn reqwest_metrics(sidecar: &Sidecar) -> String {
 
 #[tokio::test]
 async fn passthrough_and_tcp_rules_relay_without_looking_inside() {
-    require_root();
     let ca = TestCa::new();
     let pinned = Upstream::start(Some(ca.server_config(&["pinned.test"], false))).await;
     // A server that speaks first, like ssh.
@@ -936,16 +923,7 @@ async fn passthrough_and_tcp_rules_relay_without_looking_inside() {
             "tcp": [{"domain": "git.test", "ports": [banner_port]}]
         }]
     });
-    let sidecar = Sidecar::start(
-        &policy,
-        &[
-            "--resolve",
-            "pinned.test=127.0.0.1",
-            "--resolve",
-            "git.test=127.0.0.1",
-        ],
-    )
-    .await;
+    let sidecar = Sidecar::for_upstream(&policy, &["pinned.test", "git.test"], None, &[]).await;
     // Passthrough: the client sees the upstream's own certificate (issued by the test CA).
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls::pki_types::CertificateDer::pem_file_iter(&ca.pem_path).unwrap() {
@@ -989,11 +967,12 @@ async fn passthrough_and_tcp_rules_relay_without_looking_inside() {
 
 #[tokio::test]
 async fn hostile_input_gets_errors_and_the_proxy_stays_up() {
-    require_root();
     let up = Upstream::start(None).await;
-    let sidecar = Sidecar::start(
+    let sidecar = Sidecar::for_upstream(
         &policy(&["domain=allowed.test"]),
-        &["--resolve", "allowed.test=127.0.0.1"],
+        &["allowed.test"],
+        None,
+        &[],
     )
     .await;
     let p = up.port();
@@ -1035,11 +1014,12 @@ async fn hostile_input_gets_errors_and_the_proxy_stays_up() {
 
 #[tokio::test]
 async fn metrics_count_decisions_bytes_and_connections() {
-    require_root();
     let up = Upstream::start(None).await;
-    let sidecar = Sidecar::start(
+    let sidecar = Sidecar::for_upstream(
         &policy(&["domain=allowed.test path=/ok"]),
-        &["--resolve", "allowed.test=127.0.0.1"],
+        &["allowed.test"],
+        None,
+        &[],
     )
     .await;
     let p = up.port();
@@ -1112,7 +1092,6 @@ async fn echo_server() -> (u16, Arc<AtomicUsize>) {
 
 #[tokio::test]
 async fn pod_local_ports_are_relayed_raw_when_a_pod_local_rule_allows_them() {
-    require_root();
     let (allowed, allowed_hits) = echo_server().await;
     let (other, other_hits) = echo_server().await;
     let policy = serde_json::json!({
@@ -1217,7 +1196,6 @@ async fn pod_local_ports_are_relayed_raw_when_a_pod_local_rule_allows_them() {
 
 #[tokio::test]
 async fn pod_local_ports_in_audit_mode_are_relayed_and_recorded_as_would_be_denials() {
-    require_root();
     let (port, hits) = echo_server().await;
     let policy = serde_json::json!({
         "version": 1,
@@ -1258,7 +1236,6 @@ async fn pod_local_ports_in_audit_mode_are_relayed_and_recorded_as_would_be_deni
 
 #[tokio::test]
 async fn explicit_proxy_requests_for_the_pods_loopback_follow_pod_local_rules() {
-    require_root();
     let allowed = Upstream::start(None).await;
     let other = Upstream::start(None).await;
     let policy = serde_json::json!({

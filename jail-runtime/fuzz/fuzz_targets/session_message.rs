@@ -1,8 +1,10 @@
-//! The sidecar's socket protocol: header lines and session messages (`proxy/header.rs`), as any
-//! process that can reach the socket may send them. What parses must survive a round trip.
+//! The sidecar's socket protocol: header lines (`proxy/wire.rs`) and session messages
+//! (`proxy/header.rs`), as any process that can reach the socket may send them. What parses must
+//! survive a round trip.
 #![no_main]
 
-use boundary::proxy::header::{Header, parse_header, parse_message};
+use boundary::proxy::header::parse_message;
+use boundary::proxy::wire::{Header, parse_header};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -5,13 +5,13 @@
 use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use boundary_api::{Mode, Tier};
 use serde::Serialize;
 
 /// What happened to a request or connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Decision {
     /// A rule allowed it.
@@ -94,6 +94,60 @@ pub struct Record {
     pub bytes_out: u64,
     /// Time from decision to end, in milliseconds.
     pub duration_ms: u64,
+}
+
+/// The audit line of one connection or request: made once with what is known at the start,
+/// enriched along the way (through `Deref`), and queued exactly once, when it is dropped, on
+/// every path: answered, relayed, failed, or abandoned by the client.
+#[derive(Debug)]
+pub struct Entry {
+    record: Record,
+    audit: Audit,
+    /// Set once traffic flows (relay, forward): the record's `duration_ms` is measured from it.
+    started: Option<Instant>,
+}
+
+impl Entry {
+    /// An entry for `record`, to be written to `audit`.
+    pub fn new(audit: Audit, record: Record) -> Entry {
+        Entry {
+            record,
+            audit,
+            started: None,
+        }
+    }
+
+    /// Starts measuring `duration_ms` (once; a later call keeps the first start).
+    pub fn start_clock(&mut self) {
+        self.started.get_or_insert_with(Instant::now);
+    }
+}
+
+impl std::ops::Deref for Entry {
+    type Target = Record;
+    fn deref(&self) -> &Record {
+        &self.record
+    }
+}
+
+impl std::ops::DerefMut for Entry {
+    fn deref_mut(&mut self) -> &mut Record {
+        &mut self.record
+    }
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        if let Some(started) = self.started {
+            self.record.duration_ms = millis(started);
+        }
+        self.audit.record_line(&self.record);
+    }
+}
+
+/// Milliseconds since `since`, saturating.
+pub fn millis(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// One audit line for a connection into the jail (`boundary run --inbound-port`).
@@ -262,12 +316,8 @@ impl Audit {
         })
     }
 
-    /// Queues a record; never waits. A full queue drops the record and counts it.
-    pub fn record(&self, record: &Record) {
-        self.record_line(record);
-    }
-
-    /// Queues any record (one JSON line), as [`Audit::record`] does.
+    /// Queues one JSON line; never waits. A full queue drops the line and counts it. Decisions
+    /// go through an [`Entry`] instead, which writes exactly once.
     pub fn record_line(&self, record: &impl Serialize) {
         let Some(tx) = &self.tx else { return };
         let Ok(line) = serde_json::to_string(record) else {
@@ -412,7 +462,7 @@ mod tests {
         // stuck: every call returns.
         let sent = QUEUE as u64 + 5000;
         for n in 0..sent {
-            audit.record(&record(n));
+            audit.record_line(&record(n));
         }
         let dropped = audit.dropped();
         assert!(dropped > 0, "a full queue drops");

@@ -1,48 +1,19 @@
-//! The wire format of the sidecar's unix socket. Every connection starts with one header line:
-//!
-//! * `BOUNDARY1 {json Destination}\n`: a connection the jail's forwarder intercepted; the
-//!   client's bytes follow as they are.
-//! * `BOUNDARY1-SESSION {json Hello}\n`: `boundary run`'s session (one per jailed container,
-//!   open while the command runs). JSON lines ([`SessionMessage`]) follow; the sidecar answers
-//!   each `exit` with `ok\n`. End of stream without an `exit` means the container died.
+//! `boundary run`'s session on the sidecar's socket (after its `BOUNDARY1-SESSION` header line,
+//! see [`super::wire`]): JSON lines ([`SessionMessage`]) follow the [`Hello`]; the sidecar
+//! answers each `exit` with `ok\n`. End of stream without an `exit` means the container died.
 
 use std::net::SocketAddr;
 
 use boundary_api::Tier;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 
-/// Limit on a header line.
-pub const MAX_HEADER: usize = 4096;
+pub use super::wire::read_line;
+use super::wire::{SESSION_MAGIC, line};
+
 /// Limit on a session message line.
 pub const MAX_MESSAGE: usize = 16 * 1024;
-const RELAY_MAGIC: &str = "BOUNDARY1 ";
-const SESSION_MAGIC: &str = "BOUNDARY1-SESSION ";
 /// The sidecar's answer to an `exit` message.
 pub const EXIT_ACK: &[u8] = b"ok\n";
-
-/// Where a connection from the jail was going.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Destination {
-    /// The original destination address (a synthetic one when `name` is set).
-    pub dst: SocketAddr,
-    /// The name the jail's DNS handed out for that address.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// The jailed container.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub container: Option<String>,
-    /// The jail's tier.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tier: Option<Tier>,
-}
-
-impl Destination {
-    /// The relay header line sent before the stream on the sidecar's socket.
-    pub fn header(&self) -> Vec<u8> {
-        line(RELAY_MAGIC, self)
-    }
-}
 
 /// Whether the jail came up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,71 +125,6 @@ impl SessionMessage {
     }
 }
 
-/// The first line of a connection on the sidecar's socket.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Header {
-    /// A relayed connection.
-    Relay(Destination),
-    /// A session.
-    Session(Hello),
-}
-
-fn line(magic: &str, value: &impl Serialize) -> Vec<u8> {
-    let mut out = magic.as_bytes().to_vec();
-    out.extend(serde_json::to_vec(value).unwrap_or_default());
-    out.push(b'\n');
-    out
-}
-
-/// Reads one line of at most `limit` bytes (without its newline); `Ok(None)` at end of stream.
-pub async fn read_line<R: AsyncRead + Unpin>(
-    reader: &mut BufReader<R>,
-    limit: usize,
-) -> Result<Option<String>, String> {
-    let mut line = Vec::with_capacity(256);
-    let mut limited = (&mut *reader).take(u64::try_from(limit).unwrap_or(u64::MAX));
-    limited
-        .read_until(b'\n', &mut line)
-        .await
-        .map_err(|e| e.to_string())?;
-    if line.is_empty() {
-        return Ok(None);
-    }
-    if !line.ends_with(b"\n") {
-        return Err("line missing its end or too long".into());
-    }
-    line.pop();
-    String::from_utf8(line)
-        .map(Some)
-        .map_err(|_| "line is not UTF-8".to_owned())
-}
-
-/// Reads the header line.
-pub async fn read_header<R: AsyncRead + Unpin>(
-    reader: &mut BufReader<R>,
-) -> Result<Header, String> {
-    let text = read_line(reader, MAX_HEADER)
-        .await
-        .map_err(|e| format!("header: {e}"))?
-        .ok_or("header missing")?;
-    parse_header(&text)
-}
-
-/// Parses a header line (without its newline).
-pub fn parse_header(text: &str) -> Result<Header, String> {
-    if let Some(json) = text.strip_prefix(RELAY_MAGIC) {
-        return serde_json::from_str(json)
-            .map(Header::Relay)
-            .map_err(|e| format!("relay header: {e}"));
-    }
-    if let Some(json) = text.strip_prefix(SESSION_MAGIC) {
-        return serde_json::from_str(json)
-            .map(Header::Session)
-            .map_err(|e| format!("session header: {e}"));
-    }
-    Err("header magic missing".into())
-}
-
 /// Parses a session message line.
 pub fn parse_message(line: &str) -> Result<SessionMessage, String> {
     serde_json::from_str(line).map_err(|e| format!("session message: {e}"))
@@ -227,6 +133,8 @@ pub fn parse_message(line: &str) -> Result<SessionMessage, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::wire::{Destination, Header, read_header};
+    use tokio::io::{AsyncReadExt, BufReader};
 
     #[tokio::test]
     async fn headers_round_trip_and_bad_ones_are_refused() {

@@ -5,14 +5,14 @@
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use boundary_api::Mode;
-use boundary_api::rules::{Host, HttpRequest, Miss, Rule, Verdict, suggest};
+use boundary_api::rules::{Host, HttpRequest, Miss, Rule, suggest};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -22,14 +22,18 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::audit::{Decision, Record};
+use super::Proxy;
+use super::audit::{Decision, Entry};
+use super::conn::ConnCtx;
+use super::decide::{self, Connect, Page, Request as Verdict, Ruling};
 use super::framing::{Audited, Framing};
 use super::head::{self, Scheme, Target};
-use super::keepalive::{self, Exchange, Pending};
+use super::io::BoxIo;
+use super::keepalive::{self, Exchange};
 use super::metrics::{Kind, UpstreamError};
-use super::pod_local::{self, PodLocalDecision};
+use super::pod_local;
 use super::upstream::{Body, BoxError, Failure};
-use super::{ConnCtx, Destination, Proxy, name_rule, unspecified};
+use super::wire::Destination;
 
 /// Headers of one hop only (RFC 9110 §7.6.1), never forwarded.
 const HOP_BY_HOP: [&str; 8] = [
@@ -96,14 +100,17 @@ pub(super) async fn serve<IO>(
             let upgrades = Upgrades::Taken(exchange.clone());
             let make = || service(&proxy, &ctx, scheme, &framing, &upgrades);
             let io = Audited::new(io, framing.clone());
-            Box::pin(keepalive::serve(
-                &proxy,
-                io,
-                exchange,
-                &http1_builder(),
-                make,
-            ))
-            .await;
+            let taken = Box::pin(keepalive::serve(io, exchange, &http1_builder(), make)).await;
+            match taken {
+                Some((Pending::Relay { upstream, entry }, client)) => {
+                    // Boxed: rare, and large enough to double every idle connection's size.
+                    Box::pin(relay_upgrade(&proxy, Some(client), upstream, *entry)).await;
+                }
+                Some((Pending::Tunnel(dest), client)) => {
+                    spawn_tunnel(proxy.clone(), Box::new(client), dest);
+                }
+                None => {}
+            }
             Ok(())
         }
         Protocol::Http2 => {
@@ -133,13 +140,30 @@ pub(super) async fn serve<IO>(
     }
 }
 
+/// Serves a CONNECT tunnel as a connection of its own. Not `async`: spawning from inside the
+/// connection's own future would make its type depend on itself.
+fn spawn_tunnel(proxy: Proxy, client: BoxIo, dest: Destination) {
+    tokio::spawn(async move { proxy.serve_connection(client, dest).await });
+}
+
+/// The rest of an upgraded request, done with the stream the keep-alive loop takes back.
+enum Pending {
+    /// Relay to the upstream's upgraded connection (WebSocket and other `Upgrade`s).
+    Relay {
+        upstream: hyper::upgrade::OnUpgrade,
+        entry: Box<Entry>,
+    },
+    /// Serve the stream as a new connection to this destination (CONNECT).
+    Tunnel(Destination),
+}
+
 /// How the client's side of an upgrade (WebSocket, CONNECT) is obtained.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 enum Upgrades {
     /// From hyper (`hyper::upgrade::on`), for connections hyper keeps to the end.
     Hyper,
-    /// Taken back from hyper by the keep-alive loop, which finishes the upgrade.
-    Taken(Arc<Exchange>),
+    /// Taken back from hyper by the keep-alive loop, finished by [`serve`].
+    Taken(Arc<Exchange<Pending>>),
 }
 
 type ServiceFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
@@ -237,134 +261,67 @@ async fn handle(
         bound: ctx.bound.as_ref(),
         sni: ctx.sni.as_ref(),
     };
-    let audit_host = |t: Option<&Target>| {
-        t.map(|t| t.host.clone())
-            .or_else(|| ctx.bound.clone())
-            .unwrap_or_else(|| Host::Name("unknown".into()))
-    };
     let target = match head::check(&parts, conn) {
         Ok(t) => t,
         Err(refusal) => {
-            let host = audit_host(None);
-            let mut rec = proxy.record(&ctx, scheme.as_str(), &host, conn.port, mode);
-            rec.method = Some(parts.method.to_string());
-            rec.decision = Decision::Deny;
-            rec.reason = Some(refusal.reason.clone());
-            rec.status = Some(refusal.status);
-            proxy.inner.metrics.decision(Kind::Http, Decision::Deny);
-            proxy.inner.audit.record(&rec);
+            let host = ctx.bound.clone().unwrap_or_else(unknown_host);
+            let mut entry = proxy.entry(&ctx, scheme.as_str(), &host, conn.port, mode);
+            entry.method = Some(parts.method.to_string());
+            entry.rule_on(&Ruling::deny(refusal.reason.clone(), None));
+            entry.status = Some(refusal.status);
+            proxy.metrics().decision(Kind::Http, Decision::Deny);
             return text(
                 refusal.status,
                 format!("Blocked by Agent Boundary: {}\n", refusal.reason),
             );
         }
     };
-    if let Host::Ip(ip) = target.host
-        && pod_local::is_loopback(ip)
-    {
-        return pod_local_request(
-            &proxy,
-            &ctx,
-            scheme,
-            parts,
-            body,
-            &target,
-            rules,
-            client_upgrade,
-        )
-        .await;
-    }
     let request = HttpRequest {
         host: &target.host,
         port: target.port,
         method: parts.method.as_str(),
         path: &target.path,
     };
-    let verdict = rules.check_http(request);
-    let mut rec = proxy.record(&ctx, scheme.as_str(), &target.host, target.port, mode);
-    rec.method = Some(parts.method.to_string());
-    rec.path = Some(target.path.to_string());
-    let refused = if mode == Mode::Audit {
-        Decision::WouldDeny
+    // The pod's loopback (`GET http://127.0.0.1:PORT/...`, the landlock tier's way to a pod's
+    // HTTP sidecar) is decided by podLocal rules alone and audited as `pod-local`.
+    let (audit_scheme, kind) = if decide::is_pod_local_request(&target.host) {
+        (pod_local::SCHEME, Kind::PodLocal)
     } else {
-        Decision::Deny
+        (scheme.as_str(), Kind::Http)
     };
-    match &verdict {
-        Verdict::Allow(rule) => name_rule(&mut rec, rule),
-        Verdict::Denied { by, overrides } => {
-            rec.decision = refused;
-            name_rule(&mut rec, by);
-            rec.reason = Some(denied_reason(by, *overrides));
+    let mut entry = proxy.entry(&ctx, audit_scheme, &target.host, target.port, mode);
+    entry.method = Some(parts.method.to_string());
+    entry.path = Some(target.path.to_string());
+    match decide::request(rules, request) {
+        Verdict::Forward(ruling) => {
+            entry.rule_on(&ruling);
+            proxy.metrics().decision(kind, ruling.decision);
+            forward(proxy, scheme, parts, body, &target, entry, client_upgrade).await
         }
-        Verdict::Deny(misses) => {
-            rec.decision = refused;
-            rec.reason = Some(deny_reason(misses));
-        }
-    }
-    proxy.inner.metrics.decision(Kind::Http, rec.decision);
-    if rec.decision == Decision::Deny {
-        rec.status = Some(403);
-        proxy.inner.audit.record(&rec);
-        return match &verdict {
-            Verdict::Denied { by, overrides } => {
-                denied_page(scheme, request, by, *overrides, &proxy, &ctx)
+        Verdict::Deny { ruling, page } => {
+            entry.rule_on(&ruling);
+            entry.status = Some(403);
+            proxy.metrics().decision(kind, Decision::Deny);
+            let tier = proxy.tier_of(&ctx);
+            match page {
+                Page::DenyRule { by, overrides } => {
+                    denied_page(scheme, request, by, overrides, tier)
+                }
+                Page::NoRule(misses) => deny_page(scheme, request, &misses, tier),
+                Page::Reason => text(
+                    403,
+                    format!(
+                        "Blocked by Agent Boundary: {}\n",
+                        ruling.reason.unwrap_or_default()
+                    ),
+                ),
             }
-            Verdict::Deny(misses) => deny_page(scheme, request, misses, &proxy, &ctx),
-            Verdict::Allow(_) => unreachable!("an allowed request is never refused"),
-        };
+        }
     }
-    forward(proxy, scheme, parts, body, &target, rec, client_upgrade).await
 }
 
-/// An explicit-proxy request for the pod's loopback (`GET http://127.0.0.1:PORT/...`, the landlock
-/// tier's way to a pod's HTTP sidecar): decided by podLocal rules alone, like a redirected
-/// pod-local connection, and audited as `pod-local` with its method and path.
-#[allow(clippy::too_many_arguments)]
-async fn pod_local_request(
-    proxy: &Proxy,
-    ctx: &ConnCtx,
-    scheme: Scheme,
-    parts: http::request::Parts,
-    body: Incoming,
-    target: &Target,
-    rules: &boundary_api::rules::RuleSet,
-    client_upgrade: Option<ClientUpgrade>,
-) -> Response<Body> {
-    let mut rec = proxy.record(
-        ctx,
-        pod_local::SCHEME,
-        &target.host,
-        target.port,
-        rules.mode(),
-    );
-    rec.method = Some(parts.method.to_string());
-    rec.path = Some(target.path.to_string());
-    match pod_local::decide(rules, target.port) {
-        PodLocalDecision::Allow(rule) => rec.rule = Some(rule),
-        PodLocalDecision::WouldDeny(reason) => {
-            rec.decision = Decision::WouldDeny;
-            rec.reason = Some(reason);
-        }
-        PodLocalDecision::Deny(reason) => {
-            proxy.inner.metrics.decision(Kind::PodLocal, Decision::Deny);
-            rec.decision = Decision::Deny;
-            rec.reason = Some(reason.clone());
-            rec.status = Some(403);
-            proxy.inner.audit.record(&rec);
-            return text(403, format!("Blocked by Agent Boundary: {reason}\n"));
-        }
-    }
-    proxy.inner.metrics.decision(Kind::PodLocal, rec.decision);
-    forward(
-        proxy.clone(),
-        scheme,
-        parts,
-        body,
-        target,
-        rec,
-        client_upgrade,
-    )
-    .await
+fn unknown_host() -> Host {
+    Host::Name("unknown".into())
 }
 
 /// A request whose framing is ambiguous (smuggling): 400, and the connection is closed.
@@ -375,28 +332,21 @@ fn refuse_framing(
     req: &Request<Incoming>,
     why: &str,
 ) -> Response<Body> {
-    let host = ctx
-        .bound
-        .clone()
-        .unwrap_or_else(|| Host::Name("unknown".into()));
+    let host = ctx.bound.clone().unwrap_or_else(unknown_host);
     let port = if ctx.port == 0 {
         scheme.default_port()
     } else {
         ctx.port
     };
-    let mut rec = proxy.record(
-        ctx,
-        scheme.as_str(),
-        &host,
-        port,
-        proxy.rules_for(ctx.container.as_deref()).rules.mode(),
-    );
-    rec.method = Some(req.method().to_string());
-    rec.decision = Decision::Deny;
-    rec.reason = Some(format!("ambiguous request framing: {why}"));
-    rec.status = Some(400);
-    proxy.inner.metrics.decision(Kind::Http, Decision::Deny);
-    proxy.inner.audit.record(&rec);
+    let mode = proxy.rules_for(ctx.container.as_deref()).rules.mode();
+    let mut entry = proxy.entry(ctx, scheme.as_str(), &host, port, mode);
+    entry.method = Some(req.method().to_string());
+    entry.rule_on(&Ruling::deny(
+        format!("ambiguous request framing: {why}"),
+        None,
+    ));
+    entry.status = Some(400);
+    proxy.metrics().decision(Kind::Http, Decision::Deny);
     let mut resp = text(
         400,
         format!("Blocked by Agent Boundary: ambiguous request framing: {why}\n"),
@@ -406,30 +356,6 @@ fn refuse_framing(
     resp
 }
 
-fn deny_reason(misses: &[(&boundary_api::rules::Rule, Miss)]) -> String {
-    if misses.is_empty() {
-        "no rule allows this host".into()
-    } else {
-        let near: Vec<String> = misses
-            .iter()
-            .take(3)
-            .map(|(rule, miss)| format!("{} {}", miss.describe(), rule.origin))
-            .collect();
-        format!("no rule allows this request ({})", near.join("; "))
-    }
-}
-
-/// Why a deny rule refused a request.
-fn denied_reason(by: &Rule, overrides: Option<&Rule>) -> String {
-    match overrides {
-        Some(allow) => format!(
-            "denied by the deny rule {}, which wins over the allow rule {}",
-            by.origin, allow.origin
-        ),
-        None => format!("denied by the deny rule {}", by.origin),
-    }
-}
-
 /// The 403 page for a request a deny rule matches: the rule, and that no allow rule can let the
 /// request through (so none is suggested).
 fn denied_page(
@@ -437,13 +363,9 @@ fn denied_page(
     req: HttpRequest<'_>,
     by: &Rule,
     overrides: Option<&Rule>,
-    proxy: &Proxy,
-    ctx: &ConnCtx,
+    tier: Option<boundary_api::Tier>,
 ) -> Response<Body> {
-    let tier = ctx
-        .tier
-        .or(proxy.inner.tier)
-        .map_or("none".into(), |t| t.to_string());
+    let tier = tier.map_or("none".into(), |t| t.to_string());
     let mut body = format!(
         "Blocked by Agent Boundary: {} {}://{}:{}{}\n\nDenied by a deny rule (mode Enforce, jail tier {tier}):\n  {}\n\n\
          A deny rule wins over every allow rule: no allow rule can let this request through.\n",
@@ -474,14 +396,10 @@ fn denied_page(
 fn deny_page(
     scheme: Scheme,
     req: HttpRequest<'_>,
-    misses: &[(&boundary_api::rules::Rule, Miss)],
-    proxy: &Proxy,
-    ctx: &ConnCtx,
+    misses: &[(&Rule, Miss)],
+    tier: Option<boundary_api::Tier>,
 ) -> Response<Body> {
-    let tier = ctx
-        .tier
-        .or(proxy.inner.tier)
-        .map_or("none".into(), |t| t.to_string());
+    let tier = tier.map_or("none".into(), |t| t.to_string());
     let mut body = format!(
         "Blocked by Agent Boundary: {} {}://{}:{}{}\n\nNo rule allows this request (mode Enforce, jail tier {tier}).\n",
         req.method,
@@ -581,10 +499,10 @@ async fn forward(
     mut parts: http::request::Parts,
     body: Incoming,
     target: &Target,
-    mut rec: Record,
+    mut entry: Entry,
     client_upgrade: Option<ClientUpgrade>,
 ) -> Response<Body> {
-    let started = Instant::now();
+    entry.start_clock();
     let upgrading = client_upgrade.is_some();
     let uri: Uri = match format!(
         "{}://{}{}",
@@ -596,12 +514,7 @@ async fn forward(
     {
         Ok(u) => u,
         Err(e) => {
-            return finish_error(
-                &proxy,
-                rec,
-                400,
-                &format!("cannot build the upstream URI: {e}"),
-            );
+            return finish_error(entry, 400, &format!("cannot build the upstream URI: {e}"));
         }
     };
     let client_h2 = parts.version == Version::HTTP_2;
@@ -617,28 +530,24 @@ async fn forward(
     };
     let request = Request::from_parts(parts, req_body.boxed());
     // HTTP/2 upstream only for HTTP/2 clients; upgrades need HTTP/1.1.
-    let client = if client_h2 && !upgrading {
-        &proxy.inner.client_h2
-    } else {
-        &proxy.inner.client_h1
-    };
-    let limit = proxy.inner.upstream_timeout;
+    let client = proxy.http_client(client_h2 && !upgrading);
+    let limit = proxy.upstream_timeout();
     let response = match tokio::time::timeout(limit, client.request(request)).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             let failure = failure_of(&e);
-            proxy.inner.metrics.upstream_error(failure.kind);
-            rec.bytes_in = bytes_in.load(Ordering::Relaxed);
-            return finish_error(&proxy, rec, failure.status(), &failure.message);
+            proxy.metrics().upstream_error(failure.kind);
+            entry.bytes_in = bytes_in.load(Ordering::Relaxed);
+            return finish_error(entry, failure.status(), &failure.message);
         }
         Err(_) => {
-            proxy.inner.metrics.upstream_error(UpstreamError::Protocol);
+            proxy.metrics().upstream_error(UpstreamError::Protocol);
             let reason = format!("the upstream sent no response within {} s", limit.as_secs());
-            return finish_error(&proxy, rec, 504, &reason);
+            return finish_error(entry, 504, &reason);
         }
     };
     let mut response = response;
-    rec.status = Some(response.status().as_u16());
+    entry.status = Some(response.status().as_u16());
     if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) =
         (client_upgrade, response.status())
     {
@@ -648,14 +557,15 @@ async fn forward(
                 let proxy = proxy.clone();
                 tokio::spawn(async move {
                     let client = client.await.ok().map(TokioIo::new);
-                    relay_upgrade(&proxy, client, upstream, rec, started).await;
+                    relay_upgrade(&proxy, client, upstream, entry).await;
                 });
             }
-            ClientUpgrade::Taken(exchange) => exchange.set_pending(Pending::Relay {
-                upstream,
-                rec,
-                started,
-            }),
+            ClientUpgrade::Taken(exchange) => {
+                exchange.set_pending(Pending::Relay {
+                    upstream,
+                    entry: Box::new(entry),
+                });
+            }
         }
         let (parts, _) = response.into_parts();
         return Response::from_parts(parts, full(Bytes::new()));
@@ -664,8 +574,7 @@ async fn forward(
     strip_hop_by_hop(&mut resp_parts.headers, false);
     let finish = Finish {
         proxy: proxy.clone(),
-        rec: Some(rec),
-        started,
+        entry,
         bytes_in,
         bytes_out: Arc::new(AtomicU64::new(0)),
     };
@@ -681,16 +590,15 @@ async fn forward(
 /// The client's side of an upgrade the request asked for.
 enum ClientUpgrade {
     Hyper(hyper::upgrade::OnUpgrade),
-    Taken(Arc<Exchange>),
+    Taken(Arc<Exchange<Pending>>),
 }
 
 /// Relays an upgraded connection (WebSocket) both ways and audits it when it ends.
-pub(super) async fn relay_upgrade<C: AsyncRead + AsyncWrite + Unpin>(
+async fn relay_upgrade<C: AsyncRead + AsyncWrite + Unpin>(
     proxy: &Proxy,
     client: Option<C>,
     upstream: hyper::upgrade::OnUpgrade,
-    mut rec: Record,
-    started: Instant,
+    mut entry: Entry,
 ) {
     if let (Some(mut client), Ok(upstream)) = (client, upstream.await) {
         let mut upstream = TokioIo::new(upstream);
@@ -702,13 +610,11 @@ pub(super) async fn relay_upgrade<C: AsyncRead + AsyncWrite + Unpin>(
         )
         .await
         {
-            rec.bytes_in = up;
-            rec.bytes_out = down;
-            proxy.inner.metrics.bytes(up, down);
+            entry.bytes_in = up;
+            entry.bytes_out = down;
+            proxy.metrics().bytes(up, down);
         }
     }
-    rec.duration_ms = millis(started);
-    proxy.inner.audit.record(&rec);
 }
 
 /// Finds the proxy's own failure in a client error's chain.
@@ -733,21 +639,17 @@ fn failure_of(e: &hyper_util::client::legacy::Error) -> Failure {
     }
 }
 
-fn finish_error(proxy: &Proxy, mut rec: Record, status: u16, reason: &str) -> Response<Body> {
-    rec.status = Some(status);
-    rec.reason = Some(match rec.reason.take() {
+/// The client's answer when the upstream failed; the entry is written with it.
+fn finish_error(mut entry: Entry, status: u16, reason: &str) -> Response<Body> {
+    entry.status = Some(status);
+    entry.reason = Some(match entry.reason.take() {
         Some(r) => format!("{r}; upstream: {reason}"),
         None => format!("upstream: {reason}"),
     });
-    proxy.inner.audit.record(&rec);
     text(
         status,
         format!("Agent Boundary: upstream request failed: {reason}\n"),
     )
-}
-
-fn millis(since: Instant) -> u64 {
-    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Explicit-proxy CONNECT: allowed when some rule could allow the target (the tunnel is then
@@ -770,54 +672,25 @@ fn connect(
     };
     let resolved = proxy.rules_for(ctx.container.as_deref());
     let rules = &resolved.rules;
-    let could = rules.check_tcp(&host, port).is_allow()
-        || rules.check_passthrough(&host, port).is_allow()
-        || rules.may_allow_http(&host, port);
-    if let Host::Ip(ip) = host
-        && pod_local::is_loopback(ip)
-    {
-        // The pod's loopback: podLocal rules alone decide; the tunnel is then served (and
-        // audited) like a redirected pod-local connection.
-        if let PodLocalDecision::Deny(reason) = pod_local::decide(rules, port) {
-            proxy.inner.metrics.decision(Kind::PodLocal, Decision::Deny);
-            let mut rec = proxy.record(ctx, pod_local::SCHEME, &host, port, rules.mode());
-            rec.method = Some("CONNECT".into());
-            rec.decision = Decision::Deny;
-            rec.reason = Some(reason.clone());
-            rec.status = Some(403);
-            proxy.inner.audit.record(&rec);
-            return text(403, format!("Blocked by Agent Boundary: {reason}\n"));
-        }
-    } else if !could && rules.mode() == Mode::Enforce {
-        // Before the tunnel nothing inside it is seen: a deny rule for the host and port refuses
-        // it unless requests in it could be checked one by one (an HTTP rule, no whole-host deny).
-        let deny = rules
-            .whole_host_deny(&host, port)
-            .or_else(|| rules.deny_for(&host, port));
-        let reason = match deny {
-            Some(by) => format!(
-                "CONNECT to {host}:{port}: denied by the deny rule {}, which no allow rule can \
-                 override",
-                by.origin
-            ),
-            None => format!("CONNECT to {host}:{port}: no rule allows this host"),
+    if let Connect::Refuse { ruling, pod_local } = decide::connect(rules, &host, port) {
+        let (scheme, kind) = if pod_local {
+            (pod_local::SCHEME, Kind::PodLocal)
+        } else {
+            ("tcp", Kind::Tcp)
         };
-        proxy.inner.metrics.decision(Kind::Tcp, Decision::Deny);
-        let mut rec = proxy.record(ctx, "tcp", &host, port, rules.mode());
-        if let Some(by) = deny {
-            name_rule(&mut rec, by);
-        }
-        rec.method = Some("CONNECT".into());
-        rec.decision = Decision::Deny;
-        rec.reason = Some(reason.clone());
-        rec.status = Some(403);
-        proxy.inner.audit.record(&rec);
+        proxy.metrics().decision(kind, Decision::Deny);
+        let mut entry = proxy.entry(ctx, scheme, &host, port, rules.mode());
+        entry.method = Some("CONNECT".into());
+        entry.rule_on(&ruling);
+        entry.status = Some(403);
+        let reason = ruling.reason.unwrap_or_default();
         return text(403, format!("Blocked by Agent Boundary: {reason}\n"));
     }
     let dest = Destination {
         dst: match host {
-            Host::Ip(ip) => std::net::SocketAddr::new(ip, port),
-            Host::Name(_) => unspecified(port),
+            Host::Ip(ip) => SocketAddr::new(ip, port),
+            // Known only by name.
+            Host::Name(_) => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
         },
         name: host.name().map(str::to_owned),
         container: ctx.container.clone(),
@@ -839,24 +712,22 @@ fn connect(
     Response::new(full(Bytes::new()))
 }
 
-/// Writes the audit record when the response body ends or is dropped.
+/// Completes the audit entry (bytes both ways) when the response body ends or is dropped; the
+/// entry is written as it drops with this.
 struct Finish {
     proxy: Proxy,
-    rec: Option<Record>,
-    started: Instant,
+    entry: Entry,
     bytes_in: Arc<AtomicU64>,
     bytes_out: Arc<AtomicU64>,
 }
 
 impl Drop for Finish {
     fn drop(&mut self) {
-        if let Some(mut rec) = self.rec.take() {
-            rec.bytes_in = self.bytes_in.load(Ordering::Relaxed);
-            rec.bytes_out = self.bytes_out.load(Ordering::Relaxed);
-            rec.duration_ms = millis(self.started);
-            self.proxy.inner.metrics.bytes(rec.bytes_in, rec.bytes_out);
-            self.proxy.inner.audit.record(&rec);
-        }
+        self.entry.bytes_in = self.bytes_in.load(Ordering::Relaxed);
+        self.entry.bytes_out = self.bytes_out.load(Ordering::Relaxed);
+        self.proxy
+            .metrics()
+            .bytes(self.entry.bytes_in, self.entry.bytes_out);
     }
 }
 

@@ -8,8 +8,9 @@
 //! one. An idle connection then costs only its TLS state.
 //!
 //! hyper hands the stream over for upgrades (WebSocket) and CONNECT only through its own
-//! upgrade machinery, which needs the connection to stay inside hyper; those are finished here
-//! from the stream taken back instead ([`Pending`]).
+//! upgrade machinery, which needs the connection to stay inside hyper. Here the service leaves
+//! what an upgrade needs in the [`Exchange`] instead (any payload `P`), and [`serve`] returns it
+//! with the stream taken back, for the caller to finish. This module knows nothing of the proxy.
 
 use std::convert::Infallible;
 use std::future::poll_fn;
@@ -17,7 +18,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -27,17 +28,15 @@ use hyper::service::Service;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use super::audit::Record;
-use super::io::{BoxIo, Prefixed};
+use super::io::Prefixed;
 use super::upstream::{Body, BoxError};
-use super::{Destination, Proxy};
 
 /// How long a connection may sit between requests before it is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_mins(5);
 
-/// What one client connection's service and stream wrapper tell the loop that drives it.
-#[derive(Default)]
-pub(super) struct Exchange {
+/// What one client connection's service and stream wrapper tell the loop that drives it; `P`:
+/// what an upgraded request leaves for the caller to finish.
+pub(super) struct Exchange<P> {
     /// Requests whose service is running or whose response body hyper still holds.
     open: AtomicUsize,
     /// Requests started on this connection so far.
@@ -45,10 +44,21 @@ pub(super) struct Exchange {
     /// The last write to the client did not complete: hyper may hold unwritten bytes.
     write_blocked: AtomicBool,
     /// An upgrade to finish once hyper lets go of the stream.
-    pending: Mutex<Option<Pending>>,
+    pending: Mutex<Option<P>>,
 }
 
-impl std::fmt::Debug for Exchange {
+impl<P> Default for Exchange<P> {
+    fn default() -> Self {
+        Exchange {
+            open: AtomicUsize::new(0),
+            started: AtomicU64::new(0),
+            write_blocked: AtomicBool::new(false),
+            pending: Mutex::new(None),
+        }
+    }
+}
+
+impl<P> std::fmt::Debug for Exchange<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Exchange")
             .field("open", &self.open.load(Ordering::Relaxed))
@@ -57,35 +67,23 @@ impl std::fmt::Debug for Exchange {
     }
 }
 
-/// The rest of an upgraded request, done with the stream taken back from hyper.
-pub(super) enum Pending {
-    /// Relay to the upstream's upgraded connection (WebSocket and other `Upgrade`s).
-    Relay {
-        upstream: hyper::upgrade::OnUpgrade,
-        rec: Record,
-        started: Instant,
-    },
-    /// Serve the stream as a new connection to this destination (CONNECT).
-    Tunnel(Destination),
-}
-
-impl Exchange {
+impl<P> Exchange<P> {
     /// Counts a request as open until the guard (and every clone of it) is dropped.
-    pub(super) fn open(self: &Arc<Self>) -> Open {
+    pub(super) fn open(self: &Arc<Self>) -> Open<P> {
         self.started.fetch_add(1, Ordering::Relaxed);
         self.open.fetch_add(1, Ordering::Relaxed);
         Open(self.clone())
     }
 
     /// Leaves an upgrade for the loop to finish after hyper has written the response.
-    pub(super) fn set_pending(&self, pending: Pending) {
+    pub(super) fn set_pending(&self, pending: P) {
         *self
             .pending
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(pending);
     }
 
-    fn take_pending(&self) -> Option<Pending> {
+    fn take_pending(&self) -> Option<P> {
         self.pending
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -106,28 +104,28 @@ impl Exchange {
 
 /// An open request (see [`Exchange::open`]).
 #[derive(Debug)]
-pub(super) struct Open(Arc<Exchange>);
+pub(super) struct Open<P>(Arc<Exchange<P>>);
 
-impl Drop for Open {
+impl<P> Drop for Open<P> {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Ordering::Release);
     }
 }
 
 /// A response body that keeps its request open until hyper has taken all of it.
-pub(super) fn guarded(body: Body, open: Open) -> Body {
+pub(super) fn guarded<P: Send + 'static>(body: Body, open: Open<P>) -> Body {
     http_body_util::BodyExt::boxed(Guarded {
         inner: body,
         _open: open,
     })
 }
 
-struct Guarded {
+struct Guarded<P> {
     inner: Body,
-    _open: Open,
+    _open: Open<P>,
 }
 
-impl HttpBody for Guarded {
+impl<P> HttpBody for Guarded<P> {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -148,12 +146,15 @@ impl HttpBody for Guarded {
 }
 
 /// The client stream, noting whether a write could not complete.
-struct Watched<S> {
+pub(super) struct Watched<S, P> {
     inner: S,
-    exchange: Arc<Exchange>,
+    exchange: Arc<Exchange<P>>,
 }
 
-impl<S> Watched<S> {
+/// The client stream taken back from hyper, with the bytes hyper had read ahead.
+pub(super) type Taken<S, P> = Prefixed<Box<Watched<S, P>>>;
+
+impl<S, P> Watched<S, P> {
     fn note<T>(&self, polled: Poll<T>) -> Poll<T> {
         self.exchange
             .write_blocked
@@ -162,7 +163,7 @@ impl<S> Watched<S> {
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+impl<S: AsyncRead + Unpin, P> AsyncRead for Watched<S, P> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -172,7 +173,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+impl<S: AsyncWrite + Unpin, P> AsyncWrite for Watched<S, P> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -208,12 +209,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     }
 }
 
-/// Serves a CONNECT tunnel as a connection of its own. Not `async`: spawning from inside the
-/// loop's own future would make its type depend on itself.
-fn spawn_tunnel(proxy: Proxy, client: BoxIo, dest: Destination) {
-    tokio::spawn(async move { proxy.serve_connection(client, dest).await });
-}
-
 /// A service for one hyper connection; `poll_without_shutdown` needs it and its futures `Unpin`.
 pub(super) trait ExchangeService:
     Service<
@@ -237,14 +232,16 @@ impl<T> ExchangeService for T where
 
 /// Serves HTTP/1.1 on `io` until the client closes, with a fresh hyper connection per burst of
 /// requests. `service` makes the service of one hyper connection; its requests must be counted
-/// by [`Exchange::open`] on `exchange`.
-pub(super) async fn serve<IO, S>(
-    proxy: &Proxy,
+/// by [`Exchange::open`] on `exchange`. Returns what an upgraded request left pending, with the
+/// stream (the response to it written), for the caller to finish; `None` once the connection
+/// is over.
+pub(super) async fn serve<IO, S, P>(
     io: IO,
-    exchange: Arc<Exchange>,
+    exchange: Arc<Exchange<P>>,
     builder: &hyper::server::conn::http1::Builder,
     service: impl Fn() -> S,
-) where
+) -> Option<(P, Taken<IO, P>)>
+where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: ExchangeService,
 {
@@ -261,10 +258,10 @@ pub(super) async fn serve<IO, S>(
             let mut first = [0u8; 1];
             match tokio::time::timeout(IDLE_TIMEOUT, io.read(&mut first)).await {
                 Ok(Ok(1)) => leftover.push(first[0]),
-                Ok(_) => return,
+                Ok(_) => return None,
                 Err(_) => {
                     let _ = io.shutdown().await;
-                    return;
+                    return None;
                 }
             }
         }
@@ -302,43 +299,20 @@ pub(super) async fn serve<IO, S>(
         } else {
             [&parts.read_buf[..], &rest[..]].concat()
         };
+        // Dropped with the connection when it ended in an error.
         let pending = exchange.take_pending();
         if let Err(e) = ended {
             tracing::debug!(error = %e, "client connection ended with an error");
-            if let Some(Pending::Relay { rec, .. }) = pending {
-                proxy.inner.audit.record(&rec);
-            }
-            return;
+            return None;
         }
-        match pending {
-            Some(Pending::Relay {
-                upstream,
-                rec,
-                started,
-            }) => {
-                let client = Prefixed::new(leftover, io);
-                // Boxed: rare, and large enough to double every idle connection's size.
-                Box::pin(super::http::relay_upgrade(
-                    proxy,
-                    Some(client),
-                    upstream,
-                    rec,
-                    started,
-                ))
-                .await;
-                return;
-            }
-            Some(Pending::Tunnel(dest)) => {
-                spawn_tunnel(proxy.clone(), Box::new(Prefixed::new(leftover, io)), dest);
-                return;
-            }
-            None => {}
+        if let Some(pending) = pending {
+            return Some((pending, Prefixed::new(leftover, io)));
         }
         if !boundary {
             // hyper ended the connection itself (the client asked to close, HTTP/1.0, a
             // framing error): close it as hyper would have.
             let _ = io.shutdown().await;
-            return;
+            return None;
         }
     }
 }

@@ -1,12 +1,22 @@
-//! Prometheus metrics of the proxy, exposed as text on `/metrics`.
+//! Prometheus metrics of the proxy, served on `/metrics` (see [`super::admin`]) in the
+//! `OpenMetrics` text format by `prometheus-client`. Every series exists from the start (at 0), and
+//! the proxy updates them through handles kept here, without a lookup per event.
 
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 
 use super::audit::Decision;
 
+/// The content type of [`Metrics::render`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
 /// Kinds of traffic a decision is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     /// An HTTP request.
     Http,
@@ -18,20 +28,31 @@ pub enum Kind {
     PodLocal,
 }
 
-const KINDS: [(Kind, &str); 4] = [
-    (Kind::Http, "http"),
-    (Kind::Tcp, "tcp"),
-    (Kind::Tls, "tls"),
-    (Kind::PodLocal, "pod-local"),
-];
-const DECISIONS: [(Decision, &str); 3] = [
-    (Decision::Allow, "allow"),
-    (Decision::Deny, "deny"),
-    (Decision::WouldDeny, "would-deny"),
-];
+impl Kind {
+    const ALL: [Kind; 4] = [Kind::Http, Kind::Tcp, Kind::Tls, Kind::PodLocal];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Http => "http",
+            Kind::Tcp => "tcp",
+            Kind::Tls => "tls",
+            Kind::PodLocal => "pod-local",
+        }
+    }
+}
+
+const DECISIONS: [Decision; 3] = [Decision::Allow, Decision::Deny, Decision::WouldDeny];
+
+fn decision_str(decision: Decision) -> &'static str {
+    match decision {
+        Decision::Allow => "allow",
+        Decision::Deny => "deny",
+        Decision::WouldDeny => "would-deny",
+    }
+}
 
 /// Upstream failure kinds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum UpstreamError {
     /// Name resolution failed.
     Resolve,
@@ -43,57 +64,234 @@ pub enum UpstreamError {
     Protocol,
 }
 
-const UPSTREAM: [(UpstreamError, &str); 4] = [
-    (UpstreamError::Resolve, "resolve"),
-    (UpstreamError::Connect, "connect"),
-    (UpstreamError::Tls, "tls"),
-    (UpstreamError::Protocol, "protocol"),
-];
+impl UpstreamError {
+    const ALL: [UpstreamError; 4] = [
+        UpstreamError::Resolve,
+        UpstreamError::Connect,
+        UpstreamError::Tls,
+        UpstreamError::Protocol,
+    ];
 
-/// All counters.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    decisions: [[AtomicU64; 3]; 4],
-    bytes_in: AtomicU64,
-    bytes_out: AtomicU64,
-    active: AtomicI64,
-    upstream_errors: [AtomicU64; 4],
-    reloads_ok: AtomicU64,
-    reloads_failed: AtomicU64,
-    dns_queries: AtomicU64,
-    policy_file_missing: AtomicBool,
+    fn as_str(self) -> &'static str {
+        match self {
+            UpstreamError::Resolve => "resolve",
+            UpstreamError::Connect => "connect",
+            UpstreamError::Tls => "tls",
+            UpstreamError::Protocol => "protocol",
+        }
+    }
 }
 
-fn index<T: PartialEq + Copy, const N: usize>(table: &[(T, &str); N], value: T) -> usize {
-    table.iter().position(|(v, _)| *v == value).unwrap_or(0)
+/// Which way relayed bytes went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Direction {
+    FromClient,
+    ToClient,
+}
+
+/// How a policy reload ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum ReloadResult {
+    Ok,
+    Error,
+}
+
+macro_rules! label_value {
+    ($($ty:ty => $str:expr),* $(,)?) => {$(
+        impl EncodeLabelValue for $ty {
+            fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+                use std::fmt::Write as _;
+                let text: fn(&$ty) -> &'static str = $str;
+                encoder.write_str(text(self))
+            }
+        }
+    )*};
+}
+
+label_value! {
+    Kind => |k| k.as_str(),
+    Decision => |d| decision_str(*d),
+    UpstreamError => |e| e.as_str(),
+    Direction => |d| match d {
+        Direction::FromClient => "from_client",
+        Direction::ToClient => "to_client",
+    },
+    ReloadResult => |r| match r {
+        ReloadResult::Ok => "ok",
+        ReloadResult::Error => "error",
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DecisionLabels {
+    kind: Kind,
+    decision: Decision,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DirectionLabels {
+    direction: Direction,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct UpstreamLabels {
+    kind: UpstreamError,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReloadLabels {
+    result: ReloadResult,
+}
+
+/// All metrics, and the registry that renders them.
+pub struct Metrics {
+    registry: Registry,
+    decisions: [[Counter; 3]; 4],
+    bytes_in: Counter,
+    bytes_out: Counter,
+    active: Gauge,
+    upstream_errors: [Counter; 4],
+    reloads_ok: Counter,
+    reloads_failed: Counter,
+    dns_queries: Counter,
+    policy_file_missing: Gauge,
+    audit_dropped: Counter,
+    /// Renders one at a time: each brings `audit_dropped` up to the audit queue's count.
+    rendering: Mutex<()>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        let bytes = Family::<DirectionLabels, Counter>::default();
+        let upstream = Family::<UpstreamLabels, Counter>::default();
+        let reloads = Family::<ReloadLabels, Counter>::default();
+        let mut metrics = Metrics {
+            decisions: Kind::ALL.map(|kind| {
+                DECISIONS.map(|decision| series(&decisions, &DecisionLabels { kind, decision }))
+            }),
+            bytes_in: series(
+                &bytes,
+                &DirectionLabels {
+                    direction: Direction::FromClient,
+                },
+            ),
+            bytes_out: series(
+                &bytes,
+                &DirectionLabels {
+                    direction: Direction::ToClient,
+                },
+            ),
+            active: Gauge::default(),
+            upstream_errors: UpstreamError::ALL
+                .map(|kind| series(&upstream, &UpstreamLabels { kind })),
+            reloads_ok: series(
+                &reloads,
+                &ReloadLabels {
+                    result: ReloadResult::Ok,
+                },
+            ),
+            reloads_failed: series(
+                &reloads,
+                &ReloadLabels {
+                    result: ReloadResult::Error,
+                },
+            ),
+            dns_queries: Counter::default(),
+            policy_file_missing: Gauge::default(),
+            audit_dropped: Counter::default(),
+            registry: Registry::default(),
+            rendering: Mutex::new(()),
+        };
+        // Counters are registered without `_total`: the encoder adds it.
+        metrics.registry.register(
+            "agent_boundary_decisions",
+            "Policy decisions by traffic kind and result",
+            decisions,
+        );
+        metrics
+            .registry
+            .register("agent_boundary_bytes", "Bytes relayed, by direction", bytes);
+        metrics.registry.register(
+            "agent_boundary_active_connections",
+            "Client connections open now",
+            metrics.active.clone(),
+        );
+        metrics.registry.register(
+            "agent_boundary_upstream_errors",
+            "Upstream failures by kind",
+            upstream,
+        );
+        metrics.registry.register(
+            "agent_boundary_policy_reloads",
+            "Policy reloads by result",
+            reloads,
+        );
+        metrics.registry.register(
+            "agent_boundary_policy_file_missing",
+            "1 while the policy file is gone (its ConfigMap deleted) and the last policy loaded \
+             stays in force",
+            metrics.policy_file_missing.clone(),
+        );
+        metrics.registry.register(
+            "agent_boundary_dns_queries",
+            "DNS queries answered inside jails",
+            metrics.dns_queries.clone(),
+        );
+        metrics.registry.register(
+            "agent_boundary_audit_dropped",
+            "Audit records dropped because the queue was full",
+            metrics.audit_dropped.clone(),
+        );
+        metrics
+    }
+}
+
+/// A handle on the series of `family` for `labels`. A function of its own so that the family's
+/// lock guard is dropped before the next series is made (making one takes the write lock).
+fn series<S, M>(family: &Family<S, M>, labels: &S) -> M
+where
+    S: Clone + std::hash::Hash + Eq,
+    M: Clone + Default,
+{
+    family.get_or_create(labels).clone()
+}
+
+fn index<T: PartialEq + Copy, const N: usize>(all: &[T; N], value: T) -> usize {
+    all.iter().position(|v| *v == value).unwrap_or(0)
 }
 
 impl Metrics {
     /// Counts a decision.
     pub fn decision(&self, kind: Kind, decision: Decision) {
-        self.decisions[index(&KINDS, kind)][index(&DECISIONS, decision)]
-            .fetch_add(1, Ordering::Relaxed);
+        self.decisions[index(&Kind::ALL, kind)][index(&DECISIONS, decision)].inc();
     }
 
     /// Counts relayed bytes.
     pub fn bytes(&self, from_client: u64, to_client: u64) {
-        self.bytes_in.fetch_add(from_client, Ordering::Relaxed);
-        self.bytes_out.fetch_add(to_client, Ordering::Relaxed);
+        self.bytes_in.inc_by(from_client);
+        self.bytes_out.inc_by(to_client);
     }
 
     /// A connection opened (+1) or closed (-1).
     pub fn active(&self, delta: i64) {
-        self.active.fetch_add(delta, Ordering::Relaxed);
+        self.active.inc_by(delta);
     }
 
     /// Connections open now.
     pub fn active_connections(&self) -> i64 {
-        self.active.load(Ordering::Relaxed)
+        self.active.get()
     }
 
     /// Counts an upstream failure.
     pub fn upstream_error(&self, kind: UpstreamError) {
-        self.upstream_errors[index(&UPSTREAM, kind)].fetch_add(1, Ordering::Relaxed);
+        self.upstream_errors[index(&UpstreamError::ALL, kind)].inc();
     }
 
     /// Counts a policy reload.
@@ -103,83 +301,32 @@ impl Metrics {
         } else {
             &self.reloads_failed
         }
-        .fetch_add(1, Ordering::Relaxed);
+        .inc();
     }
 
     /// Whether the policy file is missing now (the last policy loaded stays in force).
     pub fn policy_file_missing(&self, missing: bool) {
-        self.policy_file_missing.store(missing, Ordering::Relaxed);
+        self.policy_file_missing.set(i64::from(missing));
     }
 
     /// Counts a DNS query answered in the jail.
     pub fn dns_query(&self) {
-        self.dns_queries.fetch_add(1, Ordering::Relaxed);
+        self.dns_queries.inc();
     }
 
-    /// The exposition text; `audit_dropped` comes from the audit queue.
+    /// The exposition text ([`CONTENT_TYPE`]); `audit_dropped` comes from the audit queue.
     pub fn render(&self, audit_dropped: u64) -> String {
-        let mut out = String::with_capacity(2048);
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        out.push_str("# HELP agent_boundary_decisions_total Policy decisions by traffic kind and result.\n# TYPE agent_boundary_decisions_total counter\n");
-        for (k, (_, kind)) in KINDS.iter().enumerate() {
-            for (d, (_, decision)) in DECISIONS.iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "agent_boundary_decisions_total{{kind=\"{kind}\",decision=\"{decision}\"}} {}",
-                    load(&self.decisions[k][d])
-                );
-            }
+        let _one_at_a_time = self
+            .rendering
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let counted = self.audit_dropped.get();
+        if audit_dropped > counted {
+            self.audit_dropped.inc_by(audit_dropped - counted);
         }
-        out.push_str("# HELP agent_boundary_bytes_total Bytes relayed, by direction.\n# TYPE agent_boundary_bytes_total counter\n");
-        let _ = writeln!(
-            out,
-            "agent_boundary_bytes_total{{direction=\"from_client\"}} {}",
-            load(&self.bytes_in)
-        );
-        let _ = writeln!(
-            out,
-            "agent_boundary_bytes_total{{direction=\"to_client\"}} {}",
-            load(&self.bytes_out)
-        );
-        out.push_str("# HELP agent_boundary_active_connections Client connections open now.\n# TYPE agent_boundary_active_connections gauge\n");
-        let _ = writeln!(
-            out,
-            "agent_boundary_active_connections {}",
-            self.active.load(Ordering::Relaxed)
-        );
-        out.push_str("# HELP agent_boundary_upstream_errors_total Upstream failures by kind.\n# TYPE agent_boundary_upstream_errors_total counter\n");
-        for (i, (_, kind)) in UPSTREAM.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "agent_boundary_upstream_errors_total{{kind=\"{kind}\"}} {}",
-                load(&self.upstream_errors[i])
-            );
-        }
-        out.push_str("# HELP agent_boundary_policy_reloads_total Policy reloads by result.\n# TYPE agent_boundary_policy_reloads_total counter\n");
-        let _ = writeln!(
-            out,
-            "agent_boundary_policy_reloads_total{{result=\"ok\"}} {}",
-            load(&self.reloads_ok)
-        );
-        let _ = writeln!(
-            out,
-            "agent_boundary_policy_reloads_total{{result=\"error\"}} {}",
-            load(&self.reloads_failed)
-        );
-        out.push_str("# HELP agent_boundary_policy_file_missing 1 while the policy file is gone (its ConfigMap deleted) and the last policy loaded stays in force.\n# TYPE agent_boundary_policy_file_missing gauge\n");
-        let _ = writeln!(
-            out,
-            "agent_boundary_policy_file_missing {}",
-            u8::from(self.policy_file_missing.load(Ordering::Relaxed))
-        );
-        out.push_str("# HELP agent_boundary_dns_queries_total DNS queries answered inside jails.\n# TYPE agent_boundary_dns_queries_total counter\n");
-        let _ = writeln!(
-            out,
-            "agent_boundary_dns_queries_total {}",
-            load(&self.dns_queries)
-        );
-        out.push_str("# HELP agent_boundary_audit_dropped_total Audit records dropped because the queue was full.\n# TYPE agent_boundary_audit_dropped_total counter\n");
-        let _ = writeln!(out, "agent_boundary_audit_dropped_total {audit_dropped}");
+        let mut out = String::with_capacity(4096);
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
 }

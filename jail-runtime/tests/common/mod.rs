@@ -30,8 +30,13 @@ pub fn boundary_bin() -> &'static str {
         // One copy per build, shared by the test processes (renamed into place atomically).
         let dir = std::env::temp_dir().join("boundary-test-bin");
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
+        // Another user's earlier run may own it: then it only has to let everyone in.
+        if std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .is_err()
+        {
+            let mode = std::fs::metadata(&dir).unwrap().mode();
+            assert_eq!(mode & 0o005, 0o005, "{} is not open to all", dir.display());
+        }
         let path = dir.join(format!("boundary-{}-{}", meta.mtime(), meta.size()));
         if !path.exists() {
             let tmp = dir.join(format!(".copy-{}", std::process::id()));
@@ -415,6 +420,28 @@ impl Sidecar {
             child,
             _dir: dir,
         }
+    }
+
+    /// A sidecar enforcing `policy` whose upstreams are test servers on loopback: each of `names`
+    /// resolves to 127.0.0.1, and `ca` (when given) is trusted for their certificates. `extra`:
+    /// more flags.
+    pub async fn for_upstream(
+        policy: &serde_json::Value,
+        names: &[&str],
+        ca: Option<&TestCa>,
+        extra: &[&str],
+    ) -> Sidecar {
+        let mut args: Vec<String> = names
+            .iter()
+            .flat_map(|n| ["--resolve".to_owned(), format!("{n}=127.0.0.1")])
+            .collect();
+        if let Some(ca) = ca {
+            args.push("--upstream-ca".into());
+            args.push(ca.pem_path.to_str().unwrap().to_owned());
+        }
+        args.extend(extra.iter().map(ToString::to_string));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Sidecar::start(policy, &args).await
     }
 
     async fn spawn(
