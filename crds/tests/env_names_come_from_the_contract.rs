@@ -52,6 +52,8 @@ fn binaries_read_env_names_only_from_the_contract() {
     let mut files = Vec::new();
     for dir in [
         "jail-runtime/src",
+        "jail-runtime/proxy/src",
+        "jail-runtime/jail/src",
         "webhook/src",
         "operator/src",
         "crds/telemetry/src",

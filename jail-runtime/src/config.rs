@@ -202,7 +202,7 @@ impl TierChoice {
 }
 
 /// Where audit records go.
-pub use crate::proxy::audit::Sink;
+pub use boundary_proxy::audit::Sink;
 
 /// Everything `boundary run` needs, resolved.
 #[derive(Debug)]

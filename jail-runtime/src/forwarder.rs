@@ -15,10 +15,10 @@ use nix::sys::socket::{getsockopt, sockopt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket, UnixStream};
 
-use crate::proxy::{Destination, Proxy};
 use crate::session::Refusals;
 use boundary_jail::dns::{self, NameTable};
 use boundary_jail::{FORWARDER_PORT, ListenerKind};
+use boundary_proxy::{Destination, Proxy};
 
 /// Where intercepted connections go.
 #[derive(Debug, Clone)]
@@ -214,15 +214,15 @@ async fn relay_to_socket(
             return;
         }
     };
-    crate::proxy::tune_unix(&upstream);
+    boundary_proxy::tune_unix(&upstream);
     if upstream.write_all(&dest.header()).await.is_err() {
         return;
     }
     let _ = tokio::io::copy_bidirectional_with_sizes(
         &mut stream,
         &mut upstream,
-        crate::proxy::io::RELAY_BUFFER,
-        crate::proxy::io::RELAY_BUFFER,
+        boundary_proxy::io::RELAY_BUFFER,
+        boundary_proxy::io::RELAY_BUFFER,
     )
     .await;
 }

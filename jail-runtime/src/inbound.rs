@@ -18,10 +18,10 @@ use nix::sys::socket::{
 };
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
-use crate::proxy::Proxy;
-use crate::proxy::header::InboundEvent;
 use crate::session::Session;
 use boundary_jail::{DNS_PORT, FORWARDER_PORT, JailSockets};
+use boundary_proxy::Proxy;
+use boundary_proxy::header::InboundEvent;
 
 /// Where inbound events are recorded.
 #[derive(Debug, Clone)]
@@ -172,8 +172,8 @@ impl Relay {
                 if let Ok((up, down)) = tokio::io::copy_bidirectional_with_sizes(
                     &mut client,
                     &mut inside,
-                    crate::proxy::io::RELAY_BUFFER,
-                    crate::proxy::io::RELAY_BUFFER,
+                    boundary_proxy::io::RELAY_BUFFER,
+                    boundary_proxy::io::RELAY_BUFFER,
                 )
                 .await
                 {

@@ -1,7 +1,18 @@
 //! `boundary`: jails an agent's process tree and lets out only what the policy allows.
+//!
+//! Composition only: the jail is `boundary-jail` (`jail-runtime/jail/`), the policy proxy
+//! `boundary-proxy` (`jail-runtime/proxy/`); this binary puts them together for `boundary run`
+//! (jail + forwarder + proxy in one process), `boundary sidecar` (the proxy on a pod's unix
+//! socket) and `boundary probe`.
 #![forbid(unsafe_code)]
 
-use boundary::{config, run, sidecar};
+mod config;
+mod forwarder;
+mod inbound;
+mod run;
+mod session;
+mod sidecar;
+
 use boundary_jail as jail;
 
 use std::path::PathBuf;

@@ -4,7 +4,6 @@
 //! single-threaded; the async runtime (forwarder, DNS, proxy) starts afterwards.
 
 use std::ffi::OsString;
-use std::fmt::Write as _;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,15 +16,15 @@ use boundary_api::contract::paths;
 use crate::config::{RunArgs, RunSettings, TierChoice};
 use crate::forwarder::{Forwarder, Target};
 use crate::inbound;
-use crate::proxy::audit::Identity;
-use crate::proxy::header::{Hello, JailOutcome};
-use crate::proxy::policy::{PolicyStore, Source};
-use crate::proxy::tls::CertAuthority;
-use crate::proxy::{Proxy, ProxyConfig};
 use boundary_jail::dns::NameTable;
 use boundary_jail::landlock_tier::{self, LandlockPlan};
 use boundary_jail::mounts::{BUNDLE_FILE, CA_FILE, MountPlan, RESOLV_CONF, RESOLV_FILE};
 use boundary_jail::{self as jail, EXIT_SETUP_FAILED, JailError, JailPlan, signals};
+use boundary_proxy::audit::Identity;
+use boundary_proxy::header::{Hello, JailOutcome};
+use boundary_proxy::policy::{PolicyStore, Source};
+use boundary_proxy::tls::CertAuthority;
+use boundary_proxy::{Proxy, ProxyConfig};
 
 /// Exit code for invalid flags or configuration (nothing was started).
 pub const EXIT_USAGE: i32 = 2;
@@ -106,7 +105,7 @@ pub fn run(args: &RunArgs) -> i32 {
 
 fn prepare_and_run(mut settings: RunSettings) -> Result<i32, JailError> {
     let what = match &settings.audit {
-        crate::proxy::audit::Sink::File(path) => {
+        boundary_proxy::audit::Sink::File(path) => {
             format!("opening the audit log {}", path.display())
         }
         _ => "opening the audit log".to_owned(),
@@ -116,7 +115,7 @@ fn prepare_and_run(mut settings: RunSettings) -> Result<i32, JailError> {
         .clone()
         .open()
         .map_err(|e| JailError::other(&what, e))?;
-    let session = session_id();
+    let session = boundary_proxy::session_id();
     let workdir = Workdir::create()?;
     let mut assets = Assets::default();
     signals::block_forwarded().map_err(|e| JailError::other("blocking signals", e))?;
@@ -217,7 +216,7 @@ fn start_jail(
                             .iter()
                             .filter_map(|s| s.parent().map(Path::to_path_buf))
                             .collect(),
-                        trust_stores: crate::trust::TRUST_STORE_FILES
+                        trust_stores: boundary_proxy::trust::TRUST_STORE_FILES
                             .iter()
                             .map(PathBuf::from)
                             .collect(),
@@ -511,7 +510,11 @@ impl Workdir {
     fn create() -> Result<Workdir, JailError> {
         let mut last = String::new();
         for parent in [std::env::temp_dir(), PathBuf::from("/dev/shm")] {
-            let path = parent.join(format!("boundary-{}-{}", std::process::id(), session_id()));
+            let path = parent.join(format!(
+                "boundary-{}-{}",
+                std::process::id(),
+                boundary_proxy::session_id()
+            ));
             match std::fs::create_dir(&path) {
                 Ok(()) => return Ok(Workdir { path }),
                 Err(e) => last = format!("{}: {e}", path.display()),
@@ -532,9 +535,9 @@ impl Workdir {
             move |e| JailError::other(&format!("writing {name}"), e)
         }
         let bundle = self.path.join(BUNDLE_FILE);
-        crate::trust::write_roots(&bundle).map_err(fail(BUNDLE_FILE))?;
+        boundary_proxy::trust::write_roots(&bundle).map_err(fail(BUNDLE_FILE))?;
         let pem = ca()?;
-        crate::trust::append_ca(&bundle, &pem).map_err(fail(BUNDLE_FILE))?;
+        boundary_proxy::trust::append_ca(&bundle, &pem).map_err(fail(BUNDLE_FILE))?;
         std::fs::write(self.path.join(CA_FILE), &pem).map_err(fail(CA_FILE))?;
         std::fs::write(self.path.join(RESOLV_FILE), RESOLV_CONF).map_err(fail(RESOLV_FILE))?;
         Ok(pem)
@@ -567,23 +570,4 @@ fn remove_stale(parent: &Path) {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
-}
-
-/// 16 hex digits from the kernel's random pool.
-pub fn session_id() -> String {
-    let mut bytes = [0u8; 8];
-    if std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
-        .is_err()
-    {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let low = u64::try_from(nanos & u128::from(u64::MAX)).unwrap_or_default();
-        bytes = (low ^ u64::from(std::process::id())).to_be_bytes();
-    }
-    bytes.iter().fold(String::with_capacity(16), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
 }

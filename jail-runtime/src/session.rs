@@ -19,9 +19,9 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
-use crate::proxy::Destination;
-use crate::proxy::audit::now;
-use crate::proxy::header::{
+use boundary_proxy::Destination;
+use boundary_proxy::audit::now;
+use boundary_proxy::header::{
     EXIT_ACK, Hello, InboundEvent, RefusedConnection, SessionMessage, UnreachableReport,
 };
 

@@ -20,12 +20,12 @@ use boundary_telemetry::{LogArgs, LogFormat};
 use clap::Args;
 
 use crate::config::{ProxyArgs, parse_resolve};
-use crate::jails::{ExitWhen, Jails};
-use crate::proxy::audit::{Identity, Sink};
-use crate::proxy::policy::{PolicyStore, Source};
-use crate::proxy::tls::{CaOrigin, CertAuthority};
-use crate::proxy::{Proxy, ProxyConfig};
-use crate::trust::builtin_roots_pem;
+use boundary_proxy::audit::{Identity, Sink};
+use boundary_proxy::jails::{ExitWhen, Jails};
+use boundary_proxy::policy::{PolicyStore, Source};
+use boundary_proxy::tls::{CaOrigin, CertAuthority};
+use boundary_proxy::trust::builtin_roots_pem;
+use boundary_proxy::{Proxy, ProxyConfig};
 
 /// Flags of `boundary sidecar`.
 #[derive(Debug, Clone, Args)]
@@ -110,7 +110,7 @@ pub fn run(args: &SidecarArgs) -> i32 {
     let state_file = args
         .socket
         .parent()
-        .map(|dir| dir.join(crate::jails::STATE_FILE));
+        .map(|dir| dir.join(boundary_proxy::jails::STATE_FILE));
     let jails = Arc::new(Jails::new(args.exit_when, expected, state_file));
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if args.worker_threads > 0 {
@@ -133,7 +133,7 @@ pub fn run(args: &SidecarArgs) -> i32 {
 }
 
 async fn serve(args: &SidecarArgs, jails: Arc<Jails>) -> anyhow::Result<()> {
-    let session = crate::run::session_id();
+    let session = boundary_proxy::session_id();
     let (ca, ca_origin) = proxy_ca(args, &session)?;
     let ca = Arc::new(ca);
     let dir = args.socket.parent().unwrap_or(Path::new("/")).to_path_buf();
@@ -184,7 +184,7 @@ async fn serve(args: &SidecarArgs, jails: Arc<Jails>) -> anyhow::Result<()> {
     if restored {
         let jails = jails.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(crate::jails::RECONNECT_GRACE).await;
+            tokio::time::sleep(boundary_proxy::jails::RECONNECT_GRACE).await;
             jails.expire_unclaimed();
         });
     }
@@ -237,7 +237,7 @@ fn proxy_ca(args: &SidecarArgs, session: &str) -> anyhow::Result<(CertAuthority,
 /// policy file. Takes over the previous run's jail states; returns whether there were any.
 fn report_start(
     args: &SidecarArgs,
-    proxy: &crate::proxy::Proxy,
+    proxy: &boundary_proxy::Proxy,
     ca_origin: &CaOrigin,
     jails: &Jails,
 ) -> bool {
@@ -269,7 +269,7 @@ fn report_start(
 /// Says in the log and the audit trail that this start follows an earlier run of the sidecar in
 /// the same pod (the kubelet restarted the container): whether the CA the jails trust was kept,
 /// and the jails' states as that run left them.
-fn record_restart(proxy: &crate::proxy::Proxy, ca: &CaOrigin, jails: &Jails) {
+fn record_restart(proxy: &boundary_proxy::Proxy, ca: &CaOrigin, jails: &Jails) {
     let states = jails.reports();
     let replaced = match ca {
         CaOrigin::New { replaced } => replaced.clone(),

@@ -120,8 +120,10 @@ impl Setup {
     async fn start(mode: &str) -> Setup {
         let ca = TestCa::new();
         let http = TestServer::start(None).await;
-        let https =
-            TestServer::start(Some(ca.server_config(&["api.test", "paste.test"], false))).await;
+        let https = TestServer::start(Some(
+            ca.server_config(&["api.test", "paste.test"], common::Alpn::Http1),
+        ))
+        .await;
         let (tcp_port, tcp_connections) = banner_server().await;
         let sidecar = Sidecar::start(
             &policy(mode, tcp_port),
@@ -389,7 +391,7 @@ async fn boundary_run_deny_rules_hold_in_a_real_jail() {
     let ca = TestCa::new();
     let http = TestServer::start(None).await;
     let https = TestServer::start(Some(
-        ca.server_config(&["allowed.test", "other.test"], false),
+        ca.server_config(&["allowed.test", "other.test"], common::Alpn::Http1),
     ))
     .await;
     let audit = TempDir::new("deny-audit");

@@ -98,7 +98,7 @@ async fn allowed_traffic_goes_through_the_proxy_and_the_rest_is_denied() {
     let ca = TestCa::new();
     let http = TestServer::start(None).await;
     let https = TestServer::start(Some(
-        ca.server_config(&["allowed.test", "other.test"], false),
+        ca.server_config(&["allowed.test", "other.test"], common::Alpn::Http1),
     ))
     .await;
     for who in [As::Root, As::Nobody] {

@@ -561,7 +561,10 @@ impl LongRunningAgent {
 
 /// An HTTPS server for `allowed.test` and a sidecar allowing it, with `extra` flags.
 async fn https_pod(upstream_ca: &TestCa, extra: &[&str]) -> (TestServer, Sidecar) {
-    let https = TestServer::start(Some(upstream_ca.server_config(&["allowed.test"], false))).await;
+    let https = TestServer::start(Some(
+        upstream_ca.server_config(&["allowed.test"], common::Alpn::Http1),
+    ))
+    .await;
     let mut args = vec![
         "--resolve",
         "allowed.test=127.0.0.1",

@@ -307,7 +307,10 @@ async fn every_request_on_a_keep_alive_connection_is_checked() {
 #[tokio::test]
 async fn http2_on_both_sides_with_trailers() {
     let ca = TestCa::new();
-    let up = Upstream::start(Some(ca.server_config(&["allowed.test"], true))).await;
+    let up = Upstream::start(Some(
+        ca.server_config(&["allowed.test"], common::Alpn::H2AndHttp1),
+    ))
+    .await;
     let sidecar = Sidecar::for_upstream(
         &policy(&["domain=allowed.test"]),
         &["allowed.test"],
@@ -661,7 +664,7 @@ async fn inconsistent_requests_and_bypass_attempts_are_refused() {
     let ca = TestCa::new();
     let plain = Upstream::start(None).await;
     let tls_up = Upstream::start(Some(
-        ca.server_config(&["allowed.test", "evil.test"], false),
+        ca.server_config(&["allowed.test", "evil.test"], common::Alpn::Http1),
     ))
     .await;
     let sidecar = Sidecar::for_upstream(
@@ -793,7 +796,10 @@ async fn raw_ip(sidecar: &Sidecar, port: u16, request: &[u8]) -> String {
 #[tokio::test]
 async fn the_explicit_proxy_serves_connect_and_refuses_hosts_no_rule_allows() {
     let ca = TestCa::new();
-    let up = Upstream::start(Some(ca.server_config(&["allowed.test"], false))).await;
+    let up = Upstream::start(Some(
+        ca.server_config(&["allowed.test"], common::Alpn::Http1),
+    ))
+    .await;
     let sidecar = Sidecar::for_upstream(
         &policy(&["domain=allowed.test"]),
         &["allowed.test"],
@@ -906,7 +912,10 @@ async fn reqwest_metrics(sidecar: &Sidecar) -> String {
 #[tokio::test]
 async fn passthrough_and_tcp_rules_relay_without_looking_inside() {
     let ca = TestCa::new();
-    let pinned = Upstream::start(Some(ca.server_config(&["pinned.test"], false))).await;
+    let pinned = Upstream::start(Some(
+        ca.server_config(&["pinned.test"], common::Alpn::Http1),
+    ))
+    .await;
     // A server that speaks first, like ssh.
     let banner = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let banner_port = banner.local_addr().unwrap().port();

@@ -21,6 +21,8 @@ step "clippy"
 cargo clippy --locked --workspace --all-targets -- -D warnings
 step "unit tests"
 "${NEXTEST[@]}" --workspace --exclude boundary-cluster-tests
+step "proxy tests as an unprivileged user"
+tests/scripts/unprivileged-proxy-tests.sh
 step "chart"
 tests/scripts/test-chart.sh
 step "fuzz targets"

@@ -1,7 +1,7 @@
 //! TLS ClientHello parsing of whatever a jailed client sends first.
 #![no_main]
 
-use boundary::proxy::client_hello::{Parse, parse};
+use boundary_proxy::client_hello::{Parse, parse};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

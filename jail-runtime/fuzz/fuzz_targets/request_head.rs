@@ -3,8 +3,8 @@
 //! never yields a target.
 #![no_main]
 
-use boundary::proxy::framing::Framing;
-use boundary::proxy::head::{self, Connection, Scheme};
+use boundary_proxy::framing::Framing;
+use boundary_proxy::head::{self, Connection, Scheme};
 use boundary_api::rules::Host;
 use libfuzzer_sys::fuzz_target;
 

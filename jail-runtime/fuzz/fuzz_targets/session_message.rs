@@ -3,8 +3,8 @@
 //! survive a round trip.
 #![no_main]
 
-use boundary::proxy::header::parse_message;
-use boundary::proxy::wire::{Header, parse_header};
+use boundary_proxy::header::parse_message;
+use boundary_proxy::wire::{Header, parse_header};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -2,22 +2,15 @@
 //! servers on loopback and real clients (curl, python3) inside the jail.
 #![allow(dead_code)]
 
-use rustls::pki_types::pem::PemObject;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
-use tokio::net::TcpListener;
+use hyper::Request;
+use hyper_util::rt::TokioIo;
 
 /// The binary under test, copied where any user can run it (the build directory may sit under a
 /// home directory other users cannot enter).
@@ -158,141 +151,8 @@ pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// A CA for test servers, written as PEM to a file the jail can read.
-pub struct TestCa {
-    pub issuer: Issuer<'static, KeyPair>,
-    pub pem_path: PathBuf,
-    _dir: TempDir,
-}
-
-impl TestCa {
-    pub fn new() -> TestCa {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::default();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "boundary test upstream CA");
-        let cert = params.self_signed(&key).unwrap();
-        let dir = TempDir::new("ca");
-        let pem_path = dir.path().join("upstream-ca.pem");
-        std::fs::write(&pem_path, cert.pem()).unwrap();
-        std::fs::set_permissions(
-            &pem_path,
-            std::os::unix::fs::PermissionsExt::from_mode(0o644),
-        )
-        .unwrap();
-        TestCa {
-            issuer: Issuer::new(params, key),
-            pem_path,
-            _dir: dir,
-        }
-    }
-
-    /// A rustls server config for `names`.
-    pub fn server_config(&self, names: &[&str], alpn_h2: bool) -> Arc<rustls::ServerConfig> {
-        let key = KeyPair::generate().unwrap();
-        let params =
-            CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
-                .unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        let der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
-        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.der().clone()], der)
-        .unwrap();
-        config.alpn_protocols = if alpn_h2 {
-            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
-        } else {
-            vec![b"http/1.1".to_vec()]
-        };
-        Arc::new(config)
-    }
-}
-
-/// A loopback HTTP(S) server answering `hello <method> <host> <path>`; counts connections.
-pub struct TestServer {
-    pub addr: SocketAddr,
-    pub connections: Arc<AtomicUsize>,
-    pub requests: Arc<AtomicUsize>,
-}
-
-impl TestServer {
-    pub async fn start(tls: Option<Arc<rustls::ServerConfig>>) -> TestServer {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let connections = Arc::new(AtomicUsize::new(0));
-        let requests = Arc::new(AtomicUsize::new(0));
-        let (c, r) = (connections.clone(), requests.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                c.fetch_add(1, Ordering::SeqCst);
-                let r = r.clone();
-                let tls = tls.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        r.fetch_add(1, Ordering::SeqCst);
-                        async move {
-                            let host = req
-                                .headers()
-                                .get("host")
-                                .and_then(|h| h.to_str().ok())
-                                .map(str::to_owned)
-                                .or_else(|| req.uri().authority().map(ToString::to_string))
-                                .unwrap_or_default();
-                            let body = format!(
-                                "hello {} {} {} {:?}\n",
-                                req.method(),
-                                host,
-                                req.uri().path(),
-                                req.version()
-                            );
-                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
-                        }
-                    });
-                    let builder =
-                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                    match tls {
-                        Some(config) => {
-                            if let Ok(s) =
-                                tokio_rustls::TlsAcceptor::from(config).accept(stream).await
-                            {
-                                let _ = builder
-                                    .serve_connection_with_upgrades(TokioIo::new(s), svc)
-                                    .await;
-                            }
-                        }
-                        None => {
-                            let _ = builder
-                                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                                .await;
-                        }
-                    }
-                });
-            }
-        });
-        TestServer {
-            addr,
-            connections,
-            requests,
-        }
-    }
-
-    pub fn port(&self) -> u16 {
-        self.addr.port()
-    }
-}
+#[allow(unused_imports)]
+pub use boundary_test_kit::{Alpn, TestCa, TestServer};
 
 /// Values of `/proc/<pid>/status` capability and `no_new_privs` lines printed by the jailed
 /// command.
@@ -378,10 +238,7 @@ pub struct Sidecar {
 }
 
 fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    boundary_test_kit::free_port().unwrap()
 }
 
 impl Sidecar {
@@ -524,23 +381,8 @@ impl Sidecar {
 
     /// A TLS client trusting the proxy's CA; ALPN h2 + http/1.1 or http/1.1 only.
     pub fn tls(&self, h2: bool) -> tokio_rustls::TlsConnector {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
-            roots.add(cert.unwrap()).unwrap();
-        }
-        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        config.alpn_protocols = if h2 {
-            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
-        } else {
-            vec![b"http/1.1".to_vec()]
-        };
-        tokio_rustls::TlsConnector::from(Arc::new(config))
+        let alpn = if h2 { Alpn::H2AndHttp1 } else { Alpn::Http1 };
+        boundary_test_kit::tls_connector(&self.ca_pem, alpn).unwrap()
     }
 
     /// Audit records so far (waits a moment for the writer).

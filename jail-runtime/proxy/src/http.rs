@@ -22,18 +22,18 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::Proxy;
-use super::audit::{Decision, Entry};
-use super::conn::ConnCtx;
-use super::decide::{self, Connect, Page, Request as Verdict, Ruling};
-use super::framing::{Audited, Framing};
-use super::head::{self, Scheme, Target};
-use super::io::BoxIo;
-use super::keepalive::{self, Exchange};
-use super::metrics::{Kind, UpstreamError};
-use super::pod_local;
-use super::upstream::{Body, BoxError, Failure};
-use super::wire::Destination;
+use crate::Proxy;
+use crate::audit::{Decision, Entry};
+use crate::conn::ConnCtx;
+use crate::decide::{self, Connect, Page, Request as Verdict, Ruling};
+use crate::framing::{Audited, Framing};
+use crate::head::{self, Scheme, Target};
+use crate::io::BoxIo;
+use crate::keepalive::{self, Exchange};
+use crate::metrics::{Kind, UpstreamError};
+use crate::pod_local;
+use crate::upstream::{Body, BoxError, Failure};
+use crate::wire::Destination;
 
 /// Headers of one hop only (RFC 9110 §7.6.1), never forwarded.
 const HOP_BY_HOP: [&str; 8] = [
@@ -605,8 +605,8 @@ async fn relay_upgrade<C: AsyncRead + AsyncWrite + Unpin>(
         if let Ok((up, down)) = tokio::io::copy_bidirectional_with_sizes(
             &mut client,
             &mut upstream,
-            super::io::RELAY_BUFFER,
-            super::io::RELAY_BUFFER,
+            crate::io::RELAY_BUFFER,
+            crate::io::RELAY_BUFFER,
         )
         .await
         {

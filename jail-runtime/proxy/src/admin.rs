@@ -11,8 +11,8 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use tokio::net::TcpListener;
 
-use super::{Proxy, metrics};
 use crate::jails::Jails;
+use crate::{Proxy, metrics};
 
 const TEXT: &str = "text/plain; version=0.0.4";
 

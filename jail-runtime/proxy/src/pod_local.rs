@@ -1,7 +1,7 @@
 //! Connections to the pod's own loopback: sidecars of the same pod (database proxies,
 //! Docker-in-Docker, MCP servers). The jail redirects only the pod-local ports it was given
 //! (`BOUNDARY_POD_LOCAL_PORTS`); whatever arrives with a loopback destination is decided by
-//! `podLocal` rules alone ([`super::decide::pod_local`]), never by host rules, then relayed as raw
+//! `podLocal` rules alone ([`crate::decide::pod_local`]), never by host rules, then relayed as raw
 //! TCP to the same loopback address and port in the proxy's network namespace (the pod's;
 //! standalone, the host's) and audited as `pod-local`. Deny rules do not apply: they name hosts, and the pod's
 //! loopback has none (a `ClusterBoundaryPolicy` cannot add `podLocal` rules either).

@@ -4,8 +4,6 @@
 //! trail read back from its file. Each request or connection is checked for its answer and its
 //! single audit line.
 
-mod common;
-
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
@@ -13,19 +11,20 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use boundary::proxy::audit::{Identity, Sink};
-use boundary::proxy::policy::{PolicyStore, Source};
-use boundary::proxy::tls::CertAuthority;
-use boundary::proxy::{Destination, Proxy, ProxyConfig};
 use boundary_api::Mode;
 use boundary_api::rules::{self, RuleSet, RuleSource};
+use boundary_proxy::audit::{Identity, Sink};
+use boundary_proxy::policy::{PolicyStore, Source};
+use boundary_proxy::tls::CertAuthority;
+use boundary_proxy::{Destination, Proxy, ProxyConfig};
+use boundary_test_kit::{Alpn, TestCa, TestServer};
 use bytes::Bytes;
-use common::{TempDir, TestCa, TestServer};
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use serde_json::Value;
+use tempfile::TempDir;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
 
@@ -60,7 +59,10 @@ impl InProcess {
             ..RuleSource::default()
         })
         .unwrap();
-        let dir = TempDir::new("in-process");
+        let dir = tempfile::Builder::new()
+            .prefix("in-process")
+            .tempdir()
+            .unwrap();
         let audit = dir.path().join("audit.jsonl");
         let ca = CertAuthority::generate("in-process").unwrap();
         let ca_pem = ca.ca_pem().to_owned();
@@ -312,7 +314,7 @@ async fn in_audit_mode_a_refused_request_is_forwarded_as_would_deny() {
 #[tokio::test]
 async fn tls_to_a_host_no_rule_allows_gets_an_alert_before_any_certificate() {
     let ca = TestCa::new();
-    let up = TestServer::start(Some(ca.server_config(&["nothing.test"], false))).await;
+    let up = TestServer::start(Some(ca.server_config(&["nothing.test"], Alpn::Http1))).await;
     let proxy = InProcess::start(&["domain=api.test"], &[], Mode::Enforce, &ca);
     let stream = proxy.connect("nothing.test", up.port());
     let name = rustls::pki_types::ServerName::try_from("nothing.test").unwrap();
@@ -343,7 +345,7 @@ async fn tls_to_a_host_no_rule_allows_gets_an_alert_before_any_certificate() {
 #[tokio::test]
 async fn intercepted_https_is_checked_request_by_request() {
     let ca = TestCa::new();
-    let up = TestServer::start(Some(ca.server_config(&["api.test"], false))).await;
+    let up = TestServer::start(Some(ca.server_config(&["api.test"], Alpn::Http1))).await;
     let proxy = InProcess::start(&["domain=api.test path=/v1/*"], &[], Mode::Enforce, &ca);
     let stream = proxy.connect("api.test", up.port());
     let name = rustls::pki_types::ServerName::try_from("api.test").unwrap();
@@ -361,7 +363,7 @@ async fn intercepted_https_is_checked_request_by_request() {
 #[tokio::test]
 async fn passthrough_relays_tls_uninspected() {
     let ca = TestCa::new();
-    let up = TestServer::start(Some(ca.server_config(&["pass.test"], false))).await;
+    let up = TestServer::start(Some(ca.server_config(&["pass.test"], Alpn::Http1))).await;
     let proxy = InProcess::start(&[], &[], Mode::Enforce, &ca);
     let stream = proxy.connect("pass.test", up.port());
     // The client trusts the upstream's CA only, not the proxy's: it talks to the upstream itself.

@@ -1,4 +1,4 @@
-//! Prometheus metrics of the proxy, served on `/metrics` (see [`super::admin`]) in the
+//! Prometheus metrics of the proxy, served on `/metrics` (see [`crate::admin`]) in the
 //! `OpenMetrics` text format by `prometheus-client`. Every series exists from the start (at 0), and
 //! the proxy updates them through handles kept here, without a lookup per event.
 
@@ -10,7 +10,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use super::audit::Decision;
+use crate::audit::Decision;
 
 /// The content type of [`Metrics::render`]'s text.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

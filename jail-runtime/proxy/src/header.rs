@@ -1,5 +1,5 @@
 //! `boundary run`'s session on the sidecar's socket (after its `BOUNDARY1-SESSION` header line,
-//! see [`super::wire`]): JSON lines ([`SessionMessage`]) follow the [`Hello`]; the sidecar
+//! see [`crate::wire`]): JSON lines ([`SessionMessage`]) follow the [`Hello`]; the sidecar
 //! answers each `exit` with `ok\n`. End of stream without an `exit` means the container died.
 
 use std::net::SocketAddr;
@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use boundary_api::Tier;
 use serde::{Deserialize, Serialize};
 
-pub use super::wire::read_line;
-use super::wire::{SESSION_MAGIC, line};
+pub use crate::wire::read_line;
+use crate::wire::{SESSION_MAGIC, line};
 
 /// Limit on a session message line.
 pub const MAX_MESSAGE: usize = 16 * 1024;
@@ -133,7 +133,7 @@ pub fn parse_message(line: &str) -> Result<SessionMessage, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::wire::{Destination, Header, read_header};
+    use crate::wire::{Destination, Header, read_header};
     use tokio::io::{AsyncReadExt, BufReader};
 
     #[tokio::test]

@@ -25,9 +25,9 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use super::metrics::UpstreamError;
-use super::pod_local::{is_local_address, is_loopback};
-use super::tls::UpstreamTls;
+use crate::metrics::UpstreamError;
+use crate::pod_local::{is_local_address, is_loopback};
+use crate::tls::UpstreamTls;
 
 /// Boxed error of bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -19,9 +19,9 @@ use std::time::Duration;
 use boundary_api::Mode;
 use boundary_api::rules::{Host, HttpRequest, Miss, Rule, RuleSet, Verdict, reserved_port_use};
 
-use super::audit::Decision;
-use super::pod_local::is_loopback;
-use super::wire::Destination;
+use crate::audit::Decision;
+use crate::pod_local::is_loopback;
+use crate::wire::Destination;
 
 /// How long a client may take to send its first bytes (for protocols where the client speaks
 /// first; server-first protocols need a TCP rule).

@@ -28,8 +28,8 @@ use hyper::service::Service;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use super::io::Prefixed;
-use super::upstream::{Body, BoxError};
+use crate::io::Prefixed;
+use crate::upstream::{Body, BoxError};
 
 /// How long a connection may sit between requests before it is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_mins(5);

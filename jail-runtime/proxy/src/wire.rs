@@ -3,7 +3,7 @@
 //!
 //! * `BOUNDARY1 {json Destination}\n`: a connection the jail's forwarder intercepted; the
 //!   client's bytes follow as they are.
-//! * `BOUNDARY1-SESSION {json Hello}\n`: `boundary run`'s session (see [`super::header`]).
+//! * `BOUNDARY1-SESSION {json Hello}\n`: `boundary run`'s session (see [`crate::header`]).
 
 use std::net::SocketAddr;
 
@@ -12,8 +12,8 @@ use boundary_api::rules::Host;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 
-use super::header::Hello;
-use super::pod_local::is_loopback;
+use crate::header::Hello;
+use crate::pod_local::is_loopback;
 
 /// Limit on a header line.
 pub const MAX_HEADER: usize = 4096;

@@ -38,15 +38,18 @@ pub mod head;
 pub mod header;
 mod http;
 pub mod io;
+pub mod jails;
 mod keepalive;
 pub mod metrics;
 pub mod pod_local;
 pub mod policy;
 pub mod tls;
+pub mod trust;
 pub mod upstream;
 pub mod wire;
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -62,13 +65,13 @@ use self::conn::ConnCtx;
 use self::decide::FIRST_BYTES;
 use self::head::Scheme;
 use self::io::{BoxIo, Prefixed};
+use self::jails::Jails;
 use self::metrics::Metrics;
 use self::policy::PolicyStore;
 use self::tls::CertAuthority;
 use self::upstream::{Body, Upstream};
 use self::wire::Header;
 pub use self::wire::{Destination, tune_unix};
-use crate::jails::Jails;
 
 /// Everything the proxy is configured with.
 #[derive(Debug)]
@@ -353,4 +356,23 @@ impl Proxy {
             &self.inner.client_h1
         }
     }
+}
+
+/// 16 hex digits from the kernel's random pool.
+pub fn session_id() -> String {
+    let mut bytes = [0u8; 8];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .is_err()
+    {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let low = u64::try_from(nanos & u128::from(u64::MAX)).unwrap_or_default();
+        bytes = (low ^ u64::from(std::process::id())).to_be_bytes();
+    }
+    bytes.iter().fold(String::with_capacity(16), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }

@@ -1,5 +1,5 @@
 //! The sidecar's view of the pod's jails: every `boundary run` holds a session with it (see
-//! [`crate::proxy::header`]) saying whether its jail started and, at the end, its exit code. From
+//! [`crate::header`]) saying whether its jail started and, at the end, its exit code. From
 //! these the sidecar answers `GET /status` and decides when to exit by itself
 //! (`BOUNDARY_EXIT_WHEN`): a classic sidecar (clusters before 1.29) otherwise never ends, and a
 //! Job's pod never completes.
@@ -20,9 +20,9 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
-use crate::proxy::Proxy;
-use crate::proxy::audit::now;
-use crate::proxy::header::{
+use crate::Proxy;
+use crate::audit::now;
+use crate::header::{
     self, EXIT_ACK, Hello, JailOutcome, MAX_MESSAGE, SessionMessage, UnreachableReport,
 };
 

@@ -25,8 +25,8 @@ use boundary_api::Mode;
 use boundary_api::compiled::{CompiledPolicy, parse_downward_labels};
 use boundary_api::rules::RuleSet;
 
-use super::audit::Events;
-use super::metrics::Metrics;
+use crate::audit::Events;
+use crate::metrics::Metrics;
 
 /// Rules for one container, with the policies they came from.
 #[derive(Debug)]

@@ -10,16 +10,16 @@ use boundary_api::rules::{Host, RuleSet};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::Proxy;
-use super::audit::Entry;
-use super::client_hello::{self, ClientHello, Parse};
-use super::decide::{self, Connection, FIRST_BYTES, Opaque, Ruling, Tls};
-use super::head::Scheme;
-use super::http;
-use super::io::{self, BoxIo, Prefixed};
-use super::metrics::{Kind, UpstreamError};
-use super::pod_local;
-use super::wire::Destination;
+use crate::Proxy;
+use crate::audit::Entry;
+use crate::client_hello::{self, ClientHello, Parse};
+use crate::decide::{self, Connection, FIRST_BYTES, Opaque, Ruling, Tls};
+use crate::head::Scheme;
+use crate::http;
+use crate::io::{self, BoxIo, Prefixed};
+use crate::metrics::{Kind, UpstreamError};
+use crate::pod_local;
+use crate::wire::Destination;
 
 /// A loopback connect is answered at once; this only bounds a wedged listener's backlog.
 const POD_LOCAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -281,7 +281,7 @@ impl Entry {
         if let Some(rule) = ruling.rule {
             self.rule = Some(rule.origin.to_string());
             if rule.is_deny() {
-                self.denied_by = Some(super::audit::DeniedBy::DenyRule);
+                self.denied_by = Some(crate::audit::DeniedBy::DenyRule);
             }
         }
     }
