@@ -21,7 +21,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use crate::session::Session;
 use boundary_jail::{DNS_PORT, FORWARDER_PORT, JailSockets};
 use boundary_proxy::Proxy;
-use boundary_proxy::header::InboundEvent;
+use boundary_proxy::session::InboundEvent;
 
 /// Where inbound events are recorded.
 #[derive(Debug, Clone)]

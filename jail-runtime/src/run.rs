@@ -21,8 +21,8 @@ use boundary_jail::landlock_tier::{self, LandlockPlan};
 use boundary_jail::mounts::{BUNDLE_FILE, CA_FILE, MountPlan, RESOLV_CONF, RESOLV_FILE};
 use boundary_jail::{self as jail, EXIT_SETUP_FAILED, JailError, JailPlan, signals};
 use boundary_proxy::audit::Identity;
-use boundary_proxy::header::{Hello, JailOutcome};
 use boundary_proxy::policy::{PolicyStore, Source};
+use boundary_proxy::session::{Hello, JailOutcome};
 use boundary_proxy::tls::CertAuthority;
 use boundary_proxy::{Proxy, ProxyConfig};
 

@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 
 use boundary_proxy::Destination;
 use boundary_proxy::audit::now;
-use boundary_proxy::header::{
+use boundary_proxy::session::{
     EXIT_ACK, Hello, InboundEvent, RefusedConnection, SessionMessage, UnreachableReport,
 };
 

@@ -167,7 +167,7 @@ impl Ecr {
                 // (no credentials found, endpoint unreachable).
                 let detail = match e.code() {
                     Some(code) => format!("{code}: {}", e.message().unwrap_or_default()),
-                    None => crate::image::chain(&e),
+                    None => crate::error_text::chain(&e),
                 };
                 format!(
                     "ECR GetAuthorizationToken with the webhook's AWS identity failed: {detail}"

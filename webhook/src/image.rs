@@ -312,21 +312,6 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The error and its sources, one line.
-pub(crate) fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut next = error.source();
-    while let Some(s) = next {
-        let line = s.to_string();
-        if !text.contains(&line) {
-            text.push_str(": ");
-            text.push_str(&line);
-        }
-        next = s.source();
-    }
-    text
-}
-
 /// Sorts an oci-client error into the causes a person can act on.
 fn classify(error: OciDistributionError, registry: &str, with_credentials: bool) -> ResolveError {
     let registry = registry.to_owned();
@@ -339,7 +324,7 @@ fn classify(error: OciDistributionError, registry: &str, with_credentials: bool)
         OciDistributionError::RequestError(e) if e.is_connect() || e.is_timeout() => {
             ResolveError::Unreachable {
                 registry,
-                detail: chain(&e),
+                detail: crate::error_text::chain(&e),
             }
         }
         OciDistributionError::UnauthorizedError { .. }
@@ -387,7 +372,7 @@ fn classify(error: OciDistributionError, registry: &str, with_credentials: bool)
         }
         other => ResolveError::Registry {
             registry,
-            detail: chain(&other),
+            detail: crate::error_text::chain(&other),
         },
     }
 }

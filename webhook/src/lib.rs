@@ -10,6 +10,7 @@ pub mod admit;
 pub mod cache;
 pub mod candidates;
 pub mod ecr;
+pub mod error_text;
 pub mod guard;
 pub mod image;
 pub mod inject;

@@ -3,7 +3,7 @@
 //! survive a round trip.
 #![no_main]
 
-use boundary_proxy::header::parse_message;
+use boundary_proxy::session::parse_message;
 use boundary_proxy::wire::{Header, parse_header};
 use libfuzzer_sys::fuzz_target;
 

@@ -12,9 +12,9 @@ use nix::sys::signal::Signal;
 use nix::sys::socket::{MsgFlags, recv};
 use nix::unistd::{Gid, Uid};
 
+use crate::control::{Report, send_report, serve_socket_request};
 use crate::error::{EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_SETUP_FAILED, JailError};
 use crate::netlink;
-use crate::spawn::{Report, send_report, serve_socket_request};
 use crate::sys::{self, Forked};
 use crate::{DNS_PORT, FORWARDER_PORT, JailPlan, ListenerKind, mounts, privileges, signals};
 

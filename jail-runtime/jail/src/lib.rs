@@ -19,24 +19,29 @@
 //! its namespaces (interfaces, routes, nftables rules, mounts with them); when the supervisor
 //! dies, the init gets SIGKILL (parent-death signal). Nothing is changed outside the jail.
 //!
-//! Modules: [`spawn`] (the supervisor's side: plan, clone, sockets back), [`init`] (the jail's
+//! Modules: [`plan`] (what the jail is asked to be), [`spawn`] (the supervisor's side: clone,
+//! the report back), [`control`] (the control socket: report and sockets on request), [`init`] (the jail's
 //! PID 1: mounts, network, then reaping), [`mounts`], [`netlink`] (links, routes, nftables),
 //! [`privileges`] (capabilities, `no_new_privs`), [`landlock_tier`] (the tier without
 //! namespaces), [`signals`], [`probe`] (which tiers work on this machine), [`dns`] (the jail's
 //! DNS answers). `unsafe` is allowed in [`sys`] only: the kernel interface.
 
+pub mod control;
 pub mod dns;
 pub mod error;
 mod init;
 pub mod landlock_tier;
 pub mod mounts;
 pub mod netlink;
+pub mod plan;
 pub mod privileges;
 pub mod probe;
 pub mod signals;
 pub mod spawn;
 mod sys;
 
+pub use control::{JailSockets, ListenerKind};
 pub use error::{EXIT_SETUP_FAILED, JailError, UsernsFacts};
 pub use mounts::{MountPlan, MountReport};
-pub use spawn::{DNS_PORT, FORWARDER_PORT, JailPlan, JailSockets, ListenerKind, Spawned, spawn};
+pub use plan::{DNS_PORT, FORWARDER_PORT, JailPlan};
+pub use spawn::{Spawned, spawn};

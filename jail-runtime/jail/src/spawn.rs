@@ -1,65 +1,21 @@
-//! Spawning the jail from the supervisor: the plan, the `clone` of the jail's init, and the
-//! sockets the init creates inside the jail's network namespace and passes back.
+//! Spawning the jail from the supervisor: the `clone` of the jail's init, and its report with the
+//! sockets it created inside the jail's network namespace.
 
-use std::ffi::OsString;
-use std::io::IoSlice;
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use boundary_api::Tier;
 use nix::sched::CloneFlags;
 use nix::sys::socket::{
-    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
-    sendmsg, socketpair,
+    AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg, socketpair,
 };
 use nix::unistd::Pid;
-use serde::{Deserialize, Serialize};
 
+use crate::control::{JailSockets, ListenerKind, Report};
 use crate::error::{JailError, UsernsFacts};
-use crate::mounts::{MountPlan, MountReport};
+use crate::mounts::MountReport;
+use crate::plan::JailPlan;
 use crate::sys::{self, Forked};
 use crate::{init, privileges};
-
-/// Port of the TCP forwarder inside the jail's network namespace. Below 1024, so the jailed
-/// process (without `CAP_NET_BIND_SERVICE`) can never bind it, and unlikely to clash with a
-/// server the agent runs on loopback.
-pub const FORWARDER_PORT: u16 = boundary_api::contract::ports::JAIL_FORWARDER;
-/// Port of the jail's DNS server (UDP and TCP) inside its network namespace.
-pub const DNS_PORT: u16 = boundary_api::contract::ports::JAIL_DNS;
-
-/// The sockets the jail's init creates for the supervisor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ListenerKind {
-    /// TCP forwarder on 127.0.0.1.
-    Forward4,
-    /// TCP forwarder on `[::1]`.
-    Forward6,
-    /// DNS over UDP on 127.0.0.1.
-    DnsUdp4,
-    /// DNS over UDP on `[::1]`.
-    DnsUdp6,
-    /// DNS over TCP on 127.0.0.1.
-    DnsTcp4,
-    /// DNS over TCP on `[::1]`.
-    DnsTcp6,
-}
-
-/// Everything the jail needs to know to start.
-#[derive(Debug, Clone)]
-pub struct JailPlan {
-    /// `Userns` or `PrivilegedNetns` (the landlock tier has its own [`landlock_tier`]).
-    pub tier: Tier,
-    /// The command and its arguments.
-    pub command: Vec<OsString>,
-    /// Variables added to (or replacing in) the command's environment.
-    pub env: Vec<(OsString, OsString)>,
-    /// Variables removed from the command's environment.
-    pub env_remove: Vec<OsString>,
-    /// The filesystem view.
-    pub mounts: MountPlan,
-    /// Loopback TCP ports that belong to the pod, not the jail: redirected to the forwarder
-    /// (and so to the proxy, which decides them by podLocal rules).
-    pub pod_local_ports: Vec<u16>,
-}
 
 /// A running jail, as the supervisor sees it.
 #[derive(Debug)]
@@ -76,107 +32,6 @@ pub struct Spawned {
     pub mounts: MountReport,
     /// More sockets of the jail's network namespace, on request.
     pub sockets: JailSockets,
-}
-
-/// Request on the control socket for an unconnected IPv4 TCP socket.
-const SOCKET_REQUEST_TCP4: &[u8] = b"tcp4";
-/// The init's answer that carries the socket.
-const SOCKET_ANSWER_OK: &[u8] = b"ok";
-
-/// The supervisor's way to sockets of the jail's network namespace, which it cannot enter (no
-/// capabilities in a pod): the jail's init creates them on request and passes them back over
-/// the control socketpair (`SCM_RIGHTS`). A socket's namespace is the one it was created in, so
-/// a socket connected to 127.0.0.1 from here reaches the jail's loopback.
-#[derive(Debug)]
-pub struct JailSockets {
-    control: std::sync::Mutex<OwnedFd>,
-}
-
-impl JailSockets {
-    /// An unconnected IPv4 TCP socket of the jail's network namespace. Blocks briefly (the
-    /// init answers at once).
-    pub fn tcp4(&self) -> std::io::Result<OwnedFd> {
-        let control = self
-            .control
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        nix::sys::socket::send(control.as_raw_fd(), SOCKET_REQUEST_TCP4, MsgFlags::empty())?;
-        let mut buf = [0u8; 256];
-        let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-        let msg = recvmsg::<()>(
-            control.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        )?;
-        let mut fds = Vec::new();
-        for c in msg.cmsgs()? {
-            if let ControlMessageOwned::ScmRights(received) = c {
-                fds.extend(sys::own_received_fds(&received));
-            }
-        }
-        let len = msg.bytes;
-        let answer = &buf[..len];
-        match (answer == SOCKET_ANSWER_OK, fds.pop()) {
-            (true, Some(fd)) => Ok(fd),
-            _ if len == 0 => Err(std::io::Error::other("the jail's init is gone")),
-            _ => Err(std::io::Error::other(format!(
-                "the jail's init could not create a socket: {}",
-                String::from_utf8_lossy(answer)
-            ))),
-        }
-    }
-}
-
-/// In the init: answers one request of [`JailSockets`]; false once the supervisor is gone.
-pub(crate) fn serve_socket_request(control: &OwnedFd) -> bool {
-    let mut request = [0u8; 16];
-    let n = match nix::sys::socket::recv(control.as_raw_fd(), &mut request, MsgFlags::MSG_DONTWAIT)
-    {
-        Ok(0) => return false,
-        Ok(n) => n,
-        Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => return true,
-        Err(_) => return false,
-    };
-    if &request[..n] != SOCKET_REQUEST_TCP4 {
-        let _ = nix::sys::socket::send(control.as_raw_fd(), b"unknown request", MsgFlags::empty());
-        return true;
-    }
-    match nix::sys::socket::socket(
-        AddressFamily::Inet,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    ) {
-        Ok(fd) => {
-            let iov = [IoSlice::new(SOCKET_ANSWER_OK)];
-            let fds = [fd.as_raw_fd()];
-            let _ = sendmsg::<()>(
-                control.as_raw_fd(),
-                &iov,
-                &[ControlMessage::ScmRights(&fds)],
-                MsgFlags::empty(),
-                None,
-            );
-        }
-        Err(e) => {
-            let _ =
-                nix::sys::socket::send(control.as_raw_fd(), e.desc().as_bytes(), MsgFlags::empty());
-        }
-    }
-    true
-}
-
-/// The init's report to the supervisor.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) enum Report {
-    Ready {
-        ipv6: bool,
-        mounts: MountReport,
-        listeners: Vec<ListenerKind>,
-    },
-    Failed(JailError),
 }
 
 /// Starts a jail in `plan.tier`. Must be called while the process is single-threaded, with
@@ -338,25 +193,8 @@ fn receive_report(control: &OwnedFd, init: Pid, tier: Tier) -> Result<Spawned, J
                 listeners: listeners.into_iter().zip(fds).collect(),
                 ipv6,
                 mounts,
-                sockets: JailSockets {
-                    control: std::sync::Mutex::new(control),
-                },
+                sockets: JailSockets::new(control),
             })
         }
     }
-}
-
-pub(crate) fn send_report(
-    control: &OwnedFd,
-    report: &Report,
-    fds: &[std::os::fd::RawFd],
-) -> nix::Result<()> {
-    let bytes = serde_json::to_vec(report).unwrap_or_default();
-    let iov = [IoSlice::new(&bytes)];
-    let cmsgs = if fds.is_empty() {
-        vec![]
-    } else {
-        vec![ControlMessage::ScmRights(fds)]
-    };
-    sendmsg::<()>(control.as_raw_fd(), &iov, &cmsgs, MsgFlags::empty(), None).map(drop)
 }

@@ -170,7 +170,7 @@ pub struct InboundRecord {
     pub tier: Option<Tier>,
     /// Peer, port, bytes, duration, refused.
     #[serde(flatten)]
-    pub event: crate::header::InboundEvent,
+    pub event: crate::session::InboundEvent,
 }
 
 /// One audit line about the proxy or a jail rather than a decision: `kind` says what

@@ -5,7 +5,6 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use boundary_api::Tier;
 use boundary_api::rules::{Host, RuleSet};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -13,6 +12,7 @@ use tokio::net::TcpStream;
 use crate::Proxy;
 use crate::audit::Entry;
 use crate::client_hello::{self, ClientHello, Parse};
+use crate::context::ConnCtx;
 use crate::decide::{self, Connection, FIRST_BYTES, Opaque, Ruling, Tls};
 use crate::head::Scheme;
 use crate::http;
@@ -23,32 +23,6 @@ use crate::wire::Destination;
 
 /// A loopback connect is answered at once; this only bounds a wedged listener's backlog.
 const POD_LOCAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Per-connection facts.
-#[derive(Debug, Clone)]
-pub(super) struct ConnCtx {
-    /// The destination port; 0 for explicit-proxy clients (each request names its own).
-    pub port: u16,
-    /// The host the connection was opened for (none for explicit-proxy clients).
-    pub bound: Option<Host>,
-    /// The server name of an intercepted TLS connection.
-    pub sni: Option<Host>,
-    pub container: Option<String>,
-    pub tier: Option<Tier>,
-}
-
-impl ConnCtx {
-    /// An explicit-proxy client's connection: bound to no host.
-    pub(super) fn explicit(container: Option<String>, tier: Option<Tier>) -> ConnCtx {
-        ConnCtx {
-            port: 0,
-            bound: None,
-            sni: None,
-            container,
-            tier,
-        }
-    }
-}
 
 impl Proxy {
     pub(super) async fn dispatch(&self, mut io: BoxIo, dest: Destination) {

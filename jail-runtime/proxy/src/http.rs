@@ -24,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::Proxy;
 use crate::audit::{Decision, Entry};
-use crate::conn::ConnCtx;
+use crate::context::ConnCtx;
 use crate::decide::{self, Connect, Page, Request as Verdict, Ruling};
 use crate::framing::{Audited, Framing};
 use crate::head::{self, Scheme, Target};

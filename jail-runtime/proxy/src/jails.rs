@@ -22,7 +22,7 @@ use tokio::net::UnixStream;
 
 use crate::Proxy;
 use crate::audit::now;
-use crate::header::{
+use crate::session::{
     self, EXIT_ACK, Hello, JailOutcome, MAX_MESSAGE, SessionMessage, UnreachableReport,
 };
 
@@ -208,7 +208,7 @@ impl Jails {
         });
         let mut ended = failed;
         loop {
-            let line = match header::read_line(&mut reader, MAX_MESSAGE).await {
+            let line = match session::read_line(&mut reader, MAX_MESSAGE).await {
                 Ok(Some(line)) => line,
                 Ok(None) => break,
                 Err(e) => {
@@ -216,7 +216,7 @@ impl Jails {
                     break;
                 }
             };
-            match header::parse_message(&line) {
+            match session::parse_message(&line) {
                 Ok(SessionMessage::Exit { code }) => {
                     tracing::info!(container = %name, code, "jailed command ended");
                     self.update(&name, session, false, |e| {

@@ -32,10 +32,10 @@ pub mod admin;
 pub mod audit;
 pub mod client_hello;
 mod conn;
+mod context;
 pub mod decide;
 pub mod framing;
 pub mod head;
-pub mod header;
 mod http;
 pub mod io;
 pub mod jails;
@@ -43,6 +43,7 @@ mod keepalive;
 pub mod metrics;
 pub mod pod_local;
 pub mod policy;
+pub mod session;
 pub mod tls;
 pub mod trust;
 pub mod upstream;
@@ -61,7 +62,7 @@ use tokio::io::BufReader;
 use tokio::net::{TcpListener, UnixListener, UnixStream};
 
 use self::audit::{Audit, Decision, Entry, Events, Identity, Record};
-use self::conn::ConnCtx;
+use self::context::ConnCtx;
 use self::decide::FIRST_BYTES;
 use self::head::Scheme;
 use self::io::{BoxIo, Prefixed};
@@ -295,7 +296,7 @@ impl Proxy {
         &self,
         container: Option<String>,
         tier: Option<Tier>,
-        event: header::InboundEvent,
+        event: session::InboundEvent,
     ) {
         self.inner.audit.record_line(&audit::InboundRecord {
             time: audit::now(),

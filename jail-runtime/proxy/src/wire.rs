@@ -3,7 +3,7 @@
 //!
 //! * `BOUNDARY1 {json Destination}\n`: a connection the jail's forwarder intercepted; the
 //!   client's bytes follow as they are.
-//! * `BOUNDARY1-SESSION {json Hello}\n`: `boundary run`'s session (see [`crate::header`]).
+//! * `BOUNDARY1-SESSION {json Hello}\n`: `boundary run`'s session (see [`crate::session`]).
 
 use std::net::SocketAddr;
 
@@ -12,13 +12,45 @@ use boundary_api::rules::Host;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 
-use crate::header::Hello;
 use crate::pod_local::is_loopback;
 
 /// Limit on a header line.
 pub const MAX_HEADER: usize = 4096;
 const RELAY_MAGIC: &str = "BOUNDARY1 ";
-pub(super) const SESSION_MAGIC: &str = "BOUNDARY1-SESSION ";
+const SESSION_MAGIC: &str = "BOUNDARY1-SESSION ";
+
+/// Whether the jail came up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum JailOutcome {
+    /// The command runs in the jail.
+    Started,
+    /// The jail could not be set up (`boundary run` exits 125).
+    Failed,
+}
+
+/// `boundary run` announcing itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// `BOUNDARY_CONTAINER_NAME`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// The tier the jail runs in (or was asked for, when it failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<Tier>,
+    /// Started or failed.
+    pub jail: JailOutcome,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Hello {
+    /// The session header line.
+    pub fn header(&self) -> Vec<u8> {
+        line(SESSION_MAGIC, self)
+    }
+}
 
 /// Where a connection from the jail was going.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,49 +4,14 @@
 
 use std::net::SocketAddr;
 
-use boundary_api::Tier;
 use serde::{Deserialize, Serialize};
 
-pub use crate::wire::read_line;
-use crate::wire::{SESSION_MAGIC, line};
+pub use crate::wire::{Hello, JailOutcome, read_line};
 
 /// Limit on a session message line.
 pub const MAX_MESSAGE: usize = 16 * 1024;
 /// The sidecar's answer to an `exit` message.
 pub const EXIT_ACK: &[u8] = b"ok\n";
-
-/// Whether the jail came up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum JailOutcome {
-    /// The command runs in the jail.
-    Started,
-    /// The jail could not be set up (`boundary run` exits 125).
-    Failed,
-}
-
-/// `boundary run` announcing itself.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Hello {
-    /// `BOUNDARY_CONTAINER_NAME`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub container: Option<String>,
-    /// The tier the jail runs in (or was asked for, when it failed).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tier: Option<Tier>,
-    /// Started or failed.
-    pub jail: JailOutcome,
-    /// Why it failed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-impl Hello {
-    /// The session header line.
-    pub fn header(&self) -> Vec<u8> {
-        line(SESSION_MAGIC, self)
-    }
-}
 
 /// A connection into the jail through an inbound port (`--inbound-port`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,7 +107,7 @@ mod tests {
             dst: "198.18.0.7:443".parse().unwrap(),
             name: Some("github.com".into()),
             container: Some("agent".into()),
-            tier: Some(Tier::Userns),
+            tier: Some(boundary_api::Tier::Userns),
         };
         let mut bytes = dest.header();
         bytes.extend_from_slice(b"payload");
@@ -154,7 +119,7 @@ mod tests {
 
         let hello = Hello {
             container: Some("agent".into()),
-            tier: Some(Tier::PrivilegedNetns),
+            tier: Some(boundary_api::Tier::PrivilegedNetns),
             jail: JailOutcome::Failed,
             error: Some("no CAP_SYS_ADMIN".into()),
         };
