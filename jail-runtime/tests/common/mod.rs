@@ -35,9 +35,29 @@ pub fn boundary_bin() -> &'static str {
             let tmp = dir.join(format!(".copy-{}", std::process::id()));
             std::fs::copy(source, &tmp).unwrap();
             std::fs::rename(&tmp, &path).unwrap();
+            remove_stale_copies(&dir, &path);
         }
         path.to_string_lossy().into_owned()
     })
+}
+
+/// Copies of earlier builds (each is the size of a debug binary, ~160 MB) once no test run can
+/// still use them: older than an hour.
+fn remove_stale_copies(dir: &Path, current: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let stale = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > Duration::from_secs(3600));
+        if stale && entry.path() != current {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Tests that need root (namespaces for other users, privileged tiers) fail loudly without it.
