@@ -53,7 +53,7 @@ fn remove_stale_copies(dir: &Path, current: &Path) {
             .and_then(|m| m.modified())
             .ok()
             .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age > Duration::from_secs(3600));
+            .is_some_and(|age| age > Duration::from_hours(1));
         if stale && entry.path() != current {
             let _ = std::fs::remove_file(entry.path());
         }
