@@ -62,21 +62,7 @@ impl JailSockets {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         nix::sys::socket::send(control.as_raw_fd(), SOCKET_REQUEST_TCP4, MsgFlags::empty())?;
         let mut buf = [0u8; 256];
-        let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-        let msg = recvmsg::<()>(
-            control.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        )?;
-        let mut fds = Vec::new();
-        for c in msg.cmsgs()? {
-            if let ControlMessageOwned::ScmRights(received) = c {
-                fds.extend(sys::own_received_fds(&received));
-            }
-        }
-        let len = msg.bytes;
+        let (len, mut fds) = receive(&control, &mut buf)?;
         let answer = &buf[..len];
         match (answer == SOCKET_ANSWER_OK, fds.pop()) {
             (true, Some(fd)) => Ok(fd),
@@ -87,6 +73,26 @@ impl JailSockets {
             ))),
         }
     }
+}
+
+/// One message on the control socket into `buf`, with the descriptors it carries (at most 8),
+/// owned and close-on-exec. A length of 0: the other side is gone.
+pub(crate) fn receive(control: &OwnedFd, buf: &mut [u8]) -> nix::Result<(usize, Vec<OwnedFd>)> {
+    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 8]);
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let msg = recvmsg::<()>(
+        control.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    let mut fds = Vec::new();
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(received) = c {
+            fds.extend(sys::own_received_fds(&received));
+        }
+    }
+    Ok((msg.bytes, fds))
 }
 
 /// In the init: answers one request of [`JailSockets`]; false once the supervisor is gone.

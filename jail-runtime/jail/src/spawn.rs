@@ -5,9 +5,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 
 use boundary_api::Tier;
 use nix::sched::CloneFlags;
-use nix::sys::socket::{
-    AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg, socketpair,
-};
+use nix::sys::socket::{AddressFamily, MsgFlags, SockFlag, SockType, socketpair};
 use nix::unistd::Pid;
 
 use crate::control::{JailSockets, ListenerKind, Report};
@@ -136,27 +134,8 @@ pub fn spawn(
 
 fn receive_report(control: &OwnedFd, init: Pid, tier: Tier) -> Result<Spawned, JailError> {
     let mut buf = vec![0u8; 64 * 1024];
-    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 8]);
-    let (len, fds) = {
-        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-        let msg = recvmsg::<()>(
-            control.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        )
+    let (len, fds) = crate::control::receive(control, &mut buf)
         .map_err(|e| JailError::other("reading the jail's report", e))?;
-        let mut fds = Vec::new();
-        for c in msg
-            .cmsgs()
-            .map_err(|e| JailError::other("reading the jail's report", e))?
-        {
-            if let ControlMessageOwned::ScmRights(received) = c {
-                fds.extend(sys::own_received_fds(&received));
-            }
-        }
-        (msg.bytes, fds)
-    };
     if len == 0 {
         let status = nix::sys::wait::waitpid(init, None).ok();
         return Err(JailError::Other(format!(

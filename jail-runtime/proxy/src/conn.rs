@@ -160,6 +160,18 @@ impl Proxy {
         rules: &RuleSet,
         ruling: &Ruling<'_>,
     ) {
+        drop(self.decided(ctx, host, scheme, rules, ruling));
+    }
+
+    /// Counts a connection-level decision and opens its audit entry (written when it drops).
+    fn decided(
+        &self,
+        ctx: &ConnCtx,
+        host: &Host,
+        scheme: &'static str,
+        rules: &RuleSet,
+        ruling: &Ruling<'_>,
+    ) -> Entry {
         let kind = if scheme == "tls" {
             Kind::Tls
         } else {
@@ -168,6 +180,7 @@ impl Proxy {
         self.metrics().decision(kind, ruling.decision);
         let mut entry = self.entry(ctx, scheme, host, ctx.port, rules.mode());
         entry.rule_on(ruling);
+        entry
     }
 
     /// Relays a connection uninspected (TCP rule, TLS passthrough, or Audit mode) and audits it.
@@ -182,14 +195,7 @@ impl Proxy {
         rules: &RuleSet,
         ruling: &Ruling<'_>,
     ) {
-        let kind = if scheme == "tls" {
-            Kind::Tls
-        } else {
-            Kind::Tcp
-        };
-        self.metrics().decision(kind, ruling.decision);
-        let mut entry = self.entry(ctx, scheme, host, ctx.port, rules.mode());
-        entry.rule_on(ruling);
+        let mut entry = self.decided(ctx, host, scheme, rules, ruling);
         entry.start_clock();
         match self.inner.upstream.connect_tcp(host, ctx.port).await {
             Ok(upstream) => {
