@@ -150,33 +150,11 @@ pub fn millis(since: Instant) -> u64 {
     u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
-/// One audit line for a connection into the jail (`boundary run --inbound-port`).
-#[derive(Debug, Clone, Serialize)]
-pub struct InboundRecord {
-    /// RFC 3339 time.
-    pub time: String,
-    /// The session id of whoever writes the trail.
-    pub session: Arc<str>,
-    /// Pod and namespace.
-    #[serde(flatten)]
-    pub identity: Arc<Identity>,
-    /// The jailed container.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub container: Option<String>,
-    /// Always `inbound`.
-    pub kind: &'static str,
-    /// The jail tier.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tier: Option<Tier>,
-    /// Peer, port, bytes, duration, refused.
-    #[serde(flatten)]
-    pub event: crate::session::InboundEvent,
-}
-
 /// One audit line about the proxy or a jail rather than a decision: `kind` says what
-/// (`sidecar-restart`, `unreachable-sidecar`, `policy-missing`, ...), `detail`'s fields follow.
+/// (`inbound`: a connection into the jail through `--inbound-port`; `sidecar-restart`,
+/// `unreachable-sidecar`, `policy-missing`, ...); `detail`'s fields follow.
 #[derive(Debug, Clone, Serialize)]
-pub struct EventRecord {
+pub struct EventRecord<D: Serialize = serde_json::Map<String, serde_json::Value>> {
     /// RFC 3339 time.
     pub time: String,
     /// The session id of whoever writes the trail.
@@ -194,7 +172,7 @@ pub struct EventRecord {
     pub tier: Option<Tier>,
     /// The kind's own fields.
     #[serde(flatten)]
-    pub detail: serde_json::Map<String, serde_json::Value>,
+    pub detail: D,
 }
 
 /// Writes [`EventRecord`]s to the trail; cheap to clone.

@@ -298,14 +298,14 @@ impl Proxy {
         tier: Option<Tier>,
         event: session::InboundEvent,
     ) {
-        self.inner.audit.record_line(&audit::InboundRecord {
+        self.inner.audit.record_line(&audit::EventRecord {
             time: audit::now(),
             session: self.inner.session.clone(),
             identity: self.inner.identity.clone(),
             container,
             kind: "inbound",
             tier: tier.or(self.inner.tier),
-            event,
+            detail: event,
         });
     }
 
