@@ -1,5 +1,5 @@
-//! The sidecar's admin port (`BOUNDARY_METRICS_ADDR`): `/metrics` (Prometheus, in the
-//! `OpenMetrics` text format), `/healthz` and `/readyz`, and `/status` (the policy hash and the
+//! The sidecar's admin port (`BOUNDARY_METRICS_ADDR`): `/metrics` (Prometheus text
+//! format 0.0.4), `/healthz` and `/readyz`, and `/status` (the policy hash and the
 //! jails, read by the operator).
 
 use std::convert::Infallible;

@@ -1,6 +1,7 @@
-//! Prometheus metrics of the proxy, served on `/metrics` (see [`crate::admin`]) in the
-//! `OpenMetrics` text format by `prometheus-client`. Every series exists from the start (at 0), and
-//! the proxy updates them through handles kept here, without a lookup per event.
+//! Prometheus metrics of the proxy, served on `/metrics` (see [`crate::admin`]) in Prometheus
+//! text format 0.0.4 by `prometheus-client`, as the webhook and operator serve theirs. Every
+//! series exists from the start (at 0), and the proxy updates them through handles kept here,
+//! without a lookup per event.
 
 use std::sync::Mutex;
 
@@ -13,7 +14,7 @@ use prometheus_client::registry::Registry;
 use crate::audit::Decision;
 
 /// The content type of [`Metrics::render`]'s text.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 /// Kinds of traffic a decision is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -326,7 +327,7 @@ impl Metrics {
         }
         let mut out = String::with_capacity(4096);
         // Writing to a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry);
         out
     }
 }
