@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::credentials::Credential;
 use crate::policy::{HttpRule, JailSpec, Mode, PodLocalRule, TcpRule};
 use crate::rules::{self, CompileErrors, RuleSet, RuleSource};
 
@@ -82,6 +83,10 @@ pub struct PolicyEntry {
     /// Pod-local port rules.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pod_local: Vec<PodLocalRule>,
+    /// Credentials the proxy puts into requests (no values: those are in the credentials
+    /// Secret, under [`crate::credentials::value_key`]). Only valid ones are published.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub credentials: Vec<Credential>,
     /// Jail settings.
     #[serde(default)]
     pub jail: JailSpec,

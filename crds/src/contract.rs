@@ -174,6 +174,9 @@ pub mod volumes {
         /// certificate), kept for the pod's lifetime so a restarted sidecar presents the CA the
         /// running jails already trust.
         CA = "boundary-ca";
+        /// The namespace's credentials Secret ([`super::objects::CREDENTIALS_SECRET`]), mounted
+        /// into the sidecar only (optional: pods start without it).
+        CREDENTIALS = "boundary-credentials";
     }
 }
 
@@ -208,6 +211,9 @@ pub mod paths {
         BOUNDARY_ON_PATH = "/usr/local/bin/boundary";
         /// Mount point of [`super::volumes::CA`] in the sidecar (never in a jailed container).
         CA_DIR = "/run/agent-boundary-ca";
+        /// Mount point of [`super::volumes::CREDENTIALS`] in the sidecar (never in a jailed
+        /// container): one file per credential, named by `credentials::value_key`.
+        CREDENTIALS_DIR = "/etc/agent-boundary/credentials";
     }
 }
 
@@ -272,6 +278,12 @@ pub mod env {
         /// On the sidecar: the directory where it keeps its proxy CA across its own restarts
         /// (see [`super::paths::CA_DIR`]). Unset: a new CA at every start.
         CA_DIR = "BOUNDARY_CA_DIR";
+        /// On the sidecar: the directory of the credentials' real values
+        /// ([`super::paths::CREDENTIALS_DIR`]), re-read when it changes.
+        CREDENTIALS_DIR = "BOUNDARY_CREDENTIALS_DIR";
+        /// On the sidecar: the pod's placeholder nonce (`credentials::nonce_from`); the jailed
+        /// containers' placeholders are made of it, so the sidecar knows every one of them.
+        PLACEHOLDER_NONCE = "BOUNDARY_PLACEHOLDER_NONCE";
     }
 }
 
@@ -404,6 +416,9 @@ pub mod boundary_env {
         UPSTREAM_TIMEOUT = "BOUNDARY_UPSTREAM_TIMEOUT";
         /// Loopback ports (comma-separated) `boundary run` allows out of the jail.
         ALLOW_POD_LOCAL = "BOUNDARY_ALLOW_POD_LOCAL";
+        /// `boundary run`'s credentials (one `--credential` spec per line): the real value is
+        /// read from the supervisor's environment, the jailed command sees a placeholder.
+        CREDENTIAL = "BOUNDARY_CREDENTIAL";
         /// Seconds `boundary run` waits for the sidecar's socket and CA at its start.
         SIDECAR_WAIT_SECONDS = "BOUNDARY_SIDECAR_WAIT_SECS";
         /// Threads of `boundary sidecar` that serve connections (0: one per CPU).
@@ -479,6 +494,11 @@ pub mod objects {
         POLICY_CONFIGMAP = "agent-boundary-policy";
         /// Key of the compiled policy inside [`POLICY_CONFIGMAP`].
         POLICY_CONFIGMAP_KEY = "policy.json";
+        /// Per-namespace Secret the operator writes: the real values of the namespace's
+        /// credentials (`spec.credentials[]`), one key per credential
+        /// (`credentials::value_key`, a `credentials::CredentialValue` as JSON). Mounted into
+        /// sidecars only.
+        CREDENTIALS_SECRET = "agent-boundary-credentials";
         /// Optional per-namespace ConfigMap of the administrator's: CAs (PEM, any keys) that
         /// upstream servers' certificates may chain to, e.g. an internal registry's. Read by
         /// sidecars when they start.

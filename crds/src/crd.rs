@@ -13,6 +13,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::compiled;
+use crate::credentials::Credential;
 use crate::policy::{HttpRule, JailSpec, Mode, PodLocalRule, TcpRule};
 
 /// Egress policy for AI agents: which pods are jailed, how, and which network requests their
@@ -104,6 +105,12 @@ pub struct BoundaryPolicySpec {
     /// by `allow`, `http` or `tcp`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pod_local: Vec<PodLocalRule>,
+    /// Credentials the agent never holds: the jailed containers see a placeholder in `env`;
+    /// the proxy puts the real value (from a Secret of this namespace, or the sidecar's AWS
+    /// identity) into requests to `destinations`. A request that carries a placeholder or a real
+    /// value anywhere else is denied as a credential leak attempt.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub credentials: Vec<Credential>,
     /// How the pods are jailed: runtime, permitted tiers, node pinning, command wrapping.
     #[serde(default)]
     pub jail: JailSpec,

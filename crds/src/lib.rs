@@ -3,6 +3,7 @@
 //! - [`contract`]: every name the components share (labels, annotations, env, volumes, paths).
 //! - [`tier`], [`policy`]: jail tiers, modes and structured rules, free of Kubernetes types so the
 //!   `boundary` binary can use them without linking kube or k8s-openapi.
+//! - [`credentials`]: credentials the agent never holds (placeholders, the sidecar's value file).
 //! - [`enforcement`]: what a pod's sidecar reports about its jails (operator and sidecar).
 //! - [`probe`]: the node probe's report (`boundary probe`, the node agent, the operator).
 //! - `crd` (feature `kube`): the `BoundaryPolicy` custom resource and its generated CRD.
@@ -13,6 +14,7 @@ pub mod compiled;
 pub mod contract;
 #[cfg(feature = "kube")]
 pub mod crd;
+pub mod credentials;
 pub mod enforcement;
 #[cfg(feature = "kube")]
 pub mod nodes;

@@ -120,6 +120,7 @@ pub fn compile_namespace(
             http: spec.http.clone(),
             tcp: spec.tcp.clone(),
             pod_local: spec.pod_local.clone(),
+            credentials: Vec::new(),
             jail: spec.jail.clone(),
         };
         let rules_valid = match entry.compile() {
