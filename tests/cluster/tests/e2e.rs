@@ -29,6 +29,8 @@ mod chaos;
 mod no_way_out;
 #[path = "e2e/real_pods.rs"]
 mod real_pods;
+#[path = "e2e/secretless.rs"]
+mod secretless;
 
 const RELEASE: &str = "agent-boundary";
 const RELEASE_NAMESPACE: &str = "agent-boundary-e2e";
@@ -311,7 +313,8 @@ async fn world(prefix: &str) -> anyhow::Result<World> {
                     "name": "server",
                     "image": image("e2e-tools"),
                     "imagePullPolicy": "IfNotPresent",
-                    "args": ["serve", "--cert", "/tls/tls.crt", "--key", "/tls/tls.key", "--name", name],
+                    "args": ["serve", "--cert", "/tls/tls.crt", "--key", "/tls/tls.key", "--name", name,
+                             "--show-header", "x-api-key"],
                     "volumeMounts": [{"name": "tls", "mountPath": "/tls"}],
                 }],
                 "volumes": [{"name": "tls", "secret": {"secretName": "servers-tls"}}],

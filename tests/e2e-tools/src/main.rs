@@ -14,8 +14,11 @@
 //!   `--every` seconds).
 //! - `exit`: exits with the given code (a run-to-completion step).
 //! - `sleep`: waits forever (a container that only needs to exist).
+//! - `trace`: looks for a text in every process's environment and command line and in the
+//!   container's files (a credential that must not be there).
 #![forbid(unsafe_code)]
 
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -56,6 +59,9 @@ enum Command {
         /// Name in every answer.
         #[arg(long, env = "E2E_NAME", default_value = "e2e")]
         name: String,
+        /// Headers whose values the answer shows (`NAME=VALUE`, `NAME=-` when absent).
+        #[arg(long = "show-header")]
+        show_headers: Vec<String>,
     },
     /// GET each URL and print the outcome.
     Fetch {
@@ -68,6 +74,10 @@ enum Command {
         /// Seconds a request may take.
         #[arg(long, env = "E2E_TIMEOUT", default_value_t = 10)]
         timeout: u64,
+        /// `NAME=VAR`: send header NAME with the value of environment variable VAR (how an
+        /// agent sends its API key).
+        #[arg(long = "header-from-env")]
+        headers: Vec<String>,
     },
     /// Print the capability, `NoNewPrivs` and seccomp lines of `/proc/self/status`.
     Status {
@@ -105,6 +115,13 @@ enum Command {
     },
     /// Wait forever.
     Sleep,
+    /// Look for TEXT in every process's environment and command line and in every file of the
+    /// container (not /proc, /sys, /dev); print `trace: none` or one `trace: found in ...` line
+    /// per place.
+    Trace {
+        /// The text.
+        text: String,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -126,12 +143,17 @@ fn main() -> std::process::ExitCode {
                 cert,
                 key,
                 name,
-            } => serve(addr, &cert, &key, name).await,
+                show_headers,
+            } => serve(addr, &cert, &key, Hello::new(name, show_headers)).await,
             Command::Fetch {
                 urls,
                 every,
                 timeout,
-            } => fetch_all(&urls, every, Duration::from_secs(timeout.max(1))).await,
+                headers,
+            } => {
+                let headers = headers_from_env(&headers)?;
+                fetch_all(&urls, every, Duration::from_secs(timeout.max(1)), &headers).await
+            }
             Command::Status { hold } => {
                 status()?;
                 if hold {
@@ -147,6 +169,10 @@ fn main() -> std::process::ExitCode {
                 std::process::exit(i32::from(code))
             }
             Command::Sleep => std::future::pending().await,
+            Command::Trace { text } => {
+                trace(&text);
+                Ok(())
+            }
         }
     });
     match result {
@@ -177,15 +203,44 @@ fn server_config(cert: &Path, key: &Path) -> anyhow::Result<rustls::ServerConfig
     Ok(config)
 }
 
-async fn serve(addr: SocketAddr, cert: &Path, key: &Path, name: String) -> anyhow::Result<()> {
+/// What a server answers: `hello from NAME: METHOD PATH`, then the headers it shows.
+#[derive(Debug)]
+struct Hello {
+    name: String,
+    show_headers: Vec<String>,
+}
+
+impl Hello {
+    fn new(name: String, show_headers: Vec<String>) -> Arc<Hello> {
+        Arc::new(Hello { name, show_headers })
+    }
+
+    fn answer<B>(&self, req: &Request<B>) -> String {
+        let mut body = format!(
+            "hello from {}: {} {}",
+            self.name,
+            req.method(),
+            req.uri().path()
+        );
+        for header in &self.show_headers {
+            let value = req.headers().get(header.as_str()).map_or("-".into(), |v| {
+                String::from_utf8_lossy(v.as_bytes()).into_owned()
+            });
+            let _ = write!(body, " {header}={value}");
+        }
+        body.push('\n');
+        body
+    }
+}
+
+async fn serve(addr: SocketAddr, cert: &Path, key: &Path, hello: Arc<Hello>) -> anyhow::Result<()> {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config(cert, key)?));
     let listener = tokio::net::TcpListener::bind(addr).await?;
     eprintln!("e2e-tools: serving https on {}", listener.local_addr()?);
-    let name: Arc<str> = name.into();
     loop {
         let (tcp, peer) = listener.accept().await?;
         let acceptor = acceptor.clone();
-        let name = name.clone();
+        let hello = hello.clone();
         tokio::spawn(async move {
             let tls = match acceptor.accept(tcp).await {
                 Ok(tls) => tls,
@@ -194,19 +249,19 @@ async fn serve(addr: SocketAddr, cert: &Path, key: &Path, name: String) -> anyho
                     return;
                 }
             };
-            answer_hello(tls, &name, peer).await;
+            answer_hello(tls, &hello, peer).await;
         });
     }
 }
 
 /// Answers every request on one connection with `hello from NAME: METHOD PATH`.
-async fn answer_hello<T>(io: T, name: &Arc<str>, peer: SocketAddr)
+async fn answer_hello<T>(io: T, hello: &Arc<Hello>, peer: SocketAddr)
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let name = name.clone();
+    let hello = hello.clone();
     let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-        let body = format!("hello from {name}: {} {}\n", req.method(), req.uri().path());
+        let body = hello.answer(&req);
         eprintln!("e2e-tools: {peer} {} {}", req.method(), req.uri());
         async move { Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(body)))) }
     });
@@ -218,12 +273,12 @@ where
 async fn serve_http(addr: SocketAddr, name: String) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     eprintln!("e2e-tools: serving http on {}", listener.local_addr()?);
-    let name: Arc<str> = name.into();
+    let hello = Hello::new(name, Vec::new());
     loop {
         let (tcp, peer) = listener.accept().await?;
-        let name = name.clone();
+        let hello = hello.clone();
         tokio::spawn(async move {
-            answer_hello(tcp, &name, peer).await;
+            answer_hello(tcp, &hello, peer).await;
         });
     }
 }
@@ -321,18 +376,38 @@ fn parse_url(url: &str) -> anyhow::Result<Target> {
     })
 }
 
-async fn fetch_all(urls: &[String], every: u64, timeout: Duration) -> anyhow::Result<()> {
+/// `NAME=VAR` pairs → (header name, the value of VAR).
+fn headers_from_env(specs: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    specs
+        .iter()
+        .map(|spec| {
+            let (name, var) = spec
+                .split_once('=')
+                .with_context(|| format!("--header-from-env {spec:?}: expected NAME=VAR"))?;
+            let value = std::env::var(var).with_context(|| format!("{var} is not set"))?;
+            Ok((name.to_owned(), value))
+        })
+        .collect()
+}
+
+async fn fetch_all(
+    urls: &[String],
+    every: u64,
+    timeout: Duration,
+    headers: &[(String, String)],
+) -> anyhow::Result<()> {
     let tls = client_config()?;
     let resolver = hickory_resolver::TokioResolver::builder_tokio()
         .and_then(hickory_resolver::ResolverBuilder::build)
         .context("reading /etc/resolv.conf")?;
     loop {
         for url in urls {
-            let line = match tokio::time::timeout(timeout, fetch(url, &tls, &resolver)).await {
-                Ok(Ok((status, body))) => format!("{status} {}", first_line(&body)),
-                Ok(Err(e)) => format!("error: {e:#}"),
-                Err(_) => format!("error: no answer within {} s", timeout.as_secs()),
-            };
+            let line =
+                match tokio::time::timeout(timeout, fetch(url, &tls, &resolver, headers)).await {
+                    Ok(Ok((status, body))) => format!("{status} {}", first_line(&body)),
+                    Ok(Err(e)) => format!("error: {e:#}"),
+                    Err(_) => format!("error: no answer within {} s", timeout.as_secs()),
+                };
             println!("fetch {url} -> {line}");
         }
         if every == 0 {
@@ -351,6 +426,7 @@ async fn fetch(
     url: &str,
     tls: &Arc<rustls::ClientConfig>,
     resolver: &hickory_resolver::TokioResolver,
+    headers: &[(String, String)],
 ) -> anyhow::Result<(u16, String)> {
     let target = parse_url(url)?;
     let ips: Vec<std::net::IpAddr> = match target.host.parse() {
@@ -379,9 +455,12 @@ async fn fetch(
     let Some(tcp) = connected else {
         return Err(last);
     };
-    let request = Request::get(target.path_and_query.as_str())
-        .header(hyper::header::HOST, authority(&target))
-        .body(Empty::<Bytes>::new())?;
+    let mut request = Request::get(target.path_and_query.as_str())
+        .header(hyper::header::HOST, authority(&target));
+    for (name, value) in headers {
+        request = request.header(name.as_str(), value.as_str());
+    }
+    let request = request.body(Empty::<Bytes>::new())?;
     let response = if target.tls {
         let name = ServerName::try_from(target.host.clone())?;
         let stream = tokio_rustls::TlsConnector::from(tls.clone())
@@ -414,6 +493,63 @@ where
     let status = response.status().as_u16();
     let body = response.into_body().collect().await?.to_bytes();
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// Prints where `text` occurs: process environments and command lines, and files up to 16 MiB
+/// outside /proc, /sys and /dev (unreadable places are skipped: what this user cannot read, the
+/// agent running as it cannot either).
+fn trace(text: &str) {
+    let needle = text.as_bytes();
+    let mut found = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let pid = entry.file_name();
+            if !pid.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            for what in ["environ", "cmdline"] {
+                let path = entry.path().join(what);
+                if std::fs::read(&path).is_ok_and(|b| contains(&b, needle)) {
+                    found.push(path.display().to_string());
+                }
+            }
+        }
+    }
+    let mut dirs = vec![PathBuf::from("/")];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if meta.is_dir() {
+                if !["/proc", "/sys", "/dev"]
+                    .iter()
+                    .any(|p| path == Path::new(p))
+                {
+                    dirs.push(path);
+                }
+            } else if meta.is_file()
+                && meta.len() <= 16 << 20
+                && std::fs::read(&path).is_ok_and(|b| contains(&b, needle))
+            {
+                found.push(path.display().to_string());
+            }
+        }
+    }
+    if found.is_empty() {
+        println!("trace: none");
+    }
+    for place in found {
+        println!("trace: found in {place}");
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 fn status() -> anyhow::Result<()> {
@@ -475,7 +611,15 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         drop(listener);
         let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-        tokio::spawn(async move { serve(addr, &cert, &key, "unit".into()).await });
+        tokio::spawn(async move {
+            serve(
+                addr,
+                &cert,
+                &key,
+                Hello::new("unit".into(), vec!["x-api-key".into()]),
+            )
+            .await
+        });
         tokio::time::sleep(Duration::from_millis(200)).await;
 
         let mut roots = rustls::RootCertStore::empty();
@@ -493,12 +637,15 @@ mod tests {
             .unwrap();
         let url = format!("https://localhost:{}/x", addr.port());
         // "localhost" resolves through /etc/hosts.
-        let (status, body) = fetch(&url, &config, &resolver).await.unwrap();
+        let (status, body) = fetch(&url, &config, &resolver, &[]).await.unwrap();
         assert_eq!(status, 200);
-        assert_eq!(body, "hello from unit: GET /x\n");
+        assert_eq!(body, "hello from unit: GET /x x-api-key=-\n");
+        let key = [("x-api-key".to_owned(), "k1".to_owned())];
+        let (_, body) = fetch(&url, &config, &resolver, &key).await.unwrap();
+        assert_eq!(body, "hello from unit: GET /x x-api-key=k1\n");
         // Without the server's CA the handshake fails, and says so.
         let public = client_config_without_env();
-        let err = fetch(&url, &public, &resolver).await.unwrap_err();
+        let err = fetch(&url, &public, &resolver, &[]).await.unwrap_err();
         assert!(format!("{err:#}").contains("TLS handshake"), "{err:#}");
     }
 
