@@ -59,7 +59,9 @@ enum Command {
         /// Name in every answer.
         #[arg(long, env = "E2E_NAME", default_value = "e2e")]
         name: String,
-        /// Headers whose values the answer shows (`NAME=VALUE`, `NAME=-` when absent).
+        /// Headers the answer shows, by the SHA-256 of their value (`NAME=sha256:HEX12`,
+        /// `NAME=-` when absent): the test knows what the value should be, the client never
+        /// learns it from the answer.
         #[arg(long = "show-header")]
         show_headers: Vec<String>,
     },
@@ -223,14 +225,26 @@ impl Hello {
             req.uri().path()
         );
         for header in &self.show_headers {
-            let value = req.headers().get(header.as_str()).map_or("-".into(), |v| {
-                String::from_utf8_lossy(v.as_bytes()).into_owned()
-            });
+            let value = req
+                .headers()
+                .get(header.as_str())
+                .map_or("-".into(), |v| fingerprint(v.as_bytes()));
             let _ = write!(body, " {header}={value}");
         }
         body.push('\n');
         body
     }
+}
+
+/// `sha256:` and the first 12 hex digits of the SHA-256 of `value`.
+fn fingerprint(value: &[u8]) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(value);
+    let hex: String = digest.iter().take(6).fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    });
+    format!("sha256:{hex}")
 }
 
 async fn serve(addr: SocketAddr, cert: &Path, key: &Path, hello: Arc<Hello>) -> anyhow::Result<()> {
@@ -642,7 +656,12 @@ mod tests {
         assert_eq!(body, "hello from unit: GET /x x-api-key=-\n");
         let key = [("x-api-key".to_owned(), "k1".to_owned())];
         let (_, body) = fetch(&url, &config, &resolver, &key).await.unwrap();
-        assert_eq!(body, "hello from unit: GET /x x-api-key=k1\n");
+        assert_eq!(
+            body,
+            format!("hello from unit: GET /x x-api-key={}\n", fingerprint(b"k1"))
+        );
+        // echo -n k1 | sha256sum
+        assert_eq!(fingerprint(b"k1"), "sha256:6ab9f1eb8f7d");
         // Without the server's CA the handshake fails, and says so.
         let public = client_config_without_env();
         let err = fetch(&url, &public, &resolver, &[]).await.unwrap_err();
