@@ -93,8 +93,10 @@ pub enum SigV4Error {
     /// Reading the body to hash it failed.
     #[error("reading the request body: {0}")]
     Body(BoxError),
-    /// The real credentials are not available.
-    #[error("no AWS credentials: {0}")]
+    /// The default chain has no credentials.
+    #[error(
+        "no AWS credentials: {0} (the sidecar's default chain: AWS_ACCESS_KEY_ID, profile, IRSA web identity, ECS/EKS Pod Identity endpoint, instance metadata)"
+    )]
     Credentials(String),
     /// `aws-sigv4` refused to sign.
     #[error("signing failed: {0}")]
@@ -210,32 +212,19 @@ impl AwsSigner {
         let payload = Payload::of(&parts.headers)?;
         let credentials = self.credentials().await?;
 
-        let (signable_body, body) = match payload {
-            Payload::Hash(ref hash) => (SignableBody::Precomputed(hash.clone()), Pending::As(body)),
-            Payload::Unsigned => (SignableBody::UnsignedPayload, Pending::As(body)),
-            Payload::UnsignedTrailer => (
-                SignableBody::StreamingUnsignedPayloadTrailer,
-                Pending::As(body),
-            ),
-            Payload::Chunked { trailer: false } => (
-                SignableBody::Precomputed(STREAMING_SIGNED.to_owned()),
-                Pending::Chunked(body),
-            ),
-            Payload::Chunked { trailer: true } => (
-                SignableBody::StreamingSignedPayloadTrailer,
-                Pending::Chunked(body),
-            ),
+        let body = match payload {
             Payload::Compute => {
                 let (data, trailers) = buffer(&parts.headers, body).await?;
-                (
-                    SignableBody::Precomputed(String::new()),
-                    Pending::Buffered(data, trailers),
-                )
+                Pending::Buffered(data, trailers)
             }
+            Payload::Chunked { .. } => Pending::Chunked(body),
+            _ => Pending::As(body),
         };
         let signable_body = match &body {
             Pending::Buffered(data, _) => SignableBody::Bytes(data),
-            _ => signable_body,
+            Pending::As(_) | Pending::Chunked(_) => payload
+                .declared()
+                .ok_or_else(|| SigV4Error::Signing("the body to hash was not read".into()))?,
         };
 
         let identity = Identity::from(credentials);
@@ -377,8 +366,9 @@ fn is_s3(service: &str) -> bool {
     )
 }
 
-/// The request's `SigV4` Authorization, or why there is none.
-fn authorization_of(parts: &http::request::Parts) -> Result<SigV4Authorization, SigV4Error> {
+/// The request's `SigV4` Authorization (its access key id says which placeholder signed), or
+/// why there is none.
+pub fn authorization_of(parts: &http::request::Parts) -> Result<SigV4Authorization, SigV4Error> {
     let mut values = parts.headers.get_all(header::AUTHORIZATION).iter();
     let Some(value) = values.next() else {
         let query = parts.uri.query().unwrap_or_default().to_ascii_lowercase();
@@ -412,6 +402,21 @@ enum Payload {
 }
 
 impl Payload {
+    /// The canonical request's payload hash when the body is not hashed here.
+    fn declared(&self) -> Option<SignableBody<'static>> {
+        Some(match self {
+            Payload::Hash(hash) => SignableBody::Precomputed(hash.clone()),
+            Payload::Unsigned => SignableBody::UnsignedPayload,
+            Payload::UnsignedTrailer => SignableBody::StreamingUnsignedPayloadTrailer,
+            // aws-sigv4 has no variant for it: the literal is the payload hash.
+            Payload::Chunked { trailer: false } => {
+                SignableBody::Precomputed(STREAMING_SIGNED.to_owned())
+            }
+            Payload::Chunked { trailer: true } => SignableBody::StreamingSignedPayloadTrailer,
+            Payload::Compute => return None,
+        })
+    }
+
     fn of(headers: &HeaderMap) -> Result<Payload, SigV4Error> {
         let mut values = headers.get_all(CONTENT_SHA256).iter();
         let Some(value) = values.next() else {
@@ -1116,6 +1121,12 @@ mod tests {
             let e = SigV4Authorization::parse(case).unwrap_err();
             assert!(matches!(e, SigV4Error::Authorization(_)), "{case}: {e}");
         }
+    }
+
+    #[test]
+    fn resigned_body_boxes_as_the_proxys_body() {
+        fn boxes<B: Body<Data = Bytes, Error = BoxError> + Send + Sync + 'static>(_: Option<B>) {}
+        boxes(None::<ResignedBody<hyper::body::Incoming>>);
     }
 
     #[test]

@@ -634,6 +634,15 @@ fn isolated_env(command: &mut tokio::process::Command, home: &std::path::Path) {
 /// Runs [`default_chain_child`] in a child process with `configure`'s env and expects it to
 /// have re-signed two requests the verifier accepted.
 async fn run_child(verifier: &Verifier, configure: impl FnOnce(&mut tokio::process::Command)) {
+    let text = child_output(verifier, configure).await;
+    assert!(text.contains("re-signed with the default chain"), "{text}");
+}
+
+/// The output of a successful [`default_chain_child`] run.
+async fn child_output(
+    verifier: &Verifier,
+    configure: impl FnOnce(&mut tokio::process::Command),
+) -> String {
     let home = tempfile::tempdir().unwrap();
     let mut command = tokio::process::Command::new(std::env::current_exe().unwrap());
     command.args([
@@ -652,7 +661,7 @@ async fn run_child(verifier: &Verifier, configure: impl FnOnce(&mut tokio::proce
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(output.status.success(), "{text}");
-    assert!(text.contains("re-signed with the default chain"), "{text}");
+    text
 }
 
 /// Only does something as the child of the default-chain tests (its env names the verifier):
@@ -668,6 +677,15 @@ async fn default_chain_child() {
         _child: None,
     };
     let signer = AwsSigner::from_default_chain().await;
+    if std::env::var_os("SIGV4_CHILD_EXPECT_NO_IDENTITY").is_some() {
+        let e = signer.check().await.unwrap_err();
+        let e2 = resign(&signer, bedrock_request(BEDROCK_BODY))
+            .await
+            .unwrap_err();
+        assert!(matches!(e2, SigV4Error::Credentials(_)), "{e2}");
+        println!("refused: {e}");
+        return;
+    }
     signer.check().await.unwrap();
     for _ in 0..2 {
         let request = resign(&signer, bedrock_request(BEDROCK_BODY))
@@ -688,6 +706,16 @@ async fn default_chain_takes_keys_from_the_environment() {
             .env("AWS_SECRET_ACCESS_KEY", &keys.secret_access_key);
     })
     .await;
+}
+
+#[tokio::test]
+async fn default_chain_without_an_identity_is_a_clear_error() {
+    let verifier = Verifier::start(&real_keys(None)).await;
+    let text = child_output(&verifier, |c| {
+        c.env("SIGV4_CHILD_EXPECT_NO_IDENTITY", "1");
+    })
+    .await;
+    assert!(text.contains("refused: no AWS credentials: "), "{text}");
 }
 
 /// EKS Pod Identity: the chain's container provider asks the agent's endpoint (here a stand-in
