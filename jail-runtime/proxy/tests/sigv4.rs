@@ -768,3 +768,72 @@ async fn default_chain_uses_the_pod_identity_endpoint() {
     // Two requests signed, one fetch: the credentials were cached.
     assert_eq!(endpoint.requests.load(Ordering::SeqCst), 1);
 }
+
+/// IRSA: the chain's web identity provider calls STS `AssumeRoleWithWebIdentity` with the
+/// projected token (here a stand-in of STS on loopback, through `AWS_ENDPOINT_URL_STS`).
+#[tokio::test]
+async fn default_chain_uses_irsa_web_identity() {
+    const TOKEN: &str = "projected-service-account-token";
+    let keys = real_keys(Some("irsa-session-token"));
+    let verifier = Verifier::start(&keys).await;
+    let expiration = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second() + 3600)
+        .unwrap()
+        .to_string();
+    let answer = format!(
+        r#"<AssumeRoleWithWebIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
+  <AssumeRoleWithWebIdentityResult>
+    <Credentials>
+      <AccessKeyId>{}</AccessKeyId>
+      <SecretAccessKey>{}</SecretAccessKey>
+      <SessionToken>{}</SessionToken>
+      <Expiration>{expiration}</Expiration>
+    </Credentials>
+    <AssumedRoleUser>
+      <Arn>arn:aws:sts::123456789012:assumed-role/agent/boundary</Arn>
+      <AssumedRoleId>AROAEXAMPLE:boundary</AssumedRoleId>
+    </AssumedRoleUser>
+  </AssumeRoleWithWebIdentityResult>
+  <ResponseMetadata><RequestId>1</RequestId></ResponseMetadata>
+</AssumeRoleWithWebIdentityResponse>"#,
+        keys.access_key_id,
+        keys.secret_access_key,
+        keys.session_token.as_deref().unwrap()
+    );
+    let sts = boundary_test_kit::TestServer::serving(
+        None,
+        move |request: Request<hyper::body::Incoming>| {
+            let answer = answer.clone();
+            async move {
+                let form = request.into_body().collect().await.unwrap().to_bytes();
+                let form = String::from_utf8_lossy(&form).into_owned();
+                let valid = form.contains("Action=AssumeRoleWithWebIdentity")
+                    && form.contains(&format!("WebIdentityToken={TOKEN}"))
+                    && form.contains("RoleArn=arn%3Aaws%3Aiam%3A%3A123456789012%3Arole%2Fagent");
+                let (status, body) = if valid {
+                    (200, answer)
+                } else {
+                    (400, format!("unexpected request: {form}"))
+                };
+                Response::builder()
+                    .status(status)
+                    .header("content-type", "text/xml")
+                    .body(Full::new(Bytes::from(body)))
+                    .unwrap()
+            }
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let endpoint = format!("http://127.0.0.1:{}", sts.port());
+    run_child(&verifier, |c| {
+        c.env("AWS_WEB_IDENTITY_TOKEN_FILE", &token_file)
+            .env("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/agent")
+            .env("AWS_ROLE_SESSION_NAME", "boundary")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ENDPOINT_URL_STS", &endpoint);
+    })
+    .await;
+    assert_eq!(sts.requests.load(Ordering::SeqCst), 1);
+}
