@@ -44,6 +44,8 @@ const LINE_LIMIT: usize = 4 << 10;
 const TRAILER_LIMIT: usize = 16 << 10;
 /// Temporary credentials of the default chain are renewed this long before they expire.
 const RENEW_BEFORE: Duration = Duration::from_mins(5);
+/// A failed renewal is tried again after this pause.
+const RENEWAL_RETRY: Duration = Duration::from_secs(10);
 
 const ALGORITHM: &str = "AWS4-HMAC-SHA256";
 const CONTENT_SHA256: &str = "x-amz-content-sha256";
@@ -119,7 +121,13 @@ enum Source {
 
 struct Chain {
     provider: SharedCredentialsProvider,
-    cached: tokio::sync::Mutex<Option<Credentials>>,
+    cached: tokio::sync::Mutex<Option<Cached>>,
+}
+
+/// The chain's current credentials, and when a failed renewal may be tried again.
+struct Cached {
+    credentials: Credentials,
+    retry_renewal_at: Option<SystemTime>,
 }
 
 impl fmt::Debug for AwsSigner {
@@ -176,21 +184,38 @@ impl AwsSigner {
             Source::Chain(chain) => chain,
         };
         let mut cached = chain.cached.lock().await;
+        let now = SystemTime::now();
         if let Some(c) = cached.as_ref() {
-            let fresh = c
-                .expiry()
-                .is_none_or(|at| at > SystemTime::now() + RENEW_BEFORE);
-            if fresh {
-                return Ok(c.clone());
+            let expiry = c.credentials.expiry();
+            let fresh = expiry.is_none_or(|at| at > now + RENEW_BEFORE);
+            let waiting =
+                c.retry_renewal_at.is_some_and(|at| at > now) && expiry.is_some_and(|at| at > now);
+            if fresh || waiting {
+                return Ok(c.credentials.clone());
             }
         }
-        let fetched = chain
-            .provider
-            .provide_credentials()
-            .await
-            .map_err(|e| SigV4Error::Credentials(error_chain(&e)))?;
-        *cached = Some(fetched.clone());
-        Ok(fetched)
+        match chain.provider.provide_credentials().await {
+            Ok(fetched) => {
+                *cached = Some(Cached {
+                    credentials: fetched.clone(),
+                    retry_renewal_at: None,
+                });
+                Ok(fetched)
+            }
+            Err(e) => {
+                let reason = error_chain(&e);
+                // A failed renewal keeps the current credentials while they are valid, and is
+                // retried after a pause (requests wait for the renewal).
+                match cached.as_mut() {
+                    Some(c) if c.credentials.expiry().is_some_and(|at| at > now) => {
+                        tracing::warn!(error = %reason, "renewing the sidecar's AWS credentials failed; using the current ones until they expire");
+                        c.retry_renewal_at = Some(now + RENEWAL_RETRY);
+                        Ok(c.credentials.clone())
+                    }
+                    _ => Err(SigV4Error::Credentials(reason)),
+                }
+            }
+        }
     }
 
     /// Re-signs the request in `parts` (signed by the client with placeholder keys) with the real

@@ -632,7 +632,7 @@ fn isolated_env(command: &mut tokio::process::Command, home: &std::path::Path) {
 }
 
 /// Runs [`default_chain_child`] in a child process with `configure`'s env and expects it to
-/// have re-signed two requests the verifier accepted.
+/// have re-signed four requests the verifier accepted.
 async fn run_child(verifier: &Verifier, configure: impl FnOnce(&mut tokio::process::Command)) {
     let text = child_output(verifier, configure).await;
     assert!(text.contains("re-signed with the default chain"), "{text}");
@@ -687,7 +687,7 @@ async fn default_chain_child() {
         return;
     }
     signer.check().await.unwrap();
-    for _ in 0..2 {
+    for _ in 0..4 {
         let request = resign(&signer, bedrock_request(BEDROCK_BODY))
             .await
             .unwrap();
@@ -718,14 +718,16 @@ async fn default_chain_without_an_identity_is_a_clear_error() {
     assert!(text.contains("refused: no AWS credentials: "), "{text}");
 }
 
-/// EKS Pod Identity: the chain's container provider asks the agent's endpoint (here a stand-in
-/// on loopback) with the token file's content; the credentials are cached between requests.
-#[tokio::test]
-async fn default_chain_uses_the_pod_identity_endpoint() {
-    const TOKEN: &str = "pod-identity-token-abc";
-    let keys = real_keys(Some("pod-identity-session-token"));
-    let verifier = Verifier::start(&keys).await;
-    let expiration = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second() + 3600)
+const POD_IDENTITY_TOKEN: &str = "pod-identity-token-abc";
+
+/// A stand-in of the EKS Pod Identity agent: `keys` valid for `valid_for` seconds to the first
+/// `answers` requests with the token, 403 afterwards.
+async fn pod_identity_agent(
+    keys: &AwsKeys,
+    valid_for: i64,
+    answers: usize,
+) -> boundary_test_kit::TestServer {
+    let expiration = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second() + valid_for)
         .unwrap()
         .to_string();
     let answer = serde_json::json!({
@@ -736,37 +738,73 @@ async fn default_chain_uses_the_pod_identity_endpoint() {
         "Expiration": expiration,
     })
     .to_string();
-    let endpoint = boundary_test_kit::TestServer::serving(
-        None,
-        move |request: Request<hyper::body::Incoming>| {
-            let authorized = request.uri().path() == "/v1/credentials"
-                && request
-                    .headers()
-                    .get("authorization")
-                    .is_some_and(|v| v == TOKEN);
-            let answer = answer.clone();
-            async move {
-                let status = if authorized { 200 } else { 401 };
-                let body = if authorized { answer } else { "{}".to_owned() };
-                Response::builder()
-                    .status(status)
-                    .body(Full::new(Bytes::from(body)))
-                    .unwrap()
-            }
-        },
-    )
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let token_file = dir.path().join("eks-pod-identity-token");
-    std::fs::write(&token_file, TOKEN).unwrap();
-    let uri = format!("http://127.0.0.1:{}/v1/credentials", endpoint.port());
-    run_child(&verifier, |c| {
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    boundary_test_kit::TestServer::serving(None, move |request: Request<hyper::body::Incoming>| {
+        let authorized = request.uri().path() == "/v1/credentials"
+            && request
+                .headers()
+                .get("authorization")
+                .is_some_and(|v| v == POD_IDENTITY_TOKEN);
+        let (status, body) = if !authorized {
+            (401, "{}".to_owned())
+        } else if answered.fetch_add(1, Ordering::SeqCst) < answers {
+            (200, answer.clone())
+        } else {
+            (500, "{}".to_owned())
+        };
+        async move {
+            Response::builder()
+                .status(status)
+                .body(Full::new(Bytes::from(body)))
+                .unwrap()
+        }
+    })
+    .await
+}
+
+/// The child's env for the Pod Identity agent at `agent` (the token file in `dir`).
+fn pod_identity_env(
+    agent: &boundary_test_kit::TestServer,
+    dir: &std::path::Path,
+) -> impl FnOnce(&mut tokio::process::Command) {
+    let token_file = dir.join("eks-pod-identity-token");
+    std::fs::write(&token_file, POD_IDENTITY_TOKEN).unwrap();
+    let uri = format!("http://127.0.0.1:{}/v1/credentials", agent.port());
+    move |c| {
         c.env("AWS_CONTAINER_CREDENTIALS_FULL_URI", &uri)
             .env("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", &token_file);
-    })
-    .await;
-    // Two requests signed, one fetch: the credentials were cached.
-    assert_eq!(endpoint.requests.load(Ordering::SeqCst), 1);
+    }
+}
+
+/// EKS Pod Identity: the chain's container provider asks the agent's endpoint (here a stand-in
+/// on loopback) with the token file's content; the credentials are cached between requests.
+#[tokio::test]
+async fn default_chain_uses_the_pod_identity_endpoint() {
+    let keys = real_keys(Some("pod-identity-session-token"));
+    let verifier = Verifier::start(&keys).await;
+    let agent = pod_identity_agent(&keys, 3600, usize::MAX).await;
+    let dir = tempfile::tempdir().unwrap();
+    run_child(&verifier, pod_identity_env(&agent, dir.path())).await;
+    // A check and four requests signed, one fetch: the credentials were cached.
+    assert_eq!(agent.requests.load(Ordering::SeqCst), 1);
+}
+
+/// Credentials close to expiry are renewed on use; when renewal fails, the current ones sign
+/// until they expire and renewal is not tried again at once.
+#[tokio::test]
+async fn default_chain_keeps_valid_credentials_while_renewal_fails() {
+    let keys = real_keys(Some("pod-identity-session-token"));
+    let verifier = Verifier::start(&keys).await;
+    let agent = pod_identity_agent(&keys, 120, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    run_child(&verifier, pod_identity_env(&agent, dir.path())).await;
+    // The check's fetch and one failed renewal (the first request; the SDK retries it up to 3
+    // times), none for the next three requests.
+    let failed = agent.requests.load(Ordering::SeqCst) - 1;
+    assert!(
+        (1..=3).contains(&failed),
+        "{failed} failed renewal requests"
+    );
 }
 
 /// IRSA: the chain's web identity provider calls STS `AssumeRoleWithWebIdentity` with the
