@@ -275,6 +275,36 @@ async fn bedrock_json_post_without_content_sha256_is_hashed_and_resigned() {
     );
 }
 
+/// An HTTP/2 request has no Host header: its :authority is what the client signed as host.
+#[tokio::test]
+async fn http2_request_signs_its_authority_as_host() {
+    let keys = real_keys(None);
+    let verifier = Verifier::start(&keys).await;
+    let (mut parts, body) = bedrock_request(BEDROCK_BODY).into_parts();
+    let host = parts.headers.remove("host").unwrap();
+    parts.uri = format!("https://{}{}", host.to_str().unwrap(), parts.uri)
+        .parse()
+        .unwrap();
+    parts.version = http::Version::HTTP_2;
+    let body = AwsSigner::from_keys(keys)
+        .resign(&mut parts, body)
+        .await
+        .unwrap();
+    assert!(!parts.headers.contains_key("host"));
+    // Sent as HTTP/1.1 to the verifier, as the proxy may forward it: Host from the authority.
+    parts.headers.insert("host", host);
+    parts.uri = parts
+        .uri
+        .path_and_query()
+        .unwrap()
+        .as_str()
+        .parse()
+        .unwrap();
+    parts.version = http::Version::HTTP_11;
+    let (status, reply) = verifier.send(Request::from_parts(parts, body)).await;
+    assert_eq!(status, 200, "{reply}");
+}
+
 /// An S3 `PutObject` signed as the SDK does, with `content_sha256` as the payload mode.
 fn s3_put(body: SignableBody<'_>, frames: Frames, time: SystemTime) -> (Request<Frames>, String) {
     let mut request = Request::put("/my-bucket/dir/a%20file+%C3%A9.txt?x-id=PutObject")
