@@ -44,6 +44,7 @@ pub mod metrics;
 pub mod pod_local;
 pub mod policy;
 pub mod session;
+pub mod sigv4;
 pub mod tls;
 pub mod trust;
 pub mod upstream;
