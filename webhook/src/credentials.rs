@@ -212,10 +212,25 @@ impl fmt::Display for Conflict<'_> {
             ),
         };
         let (how, fix) = match &self.via {
-            Via::Env { name, key } => (
-                format!("env {name} (secretKeyRef {secret}/{key})"),
-                format!("remove env {name} from container {container}"),
-            ),
+            Via::Env { name, key } => {
+                let own = match &self.source {
+                    Source::Credential { credential, .. } => credential
+                        .credential
+                        .placeholder_env("")
+                        .iter()
+                        .any(|(n, _)| n == name),
+                    Source::CredentialsSecret => false,
+                };
+                let set = if own {
+                    " (the webhook sets it to the credential's placeholder)"
+                } else {
+                    ""
+                };
+                (
+                    format!("env {name} (secretKeyRef {secret}/{key})"),
+                    format!("remove env {name} from container {container}{set}"),
+                )
+            }
             Via::EnvFrom => (
                 format!("envFrom secretRef {secret}"),
                 format!("remove the envFrom secretRef {secret} from container {container}"),

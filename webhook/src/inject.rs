@@ -432,7 +432,11 @@ const JAILED_ENV: [&str; 7] = [
 /// Removes injected parts recognised by what they are rather than by the status record: a pod
 /// re-created from a mutated spec (a controller that copied it, `kubectl get -o yaml | kubectl
 /// create`) carries them without the annotation, and would otherwise be wrapped twice. Leaves a
-/// pod without such parts as it is.
+/// pod without such parts as it is. Credential placeholders stay where they are: the next
+/// injection writes the pod's current placeholder over them in place (what they replaced is
+/// not known without the record, and was not for the agent to hold anyway); the pod's AWS
+/// identity on the removed sidecar is carried over by the planner
+/// ([`previous_sidecar_identity`]).
 pub fn strip_recognised(pod: &mut Pod) {
     forget_metadata(pod, &[annotations::TIER, annotations::POLICY]);
     let Some(spec) = pod.spec.as_mut() else {
@@ -887,6 +891,13 @@ fn jail_container(
         ..JailedContainer::default()
     };
     let env = c.env.get_or_insert_with(Vec::new);
+    // Placeholders before this webhook's own vars: a pod re-created from its injected spec
+    // keeps them where they are (`strip_recognised` leaves them for the next injection to
+    // overwrite) while the own vars are removed and appended again, so the order comes out
+    // the same.
+    if builtin {
+        set_placeholders(env, &injection.credentials, &mut record, warnings);
+    }
     for var in jailed_env(injection, target) {
         if env.iter().any(|e| e.name == var.name) {
             warnings.push(format!(
@@ -898,11 +909,8 @@ fn jail_container(
             env.push(var);
         }
     }
-    if builtin {
-        set_placeholders(env, &injection.credentials, &mut record, warnings);
-        if injection.credentials.sidecar_identity {
-            take_aws_identity(c, &mut record, warnings);
-        }
+    if builtin && injection.credentials.sidecar_identity {
+        take_aws_identity(c, &mut record, warnings);
     }
     if c.env.as_ref().is_some_and(Vec::is_empty) {
         c.env = None;
