@@ -84,10 +84,20 @@ pub fn usable<'a>(
     all: &'a [PolicyCredential],
     warnings: &mut Vec<String>,
 ) -> Vec<&'a PolicyCredential> {
-    let mut out = Vec::new();
+    let mut out: Vec<&PolicyCredential> = Vec::new();
     for c in all {
         match c.credential.apply() {
-            Ok(_) => out.push(c),
+            Ok(_) => {
+                // The placeholder names the credential, not its policy.
+                if let Some(first) = out.iter().find(|o| o.credential.name == c.credential.name) {
+                    warnings.push(format!(
+                        "agentboundary.dev: {} and {} have the same name, so their placeholders are the same and the proxy cannot tell them apart; rename one",
+                        first.describe(),
+                        c.describe()
+                    ));
+                }
+                out.push(c);
+            }
             Err(problems) => warnings.push(format!(
                 "agentboundary.dev: {} is not injected: {} (see the policy's status.ruleProblems)",
                 c.describe(),
@@ -660,6 +670,17 @@ mod tests {
         );
         assert!(
             warnings[1].contains("credential second") && warnings[1].contains("ANTHROPIC_API_KEY"),
+            "{warnings:?}"
+        );
+        // The same name in two policies: one placeholder for two credentials.
+        let mut other_policy = anthropic();
+        other_policy.policy = "models".into();
+        other_policy.credential.env = Some("CLAUDE_KEY".into());
+        let all = [anthropic(), other_policy];
+        let mut warnings = Vec::new();
+        assert_eq!(super::usable(&all, &mut warnings).len(), 2);
+        assert!(
+            warnings[0].contains("BoundaryPolicy models") && warnings[0].contains("same name"),
             "{warnings:?}"
         );
     }
