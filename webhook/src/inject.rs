@@ -92,14 +92,9 @@ pub struct JailedContainer {
     /// Mounts of the AWS token volumes taken out of the container, for the same reason.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub removed_mounts: Vec<VolumeMount>,
-}
-
-/// An annotation's value before this webhook changed it (`None`: it was not there).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AnnotationBefore {
-    /// The value.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub value: Option<String>,
+    /// Set when this webhook added the container to EKS's [`EKS_SKIP_CONTAINERS`] annotation.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skipped_by_eks_webhook: bool,
 }
 
 /// A command taken from the image: what the container had before, to restore it exactly.
@@ -161,14 +156,6 @@ pub struct InjectionStatus {
     /// had it already).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub readiness_gate: bool,
-    /// The pod's placeholder nonce (the sidecar's `BOUNDARY_PLACEHOLDER_NONCE`), kept when the
-    /// pod is injected again.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub placeholder_nonce: Option<String>,
-    /// Set when this webhook added the jailed containers to EKS's
-    /// [`EKS_SKIP_CONTAINERS`] annotation: the annotation before.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub eks_skip_containers: Option<AnnotationBefore>,
 }
 
 impl InjectionStatus {
@@ -292,8 +279,14 @@ pub fn strip(pod: &mut Pod, status: &InjectionStatus) {
         pod,
         &[annotations::STATUS, annotations::TIER, annotations::POLICY],
     );
-    if let Some(before) = &status.eks_skip_containers {
-        restore_annotation(pod, EKS_SKIP_CONTAINERS, before);
+    let skipped: Vec<&str> = status
+        .containers
+        .iter()
+        .filter(|r| r.skipped_by_eks_webhook)
+        .map(|r| r.name.as_str())
+        .collect();
+    if !skipped.is_empty() {
+        unskip_in_eks_webhook(pod, &skipped);
     }
     let Some(spec) = pod.spec.as_mut() else {
         return;
@@ -403,15 +396,24 @@ fn restore_env_and_mounts(c: &mut Container, record: &JailedContainer) {
     }
 }
 
-fn restore_annotation(pod: &mut Pod, key: &str, before: &AnnotationBefore) {
-    let annotations = pod.metadata.annotations.get_or_insert_with(BTreeMap::new);
-    match &before.value {
-        Some(value) => {
-            annotations.insert(key.to_owned(), value.clone());
-        }
-        None => {
-            annotations.remove(key);
-        }
+/// Takes `names` out of EKS's [`EKS_SKIP_CONTAINERS`] (the annotation goes when none is left).
+fn unskip_in_eks_webhook(pod: &mut Pod, names: &[&str]) {
+    let Some(annotations) = pod.metadata.annotations.as_mut() else {
+        return;
+    };
+    let Some(value) = annotations.get(EKS_SKIP_CONTAINERS) else {
+        return;
+    };
+    let kept: Vec<&str> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty() && !names.contains(n))
+        .collect();
+    if kept.is_empty() {
+        annotations.remove(EKS_SKIP_CONTAINERS);
+    } else {
+        let kept = kept.join(",");
+        annotations.insert(EKS_SKIP_CONTAINERS.into(), kept);
     }
     if annotations.is_empty() {
         pod.metadata.annotations = None;
@@ -519,6 +521,20 @@ fn injected_sidecar(pod: &Pod) -> Option<&Container> {
                     .and_then(<[String]>::first)
                     .is_some_and(|a| a == "sidecar")
         })
+}
+
+/// The placeholder nonce of an earlier injection of this pod (its status record and its
+/// sidecar's env), kept when the pod is injected again: a reinvocation carries a new request
+/// UID, and a new nonce would change every placeholder for nothing.
+pub fn previous_nonce(pod: &Pod) -> Option<String> {
+    InjectionStatus::of(pod)?;
+    injected_sidecar(pod)?
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == env::PLACEHOLDER_NONCE)
+        .and_then(|e| e.value.clone())
+        .filter(|n| boundary_api::credentials::is_nonce(n))
 }
 
 /// The AWS identity (env, token mounts) the sidecar of an earlier injection has: it came from
@@ -1132,9 +1148,9 @@ pub fn inject(pod: &mut Pod, injection: &Injection<'_>, settings: &Settings) -> 
         }
         absent
     };
-    let eks_skip_containers = (builtin && injection.credentials.sidecar_identity)
-        .then(|| skip_in_eks_webhook(pod, &records))
-        .flatten();
+    if builtin && injection.credentials.sidecar_identity {
+        skip_in_eks_webhook(pod, &mut records);
+    }
     let status = InjectionStatus {
         version: STATUS_VERSION,
         runtime: injection.runtime,
@@ -1146,8 +1162,6 @@ pub fn inject(pod: &mut Pod, injection: &Injection<'_>, settings: &Settings) -> 
         containers: records,
         pin,
         readiness_gate,
-        placeholder_nonce: builtin.then(|| injection.credentials.nonce.clone()),
-        eks_skip_containers,
     };
     let annotations = pod.metadata.annotations.get_or_insert_with(BTreeMap::new);
     annotations.insert(
@@ -1203,12 +1217,11 @@ fn add_sidecar(
 }
 
 /// Names the jailed containers in EKS's [`EKS_SKIP_CONTAINERS`], so the pod's AWS identity stays
-/// out of them when EKS's webhook runs after this one. Returns the annotation before, when it
-/// changed.
-fn skip_in_eks_webhook(pod: &mut Pod, records: &[JailedContainer]) -> Option<AnnotationBefore> {
+/// out of them when EKS's webhook runs after this one; records whom it added.
+fn skip_in_eks_webhook(pod: &mut Pod, records: &mut [JailedContainer]) {
     let annotations = pod.metadata.annotations.get_or_insert_with(BTreeMap::new);
-    let before = annotations.get(EKS_SKIP_CONTAINERS).cloned();
-    let mut names: Vec<String> = before
+    let mut names: Vec<String> = annotations
+        .get(EKS_SKIP_CONTAINERS)
         .iter()
         .flat_map(|v| v.split(','))
         .map(str::trim)
@@ -1216,19 +1229,18 @@ fn skip_in_eks_webhook(pod: &mut Pod, records: &[JailedContainer]) -> Option<Ann
         .map(str::to_owned)
         .collect();
     let listed = names.len();
-    for r in records {
+    for r in records.iter_mut() {
         if !names.contains(&r.name) {
             names.push(r.name.clone());
+            r.skipped_by_eks_webhook = true;
         }
     }
-    if names.len() == listed {
-        if annotations.is_empty() {
-            pod.metadata.annotations = None;
-        }
-        return None;
+    if names.len() != listed {
+        annotations.insert(EKS_SKIP_CONTAINERS.into(), names.join(","));
     }
-    annotations.insert(EKS_SKIP_CONTAINERS.into(), names.join(","));
-    Some(AnnotationBefore { value: before })
+    if annotations.is_empty() {
+        pod.metadata.annotations = None;
+    }
 }
 
 /// Adds `requirement` to every required node-selector term (creating one when there is none).

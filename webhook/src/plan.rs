@@ -843,9 +843,7 @@ fn credential_injection(
         }
     }
     // Kept from an earlier injection of this pod (reinvocation gets a new request UID).
-    let nonce = InjectionStatus::of(input.pod)
-        .and_then(|s| s.placeholder_nonce)
-        .filter(|n| boundary_api::credentials::is_nonce(n))
+    let nonce = inject::previous_nonce(input.pod)
         .unwrap_or_else(|| boundary_api::credentials::nonce_from(input.review_uid.as_bytes()));
     Ok(inject::CredentialInjection {
         placeholders: credentials::placeholder_env(&usable, &nonce, warnings),
