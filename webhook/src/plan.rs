@@ -809,9 +809,8 @@ fn credential_injection(
     jailed: &[&Container],
     warnings: &mut Vec<String>,
 ) -> Result<inject::CredentialInjection, Early> {
-    if combined.runtime != JailRuntime::Builtin {
-        return Ok(inject::CredentialInjection::default());
-    }
+    // Under coder-boundary `combine` has refused credentials, so only the credentials Secret
+    // itself can conflict.
     let usable = credentials::usable(&combined.credentials, warnings);
     let conflicts = credentials::conflicts(spec, jailed, &usable);
     if !conflicts.is_empty() {
@@ -841,6 +840,9 @@ fn credential_injection(
                 combined.describe()
             )),
         }
+    }
+    if combined.runtime != JailRuntime::Builtin {
+        return Ok(inject::CredentialInjection::default());
     }
     // Kept from an earlier injection of this pod (reinvocation gets a new request UID).
     let nonce = inject::previous_nonce(input.pod)
