@@ -369,10 +369,14 @@ pub fn strip(pod: &mut Pod, status: &InjectionStatus) {
 fn restore_env_and_mounts(c: &mut Container, record: &JailedContainer) {
     if let Some(env) = c.env.as_mut() {
         env.retain(|e| !record.added_env.contains(&e.name));
+        // The entries of each name in order, as they were replaced.
+        let mut restored: Vec<&str> = Vec::new();
         for before in &record.replaced_env {
-            if let Some(e) = env.iter_mut().find(|e| e.name == before.name) {
+            let nth = restored.iter().filter(|n| **n == before.name).count();
+            if let Some(e) = env.iter_mut().filter(|e| e.name == before.name).nth(nth) {
                 e.clone_from(before);
             }
+            restored.push(&before.name);
         }
     }
     if !record.removed_env.is_empty() {
@@ -1002,24 +1006,32 @@ fn set_placeholders(
 ) {
     for (name, placeholder) in &credentials.placeholders {
         let var = value_env(name, placeholder);
-        let Some(own) = env.iter_mut().find(|e| e.name == *name) else {
+        // Every entry of the name: with duplicates the last one is the one the container gets.
+        let mut own = env.iter_mut().filter(|e| e.name == *name).peekable();
+        if own.peek().is_none() {
             record.added_env.push(name.clone());
             env.push(var);
             continue;
-        };
-        let mut before = std::mem::replace(own, var);
-        if !credentials::is_placeholder(&before) {
-            warnings.push(format!(
-                "container {} sets {name} itself; it holds the credential's placeholder instead (remove {name} from the pod spec: the proxy puts the real value in)",
-                record.name
-            ));
-            if before.value_from.is_none() {
-                // Possibly the real key: not kept in the status annotation, readable by
-                // whoever reads the pod.
-                before.value = None;
-            }
         }
-        record.replaced_env.push(before);
+        let mut warned = false;
+        for entry in own {
+            let mut before = std::mem::replace(entry, var.clone());
+            if !credentials::is_placeholder(&before) {
+                if !warned {
+                    warnings.push(format!(
+                        "container {} sets {name} itself; it holds the credential's placeholder instead (remove {name} from the pod spec: the proxy puts the real value in)",
+                        record.name
+                    ));
+                    warned = true;
+                }
+                if before.value_from.is_none() {
+                    // Possibly the real key: not kept in the status annotation, readable by
+                    // whoever reads the pod.
+                    before.value = None;
+                }
+            }
+            record.replaced_env.push(before);
+        }
     }
 }
 

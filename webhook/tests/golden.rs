@@ -814,7 +814,23 @@ fn a_literal_value_replaced_by_the_placeholder_is_kept_nowhere() -> anyhow::Resu
     assert!(!text.contains("sk-ant-api03"), "{text}");
     // Its position is kept: HOME still follows it.
     let names: Vec<&str> = env_of(&pod, "agent").into_iter().map(|(n, _)| n).collect();
-    assert_eq!(&names[..2], ["ANTHROPIC_API_KEY", "HOME"]);
+    assert_eq!(
+        &names[..3],
+        ["ANTHROPIC_API_KEY", "HOME", "ANTHROPIC_API_KEY"]
+    );
+    // Every entry of the name holds the placeholder (the last one is the one that counts).
+    let values: Vec<Option<&str>> = env_of(&pod, "agent")
+        .into_iter()
+        .filter(|(n, _)| *n == "ANTHROPIC_API_KEY")
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(values.len(), 2);
+    assert!(
+        values
+            .iter()
+            .all(|v| v.is_some_and(|v| v.starts_with("boundary-ph-"))),
+        "{values:?}"
+    );
     Ok(())
 }
 
@@ -939,5 +955,40 @@ fn strip_puts_back_what_credentials_replaced_or_took() -> anyhow::Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+#[test]
+fn the_sidecar_only_volume_checks_catch_a_jailed_container_mounting_them() -> anyhow::Result<()> {
+    use boundary_api::contract::{paths, volumes};
+    let loaded = loaded_case("credentials/header.yaml")?;
+    let pod = apply(&loaded.pod, &decide(&loaded, &loaded.pod, &settings()))?;
+    assert_eq!(credentials_volume_misplaced(&pod), None);
+    assert_eq!(ca_volume_misplaced(&pod), None);
+    for (volume, path) in [
+        (volumes::CREDENTIALS, paths::CREDENTIALS_DIR),
+        (volumes::CA, paths::CA_DIR),
+    ] {
+        let mut leaked = pod.clone();
+        leaked.spec.as_mut().unwrap().containers[0]
+            .volume_mounts
+            .get_or_insert_with(Vec::new)
+            .push(serde_json::from_value(
+                json!({"name": volume, "mountPath": path}),
+            )?);
+        let found = credentials_volume_misplaced(&leaked).or_else(|| ca_volume_misplaced(&leaked));
+        assert!(
+            found.is_some_and(|f| f.contains("container agent")),
+            "{volume}"
+        );
+    }
+    // An optional: false Secret would keep pods from starting before the operator writes it.
+    let mut required = pod.clone();
+    for v in required.spec.as_mut().unwrap().volumes.iter_mut().flatten() {
+        if let Some(s) = v.secret.as_mut() {
+            s.optional = Some(false);
+        }
+    }
+    assert!(credentials_volume_misplaced(&required).is_some());
     Ok(())
 }
