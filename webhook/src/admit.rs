@@ -208,6 +208,8 @@ struct Prepared {
     namespace: String,
     /// The pod's own `metadata.namespace` (often absent on CREATE).
     given_namespace: Option<String>,
+    /// The request's UID (seeds the placeholder nonce).
+    review_uid: String,
 }
 
 /// The architecture a pod asks for by node selector, if any.
@@ -257,6 +259,7 @@ impl<V: ClusterView> Planner<V> {
             pod,
             namespace,
             given_namespace,
+            review_uid: uid.clone(),
         })
     }
 
@@ -279,6 +282,7 @@ impl<V: ClusterView> Planner<V> {
             cluster: self.view.cluster(),
             settings: &self.settings,
             images,
+            review_uid: &prepared.review_uid,
         })
     }
 

@@ -16,13 +16,16 @@ use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMapVolumeSource, Container, ContainerPort, DownwardAPIVolumeFile,
     DownwardAPIVolumeSource, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction,
     NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector,
-    Pod, PodReadinessGate, PodSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext,
-    Volume, VolumeMount,
+    Pod, PodReadinessGate, PodSpec, Probe, ResourceRequirements, SeccompProfile,
+    SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::{Deserialize, Serialize};
 
+use crate::credentials::{
+    self, AWS_IDENTITY_ENV, AWS_TOKEN_VOLUMES, AwsIdentity, EKS_SKIP_CONTAINERS,
+};
 use crate::image::ImageConfig;
 use crate::tables::Row;
 
@@ -77,6 +80,21 @@ pub struct JailedContainer {
     /// Set when the wrapped command came from the image's config (the container had none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_command: Option<ImageCommand>,
+    /// The container's own env entries that now hold a credential's placeholder, as they were
+    /// (a literal value that is not a placeholder is left out: it may be the real key, which
+    /// the pod must no longer carry anywhere).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replaced_env: Vec<EnvVar>,
+    /// The pod's AWS identity env taken out of the container (a credential signs with the
+    /// sidecar's identity, which the jail must not hold).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed_env: Vec<EnvVar>,
+    /// Mounts of the AWS token volumes taken out of the container, for the same reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed_mounts: Vec<VolumeMount>,
+    /// Set when this webhook added the container to EKS's [`EKS_SKIP_CONTAINERS`] annotation.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skipped_by_eks_webhook: bool,
 }
 
 /// A command taken from the image: what the container had before, to restore it exactly.
@@ -204,6 +222,24 @@ pub struct Injection<'a> {
     pub sidecar: SidecarKind,
     /// The node pin.
     pub pin: Option<(NodeSelectorRequirement, bool)>,
+    /// Credentials: placeholders, the sidecar's nonce, the AWS identity.
+    pub credentials: CredentialInjection,
+}
+
+/// What the credentials of the selecting policies need (builtin runtime only).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CredentialInjection {
+    /// The pod's placeholder nonce, for the sidecar.
+    pub nonce: String,
+    /// `(env name, placeholder)`, set on every jailed container, replacing an entry of that
+    /// name (explicit `env` beats `envFrom`).
+    pub placeholders: Vec<(String, String)>,
+    /// A credential signs with the sidecar's AWS identity: the jailed containers lose the
+    /// pod's, the sidecar gets it.
+    pub sidecar_identity: bool,
+    /// The AWS identity the previous injection's sidecar had (from the jailed containers, or
+    /// put there by EKS's webhook when it ran after this one); the new sidecar keeps it.
+    pub carried_identity: AwsIdentity,
 }
 
 /// One container to jail and what it needs.
@@ -243,6 +279,15 @@ pub fn strip(pod: &mut Pod, status: &InjectionStatus) {
         pod,
         &[annotations::STATUS, annotations::TIER, annotations::POLICY],
     );
+    let skipped: Vec<&str> = status
+        .containers
+        .iter()
+        .filter(|r| r.skipped_by_eks_webhook)
+        .map(|r| r.name.as_str())
+        .collect();
+    if !skipped.is_empty() {
+        unskip_in_eks_webhook(pod, &skipped);
+    }
     let Some(spec) = pod.spec.as_mut() else {
         return;
     };
@@ -276,18 +321,7 @@ pub fn strip(pod: &mut Pod, status: &InjectionStatus) {
         let Some(c) = spec.containers.iter_mut().find(|c| c.name == record.name) else {
             continue;
         };
-        if let Some(env) = c.env.as_mut() {
-            env.retain(|e| !record.added_env.contains(&e.name));
-        }
-        if c.env.as_ref().is_some_and(Vec::is_empty) {
-            c.env = None;
-        }
-        if let Some(mounts) = c.volume_mounts.as_mut() {
-            mounts.retain(|m| !record.added_mounts.contains(&m.mount_path));
-        }
-        if c.volume_mounts.as_ref().is_some_and(Vec::is_empty) {
-            c.volume_mounts = None;
-        }
+        restore_env_and_mounts(c, record);
         if let Some(command) = &record.wrapped_command {
             c.command = Some(command.clone());
         }
@@ -331,6 +365,65 @@ pub fn strip(pod: &mut Pod, status: &InjectionStatus) {
     }
 }
 
+/// A jailed container's env and mounts as they were before `record`'s injection.
+fn restore_env_and_mounts(c: &mut Container, record: &JailedContainer) {
+    if let Some(env) = c.env.as_mut() {
+        env.retain(|e| !record.added_env.contains(&e.name));
+        // The entries of each name in order, as they were replaced.
+        let mut restored: Vec<&str> = Vec::new();
+        for before in &record.replaced_env {
+            let nth = restored.iter().filter(|n| **n == before.name).count();
+            if let Some(e) = env.iter_mut().filter(|e| e.name == before.name).nth(nth) {
+                e.clone_from(before);
+            }
+            restored.push(&before.name);
+        }
+    }
+    if !record.removed_env.is_empty() {
+        c.env
+            .get_or_insert_with(Vec::new)
+            .extend(record.removed_env.iter().cloned());
+    }
+    if c.env.as_ref().is_some_and(Vec::is_empty) {
+        c.env = None;
+    }
+    if let Some(mounts) = c.volume_mounts.as_mut() {
+        mounts.retain(|m| !record.added_mounts.contains(&m.mount_path));
+    }
+    if !record.removed_mounts.is_empty() {
+        c.volume_mounts
+            .get_or_insert_with(Vec::new)
+            .extend(record.removed_mounts.iter().cloned());
+    }
+    if c.volume_mounts.as_ref().is_some_and(Vec::is_empty) {
+        c.volume_mounts = None;
+    }
+}
+
+/// Takes `names` out of EKS's [`EKS_SKIP_CONTAINERS`] (the annotation goes when none is left).
+fn unskip_in_eks_webhook(pod: &mut Pod, names: &[&str]) {
+    let Some(annotations) = pod.metadata.annotations.as_mut() else {
+        return;
+    };
+    let Some(value) = annotations.get(EKS_SKIP_CONTAINERS) else {
+        return;
+    };
+    let kept: Vec<&str> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty() && !names.contains(n))
+        .collect();
+    if kept.is_empty() {
+        annotations.remove(EKS_SKIP_CONTAINERS);
+    } else {
+        let kept = kept.join(",");
+        annotations.insert(EKS_SKIP_CONTAINERS.into(), kept);
+    }
+    if annotations.is_empty() {
+        pod.metadata.annotations = None;
+    }
+}
+
 /// Env vars this webhook sets on jailed containers of the builtin runtime.
 const JAILED_ENV: [&str; 7] = [
     env::TIER,
@@ -345,7 +438,11 @@ const JAILED_ENV: [&str; 7] = [
 /// Removes injected parts recognised by what they are rather than by the status record: a pod
 /// re-created from a mutated spec (a controller that copied it, `kubectl get -o yaml | kubectl
 /// create`) carries them without the annotation, and would otherwise be wrapped twice. Leaves a
-/// pod without such parts as it is.
+/// pod without such parts as it is. Credential placeholders stay where they are: the next
+/// injection writes the pod's current placeholder over them in place (what they replaced is
+/// not known without the record, and was not for the agent to hold anyway); the pod's AWS
+/// identity on the removed sidecar is carried over by the planner
+/// ([`previous_sidecar_identity`]).
 pub fn strip_recognised(pod: &mut Pod) {
     forget_metadata(pod, &[annotations::TIER, annotations::POLICY]);
     let Some(spec) = pod.spec.as_mut() else {
@@ -412,6 +509,45 @@ pub fn strip_recognised(pod: &mut Pod) {
             }
         }
     }
+}
+
+/// The sidecar this webhook injected (by its name and `sidecar` argument), if the pod has one.
+fn injected_sidecar(pod: &Pod) -> Option<&Container> {
+    let spec = pod.spec.as_ref()?;
+    spec.init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+        .find(|c| {
+            c.name == containers::SIDECAR
+                && c.args
+                    .as_deref()
+                    .and_then(<[String]>::first)
+                    .is_some_and(|a| a == "sidecar")
+        })
+}
+
+/// The placeholder nonce of an earlier injection of this pod (its status record and its
+/// sidecar's env), kept when the pod is injected again: a reinvocation carries a new request
+/// UID, and a new nonce would change every placeholder for nothing.
+pub fn previous_nonce(pod: &Pod) -> Option<String> {
+    InjectionStatus::of(pod)?;
+    injected_sidecar(pod)?
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == env::PLACEHOLDER_NONCE)
+        .and_then(|e| e.value.clone())
+        .filter(|n| boundary_api::credentials::is_nonce(n))
+}
+
+/// The AWS identity (env, token mounts) the sidecar of an earlier injection has: it came from
+/// the jailed containers, or EKS's webhook put it there after this one ran; either way the new
+/// sidecar keeps it.
+pub fn previous_sidecar_identity(pod: &Pod) -> AwsIdentity {
+    injected_sidecar(pod)
+        .map(AwsIdentity::of)
+        .unwrap_or_default()
 }
 
 /// `boundary run -- CMD` (as this webhook wraps it, once or more) back to `CMD`.
@@ -550,7 +686,12 @@ fn install_container(settings: &Settings) -> Container {
     }
 }
 
-fn sidecar_container(settings: &Settings, native: bool) -> Container {
+fn sidecar_container(
+    settings: &Settings,
+    native: bool,
+    nonce: &str,
+    identity: &AwsIdentity,
+) -> Container {
     let health = Probe {
         http_get: Some(HTTPGetAction {
             path: Some("/healthz".into()),
@@ -567,37 +708,52 @@ fn sidecar_container(settings: &Settings, native: bool) -> Container {
         image_pull_policy: Some(settings.image_pull_policy.clone()),
         args: Some(vec!["sidecar".into()]),
         restart_policy: native.then(|| "Always".into()),
-        env: Some(vec![
-            field_env(env::POD_NAME, "metadata.name"),
-            field_env(env::POD_NAMESPACE, "metadata.namespace"),
-            value_env(env::PROXY_SOCKET, paths::PROXY_SOCKET),
-            value_env(env::POLICY_FILE, paths::POLICY_FILE),
-            value_env(env::LABELS_FILE, paths::LABELS_FILE),
-            value_env(env::UPSTREAM_CA_DIR, paths::UPSTREAM_CA_DIR),
-            value_env(env::CA_DIR, paths::CA_DIR),
-            value_env(
-                env::EXPLICIT_PROXY,
-                &format!("127.0.0.1:{}", ports::EXPLICIT_PROXY),
-            ),
-            value_env(
-                env::METRICS_ADDR,
-                &format!("0.0.0.0:{}", ports::SIDECAR_METRICS),
-            ),
-        ]),
+        env: Some(
+            vec![
+                field_env(env::POD_NAME, "metadata.name"),
+                field_env(env::POD_NAMESPACE, "metadata.namespace"),
+                value_env(env::PROXY_SOCKET, paths::PROXY_SOCKET),
+                value_env(env::POLICY_FILE, paths::POLICY_FILE),
+                value_env(env::LABELS_FILE, paths::LABELS_FILE),
+                value_env(env::UPSTREAM_CA_DIR, paths::UPSTREAM_CA_DIR),
+                value_env(env::CA_DIR, paths::CA_DIR),
+                value_env(
+                    env::EXPLICIT_PROXY,
+                    &format!("127.0.0.1:{}", ports::EXPLICIT_PROXY),
+                ),
+                value_env(
+                    env::METRICS_ADDR,
+                    &format!("0.0.0.0:{}", ports::SIDECAR_METRICS),
+                ),
+                value_env(env::PLACEHOLDER_NONCE, nonce),
+                value_env(env::CREDENTIALS_DIR, paths::CREDENTIALS_DIR),
+            ]
+            .into_iter()
+            // The pod's AWS identity, for credentials that sign with it.
+            .chain(identity.env.iter().cloned())
+            .collect(),
+        ),
         ports: Some(vec![ContainerPort {
             name: Some("boundary-metric".into()),
             container_port: i32::from(ports::SIDECAR_METRICS),
             protocol: Some("TCP".into()),
             ..ContainerPort::default()
         }]),
-        volume_mounts: Some(vec![
-            mount(volumes::RUN, paths::RUN_DIR, false),
-            mount(volumes::POLICY, paths::POLICY_DIR, true),
-            mount(volumes::PODINFO, paths::PODINFO_DIR, true),
-            mount(volumes::UPSTREAM_CA, paths::UPSTREAM_CA_DIR, true),
-            // The proxy CA's key: the sidecar's alone, never a jailed container's.
-            mount(volumes::CA, paths::CA_DIR, false),
-        ]),
+        volume_mounts: Some(
+            vec![
+                mount(volumes::RUN, paths::RUN_DIR, false),
+                mount(volumes::POLICY, paths::POLICY_DIR, true),
+                mount(volumes::PODINFO, paths::PODINFO_DIR, true),
+                mount(volumes::UPSTREAM_CA, paths::UPSTREAM_CA_DIR, true),
+                // The proxy CA's key: the sidecar's alone, never a jailed container's.
+                mount(volumes::CA, paths::CA_DIR, false),
+                // The real values of the credentials: the sidecar's alone too.
+                mount(volumes::CREDENTIALS, paths::CREDENTIALS_DIR, true),
+            ]
+            .into_iter()
+            .chain(identity.mounts.iter().cloned())
+            .collect(),
+        ),
         security_context: Some(restricted_security_context()),
         resources: Some(ResourceRequirements {
             requests: Some(quantities(&[
@@ -675,6 +831,19 @@ fn volumes_to_add() -> Vec<Volume> {
             }),
             ..Volume::default()
         },
+        Volume {
+            name: volumes::CREDENTIALS.into(),
+            // Always, credentials or not: the operator writes the Secret once a policy of the
+            // namespace has credentials, and the kubelet fills an optional Secret volume in
+            // when it appears, so credentials added later reach the running sidecar (a header
+            // credential needs nothing of the jailed process).
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(objects::CREDENTIALS_SECRET.into()),
+                optional: Some(true),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
     ]
 }
 
@@ -742,6 +911,13 @@ fn jail_container(
         ..JailedContainer::default()
     };
     let env = c.env.get_or_insert_with(Vec::new);
+    // Placeholders before this webhook's own vars: a pod re-created from its injected spec
+    // keeps them where they are (`strip_recognised` leaves them for the next injection to
+    // overwrite) while the own vars are removed and appended again, so the order comes out
+    // the same.
+    if builtin {
+        set_placeholders(env, &injection.credentials, &mut record, warnings);
+    }
     for var in jailed_env(injection, target) {
         if env.iter().any(|e| e.name == var.name) {
             warnings.push(format!(
@@ -753,7 +929,10 @@ fn jail_container(
             env.push(var);
         }
     }
-    if env.is_empty() {
+    if builtin && injection.credentials.sidecar_identity {
+        take_aws_identity(c, &mut record, warnings);
+    }
+    if c.env.as_ref().is_some_and(Vec::is_empty) {
         c.env = None;
     }
     if builtin {
@@ -817,6 +996,84 @@ fn jail_container(
     record
 }
 
+/// Sets each credential's placeholder: appended, or in place of the container's own entry of
+/// that name (so `$(NAME)` references after it see the placeholder too).
+fn set_placeholders(
+    env: &mut Vec<EnvVar>,
+    credentials: &CredentialInjection,
+    record: &mut JailedContainer,
+    warnings: &mut Vec<String>,
+) {
+    for (name, placeholder) in &credentials.placeholders {
+        let var = value_env(name, placeholder);
+        // Every entry of the name: with duplicates the last one is the one the container gets.
+        let mut own = env.iter_mut().filter(|e| e.name == *name).peekable();
+        if own.peek().is_none() {
+            record.added_env.push(name.clone());
+            env.push(var);
+            continue;
+        }
+        let mut warned = false;
+        for entry in own {
+            let mut before = std::mem::replace(entry, var.clone());
+            if !credentials::is_placeholder(&before) {
+                if !warned {
+                    warnings.push(format!(
+                        "container {} sets {name} itself; it holds the credential's placeholder instead (remove {name} from the pod spec: the proxy puts the real value in)",
+                        record.name
+                    ));
+                    warned = true;
+                }
+                if before.value_from.is_none() {
+                    // Possibly the real key: not kept in the status annotation, readable by
+                    // whoever reads the pod.
+                    before.value = None;
+                }
+            }
+            record.replaced_env.push(before);
+        }
+    }
+}
+
+/// Takes the pod's AWS identity (env, token mounts) out of a jailed container.
+fn take_aws_identity(c: &mut Container, record: &mut JailedContainer, warnings: &mut Vec<String>) {
+    if let Some(env) = c.env.as_mut() {
+        let (gone, kept): (Vec<EnvVar>, Vec<EnvVar>) = std::mem::take(env)
+            .into_iter()
+            .partition(|e| AWS_IDENTITY_ENV.contains(&e.name.as_str()));
+        *env = kept;
+        record.removed_env = gone;
+    }
+    if let Some(mounts) = c.volume_mounts.as_mut() {
+        let (gone, kept): (Vec<VolumeMount>, Vec<VolumeMount>) = std::mem::take(mounts)
+            .into_iter()
+            .partition(|m| AWS_TOKEN_VOLUMES.contains(&m.name.as_str()));
+        *mounts = kept;
+        record.removed_mounts = gone;
+        if mounts.is_empty() {
+            c.volume_mounts = None;
+        }
+    }
+    if !record.removed_env.is_empty() || !record.removed_mounts.is_empty() {
+        let taken: Vec<String> = record
+            .removed_env
+            .iter()
+            .map(|e| format!("env {}", e.name))
+            .chain(
+                record
+                    .removed_mounts
+                    .iter()
+                    .map(|m| format!("the mount of volume {}", m.name)),
+            )
+            .collect();
+        warnings.push(format!(
+            "container {} does not get the pod's AWS identity ({}): a credential signs with the sidecar's AWS identity, which the jailed containers must not hold; the sidecar has it",
+            c.name,
+            taken.join(", ")
+        ));
+    }
+}
+
 /// Kubernetes runs the image's `Entrypoint` when `command` is empty, with `args`, or with the
 /// image's `Cmd` when `args` are empty too. Wrapped: `command: [boundary run --] + Entrypoint`,
 /// `args` kept, or the image's `Cmd` when there are none.
@@ -845,8 +1102,12 @@ pub fn inject(pod: &mut Pod, injection: &Injection<'_>, settings: &Settings) -> 
     let mut records = Vec::new();
     let builtin = injection.runtime == JailRuntime::Builtin;
     let spec = pod.spec.get_or_insert_with(PodSpec::default);
+    let mut identity = injection.credentials.carried_identity.clone();
     for target in &injection.containers {
         if let Some(c) = spec.containers.iter_mut().find(|c| c.name == target.name) {
+            if builtin && injection.credentials.sidecar_identity {
+                identity.merge(AwsIdentity::of(c));
+            }
             records.push(jail_container(c, injection, target, &mut warnings));
         }
     }
@@ -873,33 +1134,14 @@ pub fn inject(pod: &mut Pod, injection: &Injection<'_>, settings: &Settings) -> 
         SidecarKind::None
     };
     if builtin {
-        spec.volumes
-            .get_or_insert_with(Vec::new)
-            .extend(volumes_to_add());
-        let init = spec.init_containers.get_or_insert_with(Vec::new);
-        init.push(install_container(settings));
-        match sidecar {
-            SidecarKind::Native => init.push(sidecar_container(settings, true)),
-            SidecarKind::Classic => {
-                let mut container = sidecar_container(settings, false);
-                let exit_when = match spec.restart_policy.as_deref() {
-                    Some("Never") => exit_when::ALL_EXITED,
-                    Some("OnFailure") => exit_when::ALL_SUCCEEDED,
-                    _ => exit_when::NEVER,
-                };
-                // Without native sidecars nothing else ends the sidecar of a pod that runs to
-                // completion (a Job would never complete).
-                if exit_when != exit_when::NEVER {
-                    let names: Vec<&str> = records.iter().map(|r| r.name.as_str()).collect();
-                    container.env.get_or_insert_with(Vec::new).extend([
-                        value_env(env::JAILED_CONTAINERS, &names.join(",")),
-                        value_env(env::EXIT_WHEN, exit_when),
-                    ]);
-                }
-                spec.containers.push(container);
-            }
-            SidecarKind::None => {}
-        }
+        add_sidecar(
+            spec,
+            sidecar,
+            settings,
+            &injection.credentials.nonce,
+            &identity,
+            &records,
+        );
     }
     let pin = injection
         .pin
@@ -918,6 +1160,9 @@ pub fn inject(pod: &mut Pod, injection: &Injection<'_>, settings: &Settings) -> 
         }
         absent
     };
+    if builtin && injection.credentials.sidecar_identity {
+        skip_in_eks_webhook(pod, &mut records);
+    }
     let status = InjectionStatus {
         version: STATUS_VERSION,
         runtime: injection.runtime,
@@ -943,6 +1188,71 @@ pub fn inject(pod: &mut Pod, injection: &Injection<'_>, settings: &Settings) -> 
         .get_or_insert_with(BTreeMap::new)
         .insert(labels::JAILED.into(), tier.into());
     warnings
+}
+
+/// Adds the volumes, the install container and the sidecar.
+fn add_sidecar(
+    spec: &mut PodSpec,
+    sidecar: SidecarKind,
+    settings: &Settings,
+    nonce: &str,
+    identity: &AwsIdentity,
+    records: &[JailedContainer],
+) {
+    spec.volumes
+        .get_or_insert_with(Vec::new)
+        .extend(volumes_to_add());
+    let init = spec.init_containers.get_or_insert_with(Vec::new);
+    init.push(install_container(settings));
+    match sidecar {
+        SidecarKind::Native => init.push(sidecar_container(settings, true, nonce, identity)),
+        SidecarKind::Classic => {
+            let mut container = sidecar_container(settings, false, nonce, identity);
+            let exit_when = match spec.restart_policy.as_deref() {
+                Some("Never") => exit_when::ALL_EXITED,
+                Some("OnFailure") => exit_when::ALL_SUCCEEDED,
+                _ => exit_when::NEVER,
+            };
+            // Without native sidecars nothing else ends the sidecar of a pod that runs to
+            // completion (a Job would never complete).
+            if exit_when != exit_when::NEVER {
+                let names: Vec<&str> = records.iter().map(|r| r.name.as_str()).collect();
+                container.env.get_or_insert_with(Vec::new).extend([
+                    value_env(env::JAILED_CONTAINERS, &names.join(",")),
+                    value_env(env::EXIT_WHEN, exit_when),
+                ]);
+            }
+            spec.containers.push(container);
+        }
+        SidecarKind::None => {}
+    }
+}
+
+/// Names the jailed containers in EKS's [`EKS_SKIP_CONTAINERS`], so the pod's AWS identity stays
+/// out of them when EKS's webhook runs after this one; records whom it added.
+fn skip_in_eks_webhook(pod: &mut Pod, records: &mut [JailedContainer]) {
+    let annotations = pod.metadata.annotations.get_or_insert_with(BTreeMap::new);
+    let mut names: Vec<String> = annotations
+        .get(EKS_SKIP_CONTAINERS)
+        .iter()
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let listed = names.len();
+    for r in records.iter_mut() {
+        if !names.contains(&r.name) {
+            names.push(r.name.clone());
+            r.skipped_by_eks_webhook = true;
+        }
+    }
+    if names.len() != listed {
+        annotations.insert(EKS_SKIP_CONTAINERS.into(), names.join(","));
+    }
+    if annotations.is_empty() {
+        pod.metadata.annotations = None;
+    }
 }
 
 /// Adds `requirement` to every required node-selector term (creating one when there is none).

@@ -13,6 +13,7 @@ use k8s_openapi::api::core::v1::{
 use serde::Serialize;
 
 use crate::candidates::{self, Candidates};
+use crate::credentials::{self, PolicyCredential};
 use crate::guard::{self, Jailing, RequiredBy, Requirement as Jail};
 use crate::image::ImageConfig;
 use crate::inject::{self, Injection, InjectionStatus, JailTarget, Settings, SidecarKind};
@@ -58,6 +59,9 @@ pub struct Input<'a> {
     /// (`Err`: why not). A container missing here whose config the plan needs is named in
     /// [`Decision::wanted_images`].
     pub images: &'a BTreeMap<String, Result<ImageConfig, String>>,
+    /// The admission request's UID: seeds the pod's placeholder nonce (random per request, so
+    /// per pod), unless an earlier injection of this pod recorded one.
+    pub review_uid: &'a str,
 }
 
 /// A container whose image config would change the plan, and its image.
@@ -143,6 +147,8 @@ struct Combined {
     containers: Option<BTreeSet<String>>,
     /// Ports of the pod's loopback the policies let jailed containers reach (`spec.podLocal`).
     pod_local: BTreeSet<u16>,
+    /// The selecting policies' credentials (valid or not), policies by name.
+    credentials: Vec<PolicyCredential>,
 }
 
 pub use boundary_api::crd::compiled_selector as selector;
@@ -190,6 +196,7 @@ fn combine(
             Some(BTreeSet::new())
         },
         pod_local: BTreeSet::new(),
+        credentials: Vec::new(),
     };
     for policy in &selected {
         let name = policy.metadata.name.clone().unwrap_or_default();
@@ -218,6 +225,12 @@ fn combine(
                 .iter()
                 .flat_map(|rule| rule.ports.iter().map(|p| p.get())),
         );
+        combined
+            .credentials
+            .extend(policy.spec.credentials.iter().map(|c| PolicyCredential {
+                policy: name.clone(),
+                credential: c.clone(),
+            }));
         combined.names.push(name);
     }
     for policy in &cluster {
@@ -225,6 +238,18 @@ fn combine(
         combined
             .cluster_names
             .push(policy.metadata.name.clone().unwrap_or_default());
+    }
+    if combined.runtime != JailRuntime::Builtin && !combined.credentials.is_empty() {
+        let owners: BTreeSet<&str> = combined
+            .credentials
+            .iter()
+            .map(|c| c.policy.as_str())
+            .collect();
+        return Err(format!(
+            "BoundaryPolicy {} sets spec.credentials, which the builtin runtime's sidecar puts into requests, but the pod is jailed with runtime {}, which has no sidecar; use the builtin runtime or remove spec.credentials",
+            owners.into_iter().collect::<Vec<_>>().join(", "),
+            runtime_name(combined.runtime)
+        ));
     }
     if combined.runtime != JailRuntime::Builtin && !combined.cluster_names.is_empty() {
         return Err(format!(
@@ -699,6 +724,7 @@ fn plan_jail(input: &Input<'_>, wanted: &mut Vec<WantedImage>) -> Result<Decisio
         wanted,
         &mut warnings,
     )?;
+    let credentials = credential_injection(input, &combined, &spec, &jailed, &mut warnings)?;
 
     let fallback;
     let nodes: Vec<&NodeFacts> = match candidates::candidates(&spec, &pod_labels, input.nodes) {
@@ -758,6 +784,7 @@ fn plan_jail(input: &Input<'_>, wanted: &mut Vec<WantedImage>) -> Result<Decisio
             SidecarKind::Classic
         },
         pin,
+        credentials,
     };
     apply(&mut pod, &injection, input.settings, &mut warnings);
     Ok(Decision {
@@ -770,6 +797,61 @@ fn plan_jail(input: &Input<'_>, wanted: &mut Vec<WantedImage>) -> Result<Decisio
         pod,
         warnings,
         wanted_images: Vec::new(),
+    })
+}
+
+/// What the selecting policies' credentials need injected, after the check that no jailed
+/// container receives a real value another way (Enforce: denied; Audit: a warning).
+fn credential_injection(
+    input: &Input<'_>,
+    combined: &Combined,
+    spec: &PodSpec,
+    jailed: &[&Container],
+    warnings: &mut Vec<String>,
+) -> Result<inject::CredentialInjection, Early> {
+    // Under coder-boundary `combine` has refused credentials, so only the credentials Secret
+    // itself can conflict.
+    let usable = credentials::usable(&combined.credentials, warnings);
+    let conflicts = credentials::conflicts(spec, jailed, &usable);
+    if !conflicts.is_empty() {
+        let list = conflicts
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        match combined.mode {
+            // Denied rather than mended: the spec itself hands the agent the real value, and
+            // whatever creates the pod without this webhook (failurePolicy Ignore, the webhook
+            // down) would run it so.
+            Mode::Enforce => {
+                return Err(Early {
+                    verdict: Verdict::Denied {
+                        message: format!(
+                            "agentboundary.dev: {} (Enforce) {} this pod, and the agent must never hold a credential's real value, but {list}",
+                            combined.describe(),
+                            combined.selects()
+                        ),
+                    },
+                    warnings: std::mem::take(warnings),
+                });
+            }
+            Mode::Audit => warnings.push(format!(
+                "agentboundary.dev: the agent must never hold a credential's real value ({} is in Audit mode, so the pod is admitted), but {list}",
+                combined.describe()
+            )),
+        }
+    }
+    if combined.runtime != JailRuntime::Builtin {
+        return Ok(inject::CredentialInjection::default());
+    }
+    // Kept from an earlier injection of this pod (reinvocation gets a new request UID).
+    let nonce = inject::previous_nonce(input.pod)
+        .unwrap_or_else(|| boundary_api::credentials::nonce_from(input.review_uid.as_bytes()));
+    Ok(inject::CredentialInjection {
+        placeholders: credentials::placeholder_env(&usable, &nonce, warnings),
+        sidecar_identity: credentials::sidecar_identity_needed(&usable),
+        carried_identity: inject::previous_sidecar_identity(input.pod),
+        nonce,
     })
 }
 

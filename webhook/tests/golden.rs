@@ -113,6 +113,9 @@ impl NodeShorthand {
     }
 }
 
+/// The request UID of every golden review (the placeholder nonce derives from it).
+const GOLDEN_REVIEW_UID: &str = "0f6ad3c2-5a5e-4d0e-9b8e-golden000001";
+
 fn default_pod() -> Value {
     json!({
         "apiVersion": "v1",
@@ -235,7 +238,11 @@ fn load(path: &Path) -> anyhow::Result<Loaded> {
 }
 
 fn decide(loaded: &Loaded, pod: &Pod, settings: &Settings) -> Decision {
-    plan(&Input {
+    plan(&input(loaded, pod, settings))
+}
+
+fn input<'a>(loaded: &'a Loaded, pod: &'a Pod, settings: &'a Settings) -> Input<'a> {
+    Input {
         pod,
         namespace_labels: &loaded.namespace_labels,
         policies: &loaded.policies,
@@ -245,7 +252,8 @@ fn decide(loaded: &Loaded, pod: &Pod, settings: &Settings) -> Decision {
         cluster: loaded.cluster,
         settings,
         images: &loaded.images,
-    })
+        review_uid: GOLDEN_REVIEW_UID,
+    }
 }
 
 /// The golden output of one case.
@@ -331,6 +339,9 @@ fn every_case_matches_its_golden_file_and_reinvocation_changes_nothing() -> anyh
         if let Some(failure) = ca_volume_misplaced(&patched) {
             failures.push(format!("{}: {failure}", path.display()));
         }
+        if let Some(failure) = credentials_volume_misplaced(&patched) {
+            failures.push(format!("{}: {failure}", path.display()));
+        }
         if let Some(failure) = recreated_pod_differs(&loaded, &patched, &decision, settings)? {
             failures.push(format!("{}: {failure}", path.display()));
         }
@@ -409,6 +420,65 @@ fn ca_volume_misplaced(pod: &Pod) -> Option<String> {
         }
     }
     None
+}
+
+/// The credentials Secret (every credential's real value) must be mounted by the sidecar, read
+/// only, and by no other container; the volume is optional (pods start before the operator
+/// writes it).
+fn credentials_volume_misplaced(pod: &Pod) -> Option<String> {
+    use boundary_api::contract::{containers, objects, paths, volumes};
+    let spec = pod.spec.as_ref()?;
+    let volume = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == volumes::CREDENTIALS);
+    let mut sidecar_mounts = false;
+    for c in spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+    {
+        for m in c.volume_mounts.iter().flatten() {
+            let ours =
+                m.name == volumes::CREDENTIALS || m.mount_path.starts_with(paths::CREDENTIALS_DIR);
+            if !ours {
+                continue;
+            }
+            if c.name != containers::SIDECAR {
+                return Some(format!(
+                    "container {} mounts the credentials Secret",
+                    c.name
+                ));
+            }
+            if m.read_only != Some(true) || m.mount_path != paths::CREDENTIALS_DIR {
+                return Some(
+                    "the sidecar mounts the credentials Secret writable or elsewhere".into(),
+                );
+            }
+            sidecar_mounts = true;
+        }
+    }
+    match volume {
+        None if sidecar_mounts => {
+            Some("the sidecar mounts a credentials volume that is not there".into())
+        }
+        None => None,
+        Some(_) if !sidecar_mounts => {
+            Some("the credentials volume is there but the sidecar does not mount it".into())
+        }
+        Some(v) => {
+            let secret = v.secret.as_ref();
+            let right = secret.is_some_and(|s| {
+                s.secret_name.as_deref() == Some(objects::CREDENTIALS_SECRET)
+                    && s.optional == Some(true)
+            });
+            (!right).then(|| {
+                "the credentials volume is not the optional Secret agent-boundary-credentials"
+                    .into()
+            })
+        }
+    }
 }
 
 /// A jailed pod re-created from its mutated spec without the status annotation (a controller
@@ -657,5 +727,268 @@ fn a_pod_injected_before_the_ca_volume_existed_gets_it_once_and_only_in_the_side
             "injected as a new pod is"
         );
     }
+    Ok(())
+}
+
+fn env_of<'p>(pod: &'p Pod, container: &str) -> Vec<(&'p str, Option<&'p str>)> {
+    let spec = pod.spec.as_ref().unwrap();
+    spec.containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .find(|c| c.name == container)
+        .unwrap()
+        .env
+        .iter()
+        .flatten()
+        .map(|e| (e.name.as_str(), e.value.as_deref()))
+        .collect()
+}
+
+fn mounts_of<'p>(pod: &'p Pod, container: &str) -> Vec<&'p str> {
+    let spec = pod.spec.as_ref().unwrap();
+    spec.containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .find(|c| c.name == container)
+        .unwrap()
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| m.name.as_str())
+        .collect()
+}
+
+#[test]
+fn the_jailed_container_sees_placeholders_that_the_sidecar_can_tell_by_its_nonce()
+-> anyhow::Result<()> {
+    use boundary_api::credentials::{is_nonce, nonce_from, placeholder};
+    let loaded = loaded_case("credentials/basic.yaml")?;
+    let pod = apply(&loaded.pod, &decide(&loaded, &loaded.pod, &settings()))?;
+    let sidecar = env_of(&pod, "boundary");
+    let nonce = sidecar
+        .iter()
+        .find(|(n, _)| *n == "BOUNDARY_PLACEHOLDER_NONCE")
+        .and_then(|(_, v)| *v)
+        .unwrap();
+    assert!(is_nonce(nonce));
+    assert_eq!(nonce, nonce_from(GOLDEN_REVIEW_UID.as_bytes()));
+    for container in ["agent", "tools"] {
+        let env = env_of(&pod, container);
+        let github = placeholder(nonce, "github");
+        let openai = placeholder(nonce, "openai");
+        assert!(
+            env.contains(&("GITHUB_TOKEN", Some(github.as_str()))),
+            "{env:?}"
+        );
+        assert!(
+            env.contains(&("OPENAI_API_KEY", Some(openai.as_str()))),
+            "{env:?}"
+        );
+        assert!(
+            !env.iter()
+                .any(|(n, _)| n.starts_with("BOUNDARY_PLACEHOLDER"))
+        );
+        assert!(!mounts_of(&pod, container).contains(&"boundary-credentials"));
+    }
+    // Another review of the same pod spec (another pod) gets another nonce.
+    let other = plan(&Input {
+        review_uid: "another-review",
+        ..input(&loaded, &loaded.pod, &settings())
+    });
+    let other = apply(&loaded.pod, &other)?;
+    assert_ne!(env_of(&other, "agent"), env_of(&pod, "agent"));
+    // Reinvocation (a new request UID) keeps the pod's nonce.
+    let again = plan(&Input {
+        review_uid: "the-reinvocation",
+        ..input(&loaded, &pod, &settings())
+    });
+    assert!(again.patch(&pod).0.is_empty());
+    Ok(())
+}
+
+#[test]
+fn a_literal_value_replaced_by_the_placeholder_is_kept_nowhere() -> anyhow::Result<()> {
+    let loaded = loaded_case("credentials/literal-env-replaced.yaml")?;
+    let pod = apply(&loaded.pod, &decide(&loaded, &loaded.pod, &settings()))?;
+    let text = serde_json::to_string(&pod)?;
+    assert!(!text.contains("sk-ant-api03"), "{text}");
+    // Its position is kept: HOME still follows it.
+    let names: Vec<&str> = env_of(&pod, "agent").into_iter().map(|(n, _)| n).collect();
+    assert_eq!(
+        &names[..3],
+        ["ANTHROPIC_API_KEY", "HOME", "ANTHROPIC_API_KEY"]
+    );
+    // Every entry of the name holds the placeholder (the last one is the one that counts).
+    let values: Vec<Option<&str>> = env_of(&pod, "agent")
+        .into_iter()
+        .filter(|(n, _)| *n == "ANTHROPIC_API_KEY")
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(values.len(), 2);
+    assert!(
+        values
+            .iter()
+            .all(|v| v.is_some_and(|v| v.starts_with("boundary-ph-"))),
+        "{values:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn the_aws_identity_stays_with_the_sidecar_whichever_webhook_runs_first() -> anyhow::Result<()> {
+    let settings = settings();
+    let loaded = loaded_case("credentials/aws-sidecar-identity.yaml")?;
+    let identity = ["AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE"];
+    let holds = |pod: &Pod, container: &str| {
+        let env = env_of(pod, container);
+        identity.iter().all(|i| env.iter().any(|(n, _)| n == i))
+            && mounts_of(pod, container).contains(&"aws-iam-token")
+    };
+    let lacks = |pod: &Pod, container: &str| {
+        let env = env_of(pod, container);
+        !identity.iter().any(|i| env.iter().any(|(n, _)| n == i))
+            && !mounts_of(pod, container).contains(&"aws-iam-token")
+    };
+    // EKS's webhook first: the identity moves from the jailed container to the sidecar.
+    let first = apply(&loaded.pod, &decide(&loaded, &loaded.pod, &settings))?;
+    assert!(lacks(&first, "agent") && holds(&first, "boundary") && holds(&first, "helper"));
+    assert_eq!(
+        first.metadata.annotations.as_ref().unwrap()["eks.amazonaws.com/skip-containers"],
+        "agent"
+    );
+
+    // EKS's webhook after this one: it skips the containers the annotation names and gives the
+    // others, the sidecar among them, the identity; this webhook is then invoked again.
+    let mut bare = loaded.pod.clone();
+    for c in &mut bare.spec.as_mut().unwrap().containers {
+        c.env
+            .as_mut()
+            .unwrap()
+            .retain(|e| !e.name.starts_with("AWS_ROLE") && !e.name.starts_with("AWS_WEB"));
+        c.volume_mounts = None;
+    }
+    let ours_first = apply(&bare, &decide(&loaded, &bare, &settings))?;
+    assert!(lacks(&ours_first, "agent") && lacks(&ours_first, "boundary"));
+    let skipped =
+        ours_first.metadata.annotations.as_ref().unwrap()["eks.amazonaws.com/skip-containers"]
+            .clone();
+    let mut eks_after = ours_first.clone();
+    let spec = eks_after.spec.as_mut().unwrap();
+    let donor = loaded.pod.spec.as_ref().unwrap().containers[1].clone();
+    for c in spec
+        .containers
+        .iter_mut()
+        .chain(spec.init_containers.iter_mut().flatten())
+    {
+        if skipped.split(',').any(|s| s == c.name) || c.name == "boundary-install" {
+            continue;
+        }
+        for e in donor.env.iter().flatten() {
+            if !c.env.iter().flatten().any(|x| x.name == e.name) {
+                c.env.get_or_insert_with(Vec::new).push(e.clone());
+            }
+        }
+        c.volume_mounts
+            .get_or_insert_with(Vec::new)
+            .extend(donor.volume_mounts.iter().flatten().cloned());
+    }
+    let reinvoked = apply(&eks_after, &decide(&loaded, &eks_after, &settings))?;
+    assert!(
+        lacks(&reinvoked, "agent"),
+        "jailed container: {:?}",
+        env_of(&reinvoked, "agent")
+    );
+    assert!(
+        holds(&reinvoked, "boundary"),
+        "sidecar: {:?}",
+        env_of(&reinvoked, "boundary")
+    );
+    // And it is stable.
+    let third = decide(&loaded, &reinvoked, &settings);
+    assert!(third.patch(&reinvoked).0.is_empty());
+    Ok(())
+}
+
+#[test]
+fn strip_puts_back_what_credentials_replaced_or_took() -> anyhow::Result<()> {
+    use boundary_webhook::inject::{InjectionStatus, strip};
+    for case in [
+        "credentials/own-env-conflict-audit.yaml",
+        "credentials/aws-sidecar-identity.yaml",
+        "credentials/aws-pod-identity.yaml",
+    ] {
+        let loaded = loaded_case(case)?;
+        let mut pod = apply(&loaded.pod, &decide(&loaded, &loaded.pod, &settings()))?;
+        let status = InjectionStatus::of(&pod).unwrap();
+        strip(&mut pod, &status);
+        let sorted = |p: &Pod| -> anyhow::Result<Vec<Value>> {
+            let mut out = Vec::new();
+            for c in &p.spec.as_ref().unwrap().containers {
+                let mut env: Vec<Value> = c
+                    .env
+                    .iter()
+                    .flatten()
+                    .map(serde_json::to_value)
+                    .collect::<Result<_, _>>()?;
+                env.sort_by_key(ToString::to_string);
+                let mut mounts: Vec<Value> = c
+                    .volume_mounts
+                    .iter()
+                    .flatten()
+                    .map(serde_json::to_value)
+                    .collect::<Result<_, _>>()?;
+                mounts.sort_by_key(ToString::to_string);
+                out.push(json!({"name": c.name, "env": env, "mounts": mounts}));
+            }
+            Ok(out)
+        };
+        assert_eq!(sorted(&pod)?, sorted(&loaded.pod)?, "{case}");
+        assert_eq!(
+            pod.metadata.annotations, loaded.pod.metadata.annotations,
+            "{case}"
+        );
+        // The entry replaced in place comes back in place.
+        if case.contains("own-env") {
+            assert_eq!(
+                serde_json::to_value(&pod.spec.as_ref().unwrap().containers[0].env)?,
+                serde_json::to_value(&loaded.pod.spec.as_ref().unwrap().containers[0].env)?
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn the_sidecar_only_volume_checks_catch_a_jailed_container_mounting_them() -> anyhow::Result<()> {
+    use boundary_api::contract::{paths, volumes};
+    let loaded = loaded_case("credentials/header.yaml")?;
+    let pod = apply(&loaded.pod, &decide(&loaded, &loaded.pod, &settings()))?;
+    assert_eq!(credentials_volume_misplaced(&pod), None);
+    assert_eq!(ca_volume_misplaced(&pod), None);
+    for (volume, path) in [
+        (volumes::CREDENTIALS, paths::CREDENTIALS_DIR),
+        (volumes::CA, paths::CA_DIR),
+    ] {
+        let mut leaked = pod.clone();
+        leaked.spec.as_mut().unwrap().containers[0]
+            .volume_mounts
+            .get_or_insert_with(Vec::new)
+            .push(serde_json::from_value(
+                json!({"name": volume, "mountPath": path}),
+            )?);
+        let found = credentials_volume_misplaced(&leaked).or_else(|| ca_volume_misplaced(&leaked));
+        assert!(
+            found.is_some_and(|f| f.contains("container agent")),
+            "{volume}"
+        );
+    }
+    // An optional: false Secret would keep pods from starting before the operator writes it.
+    let mut required = pod.clone();
+    for v in required.spec.as_mut().unwrap().volumes.iter_mut().flatten() {
+        if let Some(s) = v.secret.as_mut() {
+            s.optional = Some(false);
+        }
+    }
+    assert!(credentials_volume_misplaced(&required).is_some());
     Ok(())
 }

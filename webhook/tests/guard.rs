@@ -254,3 +254,70 @@ fn creates_follow_the_admins_settings() {
     assert!(response.allowed, "{}", message(&response));
     assert!(response.patch.is_some(), "jailed, not skipped");
 }
+
+#[test]
+fn the_placeholder_nonce_is_derived_from_the_request_uid() {
+    use base64::Engine as _;
+    use boundary_api::credentials::{nonce_from, placeholder};
+    let mut with_credential = policy("strict", "agent");
+    with_credential.spec.credentials = vec![
+        serde_json::from_value(json!({
+            "name": "anthropic",
+            "secretKeyRef": {"name": "anthropic", "key": "api-key"},
+            "destinations": [{"domains": ["api.anthropic.com"]}],
+            "inject": {"header": {"name": "x-api-key"}},
+            "env": "ANTHROPIC_API_KEY"
+        }))
+        .unwrap(),
+    ];
+    let p = Planner::new(
+        StaticView {
+            nodes: Arc::new(Vec::new()),
+            namespaces: BTreeMap::from([(
+                "agents".into(),
+                BTreeMap::from([("agentboundary.dev/inject".into(), "enabled".into())]),
+            )]),
+            policies: vec![with_credential],
+            cluster_policies: Vec::new(),
+            cluster: Cluster { minor: 33 },
+        },
+        Settings::default(),
+    );
+    let mut seen = Vec::new();
+    for uid in [
+        "7c1f0c1e-0000-4000-8000-000000000001",
+        "7c1f0c1e-0000-4000-8000-000000000002",
+    ] {
+        let response = admit(
+            &p,
+            &json!({
+                "uid": uid, "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "operation": "CREATE", "namespace": "agents",
+                "object": {"metadata": {"name": "p", "labels": {"app": "agent"}},
+                           "spec": {"containers": [{"name": "agent", "image": "a:1", "command": ["claude"]}]}}
+            }),
+        );
+        assert!(response.allowed, "{}", message(&response));
+        let patch = base64::engine::general_purpose::STANDARD
+            .decode(response.patch.unwrap())
+            .unwrap();
+        let patch: Value = serde_json::from_slice(&patch).unwrap();
+        let text = patch.to_string();
+        let nonce = nonce_from(uid.as_bytes());
+        assert!(
+            text.contains(&format!(
+                r#"{{"name":"BOUNDARY_PLACEHOLDER_NONCE","value":"{nonce}"}}"#
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                r#"{{"name":"ANTHROPIC_API_KEY","value":"{}"}}"#,
+                placeholder(&nonce, "anthropic")
+            )),
+            "{text}"
+        );
+        seen.push(nonce);
+    }
+    assert_ne!(seen[0], seen[1]);
+}
