@@ -312,7 +312,7 @@ pub async fn run(client: Client, config: Config, shutdown: Shutdown) -> Result<(
         || !wait_for_cluster_policies(&clusters, &shutdown).await?
         || !wait_ready(&namespaces, "Namespace", &shutdown).await?
         || !wait_ready(&config_maps, "ConfigMap", &shutdown).await?
-        || !wait_ready(&secrets, "Secret (metadata)", &shutdown).await?
+        || !wait_for_secrets(&secrets, &shutdown).await?
         || !wait_ready(&jailed, "jailed Pod", &shutdown).await?
     {
         return Ok(());
@@ -407,6 +407,26 @@ async fn wait_for_cluster_policies(
          can. Is the CRD installed? (helm upgrade does not install new CRDs: kubectl apply -f \
          charts/agent-boundary/crds/) Does the operator's role allow list/watch on \
          clusterboundarypolicies?"
+    );
+    waiting.await
+}
+
+/// Waits for the first list of Secrets (metadata), saying what is likely wrong when it takes
+/// long: a role from a chart older than credentials has no right on Secrets.
+async fn wait_for_secrets(
+    secrets: &Store<PartialObjectMeta<Secret>>,
+    shutdown: &Shutdown,
+) -> Result<bool, Error> {
+    let waiting = wait_ready(secrets, "Secret", shutdown);
+    let mut waiting = std::pin::pin!(waiting);
+    tokio::select! {
+        ready = &mut waiting => return ready,
+        () = tokio::time::sleep(Duration::from_secs(30)) => {}
+    }
+    tracing::error!(
+        "Secrets cannot be listed yet; nothing is reconciled until they can (the credentials of \
+         spec.credentials are copied from them). Does the operator's role allow list/watch on \
+         secrets?"
     );
     waiting.await
 }
