@@ -508,4 +508,54 @@ mod tests {
         );
         assert!(wanted.iter().all(|w| w.policy == "agent"));
     }
+
+    /// The shipped examples with credentials compile without a problem and want the values
+    /// their comments tell to create.
+    #[test]
+    fn the_credential_examples_compile_and_want_their_secrets() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/examples");
+        let mut found = BTreeMap::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            if !text.contains("\nkind: BoundaryPolicy\n") {
+                continue;
+            }
+            let mut bp: BoundaryPolicy = serde_yaml_ng::from_str(&text).unwrap();
+            bp.metadata.namespace = Some("agents".into());
+            let name = bp.name_any();
+            let out = compile_namespace("agents", std::slice::from_ref(&bp), &[]);
+            assert!(
+                out.reports[0].problems.is_empty(),
+                "{name}: {:?}",
+                out.reports[0].problems
+            );
+            assert_eq!(
+                out.policy.policies[0].credentials.len(),
+                bp.spec.credentials.len(),
+                "{name}"
+            );
+            let sources: Vec<_> = wanted(&out.policy)
+                .into_iter()
+                .map(|w| format!("{}:{}", w.secret, w.secret_key.unwrap_or_default()))
+                .collect();
+            found.insert(name, sources);
+        }
+        let sources = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let credentials_examples = [
+            (
+                "claude-code-api-key",
+                sources(&["anthropic-api-key:api-key"]),
+            ),
+            ("claude-code-bedrock", sources(&[])),
+            ("claude-code-bedrock-keys", sources(&["bedrock-aws-keys:"])),
+            (
+                "github-token",
+                sources(&["github-token:token", "github-token:token"]),
+            ),
+        ];
+        for (name, want) in credentials_examples {
+            assert_eq!(found.get(name), Some(&want), "{name}");
+        }
+    }
 }
