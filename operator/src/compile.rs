@@ -24,7 +24,9 @@
 //! Each credential of `spec.credentials[]` is checked on its own ([`check_credentials`]): its
 //! fields (`Credential::apply`), its destinations (by the rule engine, reported at
 //! `spec.credentials[i].destinations[j]…`), a name or an environment variable another credential
-//! of the policy already has. An invalid credential is withheld (not in the file, so the proxy
+//! of the policy already has, or one of a credential of another policy (earlier by name) that may
+//! select the same containers ([`check_across_policies`]: a pod would get one placeholder of the
+//! two, depending on the order the webhook reads them). An invalid credential is withheld (not in the file, so the proxy
 //! never puts it in and the webhook never hands out its placeholder) and reported; the policy's
 //! rules and its other credentials are published as usual. A policy whose rules are withheld keeps
 //! its valid credentials: they go only into requests some rule allows. Cluster policies have no
@@ -119,6 +121,10 @@ pub fn compile_namespace(
         .filter(|p| p.namespace().as_deref() == Some(namespace))
         .collect();
     own.sort_by_key(|p| p.name_any());
+    let own_specs: Vec<(String, &[Credential])> = own
+        .iter()
+        .map(|p| (p.name_any(), p.spec.credentials.as_slice()))
+        .collect();
     let mut entries = Vec::new();
     let mut reports = Vec::new();
     for bp in own {
@@ -180,6 +186,7 @@ pub fn compile_namespace(
             withheld_credentials: checked.withheld,
         });
     }
+    check_across_policies(&own_specs, &mut entries, &mut reports);
     let mut cluster: Vec<&CompiledCluster> = cluster.to_vec();
     cluster.sort_by(|a, b| a.name.cmp(&b.name));
     entries.extend(cluster.iter().filter_map(|c| c.entry.clone()));
@@ -298,6 +305,129 @@ pub struct CheckedCredentials {
     pub withheld: Vec<String>,
     /// Every problem, at `spec.credentials[i]…`.
     pub problems: Vec<RuleProblem>,
+}
+
+/// Withholds, and reports, a published credential that sets the same environment variable as, or
+/// has the name (and so the placeholder) of, a credential of an earlier policy (by name) that may
+/// select the same pods and containers: the pod would get one of the two placeholders, and which
+/// one would depend on the order the webhook reads the policies in.
+fn check_across_policies(
+    specs: &[(String, &[Credential])],
+    entries: &mut [PolicyEntry],
+    reports: &mut [PolicyReport],
+) {
+    for later in 1..entries.len() {
+        let (earlier, rest) = entries.split_at_mut(later);
+        let entry = &mut rest[0];
+        let mut found = Vec::new();
+        let (selector, containers) = (&entry.pod_selector, entry.containers.as_slice());
+        entry.credentials.retain(|credential| {
+            let envs: Vec<String> = credential
+                .placeholder_env("")
+                .into_iter()
+                .map(|e| e.0)
+                .collect();
+            let env_field = if credential.inject.aws_sig_v4.is_some() {
+                "inject.awsSigV4"
+            } else {
+                "env"
+            };
+            let clash =
+                earlier
+                    .iter()
+                    .filter(|other| may_select_same(other, selector, containers))
+                    .find_map(|other| {
+                        other.credentials.iter().find_map(|c| {
+                        if c.name == credential.name {
+                            return Some(("name", format!(
+                                "policy {} has a credential named {:?} too and may select the \
+                                 same pods: their placeholders would be the same; rename one, or \
+                                 make the pod selectors disjoint",
+                                other.name, c.name
+                            )));
+                        }
+                        let theirs: Vec<String> =
+                            c.placeholder_env("").into_iter().map(|e| e.0).collect();
+                        envs.iter().find(|e| theirs.contains(e)).map(|env| {
+                            let message = format!(
+                                "{env} is also set by credential {} of policy {}, which may \
+                                 select the same pods: a container can hold only one placeholder \
+                                 in it; use another variable, or make the pod selectors disjoint",
+                                c.name, other.name
+                            );
+                            (env_field, message)
+                        })
+                    })
+                    });
+            match clash {
+                Some((field, message)) => {
+                    found.push((credential.name.clone(), field, message));
+                    false
+                }
+                None => true,
+            }
+        });
+        if found.is_empty() {
+            continue;
+        }
+        let Some(report) = reports.iter_mut().find(|r| r.name == entry.name) else {
+            continue;
+        };
+        let spec = specs
+            .iter()
+            .find(|(name, _)| *name == entry.name)
+            .map_or(&[][..], |(_, c)| *c);
+        for (name, field, message) in found {
+            let index = spec.iter().position(|c| c.name == name).unwrap_or_default();
+            report.problems.push(RuleProblem {
+                field: format!("spec.credentials[{index}].{field}"),
+                column: None,
+                message,
+            });
+            report.withheld_credentials.push(name);
+        }
+    }
+}
+
+/// Whether some container of some pod may be selected both by `a` and by a policy with
+/// `selector` and `containers` (`false` only when provably not: different container lists, or
+/// label requirements that contradict).
+fn may_select_same(a: &PolicyEntry, selector: &compiled::Selector, containers: &[String]) -> bool {
+    if !a.containers.is_empty()
+        && !containers.is_empty()
+        && !a.containers.iter().any(|c| containers.contains(c))
+    {
+        return false;
+    }
+    let as_requirements = |s: &compiled::Selector| -> Vec<compiled::Requirement> {
+        s.match_labels
+            .iter()
+            .map(|(k, v)| compiled::Requirement {
+                key: k.clone(),
+                operator: "In".into(),
+                values: vec![v.clone()],
+            })
+            .chain(s.match_expressions.iter().cloned())
+            .collect()
+    };
+    let (left, right) = (as_requirements(&a.pod_selector), as_requirements(selector));
+    !left
+        .iter()
+        .any(|l| right.iter().any(|r| l.key == r.key && contradict(l, r)))
+}
+
+/// Whether no label value satisfies both requirements (on the same key).
+fn contradict(a: &compiled::Requirement, b: &compiled::Requirement) -> bool {
+    let one_way = |x: &compiled::Requirement, y: &compiled::Requirement| match (
+        x.operator.as_str(),
+        y.operator.as_str(),
+    ) {
+        ("In", "In") => !x.values.iter().any(|v| y.values.contains(v)),
+        ("In", "NotIn") => x.values.iter().all(|v| y.values.contains(v)),
+        ("In" | "Exists", "DoesNotExist") => true,
+        _ => false,
+    };
+    one_way(a, b) || one_way(b, a)
 }
 
 /// Longest Secret key (the credentials Secret holds one key per credential).
@@ -780,6 +910,127 @@ mod tests {
         assert_eq!(out.policy.policies[0].credentials.len(), 1);
         assert!(out.policy.policies[0].allow.is_empty());
         assert_eq!(out.reports[1].outcome, Outcome::Excluded);
+    }
+
+    /// Policy `name` with one credential.
+    fn named(
+        name: &str,
+        selector: serde_json::Value,
+        containers: serde_json::Value,
+        credential: serde_json::Value,
+    ) -> BoundaryPolicy {
+        let spec = serde_json::Map::from_iter([
+            ("podSelector".to_owned(), selector),
+            ("containers".to_owned(), containers),
+            (
+                "credentials".to_owned(),
+                serde_json::Value::Array(vec![credential]),
+            ),
+        ]);
+        policy(name, &serde_json::Value::Object(spec))
+    }
+
+    #[test]
+    fn credentials_of_policies_that_may_select_the_same_pods_may_not_share_env_or_name() {
+        let mut renamed = anthropic();
+        renamed["name"] = json!("other-name");
+        let mut other_env = anthropic();
+        other_env["env"] = json!("OTHER_KEY");
+        let out = compile_namespace(
+            "agents",
+            &[
+                named("a", json!({}), json!([]), anthropic()),
+                // Same variable, selects a subset of a's pods.
+                named(
+                    "b",
+                    json!({"matchLabels": {"app": "agent"}}),
+                    json!([]),
+                    renamed.clone(),
+                ),
+                // Same name (and so placeholder), another variable.
+                named(
+                    "c",
+                    json!({"matchLabels": {"app": "agent"}}),
+                    json!([]),
+                    other_env,
+                ),
+            ],
+            &[],
+        );
+        let published: Vec<_> = out
+            .policy
+            .policies
+            .iter()
+            .map(|e| e.credentials.len())
+            .collect();
+        assert_eq!(published, [1, 0, 0]);
+        let b = &out.reports[1];
+        assert_eq!(b.problems[0].field, "spec.credentials[0].env");
+        assert!(
+            b.problems[0]
+                .message
+                .starts_with("ANTHROPIC_API_KEY is also set by credential anthropic of policy a"),
+            "{:?}",
+            b.problems
+        );
+        assert_eq!(b.withheld_credentials, ["other-name"]);
+        assert_eq!(b.outcome, Outcome::Published, "its rules stay");
+        let c = &out.reports[2];
+        assert_eq!(c.problems[0].field, "spec.credentials[0].name");
+        assert!(
+            c.problems[0]
+                .message
+                .starts_with("policy a has a credential named \"anthropic\"")
+        );
+    }
+
+    #[test]
+    fn credentials_of_policies_that_cannot_select_the_same_container_may_share_env_and_name() {
+        let out = compile_namespace(
+            "agents",
+            &[
+                named(
+                    "a",
+                    json!({"matchLabels": {"app": "one"}}),
+                    json!([]),
+                    anthropic(),
+                ),
+                named(
+                    "b",
+                    json!({"matchLabels": {"app": "two"}}),
+                    json!([]),
+                    anthropic(),
+                ),
+                named(
+                    "c",
+                    json!({"matchExpressions": [
+                    {"key": "app", "operator": "NotIn", "values": ["one", "two"]},
+                    {"key": "app", "operator": "Exists"}]}),
+                    json!([]),
+                    anthropic(),
+                ),
+                named(
+                    "d",
+                    json!({"matchExpressions": [{"key": "app", "operator": "DoesNotExist"}]}),
+                    json!(["x"]),
+                    anthropic(),
+                ),
+                // Same pods as d, another container.
+                named(
+                    "e",
+                    json!({"matchExpressions": [{"key": "app", "operator": "DoesNotExist"}]}),
+                    json!(["y"]),
+                    anthropic(),
+                ),
+            ],
+            &[],
+        );
+        assert!(
+            out.reports.iter().all(|r| r.problems.is_empty()),
+            "{:?}",
+            out.reports
+        );
+        assert!(out.policy.policies.iter().all(|e| e.credentials.len() == 1));
     }
 
     fn cluster(name: &str, spec: &serde_json::Value) -> ClusterBoundaryPolicy {
