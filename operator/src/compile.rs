@@ -25,7 +25,7 @@
 //! fields (`Credential::apply`), its destinations (by the rule engine, reported at
 //! `spec.credentials[i].destinations[j]…`), a name or an environment variable another credential
 //! of the policy already has, or one of a credential of another policy (earlier by name) that may
-//! select the same containers ([`check_across_policies`]: a pod would get one placeholder of the
+//! select the same containers (`check_across_policies`: a pod would get one placeholder of the
 //! two, depending on the order the webhook reads them). An invalid credential is withheld (not in the file, so the proxy
 //! never puts it in and the webhook never hands out its placeholder) and reported; the policy's
 //! rules and its other credentials are published as usual. A policy whose rules are withheld keeps
