@@ -113,15 +113,17 @@ impl std::fmt::Debug for Context {
 /// Per policy, one message per credential without a value.
 type Missing = BTreeMap<String, Vec<String>>;
 
-/// A Secret's metadata as kept in memory: its name, namespace and `resourceVersion` (labels,
-/// annotations and managed fields can be large; `kubectl apply`'s last-applied annotation even
-/// holds the data).
+/// A Secret's metadata as kept in memory: its name, namespace and `resourceVersion`, and the
+/// labels of a credentials Secret (to tell the operator's own). Nothing else: annotations and
+/// managed fields can be large, and `kubectl apply`'s last-applied annotation even holds the data.
 fn trim_secret(secret: &mut PartialObjectMeta<Secret>) {
     let meta = std::mem::take(&mut secret.metadata);
+    let ours = meta.name.as_deref() == Some(objects::CREDENTIALS_SECRET);
     secret.metadata = ObjectMeta {
         name: meta.name,
         namespace: meta.namespace,
         resource_version: meta.resource_version,
+        labels: meta.labels.filter(|_| ours),
         ..ObjectMeta::default()
     };
 }
@@ -893,11 +895,19 @@ async fn sync_credentials(
     Ok(collected.missing)
 }
 
-/// Deletes the credentials Secret of `ns` if it exists (no credential needs it any more).
+/// Deletes the credentials Secret of `ns` if it exists and the operator wrote it (no credential
+/// needs it any more).
 async fn remove_credentials(ctx: &Context, ns: &str) -> Result<(), Error> {
     ctx.lock_credentials().remove(ns);
     let own = ObjectRef::<PartialObjectMeta<Secret>>::new(objects::CREDENTIALS_SECRET).within(ns);
-    if ctx.secrets.get(&own).is_none() {
+    let written_by_us = ctx.secrets.get(&own).is_some_and(|s| {
+        s.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(labels::MANAGED_BY))
+            .is_some_and(|v| v == contract::MANAGED_BY_OPERATOR)
+    });
+    if !written_by_us {
         return Ok(());
     }
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
@@ -1338,12 +1348,19 @@ mod tests {
             "a change to the operator's own Secret is repaired"
         );
         // What is kept of a Secret: no labels, annotations (the last-applied one holds the data)
-        // or managed fields.
+        // or managed fields; the labels of a credentials Secret only.
         let mut kept = secret("agents", "llm-key");
         trim_secret(&mut kept);
         assert_eq!(
             serde_json::to_value(&kept.metadata).unwrap(),
             json!({"name": "llm-key", "namespace": "agents", "resourceVersion": "5"})
+        );
+        let mut ours = secret("agents", objects::CREDENTIALS_SECRET);
+        trim_secret(&mut ours);
+        assert_eq!(
+            serde_json::to_value(&ours.metadata).unwrap(),
+            json!({"name": objects::CREDENTIALS_SECRET, "namespace": "agents",
+                   "resourceVersion": "5", "labels": {"a": "b"}})
         );
     }
 
