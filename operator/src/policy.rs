@@ -59,7 +59,8 @@ use crate::enforcement::{self, EnforcementConfig, Observations, PodFacts, PodKey
 use crate::metrics::{Controller as MetricsController, Metrics};
 use crate::shutdown::Shutdown;
 use crate::status::{
-    CREDENTIALS_READY, Publication, desired_status, up_to_date, with_credentials, with_enforcement,
+    CREDENTIALS_READY, Publication, desired_status, reasons, up_to_date, with_credentials,
+    with_enforcement,
 };
 use crate::watch::{AbortOnDrop, spawn_reflector, stop_on, wait_ready};
 
@@ -67,6 +68,8 @@ use crate::watch::{AbortOnDrop, spawn_reflector, stop_on, wait_ready};
 pub const COMPONENT_POLICY: &str = "policy";
 /// Reason of the Warning Event on a policy whose rules do not compile.
 pub const EVENT_INVALID_RULES: &str = "InvalidRules";
+/// Reason of the Warning Event on a policy whose rules compile but some credentials do not.
+pub const EVENT_INVALID_CREDENTIALS: &str = "InvalidCredentials";
 /// Reason of the Warning Event on a policy a credential of which has no value.
 pub const EVENT_CREDENTIAL_VALUE_MISSING: &str = "CredentialValueMissing";
 /// Longest Event note the apiserver accepts (events.k8s.io/v1 limits it to 1 KiB).
@@ -1118,12 +1121,17 @@ async fn publish_problems(
     name: &str,
     conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
 ) {
-    let message = conditions
+    let rules_valid = conditions
         .iter()
-        .find(|c| c.type_ == boundary_api::crd::condition_types::RULES_VALID)
-        .map(|c| c.message.clone())
-        .unwrap_or_default();
-    publish_warning(recorder, reference, name, EVENT_INVALID_RULES, &message).await;
+        .find(|c| c.type_ == boundary_api::crd::condition_types::RULES_VALID);
+    let message = rules_valid.map(|c| c.message.clone()).unwrap_or_default();
+    // Only credentials are invalid: say so (the rules are published).
+    let reason = if rules_valid.is_some_and(|c| c.reason == reasons::INVALID_CREDENTIALS) {
+        EVENT_INVALID_CREDENTIALS
+    } else {
+        EVENT_INVALID_RULES
+    };
+    publish_warning(recorder, reference, name, reason, &message).await;
 }
 
 /// A Warning Event with `reason` and `message` (cut to what the apiserver accepts) on the

@@ -123,6 +123,24 @@ async fn status_when(
     .await
 }
 
+/// The message of the first Warning Event with `reason` on policy `agent`.
+async fn event_note(ns: &TestNamespace, reason: &str) -> anyhow::Result<String> {
+    let events = ns.api::<Event>();
+    eventually(WAIT, &format!("a {reason} Event on the policy"), || async {
+        let list = events.list(&kube::api::ListParams::default()).await?;
+        Ok(list
+            .items
+            .iter()
+            .find(|e| {
+                e.reason.as_deref() == Some(reason)
+                    && e.involved_object.name.as_deref() == Some("agent")
+                    && e.type_.as_deref() == Some("Warning")
+            })
+            .map(|e| e.message.clone().unwrap_or_default()))
+    })
+    .await
+}
+
 /// The credentials Secret's data as `{key: CredentialValue}`.
 fn values(secret: &Secret) -> anyhow::Result<BTreeMap<String, CredentialValue>> {
     secret
@@ -285,6 +303,8 @@ async fn valid_credentials_are_published_and_their_values_copied_into_the_namesp
         condition(&status, condition_types::READY).map(|c| c.status.as_str()),
         Some("True")
     );
+    let note = event_note(&ns, "InvalidCredentials").await?;
+    assert!(note.contains("spec.credentials[2].secretKeyRef"), "{note}");
     Ok(())
 }
 
@@ -329,24 +349,7 @@ async fn rotated_missing_and_recreated_source_secrets_reach_the_credentials_secr
     let ready = condition(&status, CREDENTIALS_READY).context("CredentialsReady")?;
     assert_eq!(ready.reason, "ValueMissing");
     assert!(ready.message.contains(&missing), "{}", ready.message);
-    let events = ns.api::<Event>();
-    let note = eventually(
-        WAIT,
-        "a CredentialValueMissing Event on the policy",
-        || async {
-            let list = events.list(&kube::api::ListParams::default()).await?;
-            Ok(list
-                .items
-                .iter()
-                .find(|e| {
-                    e.reason.as_deref() == Some("CredentialValueMissing")
-                        && e.involved_object.name.as_deref() == Some("agent")
-                        && e.type_.as_deref() == Some("Warning")
-                })
-                .map(|e| e.message.clone().unwrap_or_default()))
-        },
-    )
-    .await?;
+    let note = event_note(&ns, "CredentialValueMissing").await?;
     assert!(note.contains(&missing), "{note}");
     assert!(!note.contains("sk-ant"), "{note}");
 
