@@ -19,6 +19,19 @@
 //! evaluated at all and is left out of the file (the proxy would otherwise fail for every pod of
 //! the namespace). Both cases are reported in the policy's status with the field and column.
 //!
+//! # Credentials
+//!
+//! Each credential of `spec.credentials[]` is checked on its own ([`check_credentials`]): its
+//! fields (`Credential::apply`), its destinations (by the rule engine, reported at
+//! `spec.credentials[i].destinations[j]…`), a name or an environment variable another credential
+//! of the policy already has, or one of a credential of another policy (earlier by name) that may
+//! select the same containers (`check_across_policies`: a pod would get one placeholder of the
+//! two, depending on the order the webhook reads them). An invalid credential is withheld (not in the file, so the proxy
+//! never puts it in and the webhook never hands out its placeholder) and reported; the policy's
+//! rules and its other credentials are published as usual. A policy whose rules are withheld keeps
+//! its valid credentials: they go only into requests some rule allows. Cluster policies have no
+//! credentials.
+//!
 //! # Cluster policies
 //!
 //! A `ClusterBoundaryPolicy` is compiled once ([`compile_cluster`]) into one entry (`cluster:
@@ -34,7 +47,8 @@
 
 use boundary_api::compiled::{self, CompiledPolicy, FORMAT_VERSION, PolicyEntry};
 use boundary_api::crd::{BoundaryPolicy, ClusterBoundaryPolicy, RuleProblem};
-use boundary_api::rules::CompileErrors;
+use boundary_api::credentials::{self, Credential};
+use boundary_api::rules::{self, CompileErrors, RuleSource};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
 
@@ -63,10 +77,14 @@ pub struct PolicyReport {
     /// Number of rules as written (strings, HTTP, TCP and pod-local rules; a cluster policy's
     /// deny rules too).
     pub rule_count: usize,
-    /// Every problem found, with its field and column.
+    /// Every problem found, with its field and column (credentials' problems last).
     pub problems: Vec<RuleProblem>,
     /// What was published.
     pub outcome: Outcome,
+    /// Number of credentials as written (`spec.credentials`).
+    pub credential_count: usize,
+    /// Names of the credentials withheld for their problems (in `problems`).
+    pub withheld_credentials: Vec<String>,
 }
 
 /// The compiled file of a namespace and a report for each of its policies (sorted by name).
@@ -103,6 +121,10 @@ pub fn compile_namespace(
         .filter(|p| p.namespace().as_deref() == Some(namespace))
         .collect();
     own.sort_by_key(|p| p.name_any());
+    let own_specs: Vec<(String, &[Credential])> = own
+        .iter()
+        .map(|p| (p.name_any(), p.spec.credentials.as_slice()))
+        .collect();
     let mut entries = Vec::new();
     let mut reports = Vec::new();
     for bp in own {
@@ -133,6 +155,9 @@ pub fn compile_namespace(
         let selector_valid = problems
             .iter()
             .all(|p| !p.field.starts_with("spec.podSelector"));
+        let checked = check_credentials(&name, &spec.credentials);
+        problems.extend(checked.problems);
+        entry.credentials = checked.valid;
         let outcome = if !selector_valid {
             Outcome::Excluded
         } else if rules_valid {
@@ -157,8 +182,11 @@ pub fn compile_namespace(
             rule_count: spec.rule_count(),
             problems,
             outcome,
+            credential_count: spec.credentials.len(),
+            withheld_credentials: checked.withheld,
         });
     }
+    check_across_policies(&own_specs, &mut entries, &mut reports);
     let mut cluster: Vec<&CompiledCluster> = cluster.to_vec();
     cluster.sort_by(|a, b| a.name.cmp(&b.name));
     entries.extend(cluster.iter().filter_map(|c| c.entry.clone()));
@@ -262,8 +290,243 @@ pub fn compile_cluster(cbp: &ClusterBoundaryPolicy) -> CompiledCluster {
             rule_count: spec.rule_count(),
             problems,
             outcome,
+            credential_count: 0,
+            withheld_credentials: Vec::new(),
         },
     }
+}
+
+/// The credentials of one policy, checked.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CheckedCredentials {
+    /// The valid ones, in spec order: what is published.
+    pub valid: Vec<Credential>,
+    /// Names of the withheld ones.
+    pub withheld: Vec<String>,
+    /// Every problem, at `spec.credentials[i]…`.
+    pub problems: Vec<RuleProblem>,
+}
+
+/// Withholds, and reports, a published credential that sets the same environment variable as, or
+/// has the name (and so the placeholder) of, a credential of an earlier policy (by name) that may
+/// select the same pods and containers: the pod would get one of the two placeholders, and which
+/// one would depend on the order the webhook reads the policies in.
+fn check_across_policies(
+    specs: &[(String, &[Credential])],
+    entries: &mut [PolicyEntry],
+    reports: &mut [PolicyReport],
+) {
+    for later in 1..entries.len() {
+        let (earlier, rest) = entries.split_at_mut(later);
+        let entry = &mut rest[0];
+        let mut found = Vec::new();
+        let (selector, containers) = (&entry.pod_selector, entry.containers.as_slice());
+        entry.credentials.retain(|credential| {
+            let envs: Vec<String> = credential
+                .placeholder_env("")
+                .into_iter()
+                .map(|e| e.0)
+                .collect();
+            let env_field = if credential.inject.aws_sig_v4.is_some() {
+                "inject.awsSigV4"
+            } else {
+                "env"
+            };
+            let clash =
+                earlier
+                    .iter()
+                    .filter(|other| may_select_same(other, selector, containers))
+                    .find_map(|other| {
+                        other.credentials.iter().find_map(|c| {
+                        if c.name == credential.name {
+                            return Some(("name", format!(
+                                "policy {} has a credential named {:?} too and may select the \
+                                 same pods: their placeholders would be the same; rename one, or \
+                                 make the pod selectors disjoint",
+                                other.name, c.name
+                            )));
+                        }
+                        let theirs: Vec<String> =
+                            c.placeholder_env("").into_iter().map(|e| e.0).collect();
+                        envs.iter().find(|e| theirs.contains(e)).map(|env| {
+                            let message = format!(
+                                "{env} is also set by credential {} of policy {}, which may \
+                                 select the same pods: a container can hold only one placeholder \
+                                 in it; use another variable, or make the pod selectors disjoint",
+                                c.name, other.name
+                            );
+                            (env_field, message)
+                        })
+                    })
+                    });
+            match clash {
+                Some((field, message)) => {
+                    found.push((credential.name.clone(), field, message));
+                    false
+                }
+                None => true,
+            }
+        });
+        if found.is_empty() {
+            continue;
+        }
+        let Some(report) = reports.iter_mut().find(|r| r.name == entry.name) else {
+            continue;
+        };
+        let spec = specs
+            .iter()
+            .find(|(name, _)| *name == entry.name)
+            .map_or(&[][..], |(_, c)| *c);
+        for (name, field, message) in found {
+            let index = spec.iter().position(|c| c.name == name).unwrap_or_default();
+            report.problems.push(RuleProblem {
+                field: format!("spec.credentials[{index}].{field}"),
+                column: None,
+                message,
+            });
+            report.withheld_credentials.push(name);
+        }
+    }
+}
+
+/// Whether some container of some pod may be selected both by `a` and by a policy with
+/// `selector` and `containers` (`false` only when provably not: different container lists, or
+/// label requirements that contradict).
+fn may_select_same(a: &PolicyEntry, selector: &compiled::Selector, containers: &[String]) -> bool {
+    if !a.containers.is_empty()
+        && !containers.is_empty()
+        && !a.containers.iter().any(|c| containers.contains(c))
+    {
+        return false;
+    }
+    let as_requirements = |s: &compiled::Selector| -> Vec<compiled::Requirement> {
+        s.match_labels
+            .iter()
+            .map(|(k, v)| compiled::Requirement {
+                key: k.clone(),
+                operator: "In".into(),
+                values: vec![v.clone()],
+            })
+            .chain(s.match_expressions.iter().cloned())
+            .collect()
+    };
+    let (left, right) = (as_requirements(&a.pod_selector), as_requirements(selector));
+    !left
+        .iter()
+        .any(|l| right.iter().any(|r| l.key == r.key && contradict(l, r)))
+}
+
+/// Whether no label value satisfies both requirements (on the same key).
+fn contradict(a: &compiled::Requirement, b: &compiled::Requirement) -> bool {
+    let one_way = |x: &compiled::Requirement, y: &compiled::Requirement| match (
+        x.operator.as_str(),
+        y.operator.as_str(),
+    ) {
+        ("In", "In") => !x.values.iter().any(|v| y.values.contains(v)),
+        ("In", "NotIn") => x.values.iter().all(|v| y.values.contains(v)),
+        ("In" | "Exists", "DoesNotExist") => true,
+        _ => false,
+    };
+    one_way(a, b) || one_way(b, a)
+}
+
+/// Longest Secret key (the credentials Secret holds one key per credential).
+const MAX_SECRET_KEY: usize = 253;
+
+/// Checks the credentials of policy `policy` (see the module documentation). A name or an
+/// environment variable used twice is reported at the later credential, which is withheld.
+pub fn check_credentials(policy: &str, credentials: &[Credential]) -> CheckedCredentials {
+    let mut out = CheckedCredentials::default();
+    // First index of each name and of each environment variable set.
+    let mut names: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    let mut envs: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    for (i, credential) in credentials.iter().enumerate() {
+        let field = format!("spec.credentials[{i}]");
+        let at = |sub: &str, column: Option<i32>, message: String| RuleProblem {
+            field: format!("{field}.{sub}"),
+            column,
+            message,
+        };
+        let mut found = Vec::new();
+        if let Err(problems) = credential.apply() {
+            found.extend(problems.into_iter().map(|p| at(&p.field, None, p.message)));
+        }
+        if credential.destinations.is_empty() {
+            found.push(at(
+                "destinations",
+                None,
+                "at least one destination is required: where the credential is put in".into(),
+            ));
+        }
+        let http = credential.destination_rules();
+        if let Err(CompileErrors(problems)) = rules::compile(RuleSource {
+            policy: Some(policy),
+            field_prefix: "",
+            http: &http,
+            ..RuleSource::default()
+        }) {
+            // `http[j]…` of the rule engine is `destinations[j]…` here.
+            found.extend(problems.into_iter().map(|p| {
+                let rest = p.field.strip_prefix("http").unwrap_or(&p.field);
+                at(
+                    &format!("destinations{rest}"),
+                    p.column.and_then(|c| i32::try_from(c).ok()),
+                    p.message,
+                )
+            }));
+        }
+        if credentials::value_key(policy, &credential.name).len() > MAX_SECRET_KEY {
+            found.push(at(
+                "name",
+                None,
+                format!(
+                    "the policy's and the credential's names together are longer than a Secret \
+                     key may be ({MAX_SECRET_KEY}); use a shorter name"
+                ),
+            ));
+        }
+        match names.get(credential.name.as_str()) {
+            Some(first) => found.push(at(
+                "name",
+                None,
+                format!(
+                    "{:?} is also the name of spec.credentials[{first}]: names are unique in a \
+                     policy",
+                    credential.name
+                ),
+            )),
+            None => {
+                names.insert(&credential.name, i);
+            }
+        }
+        let env_field = if credential.inject.aws_sig_v4.is_some() {
+            "inject.awsSigV4"
+        } else {
+            "env"
+        };
+        for (env, _) in credential.placeholder_env("") {
+            match envs.get(&env) {
+                Some(first) => found.push(at(
+                    env_field,
+                    None,
+                    format!(
+                        "{env} is also set by spec.credentials[{first}]: a container can hold \
+                         only one placeholder in it"
+                    ),
+                )),
+                None => {
+                    envs.insert(env, i);
+                }
+            }
+        }
+        if found.is_empty() {
+            out.valid.push(credential.clone());
+        } else {
+            out.withheld.push(credential.name.clone());
+            out.problems.extend(found);
+        }
+    }
+    out
 }
 
 /// The problems of deny rule `index`, reported at `spec.deny[index]`: each deny rule is checked
@@ -498,6 +761,276 @@ mod tests {
             compiled::policy_hash(one.to_json().as_bytes()),
             compiled::policy_hash(changed.to_json().as_bytes())
         );
+    }
+
+    fn with_credentials(credentials: &serde_json::Value) -> BoundaryPolicy {
+        policy(
+            "agent",
+            &json!({"podSelector": {}, "allow": ["domain=api.anthropic.com"],
+                    "credentials": credentials}),
+        )
+    }
+
+    fn anthropic() -> serde_json::Value {
+        json!({"name": "anthropic", "secretKeyRef": {"name": "llm", "key": "api-key"},
+               "destinations": [{"domains": ["api.anthropic.com"], "methods": ["POST"]}],
+               "inject": {"header": {"name": "x-api-key"}}, "env": "ANTHROPIC_API_KEY"})
+    }
+
+    #[test]
+    fn valid_credentials_are_published_without_values() {
+        let out = compile_namespace("agents", &[with_credentials(&json!([anthropic()]))], &[]);
+        let report = &out.reports[0];
+        assert_eq!(report.outcome, Outcome::Published);
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        assert_eq!(report.credential_count, 1);
+        assert!(report.withheld_credentials.is_empty());
+        let entry = &out.policy.policies[0];
+        assert_eq!(entry.credentials.len(), 1);
+        assert_eq!(entry.credentials[0].name, "anthropic");
+        // The file names the Secret key, never a value, in the API's spelling.
+        let text = out.to_json();
+        assert!(
+            text.contains("\"credentials\"") && text.contains("\"secretKeyRef\""),
+            "{text}"
+        );
+        let parsed: CompiledPolicy = serde_json::from_str(&text).unwrap();
+        assert_eq!(parsed.policies[0].credentials, entry.credentials);
+    }
+
+    #[test]
+    fn invalid_credentials_are_withheld_with_their_fields_and_the_rules_stay() {
+        let mut no_source = anthropic();
+        no_source["name"] = json!("no-source");
+        no_source["env"] = json!("OTHER_KEY");
+        no_source.as_object_mut().unwrap().remove("secretKeyRef");
+        let mut bad_destination = anthropic();
+        bad_destination["name"] = json!("bad-destination");
+        bad_destination["env"] = json!("THIRD_KEY");
+        bad_destination["destinations"] = json!([
+            {"domains": ["api.anthropic.com"]},
+            {"domains": ["ok.com", "x.*"], "paths": ["no-slash"]}
+        ]);
+        let mut same_name = anthropic();
+        same_name["env"] = json!("FOURTH_KEY");
+        let mut same_env = anthropic();
+        same_env["name"] = json!("same-env");
+        let sigv4 = json!({"name": "bedrock", "destinations": [{"domains": ["bedrock-runtime.*.amazonaws.com"]}],
+                           "inject": {"awsSigV4": {"identity": "Sidecar"}}});
+        let mut sigv4_again = sigv4.clone();
+        sigv4_again["name"] = json!("s3");
+        let out = compile_namespace(
+            "agents",
+            &[with_credentials(&json!([
+                anthropic(),
+                no_source,
+                bad_destination,
+                same_name,
+                same_env,
+                sigv4,
+                sigv4_again
+            ]))],
+            &[],
+        );
+        let report = &out.reports[0];
+        assert_eq!(report.outcome, Outcome::Published, "the rules compile");
+        let fields: Vec<_> = report
+            .problems
+            .iter()
+            .map(|p| (p.field.as_str(), p.column))
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                ("spec.credentials[1].secretKeyRef", None),
+                ("spec.credentials[2].destinations[1].domains[1]", None),
+                ("spec.credentials[2].destinations[1].paths[0]", None),
+                ("spec.credentials[3].name", None),
+                ("spec.credentials[4].env", None),
+                ("spec.credentials[6].inject.awsSigV4", None),
+                ("spec.credentials[6].inject.awsSigV4", None),
+            ],
+            "{:?}",
+            report.problems
+        );
+        assert!(
+            report.problems[3]
+                .message
+                .contains("\"anthropic\" is also the name of spec.credentials[0]"),
+            "{:?}",
+            report.problems[3]
+        );
+        assert!(
+            report.problems[4]
+                .message
+                .starts_with("ANTHROPIC_API_KEY is also set by spec.credentials[0]"),
+            "{:?}",
+            report.problems[4]
+        );
+        assert!(
+            report.problems[5]
+                .message
+                .starts_with("AWS_ACCESS_KEY_ID is also set by spec.credentials[5]")
+        );
+        assert!(
+            report.problems[6]
+                .message
+                .starts_with("AWS_SECRET_ACCESS_KEY is also set")
+        );
+        assert_eq!(
+            report.withheld_credentials,
+            [
+                "no-source",
+                "bad-destination",
+                "anthropic",
+                "same-env",
+                "s3"
+            ]
+        );
+        let entry = &out.policy.policies[0];
+        let published: Vec<_> = entry.credentials.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(published, ["anthropic", "bedrock"]);
+        assert_eq!(entry.allow, ["domain=api.anthropic.com"], "rules stay");
+    }
+
+    #[test]
+    fn a_policy_with_withheld_rules_keeps_its_valid_credentials_and_an_excluded_one_none() {
+        let broken = policy(
+            "broken",
+            &json!({"podSelector": {}, "allow": ["domain=x.*"], "credentials": [anthropic()]}),
+        );
+        let excluded = policy(
+            "excluded",
+            &json!({"podSelector": {"matchExpressions": [{"key": "a", "operator": "Gt"}]},
+                    "credentials": [anthropic()]}),
+        );
+        let out = compile_namespace("agents", &[broken, excluded], &[]);
+        assert_eq!(out.reports[0].outcome, Outcome::RulesWithheld);
+        assert_eq!(out.policy.policies.len(), 1);
+        assert_eq!(out.policy.policies[0].credentials.len(), 1);
+        assert!(out.policy.policies[0].allow.is_empty());
+        assert_eq!(out.reports[1].outcome, Outcome::Excluded);
+    }
+
+    /// Policy `name` with one credential.
+    fn named(
+        name: &str,
+        selector: serde_json::Value,
+        containers: serde_json::Value,
+        credential: serde_json::Value,
+    ) -> BoundaryPolicy {
+        let spec = serde_json::Map::from_iter([
+            ("podSelector".to_owned(), selector),
+            ("containers".to_owned(), containers),
+            (
+                "credentials".to_owned(),
+                serde_json::Value::Array(vec![credential]),
+            ),
+        ]);
+        policy(name, &serde_json::Value::Object(spec))
+    }
+
+    #[test]
+    fn credentials_of_policies_that_may_select_the_same_pods_may_not_share_env_or_name() {
+        let mut renamed = anthropic();
+        renamed["name"] = json!("other-name");
+        let mut other_env = anthropic();
+        other_env["env"] = json!("OTHER_KEY");
+        let out = compile_namespace(
+            "agents",
+            &[
+                named("a", json!({}), json!([]), anthropic()),
+                // Same variable, selects a subset of a's pods.
+                named(
+                    "b",
+                    json!({"matchLabels": {"app": "agent"}}),
+                    json!([]),
+                    renamed.clone(),
+                ),
+                // Same name (and so placeholder), another variable.
+                named(
+                    "c",
+                    json!({"matchLabels": {"app": "agent"}}),
+                    json!([]),
+                    other_env,
+                ),
+            ],
+            &[],
+        );
+        let published: Vec<_> = out
+            .policy
+            .policies
+            .iter()
+            .map(|e| e.credentials.len())
+            .collect();
+        assert_eq!(published, [1, 0, 0]);
+        let b = &out.reports[1];
+        assert_eq!(b.problems[0].field, "spec.credentials[0].env");
+        assert!(
+            b.problems[0]
+                .message
+                .starts_with("ANTHROPIC_API_KEY is also set by credential anthropic of policy a"),
+            "{:?}",
+            b.problems
+        );
+        assert_eq!(b.withheld_credentials, ["other-name"]);
+        assert_eq!(b.outcome, Outcome::Published, "its rules stay");
+        let c = &out.reports[2];
+        assert_eq!(c.problems[0].field, "spec.credentials[0].name");
+        assert!(
+            c.problems[0]
+                .message
+                .starts_with("policy a has a credential named \"anthropic\"")
+        );
+    }
+
+    #[test]
+    fn credentials_of_policies_that_cannot_select_the_same_container_may_share_env_and_name() {
+        let out = compile_namespace(
+            "agents",
+            &[
+                named(
+                    "a",
+                    json!({"matchLabels": {"app": "one"}}),
+                    json!([]),
+                    anthropic(),
+                ),
+                named(
+                    "b",
+                    json!({"matchLabels": {"app": "two"}}),
+                    json!([]),
+                    anthropic(),
+                ),
+                named(
+                    "c",
+                    json!({"matchExpressions": [
+                    {"key": "app", "operator": "NotIn", "values": ["one", "two"]},
+                    {"key": "app", "operator": "Exists"}]}),
+                    json!([]),
+                    anthropic(),
+                ),
+                named(
+                    "d",
+                    json!({"matchExpressions": [{"key": "app", "operator": "DoesNotExist"}]}),
+                    json!(["x"]),
+                    anthropic(),
+                ),
+                // Same pods as d, another container.
+                named(
+                    "e",
+                    json!({"matchExpressions": [{"key": "app", "operator": "DoesNotExist"}]}),
+                    json!(["y"]),
+                    anthropic(),
+                ),
+            ],
+            &[],
+        );
+        assert!(
+            out.reports.iter().all(|r| r.problems.is_empty()),
+            "{:?}",
+            out.reports
+        );
+        assert!(out.policy.policies.iter().all(|e| e.credentials.len() == 1));
     }
 
     fn cluster(name: &str, spec: &serde_json::Value) -> ClusterBoundaryPolicy {

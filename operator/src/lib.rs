@@ -10,7 +10,8 @@
 //!   `ClusterBoundaryPolicy` objects selecting it ([`compile`], [`cluster`]) into the ConfigMap
 //!   the sidecars mount, writes each policy's status ([`status`]), including which jailed pods
 //!   are proven to enforce it ([`enforcement`]), each cluster policy's status, and the namespace
-//!   label `agentboundary.dev/inject=required` of `requireJailing`.
+//!   label `agentboundary.dev/inject=required` of `requireJailing`, and the namespace's
+//!   credentials Secret with the values of the policies' credentials ([`credentials`]).
 //! * [`nodes`]: writes the node labels the webhook reads, from classification and the node
 //!   agent's probe reports ([`labels`]).
 //! * [`node_agent`]: the node agent (`boundary-node-agent`, the DaemonSet) that writes those
@@ -24,6 +25,7 @@ pub mod certs;
 pub mod cluster;
 pub mod compile;
 pub mod config;
+pub mod credentials;
 pub mod enforcement;
 pub mod labels;
 pub mod leader;

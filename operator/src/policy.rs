@@ -18,6 +18,13 @@
 //! change to namespaces and ConfigMaps. Only an operator that manages every namespace writes it
 //! (not one started with `--watch-namespace`: its view is one namespace).
 //!
+//! The same reconcile writes the namespace's credentials Secret ([`crate::credentials`]) before
+//! the ConfigMap (so a sidecar finds a credential's value once it sees the credential), from the
+//! Secrets the policies reference. Secrets are watched by their metadata only (names and
+//! `resourceVersion`, trimmed: nothing else is kept), and a change to one that a policy of its
+//! namespace references reconciles that namespace, so a rotated value is copied within seconds;
+//! the referenced ones are read (`get`) only when their `resourceVersion` changed.
+//!
 //! A deleted policy stops applying at once to new pods and, through the mounted ConfigMap (the
 //! kubelet refreshes it, the sidecar reloads it), to running ones once the namespace has other
 //! policies left; when the last policy goes, the ConfigMap goes, and running pods keep the last
@@ -31,10 +38,10 @@ use boundary_api::compiled::CompiledPolicy;
 use boundary_api::contract::{self, API_VERSION, annotations, conditions, labels, objects};
 use boundary_api::crd::{BoundaryPolicy, BoundaryPolicyStatus, ClusterBoundaryPolicy};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams};
+use kube::api::{DeleteParams, ObjectMeta, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -45,18 +52,26 @@ use serde_json::json;
 
 use crate::Error;
 use crate::cluster::{self, Excluded};
-use crate::compile::{CompiledCluster, compile_cluster, compile_namespace};
+use crate::compile::{CompiledCluster, CompiledNamespace, compile_cluster, compile_namespace};
 use crate::config::Config;
+use crate::credentials;
 use crate::enforcement::{self, EnforcementConfig, Observations, PodFacts, PodKey, Verdict};
 use crate::metrics::{Controller as MetricsController, Metrics};
 use crate::shutdown::Shutdown;
-use crate::status::{Publication, desired_status, up_to_date, with_enforcement};
+use crate::status::{
+    CREDENTIALS_READY, Publication, desired_status, reasons, up_to_date, with_credentials,
+    with_enforcement,
+};
 use crate::watch::{AbortOnDrop, spawn_reflector, stop_on, wait_ready};
 
 /// Value of [`labels::COMPONENT`] on the policy ConfigMaps.
 pub const COMPONENT_POLICY: &str = "policy";
 /// Reason of the Warning Event on a policy whose rules do not compile.
 pub const EVENT_INVALID_RULES: &str = "InvalidRules";
+/// Reason of the Warning Event on a policy whose rules compile but some credentials do not.
+pub const EVENT_INVALID_CREDENTIALS: &str = "InvalidCredentials";
+/// Reason of the Warning Event on a policy a credential of which has no value.
+pub const EVENT_CREDENTIAL_VALUE_MISSING: &str = "CredentialValueMissing";
 /// Longest Event note the apiserver accepts (events.k8s.io/v1 limits it to 1 KiB).
 const MAX_NOTE: usize = 1000;
 
@@ -72,6 +87,11 @@ pub struct Context {
     /// Namespaces the chart requires jailing in (`--required-namespaces`).
     required: std::collections::BTreeSet<String>,
     config_maps: Store<ConfigMap>,
+    /// Every Secret's name and `resourceVersion` (nothing else: see [`trim_secret`]).
+    secrets: Store<PartialObjectMeta<Secret>>,
+    /// Per namespace, the fingerprint of its credentials Secret as last written
+    /// ([`credentials::fingerprint`]) and the messages of the values missing then.
+    credentials_written: Mutex<HashMap<String, (String, Missing)>>,
     /// Jailed pods, trimmed to what the counts and the checks read ([`enforcement::trim`]).
     jailed: Store<Pod>,
     /// What each running jailed pod's sidecar said last.
@@ -91,6 +111,59 @@ impl std::fmt::Debug for Context {
             .field("config_maps", &self.config_maps.len())
             .finish_non_exhaustive()
     }
+}
+
+/// Per policy, one message per credential without a value.
+type Missing = BTreeMap<String, Vec<String>>;
+
+/// A Secret's metadata as kept in memory: its name, namespace and `resourceVersion`, and the
+/// labels of a credentials Secret (to tell the operator's own). Nothing else: annotations and
+/// managed fields can be large, and `kubectl apply`'s last-applied annotation even holds the data.
+fn trim_secret(secret: &mut PartialObjectMeta<Secret>) {
+    let meta = std::mem::take(&mut secret.metadata);
+    let ours = meta.name.as_deref() == Some(objects::CREDENTIALS_SECRET);
+    secret.metadata = ObjectMeta {
+        name: meta.name,
+        namespace: meta.namespace,
+        resource_version: meta.resource_version,
+        labels: meta.labels.filter(|_| ours),
+        ..ObjectMeta::default()
+    };
+}
+
+/// The namespace a change to `secret` reconciles: its own when it is the credentials Secret or
+/// a policy there references it, else none.
+fn secret_target(
+    policies: &Store<BoundaryPolicy>,
+    secret: &PartialObjectMeta<Secret>,
+) -> Option<ObjectRef<Namespace>> {
+    let ns = secret.metadata.namespace.as_deref()?;
+    let name = secret.metadata.name.as_deref()?;
+    let concerned = name == objects::CREDENTIALS_SECRET
+        || policies.state().iter().any(|p| {
+            p.metadata.namespace.as_deref() == Some(ns) && credentials::references(p, name)
+        });
+    concerned.then(|| ObjectRef::new(ns))
+}
+
+/// The reflector of Secrets, by metadata only, trimmed to name and `resourceVersion` before
+/// they are stored; a change triggers the namespaces whose policies reference it.
+fn secret_reflector(
+    client: &Client,
+    config: &Config,
+    policies: &Store<BoundaryPolicy>,
+    tx: &futures::channel::mpsc::UnboundedSender<ObjectRef<Namespace>>,
+) -> (Store<PartialObjectMeta<Secret>>, AbortOnDrop) {
+    let api = match &config.watch_namespace {
+        Some(ns) => Api::<PartialObjectMeta<Secret>>::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let policies = policies.clone();
+    spawn_reflector(
+        watcher(api, watcher::Config::default()).modify(trim_secret),
+        move |s: &PartialObjectMeta<Secret>| secret_target(&policies, s),
+        tx.clone(),
+    )
 }
 
 /// The label selector of the ConfigMaps this controller manages.
@@ -228,6 +301,7 @@ pub async fn run(client: Client, config: Config, shutdown: Shutdown) -> Result<(
         tx.clone(),
     );
     let (config_maps, _cm_tasks) = config_map_reflector(cm_api, &tx, all_tx.clone());
+    let (secrets, _secret_task) = secret_reflector(&client, &config, &policies, &tx);
     let (namespaces, clusters, _cluster_tasks) =
         cluster_reflectors(&client, ns_watch.clone(), &tx, all_tx);
     // Jailed pods, whole (the checks need the pod IP, phase and container states) but trimmed
@@ -243,6 +317,7 @@ pub async fn run(client: Client, config: Config, shutdown: Shutdown) -> Result<(
         || !wait_for_cluster_policies(&clusters, &shutdown).await?
         || !wait_ready(&namespaces, "Namespace", &shutdown).await?
         || !wait_ready(&config_maps, "ConfigMap", &shutdown).await?
+        || !wait_for_secrets(&secrets, &shutdown).await?
         || !wait_ready(&jailed, "jailed Pod", &shutdown).await?
     {
         return Ok(());
@@ -269,6 +344,8 @@ pub async fn run(client: Client, config: Config, shutdown: Shutdown) -> Result<(
         excluded: Excluded::new(config.namespace.as_deref(), &config.excluded_namespaces),
         required: config.required_namespaces.iter().cloned().collect(),
         config_maps,
+        secrets,
+        credentials_written: Mutex::new(HashMap::new()),
         jailed,
         observations,
         enforcement: config.enforcement.clone(),
@@ -335,6 +412,26 @@ async fn wait_for_cluster_policies(
          can. Is the CRD installed? (helm upgrade does not install new CRDs: kubectl apply -f \
          charts/agent-boundary/crds/) Does the operator's role allow list/watch on \
          clusterboundarypolicies?"
+    );
+    waiting.await
+}
+
+/// Waits for the first list of Secrets (metadata), saying what is likely wrong when it takes
+/// long: a role from a chart older than credentials has no right on Secrets.
+async fn wait_for_secrets(
+    secrets: &Store<PartialObjectMeta<Secret>>,
+    shutdown: &Shutdown,
+) -> Result<bool, Error> {
+    let waiting = wait_ready(secrets, "Secret", shutdown);
+    let mut waiting = std::pin::pin!(waiting);
+    tokio::select! {
+        ready = &mut waiting => return ready,
+        () = tokio::time::sleep(Duration::from_secs(30)) => {}
+    }
+    tracing::error!(
+        "Secrets cannot be listed yet; nothing is reconciled until they can (the credentials of \
+         spec.credentials are copied from them). Does the operator's role allow list/watch on \
+         secrets?"
     );
     waiting.await
 }
@@ -564,6 +661,7 @@ async fn publish(
 
     if policies.is_empty() && applying.is_empty() {
         ctx.forget(&ns);
+        remove_credentials(ctx, &ns).await?;
         if existing.is_some() {
             delete_config_map(&cms, &ns).await?;
         }
@@ -575,6 +673,10 @@ async fn publish(
     }
 
     let compiled = compile_namespace(&ns, &policies, applying);
+    // Values first, so a sidecar that sees a credential in the file finds its value. A failure
+    // must not hold up the rules: it is reported on the policies and retried at the end.
+    let synced = sync_credentials(ctx, &ns, &compiled, &policies).await;
+    let missing = missing_values(&synced, &compiled);
     let text = compiled.to_json();
     let hash = boundary_api::compiled::policy_hash(text.as_bytes());
     let desired = config_map(&ns, &policies, applying, text)?;
@@ -613,16 +715,13 @@ async fn publish(
             ctx.enforcement.enabled(),
             &now,
         );
+        let no_values: &[String] = &[];
+        let missing_here = missing.get(&report.name).map_or(no_values, Vec::as_slice);
+        with_credentials(&mut status, previous, report, missing_here, &now);
         if up_to_date(previous, &status) {
             continue;
         }
-        let problems_changed = previous.is_none_or(|s| {
-            s.rule_problems != report.problems || s.observed_generation != report.generation
-        });
-        if !report.problems.is_empty() && problems_changed {
-            let reference = bp.object_ref(&());
-            publish_problems(&ctx.recorder, &reference, &report.name, &status.conditions).await;
-        }
+        publish_events(&ctx.recorder, bp, report, &status).await;
         let body = json!({"apiVersion": API_VERSION, "kind": "BoundaryPolicy", "status": status});
         match api
             .patch_status(
@@ -644,7 +743,191 @@ async fn publish(
     }
     ctx.count_verdicts(&ns, &verdicts);
     set_pod_conditions(ctx, &ns, &ns_pods, &verdicts, published_for, &now).await;
+    synced?;
     Ok(Action::await_change())
+}
+
+/// The Warning Events a policy's new `status` calls for: its problems, when they changed, and a
+/// credential value that went missing.
+async fn publish_events(
+    recorder: &Recorder,
+    bp: &BoundaryPolicy,
+    report: &crate::compile::PolicyReport,
+    status: &BoundaryPolicyStatus,
+) {
+    let previous = bp.status.as_ref();
+    let reference = bp.object_ref(&());
+    if let Some(note) = newly_missing(previous, status) {
+        let reason = EVENT_CREDENTIAL_VALUE_MISSING;
+        publish_warning(recorder, &reference, &report.name, reason, &note).await;
+    }
+    let problems_changed = previous.is_none_or(|s| {
+        s.rule_problems != report.problems || s.observed_generation != report.generation
+    });
+    if !report.problems.is_empty() && problems_changed {
+        publish_problems(recorder, &reference, &report.name, &status.conditions).await;
+    }
+}
+
+/// Per policy, the credentials without a value: as `synced` says, or every policy with
+/// credentials when the credentials Secret could not be written.
+fn missing_values(synced: &Result<Missing, Error>, compiled: &CompiledNamespace) -> Missing {
+    match synced {
+        Ok(missing) => missing.clone(),
+        Err(error) => compiled
+            .reports
+            .iter()
+            .filter(|r| r.credential_count > 0)
+            .map(|r| {
+                let message = format!("the credentials Secret could not be written: {error}");
+                (r.name.clone(), vec![message])
+            })
+            .collect(),
+    }
+}
+
+/// The message of the `CredentialsReady` condition of `status` when it is `False` with a message
+/// `previous` did not have (what a Warning Event should say), else `None`.
+fn newly_missing(
+    previous: Option<&BoundaryPolicyStatus>,
+    status: &BoundaryPolicyStatus,
+) -> Option<String> {
+    let find = |s: &BoundaryPolicyStatus| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == CREDENTIALS_READY)
+            .cloned()
+    };
+    let now = find(status).filter(|c| c.status == "False")?;
+    let before = previous.and_then(find);
+    (before.is_none_or(|b| b.status != now.status || b.message != now.message))
+        .then_some(now.message)
+}
+
+/// Writes the credentials Secret of `ns` from the published credentials of `compiled` (or
+/// deletes it when none has a Secret source); returns, per policy, the credentials left without
+/// a value. Reads and writes only when something it is made from changed
+/// ([`credentials::fingerprint`]).
+async fn sync_credentials(
+    ctx: &Context,
+    ns: &str,
+    compiled: &CompiledNamespace,
+    policies: &[BoundaryPolicy],
+) -> Result<Missing, Error> {
+    let wanted = credentials::wanted(&compiled.policy);
+    if wanted.is_empty() {
+        remove_credentials(ctx, ns).await?;
+        return Ok(Missing::new());
+    }
+    let owners: Vec<&BoundaryPolicy> = policies
+        .iter()
+        .filter(|p| wanted.iter().any(|w| w.policy == p.name_any()))
+        .collect();
+    let rv_of = |name: &str| {
+        ctx.secrets
+            .get(&ObjectRef::new(name).within(ns))
+            .and_then(|s| s.metadata.resource_version.clone())
+    };
+    let seen = credentials::fingerprint(
+        &wanted,
+        &owners,
+        rv_of,
+        rv_of(objects::CREDENTIALS_SECRET).as_deref(),
+    );
+    if let Some((fingerprint, missing)) = ctx.lock_credentials().get(ns)
+        && *fingerprint == seen
+    {
+        return Ok(missing.clone());
+    }
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let mut sources = credentials::SourceSecrets::new();
+    for name in credentials::referenced(&wanted) {
+        let secret = api.get_opt(name).await.map_err(|e| {
+            Error::kube(
+                format!(
+                    "reading Secret {ns}/{name}, referenced by spec.credentials (does the \
+                     operator's role allow get on secrets?)"
+                ),
+                e,
+            )
+        })?;
+        sources.insert(name.to_owned(), secret.map(|s| s.data.unwrap_or_default()));
+    }
+    let collected = credentials::collect(ns, &wanted, &sources);
+    drop(sources);
+    let desired = credentials::secret(ns, &owners, &collected.values)?;
+    let existing = api
+        .get_opt(objects::CREDENTIALS_SECRET)
+        .await
+        .map_err(|e| {
+            Error::kube(
+                format!("reading Secret {ns}/{}", objects::CREDENTIALS_SECRET),
+                e,
+            )
+        })?;
+    let own_rv = if credentials::secret_current(existing.as_ref(), &desired) {
+        existing.and_then(|s| s.metadata.resource_version)
+    } else {
+        let written = api
+            .patch(
+                objects::CREDENTIALS_SECRET,
+                &PatchParams::apply(objects::OPERATOR_FIELD_MANAGER).force(),
+                &Patch::Apply(&desired),
+            )
+            .await
+            .map_err(|e| {
+                Error::kube(
+                    format!(
+                        "applying Secret {ns}/{} (does the operator's role allow patch on it?)",
+                        objects::CREDENTIALS_SECRET
+                    ),
+                    e,
+                )
+            })?;
+        tracing::info!(
+            namespace = %ns,
+            values = collected.values.len(),
+            missing = collected.missing.values().map(Vec::len).sum::<usize>(),
+            "credentials Secret written"
+        );
+        written.metadata.resource_version
+    };
+    let written = credentials::fingerprint(&wanted, &owners, rv_of, own_rv.as_deref());
+    ctx.lock_credentials()
+        .insert(ns.to_owned(), (written, collected.missing.clone()));
+    Ok(collected.missing)
+}
+
+/// Deletes the credentials Secret of `ns` if it exists and the operator wrote it (no credential
+/// needs it any more).
+async fn remove_credentials(ctx: &Context, ns: &str) -> Result<(), Error> {
+    ctx.lock_credentials().remove(ns);
+    let own = ObjectRef::<PartialObjectMeta<Secret>>::new(objects::CREDENTIALS_SECRET).within(ns);
+    let written_by_us = ctx.secrets.get(&own).is_some_and(|s| {
+        s.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(labels::MANAGED_BY))
+            .is_some_and(|v| v == contract::MANAGED_BY_OPERATOR)
+    });
+    if !written_by_us {
+        return Ok(());
+    }
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    match api
+        .delete(objects::CREDENTIALS_SECRET, &DeleteParams::default())
+        .await
+    {
+        Ok(_) => tracing::info!(namespace = %ns, "no credentials left: credentials Secret deleted"),
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(e) => {
+            return Err(Error::kube(
+                format!("deleting Secret {ns}/{}", objects::CREDENTIALS_SECRET),
+                e,
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The fields of a policy's status computed from its pods: `matchedPods` and `tiers` (what the
@@ -729,6 +1012,12 @@ impl Context {
     fn forget(&self, namespace: &str) {
         self.lock_published().remove(namespace);
         self.metrics.set_enforcement(namespace, 0, 0);
+    }
+
+    fn lock_credentials(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Missing)>> {
+        self.credentials_written
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn lock_published(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Instant)>> {
@@ -832,18 +1121,35 @@ async fn publish_problems(
     name: &str,
     conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
 ) {
-    let message = conditions
+    let rules_valid = conditions
         .iter()
-        .find(|c| c.type_ == boundary_api::crd::condition_types::RULES_VALID)
-        .map(|c| c.message.clone())
-        .unwrap_or_default();
+        .find(|c| c.type_ == boundary_api::crd::condition_types::RULES_VALID);
+    let message = rules_valid.map(|c| c.message.clone()).unwrap_or_default();
+    // Only credentials are invalid: say so (the rules are published).
+    let reason = if rules_valid.is_some_and(|c| c.reason == reasons::INVALID_CREDENTIALS) {
+        EVENT_INVALID_CREDENTIALS
+    } else {
+        EVENT_INVALID_RULES
+    };
+    publish_warning(recorder, reference, name, reason, &message).await;
+}
+
+/// A Warning Event with `reason` and `message` (cut to what the apiserver accepts) on the
+/// policy `reference`. Failing to record it is only logged.
+async fn publish_warning(
+    recorder: &Recorder,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    name: &str,
+    reason: &str,
+    message: &str,
+) {
     let mut note: String = message.chars().take(MAX_NOTE).collect();
     if note.len() < message.len() {
         note.push('…');
     }
     let event = Event {
         type_: EventType::Warning,
-        reason: EVENT_INVALID_RULES.into(),
+        reason: reason.into(),
         note: Some(note),
         action: "Compile".into(),
         secondary: None,
@@ -1008,6 +1314,87 @@ mod tests {
         let mut no_uid = org.clone();
         no_uid.uid = None;
         assert!(config_map("agents", &[], &[&no_uid], String::new()).is_err());
+    }
+
+    #[test]
+    fn secret_changes_reconcile_only_namespaces_whose_policies_reference_them() {
+        use kube::runtime::{reflector, watcher::Event};
+        let (store, mut writer) = reflector::store::<BoundaryPolicy>();
+        let mut referencing = policy("a", "u1");
+        referencing.spec.credentials = serde_json::from_value(json!([
+            {"name": "llm", "secretKeyRef": {"name": "llm-key", "key": "k"},
+             "destinations": [{"domains": ["api.anthropic.com"]}],
+             "inject": {"header": {"name": "x-api-key"}}},
+            {"name": "aws", "destinations": [{"domains": ["*.amazonaws.com"]}],
+             "inject": {"awsSigV4": {"secretName": "aws-keys"}}}
+        ]))
+        .unwrap();
+        writer.apply_watcher_event(&Event::Apply(referencing));
+        let secret = |ns: &str, name: &str| -> PartialObjectMeta<Secret> {
+            serde_json::from_value(json!({
+                "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                "metadata": {"name": name, "namespace": ns, "resourceVersion": "5",
+                             "labels": {"a": "b"}, "managedFields": [{"manager": "kubectl"}],
+                             "annotations": {"kubectl.kubernetes.io/last-applied-configuration":
+                                             "{\"data\":{\"k\":\"c2VjcmV0\"}}"}},
+            }))
+            .unwrap()
+        };
+        let target =
+            |ns: &str, name: &str| secret_target(&store, &secret(ns, name)).map(|t| t.name);
+        assert_eq!(target("agents", "llm-key").as_deref(), Some("agents"));
+        assert_eq!(target("agents", "aws-keys").as_deref(), Some("agents"));
+        assert_eq!(target("agents", "unrelated"), None);
+        assert_eq!(
+            target("elsewhere", "llm-key"),
+            None,
+            "policies reference their own namespace"
+        );
+        assert_eq!(
+            target("elsewhere", objects::CREDENTIALS_SECRET).as_deref(),
+            Some("elsewhere"),
+            "a change to the operator's own Secret is repaired"
+        );
+        // What is kept of a Secret: no labels, annotations (the last-applied one holds the data)
+        // or managed fields; the labels of a credentials Secret only.
+        let mut kept = secret("agents", "llm-key");
+        trim_secret(&mut kept);
+        assert_eq!(
+            serde_json::to_value(&kept.metadata).unwrap(),
+            json!({"name": "llm-key", "namespace": "agents", "resourceVersion": "5"})
+        );
+        let mut ours = secret("agents", objects::CREDENTIALS_SECRET);
+        trim_secret(&mut ours);
+        assert_eq!(
+            serde_json::to_value(&ours.metadata).unwrap(),
+            json!({"name": objects::CREDENTIALS_SECRET, "namespace": "agents",
+                   "resourceVersion": "5", "labels": {"a": "b"}})
+        );
+    }
+
+    #[test]
+    fn an_event_is_due_when_a_missing_value_is_new_or_its_message_changed() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+        let status = |state: &str, message: &str| BoundaryPolicyStatus {
+            conditions: vec![Condition {
+                type_: CREDENTIALS_READY.into(),
+                status: state.into(),
+                reason: "r".into(),
+                message: message.into(),
+                observed_generation: None,
+                last_transition_time: Time(Timestamp::UNIX_EPOCH),
+            }],
+            ..BoundaryPolicyStatus::default()
+        };
+        let missing = status("False", "Secret agents/llm has no key k");
+        assert_eq!(
+            newly_missing(None, &missing).as_deref(),
+            Some("Secret agents/llm has no key k")
+        );
+        assert!(newly_missing(Some(&status("True", "fine")), &missing).is_some());
+        assert!(newly_missing(Some(&missing), &missing).is_none());
+        assert!(newly_missing(Some(&status("False", "other")), &missing).is_some());
+        assert!(newly_missing(Some(&missing), &status("True", "fine")).is_none());
     }
 
     #[test]

@@ -29,7 +29,18 @@ pub mod reasons {
     /// `Ready=False` on a cluster policy: not yet in the compiled policy of every namespace it
     /// selects.
     pub const PUBLISHING: &str = "Publishing";
+    /// `RulesValid=False`: the rules compile, some credentials do not (they are withheld).
+    pub const INVALID_CREDENTIALS: &str = "InvalidCredentials";
+    /// `CredentialsReady=True`.
+    pub const VALUES_PRESENT: &str = "ValuesPresent";
+    /// `CredentialsReady=False`: a referenced Secret or key is missing or unusable.
+    pub const VALUE_MISSING: &str = "ValueMissing";
 }
+
+/// The condition of a policy with credentials: every published credential's value is in the
+/// namespace's credentials Secret (or comes from the sidecar's AWS identity). Not in
+/// `boundary_api::crd::condition_types`, which lists the conditions every policy has.
+pub const CREDENTIALS_READY: &str = "CredentialsReady";
 
 /// The status the operator wants for the policy of `report`, from the compile report alone. The
 /// fields computed from pods (`matchedPods`, `tiers`, `enforcedPods`, `notEnforcing`, the
@@ -40,6 +51,53 @@ pub fn desired_status(
     publication: &Publication,
     now: &Time,
 ) -> BoundaryPolicyStatus {
+    let (rules_valid, ready) = rule_conditions(report, publication);
+    let condition = |type_: &str, (status, reason, message): (&str, &str, String)| {
+        condition(
+            previous.map(|s| s.conditions.as_slice()),
+            type_,
+            (status, reason, message),
+            report.generation,
+            now,
+        )
+    };
+    let published = report.outcome != Outcome::Excluded;
+    BoundaryPolicyStatus {
+        observed_generation: report.generation,
+        conditions: [
+            condition(condition_types::RULES_VALID, rules_valid),
+            condition(condition_types::READY, ready),
+        ]
+        .into_iter()
+        .chain(
+            previous
+                .iter()
+                .flat_map(|s| &s.conditions)
+                .filter(|c| c.type_ == condition_types::ENFORCED)
+                .cloned(),
+        )
+        .collect(),
+        rule_count: Some(i32::try_from(report.rule_count).unwrap_or(i32::MAX)),
+        rule_problems: report.problems.clone(),
+        config_map: published.then(|| publication.config_map.clone()),
+        policy_hash: published.then(|| publication.hash.clone()),
+        matched_pods: previous.and_then(|s| s.matched_pods),
+        tiers: previous.map(|s| s.tiers.clone()).unwrap_or_default(),
+        enforced_pods: previous.and_then(|s| s.enforced_pods),
+        not_enforcing: previous
+            .map(|s| s.not_enforcing.clone())
+            .unwrap_or_default(),
+    }
+}
+
+/// `(RulesValid, Ready)` as `(status, reason, message)` from the compile report.
+fn rule_conditions(
+    report: &PolicyReport,
+    publication: &Publication,
+) -> (
+    (&'static str, &'static str, String),
+    (&'static str, &'static str, String),
+) {
     let problems = report
         .problems
         .iter()
@@ -51,7 +109,28 @@ pub fn desired_status(
         .join("; ");
     let count = report.problems.len();
     let short_hash: String = publication.hash.chars().take(12).collect();
-    let (rules_valid, ready) = match report.outcome {
+    match report.outcome {
+        Outcome::Published if count > 0 => (
+            (
+                "False",
+                reasons::INVALID_CREDENTIALS,
+                format!(
+                    "all {} rules compile; {count} problem(s) in the credentials (withheld: {}, \
+                     never put into requests): {problems}",
+                    report.rule_count,
+                    report.withheld_credentials.join(", ")
+                ),
+            ),
+            (
+                "True",
+                reasons::PUBLISHED,
+                format!(
+                    "compiled into ConfigMap {} (sha256 {short_hash}) without the invalid \
+                     credentials",
+                    publication.config_map
+                ),
+            ),
+        ),
         Outcome::Published => (
             (
                 "True",
@@ -93,42 +172,6 @@ pub fn desired_status(
                 "not published: the pod selector cannot be evaluated".to_owned(),
             ),
         ),
-    };
-    let condition = |type_: &str, (status, reason, message): (&str, &str, String)| {
-        condition(
-            previous.map(|s| s.conditions.as_slice()),
-            type_,
-            (status, reason, message),
-            report.generation,
-            now,
-        )
-    };
-    let published = report.outcome != Outcome::Excluded;
-    BoundaryPolicyStatus {
-        observed_generation: report.generation,
-        conditions: [
-            condition(condition_types::RULES_VALID, rules_valid),
-            condition(condition_types::READY, ready),
-        ]
-        .into_iter()
-        .chain(
-            previous
-                .iter()
-                .flat_map(|s| &s.conditions)
-                .filter(|c| c.type_ == condition_types::ENFORCED)
-                .cloned(),
-        )
-        .collect(),
-        rule_count: Some(i32::try_from(report.rule_count).unwrap_or(i32::MAX)),
-        rule_problems: report.problems.clone(),
-        config_map: published.then(|| publication.config_map.clone()),
-        policy_hash: published.then(|| publication.hash.clone()),
-        matched_pods: previous.and_then(|s| s.matched_pods),
-        tiers: previous.map(|s| s.tiers.clone()).unwrap_or_default(),
-        enforced_pods: previous.and_then(|s| s.enforced_pods),
-        not_enforcing: previous
-            .map(|s| s.not_enforcing.clone())
-            .unwrap_or_default(),
     }
 }
 
@@ -183,6 +226,53 @@ pub fn with_enforcement(
     status.not_enforcing.truncate(MAX_NOT_ENFORCING);
 }
 
+/// Sets the `CredentialsReady` condition of a policy with credentials from what became of their
+/// values (`missing`: one message per published credential whose value could not be copied, never
+/// a value); a policy without credentials has none.
+pub fn with_credentials(
+    status: &mut BoundaryPolicyStatus,
+    previous: Option<&BoundaryPolicyStatus>,
+    report: &PolicyReport,
+    missing: &[String],
+    now: &Time,
+) {
+    status.conditions.retain(|c| c.type_ != CREDENTIALS_READY);
+    if report.credential_count == 0 || report.outcome == Outcome::Excluded {
+        return;
+    }
+    let published = report.credential_count - report.withheld_credentials.len();
+    let state = if missing.is_empty() {
+        (
+            "True",
+            reasons::VALUES_PRESENT,
+            format!(
+                "{published} of {} credential(s) published, each with its value in Secret {} \
+                 (or the sidecar's AWS identity)",
+                report.credential_count,
+                boundary_api::contract::objects::CREDENTIALS_SECRET
+            ),
+        )
+    } else {
+        (
+            "False",
+            reasons::VALUE_MISSING,
+            format!(
+                "{} credential(s) without a value (requests to their destinations are refused \
+                 until it is there): {}",
+                missing.len(),
+                missing.join("; ")
+            ),
+        )
+    };
+    status.conditions.push(condition(
+        previous.map(|s| s.conditions.as_slice()),
+        CREDENTIALS_READY,
+        state,
+        report.generation,
+        now,
+    ));
+}
+
 /// Whether `current` already says what `desired` says (conditions compared as a set).
 pub fn up_to_date(current: Option<&BoundaryPolicyStatus>, desired: &BoundaryPolicyStatus) -> bool {
     let Some(current) = current else {
@@ -221,6 +311,8 @@ mod tests {
             rule_count: 2,
             problems,
             outcome,
+            credential_count: 0,
+            withheld_credentials: Vec::new(),
         }
     }
 
@@ -294,6 +386,96 @@ mod tests {
             condition(&excluded, condition_types::RULES_VALID).last_transition_time,
             time(300)
         );
+    }
+
+    #[test]
+    fn credentials_have_their_own_condition_and_invalid_ones_make_rules_invalid() {
+        let mut with_creds = report(Outcome::Published, 1);
+        with_creds.credential_count = 2;
+        let mut base = desired_status(&with_creds, None, &publication("aa"), &time(1));
+        assert_eq!(
+            condition(&base, condition_types::RULES_VALID).status,
+            "True"
+        );
+        with_credentials(&mut base, None, &with_creds, &[], &time(1));
+        let ready = condition(&base, CREDENTIALS_READY).clone();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("True", reasons::VALUES_PRESENT)
+        );
+        assert!(
+            ready.message.starts_with("2 of 2 credential(s)"),
+            "{}",
+            ready.message
+        );
+
+        // A value goes missing: False, naming the Secret and key; the time moves.
+        let missing = ["credential a: Secret agents/llm has no key api-key".to_owned()];
+        let mut second = desired_status(&with_creds, Some(&base), &publication("aa"), &time(2));
+        assert!(
+            second
+                .conditions
+                .iter()
+                .all(|c| c.type_ != CREDENTIALS_READY)
+        );
+        with_credentials(&mut second, Some(&base), &with_creds, &missing, &time(2));
+        let not_ready = condition(&second, CREDENTIALS_READY);
+        assert_eq!(
+            (not_ready.status.as_str(), not_ready.reason.as_str()),
+            ("False", reasons::VALUE_MISSING)
+        );
+        assert!(
+            not_ready
+                .message
+                .contains("Secret agents/llm has no key api-key")
+        );
+        assert_eq!(not_ready.last_transition_time, time(2));
+        assert!(!up_to_date(Some(&base), &second));
+
+        // An invalid credential: the rules are published, RulesValid is False, Ready stays True.
+        let mut invalid = with_creds.clone();
+        invalid.problems = vec![RuleProblem {
+            field: "spec.credentials[1].env".into(),
+            column: None,
+            message: "bad".into(),
+        }];
+        invalid.withheld_credentials = vec!["b".into()];
+        let mut third = desired_status(&invalid, Some(&second), &publication("aa"), &time(3));
+        let valid = condition(&third, condition_types::RULES_VALID);
+        assert_eq!(
+            (valid.status.as_str(), valid.reason.as_str()),
+            ("False", reasons::INVALID_CREDENTIALS)
+        );
+        assert!(valid.message.contains("withheld: b"), "{}", valid.message);
+        assert!(
+            valid.message.contains("spec.credentials[1].env: bad"),
+            "{}",
+            valid.message
+        );
+        assert_eq!(condition(&third, condition_types::READY).status, "True");
+        assert_eq!(third.rule_problems.len(), 1);
+        with_credentials(&mut third, Some(&second), &invalid, &[], &time(3));
+        assert!(
+            condition(&third, CREDENTIALS_READY)
+                .message
+                .starts_with("1 of 2")
+        );
+
+        // No credentials (any more): no condition.
+        let mut none = desired_status(
+            &report(Outcome::Published, 4),
+            Some(&third),
+            &publication("aa"),
+            &time(4),
+        );
+        with_credentials(
+            &mut none,
+            Some(&third),
+            &report(Outcome::Published, 4),
+            &[],
+            &time(4),
+        );
+        assert!(none.conditions.iter().all(|c| c.type_ != CREDENTIALS_READY));
     }
 
     #[test]

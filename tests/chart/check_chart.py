@@ -10,7 +10,9 @@ are checked against what the values ask for and against the code they configure:
   in exactly as the planner does (a pod's agentboundary.dev/inject label wins over its
   namespace's), never in the release namespace or kube-system;
 - privileges: hostPath, privileged, root, hostNetwork only where a switch asks for them; RBAC per
-  component without wildcards, Secrets only in the operator's own namespace and by name;
+  component without wildcards, Secrets written only by name (the webhook's in the operator's own
+  namespace, the credentials Secret in each), read cluster-wide only by the operator (the Secrets
+  policies' credentials reference);
 - certificates: operator mode (Secret + caBundle patched by the operator, with its RBAC) or
   cert-manager mode (Certificate + inject-ca-from, operator without Secret/webhook rights).
 
@@ -103,6 +105,7 @@ INJECT = C["labels"]["INJECT"]
 ENABLED, DISABLED, REQUIRED = C[""]["INJECT_ENABLED"], C[""]["INJECT_DISABLED"], C[""]["INJECT_REQUIRED"]
 COMPONENT = C["labels"]["COMPONENT"]
 POLICY_CONFIGMAP = C["objects"]["POLICY_CONFIGMAP"]
+CREDENTIALS_SECRET = C["objects"]["CREDENTIALS_SECRET"]
 CA_SUFFIX = C["objects"]["CA_SECRET_SUFFIX"]
 # Every binary flattens the diagnostics flags of crds/telemetry.
 WEBHOOK_ENV = env_flags("webhook/src", "crds/telemetry/src")
@@ -575,7 +578,7 @@ def check_render(name, s, objs, kube):
             for rule in rules_of(r):
                 check("*" not in rule.get("verbs", []) + rule.get("resources", []) + rule.get("apiGroups", []),
                       f"{where} {kind} {r['metadata']['name']}: no wildcards")
-                if kind == "ClusterRole" and r["metadata"]["name"] != webhook_name:
+                if kind == "ClusterRole" and r["metadata"]["name"] not in (webhook_name, operator_name):
                     check("secrets" not in rule["resources"], f"{where} {kind} {r['metadata']['name']}: no Secrets cluster-wide")
                 if kind == "ClusterRole":
                     check("pods" not in rule["resources"] or set(rule["verbs"]) <= {"get", "list", "watch"},
@@ -619,6 +622,23 @@ def check_render(name, s, objs, kube):
     check(env_value(wc, "BOUNDARY_WEBHOOK_INSECURE_REGISTRIES") == (",".join(insecure) if insecure else None),
           f"{where} webhook insecure registries {insecure}")
     check(objs.maybe("Role", webhook_name) is None, f"{where} webhook has no namespaced rights")
+    # Credentials: the operator reads Secrets everywhere (the ones policies reference; it watches
+    # their metadata) and changes or deletes only the credentials Secret of each namespace.
+    cred_rules = [r for r in rules_of(ocr) if "secrets" in r["resources"]]
+    check(all(r["resources"] == ["secrets"] for r in cred_rules),
+          f"{where} operator's Secret rules name Secrets alone: {cred_rules}")
+    check(any(not r.get("resourceNames") and {"get", "list", "watch"} <= set(r["verbs"]) for r in cred_rules),
+          f"{where} operator reads and watches the Secrets credentials reference: {cred_rules}")
+    check(all(set(r["verbs"]) <= {"get", "list", "watch", "create"} or r.get("resourceNames") == [CREDENTIALS_SECRET]
+              for r in cred_rules),
+          f"{where} operator changes and deletes only Secrets named {CREDENTIALS_SECRET} cluster-wide: {cred_rules}")
+    check(any(r.get("resourceNames") == [CREDENTIALS_SECRET] and {"patch", "delete"} <= set(r["verbs"])
+              for r in cred_rules),
+          f"{where} operator applies and deletes {CREDENTIALS_SECRET}: {cred_rules}")
+    check(all(set(r["verbs"]) <= {"get"} for kind in ("ClusterRole", "Role")
+              for role in objs.all(kind) if role["metadata"]["name"] not in (operator_name,)
+              for r in rules_of(role) if "secrets" in r["resources"]),
+          f"{where} no component but the operator does more than get Secrets")
     cm_rules = [r for r in rules_of(ocr) if "configmaps" in r["resources"]]
     check(cm_rules and all(r.get("resourceNames") == [POLICY_CONFIGMAP] or set(r["verbs"]) <= {"list", "watch", "create"}
                            for r in cm_rules),
