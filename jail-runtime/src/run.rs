@@ -356,6 +356,7 @@ async fn serve_jail(
                 audit: settings.audit.clone(),
                 ca,
                 upstream_timeout: settings.upstream_timeout,
+                credential_values: boundary_proxy::credentials::values::ValueSource::None,
             })
             .map_err(|e| JailError::other("starting the proxy", e))?,
         ),

@@ -77,6 +77,12 @@ pub struct Record {
     /// Why it was denied (or would have been).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The credentials put into the request (comma-separated names).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+    /// A credential leak attempt: `{credential, where}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leak: Option<crate::credentials::Leak>,
     /// Enforce or Audit.
     pub mode: Mode,
     /// The jail tier.
@@ -422,6 +428,8 @@ mod tests {
             rule: None,
             denied_by: None,
             reason: None,
+            credential: None,
+            leak: None,
             mode: Mode::Enforce,
             tier: None,
             isolation: None,
