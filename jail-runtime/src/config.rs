@@ -37,6 +37,20 @@ pub struct RunArgs {
         value_delimiter = '\n'
     )]
     pub deny: Vec<String>,
+    /// A credential the proxy puts into requests to HOST, whose real value stays out of the
+    /// jail (repeatable): 'domain=HOST env=VAR header=NAME [format=Bearer {value}]',
+    /// 'domain=HOST env=VAR basic=USER' or 'domain=HOST sigv4' (`AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`); optional name=, path=, method=, port=.
+    /// The real value is read from VAR here; inside the jail VAR holds a placeholder. Requests
+    /// carrying a placeholder or the value anywhere else are refused. From the environment: one
+    /// spec per line.
+    #[arg(
+        long = "credential",
+        value_name = "SPEC",
+        env = contract::boundary_env::CREDENTIAL,
+        value_delimiter = '\n'
+    )]
+    pub credentials: Vec<String>,
     /// Coder-compatible YAML config file (`allowlist`, `log_level`, `log_dir`, `proxy_port`,
     /// `jail_type`, `no_user_namespace`, ...; extensions: `tier`, `mode`, `deny`, `http`, `tcp`,
     /// `resolve`, `upstream_ca`).
@@ -237,6 +251,8 @@ pub struct RunSettings {
     pub sidecar_wait: std::time::Duration,
     /// Warnings to print once logging is set up.
     pub warnings: Vec<String>,
+    /// `--credential`: the credentials, their values and the jail's placeholders.
+    pub credentials: crate::credentials::Standalone,
 }
 
 /// A settings problem, reported before anything starts (exit code 2).
@@ -483,6 +499,7 @@ impl RunArgs {
         let proxy_port = self.proxy_port.or(file.proxy_port).or(coder_port);
         let mut upstream_cas = self.proxy.upstream_ca.clone();
         upstream_cas.extend(file.upstream_ca.iter().cloned());
+        let credentials = self.credentials(&mut warnings)?;
         Ok(RunSettings {
             command: self.command.clone(),
             rules: RuleSet::new(compiled, mode),
@@ -504,7 +521,35 @@ impl RunArgs {
                 .map_err(ConfigError::Invalid)?,
             sidecar_wait: std::time::Duration::from_secs(self.sidecar_wait_seconds),
             warnings,
+            credentials,
         })
+    }
+
+    /// `--credential`, with the real values from this process's environment.
+    fn credentials(
+        &self,
+        warnings: &mut Vec<String>,
+    ) -> Result<crate::credentials::Standalone, ConfigError> {
+        let specs: Vec<&String> = self
+            .credentials
+            .iter()
+            .filter(|s| !s.trim().is_empty())
+            .collect();
+        if specs.is_empty() {
+            return Ok(crate::credentials::Standalone::default());
+        }
+        if self.proxy_socket.is_some() {
+            warnings.push("--credential is ignored with --proxy-socket: the sidecar puts in the BoundaryPolicy's credentials".into());
+            return Ok(crate::credentials::Standalone::default());
+        }
+        let parsed = specs
+            .iter()
+            .map(|s| crate::credentials::parse(s))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ConfigError::Invalid)?;
+        let seed = crate::credentials::random_seed().map_err(ConfigError::Invalid)?;
+        crate::credentials::resolve(parsed, &|var| std::env::var(var).ok(), &seed)
+            .map_err(ConfigError::Invalid)
     }
 }
 
