@@ -45,21 +45,10 @@ async fn record(
     Response::new(http_body_util::Full::new(Bytes::from(format!("ok {path}\n"))).boxed())
 }
 
-#[tokio::test]
-async fn boundary_run_credential_puts_the_value_in_and_the_jail_sees_only_a_placeholder() {
-    require_root();
-    let ca = TestCa::new();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let handler_seen = seen.clone();
-    let https = TestServer::serving(
-        Some(ca.server_config(&["api.test", "other.test"], common::Alpn::Http1)),
-        move |request| record(request, handler_seen.clone()),
-    )
-    .await;
-    let port = https.port();
-    let dir = TempDir::new("credentials");
-    let audit_file = dir.path().join("audit.jsonl");
-    let python = dir.path().join("client.py");
+/// The Python and Node clients: each a request to the bound host with the placeholder in a
+/// header, and a leak attempt to the other host (Python: body; Node: query).
+fn write_clients(dir: &std::path::Path, port: u16) -> (std::path::PathBuf, std::path::PathBuf) {
+    let python = dir.join("client.py");
     std::fs::write(
         &python,
         format!(
@@ -72,7 +61,7 @@ async fn boundary_run_credential_puts_the_value_in_and_the_jail_sees_only_a_plac
         ),
     )
     .unwrap();
-    let node = dir.path().join("client.js");
+    let node = dir.join("client.js");
     std::fs::write(
         &node,
         format!(
@@ -98,6 +87,24 @@ async fn boundary_run_credential_puts_the_value_in_and_the_jail_sees_only_a_plac
     for f in [&python, &node] {
         std::fs::set_permissions(f, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     }
+    (python, node)
+}
+
+#[tokio::test]
+async fn boundary_run_credential_puts_the_value_in_and_the_jail_sees_only_a_placeholder() {
+    require_root();
+    let ca = TestCa::new();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let handler_seen = seen.clone();
+    let https = TestServer::serving(
+        Some(ca.server_config(&["api.test", "other.test"], common::Alpn::Http1)),
+        move |request| record(request, handler_seen.clone()),
+    )
+    .await;
+    let port = https.port();
+    let dir = TempDir::new("credentials");
+    let audit_file = dir.path().join("audit.jsonl");
+    let (python, node) = write_clients(dir.path(), port);
     let script = format!(
         "echo \"env=$API_TOKEN\"; \
          cat /proc/self/environ | tr '\\000' '\\n' | grep -a '^API_TOKEN=' | sed 's/^/proc-/'; \
@@ -172,7 +179,13 @@ async fn boundary_run_credential_puts_the_value_in_and_the_jail_sees_only_a_plac
         "the placeholder in another header is replaced: {seen:#?}"
     );
 
-    let audit = std::fs::read_to_string(&audit_file).unwrap();
+    check_audit(&audit_file, placeholder);
+}
+
+/// One line per request: the three with the credential, the three leaks; no real value, no
+/// placeholder unredacted.
+fn check_audit(audit_file: &std::path::Path, placeholder: &str) {
+    let audit = std::fs::read_to_string(audit_file).unwrap();
     assert!(!audit.contains(REAL), "no real value in the audit trail");
     assert!(!audit.contains(placeholder), "placeholders are redacted");
     let records: Vec<serde_json::Value> = audit
