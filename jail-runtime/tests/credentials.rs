@@ -245,3 +245,139 @@ async fn a_credential_whose_variable_is_not_set_is_a_usage_error() {
         stderr(&out)
     );
 }
+
+const NONCE: &str = "abcdefghijklmnop";
+const SIDECAR_VALUE: &str = "ghp_sidecar_value_0001";
+
+/// One HTTP/1.1 request over `tls`: (status, body).
+async fn https_get<S>(tls: S, path: &str, host: &str, headers: &[(&str, &str)]) -> (u16, String)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut req = Request::builder().uri(path).header("host", host);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = sender
+        .send_request(req.body(http_body_util::Empty::<Bytes>::new()).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+fn write_value(dir: &std::path::Path, value: &str) {
+    let tmp = dir.join(".agent.github.tmp");
+    std::fs::write(&tmp, serde_json::json!({ "value": value }).to_string()).unwrap();
+    std::fs::rename(tmp, dir.join("agent.github")).unwrap();
+}
+
+#[tokio::test]
+async fn the_sidecar_puts_the_policys_credential_in_from_its_credentials_dir_and_follows_rotation()
+{
+    require_root();
+    let ca = TestCa::new();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let handler_seen = seen.clone();
+    let https = TestServer::serving(
+        Some(ca.server_config(&["api.test", "other.test"], common::Alpn::Http1)),
+        move |request| record(request, handler_seen.clone()),
+    )
+    .await;
+    let values = TempDir::new("credentials-dir");
+    write_value(values.path(), SIDECAR_VALUE);
+    let policy = serde_json::json!({
+        "version": 1,
+        "namespace": "agents",
+        "policies": [{
+            "name": "agent",
+            "podSelector": {},
+            "allow": ["domain=api.test", "domain=other.test"],
+            "credentials": [{
+                "name": "github",
+                "secretKeyRef": {"name": "gh", "key": "token"},
+                "destinations": [{"domains": ["api.test"]}],
+                "inject": {"header": {"name": "Authorization", "format": "token {value}"}},
+                "env": "GITHUB_TOKEN"
+            }]
+        }]
+    });
+    let sidecar = common::Sidecar::for_upstream(
+        &policy,
+        &["api.test", "other.test"],
+        Some(&ca),
+        &[
+            "--credentials-dir",
+            values.path().to_str().unwrap(),
+            "--placeholder-nonce",
+            NONCE,
+        ],
+    )
+    .await;
+    let port = https.port();
+    let placeholder = boundary_api::credentials::placeholder(NONCE, "github");
+    let get = async |name: &str, path: &str, headers: &[(&str, &str)]| {
+        let stream = sidecar.connect(name, port).await;
+        let tls = sidecar
+            .tls(false)
+            .connect(name.to_owned().try_into().unwrap(), stream)
+            .await
+            .unwrap();
+        https_get(tls, path, &format!("{name}:{port}"), headers).await
+    };
+    let bearer = format!("Bearer {placeholder}");
+    let (status, body) = get("api.test", "/user", &[("authorization", &bearer)]).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        seen.lock().unwrap()[0].contains(&format!("authorization=token {SIDECAR_VALUE}\n")),
+        "{:?}",
+        seen.lock().unwrap()
+    );
+    let (status, body) = get("other.test", "/", &[("authorization", &bearer)]).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("credential leak attempt"), "{body}");
+
+    write_value(values.path(), "ghp_rotated_value_0002");
+    let mut rotated = false;
+    for _ in 0..50 {
+        let before = seen.lock().unwrap().len();
+        let (status, _) = get("api.test", "/user", &[]).await;
+        assert_eq!(status, 200);
+        if seen.lock().unwrap()[before].contains("authorization=token ghp_rotated_value_0002\n") {
+            rotated = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(rotated, "the rotated value is used without a restart");
+
+    std::fs::remove_file(values.path().join("agent.github")).unwrap();
+    let mut refused = String::new();
+    for _ in 0..50 {
+        let (status, body) = get("api.test", "/user", &[]).await;
+        if status == 403 {
+            refused = body;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        refused.contains("credential github has no value: Secret \"gh\" key \"token\""),
+        "a removed value fails closed: {refused}"
+    );
+
+    let records = sidecar.audit().await;
+    let text = serde_json::to_string(&records).unwrap();
+    assert!(!text.contains("ghp_"), "no real value in the audit trail");
+    assert!(!text.contains(NONCE), "no placeholder unredacted");
+    let leak = records.iter().find(|r| r.get("leak").is_some()).unwrap();
+    assert_eq!(leak["leak"]["credential"], "github");
+    assert_eq!(leak["leak"]["where"], "header authorization");
+    assert_eq!(records[0]["credential"], "github", "{}", records[0]);
+}
