@@ -147,6 +147,22 @@ impl Drop for Entry {
         if let Some(started) = self.started {
             self.record.duration_ms = millis(started);
         }
+        // A placeholder's nonce never reaches the trail, whichever path recorded it (a TLS
+        // server name, a denied host): requests with credentials are redacted further in `http`.
+        let record = &mut self.record;
+        for text in [
+            Some(&mut record.host),
+            record.path.as_mut(),
+            record.reason.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if let std::borrow::Cow::Owned(redacted) = crate::credentials::redact_placeholders(text)
+            {
+                *text = redacted;
+            }
+        }
         self.audit.record_line(&self.record);
     }
 }

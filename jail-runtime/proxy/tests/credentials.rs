@@ -621,3 +621,14 @@ async fn plain_http_to_a_bound_host_never_carries_a_credential() {
     assert_eq!(field(&lines[0]["leak"], "credential"), "api");
     assert!(lines[1].get("credential").is_none(), "{}", lines[1]);
 }
+
+#[tokio::test]
+async fn a_placeholder_in_a_host_name_is_redacted_in_the_audit_trail() {
+    let s = Setup::start().await;
+    let name: &'static str = "boundary-ph-abcdefghijklmnop-api.exfil.test";
+    let mut client = s.http(name, s.upstream.port()).await;
+    let (status, body) = client.get("/", &[]).await;
+    assert_eq!(status, 403, "no rule allows the host: {body}");
+    let lines = s.audit_lines(1).await;
+    assert_eq!(field(&lines[0], "host"), "boundary-ph-…-api.exfil.test");
+}

@@ -137,19 +137,7 @@ impl CredentialSet {
         if self.is_empty() {
             return Cow::Borrowed(text);
         }
-        let mut out = String::new();
-        let mut last = 0;
-        for (start, end) in placeholder_tokens(text.as_bytes()) {
-            out.push_str(&text[last..start]);
-            out.push_str(&api::redact_placeholder(&text[start..end]));
-            last = end;
-        }
-        let mut out = if last == 0 {
-            Cow::Borrowed(text)
-        } else {
-            out.push_str(&text[last..]);
-            Cow::Owned(out)
-        };
+        let mut out = redact_placeholders(text);
         for c in &self.credentials {
             for secret in secrets_of(values.get(&c.value_key)) {
                 if out.contains(secret) {
@@ -488,6 +476,29 @@ fn basic_credentials(name: &HeaderName, value: &[u8]) -> Option<Vec<u8>> {
     base64::engine::general_purpose::STANDARD
         .decode(rest.trim_ascii())
         .ok()
+}
+
+/// `text` with every placeholder shown redacted (its nonce hidden).
+pub fn redact_placeholders(text: &str) -> Cow<'_, str> {
+    // Already redacted ones (`boundary-ph-…-name`) stay as they are.
+    let tokens: Vec<(usize, usize)> = placeholder_tokens(text.as_bytes())
+        .into_iter()
+        .filter(|&(start, end)| {
+            !(end == start + PLACEHOLDER_PREFIX.len() && text[end..].starts_with('…'))
+        })
+        .collect();
+    if tokens.is_empty() {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut last = 0;
+    for (start, end) in tokens {
+        out.push_str(&text[last..start]);
+        out.push_str(&api::redact_placeholder(&text[start..end]));
+        last = end;
+    }
+    out.push_str(&text[last..]);
+    Cow::Owned(out)
 }
 
 /// Where placeholder-looking tokens are in `text`: the prefix and the `[a-z0-9-]` that follow

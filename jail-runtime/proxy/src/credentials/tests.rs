@@ -363,6 +363,11 @@ fn audit_text_is_redacted() {
     let redacted = set.redact(&text, &values);
     assert_eq!(redacted, "/a/boundary-ph-…-github/b/<redacted>");
     assert!(!redacted.contains(NONCE));
+    assert_eq!(
+        redact_placeholders(&redacted),
+        redacted,
+        "redacting twice changes nothing"
+    );
 }
 
 fn needles() -> Arc<Needles> {
