@@ -130,6 +130,10 @@ fn write_value(dir: &Path, key: &str, value: &str) {
 
 impl Setup {
     async fn start() -> Setup {
+        Setup::start_in(Mode::Enforce).await
+    }
+
+    async fn start_in(mode: Mode) -> Setup {
         let ca = TestCa::new();
         let seen = Seen::default();
         let handler_seen = seen.clone();
@@ -138,7 +142,12 @@ impl Setup {
             move |request| echo(request, handler_seen.clone()),
         )
         .await;
-        let allow = vec![format!("domain={BOUND}"), format!("domain={OTHER}")];
+        // In Audit mode only the bound host has a rule: the other one is let through as
+        // would-deny.
+        let mut allow = vec![format!("domain={BOUND}")];
+        if mode == Mode::Enforce {
+            allow.push(format!("domain={OTHER}"));
+        }
         let compiled = rules::compile(RuleSource {
             policy: Some("agent"),
             field_prefix: "spec.",
@@ -180,12 +189,9 @@ impl Setup {
             .iter()
             .map(|n| ((*n).to_owned(), IpAddr::V4(Ipv4Addr::LOCALHOST)))
             .collect();
-        let policy = PolicyStore::load(Source::Static(Arc::new(RuleSet::new(
-            compiled,
-            Mode::Enforce,
-        ))))
-        .unwrap()
-        .with_credentials(set);
+        let policy = PolicyStore::load(Source::Static(Arc::new(RuleSet::new(compiled, mode))))
+            .unwrap()
+            .with_credentials(set);
         let proxy = Proxy::start(ProxyConfig {
             session: "credentials".into(),
             identity: Identity::default(),
@@ -631,4 +637,20 @@ async fn a_placeholder_in_a_host_name_is_redacted_in_the_audit_trail() {
     assert_eq!(status, 403, "no rule allows the host: {body}");
     let lines = s.audit_lines(1).await;
     assert_eq!(field(&lines[0], "host"), "boundary-ph-…-api.exfil.test");
+}
+
+#[tokio::test]
+async fn in_audit_mode_a_leak_attempt_is_still_refused() {
+    let s = Setup::start_in(Mode::Audit).await;
+    // No rule allows this host: Audit lets it through, but not with a placeholder.
+    let mut client = s.https(OTHER).await;
+    let (status, body) = client.get("/ok", &[]).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = client.get("/", &[("x-api-key", &placeholder("api"))]).await;
+    assert_eq!(status, 403, "{body}");
+    let lines = s.audit_lines(2).await;
+    assert_eq!(field(&lines[0], "decision"), "would-deny");
+    assert_eq!(field(&lines[1], "decision"), "deny");
+    assert_eq!(field(&lines[1], "mode"), "Audit");
+    assert_eq!(field(&lines[1]["leak"], "credential"), "api");
 }

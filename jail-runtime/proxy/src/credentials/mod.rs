@@ -419,6 +419,10 @@ impl Finder<'_> {
             place,
             plain_http: false,
         };
+        // The request's host (`:authority` in HTTP/2 is not among the headers).
+        if let Some(who) = self.in_text(req.host.to_string().as_bytes()) {
+            return Some(leak(who, "header host".to_owned()));
+        }
         for (name, value) in req.headers {
             let bytes = value.as_bytes();
             let decoded = basic_credentials(name, bytes);

@@ -262,6 +262,11 @@ fn placeholders_and_values_going_elsewhere_are_leaks_named_by_credential_and_pla
             ("anthropic", "header x-api-key"),
         ),
         (
+            // In the host name (a wildcard rule allows it).
+            req(&format!("{}.example.com", ph("github")), "/", &[]),
+            ("github", "header host"),
+        ),
+        (
             // To a bound host, another credential's real value.
             req("api.github.com", &format!("/?k={AN_VALUE}"), &[]),
             ("anthropic", "query"),
