@@ -53,7 +53,7 @@ pub struct RunArgs {
     pub credentials: Vec<String>,
     /// Coder-compatible YAML config file (`allowlist`, `log_level`, `log_dir`, `proxy_port`,
     /// `jail_type`, `no_user_namespace`, ...; extensions: `tier`, `mode`, `deny`, `http`, `tcp`,
-    /// `resolve`, `upstream_ca`).
+    /// `resolve`, `upstream_ca`, `credentials`).
     #[arg(long, value_name = "FILE", env = contract::boundary_env::CONFIG)]
     pub config: Option<PathBuf>,
     /// Jail tier: auto (first that works), userns, privileged-netns or landlock.
@@ -192,6 +192,8 @@ pub struct ConfigFile {
     resolve: Vec<String>,
     upstream_ca: Vec<PathBuf>,
     audit_file: Option<PathBuf>,
+    /// `--credential` specs (the real values still come from the environment).
+    credentials: Vec<String>,
     #[serde(flatten)]
     other: HashMap<String, serde_yaml_ng::Value>,
 }
@@ -499,7 +501,7 @@ impl RunArgs {
         let proxy_port = self.proxy_port.or(file.proxy_port).or(coder_port);
         let mut upstream_cas = self.proxy.upstream_ca.clone();
         upstream_cas.extend(file.upstream_ca.iter().cloned());
-        let credentials = self.credentials(&mut warnings)?;
+        let credentials = self.credentials(&file.credentials, &mut warnings)?;
         Ok(RunSettings {
             command: self.command.clone(),
             rules: RuleSet::new(compiled, mode),
@@ -528,11 +530,13 @@ impl RunArgs {
     /// `--credential`, with the real values from this process's environment.
     fn credentials(
         &self,
+        from_file: &[String],
         warnings: &mut Vec<String>,
     ) -> Result<crate::credentials::Standalone, ConfigError> {
         let specs: Vec<&String> = self
             .credentials
             .iter()
+            .chain(from_file)
             .filter(|s| !s.trim().is_empty())
             .collect();
         if specs.is_empty() {
@@ -568,6 +572,42 @@ mod tests {
         Cli::try_parse_from(std::iter::once("boundary").chain(list.iter().copied()))
             .unwrap()
             .run
+    }
+
+    #[test]
+    fn credentials_come_from_flags_and_the_config_file() {
+        let dir = std::env::temp_dir().join(format!("boundary-config-cred-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("config.yaml");
+        std::fs::write(
+            &file,
+            "credentials:\n  - domain=b.test env=PATH header=x-b format=Bearer {value}\n",
+        )
+        .unwrap();
+        let cfg = file.to_string_lossy().into_owned();
+        // PATH is set in every test environment: it stands in for a token.
+        let s = args(&[
+            "--config",
+            &cfg,
+            "--credential",
+            "domain=a.test env=PATH header=x-a name=a",
+            "--",
+            "true",
+        ])
+        .resolve()
+        .unwrap();
+        let names: Vec<&str> = s
+            .credentials
+            .credentials
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(names, ["a", "path"]);
+        let e = args(&["--credential", "domain=a.test header=x", "--", "true"])
+            .resolve()
+            .unwrap_err();
+        assert!(e.to_string().contains("env=VAR is missing"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
