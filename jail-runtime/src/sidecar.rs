@@ -165,6 +165,13 @@ async fn serve(args: &SidecarArgs, jails: Arc<Jails>) -> anyhow::Result<()> {
             contract_env::PLACEHOLDER_NONCE
         ),
     };
+    if nonce.is_none() && args.credentials_dir.is_some() {
+        tracing::warn!(
+            "{} is not set: the jailed containers' credential placeholders cannot be recognised, \
+             so requests carrying them are refused as leak attempts (headers are still set)",
+            contract_env::PLACEHOLDER_NONCE
+        );
+    }
     let policy = match PolicyStore::load(source.clone()) {
         Ok(p) => p,
         Err(e) => {
