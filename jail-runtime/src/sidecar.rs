@@ -157,21 +157,7 @@ async fn serve(args: &SidecarArgs, jails: Arc<Jails>) -> anyhow::Result<()> {
         policy: args.policy_file.clone(),
         labels: args.labels_file.clone(),
     };
-    let nonce = match args.placeholder_nonce.as_deref().map(str::trim) {
-        None | Some("") => None,
-        Some(n) if boundary_api::credentials::is_nonce(n) => Some(n.to_owned()),
-        Some(n) => anyhow::bail!(
-            "{}={n:?} is not a placeholder nonce (16 characters of a-z and 2-7, as the webhook sets it)",
-            contract_env::PLACEHOLDER_NONCE
-        ),
-    };
-    if nonce.is_none() && args.credentials_dir.is_some() {
-        tracing::warn!(
-            "{} is not set: the jailed containers' credential placeholders cannot be recognised, \
-             so requests carrying them are refused as leak attempts (headers are still set)",
-            contract_env::PLACEHOLDER_NONCE
-        );
-    }
+    let nonce = placeholder_nonce(args)?;
     let policy = match PolicyStore::load(source.clone()) {
         Ok(p) => p,
         Err(e) => {
@@ -246,6 +232,26 @@ async fn serve(args: &SidecarArgs, jails: Arc<Jails>) -> anyhow::Result<()> {
     }
     proxy.flush().await;
     Ok(())
+}
+
+/// `--placeholder-nonce`, checked; a warning when credentials come without it.
+fn placeholder_nonce(args: &SidecarArgs) -> anyhow::Result<Option<String>> {
+    let nonce = match args.placeholder_nonce.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(n) if boundary_api::credentials::is_nonce(n) => Some(n.to_owned()),
+        Some(n) => anyhow::bail!(
+            "{}={n:?} is not a placeholder nonce (16 characters of a-z and 2-7, as the webhook sets it)",
+            contract_env::PLACEHOLDER_NONCE
+        ),
+    };
+    if nonce.is_none() && args.credentials_dir.is_some() {
+        tracing::warn!(
+            "{} is not set: the jailed containers' credential placeholders cannot be recognised, \
+             so requests carrying them are refused as leak attempts (headers are still set)",
+            contract_env::PLACEHOLDER_NONCE
+        );
+    }
+    Ok(nonce)
 }
 
 /// The CA: kept in `--ca-dir` (reused when usable), or a new one for this run only.
