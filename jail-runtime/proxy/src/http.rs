@@ -925,8 +925,10 @@ impl Drop for Finish {
     fn drop(&mut self) {
         if let Some(found) = self.leak.as_ref().and_then(|slot| slot.get().cloned()) {
             let host = self.entry.host.clone();
-            let port = self.entry.port;
+            let (port, status) = (self.entry.port, self.entry.status);
             let _ = refuse_body_leak(&self.proxy, &mut self.entry, found, &host, port);
+            // The upstream's answer had started: its status is what the client got (cut short).
+            self.entry.status = status;
         }
         self.entry.bytes_in = self.bytes_in.load(Ordering::Relaxed);
         self.entry.bytes_out = self.bytes_out.load(Ordering::Relaxed);
