@@ -363,7 +363,7 @@ struct Outgoing {
     target: Target,
     body: Body,
     /// Where the body scanner puts a leak it finds.
-    leak: Option<LeakSlot>,
+    leak: Option<Arc<LeakSlot>>,
 }
 
 /// Acts on the credentials' decision for an allowed request: puts credentials in (header,
@@ -413,7 +413,7 @@ fn with_credentials(
         }
     }
     if let Some(needles) = credentials::body_needles(credentials, values, &bound) {
-        let slot = LeakSlot::default();
+        let slot = late_leaks(proxy, entry, out.target.port);
         out.body = ScannedBody::new(out.body, Arc::new(needles), slot.clone()).boxed();
         out.leak = Some(slot);
     }
@@ -430,6 +430,31 @@ fn with_credentials(
         entry.credential = Some(bound.join(","));
     }
     Ok(out)
+}
+
+/// The leak slot of a request's body scan: a leak found after the request's record was written
+/// is audited as an event of its own (`credential-leak`), and counted.
+fn late_leaks(proxy: &Proxy, entry: &Entry, port: u16) -> Arc<LeakSlot> {
+    let (proxy, container, tier) = (proxy.clone(), entry.container.clone(), entry.tier);
+    let (host, method, path) = (entry.host.clone(), entry.method.clone(), entry.path.clone());
+    LeakSlot::new(move |leak: credentials::Leak| {
+        proxy.metrics().credential_leak(leak.metric_place());
+        let reason = leak.reason(&host, port);
+        proxy.record_event(
+            "credential-leak",
+            container.clone(),
+            tier,
+            serde_json::json!({
+                "decision": "deny",
+                "host": host,
+                "port": port,
+                "method": method,
+                "path": path,
+                "reason": reason,
+                "leak": leak,
+            }),
+        );
+    })
 }
 
 /// Re-signs an AWS `SigV4` request with the credential's real keys (`value`, or the sidecar's
@@ -677,18 +702,9 @@ async fn forward(
     let target = &target;
     entry.start_clock();
     let upgrading = client_upgrade.is_some();
-    let uri: Uri = match format!(
-        "{}://{}{}",
-        scheme.as_str(),
-        target.authority(scheme),
-        target.path_and_query
-    )
-    .parse()
-    {
+    let uri = match upstream_uri(scheme, target) {
         Ok(u) => u,
-        Err(e) => {
-            return finish_error(entry, 400, &format!("cannot build the upstream URI: {e}"));
-        }
+        Err(reason) => return finish_error(entry, 400, &reason),
     };
     let client_h2 = parts.version == Version::HTTP_2;
     parts.uri = uri;
@@ -708,10 +724,9 @@ async fn forward(
     let response = match tokio::time::timeout(limit, client.request(request)).await {
         Ok(Ok(r)) => r,
         // The body scanner stopped the request: nothing with the needle went out.
-        Ok(Err(_)) if let Some(found) = leak.as_ref().and_then(|slot| slot.get().cloned()) => {
+        Ok(Err(_)) if let Some(refused) = body_leak(&proxy, &mut entry, leak.as_deref()) => {
             entry.bytes_in = bytes_in.load(Ordering::Relaxed);
-            let host = entry.host.clone();
-            return refuse_body_leak(&proxy, &mut entry, found, &host, target.port);
+            return refused;
         }
         Ok(Err(e)) => {
             let failure = failure_of(&e);
@@ -720,6 +735,9 @@ async fn forward(
             return finish_error(entry, failure.status(), &failure.message);
         }
         Err(_) => {
+            if let Some(refused) = body_leak(&proxy, &mut entry, leak.as_deref()) {
+                return refused;
+            }
             proxy.metrics().upstream_error(UpstreamError::Protocol);
             let reason = format!("the upstream sent no response within {} s", limit.as_secs());
             return finish_error(entry, 504, &reason);
@@ -730,6 +748,9 @@ async fn forward(
     if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) =
         (client_upgrade, response.status())
     {
+        if let Some(refused) = body_leak(&proxy, &mut entry, leak.as_deref()) {
+            return refused;
+        }
         let upstream = hyper::upgrade::on(&mut response);
         match client_upgrade {
             ClientUpgrade::Hyper(client) => {
@@ -765,6 +786,18 @@ async fn forward(
         finish: Some(finish),
     };
     Response::from_parts(resp_parts, body.boxed())
+}
+
+/// Where the request goes: the checked target, with the query as sent (credentials in).
+fn upstream_uri(scheme: Scheme, target: &Target) -> Result<Uri, String> {
+    format!(
+        "{}://{}{}",
+        scheme.as_str(),
+        target.authority(scheme),
+        target.path_and_query
+    )
+    .parse()
+    .map_err(|e| format!("cannot build the upstream URI: {e}"))
 }
 
 /// The client's side of an upgrade the request asked for.
@@ -817,6 +850,14 @@ fn failure_of(e: &hyper_util::client::legacy::Error) -> Failure {
         message,
         timeout: false,
     }
+}
+
+/// The 403 for a leak the body scan found (it closes the slot: a later leak is audited on its
+/// own).
+fn body_leak(proxy: &Proxy, entry: &mut Entry, slot: Option<&LeakSlot>) -> Option<Response<Body>> {
+    let found = slot?.close()?;
+    let (host, port) = (entry.host.clone(), entry.port);
+    Some(refuse_body_leak(proxy, entry, found, &host, port))
 }
 
 /// A leak the body scanner found: the upstream request was stopped; 403 when the response had
@@ -918,12 +959,12 @@ struct Finish {
     bytes_in: Arc<AtomicU64>,
     bytes_out: Arc<AtomicU64>,
     /// A leak the body scanner found after the upstream had answered.
-    leak: Option<LeakSlot>,
+    leak: Option<Arc<LeakSlot>>,
 }
 
 impl Drop for Finish {
     fn drop(&mut self) {
-        if let Some(found) = self.leak.as_ref().and_then(|slot| slot.get().cloned()) {
+        if let Some(found) = self.leak.as_ref().and_then(|slot| slot.close()) {
             let host = self.entry.host.clone();
             let (port, status) = (self.entry.port, self.entry.status);
             let _ = refuse_body_leak(&self.proxy, &mut self.entry, found, &host, port);

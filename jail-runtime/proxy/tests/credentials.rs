@@ -90,7 +90,7 @@ struct Setup {
     values: PathBuf,
     upstream: TestServer,
     seen: Seen,
-    _ca: TestCa,
+    ca: TestCa,
     _dir: TempDir,
 }
 
@@ -212,7 +212,7 @@ impl Setup {
             values,
             upstream,
             seen,
-            _ca: ca,
+            ca,
             _dir: dir,
         }
     }
@@ -669,4 +669,94 @@ async fn in_audit_mode_a_leak_attempt_is_still_refused() {
     assert_eq!(field(&lines[1], "decision"), "deny");
     assert_eq!(field(&lines[1], "mode"), "Audit");
     assert_eq!(field(&lines[1]["leak"], "credential"), "api");
+}
+
+#[tokio::test]
+async fn a_leak_in_a_body_the_upstream_answered_early_is_still_stopped_and_audited_once() {
+    let s = Setup::start().await;
+    // An upstream on the other host that answers at once and reads the body afterwards.
+    let received = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let kept = received.clone();
+    let early = TestServer::serving(
+        Some(s.ca.server_config(&[OTHER], Alpn::Http1)),
+        move |request: Request<Incoming>| {
+            let kept = kept.clone();
+            async move {
+                tokio::spawn(async move {
+                    let mut body = request.into_body();
+                    while let Some(Ok(frame)) = body.frame().await {
+                        if let Some(data) = frame.data_ref() {
+                            kept.lock().unwrap().extend_from_slice(data);
+                        }
+                    }
+                });
+                Response::new(http_body_util::Full::new(Bytes::from_static(b"early\n")).boxed())
+            }
+        },
+    )
+    .await;
+    let stream = s.connect_port(OTHER, early.port());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(s.ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(
+            rustls::pki_types::ServerName::try_from(OTHER).unwrap(),
+            stream,
+        )
+        .await
+        .unwrap();
+    let mut client = Sender::handshake(tls, OTHER, early.port()).await;
+    let ph = placeholder("api");
+    let (status, body) = client
+        .request(
+            "POST",
+            "/upload",
+            &[],
+            paced(&["first part, ", "second part, ", &ph, " end"]),
+        )
+        .await;
+    assert!(status == 200 || status == 403, "{status} {body}");
+    // Whichever came first, the leak is recorded exactly once.
+    let mut leaks = Vec::new();
+    for _ in 0..50 {
+        s.proxy.flush().await;
+        leaks = s
+            .audit_text()
+            .lines()
+            .filter(|l| l.contains("\"leak\""))
+            .map(str::to_owned)
+            .collect();
+        if !leaks.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.proxy.flush().await;
+    let again = s
+        .audit_text()
+        .lines()
+        .filter(|l| l.contains("\"leak\""))
+        .count();
+    assert_eq!(again, 1, "one leak record: {leaks:?}");
+    assert!(leaks[0].contains("\"where\":\"body\""), "{leaks:?}");
+    let sent = received.lock().unwrap().clone();
+    assert!(
+        memchr_find(&sent, b"boundary-ph-").is_none(),
+        "the upstream never got the placeholder: {}",
+        String::from_utf8_lossy(&sent)
+    );
+}
+
+fn memchr_find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }

@@ -8,7 +8,7 @@
 //! request (the held-back bytes are never sent).
 
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
@@ -146,8 +146,63 @@ impl Scanner {
     }
 }
 
-/// Where a body scan puts the leak it found, for whoever answers the client and audits.
-pub type LeakSlot = Arc<OnceLock<Leak>>;
+/// Where a body scan puts the leak it found, for whoever writes the request's audit record
+/// ([`LeakSlot::close`]); a leak found after that (the upstream answered and the record was
+/// written while the body still streamed) goes to `late`, so every leak is audited once.
+pub struct LeakSlot {
+    state: Mutex<SlotState>,
+    late: Box<dyn Fn(Leak) + Send + Sync>,
+}
+
+#[derive(Default)]
+struct SlotState {
+    leak: Option<Leak>,
+    closed: bool,
+}
+
+impl std::fmt::Debug for LeakSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeakSlot").finish_non_exhaustive()
+    }
+}
+
+impl LeakSlot {
+    /// A slot whose late leaks go to `late`.
+    pub fn new(late: impl Fn(Leak) + Send + Sync + 'static) -> Arc<LeakSlot> {
+        Arc::new(LeakSlot {
+            state: Mutex::new(SlotState::default()),
+            late: Box::new(late),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SlotState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn found(&self, leak: Leak) {
+        let late = {
+            let mut state = self.lock();
+            if state.closed {
+                Some(leak)
+            } else {
+                state.leak.get_or_insert(leak);
+                None
+            }
+        };
+        if let Some(leak) = late {
+            (self.late)(leak);
+        }
+    }
+
+    /// The leak found so far, for the request's record; any later one is audited on its own.
+    pub fn close(&self) -> Option<Leak> {
+        let mut state = self.lock();
+        state.closed = true;
+        state.leak.take()
+    }
+}
 
 /// The error a body fails with when a needle is found.
 #[derive(Debug, thiserror::Error)]
@@ -159,7 +214,7 @@ pub struct ScannedBody<B> {
     inner: B,
     scanner: Scanner,
     pending: std::collections::VecDeque<Frame<Bytes>>,
-    slot: LeakSlot,
+    slot: Arc<LeakSlot>,
     done: bool,
 }
 
@@ -171,7 +226,7 @@ impl<B> std::fmt::Debug for ScannedBody<B> {
 
 impl<B> ScannedBody<B> {
     /// Scans `inner` for `needles`; a leak found is put in `slot`.
-    pub fn new(inner: B, needles: Arc<Needles>, slot: LeakSlot) -> ScannedBody<B> {
+    pub fn new(inner: B, needles: Arc<Needles>, slot: Arc<LeakSlot>) -> ScannedBody<B> {
         ScannedBody {
             inner,
             scanner: Scanner::new(needles),
@@ -184,7 +239,7 @@ impl<B> ScannedBody<B> {
     fn found(&mut self, Found(credential): Found) -> Box<dyn std::error::Error + Send + Sync> {
         self.done = true;
         self.pending.clear();
-        let _ = self.slot.set(Leak {
+        self.slot.found(Leak {
             credential,
             place: "body".to_owned(),
             plain_http: false,
