@@ -402,5 +402,17 @@ mod tests {
         assert!(text.contains("agent_boundary_policy_file_missing 1"));
         m.policy_file_missing(false);
         assert!(m.render(0).contains("agent_boundary_policy_file_missing 0"));
+        let text = m.render(0);
+        assert!(
+            text.contains("agent_boundary_credential_leaks_total{where=\"body\"} 0"),
+            "leak series exist from the start: {text}"
+        );
+        m.credential_leak("header");
+        m.credential_injected("github");
+        let text = m.render(0);
+        assert!(text.contains("agent_boundary_credential_leaks_total{where=\"header\"} 1"));
+        assert!(
+            text.contains("agent_boundary_credential_injections_total{credential=\"github\"} 1")
+        );
     }
 }

@@ -17,9 +17,17 @@
 //! request; checked in header values (and the decoded `Basic` credentials), the path and the
 //! query (raw and percent-decoded). The body is scanned as it streams ([`scan`]).
 //!
-//! Not detected: a value or placeholder the agent transforms (encodes, splits, reverses) before
-//! sending it. Leak detection is a tripwire for the plain case; the protection is that the agent
-//! never holds a real value.
+//! A container without credentials is not checked at all (no placeholders exist for it).
+//!
+//! Known limits, stated plainly: a value or placeholder the agent transforms (encodes other than
+//! percent or `Basic` base64, splits, reverses) is not recognised, and plain TCP, TLS
+//! passthrough and the frames of an upgraded connection (WebSocket) are not inspected. Leak
+//! detection is a tripwire for the plain case; the protection is that the agent never holds a
+//! real value. Responses are not scanned (holding back bytes would stall server-sent events):
+//! a bound destination that echoes request headers back would show the value to the agent, so
+//! bind credentials only to the APIs they are for. The body of a request a credential is put
+//! into is checked for the other credentials' values only: a model API may legitimately be sent
+//! a conversation quoting the agent's environment, placeholders included.
 
 pub mod scan;
 pub mod values;
