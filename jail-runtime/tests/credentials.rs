@@ -278,21 +278,9 @@ fn write_value(dir: &std::path::Path, value: &str) {
     std::fs::rename(tmp, dir.join("agent.github")).unwrap();
 }
 
-#[tokio::test]
-async fn the_sidecar_puts_the_policys_credential_in_from_its_credentials_dir_and_follows_rotation()
-{
-    require_root();
-    let ca = TestCa::new();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let handler_seen = seen.clone();
-    let https = TestServer::serving(
-        Some(ca.server_config(&["api.test", "other.test"], common::Alpn::Http1)),
-        move |request| record(request, handler_seen.clone()),
-    )
-    .await;
-    let values = TempDir::new("credentials-dir");
-    write_value(values.path(), SIDECAR_VALUE);
-    let policy = serde_json::json!({
+/// A compiled policy allowing both hosts, with a header credential bound to `api.test`.
+fn github_policy() -> serde_json::Value {
+    serde_json::json!({
         "version": 1,
         "namespace": "agents",
         "policies": [{
@@ -307,7 +295,24 @@ async fn the_sidecar_puts_the_policys_credential_in_from_its_credentials_dir_and
                 "env": "GITHUB_TOKEN"
             }]
         }]
-    });
+    })
+}
+
+#[tokio::test]
+async fn the_sidecar_puts_the_policys_credential_in_from_its_credentials_dir_and_follows_rotation()
+{
+    require_root();
+    let ca = TestCa::new();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let handler_seen = seen.clone();
+    let https = TestServer::serving(
+        Some(ca.server_config(&["api.test", "other.test"], common::Alpn::Http1)),
+        move |request| record(request, handler_seen.clone()),
+    )
+    .await;
+    let values = TempDir::new("credentials-dir");
+    write_value(values.path(), SIDECAR_VALUE);
+    let policy = github_policy();
     let sidecar = common::Sidecar::for_upstream(
         &policy,
         &["api.test", "other.test"],
@@ -322,6 +327,11 @@ async fn the_sidecar_puts_the_policys_credential_in_from_its_credentials_dir_and
     .await;
     let port = https.port();
     let placeholder = boundary_api::credentials::placeholder(NONCE, "github");
+    assert_eq!(
+        sidecar.status().await["credentials"],
+        serde_json::json!([{"name": "github", "value": "present"}]),
+        "/status names the credentials and whether their value is there"
+    );
     let get = async |name: &str, path: &str, headers: &[(&str, &str)]| {
         let stream = sidecar.connect(name, port).await;
         let tls = sidecar
@@ -371,6 +381,7 @@ async fn the_sidecar_puts_the_policys_credential_in_from_its_credentials_dir_and
         refused.contains("credential github has no value: Secret \"gh\" key \"token\""),
         "a removed value fails closed: {refused}"
     );
+    assert_eq!(sidecar.status().await["credentials"][0]["value"], "missing");
 
     let records = sidecar.audit().await;
     let text = serde_json::to_string(&records).unwrap();
