@@ -37,9 +37,23 @@ pub struct RunArgs {
         value_delimiter = '\n'
     )]
     pub deny: Vec<String>,
+    /// A credential the proxy puts into requests to HOST, whose real value stays out of the
+    /// jail (repeatable): 'domain=HOST env=VAR header=NAME [format=Bearer {value}]',
+    /// 'domain=HOST env=VAR basic=USER' or 'domain=HOST sigv4' (`AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`); optional name=, path=, method=, port=.
+    /// The real value is read from VAR here; inside the jail VAR holds a placeholder. Requests
+    /// carrying a placeholder or the value anywhere else are refused. From the environment: one
+    /// spec per line.
+    #[arg(
+        long = "credential",
+        value_name = "SPEC",
+        env = contract::boundary_env::CREDENTIAL,
+        value_delimiter = '\n'
+    )]
+    pub credentials: Vec<String>,
     /// Coder-compatible YAML config file (`allowlist`, `log_level`, `log_dir`, `proxy_port`,
     /// `jail_type`, `no_user_namespace`, ...; extensions: `tier`, `mode`, `deny`, `http`, `tcp`,
-    /// `resolve`, `upstream_ca`).
+    /// `resolve`, `upstream_ca`, `credentials`).
     #[arg(long, value_name = "FILE", env = contract::boundary_env::CONFIG)]
     pub config: Option<PathBuf>,
     /// Jail tier: auto (first that works), userns, privileged-netns or landlock.
@@ -178,6 +192,8 @@ pub struct ConfigFile {
     resolve: Vec<String>,
     upstream_ca: Vec<PathBuf>,
     audit_file: Option<PathBuf>,
+    /// `--credential` specs (the real values still come from the environment).
+    credentials: Vec<String>,
     #[serde(flatten)]
     other: HashMap<String, serde_yaml_ng::Value>,
 }
@@ -237,6 +253,8 @@ pub struct RunSettings {
     pub sidecar_wait: std::time::Duration,
     /// Warnings to print once logging is set up.
     pub warnings: Vec<String>,
+    /// `--credential`: the credentials, their values and the jail's placeholders.
+    pub credentials: crate::credentials::Standalone,
 }
 
 /// A settings problem, reported before anything starts (exit code 2).
@@ -483,6 +501,7 @@ impl RunArgs {
         let proxy_port = self.proxy_port.or(file.proxy_port).or(coder_port);
         let mut upstream_cas = self.proxy.upstream_ca.clone();
         upstream_cas.extend(file.upstream_ca.iter().cloned());
+        let credentials = self.credentials(&file.credentials, &mut warnings)?;
         Ok(RunSettings {
             command: self.command.clone(),
             rules: RuleSet::new(compiled, mode),
@@ -504,7 +523,37 @@ impl RunArgs {
                 .map_err(ConfigError::Invalid)?,
             sidecar_wait: std::time::Duration::from_secs(self.sidecar_wait_seconds),
             warnings,
+            credentials,
         })
+    }
+
+    /// `--credential`, with the real values from this process's environment.
+    fn credentials(
+        &self,
+        from_file: &[String],
+        warnings: &mut Vec<String>,
+    ) -> Result<crate::credentials::Standalone, ConfigError> {
+        let specs: Vec<&String> = self
+            .credentials
+            .iter()
+            .chain(from_file)
+            .filter(|s| !s.trim().is_empty())
+            .collect();
+        if specs.is_empty() {
+            return Ok(crate::credentials::Standalone::default());
+        }
+        if self.proxy_socket.is_some() {
+            warnings.push("--credential is ignored with --proxy-socket: the sidecar puts in the BoundaryPolicy's credentials".into());
+            return Ok(crate::credentials::Standalone::default());
+        }
+        let parsed = specs
+            .iter()
+            .map(|s| crate::credentials::parse(s))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ConfigError::Invalid)?;
+        let seed = crate::credentials::random_seed().map_err(ConfigError::Invalid)?;
+        crate::credentials::resolve(parsed, &|var| std::env::var(var).ok(), &seed)
+            .map_err(ConfigError::Invalid)
     }
 }
 
@@ -523,6 +572,42 @@ mod tests {
         Cli::try_parse_from(std::iter::once("boundary").chain(list.iter().copied()))
             .unwrap()
             .run
+    }
+
+    #[test]
+    fn credentials_come_from_flags_and_the_config_file() {
+        let dir = std::env::temp_dir().join(format!("boundary-config-cred-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("config.yaml");
+        std::fs::write(
+            &file,
+            "credentials:\n  - domain=b.test env=PATH header=x-b format=Bearer {value}\n",
+        )
+        .unwrap();
+        let cfg = file.to_string_lossy().into_owned();
+        // PATH is set in every test environment: it stands in for a token.
+        let s = args(&[
+            "--config",
+            &cfg,
+            "--credential",
+            "domain=a.test env=PATH header=x-a name=a",
+            "--",
+            "true",
+        ])
+        .resolve()
+        .unwrap();
+        let names: Vec<&str> = s
+            .credentials
+            .credentials
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(names, ["a", "path"]);
+        let e = args(&["--credential", "domain=a.test header=x", "--", "true"])
+            .resolve()
+            .unwrap_err();
+        assert!(e.to_string().contains("env=VAR is missing"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

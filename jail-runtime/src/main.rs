@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod config;
+mod credentials;
 mod forwarder;
 mod inbound;
 mod run;

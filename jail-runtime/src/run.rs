@@ -21,6 +21,8 @@ use boundary_jail::landlock_tier::{self, LandlockPlan};
 use boundary_jail::mounts::{BUNDLE_FILE, CA_FILE, MountPlan, RESOLV_CONF, RESOLV_FILE};
 use boundary_jail::{self as jail, EXIT_SETUP_FAILED, JailError, JailPlan, signals};
 use boundary_proxy::audit::Identity;
+use boundary_proxy::credentials::CredentialSet;
+use boundary_proxy::credentials::values::ValueSource;
 use boundary_proxy::policy::{PolicyStore, Source};
 use boundary_proxy::session::{Hello, JailOutcome};
 use boundary_proxy::tls::CertAuthority;
@@ -202,11 +204,14 @@ fn start_jail(
             Tier::Userns | Tier::PrivilegedNetns => {
                 let mut env = ca_env(&workdir.path);
                 env.extend(identity_env(settings, tier));
+                env.extend(settings.credentials.env.iter().cloned());
+                let mut env_remove: Vec<OsString> = PROXY_VARS.iter().map(OsString::from).collect();
+                env_remove.extend(settings.credentials.env_remove.iter().cloned());
                 let plan = JailPlan {
                     tier,
                     command: settings.command.clone(),
                     env,
-                    env_remove: PROXY_VARS.iter().map(OsString::from).collect(),
+                    env_remove,
                     mounts: MountPlan {
                         workdir: workdir.path.clone(),
                         new_proc: true,
@@ -272,6 +277,15 @@ fn start_landlock(settings: &RunSettings, workdir: &Path) -> Result<Started, Jai
     let proxy_url = format!("http://127.0.0.1:{port}");
     let mut env = ca_env(workdir);
     env.extend(identity_env(settings, Tier::Landlock));
+    env.extend(settings.credentials.env.iter().cloned());
+    // The landlock tier's exec removes nothing: a real value without a placeholder is emptied.
+    env.extend(
+        settings
+            .credentials
+            .env_remove
+            .iter()
+            .map(|var| (var.clone(), OsString::new())),
+    );
     for var in PROXY_VARS {
         let value = if var.eq_ignore_ascii_case("no_proxy") {
             String::new()
@@ -350,12 +364,17 @@ async fn serve_jail(
                 identity: Identity::default(),
                 tier: Some(tier),
                 policy: PolicyStore::load(Source::Static(Arc::new(settings.rules.clone())))
-                    .map_err(|e| JailError::other("loading rules", e))?,
+                    .map_err(|e| JailError::other("loading rules", e))?
+                    .with_credentials(CredentialSet::new(
+                        [(None, settings.credentials.credentials.as_slice())],
+                        Some(&settings.credentials.nonce),
+                    )),
                 upstream_cas: settings.upstream_cas.clone(),
                 resolve: settings.resolve.clone(),
                 audit: settings.audit.clone(),
                 ca,
                 upstream_timeout: settings.upstream_timeout,
+                credential_values: ValueSource::Static(settings.credentials.values.clone()),
             })
             .map_err(|e| JailError::other("starting the proxy", e))?,
         ),

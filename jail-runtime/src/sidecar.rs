@@ -21,6 +21,7 @@ use clap::Args;
 
 use crate::config::{ProxyArgs, parse_resolve};
 use boundary_proxy::audit::{Identity, Sink};
+use boundary_proxy::credentials::values::ValueSource;
 use boundary_proxy::jails::{ExitWhen, Jails};
 use boundary_proxy::policy::{PolicyStore, Source};
 use boundary_proxy::tls::{CaOrigin, CertAuthority};
@@ -74,6 +75,15 @@ pub struct SidecarArgs {
     /// sidecar can read (the webhook mounts a memory-backed emptyDir). Unset: a new CA per start.
     #[arg(long, value_name = "DIR", env = contract_env::CA_DIR)]
     pub ca_dir: Option<PathBuf>,
+    /// The credentials' real values: the namespace's credentials Secret mounted into the sidecar
+    /// only, one `<policy>.<credential>` file each, re-read when it changes. Missing: no values
+    /// (requests a credential is bound to are refused).
+    #[arg(long, value_name = "DIR", env = contract_env::CREDENTIALS_DIR)]
+    pub credentials_dir: Option<PathBuf>,
+    /// The pod's placeholder nonce (the webhook's): the placeholders the jailed containers hold
+    /// are made with it.
+    #[arg(long, value_name = "NONCE", env = contract_env::PLACEHOLDER_NONCE)]
+    pub placeholder_nonce: Option<String>,
     /// Settings shared with `boundary run`'s in-process proxy.
     #[command(flatten)]
     pub proxy: ProxyArgs,
@@ -147,13 +157,15 @@ async fn serve(args: &SidecarArgs, jails: Arc<Jails>) -> anyhow::Result<()> {
         policy: args.policy_file.clone(),
         labels: args.labels_file.clone(),
     };
+    let nonce = placeholder_nonce(args)?;
     let policy = match PolicyStore::load(source.clone()) {
         Ok(p) => p,
         Err(e) => {
             tracing::error!(error = %e, "no usable policy yet: denying everything until one loads");
             PolicyStore::deny_all(source)
         }
-    };
+    }
+    .with_placeholder_nonce(nonce);
     let identity = Identity {
         pod: std::env::var(boundary_api::contract::env::POD_NAME).ok(),
         namespace: std::env::var(boundary_api::contract::env::POD_NAMESPACE).ok(),
@@ -172,6 +184,10 @@ async fn serve(args: &SidecarArgs, jails: Arc<Jails>) -> anyhow::Result<()> {
             .map_or(Sink::Stdout, Sink::File),
         ca,
         upstream_timeout: std::time::Duration::from_secs(args.proxy.upstream_timeout.max(1)),
+        credential_values: args
+            .credentials_dir
+            .clone()
+            .map_or(ValueSource::None, ValueSource::Dir),
     })?;
     tracing::info!(policies = ?proxy.rules_for(None).policies, "policy loaded");
 
@@ -216,6 +232,26 @@ async fn serve(args: &SidecarArgs, jails: Arc<Jails>) -> anyhow::Result<()> {
     }
     proxy.flush().await;
     Ok(())
+}
+
+/// `--placeholder-nonce`, checked; a warning when credentials come without it.
+fn placeholder_nonce(args: &SidecarArgs) -> anyhow::Result<Option<String>> {
+    let nonce = match args.placeholder_nonce.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(n) if boundary_api::credentials::is_nonce(n) => Some(n.to_owned()),
+        Some(n) => anyhow::bail!(
+            "{}={n:?} is not a placeholder nonce (16 characters of a-z and 2-7, as the webhook sets it)",
+            contract_env::PLACEHOLDER_NONCE
+        ),
+    };
+    if nonce.is_none() && args.credentials_dir.is_some() {
+        tracing::warn!(
+            "{} is not set: the jailed containers' credential placeholders cannot be recognised, \
+             so requests carrying them are refused as leak attempts (headers are still set)",
+            contract_env::PLACEHOLDER_NONCE
+        );
+    }
+    Ok(nonce)
 }
 
 /// The CA: kept in `--ca-dir` (reused when usable), or a new one for this run only.

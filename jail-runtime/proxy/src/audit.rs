@@ -77,6 +77,12 @@ pub struct Record {
     /// Why it was denied (or would have been).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The credentials put into the request (comma-separated names).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+    /// A credential leak attempt: `{credential, where}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leak: Option<crate::credentials::Leak>,
     /// Enforce or Audit.
     pub mode: Mode,
     /// The jail tier.
@@ -140,6 +146,22 @@ impl Drop for Entry {
     fn drop(&mut self) {
         if let Some(started) = self.started {
             self.record.duration_ms = millis(started);
+        }
+        // A placeholder's nonce never reaches the trail, whichever path recorded it (a TLS
+        // server name, a denied host): requests with credentials are redacted further in `http`.
+        let record = &mut self.record;
+        for text in [
+            Some(&mut record.host),
+            record.path.as_mut(),
+            record.reason.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if let std::borrow::Cow::Owned(redacted) = crate::credentials::redact_placeholders(text)
+            {
+                *text = redacted;
+            }
         }
         self.audit.record_line(&self.record);
     }
@@ -422,6 +444,8 @@ mod tests {
             rule: None,
             denied_by: None,
             reason: None,
+            credential: None,
+            leak: None,
             mode: Mode::Enforce,
             tier: None,
             isolation: None,

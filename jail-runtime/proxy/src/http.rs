@@ -25,6 +25,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::Proxy;
 use crate::audit::{Decision, Entry};
 use crate::context::ConnCtx;
+use crate::credentials::scan::{LeakSlot, ScannedBody};
+use crate::credentials::{self, Outcome};
 use crate::decide::{self, Connect, Page, Request as Verdict, Ruling};
 use crate::framing::{Audited, Framing};
 use crate::head::{self, Scheme, Target};
@@ -292,11 +294,31 @@ async fn handle(
     let mut entry = proxy.entry(&ctx, audit_scheme, &target.host, target.port, mode);
     entry.method = Some(parts.method.to_string());
     entry.path = Some(target.path.to_string());
+    let credentials = resolved.credentials.clone();
+    let values = proxy.credential_values();
+    redact_entry(&mut entry, &credentials, &values);
     match decide::request(rules, request) {
         Verdict::Forward(ruling) => {
             entry.rule_on(&ruling);
+            let body: Body = body.map_err(|e| -> BoxError { Box::new(e) }).boxed();
+            let request = Outgoing {
+                parts,
+                target,
+                body,
+                leak: None,
+            };
+            let allowed = ruling.decision == Decision::Allow;
+            let request = if credentials.is_empty() {
+                request
+            } else {
+                let scan = (&*credentials, &*values);
+                match with_credentials(&proxy, &mut entry, kind, scheme, allowed, scan, request) {
+                    Ok(r) => r,
+                    Err(refused) => return *refused,
+                }
+            };
             proxy.metrics().decision(kind, ruling.decision);
-            forward(proxy, scheme, parts, body, &target, entry, client_upgrade).await
+            forward(proxy, scheme, request, entry, client_upgrade).await
         }
         Verdict::Deny { ruling, page } => {
             entry.rule_on(&ruling);
@@ -318,6 +340,177 @@ async fn handle(
             }
         }
     }
+}
+
+/// Audit lines never show a placeholder's nonce or a real value.
+fn redact_entry(
+    entry: &mut Entry,
+    credentials: &credentials::CredentialSet,
+    values: &credentials::Values,
+) {
+    if credentials.is_empty() {
+        return;
+    }
+    entry.host = credentials.redact(&entry.host, values).into_owned();
+    if let Some(path) = &entry.path {
+        entry.path = Some(credentials.redact(path, values).into_owned());
+    }
+}
+
+/// A request on its way upstream.
+struct Outgoing {
+    parts: http::request::Parts,
+    target: Target,
+    body: Body,
+    /// Where the body scanner puts a leak it finds.
+    leak: Option<Arc<LeakSlot>>,
+}
+
+/// Acts on the credentials' decision for an allowed request: puts credentials in (header,
+/// basic, `SigV4`), wraps the body in the leak scanner, or refuses (leak attempt, no value).
+fn with_credentials(
+    proxy: &Proxy,
+    entry: &mut Entry,
+    kind: Kind,
+    scheme: Scheme,
+    allowed: bool,
+    (credentials, values): (&credentials::CredentialSet, &credentials::Values),
+    mut out: Outgoing,
+) -> Result<Outgoing, Box<Response<Body>>> {
+    let facts = credentials::RequestFacts {
+        host: &out.target.host,
+        port: out.target.port,
+        method: out.parts.method.as_str(),
+        path: &out.target.path,
+        path_and_query: &out.target.path_and_query,
+        headers: &out.parts.headers,
+        intercepted: scheme == Scheme::Https,
+        allowed,
+    };
+    let mut bound: Vec<&str> = Vec::new();
+    let mut sigv4 = Vec::new();
+    match credentials::decide(credentials, values, &facts) {
+        Outcome::Nothing => {}
+        Outcome::Leak(leak) => {
+            let host = entry.host.clone();
+            let port = out.target.port;
+            return Err(Box::new(refuse_leak(proxy, entry, kind, leak, &host, port)));
+        }
+        Outcome::NoValue { message, .. } => {
+            return Err(Box::new(refuse_credential(proxy, entry, kind, message)));
+        }
+        Outcome::Inject(injections) => {
+            sigv4 = credentials::inject(
+                &mut out.parts.headers,
+                &mut out.target.path_and_query,
+                &injections,
+            )
+            .map_err(|e| Box::new(refuse_credential(proxy, entry, kind, e.to_string())))?;
+            bound = injections
+                .iter()
+                .map(|i| i.credential.name.as_str())
+                .collect();
+        }
+    }
+    if let Some(needles) = credentials::body_needles(credentials, values, &bound) {
+        let slot = late_leaks(proxy, entry, out.target.port);
+        out.body = ScannedBody::new(out.body, Arc::new(needles), slot.clone()).boxed();
+        out.leak = Some(slot);
+    }
+    for injection in sigv4 {
+        let (parts, body) =
+            resign_sigv4(out.parts, out.body, injection.credential, injection.value)
+                .map_err(|reason| Box::new(refuse_credential(proxy, entry, kind, reason)))?;
+        (out.parts, out.body) = (parts, body);
+    }
+    for name in &bound {
+        proxy.metrics().credential_injected(name);
+    }
+    if !bound.is_empty() {
+        entry.credential = Some(bound.join(","));
+    }
+    Ok(out)
+}
+
+/// The leak slot of a request's body scan: a leak found after the request's record was written
+/// is audited as an event of its own (`credential-leak`), and counted.
+fn late_leaks(proxy: &Proxy, entry: &Entry, port: u16) -> Arc<LeakSlot> {
+    let (proxy, container, tier) = (proxy.clone(), entry.container.clone(), entry.tier);
+    let (host, method, path) = (entry.host.clone(), entry.method.clone(), entry.path.clone());
+    LeakSlot::new(move |leak: credentials::Leak| {
+        proxy.metrics().credential_leak(leak.metric_place());
+        let reason = leak.reason(&host, port);
+        proxy.record_event(
+            "credential-leak",
+            container.clone(),
+            tier,
+            serde_json::json!({
+                "decision": "deny",
+                "host": host,
+                "port": port,
+                "method": method,
+                "path": path,
+                "reason": reason,
+                "leak": leak,
+            }),
+        );
+    })
+}
+
+/// Re-signs an AWS `SigV4` request with the credential's real keys (`value`, or the sidecar's
+/// own identity when it is empty): the one place the `SigV4` signer plugs in, with the request
+/// head (placeholders in it already checked) and its body (already wrapped by the leak scanner).
+fn resign_sigv4(
+    parts: http::request::Parts,
+    body: Body,
+    credential: &credentials::Credential,
+    value: &boundary_api::credentials::CredentialValue,
+) -> Result<(http::request::Parts, Body), String> {
+    let _ = (parts, body, value);
+    Err(format!(
+        "credential {}: awsSigV4 credentials are not wired yet",
+        credential.name
+    ))
+}
+
+/// A credential leak attempt: 403, audited with `leak`, counted.
+fn refuse_leak(
+    proxy: &Proxy,
+    entry: &mut Entry,
+    kind: Kind,
+    leak: credentials::Leak,
+    host: &str,
+    port: u16,
+) -> Response<Body> {
+    let reason = leak.reason(host, port);
+    proxy.metrics().credential_leak(leak.metric_place());
+    proxy.metrics().decision(kind, Decision::Deny);
+    entry.decision = Decision::Deny;
+    entry.reason = Some(reason.clone());
+    entry.status = Some(403);
+    entry.leak = Some(leak);
+    let mut resp = text(403, format!("Blocked by Agent Boundary: {reason}\n"));
+    resp.headers_mut().insert(
+        "x-agent-boundary",
+        HeaderValue::from_static("credential-leak"),
+    );
+    resp
+}
+
+/// A request a credential is bound to but cannot be put into (no value, a bad value, `SigV4`
+/// not available): 403, fail closed.
+fn refuse_credential(
+    proxy: &Proxy,
+    entry: &mut Entry,
+    kind: Kind,
+    reason: String,
+) -> Response<Body> {
+    proxy.metrics().decision(kind, Decision::Deny);
+    entry.decision = Decision::Deny;
+    entry.status = Some(403);
+    let body = format!("Blocked by Agent Boundary: {reason}\n");
+    entry.reason = Some(reason);
+    text(403, body)
 }
 
 fn unknown_host() -> Host {
@@ -496,26 +689,22 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 async fn forward(
     proxy: Proxy,
     scheme: Scheme,
-    mut parts: http::request::Parts,
-    body: Incoming,
-    target: &Target,
+    request: Outgoing,
     mut entry: Entry,
     client_upgrade: Option<ClientUpgrade>,
 ) -> Response<Body> {
+    let Outgoing {
+        mut parts,
+        target,
+        body,
+        leak,
+    } = request;
+    let target = &target;
     entry.start_clock();
     let upgrading = client_upgrade.is_some();
-    let uri: Uri = match format!(
-        "{}://{}{}",
-        scheme.as_str(),
-        target.authority(scheme),
-        target.path_and_query
-    )
-    .parse()
-    {
+    let uri = match upstream_uri(scheme, target) {
         Ok(u) => u,
-        Err(e) => {
-            return finish_error(entry, 400, &format!("cannot build the upstream URI: {e}"));
-        }
+        Err(reason) => return finish_error(entry, 400, &reason),
     };
     let client_h2 = parts.version == Version::HTTP_2;
     parts.uri = uri;
@@ -524,7 +713,7 @@ async fn forward(
     parts.headers.remove(header::HOST);
     let bytes_in = Arc::new(AtomicU64::new(0));
     let req_body = Counted {
-        inner: body.map_err(|e| -> BoxError { Box::new(e) }),
+        inner: body,
         counter: bytes_in.clone(),
         finish: None,
     };
@@ -534,6 +723,11 @@ async fn forward(
     let limit = proxy.upstream_timeout();
     let response = match tokio::time::timeout(limit, client.request(request)).await {
         Ok(Ok(r)) => r,
+        // The body scanner stopped the request: nothing with the needle went out.
+        Ok(Err(_)) if let Some(refused) = body_leak(&proxy, &mut entry, leak.as_deref()) => {
+            entry.bytes_in = bytes_in.load(Ordering::Relaxed);
+            return refused;
+        }
         Ok(Err(e)) => {
             let failure = failure_of(&e);
             proxy.metrics().upstream_error(failure.kind);
@@ -541,6 +735,9 @@ async fn forward(
             return finish_error(entry, failure.status(), &failure.message);
         }
         Err(_) => {
+            if let Some(refused) = body_leak(&proxy, &mut entry, leak.as_deref()) {
+                return refused;
+            }
             proxy.metrics().upstream_error(UpstreamError::Protocol);
             let reason = format!("the upstream sent no response within {} s", limit.as_secs());
             return finish_error(entry, 504, &reason);
@@ -551,6 +748,9 @@ async fn forward(
     if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) =
         (client_upgrade, response.status())
     {
+        if let Some(refused) = body_leak(&proxy, &mut entry, leak.as_deref()) {
+            return refused;
+        }
         let upstream = hyper::upgrade::on(&mut response);
         match client_upgrade {
             ClientUpgrade::Hyper(client) => {
@@ -577,6 +777,7 @@ async fn forward(
         entry,
         bytes_in,
         bytes_out: Arc::new(AtomicU64::new(0)),
+        leak,
     };
     let counter = finish.bytes_out.clone();
     let body = Counted {
@@ -585,6 +786,18 @@ async fn forward(
         finish: Some(finish),
     };
     Response::from_parts(resp_parts, body.boxed())
+}
+
+/// Where the request goes: the checked target, with the query as sent (credentials in).
+fn upstream_uri(scheme: Scheme, target: &Target) -> Result<Uri, String> {
+    format!(
+        "{}://{}{}",
+        scheme.as_str(),
+        target.authority(scheme),
+        target.path_and_query
+    )
+    .parse()
+    .map_err(|e| format!("cannot build the upstream URI: {e}"))
 }
 
 /// The client's side of an upgrade the request asked for.
@@ -637,6 +850,32 @@ fn failure_of(e: &hyper_util::client::legacy::Error) -> Failure {
         message,
         timeout: false,
     }
+}
+
+/// The 403 for a leak the body scan found (it closes the slot: a later leak is audited on its
+/// own).
+fn body_leak(proxy: &Proxy, entry: &mut Entry, slot: Option<&LeakSlot>) -> Option<Response<Body>> {
+    let found = slot?.close()?;
+    let (host, port) = (entry.host.clone(), entry.port);
+    Some(refuse_body_leak(proxy, entry, found, &host, port))
+}
+
+/// A leak the body scanner found: the upstream request was stopped; 403 when the response had
+/// not started (the caller's to send), audited with `leak` either way.
+fn refuse_body_leak(
+    proxy: &Proxy,
+    entry: &mut Entry,
+    leak: credentials::Leak,
+    host: &str,
+    port: u16,
+) -> Response<Body> {
+    let reason = leak.reason(host, port);
+    proxy.metrics().credential_leak(leak.metric_place());
+    entry.decision = Decision::Deny;
+    entry.reason = Some(reason.clone());
+    entry.status = Some(403);
+    entry.leak = Some(leak);
+    text(403, format!("Blocked by Agent Boundary: {reason}\n"))
 }
 
 /// The client's answer when the upstream failed; the entry is written with it.
@@ -719,10 +958,19 @@ struct Finish {
     entry: Entry,
     bytes_in: Arc<AtomicU64>,
     bytes_out: Arc<AtomicU64>,
+    /// A leak the body scanner found after the upstream had answered.
+    leak: Option<Arc<LeakSlot>>,
 }
 
 impl Drop for Finish {
     fn drop(&mut self) {
+        if let Some(found) = self.leak.as_ref().and_then(|slot| slot.close()) {
+            let host = self.entry.host.clone();
+            let (port, status) = (self.entry.port, self.entry.status);
+            let _ = refuse_body_leak(&self.proxy, &mut self.entry, found, &host, port);
+            // The upstream's answer had started: its status is what the client got (cut short).
+            self.entry.status = status;
+        }
         self.entry.bytes_in = self.bytes_in.load(Ordering::Relaxed);
         self.entry.bytes_out = self.bytes_out.load(Ordering::Relaxed);
         self.proxy

@@ -366,22 +366,60 @@ fn record_unreachable(proxy: &Proxy, hello: &Hello, report: &UnreachableReport) 
     );
 }
 
-/// The body of `GET /status` (`boundary_api::enforcement::SidecarStatus`).
+/// The body of `GET /status` (`boundary_api::enforcement::SidecarStatus`), plus, when there
+/// are any, `credentials`: the credentials of the pod's containers by name, with whether their
+/// value reached the proxy (`present`/`missing`); never a value. Readers ignore unknown fields.
 pub fn status_json(proxy: &Proxy, jails: Option<&Jails>) -> String {
     let hash = proxy.policy_hash();
-    let mut body = serde_json::to_string(&SidecarStatus {
+    let reports = jails.map_or_else(Vec::new, Jails::reports);
+    let credentials = credential_states(proxy, &reports);
+    let status = SidecarStatus {
         policy_loaded: hash.is_some(),
         policy_hash: hash.unwrap_or_default(),
-        jails: jails.map_or_else(Vec::new, Jails::reports),
+        jails: reports,
         policy_file: Some(if proxy.policy_file_missing() {
             PolicyFileState::Missing
         } else {
             PolicyFileState::Present
         }),
-    })
+    };
+    let mut body = match serde_json::to_value(&status) {
+        Ok(serde_json::Value::Object(mut map)) if !credentials.is_empty() => {
+            map.insert("credentials".into(), serde_json::Value::Array(credentials));
+            serde_json::to_string(&map)
+        }
+        _ => serde_json::to_string(&status),
+    }
     .unwrap_or_default();
     body.push('\n');
     body
+}
+
+/// `{"name", "value": "present"|"missing"|"identity"}` (`identity`: AWS keys of the sidecar's
+/// own identity, not a stored value) for the credentials of the containers heard of (and
+/// of the entries for every container).
+fn credential_states(proxy: &Proxy, reports: &[JailReport]) -> Vec<serde_json::Value> {
+    let values = proxy.credential_values();
+    let mut seen = BTreeMap::new();
+    let containers =
+        std::iter::once(None).chain(reports.iter().map(|r| Some(r.container.as_str())));
+    for container in containers {
+        for c in &proxy.rules_for(container).credentials.credentials {
+            let state = if values.contains_key(&c.value_key) {
+                "present"
+            } else if c.method == crate::credentials::Method::SigV4
+                && c.source.contains("AWS identity")
+            {
+                "identity"
+            } else {
+                "missing"
+            };
+            seen.entry(c.name.clone()).or_insert(state);
+        }
+    }
+    seen.into_iter()
+        .map(|(name, state)| serde_json::json!({"name": name, "value": state}))
+        .collect()
 }
 
 #[cfg(test)]

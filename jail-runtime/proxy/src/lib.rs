@@ -33,6 +33,7 @@ pub mod audit;
 pub mod client_hello;
 mod conn;
 mod context;
+pub mod credentials;
 pub mod decide;
 pub mod framing;
 pub mod head;
@@ -96,6 +97,8 @@ pub struct ProxyConfig {
     pub ca: Arc<CertAuthority>,
     /// How long an upstream may take to send its response headers (504 after that).
     pub upstream_timeout: Duration,
+    /// The credentials' real values (the rules say which credentials there are).
+    pub credential_values: credentials::values::ValueSource,
 }
 
 /// The proxy; cheap to clone.
@@ -122,6 +125,7 @@ struct Inner {
     audit: Audit,
     metrics: Arc<Metrics>,
     upstream_timeout: Duration,
+    values: Arc<credentials::values::ValueStore>,
 }
 
 /// Errors starting the proxy.
@@ -147,6 +151,10 @@ impl Proxy {
             identity: Arc::new(config.identity),
         };
         policy.spawn_reloader(metrics.clone(), events.clone());
+        let values = Arc::new(credentials::values::ValueStore::new(
+            config.credential_values,
+        ));
+        values.spawn_reloader();
         Ok(Proxy {
             inner: Arc::new(Inner {
                 session: events.session.clone(),
@@ -160,6 +168,7 @@ impl Proxy {
                 audit: events.audit,
                 metrics,
                 upstream_timeout: config.upstream_timeout,
+                values,
             }),
         })
     }
@@ -172,6 +181,11 @@ impl Proxy {
     /// The rules that apply to `container` now.
     pub fn rules_for(&self, container: Option<&str>) -> Arc<policy::Resolved> {
         self.inner.policy.rules_for(container)
+    }
+
+    /// The credentials' real values now.
+    pub fn credential_values(&self) -> Arc<credentials::Values> {
+        self.inner.values.values()
     }
 
     /// Waits for queued audit records to be written.
@@ -204,6 +218,8 @@ impl Proxy {
             rule: None,
             denied_by: None,
             reason: None,
+            credential: None,
+            leak: None,
             mode,
             tier,
             isolation: (tier == Some(Tier::Landlock))

@@ -140,6 +140,17 @@ struct UpstreamLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CredentialLabels {
+    credential: String,
+}
+
+/// `where` is a keyword: the label set is a plain pair.
+type LeakLabels = [(&'static str, &'static str); 1];
+
+/// Where leak attempts are found (the label values of `credential_leaks`).
+const LEAK_PLACES: [&str; 4] = ["header", "query", "path", "body"];
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ReloadLabels {
     result: ReloadResult,
 }
@@ -157,6 +168,8 @@ pub struct Metrics {
     dns_queries: Counter,
     policy_file_missing: Gauge,
     audit_dropped: Counter,
+    credential_injections: Family<CredentialLabels, Counter>,
+    credential_leaks: [Counter; 4],
     /// Renders one at a time: each brings `audit_dropped` up to the audit queue's count.
     rendering: Mutex<()>,
 }
@@ -173,6 +186,7 @@ impl Default for Metrics {
         let bytes = Family::<DirectionLabels, Counter>::default();
         let upstream = Family::<UpstreamLabels, Counter>::default();
         let reloads = Family::<ReloadLabels, Counter>::default();
+        let leaks = Family::<LeakLabels, Counter>::default();
         let mut metrics = Metrics {
             decisions: Kind::ALL.map(|kind| {
                 DECISIONS.map(|decision| series(&decisions, &DecisionLabels { kind, decision }))
@@ -207,6 +221,8 @@ impl Default for Metrics {
             dns_queries: Counter::default(),
             policy_file_missing: Gauge::default(),
             audit_dropped: Counter::default(),
+            credential_injections: Family::default(),
+            credential_leaks: LEAK_PLACES.map(|place| series(&leaks, &[("where", place)])),
             registry: Registry::default(),
             rendering: Mutex::new(()),
         };
@@ -249,6 +265,16 @@ impl Default for Metrics {
             "agent_boundary_audit_dropped",
             "Audit records dropped because the queue was full",
             metrics.audit_dropped.clone(),
+        );
+        metrics.registry.register(
+            "agent_boundary_credential_injections",
+            "Requests a credential was put into, by credential",
+            metrics.credential_injections.clone(),
+        );
+        metrics.registry.register(
+            "agent_boundary_credential_leaks",
+            "Credential leak attempts refused, by where the placeholder or value was",
+            leaks,
         );
         metrics
     }
@@ -310,6 +336,21 @@ impl Metrics {
         self.policy_file_missing.set(i64::from(missing));
     }
 
+    /// Counts a request `credential` was put into.
+    pub fn credential_injected(&self, credential: &str) {
+        self.credential_injections
+            .get_or_create(&CredentialLabels {
+                credential: credential.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a leak attempt found in `place` (`header`, `query`, `path`, `body`).
+    pub fn credential_leak(&self, place: &str) {
+        let i = LEAK_PLACES.iter().position(|p| *p == place).unwrap_or(3);
+        self.credential_leaks[i].inc();
+    }
+
     /// Counts a DNS query answered in the jail.
     pub fn dns_query(&self) {
         self.dns_queries.inc();
@@ -361,5 +402,17 @@ mod tests {
         assert!(text.contains("agent_boundary_policy_file_missing 1"));
         m.policy_file_missing(false);
         assert!(m.render(0).contains("agent_boundary_policy_file_missing 0"));
+        let text = m.render(0);
+        assert!(
+            text.contains("agent_boundary_credential_leaks_total{where=\"body\"} 0"),
+            "leak series exist from the start: {text}"
+        );
+        m.credential_leak("header");
+        m.credential_injected("github");
+        let text = m.render(0);
+        assert!(text.contains("agent_boundary_credential_leaks_total{where=\"header\"} 1"));
+        assert!(
+            text.contains("agent_boundary_credential_injections_total{credential=\"github\"} 1")
+        );
     }
 }

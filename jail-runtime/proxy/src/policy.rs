@@ -26,15 +26,19 @@ use boundary_api::compiled::{CompiledPolicy, parse_downward_labels};
 use boundary_api::rules::RuleSet;
 
 use crate::audit::Events;
+use crate::credentials::CredentialSet;
 use crate::metrics::Metrics;
 
-/// Rules for one container, with the policies they came from.
+/// Rules for one container, with the policies they came from and their credentials (swapped
+/// together on a reload).
 #[derive(Debug)]
 pub struct Resolved {
     /// The rules.
     pub rules: RuleSet,
     /// Names of the policies (empty standalone).
     pub policies: Vec<String>,
+    /// The credentials of those policies (standalone: of `--credential`).
+    pub credentials: Arc<CredentialSet>,
 }
 
 /// Where rules come from.
@@ -104,6 +108,9 @@ pub struct PolicyStore {
     fixed: Option<Arc<Resolved>>,
     /// The policy file is not there (deleted under a running pod, or never published).
     missing: AtomicBool,
+    /// The pod's placeholder nonce (`BOUNDARY_PLACEHOLDER_NONCE`), for the credentials'
+    /// placeholders.
+    nonce: Option<String>,
 }
 
 impl std::fmt::Debug for PolicyStore {
@@ -146,6 +153,7 @@ impl PolicyStore {
                 Some(Arc::new(Resolved {
                     rules: (**rules).clone(),
                     policies: Vec::new(),
+                    credentials: Arc::default(),
                 })),
             ),
             Source::File { policy, labels } => (read(policy, labels.as_deref())?, None),
@@ -155,7 +163,28 @@ impl PolicyStore {
             current: ArcSwap::from_pointee(loaded),
             fixed,
             missing: AtomicBool::new(false),
+            nonce: None,
         })
+    }
+
+    /// The pod's placeholder nonce: the credentials' placeholders are made with it.
+    #[must_use]
+    pub fn with_placeholder_nonce(mut self, nonce: Option<String>) -> PolicyStore {
+        self.nonce = nonce;
+        self
+    }
+
+    /// Static rules with these credentials (`boundary run --credential`).
+    #[must_use]
+    pub fn with_credentials(mut self, credentials: CredentialSet) -> PolicyStore {
+        if let Some(fixed) = &self.fixed {
+            self.fixed = Some(Arc::new(Resolved {
+                rules: fixed.rules.clone(),
+                policies: fixed.policies.clone(),
+                credentials: Arc::new(credentials),
+            }));
+        }
+        self
     }
 
     /// A file source whose first version is missing or bad: deny everything until a good one
@@ -176,6 +205,7 @@ impl PolicyStore {
                 per_container: Mutex::new(HashMap::new()),
             }),
             fixed: None,
+            nonce: None,
         }
     }
 
@@ -209,7 +239,16 @@ impl PolicyStore {
             // Validated at load time for the pod; a container-specific compile cannot fail
             // differently, but deny all if it somehow does.
             Some(compiled) => match compiled.rule_set(&loaded.labels, container) {
-                Ok((rules, policies)) => Resolved { rules, policies },
+                Ok((rules, policies)) => Resolved {
+                    rules,
+                    policies,
+                    credentials: Arc::new(credentials_of(
+                        compiled,
+                        &loaded.labels,
+                        container,
+                        self.nonce.as_deref(),
+                    )),
+                },
                 Err(_) => deny_everything(),
             },
             None => deny_everything(),
@@ -336,7 +375,26 @@ fn deny_everything() -> Resolved {
     Resolved {
         rules: RuleSet::new(Vec::new(), Mode::Enforce),
         policies: Vec::new(),
+        credentials: Arc::default(),
     }
+}
+
+/// The credentials of the entries selecting the pod, for `container`.
+fn credentials_of(
+    compiled: &CompiledPolicy,
+    labels: &BTreeMap<String, String>,
+    container: Option<&str>,
+    nonce: Option<&str>,
+) -> CredentialSet {
+    let Ok(entries) = compiled.select(labels, container) else {
+        return CredentialSet::default();
+    };
+    CredentialSet::new(
+        entries
+            .iter()
+            .map(|e| (Some(e.name.as_str()), e.credentials.as_slice())),
+        nonce,
+    )
 }
 
 fn read(policy: &Path, labels: Option<&Path>) -> Result<Loaded, LoadError> {

@@ -81,6 +81,7 @@ impl InProcess {
             audit: Sink::File(audit.clone()),
             ca: Arc::new(ca),
             upstream_timeout: Duration::from_secs(10),
+            credential_values: boundary_proxy::credentials::values::ValueSource::None,
         })
         .unwrap();
         InProcess {
