@@ -392,3 +392,110 @@ async fn the_sidecar_puts_the_policys_credential_in_from_its_credentials_dir_and
     assert_eq!(leak["leak"]["where"], "header authorization");
     assert_eq!(records[0]["credential"], "github", "{}", records[0]);
 }
+
+const REAL_AKID: &str = "AKIAREALEXAMPLE00001";
+const REAL_SECRET: &str = "real/secret/access/key/example0001";
+
+/// The `SigV4` verifier of the proxy's tests (botocore with the real keys), serving HTTPS with a
+/// certificate of `ca` for `bedrock.test`; its port.
+async fn https_verifier(ca: &TestCa, dir: &std::path::Path) -> (tokio::process::Child, u16) {
+    use tokio::io::AsyncBufReadExt as _;
+    let leaf = ca.leaf(&["bedrock.test"]);
+    let (cert, key) = (dir.join("verifier.crt"), dir.join("verifier.key"));
+    std::fs::write(&cert, &leaf.cert_pem).unwrap();
+    std::fs::write(&key, &leaf.key_pem).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/proxy/tests/sigv4_verifier.py");
+    let mut child = tokio::process::Command::new("/usr/bin/python3")
+        .args([script, REAL_AKID, REAL_SECRET])
+        .env("VERIFIER_TLS_CERT", &cert)
+        .env("VERIFIER_TLS_KEY", &key)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 with python3-botocore (tests/scripts/setup.sh)");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = lines
+        .next_line()
+        .await
+        .unwrap()
+        .expect("the verifier prints its port");
+    let port = line.trim_start_matches("PORT ").parse().unwrap();
+    (child, port)
+}
+
+/// Claude Code on Bedrock, in miniature: botocore in the jail signs an InvokeModel-shaped
+/// request with the placeholder keys it finds in its environment; the proxy signs it again with
+/// the real keys from `boundary run`'s environment, and botocore on the server, holding only the
+/// real keys, accepts it.
+#[tokio::test]
+async fn botocore_in_the_jail_signs_with_placeholders_and_the_server_verifies_the_real_keys() {
+    require_root();
+    let ca = TestCa::new();
+    let dir = TempDir::new("credentials-sigv4");
+    let (_verifier, port) = https_verifier(&ca, dir.path()).await;
+    let client = dir.path().join("bedrock.py");
+    std::fs::write(
+        &client,
+        format!(
+            "import urllib.request, urllib.error\n\
+             from botocore.auth import SigV4Auth\n\
+             from botocore.awsrequest import AWSRequest\n\
+             from botocore.session import get_session\n\
+             creds = get_session().get_credentials()\n\
+             print('akid', creds.access_key)\n\
+             url = 'https://bedrock.test:{port}/model/anthropic.claude-3/invoke'\n\
+             req = AWSRequest(method='POST', url=url, data=b'{{\"prompt\": \"hi\"}}', headers={{'content-type': 'application/json'}})\n\
+             SigV4Auth(creds, 'bedrock', 'us-east-1').add_auth(req)\n\
+             p = req.prepare()\n\
+             try:\n\
+             \x20   r = urllib.request.urlopen(urllib.request.Request(p.url, data=p.body, headers=dict(p.headers.items()), method='POST'))\n\
+             \x20   print('bedrock', r.status, r.read().decode())\n\
+             except urllib.error.HTTPError as e:\n\
+             \x20   print('bedrock', e.code, e.read().decode())\n"
+        ),
+    )
+    .unwrap();
+    let audit_file = dir.path().join("audit.jsonl");
+    let mut cmd = boundary(As::Nobody);
+    cmd.env("AWS_ACCESS_KEY_ID", REAL_AKID)
+        .env("AWS_SECRET_ACCESS_KEY", REAL_SECRET)
+        .env("HOME", "/nonexistent")
+        .arg("run")
+        .args([
+            "--allow",
+            "domain=bedrock.test",
+            "--credential",
+            "domain=bedrock.test sigv4",
+            "--resolve",
+            "bedrock.test=127.0.0.1",
+            "--upstream-ca",
+            ca.pem_path.to_str().unwrap(),
+            "--audit-file",
+            audit_file.to_str().unwrap(),
+            "--",
+            "/usr/bin/python3",
+            client.to_str().unwrap(),
+        ]);
+    let out = output(cmd).await;
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}\n{text}", stderr(&out));
+    assert!(
+        !text.contains(REAL_AKID) && !text.contains(REAL_SECRET),
+        "{text}"
+    );
+    let akid = text.lines().find(|l| l.starts_with("akid ")).unwrap();
+    assert!(akid.starts_with("akid boundary-ph-"), "{text}");
+    assert!(
+        text.contains("bedrock 200 {\"ok\": true"),
+        "the server, holding only the real keys, accepted the request:\n{text}\n{}",
+        stderr(&out)
+    );
+    let audit = std::fs::read_to_string(&audit_file).unwrap();
+    assert!(!audit.contains(REAL_AKID) && !audit.contains(REAL_SECRET));
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("\"credential\":\"aws\"") && l.contains("bedrock.test")),
+        "{audit}"
+    );
+}

@@ -34,8 +34,10 @@ use crate::io::BoxIo;
 use crate::keepalive::{self, Exchange};
 use crate::metrics::{Kind, UpstreamError};
 use crate::pod_local;
+use crate::sigv4;
 use crate::upstream::{Body, BoxError, Failure};
 use crate::wire::Destination;
+use boundary_api::credentials::CredentialValue;
 
 /// Headers of one hop only (RFC 9110 §7.6.1), never forwarded.
 const HOP_BY_HOP: [&str; 8] = [
@@ -312,7 +314,9 @@ async fn handle(
                 request
             } else {
                 let scan = (&*credentials, &*values);
-                match with_credentials(&proxy, &mut entry, kind, scheme, allowed, scan, request) {
+                let refused =
+                    with_credentials(&proxy, &mut entry, kind, scheme, allowed, scan, request);
+                match refused.await {
                     Ok(r) => r,
                     Err(refused) => return *refused,
                 }
@@ -368,7 +372,7 @@ struct Outgoing {
 
 /// Acts on the credentials' decision for an allowed request: puts credentials in (header,
 /// basic, `SigV4`), wraps the body in the leak scanner, or refuses (leak attempt, no value).
-fn with_credentials(
+async fn with_credentials(
     proxy: &Proxy,
     entry: &mut Entry,
     kind: Kind,
@@ -397,7 +401,9 @@ fn with_credentials(
             return Err(Box::new(refuse_leak(proxy, entry, kind, leak, &host, port)));
         }
         Outcome::NoValue { message, .. } => {
-            return Err(Box::new(refuse_credential(proxy, entry, kind, message)));
+            return Err(Box::new(refuse_credential(
+                proxy, entry, kind, 403, message,
+            )));
         }
         Outcome::Inject(injections) => {
             sigv4 = credentials::inject(
@@ -405,7 +411,7 @@ fn with_credentials(
                 &mut out.target.path_and_query,
                 &injections,
             )
-            .map_err(|e| Box::new(refuse_credential(proxy, entry, kind, e.to_string())))?;
+            .map_err(|e| Box::new(refuse_credential(proxy, entry, kind, 403, e.to_string())))?;
             bound = injections
                 .iter()
                 .map(|i| i.credential.name.as_str())
@@ -417,11 +423,36 @@ fn with_credentials(
         out.body = ScannedBody::new(out.body, Arc::new(needles), slot.clone()).boxed();
         out.leak = Some(slot);
     }
-    for injection in sigv4 {
-        let (parts, body) =
-            resign_sigv4(out.parts, out.body, injection.credential, injection.value)
-                .map_err(|reason| Box::new(refuse_credential(proxy, entry, kind, reason)))?;
-        (out.parts, out.body) = (parts, body);
+    // One signature per request: with several AWS credentials bound (overlapping
+    // destinations), the first signs.
+    if let Some(injection) = sigv4.first() {
+        let signer = match signer_of(proxy, injection.value).await {
+            Ok(s) => s,
+            Err(reason) => {
+                return Err(Box::new(refuse_credential(proxy, entry, kind, 403, reason)));
+            }
+        };
+        // The host the upstream request will carry is the one signed.
+        if let Ok(host) = HeaderValue::from_str(&out.target.authority(scheme)) {
+            out.parts.headers.insert(header::HOST, host);
+        }
+        match signer.resign(&mut out.parts, out.body).await {
+            Ok(body) => out.body = body.boxed(),
+            Err(e) => {
+                let status = match e {
+                    sigv4::SigV4Error::BodyTooLarge { .. } => 413,
+                    sigv4::SigV4Error::Credentials(_) | sigv4::SigV4Error::Signing(_) => 502,
+                    _ => 403,
+                };
+                let reason = format!(
+                    "credential {}: cannot sign the request for AWS: {e}",
+                    injection.credential.name
+                );
+                return Err(Box::new(refuse_credential(
+                    proxy, entry, kind, status, reason,
+                )));
+            }
+        }
     }
     for name in &bound {
         proxy.metrics().credential_injected(name);
@@ -457,20 +488,16 @@ fn late_leaks(proxy: &Proxy, entry: &Entry, port: u16) -> Arc<LeakSlot> {
     })
 }
 
-/// Re-signs an AWS `SigV4` request with the credential's real keys (`value`, or the sidecar's
-/// own identity when it is empty): the one place the `SigV4` signer plugs in, with the request
-/// head (placeholders in it already checked) and its body (already wrapped by the leak scanner).
-fn resign_sigv4(
-    parts: http::request::Parts,
-    body: Body,
-    credential: &credentials::Credential,
-    value: &boundary_api::credentials::CredentialValue,
-) -> Result<(http::request::Parts, Body), String> {
-    let _ = (parts, body, value);
-    Err(format!(
-        "credential {}: awsSigV4 credentials are not wired yet",
-        credential.name
-    ))
+/// Who signs an AWS credential's requests: its Secret's keys, or (an empty value) the
+/// sidecar's own AWS identity.
+async fn signer_of(proxy: &Proxy, value: &CredentialValue) -> Result<sigv4::AwsSigner, String> {
+    match value {
+        CredentialValue::Aws(keys) => Ok(sigv4::AwsSigner::from_keys(keys.clone())),
+        CredentialValue::Value(v) if v.is_empty() => Ok(proxy.aws_identity().await.clone()),
+        CredentialValue::Value(_) => {
+            Err("its value is not AWS keys (accessKeyId, secretAccessKey)".to_owned())
+        }
+    }
 }
 
 /// A credential leak attempt: 403, audited with `leak`, counted.
@@ -503,14 +530,15 @@ fn refuse_credential(
     proxy: &Proxy,
     entry: &mut Entry,
     kind: Kind,
+    status: u16,
     reason: String,
 ) -> Response<Body> {
     proxy.metrics().decision(kind, Decision::Deny);
     entry.decision = Decision::Deny;
-    entry.status = Some(403);
+    entry.status = Some(status);
     let body = format!("Blocked by Agent Boundary: {reason}\n");
     entry.reason = Some(reason);
-    text(403, body)
+    text(status, body)
 }
 
 fn unknown_host() -> Host {

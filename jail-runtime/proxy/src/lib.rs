@@ -126,6 +126,8 @@ struct Inner {
     metrics: Arc<Metrics>,
     upstream_timeout: Duration,
     values: Arc<credentials::values::ValueStore>,
+    /// The sidecar's own AWS identity, made on first use (credentials with `identity: Sidecar`).
+    aws_identity: tokio::sync::OnceCell<sigv4::AwsSigner>,
 }
 
 /// Errors starting the proxy.
@@ -169,8 +171,17 @@ impl Proxy {
                 metrics,
                 upstream_timeout: config.upstream_timeout,
                 values,
+                aws_identity: tokio::sync::OnceCell::new(),
             }),
         })
+    }
+
+    /// The signer with the sidecar's own AWS identity (the default credential chain).
+    pub async fn aws_identity(&self) -> &sigv4::AwsSigner {
+        self.inner
+            .aws_identity
+            .get_or_init(sigv4::AwsSigner::from_default_chain)
+            .await
     }
 
     /// The metrics.

@@ -7,12 +7,15 @@ received method, URL, signed headers and body at the request's x-amz-date; aws-c
 and trailer signatures (which botocore does not produce) by an independent recomputation with
 hmac/hashlib following the S3 streaming spec (sigv4-streaming, sigv4-streaming-trailers).
 Answers 200 {"ok": true, ...} or 403 {"error": "..."}.
+With VERIFIER_TLS_CERT and VERIFIER_TLS_KEY (PEM files) set it serves HTTPS.
 """
 
 import datetime
 import hashlib
 import hmac
 import json
+import os
+import ssl
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -215,5 +218,9 @@ class Handler(BaseHTTPRequestHandler):
 
 
 server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+if os.environ.get("VERIFIER_TLS_CERT"):
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(os.environ["VERIFIER_TLS_CERT"], os.environ["VERIFIER_TLS_KEY"])
+    server.socket = context.wrap_socket(server.socket, server_side=True)
 print(f"PORT {server.server_address[1]}", flush=True)
 server.serve_forever()
