@@ -515,10 +515,12 @@ where
 fn trace(text: &str) {
     let needle = text.as_bytes();
     let mut found = Vec::new();
+    // Not this process: the text is in its own command line.
+    let own = std::process::id().to_string();
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for entry in entries.flatten() {
-            let pid = entry.file_name();
-            if !pid.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            let pid = entry.file_name().to_string_lossy().into_owned();
+            if !pid.bytes().all(|b| b.is_ascii_digit()) || pid == own {
                 continue;
             }
             for what in ["environ", "cmdline"] {
