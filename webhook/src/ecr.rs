@@ -9,12 +9,8 @@ use std::time::{Duration, SystemTime};
 
 use aws_config::BehaviorVersion;
 use aws_sdk_ecr::error::ProvideErrorMetadata as _;
-use std::sync::Arc;
 
-use aws_smithy_http_client::tls::{Provider, TlsContext, TrustStore, rustls_provider::CryptoMode};
-use aws_smithy_runtime_api::client::dns::{DnsFuture, ResolveDns, ResolveDnsError};
 use base64::Engine as _;
-use hickory_resolver::TokioResolver;
 
 use crate::pull_secrets::Credential;
 
@@ -50,55 +46,6 @@ pub fn registry_of(host: &str) -> Option<(&str, &str)> {
     valid.then_some((account, region))
 }
 
-/// The AWS SDK's HTTPS client: rustls with ring, Mozilla's roots (the image is `FROM scratch`,
-/// without a system trust store) and hickory DNS (a static glibc binary cannot load the NSS
-/// modules `getaddrinfo` needs).
-fn https_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
-    let mut roots = TrustStore::empty().with_native_roots(false);
-    for der in webpki_root_certs::TLS_SERVER_ROOT_CERTS {
-        let body = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
-        let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
-        for line in body.as_bytes().chunks(64) {
-            pem.push_str(&String::from_utf8_lossy(line));
-            pem.push('\n');
-        }
-        pem.push_str("-----END CERTIFICATE-----\n");
-        roots.add_pem_certificate(pem);
-    }
-    let builder =
-        aws_smithy_http_client::Builder::new().tls_provider(Provider::Rustls(CryptoMode::Ring));
-    let builder = match TlsContext::builder().with_trust_store(roots).build() {
-        Ok(context) => builder.tls_context(context),
-        Err(e) => {
-            tracing::warn!(error = %e, "Mozilla's roots were refused; using the defaults");
-            builder
-        }
-    };
-    match TokioResolver::builder_tokio().map(hickory_resolver::ResolverBuilder::build) {
-        Ok(Ok(resolver)) => builder.build_with_resolver(HickoryDns(Arc::new(resolver))),
-        Ok(Err(e)) | Err(e) => {
-            tracing::warn!(error = %e, "no resolver configuration (/etc/resolv.conf); using getaddrinfo");
-            builder.build_https()
-        }
-    }
-}
-
-/// Names resolved by hickory for the AWS SDK.
-#[derive(Clone, Debug)]
-struct HickoryDns(Arc<TokioResolver>);
-
-impl ResolveDns for HickoryDns {
-    fn resolve_dns<'a>(&'a self, name: &'a str) -> DnsFuture<'a> {
-        DnsFuture::new(async move {
-            self.0
-                .lookup_ip(name)
-                .await
-                .map(|found| found.iter().collect())
-                .map_err(ResolveDnsError::new)
-        })
-    }
-}
-
 /// ECR tokens, per region.
 #[derive(Debug, Default)]
 pub struct Ecr {
@@ -121,7 +68,7 @@ impl Ecr {
         if let Some(client) = clients.get(region) {
             return client.clone();
         }
-        let https = https_client();
+        let https = boundary_aws_http::https_client();
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .region(aws_config::Region::new(region.to_owned()))
             .http_client(https);

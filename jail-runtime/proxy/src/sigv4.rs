@@ -159,8 +159,8 @@ impl AwsSigner {
     /// Signs with the process's own AWS identity (the default credential chain). Credentials
     /// are fetched on first use; [`AwsSigner::check`] fetches them now.
     pub async fn from_default_chain() -> AwsSigner {
-        let config =
-            aws_config::provider_config::ProviderConfig::default().with_http_client(https_client());
+        let config = aws_config::provider_config::ProviderConfig::default()
+            .with_http_client(boundary_aws_http::https_client());
         let chain = aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
             .configure(config)
             .build()
@@ -1041,57 +1041,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
-}
-
-/// The credential chain's HTTPS client (web identity's STS, the container endpoint): rustls with
-/// ring and Mozilla's roots (the image has no trust store), names resolved with hickory (a static
-/// glibc binary cannot use `getaddrinfo`'s NSS modules). The webhook's ECR client is set up the
-/// same way.
-fn https_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
-    use aws_smithy_http_client::tls::{
-        Provider, TlsContext, TrustStore, rustls_provider::CryptoMode,
-    };
-    let mut roots = TrustStore::empty().with_native_roots(false);
-    for der in webpki_root_certs::TLS_SERVER_ROOT_CERTS {
-        roots.add_pem_certificate(pem::encode(&pem::Pem::new("CERTIFICATE", der.as_ref())));
-    }
-    let builder =
-        aws_smithy_http_client::Builder::new().tls_provider(Provider::Rustls(CryptoMode::Ring));
-    let builder = match TlsContext::builder().with_trust_store(roots).build() {
-        Ok(context) => builder.tls_context(context),
-        Err(e) => {
-            tracing::warn!(error = %e, "Mozilla's roots were refused; using the defaults");
-            builder
-        }
-    };
-    match hickory_resolver::TokioResolver::builder_tokio()
-        .map(hickory_resolver::ResolverBuilder::build)
-    {
-        Ok(Ok(resolver)) => builder.build_with_resolver(HickoryDns(Arc::new(resolver))),
-        Ok(Err(e)) | Err(e) => {
-            tracing::warn!(error = %e, "no resolver configuration (/etc/resolv.conf); using getaddrinfo");
-            builder.build_https()
-        }
-    }
-}
-
-/// Names resolved by hickory for the AWS SDK.
-#[derive(Clone, Debug)]
-struct HickoryDns(Arc<hickory_resolver::TokioResolver>);
-
-impl aws_smithy_runtime_api::client::dns::ResolveDns for HickoryDns {
-    fn resolve_dns<'a>(
-        &'a self,
-        name: &'a str,
-    ) -> aws_smithy_runtime_api::client::dns::DnsFuture<'a> {
-        aws_smithy_runtime_api::client::dns::DnsFuture::new(async move {
-            self.0
-                .lookup_ip(name)
-                .await
-                .map(|found| found.iter().collect())
-                .map_err(aws_smithy_runtime_api::client::dns::ResolveDnsError::new)
-        })
-    }
 }
 
 #[cfg(test)]
