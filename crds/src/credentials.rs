@@ -192,13 +192,15 @@ pub mod aws_keys {
     pub const SESSION_TOKEN: &str = "AWS_SESSION_TOKEN";
 }
 
-/// A problem with one credential, for the policy's status (`field` relative to the credential,
-/// e.g. `inject`).
+/// A problem with one credential, for the policy's status: `field` relative to the credential
+/// (e.g. `inject`) from [`Credential::apply`], `spec.credentials[i]…` from [`check_policy`].
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]
 pub struct CredentialProblem {
-    /// The field, relative to `spec.credentials[i]`.
+    /// The field.
     pub field: String,
+    /// The column in a rule string (destination domains and paths), when known.
+    pub column: Option<usize>,
     /// What is wrong and how to fix it.
     pub message: String,
 }
@@ -206,8 +208,119 @@ pub struct CredentialProblem {
 fn problem(field: &str, message: impl Into<String>) -> CredentialProblem {
     CredentialProblem {
         field: field.to_owned(),
+        column: None,
         message: message.into(),
     }
+}
+
+/// Longest Secret key (the credentials Secret holds one key per credential).
+const MAX_SECRET_KEY: usize = 253;
+
+/// The credentials of one policy, checked: what the operator publishes and the webhook hands
+/// placeholders for (the same check on both sides, so no pod gets a placeholder the proxy does
+/// not know).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CheckedCredentials {
+    /// The valid ones, in spec order.
+    pub valid: Vec<Credential>,
+    /// Names of the withheld ones.
+    pub withheld: Vec<String>,
+    /// Every problem, at `spec.credentials[i]…`.
+    pub problems: Vec<CredentialProblem>,
+}
+
+/// Checks the credentials of policy `policy`, each on its own: [`Credential::apply`], at least
+/// one destination, destinations the rule engine compiles (problems at
+/// `spec.credentials[i].destinations[j]…`), a value key a Secret can hold, and a name or
+/// environment variable used twice (reported at the later credential, which is withheld).
+pub fn check_policy(policy: &str, credentials: &[Credential]) -> CheckedCredentials {
+    let mut out = CheckedCredentials::default();
+    let mut names: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    let mut envs: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    for (i, credential) in credentials.iter().enumerate() {
+        let at = |sub: &str, column: Option<usize>, message: String| CredentialProblem {
+            field: format!("spec.credentials[{i}].{sub}"),
+            column,
+            message,
+        };
+        let mut found = Vec::new();
+        if let Err(problems) = credential.apply() {
+            found.extend(problems.into_iter().map(|p| at(&p.field, None, p.message)));
+        }
+        if credential.destinations.is_empty() {
+            found.push(at(
+                "destinations",
+                None,
+                "at least one destination is required: where the credential is put in".into(),
+            ));
+        }
+        let http = credential.destination_rules();
+        if let Err(crate::rules::CompileErrors(problems)) =
+            crate::rules::compile(crate::rules::RuleSource {
+                policy: Some(policy),
+                field_prefix: "",
+                http: &http,
+                ..crate::rules::RuleSource::default()
+            })
+        {
+            // `http[j]…` of the rule engine is `destinations[j]…` here.
+            found.extend(problems.into_iter().map(|p| {
+                let rest = p.field.strip_prefix("http").unwrap_or(&p.field);
+                at(&format!("destinations{rest}"), p.column, p.message)
+            }));
+        }
+        if value_key(policy, &credential.name).len() > MAX_SECRET_KEY {
+            found.push(at(
+                "name",
+                None,
+                format!(
+                    "the policy's and the credential's names together are longer than a Secret \
+                     key may be ({MAX_SECRET_KEY}); use a shorter name"
+                ),
+            ));
+        }
+        match names.get(credential.name.as_str()) {
+            Some(first) => found.push(at(
+                "name",
+                None,
+                format!(
+                    "{:?} is also the name of spec.credentials[{first}]: names are unique in a \
+                     policy",
+                    credential.name
+                ),
+            )),
+            None => {
+                names.insert(&credential.name, i);
+            }
+        }
+        let env_field = if credential.inject.aws_sig_v4.is_some() {
+            "inject.awsSigV4"
+        } else {
+            "env"
+        };
+        for (env, _) in credential.placeholder_env("") {
+            match envs.get(&env) {
+                Some(first) => found.push(at(
+                    env_field,
+                    None,
+                    format!(
+                        "{env} is also set by spec.credentials[{first}]: a container can hold \
+                         only one placeholder in it"
+                    ),
+                )),
+                None => {
+                    envs.insert(env, i);
+                }
+            }
+        }
+        if found.is_empty() {
+            out.valid.push(credential.clone());
+        } else {
+            out.withheld.push(credential.name.clone());
+            out.problems.extend(found);
+        }
+    }
+    out
 }
 
 impl Credential {

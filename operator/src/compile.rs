@@ -48,7 +48,7 @@
 use boundary_api::compiled::{self, CompiledPolicy, FORMAT_VERSION, PolicyEntry};
 use boundary_api::crd::{BoundaryPolicy, ClusterBoundaryPolicy, RuleProblem};
 use boundary_api::credentials::{self, Credential};
-use boundary_api::rules::{self, CompileErrors, RuleSource};
+use boundary_api::rules::CompileErrors;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
 
@@ -430,103 +430,23 @@ fn contradict(a: &compiled::Requirement, b: &compiled::Requirement) -> bool {
     one_way(a, b) || one_way(b, a)
 }
 
-/// Longest Secret key (the credentials Secret holds one key per credential).
-const MAX_SECRET_KEY: usize = 253;
-
-/// Checks the credentials of policy `policy` (see the module documentation). A name or an
-/// environment variable used twice is reported at the later credential, which is withheld.
+/// Checks the credentials of policy `policy` (`boundary_api::credentials::check_policy`, the
+/// check the webhook makes too), with the problems as the status shows them.
 pub fn check_credentials(policy: &str, credentials: &[Credential]) -> CheckedCredentials {
-    let mut out = CheckedCredentials::default();
-    // First index of each name and of each environment variable set.
-    let mut names: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
-    let mut envs: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
-    for (i, credential) in credentials.iter().enumerate() {
-        let field = format!("spec.credentials[{i}]");
-        let at = |sub: &str, column: Option<i32>, message: String| RuleProblem {
-            field: format!("{field}.{sub}"),
-            column,
-            message,
-        };
-        let mut found = Vec::new();
-        if let Err(problems) = credential.apply() {
-            found.extend(problems.into_iter().map(|p| at(&p.field, None, p.message)));
-        }
-        if credential.destinations.is_empty() {
-            found.push(at(
-                "destinations",
-                None,
-                "at least one destination is required: where the credential is put in".into(),
-            ));
-        }
-        let http = credential.destination_rules();
-        if let Err(CompileErrors(problems)) = rules::compile(RuleSource {
-            policy: Some(policy),
-            field_prefix: "",
-            http: &http,
-            ..RuleSource::default()
-        }) {
-            // `http[j]…` of the rule engine is `destinations[j]…` here.
-            found.extend(problems.into_iter().map(|p| {
-                let rest = p.field.strip_prefix("http").unwrap_or(&p.field);
-                at(
-                    &format!("destinations{rest}"),
-                    p.column.and_then(|c| i32::try_from(c).ok()),
-                    p.message,
-                )
-            }));
-        }
-        if credentials::value_key(policy, &credential.name).len() > MAX_SECRET_KEY {
-            found.push(at(
-                "name",
-                None,
-                format!(
-                    "the policy's and the credential's names together are longer than a Secret \
-                     key may be ({MAX_SECRET_KEY}); use a shorter name"
-                ),
-            ));
-        }
-        match names.get(credential.name.as_str()) {
-            Some(first) => found.push(at(
-                "name",
-                None,
-                format!(
-                    "{:?} is also the name of spec.credentials[{first}]: names are unique in a \
-                     policy",
-                    credential.name
-                ),
-            )),
-            None => {
-                names.insert(&credential.name, i);
-            }
-        }
-        let env_field = if credential.inject.aws_sig_v4.is_some() {
-            "inject.awsSigV4"
-        } else {
-            "env"
-        };
-        for (env, _) in credential.placeholder_env("") {
-            match envs.get(&env) {
-                Some(first) => found.push(at(
-                    env_field,
-                    None,
-                    format!(
-                        "{env} is also set by spec.credentials[{first}]: a container can hold \
-                         only one placeholder in it"
-                    ),
-                )),
-                None => {
-                    envs.insert(env, i);
-                }
-            }
-        }
-        if found.is_empty() {
-            out.valid.push(credential.clone());
-        } else {
-            out.withheld.push(credential.name.clone());
-            out.problems.extend(found);
-        }
+    let checked = credentials::check_policy(policy, credentials);
+    CheckedCredentials {
+        valid: checked.valid,
+        withheld: checked.withheld,
+        problems: checked
+            .problems
+            .into_iter()
+            .map(|p| RuleProblem {
+                field: p.field,
+                column: p.column.and_then(|c| i32::try_from(c).ok()),
+                message: p.message,
+            })
+            .collect(),
     }
-    out
 }
 
 /// The problems of deny rule `index`, reported at `spec.deny[index]`: each deny rule is checked

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 use boundary_api::contract::objects;
-use boundary_api::credentials::{Apply, AwsSource, Credential, PLACEHOLDER_PREFIX};
+use boundary_api::credentials::{Apply, AwsSource, Credential, PLACEHOLDER_PREFIX, check_policy};
 use k8s_openapi::api::core::v1::{Container, EnvVar, KeyToPath, PodSpec, VolumeMount};
 
 /// Env vars that hand a container the pod's AWS identity (IRSA web identity, EKS Pod Identity),
@@ -78,36 +78,51 @@ impl PolicyCredential {
     }
 }
 
-/// The credentials that apply without problems; each other one gets a warning (the operator
-/// reports its problems in the policy's status and publishes it nowhere).
+/// The credentials the operator publishes (`boundary_api::credentials::check_policy`, the same
+/// check, per policy); each other one gets a warning (the operator reports its problems in the
+/// policy's status and publishes it nowhere, so its placeholder would be refused).
 pub fn usable<'a>(
     all: &'a [PolicyCredential],
     warnings: &mut Vec<String>,
 ) -> Vec<&'a PolicyCredential> {
     let mut out: Vec<&PolicyCredential> = Vec::new();
-    for c in all {
-        match c.credential.apply() {
-            Ok(_) => {
-                // The placeholder names the credential, not its policy.
-                if let Some(first) = out.iter().find(|o| o.credential.name == c.credential.name) {
-                    warnings.push(format!(
-                        "agentboundary.dev: {} and {} have the same name, so their placeholders are the same and the proxy cannot tell them apart; rename one",
-                        first.describe(),
-                        c.describe()
-                    ));
-                }
-                out.push(c);
+    let mut start = 0;
+    while start < all.len() {
+        let policy = &all[start].policy;
+        let end = start
+            + all[start..]
+                .iter()
+                .take_while(|c| &c.policy == policy)
+                .count();
+        let group = &all[start..end];
+        let specs: Vec<Credential> = group.iter().map(|c| c.credential.clone()).collect();
+        let checked = check_policy(policy, &specs);
+        for (i, c) in group.iter().enumerate() {
+            let problems: Vec<String> = checked
+                .problems
+                .iter()
+                .filter(|p| p.field.starts_with(&format!("spec.credentials[{i}].")))
+                .map(ToString::to_string)
+                .collect();
+            if !problems.is_empty() {
+                warnings.push(format!(
+                    "agentboundary.dev: {} is not injected: {} (see the policy's status.ruleProblems)",
+                    c.describe(),
+                    problems.join("; ")
+                ));
+                continue;
             }
-            Err(problems) => warnings.push(format!(
-                "agentboundary.dev: {} is not injected: {} (see the policy's status.ruleProblems)",
-                c.describe(),
-                problems
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            )),
+            // The placeholder names the credential, not its policy.
+            if let Some(first) = out.iter().find(|o| o.credential.name == c.credential.name) {
+                warnings.push(format!(
+                    "agentboundary.dev: {} and {} have the same name, so their placeholders are the same and the proxy cannot tell them apart; rename one",
+                    first.describe(),
+                    c.describe()
+                ));
+            }
+            out.push(c);
         }
+        start = end;
     }
     out
 }
@@ -651,15 +666,41 @@ mod tests {
 
     #[test]
     fn unusable_credentials_are_left_out_with_a_warning_and_duplicate_env_names_warn() {
+        // In one policy, the operator's own check: an invalid credential and one that sets the
+        // same variable as an earlier one are withheld, so they get no placeholder here either.
         let mut broken = anthropic();
         broken.credential.secret_key_ref = None;
+        broken.credential.name = "broken".into();
+        broken.credential.env = Some("BROKEN_KEY".into());
         let mut second = anthropic();
         second.credential.name = "second".into();
         let all = [broken, anthropic(), second];
         let mut warnings = Vec::new();
         let usable = usable(&all, &mut warnings);
-        assert_eq!(usable.len(), 2);
+        assert_eq!(usable.len(), 1, "{warnings:?}");
         assert!(warnings[0].contains("secretKeyRef"), "{warnings:?}");
+        assert!(
+            warnings[1].contains("credential second") && warnings[1].contains("ANTHROPIC_API_KEY"),
+            "{warnings:?}"
+        );
+        // A destination the rule engine refuses: withheld by the operator, so no placeholder.
+        let mut bad_domain = anthropic();
+        bad_domain.credential.destinations[0].domains = vec!["exa mple.com".into()];
+        let mut warnings = Vec::new();
+        assert!(super::usable(&[bad_domain], &mut warnings).is_empty());
+        assert!(
+            warnings[0].contains("spec.credentials[0].destinations[0]"),
+            "{warnings:?}"
+        );
+        // Across policies (which the operator checks only where they may select the same
+        // containers): the first credential's placeholder, and a warning.
+        let mut third = anthropic();
+        third.policy = "models".into();
+        third.credential.name = "third".into();
+        let all = [anthropic(), third];
+        let mut warnings = Vec::new();
+        let usable = super::usable(&all, &mut warnings);
+        assert_eq!(usable.len(), 2, "{warnings:?}");
         let env = placeholder_env(&usable, "abcdefghijklmnop", &mut warnings);
         assert_eq!(
             env,
@@ -669,7 +710,7 @@ mod tests {
             )]
         );
         assert!(
-            warnings[1].contains("credential second") && warnings[1].contains("ANTHROPIC_API_KEY"),
+            warnings[0].contains("credential third") && warnings[0].contains("ANTHROPIC_API_KEY"),
             "{warnings:?}"
         );
         // The same name in two policies: one placeholder for two credentials.
