@@ -83,6 +83,26 @@ async fn leak_audited(pods: &Api<Pod>, placeholder: &str) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// A pod that would also hand its agent the bound Secret is refused, saying why and what to
+/// remove.
+async fn a_pod_handing_the_agent_the_secret_is_refused(world: &World) -> anyhow::Result<()> {
+    let mut leaky = agent_pod(world, "leaky", &json!({}))?;
+    leaky.spec.as_mut().context("spec")?.containers[0].env = Some(vec![serde_json::from_value(
+        json!({"name": "AGENT_API_KEY", "valueFrom": {"secretKeyRef": {"name": "agent-api-key", "key": "api-key"}}}),
+    )?]);
+    match world.ns.create_pod(&leaky).await {
+        Ok(_) => bail!("a pod whose agent receives the bound Secret was admitted"),
+        Err(e) => {
+            let message = format!("{e:#}");
+            assert!(
+                message.contains("agent-api-key") && message.contains("remove env AGENT_API_KEY"),
+                "{message}"
+            );
+        }
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_secret_bound_by_the_policy_reaches_the_service_and_never_the_agent() -> anyhow::Result<()>
 {
@@ -185,6 +205,8 @@ async fn a_secret_bound_by_the_policy_reaches_the_service_and_never_the_agent() 
         assert_eq!(restarts, 0, "no container restarted");
         let found = trace(ns, "agent", "agent", SECOND)?;
         assert_eq!(found.trim(), "trace: none", "{found}");
+
+        a_pod_handing_the_agent_the_secret_is_refused(&world).await?;
         anyhow::Ok(())
     }
     .await;
