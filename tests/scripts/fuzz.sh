@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every fuzz target for a while (default 20 s each): the rule parser, the request-head path
 # (framing check + head checks), the TLS ClientHello parser, the jail's DNS server and the sidecar
-# socket's header lines and session messages.
+# socket's header lines and session messages, the proxy's decisions and the credentials' body
+# scanner.
 # cargo-fuzz works on the stable toolchain without a sanitizer (--sanitizer none).
 #   tests/scripts/fuzz.sh [SECONDS_PER_TARGET]
 set -euo pipefail
