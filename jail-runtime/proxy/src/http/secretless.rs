@@ -155,10 +155,7 @@ fn late_leaks(proxy: &Proxy, entry: &Entry, port: u16) -> Arc<LeakSlot> {
 
 /// Who signs an AWS credential's requests: its Secret's keys, or (an empty value) the
 /// sidecar's own AWS identity.
-async fn signer_of(
-    proxy: &Proxy,
-    value: &CredentialValue,
-) -> Result<sigv4::AwsSigner, String> {
+async fn signer_of(proxy: &Proxy, value: &CredentialValue) -> Result<sigv4::AwsSigner, String> {
     match value {
         CredentialValue::Aws(keys) => Ok(sigv4::AwsSigner::from_keys(keys.clone())),
         CredentialValue::Value(v) if v.is_empty() => Ok(proxy.aws_identity().await.clone()),
