@@ -979,19 +979,25 @@ async fn a_policy_edit_reaches_a_running_pod_without_a_restart() -> anyhow::Resu
             )],
         )
         .await?;
-        let now = pods.get("agent").await?;
-        assert_eq!(now.uid(), created.uid(), "the same pod");
-        let restarts: i32 = now
-            .status
-            .iter()
-            .flat_map(|s| s.container_statuses.iter().flatten())
-            .map(|c| c.restart_count)
-            .sum();
-        assert_eq!(restarts, 0, "no container restarted");
+        the_same_pod_without_restarts(&pods, &created).await?;
         anyhow::Ok(())
     }
     .await;
     dump_on_error(&world.ns, result).await
+}
+
+/// `created` still runs as it was: the same pod (uid), no container restarted.
+async fn the_same_pod_without_restarts(pods: &Api<Pod>, created: &Pod) -> anyhow::Result<()> {
+    let now = pods.get(&created.name_any()).await?;
+    assert_eq!(now.uid(), created.uid(), "the same pod");
+    let restarts: i32 = now
+        .status
+        .iter()
+        .flat_map(|s| s.container_statuses.iter().flatten())
+        .map(|c| c.restart_count)
+        .sum();
+    assert_eq!(restarts, 0, "no container restarted");
+    Ok(())
 }
 
 /// 5. Runtime `coder-boundary`: the injected securityContext is the published row for the node's

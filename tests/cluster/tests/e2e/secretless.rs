@@ -194,15 +194,7 @@ async fn a_secret_bound_by_the_policy_reaches_the_service_and_never_the_agent() 
             "figure: the rotated Secret was used {:.1} s after the change",
             started.elapsed().as_secs_f64()
         );
-        let now = pods.get("agent").await?;
-        assert_eq!(now.uid(), created.uid(), "the same pod");
-        let restarts: i32 = now
-            .status
-            .iter()
-            .flat_map(|s| s.container_statuses.iter().flatten())
-            .map(|c| c.restart_count)
-            .sum();
-        assert_eq!(restarts, 0, "no container restarted");
+        the_same_pod_without_restarts(&pods, &created).await?;
         let found = trace(ns, "agent", "agent", SECOND)?;
         assert_eq!(found.trim(), "trace: none", "{found}");
 
