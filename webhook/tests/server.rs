@@ -1356,6 +1356,8 @@ struct Webhook {
     plain: SocketAddr,
     ca: TestCa,
     logs: Arc<std::sync::Mutex<Vec<Value>>>,
+    /// The task collecting the log lines; it ends when the process's stderr does.
+    reader: Option<tokio::task::JoinHandle<()>>,
     _dir: tempfile::TempDir,
 }
 
@@ -1403,7 +1405,7 @@ impl Webhook {
         let (serving, mut addresses) = tokio::sync::mpsc::unbounded_channel();
         let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
         let collected = logs.clone();
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
                 eprintln!("webhook: {line}");
                 let Ok(entry) = serde_json::from_str::<Value>(&line) else {
@@ -1427,6 +1429,7 @@ impl Webhook {
             child,
             ca,
             logs,
+            reader: Some(reader),
             _dir: dir,
         }
     }
@@ -1441,11 +1444,20 @@ impl Webhook {
         assert!(status.success());
     }
 
+    /// Waits for the process to exit and for its last log lines to be collected (the reader
+    /// may lag behind the exit).
     async fn exited(&mut self) -> std::process::ExitStatus {
-        tokio::time::timeout(EVENTUALLY, self.child.wait())
+        let status = tokio::time::timeout(EVENTUALLY, self.child.wait())
             .await
             .expect("the webhook did not exit")
-            .unwrap()
+            .unwrap();
+        if let Some(reader) = self.reader.take() {
+            tokio::time::timeout(EVENTUALLY, reader)
+                .await
+                .expect("the webhook's stderr did not end after it exited")
+                .expect("the log reader panicked");
+        }
+        status
     }
 
     async fn until_ready(&self) {
