@@ -267,36 +267,47 @@ impl Sidecar {
         let dir = TempDir::new("sidecar");
         let socket = dir.path().join("proxy.sock");
         let policy = PolicyDir::new(policy);
-        let (metrics, explicit) = (free_port(), free_port());
-        let mut all: Vec<String> = [
-            "sidecar",
-            "--socket",
-            socket.to_str().unwrap(),
-            "--policy-file",
-            policy.path().to_str().unwrap(),
-            "--metrics-addr",
-            &metrics.to_string(),
-            "--explicit-proxy",
-            &explicit.to_string(),
-        ]
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-        all.extend(args.iter().map(ToString::to_string));
-        let audit = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (child, pid, ca_pem) = Self::spawn(&all, &socket, metrics, &audit).await;
-        Sidecar {
-            socket,
-            ca_pem,
-            metrics,
-            explicit,
-            policy,
-            pid,
-            args: all,
-            audit,
-            child,
-            _dir: dir,
+        // A free port can be taken by another test between our probe and the sidecar's bind:
+        // then the sidecar exits ("Address already in use") and is started on other ports.
+        for attempt in 1.. {
+            let (metrics, explicit) = (free_port(), free_port());
+            let mut all: Vec<String> = [
+                "sidecar",
+                "--socket",
+                socket.to_str().unwrap(),
+                "--policy-file",
+                policy.path().to_str().unwrap(),
+                "--metrics-addr",
+                &metrics.to_string(),
+                "--explicit-proxy",
+                &explicit.to_string(),
+            ]
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+            all.extend(args.iter().map(ToString::to_string));
+            let audit = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let (mut child, pid, ca_pem) = Self::spawn(&all, &socket, metrics, &audit).await;
+            if attempt < 5 && child.try_wait().unwrap().is_some() {
+                let _ = std::fs::remove_file(&socket);
+                let _ = std::fs::remove_file(socket.with_file_name("ca.crt"));
+                continue;
+            }
+            assert!(!ca_pem.is_empty(), "the sidecar wrote no CA");
+            return Sidecar {
+                socket,
+                ca_pem,
+                metrics,
+                explicit,
+                policy,
+                pid,
+                args: all,
+                audit,
+                child,
+                _dir: dir,
+            };
         }
+        unreachable!("the loop returns")
     }
 
     /// A sidecar enforcing `policy` whose upstreams are test servers on loopback: each of `names`
@@ -341,12 +352,20 @@ impl Sidecar {
         });
         let ca = socket.with_file_name("ca.crt");
         for _ in 0..200 {
+            // Ready, or gone (the caller looks at the exit).
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
             if socket.exists() && ca.exists() && std::net::TcpStream::connect(metrics).is_ok() {
+                // Connected to the metrics port: the sidecar's, unless another process holds it
+                // and the sidecar is about to exit for that.
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 break;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        let ca_pem = std::fs::read_to_string(&ca).expect("the sidecar wrote its CA");
+        // Empty when the sidecar exited before writing it (the callers check).
+        let ca_pem = std::fs::read_to_string(&ca).unwrap_or_default();
         (child, pid, ca_pem)
     }
 
@@ -368,6 +387,7 @@ impl Sidecar {
     pub async fn start_again(&mut self) {
         let (child, pid, ca_pem) =
             Self::spawn(&self.args, &self.socket, self.metrics, &self.audit).await;
+        assert!(!ca_pem.is_empty(), "the restarted sidecar wrote no CA");
         self.child = child;
         self.pid = pid;
         self.ca_pem = ca_pem;
