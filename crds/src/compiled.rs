@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::credentials::Credential;
-use crate::policy::{HttpRule, JailSpec, Mode, PodLocalRule, TcpRule};
+use crate::policy::{HttpRule, JailSpec, Mode, PodLocalRule, ResolvePin, TcpRule};
 use crate::rules::{self, CompileErrors, RuleSet, RuleSource};
 
 /// Current version of the file format.
@@ -71,6 +71,12 @@ pub struct PolicyEntry {
     /// Coder-grammar deny rules: a request one of them matches is denied whatever allows it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deny: Vec<String>,
+    /// Structured deny rules.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny_http: Vec<HttpRule>,
+    /// Presets whose rules join this entry's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub presets: Vec<String>,
     /// Coder-grammar rules.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow: Vec<String>,
@@ -87,6 +93,9 @@ pub struct PolicyEntry {
     /// Secret, under [`crate::credentials::value_key`]). Only valid ones are published.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub credentials: Vec<Credential>,
+    /// Names pinned to addresses (the in-cluster `--resolve`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resolve: Vec<ResolvePin>,
     /// Jail settings.
     #[serde(default)]
     pub jail: JailSpec,
@@ -109,6 +118,8 @@ impl PolicyEntry {
             cluster: self.cluster,
             field_prefix: "spec.",
             deny: &self.deny,
+            deny_http: &self.deny_http,
+            presets: &self.presets,
             allow: &self.allow,
             http: &self.http,
             tcp: &self.tcp,

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::compiled;
 use crate::credentials::Credential;
-use crate::policy::{HttpRule, JailSpec, Mode, PodLocalRule, TcpRule};
+use crate::policy::{HttpRule, JailSpec, Mode, PodLocalRule, ResolvePin, TcpRule};
 
 /// Egress policy for AI agents: which pods are jailed, how, and which network requests their
 /// jailed processes may make. Everything not allowed is denied (or only recorded, in Audit mode).
@@ -87,6 +87,21 @@ pub struct BoundaryPolicySpec {
     /// recorded as would-be denials. When several policies select a pod, Enforce wins.
     #[serde(default)]
     pub mode: Mode,
+    /// Named rule sets maintained with the project (`claude-code`, `github-read-only`, `npm`,
+    /// ...; `boundary presets show NAME` prints each one's rules). Their allow and deny rules
+    /// join this policy's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(length(min = 1)))]
+    pub presets: Vec<String>,
+    /// Deny rules in Coder's grammar (`domain=pastebin.com`, `domain=github.com
+    /// path=/*/git-receive-pack`): a request one of them matches is denied whatever allows it.
+    /// A TCP or TLS-passthrough connection is denied when a deny rule names its host and port.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(length(min = 1)))]
+    pub deny: Vec<String>,
+    /// Structured deny rules: the fields of `http`, each rule denying what it matches.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny_http: Vec<HttpRule>,
     /// Allow rules in Coder's grammar, e.g. `domain=api.anthropic.com` or
     /// `domain=github.com method=GET,HEAD path=/api/*`. Keys: `domain`, `method`, `path`
     /// (comma-separated lists). The older `"GET,POST host/path*"` form is accepted too.
@@ -111,6 +126,11 @@ pub struct BoundaryPolicySpec {
     /// value anywhere else is denied as a credential leak attempt.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub credentials: Vec<Credential>,
+    /// Names the proxy resolves to fixed addresses (the in-cluster `--resolve`). The proxy never
+    /// connects to a private, loopback, link-local or metadata address unless a rule names that
+    /// address or network, or it is pinned here for the name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resolve: Vec<ResolvePin>,
     /// How the pods are jailed: runtime, permitted tiers, node pinning, command wrapping.
     #[serde(default)]
     pub jail: JailSpec,
@@ -184,6 +204,14 @@ pub struct ClusterBoundaryPolicySpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(inner(length(min = 1)))]
     pub deny: Vec<String>,
+    /// Structured deny rules: the fields of `http`, each rule denying what it matches.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny_http: Vec<HttpRule>,
+    /// Named rule sets maintained with the project, added like the policy's own rules (see
+    /// `BoundaryPolicy.spec.presets`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(length(min = 1)))]
+    pub presets: Vec<String>,
     /// Allow rules in Coder's grammar, added to those of the namespace's policies.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(inner(length(min = 1)))]

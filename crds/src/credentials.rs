@@ -424,6 +424,7 @@ impl Credential {
                 paths: d.paths.clone(),
                 ports: d.ports.clone(),
                 tls: crate::policy::TlsMode::Intercept,
+                ..crate::policy::HttpRule::default()
             })
             .collect()
     }

@@ -24,7 +24,7 @@ pub mod rules;
 pub mod tier;
 
 pub use policy::{
-    HttpRule, JailRuntime, JailSpec, Mode, PodLocalRule, Port, TcpRule, TlsMode,
+    HttpRule, JailRuntime, JailSpec, Mode, PodLocalRule, Port, ResolvePin, TcpRule, TlsMode,
     pod_local_ports_value,
 };
 pub use tier::Tier;

@@ -3,6 +3,8 @@
 //!
 //! The doc comments on these types become the CRD's `kubectl explain` text.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::tier::Tier;
@@ -77,6 +79,31 @@ pub struct HttpRule {
     /// `Intercept` (default) or `Passthrough`.
     #[serde(default, skip_serializing_if = "is_default")]
     pub tls: TlsMode,
+    /// Request headers that must be present and match: header name (case-insensitive) to a
+    /// glob of its value (`*` matches any run of characters). Every listed header must match.
+    /// Empty: headers are not checked. Not allowed with `tls: Passthrough`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// Query parameters that must be present and match: parameter name to a glob of its
+    /// percent-decoded value (`*` matches any run of characters). Every listed parameter must
+    /// match. Empty: the query is not checked. Not allowed with `tls: Passthrough`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub query: BTreeMap<String, String>,
+}
+
+/// A name the proxy resolves to fixed addresses instead of asking DNS (like `--resolve`): the
+/// operator's word that these addresses are the name's, so the private-address guard lets the
+/// proxy connect to them for this name.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvePin {
+    /// The host name (exact, no wildcards).
+    #[cfg_attr(feature = "kube", schemars(length(min = 1)))]
+    pub host: String,
+    /// Its IPv4 or IPv6 addresses (at least one).
+    #[cfg_attr(feature = "kube", schemars(length(min = 1), inner(length(min = 1))))]
+    pub addresses: Vec<String>,
 }
 
 /// An allow rule for plain TCP (ssh, git, databases): connections to `domain` on one of `ports`

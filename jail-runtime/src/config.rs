@@ -478,6 +478,7 @@ impl RunArgs {
             http: &file.http,
             tcp: &file.tcp,
             pod_local: &pod_local,
+            ..RuleSource::default()
         })?;
         let pod_local_ports = pod_local_ports(&self.pod_local_ports, &pod_local, &mut warnings)?;
         if self.proxy_socket.is_some() && !compiled.is_empty() {

@@ -137,12 +137,15 @@ pub fn compile_namespace(
             containers: spec.containers.clone(),
             mode: spec.mode,
             cluster: false,
-            deny: Vec::new(),
+            deny: spec.deny.clone(),
+            deny_http: spec.deny_http.clone(),
+            presets: spec.presets.clone(),
             allow: spec.allow.clone(),
             http: spec.http.clone(),
             tcp: spec.tcp.clone(),
             pod_local: spec.pod_local.clone(),
             credentials: Vec::new(),
+            resolve: spec.resolve.clone(),
             jail: spec.jail.clone(),
         };
         let rules_valid = match entry.compile() {
@@ -168,6 +171,9 @@ pub fn compile_namespace(
         match outcome {
             Outcome::Published => entries.push(entry),
             Outcome::RulesWithheld => {
+                entry.deny.clear();
+                entry.deny_http.clear();
+                entry.presets.clear();
                 entry.allow.clear();
                 entry.http.clear();
                 entry.tcp.clear();

@@ -198,6 +198,10 @@ pub struct RuleSource<'a> {
     pub field_prefix: &'a str,
     /// Coder-grammar deny rules.
     pub deny: &'a [String],
+    /// Structured deny rules.
+    pub deny_http: &'a [HttpRule],
+    /// Names of presets whose rules join these.
+    pub presets: &'a [String],
     /// Coder-grammar strings.
     pub allow: &'a [String],
     /// Structured HTTP rules.
@@ -219,6 +223,21 @@ pub fn compile(source: RuleSource<'_>) -> Result<Vec<Rule>, CompileErrors> {
     };
     for (i, text) in source.deny.iter().enumerate() {
         c.grammar("deny", i, text);
+    }
+    for (i, rule) in source.deny_http.iter().enumerate() {
+        c.problem(
+            format!("{}denyHttp[{i}]", c.prefix),
+            None,
+            "structured deny rules are not supported by this version".into(),
+        );
+        let _ = rule;
+    }
+    for (i, name) in source.presets.iter().enumerate() {
+        c.problem(
+            format!("{}presets[{i}]", c.prefix),
+            None,
+            format!("unknown preset {name:?}"),
+        );
     }
     for (i, text) in source.allow.iter().enumerate() {
         c.grammar("allow", i, text);
@@ -335,6 +354,19 @@ impl Compiler<'_> {
                     None,
                     format!("invalid HTTP method {m:?}"),
                 ),
+            }
+        }
+        // Conditions this version cannot check must not widen the rule: refuse them.
+        for (what, present) in [
+            ("headers", !rule.headers.is_empty()),
+            ("query", !rule.query.is_empty()),
+        ] {
+            if present {
+                self.problem(
+                    format!("{field}.{what}"),
+                    None,
+                    format!("{what} conditions are not supported by this version"),
+                );
             }
         }
         let mut paths = Vec::new();
