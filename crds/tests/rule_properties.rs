@@ -158,45 +158,55 @@ fn encode(text: &str) -> String {
     })
 }
 
-/// How a variant spells the same request.
+/// How a variant spells the same request: one bit per trick.
 #[derive(Clone, Copy, Debug)]
-struct Spelling {
-    encode_everything: bool,
-    upper_hex: bool,
-    dot_segments: bool,
-    backslashes: bool,
-    plus_for_space: bool,
-    host_case_and_dot: bool,
-    header_case: bool,
+struct Spelling(u8);
+
+impl Spelling {
+    fn encode_everything(self) -> bool {
+        self.0 & 1 != 0
+    }
+    fn upper_hex(self) -> bool {
+        self.0 & 2 != 0
+    }
+    fn dot_segments(self) -> bool {
+        self.0 & 4 != 0
+    }
+    fn backslashes(self) -> bool {
+        self.0 & 8 != 0
+    }
+    fn plus_for_space(self) -> bool {
+        self.0 & 16 != 0
+    }
+    fn host_case_and_dot(self) -> bool {
+        self.0 & 32 != 0
+    }
+    fn header_case(self) -> bool {
+        self.0 & 64 != 0
+    }
 }
 
 fn spelling() -> impl Strategy<Value = Spelling> {
-    any::<[bool; 7]>().prop_map(|b| Spelling {
-        encode_everything: b[0],
-        upper_hex: b[1],
-        dot_segments: b[2],
-        backslashes: b[3],
-        plus_for_space: b[4],
-        host_case_and_dot: b[5],
-        header_case: b[6],
-    })
+    (0u8..128).prop_map(Spelling)
 }
 
 /// The request target and host as sent, in the plain spelling or a variant.
 fn spell(r: &Req, s: Option<Spelling>) -> (String, String, String) {
     let mut target = String::new();
     for segment in &r.segments {
-        let sep = if s.is_some_and(|s| s.backslashes) {
+        let sep = if s.is_some_and(Spelling::backslashes) {
             "\\"
         } else {
             "/"
         };
-        if s.is_some_and(|s| s.dot_segments) {
+        if s.is_some_and(Spelling::dot_segments) {
             let _ = write!(target, "{sep}.{sep}zz{sep}%2e%2E");
         }
         target.push_str(sep);
         match s {
-            Some(s) if s.encode_everything => target.push_str(&encode_all(segment, s.upper_hex)),
+            Some(s) if s.encode_everything() => {
+                target.push_str(&encode_all(segment, s.upper_hex()));
+            }
             _ => target.push_str(&encode(segment)),
         }
     }
@@ -212,14 +222,14 @@ fn spell(r: &Req, s: Option<Spelling>) -> (String, String, String) {
             .query
             .iter()
             .map(|(n, v)| match s {
-                Some(s) if s.encode_everything => {
+                Some(s) if s.encode_everything() => {
                     format!(
                         "{}={}",
-                        encode_all(n, s.upper_hex),
-                        encode_all(v, s.upper_hex)
+                        encode_all(n, s.upper_hex()),
+                        encode_all(v, s.upper_hex())
                     )
                 }
-                Some(s) if s.plus_for_space => {
+                Some(s) if s.plus_for_space() => {
                     format!("{}={}", encode(n), encode(v).replace("%20", "+"))
                 }
                 _ => format!("{}={}", encode(n), encode(v)),
@@ -227,12 +237,12 @@ fn spell(r: &Req, s: Option<Spelling>) -> (String, String, String) {
             .collect();
         target.push_str(&parts.join("&"));
     }
-    let host = if s.is_some_and(|s| s.host_case_and_dot) {
+    let host = if s.is_some_and(Spelling::host_case_and_dot) {
         format!("{}.", r.host.to_ascii_uppercase())
     } else {
         r.host.to_owned()
     };
-    let header = if s.is_some_and(|s| s.header_case) {
+    let header = if s.is_some_and(Spelling::header_case) {
         "X-AGENT"
     } else {
         "x-agent"

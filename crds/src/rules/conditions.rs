@@ -139,9 +139,9 @@ impl Conditions {
             parse_query(raw.unwrap_or(""), false),
             parse_query(raw.unwrap_or(""), true),
         ];
-        let holds_in = |params: &Result<Vec<(String, String)>, ()>| match params {
-            Err(()) => side == Side::Deny,
-            Ok(params) => self
+        let holds_in = |params: &Option<Vec<(String, String)>>| match params {
+            None => side == Side::Deny,
+            Some(params) => self
                 .query
                 .iter()
                 .all(|(name, glob)| param_holds(side, name, glob, params)),
@@ -208,20 +208,20 @@ fn param_holds(side: Side, name: &str, glob: &str, params: &[(String, String)]) 
     }
 }
 
-/// Splits and decodes a raw query; `Err` when a part cannot be decoded.
-fn parse_query(raw: &str, semicolons: bool) -> Result<Vec<(String, String)>, ()> {
+/// Splits and decodes a raw query; `None` when a part cannot be decoded.
+fn parse_query(raw: &str, semicolons: bool) -> Option<Vec<(String, String)>> {
     let raw = raw.split('#').next().unwrap_or("");
     raw.split(|c| c == '&' || (semicolons && c == ';'))
         .filter(|part| !part.is_empty())
         .map(|part| {
             let (name, value) = part.split_once('=').unwrap_or((part, ""));
-            Ok((decode_component(name)?, decode_component(value)?))
+            Some((decode_component(name)?, decode_component(value)?))
         })
         .collect()
 }
 
-/// Percent-decodes a form component (`+` is a space); `Err` for malformed or non-UTF-8 input.
-pub fn decode_component(raw: &str) -> Result<String, ()> {
+/// Percent-decodes a form component (`+` is a space); `None` for malformed or non-UTF-8 input.
+fn decode_component(raw: &str) -> Option<String> {
     let bytes = raw.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -231,16 +231,16 @@ pub fn decode_component(raw: &str) -> Result<String, ()> {
             b'%' => {
                 let hex = |b: Option<&u8>| b.and_then(|b| char::from(*b).to_digit(16));
                 let (Some(hi), Some(lo)) = (hex(bytes.get(i + 1)), hex(bytes.get(i + 2))) else {
-                    return Err(());
+                    return None;
                 };
-                out.push(u8::try_from(hi * 16 + lo).map_err(|_| ())?);
+                out.push(u8::try_from(hi * 16 + lo).ok()?);
                 i += 2;
             }
             b => out.push(b),
         }
         i += 1;
     }
-    String::from_utf8(out).map_err(|_| ())
+    String::from_utf8(out).ok()
 }
 
 /// The raw query of a request target (`/a?b=1#f` → `b=1`), `None` without `?`.

@@ -1330,6 +1330,8 @@ mod tests {
         assert!(problems[1].message.contains("did you mean `method`"));
     }
 
+    type Headers<'h> = &'h [(&'h str, &'h [u8])];
+
     fn structured(domain: &str, headers: &[(&str, &str)], query: &[(&str, &str)]) -> HttpRule {
         HttpRule {
             domains: vec![domain.into()],
@@ -1388,7 +1390,7 @@ mod tests {
         assert_eq!(set.deny_rules().len(), 3);
         let denied_by = |v: Verdict<'_>| v.deny_rule().map(|r| r.origin.field.clone());
         // (method, target, headers, the deny rule that wins or None for allowed)
-        let table: &[(&str, &str, &[(&str, &[u8])], Option<&str>)] = &[
+        let table: &[(&str, &str, Headers<'_>, Option<&str>)] = &[
             ("GET", "/r.git/info/refs?service=git-upload-pack", &[], None),
             (
                 "GET",

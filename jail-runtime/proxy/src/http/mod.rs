@@ -235,8 +235,35 @@ fn http2_builder() -> hyper::server::conn::http2::Builder<TokioExecutor> {
 
 /// How long a client may take to send a request head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Concurrent HTTP/2 streams per client connection.
 const MAX_STREAMS: u32 = 256;
+
+/// Every header field line of a request, for the rule engine's header conditions: a header sent
+/// several times is there several times (HTTP/1.1 and h2 alike).
+fn header_fields(headers: &hyper::HeaderMap) -> Vec<(&str, &[u8])> {
+    headers
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_bytes()))
+        .collect()
+}
+
+/// The facts of a request the rule engine decides on: destination, method, normalised path,
+/// header fields and raw query.
+fn engine_request<'a>(
+    target: &'a Target,
+    parts: &'a http::request::Parts,
+    headers: &'a [(&'a str, &'a [u8])],
+) -> HttpRequest<'a> {
+    HttpRequest {
+        host: &target.host,
+        port: target.port,
+        method: parts.method.as_str(),
+        path: &target.path,
+        headers,
+        query: parts.uri.query(),
+    }
+}
 
 async fn handle(
     proxy: Proxy,
@@ -281,20 +308,8 @@ async fn handle(
             );
         }
     };
-    // Every field line, so header conditions see repeated headers (h2 and HTTP/1.1 alike).
-    let headers: Vec<(&str, &[u8])> = parts
-        .headers
-        .iter()
-        .map(|(name, value)| (name.as_str(), value.as_bytes()))
-        .collect();
-    let request = HttpRequest {
-        host: &target.host,
-        port: target.port,
-        method: parts.method.as_str(),
-        path: &target.path,
-        headers: &headers,
-        query: parts.uri.query(),
-    };
+    let headers = header_fields(&parts.headers);
+    let request = engine_request(&target, &parts, &headers);
     // The pod's loopback (`GET http://127.0.0.1:PORT/...`, the landlock tier's way to a pod's
     // HTTP sidecar) is decided by podLocal rules alone and audited as `pod-local`.
     let (audit_scheme, kind) = if decide::is_pod_local_request(&target.host) {
