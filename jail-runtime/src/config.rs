@@ -37,6 +37,16 @@ pub struct RunArgs {
         value_delimiter = '\n'
     )]
     pub deny: Vec<String>,
+    /// A preset: a named rule set maintained with this project (repeatable or comma-separated),
+    /// e.g. `github-read-only`, `npm`, `claude-code`; `boundary presets list` names them all,
+    /// `boundary presets show NAME` prints one's rules. Its deny rules win like --deny's.
+    #[arg(
+        long = "preset",
+        value_name = "NAME",
+        env = contract::boundary_env::PRESET,
+        value_delimiter = ','
+    )]
+    pub presets: Vec<String>,
     /// A credential the proxy puts into requests to HOST, whose real value stays out of the
     /// jail (repeatable): 'domain=HOST env=VAR header=NAME [format=Bearer {value}]',
     /// 'domain=HOST env=VAR basic=USER' or 'domain=HOST sigv4' (`AWS_ACCESS_KEY_ID`,
@@ -52,8 +62,8 @@ pub struct RunArgs {
     )]
     pub credentials: Vec<String>,
     /// Coder-compatible YAML config file (`allowlist`, `log_level`, `log_dir`, `proxy_port`,
-    /// `jail_type`, `no_user_namespace`, ...; extensions: `tier`, `mode`, `deny`, `http`, `tcp`,
-    /// `resolve`, `upstream_ca`, `credentials`).
+    /// `jail_type`, `no_user_namespace`, ...; extensions: `tier`, `mode`, `deny`, `presets`,
+    /// `http`, `tcp`, `resolve`, `upstream_ca`, `credentials`).
     #[arg(long, value_name = "FILE", env = contract::boundary_env::CONFIG)]
     pub config: Option<PathBuf>,
     /// Jail tier: auto (first that works), userns, privileged-netns or landlock.
@@ -178,6 +188,7 @@ pub struct ProxyArgs {
 pub struct ConfigFile {
     allowlist: Vec<String>,
     deny: Vec<String>,
+    presets: Vec<String>,
     log_level: Option<String>,
     log_dir: Option<PathBuf>,
     proxy_port: Option<u16>,
@@ -468,12 +479,19 @@ impl RunArgs {
         };
         let allow = rule_strings(&self.allow, &file.allowlist);
         let deny = rule_strings(&self.deny, &file.deny);
+        // The environment's list may be one name per line.
+        let presets: Vec<String> = rule_strings(&self.presets, &file.presets)
+            .iter()
+            .flat_map(|p| p.lines().map(|l| l.trim().to_owned()).collect::<Vec<_>>())
+            .filter(|p| !p.is_empty())
+            .collect();
         let pod_local = allow_pod_local(&self.allow_pod_local)?;
         let compiled = rules::compile(RuleSource {
             policy: None,
             cluster: false,
             field_prefix: "--",
             deny: &deny,
+            presets: &presets,
             allow: &allow,
             http: &file.http,
             tcp: &file.tcp,
