@@ -277,8 +277,9 @@ async fn git_clones_and_fetches_through_github_read_only_and_a_push_is_refused()
         As::Nobody,
         &args,
         &format!(
-            "{env}/hello && git -c user.name=a -c user.email=a@example.com commit -q \
-             --allow-empty -m exfiltrate && git push origin HEAD:main"
+            "{env}/hello && git merge -q --ff-only origin/main && git -c user.name=a -c \
+             user.email=a@example.com commit -q --allow-empty -m exfiltrate && git push origin \
+             HEAD:main"
         ),
     )
     .await;
