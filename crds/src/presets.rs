@@ -387,13 +387,12 @@ mod tests {
             ..crate::rules::RuleSource::default()
         })
         .unwrap_or_else(|e| panic!("{e}"));
-        compiled
-            .iter()
-            .map(|r| {
-                let kind = if r.is_deny() { "deny " } else { "allow" };
-                format!("{kind} {}\n", r.origin)
-            })
-            .collect()
+        let mut out = String::new();
+        for rule in &compiled {
+            let kind = if rule.is_deny() { "deny " } else { "allow" };
+            let _ = writeln!(out, "{kind} {}", rule.origin);
+        }
+        out
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! `boundary presets list` and `boundary presets show NAME`: the presets' data is in
 //! `boundary_api::presets`; this prints it.
 
+use std::fmt::Write as _;
+
 use boundary_api::presets;
 
 /// What to print.
@@ -22,19 +24,18 @@ pub fn run(command: &PresetsCommand) -> i32 {
             print!("{}", list());
             0
         }
-        PresetsCommand::Show { name } => match presets::find(name) {
-            Some(preset) => {
+        PresetsCommand::Show { name } => {
+            if let Some(preset) = presets::find(name) {
                 print!("{}", preset.show());
                 0
-            }
-            None => {
+            } else {
                 eprintln!(
                     "boundary presets show: unknown preset {name:?}; the presets are: {}",
                     presets::names()
                 );
                 2
             }
-        },
+        }
     }
 }
 
@@ -47,7 +48,7 @@ fn list() -> String {
         .unwrap_or(0);
     let mut out = format!("# presets version {}\n", presets::VERSION);
     for preset in presets::PRESETS {
-        out.push_str(&format!("{:width$}  {}\n", preset.name, preset.summary));
+        let _ = writeln!(out, "{:width$}  {}", preset.name, preset.summary);
     }
     out
 }

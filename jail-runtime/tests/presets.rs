@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use boundary_test_kit::TestCa;
@@ -200,21 +200,18 @@ fn start_git_server(dir: &Path, ca: &TestCa, log: &Path) -> GitServer {
     GitServer { child, port }
 }
 
-#[tokio::test]
-async fn git_clones_and_fetches_through_github_read_only_and_a_push_is_refused() {
-    require_root();
-    let dir = TempDir::new("preset-git");
-    let ca = TestCa::new();
-    // The "GitHub" repository octo/hello.git, which would accept a push (http.receivepack) if
-    // one reached it: only the proxy stands in the way.
-    let srv = dir.path().join("srv/octo");
+/// The "GitHub" repository `srv/octo/hello.git` with one commit, which would accept a push
+/// (`http.receivepack`) if one reached it: only the proxy stands in the way. Returns it and a
+/// clone outside the jail to add commits with.
+fn seed_repository(dir: &Path) -> (PathBuf, PathBuf) {
+    let srv = dir.join("srv/octo");
     std::fs::create_dir_all(&srv).unwrap();
     git(&srv, &["init", "-q", "--bare", "-b", "main", "hello.git"]);
     let bare = srv.join("hello.git");
     git(&bare, &["config", "http.receivepack", "true"]);
-    let seed = dir.path().join("seed");
+    let seed = dir.join("seed");
     git(
-        dir.path(),
+        dir,
         &[
             "clone",
             "-q",
@@ -226,6 +223,15 @@ async fn git_clones_and_fetches_through_github_read_only_and_a_push_is_refused()
     git(&seed, &["add", "README"]);
     git(&seed, &["commit", "-q", "-m", "one"]);
     git(&seed, &["push", "-q", "origin", "main"]);
+    (bare, seed)
+}
+
+#[tokio::test]
+async fn git_clones_and_fetches_through_github_read_only_and_a_push_is_refused() {
+    require_root();
+    let dir = TempDir::new("preset-git");
+    let ca = TestCa::new();
+    let (bare, seed) = seed_repository(dir.path());
     let log = dir.path().join("requests.log");
     let server = start_git_server(dir.path(), &ca, &log);
     let audit_file = dir.path().join("audit.jsonl");
