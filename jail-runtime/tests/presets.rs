@@ -1,7 +1,9 @@
 //! Presets with the real `boundary` binary: `boundary presets list/show` print what the README
 //! shows, and `boundary run --preset github-read-only` lets a real `git` clone and fetch over
 //! smart HTTP while `git push` is refused. The server standing in for github.com is Debian's
-//! `git http-backend` behind a loopback HTTPS server (a small CGI bridge in python3).
+//! `git http-backend` behind a loopback HTTPS server (a small CGI bridge in python3). Real `pip`
+//! and `npm` install a package through `--preset pypi --preset npm` from a static loopback
+//! server standing in for the index and the registry, and writes to them are refused.
 
 mod common;
 
@@ -162,42 +164,17 @@ fn git(dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-/// The python server; killed when dropped.
-struct GitServer {
+/// A python3 server; killed when dropped.
+struct PythonServer {
     child: std::process::Child,
     port: u16,
 }
 
-impl Drop for GitServer {
+impl Drop for PythonServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn start_git_server(dir: &Path, ca: &TestCa, log: &Path) -> GitServer {
-    let leaf = ca.leaf(&["github.com"]);
-    let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
-    std::fs::write(&cert, &leaf.cert_pem).unwrap();
-    std::fs::write(&key, &leaf.key_pem).unwrap();
-    let mut child = Command::new("/usr/bin/python3")
-        .args(["-c", GIT_SERVER])
-        .arg(dir.join("srv"))
-        .args([&cert, &key, &log.to_path_buf()])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let port = line.trim().parse().unwrap_or_else(|_| {
-        let _ = child.kill();
-        panic!("the git server did not start: {line:?}")
-    });
-    GitServer { child, port }
 }
 
 /// The "GitHub" repository `srv/octo/hello.git` with one commit, which would accept a push
@@ -233,7 +210,15 @@ async fn git_clones_and_fetches_through_github_read_only_and_a_push_is_refused()
     let ca = TestCa::new();
     let (bare, seed) = seed_repository(dir.path());
     let log = dir.path().join("requests.log");
-    let server = start_git_server(dir.path(), &ca, &log);
+    let srv = dir.path().join("srv");
+    let server = start_python_server(
+        dir.path(),
+        &ca,
+        &["github.com"],
+        GIT_SERVER,
+        &[&srv],
+        &[&log],
+    );
     let audit_file = dir.path().join("audit.jsonl");
     let url = format!("https://github.com:{}/octo/hello.git", server.port);
     let args = [
@@ -324,5 +309,151 @@ async fn git_clones_and_fetches_through_github_read_only_and_a_push_is_refused()
     assert_eq!(
         allowed["rule"],
         "--preset[0] (github-read-only): domain=github.com method=POST path=/*/*/git-upload-pack"
+    );
+}
+
+/// A loopback HTTPS server of static files standing in for pypi.org, files.pythonhosted.org and
+/// registry.npmjs.org (one certificate for all three). Once bound it writes its fixtures under
+/// ROOT: a PEP 503 index with one wheel, and an npm packument with one tarball, whose URLs carry
+/// its port. Prints the port, then serves until killed.
+const PACKAGE_SERVER: &str = r#"
+import base64, functools, hashlib, http.server, io, json, os, ssl, sys, tarfile, zipfile
+root, cert, key = sys.argv[1:4]
+
+class Files(http.server.SimpleHTTPRequestHandler):
+    def guess_type(self, path):
+        return "application/json" if path.endswith("/hello-preset") else super().guess_type(path)
+    def log_message(self, *args):
+        pass
+
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Files, directory=root))
+port = server.server_address[1]
+
+wheel = io.BytesIO()
+with zipfile.ZipFile(wheel, "w") as z:
+    z.writestr("hello_preset/__init__.py", "GREETING = 'hello from the index'\n")
+    info = "hello_preset-1.0.dist-info/"
+    z.writestr(info + "METADATA", "Metadata-Version: 2.1\nName: hello-preset\nVersion: 1.0\n")
+    z.writestr(info + "WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+    z.writestr(info + "RECORD", f"hello_preset/__init__.py,,\n{info}METADATA,,\n{info}WHEEL,,\n{info}RECORD,,\n")
+name = "hello_preset-1.0-py3-none-any.whl"
+os.makedirs(f"{root}/packages", exist_ok=True)
+open(f"{root}/packages/{name}", "wb").write(wheel.getvalue())
+digest = hashlib.sha256(wheel.getvalue()).hexdigest()
+os.makedirs(f"{root}/simple/hello-preset", exist_ok=True)
+open(f"{root}/simple/hello-preset/index.html", "w").write(
+    f'<html><body><a href="https://files.pythonhosted.org:{port}/packages/{name}#sha256={digest}">{name}</a></body></html>')
+
+tgz = io.BytesIO()
+with tarfile.open(fileobj=tgz, mode="w:gz") as t:
+    for path, text in [("package/package.json", '{"name":"hello-preset","version":"1.0.0","main":"index.js"}'),
+                       ("package/index.js", "module.exports = 'hello from the registry';\n")]:
+        data = text.encode()
+        entry = tarfile.TarInfo(path)
+        entry.size = len(data)
+        entry.mode = 0o644
+        t.addfile(entry, io.BytesIO(data))
+os.makedirs(f"{root}/tarballs", exist_ok=True)
+open(f"{root}/tarballs/hello-preset-1.0.0.tgz", "wb").write(tgz.getvalue())
+dist = {"tarball": f"https://registry.npmjs.org:{port}/tarballs/hello-preset-1.0.0.tgz",
+        "shasum": hashlib.sha1(tgz.getvalue()).hexdigest(),
+        "integrity": "sha512-" + base64.b64encode(hashlib.sha512(tgz.getvalue()).digest()).decode()}
+version = {"name": "hello-preset", "version": "1.0.0", "main": "index.js", "dist": dist}
+open(f"{root}/hello-preset", "w").write(json.dumps(
+    {"name": "hello-preset", "dist-tags": {"latest": "1.0.0"}, "versions": {"1.0.0": version}}))
+
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(cert, key)
+server.socket = context.wrap_socket(server.socket, server_side=True)
+print(port, flush=True)
+server.serve_forever()
+"#;
+
+/// Starts `script` (python3) with `args` and the paths of a leaf certificate for `names`; reads
+/// the port it prints.
+fn start_python_server(
+    dir: &Path,
+    ca: &TestCa,
+    names: &[&str],
+    script: &str,
+    args: &[&Path],
+    tail: &[&Path],
+) -> PythonServer {
+    let leaf = ca.leaf(names);
+    let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
+    std::fs::write(&cert, &leaf.cert_pem).unwrap();
+    std::fs::write(&key, &leaf.key_pem).unwrap();
+    let mut child = Command::new("/usr/bin/python3")
+        .args(["-c", script])
+        .args(args)
+        .args([&cert, &key])
+        .args(tail)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let port = line.trim().parse().unwrap_or_else(|_| {
+        let _ = child.kill();
+        panic!("the server did not start: {line:?}")
+    });
+    PythonServer { child, port }
+}
+
+#[tokio::test]
+async fn pip_and_npm_install_through_their_presets_and_cannot_write() {
+    require_root();
+    let dir = TempDir::new("preset-packages");
+    let ca = TestCa::new();
+    let root = dir.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    let hosts = ["pypi.org", "files.pythonhosted.org", "registry.npmjs.org"];
+    let server = start_python_server(dir.path(), &ca, &hosts, PACKAGE_SERVER, &[&root], &[]);
+    let port = server.port;
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    std::os::unix::fs::chown(&work, Some(65534), Some(65534)).unwrap();
+    let mut args: Vec<String> = ["--preset", "pypi", "--preset", "npm", "--upstream-ca"]
+        .map(str::to_owned)
+        .to_vec();
+    args.push(ca.pem_path.to_str().unwrap().to_owned());
+    for host in hosts {
+        args.extend(["--resolve".to_owned(), format!("{host}=127.0.0.1")]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let script = format!(
+        "export HOME={w}; cd {w} && \
+         /usr/bin/python3 -m pip install -q --disable-pip-version-check --no-cache-dir \
+           --index-url https://pypi.org:{port}/simple/ --target {w}/py hello-preset && \
+         PYTHONPATH={w}/py /usr/bin/python3 -c 'import hello_preset; print(hello_preset.GREETING)' && \
+         npm install --silent --no-audit --no-fund --no-update-notifier --cache {w}/npm-cache \
+           --registry https://registry.npmjs.org:{port}/ hello-preset && \
+         node -e 'console.log(require(\"hello-preset\"))' && \
+         curl -sS -X PUT --data x https://registry.npmjs.org:{port}/hello-preset && \
+         curl -sS -X POST --data x https://pypi.org:{port}/legacy/",
+        w = work.display()
+    );
+    let out = jailed(As::Nobody, &args, &script).await;
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}\n{text}", stderr(&out));
+    assert!(
+        text.starts_with("hello from the index\nhello from the registry\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "  - --preset[1] (npm): domain=registry.npmjs.org method=GET,HEAD: method not allowed"
+        ),
+        "the registry refuses a write:\n{text}"
+    );
+    assert!(
+        text.contains(
+            "  - --preset[0] (pypi): domain=pypi.org method=GET,HEAD: method not allowed"
+        ),
+        "the index refuses an upload:\n{text}"
     );
 }
