@@ -199,18 +199,26 @@ pub const PRESETS: &[Preset] = &[
         summary: "GitHub, reading only: REST API reads, git clone and fetch over HTTPS; never \
                   a push.",
         deny: &["domain=github.com path=/*/*/git-receive-pack"],
-        deny_http: &[],
+        deny_http: &[PresetHttpRule {
+            domains: &["github.com"],
+            methods: &[],
+            paths: &["/*/*/info/refs"],
+            query: &[("service", "git-receive-pack")],
+        }],
         allow: &[
             "domain=api.github.com method=GET,HEAD",
-            "domain=github.com method=GET path=/*/*/info/refs",
             "domain=github.com method=POST path=/*/*/git-upload-pack",
         ],
-        http: &[],
+        http: &[PresetHttpRule {
+            domains: &["github.com"],
+            methods: &["GET"],
+            paths: &["/*/*/info/refs"],
+            query: &[("service", "git-upload-pack")],
+        }],
         left_out: &[
             "GraphQL (POST api.github.com/graphql): one endpoint for reads and writes",
-            "git push (git-receive-pack), denied even when another rule allows github.com; \
-             `info/refs` is allowed for either service (its `service=` parameter is not \
-             checked yet): a push stops at its git-receive-pack request",
+            "git push (info/refs?service=git-receive-pack and git-receive-pack), denied even \
+             when another rule allows github.com",
             "Git LFS, release downloads, raw.githubusercontent.com and the web pages: add them \
              when needed",
             "git over ssh (port 22): the proxy cannot see a push inside it",
@@ -409,9 +417,10 @@ allow spec.presets[1] (codex): domain=api.openai.com
 allow spec.presets[1] (codex): domain=chatgpt.com path=/backend-api/*
 allow spec.presets[1] (codex): domain=auth.openai.com method=POST path=/oauth/token
 deny  spec.presets[2] (github-read-only): domain=github.com path=/*/*/git-receive-pack
+deny  spec.presets[2] (github-read-only): domains=github.com paths=/*/*/info/refs query=service:git-receive-pack
 allow spec.presets[2] (github-read-only): domain=api.github.com method=GET,HEAD
-allow spec.presets[2] (github-read-only): domain=github.com method=GET path=/*/*/info/refs
 allow spec.presets[2] (github-read-only): domain=github.com method=POST path=/*/*/git-upload-pack
+allow spec.presets[2] (github-read-only): domains=github.com methods=GET paths=/*/*/info/refs query=service:git-upload-pack
 allow spec.presets[3] (github): domain=github.com
 allow spec.presets[3] (github): domain=api.github.com
 allow spec.presets[3] (github): domain=uploads.github.com
@@ -465,7 +474,7 @@ allow spec.presets[8] (debian): domain=security.debian.org method=GET,HEAD
     #[test]
     fn a_presets_deny_rule_beats_every_allow_and_names_the_preset() {
         use crate::policy::Mode;
-        use crate::rules::{Host, HttpRequest, RequestPath, RuleSet, Verdict};
+        use crate::rules::{Host, HttpRequest, RequestPath, RuleSet, Verdict, raw_query};
         let compiled = crate::rules::compile(crate::rules::RuleSource {
             policy: Some("admins"),
             cluster: true,
@@ -480,10 +489,8 @@ allow spec.presets[8] (debian): domain=security.debian.org method=GET,HEAD
         let decide = |method: &str, target: &str| {
             let path = RequestPath::parse(target).unwrap();
             let verdict = set.check_http(HttpRequest {
-                host: &host,
-                port: 443,
-                method,
-                path: &path,
+                query: raw_query(target),
+                ..HttpRequest::new(&host, 443, method, &path)
             });
             match verdict {
                 Verdict::Allow(rule) => format!("allow {}", rule.origin),
@@ -503,6 +510,17 @@ allow spec.presets[8] (debian): domain=security.debian.org method=GET,HEAD
         );
         // Dot-segments cannot sneak a push past the deny rule.
         assert!(decide("POST", "/o/r/x/../git-receive-pack").starts_with("denied"));
+        // The push's first request is refused already; the clone's is allowed, by the preset.
+        assert_eq!(
+            decide("GET", "/o/r.git/info/refs?service=git-receive-pack"),
+            "denied ClusterBoundaryPolicy admins spec.presets[0] (github-read-only): \
+             domains=github.com paths=/*/*/info/refs query=service:git-receive-pack"
+        );
+        assert_eq!(
+            decide("GET", "/o/r.git/info/refs?service=git-upload-pack"),
+            "allow ClusterBoundaryPolicy admins spec.presets[0] (github-read-only): \
+             domains=github.com methods=GET paths=/*/*/info/refs query=service:git-upload-pack"
+        );
     }
 
     /// The README's preset section is [`markdown`]: it cannot drift from the data. Run with
