@@ -283,10 +283,7 @@ async fn git_clones_and_fetches_through_github_read_only_and_a_push_is_refused()
             && requests.contains("POST /octo/hello.git/git-upload-pack"),
         "{requests}"
     );
-    assert!(
-        !requests.contains("git-receive-pack"),
-        "{requests}"
-    );
+    assert!(!requests.contains("git-receive-pack"), "{requests}");
     let records: Vec<serde_json::Value> = std::fs::read_to_string(&audit_file)
         .unwrap()
         .lines()
