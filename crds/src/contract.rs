@@ -398,6 +398,8 @@ pub mod boundary_env {
     names! {
         /// `boundary run`'s allow rules (Coder's grammar, one per line).
         ALLOW = "BOUNDARY_ALLOW";
+        /// `boundary run`'s presets (names, comma-separated or one per line).
+        PRESET = "BOUNDARY_PRESET";
         /// Coder-compatible YAML config file of `boundary run`.
         CONFIG = "BOUNDARY_CONFIG";
         /// `HOST=IP` overrides (comma-separated) of the proxy's resolver.

@@ -5,6 +5,7 @@
 //!   `boundary` binary can use them without linking kube or k8s-openapi.
 //! - [`credentials`]: credentials the agent never holds (placeholders, the sidecar's value file).
 //! - [`enforcement`]: what a pod's sidecar reports about its jails (operator and sidecar).
+//! - [`presets`]: named rule sets (`spec.presets`, `--preset`), data versioned with the project.
 //! - [`probe`]: the node probe's report (`boundary probe`, the node agent, the operator).
 //! - `crd` (feature `kube`): the `BoundaryPolicy` custom resource and its generated CRD.
 //! - `nodes` (feature `kube`): node classification and facts (operator and webhook).
@@ -19,6 +20,7 @@ pub mod enforcement;
 #[cfg(feature = "kube")]
 pub mod nodes;
 pub mod policy;
+pub mod presets;
 pub mod probe;
 pub mod rules;
 pub mod tier;

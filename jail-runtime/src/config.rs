@@ -37,6 +37,16 @@ pub struct RunArgs {
         value_delimiter = '\n'
     )]
     pub deny: Vec<String>,
+    /// A preset: a named rule set maintained with this project (repeatable or comma-separated),
+    /// e.g. `github-read-only`, `npm`, `claude-code`; `boundary presets list` names them all,
+    /// `boundary presets show NAME` prints one's rules. Its deny rules win like --deny's.
+    #[arg(
+        long = "preset",
+        value_name = "NAME",
+        env = contract::boundary_env::PRESET,
+        value_delimiter = ','
+    )]
+    pub presets: Vec<String>,
     /// A credential the proxy puts into requests to HOST, whose real value stays out of the
     /// jail (repeatable): 'domain=HOST env=VAR header=NAME [format=Bearer {value}]',
     /// 'domain=HOST env=VAR basic=USER' or 'domain=HOST sigv4' (`AWS_ACCESS_KEY_ID`,
@@ -52,8 +62,8 @@ pub struct RunArgs {
     )]
     pub credentials: Vec<String>,
     /// Coder-compatible YAML config file (`allowlist`, `log_level`, `log_dir`, `proxy_port`,
-    /// `jail_type`, `no_user_namespace`, ...; extensions: `tier`, `mode`, `deny`, `http`, `tcp`,
-    /// `resolve`, `upstream_ca`, `credentials`).
+    /// `jail_type`, `no_user_namespace`, ...; extensions: `tier`, `mode`, `deny`, `presets`,
+    /// `http`, `tcp`, `resolve`, `upstream_ca`, `credentials`).
     #[arg(long, value_name = "FILE", env = contract::boundary_env::CONFIG)]
     pub config: Option<PathBuf>,
     /// Jail tier: auto (first that works), userns, privileged-netns or landlock.
@@ -178,6 +188,7 @@ pub struct ProxyArgs {
 pub struct ConfigFile {
     allowlist: Vec<String>,
     deny: Vec<String>,
+    presets: Vec<String>,
     log_level: Option<String>,
     log_dir: Option<PathBuf>,
     proxy_port: Option<u16>,
@@ -396,6 +407,15 @@ fn rule_strings(flags: &[String], file: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// Preset names from flags and file; the environment's list may be one name per line.
+fn preset_names(flags: &[String], file: &[String]) -> Vec<String> {
+    rule_strings(flags, file)
+        .iter()
+        .flat_map(|p| p.lines().map(|l| l.trim().to_owned()).collect::<Vec<_>>())
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
 /// Coder's `PROXY_PORT`; a value that is not a port is left out with a warning.
 fn coder_proxy_port(value: Option<&str>, warnings: &mut Vec<String>) -> Option<u16> {
     let value = value.map(str::trim).filter(|v| !v.is_empty())?;
@@ -468,12 +488,14 @@ impl RunArgs {
         };
         let allow = rule_strings(&self.allow, &file.allowlist);
         let deny = rule_strings(&self.deny, &file.deny);
+        let presets = preset_names(&self.presets, &file.presets);
         let pod_local = allow_pod_local(&self.allow_pod_local)?;
         let compiled = rules::compile(RuleSource {
             policy: None,
             cluster: false,
             field_prefix: "--",
             deny: &deny,
+            presets: &presets,
             allow: &allow,
             http: &file.http,
             tcp: &file.tcp,
@@ -743,6 +765,68 @@ mod tests {
             .resolve()
             .unwrap_err();
         assert!(e.to_string().contains("at most 256"), "{e}");
+    }
+
+    #[test]
+    fn presets_come_from_flags_and_the_config_file_and_name_themselves() {
+        let dir = TempDir::new();
+        let file = dir.0.join("config.yaml");
+        std::fs::write(&file, "presets: [npm]\n").unwrap();
+        let cfg = file.to_string_lossy().into_owned();
+        let s = args(&[
+            "--config",
+            &cfg,
+            "--preset",
+            "github-read-only,pypi",
+            "--",
+            "true",
+        ])
+        .resolve()
+        .unwrap();
+        let origins: Vec<String> = s
+            .rules
+            .rules()
+            .iter()
+            .map(|r| r.origin.to_string())
+            .collect();
+        assert!(
+            origins.contains(
+                &"--preset[1] (pypi): domain=files.pythonhosted.org method=GET,HEAD".to_owned()
+            ),
+            "{origins:?}"
+        );
+        assert!(
+            origins.contains(
+                &"--preset[2] (npm): domain=registry.npmjs.org method=GET,HEAD".to_owned()
+            ),
+            "{origins:?}"
+        );
+        assert_eq!(
+            s.rules.deny_rules()[0].origin.to_string(),
+            "--preset[0] (github-read-only): domain=github.com path=/*/*/git-receive-pack"
+        );
+        let e = args(&["--preset", "npm", "--preset", "nmp", "--", "true"])
+            .resolve()
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("--preset[1]: unknown preset \"nmp\"; the presets are:"),
+            "{e}"
+        );
+        let command = <Cli as clap::CommandFactory>::command();
+        let arg = command
+            .get_arguments()
+            .find(|a| a.get_long() == Some("preset"))
+            .unwrap();
+        assert_eq!(
+            arg.get_env().and_then(|e| e.to_str()),
+            Some(contract::boundary_env::PRESET)
+        );
+        // The environment's list: one name per line, as for rules.
+        assert_eq!(
+            preset_names(&["npm\n pypi \n".to_owned()], &[]),
+            ["npm", "pypi"]
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod config;
 mod credentials;
 mod forwarder;
 mod inbound;
+mod presets;
 mod run;
 mod session;
 mod sidecar;
@@ -44,9 +45,10 @@ struct RunCli {
 }
 
 /// Words that start another subcommand (or ask for help); anything else is `boundary run`.
-const NOT_RUN: [&str; 9] = [
+const NOT_RUN: [&str; 10] = [
     "sidecar",
     "probe",
+    "presets",
     "install",
     "help",
     "-h",
@@ -64,6 +66,9 @@ enum Command {
     Sidecar(sidecar::SidecarArgs),
     /// Print, as JSON, which jail tiers work here and why the others do not.
     Probe,
+    /// List the presets (`--preset`, `spec.presets`) or print one's rules.
+    #[command(subcommand)]
+    Presets(presets::PresetsCommand),
     /// Copy this binary into a directory (the init container of pods without native sidecars).
     Install {
         /// Target directory.
@@ -93,6 +98,7 @@ fn main() {
             );
             0
         }
+        Command::Presets(command) => presets::run(&command),
         Command::Install { to } => install(&to),
     };
     std::process::exit(code);

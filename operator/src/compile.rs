@@ -1152,6 +1152,81 @@ mod tests {
     }
 
     #[test]
+    fn presets_of_a_cluster_policy_reach_its_entry_and_their_deny_rules_beat_the_namespaces() {
+        let org = compile_cluster(&cluster(
+            "org",
+            &json!({"namespaceSelector": {}, "podSelector": {},
+                    "presets": ["github-read-only", "npm"]}),
+        ));
+        assert_eq!(
+            org.report.outcome,
+            Outcome::Published,
+            "{:?}",
+            org.report.problems
+        );
+        assert_eq!(
+            org.entry.as_ref().unwrap().presets,
+            ["github-read-only", "npm"]
+        );
+        let own = policy(
+            "agent",
+            &json!({"podSelector": {}, "allow": ["domain=github.com"]}),
+        );
+        let out = compile_namespace("agents", &[own], &[&org]);
+        let text = out.to_json();
+        assert!(text.contains("\"github-read-only\""), "{text}");
+        let (set, _) = out.policy.rule_set(&BTreeMap::new(), None).unwrap();
+        let host = boundary_api::rules::Host::parse("github.com").unwrap();
+        let path = boundary_api::rules::RequestPath::parse("/o/r/git-receive-pack").unwrap();
+        let verdict = set.check_http(boundary_api::rules::HttpRequest::new(
+            &host, 443, "POST", &path,
+        ));
+        let boundary_api::rules::Verdict::Denied { by, overrides } = verdict else {
+            panic!("a push was not denied: {verdict:?}")
+        };
+        assert_eq!(
+            by.origin.to_string(),
+            "ClusterBoundaryPolicy org spec.presets[0] (github-read-only): domain=github.com \
+             path=/*/*/git-receive-pack"
+        );
+        assert_eq!(
+            overrides.unwrap().origin.to_string(),
+            "agent spec.allow[0]: domain=github.com"
+        );
+        // An unknown name withholds the cluster policy's presets, with the problem at its place.
+        let bad = compile_cluster(&cluster(
+            "org",
+            &json!({"namespaceSelector": {}, "podSelector": {}, "presets": ["npm", "pip"]}),
+        ));
+        assert_eq!(bad.report.outcome, Outcome::RulesWithheld);
+        assert_eq!(bad.report.problems.len(), 1);
+        assert_eq!(bad.report.problems[0].field, "spec.presets[1]");
+        assert!(
+            bad.report.problems[0]
+                .message
+                .contains("unknown preset \"pip\"")
+                && bad.report.problems[0].message.contains("pypi"),
+            "{:?}",
+            bad.report.problems
+        );
+        assert!(bad.entry.unwrap().presets.is_empty());
+    }
+
+    #[test]
+    fn an_unknown_preset_of_a_namespace_policy_is_reported_at_its_place() {
+        let own = policy(
+            "agent",
+            &json!({"podSelector": {}, "presets": ["claude-code", "cluade-code"]}),
+        );
+        let out = compile_namespace("agents", &[own], &[]);
+        let report = &out.reports[0];
+        assert_eq!(report.outcome, Outcome::RulesWithheld);
+        let fields: Vec<_> = report.problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["spec.presets[1]"]);
+        assert!(out.policy.policies[0].presets.is_empty());
+    }
+
+    #[test]
     fn a_cluster_policy_with_bad_rules_keeps_its_valid_deny_rules_and_allows_nothing() {
         let c = compile_cluster(&cluster(
             "org",

@@ -36,6 +36,7 @@ use std::fmt;
 
 use crate::contract::ports;
 use crate::policy::{HttpRule, Mode, PodLocalRule, TcpRule, TlsMode};
+use crate::presets;
 pub use conditions::{Conditions, Side, raw_query};
 pub use grammar::{GrammarError, ParsedRule, parse_rule};
 pub use host::{DomainPattern, Host, HostError};
@@ -250,11 +251,7 @@ pub fn compile(source: RuleSource<'_>) -> Result<Vec<Rule>, CompileErrors> {
         c.http(Side::Deny, i, rule);
     }
     for (i, name) in source.presets.iter().enumerate() {
-        c.problem(
-            format!("{}presets[{i}]", c.prefix),
-            None,
-            format!("unknown preset {name:?}"),
-        );
+        c.preset(i, name);
     }
     for (i, text) in source.allow.iter().enumerate() {
         c.grammar("allow", i, text);
@@ -313,6 +310,52 @@ impl Compiler<'_> {
             domains,
             ports,
         });
+    }
+
+    /// The rules of preset `name`, named `spec.presets[i] (NAME)` (`--preset[i] (NAME)`) in
+    /// their origins and problems, with the rule itself after the colon.
+    fn preset(&mut self, i: usize, name: &str) {
+        let list = if self.prefix == "--" {
+            "preset"
+        } else {
+            "presets"
+        };
+        let field = format!("{}{list}[{i}]", self.prefix);
+        let Some(preset) = presets::find(name.trim()) else {
+            self.problem(
+                field,
+                None,
+                format!(
+                    "unknown preset {name:?}; the presets are: {} (`boundary presets list`)",
+                    presets::names()
+                ),
+            );
+            return;
+        };
+        let place = format!("{field} ({})", preset.name);
+        let rules = preset.rules();
+        let compiled = compile(RuleSource {
+            policy: self.policy.as_deref(),
+            cluster: self.cluster,
+            field_prefix: "",
+            deny: &rules.deny,
+            deny_http: &rules.deny_http,
+            allow: &rules.allow,
+            http: &rules.http,
+            ..RuleSource::default()
+        });
+        match compiled {
+            Ok(compiled) => self.rules.extend(compiled.into_iter().map(|mut rule| {
+                rule.origin.field.clone_from(&place);
+                rule
+            })),
+            // A preset this engine cannot compile (data newer than its engine): never half of it.
+            Err(CompileErrors(problems)) => {
+                for p in problems {
+                    self.problem(format!("{place} {}", p.field), p.column, p.message);
+                }
+            }
+        }
     }
 
     /// A Coder-grammar string of the `allow` or `deny` list.
