@@ -400,6 +400,8 @@ pub mod boundary_env {
         ALLOW = "BOUNDARY_ALLOW";
         /// Coder-compatible YAML config file of `boundary run`.
         CONFIG = "BOUNDARY_CONFIG";
+        /// `BoundaryPolicy` YAML files (comma-separated) whose rules `boundary run` enforces.
+        POLICY = "BOUNDARY_POLICY";
         /// `HOST=IP` overrides (comma-separated) of the proxy's resolver.
         RESOLVE = "BOUNDARY_RESOLVE";
         /// Extra upstream CA files (comma-separated).
