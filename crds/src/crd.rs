@@ -794,8 +794,8 @@ spec:
                 "spec": spec,
             });
             let text = serde_yaml_ng::to_string(&doc).unwrap();
-            let file = crate::policy_file::parse(&text)
-                .unwrap_or_else(|e| panic!("{kind}: {e}\n{text}"));
+            let file =
+                crate::policy_file::parse(&text).unwrap_or_else(|e| panic!("{kind}: {e}\n{text}"));
             let entry = &file.policies[0].entry;
             assert_eq!(entry.cluster, kind == "ClusterBoundaryPolicy");
             let mut read = serde_json::to_value(entry).unwrap();
@@ -818,5 +818,4 @@ spec:
             );
         }
     }
-
 }

@@ -35,7 +35,11 @@ pub struct FilePolicy {
 impl FilePolicy {
     /// `BoundaryPolicy web` or `ClusterBoundaryPolicy no-paste`.
     pub fn describe(&self) -> String {
-        let kind = if self.entry.cluster { KINDS[1] } else { KINDS[0] };
+        let kind = if self.entry.cluster {
+            KINDS[1]
+        } else {
+            KINDS[0]
+        };
         format!("{kind} {}", self.entry.name)
     }
 }
@@ -270,8 +274,7 @@ fn document_policy(
     let cluster = kind == KINDS[1];
     let entry = if cluster {
         typed::<ClusterSpec>(Value::Mapping(spec)).map(|s| {
-            if s.namespace_selector != Selector::default()
-                || s.pod_selector != Selector::default()
+            if s.namespace_selector != Selector::default() || s.pod_selector != Selector::default()
             {
                 notes.push(format!(
                     "{describe}: namespaceSelector and podSelector are ignored: on a laptop every \
@@ -371,9 +374,9 @@ fn field_path(path: &serde_ignored::Path<'_>) -> String {
                 format!("{parent}.{key}")
             }
         }
-        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => {
-            field_path(parent)
-        }
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => field_path(parent),
     }
 }
 
@@ -452,8 +455,14 @@ spec:
 
     #[test]
     fn unknown_fields_are_errors_naming_document_and_field() {
-        let text = TWO.replace("    - {domain: github.com", "    - {domian: x, domain: github.com");
-        let text = text.replace("  deny:\n", "  requireJailing: true\n  denny: []\n  deny:\n");
+        let text = TWO.replace(
+            "    - {domain: github.com",
+            "    - {domian: x, domain: github.com",
+        );
+        let text = text.replace(
+            "  deny:\n",
+            "  requireJailing: true\n  denny: []\n  deny:\n",
+        );
         assert_eq!(
             problems(&text),
             [
@@ -467,7 +476,10 @@ spec:
             problems(&text),
             ["document 2 (ClusterBoundaryPolicy no-paste), spec.containers: unknown field"]
         );
-        let text = TWO.replace("kind: BoundaryPolicy\n", "kind: BoundaryPolicy\nstatuss: {}\n");
+        let text = TWO.replace(
+            "kind: BoundaryPolicy\n",
+            "kind: BoundaryPolicy\nstatuss: {}\n",
+        );
         assert_eq!(
             problems(&text),
             [
@@ -536,9 +548,7 @@ spec:
         assert!(p[0].starts_with("document 1, line 4 column "), "{p:?}");
         assert_eq!(
             problems("---\n"),
-            [
-                "file: no policy in it (documents of kind BoundaryPolicy or ClusterBoundaryPolicy)"
-            ]
+            ["file: no policy in it (documents of kind BoundaryPolicy or ClusterBoundaryPolicy)"]
         );
         assert_eq!(
             problems("- a\n"),
@@ -553,7 +563,12 @@ spec:
         )
         .unwrap();
         let e = file.policies[0].entry.compile().unwrap_err();
-        assert!(e.0[0].to_string().starts_with("a: spec.allow[1] column 1: "), "{e}");
+        assert!(
+            e.0[0]
+                .to_string()
+                .starts_with("a: spec.allow[1] column 1: "),
+            "{e}"
+        );
         assert_eq!(e.0[0].field, "spec.allow[1]");
         assert_eq!(e.0[0].policy.as_deref(), Some("a"));
     }

@@ -3,9 +3,10 @@
 //! Composition only: the jail is `boundary-jail` (`jail-runtime/jail/`), the policy proxy
 //! `boundary-proxy` (`jail-runtime/proxy/`); this binary puts them together for `boundary run`
 //! (jail + forwarder + proxy in one process), `boundary sidecar` (the proxy on a pod's unix
-//! socket) and `boundary probe`.
+//! socket), `boundary check` (the proxy's decision for one request) and `boundary probe`.
 #![forbid(unsafe_code)]
 
+mod check;
 mod config;
 mod credentials;
 mod forwarder;
@@ -44,8 +45,9 @@ struct RunCli {
 }
 
 /// Words that start another subcommand (or ask for help); anything else is `boundary run`.
-const NOT_RUN: [&str; 9] = [
+const NOT_RUN: [&str; 10] = [
     "sidecar",
+    "check",
     "probe",
     "install",
     "help",
@@ -62,6 +64,9 @@ enum Command {
     Run(config::RunArgs),
     /// Run the policy proxy as a pod's sidecar.
     Sidecar(sidecar::SidecarArgs),
+    /// Print what the proxy would decide for `[METHOD] URL` (or `tcp://HOST:PORT`) under the
+    /// rules of --policy files and flags: exit 0 allowed, 1 denied, 2 invalid input.
+    Check(check::CheckArgs),
     /// Print, as JSON, which jail tiers work here and why the others do not.
     Probe,
     /// Copy this binary into a directory (the init container of pods without native sidecars).
@@ -85,6 +90,7 @@ fn main() {
     let code = match Cli::parse().command {
         Command::Run(args) => run::run(&args),
         Command::Sidecar(args) => sidecar::run(&args),
+        Command::Check(args) => check::run(&args),
         Command::Probe => {
             let report = jail::probe::probe();
             println!(
