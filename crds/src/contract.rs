@@ -439,6 +439,17 @@ pub mod coder_env {
     }
 }
 
+/// Environment variables of the JVM that `boundary run` reads (to find a JDK's trust store) or
+/// sets in the landlock tier (the jail's Java trust store and the explicit proxy).
+pub mod java_env {
+    names! {
+        /// The JDK's home: its `lib/security/cacerts` gets the jail's Java trust store.
+        JAVA_HOME = "JAVA_HOME";
+        /// Options every JVM reads at its start.
+        JAVA_TOOL_OPTIONS = "JAVA_TOOL_OPTIONS";
+    }
+}
+
 /// Environment variables of the diagnostics settings every binary shares (`--log-level`,
 /// `--log-format`; `boundary-telemetry`).
 pub mod log_env {
@@ -669,7 +680,7 @@ mod tests {
             node_agent_env::ALL,
         ]
         .concat();
-        unique(&[ours.as_slice(), coder_env::ALL].concat());
+        unique(&[ours.as_slice(), coder_env::ALL, java_env::ALL].concat());
         for name in &ours {
             assert!(
                 name.bytes()

@@ -181,7 +181,7 @@ pub fn parse(text: &str) -> Result<PolicyFile, FileProblems> {
     }
 }
 
-/// serde_yaml's message without its own " at line L column C" (the position is kept apart).
+/// `serde_yaml`'s message without its own " at line L column C" (the position is kept apart).
 fn yaml_message(e: &serde_yaml_ng::Error) -> String {
     let text = e.to_string();
     match text.find(" at line ") {
@@ -271,34 +271,8 @@ fn document_policy(
         ));
         return Err(problems);
     };
-    let cluster = kind == KINDS[1];
-    let entry = if cluster {
-        typed::<ClusterSpec>(Value::Mapping(spec)).map(|s| {
-            if s.namespace_selector != Selector::default() || s.pod_selector != Selector::default()
-            {
-                notes.push(format!(
-                    "{describe}: namespaceSelector and podSelector are ignored: on a laptop every \
-                     policy of the file applies"
-                ));
-            }
-            if s.require_jailing {
-                notes.push(format!(
-                    "{describe}: requireJailing is ignored: it labels namespaces in a cluster"
-                ));
-            }
-            PolicyEntry {
-                name: name.clone(),
-                mode: s.mode,
-                cluster: true,
-                deny: s.deny,
-                deny_http: s.deny_http,
-                presets: s.presets,
-                allow: s.allow,
-                http: s.http,
-                tcp: s.tcp,
-                ..PolicyEntry::default()
-            }
-        })
+    let entry = if kind == KINDS[1] {
+        cluster_entry(&name, &describe, spec, notes)
     } else {
         // `name` and `cluster` are the compiled file's, not the spec's: here they are unknown.
         for own in ["name", "cluster"] {
@@ -311,19 +285,7 @@ fn document_policy(
             }
         }
         spec.insert("name".into(), Value::String(name.clone()));
-        typed::<PolicyEntry>(Value::Mapping(spec)).inspect(|e| {
-            if e.pod_selector != Selector::default() || !e.containers.is_empty() {
-                notes.push(format!(
-                    "{describe}: podSelector and containers are ignored: on a laptop every policy \
-                     of the file applies to the one jailed command"
-                ));
-            }
-            if e.jail != crate::policy::JailSpec::default() {
-                notes.push(format!(
-                    "{describe}: spec.jail is ignored: choose the tier with --tier"
-                ));
-            }
-        })
+        namespaced_entry(&describe, spec, notes)
     };
     match entry {
         Ok(entry) if problems.is_empty() => Ok(entry),
@@ -335,6 +297,61 @@ fn document_policy(
             Err(problems)
         }
     }
+}
+
+/// A `BoundaryPolicy`'s spec (with its name put in) as the compiled entry.
+fn namespaced_entry(
+    describe: &str,
+    spec: Mapping,
+    notes: &mut Vec<String>,
+) -> Result<PolicyEntry, Vec<(String, String)>> {
+    typed::<PolicyEntry>(Value::Mapping(spec)).inspect(|e| {
+        if e.pod_selector != Selector::default() || !e.containers.is_empty() {
+            notes.push(format!(
+                "{describe}: podSelector and containers are ignored: on a laptop every policy \
+                 of the file applies to the one jailed command"
+            ));
+        }
+        if e.jail != crate::policy::JailSpec::default() {
+            notes.push(format!(
+                "{describe}: spec.jail is ignored: choose the tier with --tier"
+            ));
+        }
+    })
+}
+
+/// A `ClusterBoundaryPolicy`'s spec as the compiled entry (`cluster: true`).
+fn cluster_entry(
+    name: &str,
+    describe: &str,
+    spec: Mapping,
+    notes: &mut Vec<String>,
+) -> Result<PolicyEntry, Vec<(String, String)>> {
+    typed::<ClusterSpec>(Value::Mapping(spec)).map(|s| {
+        if s.namespace_selector != Selector::default() || s.pod_selector != Selector::default() {
+            notes.push(format!(
+                "{describe}: namespaceSelector and podSelector are ignored: on a laptop every \
+                 policy of the file applies"
+            ));
+        }
+        if s.require_jailing {
+            notes.push(format!(
+                "{describe}: requireJailing is ignored: it labels namespaces in a cluster"
+            ));
+        }
+        PolicyEntry {
+            name: name.to_owned(),
+            mode: s.mode,
+            cluster: true,
+            deny: s.deny,
+            deny_http: s.deny_http,
+            presets: s.presets,
+            allow: s.allow,
+            http: s.http,
+            tcp: s.tcp,
+            ..PolicyEntry::default()
+        }
+    })
 }
 
 /// Deserializes a spec, collecting every unknown field (with its path) and the first type error.
@@ -360,7 +377,7 @@ fn typed<T: serde::de::DeserializeOwned>(spec: Value) -> Result<T, Vec<(String, 
     }
 }
 
-/// `http[0].domian` from serde_ignored's path (which starts at the spec's root).
+/// `http[0].domian` from `serde_ignored`'s path (which starts at the spec's root).
 fn field_path(path: &serde_ignored::Path<'_>) -> String {
     use serde_ignored::Path;
     match path {

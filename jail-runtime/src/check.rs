@@ -87,9 +87,12 @@ enum Scheme {
     Tcp,
 }
 
+/// A request header of `--header`: name and value.
+type Header = (String, String);
+
 /// Runs `boundary check`; returns the exit code.
 pub fn run(args: &CheckArgs) -> i32 {
-    let result = (|| -> Result<(RuleSet, Target, Vec<(String, String)>), String> {
+    let result = (|| -> Result<(RuleSet, Target, Vec<Header>), String> {
         let target = parse_request(&args.request)?;
         let headers = args
             .headers
@@ -500,7 +503,7 @@ mod tests {
         let (set, _) = rule_set(&args).unwrap();
         let t = target(words).unwrap();
         let outcome = decide(&set, &t);
-        let code = if outcome.ruling.is_deny() { 1 } else { 0 };
+        let code = i32::from(outcome.ruling.is_deny());
         (text(&set, &t, &outcome), code)
     }
 

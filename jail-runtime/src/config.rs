@@ -948,6 +948,100 @@ mod tests {
         );
     }
 
+    const POLICY_FILE: &str = "\
+apiVersion: agentboundary.dev/v1alpha1
+kind: BoundaryPolicy
+metadata: {name: agent}
+spec:
+  podSelector: {}
+  mode: Audit
+  allow: [domain=a.test]
+  podLocal: [{ports: [5432]}]
+  resolve: [{host: a.test, addresses: [127.0.0.1, 127.0.0.2]}]
+  credentials:
+    - name: token
+      env: PATH
+      secretKeyRef: {name: s, key: k}
+      destinations: [{domains: [a.test]}]
+      inject: {header: {name: X-Token}}
+";
+
+    #[test]
+    fn policy_files_join_the_flags_with_modes_credentials_ports_and_pins() {
+        let dir = TempDir::new();
+        let file = dir.0.join("policy.yaml");
+        std::fs::write(&file, POLICY_FILE).unwrap();
+        let path = file.to_string_lossy().into_owned();
+        let s = args(&["--policy", &path, "--allow", "domain=b.test", "--", "true"])
+            .resolve()
+            .unwrap();
+        let origins: Vec<String> = s
+            .rules
+            .rules()
+            .iter()
+            .map(|r| r.origin.to_string())
+            .collect();
+        assert_eq!(
+            origins,
+            [
+                "--allow[0]: domain=b.test",
+                "agent spec.allow[0]: domain=a.test",
+                "agent spec.podLocal[0]: podLocal ports=5432"
+            ]
+        );
+        assert_eq!(s.rules.mode(), Mode::Audit, "the policy's own mode");
+        assert_eq!(s.pod_local_ports, [5432], "redirected out of the jail");
+        assert_eq!(s.resolve["a.test"], "127.0.0.1".parse::<IpAddr>().unwrap());
+        assert!(
+            s.warnings
+                .iter()
+                .any(|w| w.contains("only the first address")),
+            "{:?}",
+            s.warnings
+        );
+        // PATH stands in for a token: the value comes from the caller's environment.
+        const STAND_IN: &str = "PATH";
+        assert_eq!(s.credentials.credentials[0].name, "token");
+        assert!(matches!(
+            &s.credentials.values["token"],
+            boundary_api::credentials::CredentialValue::Value(v) if *v == std::env::var(STAND_IN).unwrap()
+        ));
+        // --mode wins; a second Enforce policy beats Audit.
+        let s = args(&["--policy", &path, "--mode", "enforce", "--", "true"])
+            .resolve()
+            .unwrap();
+        assert_eq!(s.rules.mode(), Mode::Enforce);
+        let enforce = dir.0.join("enforce.yaml");
+        std::fs::write(
+            &enforce,
+            "apiVersion: agentboundary.dev/v1alpha1\nkind: BoundaryPolicy\nmetadata: {name: b}\nspec: {}\n",
+        )
+        .unwrap();
+        let both = format!("{path},{}", enforce.display());
+        let s = args(&["--policy", &both, "--", "true"]).resolve().unwrap();
+        assert_eq!(s.rules.mode(), Mode::Enforce);
+        // A credential needs `env` on a laptop.
+        std::fs::write(&file, POLICY_FILE.replace("      env: PATH\n", "")).unwrap();
+        let e = args(&["--policy", &path, "--", "true"])
+            .resolve()
+            .unwrap_err();
+        assert!(
+            e.to_string().contains(
+                "document 1 (BoundaryPolicy agent), spec.credentials \"token\": env is missing"
+            ),
+            "{e}"
+        );
+        let command = <Cli as clap::CommandFactory>::command();
+        let arg = command
+            .get_arguments()
+            .find(|a| a.get_long() == Some("policy"))
+            .unwrap();
+        assert_eq!(
+            arg.get_env().and_then(|e| e.to_str()),
+            Some(contract::boundary_env::POLICY)
+        );
+    }
+
     /// A scratch directory removed on drop.
     struct TempDir(PathBuf);
 

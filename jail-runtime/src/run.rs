@@ -228,7 +228,9 @@ fn start_jail(
                             .map(PathBuf::from)
                             .collect(),
                         java_trust_stores: boundary_proxy::trust::java_trust_stores(
-                            std::env::var_os("JAVA_HOME").as_deref().map(Path::new),
+                            std::env::var_os(boundary_api::contract::java_env::JAVA_HOME)
+                                .as_deref()
+                                .map(Path::new),
                         ),
                     },
                     pod_local_ports: settings.pod_local_ports.clone(),
@@ -302,7 +304,7 @@ fn start_landlock(settings: &RunSettings, workdir: &Path) -> Result<Started, Jai
     env.push(java_tool_options(
         workdir,
         port,
-        std::env::var_os("JAVA_TOOL_OPTIONS"),
+        std::env::var_os(boundary_api::contract::java_env::JAVA_TOOL_OPTIONS),
     ));
     let plan = LandlockPlan {
         command: settings.command.clone(),
@@ -515,7 +517,10 @@ fn java_tool_options(
          -Dhttps.proxyHost=127.0.0.1 -Dhttps.proxyPort={proxy_port}",
         store.display()
     ));
-    ("JAVA_TOOL_OPTIONS".into(), value)
+    (
+        boundary_api::contract::java_env::JAVA_TOOL_OPTIONS.into(),
+        value,
+    )
 }
 
 /// In sidecar mode, waits until the sidecar has written its CA next to its socket.
@@ -590,8 +595,8 @@ impl Workdir {
         let pem = ca()?;
         boundary_proxy::trust::append_ca(&bundle, &pem).map_err(fail(BUNDLE_FILE))?;
         let bundle_pem = std::fs::read_to_string(&bundle).map_err(fail(BUNDLE_FILE))?;
-        let java = boundary_proxy::trust::java_trust_store(&bundle_pem)
-            .map_err(|e| JailError::Other(e))?;
+        let java =
+            boundary_proxy::trust::java_trust_store(&bundle_pem).map_err(JailError::Other)?;
         std::fs::write(self.path.join(JAVA_STORE_FILE), java).map_err(fail(JAVA_STORE_FILE))?;
         std::fs::write(self.path.join(CA_FILE), &pem).map_err(fail(CA_FILE))?;
         std::fs::write(self.path.join(RESOLV_FILE), RESOLV_CONF).map_err(fail(RESOLV_FILE))?;

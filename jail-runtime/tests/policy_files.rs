@@ -402,52 +402,28 @@ fn jdks() -> Vec<PathBuf> {
     out
 }
 
-#[tokio::test]
-async fn java_in_the_jail_trusts_the_proxy_ca_with_no_flags() {
-    require_root();
-    let jdks = jdks();
-    assert!(
-        !jdks.is_empty(),
-        "no java: tests/scripts/setup.sh installs openjdk-17-jdk-headless"
-    );
-    let ca = TestCa::new();
-    let https = TestServer::start(Some(
-        ca.server_config(&["maven.test", "evil.test"], common::Alpn::Http1),
-    ))
-    .await;
-    let dir = TempDir::new("java");
-    let source = write(&dir, "Fetch.java", FETCH_JAVA);
-    let p = https.port();
+/// A script running `Fetch.java` with every JDK: `maven.test` (allowed) then `evil.test`.
+fn java_script(jdks: &[PathBuf], source: &std::path::Path, port: u16) -> String {
+    use std::fmt::Write as _;
     let mut script = String::new();
-    for java in &jdks {
-        let java = java.display();
+    for java in jdks {
         // No flags: the JVM's default trust store is the jail's.
-        script.push_str(&format!(
-            "{java} -XX:-UsePerfData {src} https://maven.test:{p}/repo/a.pom https://evil.test:{p}/x; ",
-            src = source.display()
-        ));
-    }
-    let args = [
-        "--allow",
-        "domain=maven.test",
-        "--resolve",
-        "maven.test=127.0.0.1",
-        "--resolve",
-        "evil.test=127.0.0.1",
-        "--upstream-ca",
-        ca.pem_path.to_str().unwrap(),
-    ];
-    let out = jailed(As::Nobody, &args, &script).await;
-    let text = stdout(&out);
-    assert!(out.status.success(), "{}\n{text}", stderr(&out));
-    for client in ["httpclient", "urlconnection"] {
-        let ok = format!("{client} 200 hello GET maven.test:{p} /repo/a.pom");
-        assert_eq!(
-            text.matches(&ok).count(),
-            jdks.len(),
-            "{ok}:\n{text}\n{}",
-            stderr(&out)
+        let _ = write!(
+            script,
+            "{} -XX:-UsePerfData {} https://maven.test:{port}/repo/a.pom https://evil.test:{port}/x; ",
+            java.display(),
+            source.display()
         );
+    }
+    script
+}
+
+/// Every JDK's both clients fetched from `maven.test` and were refused `evil.test` during the
+/// TLS handshake (the proxy's alert), with no certificate error; nothing else reached it.
+fn assert_java_results(text: &str, jdks: &[PathBuf], port: u16, upstream: &TestServer) {
+    for client in ["httpclient", "urlconnection"] {
+        let ok = format!("{client} 200 hello GET maven.test:{port} /repo/a.pom");
+        assert_eq!(text.matches(&ok).count(), jdks.len(), "{ok}:\n{text}");
         let denied = text
             .lines()
             .filter(|l| l.starts_with(&format!("{client} failed: ")) && l.contains("SSL"))
@@ -460,8 +436,73 @@ async fn java_in_the_jail_trusts_the_proxy_ca_with_no_flags() {
     }
     assert!(!text.contains("PKIX"), "no certificate errors:\n{text}");
     assert_eq!(
-        https.requests.load(Ordering::SeqCst),
+        upstream.requests.load(Ordering::SeqCst),
         2 * jdks.len(),
         "only maven.test reached the upstream"
     );
+}
+
+fn java_setup() -> (Vec<PathBuf>, TestCa, TempDir, PathBuf) {
+    let jdks = jdks();
+    assert!(
+        !jdks.is_empty(),
+        "no java: tests/scripts/setup.sh installs openjdk-17-jdk-headless"
+    );
+    let ca = TestCa::new();
+    let dir = TempDir::new("java");
+    let source = write(&dir, "Fetch.java", FETCH_JAVA);
+    (jdks, ca, dir, source)
+}
+
+#[tokio::test]
+async fn java_in_the_jail_trusts_the_proxy_ca_with_no_flags() {
+    require_root();
+    let (jdks, ca, _dir, source) = java_setup();
+    let https = TestServer::start(Some(
+        ca.server_config(&["maven.test", "evil.test"], common::Alpn::Http1),
+    ))
+    .await;
+    let p = https.port();
+    let args = [
+        "--allow",
+        "domain=maven.test",
+        "--resolve",
+        "maven.test=127.0.0.1",
+        "--resolve",
+        "evil.test=127.0.0.1",
+        "--upstream-ca",
+        ca.pem_path.to_str().unwrap(),
+    ];
+    let out = jailed(As::Nobody, &args, &java_script(&jdks, &source, p)).await;
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}\n{text}", stderr(&out));
+    assert_java_results(&text, &jdks, p, &https);
+}
+
+/// In a pod the jail trusts the sidecar's CA: the same Java store, built from it.
+#[tokio::test]
+async fn java_in_a_pods_jail_trusts_the_sidecars_ca() {
+    require_root();
+    let (jdks, ca, _dir, source) = java_setup();
+    let https = TestServer::start(Some(
+        ca.server_config(&["maven.test", "evil.test"], common::Alpn::Http1),
+    ))
+    .await;
+    let p = https.port();
+    let sidecar = common::Sidecar::for_upstream(
+        &common::compiled(&["domain=maven.test"]),
+        &["maven.test", "evil.test"],
+        Some(&ca),
+        &[],
+    )
+    .await;
+    let mut cmd = boundary(As::Nobody);
+    cmd.arg("run")
+        .args(["--proxy-socket", sidecar.socket.to_str().unwrap()])
+        .args(["--", "sh", "-c", &java_script(&jdks, &source, p)])
+        .env("BOUNDARY_CONTAINER_NAME", "agent");
+    let out = output(cmd).await;
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}\n{text}", stderr(&out));
+    assert_java_results(&text, &jdks, p, &https);
 }
