@@ -418,15 +418,22 @@ fn java_script(jdks: &[PathBuf], source: &std::path::Path, port: u16) -> String 
     script
 }
 
-/// Every JDK's both clients fetched from `maven.test` and were refused `evil.test` during the
-/// TLS handshake (the proxy's alert), with no certificate error; nothing else reached it.
-fn assert_java_results(text: &str, jdks: &[PathBuf], port: u16, upstream: &TestServer) {
+/// Every JDK's both clients fetched from `maven.test` and were refused `evil.test` (`refusal`:
+/// the TLS handshake's alert, or the explicit proxy's 403 to CONNECT), with no certificate
+/// error; nothing else reached the upstream.
+fn assert_java_results(
+    text: &str,
+    jdks: &[PathBuf],
+    port: u16,
+    upstream: &TestServer,
+    refusal: &str,
+) {
     for client in ["httpclient", "urlconnection"] {
         let ok = format!("{client} 200 hello GET maven.test:{port} /repo/a.pom");
         assert_eq!(text.matches(&ok).count(), jdks.len(), "{ok}:\n{text}");
         let denied = text
             .lines()
-            .filter(|l| l.starts_with(&format!("{client} failed: ")) && l.contains("SSL"))
+            .filter(|l| l.starts_with(&format!("{client} failed: ")) && l.contains(refusal))
             .count();
         assert_eq!(
             denied,
@@ -442,6 +449,17 @@ fn assert_java_results(text: &str, jdks: &[PathBuf], port: u16, upstream: &TestS
     );
 }
 
+/// Runs `cmd` to completion: JVMs that compile their source first take a while on a busy
+/// machine, so the limit is two minutes rather than `common::output`'s 30 s.
+async fn slow_output(mut cmd: tokio::process::Command) -> std::process::Output {
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    tokio::time::timeout(std::time::Duration::from_mins(2), cmd.output())
+        .await
+        .expect("the JVMs finished within 2 minutes")
+        .expect("spawning boundary")
+}
+
 fn java_setup() -> (Vec<PathBuf>, TestCa, TempDir, PathBuf) {
     let jdks = jdks();
     assert!(
@@ -454,29 +472,40 @@ fn java_setup() -> (Vec<PathBuf>, TestCa, TempDir, PathBuf) {
     (jdks, ca, dir, source)
 }
 
+/// Standalone, in a namespaced tier (the store bound over the JDKs' `cacerts`) and in the
+/// landlock tier (no mount namespace: `JAVA_TOOL_OPTIONS` names the store and the proxy).
 #[tokio::test]
 async fn java_in_the_jail_trusts_the_proxy_ca_with_no_flags() {
     require_root();
     let (jdks, ca, _dir, source) = java_setup();
-    let https = TestServer::start(Some(
-        ca.server_config(&["maven.test", "evil.test"], common::Alpn::Http1),
-    ))
-    .await;
-    let p = https.port();
-    let args = [
-        "--allow",
-        "domain=maven.test",
-        "--resolve",
-        "maven.test=127.0.0.1",
-        "--resolve",
-        "evil.test=127.0.0.1",
-        "--upstream-ca",
-        ca.pem_path.to_str().unwrap(),
-    ];
-    let out = jailed(As::Nobody, &args, &java_script(&jdks, &source, p)).await;
-    let text = stdout(&out);
-    assert!(out.status.success(), "{}\n{text}", stderr(&out));
-    assert_java_results(&text, &jdks, p, &https);
+    for tier in ["userns", "landlock"] {
+        let https = TestServer::start(Some(
+            ca.server_config(&["maven.test", "evil.test"], common::Alpn::Http1),
+        ))
+        .await;
+        let p = https.port();
+        let args = [
+            "--tier",
+            tier,
+            "--allow",
+            "domain=maven.test",
+            "--resolve",
+            "maven.test=127.0.0.1",
+            "--resolve",
+            "evil.test=127.0.0.1",
+            "--upstream-ca",
+            ca.pem_path.to_str().unwrap(),
+        ];
+        let mut cmd = boundary(As::Nobody);
+        cmd.arg("run")
+            .args(args)
+            .args(["--", "sh", "-c", &java_script(&jdks, &source, p)]);
+        let out = slow_output(cmd).await;
+        let text = stdout(&out);
+        assert!(out.status.success(), "{tier}: {}\n{text}", stderr(&out));
+        let refusal = if tier == "landlock" { "403" } else { "SSL" };
+        assert_java_results(&text, &jdks, p, &https, refusal);
+    }
 }
 
 /// In a pod the jail trusts the sidecar's CA: the same Java store, built from it.
@@ -501,8 +530,8 @@ async fn java_in_a_pods_jail_trusts_the_sidecars_ca() {
         .args(["--proxy-socket", sidecar.socket.to_str().unwrap()])
         .args(["--", "sh", "-c", &java_script(&jdks, &source, p)])
         .env("BOUNDARY_CONTAINER_NAME", "agent");
-    let out = output(cmd).await;
+    let out = slow_output(cmd).await;
     let text = stdout(&out);
     assert!(out.status.success(), "{}\n{text}", stderr(&out));
-    assert_java_results(&text, &jdks, p, &https);
+    assert_java_results(&text, &jdks, p, &https, "SSL");
 }
