@@ -966,6 +966,9 @@ spec:
       inject: {header: {name: X-Token}}
 ";
 
+    /// A variable every test environment has, standing in for a token.
+    const STAND_IN: &str = "PATH";
+
     #[test]
     fn policy_files_join_the_flags_with_modes_credentials_ports_and_pins() {
         let dir = TempDir::new();
@@ -1000,7 +1003,6 @@ spec:
             s.warnings
         );
         // PATH stands in for a token: the value comes from the caller's environment.
-        const STAND_IN: &str = "PATH";
         assert_eq!(s.credentials.credentials[0].name, "token");
         assert!(matches!(
             &s.credentials.values["token"],
