@@ -406,6 +406,8 @@ mod tests {
                 port: 443,
                 method: "GET",
                 path: &path,
+                headers: &[],
+                query: None,
             })
             .is_allow()
         };
@@ -557,6 +559,8 @@ mod tests {
             port: 443,
             method,
             path: &path,
+            headers: &[],
+            query: None,
         })
     }
 

@@ -40,7 +40,7 @@ use crate::policy::{HttpRule, JailSpec, Mode, PodLocalRule, ResolvePin, TcpRule}
         name = "Rules",
         type_ = "integer",
         json_path = ".status.ruleCount",
-        description = "Number of allow rules"
+        description = "Number of rules as written, deny rules included (presets not)"
     ),
     printcolumn(
         name = "Ready",
@@ -94,17 +94,23 @@ pub struct BoundaryPolicySpec {
     #[schemars(inner(length(min = 1)))]
     pub presets: Vec<String>,
     /// Deny rules in Coder's grammar (`domain=pastebin.com`, `domain=github.com
-    /// path=/*/git-receive-pack`): a request one of them matches is denied whatever allows it.
-    /// A TCP or TLS-passthrough connection is denied when a deny rule names its host and port.
+    /// path=/*/git-receive-pack`): a request one of them matches is denied whatever allows it
+    /// (this policy's rules or another's). A TCP, TLS-passthrough or not yet intercepted
+    /// connection is denied when a deny rule names its host and port (its method and path are
+    /// unseen). Each deny rule is checked on its own: a broken one is reported, the others stay.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(inner(length(min = 1)))]
     pub deny: Vec<String>,
-    /// Structured deny rules: the fields of `http`, each rule denying what it matches.
+    /// Structured deny rules: the fields of `http` (`tls: Passthrough` excepted), each rule
+    /// denying what it matches, e.g. `{domains: [github.com], query: {service:
+    /// git-receive-pack}}`. A header or query parameter sent several times matches when any
+    /// occurrence does; a query that cannot be decoded matches a query condition.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deny_http: Vec<HttpRule>,
     /// Allow rules in Coder's grammar, e.g. `domain=api.anthropic.com` or
-    /// `domain=github.com method=GET,HEAD path=/api/*`. Keys: `domain`, `method`, `path`
-    /// (comma-separated lists). The older `"GET,POST host/path*"` form is accepted too.
+    /// `domain=github.com method=GET,HEAD path=/api/*`. Keys: `domain`, `method`, `path`,
+    /// `port` (comma-separated lists; a key given twice means either value). The older
+    /// `"GET,POST host/path*"` form is accepted too.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(inner(length(min = 1)))]
     pub allow: Vec<String>,
@@ -137,9 +143,16 @@ pub struct BoundaryPolicySpec {
 }
 
 impl BoundaryPolicySpec {
-    /// Number of allow rules of every kind, as shown in `kubectl get bp`.
+    /// Number of rules as written, shown in `kubectl get bp`: deny rules (they decide requests
+    /// as allow rules do) and allow rules of every kind; presets not (each expands into several
+    /// rules, listed by `boundary presets show`).
     pub fn rule_count(&self) -> usize {
-        self.allow.len() + self.http.len() + self.tcp.len() + self.pod_local.len()
+        self.deny.len()
+            + self.deny_http.len()
+            + self.allow.len()
+            + self.http.len()
+            + self.tcp.len()
+            + self.pod_local.len()
     }
 }
 
@@ -204,7 +217,8 @@ pub struct ClusterBoundaryPolicySpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(inner(length(min = 1)))]
     pub deny: Vec<String>,
-    /// Structured deny rules: the fields of `http`, each rule denying what it matches.
+    /// Structured deny rules: the fields of `http` (`tls: Passthrough` excepted), each rule
+    /// denying what it matches; header and query conditions match when any occurrence does.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deny_http: Vec<HttpRule>,
     /// Named rule sets maintained with the project, added like the policy's own rules (see
@@ -230,9 +244,9 @@ pub struct ClusterBoundaryPolicySpec {
 }
 
 impl ClusterBoundaryPolicySpec {
-    /// Number of rules of every kind (deny and allow).
+    /// Number of rules as written, deny and allow (presets not: each expands into several).
     pub fn rule_count(&self) -> usize {
-        self.deny.len() + self.allow.len() + self.http.len() + self.tcp.len()
+        self.deny.len() + self.deny_http.len() + self.allow.len() + self.http.len() + self.tcp.len()
     }
 }
 
@@ -276,7 +290,8 @@ pub struct BoundaryPolicyStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
-    /// Number of allow rules (strings, HTTP, TCP and pod-local rules).
+    /// Number of rules as written: deny rules (strings and structured), allow strings, HTTP,
+    /// TCP and pod-local rules; presets are not counted (each expands into several rules).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule_count: Option<i32>,
     /// Problems found in the rules, each with its position.
@@ -731,15 +746,17 @@ metadata: {name: agents, namespace: dev}
 spec:
   podSelector: {matchLabels: {app: claude}}
   mode: Audit
+  deny: ["domain=github.com method=POST path=/*/*/git-receive-pack"]
+  denyHttp: [{domains: [github.com], query: {service: git-receive-pack}}]
   allow: ["domain=api.anthropic.com", "domain=github.com method=GET path=/api/*"]
-  http: [{domains: ["*.npmjs.org"], methods: [GET], ports: [443]}]
+  http: [{domains: ["*.npmjs.org"], methods: [GET], ports: [443], headers: {X-Agent: "claude*"}}]
   tcp: [{domain: github.com, ports: [22]}]
   podLocal: [{ports: [5432], description: cloud-sql-proxy}]
   jail: {runtime: builtin, allowedTiers: [userns], allowNodePinning: true, wrapCommand: true}
 "#;
         let bp: BoundaryPolicy = serde_yaml_ng::from_str(yaml).unwrap();
         assert_eq!(bp.spec.mode, Mode::Audit);
-        assert_eq!(bp.spec.rule_count(), 5);
+        assert_eq!(bp.spec.rule_count(), 7, "deny rules count too");
         assert_eq!(bp.spec.pod_local[0].ports[0].get(), 5432);
         assert!(bp.spec.jail.wrap_command);
         let again: BoundaryPolicy =

@@ -80,13 +80,17 @@ pub struct HttpRule {
     #[serde(default, skip_serializing_if = "is_default")]
     pub tls: TlsMode,
     /// Request headers that must be present and match: header name (case-insensitive) to a
-    /// glob of its value (`*` matches any run of characters). Every listed header must match.
-    /// Empty: headers are not checked. Not allowed with `tls: Passthrough`.
+    /// glob of its value (`*` matches any run of characters, the rest case-sensitively). Every
+    /// listed header must match; a header sent several times must match every time (in a deny
+    /// rule: any time). Empty: headers are not checked. Not allowed with `tls: Passthrough`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
     /// Query parameters that must be present and match: parameter name to a glob of its
-    /// percent-decoded value (`*` matches any run of characters). Every listed parameter must
-    /// match. Empty: the query is not checked. Not allowed with `tls: Passthrough`.
+    /// percent-decoded value (`+` is a space; `*` matches any run of characters). Every listed
+    /// parameter must match; one sent several times (or in another letter case) must match
+    /// every time (in a deny rule: any time). A query that cannot be decoded never matches an
+    /// allow rule and always matches a deny rule. Empty: the query is not checked. Not allowed
+    /// with `tls: Passthrough`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub query: BTreeMap<String, String>,
 }

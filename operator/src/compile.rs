@@ -3,8 +3,11 @@
 //!
 //! # Policies with problems
 //!
-//! A policy whose **rules** do not compile is published *without any rules*: its selector,
-//! containers, mode and jail settings stay in the file, its allow lists are emptied. So
+//! A policy whose **rules** do not compile is published *without any allow rules*: its selector,
+//! containers, mode and jail settings stay in the file, its allow lists (`presets`, `allow`,
+//! `http`, `tcp`, `podLocal`) are emptied. Its deny rules (`deny`, `denyHttp`) are checked one by
+//! one, and each that compiles stays (a deny rule only tightens; a typo in one must not drop the
+//! others). So
 //!
 //! * the other policies of the namespace keep working (the proxy's `rule_set` fails for a pod as
 //!   soon as one selected entry has bad rules, which would deny everything to every pod the bad
@@ -38,17 +41,18 @@
 //! true`) that goes into the file of every namespace it selects, after the namespace's own
 //! entries. With problems it fails closed too, but keeps what only restricts:
 //!
-//! * invalid **rules** (deny or allow): its allow rules (`allow`, `http`, `tcp`) are all
-//!   withheld, so a typo can never allow anything; every deny rule that compiles stays, so a typo
-//!   in one deny rule does not drop the others (the broken deny rule itself cannot be enforced
-//!   and is reported); `requireJailing` still applies;
+//! * invalid **rules** (deny or allow): its allow rules (`presets`, `allow`, `http`, `tcp`) are
+//!   all withheld, so a typo can never allow anything; every deny rule that compiles stays, so a
+//!   typo in one deny rule does not drop the others (the broken deny rule itself cannot be
+//!   enforced and is reported); `requireJailing` still applies;
 //! * a malformed **pod selector** or **namespace selector**: it cannot be evaluated and is
 //!   published nowhere (as a `BoundaryPolicy` with a malformed selector).
 
 use boundary_api::compiled::{self, CompiledPolicy, FORMAT_VERSION, PolicyEntry};
 use boundary_api::crd::{BoundaryPolicy, ClusterBoundaryPolicy, RuleProblem};
 use boundary_api::credentials::{self, Credential};
-use boundary_api::rules::CompileErrors;
+use boundary_api::policy::HttpRule;
+use boundary_api::rules::{CompileErrors, Rule};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
 
@@ -74,8 +78,8 @@ pub struct PolicyReport {
     pub name: String,
     /// `metadata.generation` of the compiled object.
     pub generation: Option<i64>,
-    /// Number of rules as written (strings, HTTP, TCP and pod-local rules; a cluster policy's
-    /// deny rules too).
+    /// Number of rules as written: deny and allow strings, structured HTTP rules of both kinds,
+    /// TCP and pod-local rules (presets not: each expands into several).
     pub rule_count: usize,
     /// Every problem found, with its field and column (credentials' problems last).
     pub problems: Vec<RuleProblem>,
@@ -148,13 +152,19 @@ pub fn compile_namespace(
             resolve: spec.resolve.clone(),
             jail: spec.jail.clone(),
         };
-        let rules_valid = match entry.compile() {
-            Ok(_) => true,
-            Err(CompileErrors(found)) => {
-                problems.extend(found.into_iter().map(problem));
-                false
-            }
+        let (deny, deny_http, deny_found) = checked_deny(&name, &spec.deny, &spec.deny_http);
+        let mut rules_valid = deny_found.is_empty();
+        problems.extend(deny_found);
+        // The rest alone: the deny rules were checked one by one above.
+        let rest = PolicyEntry {
+            deny: Vec::new(),
+            deny_http: Vec::new(),
+            ..entry.clone()
         };
+        if let Err(CompileErrors(found)) = rest.compile() {
+            rules_valid = false;
+            problems.extend(found.into_iter().map(problem));
+        }
         let selector_valid = problems
             .iter()
             .all(|p| !p.field.starts_with("spec.podSelector"));
@@ -171,8 +181,9 @@ pub fn compile_namespace(
         match outcome {
             Outcome::Published => entries.push(entry),
             Outcome::RulesWithheld => {
-                entry.deny.clear();
-                entry.deny_http.clear();
+                // Deny rules only tighten: the ones that compile stay.
+                entry.deny = deny;
+                entry.deny_http = deny_http;
                 entry.presets.clear();
                 entry.allow.clear();
                 entry.http.clear();
@@ -249,27 +260,19 @@ pub fn compile_cluster(cbp: &ClusterBoundaryPolicy) -> CompiledCluster {
         pod_selector,
         mode: spec.mode,
         cluster: true,
-        deny: Vec::new(),
+        presets: spec.presets.clone(),
         allow: spec.allow.clone(),
         http: spec.http.clone(),
         tcp: spec.tcp.clone(),
         ..PolicyEntry::default()
     };
-    let mut rules_valid = true;
-    for (i, rule) in spec.deny.iter().enumerate() {
-        let found = deny_problems(&name, i, rule);
-        if found.is_empty() {
-            entry.deny.push(rule.clone());
-        } else {
-            rules_valid = false;
-            problems.extend(found);
-        }
-    }
+    let (deny, deny_http, deny_found) = checked_deny(&name, &spec.deny, &spec.deny_http);
+    let mut rules_valid = deny_found.is_empty();
+    problems.extend(deny_found);
     // The allow part alone: the deny rules were checked one by one above.
-    let allow_part = PolicyEntry {
-        deny: Vec::new(),
-        ..entry.clone()
-    };
+    let allow_part = entry.clone();
+    entry.deny = deny;
+    entry.deny_http = deny_http;
     if let Err(CompileErrors(found)) = allow_part.compile() {
         rules_valid = false;
         problems.extend(found.into_iter().map(problem));
@@ -279,6 +282,7 @@ pub fn compile_cluster(cbp: &ClusterBoundaryPolicy) -> CompiledCluster {
     } else if rules_valid {
         Outcome::Published
     } else {
+        entry.presets.clear();
         entry.allow.clear();
         entry.http.clear();
         entry.tcp.clear();
@@ -455,23 +459,59 @@ pub fn check_credentials(policy: &str, credentials: &[Credential]) -> CheckedCre
     }
 }
 
-/// The problems of deny rule `index`, reported at `spec.deny[index]`: each deny rule is checked
-/// on its own, so the valid ones can be published while a broken one is reported.
-fn deny_problems(policy: &str, index: usize, rule: &str) -> Vec<RuleProblem> {
-    let as_deny = PolicyEntry {
-        name: policy.to_owned(),
-        deny: vec![rule.to_owned()],
-        ..PolicyEntry::default()
-    };
-    let found = match as_deny.compile() {
+/// The deny rules (`spec.deny`, `spec.denyHttp`) that compile, and the problems of the others:
+/// each deny rule is checked on its own, so the valid ones can be published while a broken one
+/// is reported (at `spec.deny[i]`, `spec.denyHttp[i].headers.X`, with its column).
+fn checked_deny(
+    policy: &str,
+    deny: &[String],
+    deny_http: &[HttpRule],
+) -> (Vec<String>, Vec<HttpRule>, Vec<RuleProblem>) {
+    let mut problems = Vec::new();
+    let valid_deny = deny
+        .iter()
+        .enumerate()
+        .filter(|&(i, rule)| {
+            let alone = PolicyEntry {
+                name: policy.to_owned(),
+                deny: vec![rule.clone()],
+                ..PolicyEntry::default()
+            };
+            let found = placed(alone.compile(), &format!("spec.deny[{i}]"));
+            let valid = found.is_empty();
+            problems.extend(found);
+            valid
+        })
+        .map(|(_, rule)| rule.clone())
+        .collect();
+    let valid_deny_http = deny_http
+        .iter()
+        .enumerate()
+        .filter(|&(i, rule)| {
+            let alone = PolicyEntry {
+                name: policy.to_owned(),
+                deny_http: vec![rule.clone()],
+                ..PolicyEntry::default()
+            };
+            let found = placed(alone.compile(), &format!("spec.denyHttp[{i}]"));
+            let valid = found.is_empty();
+            problems.extend(found);
+            valid
+        })
+        .map(|(_, rule)| rule.clone())
+        .collect();
+    (valid_deny, valid_deny_http, problems)
+}
+
+/// The problems of a one-rule entry, moved from `spec.deny[0]…` to `field…`.
+fn placed(compiled: Result<Vec<Rule>, CompileErrors>, field: &str) -> Vec<RuleProblem> {
+    let found = match compiled {
         Err(CompileErrors(found)) => found,
         Ok(_) => Vec::new(),
     };
-    let field = format!("spec.deny[{index}]");
     found
         .into_iter()
         .map(|p| {
-            // `spec.allow[0]…` or `spec.deny[0]…` of the single-rule entry → this rule's path.
             let rest = p.field.split_once(']').map_or("", |(_, rest)| rest);
             RuleProblem {
                 field: format!("{field}{rest}"),
@@ -957,6 +997,96 @@ mod tests {
             out.reports
         );
         assert!(out.policy.policies.iter().all(|e| e.credentials.len() == 1));
+    }
+
+    #[test]
+    fn deny_rules_of_a_policy_are_checked_one_by_one_and_the_valid_ones_stay() {
+        let git = policy(
+            "git",
+            &json!({"podSelector": {},
+                    "deny": ["domain=github.com method=POST path=/*/*/git-receive-pack",
+                             "domain=-bad.com", "domain=a.com metod=GET"],
+                    "denyHttp": [
+                        {"domains": ["github.com"], "query": {"service": "git-receive-pack"}},
+                        {"domains": ["b.com"], "headers": {"X Bad": "*"}},
+                        {"domains": ["c.com"], "tls": "Passthrough"}],
+                    "allow": ["domain=github.com"],
+                    "http": [{"domains": ["d.com"], "headers": {"X-Agent": "claude*"}}]}),
+        );
+        let out = compile_namespace("agents", &[git], &[]);
+        let report = &out.reports[0];
+        assert_eq!(report.outcome, Outcome::RulesWithheld);
+        assert_eq!(report.rule_count, 8, "deny rules count");
+        let fields: Vec<(&str, Option<i32>)> = report
+            .problems
+            .iter()
+            .map(|p| (p.field.as_str(), p.column))
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                ("spec.deny[1]", Some(8)),
+                ("spec.deny[2]", Some(14)),
+                ("spec.denyHttp[1].headers.X Bad", Some(2)),
+                ("spec.denyHttp[2].tls", None),
+            ]
+        );
+        assert!(report.problems[0].message.contains("cannot start with `-`"));
+        let entry = &out.policy.policies[0];
+        assert_eq!(
+            entry.deny,
+            ["domain=github.com method=POST path=/*/*/git-receive-pack"]
+        );
+        assert_eq!(entry.deny_http.len(), 1);
+        assert_eq!(entry.deny_http[0].domains, ["github.com"]);
+        assert!(entry.allow.is_empty() && entry.http.is_empty());
+        // The proxy enforces what was published: the valid deny rules, nothing allowed.
+        let (set, _) = out.policy.rule_set(&BTreeMap::new(), None).unwrap();
+        assert_eq!((set.deny_rules().len(), set.rules().len()), (2, 0));
+        assert_eq!(
+            set.deny_rules()[1].origin.to_string(),
+            "git spec.denyHttp[0]: domains=github.com query=service:git-receive-pack"
+        );
+    }
+
+    #[test]
+    fn a_valid_policy_publishes_its_deny_rules_and_conditions() {
+        let git = policy(
+            "git",
+            &json!({"podSelector": {},
+                    "deny": ["domain=github.com method=POST path=/*/*/git-receive-pack"],
+                    "denyHttp": [{"domains": ["github.com"], "query": {"service": "git-receive-pack"}}],
+                    "http": [{"domains": ["github.com"], "query": {"service": "git-upload-pack"}}]}),
+        );
+        let out = compile_namespace("agents", &[git], &[]);
+        assert_eq!(
+            out.reports[0].outcome,
+            Outcome::Published,
+            "{:?}",
+            out.reports[0]
+        );
+        assert_eq!(out.reports[0].rule_count, 3);
+        let text = out.to_json();
+        assert!(text.contains("\"denyHttp\""), "{text}");
+        let (set, _) = out.policy.rule_set(&BTreeMap::new(), None).unwrap();
+        assert_eq!((set.deny_rules().len(), set.rules().len()), (2, 1));
+    }
+
+    #[test]
+    fn a_cluster_policy_checks_its_structured_deny_rules_one_by_one() {
+        let c = compile_cluster(&cluster(
+            "org",
+            &json!({"namespaceSelector": {}, "podSelector": {},
+                    "denyHttp": [{"domains": ["*"], "headers": {"X-Debug-Dump": "*"}},
+                                 {"domains": ["x.com"], "query": {"": "*"}}],
+                    "allow": ["domain=ok.com"]}),
+        ));
+        assert_eq!(c.report.outcome, Outcome::RulesWithheld);
+        assert_eq!(c.report.rule_count, 3);
+        assert_eq!(c.report.problems[0].field, "spec.denyHttp[1].query.");
+        let entry = c.entry.unwrap();
+        assert_eq!(entry.deny_http.len(), 1);
+        assert!(entry.allow.is_empty());
     }
 
     fn cluster(name: &str, spec: &serde_json::Value) -> ClusterBoundaryPolicy {

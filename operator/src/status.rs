@@ -155,8 +155,8 @@ fn rule_conditions(
             (
                 "False",
                 reasons::INVALID_RULES,
-                "published without its rules until they are fixed: the pods it selects are \
-                 allowed nothing by this policy"
+                "published without its allow rules until they are fixed (its deny rules that \
+                 compile stay): the pods it selects are allowed nothing by this policy"
                     .to_owned(),
             ),
         ),

@@ -97,64 +97,64 @@ pub fn parse_rule(text: &str) -> Result<ParsedRule, GrammarError> {
     Ok(rule)
 }
 
-/// Sets `key`'s list on `rule`; errors carry the byte offset (`None`: the pair's start).
+/// Adds `key`'s list to `rule`: a key given twice means either value, as in Coder
+/// (`method=GET method=POST` is `method=GET,POST`). Errors carry the byte offset.
 fn apply_pair(
     rule: &mut ParsedRule,
     key: &str,
     items: &[(usize, &str)],
 ) -> Result<(), (Option<usize>, String)> {
-    let duplicate = || {
-        (
-            None,
-            format!("`{key}=` appears twice; use one comma-separated list"),
-        )
-    };
     match key {
         "domain" => {
-            if rule.domains.is_some() {
-                return Err(duplicate());
-            }
             let domains = items
                 .iter()
                 .map(|&(at, item)| {
                     DomainPattern::parse(item).map_err(|e| (Some(at + e.offset), e.message))
                 })
-                .collect::<Result<_, _>>()?;
-            rule.domains = Some(domains);
+                .collect::<Result<Vec<_>, _>>()?;
+            extend_unique(&mut rule.domains, domains);
         }
         "method" => {
-            if rule.methods.is_some() {
-                return Err(duplicate());
-            }
-            rule.methods = Some(parse_methods(items).map_err(|(at, m)| (Some(at), m))?);
+            let methods = parse_methods(items).map_err(|(at, m)| (Some(at), m))?;
+            extend_unique(&mut rule.methods, methods);
         }
         "path" => {
-            if rule.paths.is_some() {
-                return Err(duplicate());
-            }
             let paths = items
                 .iter()
-                .map(|&(at, item)| {
-                    PathPattern::parse(item).map_err(|e| (Some(at + e.offset), e.message))
-                })
-                .collect::<Result<_, _>>()?;
-            rule.paths = Some(paths);
+                .map(|&(at, item)| parse_path(item).map_err(|(o, m)| (Some(at + o), m)))
+                .collect::<Result<Vec<_>, _>>()?;
+            extend_unique(&mut rule.paths, paths);
         }
         _ => {
-            if rule.ports.is_some() {
-                return Err(duplicate());
-            }
             let ports = items
                 .iter()
                 .map(|&(at, item)| {
                     parse_port(item)
                         .ok_or_else(|| (Some(at), format!("invalid port {item:?} (1 to 65535)")))
                 })
-                .collect::<Result<_, _>>()?;
-            rule.ports = Some(ports);
+                .collect::<Result<Vec<_>, _>>()?;
+            extend_unique(&mut rule.ports, ports);
         }
     }
     Ok(())
+}
+
+fn extend_unique<T: PartialEq>(list: &mut Option<Vec<T>>, items: Vec<T>) {
+    let list = list.get_or_insert_with(Vec::new);
+    for item in items {
+        if !list.contains(&item) {
+            list.push(item);
+        }
+    }
+}
+
+/// A `path=` item; without a leading `/` it is read from the root, as Coder does
+/// (`path=api/v1` is `/api/v1`). Errors carry the byte offset in `item`.
+fn parse_path(item: &str) -> Result<PathPattern, (usize, String)> {
+    if item == "*" || item.starts_with('/') {
+        return PathPattern::parse(item).map_err(|e| (e.offset, e.message));
+    }
+    PathPattern::parse(&format!("/{item}")).map_err(|e| (e.offset.saturating_sub(1), e.message))
 }
 
 /// Parses a port number, 1 to 65535.
@@ -334,8 +334,6 @@ mod tests {
         assert_eq!(e.column, 28);
         let e = fails("method=GET,,POST");
         assert_eq!(e.column, 12);
-        let e = fails("domain=a.com domain=b.com");
-        assert!(e.message.contains("appears twice"));
         assert_eq!(fails("domain=").column, 8);
         assert_eq!(fails("").message, "empty rule");
         assert!(
@@ -349,6 +347,61 @@ mod tests {
         // Columns count characters, not bytes.
         let e = fails("domain=bücher.de metod=GET");
         assert_eq!(e.column, 18);
+    }
+
+    #[test]
+    fn coder_drop_in_forms() {
+        // A key given twice means either value, as in Coder.
+        let r = ok("method=GET method=POST path=/a path=/b,/a domain=a.com domain=b.com");
+        assert_eq!(r.methods.unwrap(), ["GET", "POST"]);
+        let paths = r.paths.unwrap();
+        assert_eq!(paths.len(), 2);
+        assert!(paths[1].matches(&RequestPath::parse("/b").unwrap()));
+        assert_eq!(r.domains.unwrap().len(), 2);
+        assert!(ok("method=GET method=*").methods.is_none());
+        assert_eq!(ok("port=443 port=8443,443").ports.unwrap(), [443, 8443]);
+        // Any RFC 9110 method token.
+        assert_eq!(
+            ok("method=PURGE,M-SEARCH,propfind").methods.unwrap(),
+            ["PURGE", "M-SEARCH", "PROPFIND"]
+        );
+        // A path without its leading slash is read from the root.
+        let r = ok("domain=a.com path=api/v1,api/*");
+        let paths = r.paths.unwrap();
+        assert!(paths[0].matches(&RequestPath::parse("/api/v1").unwrap()));
+        assert!(paths[1].matches(&RequestPath::parse("/api/x/y").unwrap()));
+        assert_eq!(fails("path=api/user*").column, 14);
+    }
+
+    #[test]
+    fn host_names_that_cannot_exist_are_refused_at_their_column() {
+        for (text, column) in [
+            ("domain=-a.com", 8),
+            ("domain=a-.com", 9),
+            ("domain=x.-a.com", 10),
+            ("domain=a..b", 10),
+            ("domain=.a.com", 8),
+            ("domain=ok.com,b-.com", 16),
+            ("GET -api.*.com/x", 5),
+            ("GET api-.*", 8),
+            ("api..*", 5),
+        ] {
+            let e = fails(text);
+            assert_eq!(e.column, column, "{text}: {}", e.message);
+        }
+        assert!(
+            fails("domain=-a.com")
+                .message
+                .contains("cannot start with `-`")
+        );
+        assert!(
+            fails("domain=a-.com")
+                .message
+                .contains("cannot end with `-`")
+        );
+        ok("domain=a-b.c--d.com");
+        ok("domain=xn--bcher-kva.de");
+        ok("*-api.example.com");
     }
 
     #[test]

@@ -236,6 +236,8 @@ impl DomainPattern {
                     offset + part.find('*').unwrap_or(0),
                     format!("`*` must be a whole label, not part of {part:?}"),
                 ));
+            } else if let Some(e) = hyphen_problem(part, offset) {
+                return Err(e);
             } else {
                 let ascii = idna::domain_to_ascii(part)
                     .map_err(|_| PatternError::at(offset, format!("invalid label {part:?}")))?;
@@ -270,6 +272,17 @@ impl DomainPattern {
                 format!("invalid character in host pattern {pattern:?}"),
             ));
         }
+        let body = lower.strip_suffix('.').unwrap_or(&lower);
+        let mut offset = 0;
+        for label in body.split('.') {
+            if label.is_empty() {
+                return Err(PatternError::at(offset, "empty label (two dots in a row?)"));
+            }
+            if let Some(e) = hyphen_problem(label, offset) {
+                return Err(e);
+            }
+            offset += label.len() + 1;
+        }
         Ok(DomainPattern::Glob(lower))
     }
 
@@ -299,6 +312,24 @@ impl DomainPattern {
                 .map(|parts| parts.join(".")),
             _ => None,
         }
+    }
+}
+
+/// A label that starts or ends with `-` cannot be a host name's (RFC 952, RFC 1123): it is a
+/// typo, and a rule naming it would never match. `offset` is the label's in the pattern.
+fn hyphen_problem(label: &str, offset: usize) -> Option<PatternError> {
+    if label.starts_with('-') {
+        Some(PatternError::at(
+            offset,
+            format!("label {label:?} cannot start with `-`: no host name does"),
+        ))
+    } else if label.ends_with('-') {
+        Some(PatternError::at(
+            offset + label.len() - 1,
+            format!("label {label:?} cannot end with `-`: no host name does"),
+        ))
+    } else {
+        None
     }
 }
 

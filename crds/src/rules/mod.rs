@@ -4,21 +4,30 @@
 //! Rules come from Coder-grammar strings ([`grammar`]), structured HTTP rules and TCP rules
 //! ([`crate::policy`]). Everything not allowed is denied; several rules are OR'ed.
 //!
-//! Deny rules (a `ClusterBoundaryPolicy`'s `spec.deny`, `boundary run --deny`) are Coder-grammar
-//! strings too, and a matching deny rule wins over every allow rule:
+//! Deny rules (`spec.deny` and `spec.denyHttp` of a `BoundaryPolicy` or `ClusterBoundaryPolicy`,
+//! `boundary run --deny`) are Coder-grammar strings or structured rules, and a matching deny rule
+//! wins over every allow rule:
 //!
 //! * an HTTP request (plain, intercepted TLS) is denied when a deny rule matches its host, port,
-//!   method and path, as an allow rule would ([`Verdict::Denied`]);
+//!   method, path, headers and query, as an allow rule would ([`Verdict::Denied`]); a deny rule's
+//!   header and query conditions are read broadly ([`conditions`]: any occurrence, either
+//!   reading of the query, a query that cannot be decoded);
 //! * a connection the proxy cannot look into (a TCP rule's, TLS passthrough, a CONNECT tunnel
 //!   before interception) is denied when a deny rule matches its host and port, whatever the
-//!   rule's method and path: the proxy cannot tell, so it fails closed ([`RuleSet::deny_for`]);
-//! * TLS is refused before a certificate is minted when a deny rule with neither method nor path
-//!   matches the host and port ([`RuleSet::may_allow_http`]);
+//!   rule's method, path, headers and query: the proxy cannot tell, so it fails closed
+//!   ([`RuleSet::deny_for`]);
+//! * TLS is refused before a certificate is minted when a deny rule with neither method, path nor
+//!   conditions matches the host and port ([`RuleSet::may_allow_http`]);
 //! * a deny rule without `domain=`, or with `domain=*`, matches IP literals too (an allow rule's
 //!   `*` does not: denying is the safe side);
 //! * connections to the pod's own loopback (`podLocal` rules, by port only) are not affected: a
 //!   deny rule names hosts, and those have none.
+//!
+//! Allow rules with header or query conditions ([`conditions`]) hold only when every occurrence
+//! matches under every reading of the request; they cannot be `Passthrough` (the proxy would not
+//! see the headers). Structured deny rules cannot be `Passthrough` either.
 
+pub mod conditions;
 pub mod grammar;
 pub mod host;
 pub mod path;
@@ -27,6 +36,7 @@ use std::fmt;
 
 use crate::contract::ports;
 use crate::policy::{HttpRule, Mode, PodLocalRule, TcpRule, TlsMode};
+pub use conditions::{Conditions, Side, raw_query};
 pub use grammar::{GrammarError, ParsedRule, parse_rule};
 pub use host::{DomainPattern, Host, HostError};
 pub use path::{PathError, PathPattern, RequestPath};
@@ -68,6 +78,8 @@ pub enum RuleKind {
         methods: Option<Vec<String>>,
         /// Path patterns.
         paths: Option<Vec<PathPattern>>,
+        /// Header and query conditions (structured rules only).
+        conditions: Conditions,
     },
     /// TLS connections relayed without interception, by SNI name.
     TlsPassthrough,
@@ -82,6 +94,8 @@ pub enum RuleKind {
         methods: Option<Vec<String>>,
         /// Path patterns.
         paths: Option<Vec<PathPattern>>,
+        /// Header and query conditions (structured deny rules only); any doubt makes them hold.
+        conditions: Conditions,
     },
 }
 
@@ -125,20 +139,27 @@ impl Rule {
         self.deny_host_matches(host) && self.port_matches(port)
     }
 
-    /// Whether this deny rule matches every request to `host:port` (no method or path list).
+    /// Whether this deny rule matches every request to `host:port` (no method, path, header or
+    /// query condition).
     fn denies_whole_host(&self, host: &Host, port: u16) -> bool {
         matches!(
             &self.kind,
             RuleKind::Deny {
                 methods: None,
-                paths: None
-            }
+                paths: None,
+                conditions,
+            } if conditions.is_empty()
         ) && self.denies_connection(host, port)
     }
 
     /// Whether this deny rule matches an HTTP request.
     fn denies_request(&self, req: HttpRequest<'_>) -> bool {
-        let RuleKind::Deny { methods, paths } = &self.kind else {
+        let RuleKind::Deny {
+            methods,
+            paths,
+            conditions,
+        } = &self.kind
+        else {
             return false;
         };
         self.denies_connection(req.host, req.port)
@@ -148,6 +169,7 @@ impl Rule {
             && paths
                 .as_ref()
                 .is_none_or(|p| p.iter().any(|p| p.matches(req.path)))
+            && conditions.hold(Side::Deny, req.extras())
     }
 
     /// Whether this is a deny rule.
@@ -225,12 +247,7 @@ pub fn compile(source: RuleSource<'_>) -> Result<Vec<Rule>, CompileErrors> {
         c.grammar("deny", i, text);
     }
     for (i, rule) in source.deny_http.iter().enumerate() {
-        c.problem(
-            format!("{}denyHttp[{i}]", c.prefix),
-            None,
-            "structured deny rules are not supported by this version".into(),
-        );
-        let _ = rule;
+        c.http(Side::Deny, i, rule);
     }
     for (i, name) in source.presets.iter().enumerate() {
         c.problem(
@@ -243,7 +260,7 @@ pub fn compile(source: RuleSource<'_>) -> Result<Vec<Rule>, CompileErrors> {
         c.grammar("allow", i, text);
     }
     for (i, rule) in source.http.iter().enumerate() {
-        c.http(i, rule);
+        c.http(Side::Allow, i, rule);
     }
     for (i, rule) in source.tcp.iter().enumerate() {
         c.tcp(i, rule);
@@ -307,11 +324,13 @@ impl Compiler<'_> {
                     RuleKind::Deny {
                         methods: parsed.methods,
                         paths: parsed.paths,
+                        conditions: Conditions::default(),
                     }
                 } else {
                     RuleKind::Http {
                         methods: parsed.methods,
                         paths: parsed.paths,
+                        conditions: Conditions::default(),
                     }
                 };
                 self.push(
@@ -326,8 +345,13 @@ impl Compiler<'_> {
         }
     }
 
-    fn http(&mut self, i: usize, rule: &HttpRule) {
-        let field = format!("{}http[{i}]", self.prefix);
+    /// A structured rule of `http` (allow) or `denyHttp` (deny).
+    fn http(&mut self, side: Side, i: usize, rule: &HttpRule) {
+        let list = match side {
+            Side::Allow => "http",
+            Side::Deny => "denyHttp",
+        };
+        let field = format!("{}{list}[{i}]", self.prefix);
         let before = self.problems.len();
         if rule.domains.is_empty() {
             self.problem(
@@ -356,19 +380,7 @@ impl Compiler<'_> {
                 ),
             }
         }
-        // Conditions this version cannot check must not widen the rule: refuse them.
-        for (what, present) in [
-            ("headers", !rule.headers.is_empty()),
-            ("query", !rule.query.is_empty()),
-        ] {
-            if present {
-                self.problem(
-                    format!("{field}.{what}"),
-                    None,
-                    format!("{what} conditions are not supported by this version"),
-                );
-            }
-        }
+        let conditions = self.conditions(&field, rule);
         let mut paths = Vec::new();
         for (j, p) in rule.paths.iter().enumerate() {
             match PathPattern::parse(p) {
@@ -376,19 +388,41 @@ impl Compiler<'_> {
                 Err(e) => self.problem(format!("{field}.paths[{j}]"), None, e.message),
             }
         }
-        let kind = match rule.tls {
-            TlsMode::Intercept => RuleKind::Http {
-                methods: (!methods.is_empty() && !methods.iter().any(|m| m == "*"))
-                    .then_some(methods),
-                paths: (!paths.is_empty()).then_some(paths),
+        let methods = (!methods.is_empty() && !methods.iter().any(|m| m == "*")).then_some(methods);
+        let paths = (!paths.is_empty()).then_some(paths);
+        let kind = match (side, rule.tls) {
+            (Side::Allow, TlsMode::Intercept) => RuleKind::Http {
+                methods,
+                paths,
+                conditions,
             },
-            TlsMode::Passthrough => {
-                if !rule.methods.is_empty() || !rule.paths.is_empty() {
+            (Side::Deny, TlsMode::Intercept) => RuleKind::Deny {
+                methods,
+                paths,
+                conditions,
+            },
+            (Side::Deny, TlsMode::Passthrough) => {
+                self.problem(
+                    format!("{field}.tls"),
+                    None,
+                    "a deny rule cannot be Passthrough: it refuses what it matches, whether the \
+                     proxy looks inside the connection or not; remove `tls`"
+                        .into(),
+                );
+                RuleKind::TlsPassthrough
+            }
+            (Side::Allow, TlsMode::Passthrough) => {
+                if !rule.methods.is_empty()
+                    || !rule.paths.is_empty()
+                    || !rule.headers.is_empty()
+                    || !rule.query.is_empty()
+                {
                     self.problem(
                         format!("{field}.tls"),
                         None,
-                        "a Passthrough rule cannot check methods or paths (the proxy does not see \
-                         inside the TLS connection): remove them or use Intercept"
+                        "a Passthrough rule cannot check methods, paths, headers or query (the \
+                         proxy does not see inside the TLS connection): remove them or use \
+                         Intercept"
                             .into(),
                     );
                 }
@@ -400,6 +434,33 @@ impl Compiler<'_> {
                 (!rule.ports.is_empty()).then(|| rule.ports.iter().map(|p| p.get()).collect());
             self.push(field, summarize_http(rule), kind, Some(domains), ports);
         }
+    }
+
+    /// The header and query conditions of a structured rule; problems at
+    /// `…headers.NAME` / `…query.NAME`, with the column in the name or the value.
+    fn conditions(&mut self, field: &str, rule: &HttpRule) -> Conditions {
+        let mut conditions = Conditions::default();
+        for (name, glob) in &rule.headers {
+            if let Err(e) = conditions.add_header(name, glob) {
+                let what = if e.in_value { "value" } else { "name" };
+                self.problem(
+                    format!("{field}.headers.{name}"),
+                    Some(e.column),
+                    format!("header {what}: {}", e.message),
+                );
+            }
+        }
+        for (name, glob) in &rule.query {
+            if let Err(e) = conditions.add_query(name, glob) {
+                let what = if e.in_value { "value" } else { "name" };
+                self.problem(
+                    format!("{field}.query.{name}"),
+                    Some(e.column),
+                    format!("query parameter {what}: {}", e.message),
+                );
+            }
+        }
+        conditions
     }
 
     fn tcp(&mut self, i: usize, rule: &TcpRule) {
@@ -498,6 +559,12 @@ fn summarize_http(rule: &HttpRule) -> String {
         let list: Vec<String> = rule.ports.iter().map(ToString::to_string).collect();
         parts.push(format!("ports={}", list.join(",")));
     }
+    for (what, pairs) in [("headers", &rule.headers), ("query", &rule.query)] {
+        if !pairs.is_empty() {
+            let list: Vec<String> = pairs.iter().map(|(n, g)| format!("{n}:{g}")).collect();
+            parts.push(format!("{what}={}", list.join(",")));
+        }
+    }
     if rule.tls == TlsMode::Passthrough {
         parts.push("tls=Passthrough".into());
     }
@@ -515,6 +582,32 @@ pub struct HttpRequest<'a> {
     pub method: &'a str,
     /// The normalised path.
     pub path: &'a RequestPath,
+    /// The header fields, one entry per field line: names as sent, values as bytes.
+    pub headers: &'a [(&'a str, &'a [u8])],
+    /// The raw query (after `?`, before `#`), `None` when the target has none
+    /// ([`raw_query`]).
+    pub query: Option<&'a str>,
+}
+
+impl<'a> HttpRequest<'a> {
+    /// A request with no headers and no query (for checks that only know the destination).
+    pub fn new(host: &'a Host, port: u16, method: &'a str, path: &'a RequestPath) -> Self {
+        HttpRequest {
+            host,
+            port,
+            method,
+            path,
+            headers: &[],
+            query: None,
+        }
+    }
+
+    fn extras(self) -> conditions::RequestExtras<'a> {
+        conditions::RequestExtras {
+            headers: self.headers,
+            query: self.query,
+        }
+    }
 }
 
 /// Why a rule for the right host did not allow a request.
@@ -526,6 +619,10 @@ pub enum Miss {
     Path,
     /// The port is not in the rule's list.
     Port,
+    /// A header condition does not hold.
+    Header,
+    /// A query condition does not hold.
+    Query,
     /// The rule allows plain TCP or TLS passthrough to this host, not intercepted HTTP.
     NotHttp,
 }
@@ -537,6 +634,8 @@ impl Miss {
             Miss::Method => "method not allowed by",
             Miss::Path => "path not allowed by",
             Miss::Port => "port not allowed by",
+            Miss::Header => "headers not allowed by",
+            Miss::Query => "query not allowed by",
             Miss::NotHttp => "host allowed only for TCP/passthrough by",
         }
     }
@@ -625,7 +724,12 @@ impl RuleSet {
             if rule.kind == RuleKind::PodLocal || !rule.host_matches(req.host) {
                 continue;
             }
-            let RuleKind::Http { methods, paths } = &rule.kind else {
+            let RuleKind::Http {
+                methods,
+                paths,
+                conditions,
+            } = &rule.kind
+            else {
                 misses.push((rule, Miss::NotHttp));
                 continue;
             };
@@ -641,6 +745,10 @@ impl RuleSet {
                 .is_some_and(|p| !p.iter().any(|p| p.matches(req.path)))
             {
                 misses.push((rule, Miss::Path));
+            } else if !conditions.headers_hold(Side::Allow, req.headers) {
+                misses.push((rule, Miss::Header));
+            } else if !conditions.query_holds(Side::Allow, req.query) {
+                misses.push((rule, Miss::Query));
             } else {
                 return Verdict::Allow(rule);
             }
@@ -760,6 +868,8 @@ mod tests {
             port,
             method,
             path: &path,
+            headers: &[],
+            query: None,
         })
         .clone()
     }
@@ -779,7 +889,9 @@ mod tests {
                     host: &Host::parse("a.com").unwrap(),
                     port: 80,
                     method: "GET",
-                    path: &RequestPath::parse("/").unwrap()
+                    path: &RequestPath::parse("/").unwrap(),
+                    headers: &[],
+                    query: None,
                 })
                 .is_allow()
         );
@@ -1218,6 +1330,212 @@ mod tests {
         assert!(problems[1].message.contains("did you mean `method`"));
     }
 
+    fn structured(domain: &str, headers: &[(&str, &str)], query: &[(&str, &str)]) -> HttpRule {
+        HttpRule {
+            domains: vec![domain.into()],
+            headers: headers
+                .iter()
+                .map(|(n, g)| ((*n).to_owned(), (*g).to_owned()))
+                .collect(),
+            query: query
+                .iter()
+                .map(|(n, g)| ((*n).to_owned(), (*g).to_owned()))
+                .collect(),
+            ..HttpRule::default()
+        }
+    }
+
+    fn check_full<'a>(
+        set: &'a RuleSet,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &[u8])],
+    ) -> Verdict<'a> {
+        let host = Host::parse("git.example.com").unwrap();
+        let path = RequestPath::parse(target).unwrap();
+        set.check_http(HttpRequest {
+            host: &host,
+            port: 443,
+            method,
+            path: &path,
+            headers,
+            query: raw_query(target),
+        })
+        .clone()
+    }
+
+    #[test]
+    fn structured_deny_rules_with_query_and_header_conditions_beat_allow_rules() {
+        let allow = vec!["domain=git.example.com".to_owned()];
+        let deny_http = [
+            structured("git.example.com", &[], &[("service", "git-receive-pack")]),
+            HttpRule {
+                methods: vec!["POST".into()],
+                paths: vec!["/*/git-receive-pack".into()],
+                ..structured("git.example.com", &[], &[])
+            },
+            structured("git.example.com", &[("X-Agent-Mode", "yolo*")], &[]),
+        ];
+        let compiled = compile(RuleSource {
+            policy: Some("git"),
+            field_prefix: "spec.",
+            allow: &allow,
+            deny_http: &deny_http,
+            ..RuleSource::default()
+        })
+        .unwrap();
+        let set = RuleSet::new(compiled, Mode::Enforce);
+        assert_eq!(set.deny_rules().len(), 3);
+        let denied_by = |v: Verdict<'_>| v.deny_rule().map(|r| r.origin.field.clone());
+        // (method, target, headers, the deny rule that wins or None for allowed)
+        let table: &[(&str, &str, &[(&str, &[u8])], Option<&str>)] = &[
+            ("GET", "/r.git/info/refs?service=git-upload-pack", &[], None),
+            (
+                "GET",
+                "/r.git/info/refs?service=git-receive-pack",
+                &[],
+                Some("spec.denyHttp[0]"),
+            ),
+            (
+                "GET",
+                "/r.git/info/refs?%73ervice=git%2dreceive-pack",
+                &[],
+                Some("spec.denyHttp[0]"),
+            ),
+            (
+                "GET",
+                "/r.git/info/refs?service=git-upload-pack&service=git-receive-pack",
+                &[],
+                Some("spec.denyHttp[0]"),
+            ),
+            (
+                "GET",
+                "/r.git/info/refs?service=git-upload-pack%zz",
+                &[],
+                Some("spec.denyHttp[0]"),
+            ),
+            ("POST", "/r.git/git-upload-pack", &[], None),
+            (
+                "POST",
+                "/r.git/git-receive-pack",
+                &[],
+                Some("spec.denyHttp[1]"),
+            ),
+            (
+                "GET",
+                "/",
+                &[("x-agent-mode", b"careful"), ("X-Agent-Mode", b"yolo")],
+                Some("spec.denyHttp[2]"),
+            ),
+            ("GET", "/", &[("x-agent-mode", b"careful")], None),
+        ];
+        for (method, target, headers, expected) in table {
+            assert_eq!(
+                denied_by(check_full(&set, method, target, headers)).as_deref(),
+                *expected,
+                "{method} {target} {headers:?}"
+            );
+        }
+        // Connections the proxy cannot look into are denied by a conditional deny rule; TLS is
+        // still intercepted (requests are judged one by one).
+        let git = Host::parse("git.example.com").unwrap();
+        assert_eq!(
+            set.deny_for(&git, 443).unwrap().origin.field,
+            "spec.denyHttp[0]"
+        );
+        assert!(set.whole_host_deny(&git, 443).is_none());
+        assert!(set.may_allow_http(&git, 443));
+        assert_eq!(
+            set.deny_rules()[0].origin.to_string(),
+            "git spec.denyHttp[0]: domains=git.example.com query=service:git-receive-pack"
+        );
+    }
+
+    #[test]
+    fn allow_conditions_hold_only_for_every_occurrence() {
+        let http = [
+            structured("git.example.com", &[], &[("service", "git-upload-pack")]),
+            structured("git.example.com", &[("Authorization", "Bearer *")], &[]),
+        ];
+        let compiled = compile(RuleSource {
+            field_prefix: "--",
+            http: &http,
+            ..RuleSource::default()
+        })
+        .unwrap();
+        let set = RuleSet::new(compiled, Mode::Enforce);
+        let allowed = |target, headers| check_full(&set, "GET", target, headers).is_allow();
+        assert!(allowed("/info/refs?service=git-upload-pack", &[]));
+        assert!(allowed("/info/refs?service=git%2Dupload-pack", &[]));
+        assert!(!allowed("/info/refs?service=git-receive-pack", &[]));
+        assert!(!allowed(
+            "/info/refs?service=git-upload-pack&service=git-receive-pack",
+            &[]
+        ));
+        assert!(!allowed("/info/refs?service=git-upload-pack&x=%E0", &[]));
+        assert!(!allowed("/info/refs", &[]));
+        assert!(allowed("/", &[("authorization", b"Bearer x")]));
+        assert!(!allowed(
+            "/",
+            &[
+                ("authorization", b"Bearer x"),
+                ("Authorization", b"Basic y")
+            ]
+        ));
+        let Verdict::Deny(misses) = check_full(&set, "GET", "/?service=x", &[]) else {
+            panic!("allowed")
+        };
+        let kinds: Vec<Miss> = misses.iter().map(|(_, m)| *m).collect();
+        assert_eq!(kinds, [Miss::Query, Miss::Header]);
+    }
+
+    #[test]
+    fn condition_and_structured_deny_problems_carry_their_place() {
+        let http = [
+            structured(
+                "a.com",
+                &[("X Bad", "*"), ("X-Ok", "a\u{7}")],
+                &[("a&b", "*")],
+            ),
+            HttpRule {
+                tls: TlsMode::Passthrough,
+                ..structured("b.com", &[("X-Agent", "*")], &[])
+            },
+        ];
+        let deny_http = [
+            HttpRule {
+                tls: TlsMode::Passthrough,
+                ..structured("c.com", &[], &[])
+            },
+            structured("d.com", &[("", "*")], &[]),
+        ];
+        let CompileErrors(problems) = compile(RuleSource {
+            policy: Some("p"),
+            field_prefix: "spec.",
+            http: &http,
+            deny_http: &deny_http,
+            ..RuleSource::default()
+        })
+        .unwrap_err();
+        let fields: Vec<(&str, Option<usize>)> = problems
+            .iter()
+            .map(|p| (p.field.as_str(), p.column))
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                ("spec.denyHttp[0].tls", None),
+                ("spec.denyHttp[1].headers.", Some(1)),
+                ("spec.http[0].headers.X Bad", Some(2)),
+                ("spec.http[0].headers.X-Ok", Some(2)),
+                ("spec.http[0].query.a&b", Some(2)),
+                ("spec.http[1].tls", None),
+            ]
+        );
+        assert!(problems[0].message.contains("cannot be Passthrough"));
+        assert!(problems[5].message.contains("headers"));
+    }
+
     #[test]
     fn suggestions_go_from_narrow_to_broad() {
         let host = Host::parse("api.example.com").unwrap();
@@ -1227,6 +1545,8 @@ mod tests {
             port: 443,
             method: "POST",
             path: &path,
+            headers: &[],
+            query: None,
         });
         assert_eq!(
             s,
@@ -1246,6 +1566,8 @@ mod tests {
             port: 443,
             method: "GET",
             path: &odd,
+            headers: &[],
+            query: None,
         };
         let narrow = suggest(req)[0].clone();
         assert_eq!(

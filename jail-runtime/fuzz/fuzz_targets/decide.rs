@@ -2,8 +2,9 @@
 //! and server names: no panic, and in Enforce nothing a deny rule (or the absence of an allow
 //! rule) refuses is ever relayed, tunnelled or forwarded.
 //!
-//! Input: lines `allow rule`, `deny rule`, then `METHOD host port path [sni]`; the first byte's low
-//! bit picks the mode.
+//! Input: lines `allow rule`, `deny rule`, then `METHOD host port target [sni [Name:value…]]` (the
+//! target may carry a query, the words after the server name are request headers); the first
+//! byte's low bit picks the mode.
 #![no_main]
 
 use boundary_proxy::audit::Decision;
@@ -51,10 +52,18 @@ fuzz_target!(|data: &[u8]| {
     let Some(Ok(port)) = words.next().map(str::parse::<u16>) else {
         return;
     };
-    let Ok(path) = RequestPath::parse(words.next().unwrap_or("/")) else {
+    let target = words.next().unwrap_or("/");
+    let Ok(path) = RequestPath::parse(target) else {
         return;
     };
     let sni = words.next();
+    // Further words are request headers, `Name:value`.
+    let headers: Vec<(&str, &[u8])> = words
+        .map(|w| {
+            let (name, value) = w.split_once(':').unwrap_or((w, ""));
+            (name, value.as_bytes())
+        })
+        .collect();
     let enforce = mode == Mode::Enforce;
     let pod_local = decide::is_pod_local_request(&host);
 
@@ -63,6 +72,8 @@ fuzz_target!(|data: &[u8]| {
         port,
         method,
         path: &path,
+        headers: &headers,
+        query: rules::raw_query(target),
     };
     match decide::request(&set, req) {
         Request::Forward(ruling) => {

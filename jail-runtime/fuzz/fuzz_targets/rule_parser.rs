@@ -1,16 +1,40 @@
-//! Rule strings (Coder's grammar, both forms) and request matching: no panic, errors carry a
-//! column inside the rule, and every suggestion the engine makes parses.
+//! Rule strings (Coder's grammar, both forms), header and query conditions, and request
+//! matching: no panic, errors carry a column inside the rule (or condition name), every
+//! suggestion the engine makes parses, and a rule that allows a request denies it when used as a
+//! deny rule (conditions are read strictly for allow and broadly for deny).
+//!
+//! Input: line 1 a rule string; line 2 `METHOD host target` (the target may carry a query); then
+//! lines `h Name: value` (a request header), `H Name=glob` (a header condition) and
+//! `Q name=glob` (a query condition) of a structured rule for the request's host.
 #![no_main]
 
+use std::collections::BTreeMap;
+
 use boundary_api::Mode;
-use boundary_api::rules::{self, Host, HttpRequest, RequestPath, RuleSet, RuleSource};
+use boundary_api::policy::HttpRule;
+use boundary_api::rules::{self, Host, HttpRequest, RequestPath, RuleSet, RuleSource, raw_query};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let (rule, request) = text.split_once('\n').unwrap_or((text, "GET example.com /"));
+    let mut lines = text.split('\n');
+    let rule = lines.next().unwrap_or_default();
+    let request = lines.next().unwrap_or("GET example.com /");
+    let (mut header_lines, mut conditions) = (Vec::new(), HttpRule::default());
+    for line in lines {
+        if let Some(h) = line.strip_prefix("h ") {
+            let (name, value) = h.split_once(':').unwrap_or((h, ""));
+            header_lines.push((name, value.trim().as_bytes()));
+        } else if let Some(c) = line.strip_prefix("H ") {
+            let (name, glob) = c.split_once('=').unwrap_or((c, "*"));
+            conditions.headers.insert(name.to_owned(), glob.to_owned());
+        } else if let Some(c) = line.strip_prefix("Q ") {
+            let (name, glob) = c.split_once('=').unwrap_or((c, "*"));
+            conditions.query.insert(name.to_owned(), glob.to_owned());
+        }
+    }
     match rules::parse_rule(rule) {
         Ok(_) => {}
         Err(e) => assert!(
@@ -34,7 +58,8 @@ fuzz_target!(|data: &[u8]| {
         parts.next().unwrap_or(""),
         parts.next().unwrap_or("/"),
     );
-    let (Ok(host), Ok(path)) = (Host::parse(host), RequestPath::parse(path)) else {
+    let target = path;
+    let (Ok(host), Ok(path)) = (Host::parse(host), RequestPath::parse(target)) else {
         return;
     };
     let req = HttpRequest {
@@ -42,7 +67,10 @@ fuzz_target!(|data: &[u8]| {
         port: 443,
         method,
         path: &path,
+        headers: &header_lines,
+        query: raw_query(target),
     };
+    check_conditions(conditions, req);
     let allowed = set.check_http(req).is_allow();
     // The same string as a deny rule matches at least what it allows (a deny rule's `*` also
     // covers IP literals), beats an allow-everything rule, and also refuses TCP and passthrough
@@ -93,3 +121,57 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 });
+
+/// A structured rule with the input's conditions for the request's host: problems name the
+/// condition with a column inside it, and what it allows it denies as a deny rule.
+fn check_conditions(mut rule: HttpRule, req: HttpRequest<'_>) {
+    if rule.headers.is_empty() && rule.query.is_empty() {
+        return;
+    }
+    rule.domains = vec![req.host.to_string()];
+    let names: BTreeMap<String, usize> = rule
+        .headers
+        .iter()
+        .chain(&rule.query)
+        .map(|(n, g)| (n.clone(), n.chars().count().max(g.chars().count())))
+        .collect();
+    let allow_rules = [rule.clone()];
+    let allowing = match rules::compile(RuleSource {
+        field_prefix: "spec.",
+        http: &allow_rules,
+        ..RuleSource::default()
+    }) {
+        Ok(compiled) => RuleSet::new(compiled, Mode::Enforce),
+        Err(rules::CompileErrors(problems)) => {
+            for p in problems {
+                let column = p.column.unwrap_or(1);
+                let longest = names.values().max().copied().unwrap_or(0);
+                assert!(column >= 1 && column <= longest + 1, "{p}");
+            }
+            return;
+        }
+    };
+    let everything = vec![
+        "domain=*".to_owned(),
+        "domain=0.0.0.0/0".to_owned(),
+        "domain=::/0".to_owned(),
+    ];
+    let denying = RuleSet::new(
+        rules::compile(RuleSource {
+            field_prefix: "spec.",
+            deny_http: &allow_rules,
+            allow: &everything,
+            ..RuleSource::default()
+        })
+        .expect("conditions that compile for an allow rule compile for a deny rule"),
+        Mode::Enforce,
+    );
+    if allowing.check_http(req).is_allow() {
+        assert!(
+            denying.check_http(req).deny_rule().is_some(),
+            "conditions hold for allow but not for deny: {rule:?}"
+        );
+    }
+    // A connection the proxy cannot look into is denied by a deny rule with conditions.
+    assert!(!denying.check_tcp(req.host, req.port).is_allow());
+}

@@ -796,6 +796,8 @@ mod tests {
             port,
             method,
             path: &path,
+            headers: &[],
+            query: None,
         };
         match request(set, req) {
             Request::Forward(r) => format!("forward {}", line(&r)),

@@ -217,6 +217,8 @@ impl Credential {
                     port: req.port,
                     method: req.method,
                     path: req.path,
+                    headers: &[],
+                    query: None,
                 })
                 .is_allow()
         })

@@ -281,11 +281,19 @@ async fn handle(
             );
         }
     };
+    // Every field line, so header conditions see repeated headers (h2 and HTTP/1.1 alike).
+    let headers: Vec<(&str, &[u8])> = parts
+        .headers
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_bytes()))
+        .collect();
     let request = HttpRequest {
         host: &target.host,
         port: target.port,
         method: parts.method.as_str(),
         path: &target.path,
+        headers: &headers,
+        query: parts.uri.query(),
     };
     // The pod's loopback (`GET http://127.0.0.1:PORT/...`, the landlock tier's way to a pod's
     // HTTP sidecar) is decided by podLocal rules alone and audited as `pod-local`.
