@@ -112,7 +112,7 @@ pub fn run(args: &CheckArgs) -> i32 {
             return EXIT_USAGE;
         }
     };
-    let outcome = decide(&rules, &target);
+    let outcome = decide(&rules, &target, &headers);
     match args.output {
         Output::Text => print!("{}", text(&rules, &target, &outcome)),
         Output::Json => println!("{}", to_json(&rules, &target, &headers, &outcome)),
@@ -271,7 +271,7 @@ impl<'r> Outcome<'r> {
 }
 
 /// The levels of the proxy, in the order a connection from the jail meets them.
-fn decide<'r>(rules: &'r RuleSet, target: &Target) -> Outcome<'r> {
+fn decide<'r>(rules: &'r RuleSet, target: &Target, headers: &[Header]) -> Outcome<'r> {
     let dest = Destination {
         // A name gets a synthetic address from the jail's DNS; the proxy decides by the name.
         dst: match &target.host {
@@ -316,11 +316,17 @@ fn decide<'r>(rules: &'r RuleSet, target: &Target) -> Outcome<'r> {
             Tls::Intercept { .. } => {}
         }
     }
+    let fields: Vec<(&str, &[u8])> = headers
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_bytes()))
+        .collect();
     let req = HttpRequest {
         host: &target.host,
         port: target.port,
         method,
         path,
+        headers: &fields,
+        query: target.query.as_deref(),
     };
     match decide::request(rules, req) {
         Request::Forward(ruling) => Outcome::new("request", "forwarded upstream", ruling),
@@ -502,7 +508,7 @@ mod tests {
         };
         let (set, _) = rule_set(&args).unwrap();
         let t = target(words).unwrap();
-        let outcome = decide(&set, &t);
+        let outcome = decide(&set, &t, &[]);
         let code = i32::from(outcome.ruling.is_deny());
         (text(&set, &t, &outcome), code)
     }

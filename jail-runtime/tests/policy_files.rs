@@ -206,6 +206,46 @@ async fn check_prints_the_decision_the_rule_and_why_with_exit_codes() {
     assert_eq!(v["port"], 443);
 }
 
+/// Header and query conditions: `--header` and the URL's query reach the engine.
+#[tokio::test]
+async fn check_passes_headers_and_the_query_to_the_rules() {
+    let dir = TempDir::new("check-headers");
+    let file = write(
+        &dir,
+        "policy.yaml",
+        "apiVersion: agentboundary.dev/v1alpha1\nkind: BoundaryPolicy\nmetadata: {name: agent}\n\
+         spec:\n  podSelector: {}\n  http:\n    - domains: [api.test]\n      \
+         headers: {X-Team: red-*}\n      query: {ref: main}\n",
+    );
+    let policy = file.to_str().unwrap();
+    let url = "https://api.test/a?ref=main";
+    let (code, out, err) = check(&["--policy", policy, "--header", "x-team: red-1", url]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("allowed by: agent spec.http[0]"), "{out}");
+    let (code, out, _) = check(&["--policy", policy, url]).await;
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("headers not allowed by agent spec.http[0]"),
+        "{out}"
+    );
+    let (code, out, _) = check(&[
+        "--policy",
+        policy,
+        "--header",
+        "X-Team: red-1",
+        "https://api.test/a?ref=dev",
+    ])
+    .await;
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("query not allowed by agent spec.http[0]"),
+        "{out}"
+    );
+    let (code, _, err) = check(&["--policy", policy, "--header", "X-Team", url]).await;
+    assert_eq!(code, 2);
+    assert!(err.contains("expected 'Name: value'"), "{err}");
+}
+
 #[tokio::test]
 async fn check_refuses_bad_input_with_exit_code_2_and_the_place() {
     let dir = TempDir::new("check-bad");
