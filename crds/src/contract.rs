@@ -402,6 +402,8 @@ pub mod boundary_env {
         PRESET = "BOUNDARY_PRESET";
         /// Coder-compatible YAML config file of `boundary run`.
         CONFIG = "BOUNDARY_CONFIG";
+        /// `BoundaryPolicy` YAML files (comma-separated) whose rules `boundary run` enforces.
+        POLICY = "BOUNDARY_POLICY";
         /// `HOST=IP` overrides (comma-separated) of the proxy's resolver.
         RESOLVE = "BOUNDARY_RESOLVE";
         /// Extra upstream CA files (comma-separated).
@@ -436,6 +438,17 @@ pub mod coder_env {
         /// Coder boundary's explicit proxy port, read when neither `--proxy-port` nor the config
         /// file gives one.
         PROXY_PORT = "PROXY_PORT";
+    }
+}
+
+/// Environment variables of the JVM that `boundary run` reads (to find a JDK's trust store) or
+/// sets in the landlock tier (the jail's Java trust store and the explicit proxy).
+pub mod java_env {
+    names! {
+        /// The JDK's home: its `lib/security/cacerts` gets the jail's Java trust store.
+        JAVA_HOME = "JAVA_HOME";
+        /// Options every JVM reads at its start.
+        JAVA_TOOL_OPTIONS = "JAVA_TOOL_OPTIONS";
     }
 }
 
@@ -669,7 +682,7 @@ mod tests {
             node_agent_env::ALL,
         ]
         .concat();
-        unique(&[ours.as_slice(), coder_env::ALL].concat());
+        unique(&[ours.as_slice(), coder_env::ALL, java_env::ALL].concat());
         for name in &ours {
             assert!(
                 name.bytes()

@@ -763,4 +763,76 @@ spec:
             serde_json::from_value(serde_json::to_value(&bp).unwrap()).unwrap();
         assert_eq!(again, bp);
     }
+    /// A value for every property of `schema`, at every depth: the last enum value (never the
+    /// default), `true`, an in-range number, one-element lists and maps.
+    fn sample(schema: &Value) -> Value {
+        if let Some(values) = schema["enum"].as_array() {
+            return values.last().cloned().unwrap_or(Value::Null);
+        }
+        match schema["type"].as_str() {
+            Some("object") => {
+                let mut out = serde_json::Map::new();
+                if let Some(props) = schema["properties"].as_object() {
+                    for (k, v) in props {
+                        out.insert(k.clone(), sample(v));
+                    }
+                }
+                if schema["additionalProperties"].is_object() {
+                    out.insert("x-key".into(), sample(&schema["additionalProperties"]));
+                }
+                Value::Object(out)
+            }
+            Some("array") => Value::Array(vec![sample(&schema["items"])]),
+            Some("integer") => json!(schema["minimum"].as_i64().unwrap_or(0).max(443)),
+            Some("boolean") => json!(true),
+            _ => json!("a.example.com"),
+        }
+    }
+
+    /// `boundary run --policy` reads policy files without Kubernetes types
+    /// (`crate::policy_file`): every field of both specs' schemas, at every depth, must be
+    /// understood there (and mean the same), or a new field would be refused as unknown on a
+    /// laptop, or silently differ.
+    #[test]
+    fn policy_files_understand_every_field_of_both_specs() {
+        for (crd, kind, laptop_only_ignored) in [
+            (crd(), "BoundaryPolicy", &[][..]),
+            (
+                cluster_crd(),
+                "ClusterBoundaryPolicy",
+                &["namespaceSelector", "podSelector", "requireJailing"][..],
+            ),
+        ] {
+            let spec = sample(&schema_of(&crd)["properties"]["spec"]);
+            let doc = json!({
+                "apiVersion": crate::contract::API_VERSION,
+                "kind": kind,
+                "metadata": {"name": "p", "namespace": "n"},
+                "spec": spec,
+            });
+            let text = serde_yaml_ng::to_string(&doc).unwrap();
+            let file =
+                crate::policy_file::parse(&text).unwrap_or_else(|e| panic!("{kind}: {e}\n{text}"));
+            let entry = &file.policies[0].entry;
+            assert_eq!(entry.cluster, kind == "ClusterBoundaryPolicy");
+            let mut read = serde_json::to_value(entry).unwrap();
+            let read = read.as_object_mut().unwrap();
+            read.remove("name");
+            read.remove("cluster");
+            let mut expected = spec.as_object().unwrap().clone();
+            for ignored in laptop_only_ignored {
+                expected.remove(*ignored);
+                read.remove(*ignored);
+            }
+            if entry.cluster {
+                // A namespace policy's field, at its default for a cluster policy's entry.
+                assert_eq!(read.remove("jail"), Some(json!({})));
+            }
+            assert_eq!(
+                Value::Object(read.clone()),
+                Value::Object(expected),
+                "{kind}: read differently"
+            );
+        }
+    }
 }

@@ -3,6 +3,8 @@
 //! - [`contract`]: every name the components share (labels, annotations, env, volumes, paths).
 //! - [`tier`], [`policy`]: jail tiers, modes and structured rules, free of Kubernetes types so the
 //!   `boundary` binary can use them without linking kube or k8s-openapi.
+//! - [`policy_file`]: `BoundaryPolicy` YAML files read for `boundary run --policy` and
+//!   `boundary check`, without Kubernetes types.
 //! - [`credentials`]: credentials the agent never holds (placeholders, the sidecar's value file).
 //! - [`enforcement`]: what a pod's sidecar reports about its jails (operator and sidecar).
 //! - [`presets`]: named rule sets (`spec.presets`, `--preset`), data versioned with the project.
@@ -20,6 +22,7 @@ pub mod enforcement;
 #[cfg(feature = "kube")]
 pub mod nodes;
 pub mod policy;
+pub mod policy_file;
 pub mod presets;
 pub mod probe;
 pub mod rules;

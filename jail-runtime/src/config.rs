@@ -8,6 +8,8 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use boundary_api::contract;
+use boundary_api::credentials::Credential;
+use boundary_api::policy_file::{self, FilePolicy, PolicyFile};
 use boundary_api::rules::{self, CompileErrors, RuleSet, RuleSource};
 use boundary_api::{HttpRule, Mode, PodLocalRule, Port, TcpRule, Tier};
 use boundary_telemetry::{LogArgs, LogFormat};
@@ -66,6 +68,18 @@ pub struct RunArgs {
     /// `http`, `tcp`, `resolve`, `upstream_ca`, `credentials`).
     #[arg(long, value_name = "FILE", env = contract::boundary_env::CONFIG)]
     pub config: Option<PathBuf>,
+    /// `BoundaryPolicy` YAML, the file a cluster uses (repeatable or comma-separated; one or more
+    /// documents; `ClusterBoundaryPolicy` documents too). Its rules join --allow, --deny and the
+    /// config file's; the policies' modes combine as in a pod (Enforce beats Audit) unless
+    /// --mode is given. Selectors and `jail` are ignored (every policy of the file applies);
+    /// a credential's real value is read from the environment variable its `env` names.
+    #[arg(
+        long = "policy",
+        value_name = "FILE",
+        env = contract::boundary_env::POLICY,
+        value_delimiter = ','
+    )]
+    pub policy: Vec<PathBuf>,
     /// Jail tier: auto (first that works), userns, privileged-netns or landlock.
     #[arg(long, value_name = "TIER", env = contract::env::TIER)]
     pub tier: Option<String>,
@@ -288,6 +302,14 @@ pub enum ConfigError {
     /// Rules that do not compile.
     #[error("{0}")]
     Rules(#[from] CompileErrors),
+    /// A policy file could not be read, parsed, or its rules do not compile.
+    #[error("policy file {path}: {}", .problems.join("; "))]
+    Policy {
+        /// The file.
+        path: String,
+        /// Each problem, with its document, policy, field and position.
+        problems: Vec<String>,
+    },
 }
 
 /// Reads and parses the config file.
@@ -482,32 +504,16 @@ impl RunArgs {
             TierChoice::Auto
         };
 
-        let mode = match self.mode.as_deref().or(file.mode.as_deref()) {
-            Some(m) => parse_mode(m)?,
-            None => Mode::Enforce,
-        };
-        let allow = rule_strings(&self.allow, &file.allowlist);
-        let deny = rule_strings(&self.deny, &file.deny);
-        let presets = preset_names(&self.presets, &file.presets);
-        let pod_local = allow_pod_local(&self.allow_pod_local)?;
-        let compiled = rules::compile(RuleSource {
-            policy: None,
-            cluster: false,
-            field_prefix: "--",
-            deny: &deny,
-            presets: &presets,
-            allow: &allow,
-            http: &file.http,
-            tcp: &file.tcp,
-            pod_local: &pod_local,
-            ..RuleSource::default()
-        })?;
-        let pod_local_ports = pod_local_ports(&self.pod_local_ports, &pod_local, &mut warnings)?;
-        if self.proxy_socket.is_some() && !compiled.is_empty() {
-            warnings.push("--allow, --deny and config rules are ignored with --proxy-socket: the sidecar enforces the BoundaryPolicy".into());
+        let rules = self.rules(&file, &mut warnings)?;
+        let pod_local_ports =
+            pod_local_ports(&self.pod_local_ports, &rules.pod_local, &mut warnings)?;
+        let has_rules = !rules.set.rules().is_empty() || !rules.set.deny_rules().is_empty();
+        if self.proxy_socket.is_some() && has_rules {
+            warnings.push("--allow, --deny, --policy and config rules are ignored with --proxy-socket: the sidecar enforces the BoundaryPolicy".into());
         }
         let mut resolve_items = self.proxy.resolve.clone();
         resolve_items.extend(file.resolve.iter().cloned());
+        resolve_items.extend(rules.resolve);
         let disable = self.disable_audit_logs.or(file.disable_audit_logs) == Some(true);
         let audit = if disable {
             Sink::Disabled
@@ -524,10 +530,10 @@ impl RunArgs {
         let proxy_port = self.proxy_port.or(file.proxy_port).or(coder_port);
         let mut upstream_cas = self.proxy.upstream_ca.clone();
         upstream_cas.extend(file.upstream_ca.iter().cloned());
-        let credentials = self.credentials(&file.credentials, &mut warnings)?;
+        let credentials = self.credentials(&file.credentials, rules.credentials, &mut warnings)?;
         Ok(RunSettings {
             command: self.command.clone(),
-            rules: RuleSet::new(compiled, mode),
+            rules: rules.set,
             tier,
             proxy_socket: self.proxy_socket.clone(),
             resolve: parse_resolve(&resolve_items)?,
@@ -550,10 +556,102 @@ impl RunArgs {
         })
     }
 
+    /// The rules of the flags, the config file and the policy files, in one set: their union,
+    /// deny rules beating every allow rule. The mode: --mode (or the config file's) when given,
+    /// else the policies' combined as in a pod (Enforce beats Audit), else Enforce.
+    pub fn rules(
+        &self,
+        file: &ConfigFile,
+        warnings: &mut Vec<String>,
+    ) -> Result<Rules, ConfigError> {
+        let mode = self
+            .mode
+            .as_deref()
+            .or(file.mode.as_deref())
+            .map(parse_mode)
+            .transpose()?;
+        let allow = rule_strings(&self.allow, &file.allowlist);
+        let deny = rule_strings(&self.deny, &file.deny);
+        let presets = preset_names(&self.presets, &file.presets);
+        let pod_local = allow_pod_local(&self.allow_pod_local)?;
+        let mut compiled = rules::compile(RuleSource {
+            policy: None,
+            cluster: false,
+            field_prefix: "--",
+            deny: &deny,
+            presets: &presets,
+            allow: &allow,
+            http: &file.http,
+            tcp: &file.tcp,
+            pod_local: &pod_local,
+            ..RuleSource::default()
+        })?;
+        let mut out = Rules {
+            pod_local,
+            ..Rules::default()
+        };
+        let mut policy_mode: Option<Mode> = None;
+        for path in self.policy.iter().filter(|p| !p.as_os_str().is_empty()) {
+            let policies = read_policy_file(path)?;
+            warnings.extend(
+                policies
+                    .notes
+                    .iter()
+                    .map(|n| format!("policy file {}: {n}", path.display())),
+            );
+            let mut problems = Vec::new();
+            for policy in &policies.policies {
+                let entry = &policy.entry;
+                policy_mode = Some(policy_mode.map_or(entry.mode, |m| m.strictest(entry.mode)));
+                match entry.compile() {
+                    Ok(rules) => compiled.extend(rules),
+                    Err(CompileErrors(list)) => problems.extend(list.iter().map(|p| {
+                        let column = p.column.map(|c| format!(" column {c}")).unwrap_or_default();
+                        format!(
+                            "document {} ({}), {}{column}: {}",
+                            policy.document,
+                            policy.describe(),
+                            p.field,
+                            p.message
+                        )
+                    })),
+                }
+                out.pod_local.extend(entry.pod_local.iter().cloned());
+                for pin in &entry.resolve {
+                    if let Some(first) = pin.addresses.first() {
+                        out.resolve.push(format!("{}={first}", pin.host));
+                    }
+                    if pin.addresses.len() > 1 {
+                        warnings.push(format!(
+                            "policy file {}: {}: spec.resolve {}: only the first address, {}, is used here",
+                            path.display(),
+                            policy.describe(),
+                            pin.host,
+                            pin.addresses[0]
+                        ));
+                    }
+                }
+                for credential in &entry.credentials {
+                    out.credentials
+                        .push(policy_credential(path, policy, credential)?);
+                }
+            }
+            if !problems.is_empty() {
+                return Err(ConfigError::Policy {
+                    path: path.display().to_string(),
+                    problems,
+                });
+            }
+        }
+        out.set = RuleSet::new(compiled, mode.or(policy_mode).unwrap_or(Mode::Enforce));
+        Ok(out)
+    }
+
     /// `--credential`, with the real values from this process's environment.
     fn credentials(
         &self,
         from_file: &[String],
+        from_policies: Vec<Credential>,
         warnings: &mut Vec<String>,
     ) -> Result<crate::credentials::Standalone, ConfigError> {
         let specs: Vec<&String> = self
@@ -562,22 +660,78 @@ impl RunArgs {
             .chain(from_file)
             .filter(|s| !s.trim().is_empty())
             .collect();
-        if specs.is_empty() {
+        if specs.is_empty() && from_policies.is_empty() {
             return Ok(crate::credentials::Standalone::default());
         }
         if self.proxy_socket.is_some() {
             warnings.push("--credential is ignored with --proxy-socket: the sidecar puts in the BoundaryPolicy's credentials".into());
             return Ok(crate::credentials::Standalone::default());
         }
-        let parsed = specs
+        let mut parsed = specs
             .iter()
             .map(|s| crate::credentials::parse(s))
             .collect::<Result<Vec<_>, _>>()
             .map_err(ConfigError::Invalid)?;
+        parsed.extend(from_policies);
         let seed = crate::credentials::random_seed().map_err(ConfigError::Invalid)?;
         crate::credentials::resolve(parsed, &|var| std::env::var(var).ok(), &seed)
             .map_err(ConfigError::Invalid)
     }
+}
+
+/// What the flags, the config file and the policy files add up to (see [`RunArgs::rules`]).
+#[derive(Debug, Default)]
+pub struct Rules {
+    /// Every rule, with the mode.
+    pub set: RuleSet,
+    /// Every pod-local rule (their ports are redirected out of the jail).
+    pub pod_local: Vec<PodLocalRule>,
+    /// The policies' `resolve` pins, as `HOST=IP`.
+    pub resolve: Vec<String>,
+    /// The policies' credentials (values from this process's environment).
+    pub credentials: Vec<Credential>,
+}
+
+/// Reads and parses a policy file.
+pub fn read_policy_file(path: &Path) -> Result<PolicyFile, ConfigError> {
+    let fail = |problems: Vec<String>| ConfigError::Policy {
+        path: path.display().to_string(),
+        problems,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| fail(vec![e.to_string()]))?;
+    policy_file::parse(&text).map_err(|e| fail(e.0.iter().map(ToString::to_string).collect()))
+}
+
+/// A policy's credential on a laptop: the real value comes from the environment variable its
+/// `env` names (as `--credential env=VAR`), so the jail sees only the placeholder; there is no
+/// Secret to read. `awsSigV4` reads `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`.
+fn policy_credential(
+    path: &Path,
+    policy: &FilePolicy,
+    credential: &Credential,
+) -> Result<Credential, ConfigError> {
+    let fail = |message: String| ConfigError::Policy {
+        path: path.display().to_string(),
+        problems: vec![format!(
+            "document {} ({}), spec.credentials {:?}: {message}",
+            policy.document,
+            policy.describe(),
+            credential.name
+        )],
+    };
+    if let Err(problems) = credential.apply() {
+        let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        return Err(fail(text.join("; ")));
+    }
+    if credential.inject.aws_sig_v4.is_none() && credential.env.as_deref().is_none_or(str::is_empty)
+    {
+        return Err(fail(
+            "env is missing: on a laptop the real value is read from the environment variable \
+             env names (the jailed command sees a placeholder there)"
+                .into(),
+        ));
+    }
+    Ok(credential.clone())
 }
 
 #[cfg(test)]
@@ -875,6 +1029,102 @@ mod tests {
         assert_eq!(
             arg.get_env().and_then(|e| e.to_str()),
             Some(contract::env::DENY)
+        );
+    }
+
+    const POLICY_FILE: &str = "\
+apiVersion: agentboundary.dev/v1alpha1
+kind: BoundaryPolicy
+metadata: {name: agent}
+spec:
+  podSelector: {}
+  mode: Audit
+  allow: [domain=a.test]
+  podLocal: [{ports: [5432]}]
+  resolve: [{host: a.test, addresses: [127.0.0.1, 127.0.0.2]}]
+  credentials:
+    - name: token
+      env: PATH
+      secretKeyRef: {name: s, key: k}
+      destinations: [{domains: [a.test]}]
+      inject: {header: {name: X-Token}}
+";
+
+    /// A variable every test environment has, standing in for a token.
+    const STAND_IN: &str = "PATH";
+
+    #[test]
+    fn policy_files_join_the_flags_with_modes_credentials_ports_and_pins() {
+        let dir = TempDir::new();
+        let file = dir.0.join("policy.yaml");
+        std::fs::write(&file, POLICY_FILE).unwrap();
+        let path = file.to_string_lossy().into_owned();
+        let s = args(&["--policy", &path, "--allow", "domain=b.test", "--", "true"])
+            .resolve()
+            .unwrap();
+        let origins: Vec<String> = s
+            .rules
+            .rules()
+            .iter()
+            .map(|r| r.origin.to_string())
+            .collect();
+        assert_eq!(
+            origins,
+            [
+                "--allow[0]: domain=b.test",
+                "agent spec.allow[0]: domain=a.test",
+                "agent spec.podLocal[0]: podLocal ports=5432"
+            ]
+        );
+        assert_eq!(s.rules.mode(), Mode::Audit, "the policy's own mode");
+        assert_eq!(s.pod_local_ports, [5432], "redirected out of the jail");
+        assert_eq!(s.resolve["a.test"], "127.0.0.1".parse::<IpAddr>().unwrap());
+        assert!(
+            s.warnings
+                .iter()
+                .any(|w| w.contains("only the first address")),
+            "{:?}",
+            s.warnings
+        );
+        // PATH stands in for a token: the value comes from the caller's environment.
+        assert_eq!(s.credentials.credentials[0].name, "token");
+        assert!(matches!(
+            &s.credentials.values["token"],
+            boundary_api::credentials::CredentialValue::Value(v) if *v == std::env::var(STAND_IN).unwrap()
+        ));
+        // --mode wins; a second Enforce policy beats Audit.
+        let s = args(&["--policy", &path, "--mode", "enforce", "--", "true"])
+            .resolve()
+            .unwrap();
+        assert_eq!(s.rules.mode(), Mode::Enforce);
+        let enforce = dir.0.join("enforce.yaml");
+        std::fs::write(
+            &enforce,
+            "apiVersion: agentboundary.dev/v1alpha1\nkind: BoundaryPolicy\nmetadata: {name: b}\nspec: {}\n",
+        )
+        .unwrap();
+        let both = format!("{path},{}", enforce.display());
+        let s = args(&["--policy", &both, "--", "true"]).resolve().unwrap();
+        assert_eq!(s.rules.mode(), Mode::Enforce);
+        // A credential needs `env` on a laptop.
+        std::fs::write(&file, POLICY_FILE.replace("      env: PATH\n", "")).unwrap();
+        let e = args(&["--policy", &path, "--", "true"])
+            .resolve()
+            .unwrap_err();
+        assert!(
+            e.to_string().contains(
+                "document 1 (BoundaryPolicy agent), spec.credentials \"token\": env is missing"
+            ),
+            "{e}"
+        );
+        let command = <Cli as clap::CommandFactory>::command();
+        let arg = command
+            .get_arguments()
+            .find(|a| a.get_long() == Some("policy"))
+            .unwrap();
+        assert_eq!(
+            arg.get_env().and_then(|e| e.to_str()),
+            Some(contract::boundary_env::POLICY)
         );
     }
 

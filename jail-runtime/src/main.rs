@@ -3,9 +3,10 @@
 //! Composition only: the jail is `boundary-jail` (`jail-runtime/jail/`), the policy proxy
 //! `boundary-proxy` (`jail-runtime/proxy/`); this binary puts them together for `boundary run`
 //! (jail + forwarder + proxy in one process), `boundary sidecar` (the proxy on a pod's unix
-//! socket) and `boundary probe`.
+//! socket), `boundary check` (the proxy's decision for one request) and `boundary probe`.
 #![forbid(unsafe_code)]
 
+mod check;
 mod config;
 mod credentials;
 mod forwarder;
@@ -45,8 +46,9 @@ struct RunCli {
 }
 
 /// Words that start another subcommand (or ask for help); anything else is `boundary run`.
-const NOT_RUN: [&str; 10] = [
+const NOT_RUN: [&str; 11] = [
     "sidecar",
+    "check",
     "probe",
     "presets",
     "install",
@@ -64,6 +66,9 @@ enum Command {
     Run(config::RunArgs),
     /// Run the policy proxy as a pod's sidecar.
     Sidecar(sidecar::SidecarArgs),
+    /// Print what the proxy would decide for `[METHOD] URL` (or `tcp://HOST:PORT`) under the
+    /// rules of --policy files and flags: exit 0 allowed, 1 denied, 2 invalid input.
+    Check(check::CheckArgs),
     /// Print, as JSON, which jail tiers work here and why the others do not.
     Probe,
     /// List the presets (`--preset`, `spec.presets`) or print one's rules.
@@ -90,6 +95,7 @@ fn main() {
     let code = match Cli::parse().command {
         Command::Run(args) => run::run(&args),
         Command::Sidecar(args) => sidecar::run(&args),
+        Command::Check(args) => check::run(&args),
         Command::Probe => {
             let report = jail::probe::probe();
             println!(

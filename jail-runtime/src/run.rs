@@ -18,7 +18,9 @@ use crate::forwarder::{Forwarder, Target};
 use crate::inbound;
 use boundary_jail::dns::NameTable;
 use boundary_jail::landlock_tier::{self, LandlockPlan};
-use boundary_jail::mounts::{BUNDLE_FILE, CA_FILE, MountPlan, RESOLV_CONF, RESOLV_FILE};
+use boundary_jail::mounts::{
+    BUNDLE_FILE, CA_FILE, JAVA_STORE_FILE, MountPlan, RESOLV_CONF, RESOLV_FILE,
+};
 use boundary_jail::{self as jail, EXIT_SETUP_FAILED, JailError, JailPlan, signals};
 use boundary_proxy::audit::Identity;
 use boundary_proxy::credentials::CredentialSet;
@@ -225,6 +227,11 @@ fn start_jail(
                             .iter()
                             .map(PathBuf::from)
                             .collect(),
+                        java_trust_stores: boundary_proxy::trust::java_trust_stores(
+                            std::env::var_os(boundary_api::contract::java_env::JAVA_HOME)
+                                .as_deref()
+                                .map(Path::new),
+                        ),
                     },
                     pod_local_ports: settings.pod_local_ports.clone(),
                 };
@@ -294,6 +301,11 @@ fn start_landlock(settings: &RunSettings, workdir: &Path) -> Result<Started, Jai
         };
         env.push((var.into(), value.into()));
     }
+    env.push(java_tool_options(
+        workdir,
+        port,
+        std::env::var_os(boundary_api::contract::java_env::JAVA_TOOL_OPTIONS),
+    ));
     let plan = LandlockPlan {
         command: settings.command.clone(),
         env,
@@ -486,6 +498,31 @@ fn ca_env(workdir: &Path) -> Vec<(OsString, OsString)> {
     env
 }
 
+/// The landlock tier has no mount namespace to put the Java trust store over the JDKs'
+/// `cacerts`, and JVMs ignore `HTTPS_PROXY`: `JAVA_TOOL_OPTIONS`, which every JVM reads (and
+/// notes on standard error), names the store and the explicit proxy. The caller's options stay,
+/// first.
+fn java_tool_options(
+    workdir: &Path,
+    proxy_port: u16,
+    caller: Option<OsString>,
+) -> (OsString, OsString) {
+    let store = workdir.join(JAVA_STORE_FILE);
+    let mut value = caller.unwrap_or_default();
+    if !value.is_empty() {
+        value.push(" ");
+    }
+    value.push(format!(
+        "-Djavax.net.ssl.trustStore={} -Dhttp.proxyHost=127.0.0.1 -Dhttp.proxyPort={proxy_port} \
+         -Dhttps.proxyHost=127.0.0.1 -Dhttps.proxyPort={proxy_port}",
+        store.display()
+    ));
+    (
+        boundary_api::contract::java_env::JAVA_TOOL_OPTIONS.into(),
+        value,
+    )
+}
+
 /// In sidecar mode, waits until the sidecar has written its CA next to its socket.
 fn wait_for_sidecar(socket: &Path, wait: Duration) -> Result<String, JailError> {
     let ca = socket.with_file_name(Path::new(paths::CA_CERT).file_name().unwrap_or_default());
@@ -557,6 +594,10 @@ impl Workdir {
         boundary_proxy::trust::write_roots(&bundle).map_err(fail(BUNDLE_FILE))?;
         let pem = ca()?;
         boundary_proxy::trust::append_ca(&bundle, &pem).map_err(fail(BUNDLE_FILE))?;
+        let bundle_pem = std::fs::read_to_string(&bundle).map_err(fail(BUNDLE_FILE))?;
+        let java =
+            boundary_proxy::trust::java_trust_store(&bundle_pem).map_err(JailError::Other)?;
+        std::fs::write(self.path.join(JAVA_STORE_FILE), java).map_err(fail(JAVA_STORE_FILE))?;
         std::fs::write(self.path.join(CA_FILE), &pem).map_err(fail(CA_FILE))?;
         std::fs::write(self.path.join(RESOLV_FILE), RESOLV_CONF).map_err(fail(RESOLV_FILE))?;
         Ok(pem)

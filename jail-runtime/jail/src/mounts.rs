@@ -4,7 +4,8 @@
 //! - mount propagation is private, so nothing leaks to the caller's namespace;
 //! - a fresh `/proc` for the jail's PID namespace (or, where the runtime masks `/proc` and the
 //!   kernel refuses a new one, the caller's `/proc` with `boundary run`'s own entry hidden);
-//! - the trust bundle (system roots + the proxy's CA) over every usual trust-store file, and a
+//! - the trust bundle (system roots + the proxy's CA) over every usual trust-store file, its Java
+//!   form over every JDK's `cacerts`, and a
 //!   `resolv.conf` naming the jail's DNS, bind-mounted read-only from the supervisor's work
 //!   directory (which the jail sees read-only too);
 //! - an empty read-only tmpfs over paths the jailed process must not reach (the proxy socket).
@@ -19,6 +20,9 @@ use crate::error::JailError;
 pub const BUNDLE_FILE: &str = "ca-bundle.crt";
 /// The proxy CA alone (for `NODE_EXTRA_CA_CERTS`).
 pub const CA_FILE: &str = "ca.crt";
+/// The jail's Java trust store (system roots + the proxy's CA, JKS), bound over the JDKs'
+/// `cacerts`.
+pub const JAVA_STORE_FILE: &str = "cacerts";
 /// The jail's resolver configuration.
 pub const RESOLV_FILE: &str = "resolv.conf";
 /// Its content: every query is redirected to the jail's DNS anyway; naming it avoids search
@@ -40,6 +44,8 @@ pub struct MountPlan {
     pub hide: Vec<PathBuf>,
     /// The system trust stores the bundle (proxy CA + roots) is bound over, where they exist.
     pub trust_stores: Vec<PathBuf>,
+    /// The JDKs' trust stores (`cacerts`) the Java store ([`JAVA_STORE_FILE`]) is bound over.
+    pub java_trust_stores: Vec<PathBuf>,
 }
 
 /// What the mount set-up achieved.
@@ -108,6 +114,15 @@ pub fn install_files(plan: &MountPlan) -> Result<(), JailError> {
         if store.is_file() {
             bind_read_only(&bundle, store)
                 .map_err(fail(format!("the trust bundle over {}", store.display())))?;
+        }
+    }
+    let java_store = plan.workdir.join(JAVA_STORE_FILE);
+    for store in &plan.java_trust_stores {
+        if store.is_file() {
+            bind_read_only(&java_store, store).map_err(fail(format!(
+                "the Java trust store over {}",
+                store.display()
+            )))?;
         }
     }
     if Path::new("/etc/resolv.conf").is_file() {

@@ -72,6 +72,84 @@ pub fn append_ca(path: &Path, ca_pem: &str) -> std::io::Result<()> {
     file.write_all(ca_pem.as_bytes())
 }
 
+/// The password of the jail's Java trust store: the JDK's default, for programs that pass
+/// `javax.net.ssl.trustStorePassword=changeit` (a JVM loading its default store passes none,
+/// and reads a JKS store's certificates all the same).
+pub const JAVA_STORE_PASSWORD: &str = "changeit";
+
+/// Where JDKs keep their trust store (`cacerts`): Debian's shared one (the JDKs' own are links
+/// to it there), each JDK under `/usr/lib/jvm` (also Java 8's `jre/`), Temurin's images'
+/// `/opt/java/openjdk`, and `$JAVA_HOME`'s. Only those that exist, each once.
+pub fn java_trust_stores(java_home: Option<&Path>) -> Vec<std::path::PathBuf> {
+    let mut candidates = vec![std::path::PathBuf::from("/etc/ssl/certs/java/cacerts")];
+    let mut homes: Vec<std::path::PathBuf> = std::fs::read_dir("/usr/lib/jvm")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    homes.sort();
+    homes.push("/opt/java/openjdk".into());
+    homes.extend(java_home.map(Path::to_path_buf));
+    for home in homes {
+        candidates.push(home.join("lib/security/cacerts"));
+        candidates.push(home.join("jre/lib/security/cacerts"));
+    }
+    let mut seen = Vec::new();
+    candidates
+        .into_iter()
+        .filter(|p| {
+            // A link (Debian's JDKs) is covered by a mount over its target.
+            let Ok(real) = std::fs::canonicalize(p) else {
+                return false;
+            };
+            let new = real.is_file() && !seen.contains(&real);
+            seen.push(real);
+            new
+        })
+        .collect()
+}
+
+/// The jail's Java trust store: every certificate of `bundle_pem` (the jail's trust bundle:
+/// system roots, then the proxy's CA) as a JKS trusted-certificate entry, the format of
+/// Debian's `cacerts`, which every JDK reads as its default store (`keystore.type.compat`).
+/// A PKCS12 store would not do: its certificates are encrypted, and a JVM loads its default
+/// store without a password, so it would skip them all.
+pub fn java_trust_store(bundle_pem: &str) -> Result<Vec<u8>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut store = jks::KeyStore::with_options(jks::KeyStoreOptions {
+        // Aliases as written, in order: the JVM does not care, a reader of the file might.
+        ordered_aliases: true,
+        case_exact_aliases: true,
+        ..jks::KeyStoreOptions::default()
+    });
+    let mut count = 0usize;
+    for cert in CertificateDer::pem_slice_iter(bundle_pem.as_bytes()) {
+        // A certificate the bundle's PEM cannot give is left out, as other clients do.
+        let Ok(cert) = cert else { continue };
+        count += 1;
+        let entry = jks::TrustedCertificateEntry {
+            creation_time: std::time::SystemTime::UNIX_EPOCH,
+            certificate: jks::Certificate {
+                cert_type: "X.509".into(),
+                content: cert.as_ref().to_vec(),
+            },
+        };
+        store
+            .set_trusted_certificate_entry(&format!("boundary-{count:04}"), entry)
+            .map_err(|e| format!("Java trust store: {e}"))?;
+    }
+    if count == 0 {
+        return Err("Java trust store: no certificate in the trust bundle".into());
+    }
+    let mut out = Vec::new();
+    store
+        .store(&mut out, JAVA_STORE_PASSWORD.as_bytes())
+        .map_err(|e| format!("Java trust store: {e}"))?;
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,6 +170,23 @@ mod tests {
         assert_eq!(base64_encode(b"ab"), "YWI=");
         assert_eq!(base64_encode(b"abc"), "YWJj");
         assert_eq!(base64_encode(b"a"), "YQ==");
+    }
+
+    #[test]
+    fn the_java_store_holds_every_certificate_of_the_bundle() {
+        let pem = builtin_roots_pem();
+        let bytes = java_trust_store(&pem).unwrap();
+        assert_eq!(&bytes[..4], &[0xfe, 0xed, 0xfe, 0xed], "JKS magic");
+        let mut read = jks::KeyStore::new();
+        read.load(bytes.as_slice(), JAVA_STORE_PASSWORD.as_bytes())
+            .unwrap();
+        assert_eq!(read.len(), webpki_root_certs::TLS_SERVER_ROOT_CERTS.len());
+        let first = read.get_trusted_certificate_entry("boundary-0001").unwrap();
+        assert_eq!(
+            first.certificate.content,
+            webpki_root_certs::TLS_SERVER_ROOT_CERTS[0].as_ref()
+        );
+        assert!(java_trust_store("no certificates").is_err());
     }
 
     #[test]
