@@ -925,4 +925,35 @@ mod tests {
         let r = parse_resolve(&["API.Example.COM=127.0.0.1".into()]).unwrap();
         assert_eq!(r["api.example.com"], "127.0.0.1".parse::<IpAddr>().unwrap());
     }
+
+    #[test]
+    fn upstream_dns_takes_an_address_with_an_optional_port() {
+        let parse = |v: &str| parse_upstream_dns(Some(v));
+        assert_eq!(
+            parse("10.0.0.10").unwrap(),
+            Some("10.0.0.10:53".parse().unwrap())
+        );
+        assert_eq!(
+            parse("127.0.0.1:5353").unwrap(),
+            Some("127.0.0.1:5353".parse().unwrap())
+        );
+        assert_eq!(
+            parse("fd00::10").unwrap(),
+            Some("[fd00::10]:53".parse().unwrap())
+        );
+        assert_eq!(
+            parse("[fd00::10]").unwrap(),
+            Some("[fd00::10]:53".parse().unwrap())
+        );
+        assert_eq!(
+            parse("[::1]:5353").unwrap(),
+            Some("[::1]:5353".parse().unwrap())
+        );
+        assert_eq!(parse(" ").unwrap(), None);
+        assert_eq!(parse_upstream_dns(None).unwrap(), None);
+        for bad in ["dns.example", "10.0.0.1:dns", "10.0.0.1:99999"] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains("--upstream-dns") && e.contains(bad), "{e}");
+        }
+    }
 }

@@ -32,9 +32,9 @@ pub enum Category {
     /// `127.0.0.0/8`, `::1`.
     Loopback,
     /// Cloud instance metadata and host services, whose answers include credentials:
-    /// `169.254.169.254` (AWS, GCP, Azure, OpenStack, Oracle…), `169.254.170.2` (ECS task
+    /// `169.254.169.254` (AWS, GCP, Azure, Oracle, `OpenStack`…), `169.254.170.2` (ECS task
     /// credentials), `fd00:ec2::254` (AWS IPv6), `100.100.100.200` (Alibaba), `168.63.129.16`
-    /// (Azure's WireServer, a public address reachable only from inside Azure).
+    /// (the Azure wire server, a public address reachable only from inside Azure).
     CloudMetadata,
     /// `169.254.0.0/16`, `fe80::/10`.
     LinkLocal,

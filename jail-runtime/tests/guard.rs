@@ -5,9 +5,13 @@
 //! the client gets a 403 (or, for a relayed TCP connection, a close) and the audit record says
 //! which address, which range, and how to allow it. Pins and address rules lift it.
 //!
-//! Each test runs in a network namespace of its own (needs root, like the jail tests), with
-//! `169.254.169.254` and `10.99.0.1` on its loopback: the metadata address is a server of the
-//! test, never a real metadata service, and no test depends on the machine's addresses.
+//! The in-process tests run in a network namespace of their own (root, as every jail test),
+//! with `169.254.169.254` and `10.99.0.1` on its loopback: the metadata address is a server of
+//! the test, never a real metadata service, and no test depends on the machine's addresses.
+//! Then the same through the binaries: `boundary sidecar` with the policy's `spec.resolve` pins
+//! (hot-reloaded, united across policies), and `boundary run --upstream-dns` with curl in a jail.
+
+mod common;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -206,21 +210,7 @@ impl Guarded {
 
     /// `GET http://name:port/` through a new connection: (status, body).
     async fn get(&self, name: &str, port: u16) -> (u16, String) {
-        let io = TokioIo::new(self.connect(name, port));
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
-        tokio::spawn(conn);
-        let req = Request::builder()
-            .uri("/")
-            .header("host", format!("{name}:{port}"))
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        let resp = tokio::time::timeout(Duration::from_secs(30), sender.send_request(req))
-            .await
-            .expect("an answer in time")
-            .unwrap();
-        let status = resp.status().as_u16();
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        (status, String::from_utf8_lossy(&body).into_owned())
+        get_over(self.connect(name, port), name, port).await
     }
 
     /// The audit lines once there are `count` of them.
@@ -246,6 +236,26 @@ impl Guarded {
     }
 }
 
+/// `GET http://name:port/` over `stream` (a connection the forwarder handed over): (status, body).
+async fn get_over(stream: UnixStream, name: &str, port: u16) -> (u16, String) {
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .uri("/")
+        .header("host", format!("{name}:{port}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(30), sender.send_request(req))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
 fn field<'a>(line: &'a Value, key: &str) -> &'a str {
     line[key].as_str().unwrap_or_default()
 }
@@ -265,6 +275,7 @@ where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()>,
 {
+    common::require_root();
     std::thread::spawn(move || {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
             .expect("a network namespace of its own (these tests need root, as the jail tests)");
@@ -509,4 +520,124 @@ fn answers_that_flip_with_ttl_0_are_judged_on_every_connection() {
             lines[1]
         );
     });
+}
+
+/// A compiled-policy file with one entry per `(name, allow, resolve)`, all selecting the pod.
+fn policy_file(entries: &[(&str, &[&str], Value)]) -> Value {
+    let policies: Vec<Value> = entries
+        .iter()
+        .map(|(name, allow, resolve)| {
+            serde_json::json!({"name": name, "podSelector": {}, "allow": allow, "resolve": resolve})
+        })
+        .collect();
+    serde_json::json!({"version": 1, "namespace": "agents", "policies": policies})
+}
+
+#[tokio::test]
+async fn the_sidecar_lets_names_through_that_the_policies_pin_united_and_reloaded() {
+    common::require_root();
+    let up = TestServer::start(None).await;
+    let port = up.port();
+    let dns = Dns::start().await;
+    // DNS points both names at loopback, where the upstream listens: refused until pinned.
+    dns.answer("models.test", &[&["127.0.0.1"]]);
+    dns.answer("vectors.test", &[&["127.0.0.1"]]);
+    let allow: &[&str] = &["domain=models.test", "domain=vectors.test"];
+    let unpinned = policy_file(&[("agent", allow, serde_json::json!([]))]);
+    let mut sidecar =
+        common::Sidecar::start(&unpinned, &["--upstream-dns", &dns.addr.to_string()]).await;
+    let (status, body) = get_over(
+        sidecar.connect("models.test", port).await,
+        "models.test",
+        port,
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("spec.resolve: [{host: models.test"), "{body}");
+    assert!(
+        dns.queries.load(Ordering::SeqCst) >= 1,
+        "the sidecar asked --upstream-dns"
+    );
+    // Two policies, each pinning one name: the pod gets both pins.
+    let pinned = policy_file(&[
+        (
+            "agent",
+            allow,
+            serde_json::json!([{"host": "models.test", "addresses": ["127.0.0.1"]}]),
+        ),
+        (
+            "extra",
+            &[],
+            serde_json::json!([{"host": "Vectors.Test.", "addresses": ["127.0.0.1"]}]),
+        ),
+    ]);
+    sidecar.policy.publish(&pinned);
+    let mut reached = (0, String::new());
+    for _ in 0..50 {
+        reached = get_over(
+            sidecar.connect("models.test", port).await,
+            "models.test",
+            port,
+        )
+        .await;
+        if reached.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(reached.0, 200, "pinned after the reload: {}", reached.1);
+    let (status, body) = get_over(
+        sidecar.connect("vectors.test", port).await,
+        "vectors.test",
+        port,
+    )
+    .await;
+    assert_eq!(status, 200, "the other policy's pin: {body}");
+    let audit = sidecar.audit().await;
+    assert!(
+        audit
+            .iter()
+            .any(|l| field(l, "denied_by") == "private-address-guard"
+                && field(l, "reason").contains("127.0.0.1, an address of models.test")),
+        "{audit:#?}"
+    );
+}
+
+#[tokio::test]
+async fn boundary_run_asks_upstream_dns_and_curl_in_the_jail_gets_the_guards_403() {
+    common::require_root();
+    let up = TestServer::start(None).await;
+    let dns = Dns::start().await;
+    dns.answer("rebind.test", &[&[NOWHERE, "127.0.0.1"]]);
+    let dns_addr = dns.addr.to_string();
+    let url = format!("http://rebind.test:{}/", up.port());
+    let script = format!("curl -sS -m 20 {url}");
+    let args = ["--allow", "domain=rebind.test", "--upstream-dns", &dns_addr];
+    let out = common::jailed(common::As::Root, &args, &script).await;
+    let (stdout, stderr) = (common::stdout(&out), common::stderr(&out));
+    assert!(
+        stdout.contains("Blocked by Agent Boundary: private-address guard")
+            && stdout.contains("127.0.0.1, an address of rebind.test")
+            && stdout.contains("--resolve rebind.test=127.0.0.1"),
+        "curl shows the 403 saying why:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stderr.contains("private-address-guard"),
+        "audited: {stderr}"
+    );
+    assert_eq!(up.requests.load(Ordering::SeqCst), 0);
+    assert!(
+        dns.queries.load(Ordering::SeqCst) >= 1,
+        "asked the --upstream-dns server"
+    );
+    // The operator's pin lets it through.
+    let pinned = [&args[..], &["--resolve", "rebind.test=127.0.0.1"]].concat();
+    let out = common::jailed(common::As::Root, &pinned, &script).await;
+    assert!(
+        common::stdout(&out).starts_with("hello GET rebind.test"),
+        "{}\n{}",
+        common::stdout(&out),
+        common::stderr(&out)
+    );
+    assert_eq!(up.requests.load(Ordering::SeqCst), 1);
 }
