@@ -12,12 +12,13 @@
 //! combines like any other entry's.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
 use crate::credentials::Credential;
 use crate::policy::{HttpRule, JailSpec, Mode, PodLocalRule, ResolvePin, TcpRule};
-use crate::rules::{self, CompileErrors, RuleSet, RuleSource};
+use crate::rules::{self, CompileErrors, Host, Problem, RuleSet, RuleSource};
 
 /// Current version of the file format.
 pub const FORMAT_VERSION: u32 = 1;
@@ -128,6 +129,97 @@ impl PolicyEntry {
     }
 }
 
+/// Names pinned to addresses: normalised host name → its addresses.
+pub type Pins = BTreeMap<String, Vec<IpAddr>>;
+
+impl PolicyEntry {
+    /// This entry's `resolve` pins, checked (problems name `spec.resolve[i]…`).
+    pub fn pins(&self) -> Result<Pins, CompileErrors> {
+        check_pins(Some(&self.name), "spec.", &self.resolve)
+    }
+}
+
+/// Checks `resolve` pins (of policy `policy`; fields start with `prefix`): every host an exact
+/// DNS name (no wildcard, no address), every address an IPv4 or IPv6 address. The same host in
+/// two pins gets the addresses of both. Every problem is listed, with its field.
+pub fn check_pins(
+    policy: Option<&str>,
+    prefix: &str,
+    pins: &[ResolvePin],
+) -> Result<Pins, CompileErrors> {
+    let mut out = Pins::new();
+    let mut problems = Vec::new();
+    let mut problem = |field: String, message: String| {
+        problems.push(Problem {
+            policy: policy.map(str::to_owned),
+            field,
+            column: None,
+            message,
+        });
+    };
+    for (i, pin) in pins.iter().enumerate() {
+        let field = format!("{prefix}resolve[{i}]");
+        let host = if pin.host.contains('*') {
+            problem(
+                format!("{field}.host"),
+                format!(
+                    "{:?} has a wildcard: a pin names one host exactly (a rule for the \
+                     addresses, e.g. domain=10.0.0.0/8, allows a whole network)",
+                    pin.host
+                ),
+            );
+            None
+        } else {
+            match Host::parse(&pin.host) {
+                Ok(Host::Name(name)) => Some(name),
+                Ok(Host::Ip(_)) => {
+                    problem(
+                        format!("{field}.host"),
+                        format!(
+                            "{:?} is an address, not a host name: only names are resolved",
+                            pin.host
+                        ),
+                    );
+                    None
+                }
+                Err(e) => {
+                    problem(format!("{field}.host"), e.to_string());
+                    None
+                }
+            }
+        };
+        if pin.addresses.is_empty() {
+            problem(
+                format!("{field}.addresses"),
+                "no address: give at least one IPv4 or IPv6 address".into(),
+            );
+        }
+        let mut addresses = Vec::new();
+        for (j, text) in pin.addresses.iter().enumerate() {
+            match text.trim().parse::<IpAddr>() {
+                Ok(ip) => addresses.push(ip),
+                Err(_) => problem(
+                    format!("{field}.addresses[{j}]"),
+                    format!("{text:?} is not an IP address (e.g. 10.96.0.10 or fd00::10)"),
+                ),
+            }
+        }
+        if let Some(host) = host {
+            let known = out.entry(host).or_default();
+            for ip in addresses {
+                if !known.contains(&ip) {
+                    known.push(ip);
+                }
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(CompileErrors(problems))
+    }
+}
+
 /// A label selector with the semantics and JSON shape of Kubernetes' `LabelSelector`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -234,6 +326,29 @@ impl CompiledPolicy {
         Ok(out)
     }
 
+    /// The names pinned for a pod with `labels` and `container`: the union of the `resolve`
+    /// pins of the selected entries (a name pinned by two gets the addresses of both). An entry
+    /// whose pins do not check is left out (the operator never publishes one): a missing pin
+    /// only keeps the private-address guard closed.
+    pub fn pins(
+        &self,
+        labels: &BTreeMap<String, String>,
+        container: Option<&str>,
+    ) -> Result<Pins, SelectError> {
+        let mut out = Pins::new();
+        for entry in self.select(labels, container)? {
+            for (host, ips) in entry.pins().unwrap_or_default() {
+                let known = out.entry(host).or_default();
+                for ip in ips {
+                    if !known.contains(&ip) {
+                        known.push(ip);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The rule set for a pod with `labels` and `container`: the union of the selected entries'
     /// allow rules and deny rules (a deny rule beats every allow rule), in `Enforce` unless every
     /// one of them is `Audit`; no entry: nothing allowed.
@@ -297,6 +412,92 @@ pub fn parse_downward_labels(text: &str) -> BTreeMap<String, String> {
 mod tests {
     use super::*;
     use crate::rules::{Host, HttpRequest, RequestPath, Verdict};
+
+    fn pin(host: &str, addresses: &[&str]) -> ResolvePin {
+        ResolvePin {
+            host: host.into(),
+            addresses: addresses.iter().map(|s| (*s).into()).collect(),
+        }
+    }
+
+    #[test]
+    fn resolve_pins_are_checked_with_their_fields() {
+        let ok = check_pins(
+            Some("p"),
+            "spec.",
+            &[
+                pin("API.Example.com.", &["10.96.0.10", "fd00::10"]),
+                pin("api.example.com", &["10.96.0.11", "10.96.0.10"]),
+            ],
+        )
+        .unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            ok["api.example.com"],
+            [ip("10.96.0.10"), ip("fd00::10"), ip("10.96.0.11")]
+        );
+        let CompileErrors(problems) = check_pins(
+            Some("p"),
+            "spec.",
+            &[
+                pin("svc.ns.svc.cluster.local", &["10.96.0.10", "not-an-ip"]),
+                pin("*.example.com", &["10.0.0.1"]),
+                pin("10.0.0.1", &["10.0.0.1"]),
+                pin("bad..name", &[]),
+            ],
+        )
+        .unwrap_err();
+        let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.resolve[0].addresses[1]",
+                "spec.resolve[1].host",
+                "spec.resolve[2].host",
+                "spec.resolve[3].host",
+                "spec.resolve[3].addresses",
+            ]
+        );
+        assert!(problems[0].message.contains("not an IP address"));
+        assert!(problems[1].message.contains("wildcard"));
+        assert!(problems.iter().all(|p| p.policy.as_deref() == Some("p")));
+    }
+
+    #[test]
+    fn the_pins_of_the_entries_selecting_a_pod_are_united() {
+        let agent = Selector {
+            match_labels: labels(&[("app", "agent")]),
+            ..Selector::default()
+        };
+        let mut first = entry("a", agent.clone(), Mode::Enforce, &[]);
+        first.resolve = vec![pin("db.internal", &["10.0.0.5"])];
+        let mut second = entry("b", Selector::default(), Mode::Enforce, &[]);
+        second.resolve = vec![
+            pin("db.internal", &["10.0.0.6"]),
+            pin("x.internal", &["10.0.0.7"]),
+        ];
+        let mut other_container = entry("c", Selector::default(), Mode::Enforce, &[]);
+        other_container.containers = vec!["other".into()];
+        other_container.resolve = vec![pin("y.internal", &["10.0.0.8"])];
+        let mut broken = entry("d", Selector::default(), Mode::Enforce, &[]);
+        broken.resolve = vec![pin("z.internal", &["nope"])];
+        let file = CompiledPolicy {
+            version: FORMAT_VERSION,
+            namespace: "ns".into(),
+            policies: vec![first, second, other_container, broken],
+        };
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let pins = file
+            .pins(&labels(&[("app", "agent")]), Some("agent"))
+            .unwrap();
+        assert_eq!(
+            pins.keys().collect::<Vec<_>>(),
+            ["db.internal", "x.internal"]
+        );
+        assert_eq!(pins["db.internal"], [ip("10.0.0.5"), ip("10.0.0.6")]);
+        let unlabelled = file.pins(&labels(&[]), Some("agent")).unwrap();
+        assert_eq!(unlabelled["db.internal"], [ip("10.0.0.6")]);
+    }
 
     #[test]
     fn the_policy_hash_is_sha256_hex_of_the_bytes() {

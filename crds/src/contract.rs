@@ -408,6 +408,8 @@ pub mod boundary_env {
         RESOLVE = "BOUNDARY_RESOLVE";
         /// Extra upstream CA files (comma-separated).
         UPSTREAM_CA = "BOUNDARY_UPSTREAM_CA";
+        /// `ADDR[:PORT]` of the DNS server the proxy asks for upstream names.
+        UPSTREAM_DNS = "BOUNDARY_UPSTREAM_DNS";
         /// Directory of `boundary run`'s audit log (Coder's `log_dir`).
         LOG_DIR = "BOUNDARY_LOG_DIR";
         /// File of the audit trail (JSON lines).

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use boundary_api::contract;
@@ -182,6 +182,10 @@ pub struct ProxyArgs {
         value_delimiter = ','
     )]
     pub upstream_ca: Vec<PathBuf>,
+    /// DNS server (`ADDR` or `ADDR:PORT`, `[V6]:PORT`; port 53 by default) the proxy asks for
+    /// upstream names instead of the system's resolver.
+    #[arg(long, value_name = "ADDR[:PORT]", env = contract::boundary_env::UPSTREAM_DNS)]
+    pub upstream_dns: Option<String>,
     /// File for the audit trail (JSON lines); default: standard error (`boundary run`) or
     /// standard output (`boundary sidecar`).
     #[arg(long, value_name = "FILE", env = contract::boundary_env::AUDIT_FILE)]
@@ -260,6 +264,8 @@ pub struct RunSettings {
     pub resolve: HashMap<String, IpAddr>,
     /// Extra upstream CAs.
     pub upstream_cas: Vec<PathBuf>,
+    /// `--upstream-dns`.
+    pub upstream_dns: Option<SocketAddr>,
     /// Diagnostics (level and format resolved).
     pub log: LogArgs,
     /// Audit destination.
@@ -468,6 +474,26 @@ pub fn parse_resolve(items: &[String]) -> Result<HashMap<String, IpAddr>, Config
     Ok(out)
 }
 
+/// Parses `--upstream-dns`: `ADDR`, `ADDR:PORT`, `[V6]:PORT` (port 53 by default).
+pub fn parse_upstream_dns(value: Option<&str>) -> Result<Option<SocketAddr>, ConfigError> {
+    let Some(text) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    let unbracketed = text
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .unwrap_or(text);
+    if let Ok(ip) = unbracketed.parse::<IpAddr>() {
+        return Ok(Some(SocketAddr::new(ip, 53)));
+    }
+    text.parse::<SocketAddr>().map(Some).map_err(|_| {
+        ConfigError::Invalid(format!(
+            "--upstream-dns {text:?}: expected an IP address with an optional port \
+             (10.0.0.10, 10.0.0.10:5353, [fd00::10]:53)"
+        ))
+    })
+}
+
 impl RunArgs {
     /// Resolves flags, environment and config file into settings.
     pub fn resolve(&self) -> Result<RunSettings, ConfigError> {
@@ -538,6 +564,7 @@ impl RunArgs {
             proxy_socket: self.proxy_socket.clone(),
             resolve: parse_resolve(&resolve_items)?,
             upstream_cas,
+            upstream_dns: parse_upstream_dns(self.proxy.upstream_dns.as_deref())?,
             log: LogArgs {
                 level: self.log.level.clone().or(file.log_level),
                 format: self.log.format,
@@ -1231,5 +1258,36 @@ spec:
     fn resolve_overrides_are_normalised() {
         let r = parse_resolve(&["API.Example.COM=127.0.0.1".into()]).unwrap();
         assert_eq!(r["api.example.com"], "127.0.0.1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn upstream_dns_takes_an_address_with_an_optional_port() {
+        let parse = |v: &str| parse_upstream_dns(Some(v));
+        assert_eq!(
+            parse("10.0.0.10").unwrap(),
+            Some("10.0.0.10:53".parse().unwrap())
+        );
+        assert_eq!(
+            parse("127.0.0.1:5353").unwrap(),
+            Some("127.0.0.1:5353".parse().unwrap())
+        );
+        assert_eq!(
+            parse("fd00::10").unwrap(),
+            Some("[fd00::10]:53".parse().unwrap())
+        );
+        assert_eq!(
+            parse("[fd00::10]").unwrap(),
+            Some("[fd00::10]:53".parse().unwrap())
+        );
+        assert_eq!(
+            parse("[::1]:5353").unwrap(),
+            Some("[::1]:5353".parse().unwrap())
+        );
+        assert_eq!(parse(" ").unwrap(), None);
+        assert_eq!(parse_upstream_dns(None).unwrap(), None);
+        for bad in ["dns.example", "10.0.0.1:dns", "10.0.0.1:99999"] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains("--upstream-dns") && e.contains(bad), "{e}");
+        }
     }
 }

@@ -383,6 +383,7 @@ async fn serve_jail(
                     )),
                 upstream_cas: settings.upstream_cas.clone(),
                 resolve: settings.resolve.clone(),
+                upstream_dns: settings.upstream_dns,
                 audit: settings.audit.clone(),
                 ca,
                 upstream_timeout: settings.upstream_timeout,

@@ -19,7 +19,7 @@ use boundary_api::contract::{boundary_env, exit_when, paths};
 use boundary_telemetry::{LogArgs, LogFormat};
 use clap::Args;
 
-use crate::config::{ProxyArgs, parse_resolve};
+use crate::config::{ProxyArgs, parse_resolve, parse_upstream_dns};
 use boundary_proxy::audit::{Identity, Sink};
 use boundary_proxy::credentials::values::ValueSource;
 use boundary_proxy::jails::{ExitWhen, Jails};
@@ -177,6 +177,7 @@ async fn serve(args: &SidecarArgs, jails: Arc<Jails>) -> anyhow::Result<()> {
         policy,
         upstream_cas: upstream_cas(args)?,
         resolve: parse_resolve(&args.proxy.resolve)?,
+        upstream_dns: parse_upstream_dns(args.proxy.upstream_dns.as_deref())?,
         audit: args
             .proxy
             .audit_file

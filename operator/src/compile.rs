@@ -17,6 +17,11 @@
 //!   an audit-only pod, which leaving the entry out of the file would do (Enforce beats Audit
 //!   only when both entries are present).
 //!
+//! A policy whose `resolve` **pins** do not check (a host with a wildcard or an address, an
+//! address that is not one: `spec.resolve[0].addresses[1]`) is treated the same way, its pins
+//! withheld with its rules: a pin lifts the proxy's private-address guard for its name, so a
+//! typo must not half-apply.
+//!
 //! A policy whose **selector** is malformed (an operator other than `In`, `NotIn`, `Exists`,
 //! `DoesNotExist`; the apiserver does not check that inside custom resources) cannot be
 //! evaluated at all and is left out of the file (the proxy would otherwise fail for every pod of
@@ -165,6 +170,11 @@ pub fn compile_namespace(
             rules_valid = false;
             problems.extend(found.into_iter().map(problem));
         }
+        // A bad pin fails the policy closed like a bad rule (see the module documentation).
+        if let Err(CompileErrors(found)) = entry.pins() {
+            problems.extend(found.into_iter().map(problem));
+            rules_valid = false;
+        }
         let selector_valid = problems
             .iter()
             .all(|p| !p.field.starts_with("spec.podSelector"));
@@ -189,6 +199,7 @@ pub fn compile_namespace(
                 entry.http.clear();
                 entry.tcp.clear();
                 entry.pod_local.clear();
+                entry.resolve.clear();
                 entries.push(entry);
             }
             Outcome::Excluded => {}
@@ -646,6 +657,42 @@ mod tests {
         let (set, _) = out.policy.rule_set(&BTreeMap::new(), None).unwrap();
         assert_eq!(set.mode(), Mode::Enforce);
         assert_eq!(set.rules().len(), 1);
+    }
+
+    #[test]
+    fn resolve_pins_are_published_or_reported_with_positions_and_withheld() {
+        let good = policy(
+            "good",
+            &json!({"podSelector": {}, "allow": ["domain=api.agents.svc.cluster.local"],
+                    "resolve": [{"host": "api.agents.svc.cluster.local",
+                                 "addresses": ["10.96.0.20"]}]}),
+        );
+        let bad = policy(
+            "z-bad",
+            &json!({"podSelector": {}, "allow": ["domain=a.com"],
+                    "resolve": [{"host": "db.internal", "addresses": ["10.0.0.5", "10.0.0"]},
+                                {"host": "*.internal", "addresses": ["10.0.0.6"]}]}),
+        );
+        let out = compile_namespace("agents", &[good, bad], &[]);
+        let (good, bad) = (&out.reports[0], &out.reports[1]);
+        assert_eq!(good.outcome, Outcome::Published, "{:?}", good.problems);
+        assert_eq!(out.policy.policies[0].resolve.len(), 1);
+        assert_eq!(bad.outcome, Outcome::RulesWithheld);
+        let fields: Vec<_> = bad.problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["spec.resolve[0].addresses[1]", "spec.resolve[1].host"]
+        );
+        assert!(bad.problems[0].message.contains("not an IP address"));
+        assert!(bad.problems[1].message.contains("wildcard"));
+        // Withheld with the rules: no half-applied pin lifts the guard.
+        let entry = &out.policy.policies[1];
+        assert!(entry.resolve.is_empty() && entry.allow.is_empty());
+        let pins = out.policy.pins(&BTreeMap::new(), None).unwrap();
+        assert_eq!(
+            pins.keys().collect::<Vec<_>>(),
+            ["api.agents.svc.cluster.local"]
+        );
     }
 
     #[test]

@@ -28,6 +28,10 @@ pub enum Decision {
 pub enum DeniedBy {
     /// The record's `rule` is a deny rule, which beats every allow rule.
     DenyRule,
+    /// The private-address guard: the destination's address is loopback, private, link-local,
+    /// cloud metadata… and neither pinned nor named by a rule (`reason` says which and how to
+    /// allow it).
+    PrivateAddressGuard,
 }
 
 /// Who is being audited: from the environment the webhook sets.
@@ -71,7 +75,8 @@ pub struct Record {
     /// The rule that allowed it, or the deny rule that refused it (then `denied_by` is set).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
-    /// `deny-rule` when a deny rule refused it (or would have, in Audit mode).
+    /// `deny-rule` when a deny rule refused it (or would have, in Audit mode),
+    /// `private-address-guard` when the guard refused its address.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub denied_by: Option<DeniedBy>,
     /// Why it was denied (or would have been).
@@ -121,6 +126,13 @@ impl Entry {
             audit,
             started: None,
         }
+    }
+
+    /// Marks an allowed request or connection as refused by the private-address guard after
+    /// all (in every mode: the guard is no rule that Audit mode lets through).
+    pub fn refused_by_guard(&mut self) {
+        self.record.decision = Decision::Deny;
+        self.record.denied_by = Some(DeniedBy::PrivateAddressGuard);
     }
 
     /// Starts measuring `duration_ms` (once; a later call keeps the first start).

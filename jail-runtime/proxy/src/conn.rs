@@ -197,7 +197,14 @@ impl Proxy {
     ) {
         let mut entry = self.decided(ctx, host, scheme, rules, ruling);
         entry.start_clock();
-        match self.inner.upstream.connect_tcp(host, ctx.port).await {
+        // The policy in force now: its pins and address rules lift the guard.
+        let exemptions = self.rules_for(ctx.container.as_deref()).exemptions.clone();
+        match self
+            .inner
+            .upstream
+            .connect_tcp(host, ctx.port, &exemptions)
+            .await
+        {
             Ok(upstream) => {
                 let (up, down) = io::relay(client, prefix, upstream).await;
                 entry.bytes_in = up;
@@ -206,6 +213,9 @@ impl Proxy {
             }
             Err(failure) => {
                 self.metrics().upstream_error(failure.kind);
+                if failure.kind == UpstreamError::Guard {
+                    entry.refused_by_guard();
+                }
                 entry.reason = Some(failure.message);
             }
         }

@@ -36,6 +36,7 @@ mod context;
 pub mod credentials;
 pub mod decide;
 pub mod framing;
+pub mod guard;
 pub mod head;
 mod http;
 pub mod io;
@@ -53,7 +54,7 @@ pub mod wire;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -89,8 +90,11 @@ pub struct ProxyConfig {
     pub policy: PolicyStore,
     /// Extra CAs for upstream verification.
     pub upstream_cas: Vec<PathBuf>,
-    /// Name → address overrides.
+    /// Name → address overrides (`--resolve`): pinned, so the private-address guard lets them
+    /// through.
     pub resolve: HashMap<String, IpAddr>,
+    /// The DNS server for upstream names (`--upstream-dns`); `None`: the system's.
+    pub upstream_dns: Option<SocketAddr>,
     /// The audit destination.
     pub audit: audit::Sink,
     /// The interception CA.
@@ -120,8 +124,6 @@ struct Inner {
     policy: Arc<PolicyStore>,
     ca: Arc<CertAuthority>,
     upstream: Upstream,
-    client_h1: hyper_util::client::legacy::Client<upstream::Connector, Body>,
-    client_h2: hyper_util::client::legacy::Client<upstream::Connector, Body>,
     audit: Audit,
     metrics: Arc<Metrics>,
     upstream_timeout: Duration,
@@ -144,7 +146,11 @@ pub enum StartError {
 impl Proxy {
     /// Starts the proxy's background tasks (audit writer, policy reloader); needs a runtime.
     pub fn start(config: ProxyConfig) -> Result<Proxy, StartError> {
-        let upstream = Upstream::new(config.resolve, tls::UpstreamTls::new(&config.upstream_cas)?);
+        let upstream = Upstream::new(
+            config.resolve,
+            config.upstream_dns,
+            tls::UpstreamTls::new(&config.upstream_cas)?,
+        );
         let metrics = Arc::new(Metrics::default());
         let policy = Arc::new(config.policy);
         let events = Events {
@@ -164,8 +170,6 @@ impl Proxy {
                 tier: config.tier,
                 policy,
                 ca: config.ca,
-                client_h1: upstream.client(false),
-                client_h2: upstream.client(true),
                 upstream,
                 audit: events.audit,
                 metrics,
@@ -374,16 +378,15 @@ impl Proxy {
         self.inner.upstream_timeout
     }
 
-    /// The upstream HTTP client: HTTP/2 or HTTP/1.1.
-    fn http_client(
+    /// The upstream HTTP client of `resolved`'s rules: HTTP/2 or HTTP/1.1.
+    fn http_client<'r>(
         &self,
+        resolved: &'r policy::Resolved,
         h2: bool,
-    ) -> &hyper_util::client::legacy::Client<upstream::Connector, Body> {
-        if h2 {
-            &self.inner.client_h2
-        } else {
-            &self.inner.client_h1
-        }
+    ) -> &'r hyper_util::client::legacy::Client<upstream::Connector, Body> {
+        resolved
+            .clients
+            .get(&self.inner.upstream, &resolved.exemptions, h2)
     }
 }
 

@@ -63,14 +63,17 @@ pub enum UpstreamError {
     Tls,
     /// The upstream broke the exchange.
     Protocol,
+    /// The private-address guard refused every address of the destination.
+    Guard,
 }
 
 impl UpstreamError {
-    const ALL: [UpstreamError; 4] = [
+    const ALL: [UpstreamError; 5] = [
         UpstreamError::Resolve,
         UpstreamError::Connect,
         UpstreamError::Tls,
         UpstreamError::Protocol,
+        UpstreamError::Guard,
     ];
 
     fn as_str(self) -> &'static str {
@@ -79,6 +82,7 @@ impl UpstreamError {
             UpstreamError::Connect => "connect",
             UpstreamError::Tls => "tls",
             UpstreamError::Protocol => "protocol",
+            UpstreamError::Guard => "guard",
         }
     }
 }
@@ -162,7 +166,7 @@ pub struct Metrics {
     bytes_in: Counter,
     bytes_out: Counter,
     active: Gauge,
-    upstream_errors: [Counter; 4],
+    upstream_errors: [Counter; 5],
     reloads_ok: Counter,
     reloads_failed: Counter,
     dns_queries: Counter,

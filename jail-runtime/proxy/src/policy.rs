@@ -14,6 +14,7 @@
 //! and as a metric) until a file is there again, which is then loaded as usual.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,10 +28,12 @@ use boundary_api::rules::RuleSet;
 
 use crate::audit::Events;
 use crate::credentials::CredentialSet;
+use crate::guard::Exemptions;
 use crate::metrics::Metrics;
+use crate::upstream::Clients;
 
-/// Rules for one container, with the policies they came from and their credentials (swapped
-/// together on a reload).
+/// Rules for one container, with the policies they came from, their credentials and what lifts
+/// the private-address guard for them (swapped together on a reload).
 #[derive(Debug)]
 pub struct Resolved {
     /// The rules.
@@ -39,6 +42,30 @@ pub struct Resolved {
     pub policies: Vec<String>,
     /// The credentials of those policies (standalone: of `--credential`).
     pub credentials: Arc<CredentialSet>,
+    /// The policies' `resolve` pins and address rules (standalone: the address rules; the
+    /// `--resolve` pins are the upstream's own).
+    pub exemptions: Arc<Exemptions>,
+    /// The HTTP clients whose pooled connections were opened under these exemptions.
+    pub clients: Clients,
+}
+
+impl Resolved {
+    /// Rules with their policies, credentials and `resolve` pins.
+    pub fn new(
+        rules: RuleSet,
+        policies: Vec<String>,
+        credentials: Arc<CredentialSet>,
+        pins: HashMap<String, Vec<IpAddr>>,
+    ) -> Resolved {
+        let exemptions = Arc::new(Exemptions::new(rules.rules(), pins));
+        Resolved {
+            rules,
+            policies,
+            credentials,
+            exemptions,
+            clients: Clients::default(),
+        }
+    }
 }
 
 /// Where rules come from.
@@ -150,11 +177,12 @@ impl PolicyStore {
                     fingerprint: Vec::new(),
                     per_container: Mutex::new(HashMap::new()),
                 },
-                Some(Arc::new(Resolved {
-                    rules: (**rules).clone(),
-                    policies: Vec::new(),
-                    credentials: Arc::default(),
-                })),
+                Some(Arc::new(Resolved::new(
+                    (**rules).clone(),
+                    Vec::new(),
+                    Arc::default(),
+                    HashMap::new(),
+                ))),
             ),
             Source::File { policy, labels } => (read(policy, labels.as_deref())?, None),
         };
@@ -178,11 +206,12 @@ impl PolicyStore {
     #[must_use]
     pub fn with_credentials(mut self, credentials: CredentialSet) -> PolicyStore {
         if let Some(fixed) = &self.fixed {
-            self.fixed = Some(Arc::new(Resolved {
-                rules: fixed.rules.clone(),
-                policies: fixed.policies.clone(),
-                credentials: Arc::new(credentials),
-            }));
+            self.fixed = Some(Arc::new(Resolved::new(
+                fixed.rules.clone(),
+                fixed.policies.clone(),
+                Arc::new(credentials),
+                fixed.exemptions.pins.clone(),
+            )));
         }
         self
     }
@@ -239,16 +268,21 @@ impl PolicyStore {
             // Validated at load time for the pod; a container-specific compile cannot fail
             // differently, but deny all if it somehow does.
             Some(compiled) => match compiled.rule_set(&loaded.labels, container) {
-                Ok((rules, policies)) => Resolved {
+                Ok((rules, policies)) => Resolved::new(
                     rules,
                     policies,
-                    credentials: Arc::new(credentials_of(
+                    Arc::new(credentials_of(
                         compiled,
                         &loaded.labels,
                         container,
                         self.nonce.as_deref(),
                     )),
-                },
+                    compiled
+                        .pins(&loaded.labels, container)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .collect(),
+                ),
                 Err(_) => deny_everything(),
             },
             None => deny_everything(),
@@ -372,11 +406,12 @@ fn policy_file_missing(policy: &Path) -> bool {
 }
 
 fn deny_everything() -> Resolved {
-    Resolved {
-        rules: RuleSet::new(Vec::new(), Mode::Enforce),
-        policies: Vec::new(),
-        credentials: Arc::default(),
-    }
+    Resolved::new(
+        RuleSet::new(Vec::new(), Mode::Enforce),
+        Vec::new(),
+        Arc::default(),
+        HashMap::new(),
+    )
 }
 
 /// The credentials of the entries selecting the pod, for `container`.

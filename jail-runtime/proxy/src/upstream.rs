@@ -1,6 +1,7 @@
 //! Connections from the proxy to the real destinations: name resolution (a Rust resolver
-//! reading the pod's `resolv.conf`, so the static binary needs no NSS; `--resolve` overrides for
-//! tests), TCP with a connect timeout, TLS verified against the upstream roots, and pooled HTTP
+//! reading the pod's `resolv.conf`, so the static binary needs no NSS, or `--upstream-dns`;
+//! `--resolve` and `spec.resolve` pin names), the private-address guard on every address tried
+//! ([`crate::guard`]), TCP with a connect timeout, TLS verified against the upstream roots, and pooled HTTP
 //! clients (h1, and h2 when both sides speak it).
 
 use std::collections::HashMap;
@@ -14,6 +15,8 @@ use std::time::Duration;
 use boundary_api::rules::Host;
 use bytes::Bytes;
 use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{NameServerConfig, ResolverConfig};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use http_body_util::combinators::BoxBody;
 use hyper::Uri;
 use hyper_util::client::legacy::Client;
@@ -25,8 +28,9 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
+use crate::guard::{self, Exemptions, Judgement, Origin};
 use crate::metrics::UpstreamError;
-use crate::pod_local::{is_local_address, is_loopback};
+use crate::pod_local::is_loopback;
 use crate::tls::UpstreamTls;
 
 /// Boxed error of bodies.
@@ -58,9 +62,15 @@ impl Failure {
         }
     }
 
-    /// 504 for timeouts, 502 otherwise.
+    /// 403 for the private-address guard's refusals, 504 for timeouts, 502 otherwise.
     pub fn status(&self) -> u16 {
-        if self.timeout { 504 } else { 502 }
+        if self.kind == UpstreamError::Guard {
+            403
+        } else if self.timeout {
+            504
+        } else {
+            502
+        }
     }
 }
 
@@ -71,8 +81,10 @@ pub struct Upstream {
 }
 
 struct Inner {
-    /// Built on first use (reads resolv.conf and hosts).
+    /// Built on first use (reads resolv.conf and hosts, unless `dns` is set).
     resolver: OnceLock<Result<TokioResolver, String>>,
+    /// `--upstream-dns`: the DNS server to ask instead of the system's.
+    dns: Option<SocketAddr>,
     overrides: HashMap<String, IpAddr>,
     tls: UpstreamTls,
 }
@@ -84,11 +96,17 @@ impl std::fmt::Debug for Upstream {
 }
 
 impl Upstream {
-    /// `overrides` pin names to addresses.
-    pub fn new(overrides: HashMap<String, IpAddr>, tls: UpstreamTls) -> Upstream {
+    /// `overrides` pin names to addresses (`--resolve`); `dns` is the DNS server to ask
+    /// (`--upstream-dns`; `None`: the system's, from `/etc/resolv.conf`).
+    pub fn new(
+        overrides: HashMap<String, IpAddr>,
+        dns: Option<SocketAddr>,
+        tls: UpstreamTls,
+    ) -> Upstream {
         Upstream {
             inner: Arc::new(Inner {
                 resolver: OnceLock::new(),
+                dns,
                 overrides,
                 tls,
             }),
@@ -98,36 +116,44 @@ impl Upstream {
     fn resolver(&self) -> Result<&TokioResolver, Failure> {
         self.inner
             .resolver
-            .get_or_init(|| {
-                TokioResolver::builder_tokio()
+            .get_or_init(|| match self.inner.dns {
+                Some(server) => {
+                    let mut name_server = NameServerConfig::udp_and_tcp(server.ip());
+                    for connection in &mut name_server.connections {
+                        connection.port = server.port();
+                    }
+                    let config = ResolverConfig::from_name_servers(vec![name_server]);
+                    TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
+                        .build()
+                        .map_err(|e| format!("cannot use the DNS server {server}: {e}"))
+                }
+                None => TokioResolver::builder_tokio()
                     .and_then(hickory_resolver::ResolverBuilder::build)
                     .map_err(|e| {
                         format!("cannot read the resolver configuration (/etc/resolv.conf): {e}")
-                    })
+                    }),
             })
             .as_ref()
             .map_err(|e| Failure::new(UpstreamError::Resolve, e.clone()))
     }
 
-    /// Addresses of `host`. The proxy's own host (loopback, `0.0.0.0`) is never one of them:
-    /// the pod's loopback is reached only through `podLocal` rules, so a host rule (an IP range,
-    /// or a name whose DNS answer points at `127.0.0.1`) cannot reach the pod's sidecars. Only a
-    /// `--resolve` override, the administrator's own setting, may name it.
-    pub async fn resolve(&self, host: &Host) -> Result<Vec<IpAddr>, Failure> {
-        const LOCAL: &str = "the pod's loopback is reached only through podLocal rules \
-                             (spec.podLocal, boundary run --allow-pod-local)";
+    /// The addresses to try for `host`, each with where it came from: an IP literal is itself,
+    /// a name is looked up in `--resolve`, then in the policy's `pins`, then in DNS. Whether each
+    /// may be connected to is the guard's business ([`Upstream::connect_tcp`]).
+    pub async fn resolve(
+        &self,
+        host: &Host,
+        pins: &HashMap<String, Vec<IpAddr>>,
+    ) -> Result<Vec<(IpAddr, Origin)>, Failure> {
         let name = match host {
-            Host::Ip(ip) if is_local_address(*ip) => {
-                return Err(Failure::new(
-                    UpstreamError::Connect,
-                    format!("{ip} is this pod's own address: {LOCAL}"),
-                ));
-            }
-            Host::Ip(ip) => return Ok(vec![*ip]),
+            Host::Ip(ip) => return Ok(vec![(*ip, Origin::Asked)]),
             Host::Name(name) => name,
         };
         if let Some(ip) = self.inner.overrides.get(name) {
-            return Ok(vec![*ip]);
+            return Ok(vec![(*ip, Origin::Pinned)]);
+        }
+        if let Some(ips) = pins.get(name).filter(|ips| !ips.is_empty()) {
+            return Ok(ips.iter().map(|ip| (*ip, Origin::Pinned)).collect());
         }
         let resolver = self.resolver()?;
         // Absolute name: the jail already asked for exactly this name.
@@ -137,24 +163,35 @@ impl Upstream {
                 format!("cannot resolve {name}: {e}"),
             )
         })?;
-        let (local, addrs): (Vec<IpAddr>, Vec<IpAddr>) =
-            lookup.iter().partition(|ip| is_local_address(*ip));
+        let addrs: Vec<(IpAddr, Origin)> = lookup.iter().map(|ip| (ip, Origin::Asked)).collect();
         if addrs.is_empty() {
-            let message = if local.is_empty() {
-                format!("{name} has no address")
-            } else {
-                format!("{name} resolves only to this pod's own address: {LOCAL}")
-            };
-            return Err(Failure::new(UpstreamError::Resolve, message));
+            return Err(Failure::new(
+                UpstreamError::Resolve,
+                format!("{name} has no address"),
+            ));
         }
         Ok(addrs)
     }
 
-    /// A TCP connection to `host:port`, trying each address in turn.
-    pub async fn connect_tcp(&self, host: &Host, port: u16) -> Result<TcpStream, Failure> {
-        let addrs = self.resolve(host).await?;
+    /// A TCP connection to `host:port`, trying each address in turn; the private-address guard
+    /// judges each one before it is tried ([`guard::judge`]), so an address DNS handed out for
+    /// an allowed name is refused when it is loopback, private, link-local, metadata… and
+    /// neither pinned nor named by a rule. When no address could be connected to and one was
+    /// refused by the guard, the failure is the guard's (403), saying why.
+    pub async fn connect_tcp(
+        &self,
+        host: &Host,
+        port: u16,
+        exemptions: &Exemptions,
+    ) -> Result<TcpStream, Failure> {
+        let addrs = self.resolve(host, &exemptions.pins).await?;
         let mut last = None;
-        for ip in addrs {
+        let mut refused = None;
+        for (ip, origin) in addrs {
+            if let Judgement::Refused(refusal) = guard::judge(ip, port, origin, &exemptions.rules) {
+                refused.get_or_insert(refusal);
+                continue;
+            }
             match tokio::time::timeout(
                 CONNECT_TIMEOUT,
                 TcpStream::connect(SocketAddr::new(ip, port)),
@@ -182,6 +219,13 @@ impl Upstream {
                 }
             }
         }
+        if let Some(refusal) = refused {
+            let mut message = refusal.explain(host, port);
+            if let Some(other) = last {
+                message = format!("{message} (its other addresses failed: {other})");
+            }
+            return Err(Failure::new(UpstreamError::Guard, message));
+        }
         Err(last
             .unwrap_or_else(|| Failure::new(UpstreamError::Connect, "no address to connect to")))
     }
@@ -192,8 +236,9 @@ impl Upstream {
         host: &Host,
         port: u16,
         h2: bool,
+        exemptions: &Exemptions,
     ) -> Result<TlsStream<TcpStream>, Failure> {
-        let tcp = self.connect_tcp(host, port).await?;
+        let tcp = self.connect_tcp(host, port, exemptions).await?;
         let config = self.inner.tls.config(h2);
         let server_name = match host {
             Host::Name(n) => ServerName::try_from(n.clone()).map_err(|e| {
@@ -212,8 +257,9 @@ impl Upstream {
             })
     }
 
-    /// A pooled HTTP client; `h2` lets TLS upstreams negotiate HTTP/2.
-    pub fn client(&self, h2: bool) -> Client<Connector, Body> {
+    /// A pooled HTTP client whose connections `exemptions` lift the guard for; `h2` lets TLS
+    /// upstreams negotiate HTTP/2.
+    pub fn client(&self, h2: bool, exemptions: Arc<Exemptions>) -> Client<Connector, Body> {
         let mut builder = Client::builder(TokioExecutor::new());
         builder
             .pool_idle_timeout(Duration::from_secs(30))
@@ -222,7 +268,40 @@ impl Upstream {
         builder.build(Connector {
             upstream: self.clone(),
             h2,
+            exemptions,
         })
+    }
+}
+
+/// The pooled HTTP clients of one rule set (made on first use). One pool per rule set, so a
+/// connection opened under one set's exemptions (a pin, an address rule) is never reused for a
+/// container or a policy version without them.
+#[derive(Default)]
+pub struct Clients {
+    made: OnceLock<[Client<Connector, Body>; 2]>,
+}
+
+impl std::fmt::Debug for Clients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Clients").finish_non_exhaustive()
+    }
+}
+
+impl Clients {
+    /// The HTTP/1.1 or HTTP/2-capable client of `upstream` with `exemptions`.
+    pub fn get(
+        &self,
+        upstream: &Upstream,
+        exemptions: &Arc<Exemptions>,
+        h2: bool,
+    ) -> &Client<Connector, Body> {
+        let [h1_client, h2_client] = self.made.get_or_init(|| {
+            [
+                upstream.client(false, exemptions.clone()),
+                upstream.client(true, exemptions.clone()),
+            ]
+        });
+        if h2 { h2_client } else { h1_client }
     }
 }
 
@@ -259,6 +338,7 @@ async fn connect_pod_local(ip: IpAddr, port: u16) -> Result<TcpStream, Failure> 
 pub struct Connector {
     upstream: Upstream,
     h2: bool,
+    exemptions: Arc<Exemptions>,
 }
 
 impl tower_service::Service<Uri> for Connector {
@@ -273,6 +353,7 @@ impl tower_service::Service<Uri> for Connector {
     fn call(&mut self, uri: Uri) -> Self::Future {
         let upstream = self.upstream.clone();
         let h2 = self.h2;
+        let exemptions = self.exemptions.clone();
         Box::pin(async move {
             let https = uri.scheme_str() == Some("https");
             let raw_host = uri.host().unwrap_or_default();
@@ -280,7 +361,7 @@ impl tower_service::Service<Uri> for Connector {
                 .map_err(|e| Failure::new(UpstreamError::Resolve, e.to_string()))?;
             let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
             if https {
-                let tls = upstream.connect_tls(&host, port, h2).await?;
+                let tls = upstream.connect_tls(&host, port, h2, &exemptions).await?;
                 let negotiated_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
                 Ok(Conn {
                     io: TokioIo::new(Stream::Tls(Box::new(tls))),
@@ -292,7 +373,7 @@ impl tower_service::Service<Uri> for Connector {
                     // (podLocal rules allowed it): `http::handle` sends every loopback target
                     // there, before any host rule is looked at.
                     Host::Ip(ip) if is_loopback(ip) => connect_pod_local(ip, port).await?,
-                    _ => upstream.connect_tcp(&host, port).await?,
+                    _ => upstream.connect_tcp(&host, port, &exemptions).await?,
                 };
                 Ok(Conn {
                     io: TokioIo::new(Stream::Plain(tcp)),
@@ -419,10 +500,20 @@ impl hyper::rt::Write for Conn {
 mod tests {
     use super::*;
 
+    fn refused(result: Result<TcpStream, Failure>) -> String {
+        let failure = result.unwrap_err();
+        assert_eq!(failure.kind, UpstreamError::Guard, "{failure}");
+        assert_eq!(failure.status(), 403);
+        failure.message
+    }
+
     #[tokio::test]
-    async fn the_proxys_own_host_is_no_upstream_unless_an_override_names_it() {
+    async fn the_guard_judges_every_address_and_pins_lift_it() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
         let overrides = HashMap::from([("pinned.test".to_owned(), "127.0.0.1".parse().unwrap())]);
-        let upstream = Upstream::new(overrides, UpstreamTls::new(&[]).unwrap());
+        let upstream = Upstream::new(overrides, None, UpstreamTls::new(&[]).unwrap());
+        let none = Exemptions::default();
         for literal in [
             "127.0.0.1",
             "127.1.2.3",
@@ -431,27 +522,27 @@ mod tests {
             "::ffff:127.0.0.1",
         ] {
             let host = Host::parse(literal).unwrap();
-            let err = upstream.resolve(&host).await.unwrap_err();
-            assert!(err.message.contains("podLocal"), "{literal}: {err}");
+            let message = refused(upstream.connect_tcp(&host, port, &none).await);
+            assert!(message.contains("podLocal"), "{literal}: {message}");
         }
         // A name whose answer is loopback (localhost always is) cannot reach the pod either.
-        let err = upstream
-            .resolve(&Host::parse("localhost").unwrap())
-            .await
-            .unwrap_err();
-        assert!(
-            err.message.contains("only to this pod's own address"),
-            "{err}"
+        let localhost = Host::parse("localhost").unwrap();
+        let message = refused(upstream.connect_tcp(&localhost, port, &none).await);
+        assert!(message.contains("an address of localhost"), "{message}");
+        // `--resolve` pins it; so does the policy's `spec.resolve`.
+        let pinned = Host::parse("pinned.test").unwrap();
+        assert!(upstream.connect_tcp(&pinned, port, &none).await.is_ok());
+        let pins = Exemptions {
+            pins: HashMap::from([("localhost".to_owned(), vec!["127.0.0.1".parse().unwrap()])]),
+            rules: Vec::new(),
+        };
+        assert!(upstream.connect_tcp(&localhost, port, &pins).await.is_ok());
+        let resolved = upstream.resolve(&pinned, &none.pins).await.unwrap();
+        assert_eq!(resolved, [("127.0.0.1".parse().unwrap(), Origin::Pinned)]);
+        let public = Host::parse("192.0.2.10").unwrap();
+        assert_eq!(
+            upstream.resolve(&public, &none.pins).await.unwrap(),
+            [("192.0.2.10".parse().unwrap(), Origin::Asked)]
         );
-        assert!(
-            upstream
-                .connect_tcp(&Host::parse("localhost").unwrap(), 1)
-                .await
-                .is_err()
-        );
-        let pinned = upstream.resolve(&Host::parse("pinned.test").unwrap()).await;
-        assert_eq!(pinned.unwrap(), ["127.0.0.1".parse::<IpAddr>().unwrap()]);
-        let public = upstream.resolve(&Host::parse("192.0.2.10").unwrap()).await;
-        assert_eq!(public.unwrap(), ["192.0.2.10".parse::<IpAddr>().unwrap()]);
     }
 }

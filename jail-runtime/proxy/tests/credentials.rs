@@ -199,6 +199,7 @@ impl Setup {
             policy,
             upstream_cas: vec![ca.pem_path.clone()],
             resolve,
+            upstream_dns: None,
             audit: Sink::File(audit.clone()),
             ca: Arc::new(proxy_ca),
             upstream_timeout: Duration::from_secs(10),

@@ -78,6 +78,7 @@ impl InProcess {
                 .unwrap(),
             upstream_cas: vec![upstream_ca.pem_path.clone()],
             resolve,
+            upstream_dns: None,
             audit: Sink::File(audit.clone()),
             ca: Arc::new(ca),
             upstream_timeout: Duration::from_secs(10),

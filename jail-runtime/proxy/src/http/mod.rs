@@ -37,6 +37,7 @@ use crate::io::BoxIo;
 use crate::keepalive::{self, Exchange};
 use crate::metrics::{Kind, UpstreamError};
 use crate::pod_local;
+use crate::policy::Resolved;
 use crate::upstream::{Body, BoxError, Failure};
 use crate::wire::Destination;
 
@@ -346,7 +347,7 @@ async fn handle(
                 }
             };
             proxy.metrics().decision(kind, ruling.decision);
-            forward(proxy, scheme, request, entry, client_upgrade).await
+            forward(proxy, &resolved, scheme, request, entry, client_upgrade).await
         }
         Verdict::Deny { ruling, page } => {
             entry.rule_on(&ruling);
@@ -554,6 +555,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 
 async fn forward(
     proxy: Proxy,
+    resolved: &Resolved,
     scheme: Scheme,
     request: Outgoing,
     mut entry: Entry,
@@ -585,7 +587,7 @@ async fn forward(
     };
     let request = Request::from_parts(parts, req_body.boxed());
     // HTTP/2 upstream only for HTTP/2 clients; upgrades need HTTP/1.1.
-    let client = proxy.http_client(client_h2 && !upgrading);
+    let client = proxy.http_client(resolved, client_h2 && !upgrading);
     let limit = proxy.upstream_timeout();
     let response = match tokio::time::timeout(limit, client.request(request)).await {
         Ok(Ok(r)) => r,
@@ -598,6 +600,9 @@ async fn forward(
             let failure = failure_of(&e);
             proxy.metrics().upstream_error(failure.kind);
             entry.bytes_in = bytes_in.load(Ordering::Relaxed);
+            if failure.kind == UpstreamError::Guard {
+                return guard_refused(entry, &failure.message);
+            }
             return finish_error(entry, failure.status(), &failure.message);
         }
         Err(_) => {
@@ -716,6 +721,15 @@ fn failure_of(e: &hyper_util::client::legacy::Error) -> Failure {
         message,
         timeout: false,
     }
+}
+
+/// The client's answer when the private-address guard refused every address of the target: a
+/// 403 saying which address, its range, and how to allow it; audited as a denial.
+fn guard_refused(mut entry: Entry, reason: &str) -> Response<Body> {
+    entry.refused_by_guard();
+    entry.status = Some(403);
+    entry.reason = Some(reason.to_owned());
+    text(403, format!("Blocked by Agent Boundary: {reason}\n"))
 }
 
 /// The client's answer when the upstream failed; the entry is written with it.
