@@ -75,7 +75,9 @@ metadata: {name: $name}
 spec: {selector: {app: $name}, ports: [{port: 443, targetPort: 8443}]}
 YAML
 done
-k apply -n "$NS" -f - <<'YAML'
+allowed_ip=$("$KUBECTL" get svc -n "$NS" allowed -o jsonpath='{.spec.clusterIP}')
+denied_ip=$("$KUBECTL" get svc -n "$NS" denied -o jsonpath='{.spec.clusterIP}')
+k apply -n "$NS" -f - <<YAML
 apiVersion: agentboundary.dev/v1alpha1
 kind: BoundaryPolicy
 metadata: {name: demo-agent}
@@ -84,15 +86,18 @@ spec:
   mode: Enforce
   allow:
     - domain=allowed.demo.test method=GET path=/models
-  jail: {wrapCommand: true}   # the containers' own commands run inside `boundary run`
+  # This local cluster has no cluster DNS: the names are pinned to the Services' cluster IPs
+  # (the proxy never connects to a private address that is neither pinned nor named by a rule).
+  resolve:
+    - {host: allowed.demo.test, addresses: ["$allowed_ip"]}
+    - {host: denied.demo.test, addresses: ["$denied_ip"]}
+  jail: {wrapCommand: true}   # the containers' own commands run inside \`boundary run\`
 YAML
 k wait -n "$NS" --for condition=Ready --timeout 60s bp/demo-agent
 k get bp -n "$NS"
 k wait -n "$NS" --for condition=Ready --timeout 120s pod/allowed pod/denied
 
 say "6/7 an agent pod: GETs both services every 3 s (the webhook jails it on the way in)"
-allowed_ip=$("$KUBECTL" get svc -n "$NS" allowed -o jsonpath='{.spec.clusterIP}')
-denied_ip=$("$KUBECTL" get svc -n "$NS" denied -o jsonpath='{.spec.clusterIP}')
 "$KUBECTL" delete pod -n "$NS" demo-agent --ignore-not-found --wait=true >/dev/null
 k apply -n "$NS" -f - <<YAML
 apiVersion: v1

@@ -29,6 +29,8 @@ mod chaos;
 mod no_way_out;
 #[path = "e2e/real_pods.rs"]
 mod real_pods;
+#[path = "e2e/rules.rs"]
+mod rules;
 #[path = "e2e/secretless.rs"]
 mod secretless;
 
@@ -359,6 +361,7 @@ async fn policy_with(ns: &TestNamespace, spec: Value) -> anyhow::Result<()> {
         "jail": {"wrapCommand": true},
     });
     merge(&mut full, &spec);
+    pin_services(ns, &mut full).await?;
     let object = json!({
         "apiVersion": contract::API_VERSION,
         "kind": "BoundaryPolicy",
@@ -384,6 +387,32 @@ async fn policy_with(ns: &TestNamespace, spec: Value) -> anyhow::Result<()> {
         Ok(ready.then_some(()))
     })
     .await
+}
+
+/// Pins the test servers' names to their Services' cluster IPs in a policy `spec` that has no
+/// `resolve` of its own: this cluster has no DNS for them (the pods get `hostAliases`), and the
+/// proxy's private-address guard refuses a private address that is neither pinned nor named by
+/// a rule, which is what a cluster IP is.
+async fn pin_services(ns: &TestNamespace, spec: &mut Value) -> anyhow::Result<()> {
+    if spec.get("resolve").is_some() {
+        return Ok(());
+    }
+    let services: Api<Service> = ns.api();
+    let mut pins = Vec::new();
+    for (name, host) in [("allowed", ALLOWED), ("denied", DENIED)] {
+        if let Some(ip) = services
+            .get_opt(name)
+            .await?
+            .and_then(|s| s.spec)
+            .and_then(|s| s.cluster_ip)
+        {
+            pins.push(json!({"host": host, "addresses": [ip]}));
+        }
+    }
+    if !pins.is_empty() {
+        spec["resolve"] = Value::Array(pins);
+    }
+    Ok(())
 }
 
 fn merge(target: &mut Value, patch: &Value) {

@@ -357,6 +357,102 @@ async fn invalid_rules_are_reported_with_positions_and_an_event() -> anyhow::Res
     Ok(())
 }
 
+/// The fields of issue 14 through the real apiserver: the CRD accepts them, the operator reports
+/// each bad one at its place, publishes the deny rules that compile (they only tighten) and
+/// withholds the rest; fixed, everything is published, presets included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deny_conditions_presets_and_pins_are_reported_at_their_place() -> anyhow::Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "operator-rules", &[]).await?;
+    let _operator = start_policies(&client, &ns);
+
+    create_policy(
+        &ns,
+        "rules",
+        &json!({
+            "podSelector": {},
+            "allow": ["domain=ok.com"],
+            "deny": ["domain=paste.example", "domain=-bad.example"],
+            "denyHttp": [{"domains": ["ok.com"], "headers": {"X Bad": "*"}}],
+            "http": [{"domains": ["git.example"], "query": {"service": "git-upload-pack"}}],
+            "presets": ["github-read-only", "no-such-preset"],
+            "resolve": [{"host": "svc.example", "addresses": ["10.0.0.1", "not-an-ip"]}],
+        }),
+    )
+    .await?;
+    let bp = status_when(&ns, "rules", "RulesValid=False", |s| {
+        condition(s, condition_types::RULES_VALID).is_some_and(|c| c.status == "False")
+    })
+    .await?;
+    let status = bp.status.unwrap();
+    let fields: Vec<&str> = status
+        .rule_problems
+        .iter()
+        .map(|p| p.field.as_str())
+        .collect();
+    for wanted in [
+        "spec.deny[1]",
+        "spec.denyHttp[0].headers.X Bad",
+        "spec.presets[1]",
+        "spec.resolve[0].addresses[1]",
+    ] {
+        assert!(
+            fields.contains(&wanted),
+            "no problem at {wanted}: {:?}",
+            status.rule_problems
+        );
+    }
+    let preset = status
+        .rule_problems
+        .iter()
+        .find(|p| p.field == "spec.presets[1]")
+        .unwrap();
+    assert!(
+        preset.message.contains("github-read-only"),
+        "the known presets are listed: {}",
+        preset.message
+    );
+    // The valid deny rule stays published; the allow rules, presets and pins are withheld.
+    config_map_when(&ns, "holds the valid deny rule only", |f| {
+        f.policies.first().is_some_and(|e| {
+            e.deny == ["domain=paste.example"]
+                && e.allow.is_empty()
+                && e.presets.is_empty()
+                && e.resolve.is_empty()
+        })
+    })
+    .await?;
+
+    ns.api::<BoundaryPolicy>()
+        .patch(
+            "rules",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {
+                "deny": ["domain=paste.example"],
+                "denyHttp": [{"domains": ["ok.com"], "headers": {"X-Mode": "write"}}],
+                "presets": ["github-read-only"],
+                "resolve": [{"host": "svc.example", "addresses": ["10.0.0.1"]}],
+            }})),
+        )
+        .await?;
+    status_when(&ns, "rules", "Ready=True", |s| {
+        condition(s, condition_types::READY).is_some_and(|c| c.status == "True")
+    })
+    .await?;
+    config_map_when(&ns, "holds every field", |f| {
+        f.policies.first().is_some_and(|e| {
+            e.deny.len() == 1
+                && e.deny_http.len() == 1
+                && e.presets == ["github-read-only"]
+                && e.http.first().is_some_and(|h| !h.query.is_empty())
+                && e.resolve.len() == 1
+        })
+    })
+    .await?;
+    Ok(())
+}
+
 /// A Node object (no kubelet behind it) in this test's pool; deleted on drop.
 async fn fake_node(
     client: &Client,

@@ -488,6 +488,7 @@ async fn a_pod_recreated_from_its_mutated_spec_is_jailed_once() -> anyhow::Resul
 async fn named_policy(ns: &TestNamespace, name: &str, spec: Value) -> anyhow::Result<()> {
     let mut full = json!({"podSelector": {"matchLabels": {"app": name}}, "mode": "Enforce"});
     merge(&mut full, &spec);
+    pin_services(ns, &mut full).await?;
     let object = json!({
         "apiVersion": contract::API_VERSION, "kind": "BoundaryPolicy",
         "metadata": {"name": name}, "spec": full,
