@@ -227,11 +227,7 @@ fn start_jail(
                             .iter()
                             .map(PathBuf::from)
                             .collect(),
-                        java_trust_stores: boundary_proxy::trust::java_trust_stores(
-                            std::env::var_os(boundary_api::contract::java_env::JAVA_HOME)
-                                .as_deref()
-                                .map(Path::new),
-                        ),
+                        java_trust_stores: jdk_trust_stores(),
                     },
                     pod_local_ports: settings.pod_local_ports.clone(),
                 };
@@ -301,11 +297,13 @@ fn start_landlock(settings: &RunSettings, workdir: &Path) -> Result<Started, Jai
         };
         env.push((var.into(), value.into()));
     }
-    env.push(java_tool_options(
-        workdir,
-        port,
-        std::env::var_os(boundary_api::contract::java_env::JAVA_TOOL_OPTIONS),
-    ));
+    if !jdk_trust_stores().is_empty() {
+        env.push(java_tool_options(
+            workdir,
+            port,
+            std::env::var_os(boundary_api::contract::java_env::JAVA_TOOL_OPTIONS),
+        ));
+    }
     let plan = LandlockPlan {
         command: settings.command.clone(),
         env,
@@ -499,6 +497,16 @@ fn ca_env(workdir: &Path) -> Vec<(OsString, OsString)> {
     env
 }
 
+/// The JDK trust stores (`cacerts`) on this filesystem, `$JAVA_HOME`'s included. None: no JVM
+/// can run here, and the jail needs no Java store.
+fn jdk_trust_stores() -> Vec<PathBuf> {
+    boundary_proxy::trust::java_trust_stores(
+        std::env::var_os(boundary_api::contract::java_env::JAVA_HOME)
+            .as_deref()
+            .map(Path::new),
+    )
+}
+
 /// The landlock tier has no mount namespace to put the Java trust store over the JDKs'
 /// `cacerts`, and JVMs ignore `HTTPS_PROXY`: `JAVA_TOOL_OPTIONS`, which every JVM reads (and
 /// notes on standard error), names the store and the explicit proxy. The caller's options stay,
@@ -595,10 +603,13 @@ impl Workdir {
         boundary_proxy::trust::write_roots(&bundle).map_err(fail(BUNDLE_FILE))?;
         let pem = ca()?;
         boundary_proxy::trust::append_ca(&bundle, &pem).map_err(fail(BUNDLE_FILE))?;
-        let bundle_pem = std::fs::read_to_string(&bundle).map_err(fail(BUNDLE_FILE))?;
-        let java =
-            boundary_proxy::trust::java_trust_store(&bundle_pem).map_err(JailError::Other)?;
-        std::fs::write(self.path.join(JAVA_STORE_FILE), java).map_err(fail(JAVA_STORE_FILE))?;
+        // Building the Java store costs about 2 ms of start-up: only where a JDK is installed.
+        if !jdk_trust_stores().is_empty() {
+            let bundle_pem = std::fs::read_to_string(&bundle).map_err(fail(BUNDLE_FILE))?;
+            let java =
+                boundary_proxy::trust::java_trust_store(&bundle_pem).map_err(JailError::Other)?;
+            std::fs::write(self.path.join(JAVA_STORE_FILE), java).map_err(fail(JAVA_STORE_FILE))?;
+        }
         std::fs::write(self.path.join(CA_FILE), &pem).map_err(fail(CA_FILE))?;
         std::fs::write(self.path.join(RESOLV_FILE), RESOLV_CONF).map_err(fail(RESOLV_FILE))?;
         Ok(pem)
