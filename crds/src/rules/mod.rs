@@ -884,6 +884,8 @@ pub fn suggest(req: HttpRequest<'_>) -> Vec<String> {
         out.push(format!("domain={host} method={}", req.method));
     }
     out.push(format!("domain={host}"));
+    // A host no rule can name (`-a.com`: it cannot exist) gets no suggestion at all.
+    out.retain(|rule| parse_rule(rule).is_ok());
     out
 }
 
@@ -1579,6 +1581,14 @@ mod tests {
         );
         assert!(problems[0].message.contains("cannot be Passthrough"));
         assert!(problems[5].message.contains("headers"));
+    }
+
+    #[test]
+    fn a_host_no_rule_can_name_gets_no_suggestion() {
+        // Found by the rule_parser fuzz target: a request to `-6z` suggested `domain=-6z`.
+        let host = Host::parse("-6z").unwrap();
+        let path = RequestPath::parse("/").unwrap();
+        assert!(suggest(HttpRequest::new(&host, 443, "GET", &path)).is_empty());
     }
 
     #[test]
