@@ -479,39 +479,38 @@ fn checked_deny(
     deny_http: &[HttpRule],
 ) -> (Vec<String>, Vec<HttpRule>, Vec<RuleProblem>) {
     let mut problems = Vec::new();
-    let valid_deny = deny
-        .iter()
-        .enumerate()
-        .filter(|&(i, rule)| {
-            let alone = PolicyEntry {
-                name: policy.to_owned(),
-                deny: vec![rule.clone()],
-                ..PolicyEntry::default()
-            };
-            let found = placed(alone.compile(), &format!("spec.deny[{i}]"));
-            let valid = found.is_empty();
-            problems.extend(found);
-            valid
-        })
-        .map(|(_, rule)| rule.clone())
-        .collect();
-    let valid_deny_http = deny_http
-        .iter()
-        .enumerate()
-        .filter(|&(i, rule)| {
-            let alone = PolicyEntry {
-                name: policy.to_owned(),
-                deny_http: vec![rule.clone()],
-                ..PolicyEntry::default()
-            };
-            let found = placed(alone.compile(), &format!("spec.denyHttp[{i}]"));
-            let valid = found.is_empty();
-            problems.extend(found);
-            valid
-        })
-        .map(|(_, rule)| rule.clone())
-        .collect();
+    let valid_deny = valid_one_by_one(deny, "spec.deny", &mut problems, |rule| PolicyEntry {
+        name: policy.to_owned(),
+        deny: vec![rule],
+        ..PolicyEntry::default()
+    });
+    let valid_deny_http = valid_one_by_one(deny_http, "spec.denyHttp", &mut problems, |rule| {
+        PolicyEntry {
+            name: policy.to_owned(),
+            deny_http: vec![rule],
+            ..PolicyEntry::default()
+        }
+    });
     (valid_deny, valid_deny_http, problems)
+}
+
+/// The rules of `list` that compile alone (in the entry `alone` makes of each), with the
+/// problems of the others placed at `list[i]`.
+fn valid_one_by_one<T: Clone>(
+    rules: &[T],
+    list: &str,
+    problems: &mut Vec<RuleProblem>,
+    alone: impl Fn(T) -> PolicyEntry,
+) -> Vec<T> {
+    let mut valid = Vec::new();
+    for (i, rule) in rules.iter().enumerate() {
+        let found = placed(alone(rule.clone()).compile(), &format!("{list}[{i}]"));
+        if found.is_empty() {
+            valid.push(rule.clone());
+        }
+        problems.extend(found);
+    }
+    valid
 }
 
 /// The problems of a one-rule entry, moved from `spec.deny[0]…` to `field…`.
