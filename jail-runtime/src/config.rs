@@ -190,6 +190,20 @@ pub struct ProxyArgs {
     /// standard output (`boundary sidecar`).
     #[arg(long, value_name = "FILE", env = contract::boundary_env::AUDIT_FILE)]
     pub audit_file: Option<PathBuf>,
+    /// Audit lines: `json` (this project's records, the default) or `ocsf` (OCSF 1.3.0 events:
+    /// HTTP Activity, Network Activity, ...; see the README's audit section).
+    #[arg(long, value_name = "json|ocsf", env = contract::boundary_env::AUDIT_FORMAT)]
+    pub audit_format: Option<boundary_proxy::audit::Format>,
+    /// Rotate the audit file (`--audit-file`) before it grows past SIZE: bytes, or a number
+    /// with K, KiB, M, MiB, G or GiB (powers of 1024), e.g. `10MiB`. Default: no rotation.
+    #[arg(long, value_name = "SIZE", env = contract::boundary_env::AUDIT_MAX_BYTES,
+          value_parser = parse_audit_max_bytes)]
+    pub audit_max_bytes: Option<u64>,
+    /// Rotated audit files kept with `--audit-max-bytes` (FILE.1 newest .. FILE.K, the oldest
+    /// dropped; 0 keeps none). Default: 5.
+    #[arg(long, value_name = "K", env = contract::boundary_env::AUDIT_KEEP,
+          value_parser = clap::value_parser!(u32).range(0..=i64::from(boundary_proxy::audit::MAX_KEEP)))]
+    pub audit_keep: Option<u32>,
     /// Seconds an upstream may take to send response headers before the client gets 504.
     #[arg(
         long,
@@ -221,10 +235,60 @@ pub struct ConfigFile {
     resolve: Vec<String>,
     upstream_ca: Vec<PathBuf>,
     audit_file: Option<PathBuf>,
+    /// `json` or `ocsf`.
+    audit_format: Option<String>,
+    /// A size in bytes, or a string with a suffix (`10MiB`).
+    audit_max_bytes: Option<SizeValue>,
+    audit_keep: Option<u32>,
     /// `--credential` specs (the real values still come from the environment).
     credentials: Vec<String>,
     #[serde(flatten)]
     other: HashMap<String, serde_yaml_ng::Value>,
+}
+
+/// A size in the config file: a number of bytes or a string such as `10MiB`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum SizeValue {
+    Bytes(u64),
+    Text(String),
+}
+
+fn parse_audit_max_bytes(text: &str) -> Result<u64, String> {
+    boundary_proxy::audit::parse_size(text).map_err(|e| e.to_string())
+}
+
+impl ProxyArgs {
+    /// The audit trail's format and rotation: flags (or their env) over the config file's keys
+    /// (`boundary run`; the sidecar has no config file).
+    pub fn audit_options(
+        &self,
+        file_format: Option<&str>,
+        file_max_bytes: Option<u64>,
+        file_keep: Option<u32>,
+    ) -> Result<boundary_proxy::audit::Options, ConfigError> {
+        let format = match (self.audit_format, file_format) {
+            (Some(f), _) => f,
+            (None, Some(text)) => text
+                .parse()
+                .map_err(|e| ConfigError::Invalid(format!("audit_format: {e}")))?,
+            (None, None) => boundary_proxy::audit::Format::Json,
+        };
+        let keep = self.audit_keep.or(file_keep);
+        if keep.is_some_and(|k| k > boundary_proxy::audit::MAX_KEEP) {
+            return Err(ConfigError::Invalid(format!(
+                "audit_keep: at most {}",
+                boundary_proxy::audit::MAX_KEEP
+            )));
+        }
+        let rotation = self.audit_max_bytes.or(file_max_bytes).map(|max_bytes| {
+            boundary_proxy::audit::Rotation {
+                max_bytes,
+                keep: keep.unwrap_or(boundary_proxy::audit::DEFAULT_KEEP),
+            }
+        });
+        Ok(boundary_proxy::audit::Options { format, rotation })
+    }
 }
 
 /// Which tiers to try.
@@ -270,6 +334,8 @@ pub struct RunSettings {
     pub log: LogArgs,
     /// Audit destination.
     pub audit: Sink,
+    /// The audit lines' format, the audit file's rotation.
+    pub audit_options: boundary_proxy::audit::Options,
     /// Explicit proxy port (landlock tier).
     pub proxy_port: Option<u16>,
     /// Container name.
@@ -552,6 +618,30 @@ impl RunArgs {
         } else {
             Sink::Stderr
         };
+        let file_max_bytes = match &file.audit_max_bytes {
+            None => None,
+            Some(SizeValue::Bytes(0)) => {
+                return Err(ConfigError::Invalid(
+                    "audit_max_bytes: at least 1 byte".into(),
+                ));
+            }
+            Some(SizeValue::Bytes(n)) => Some(*n),
+            Some(SizeValue::Text(text)) => Some(
+                boundary_proxy::audit::parse_size(text)
+                    .map_err(|e| ConfigError::Invalid(format!("audit_max_bytes: {e}")))?,
+            ),
+        };
+        let audit_options = self.proxy.audit_options(
+            file.audit_format.as_deref(),
+            file_max_bytes,
+            file.audit_keep,
+        )?;
+        if audit_options.rotation.is_some() && !matches!(audit, Sink::File(_)) {
+            warnings.push(
+                "--audit-max-bytes rotates an audit file only: give --audit-file (or log_dir)"
+                    .into(),
+            );
+        }
         let coder_port = coder_proxy_port(self.coder_proxy_port.as_deref(), &mut warnings);
         let proxy_port = self.proxy_port.or(file.proxy_port).or(coder_port);
         let mut upstream_cas = self.proxy.upstream_ca.clone();
@@ -571,6 +661,7 @@ impl RunArgs {
             }
             .or_defaults("warn", LogFormat::Text),
             audit,
+            audit_options,
             proxy_port,
             container: self.container.clone(),
             pod_local_ports,

@@ -183,6 +183,10 @@ async fn serve(args: &SidecarArgs, jails: Arc<Jails>) -> anyhow::Result<()> {
             .audit_file
             .clone()
             .map_or(Sink::Stdout, Sink::File),
+        audit_options: args
+            .proxy
+            .audit_options(None, None, None)
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
         ca,
         upstream_timeout: std::time::Duration::from_secs(args.proxy.upstream_timeout.max(1)),
         credential_values: args

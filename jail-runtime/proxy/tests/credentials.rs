@@ -201,6 +201,7 @@ impl Setup {
             resolve,
             upstream_dns: None,
             audit: Sink::File(audit.clone()),
+            audit_options: Default::default(),
             ca: Arc::new(proxy_ca),
             upstream_timeout: Duration::from_secs(10),
             credential_values: ValueSource::Dir(values.clone()),

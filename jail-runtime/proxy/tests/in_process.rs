@@ -80,6 +80,7 @@ impl InProcess {
             resolve,
             upstream_dns: None,
             audit: Sink::File(audit.clone()),
+            audit_options: Default::default(),
             ca: Arc::new(ca),
             upstream_timeout: Duration::from_secs(10),
             credential_values: boundary_proxy::credentials::values::ValueSource::None,
