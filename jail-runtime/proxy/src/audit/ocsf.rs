@@ -16,7 +16,9 @@
 //! has no attribute for goes verbatim, under the JSON format's names, into `unmapped`
 //! (`decision`, `rule`, `denied_by`, `reason`, `mode`, `tier`, `container`, `pod`, `namespace`,
 //! `credential`, `leak`, `scheme`, `kind`, ...). The query string is in neither format. OCSF 1.3.0
-//! requires `http_response` in HTTP Activity: a request no status was sent for has `code` 0.
+//! requires `http_response` in HTTP Activity: a request no status was sent for has `code` 0. Its
+//! `http_method` enumerates 8 methods: PATCH and others are named by `activity_name` (`Patch`)
+//! and `unmapped.method` instead.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -228,6 +230,12 @@ fn endpoint(host: &str, port: Option<u64>) -> Value {
     Value::Object(ep)
 }
 
+/// The methods OCSF 1.3.0's `http_method` enumerates (the others, PATCH among them, have no
+/// `http_method`: `activity_name` and `unmapped.method` name them).
+const OCSF_METHODS: [&str; 8] = [
+    "CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "POST", "PUT", "TRACE",
+];
+
 /// `http_request`: method and URL (scheme, host, port, path; never the query).
 fn http_request(
     method: &str,
@@ -249,7 +257,12 @@ fn http_request(
     if let Some(path) = path {
         url.insert("path".into(), json!(path));
     }
-    json!({"http_method": method, "url": url})
+    let mut request = Map::new();
+    if OCSF_METHODS.contains(&method) {
+        request.insert("http_method".into(), json!(method));
+    }
+    request.insert("url".into(), Value::Object(url));
+    Value::Object(request)
 }
 
 fn traffic_and_duration(event: &mut Map<String, Value>, fields: &mut Fields) {
@@ -279,7 +292,10 @@ fn decision(mut fields: Fields) -> Value {
     let port = fields.take_u64("port");
     let http = fields.has("method") && matches!(scheme.as_str(), "http" | "https" | "pod-local");
     let mut event = if http {
-        let method = fields.take_str("method").unwrap_or_default();
+        let method = fields.str("method").unwrap_or_default().to_owned();
+        if OCSF_METHODS.contains(&method.as_str()) {
+            fields.0.remove("method");
+        }
         let (id, name) = http_activity(&method);
         let mut event = skeleton(
             HTTP_ACTIVITY,
@@ -377,7 +393,10 @@ fn event(kind: &str, mut fields: Fields) -> Value {
             finish(event, fields)
         }
         "credential-leak" => {
-            let method = fields.take_str("method").unwrap_or_else(|| "OTHER".into());
+            let method = fields.str("method").unwrap_or("OTHER").to_owned();
+            if OCSF_METHODS.contains(&method.as_str()) {
+                fields.0.remove("method");
+            }
             let (id, name) = http_activity(&method);
             let mut event = skeleton(
                 HTTP_ACTIVITY,
@@ -491,7 +510,14 @@ mod tests {
             assert_eq!(e["activity_id"], id, "{method}");
             assert_eq!(e["type_uid"], 400_200 + id, "{method}");
             assert_eq!(e["activity_name"], name, "{method}");
-            assert_eq!(e["http_request"]["http_method"], method);
+            if id == 99 {
+                // Not in OCSF 1.3.0's enumeration: named in `unmapped` instead.
+                assert!(e["http_request"].get("http_method").is_none(), "{method}");
+                assert_eq!(e["unmapped"]["method"], method);
+            } else {
+                assert_eq!(e["http_request"]["http_method"], method);
+                assert!(e["unmapped"].get("method").is_none(), "{method}");
+            }
         }
     }
 
