@@ -1381,4 +1381,96 @@ spec:
             assert!(e.contains("--upstream-dns") && e.contains(bad), "{e}");
         }
     }
+
+    #[test]
+    fn audit_format_and_rotation_come_from_flags_over_the_config_file() {
+        use boundary_proxy::audit::{Format, Options, Rotation};
+        // Defaults: today's JSON lines, a file that only grows.
+        let s = args(&["--audit-file", "/tmp/a.jsonl", "--", "true"])
+            .resolve()
+            .unwrap();
+        assert_eq!(s.audit_options, Options::default());
+
+        let dir = TempDir::new();
+        let file = dir.0.join("audit-config.yaml");
+        std::fs::write(
+            &file,
+            "audit_file: /tmp/a.jsonl\naudit_format: ocsf\naudit_max_bytes: 10MiB\naudit_keep: 2\n",
+        )
+        .unwrap();
+        let cfg = file.to_string_lossy().into_owned();
+        let s = args(&["--config", &cfg, "--", "true"]).resolve().unwrap();
+        assert_eq!(
+            s.audit_options,
+            Options {
+                format: Format::Ocsf,
+                rotation: Some(Rotation {
+                    max_bytes: 10 << 20,
+                    keep: 2
+                }),
+            }
+        );
+        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+        let s = args(&[
+            "--config",
+            &cfg,
+            "--audit-format",
+            "json",
+            "--audit-max-bytes",
+            "4096",
+            "--",
+            "true",
+        ])
+        .resolve()
+        .unwrap();
+        assert_eq!(s.audit_options.format, Format::Json);
+        assert_eq!(
+            s.audit_options.rotation,
+            Some(Rotation {
+                max_bytes: 4096,
+                keep: 2
+            })
+        );
+        // Bytes as a number; keep defaults to 5; rotation without a file is said.
+        std::fs::write(&file, "audit_max_bytes: 1000\n").unwrap();
+        let s = args(&["--config", &cfg, "--", "true"]).resolve().unwrap();
+        assert_eq!(
+            s.audit_options.rotation,
+            Some(Rotation {
+                max_bytes: 1000,
+                keep: 5
+            })
+        );
+        assert!(
+            s.warnings.iter().any(|w| w.contains("--audit-max-bytes")),
+            "{:?}",
+            s.warnings
+        );
+        // Bad values, named.
+        for (text, word) in [
+            ("audit_format: cef\n", "audit_format"),
+            ("audit_max_bytes: 10MB\n", "audit_max_bytes"),
+            ("audit_max_bytes: 0\n", "audit_max_bytes"),
+            ("audit_keep: 5000\n", "audit_keep"),
+        ] {
+            std::fs::write(&file, text).unwrap();
+            let e = args(&["--config", &cfg, "--", "true"])
+                .resolve()
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(word), "{text}: {e}");
+        }
+        for bad in [
+            ["--audit-format", "cef"],
+            ["--audit-max-bytes", "0"],
+            ["--audit-keep", "1001"],
+        ] {
+            let list = [bad[0], bad[1], "--", "true"];
+            assert!(
+                Cli::try_parse_from(std::iter::once("boundary").chain(list.iter().copied()))
+                    .is_err(),
+                "{bad:?}"
+            );
+        }
+    }
 }

@@ -213,9 +213,7 @@ fn load(path: &Path) -> anyhow::Result<Loaded> {
         },
         settings: Settings {
             enforcement_readiness_gate: case.enforcement_readiness_gate,
-            sidecar_audit_format: case
-                .sidecar_audit_format
-                .unwrap_or_else(|| "json".into()),
+            sidecar_audit_format: case.sidecar_audit_format.unwrap_or_else(|| "json".into()),
             ..settings()
         },
         namespace_labels,
