@@ -606,6 +606,7 @@ impl RunArgs {
         let mut resolve_items = self.proxy.resolve.clone();
         resolve_items.extend(file.resolve.iter().cloned());
         resolve_items.extend(rules.resolve);
+        let audit_options = self.audit_options(&file, &mut warnings)?;
         let disable = self.disable_audit_logs.or(file.disable_audit_logs) == Some(true);
         let audit = if disable {
             Sink::Disabled
@@ -618,30 +619,6 @@ impl RunArgs {
         } else {
             Sink::Stderr
         };
-        let file_max_bytes = match &file.audit_max_bytes {
-            None => None,
-            Some(SizeValue::Bytes(0)) => {
-                return Err(ConfigError::Invalid(
-                    "audit_max_bytes: at least 1 byte".into(),
-                ));
-            }
-            Some(SizeValue::Bytes(n)) => Some(*n),
-            Some(SizeValue::Text(text)) => Some(
-                boundary_proxy::audit::parse_size(text)
-                    .map_err(|e| ConfigError::Invalid(format!("audit_max_bytes: {e}")))?,
-            ),
-        };
-        let audit_options = self.proxy.audit_options(
-            file.audit_format.as_deref(),
-            file_max_bytes,
-            file.audit_keep,
-        )?;
-        if audit_options.rotation.is_some() && !matches!(audit, Sink::File(_)) {
-            warnings.push(
-                "--audit-max-bytes rotates an audit file only: give --audit-file (or log_dir)"
-                    .into(),
-            );
-        }
         let coder_port = coder_proxy_port(self.coder_proxy_port.as_deref(), &mut warnings);
         let proxy_port = self.proxy_port.or(file.proxy_port).or(coder_port);
         let mut upstream_cas = self.proxy.upstream_ca.clone();
@@ -672,6 +649,45 @@ impl RunArgs {
             warnings,
             credentials,
         })
+    }
+
+    /// The audit format and rotation of the flags and the config file.
+    fn audit_options(
+        &self,
+        file: &ConfigFile,
+        warnings: &mut Vec<String>,
+    ) -> Result<boundary_proxy::audit::Options, ConfigError> {
+        let file_max_bytes = match &file.audit_max_bytes {
+            None => None,
+            Some(SizeValue::Bytes(0)) => {
+                return Err(ConfigError::Invalid(
+                    "audit_max_bytes: at least 1 byte".into(),
+                ));
+            }
+            Some(SizeValue::Bytes(n)) => Some(*n),
+            Some(SizeValue::Text(text)) => Some(
+                boundary_proxy::audit::parse_size(text)
+                    .map_err(|e| ConfigError::Invalid(format!("audit_max_bytes: {e}")))?,
+            ),
+        };
+        let options = self.proxy.audit_options(
+            file.audit_format.as_deref(),
+            file_max_bytes,
+            file.audit_keep,
+        )?;
+        // As `resolve` picks the sink: a file, unless the trail is off.
+        let to_file = self.disable_audit_logs.or(file.disable_audit_logs) != Some(true)
+            && (self.proxy.audit_file.is_some()
+                || file.audit_file.is_some()
+                || self.log_dir.is_some()
+                || file.log_dir.is_some());
+        if options.rotation.is_some() && !to_file {
+            warnings.push(
+                "--audit-max-bytes rotates an audit file only: give --audit-file (or log_dir)"
+                    .into(),
+            );
+        }
+        Ok(options)
     }
 
     /// The rules of the flags, the config file and the policy files, in one set: their union,

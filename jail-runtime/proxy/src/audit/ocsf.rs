@@ -146,7 +146,7 @@ fn severity_name(id: u8) -> &'static str {
     }
 }
 
-/// `action_id`/`disposition_id` (security_control profile) and `status_id`.
+/// `action_id`/`disposition_id` (`security_control` profile) and `status_id`.
 fn outcome(event: &mut Map<String, Value>, blocked: bool, failed: bool) {
     let (action, disposition) = if blocked {
         ((2, "Denied"), (2, "Blocked"))
@@ -342,38 +342,7 @@ fn decision(mut fields: Fields) -> Value {
 /// An event record (`audit::EventRecord`): `kind` says which.
 fn event(kind: &str, mut fields: Fields) -> Value {
     match kind {
-        "inbound" => {
-            let refused = fields.0.get("refused").and_then(Value::as_bool) == Some(true);
-            let activity = if refused { (5, "Refuse") } else { (1, "Open") };
-            let mut event = skeleton(
-                NETWORK_ACTIVITY,
-                activity,
-                INFORMATIONAL,
-                &mut fields,
-                &["security_control"],
-            );
-            event.insert(
-                "connection_info".into(),
-                json!({"protocol_name": "tcp", "direction_id": 1, "direction": "Inbound"}),
-            );
-            if let Some(peer) = fields
-                .str("peer")
-                .and_then(|p| p.parse::<SocketAddr>().ok())
-            {
-                event.insert(
-                    "src_endpoint".into(),
-                    json!({"ip": peer.ip().to_string(), "port": peer.port()}),
-                );
-            }
-            // The server in the jail, on its loopback (see `boundary run --inbound-port`).
-            event.insert(
-                "dst_endpoint".into(),
-                json!({"ip": "127.0.0.1", "port": fields.take_u64("port").unwrap_or(0)}),
-            );
-            traffic_and_duration(&mut event, &mut fields);
-            outcome(&mut event, false, refused);
-            finish(event, fields)
-        }
+        "inbound" => inbound(fields),
         "unreachable-sidecar" => {
             let mut event = skeleton(
                 NETWORK_ACTIVITY,
@@ -451,6 +420,40 @@ fn event(kind: &str, mut fields: Fields) -> Value {
     }
 }
 
+/// An `inbound` event: a connection into the jail (`boundary run --inbound-port`).
+fn inbound(mut fields: Fields) -> Value {
+    let refused = fields.0.get("refused").and_then(Value::as_bool) == Some(true);
+    let activity = if refused { (5, "Refuse") } else { (1, "Open") };
+    let mut event = skeleton(
+        NETWORK_ACTIVITY,
+        activity,
+        INFORMATIONAL,
+        &mut fields,
+        &["security_control"],
+    );
+    event.insert(
+        "connection_info".into(),
+        json!({"protocol_name": "tcp", "direction_id": 1, "direction": "Inbound"}),
+    );
+    if let Some(peer) = fields
+        .str("peer")
+        .and_then(|p| p.parse::<SocketAddr>().ok())
+    {
+        event.insert(
+            "src_endpoint".into(),
+            json!({"ip": peer.ip().to_string(), "port": peer.port()}),
+        );
+    }
+    // The server in the jail, on its loopback (see `boundary run --inbound-port`).
+    event.insert(
+        "dst_endpoint".into(),
+        json!({"ip": "127.0.0.1", "port": fields.take_u64("port").unwrap_or(0)}),
+    );
+    traffic_and_duration(&mut event, &mut fields);
+    outcome(&mut event, false, refused);
+    finish(event, fields)
+}
+
 /// A Base Event (class 0): activity 99 Other, named by the record's kind.
 fn base_event(kind: &str, severity: u8, mut fields: Fields) -> Value {
     let event = skeleton(BASE_EVENT, (99, kind), severity, &mut fields, &[]);
@@ -462,7 +465,7 @@ fn base_event(kind: &str, severity: u8, mut fields: Fields) -> Value {
 mod tests {
     use super::*;
 
-    fn record(extra: Value) -> Value {
+    fn record(extra: &Value) -> Value {
         let mut base = json!({
             "time": "2026-01-02T03:04:05.678Z",
             "session": "0123456789abcdef",
@@ -505,7 +508,7 @@ mod tests {
         for (method, id, name) in table {
             assert_eq!(http_activity(method), (id, name.to_owned()), "{method}");
             let e = convert(record(
-                json!({"method": method, "path": "/x", "status": 200}),
+                &json!({"method": method, "path": "/x", "status": 200}),
             ));
             assert_eq!(e["activity_id"], id, "{method}");
             assert_eq!(e["type_uid"], 400_200 + id, "{method}");
@@ -540,7 +543,7 @@ mod tests {
                 json!({"decision": decision, "reason": reason, "method": "GET", "status": 403}),
                 json!({"decision": decision, "reason": reason, "scheme": "tcp"}),
             ] {
-                let e = convert(record(extra.clone()));
+                let e = convert(record(&extra));
                 assert_eq!(e["action_id"], action, "{extra}");
                 assert_eq!(e["disposition_id"], disposition, "{extra}");
                 assert_eq!(e["severity_id"], severity, "{extra}");
@@ -553,7 +556,7 @@ mod tests {
 
     #[test]
     fn an_http_request_is_http_activity_without_its_query() {
-        let e = convert(record(json!({
+        let e = convert(record(&json!({
             "method": "POST", "path": "/repos/acme/x", "status": 201,
             "rule": "domain=api.github.com", "credential": "github", "tier": "userns",
         })));
@@ -585,7 +588,7 @@ mod tests {
 
     #[test]
     fn no_status_sent_is_code_zero() {
-        let e = convert(record(json!({"method": "GET", "path": "/"})));
+        let e = convert(record(&json!({"method": "GET", "path": "/"})));
         assert_eq!(e["http_response"], json!({"code": 0}));
     }
 
@@ -601,7 +604,7 @@ mod tests {
         ];
         for (scheme, method, decision, activity) in table {
             let e = convert(record(
-                json!({"scheme": scheme, "method": method, "decision": decision, "status": method.map(|_| 403)}),
+                &json!({"scheme": scheme, "method": method, "decision": decision, "status": method.map(|_| 403)}),
             ));
             assert_eq!(e["class_uid"], 4001, "{scheme} {method:?}");
             assert_eq!(e["activity_id"], activity, "{scheme} {method:?}");

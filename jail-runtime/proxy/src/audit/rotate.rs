@@ -75,7 +75,7 @@ impl RotatingFile {
         rotation: Rotation,
         failures: Arc<AtomicU64>,
     ) -> RotatingFile {
-        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let size = file.metadata().map_or(0, |m| m.len());
         RotatingFile {
             path,
             out: BufWriter::with_capacity(64 * 1024, file),

@@ -1,5 +1,5 @@
 //! Checks OCSF audit lines against the OCSF 1.3.0 schema with `ocsf_validate.py`: OCSF's own
-//! schema export as shipped by the PyPI package `ocsf-json-schema`, validated by `jsonschema`,
+//! schema export as shipped by the `PyPI` package `ocsf-json-schema`, validated by `jsonschema`,
 //! both in the venv tests/scripts/ocsf-tools.sh installs (tests/scripts/setup.sh runs it).
 
 use std::io::Write as _;
@@ -67,6 +67,9 @@ pub fn assert_valid(lines: &[Value]) {
     let mut bad_activity = lines[0].clone();
     bad_activity["activity_id"] = 42.into();
     for broken in [unknown_attribute, no_class, bad_activity] {
-        assert!(check(&[broken.clone()]).is_err(), "accepted: {broken}");
+        assert!(
+            check(std::slice::from_ref(&broken)).is_err(),
+            "accepted: {broken}"
+        );
     }
 }
