@@ -89,3 +89,42 @@ async fn ocsf_lines_rotate_in_files_of_at_most_the_size() {
     assert_eq!(lines[1]["unmapped"]["denied_by"], "deny-rule");
     assert!(lines.iter().all(|l| l["class_uid"] == 4002));
 }
+
+#[tokio::test]
+async fn a_rotation_that_fails_is_said_once_on_stderr_and_no_line_is_lost() {
+    require_root();
+    let http = TestServer::start(None).await;
+    let audit = TempDir::new("audit-rotation-fails");
+    let file = audit.path().join("audit.jsonl");
+    // `FILE.1` is a non-empty directory: renaming the file onto it fails, as root too.
+    let blocker = audit.path().join("audit.jsonl.1");
+    std::fs::create_dir(&blocker).unwrap();
+    std::fs::write(blocker.join("keep"), "x").unwrap();
+    let script = format!(
+        "for i in 1 2 3 4 5 6; do curl -sS -o /dev/null http://nothing.test:{}/; done",
+        http.port()
+    );
+    let args = [
+        "--audit-file",
+        file.to_str().unwrap(),
+        "--audit-max-bytes",
+        "100",
+        "--audit-keep",
+        "1",
+    ];
+    let out = jailed(As::Nobody, &args, &script).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(
+        err.matches("rotating the audit file failed").count(),
+        1,
+        "said once:\n{err}"
+    );
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(text.lines().count(), 6, "every line in the file:\n{text}");
+    for line in text.lines() {
+        let record: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(record["decision"], "deny");
+    }
+    assert!(blocker.join("keep").exists());
+}
