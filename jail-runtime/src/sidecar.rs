@@ -170,6 +170,11 @@ async fn serve(args: &SidecarArgs, jails: Arc<Jails>) -> anyhow::Result<()> {
         pod: std::env::var(boundary_api::contract::env::POD_NAME).ok(),
         namespace: std::env::var(boundary_api::contract::env::POD_NAMESPACE).ok(),
     };
+    if args.proxy.audit_max_bytes.is_some() && args.proxy.audit_file.is_none() {
+        tracing::warn!(
+            "--audit-max-bytes rotates an audit file only: the trail goes to standard output (give --audit-file to rotate)"
+        );
+    }
     let proxy = Proxy::start(ProxyConfig {
         session,
         identity,
