@@ -313,6 +313,8 @@ pub mod webhook_env {
         SIDECAR_MEMORY_REQUEST = "BOUNDARY_WEBHOOK_SIDECAR_MEMORY_REQUEST";
         /// Memory limit of the injected sidecar.
         SIDECAR_MEMORY_LIMIT = "BOUNDARY_WEBHOOK_SIDECAR_MEMORY_LIMIT";
+        /// Audit format of the injected sidecar (`json` or `ocsf`).
+        SIDECAR_AUDIT_FORMAT = "BOUNDARY_WEBHOOK_SIDECAR_AUDIT_FORMAT";
         /// `true`: jailed pods get the readiness gate [`super::conditions::ENFORCED`].
         ENFORCEMENT_READINESS_GATE = "BOUNDARY_WEBHOOK_ENFORCEMENT_READINESS_GATE";
         /// Namespaces (comma-separated) where jailing is required whatever their labels.
@@ -414,6 +416,12 @@ pub mod boundary_env {
         LOG_DIR = "BOUNDARY_LOG_DIR";
         /// File of the audit trail (JSON lines).
         AUDIT_FILE = "BOUNDARY_AUDIT_FILE";
+        /// `json` (the project's own lines) or `ocsf` (OCSF 1.3.0 events) for the audit trail.
+        AUDIT_FORMAT = "BOUNDARY_AUDIT_FORMAT";
+        /// Size (`N`, `NKiB`, `NMiB`, `NGiB`) past which the audit file is rotated.
+        AUDIT_MAX_BYTES = "BOUNDARY_AUDIT_MAX_BYTES";
+        /// Rotated audit files kept (`FILE.1` .. `FILE.K`).
+        AUDIT_KEEP = "BOUNDARY_AUDIT_KEEP";
         /// `true`: no audit trail (Coder's `disable_audit_logs`).
         DISABLE_AUDIT_LOGS = "BOUNDARY_DISABLE_AUDIT_LOGS";
         /// `enforce` or `audit`.

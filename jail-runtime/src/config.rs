@@ -190,6 +190,20 @@ pub struct ProxyArgs {
     /// standard output (`boundary sidecar`).
     #[arg(long, value_name = "FILE", env = contract::boundary_env::AUDIT_FILE)]
     pub audit_file: Option<PathBuf>,
+    /// Audit lines: `json` (this project's records, the default) or `ocsf` (OCSF 1.3.0 events:
+    /// HTTP Activity, Network Activity, ...; see the README's audit section).
+    #[arg(long, value_name = "json|ocsf", env = contract::boundary_env::AUDIT_FORMAT)]
+    pub audit_format: Option<boundary_proxy::audit::Format>,
+    /// Rotate the audit file (`--audit-file`) before it grows past SIZE: bytes, or a number
+    /// with K, KiB, M, MiB, G or GiB (powers of 1024), e.g. `10MiB`. Default: no rotation.
+    #[arg(long, value_name = "SIZE", env = contract::boundary_env::AUDIT_MAX_BYTES,
+          value_parser = parse_audit_max_bytes)]
+    pub audit_max_bytes: Option<u64>,
+    /// Rotated audit files kept with `--audit-max-bytes` (FILE.1 newest .. FILE.K, the oldest
+    /// dropped; 0 keeps none). Default: 5.
+    #[arg(long, value_name = "K", env = contract::boundary_env::AUDIT_KEEP,
+          value_parser = clap::value_parser!(u32).range(0..=i64::from(boundary_proxy::audit::MAX_KEEP)))]
+    pub audit_keep: Option<u32>,
     /// Seconds an upstream may take to send response headers before the client gets 504.
     #[arg(
         long,
@@ -221,10 +235,60 @@ pub struct ConfigFile {
     resolve: Vec<String>,
     upstream_ca: Vec<PathBuf>,
     audit_file: Option<PathBuf>,
+    /// `json` or `ocsf`.
+    audit_format: Option<String>,
+    /// A size in bytes, or a string with a suffix (`10MiB`).
+    audit_max_bytes: Option<SizeValue>,
+    audit_keep: Option<u32>,
     /// `--credential` specs (the real values still come from the environment).
     credentials: Vec<String>,
     #[serde(flatten)]
     other: HashMap<String, serde_yaml_ng::Value>,
+}
+
+/// A size in the config file: a number of bytes or a string such as `10MiB`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum SizeValue {
+    Bytes(u64),
+    Text(String),
+}
+
+fn parse_audit_max_bytes(text: &str) -> Result<u64, String> {
+    boundary_proxy::audit::parse_size(text).map_err(|e| e.to_string())
+}
+
+impl ProxyArgs {
+    /// The audit trail's format and rotation: flags (or their env) over the config file's keys
+    /// (`boundary run`; the sidecar has no config file).
+    pub fn audit_options(
+        &self,
+        file_format: Option<&str>,
+        file_max_bytes: Option<u64>,
+        file_keep: Option<u32>,
+    ) -> Result<boundary_proxy::audit::Options, ConfigError> {
+        let format = match (self.audit_format, file_format) {
+            (Some(f), _) => f,
+            (None, Some(text)) => text
+                .parse()
+                .map_err(|e| ConfigError::Invalid(format!("audit_format: {e}")))?,
+            (None, None) => boundary_proxy::audit::Format::Json,
+        };
+        let keep = self.audit_keep.or(file_keep);
+        if keep.is_some_and(|k| k > boundary_proxy::audit::MAX_KEEP) {
+            return Err(ConfigError::Invalid(format!(
+                "audit_keep: at most {}",
+                boundary_proxy::audit::MAX_KEEP
+            )));
+        }
+        let rotation = self.audit_max_bytes.or(file_max_bytes).map(|max_bytes| {
+            boundary_proxy::audit::Rotation {
+                max_bytes,
+                keep: keep.unwrap_or(boundary_proxy::audit::DEFAULT_KEEP),
+            }
+        });
+        Ok(boundary_proxy::audit::Options { format, rotation })
+    }
 }
 
 /// Which tiers to try.
@@ -270,6 +334,8 @@ pub struct RunSettings {
     pub log: LogArgs,
     /// Audit destination.
     pub audit: Sink,
+    /// The audit lines' format, the audit file's rotation.
+    pub audit_options: boundary_proxy::audit::Options,
     /// Explicit proxy port (landlock tier).
     pub proxy_port: Option<u16>,
     /// Container name.
@@ -540,6 +606,7 @@ impl RunArgs {
         let mut resolve_items = self.proxy.resolve.clone();
         resolve_items.extend(file.resolve.iter().cloned());
         resolve_items.extend(rules.resolve);
+        let audit_options = self.audit_options(&file, &mut warnings)?;
         let disable = self.disable_audit_logs.or(file.disable_audit_logs) == Some(true);
         let audit = if disable {
             Sink::Disabled
@@ -571,6 +638,7 @@ impl RunArgs {
             }
             .or_defaults("warn", LogFormat::Text),
             audit,
+            audit_options,
             proxy_port,
             container: self.container.clone(),
             pod_local_ports,
@@ -581,6 +649,45 @@ impl RunArgs {
             warnings,
             credentials,
         })
+    }
+
+    /// The audit format and rotation of the flags and the config file.
+    fn audit_options(
+        &self,
+        file: &ConfigFile,
+        warnings: &mut Vec<String>,
+    ) -> Result<boundary_proxy::audit::Options, ConfigError> {
+        let file_max_bytes = match &file.audit_max_bytes {
+            None => None,
+            Some(SizeValue::Bytes(0)) => {
+                return Err(ConfigError::Invalid(
+                    "audit_max_bytes: at least 1 byte".into(),
+                ));
+            }
+            Some(SizeValue::Bytes(n)) => Some(*n),
+            Some(SizeValue::Text(text)) => Some(
+                boundary_proxy::audit::parse_size(text)
+                    .map_err(|e| ConfigError::Invalid(format!("audit_max_bytes: {e}")))?,
+            ),
+        };
+        let options = self.proxy.audit_options(
+            file.audit_format.as_deref(),
+            file_max_bytes,
+            file.audit_keep,
+        )?;
+        // As `resolve` picks the sink: a file, unless the trail is off.
+        let to_file = self.disable_audit_logs.or(file.disable_audit_logs) != Some(true)
+            && (self.proxy.audit_file.is_some()
+                || file.audit_file.is_some()
+                || self.log_dir.is_some()
+                || file.log_dir.is_some());
+        if options.rotation.is_some() && !to_file {
+            warnings.push(
+                "--audit-max-bytes rotates an audit file only: give --audit-file (or log_dir)"
+                    .into(),
+            );
+        }
+        Ok(options)
     }
 
     /// The rules of the flags, the config file and the policy files, in one set: their union,
@@ -1288,6 +1395,98 @@ spec:
         for bad in ["dns.example", "10.0.0.1:dns", "10.0.0.1:99999"] {
             let e = parse(bad).unwrap_err().to_string();
             assert!(e.contains("--upstream-dns") && e.contains(bad), "{e}");
+        }
+    }
+
+    #[test]
+    fn audit_format_and_rotation_come_from_flags_over_the_config_file() {
+        use boundary_proxy::audit::{Format, Options, Rotation};
+        // Defaults: today's JSON lines, a file that only grows.
+        let s = args(&["--audit-file", "/tmp/a.jsonl", "--", "true"])
+            .resolve()
+            .unwrap();
+        assert_eq!(s.audit_options, Options::default());
+
+        let dir = TempDir::new();
+        let file = dir.0.join("audit-config.yaml");
+        std::fs::write(
+            &file,
+            "audit_file: /tmp/a.jsonl\naudit_format: ocsf\naudit_max_bytes: 10MiB\naudit_keep: 2\n",
+        )
+        .unwrap();
+        let cfg = file.to_string_lossy().into_owned();
+        let s = args(&["--config", &cfg, "--", "true"]).resolve().unwrap();
+        assert_eq!(
+            s.audit_options,
+            Options {
+                format: Format::Ocsf,
+                rotation: Some(Rotation {
+                    max_bytes: 10 << 20,
+                    keep: 2
+                }),
+            }
+        );
+        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+        let s = args(&[
+            "--config",
+            &cfg,
+            "--audit-format",
+            "json",
+            "--audit-max-bytes",
+            "4096",
+            "--",
+            "true",
+        ])
+        .resolve()
+        .unwrap();
+        assert_eq!(s.audit_options.format, Format::Json);
+        assert_eq!(
+            s.audit_options.rotation,
+            Some(Rotation {
+                max_bytes: 4096,
+                keep: 2
+            })
+        );
+        // Bytes as a number; keep defaults to 5; rotation without a file is said.
+        std::fs::write(&file, "audit_max_bytes: 1000\n").unwrap();
+        let s = args(&["--config", &cfg, "--", "true"]).resolve().unwrap();
+        assert_eq!(
+            s.audit_options.rotation,
+            Some(Rotation {
+                max_bytes: 1000,
+                keep: 5
+            })
+        );
+        assert!(
+            s.warnings.iter().any(|w| w.contains("--audit-max-bytes")),
+            "{:?}",
+            s.warnings
+        );
+        // Bad values, named.
+        for (text, word) in [
+            ("audit_format: cef\n", "audit_format"),
+            ("audit_max_bytes: 10MB\n", "audit_max_bytes"),
+            ("audit_max_bytes: 0\n", "audit_max_bytes"),
+            ("audit_keep: 5000\n", "audit_keep"),
+        ] {
+            std::fs::write(&file, text).unwrap();
+            let e = args(&["--config", &cfg, "--", "true"])
+                .resolve()
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(word), "{text}: {e}");
+        }
+        for bad in [
+            ["--audit-format", "cef"],
+            ["--audit-max-bytes", "0"],
+            ["--audit-keep", "1001"],
+        ] {
+            let list = [bad[0], bad[1], "--", "true"];
+            assert!(
+                Cli::try_parse_from(std::iter::once("boundary").chain(list.iter().copied()))
+                    .is_err(),
+                "{bad:?}"
+            );
         }
     }
 }

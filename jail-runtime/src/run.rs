@@ -383,6 +383,7 @@ async fn serve_jail(
                 resolve: settings.resolve.clone(),
                 upstream_dns: settings.upstream_dns,
                 audit: settings.audit.clone(),
+                audit_options: settings.audit_options,
                 ca,
                 upstream_timeout: settings.upstream_timeout,
                 credential_values: ValueSource::Static(settings.credentials.values.clone()),

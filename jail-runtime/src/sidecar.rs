@@ -170,6 +170,11 @@ async fn serve(args: &SidecarArgs, jails: Arc<Jails>) -> anyhow::Result<()> {
         pod: std::env::var(boundary_api::contract::env::POD_NAME).ok(),
         namespace: std::env::var(boundary_api::contract::env::POD_NAMESPACE).ok(),
     };
+    if args.proxy.audit_max_bytes.is_some() && args.proxy.audit_file.is_none() {
+        tracing::warn!(
+            "--audit-max-bytes rotates an audit file only: the trail goes to standard output (give --audit-file to rotate)"
+        );
+    }
     let proxy = Proxy::start(ProxyConfig {
         session,
         identity,
@@ -183,6 +188,10 @@ async fn serve(args: &SidecarArgs, jails: Arc<Jails>) -> anyhow::Result<()> {
             .audit_file
             .clone()
             .map_or(Sink::Stdout, Sink::File),
+        audit_options: args
+            .proxy
+            .audit_options(None, None, None)
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
         ca,
         upstream_timeout: std::time::Duration::from_secs(args.proxy.upstream_timeout.max(1)),
         credential_values: args

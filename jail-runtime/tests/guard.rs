@@ -164,6 +164,7 @@ impl Guarded {
                 .collect(),
             upstream_dns: Some(dns.addr),
             audit: Sink::File(audit.clone()),
+            audit_options: boundary_proxy::audit::Options::default(),
             ca: Arc::new(ca),
             upstream_timeout: Duration::from_secs(15),
             credential_values: boundary_proxy::credentials::values::ValueSource::None,

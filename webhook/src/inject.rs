@@ -183,6 +183,8 @@ pub struct Settings {
     pub sidecar_memory_request: String,
     /// Memory limit of the sidecar.
     pub sidecar_memory_limit: String,
+    /// The sidecar's audit lines: `json` (its default: no env set) or `ocsf`.
+    pub sidecar_audit_format: String,
     /// Give pods jailed with the builtin runtime the readiness gate [`conditions::ENFORCED`], so
     /// they are not Ready until the operator has confirmed their enforcement.
     pub enforcement_readiness_gate: bool,
@@ -196,6 +198,7 @@ impl Default for Settings {
             sidecar_cpu_request: "10m".into(),
             sidecar_memory_request: "32Mi".into(),
             sidecar_memory_limit: "256Mi".into(),
+            sidecar_audit_format: "json".into(),
             enforcement_readiness_gate: false,
         }
     }
@@ -729,6 +732,13 @@ fn sidecar_container(
                 value_env(env::CREDENTIALS_DIR, paths::CREDENTIALS_DIR),
             ]
             .into_iter()
+            // JSON is the sidecar's default: pods keep their spec unless OCSF is asked for.
+            .chain((settings.sidecar_audit_format != "json").then(|| {
+                value_env(
+                    boundary_api::contract::boundary_env::AUDIT_FORMAT,
+                    &settings.sidecar_audit_format,
+                )
+            }))
             // The pod's AWS identity, for credentials that sign with it.
             .chain(identity.env.iter().cloned())
             .collect(),

@@ -86,6 +86,15 @@ struct Cli {
         default_value = "256Mi"
     )]
     sidecar_memory_limit: String,
+    /// Audit lines of the injected sidecar (`kubectl logs -c boundary`): `json` or `ocsf` (OCSF
+    /// 1.3.0 events, for SIEMs).
+    #[arg(
+        long,
+        env = webhook_env::SIDECAR_AUDIT_FORMAT,
+        default_value = "json",
+        value_parser = ["json", "ocsf"]
+    )]
+    sidecar_audit_format: String,
     /// Give jailed pods the readiness gate `agentboundary.dev/enforced`: they are not Ready until
     /// the operator has confirmed, from their sidecar, that every jailed container runs in its
     /// jail under the current policy.
@@ -276,6 +285,7 @@ async fn main() -> anyhow::Result<()> {
         sidecar_cpu_request: cli.sidecar_cpu_request.clone(),
         sidecar_memory_request: cli.sidecar_memory_request.clone(),
         sidecar_memory_limit: cli.sidecar_memory_limit.clone(),
+        sidecar_audit_format: cli.sidecar_audit_format.clone(),
         enforcement_readiness_gate: cli.enforcement_readiness_gate,
     };
     let config = Config {

@@ -64,6 +64,9 @@ struct Case {
     /// Image configs the server looked up, by container name.
     #[serde(default)]
     images: BTreeMap<String, ImageShorthand>,
+    /// The webhook's `--sidecar-audit-format` (default json).
+    #[serde(default)]
+    sidecar_audit_format: Option<String>,
 }
 
 /// An image config (`entrypoint`, `cmd`, `user`), or the lookup's `error`.
@@ -210,6 +213,7 @@ fn load(path: &Path) -> anyhow::Result<Loaded> {
         },
         settings: Settings {
             enforcement_readiness_gate: case.enforcement_readiness_gate,
+            sidecar_audit_format: case.sidecar_audit_format.unwrap_or_else(|| "json".into()),
             ..settings()
         },
         namespace_labels,

@@ -1,6 +1,12 @@
 //! The audit trail: one JSON line per decision. Written by a task of its own from a bounded
 //! queue, so a slow log destination never blocks a request; records that do not fit are counted
-//! and the count is reported in the trail itself.
+//! and the count is reported in the trail itself. Lines are the project's own JSON or OCSF
+//! events ([`Format`], [`ocsf`]); a file may rotate by size ([`Rotation`], done by the writer).
+
+pub mod ocsf;
+mod rotate;
+
+pub use self::rotate::{DEFAULT_KEEP, MAX_KEEP, Rotation, SizeError, parse_size};
 
 use std::io::Write;
 use std::sync::Arc;
@@ -260,6 +266,46 @@ impl Events {
     }
 }
 
+/// The shape of audit lines.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Format {
+    /// The project's own JSON objects ([`Record`], [`EventRecord`]).
+    #[default]
+    Json,
+    /// OCSF 1.3.0 events ([`ocsf`]).
+    Ocsf,
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Format, String> {
+        match s {
+            "json" => Ok(Format::Json),
+            "ocsf" => Ok(Format::Ocsf),
+            other => Err(format!("unknown audit format {other:?}: use json or ocsf")),
+        }
+    }
+}
+
+impl Format {
+    /// `json` or `ocsf`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Json => "json",
+            Format::Ocsf => "ocsf",
+        }
+    }
+}
+
+/// How the trail is written, besides where.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Options {
+    /// JSON or OCSF lines.
+    pub format: Format,
+    /// Size-based rotation of a file sink (ignored for other sinks); `None`: the file grows.
+    pub rotation: Option<Rotation>,
+}
+
 /// Where audit lines go.
 #[derive(Debug, Clone)]
 pub enum Sink {
@@ -270,8 +316,8 @@ pub enum Sink {
     /// Appended to a file, opened by [`Sink::open`] before anything starts (so a bad path is
     /// reported before the jail runs).
     File(std::path::PathBuf),
-    /// An opened file.
-    Open(Arc<std::fs::File>),
+    /// An opened file, and its path (to rotate it).
+    Open(Arc<std::fs::File>, std::path::PathBuf),
     /// Nowhere (Coder's `disable_audit_logs`).
     Disabled,
 }
@@ -280,12 +326,15 @@ impl Sink {
     /// Opens a file sink now; other sinks are returned as they are.
     pub fn open(self) -> std::io::Result<Sink> {
         match self {
-            Sink::File(path) => Ok(Sink::Open(Arc::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)?,
-            ))),
+            Sink::File(path) => Ok(Sink::Open(
+                Arc::new(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&path)?,
+                ),
+                path,
+            )),
             other => Ok(other),
         }
     }
@@ -297,6 +346,8 @@ pub struct Audit {
     tx: Option<std::sync::mpsc::SyncSender<String>>,
     dropped: Arc<AtomicU64>,
     pending: Arc<AtomicU64>,
+    format: Format,
+    rotation_failures: Arc<AtomicU64>,
 }
 
 /// Queue length: about a second of a very busy agent.
@@ -304,48 +355,72 @@ const QUEUE: usize = 8192;
 
 impl Audit {
     /// Opens the sink and starts the writer thread.
-    pub fn start(sink: &Sink) -> std::io::Result<Audit> {
-        let out: Box<dyn Write + Send> = match sink {
+    pub fn start(sink: &Sink, options: Options) -> std::io::Result<Audit> {
+        let rotation_failures = Arc::new(AtomicU64::new(0));
+        let out = match sink {
             Sink::Disabled => {
                 return Ok(Audit {
                     tx: None,
                     dropped: Arc::default(),
                     pending: Arc::default(),
+                    format: options.format,
+                    rotation_failures,
                 });
             }
-            Sink::Stdout => Box::new(std::io::stdout()),
-            Sink::Stderr => Box::new(std::io::stderr()),
-            Sink::File(_) => match sink.clone().open()? {
-                Sink::Open(file) => Box::new(file.try_clone()?),
-                _ => unreachable!("open() turns a path into a file"),
+            Sink::Stdout => Output::plain(Box::new(std::io::stdout())),
+            Sink::Stderr => Output::plain(Box::new(std::io::stderr())),
+            Sink::File(_) => {
+                return Audit::start(&sink.clone().open()?, options);
+            }
+            Sink::Open(file, path) => match options.rotation {
+                Some(rotation) => Output::Rotating(rotate::RotatingFile::new(
+                    path.clone(),
+                    file.try_clone()?,
+                    rotation,
+                    rotation_failures.clone(),
+                )),
+                None => Output::plain(Box::new(file.try_clone()?)),
             },
-            Sink::Open(file) => Box::new(file.try_clone()?),
         };
-        Audit::from_writer(out)
+        Audit::spawn(out, options.format, rotation_failures)
     }
 
-    /// Starts the writer thread on `out`. Blocking writes belong on a thread of their own; the
-    /// queue between it and the proxy is bounded and never waited on.
+    /// Starts the writer thread on `out` (JSON lines). Blocking writes belong on a thread of
+    /// their own; the queue between it and the proxy is bounded and never waited on.
     pub fn from_writer(out: Box<dyn Write + Send>) -> std::io::Result<Audit> {
+        Audit::spawn(Output::plain(out), Format::Json, Arc::default())
+    }
+
+    fn spawn(
+        out: Output,
+        format: Format,
+        rotation_failures: Arc<AtomicU64>,
+    ) -> std::io::Result<Audit> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<String>(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
         let pending = Arc::new(AtomicU64::new(0));
         let (lost, left) = (dropped.clone(), pending.clone());
         std::thread::Builder::new()
             .name("audit".into())
-            .spawn(move || write_loop(&rx, out, &lost, &left))?;
+            .spawn(move || write_loop(&rx, out, format, &lost, &left))?;
         Ok(Audit {
             tx: Some(tx),
             dropped,
             pending,
+            format,
+            rotation_failures,
         })
     }
 
-    /// Queues one JSON line; never waits. A full queue drops the line and counts it. Decisions
-    /// go through an [`Entry`] instead, which writes exactly once.
+    /// Queues one line (JSON, or its OCSF event); never waits. A full queue drops the line and
+    /// counts it. Decisions go through an [`Entry`] instead, which writes exactly once.
     pub fn record_line(&self, record: &impl Serialize) {
         let Some(tx) = &self.tx else { return };
-        let Ok(line) = serde_json::to_string(record) else {
+        let Ok(line) = (match self.format {
+            Format::Json => serde_json::to_string(record),
+            Format::Ocsf => serde_json::to_value(record)
+                .and_then(|value| serde_json::to_string(&ocsf::convert(value))),
+        }) else {
             return;
         };
         self.pending.fetch_add(1, Ordering::Relaxed);
@@ -358,6 +433,11 @@ impl Audit {
     /// Records dropped so far.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Rotations of the audit file that failed so far (the writer went on with the file it had).
+    pub fn rotation_failures(&self) -> u64 {
+        self.rotation_failures.load(Ordering::Relaxed)
     }
 
     /// Waits (up to half a second) until queued lines are written, at shutdown.
@@ -376,13 +456,46 @@ impl Audit {
 /// (about 50 wake-ups a second at most) while audit lines still appear promptly.
 const BATCH_WINDOW: Duration = Duration::from_millis(20);
 
+/// The writer thread's destination.
+enum Output {
+    /// A stream (or a file that is never rotated).
+    Plain(std::io::BufWriter<Box<dyn Write + Send>>),
+    /// A file rotated by size.
+    Rotating(rotate::RotatingFile),
+}
+
+impl Output {
+    fn plain(out: Box<dyn Write + Send>) -> Output {
+        Output::Plain(std::io::BufWriter::with_capacity(64 * 1024, out))
+    }
+
+    fn line(&mut self, line: &str) {
+        match self {
+            Output::Plain(out) => {
+                let _ = out.write_all(line.as_bytes());
+                let _ = out.write_all(b"\n");
+            }
+            Output::Rotating(file) => file.line(line),
+        }
+    }
+
+    fn flush(&mut self) {
+        match self {
+            Output::Plain(out) => {
+                let _ = out.flush();
+            }
+            Output::Rotating(file) => file.flush(),
+        }
+    }
+}
+
 fn write_loop(
     rx: &std::sync::mpsc::Receiver<String>,
-    out: Box<dyn Write + Send>,
+    mut out: Output,
+    format: Format,
     lost: &AtomicU64,
     left: &AtomicU64,
 ) {
-    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
     let mut reported = 0;
     loop {
         let first = match rx.recv_timeout(Duration::from_secs(1)) {
@@ -392,27 +505,27 @@ fn write_loop(
         };
         let mut written = 0;
         for line in first.into_iter().chain(rx.try_iter()) {
-            let _ = out.write_all(line.as_bytes());
-            let _ = out.write_all(b"\n");
+            out.line(&line);
             written += 1;
         }
         let now = lost.load(Ordering::Relaxed);
         if now != reported {
-            let _ = writeln!(
-                out,
-                "{}",
-                serde_json::json!({"event": "audit-dropped", "dropped_total": now, "time": now_rfc3339()})
-            );
+            let report = serde_json::json!({"event": "audit-dropped", "dropped_total": now, "time": now_rfc3339()});
+            let report = match format {
+                Format::Json => report,
+                Format::Ocsf => ocsf::convert(report),
+            };
+            out.line(&report.to_string());
             reported = now;
         }
-        let _ = out.flush();
+        out.flush();
         // Only now are they out: `flush()` at shutdown waits for this count.
         left.fetch_sub(written, Ordering::Relaxed);
         if written > 0 {
             std::thread::sleep(BATCH_WINDOW);
         }
     }
-    let _ = out.flush();
+    out.flush();
 }
 
 fn now_rfc3339() -> String {

@@ -98,6 +98,8 @@ pub struct ProxyConfig {
     pub upstream_dns: Option<SocketAddr>,
     /// The audit destination.
     pub audit: audit::Sink,
+    /// The audit lines' format and the file's rotation.
+    pub audit_options: audit::Options,
     /// The interception CA.
     pub ca: Arc<CertAuthority>,
     /// How long an upstream may take to send its response headers (504 after that).
@@ -156,7 +158,7 @@ impl Proxy {
         let metrics = Arc::new(Metrics::default());
         let policy = Arc::new(config.policy);
         let events = Events {
-            audit: Audit::start(&config.audit).map_err(StartError::Audit)?,
+            audit: Audit::start(&config.audit, config.audit_options).map_err(StartError::Audit)?,
             session: config.session.into(),
             identity: Arc::new(config.identity),
         };
@@ -384,6 +386,11 @@ impl Proxy {
     /// Audit records dropped so far (the queue was full).
     pub fn audit_dropped(&self) -> u64 {
         self.inner.audit.dropped()
+    }
+
+    /// Failed rotations of the audit file so far (`--audit-max-bytes`).
+    pub fn audit_rotation_failures(&self) -> u64 {
+        self.inner.audit.rotation_failures()
     }
 
     /// How long an upstream may take to send its response headers.

@@ -23,7 +23,7 @@ use boundary_api::credentials::{
     HeaderInjection, Injection, SecretKeyRef,
 };
 use boundary_api::rules::{self, RuleSet, RuleSource};
-use boundary_proxy::audit::{Identity, Sink};
+use boundary_proxy::audit::{Format, Identity, Options, Sink};
 use boundary_proxy::credentials::CredentialSet;
 use boundary_proxy::credentials::values::ValueSource;
 use boundary_proxy::policy::{PolicyStore, Source};
@@ -134,6 +134,10 @@ impl Setup {
     }
 
     async fn start_in(mode: Mode) -> Setup {
+        Setup::start_with(mode, Options::default()).await
+    }
+
+    async fn start_with(mode: Mode, audit_options: Options) -> Setup {
         let ca = TestCa::new();
         let seen = Seen::default();
         let handler_seen = seen.clone();
@@ -201,6 +205,7 @@ impl Setup {
             resolve,
             upstream_dns: None,
             audit: Sink::File(audit.clone()),
+            audit_options,
             ca: Arc::new(proxy_ca),
             upstream_timeout: Duration::from_secs(10),
             credential_values: ValueSource::Dir(values.clone()),
@@ -760,4 +765,77 @@ async fn a_leak_in_a_body_the_upstream_answered_early_is_still_stopped_and_audit
 
 fn memchr_find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+mod ocsf_schema;
+
+#[tokio::test]
+async fn ocsf_lines_of_credentials_are_valid_and_redacted_as_json_lines_are() {
+    let s = Setup::start_with(
+        Mode::Enforce,
+        Options {
+            format: Format::Ocsf,
+            rotation: None,
+        },
+    )
+    .await;
+    let mut client = s.https(BOUND).await;
+    // Injected: the placeholder in the path and the query, the value sent upstream.
+    let (status, body) = client
+        .get(
+            &format!(
+                "/api/{}/items?token={}",
+                placeholder("api"),
+                placeholder("api")
+            ),
+            &[("authorization", &format!("Bearer {}", placeholder("api")))],
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // Leak attempts to another allowed host: header, path, a real value in the query.
+    let mut other = s.https(OTHER).await;
+    let (status, _) = other.get("/", &[("x-api-key", &placeholder("bare"))]).await;
+    assert_eq!(status, 403);
+    let (status, _) = other
+        .get(&format!("/files/{}", placeholder("api")), &[])
+        .await;
+    assert_eq!(status, 403);
+    let (status, _) = other.get(&format!("/?v={GIT_VALUE}"), &[]).await;
+    assert_eq!(status, 403);
+    // `audit_lines` also checks that no value and no nonce is in the trail.
+    let lines = s.audit_lines(4).await;
+    ocsf_schema::assert_valid(&lines);
+    let text = serde_json::to_string(&lines).unwrap();
+    assert!(
+        !text.contains("token=") && !text.contains("v="),
+        "no query: {text}"
+    );
+    assert_eq!(lines[0]["unmapped"]["credential"], "api");
+    assert_eq!(
+        lines[0]["http_request"]["url"]["path"], "/api/boundary-ph-…-api/items",
+        "placeholders are shown redacted"
+    );
+    let leaks: Vec<(&str, &str)> = lines[1..]
+        .iter()
+        .map(|l| {
+            assert_eq!(l["action_id"], 2, "{l}");
+            assert_eq!(l["http_response"]["code"], 403, "{l}");
+            (
+                field(&l["unmapped"]["leak"], "credential"),
+                field(&l["unmapped"]["leak"], "where"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        leaks,
+        [
+            ("bare", "header x-api-key"),
+            ("api", "path"),
+            ("git", "query")
+        ]
+    );
+    assert_eq!(
+        lines[2]["http_request"]["url"]["path"],
+        "/files/boundary-ph-…-api"
+    );
 }

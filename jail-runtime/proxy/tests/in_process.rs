@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use boundary_api::Mode;
 use boundary_api::rules::{self, RuleSet, RuleSource};
-use boundary_proxy::audit::{Identity, Sink};
+use boundary_proxy::audit::{Format, Identity, Options, Sink};
 use boundary_proxy::policy::{PolicyStore, Source};
 use boundary_proxy::tls::CertAuthority;
 use boundary_proxy::{Destination, Proxy, ProxyConfig};
@@ -43,6 +43,18 @@ impl InProcess {
     /// A proxy enforcing `allow` and `deny` (Coder grammar; a `tls=Passthrough` rule is
     /// structured) in `mode`, trusting `upstream_ca` for upstreams.
     fn start(allow: &[&str], deny: &[&str], mode: Mode, upstream_ca: &TestCa) -> InProcess {
+        InProcess::start_with(allow, deny, &[], mode, upstream_ca, Options::default())
+    }
+
+    /// As [`InProcess::start`], with TCP rules and audit options.
+    fn start_with(
+        allow: &[&str],
+        deny: &[&str],
+        tcp: &[boundary_api::TcpRule],
+        mode: Mode,
+        upstream_ca: &TestCa,
+        audit_options: Options,
+    ) -> InProcess {
         let strings = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
         let (allow, deny) = (strings(allow), strings(deny));
         let http = [boundary_api::HttpRule {
@@ -56,6 +68,7 @@ impl InProcess {
             allow: &allow,
             deny: &deny,
             http: &http,
+            tcp,
             ..RuleSource::default()
         })
         .unwrap();
@@ -80,6 +93,7 @@ impl InProcess {
             resolve,
             upstream_dns: None,
             audit: Sink::File(audit.clone()),
+            audit_options,
             ca: Arc::new(ca),
             upstream_timeout: Duration::from_secs(10),
             credential_values: boundary_proxy::credentials::values::ValueSource::None,
@@ -494,4 +508,252 @@ async fn a_client_that_sends_nothing_to_a_host_no_rule_allows_is_closed_and_audi
         "{}",
         lines[0]
     );
+}
+
+mod ocsf_schema;
+
+/// The OCSF events whose `unmapped` has `key` = `value`.
+fn ocsf_with<'a>(lines: &'a [Value], key: &str, value: &str) -> Vec<&'a Value> {
+    lines
+        .iter()
+        .filter(|l| l["unmapped"][key].as_str() == Some(value))
+        .collect()
+}
+
+#[tokio::test]
+async fn ocsf_records_of_every_kind_are_valid_ocsf_1_3_0() {
+    let ca = TestCa::new();
+    let up = TestServer::start(None).await;
+    let tls_up = TestServer::start(Some(
+        ca.server_config(&["api.test", "pass.test"], Alpn::Http1),
+    ))
+    .await;
+    let tcp = [boundary_api::TcpRule {
+        domain: "open.test".into(),
+        ports: vec![boundary_api::Port::new(up.port()).unwrap()],
+    }];
+    let ocsf = Options {
+        format: Format::Ocsf,
+        rotation: None,
+    };
+    let proxy = InProcess::start_with(
+        &["domain=api.test path=/v1/*", "domain=localhost"],
+        &["domain=api.test path=/v1/secret/*"],
+        &tcp,
+        Mode::Enforce,
+        &ca,
+        ocsf,
+    );
+    let host = format!("api.test:{}", up.port());
+    let mut sender = http1(proxy.connect("api.test", up.port())).await;
+    // Allowed (the query never reaches the trail), no rule, a deny rule, PATCH (activity 99).
+    assert_eq!(
+        send(&mut sender, "GET", "/v1/items?token=q-secret", &host)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(send(&mut sender, "GET", "/admin", &host).await.0, 403);
+    assert_eq!(send(&mut sender, "GET", "/v1/secret/x", &host).await.0, 403);
+    assert_eq!(send(&mut sender, "PATCH", "/v1/items", &host).await.0, 200);
+    drop(sender);
+    // Intercepted HTTPS.
+    let name = rustls::pki_types::ServerName::try_from("api.test").unwrap();
+    let tls = proxy
+        .tls_client()
+        .connect(name, proxy.connect("api.test", tls_up.port()))
+        .await
+        .unwrap();
+    let mut sender = http1(tls).await;
+    assert_eq!(send(&mut sender, "POST", "/v1/a", "api.test").await.0, 200);
+    drop(sender);
+    // TLS passthrough: the client trusts the upstream's CA, not the proxy's.
+    let upstream_ca = std::fs::read_to_string(&ca.pem_path).unwrap();
+    let name = rustls::pki_types::ServerName::try_from("pass.test").unwrap();
+    let tls = connector(&upstream_ca)
+        .connect(name, proxy.connect("pass.test", tls_up.port()))
+        .await
+        .unwrap();
+    let mut sender = http1(tls).await;
+    assert_eq!(send(&mut sender, "GET", "/x", "pass.test").await.0, 200);
+    drop(sender);
+    // A TCP rule: relayed as is.
+    let mut relayed = proxy.connect("open.test", up.port());
+    relayed
+        .write_all(b"GET /raw HTTP/1.1\r\nHost: open.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    relayed.read_to_end(&mut answer).await.unwrap();
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+    // The relay's record is written once both directions ended.
+    drop(relayed);
+    // No rule for a raw connection: closed.
+    let mut closed = proxy.connect("nothing.test", 22);
+    let mut nothing = Vec::new();
+    closed.read_to_end(&mut nothing).await.unwrap();
+    // CONNECT to a host no rule allows.
+    let mut refused = http1(proxy.explicit()).await;
+    let req = Request::builder()
+        .method("CONNECT")
+        .uri("nothing.test:443")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(refused.send_request(req).await.unwrap().status(), 403);
+    // The private-address guard: `localhost` is allowed by name but resolves (not pinned) to
+    // loopback.
+    let mut guarded = http1(proxy.connect("localhost", up.port())).await;
+    let local = format!("localhost:{}", up.port());
+    assert_eq!(send(&mut guarded, "GET", "/", &local).await.0, 403);
+    drop(guarded);
+    // Events, through the proxy's own entry points as `boundary run` and the sidecar use them.
+    for refused in [false, true] {
+        proxy.proxy.record_inbound(
+            Some("agent".into()),
+            None,
+            boundary_proxy::session::InboundEvent {
+                peer: "10.1.2.3:45678".parse().unwrap(),
+                port: 8080,
+                refused,
+                bytes_in: 10,
+                bytes_out: 20,
+                duration_ms: 3,
+            },
+        );
+    }
+    let events = [
+        (
+            "sidecar-restart",
+            serde_json::json!({"ca": "new", "ca_replaced": "expired", "jails": []}),
+        ),
+        (
+            "policy-missing",
+            serde_json::json!({"file": "/etc/p.json", "policyHash": null, "kept": "deny-all"}),
+        ),
+        (
+            "policy-restored",
+            serde_json::json!({"file": "/etc/p.json"}),
+        ),
+        (
+            "unreachable-sidecar",
+            serde_json::json!({"decision": "deny", "reason": "unreachable", "destination": "198.18.0.5:443", "host": "api.test", "port": 443, "at": "2026-01-01T00:00:00Z"}),
+        ),
+        (
+            "unreachable-sidecar-summary",
+            serde_json::json!({"refused": 1, "listed": 1, "dropped": 0}),
+        ),
+        (
+            "credential-leak",
+            serde_json::json!({"decision": "deny", "host": "api.test", "port": 443, "method": "POST", "path": "/upload", "reason": "leak", "leak": {"credential": "api", "where": "body"}}),
+        ),
+    ];
+    for (kind, detail) in events.clone() {
+        proxy
+            .proxy
+            .record_event(kind, Some("agent".into()), None, detail);
+    }
+    let lines = proxy.audit_lines(12 + events.len()).await;
+    let text = serde_json::to_string(&lines).unwrap();
+    assert!(
+        !text.contains("q-secret") && !text.contains('?'),
+        "no query: {text}"
+    );
+    ocsf_schema::assert_valid(&lines);
+
+    let http: Vec<&Value> = lines.iter().filter(|l| l["class_uid"] == 4002).collect();
+    let allowed = http
+        .iter()
+        .find(|l| l["http_request"]["url"]["path"] == "/v1/items" && l["activity_id"] == 3)
+        .expect("the allowed GET");
+    assert_eq!(allowed["http_response"]["code"], 200);
+    assert_eq!(allowed["action_id"], 1);
+    assert_eq!(allowed["dst_endpoint"]["hostname"], "api.test");
+    assert_eq!(allowed["metadata"]["uid"], "in-process");
+    assert!(field(&allowed["unmapped"], "rule").contains("spec.allow[0]"));
+    let patch = http.iter().find(|l| l["activity_id"] == 99).expect("PATCH");
+    assert_eq!(patch["activity_name"], "Patch");
+    let https = http
+        .iter()
+        .find(|l| l["http_request"]["url"]["scheme"] == "https")
+        .expect("intercepted HTTPS");
+    assert_eq!(https["http_request"]["http_method"], "POST");
+    let denied: Vec<&&Value> = http.iter().filter(|l| l["action_id"] == 2).collect();
+    assert!(
+        denied
+            .iter()
+            .all(|l| l["disposition_id"] == 2 && l["severity_id"] == 3),
+        "{denied:#?}"
+    );
+    assert_eq!(ocsf_with(&lines, "denied_by", "deny-rule").len(), 1);
+    let guard = ocsf_with(&lines, "denied_by", "private-address-guard");
+    assert_eq!(guard.len(), 1, "{lines:#?}");
+    assert_eq!(guard[0]["dst_endpoint"]["hostname"], "localhost");
+
+    let network: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["class_uid"] == 4001 && l["connection_info"]["direction_id"] == 2)
+        .collect();
+    let tcp = ocsf_with(&lines, "scheme", "tcp");
+    let relay = tcp
+        .iter()
+        .find(|l| l["activity_id"] == 1)
+        .expect("the TCP relay");
+    assert!(
+        relay["traffic"]["bytes_out"].as_u64().unwrap() > 0,
+        "{relay}"
+    );
+    let connect = tcp
+        .iter()
+        .find(|l| l["unmapped"]["method"] == "CONNECT")
+        .expect("the CONNECT refusal");
+    assert_eq!(
+        (
+            connect["activity_id"].as_u64(),
+            connect["action_id"].as_u64()
+        ),
+        (Some(5), Some(2))
+    );
+    assert_eq!(ocsf_with(&lines, "scheme", "tls")[0]["class_uid"], 4001);
+    assert!(network.len() >= 4, "{network:#?}");
+
+    let inbound = ocsf_with(&lines, "kind", "inbound");
+    assert_eq!(inbound.len(), 2);
+    assert_eq!(inbound[0]["connection_info"]["direction_id"], 1);
+    assert_eq!(inbound[0]["src_endpoint"]["ip"], "10.1.2.3");
+    assert_eq!(inbound[1]["activity_id"], 5);
+    for (kind, class) in [
+        ("sidecar-restart", 6002),
+        ("policy-missing", 0),
+        ("policy-restored", 0),
+        ("unreachable-sidecar", 4001),
+        ("unreachable-sidecar-summary", 0),
+        ("credential-leak", 4002),
+    ] {
+        let found = ocsf_with(&lines, "kind", kind);
+        assert_eq!(found.len(), 1, "{kind}");
+        assert_eq!(found[0]["class_uid"], class, "{kind}");
+        assert_eq!(found[0]["unmapped"]["container"], "agent", "{kind}");
+    }
+
+    // Audit mode: let through, recorded as would-deny, Allowed with Medium severity.
+    let audit_mode = InProcess::start_with(
+        &["domain=api.test path=/v1/*"],
+        &[],
+        &[],
+        Mode::Audit,
+        &ca,
+        ocsf,
+    );
+    let mut sender = http1(audit_mode.connect("api.test", up.port())).await;
+    assert_eq!(send(&mut sender, "DELETE", "/admin", &host).await.0, 200);
+    let lines = audit_mode.audit_lines(1).await;
+    ocsf_schema::assert_valid(&lines);
+    let line = &lines[0];
+    assert_eq!(line["unmapped"]["decision"], "would-deny");
+    assert_eq!(line["unmapped"]["mode"], "Audit");
+    assert_eq!(
+        (line["action_id"].as_u64(), line["severity_id"].as_u64()),
+        (Some(1), Some(3))
+    );
+    assert_eq!(line["activity_id"], 2);
 }
