@@ -114,6 +114,13 @@ struct ReloadLabels {
     result: ReloadResult,
 }
 
+/// The planner row (tier) a pod was jailed with: a name from the static tables
+/// (`crate::tables`), so the series stay few.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct TierLabels {
+    tier: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct RejectionLabels {
     reason: BodyRejection,
@@ -138,6 +145,7 @@ pub const PREFIX: &str = "agent_boundary_webhook";
 pub struct Metrics {
     reviews: Family<ReviewLabels, Counter>,
     review_duration: Histogram,
+    jailed: Family<TierLabels, Counter>,
     in_flight: Gauge,
     cert_reloads: Family<ReloadLabels, Counter>,
     bodies_rejected: Family<RejectionLabels, Counter>,
@@ -149,6 +157,7 @@ impl Default for Metrics {
     fn default() -> Self {
         let reviews = Family::<ReviewLabels, Counter>::default();
         let review_duration = Histogram::new(BUCKETS_SECONDS);
+        let jailed = Family::<TierLabels, Counter>::default();
         let in_flight = Gauge::default();
         let cert_reloads = Family::<ReloadLabels, Counter>::default();
         let bodies_rejected = Family::<RejectionLabels, Counter>::default();
@@ -156,6 +165,10 @@ impl Default for Metrics {
         // Every label value is shown from the start, at 0, so a rate over it has a baseline.
         for (result, _) in RESULTS {
             let _ = reviews.get_or_create(&ReviewLabels { result });
+        }
+        for row in crate::tables::BUILTIN.iter().chain(crate::tables::CODER_BOUNDARY) {
+            let tier = row.name.to_owned();
+            let _ = jailed.get_or_create(&TierLabels { tier });
         }
         for (result, _) in RELOAD_RESULTS {
             let _ = cert_reloads.get_or_create(&ReloadLabels { result });
@@ -177,6 +190,11 @@ impl Default for Metrics {
             "review_duration_seconds",
             "Time from the start of a review request to its response",
             review_duration.clone(),
+        );
+        registry.register(
+            "jailed",
+            "Pods admitted with a jail, by the planner row (tier) applied",
+            jailed.clone(),
         );
         registry.register(
             "in_flight_requests",
@@ -201,6 +219,7 @@ impl Default for Metrics {
         Metrics {
             reviews,
             review_duration,
+            jailed,
             in_flight,
             cert_reloads,
             bodies_rejected,
@@ -215,6 +234,15 @@ impl Metrics {
     pub fn review(&self, result: ReviewResult, duration: Duration) {
         self.reviews.get_or_create(&ReviewLabels { result }).inc();
         self.review_duration.observe(duration.as_secs_f64());
+    }
+
+    /// Counts a pod admitted with a jail of the planner row `tier`.
+    pub fn jailed(&self, tier: &str) {
+        self.jailed
+            .get_or_create(&TierLabels {
+                tier: tier.to_owned(),
+            })
+            .inc();
     }
 
     /// A review request started (+1) or ended (-1).
@@ -269,6 +297,9 @@ mod tests {
         m.review(ReviewResult::BadRequest, Duration::from_secs(20));
         m.in_flight(2);
         m.in_flight(-1);
+        m.jailed("userns");
+        m.jailed("userns");
+        m.jailed("landlock");
         m.cert_reload(false);
         m.body_rejected(BodyRejection::TooLarge);
         m.connection_failed(ConnectionFailure::TlsHandshakeTimeout);
@@ -285,6 +316,9 @@ mod tests {
             "agent_boundary_webhook_review_duration_seconds_sum 20.0037",
             "agent_boundary_webhook_review_duration_seconds_count 3",
             "agent_boundary_webhook_in_flight_requests 1",
+            "agent_boundary_webhook_jailed_total{tier=\"userns\"} 2",
+            "agent_boundary_webhook_jailed_total{tier=\"landlock\"} 1",
+            "agent_boundary_webhook_jailed_total{tier=\"privileged-netns\"} 0",
             "agent_boundary_webhook_certificate_reloads_total{result=\"error\"} 1",
             "agent_boundary_webhook_certificate_reloads_total{result=\"ok\"} 0",
             "agent_boundary_webhook_bodies_rejected_total{reason=\"too_large\"} 1",

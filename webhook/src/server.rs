@@ -708,6 +708,10 @@ fn answer(
         (false, _) => ReviewResult::Denied,
     };
     let elapsed = started.elapsed();
+    // Only a patched pod was jailed; its row is in the audit annotation the decider set.
+    let jailed_tier = patched
+        .then(|| response.audit_annotations.get(crate::admit::AUDIT_TIER).cloned())
+        .flatten();
     tracing::info!(
         uid = %request.uid,
         namespace = request.namespace.as_deref().unwrap_or_default(),
@@ -736,6 +740,9 @@ fn answer(
         }
     };
     metrics.review(result, elapsed);
+    if let Some(tier) = jailed_tier {
+        metrics.jailed(&tier);
+    }
     (
         StatusCode::OK,
         [(
