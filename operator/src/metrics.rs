@@ -521,7 +521,10 @@ mod tests {
         m.set_policies("gone", counts);
         m.set_policies("gone", PolicyCounts::default());
         let text = m.render();
-        assert!(!text.contains("\"gone\""), "a namespace without policies is dropped:\n{text}");
+        assert!(
+            !text.contains("\"gone\""),
+            "a namespace without policies is dropped:\n{text}"
+        );
         for line in [
             "boundary_operator_reconciles_total{controller=\"policy\",result=\"ok\"} 1",
             "boundary_operator_reconciles_total{controller=\"nodes\",result=\"ok\"} 0",

@@ -1414,8 +1414,14 @@ mod tests {
             ..BoundaryPolicyStatus::default()
         };
         let mut counts = PolicyCounts::default();
-        count_policy(&mut counts, &status(&[(READY, "True"), (RULES_VALID, "True")]));
-        count_policy(&mut counts, &status(&[(READY, "False"), (RULES_VALID, "False")]));
+        count_policy(
+            &mut counts,
+            &status(&[(READY, "True"), (RULES_VALID, "True")]),
+        );
+        count_policy(
+            &mut counts,
+            &status(&[(READY, "False"), (RULES_VALID, "False")]),
+        );
         // No condition yet: not Ready, but nothing says the rules are invalid.
         count_policy(&mut counts, &status(&[]));
         count_policy(&mut counts, &status(&[(READY, "Unknown")]));

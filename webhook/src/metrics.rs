@@ -166,7 +166,10 @@ impl Default for Metrics {
         for (result, _) in RESULTS {
             let _ = reviews.get_or_create(&ReviewLabels { result });
         }
-        for row in crate::tables::BUILTIN.iter().chain(crate::tables::CODER_BOUNDARY) {
+        for row in crate::tables::BUILTIN
+            .iter()
+            .chain(crate::tables::CODER_BOUNDARY)
+        {
             let tier = row.name.to_owned();
             let _ = jailed.get_or_create(&TierLabels { tier });
         }

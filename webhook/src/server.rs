@@ -710,7 +710,12 @@ fn answer(
     let elapsed = started.elapsed();
     // Only a patched pod was jailed; its row is in the audit annotation the decider set.
     let jailed_tier = patched
-        .then(|| response.audit_annotations.get(crate::admit::AUDIT_TIER).cloned())
+        .then(|| {
+            response
+                .audit_annotations
+                .get(crate::admit::AUDIT_TIER)
+                .cloned()
+        })
         .flatten();
     tracing::info!(
         uid = %request.uid,

@@ -4,7 +4,7 @@
 //! Names are found by their prefixes (`agent_boundary_…`, `boundary_operator_…`) in the chart's
 //! rules template and dashboards; a histogram is used through its `_bucket`/`_sum`/`_count`
 //! series, which the exposition lists as samples. `up{job=…}` is Prometheus's own series: its jobs
-//! are checked by the chart test against the Services the ServiceMonitors scrape.
+//! are checked by the chart test against the Services the `ServiceMonitor`s scrape.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -35,7 +35,7 @@ impl Exporter {
     }
 }
 
-/// Every component metric name in `text` (PromQL, YAML or JSON holding PromQL): identifiers
+/// Every component metric name in `text` (a query, or YAML or JSON holding queries): identifiers
 /// with a component prefix. A prefix inside a longer identifier (`xagent_boundary_a`) is not one.
 pub fn referenced(text: &str) -> BTreeSet<String> {
     let is_name_char = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
