@@ -751,6 +751,11 @@ SCENARIOS = {
                                            operator__enforcementChecks__staleGraceSeconds=0),
     "enforcement-checks-off": scenario("agent-boundary", "agent-boundary",
                                        operator__enforcementChecks__intervalSeconds=0),
+    # Every monitoring object (tests/chart/monitoring.py checks them in detail): the common
+    # checks here, and kubernetes-validate on the operator's metrics Service and the dashboards.
+    "monitoring": scenario("agent-boundary", "agent-boundary", monitoring__serviceMonitor__enabled=True,
+                           monitoring__podMonitor__enabled=True, monitoring__prometheusRule__enabled=True,
+                           monitoring__dashboards__enabled=True),
     "cert-manager-no-leader-election": scenario("agent-boundary", "agent-boundary", certManager__enabled=True,
                                                 operator__leaderElection__enabled=False),
 }
