@@ -147,6 +147,7 @@ pub struct Metrics {
     review_duration: Histogram,
     jailed: Family<TierLabels, Counter>,
     in_flight: Gauge,
+    cert_expiry: Gauge,
     cert_reloads: Family<ReloadLabels, Counter>,
     bodies_rejected: Family<RejectionLabels, Counter>,
     connection_failures: Family<FailureLabels, Counter>,
@@ -159,6 +160,7 @@ impl Default for Metrics {
         let review_duration = Histogram::new(BUCKETS_SECONDS);
         let jailed = Family::<TierLabels, Counter>::default();
         let in_flight = Gauge::default();
+        let cert_expiry = Gauge::default();
         let cert_reloads = Family::<ReloadLabels, Counter>::default();
         let bodies_rejected = Family::<RejectionLabels, Counter>::default();
         let connection_failures = Family::<FailureLabels, Counter>::default();
@@ -210,6 +212,11 @@ impl Default for Metrics {
             cert_reloads.clone(),
         );
         registry.register(
+            "certificate_expiry_seconds",
+            "Unix time the serving certificate in use expires (0: unreadable)",
+            cert_expiry.clone(),
+        );
+        registry.register(
             "bodies_rejected",
             "Request bodies refused before review, by reason",
             bodies_rejected.clone(),
@@ -224,6 +231,7 @@ impl Default for Metrics {
             review_duration,
             jailed,
             in_flight,
+            cert_expiry,
             cert_reloads,
             bodies_rejected,
             connection_failures,
@@ -265,6 +273,11 @@ impl Metrics {
             .inc();
     }
 
+    /// The serving certificate in use expires at `unix_seconds`.
+    pub fn certificate_expiry(&self, unix_seconds: i64) {
+        self.cert_expiry.set(unix_seconds);
+    }
+
     /// Counts a body refused before it reached the decider.
     pub fn body_rejected(&self, reason: BodyRejection) {
         self.bodies_rejected
@@ -304,6 +317,7 @@ mod tests {
         m.jailed("userns");
         m.jailed("landlock");
         m.cert_reload(false);
+        m.certificate_expiry(1_925_078_400);
         m.body_rejected(BodyRejection::TooLarge);
         m.connection_failed(ConnectionFailure::TlsHandshakeTimeout);
         let text = m.render();
@@ -322,6 +336,7 @@ mod tests {
             "agent_boundary_webhook_jailed_total{tier=\"userns\"} 2",
             "agent_boundary_webhook_jailed_total{tier=\"landlock\"} 1",
             "agent_boundary_webhook_jailed_total{tier=\"privileged-netns\"} 0",
+            "agent_boundary_webhook_certificate_expiry_seconds 1925078400",
             "agent_boundary_webhook_certificate_reloads_total{result=\"error\"} 1",
             "agent_boundary_webhook_certificate_reloads_total{result=\"ok\"} 0",
             "agent_boundary_webhook_bodies_rejected_total{reason=\"too_large\"} 1",

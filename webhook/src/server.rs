@@ -170,6 +170,8 @@ impl Server {
             .with_no_client_auth()
             .with_cert_resolver(certificates.resolver());
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let metrics = Arc::new(Metrics::default());
+        metrics.certificate_expiry(certificates.expiry());
         Ok(Server {
             https: listen(config.https_addr).await?,
             plain: listen(config.plain_addr).await?,
@@ -178,7 +180,7 @@ impl Server {
             certificates,
             admit,
             ready,
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             extra_metrics: None,
         })
     }

@@ -1597,4 +1597,18 @@ async fn the_binary_exports_every_webhook_metric_the_chart_uses() {
         missing.is_empty(),
         "the chart uses webhook metrics the webhook does not export: {missing:?}\n{exposition}"
     );
+    // The expiry is the served certificate's, not a placeholder.
+    let expiry: i64 = exposition
+        .lines()
+        .find_map(|l| l.strip_prefix("agent_boundary_webhook_certificate_expiry_seconds "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no certificate expiry in\n{exposition}"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        u64::try_from(expiry).unwrap() > now + 86_400,
+        "expiry {expiry}, now {now}"
+    );
 }
