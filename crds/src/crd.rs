@@ -319,6 +319,13 @@ pub struct BoundaryPolicyStatus {
     /// 20; the `Enforced` condition's message has the count).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_enforcing: Vec<NotEnforcingPod>,
+    /// What the policy's pods were denied (or would have been, in Audit mode), by destination,
+    /// as their sidecars report it: the most frequent 50, each with its count and first and last
+    /// time. The input of `boundary suggest --from-status`. Counts are summed over the pods'
+    /// sidecars since the policy selected them; after an operator restart a running pod's earlier
+    /// denials are counted again only where they are newer than this list's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub denied_destinations: Vec<crate::enforcement::DeniedDestination>,
 }
 
 /// A running jailed pod that is not proven to enforce its policy.

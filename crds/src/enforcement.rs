@@ -30,6 +30,111 @@ pub struct SidecarStatus {
     /// from older sidecars.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy_file: Option<PolicyFileState>,
+    /// The proxy's session id, new at every start of the sidecar: the counts of `denied` start
+    /// again from zero with a new session. Empty from older sidecars.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub session: String,
+    /// What was denied (or would have been, in Audit mode) since the sidecar started, by
+    /// destination: at most [`MAX_SIDECAR_DENIED`] destinations, the rest counted in
+    /// `deniedUncounted`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub denied: Vec<DeniedDestination>,
+    /// Denials of destinations beyond the first [`MAX_SIDECAR_DENIED`].
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub denied_uncounted: u64,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// Destinations a sidecar keeps counts of, at most.
+pub const MAX_SIDECAR_DENIED: usize = 200;
+
+/// Requests or connections to one destination that were denied (or would have been), counted.
+/// The sidecar reports it per container in its status; the operator sums it per policy into
+/// `BoundaryPolicy.status.deniedDestinations` (without the container), where `boundary suggest
+/// --from-status` reads it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct DeniedDestination {
+    /// The jailed container (sidecar reports only).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub container: String,
+    /// The destination host (a name, or an address when the client named none).
+    pub host: String,
+    /// The destination port.
+    #[cfg_attr(feature = "kube", schemars(range(min = 0, max = 65535)))]
+    pub port: i32,
+    /// The HTTP method; absent for connections the proxy did not look into (TCP, TLS
+    /// passthrough, a refused CONNECT).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// The first two segments of the request path (`/repos/acme` for
+    /// `/repos/acme/app/issues`): enough to write a rule, short enough to keep; no query.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    /// `deny` (refused) or `would-deny` (let through in Audit mode).
+    pub decision: String,
+    /// `deny-rule` when a deny rule refused it, `private-address-guard` when the destination's
+    /// address did; absent when no allow rule matched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub denied_by: Option<String>,
+    /// How many requests or connections.
+    pub count: i64,
+    /// The first one (RFC 3339).
+    pub first_seen: String,
+    /// The last one (RFC 3339).
+    pub last_seen: String,
+}
+
+impl DeniedDestination {
+    /// What identifies the destination (everything but the container, the count and the
+    /// times).
+    pub fn key(&self) -> DeniedKey {
+        DeniedKey {
+            host: self.host.clone(),
+            port: self.port,
+            method: self.method.clone(),
+            path_prefix: self.path_prefix.clone(),
+            decision: self.decision.clone(),
+            denied_by: self.denied_by.clone(),
+        }
+    }
+}
+
+/// The identity of a [`DeniedDestination`] without its container.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DeniedKey {
+    /// Host.
+    pub host: String,
+    /// Port.
+    pub port: i32,
+    /// Method.
+    pub method: Option<String>,
+    /// Path prefix.
+    pub path_prefix: Option<String>,
+    /// `deny` or `would-deny`.
+    pub decision: String,
+    /// What refused it.
+    pub denied_by: Option<String>,
+}
+
+/// The first two segments of `path` (without its query): what a denial summary keeps of a
+/// request path.
+pub fn path_prefix(path: &str) -> String {
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    let mut prefix = String::new();
+    for segment in path.split('/').filter(|s| !s.is_empty()).take(2) {
+        prefix.push('/');
+        prefix.push_str(segment);
+    }
+    if prefix.is_empty() {
+        prefix.push('/');
+    }
+    prefix
 }
 
 /// Whether the sidecar's policy file exists ([`SidecarStatus::policy_file`]).
@@ -144,10 +249,44 @@ mod tests {
                 serde_json::from_value(json!({"policyHash": "ab12", "policyFile": wire})).unwrap();
             assert_eq!(status.policy_file, Some(state));
         }
+        assert!(status.denied.is_empty() && status.session.is_empty());
         let text = serde_json::to_value(&status.jails[0]).unwrap();
         assert_eq!(
             text,
             json!({"container": "agent", "tier": "userns", "state": "connected", "since": "2026-01-01T00:00:00Z"})
+        );
+    }
+
+    #[test]
+    fn path_prefixes_keep_two_segments_and_never_the_query() {
+        for (path, prefix) in [
+            ("/repos/acme/app/issues", "/repos/acme"),
+            ("/repos", "/repos"),
+            ("/", "/"),
+            ("", "/"),
+            ("/v1/messages?key=secret", "/v1/messages"),
+            ("/a?x=/b/c", "/a"),
+            ("//a//b/c", "/a/b"),
+        ] {
+            assert_eq!(path_prefix(path), prefix, "{path}");
+        }
+    }
+
+    #[test]
+    fn denied_destinations_round_trip_in_the_status() {
+        let wire = json!({
+            "policyHash": "ab", "session": "s1", "deniedUncounted": 4,
+            "denied": [{"container": "agent", "host": "pastebin.com", "port": 443, "method": "POST",
+                        "pathPrefix": "/api", "decision": "deny", "count": 3,
+                        "firstSeen": "2026-01-01T00:00:00Z", "lastSeen": "2026-01-01T00:01:00Z"}]
+        });
+        let status: SidecarStatus = serde_json::from_value(wire.clone()).unwrap();
+        assert_eq!(status.denied[0].count, 3);
+        assert_eq!(status.denied[0].key().host, "pastebin.com");
+        assert_eq!(status.denied_uncounted, 4);
+        assert_eq!(
+            serde_json::to_value(&status).unwrap()["denied"],
+            wire["denied"]
         );
     }
 }

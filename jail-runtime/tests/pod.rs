@@ -850,3 +850,57 @@ async fn a_deleted_policy_file_keeps_the_last_policy_and_says_so_until_it_is_bac
     );
     assert!(sidecar.running());
 }
+
+#[tokio::test]
+async fn status_counts_what_the_jail_was_denied_by_destination_for_the_operator() {
+    require_root();
+    let sidecar = Sidecar::start(&compiled(&["domain=allowed.test"]), &[]).await;
+    let before = sidecar.status().await;
+    assert!(before.get("denied").is_none(), "{before}");
+    let session = before["session"].as_str().unwrap().to_owned();
+    assert!(!session.is_empty(), "{before}");
+    // A real client in a pod's jail: two uploads under one path prefix (the query, which may
+    // carry a secret, is never kept) and a read elsewhere.
+    let script = "for p in '/api/v1/paste?key=s3cret' /api/v1/other /; do \
+                  curl -s -o /dev/null -w '%{http_code}\\n' -X POST http://paste.test$p; done";
+    let out = output(in_pod(&sidecar, As::Nobody, "agent", &[], script)).await;
+    assert_eq!(
+        stdout(&out).lines().collect::<Vec<_>>(),
+        ["403"; 3],
+        "{}",
+        stderr(&out)
+    );
+    let status = wait_status(&sidecar, "three denials counted", |s| {
+        s["denied"]
+            .as_array()
+            .is_some_and(|d| d.iter().map(|e| e["count"].as_i64().unwrap()).sum::<i64>() == 3)
+    })
+    .await;
+    let mut denied: Vec<(String, String, String, i64)> = status["denied"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            assert_eq!(d["container"], "agent", "{d}");
+            assert_eq!(d["decision"], "deny", "{d}");
+            assert_eq!(d["port"], 80, "{d}");
+            assert!(d["firstSeen"].as_str().unwrap() <= d["lastSeen"].as_str().unwrap());
+            (
+                d["host"].as_str().unwrap().to_owned(),
+                d["method"].as_str().unwrap().to_owned(),
+                d["pathPrefix"].as_str().unwrap().to_owned(),
+                d["count"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    denied.sort();
+    assert_eq!(
+        denied,
+        [
+            ("paste.test".into(), "POST".into(), "/".into(), 1),
+            ("paste.test".into(), "POST".into(), "/api/v1".into(), 2),
+        ]
+    );
+    assert!(!status.to_string().contains("s3cret"), "{status}");
+    assert_eq!(status["session"], session.as_str());
+}

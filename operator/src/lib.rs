@@ -26,6 +26,7 @@ pub mod cluster;
 pub mod compile;
 pub mod config;
 pub mod credentials;
+pub mod denials;
 pub mod enforcement;
 pub mod labels;
 pub mod leader;

@@ -55,7 +55,10 @@ use crate::cluster::{self, Excluded};
 use crate::compile::{CompiledCluster, CompiledNamespace, compile_cluster, compile_namespace};
 use crate::config::Config;
 use crate::credentials;
-use crate::enforcement::{self, EnforcementConfig, Observations, PodFacts, PodKey, Verdict};
+use crate::denials::DenialLedger;
+use crate::enforcement::{
+    self, EnforcementConfig, Observation, Observations, PodFacts, PodKey, Verdict,
+};
 use crate::metrics::{Controller as MetricsController, Metrics, PolicyCounts};
 use crate::shutdown::Shutdown;
 use crate::status::{
@@ -96,6 +99,8 @@ pub struct Context {
     jailed: Store<Pod>,
     /// What each running jailed pod's sidecar said last.
     observations: Observations,
+    /// What the sidecars denied, summed per policy (`status.deniedDestinations`).
+    denials: Mutex<DenialLedger>,
     enforcement: EnforcementConfig,
     /// Per namespace, the last published hash and since when this operator has seen it.
     published: Mutex<HashMap<String, (String, Instant)>>,
@@ -346,6 +351,7 @@ pub async fn run(client: Client, config: Config, shutdown: Shutdown) -> Result<(
         config_maps,
         secrets,
         credentials_written: Mutex::new(HashMap::new()),
+        denials: Mutex::new(DenialLedger::default()),
         jailed,
         observations,
         enforcement: config.enforcement.clone(),
@@ -699,6 +705,7 @@ async fn publish(
     let ns_pods = ctx.pods_of(&ns);
     let verdicts = ctx.verdicts(&ns_pods, &publication.hash);
     let published_for = ctx.published_for(&ns, &publication.hash);
+    ctx.tally_denials(&ns, &policies, &ns_pods);
     let api: Api<BoundaryPolicy> = Api::namespaced(ctx.client.clone(), &ns);
     let mut counts = PolicyCounts::default();
     for report in &compiled.reports {
@@ -719,6 +726,7 @@ async fn publish(
         let no_values: &[String] = &[];
         let missing_here = missing.get(&report.name).map_or(no_values, Vec::as_slice);
         with_credentials(&mut status, previous, report, missing_here, &now);
+        status.denied_destinations = ctx.denied_destinations(&ns, &report.name);
         count_policy(&mut counts, &status);
         if up_to_date(previous, &status) {
             continue;
@@ -1063,6 +1071,50 @@ impl Context {
     }
 
     /// The verdict on each of `pods` (same order).
+    /// Adds what the sidecars of `pods` (the jailed pods of `namespace`) report denying to the
+    /// totals of the policies they were jailed under, each started from its stored status.
+    fn tally_denials(&self, namespace: &str, policies: &[BoundaryPolicy], pods: &[Arc<Pod>]) {
+        let mut ledger = self
+            .denials
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let names: Vec<String> = policies.iter().map(ResourceExt::name_any).collect();
+        for policy in policies {
+            let stored = policy
+                .status
+                .as_ref()
+                .map_or(&[][..], |s| s.denied_destinations.as_slice());
+            ledger.seed(namespace, &policy.name_any(), stored);
+        }
+        let mut current = std::collections::BTreeSet::new();
+        for pod in pods {
+            let key = PodKey::of(pod);
+            current.insert(key.clone());
+            let Some(Observation::Status(status)) = self.observations.get(&key) else {
+                continue;
+            };
+            let under: Vec<&str> = names
+                .iter()
+                .map(String::as_str)
+                .filter(|name| jailed_under(pod, name))
+                .collect();
+            ledger.absorb(namespace, &key, &under, &status);
+        }
+        ledger.retain(namespace, &current, &names);
+    }
+
+    /// `policy`'s `status.deniedDestinations` as the ledger has it now.
+    fn denied_destinations(
+        &self,
+        namespace: &str,
+        policy: &str,
+    ) -> Vec<boundary_api::enforcement::DeniedDestination> {
+        self.denials
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .status(namespace, policy)
+    }
+
     fn verdicts(&self, pods: &[Arc<Pod>], hash: &str) -> Vec<Verdict> {
         pods.iter()
             .map(|pod| {

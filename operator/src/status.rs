@@ -87,6 +87,9 @@ pub fn desired_status(
         not_enforcing: previous
             .map(|s| s.not_enforcing.clone())
             .unwrap_or_default(),
+        denied_destinations: previous
+            .map(|s| s.denied_destinations.clone())
+            .unwrap_or_default(),
     }
 }
 

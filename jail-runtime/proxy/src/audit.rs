@@ -11,7 +11,7 @@ use boundary_api::{Mode, Tier};
 use serde::Serialize;
 
 /// What happened to a request or connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Decision {
     /// A rule allowed it.
@@ -23,7 +23,7 @@ pub enum Decision {
 }
 
 /// What refused a request or connection, when it was not the absence of an allow rule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DeniedBy {
     /// The record's `rule` is a deny rule, which beats every allow rule.
@@ -116,6 +116,8 @@ pub struct Entry {
     audit: Audit,
     /// Set once traffic flows (relay, forward): the record's `duration_ms` is measured from it.
     started: Option<Instant>,
+    /// Where denials are counted for the sidecar's status.
+    denials: Option<Arc<crate::denials::Denials>>,
 }
 
 impl Entry {
@@ -125,7 +127,15 @@ impl Entry {
             record,
             audit,
             started: None,
+            denials: None,
         }
+    }
+
+    /// Also counts the entry in `denials` (when it ends denied).
+    #[must_use]
+    pub fn counted_in(mut self, denials: Arc<crate::denials::Denials>) -> Entry {
+        self.denials = Some(denials);
+        self
     }
 
     /// Marks an allowed request or connection as refused by the private-address guard after
@@ -174,6 +184,9 @@ impl Drop for Entry {
             {
                 *text = redacted;
             }
+        }
+        if let Some(denials) = &self.denials {
+            denials.note(&self.record);
         }
         self.audit.record_line(&self.record);
     }

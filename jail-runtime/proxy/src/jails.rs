@@ -373,7 +373,11 @@ pub fn status_json(proxy: &Proxy, jails: Option<&Jails>) -> String {
     let hash = proxy.policy_hash();
     let reports = jails.map_or_else(Vec::new, Jails::reports);
     let credentials = credential_states(proxy, &reports);
+    let (denied, denied_uncounted) = proxy.denials().report();
     let status = SidecarStatus {
+        session: proxy.session().to_owned(),
+        denied,
+        denied_uncounted,
         policy_loaded: hash.is_some(),
         policy_hash: hash.unwrap_or_default(),
         jails: reports,

@@ -35,6 +35,7 @@ mod conn;
 mod context;
 pub mod credentials;
 pub mod decide;
+pub mod denials;
 pub mod framing;
 pub mod guard;
 pub mod head;
@@ -125,6 +126,7 @@ struct Inner {
     ca: Arc<CertAuthority>,
     upstream: Upstream,
     audit: Audit,
+    denials: Arc<denials::Denials>,
     metrics: Arc<Metrics>,
     upstream_timeout: Duration,
     values: Arc<credentials::values::ValueStore>,
@@ -172,6 +174,7 @@ impl Proxy {
                 ca: config.ca,
                 upstream,
                 audit: events.audit,
+                denials: Arc::default(),
                 metrics,
                 upstream_timeout: config.upstream_timeout,
                 values,
@@ -244,7 +247,17 @@ impl Proxy {
             bytes_out: 0,
             duration_ms: 0,
         };
-        Entry::new(self.inner.audit.clone(), record)
+        Entry::new(self.inner.audit.clone(), record).counted_in(self.inner.denials.clone())
+    }
+
+    /// What was denied so far, by destination.
+    pub fn denials(&self) -> &denials::Denials {
+        &self.inner.denials
+    }
+
+    /// The proxy's session id.
+    pub fn session(&self) -> &str {
+        &self.inner.session
     }
 
     /// The tier of a connection's jail: as its header said, else the proxy's own.

@@ -43,7 +43,7 @@ fn seen(hash: &str, jails: Vec<JailReport>) -> Option<Observation> {
         policy_hash: hash.into(),
         policy_loaded: true,
         jails,
-        policy_file: None,
+        ..SidecarStatus::default()
     }))
 }
 
@@ -92,7 +92,7 @@ fn each_situation_of_a_pod_gets_its_verdict() {
         policy_hash: String::new(),
         policy_loaded: false,
         jails: vec![jail("agent", JailState::Connected)],
-        policy_file: None,
+        ..SidecarStatus::default()
     }));
     let table: Vec<PodRow<'_>> = vec![
         (

@@ -1,7 +1,8 @@
 //! End to end, the rules of issue 14 in a real pod: a namespaced policy's deny rules (`deny`,
 //! `denyHttp` with a header condition) beat its allow rules, a query condition tells a clone from
 //! a push, a preset is published and enforced, and the private-address guard refuses names that
-//! resolve to cloud metadata or into the cluster unless the policy pins them.
+//! resolve to cloud metadata or into the cluster unless the policy pins them; and what was denied
+//! reaches the policy's `status.deniedDestinations`.
 
 use super::*;
 
@@ -152,6 +153,42 @@ async fn deny_rules_conditions_presets_and_the_address_guard_hold_in_a_pod() -> 
             .and_then(|d| d.get("policy.json").cloned())
             .unwrap_or_default();
         assert!(file.contains("github-read-only"), "{file}");
+
+        // What was denied reaches the policy's status (the advisor's input), by destination,
+        // with what refused it and never a query.
+        let policies: Api<boundary_api::crd::BoundaryPolicy> = ns.api();
+        let denied = eventually(
+            Duration::from_secs(90),
+            "the denials in status.deniedDestinations",
+            || async {
+                let policy = policies.get("agents").await?;
+                let denied = policy
+                    .status
+                    .map(|s| s.denied_destinations)
+                    .unwrap_or_default();
+                let has = |host: &str, prefix: Option<&str>, by: Option<&str>| {
+                    denied.iter().any(|d| {
+                        d.host == host
+                            && (prefix.is_none() || d.path_prefix.as_deref() == prefix)
+                            && d.denied_by.as_deref() == by
+                            && d.decision == "deny"
+                            && d.count >= 1
+                    })
+                };
+                let all = has(ALLOWED, Some("/secret"), Some("deny-rule"))
+                    && has(DENIED, Some("/info/refs"), None)
+                    && has(METADATA, None, Some("private-address-guard"));
+                Ok(all.then_some(denied))
+            },
+        )
+        .await?;
+        let text = serde_json::to_string(&denied)?;
+        assert!(!text.contains("receive-pack"), "no query kept: {text}");
+        assert!(
+            denied.iter().all(|d| d.container.is_empty()),
+            "per policy, not per container: {text}"
+        );
+        eprintln!("deniedDestinations: {text}");
         anyhow::Ok(())
     }
     .await;
