@@ -129,6 +129,24 @@ struct SidecarCheckLabels {
     result: SidecarCheck,
 }
 
+/// The namespace a policy gauge counts in. Namespaces are few and chosen by cluster
+/// administrators, so the series stay few; they end when the namespace has no policy left.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct NamespaceLabels {
+    namespace: String,
+}
+
+/// The `BoundaryPolicy` objects of one namespace, by the state of their status.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyCounts {
+    /// Every policy the operator wrote a status for.
+    pub total: i64,
+    /// Whose `Ready` condition is not `True` (not published, or not yet).
+    pub not_ready: i64,
+    /// Whose `RulesValid` condition is `False` (a rule does not compile).
+    pub rules_invalid: i64,
+}
+
 type DurationFamily = Family<ControllerLabels, Histogram, fn() -> Histogram>;
 
 #[derive(Debug)]
@@ -146,6 +164,9 @@ struct Inner {
     sidecar_checks: Family<SidecarCheckLabels, Counter>,
     pods_enforced: Gauge,
     pods_not_enforcing: Gauge,
+    policies: Family<NamespaceLabels, Gauge>,
+    policies_not_ready: Family<NamespaceLabels, Gauge>,
+    policies_rules_invalid: Family<NamespaceLabels, Gauge>,
     /// Per namespace: running jailed pods proven to enforce, and not proven (the gauges are
     /// their sums).
     enforcement: Mutex<BTreeMap<String, (i64, i64)>>,
@@ -167,6 +188,9 @@ impl Default for Inner {
             sidecar_checks: Family::default(),
             pods_enforced: Gauge::default(),
             pods_not_enforcing: Gauge::default(),
+            policies: Family::default(),
+            policies_not_ready: Family::default(),
+            policies_rules_invalid: Family::default(),
             enforcement: Mutex::default(),
         };
         // Series known in advance are shown from the start, at 0.
@@ -242,6 +266,21 @@ impl Inner {
             "pods_not_enforcing",
             "Running jailed pods not proven to enforce (see the policies' notEnforcing)",
             self.pods_not_enforcing.clone(),
+        );
+        r.register(
+            "policies",
+            "BoundaryPolicies by namespace",
+            self.policies.clone(),
+        );
+        r.register(
+            "policies_not_ready",
+            "BoundaryPolicies whose Ready condition is not True, by namespace",
+            self.policies_not_ready.clone(),
+        );
+        r.register(
+            "policies_rules_invalid",
+            "BoundaryPolicies with a rule that does not compile (RulesValid False), by namespace",
+            self.policies_rules_invalid.clone(),
         );
         self
     }
@@ -324,6 +363,25 @@ impl Metrics {
         // Set under the lock: two namespaces reporting at once cannot leave an old sum.
         self.0.pods_enforced.set(enforced);
         self.0.pods_not_enforcing.set(not_enforcing);
+    }
+
+    /// The policies of `namespace` by state; a namespace without policies has no series.
+    pub fn set_policies(&self, namespace: &str, counts: PolicyCounts) {
+        let labels = NamespaceLabels {
+            namespace: namespace.to_owned(),
+        };
+        let gauges = [
+            (&self.0.policies, counts.total),
+            (&self.0.policies_not_ready, counts.not_ready),
+            (&self.0.policies_rules_invalid, counts.rules_invalid),
+        ];
+        for (family, value) in gauges {
+            if counts.total == 0 {
+                family.remove(&labels);
+            } else {
+                family.get_or_create(&labels).set(value);
+            }
+        }
     }
 
     /// Prometheus text exposition (format 0.0.4).
@@ -454,7 +512,19 @@ mod tests {
         m.set_enforcement("b", 1, 0);
         m.set_enforcement("gone", 5, 5);
         m.set_enforcement("gone", 0, 0);
+        let counts = PolicyCounts {
+            total: 3,
+            not_ready: 1,
+            rules_invalid: 1,
+        };
+        m.set_policies("a", counts);
+        m.set_policies("gone", counts);
+        m.set_policies("gone", PolicyCounts::default());
         let text = m.render();
+        assert!(
+            !text.contains("\"gone\""),
+            "a namespace without policies is dropped:\n{text}"
+        );
         for line in [
             "boundary_operator_reconciles_total{controller=\"policy\",result=\"ok\"} 1",
             "boundary_operator_reconciles_total{controller=\"nodes\",result=\"ok\"} 0",
@@ -473,6 +543,9 @@ mod tests {
             "boundary_operator_sidecar_checks_total{result=\"unreachable\"} 1",
             "boundary_operator_pods_enforced 3",
             "boundary_operator_pods_not_enforcing 1",
+            "boundary_operator_policies{namespace=\"a\"} 3",
+            "boundary_operator_policies_not_ready{namespace=\"a\"} 1",
+            "boundary_operator_policies_rules_invalid{namespace=\"a\"} 1",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

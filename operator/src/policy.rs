@@ -59,7 +59,7 @@ use crate::denials::DenialLedger;
 use crate::enforcement::{
     self, EnforcementConfig, Observation, Observations, PodFacts, PodKey, Verdict,
 };
-use crate::metrics::{Controller as MetricsController, Metrics};
+use crate::metrics::{Controller as MetricsController, Metrics, PolicyCounts};
 use crate::shutdown::Shutdown;
 use crate::status::{
     CREDENTIALS_READY, Publication, desired_status, reasons, up_to_date, with_credentials,
@@ -707,6 +707,7 @@ async fn publish(
     let published_for = ctx.published_for(&ns, &publication.hash);
     ctx.tally_denials(&ns, &policies, &ns_pods);
     let api: Api<BoundaryPolicy> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut counts = PolicyCounts::default();
     for report in &compiled.reports {
         let Some(bp) = policies.iter().find(|p| p.name_any() == report.name) else {
             continue;
@@ -726,6 +727,7 @@ async fn publish(
         let missing_here = missing.get(&report.name).map_or(no_values, Vec::as_slice);
         with_credentials(&mut status, previous, report, missing_here, &now);
         status.denied_destinations = ctx.denied_destinations(&ns, &report.name);
+        count_policy(&mut counts, &status);
         if up_to_date(previous, &status) {
             continue;
         }
@@ -750,9 +752,30 @@ async fn publish(
         }
     }
     ctx.count_verdicts(&ns, &verdicts);
+    ctx.metrics.set_policies(&ns, counts);
     set_pod_conditions(ctx, &ns, &ns_pods, &verdicts, published_for, &now).await;
     synced?;
     Ok(Action::await_change())
+}
+
+/// Adds a policy's `status` to the metrics' counts: not Ready unless `Ready` is `True`; invalid
+/// rules only when `RulesValid` says `False`.
+fn count_policy(counts: &mut PolicyCounts, status: &BoundaryPolicyStatus) {
+    use boundary_api::crd::condition_types::{READY, RULES_VALID};
+    let status_of = |kind: &str| {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == kind)
+            .map(|c| c.status.as_str())
+    };
+    counts.total += 1;
+    if status_of(READY) != Some("True") {
+        counts.not_ready += 1;
+    }
+    if status_of(RULES_VALID) == Some("False") {
+        counts.rules_invalid += 1;
+    }
 }
 
 /// The Warning Events a policy's new `status` calls for: its problems, when they changed, and a
@@ -1421,6 +1444,46 @@ mod tests {
             serde_json::to_value(&ours.metadata).unwrap(),
             json!({"name": objects::CREDENTIALS_SECRET, "namespace": "agents",
                    "resourceVersion": "5", "labels": {"a": "b"}})
+        );
+    }
+
+    #[test]
+    fn policies_are_counted_by_their_ready_and_rules_valid_conditions() {
+        use boundary_api::crd::condition_types::{READY, RULES_VALID};
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+        let status = |conditions: &[(&str, &str)]| BoundaryPolicyStatus {
+            conditions: conditions
+                .iter()
+                .map(|(kind, state)| Condition {
+                    type_: (*kind).into(),
+                    status: (*state).into(),
+                    reason: "r".into(),
+                    message: String::new(),
+                    observed_generation: None,
+                    last_transition_time: Time(Timestamp::UNIX_EPOCH),
+                })
+                .collect(),
+            ..BoundaryPolicyStatus::default()
+        };
+        let mut counts = PolicyCounts::default();
+        count_policy(
+            &mut counts,
+            &status(&[(READY, "True"), (RULES_VALID, "True")]),
+        );
+        count_policy(
+            &mut counts,
+            &status(&[(READY, "False"), (RULES_VALID, "False")]),
+        );
+        // No condition yet: not Ready, but nothing says the rules are invalid.
+        count_policy(&mut counts, &status(&[]));
+        count_policy(&mut counts, &status(&[(READY, "Unknown")]));
+        assert_eq!(
+            counts,
+            PolicyCounts {
+                total: 4,
+                not_ready: 3,
+                rules_invalid: 1,
+            }
         );
     }
 

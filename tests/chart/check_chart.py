@@ -755,6 +755,11 @@ SCENARIOS = {
     "enforcement-checks-off": scenario("agent-boundary", "agent-boundary",
                                        operator__enforcementChecks__intervalSeconds=0),
     "sidecar-audit-ocsf": scenario("agent-boundary", "agent-boundary", webhook__sidecar__auditFormat="ocsf"),
+    # Every monitoring object (tests/chart/monitoring.py checks them in detail): the common
+    # checks here, and kubernetes-validate on the operator's metrics Service and the dashboards.
+    "monitoring": scenario("agent-boundary", "agent-boundary", monitoring__serviceMonitor__enabled=True,
+                           monitoring__podMonitor__enabled=True, monitoring__prometheusRule__enabled=True,
+                           monitoring__dashboards__enabled=True),
     "cert-manager-no-leader-election": scenario("agent-boundary", "agent-boundary", certManager__enabled=True,
                                                 operator__leaderElection__enabled=False),
 }

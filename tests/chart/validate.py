@@ -21,6 +21,10 @@ CUSTOM = {
     ("cert-manager.io/v1", "Issuer"): "cert-manager CRD (not built in)",
     ("cert-manager.io/v1", "Certificate"): "cert-manager CRD (not built in)",
     ("agentboundary.dev/v1alpha1", "BoundaryPolicy"): "this project's CRD",
+    # Checked as rendered by tests/chart/monitoring.py, the rules by promtool.
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): "Prometheus Operator CRD (not built in)",
+    ("monitoring.coreos.com/v1", "PodMonitor"): "Prometheus Operator CRD (not built in)",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): "Prometheus Operator CRD (not built in)",
 }
 
 version, files = sys.argv[1], sys.argv[2:]

@@ -15,8 +15,9 @@ log() { echo "[setup] $*" >&2; }
 # the webhook's image-config tests: docker-registry (a real registry) and apache2-utils (htpasswd);
 # for the proxy's SigV4 tests: python3-botocore (the independent signature verifier); for the
 # presets' tests: git (the client, and git-http-backend as the smart-HTTP server); for the jail's
-# Java test: openjdk-17-jdk-headless (`java Fetch.java`: HttpClient, HttpsURLConnection).
-pkgs=(etcd-server docker.io iptables conntrack curl openssl ca-certificates binutils iproute2 nftables util-linux bsdutils python3 python3-venv python3-botocore docker-registry apache2-utils git openjdk-17-jdk-headless)
+# Java test: openjdk-17-jdk-headless (`java Fetch.java`: HttpClient, HttpsURLConnection); for the
+# chart's alerts and dashboard: prometheus (`promtool check rules`, `promtool test rules`).
+pkgs=(etcd-server docker.io iptables conntrack curl openssl ca-certificates binutils iproute2 nftables util-linux bsdutils python3 python3-venv python3-botocore docker-registry apache2-utils git openjdk-17-jdk-headless prometheus)
 # npm: Debian's package, unless an npm is already there (e.g. bundled with another Node.js).
 command -v npm >/dev/null || pkgs+=(npm)
 missing=()

@@ -6,6 +6,10 @@
 #   - values.schema.json refuses typos and wrong types; helm package ships the same chart
 #   - every rendered object passes kubernetes-validate (strict) for its Kubernetes version
 #     (tests/chart/validate.py)
+#   - the monitoring objects (values monitoring.*; the Prometheus Operator's CRDs are not in the
+#     test cluster, so rendering is what is checked: tests/chart/monitoring.py), then promtool
+#     (Debian's `prometheus`): `check rules` on the alerts and on every dashboard query, `test
+#     rules` with tests/chart/rules-test.yaml (each alert fires and stays quiet)
 # Tools: tests/scripts/chart-tools.sh (installed on first use). Rendered files stay in $OUT
 # (default: a temporary directory, removed on exit).
 set -euo pipefail
@@ -32,4 +36,13 @@ done
 "$KV_NEW_PY" "$ROOT/tests/chart/check_chart.py" "$HELM" "$ROOT" "$OUT" "$KV_NEW_K8S.0"
 "$KV_OLD_PY" "$ROOT/tests/chart/validate.py" "$KV_OLD_K8S" "$OUT"/*-1.20.yaml
 "$KV_NEW_PY" "$ROOT/tests/chart/validate.py" "$KV_NEW_K8S" "$OUT"/*-recent.yaml
+command -v promtool >/dev/null || {
+  echo "test-chart: promtool not found: apt-get install prometheus (tests/scripts/setup.sh)" >&2
+  exit 1
+}
+mkdir -p "$OUT/monitoring"
+"$KV_NEW_PY" "$ROOT/tests/chart/monitoring.py" "$HELM" "$ROOT" "$OUT/monitoring"
+cp "$ROOT/tests/chart/rules-test.yaml" "$OUT/monitoring/"
+promtool check rules "$OUT/monitoring/rules.yaml" "$OUT/monitoring/dashboard-queries.yaml" >&2
+(cd "$OUT/monitoring" && promtool test rules rules-test.yaml) >&2
 echo "test-chart: passed" >&2

@@ -114,6 +114,13 @@ struct ReloadLabels {
     result: ReloadResult,
 }
 
+/// The planner row (tier) a pod was jailed with: a name from the static tables
+/// (`crate::tables`), so the series stay few.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct TierLabels {
+    tier: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct RejectionLabels {
     reason: BodyRejection,
@@ -138,7 +145,9 @@ pub const PREFIX: &str = "agent_boundary_webhook";
 pub struct Metrics {
     reviews: Family<ReviewLabels, Counter>,
     review_duration: Histogram,
+    jailed: Family<TierLabels, Counter>,
     in_flight: Gauge,
+    cert_expiry: Gauge,
     cert_reloads: Family<ReloadLabels, Counter>,
     bodies_rejected: Family<RejectionLabels, Counter>,
     connection_failures: Family<FailureLabels, Counter>,
@@ -149,13 +158,22 @@ impl Default for Metrics {
     fn default() -> Self {
         let reviews = Family::<ReviewLabels, Counter>::default();
         let review_duration = Histogram::new(BUCKETS_SECONDS);
+        let jailed = Family::<TierLabels, Counter>::default();
         let in_flight = Gauge::default();
+        let cert_expiry = Gauge::default();
         let cert_reloads = Family::<ReloadLabels, Counter>::default();
         let bodies_rejected = Family::<RejectionLabels, Counter>::default();
         let connection_failures = Family::<FailureLabels, Counter>::default();
         // Every label value is shown from the start, at 0, so a rate over it has a baseline.
         for (result, _) in RESULTS {
             let _ = reviews.get_or_create(&ReviewLabels { result });
+        }
+        for row in crate::tables::BUILTIN
+            .iter()
+            .chain(crate::tables::CODER_BOUNDARY)
+        {
+            let tier = row.name.to_owned();
+            let _ = jailed.get_or_create(&TierLabels { tier });
         }
         for (result, _) in RELOAD_RESULTS {
             let _ = cert_reloads.get_or_create(&ReloadLabels { result });
@@ -179,6 +197,11 @@ impl Default for Metrics {
             review_duration.clone(),
         );
         registry.register(
+            "jailed",
+            "Pods admitted with a jail, by the planner row (tier) applied",
+            jailed.clone(),
+        );
+        registry.register(
             "in_flight_requests",
             "Review requests being handled now",
             in_flight.clone(),
@@ -187,6 +210,11 @@ impl Default for Metrics {
             "certificate_reloads",
             "Serving certificate reloads after the files changed, by result",
             cert_reloads.clone(),
+        );
+        registry.register(
+            "certificate_expiry_seconds",
+            "Unix time the serving certificate in use expires (0: unreadable)",
+            cert_expiry.clone(),
         );
         registry.register(
             "bodies_rejected",
@@ -201,7 +229,9 @@ impl Default for Metrics {
         Metrics {
             reviews,
             review_duration,
+            jailed,
             in_flight,
+            cert_expiry,
             cert_reloads,
             bodies_rejected,
             connection_failures,
@@ -215,6 +245,15 @@ impl Metrics {
     pub fn review(&self, result: ReviewResult, duration: Duration) {
         self.reviews.get_or_create(&ReviewLabels { result }).inc();
         self.review_duration.observe(duration.as_secs_f64());
+    }
+
+    /// Counts a pod admitted with a jail of the planner row `tier`.
+    pub fn jailed(&self, tier: &str) {
+        self.jailed
+            .get_or_create(&TierLabels {
+                tier: tier.to_owned(),
+            })
+            .inc();
     }
 
     /// A review request started (+1) or ended (-1).
@@ -232,6 +271,11 @@ impl Metrics {
         self.cert_reloads
             .get_or_create(&ReloadLabels { result })
             .inc();
+    }
+
+    /// The serving certificate in use expires at `unix_seconds`.
+    pub fn certificate_expiry(&self, unix_seconds: i64) {
+        self.cert_expiry.set(unix_seconds);
     }
 
     /// Counts a body refused before it reached the decider.
@@ -269,7 +313,11 @@ mod tests {
         m.review(ReviewResult::BadRequest, Duration::from_secs(20));
         m.in_flight(2);
         m.in_flight(-1);
+        m.jailed("userns");
+        m.jailed("userns");
+        m.jailed("landlock");
         m.cert_reload(false);
+        m.certificate_expiry(1_925_078_400);
         m.body_rejected(BodyRejection::TooLarge);
         m.connection_failed(ConnectionFailure::TlsHandshakeTimeout);
         let text = m.render();
@@ -285,6 +333,10 @@ mod tests {
             "agent_boundary_webhook_review_duration_seconds_sum 20.0037",
             "agent_boundary_webhook_review_duration_seconds_count 3",
             "agent_boundary_webhook_in_flight_requests 1",
+            "agent_boundary_webhook_jailed_total{tier=\"userns\"} 2",
+            "agent_boundary_webhook_jailed_total{tier=\"landlock\"} 1",
+            "agent_boundary_webhook_jailed_total{tier=\"privileged-netns\"} 0",
+            "agent_boundary_webhook_certificate_expiry_seconds 1925078400",
             "agent_boundary_webhook_certificate_reloads_total{result=\"error\"} 1",
             "agent_boundary_webhook_certificate_reloads_total{result=\"ok\"} 0",
             "agent_boundary_webhook_bodies_rejected_total{reason=\"too_large\"} 1",

@@ -170,6 +170,8 @@ impl Server {
             .with_no_client_auth()
             .with_cert_resolver(certificates.resolver());
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let metrics = Arc::new(Metrics::default());
+        metrics.certificate_expiry(certificates.expiry());
         Ok(Server {
             https: listen(config.https_addr).await?,
             plain: listen(config.plain_addr).await?,
@@ -178,7 +180,7 @@ impl Server {
             certificates,
             admit,
             ready,
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             extra_metrics: None,
         })
     }
@@ -708,6 +710,15 @@ fn answer(
         (false, _) => ReviewResult::Denied,
     };
     let elapsed = started.elapsed();
+    // Only a patched pod was jailed; its row is in the audit annotation the decider set.
+    let jailed_tier = patched
+        .then(|| {
+            response
+                .audit_annotations
+                .get(crate::admit::AUDIT_TIER)
+                .cloned()
+        })
+        .flatten();
     tracing::info!(
         uid = %request.uid,
         namespace = request.namespace.as_deref().unwrap_or_default(),
@@ -736,6 +747,9 @@ fn answer(
         }
     };
     metrics.review(result, elapsed);
+    if let Some(tier) = jailed_tier {
+        metrics.jailed(&tier);
+    }
     (
         StatusCode::OK,
         [(

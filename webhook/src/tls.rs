@@ -173,6 +173,11 @@ impl CertificateReloader {
         self.resolver.clone()
     }
 
+    /// Unix time the serving certificate in use expires (0 when its `notAfter` cannot be read).
+    pub fn expiry(&self) -> i64 {
+        not_after(&self.resolver.current()).unwrap_or(0)
+    }
+
     /// Looks at the files once and loads them if their content changed.
     pub fn check(&mut self) -> Reload {
         let (cert, key) = match self.read_pair() {
@@ -217,6 +222,7 @@ impl CertificateReloader {
                 }
                 Reload::Reloaded => {
                     metrics.cert_reload(true);
+                    metrics.certificate_expiry(self.expiry());
                     tracing::info!(
                         cert_file = %self.cert_file.display(),
                         key_file = %self.key_file.display(),
@@ -262,6 +268,13 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
         path: path.to_owned(),
         source,
     })
+}
+
+/// Unix time the leaf certificate of `key` stops being valid (its `notAfter`), if it parses.
+fn not_after(key: &CertifiedKey) -> Option<i64> {
+    let leaf = key.cert.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+    Some(cert.validity().not_after.timestamp())
 }
 
 /// Parses a PEM certificate chain and private key and checks that they belong together.
@@ -331,6 +344,17 @@ mod tests {
             Path::new("tls.key"),
             &crypto_provider(),
         )
+    }
+
+    #[test]
+    fn the_expiry_is_the_leaf_certificates_not_after() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["a".to_owned()]).unwrap();
+        params.not_after = rcgen::date_time_ymd(2031, 1, 2);
+        let cert = params.self_signed(&key).unwrap();
+        let loaded = load(&cert.pem(), &key.serialize_pem()).unwrap();
+        // 2031-01-02T00:00:00Z
+        assert_eq!(not_after(&loaded), Some(1_925_078_400));
     }
 
     #[test]

@@ -1582,3 +1582,33 @@ async fn review_over(webhook: &Webhook) -> Reply {
         .await
         .unwrap()
 }
+
+/// Every webhook metric the chart's alerts and Grafana dashboard use
+/// (`charts/agent-boundary/templates/monitoring-prometheusrule.yaml`, `dashboards/*.json`) is on
+/// the real binary's `/metrics` before its first review.
+#[tokio::test]
+async fn the_binary_exports_every_webhook_metric_the_chart_uses() {
+    use boundary_test_kit::metric_names::{Exporter, unexported, used_by_chart};
+    let webhook = Webhook::start(0).await;
+    let exposition = plain_get(webhook.plain, "/metrics").await.text();
+    let used = used_by_chart(&Path::new(env!("CARGO_MANIFEST_DIR")).join(".."));
+    let missing = unexported(&used, Exporter::Webhook, &exposition);
+    assert!(
+        missing.is_empty(),
+        "the chart uses webhook metrics the webhook does not export: {missing:?}\n{exposition}"
+    );
+    // The expiry is the served certificate's, not a placeholder.
+    let expiry: i64 = exposition
+        .lines()
+        .find_map(|l| l.strip_prefix("agent_boundary_webhook_certificate_expiry_seconds "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no certificate expiry in\n{exposition}"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        u64::try_from(expiry).unwrap() > now + 86_400,
+        "expiry {expiry}, now {now}"
+    );
+}

@@ -8,6 +8,7 @@
 
 mod ca;
 mod client;
+pub mod metric_names;
 mod server;
 
 pub use ca::{Alpn, Leaf, TestCa};
