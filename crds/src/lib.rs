@@ -7,6 +7,7 @@
 //!   `boundary check`, without Kubernetes types.
 //! - [`credentials`]: credentials the agent never holds (placeholders, the sidecar's value file).
 //! - [`enforcement`]: what a pod's sidecar reports about its jails (operator and sidecar).
+//! - [`lint`]: warnings on rules that open a channel out (paste sites, `*`, wildcard TLDs).
 //! - [`presets`]: named rule sets (`spec.presets`, `--preset`), data versioned with the project.
 //! - [`probe`]: the node probe's report (`boundary probe`, the node agent, the operator).
 //! - `crd` (feature `kube`): the `BoundaryPolicy` custom resource and its generated CRD.
@@ -19,6 +20,7 @@ pub mod contract;
 pub mod crd;
 pub mod credentials;
 pub mod enforcement;
+pub mod lint;
 #[cfg(feature = "kube")]
 pub mod nodes;
 pub mod policy;
