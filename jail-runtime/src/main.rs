@@ -67,7 +67,8 @@ enum Command {
     /// Run the policy proxy as a pod's sidecar.
     Sidecar(sidecar::SidecarArgs),
     /// Print what the proxy would decide for `[METHOD] URL` (or `tcp://HOST:PORT`) under the
-    /// rules of --policy files and flags: exit 0 allowed, 1 denied, 2 invalid input.
+    /// rules of --policy files and flags: exit 0 allowed, 1 denied, 2 invalid input. With
+    /// `--lint` (no URL): warn about rules that open a channel out (exit 1 when any).
     Check(check::CheckArgs),
     /// Print, as JSON, which jail tiers work here and why the others do not.
     Probe,
