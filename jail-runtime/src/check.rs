@@ -217,7 +217,10 @@ fn run_lint(args: &CheckArgs) -> i32 {
                 println!("warning: {w}");
             }
             if warnings.is_empty() {
-                println!("no lint warnings (lint data version {})", lint::data_version());
+                println!(
+                    "no lint warnings (lint data version {})",
+                    lint::data_version()
+                );
             }
         }
         Output::Json => println!(
