@@ -190,7 +190,7 @@ fn own(value: &Value) -> Option<Observation> {
     } else {
         (None, None)
     };
-    let time = text(value, "time").map(str::to_owned);
+    let time = text(value, "time").map(normalise_time);
     Some(Observation {
         kind,
         host: host(text(value, "host")?)?,
@@ -295,9 +295,26 @@ fn destination(entry: &Value) -> Option<Observation> {
             .and_then(Value::as_u64)
             .unwrap_or(1)
             .max(1),
-        first: text(entry, "firstSeen").map(str::to_owned),
-        last: text(entry, "lastSeen").map(str::to_owned),
+        first: text(entry, "firstSeen").map(normalise_time),
+        last: text(entry, "lastSeen").map(normalise_time),
     })
+}
+
+/// A UTC RFC 3339 time with exactly three fraction digits (`…:05.1Z` → `…:05.100Z`), so times
+/// of any writer compare as text; other times are kept as they are.
+pub fn normalise_time(time: &str) -> String {
+    let Some(body) = time.strip_suffix('Z').or_else(|| time.strip_suffix('z')) else {
+        return time.to_owned();
+    };
+    let (seconds, fraction) = body.split_once('.').unwrap_or((body, ""));
+    if seconds.len() != 19 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return time.to_owned();
+    }
+    let mut millis: String = fraction.chars().take(3).collect();
+    while millis.len() < 3 {
+        millis.push('0');
+    }
+    format!("{seconds}.{millis}Z")
 }
 
 /// Epoch milliseconds as RFC 3339 UTC with milliseconds (`1970-01-01T00:00:00.000Z`).

@@ -139,7 +139,8 @@ impl Stats {
         }
     }
 
-    fn comment(&self, unit: &str) -> String {
+    fn comment(&self, (one, many): (&str, &str)) -> String {
+        let unit = if self.count == 1 { one } else { many };
         let mut out = format!("{} {unit}, {} denied", self.count, self.denied);
         match (&self.first, &self.last) {
             (Some(f), Some(l)) if f == l => {
@@ -181,7 +182,7 @@ struct Suggested {
     http: Option<HttpRule>,
     tcp: Option<TcpRule>,
     stats: Stats,
-    unit: &'static str,
+    unit: (&'static str, &'static str),
     note: Option<&'static str>,
 }
 
@@ -297,7 +298,7 @@ pub fn suggest(observations: &[Observation], options: &Options) -> Suggestion {
             http: Some(rule),
             tcp: None,
             stats,
-            unit: "TLS connections",
+            unit: ("TLS connection", "TLS connections"),
             note: (!passthrough).then_some(
                 "refused before any request: its methods and paths were not seen; narrow \
                  them after an Audit run",
@@ -317,7 +318,7 @@ pub fn suggest(observations: &[Observation], options: &Options) -> Suggestion {
                 ports: ports.into_iter().filter_map(Port::new).collect(),
             }),
             stats,
-            unit: "connections",
+            unit: ("connection", "connections"),
             note: None,
         });
     }
@@ -447,15 +448,18 @@ fn literal_segment(segment: &str) -> bool {
 }
 
 fn http_rules(domain: &str, list: &[&Observation], collapse: usize) -> Vec<Suggested> {
-    let mut root = Node::default();
+    // Paths are collapsed method by method (a DELETE of one item must not become a DELETE of
+    // every item because many were read); patterns with the same methods then share a rule.
+    let mut tries: BTreeMap<&str, Node> = BTreeMap::new();
     for o in list {
         let (Some(method), Some(path)) = (&o.method, &o.path) else {
             continue;
         };
+        let root = tries.entry(method.as_str()).or_default();
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-        let mut node = &mut root;
         let mut under = o.path_is_prefix && path != "/";
         let mut whole = o.path_is_prefix && path == "/";
+        let mut depth = 0;
         for (i, segment) in segments.iter().enumerate() {
             if !literal_segment(segment) {
                 // Not nameable: the prefix before it, and everything under it.
@@ -463,11 +467,15 @@ fn http_rules(domain: &str, list: &[&Observation], collapse: usize) -> Vec<Sugge
                 whole = i == 0;
                 break;
             }
-            node = node.children.entry((*segment).to_owned()).or_default();
+            depth = i + 1;
         }
-        let slot = if whole {
-            &mut root.under
-        } else if under {
+        let mut node = &mut *root;
+        if !whole {
+            for segment in &segments[..depth] {
+                node = node.children.entry((*segment).to_owned()).or_default();
+            }
+        }
+        let slot = if whole || under {
             &mut node.under
         } else {
             &mut node.here
@@ -476,13 +484,20 @@ fn http_rules(domain: &str, list: &[&Observation], collapse: usize) -> Vec<Sugge
         methods.insert(method.clone());
         stats.add(o);
     }
-    let covered = collapse_paths(&root, "", collapse, true);
-    // One rule per set of methods.
+    let mut by_pattern: BTreeMap<Option<String>, (BTreeSet<String>, Stats)> = BTreeMap::new();
+    for root in tries.values() {
+        for c in collapse_paths(root, "", collapse, true) {
+            let (methods, stats) = by_pattern.entry(c.pattern).or_default();
+            methods.extend(c.methods);
+            stats.merge(&c.stats);
+        }
+    }
+    // One rule per set of methods; any path (`None`) takes in that set's other patterns.
     let mut by_methods: BTreeMap<BTreeSet<String>, (Vec<Option<String>>, Stats)> = BTreeMap::new();
-    for c in covered {
-        let (patterns, stats) = by_methods.entry(c.methods).or_default();
-        patterns.push(c.pattern);
-        stats.merge(&c.stats);
+    for (pattern, (methods, stats)) in by_pattern {
+        let (patterns, total) = by_methods.entry(methods).or_default();
+        patterns.push(pattern);
+        total.merge(&stats);
     }
     let ports = ports_of(list.iter().map(|o| o.port), true);
     by_methods
@@ -504,7 +519,7 @@ fn http_rules(domain: &str, list: &[&Observation], collapse: usize) -> Vec<Sugge
                 }),
                 tcp: None,
                 stats,
-                unit: "requests",
+                unit: ("request", "requests"),
                 note: None,
             }
         })
@@ -681,7 +696,7 @@ fn write(
         }
         for (i, (name, stats)) in presets.iter().enumerate() {
             let field = format!("spec.presets[{}] ({name})", old_presets.len() + i);
-            let _ = writeln!(y, "    # {}", stats.comment("requests"));
+            let _ = writeln!(y, "    # {}", stats.comment(("request", "requests")));
             for w in warnings_at(&field) {
                 let _ = writeln!(
                     y,
@@ -756,7 +771,7 @@ fn write(
                         y,
                         "# - {}: denied by a deny rule{by}; not suggested ({})",
                         clean(what),
-                        stats.comment("requests")
+                        stats.comment(("request", "requests"))
                     );
                 }
                 Left::Guard => {
@@ -767,7 +782,7 @@ fn write(
                          addresses: [\"<its address>\"]}}] ({})",
                         clean(what),
                         quoted(what),
-                        stats.comment("requests")
+                        stats.comment(("request", "requests"))
                     );
                 }
             }
