@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Read as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use boundary_api::advisor::{self, Base, Line, Observation, Options};
 use boundary_api::{Mode, policy_file};
@@ -73,7 +73,7 @@ pub fn run(args: &SuggestArgs) -> i32 {
     }
 }
 
-fn read(path: &PathBuf) -> Result<String, String> {
+fn read(path: &Path) -> Result<String, String> {
     if path.as_os_str() == "-" {
         let mut text = String::new();
         std::io::stdin()
@@ -86,7 +86,7 @@ fn read(path: &PathBuf) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
-fn name_of(path: &PathBuf) -> String {
+fn name_of(path: &Path) -> String {
     if path.as_os_str() == "-" {
         "standard input".into()
     } else {
@@ -154,13 +154,13 @@ fn suggest(args: &SuggestArgs) -> Result<String, String> {
             .take(NAMED_SKIPS)
             .map(String::as_str)
             .collect();
-        let more = if skipped.len() > NAMED_SKIPS {
+        let ellipsis = if skipped.len() > NAMED_SKIPS {
             ", ..."
         } else {
             ""
         };
         eprintln!(
-            "boundary suggest: skipped {} line(s) that are not audit records: {}{more}",
+            "boundary suggest: skipped {} line(s) that are not audit records: {}{ellipsis}",
             skipped.len(),
             named.join(", ")
         );

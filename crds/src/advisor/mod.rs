@@ -220,41 +220,7 @@ pub fn suggest(observations: &[Observation], options: &Options) -> Suggestion {
         }
     }
 
-    // Presets that cover all of their hosts' traffic.
-    let mut presets: Vec<(String, Stats)> = Vec::new();
-    let mut rest: Vec<&Observation> = wanted.clone();
-    for preset in PRESETS {
-        let names = vec![preset.name.to_owned()];
-        let Ok(compiled) = rules::compile(RuleSource {
-            field_prefix: "spec.",
-            presets: &names,
-            ..RuleSource::default()
-        }) else {
-            continue;
-        };
-        let hosts: BTreeSet<String> = compiled
-            .iter()
-            .filter(|r| !r.is_deny())
-            .flat_map(|r| r.domains.iter().flatten())
-            .filter_map(rules::DomainPattern::exact_name)
-            .collect();
-        let set = RuleSet::new(compiled, Mode::Enforce);
-        let (mine, others): (Vec<&Observation>, Vec<&Observation>) =
-            rest.iter().partition(|o| hosts.contains(&o.host));
-        if mine.is_empty()
-            || !mine
-                .iter()
-                .all(|o| verdict(&set, o) == BaseVerdict::Allowed)
-        {
-            continue;
-        }
-        let mut stats = Stats::default();
-        for o in &mine {
-            stats.add(o);
-        }
-        presets.push((preset.name.to_owned(), stats));
-        rest = others;
-    }
+    let (presets, rest) = choose_presets(&wanted);
 
     // Sibling hosts past the threshold become `*.parent`.
     let keys = host_keys(&rest, collapse);
@@ -327,6 +293,46 @@ pub fn suggest(observations: &[Observation], options: &Options) -> Suggestion {
 
     let allowed: Vec<Observation> = wanted.iter().map(|o| (*o).clone()).collect();
     write(options, &presets, &suggested, &left, allowed)
+}
+
+/// The presets that cover every observed request to their hosts (in [`PRESETS`] order, so a
+/// read-only preset wins over its read-write sibling), and the observations left.
+fn choose_presets<'o>(wanted: &[&'o Observation]) -> (Vec<(String, Stats)>, Vec<&'o Observation>) {
+    let mut presets: Vec<(String, Stats)> = Vec::new();
+    let mut rest: Vec<&Observation> = wanted.to_vec();
+    for preset in PRESETS {
+        let names = vec![preset.name.to_owned()];
+        let Ok(compiled) = rules::compile(RuleSource {
+            field_prefix: "spec.",
+            presets: &names,
+            ..RuleSource::default()
+        }) else {
+            continue;
+        };
+        let hosts: BTreeSet<String> = compiled
+            .iter()
+            .filter(|r| !r.is_deny())
+            .flat_map(|r| r.domains.iter().flatten())
+            .filter_map(rules::DomainPattern::exact_name)
+            .collect();
+        let set = RuleSet::new(compiled, Mode::Enforce);
+        let (mine, others): (Vec<&Observation>, Vec<&Observation>) =
+            rest.iter().partition(|o| hosts.contains(&o.host));
+        if mine.is_empty()
+            || !mine
+                .iter()
+                .all(|o| verdict(&set, o) == BaseVerdict::Allowed)
+        {
+            continue;
+        }
+        let mut stats = Stats::default();
+        for o in &mine {
+            stats.add(o);
+        }
+        presets.push((preset.name.to_owned(), stats));
+        rest = others;
+    }
+    (presets, rest)
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

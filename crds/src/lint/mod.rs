@@ -431,7 +431,7 @@ fn entry_labels(domain: &str) -> Vec<Option<&str>> {
 /// Whether some host matched by `pattern` (labels left to right; a leading `None` is one or
 /// more labels, any other exactly one) is `entry` or under it (`None` labels: one label each).
 fn reaches(pattern: &[Option<&str>], entry: &[Option<&str>]) -> bool {
-    let compatible = |a: &Option<&str>, b: &Option<&str>| a.is_none() || b.is_none() || a == b;
+    let compatible = |a: Option<&str>, b: Option<&str>| a.is_none() || b.is_none() || a == b;
     let leading = pattern.len() > 1 && pattern[0].is_none();
     let fixed = if leading { &pattern[1..] } else { pattern };
     if !leading && fixed.len() < entry.len() {
@@ -441,7 +441,7 @@ fn reaches(pattern: &[Option<&str>], entry: &[Option<&str>]) -> bool {
         .iter()
         .rev()
         .zip(entry.iter().rev())
-        .all(|(a, b)| compatible(a, b))
+        .all(|(a, b)| compatible(*a, *b))
 }
 
 /// Whether a deny rule among `denies` refuses everything `rule` allows under `pattern`.
@@ -475,7 +475,7 @@ fn pattern_covers(deny: &DomainPattern, pattern: &DomainPattern) -> bool {
     let (Some(d), Some(p)) = (deny.labels(), pattern.labels()) else {
         return false;
     };
-    let covers = |a: &Option<&str>, b: &Option<&str>| a.is_none() || a == b;
+    let covers = |a: Option<&str>, b: Option<&str>| a.is_none() || a == b;
     let d_leading = d.len() > 1 && d[0].is_none();
     let p_leading = p.len() > 1 && p[0].is_none();
     if d_leading {
@@ -491,9 +491,9 @@ fn pattern_covers(deny: &DomainPattern, pattern: &DomainPattern) -> bool {
                 .iter()
                 .rev()
                 .zip(p_fixed.iter().rev())
-                .all(|(a, b)| covers(a, b))
+                .all(|(a, b)| covers(*a, *b))
     } else {
-        !p_leading && d.len() == p.len() && d.iter().zip(&p).all(|(a, b)| covers(a, b))
+        !p_leading && d.len() == p.len() && d.iter().zip(&p).all(|(a, b)| covers(*a, *b))
     }
 }
 
