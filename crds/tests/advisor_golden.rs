@@ -16,7 +16,7 @@
 use std::path::PathBuf;
 
 use boundary_api::Mode;
-use boundary_api::advisor::{self, Kind, Line, Observation, Options};
+use boundary_api::advisor::{self, Decision, Kind, Line, Observation, Options};
 use boundary_api::rules::{Host, HttpRequest, RequestPath, RuleSet, Verdict};
 
 fn dir() -> PathBuf {
@@ -81,7 +81,10 @@ fn allows_all(yaml: &str, allowed: &[Observation]) {
                 ))
             }
             Kind::Tcp => set.check_tcp(&host, o.port),
-            Kind::Tls => set.check_passthrough(&host, o.port),
+            Kind::Tls if o.decision == Decision::Allow => set.check_passthrough(&host, o.port),
+            // Refused before any request: an HTTP rule for the host is what it lacked.
+            Kind::Tls if set.may_allow_http(&host, o.port) => continue,
+            Kind::Tls => Verdict::Deny(Vec::new()),
         };
         assert!(
             matches!(verdict, Verdict::Allow(_)),

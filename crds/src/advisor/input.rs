@@ -166,11 +166,14 @@ fn method(raw: &str) -> Option<String> {
 fn path(raw: &str) -> Option<String> {
     let end = raw.find(['?', '#']).unwrap_or(raw.len());
     let path = &raw[..end];
-    // The proxy records normalised paths: one the rule engine cannot read is not a record.
-    let readable = path.starts_with('/')
-        && !path.bytes().any(|b| b.is_ascii_control())
-        && crate::rules::RequestPath::parse(path).is_ok();
-    readable.then(|| path.to_owned())
+    // The proxy records normalised paths; normalised again (dot-segments, encoding) as the
+    // rule engine matches them. One it cannot read is not a record.
+    if !path.starts_with('/') || path.bytes().any(|b| b.is_ascii_control()) {
+        return None;
+    }
+    crate::rules::RequestPath::parse(path)
+        .ok()
+        .map(|p| p.to_string())
 }
 
 /// This project's JSON record (`boundary_proxy::audit::Record`).

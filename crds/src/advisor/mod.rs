@@ -462,7 +462,7 @@ fn http_rules(domain: &str, list: &[&Observation], collapse: usize) -> Vec<Sugge
             continue;
         };
         let root = tries.entry(method.as_str()).or_default();
-        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let segments: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
         let mut under = o.path_is_prefix && path != "/";
         let mut whole = o.path_is_prefix && path == "/";
         let mut depth = 0;

@@ -5,7 +5,7 @@
 #![no_main]
 
 use boundary_api::Mode;
-use boundary_api::advisor::{self, Kind, Line, Options};
+use boundary_api::advisor::{self, Decision, Kind, Line, Options};
 use boundary_api::rules::{Host, HttpRequest, RequestPath, RuleSet, Verdict};
 use libfuzzer_sys::fuzz_target;
 
@@ -57,7 +57,10 @@ fuzz_target!(|data: &[u8]| {
                     ))
                 }
                 Kind::Tcp => set.check_tcp(&host, o.port),
-                Kind::Tls => set.check_passthrough(&host, o.port),
+                Kind::Tls if o.decision == Decision::Allow => set.check_passthrough(&host, o.port),
+                // Refused before any request: an HTTP rule for the host is what it lacked.
+                Kind::Tls if set.may_allow_http(&host, o.port) => continue,
+                Kind::Tls => Verdict::Deny(Vec::new()),
             };
             assert!(
                 matches!(verdict, Verdict::Allow(_)),
