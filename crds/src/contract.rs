@@ -111,8 +111,8 @@ pub mod os {
     }
 }
 
-/// Annotations written by the webhook and the node agent (on pods) and by the operator (on
-/// namespaces).
+/// Annotations written by the webhook and the node agent (on pods), by the operator (on
+/// namespaces) and by policy authors (on policies).
 pub mod annotations {
     names! {
         /// JSON record of what the webhook injected; makes re-invocation idempotent.
@@ -131,6 +131,10 @@ pub mod annotations {
         /// value before (`enabled`, `disabled`), put back when no cluster policy requires
         /// jailing there any more.
         INJECT_BEFORE_REQUIRED = "agentboundary.dev/inject-before-required";
+        /// On a `BoundaryPolicy` or `ClusterBoundaryPolicy`, set by its author: lint codes
+        /// (comma-separated, e.g. `publish-anywhere,broad-write`) whose warnings are silenced
+        /// for this policy ([`crate::lint`]).
+        LINT_IGNORE = "agentboundary.dev/lint-ignore";
     }
 }
 

@@ -7,18 +7,22 @@
 //!   `boundary check`, without Kubernetes types.
 //! - [`credentials`]: credentials the agent never holds (placeholders, the sidecar's value file).
 //! - [`enforcement`]: what a pod's sidecar reports about its jails (operator and sidecar).
+//! - [`advisor`]: `boundary suggest`'s core: audit records into a minimal policy.
+//! - [`lint`]: warnings on rules that open a channel out (paste sites, `*`, wildcard TLDs).
 //! - [`presets`]: named rule sets (`spec.presets`, `--preset`), data versioned with the project.
 //! - [`probe`]: the node probe's report (`boundary probe`, the node agent, the operator).
 //! - `crd` (feature `kube`): the `BoundaryPolicy` custom resource and its generated CRD.
 //! - `nodes` (feature `kube`): node classification and facts (operator and webhook).
 #![forbid(unsafe_code)]
 
+pub mod advisor;
 pub mod compiled;
 pub mod contract;
 #[cfg(feature = "kube")]
 pub mod crd;
 pub mod credentials;
 pub mod enforcement;
+pub mod lint;
 #[cfg(feature = "kube")]
 pub mod nodes;
 pub mod policy;

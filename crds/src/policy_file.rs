@@ -181,6 +181,29 @@ pub fn parse(text: &str) -> Result<PolicyFile, FileProblems> {
     }
 }
 
+/// The [`crate::contract::annotations::LINT_IGNORE`] annotation of each policy of a file that
+/// has one: `(name, cluster, value)`, in file order. Documents that do not parse are skipped
+/// ([`parse`] reports them).
+pub fn lint_ignores(text: &str) -> Vec<(String, bool, String)> {
+    let mut out = Vec::new();
+    for document in serde_yaml_ng::Deserializer::from_str(text) {
+        let Ok(value) = Value::deserialize(document) else {
+            break;
+        };
+        let kind = value.get("kind").and_then(Value::as_str);
+        let metadata = value.get("metadata");
+        let name = metadata.and_then(|m| m.get("name")).and_then(Value::as_str);
+        let ignore = metadata
+            .and_then(|m| m.get("annotations"))
+            .and_then(|a| a.get(crate::contract::annotations::LINT_IGNORE))
+            .and_then(Value::as_str);
+        if let (Some(kind), Some(name), Some(ignore)) = (kind, name, ignore) {
+            out.push((name.to_owned(), kind == KINDS[1], ignore.to_owned()));
+        }
+    }
+    out
+}
+
 /// `serde_yaml`'s message without its own " at line L column C" (the position is kept apart).
 fn yaml_message(e: &serde_yaml_ng::Error) -> String {
     let text = e.to_string();

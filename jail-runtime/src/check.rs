@@ -9,14 +9,16 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
+use boundary_api::contract::annotations;
 use boundary_api::rules::{Host, HttpRequest, Miss, RequestPath, Rule, RuleSet};
+use boundary_api::{lint, policy_file};
 use boundary_proxy::Destination;
 use boundary_proxy::audit::Decision;
 use boundary_proxy::decide::{self, Connection, Opaque, Page, Request, Ruling, Tls};
 use clap::{Args, ValueEnum};
 use serde_json::json;
 
-use crate::config::{ConfigError, ConfigFile, RunArgs, read_config};
+use crate::config::{ConfigError, ConfigFile, RunArgs, read_config, read_policy_file};
 
 /// Exit code: allowed (or only recorded, in Audit mode).
 pub const EXIT_ALLOW: i32 = 0;
@@ -54,9 +56,19 @@ pub struct CheckArgs {
     /// `text` (default) or `json` (one object).
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
+    /// Lint the rules instead of checking a request: print a warning for each rule that opens
+    /// a channel out (paste sites, request bins, tunnels, public object stores, `domain=*`,
+    /// wildcard TLDs, writes to broad wildcards); exit 0 none, 1 warnings, 2 invalid input.
+    #[arg(long, conflicts_with = "request")]
+    pub lint: bool,
+    /// Lint codes to silence (comma-separated or repeatable: `any-host`, `wildcard-tld`,
+    /// `publish-anywhere`, `broad-write`), for every rule; a policy silences its own with the
+    /// annotation `agentboundary.dev/lint-ignore`.
+    #[arg(long = "lint-ignore", value_name = "CODES", requires = "lint")]
+    pub lint_ignore: Vec<String>,
     /// `[METHOD] URL`: an `http://` or `https://` URL (METHOD defaults to GET; a port other than
     /// the scheme's may be given), or `tcp://HOST:PORT` for a plain TCP connection.
-    #[arg(value_name = "REQUEST", num_args = 1..=2, required = true)]
+    #[arg(value_name = "REQUEST", num_args = 1..=2, required_unless_present = "lint")]
     pub request: Vec<String>,
 }
 
@@ -92,6 +104,9 @@ type Header = (String, String);
 
 /// Runs `boundary check`; returns the exit code.
 pub fn run(args: &CheckArgs) -> i32 {
+    if args.lint {
+        return run_lint(args);
+    }
     let result = (|| -> Result<(RuleSet, Target, Vec<Header>), String> {
         let target = parse_request(&args.request)?;
         let headers = args
@@ -121,6 +136,102 @@ pub fn run(args: &CheckArgs) -> i32 {
         EXIT_DENY
     } else {
         EXIT_ALLOW
+    }
+}
+
+/// `boundary check --lint`: the lint's warnings on every rule the flags, the config file and
+/// the policy files give (deny rules among them silence what they fully cover).
+fn run_lint(args: &CheckArgs) -> i32 {
+    let result = (|| -> Result<Vec<lint::Warning>, String> {
+        let (ignore, unknown) = lint::parse_ignore(&args.lint_ignore.join(","));
+        if !unknown.is_empty() {
+            return Err(format!(
+                "--lint-ignore: unknown code(s) {}; the codes are: {}",
+                unknown.join(", "),
+                lint::Code::ALL.map(lint::Code::as_str).join(", ")
+            ));
+        }
+        let flags = CheckArgs {
+            policy: Vec::new(),
+            ..args.clone()
+        };
+        let (set, notes) = rule_set(&flags).map_err(|e| e.to_string())?;
+        for note in notes {
+            eprintln!("boundary check: note: {note}");
+        }
+        let mut rules: Vec<Rule> = set.deny_rules().to_vec();
+        rules.extend(set.rules().iter().cloned());
+        // Per policy: (name, cluster) → the codes its annotation silences.
+        let mut silenced: Vec<(String, bool, Vec<lint::Code>)> = Vec::new();
+        for path in &args.policy {
+            let file = read_policy_file(path).map_err(|e| e.to_string())?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("policy file {}: {e}", path.display()))?;
+            for (name, cluster, value) in policy_file::lint_ignores(&text) {
+                let (codes, unknown) = lint::parse_ignore(&value);
+                if !unknown.is_empty() {
+                    eprintln!(
+                        "boundary check: note: policy file {}: {name}: annotation {}: unknown \
+                         code(s) {} ignored",
+                        path.display(),
+                        annotations::LINT_IGNORE,
+                        unknown.join(", ")
+                    );
+                }
+                silenced.push((name, cluster, codes));
+            }
+            for policy in &file.policies {
+                let compiled = policy.entry.compile().map_err(|e| {
+                    format!(
+                        "policy file {}: document {} ({}): {e}",
+                        path.display(),
+                        policy.document,
+                        policy.describe()
+                    )
+                })?;
+                rules.extend(compiled);
+            }
+        }
+        let warnings = lint::lint(&rules, &ignore)
+            .into_iter()
+            .filter(|w| {
+                !silenced.iter().any(|(name, cluster, codes)| {
+                    w.policy.as_deref() == Some(name.as_str())
+                        && w.cluster == *cluster
+                        && codes.contains(&w.code)
+                })
+            })
+            .collect();
+        Ok(warnings)
+    })();
+    let warnings = match result {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("boundary check: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    match args.output {
+        Output::Text => {
+            for w in &warnings {
+                println!("warning: {w}");
+            }
+            if warnings.is_empty() {
+                println!(
+                    "no lint warnings (lint data version {})",
+                    lint::data_version()
+                );
+            }
+        }
+        Output::Json => println!(
+            "{}",
+            json!({"lintVersion": lint::data_version(), "warnings": warnings})
+        ),
+    }
+    if warnings.is_empty() {
+        EXIT_ALLOW
+    } else {
+        EXIT_DENY
     }
 }
 
@@ -487,6 +598,8 @@ mod tests {
             mode: mode.map(str::to_owned),
             headers: Vec::new(),
             output: Output::Text,
+            lint: false,
+            lint_ignore: Vec::new(),
             request: words.iter().map(|s| (*s).to_owned()).collect(),
         };
         let (set, _) = rule_set(&args).unwrap();

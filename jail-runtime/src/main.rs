@@ -3,7 +3,8 @@
 //! Composition only: the jail is `boundary-jail` (`jail-runtime/jail/`), the policy proxy
 //! `boundary-proxy` (`jail-runtime/proxy/`); this binary puts them together for `boundary run`
 //! (jail + forwarder + proxy in one process), `boundary sidecar` (the proxy on a pod's unix
-//! socket), `boundary check` (the proxy's decision for one request) and `boundary probe`.
+//! socket), `boundary check` (the proxy's decision for one request), `boundary suggest` (a policy
+//! from an audit) and `boundary probe`.
 #![forbid(unsafe_code)]
 
 mod check;
@@ -15,6 +16,7 @@ mod presets;
 mod run;
 mod session;
 mod sidecar;
+mod suggest;
 
 use boundary_jail as jail;
 
@@ -46,9 +48,10 @@ struct RunCli {
 }
 
 /// Words that start another subcommand (or ask for help); anything else is `boundary run`.
-const NOT_RUN: [&str; 11] = [
+const NOT_RUN: [&str; 12] = [
     "sidecar",
     "check",
+    "suggest",
     "probe",
     "presets",
     "install",
@@ -67,8 +70,12 @@ enum Command {
     /// Run the policy proxy as a pod's sidecar.
     Sidecar(sidecar::SidecarArgs),
     /// Print what the proxy would decide for `[METHOD] URL` (or `tcp://HOST:PORT`) under the
-    /// rules of --policy files and flags: exit 0 allowed, 1 denied, 2 invalid input.
+    /// rules of --policy files and flags: exit 0 allowed, 1 denied, 2 invalid input. With
+    /// `--lint` (no URL): warn about rules that open a channel out (exit 1 when any).
     Check(check::CheckArgs),
+    /// Print a minimal BoundaryPolicy that allows what audit lines (files, `-`, `kubectl logs`)
+    /// or a policy's status show the agent did.
+    Suggest(suggest::SuggestArgs),
     /// Print, as JSON, which jail tiers work here and why the others do not.
     Probe,
     /// List the presets (`--preset`, `spec.presets`) or print one's rules.
@@ -96,6 +103,7 @@ fn main() {
         Command::Run(args) => run::run(&args),
         Command::Sidecar(args) => sidecar::run(&args),
         Command::Check(args) => check::run(&args),
+        Command::Suggest(args) => suggest::run(&args),
         Command::Probe => {
             let report = jail::probe::probe();
             println!(

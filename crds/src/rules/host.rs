@@ -299,6 +299,24 @@ impl DomainPattern {
         }
     }
 
+    /// The labels of a name pattern, left to right, `None` for a `*` label (a leading one
+    /// matches one or more labels, any other exactly one); `None` for `*` alone, addresses and
+    /// globs. For the lint and the advisor, which reason about what a pattern can reach.
+    pub fn labels(&self) -> Option<Vec<Option<&str>>> {
+        match self {
+            DomainPattern::Labels(labels) => Some(
+                labels
+                    .iter()
+                    .map(|l| match &l.0 {
+                        Label::Literal(s) => Some(s.as_str()),
+                        Label::Wildcard => None,
+                    })
+                    .collect(),
+            ),
+            _ => None,
+        }
+    }
+
     /// True for patterns that name one host exactly (no wildcard, no network).
     pub fn exact_name(&self) -> Option<String> {
         match self {
@@ -311,6 +329,36 @@ impl DomainPattern {
                 .collect::<Option<Vec<_>>>()
                 .map(|parts| parts.join(".")),
             _ => None,
+        }
+    }
+}
+
+impl fmt::Display for DomainPattern {
+    /// The pattern as a rule writes it (names in A-label form).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DomainPattern::AnyName => f.write_str("*"),
+            DomainPattern::Glob(glob) => f.write_str(glob),
+            DomainPattern::Ip(net) => {
+                let max = if net.addr.is_ipv4() { 32 } else { 128 };
+                if net.prefix == max {
+                    write!(f, "{}", net.addr)
+                } else {
+                    write!(f, "{}/{}", net.addr, net.prefix)
+                }
+            }
+            DomainPattern::Labels(labels) => {
+                for (i, label) in labels.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(".")?;
+                    }
+                    match &label.0 {
+                        Label::Literal(s) => f.write_str(s)?,
+                        Label::Wildcard => f.write_str("*")?,
+                    }
+                }
+                Ok(())
+            }
         }
     }
 }
