@@ -274,6 +274,9 @@ pub struct ClusterBoundaryPolicyStatus {
     /// The namespaces it applies to, sorted (at most 50; `namespaceCount` has the total).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub namespaces: Vec<String>,
+    /// Allow rules that open a channel out of the jail (see `LintClean`), at most 20.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lint_warnings: Vec<LintWarning>,
 }
 
 /// Observed state of a `BoundaryPolicy`, written by the operator.
@@ -326,6 +329,26 @@ pub struct BoundaryPolicyStatus {
     /// denials are counted again only where they are newer than this list's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub denied_destinations: Vec<crate::enforcement::DeniedDestination>,
+    /// Allow rules that open a channel out of the jail (a paste site, a request bin, a tunnel, a
+    /// public object store, any host, a wildcard TLD, writes to a broad wildcard): warnings, the
+    /// rules stay in force. At most 20; the `LintClean` condition has the count. Silenced per
+    /// code by the annotation `agentboundary.dev/lint-ignore`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lint_warnings: Vec<LintWarning>,
+}
+
+/// An allow rule that opens a channel out of the jail (`boundary check --lint` says the same).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LintWarning {
+    /// Path of the rule in the spec, e.g. `spec.allow[2]` or `spec.presets[0] (github)`.
+    pub field: String,
+    /// `any-host`, `wildcard-tld`, `publish-anywhere` or `broad-write`.
+    pub code: String,
+    /// The domain pattern warned about.
+    pub pattern: String,
+    /// Why, and what to do instead.
+    pub message: String,
 }
 
 /// A running jailed pod that is not proven to enforce its policy.
@@ -368,6 +391,9 @@ pub mod condition_types {
     pub const RULES_VALID: &str = "RulesValid";
     /// Every running pod jailed under the policy is proven to enforce it.
     pub const ENFORCED: &str = "Enforced";
+    /// No allow rule opens a known channel out of the jail (`False`: see `lintWarnings`; a
+    /// warning, the rules are in force).
+    pub const LINT_CLEAN: &str = "LintClean";
 }
 
 /// The `BoundaryPolicy` CRD object, as installed by the chart and the tests.

@@ -172,16 +172,24 @@ pub fn desired_status(
     let generation = report.generation;
     let conditions = previous.map(|p| p.conditions.as_slice());
     let cond = |type_, state| condition(conditions, type_, state, generation, now);
+    let (lint_condition, lint_warnings) = match crate::status::lint_state(report) {
+        Some((state, warnings)) => (Some(cond(condition_types::LINT_CLEAN, state)), warnings),
+        None => (None, Vec::new()),
+    };
     ClusterBoundaryPolicyStatus {
         observed_generation: generation,
-        conditions: vec![
+        conditions: [
             cond(condition_types::RULES_VALID, valid),
             cond(condition_types::READY, ready),
-        ],
+        ]
+        .into_iter()
+        .chain(lint_condition)
+        .collect(),
         rule_count: Some(i32::try_from(report.rule_count).unwrap_or(i32::MAX)),
         rule_problems: report.problems.clone(),
         namespace_count: Some(i32::try_from(namespaces.len()).unwrap_or(i32::MAX)),
         namespaces: namespaces.iter().take(MAX_NAMESPACES).cloned().collect(),
+        lint_warnings,
     }
 }
 

@@ -54,7 +54,7 @@
 //!   published nowhere (as a `BoundaryPolicy` with a malformed selector).
 
 use boundary_api::compiled::{self, CompiledPolicy, FORMAT_VERSION, PolicyEntry};
-use boundary_api::crd::{BoundaryPolicy, ClusterBoundaryPolicy, RuleProblem};
+use boundary_api::crd::{BoundaryPolicy, ClusterBoundaryPolicy, LintWarning, RuleProblem};
 use boundary_api::credentials::{self, Credential};
 use boundary_api::policy::HttpRule;
 use boundary_api::rules::{CompileErrors, Rule};
@@ -94,6 +94,51 @@ pub struct PolicyReport {
     pub credential_count: usize,
     /// Names of the credentials withheld for their problems (in `problems`).
     pub withheld_credentials: Vec<String>,
+    /// The lint's warnings on the published allow rules (none when they are withheld), less
+    /// the codes the policy's `agentboundary.dev/lint-ignore` annotation silences.
+    pub lint: Vec<LintWarning>,
+    /// Words of that annotation that name no code.
+    pub lint_unknown: Vec<String>,
+}
+
+/// `entry` without what it allows (its presets, allow, HTTP, TCP and pod-local rules, its pins).
+fn withheld(entry: PolicyEntry) -> PolicyEntry {
+    PolicyEntry {
+        presets: Vec::new(),
+        allow: Vec::new(),
+        http: Vec::new(),
+        tcp: Vec::new(),
+        pod_local: Vec::new(),
+        resolve: Vec::new(),
+        ..entry
+    }
+}
+
+/// The lint of a policy `entry` as compiled, silenced by the `lint-ignore` annotation in
+/// `annotations`: the warnings, and the annotation's words that name no code. Only published
+/// allow rules are linted (withheld ones are not enforced).
+fn lint_of(
+    outcome: Outcome,
+    entry: &PolicyEntry,
+    annotations: &std::collections::BTreeMap<String, String>,
+) -> (Vec<LintWarning>, Vec<String>) {
+    if outcome != Outcome::Published {
+        return (Vec::new(), Vec::new());
+    }
+    let (ignore, unknown) = annotations
+        .get(boundary_api::contract::annotations::LINT_IGNORE)
+        .map(|text| boundary_api::lint::parse_ignore(text))
+        .unwrap_or_default();
+    let warnings = boundary_api::lint::lint_entry(entry, &ignore)
+        .into_iter()
+        .map(|w| LintWarning {
+            field: w.field,
+            code: w.code.as_str().to_owned(),
+            pattern: w.pattern,
+            message: w.message,
+        })
+        .collect();
+    (warnings, unknown)
 }
 
 /// The compiled file of a namespace and a report for each of its policies (sorted by name).
@@ -188,20 +233,15 @@ pub fn compile_namespace(
         } else {
             Outcome::RulesWithheld
         };
+        let (lint, lint_unknown) = lint_of(outcome, &entry, bp.annotations());
         match outcome {
             Outcome::Published => entries.push(entry),
-            Outcome::RulesWithheld => {
+            Outcome::RulesWithheld => entries.push(PolicyEntry {
                 // Deny rules only tighten: the ones that compile stay.
-                entry.deny = deny;
-                entry.deny_http = deny_http;
-                entry.presets.clear();
-                entry.allow.clear();
-                entry.http.clear();
-                entry.tcp.clear();
-                entry.pod_local.clear();
-                entry.resolve.clear();
-                entries.push(entry);
-            }
+                deny,
+                deny_http,
+                ..withheld(entry)
+            }),
             Outcome::Excluded => {}
         }
         reports.push(PolicyReport {
@@ -212,6 +252,8 @@ pub fn compile_namespace(
             outcome,
             credential_count: spec.credentials.len(),
             withheld_credentials: checked.withheld,
+            lint,
+            lint_unknown,
         });
     }
     check_across_policies(&own_specs, &mut entries, &mut reports);
@@ -299,6 +341,7 @@ pub fn compile_cluster(cbp: &ClusterBoundaryPolicy) -> CompiledCluster {
         entry.tcp.clear();
         Outcome::RulesWithheld
     };
+    let (lint, lint_unknown) = lint_of(outcome, &entry, cbp.annotations());
     CompiledCluster {
         name: name.clone(),
         uid: cbp.metadata.uid.clone(),
@@ -313,6 +356,8 @@ pub fn compile_cluster(cbp: &ClusterBoundaryPolicy) -> CompiledCluster {
             outcome,
             credential_count: 0,
             withheld_credentials: Vec::new(),
+            lint,
+            lint_unknown,
         },
     }
 }
@@ -577,6 +622,53 @@ mod tests {
             "spec": spec,
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn published_allow_rules_are_linted_with_their_places_and_the_annotation_silences_codes() {
+        let spec = json!({"podSelector": {}, "allow": ["domain=registry.npmjs.org", "domain=pastebin.com",
+                          "domain=*.com"], "deny": ["domain=transfer.sh"],
+                          "http": [{"domains": ["*.example.com"], "methods": ["POST"]}]});
+        let out = compile_namespace("agents", &[policy("p", &spec)], &[]);
+        let found: Vec<(&str, &str)> = out.reports[0]
+            .lint
+            .iter()
+            .map(|w| (w.field.as_str(), w.code.as_str()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("spec.allow[1]", "publish-anywhere"),
+                ("spec.allow[2]", "wildcard-tld"),
+                ("spec.http[0].domains[0]", "broad-write"),
+            ]
+        );
+        let mut quiet = policy("p", &spec);
+        quiet.metadata.annotations = Some(BTreeMap::from([(
+            boundary_api::contract::annotations::LINT_IGNORE.to_owned(),
+            "publish-anywhere, broad-write,nonsense".to_owned(),
+        )]));
+        let out = compile_namespace("agents", &[quiet], &[]);
+        let codes: Vec<&str> = out.reports[0]
+            .lint
+            .iter()
+            .map(|w| w.code.as_str())
+            .collect();
+        assert_eq!(codes, ["wildcard-tld"]);
+        assert_eq!(out.reports[0].lint_unknown, ["nonsense"]);
+        // Withheld allow rules are not linted; a cluster policy is, like a namespaced one.
+        let broken = json!({"podSelector": {}, "allow": ["domain=pastebin.com", "domain=a..b"]});
+        assert!(
+            compile_namespace("agents", &[policy("p", &broken)], &[]).reports[0]
+                .lint
+                .is_empty()
+        );
+        let org = compile_cluster(&cluster(
+            "org",
+            &json!({"namespaceSelector": {}, "podSelector": {},
+                                                          "allow": ["domain=*"]}),
+        ));
+        assert_eq!(org.report.lint[0].code, "any-host");
     }
 
     #[test]

@@ -71,6 +71,8 @@ use crate::watch::{AbortOnDrop, spawn_reflector, stop_on, wait_ready};
 pub const COMPONENT_POLICY: &str = "policy";
 /// Reason of the Warning Event on a policy whose rules do not compile.
 pub const EVENT_INVALID_RULES: &str = "InvalidRules";
+/// Reason of the Warning Event on a policy with an allow rule that opens a channel out (lint).
+pub const EVENT_EXFILTRATION_RISK: &str = "ExfiltrationRisk";
 /// Reason of the Warning Event on a policy whose rules compile but some credentials do not.
 pub const EVENT_INVALID_CREDENTIALS: &str = "InvalidCredentials";
 /// Reason of the Warning Event on a policy a credential of which has no value.
@@ -556,6 +558,21 @@ pub async fn reconcile_cluster(
         let reference = policy.object_ref(&());
         publish_problems(&ctx.recorder, &reference, &name, &status.conditions).await;
     }
+    if let Some(note) = new_lint_warnings(
+        previous.map(|s| s.lint_warnings.as_slice()),
+        &status.lint_warnings,
+        &status.conditions,
+    ) {
+        let reference = policy.object_ref(&());
+        publish_warning(
+            &ctx.recorder,
+            &reference,
+            &name,
+            EVENT_EXFILTRATION_RISK,
+            &note,
+        )
+        .await;
+    }
     let body =
         json!({"apiVersion": API_VERSION, "kind": "ClusterBoundaryPolicy", "status": status});
     let api: Api<ClusterBoundaryPolicy> = Api::all(ctx.client.clone());
@@ -797,6 +814,20 @@ async fn publish_events(
     });
     if !report.problems.is_empty() && problems_changed {
         publish_problems(recorder, &reference, &report.name, &status.conditions).await;
+    }
+    if let Some(note) = new_lint_warnings(
+        previous.map(|s| s.lint_warnings.as_slice()),
+        &status.lint_warnings,
+        &status.conditions,
+    ) {
+        publish_warning(
+            recorder,
+            &reference,
+            &report.name,
+            EVENT_EXFILTRATION_RISK,
+            &note,
+        )
+        .await;
     }
 }
 
@@ -1186,6 +1217,23 @@ async fn set_pod_conditions(
             ),
         }
     }
+}
+
+/// The note of an `ExfiltrationRisk` Warning Event when a policy's lint warnings are not the
+/// ones it had (the `LintClean` condition's message), else `None`: an Event per change, not per
+/// reconcile.
+fn new_lint_warnings(
+    previous: Option<&[boundary_api::crd::LintWarning]>,
+    current: &[boundary_api::crd::LintWarning],
+    conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+) -> Option<String> {
+    if current.is_empty() || previous == Some(current) {
+        return None;
+    }
+    conditions
+        .iter()
+        .find(|c| c.type_ == boundary_api::crd::condition_types::LINT_CLEAN)
+        .map(|c| c.message.clone())
 }
 
 /// A Warning Event on the policy `reference` naming its problems (the message of the

@@ -1,7 +1,7 @@
 //! A policy's status from its compile report (pure). `lastTransitionTime` of a condition changes
 //! only when the condition's status does.
 
-use boundary_api::crd::{BoundaryPolicyStatus, condition_types};
+use boundary_api::crd::{BoundaryPolicyStatus, LintWarning, condition_types};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::compile::{Outcome, PolicyReport};
@@ -35,6 +35,70 @@ pub mod reasons {
     pub const VALUES_PRESENT: &str = "ValuesPresent";
     /// `CredentialsReady=False`: a referenced Secret or key is missing or unusable.
     pub const VALUE_MISSING: &str = "ValueMissing";
+    /// `LintClean=True`.
+    pub const NO_WARNINGS: &str = "NoWarnings";
+    /// `LintClean=False`: an allow rule opens a channel out (see `lintWarnings`).
+    pub const EXFILTRATION_RISK: &str = "ExfiltrationRisk";
+}
+
+/// A condition's `(status, reason, message)`.
+pub type ConditionState = (&'static str, &'static str, String);
+
+/// `lintWarnings` in a status, at most.
+pub const MAX_LINT_WARNINGS: usize = 20;
+
+/// The `LintClean` condition and the `lintWarnings` of a policy whose compile report is
+/// `report`: `None` when its rules are not published (their problems are what matters then).
+pub fn lint_state(report: &PolicyReport) -> Option<(ConditionState, Vec<LintWarning>)> {
+    if report.outcome != Outcome::Published {
+        return None;
+    }
+    let unknown = if report.lint_unknown.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " ({} names no lint code: {}; the codes are {})",
+            boundary_api::contract::annotations::LINT_IGNORE,
+            report.lint_unknown.join(", "),
+            boundary_api::lint::Code::ALL
+                .map(boundary_api::lint::Code::as_str)
+                .join(", ")
+        )
+    };
+    let warnings = &report.lint;
+    let condition = if warnings.is_empty() {
+        (
+            "True",
+            reasons::NO_WARNINGS,
+            format!("no allow rule opens a known channel out of the jail{unknown}"),
+        )
+    } else {
+        let mut shown: Vec<String> = warnings
+            .iter()
+            .take(3)
+            .map(|w| format!("{}: {} {}: {}", w.field, w.code, w.pattern, w.message))
+            .collect();
+        if warnings.len() > shown.len() {
+            shown.push(format!(
+                "and {} more in status.lintWarnings",
+                warnings.len() - shown.len()
+            ));
+        }
+        (
+            "False",
+            reasons::EXFILTRATION_RISK,
+            format!(
+                "{} allow rule(s) open a channel out of the jail (a warning: the rules are in \
+                 force; silence a code with the annotation {}): {}{unknown}",
+                warnings.len(),
+                boundary_api::contract::annotations::LINT_IGNORE,
+                shown.join("; ")
+            ),
+        )
+    };
+    let mut listed = warnings.clone();
+    listed.truncate(MAX_LINT_WARNINGS);
+    Some((condition, listed))
 }
 
 /// The condition of a policy with credentials: every published credential's value is in the
@@ -62,6 +126,13 @@ pub fn desired_status(
         )
     };
     let published = report.outcome != Outcome::Excluded;
+    let (lint_condition, lint_warnings) = match lint_state(report) {
+        Some((state, warnings)) => (
+            Some(condition(condition_types::LINT_CLEAN, state)),
+            warnings,
+        ),
+        None => (None, Vec::new()),
+    };
     BoundaryPolicyStatus {
         observed_generation: report.generation,
         conditions: [
@@ -69,6 +140,7 @@ pub fn desired_status(
             condition(condition_types::READY, ready),
         ]
         .into_iter()
+        .chain(lint_condition)
         .chain(
             previous
                 .iter()
@@ -90,6 +162,7 @@ pub fn desired_status(
         denied_destinations: previous
             .map(|s| s.denied_destinations.clone())
             .unwrap_or_default(),
+        lint_warnings,
     }
 }
 
@@ -316,7 +389,58 @@ mod tests {
             outcome,
             credential_count: 0,
             withheld_credentials: Vec::new(),
+            lint: Vec::new(),
+            lint_unknown: Vec::new(),
         }
+    }
+
+    #[test]
+    fn lint_warnings_make_lint_clean_false_with_the_first_ones_and_the_count() {
+        let clean = report(Outcome::Published, 1);
+        let (state, warnings) = lint_state(&clean).unwrap();
+        assert_eq!((state.0, state.1), ("True", reasons::NO_WARNINGS));
+        assert!(warnings.is_empty());
+        let mut risky = report(Outcome::Published, 1);
+        risky.lint = (0..25)
+            .map(|i| LintWarning {
+                field: format!("spec.allow[{i}]"),
+                code: "publish-anywhere".into(),
+                pattern: format!("h{i}.pastebin.com"),
+                message: "anyone can publish there".into(),
+            })
+            .collect();
+        risky.lint_unknown = vec!["publish-everywhere".into()];
+        let (state, warnings) = lint_state(&risky).unwrap();
+        assert_eq!((state.0, state.1), ("False", reasons::EXFILTRATION_RISK));
+        assert!(state.2.starts_with("25 allow rule(s)"), "{}", state.2);
+        assert!(
+            state
+                .2
+                .contains("spec.allow[0]: publish-anywhere h0.pastebin.com"),
+            "{}",
+            state.2
+        );
+        assert!(
+            state.2.contains("and 22 more in status.lintWarnings"),
+            "{}",
+            state.2
+        );
+        assert!(
+            state.2.contains("names no lint code: publish-everywhere"),
+            "{}",
+            state.2
+        );
+        assert_eq!(warnings.len(), MAX_LINT_WARNINGS);
+        // Rules that are withheld are not linted: their problems are what matters.
+        assert!(lint_state(&report(Outcome::RulesWithheld, 1)).is_none());
+        let status = desired_status(&risky, None, &publication("h"), &time(1));
+        let lint = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == condition_types::LINT_CLEAN)
+            .unwrap();
+        assert_eq!(lint.status, "False");
+        assert_eq!(status.lint_warnings.len(), MAX_LINT_WARNINGS);
     }
 
     fn publication(hash: &str) -> Publication {
@@ -530,7 +654,11 @@ mod tests {
         );
         assert_eq!(first.not_enforcing.len(), MAX_NOT_ENFORCING);
         assert_eq!(first.enforced_pods, Some(1));
-        assert_eq!(first.conditions.len(), 3);
+        assert_eq!(
+            first.conditions.len(),
+            4,
+            "RulesValid, Ready, LintClean, Enforced"
+        );
 
         // Still failing (fewer pods): the time stays. The next compile keeps the condition.
         let mut second = desired_status(
@@ -548,7 +676,7 @@ mod tests {
             Some(1),
             &time(20),
         );
-        assert_eq!(second.conditions.len(), 3);
+        assert_eq!(second.conditions.len(), 4);
         let still = condition(&second, condition_types::ENFORCED);
         assert_eq!(still.last_transition_time, time(10));
         assert!(still.message.starts_with("2 of 3"), "{}", still.message);

@@ -747,3 +747,74 @@ async fn policy_status_counts_the_pods_jailed_under_it_by_tier() -> anyhow::Resu
     status_when(&ns, "a", "two pods left", |s| s.matched_pods == Some(2)).await?;
     Ok(())
 }
+
+/// An allow rule that opens a channel out gets a warning (`LintClean=False`, `lintWarnings`, an
+/// `ExfiltrationRisk` Event), never a rejection: the rule is published. The annotation silences
+/// a code.
+#[tokio::test]
+async fn allow_rules_that_open_a_channel_out_are_warned_about_and_still_published()
+-> anyhow::Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "operator-lint", &[]).await?;
+    let _operator = start_policies(&client, &ns);
+
+    create_policy(
+        &ns,
+        "risky",
+        &json!({"podSelector": {}, "allow": ["domain=registry.npmjs.org", "domain=pastebin.com"]}),
+    )
+    .await?;
+    let bp = status_when(&ns, "risky", "LintClean=False", |s| {
+        condition(s, condition_types::LINT_CLEAN).is_some_and(|c| c.status == "False")
+    })
+    .await?;
+    let status = bp.status.unwrap();
+    let warned = condition(&status, condition_types::LINT_CLEAN).unwrap();
+    assert_eq!(warned.reason, "ExfiltrationRisk");
+    assert!(warned.message.contains("spec.allow[1]"), "{}", warned.message);
+    assert_eq!(status.lint_warnings.len(), 1, "{:?}", status.lint_warnings);
+    assert_eq!(status.lint_warnings[0].field, "spec.allow[1]");
+    assert_eq!(status.lint_warnings[0].code, "publish-anywhere");
+    assert_eq!(
+        condition(&status, condition_types::READY).map(|c| c.status.as_str()),
+        Some("True"),
+        "a warning, not a rejection"
+    );
+    config_map_when(&ns, "holds the warned rule", |f| {
+        f.policies
+            .first()
+            .is_some_and(|e| e.allow.contains(&"domain=pastebin.com".to_owned()))
+    })
+    .await?;
+    let events = ns.api::<Event>();
+    let message = eventually(WAIT, "an ExfiltrationRisk Event on the policy", || async {
+        let list = events.list(&kube::api::ListParams::default()).await?;
+        Ok(list
+            .items
+            .iter()
+            .find(|e| {
+                e.reason.as_deref() == Some("ExfiltrationRisk")
+                    && e.involved_object.name.as_deref() == Some("risky")
+                    && e.type_.as_deref() == Some("Warning")
+            })
+            .map(|e| e.message.clone().unwrap_or_default()))
+    })
+    .await?;
+    assert!(message.contains("pastebin.com"), "{message}");
+
+    ns.api::<BoundaryPolicy>()
+        .patch(
+            "risky",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {
+                annotations::LINT_IGNORE: "publish-anywhere"}}})),
+        )
+        .await?;
+    let bp = status_when(&ns, "risky", "LintClean=True", |s| {
+        condition(s, condition_types::LINT_CLEAN).is_some_and(|c| c.status == "True")
+    })
+    .await?;
+    assert!(bp.status.unwrap().lint_warnings.is_empty());
+    Ok(())
+}
