@@ -16,13 +16,17 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use boundary_api::contract::{self, annotations, labels, objects};
-use boundary_test_support::{TestNamespace, client, eventually, image, wait_for_pod_phase};
+use boundary_test_support::{
+    TestNamespace, client, eventually, image, kubectl_output, wait_for_pod_phase,
+};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret, Service};
 use kube::api::{ListParams, LogParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt as _};
 use serde_json::{Value, json};
 
+#[path = "e2e/advisor.rs"]
+mod advisor;
 #[path = "e2e/chaos.rs"]
 mod chaos;
 #[path = "e2e/no_way_out.rs"]

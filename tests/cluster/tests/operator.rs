@@ -772,7 +772,11 @@ async fn allow_rules_that_open_a_channel_out_are_warned_about_and_still_publishe
     let status = bp.status.unwrap();
     let warned = condition(&status, condition_types::LINT_CLEAN).unwrap();
     assert_eq!(warned.reason, "ExfiltrationRisk");
-    assert!(warned.message.contains("spec.allow[1]"), "{}", warned.message);
+    assert!(
+        warned.message.contains("spec.allow[1]"),
+        "{}",
+        warned.message
+    );
     assert_eq!(status.lint_warnings.len(), 1, "{:?}", status.lint_warnings);
     assert_eq!(status.lint_warnings[0].field, "spec.allow[1]");
     assert_eq!(status.lint_warnings[0].code, "publish-anywhere");
