@@ -116,14 +116,25 @@ pub struct Record {
 /// The audit line of one connection or request: made once with what is known at the start,
 /// enriched along the way (through `Deref`), and queued exactly once, when it is dropped, on
 /// every path: answered, relayed, failed, or abandoned by the client.
-#[derive(Debug)]
 pub struct Entry {
     record: Record,
     audit: Audit,
     /// Set once traffic flows (relay, forward): the record's `duration_ms` is measured from it.
     started: Option<Instant>,
-    /// Where denials are counted for the sidecar's status.
-    denials: Option<Arc<crate::denials::Denials>>,
+    /// Also sees the final record (the sidecar's count of denials).
+    tap: Option<Tap>,
+}
+
+/// Something that sees every record as it is written, e.g. `crate::denials::Denials`.
+pub type Tap = Arc<dyn Fn(&Record) + Send + Sync>;
+
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entry")
+            .field("record", &self.record)
+            .field("started", &self.started)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Entry {
@@ -133,14 +144,14 @@ impl Entry {
             record,
             audit,
             started: None,
-            denials: None,
+            tap: None,
         }
     }
 
-    /// Also counts the entry in `denials` (when it ends denied).
+    /// Also shows the final record to `tap`.
     #[must_use]
-    pub fn counted_in(mut self, denials: Arc<crate::denials::Denials>) -> Entry {
-        self.denials = Some(denials);
+    pub fn tapped(mut self, tap: Tap) -> Entry {
+        self.tap = Some(tap);
         self
     }
 
@@ -191,8 +202,8 @@ impl Drop for Entry {
                 *text = redacted;
             }
         }
-        if let Some(denials) = &self.denials {
-            denials.note(&self.record);
+        if let Some(tap) = &self.tap {
+            tap(&self.record);
         }
         self.audit.record_line(&self.record);
     }

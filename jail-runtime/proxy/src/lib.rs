@@ -129,6 +129,8 @@ struct Inner {
     upstream: Upstream,
     audit: Audit,
     denials: Arc<denials::Denials>,
+    /// `denials` as every audit entry's tap.
+    denial_tap: audit::Tap,
     metrics: Arc<Metrics>,
     upstream_timeout: Duration,
     values: Arc<credentials::values::ValueStore>,
@@ -163,6 +165,7 @@ impl Proxy {
             identity: Arc::new(config.identity),
         };
         policy.spawn_reloader(metrics.clone(), events.clone());
+        let denials = Arc::new(denials::Denials::default());
         let values = Arc::new(credentials::values::ValueStore::new(
             config.credential_values,
         ));
@@ -176,7 +179,11 @@ impl Proxy {
                 ca: config.ca,
                 upstream,
                 audit: events.audit,
-                denials: Arc::default(),
+                denial_tap: {
+                    let denials = denials.clone();
+                    Arc::new(move |record: &Record| denials.note(record))
+                },
+                denials,
                 metrics,
                 upstream_timeout: config.upstream_timeout,
                 values,
@@ -249,7 +256,7 @@ impl Proxy {
             bytes_out: 0,
             duration_ms: 0,
         };
-        Entry::new(self.inner.audit.clone(), record).counted_in(self.inner.denials.clone())
+        Entry::new(self.inner.audit.clone(), record).tapped(self.inner.denial_tap.clone())
     }
 
     /// What was denied so far, by destination.
