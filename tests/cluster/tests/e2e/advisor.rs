@@ -89,7 +89,11 @@ async fn audit_then_suggest_from_the_status_then_enforce_lets_the_agent_work() -
             &[
                 &format!("fetch {} -> 200", work[0]),
                 &format!("fetch {} -> 200", work[1]),
-                &format!("fetch https://{DENIED}/never-used -> 403"),
+                // No rule could allow the host: refused at its TLS handshake.
+                &format!(
+                    "fetch https://{DENIED}/never-used -> error: TLS handshake: received fatal \
+                     alert: AccessDenied"
+                ),
             ],
         )
         .await?;
