@@ -174,6 +174,8 @@ enum Left {
     DenyRule(String),
     /// The private-address guard refused it.
     Guard,
+    /// No rule can name its host (`t-`, `-a.com`: no such host can exist).
+    Unnameable,
 }
 
 /// One suggested rule, before it is written.
@@ -213,6 +215,12 @@ pub fn suggest(observations: &[Observation], options: &Options) -> Suggestion {
             continue;
         }
         if matches!(base_says, Some(BaseVerdict::Allowed)) {
+            continue;
+        }
+        if crate::rules::parse_rule(&format!("domain={}", o.host)).is_err() {
+            left.entry((Left::Unnameable, o.host.clone()))
+                .or_default()
+                .add(o);
             continue;
         }
         if options.all || o.decision != Decision::Allow {
@@ -776,6 +784,15 @@ fn write(
                     let _ = writeln!(
                         y,
                         "# - {}: denied by a deny rule{by}; not suggested ({})",
+                        clean(what),
+                        stats.comment(("request", "requests"))
+                    );
+                }
+                Left::Unnameable => {
+                    let _ = writeln!(
+                        y,
+                        "# - {}: no rule can name this host (no such host can exist); not \
+                         suggested ({})",
                         clean(what),
                         stats.comment(("request", "requests"))
                     );

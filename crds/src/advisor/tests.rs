@@ -352,3 +352,22 @@ fn odd_paths_never_make_an_invalid_policy() {
         Line::NotARecord
     );
 }
+
+#[test]
+fn a_host_no_rule_can_name_is_left_out_with_a_comment() {
+    // Found by the advisor fuzz target: a record for host `t-` made `domains: ["t-"]`, which
+    // no policy accepts (no such host can exist).
+    let lines = [
+        record("would-deny", "GET", "t-", 443, "/"),
+        record("would-deny", "GET", "ok.example", 443, "/a"),
+    ];
+    let s = suggest(&observations(&lines), &Options::default());
+    assert!(!s.yaml.contains("\"t-\"]"), "{}", s.yaml);
+    assert!(
+        s.yaml.contains("# - t-: no rule can name this host"),
+        "{}",
+        s.yaml
+    );
+    assert!(s.allowed.iter().all(|o| o.host != "t-"));
+    assert_allows_all(&s);
+}
