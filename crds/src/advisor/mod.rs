@@ -188,6 +188,20 @@ struct Suggested {
     note: Option<&'static str>,
 }
 
+/// Why `o` is not suggested, if it is not: a deny rule refused it (or the base policy's deny
+/// rules would), the private-address guard did, or no rule can name its host.
+fn left_out(o: &Observation, base_says: Option<&BaseVerdict>) -> Option<Left> {
+    match (o.denied_by, base_says) {
+        (Some(DeniedBy::DenyRule), _) => Some(Left::DenyRule(o.rule.clone().unwrap_or_default())),
+        (_, Some(BaseVerdict::Denied(rule))) => Some(Left::DenyRule(rule.clone())),
+        (Some(DeniedBy::PrivateAddressGuard), _) => Some(Left::Guard),
+        _ if crate::rules::parse_rule(&format!("domain={}", o.host)).is_err() => {
+            Some(Left::Unnameable)
+        }
+        _ => None,
+    }
+}
+
 /// Makes the policy.
 pub fn suggest(observations: &[Observation], options: &Options) -> Suggestion {
     let collapse = options.collapse.max(1);
@@ -197,30 +211,15 @@ pub fn suggest(observations: &[Observation], options: &Options) -> Suggestion {
     let mut left: BTreeMap<(Left, String), Stats> = BTreeMap::new();
     for o in observations {
         let base_says = base_set.as_ref().map(|set| verdict(set, o));
-        let deny_rule = match (o.denied_by, &base_says) {
-            (Some(DeniedBy::DenyRule), _) => Some(o.rule.clone().unwrap_or_default()),
-            (_, Some(BaseVerdict::Denied(rule))) => Some(rule.clone()),
-            _ => None,
-        };
-        if let Some(rule) = deny_rule {
-            left.entry((Left::DenyRule(rule), describe(o)))
-                .or_default()
-                .add(o);
-            continue;
-        }
-        if o.denied_by == Some(DeniedBy::PrivateAddressGuard) {
-            left.entry((Left::Guard, o.host.clone()))
-                .or_default()
-                .add(o);
+        if let Some(why) = left_out(o, base_says.as_ref()) {
+            let what = match why {
+                Left::DenyRule(_) => describe(o),
+                Left::Guard | Left::Unnameable => o.host.clone(),
+            };
+            left.entry((why, what)).or_default().add(o);
             continue;
         }
         if matches!(base_says, Some(BaseVerdict::Allowed)) {
-            continue;
-        }
-        if crate::rules::parse_rule(&format!("domain={}", o.host)).is_err() {
-            left.entry((Left::Unnameable, o.host.clone()))
-                .or_default()
-                .add(o);
             continue;
         }
         if options.all || o.decision != Decision::Allow {
