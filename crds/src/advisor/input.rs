@@ -94,7 +94,11 @@ pub fn parse_line(line: &str) -> Line {
         return Line::NotARecord;
     };
     let value = Value::Object(object);
-    if value.get("kind").is_some() {
+    // Events (`kind`: inbound, sidecar-restart, unreachable-sidecar, ...; `event`:
+    // audit-dropped) are about the proxy, not a destination; OCSF keeps those names in
+    // `unmapped`.
+    let event = |v: &Value| v.get("kind").is_some() || v.get("event").is_some();
+    if event(&value) || value.get("unmapped").is_some_and(event) {
         return Line::Ignored;
     }
     let parsed = if value.get("class_uid").is_some() {
@@ -228,7 +232,11 @@ fn ocsf(value: &Value) -> Option<Observation> {
                 Kind::Http,
                 text(url, "hostname").or(endpoint_host)?,
                 url.get("port").or_else(|| endpoint?.get("port")),
-                Some(method(text(request, "http_method")?)?),
+                // OCSF 1.3.0 enumerates eight methods; the writer names the others (PATCH,
+                // ...) in `unmapped.method` only.
+                Some(method(
+                    text(request, "http_method").or_else(|| text(unmapped, "method"))?,
+                )?),
                 Some(path(text(url, "path")?)?),
             )
         }

@@ -101,6 +101,30 @@ fn lines_of_every_shape_are_read_and_the_rest_told_apart() {
         panic!()
     };
     assert_eq!((o.kind, o.port), (Kind::Tcp, 5432));
+    // A method OCSF 1.3.0 does not enumerate: only in `unmapped.method`, as the writer puts it.
+    let patch = serde_json::json!({
+        "class_uid": 4002, "activity_id": 99, "activity_name": "Patch",
+        "http_request": {"url": {"scheme": "https", "hostname": "a.example", "port": 443, "path": "/p"}},
+        "dst_endpoint": {"hostname": "a.example", "port": 443},
+        "unmapped": {"decision": "would-deny", "method": "PATCH", "mode": "Audit"}
+    });
+    let Line::Record(o) = parse_line(&patch.to_string()) else {
+        panic!("PATCH in OCSF is a record")
+    };
+    assert_eq!(o.method.as_deref(), Some("PATCH"));
+    // Events are about the proxy, not a destination, in either format.
+    let unreachable = serde_json::json!({
+        "class_uid": 4001, "activity_id": 5,
+        "dst_endpoint": {"hostname": "a.example", "port": 443},
+        "unmapped": {"kind": "unreachable-sidecar", "decision": "deny"}
+    });
+    assert_eq!(parse_line(&unreachable.to_string()), Line::Ignored);
+    let dropped = serde_json::json!({"class_uid": 0, "unmapped": {"event": "audit-dropped", "dropped_total": 3}});
+    assert_eq!(parse_line(&dropped.to_string()), Line::Ignored);
+    assert_eq!(
+        parse_line(r#"{"event":"audit-dropped","dropped_total":3,"time":"t"}"#),
+        Line::Ignored
+    );
 }
 
 #[test]
