@@ -67,6 +67,16 @@ impl Fields {
     fn new(map: Map<String, Value>) -> Fields {
         Fields(map)
     }
+    /// The HTTP method (`default` when absent) and its activity; taken out only when OCSF
+    /// 1.3.0's `http_method` can carry it, else it stays in `unmapped`.
+    fn take_method(&mut self, default: &str) -> (String, (u32, String)) {
+        let method = self.str("method").unwrap_or(default).to_owned();
+        if OCSF_METHODS.contains(&method.as_str()) {
+            self.0.remove("method");
+        }
+        let activity = http_activity(&method);
+        (method, activity)
+    }
     fn has(&self, key: &str) -> bool {
         self.0.get(key).is_some_and(|v| !v.is_null())
     }
@@ -292,11 +302,7 @@ fn decision(mut fields: Fields) -> Value {
     let port = fields.take_u64("port");
     let http = fields.has("method") && matches!(scheme.as_str(), "http" | "https" | "pod-local");
     let mut event = if http {
-        let method = fields.str("method").unwrap_or_default().to_owned();
-        if OCSF_METHODS.contains(&method.as_str()) {
-            fields.0.remove("method");
-        }
-        let (id, name) = http_activity(&method);
+        let (method, (id, name)) = fields.take_method("");
         let mut event = skeleton(
             HTTP_ACTIVITY,
             (id, &name),
@@ -362,11 +368,7 @@ fn event(kind: &str, mut fields: Fields) -> Value {
             finish(event, fields)
         }
         "credential-leak" => {
-            let method = fields.str("method").unwrap_or("OTHER").to_owned();
-            if OCSF_METHODS.contains(&method.as_str()) {
-                fields.0.remove("method");
-            }
-            let (id, name) = http_activity(&method);
+            let (method, (id, name)) = fields.take_method("OTHER");
             let mut event = skeleton(
                 HTTP_ACTIVITY,
                 (id, &name),
