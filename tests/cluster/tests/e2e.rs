@@ -393,6 +393,28 @@ async fn policy_with(ns: &TestNamespace, spec: Value) -> anyhow::Result<()> {
     .await
 }
 
+/// The `status.deniedDestinations` of policy `agents` once `done` says they hold `what`.
+async fn denied_destinations_when(
+    ns: &TestNamespace,
+    what: &str,
+    done: impl Fn(&[boundary_api::enforcement::DeniedDestination]) -> bool,
+) -> anyhow::Result<Vec<boundary_api::enforcement::DeniedDestination>> {
+    let policies: Api<boundary_api::crd::BoundaryPolicy> = ns.api();
+    eventually(
+        Duration::from_secs(90),
+        &format!("{what} in status.deniedDestinations"),
+        || async {
+            let policy = policies.get("agents").await?;
+            let denied = policy
+                .status
+                .map(|s| s.denied_destinations)
+                .unwrap_or_default();
+            Ok(done(&denied).then_some(denied))
+        },
+    )
+    .await
+}
+
 /// Pins the test servers' names to their Services' cluster IPs in a policy `spec` that has no
 /// `resolve` of its own: this cluster has no DNS for them (the pods get `hostAliases`), and the
 /// proxy's private-address guard refuses a private address that is neither pinned nor named by

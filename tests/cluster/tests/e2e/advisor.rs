@@ -34,21 +34,11 @@ async fn audit_then_suggest_from_the_status_then_enforce_lets_the_agent_work() -
         .await?;
 
         let policies: Api<boundary_api::crd::BoundaryPolicy> = ns.api();
-        eventually(
-            Duration::from_secs(90),
-            "the would-be denials in status.deniedDestinations",
-            || async {
-                let policy = policies.get("agents").await?;
-                let denied = policy
-                    .status
-                    .map(|s| s.denied_destinations)
-                    .unwrap_or_default();
-                Ok(denied
-                    .iter()
-                    .any(|d| d.host == ALLOWED && d.decision == "would-deny")
-                    .then_some(()))
-            },
-        )
+        denied_destinations_when(ns, "the would-be denials", |denied| {
+            denied
+                .iter()
+                .any(|d| d.host == ALLOWED && d.decision == "would-deny")
+        })
         .await?;
 
         let object = kubectl_output(&["get", "bp", "agents", "-n", ns.name(), "-o", "json"])?;

@@ -156,31 +156,20 @@ async fn deny_rules_conditions_presets_and_the_address_guard_hold_in_a_pod() -> 
 
         // What was denied reaches the policy's status (the advisor's input), by destination,
         // with what refused it and never a query.
-        let policies: Api<boundary_api::crd::BoundaryPolicy> = ns.api();
-        let denied = eventually(
-            Duration::from_secs(90),
-            "the denials in status.deniedDestinations",
-            || async {
-                let policy = policies.get("agents").await?;
-                let denied = policy
-                    .status
-                    .map(|s| s.denied_destinations)
-                    .unwrap_or_default();
-                let has = |host: &str, prefix: Option<&str>, by: Option<&str>| {
-                    denied.iter().any(|d| {
-                        d.host == host
-                            && (prefix.is_none() || d.path_prefix.as_deref() == prefix)
-                            && d.denied_by.as_deref() == by
-                            && d.decision == "deny"
-                            && d.count >= 1
-                    })
-                };
-                let all = has(ALLOWED, Some("/secret"), Some("deny-rule"))
-                    && has(DENIED, Some("/info/refs"), None)
-                    && has(METADATA, None, Some("private-address-guard"));
-                Ok(all.then_some(denied))
-            },
-        )
+        let denied = denied_destinations_when(ns, "the denials", |denied| {
+            let has = |host: &str, prefix: Option<&str>, by: Option<&str>| {
+                denied.iter().any(|d| {
+                    d.host == host
+                        && (prefix.is_none() || d.path_prefix.as_deref() == prefix)
+                        && d.denied_by.as_deref() == by
+                        && d.decision == "deny"
+                        && d.count >= 1
+                })
+            };
+            has(ALLOWED, Some("/secret"), Some("deny-rule"))
+                && has(DENIED, Some("/info/refs"), None)
+                && has(METADATA, None, Some("private-address-guard"))
+        })
         .await?;
         let text = serde_json::to_string(&denied)?;
         assert!(!text.contains("receive-pack"), "no query kept: {text}");
