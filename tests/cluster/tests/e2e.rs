@@ -600,7 +600,9 @@ async fn decision_context(client: &Client, namespace: &str, pod: &str) -> String
 }
 
 async fn dump_on_error<T>(ns: &TestNamespace, result: anyhow::Result<T>) -> anyhow::Result<T> {
-    if result.is_err() {
+    if let Err(e) = &result {
+        // First, so that a log cut short after its first lines still says why.
+        eprintln!("FAILED: {e:#}");
         eprintln!("{}", ns.dump().await);
         let release =
             boundary_test_support::dump_namespace(&client().await?, RELEASE_NAMESPACE).await;

@@ -399,7 +399,9 @@ pub async fn dump_namespace(client: &Client, namespace: &str) -> String {
     let policies: Api<BoundaryPolicy> = Api::namespaced(client.clone(), namespace);
     match policies.list(&lp).await {
         Ok(list) => {
-            for bp in list.items {
+            for mut bp in list.items {
+                // Who wrote which field says nothing about a failure and doubles the dump.
+                bp.metadata.managed_fields = None;
                 let _ = writeln!(out, "--- BoundaryPolicy {}", bp.name_any());
                 let _ = writeln!(out, "{}", serde_yaml_ng::to_string(&bp).unwrap_or_default());
             }
@@ -418,7 +420,8 @@ pub async fn dump_namespace(client: &Client, namespace: &str) -> String {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     match pods.list(&lp).await {
         Ok(list) => {
-            for pod in list.items {
+            for mut pod in list.items {
+                pod.metadata.managed_fields = None;
                 let name = pod.name_any();
                 let _ = writeln!(out, "--- Pod {name}");
                 let _ = writeln!(

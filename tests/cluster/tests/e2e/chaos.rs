@@ -34,6 +34,15 @@ fn container_id(pod: &Pod, container: &str) -> anyhow::Result<String> {
     Ok(id.trim_start_matches("docker://").to_owned())
 }
 
+fn running(pod: &Pod, container: &str) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|all| all.iter().find(|c| c.name == container))
+        .and_then(|c| c.state.as_ref())
+        .is_some_and(|state| state.running.is_some())
+}
+
 fn restarts(pod: &Pod, container: &str) -> i32 {
     pod.status
         .as_ref()
@@ -82,15 +91,27 @@ async fn a_killed_sidecar_comes_back_and_the_running_agent_works_again() -> anyh
         let sidecar = contract::containers::SIDECAR;
         ns.create_pod(&agent_pod(&world, "agent", &json!({}))?).await?;
         fetches_as_the_policy_says(&pods, "agent").await?;
-        let pod = pods.get("agent").await?;
+        // The agent's log can show its first answers before the kubelet has written the
+        // sidecar's container id into the pod's status.
+        let pod = eventually(
+            Duration::from_mins(1),
+            "the pod's status shows the sidecar running",
+            || async {
+                let pod = pods.get("agent").await?;
+                Ok((running(&pod, sidecar) && container_id(&pod, sidecar).is_ok()).then_some(pod))
+            },
+        )
+        .await?;
         let agent_restarts = restarts(&pod, "agent");
         // Killed twice: the kubelet restarts a crashed container at once the first time and
         // after its crash-loop back-off (10 s) the second, so the agent meets the outage.
         run(Command::new("docker").args(["kill", &container_id(&pod, sidecar)?]))?;
         let pod = eventually(Duration::from_mins(2), "the kubelet restarts the sidecar", || async {
             let pod = pods.get("agent").await?;
-            let running = restarts(&pod, sidecar) >= 1 && container_id(&pod, sidecar).is_ok();
-            Ok(running.then_some(pod))
+            let back = restarts(&pod, sidecar) >= 1
+                && running(&pod, sidecar)
+                && container_id(&pod, sidecar).is_ok();
+            Ok(back.then_some(pod))
         })
         .await?;
         let killed_at = Timestamp::now();
