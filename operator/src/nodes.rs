@@ -258,7 +258,7 @@ mod tests {
     }
 
     /// A node as a kubelet reports it, with much the operator never reads.
-    fn full_node(os_image: &str, labels: serde_json::Value) -> Node {
+    fn full_node(os_image: &str, labels: &serde_json::Value) -> Node {
         serde_json::from_value(json!({
             "metadata": {
                 "name": "n1", "uid": "u1", "resourceVersion": "7", "labels": labels,
@@ -301,7 +301,7 @@ mod tests {
         .unwrap();
         for image in images {
             for labels in &label_sets {
-                let whole = full_node(image, labels.clone());
+                let whole = full_node(image, labels);
                 let mut trimmed = whole.clone();
                 trim_node(&mut trimmed);
                 assert!(trimmed.spec.is_none() && trimmed.metadata.managed_fields.is_none());
@@ -324,8 +324,10 @@ mod tests {
             agent("a", "n1", "2024-01-01T00:00:00Z", Some(report)),
             agent("b", "n2", "2024-01-01T00:00:00Z", None),
         ];
-        let whole: Vec<Option<ProbeReport>> =
-            ["n1", "n2"].iter().map(|n| probe_report(n, &pods)).collect();
+        let whole: Vec<Option<ProbeReport>> = ["n1", "n2"]
+            .iter()
+            .map(|n| probe_report(n, &pods))
+            .collect();
         for pod in &mut pods {
             let mut copy = (**pod).clone();
             copy.metadata
@@ -333,11 +335,16 @@ mod tests {
                 .get_or_insert_default()
                 .insert("other".into(), "x".repeat(1000));
             trim_agent(&mut copy);
-            assert_eq!(copy.annotations().len(), usize::from(copy.name_any() == "a"));
+            assert_eq!(
+                copy.annotations().len(),
+                usize::from(copy.name_any() == "a")
+            );
             *pod = Arc::new(copy);
         }
-        let trimmed: Vec<Option<ProbeReport>> =
-            ["n1", "n2"].iter().map(|n| probe_report(n, &pods)).collect();
+        let trimmed: Vec<Option<ProbeReport>> = ["n1", "n2"]
+            .iter()
+            .map(|n| probe_report(n, &pods))
+            .collect();
         assert_eq!(trimmed, whole);
         assert!(trimmed[0].is_some());
     }

@@ -190,6 +190,18 @@ fn secret_reflector(
     )
 }
 
+/// The reflector of the policies, trimmed ([`trim_policy`]); a change triggers its namespace.
+fn policy_reflector(
+    api: Api<BoundaryPolicy>,
+    tx: &futures::channel::mpsc::UnboundedSender<ObjectRef<Namespace>>,
+) -> (Store<BoundaryPolicy>, AbortOnDrop) {
+    spawn_reflector(
+        watcher(api, watcher::Config::default()).modify(trim_policy),
+        |p: &BoundaryPolicy| p.namespace().map(|ns| ObjectRef::new(&ns)),
+        tx.clone(),
+    )
+}
+
 /// The label selector of the ConfigMaps this controller manages.
 pub fn config_map_selector() -> String {
     format!(
@@ -321,11 +333,7 @@ pub async fn run(client: Client, config: Config, shutdown: Shutdown) -> Result<(
             Api::all(client.clone()),
         ),
     };
-    let (policies, _policy_task) = spawn_reflector(
-        watcher(policy_api, watcher::Config::default()).modify(trim_policy),
-        |p: &BoundaryPolicy| p.namespace().map(|ns| ObjectRef::new(&ns)),
-        tx.clone(),
-    );
+    let (policies, _policy_task) = policy_reflector(policy_api, &tx);
     let (config_maps, _cm_tasks) = config_map_reflector(cm_api, &tx, all_tx.clone());
     let (secrets, _secret_task) = secret_reflector(&client, &config, &policies, &tx);
     let (namespaces, clusters, _cluster_tasks) =
