@@ -9,11 +9,11 @@ use std::time::Duration;
 use boundary_api::contract::{annotations, objects};
 use boundary_api::probe::ProbeReport;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{Patch, PatchParams};
-use kube::runtime::controller::Action;
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::{Controller, watcher};
+use k8s_openapi::api::core::v1::{Node, NodeStatus, NodeSystemInfo, Pod, PodSpec};
+use kube::api::{ObjectMeta, Patch, PatchParams};
+use kube::runtime::controller::{self, Action};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Map, Value, json};
 
@@ -40,6 +40,58 @@ impl std::fmt::Debug for Context {
     }
 }
 
+/// Reconciles running at once: each may write a Node, and at most this many requests (and
+/// connections to the apiserver) are in flight however many nodes join together.
+const CONCURRENCY: u16 = 16;
+
+/// What of a Node the controller keeps in memory: its name, `resourceVersion`, labels and the
+/// three `nodeInfo` fields classification reads ([`classify`]). A real node's status (images,
+/// conditions, addresses, capacity) and managed fields are many kilobytes; kept whole, 10,000
+/// of them would hold over 100 MiB.
+pub fn trim_node(node: &mut Node) {
+    let meta = std::mem::take(&mut node.metadata);
+    node.metadata = ObjectMeta {
+        name: meta.name,
+        uid: meta.uid,
+        resource_version: meta.resource_version,
+        labels: meta.labels,
+        ..ObjectMeta::default()
+    };
+    node.spec = None;
+    node.status = node.status.take().map(|status| NodeStatus {
+        node_info: status.node_info.map(|info| NodeSystemInfo {
+            os_image: info.os_image,
+            kernel_version: info.kernel_version,
+            operating_system: info.operating_system,
+            ..NodeSystemInfo::default()
+        }),
+        ..NodeStatus::default()
+    });
+}
+
+/// What of a node agent Pod the controller keeps: what [`probe_report`] reads (name, namespace,
+/// creation and deletion times, the probe report annotation, the node).
+pub fn trim_agent(pod: &mut Pod) {
+    let meta = std::mem::take(&mut pod.metadata);
+    let mut kept = meta.annotations.unwrap_or_default();
+    kept.retain(|k, _| k == annotations::PROBE_REPORT);
+    pod.metadata = ObjectMeta {
+        name: meta.name,
+        namespace: meta.namespace,
+        uid: meta.uid,
+        resource_version: meta.resource_version,
+        creation_timestamp: meta.creation_timestamp,
+        deletion_timestamp: meta.deletion_timestamp,
+        annotations: Some(kept),
+        ..ObjectMeta::default()
+    };
+    pod.spec = pod.spec.take().map(|spec| PodSpec {
+        node_name: spec.node_name,
+        ..PodSpec::default()
+    });
+    pod.status = None;
+}
+
 /// Runs the controller until `shutdown`.
 pub async fn run(client: Client, config: Config, shutdown: Shutdown) -> Result<(), Error> {
     let (tx, rx) = futures::channel::mpsc::unbounded::<ObjectRef<Node>>();
@@ -51,7 +103,8 @@ pub async fn run(client: Client, config: Config, shutdown: Shutdown) -> Result<(
         watcher(
             pods,
             watcher::Config::default().labels(&config.node_agent_selector),
-        ),
+        )
+        .modify(trim_agent),
         |pod: &Pod| {
             let node = pod.spec.as_ref()?.node_name.as_deref()?;
             Some(ObjectRef::new(node))
@@ -73,9 +126,15 @@ pub async fn run(client: Client, config: Config, shutdown: Shutdown) -> Result<(
         metrics: config.metrics.clone(),
     });
     tracing::info!(selector = ?config.node_selector, "node controller started");
-    let (controller, abandon) =
-        stop_on(Controller::new(Api::<Node>::all(client), nodes), &shutdown);
+    let (store, writer) = reflector::store();
+    let trimmed = watcher(Api::<Node>::all(client), nodes)
+        .modify(trim_node)
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects();
+    let (controller, abandon) = stop_on(Controller::for_stream(trimmed, store), &shutdown);
     controller
+        .with_config(controller::Config::default().concurrency(CONCURRENCY))
         .reconcile_on(rx)
         .run(
             |object, ctx: Arc<Context>| async move {
@@ -196,6 +255,98 @@ mod tests {
             }))
             .unwrap(),
         )
+    }
+
+    /// A node as a kubelet reports it, with much the operator never reads.
+    fn full_node(os_image: &str, labels: &serde_json::Value) -> Node {
+        serde_json::from_value(json!({
+            "metadata": {
+                "name": "n1", "uid": "u1", "resourceVersion": "7", "labels": labels,
+                "annotations": {"node.alpha.kubernetes.io/ttl": "0"},
+                "managedFields": [{"manager": "kubelet", "operation": "Update"}],
+            },
+            "spec": {"providerID": "aws:///eu-west-1a/i-0", "taints": [
+                {"key": "dedicated", "value": "agents", "effect": "NoSchedule"}]},
+            "status": {
+                "nodeInfo": {
+                    "osImage": os_image, "kernelVersion": "6.1.141", "operatingSystem": "linux",
+                    "architecture": "amd64", "bootID": "b", "containerRuntimeVersion": "containerd://1.7.0",
+                    "kubeProxyVersion": "v1.29", "kubeletVersion": "v1.29", "machineID": "m",
+                    "systemUUID": "s",
+                },
+                "images": [{"names": ["registry.example/big:1"], "sizeBytes": 1_000_000}],
+                "addresses": [{"type": "InternalIP", "address": "10.0.0.1"}],
+                "conditions": [{"type": "Ready", "status": "True"}],
+            },
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn trimmed_nodes_get_the_labels_whole_ones_do() {
+        let images = [
+            "Amazon Linux 2",
+            "Bottlerocket OS 1.19.2 (aws-k8s-1.29)",
+            "Ubuntu 24.04.1 LTS",
+            "Windows Server 2022 Datacenter",
+        ];
+        let label_sets = [
+            json!({"kubernetes.io/os": "linux"}),
+            json!({"eks.amazonaws.com/compute-type": "auto", "agentboundary.dev/tiers": "landlock"}),
+            json!({"eks.amazonaws.com/compute-type": "fargate"}),
+        ];
+        let report: ProbeReport = serde_json::from_value(
+            json!({"tiers": {"userns": {"works": true}}, "facts": {"landlockAbi": 6}}),
+        )
+        .unwrap();
+        for image in images {
+            for labels in &label_sets {
+                let whole = full_node(image, labels);
+                let mut trimmed = whole.clone();
+                trim_node(&mut trimmed);
+                assert!(trimmed.spec.is_none() && trimmed.metadata.managed_fields.is_none());
+                assert_eq!(trimmed.metadata.labels, whole.metadata.labels);
+                for probe in [None, Some(&report)] {
+                    assert_eq!(
+                        node_labels(&classify(&trimmed), probe),
+                        node_labels(&classify(&whole), probe),
+                        "{image} {labels}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn trimmed_agents_give_the_same_report() {
+        let report = r#"{"tiers": {"landlock": {"works": true}}, "facts": {"landlockAbi": 6}}"#;
+        let mut pods = vec![
+            agent("a", "n1", "2024-01-01T00:00:00Z", Some(report)),
+            agent("b", "n2", "2024-01-01T00:00:00Z", None),
+        ];
+        let whole: Vec<Option<ProbeReport>> = ["n1", "n2"]
+            .iter()
+            .map(|n| probe_report(n, &pods))
+            .collect();
+        for pod in &mut pods {
+            let mut copy = (**pod).clone();
+            copy.metadata
+                .annotations
+                .get_or_insert_default()
+                .insert("other".into(), "x".repeat(1000));
+            trim_agent(&mut copy);
+            assert_eq!(
+                copy.annotations().len(),
+                usize::from(copy.name_any() == "a")
+            );
+            *pod = Arc::new(copy);
+        }
+        let trimmed: Vec<Option<ProbeReport>> = ["n1", "n2"]
+            .iter()
+            .map(|n| probe_report(n, &pods))
+            .collect();
+        assert_eq!(trimmed, whole);
+        assert!(trimmed[0].is_some());
     }
 
     #[test]

@@ -43,7 +43,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ObjectMeta, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::WatchStreamExt;
-use kube::runtime::controller::Action;
+use kube::runtime::controller::{self, Action};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, watcher};
@@ -120,6 +120,23 @@ impl std::fmt::Debug for Context {
     }
 }
 
+/// Namespaces reconciled at once: each writes its ConfigMap and its policies' statuses one after
+/// the other, so at most this many requests (and connections to the apiserver) are in flight
+/// however many namespaces change together.
+const CONCURRENCY: u16 = 16;
+
+/// What of a policy is kept in memory: everything but its managed fields and `kubectl apply`'s
+/// copy of the whole object in an annotation, which nothing here reads.
+fn trim_policy(policy: &mut BoundaryPolicy) {
+    policy.metadata.managed_fields = None;
+    if let Some(annotations) = policy.metadata.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+    }
+}
+
+/// The annotation of `kubectl apply` holding the object as last applied.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
 /// Per policy, one message per credential without a value.
 type Missing = BTreeMap<String, Vec<String>>;
 
@@ -169,6 +186,18 @@ fn secret_reflector(
     spawn_reflector(
         watcher(api, watcher::Config::default()).modify(trim_secret),
         move |s: &PartialObjectMeta<Secret>| secret_target(&policies, s),
+        tx.clone(),
+    )
+}
+
+/// The reflector of the policies, trimmed ([`trim_policy`]); a change triggers its namespace.
+fn policy_reflector(
+    api: Api<BoundaryPolicy>,
+    tx: &futures::channel::mpsc::UnboundedSender<ObjectRef<Namespace>>,
+) -> (Store<BoundaryPolicy>, AbortOnDrop) {
+    spawn_reflector(
+        watcher(api, watcher::Config::default()).modify(trim_policy),
+        |p: &BoundaryPolicy| p.namespace().map(|ns| ObjectRef::new(&ns)),
         tx.clone(),
     )
 }
@@ -227,7 +256,9 @@ fn config_map_reflector(
         watcher(
             api,
             watcher::Config::default().labels(&config_map_selector()),
-        ),
+        )
+        // Only data, labels and owners are compared ([`config_map_current`]).
+        .modify(|c: &mut ConfigMap| c.metadata.managed_fields = None),
         |c: &ConfigMap| c.namespace().map(|ns| ObjectRef::new(&ns)),
         cm_tx,
     );
@@ -302,11 +333,7 @@ pub async fn run(client: Client, config: Config, shutdown: Shutdown) -> Result<(
             Api::all(client.clone()),
         ),
     };
-    let (policies, _policy_task) = spawn_reflector(
-        watcher(policy_api, watcher::Config::default()),
-        |p: &BoundaryPolicy| p.namespace().map(|ns| ObjectRef::new(&ns)),
-        tx.clone(),
-    );
+    let (policies, _policy_task) = policy_reflector(policy_api, &tx);
     let (config_maps, _cm_tasks) = config_map_reflector(cm_api, &tx, all_tx.clone());
     let (secrets, _secret_task) = secret_reflector(&client, &config, &policies, &tx);
     let (namespaces, clusters, _cluster_tasks) =
@@ -367,6 +394,7 @@ pub async fn run(client: Client, config: Config, shutdown: Shutdown) -> Result<(
         &shutdown,
     );
     let namespaces = controller
+        .with_config(controller::Config::default().concurrency(CONCURRENCY))
         .reconcile_on(rx)
         .run(
             |object, ctx: Arc<Context>| async move {

@@ -1,98 +1,136 @@
 #!/usr/bin/env bash
 # Benchmark (not a test) of the operator at scale, on a real apiserver-only local cluster of its
-# own: the release `boundary-operator` binary runs (all namespaces, leader election on), then
-# NODES Node objects (a mix of OS families) and POLICIES BoundaryPolicy objects (spread over
-# NAMESPACES namespaces) are created through the API. Prints the time until every node carries
-# the operator's OS label and every policy is Ready with its ConfigMap published, measured from
-# the first create, and the operator's peak RSS (VmHWM) and RSS at the end.
-# Targets (issue 6): converged within 30 s, RSS under 60 MiB.
-#   tests/bench/operator.sh [NODES] [POLICIES] [NAMESPACES]     (default 1000 200 20)
+# own (a fresh one per measurement): the operator binary runs (all namespaces, leader election
+# on), then NODES Node objects (a mix of OS families) and POLICIES BoundaryPolicy objects (spread
+# over NAMESPACES namespaces) are created through the API by operator-load.py (parallel
+# keep-alive clients, so creation goes as fast as the apiserver allows). Prints, per size and
+# operator binary: how long creating took, the time until every node carries the operator's OS
+# label and every policy is Ready with its ConfigMap published (from the first create and from
+# the last), the operator's CPU time, its peak RSS (VmHWM) and its RSS at the end.
+#
+#   tests/bench/operator.sh                       both rows of the issues' tables:
+#                                                 1000 nodes/200 policies/20 namespaces (issue 6)
+#                                                 10000 nodes/1000 policies/100 namespaces (issue 16)
+#   tests/bench/operator.sh NODES POLICIES NAMESPACES   one size
+#
+# Environment:
+#   OPERATORS="before=/work/bench-operator/before/boundary-operator after=target/release/boundary-operator"
+#            the binaries to compare, as label=path (default: after=<this tree's release build>);
+#            measured interleaved (size 1: A B, size 2: A B, then the next round)
+#   ROUNDS=3 rounds; with more than one, a last table gives the medians
+#   WORKERS=16 parallel creating clients
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-NODES=${1:-1000}; POLICIES=${2:-200}; NAMESPACES=${3:-20}
 export STATE=${STATE:-/tmp/agent-boundary-bench} PORT=${PORT:-56443} EPORT=${EPORT:-52379}
+ROUNDS=${ROUNDS:-1}
+if [ $# -ge 3 ]; then
+  SIZES=("$1 $2 $3")
+elif [ $# -eq 0 ]; then
+  SIZES=("1000 200 20" "10000 1000 100")
+else
+  echo "usage: $0 [NODES POLICIES NAMESPACES]" >&2; exit 2
+fi
 cd "$ROOT"
-cargo build --release --locked -p boundary-operator >&2
-tests/local-cluster/build-k8s.sh >&2
-work=$(mktemp -d)
-op_pid=
-cleanup() {
-  [ -n "$op_pid" ] && kill "$op_pid" 2>/dev/null
-  tests/local-cluster/down.sh
-  rm -rf "$work"
-}
-trap cleanup EXIT
-NODE=0 tests/local-cluster/up.sh >/dev/null
-# shellcheck disable=SC1091
-. "$STATE/env"
-"$KUBECTL" apply -f crds/boundarypolicy.yaml -f crds/clusterboundarypolicy.yaml >/dev/null
-"$KUBECTL" wait --for=condition=Established crd/boundarypolicies.agentboundary.dev \
-  crd/clusterboundarypolicies.agentboundary.dev >/dev/null
-"$KUBECTL" create namespace agent-boundary >/dev/null
-
-BOUNDARY_POD_NAMESPACE=agent-boundary BOUNDARY_LEASE_NAMESPACE=agent-boundary BOUNDARY_POD_NAME=bench \
-  BOUNDARY_LOG_LEVEL=warn target/release/boundary-operator >"$work/operator.log" 2>&1 &
-op_pid=$!
-sleep 2
-kill -0 "$op_pid" || { cat "$work/operator.log" >&2; exit 1; }
-
-python3 - "$NODES" "$POLICIES" "$NAMESPACES" "$work" <<'PY'
-import json, sys
-nodes, policies, namespaces, work = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-images = ["Amazon Linux 2", "Amazon Linux 2023.6.20250203", "Bottlerocket OS 1.19.2 (aws-k8s-1.29)",
-          "Ubuntu 22.04.4 LTS"]
-items = [{"apiVersion": "v1", "kind": "Node",
-          "metadata": {"name": f"bench-{i:04d}", "labels": {"kubernetes.io/os": "linux"}},
-          "status": {"nodeInfo": {"osImage": images[i % len(images)], "kernelVersion": "6.1.141",
-                     "operatingSystem": "linux", "architecture": "amd64", "bootID": "",
-                     "containerRuntimeVersion": "containerd://1.7.0", "kubeProxyVersion": "",
-                     "kubeletVersion": "v1.20.2", "machineID": "", "systemUUID": ""}}}
-         for i in range(nodes)]
-json.dump({"apiVersion": "v1", "kind": "List", "items": items}, open(f"{work}/nodes.json", "w"))
-ns = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": f"bench-{n:02d}"}}
-      for n in range(namespaces)]
-json.dump({"apiVersion": "v1", "kind": "List", "items": ns}, open(f"{work}/namespaces.json", "w"))
-bp = [{"apiVersion": "agentboundary.dev/v1alpha1", "kind": "BoundaryPolicy",
-       "metadata": {"name": f"policy-{p:03d}", "namespace": f"bench-{p % namespaces:02d}"},
-       "spec": {"podSelector": {"matchLabels": {"team": f"t{p}"}},
-                "allow": [f"domain=api{p}.example.com", f"method=GET domain=*.svc{p}.example.com path=/v1/*"]}}
-      for p in range(policies)]
-json.dump({"apiVersion": "v1", "kind": "List", "items": bp}, open(f"{work}/policies.json", "w"))
-PY
-"$KUBECTL" create -f "$work/namespaces.json" >/dev/null
-start=$(date +%s.%N)
-# Both at once, as a cluster scaling up while policies are applied.
-"$KUBECTL" create -f "$work/nodes.json" >/dev/null &
-nodes_job=$!
-"$KUBECTL" create -f "$work/policies.json" >/dev/null
-wait "$nodes_job"
-created=$(date +%s.%N)
-
-calc() { python3 -c "print($1)"; }
-converged() {
-  local labelled ready
-  labelled=$("$KUBECTL" get nodes -l agentboundary.dev/os -o name | wc -l)
-  ready=$("$KUBECTL" get bp -A -o json | python3 -c '
-import json, sys
-items = json.load(sys.stdin)["items"]
-print(sum(1 for p in items if any(c["type"] == "Ready" and c["status"] == "True"
-                                  for c in (p.get("status") or {}).get("conditions", []))))')
-  echo "$labelled $ready"
-  [ "$labelled" -ge "$NODES" ] && [ "$ready" -ge "$POLICIES" ]
-}
-until state=$(converged); do
-  if ! kill -0 "$op_pid" 2>/dev/null; then cat "$work/operator.log" >&2; exit 1; fi
-  if [ "$(calc "$(date +%s.%N) - $start > 300")" = True ]; then
-    echo "not converged after 300 s (labelled nodes, ready policies: $state)" >&2; exit 1
-  fi
-  sleep 0.5
+if [ -z "${OPERATORS:-}" ]; then
+  cargo build --release --locked -p boundary-operator >&2
+  OPERATORS="after=${CARGO_TARGET_DIR:-$ROOT/target}/release/boundary-operator"
+fi
+for entry in $OPERATORS; do
+  [ -x "${entry#*=}" ] || { echo "not an executable: ${entry#*=} (in OPERATORS=$OPERATORS)" >&2; exit 2; }
 done
-done_at=$(date +%s.%N)
-maps=$("$KUBECTL" get configmap -A -l app.kubernetes.io/component=policy -o name | wc -l)
-hwm=$(awk '/VmHWM/ {print $2}' "/proc/$op_pid/status")
-rss=$(awk '/VmRSS/ {print $2}' "/proc/$op_pid/status")
-printf 'operator bench: %d nodes, %d policies in %d namespaces (%d ConfigMaps)\n' "$NODES" "$POLICIES" "$NAMESPACES" "$maps"
-printf '  creating them through the API took   %6.1f s\n' "$(calc "$created - $start")"
-printf '  converged (from the first create)    %6.1f s   target < 30 s\n' "$(calc "$done_at - $start")"
-printf '  converged after the last create      %6.1f s\n' "$(calc "$done_at - $created")"
-printf '  operator RSS peak %5.1f MiB, now %5.1f MiB   target < 60 MiB\n' "$(calc "$hwm / 1024")" "$(calc "$rss / 1024")"
+tests/local-cluster/build-k8s.sh >&2
+
+results=$(mktemp)
+work=
+op_pid=
+stop_run() {
+  if [ -n "$op_pid" ]; then kill "$op_pid" 2>/dev/null || true; wait "$op_pid" 2>/dev/null || true; fi
+  op_pid=
+  tests/local-cluster/down.sh >/dev/null 2>&1 || true
+  [ -n "$work" ] && rm -rf "$work"
+  work=
+}
+trap 'stop_run; rm -f "$results"' EXIT
+
+# The targets of a size: issue 16's for 10,000 nodes and more, issue 6's below.
+targets() { # nodes -> "seconds MiB"
+  if [ "$1" -ge 10000 ]; then echo "30 100"; else echo "30 60"; fi
+}
+
+# One measurement: a fresh cluster, the operator `bin`, the load of one size. Appends a line
+# "label nodes policies namespaces create converged after cpu hwm rss" to $results.
+run_one() { # label bin nodes policies namespaces
+  local label=$1 bin=$2 nodes=$3 policies=$4 namespaces=$5
+  work=$(mktemp -d)
+  NODE=0 tests/local-cluster/up.sh >/dev/null 2>"$work/up.log" || { cat "$work/up.log" >&2; exit 1; }
+  # shellcheck disable=SC1091
+  . "$STATE/env"
+  "$KUBECTL" apply -f crds/boundarypolicy.yaml -f crds/clusterboundarypolicy.yaml >/dev/null
+  "$KUBECTL" wait --for=condition=Established crd/boundarypolicies.agentboundary.dev \
+    crd/clusterboundarypolicies.agentboundary.dev >/dev/null
+  "$KUBECTL" create namespace agent-boundary >/dev/null
+  BOUNDARY_POD_NAMESPACE=agent-boundary BOUNDARY_LEASE_NAMESPACE=agent-boundary BOUNDARY_POD_NAME=bench \
+    BOUNDARY_LOG_LEVEL=warn "$bin" >"$work/operator.log" 2>&1 &
+  op_pid=$!
+  sleep 2
+  kill -0 "$op_pid" || { cat "$work/operator.log" >&2; exit 1; }
+  local out
+  out=$(API_SERVER=$("$KUBECTL" config view --raw -o jsonpath='{.clusters[0].cluster.server}') \
+    API_TOKEN=$("$KUBECTL" config view --raw -o jsonpath='{.users[0].user.token}') \
+    API_CA=$("$KUBECTL" config view --raw -o jsonpath='{.clusters[0].cluster.certificate-authority}') \
+    python3 tests/bench/operator-load.py "$nodes" "$policies" "$namespaces") \
+    || { tail -n 20 "$work/operator.log" >&2; exit 1; }
+  kill -0 "$op_pid" || { cat "$work/operator.log" >&2; exit 1; }
+  local hwm rss cpu maps
+  hwm=$(awk '/VmHWM/ {print $2}' "/proc/$op_pid/status")
+  rss=$(awk '/VmRSS/ {print $2}' "/proc/$op_pid/status")
+  # utime + stime, in clock ticks (fields 14 and 15; the name in field 2 has no spaces here).
+  cpu=$(awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$op_pid/stat")
+  maps=$("$KUBECTL" get configmap -A -l app.kubernetes.io/component=policy -o name | wc -l)
+  [ "$maps" -eq "$namespaces" ] || echo "warning: $maps policy ConfigMaps for $namespaces namespaces" >&2
+  python3 - "$label" "$nodes" "$policies" "$namespaces" "$out" "$cpu" "$hwm" "$rss" >>"$results" <<'PY'
+import json, sys
+label, nodes, policies, namespaces, out, cpu, hwm, rss = sys.argv[1:]
+r = json.loads(out)
+print(label, nodes, policies, namespaces, f"{r['create_seconds']:.2f}", f"{r['converged_seconds']:.2f}",
+      f"{r['converged_seconds'] - r['create_seconds']:.2f}", cpu, f"{int(hwm) / 1024:.1f}", f"{int(rss) / 1024:.1f}")
+PY
+  tail -n 1 "$results" >&2
+  stop_run
+}
+
+for round in $(seq 1 "$ROUNDS"); do
+  for size in "${SIZES[@]}"; do
+    for entry in $OPERATORS; do
+      echo "round $round: ${entry%%=*} at $size (nodes policies namespaces)" >&2
+      # shellcheck disable=SC2086
+      run_one "${entry%%=*}" "${entry#*=}" $size
+    done
+  done
+done
+
+# The table: every measurement, then (with several rounds) the medians.
+python3 - "$results" "$ROUNDS" "$(targets 1000)" "$(targets 10000)" <<'PY'
+import statistics, sys
+rows = [line.split() for line in open(sys.argv[1])]
+rounds = int(sys.argv[2])
+small, large = (t.split() for t in sys.argv[3:5])
+head = (f"{'operator':<10} {'nodes':>6} {'policies':>8} {'ns':>4} {'create s':>9} {'converged s':>12} "
+        f"{'after last s':>13} {'cpu s':>7} {'peak MiB':>9} {'end MiB':>8}   target")
+def show(title, table):
+    print(title)
+    print(head)
+    for label, n, p, ns, create, conv, after, cpu, hwm, rss in table:
+        secs, mib = large if int(n) >= 10000 else small
+        print(f"{label:<10} {int(n):>6} {int(p):>8} {int(ns):>4} {float(create):>9.1f} {float(conv):>12.1f} "
+              f"{float(after):>13.1f} {float(cpu):>7.1f} {float(hwm):>9.1f} {float(rss):>8.1f}   "
+              f"converged < {secs} s, peak < {mib} MiB")
+show("operator bench: every measurement (converged: from the first create)", rows)
+if rounds > 1:
+    groups = {}
+    for r in rows:
+        groups.setdefault(tuple(r[:4]), []).append(r)
+    medians = [list(key) + [f"{statistics.median(float(r[i]) for r in rs):.2f}" for i in range(4, 10)]
+               for key, rs in groups.items()]
+    show(f"\nmedians of {rounds} rounds", medians)
+PY
