@@ -427,11 +427,16 @@ impl Audit {
     /// counts it. Decisions go through an [`Entry`] instead, which writes exactly once.
     pub fn record_line(&self, record: &impl Serialize) {
         let Some(tx) = &self.tx else { return };
-        let Ok(line) = (match self.format {
-            Format::Json => serde_json::to_string(record),
+        // Sized for a typical line up front: growing from serde_json's 128 bytes reallocated
+        // several times per request.
+        let mut line = Vec::with_capacity(LINE_CAPACITY);
+        let written = match self.format {
+            Format::Json => serde_json::to_writer(&mut line, record),
             Format::Ocsf => serde_json::to_value(record)
-                .and_then(|value| serde_json::to_string(&ocsf::convert(value))),
-        }) else {
+                .and_then(|value| serde_json::to_writer(&mut line, &ocsf::convert(value))),
+        };
+        // serde_json writes UTF-8 only; the check is kept rather than trusted.
+        let (Ok(()), Ok(line)) = (written, String::from_utf8(line)) else {
             return;
         };
         self.pending.fetch_add(1, Ordering::Relaxed);
@@ -461,6 +466,9 @@ impl Audit {
         }
     }
 }
+
+/// Room for one audit line before it is written: most decision lines fit.
+const LINE_CAPACITY: usize = 768;
 
 /// How long the writer lets records gather after writing a batch. Waking the writer thread
 /// for every record costs a context switch per request under load; a short window batches them

@@ -4,7 +4,11 @@
 //! - HTTPS keep-alive small requests: requests per second and p50/p99 latency (the added latency
 //!   is the difference to direct);
 //! - one 1 GiB download: throughput;
-//! - resident memory of the proxy with 1,000 idle keep-alive connections.
+//! - resident memory of the proxy with 1,000 idle keep-alive connections;
+//! - the same keep-alive and bulk loads through relays that do not intercept: a `tls:
+//!   Passthrough` rule and a TCP rule (`spec.tcp`), the client's TLS ending at the upstream.
+//!
+//! Every row prints the target of issue 16 next to its figure.
 //!
 //! Proxies are driven the way clients use them: `CONNECT` on the explicit-proxy port, then TLS
 //! (intercepted by the proxy) and HTTP/1.1 keep-alive inside. The boundary proxy is also driven
@@ -84,6 +88,16 @@ impl std::fmt::Display for Part {
 }
 
 const NAME: &str = "bench.test";
+/// Relayed by a `tls: Passthrough` rule: the client's TLS ends at the upstream.
+const PASSTHROUGH_NAME: &str = "passthrough.test";
+/// Relayed by a TCP rule on the upstream's port.
+const TCP_NAME: &str = "tcp.test";
+
+/// Issue 16's targets, printed next to the figures.
+const TARGET_KEEP_ALIVE: &str = "target: at least 45% of direct";
+const TARGET_RELAY: &str = "target: at least 90% of direct";
+const TARGET_BULK: &str = "target: at least 1638 MiB/s per proxy core";
+const TARGET_IDLE: &str = "target: under 16 KiB each";
 
 /// How the client reaches the upstream.
 #[derive(Debug, Clone)]
@@ -96,7 +110,19 @@ enum Route {
     Relay {
         socket: PathBuf,
         upstream_port: u16,
+        /// The name the jail's DNS handed out (the TLS server name too).
+        name: &'static str,
     },
+}
+
+impl Route {
+    /// The TLS server name the client asks for.
+    fn server_name(&self) -> &'static str {
+        match self {
+            Route::Relay { name, .. } => name,
+            Route::Direct(_) | Route::Connect { .. } => NAME,
+        }
+    }
 }
 
 trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
@@ -135,13 +161,14 @@ async fn open(route: &Route) -> anyhow::Result<Box<dyn Stream>> {
         Route::Relay {
             socket,
             upstream_port,
+            name,
         } => {
             let mut s = UnixStream::connect(socket).await?;
             // As the jail's forwarder does.
             let _ = nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::SndBuf, &(4 << 20));
             let _ = nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::RcvBuf, &(4 << 20));
             let header =
-                serde_json::json!({"dst": format!("198.18.0.1:{upstream_port}"), "name": NAME});
+                serde_json::json!({"dst": format!("198.18.0.1:{upstream_port}"), "name": name});
             s.write_all(format!("BOUNDARY1 {header}\n").as_bytes())
                 .await?;
             Box::new(s)
@@ -161,7 +188,7 @@ async fn session(
 ) -> anyhow::Result<hyper::client::conn::http1::SendRequest<Empty<Bytes>>> {
     let stream = open(route).await.context("opening the route")?;
     let tls_stream = tls
-        .connect(NAME.try_into()?, stream)
+        .connect(route.server_name().try_into()?, stream)
         .await
         .context("TLS handshake")?;
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls_stream))
@@ -322,13 +349,17 @@ async fn start_boundary(
     dir: &Path,
     ca: &Path,
     workers: usize,
+    upstream_port: u16,
 ) -> anyhow::Result<(Child, SocketAddr, PathBuf, PathBuf)> {
     let policy = dir.join("policy.json");
     std::fs::write(
         &policy,
-        serde_json::to_vec(
-            &serde_json::json!({"version": 1, "policies": [{"name": "bench", "allow": [format!("domain={NAME}")]}]}),
-        )?,
+        serde_json::to_vec(&serde_json::json!({"version": 1, "policies": [{
+            "name": "bench",
+            "allow": [format!("domain={NAME}")],
+            "http": [{"domains": [PASSTHROUGH_NAME], "tls": "Passthrough"}],
+            "tcp": [{"domain": TCP_NAME, "ports": [upstream_port]}],
+        }]}))?,
     )?;
     let socket = dir.join("proxy.sock");
     let explicit = free_port()?;
@@ -342,6 +373,10 @@ async fn start_boundary(
             &explicit.to_string(),
             "--resolve",
             &format!("{NAME}=127.0.0.1"),
+            "--resolve",
+            &format!("{PASSTHROUGH_NAME}=127.0.0.1"),
+            "--resolve",
+            &format!("{TCP_NAME}=127.0.0.1"),
             "--upstream-ca",
         ])
         .arg(ca)
@@ -475,7 +510,7 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let upstream_ca = TestCa::named("bench upstream CA");
     let upstream = TestServer::answering(
-        Some(upstream_ca.server_config(&[NAME], Alpn::Http1)),
+        Some(upstream_ca.server_config(&[NAME, PASSTHROUGH_NAME, TCP_NAME], Alpn::Http1)),
         Reply::Fixed(Bytes::from_static(b"ok")),
     )
     .await;
@@ -485,6 +520,7 @@ async fn main() -> anyhow::Result<()> {
         &dir,
         &upstream_ca.pem_path,
         args.boundary_workers,
+        up.port(),
     )
     .await?;
     let boundary_pid = boundary.0.id().context("pid")?;
@@ -503,8 +539,27 @@ async fn main() -> anyhow::Result<()> {
             Route::Relay {
                 socket: socket.clone(),
                 upstream_port: up.port(),
+                name: NAME,
             },
             boundary_ca.clone(),
+        ),
+        (
+            "passthrough (jail socket)",
+            Route::Relay {
+                socket: socket.clone(),
+                upstream_port: up.port(),
+                name: PASSTHROUGH_NAME,
+            },
+            upstream_ca.pem_path.clone(),
+        ),
+        (
+            "TCP rule (jail socket)",
+            Route::Relay {
+                socket: socket.clone(),
+                upstream_port: up.port(),
+                name: TCP_NAME,
+            },
+            upstream_ca.pem_path.clone(),
         ),
     ];
     let _squid = if args.squid {
@@ -531,7 +586,7 @@ async fn main() -> anyhow::Result<()> {
     if args.only.contains(&Part::Idle) {
         let per_conn = idle_memory(&routes[2].1, &boundary_ca, boundary_pid, args.idle).await?;
         println!(
-            "Idle connections: {} through the jail socket, {per_conn:.1} KiB of proxy memory each",
+            "Idle connections: {} through the jail socket, {per_conn:.1} KiB of proxy memory each ({TARGET_IDLE})",
             args.idle
         );
     }
@@ -540,6 +595,15 @@ async fn main() -> anyhow::Result<()> {
 }
 
 type Routes = [(&'static str, Route, PathBuf)];
+
+/// The target of a route's row: intercepted, relayed uninspected, or none (direct, squid).
+fn target(route: &Route, intercepted: &'static str) -> &'static str {
+    match route {
+        Route::Direct(_) => "baseline",
+        Route::Relay { name, .. } if *name != NAME => TARGET_RELAY,
+        Route::Relay { .. } | Route::Connect { .. } => intercepted,
+    }
+}
 
 /// The median of some figures (the middle one, or the lower middle).
 fn median(mut xs: Vec<f64>) -> f64 {
@@ -565,18 +629,23 @@ async fn keep_alive_table(args: &Args, routes: &Routes) -> anyhow::Result<()> {
         }
     }
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    for (i, (name, ..)) in routes.iter().enumerate() {
+    for (i, (name, route, _)) in routes.iter().enumerate() {
         let of = |f: &dyn Fn(&KeepAlive, &KeepAlive) -> f64| {
             median(runs[i].iter().zip(&runs[0]).map(|(r, d)| f(r, d)).collect())
         };
         println!(
-            "  {name:26} {:9.0} req/s ({:5.1}% of direct)  p50 {:7.3} ms  p99 {:7.3} ms  added p50 {:+.3} ms  added p99 {:+.3} ms",
+            "  {name:26} {:9.0} req/s ({:5.1}% of direct)  p50 {:7.3} ms  p99 {:7.3} ms  added p50 {:+.3} ms  added p99 {:+.3} ms  ({})",
             of(&|r, _| r.rps),
             of(&|r, d| r.rps / d.rps * 100.0),
             of(&|r, _| ms(r.p50)),
             of(&|r, _| ms(r.p99)),
             of(&|r, d| ms(r.p50) - ms(d.p50)),
             of(&|r, d| ms(r.p99) - ms(d.p99)),
+            if name.contains("squid") {
+                "comparison"
+            } else {
+                target(route, TARGET_KEEP_ALIVE)
+            },
         );
     }
     Ok(())
@@ -602,7 +671,7 @@ async fn bulk_table(args: &Args, routes: &Routes, boundary_pid: u32) -> anyhow::
             runs[i].push((mbps, cpu_seconds(boundary_pid)? - cpu_before));
         }
     }
-    for (i, (name, ..)) in routes.iter().enumerate() {
+    for (i, (name, route, _)) in routes.iter().enumerate() {
         let mbps = median(runs[i].iter().map(|r| r.0).collect());
         let ratio = median(
             runs[i]
@@ -620,7 +689,10 @@ async fn bulk_table(args: &Args, routes: &Routes, boundary_pid: u32) -> anyhow::
         } else {
             String::new()
         };
-        println!("  {name:26} {mbps:8.0} MiB/s ({ratio:5.1}% of direct){per_core}");
+        println!(
+            "  {name:26} {mbps:8.0} MiB/s ({ratio:5.1}% of direct){per_core}  ({})",
+            target(route, TARGET_BULK)
+        );
     }
     Ok(())
 }
