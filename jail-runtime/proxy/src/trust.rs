@@ -180,26 +180,39 @@ fn pem_certificates(pem: &[u8]) -> Vec<Vec<u8>> {
     use base64::Engine as _;
     const BEGIN: &[u8] = b"-----BEGIN CERTIFICATE-----";
     const END: &[u8] = b"-----END CERTIFICATE-----";
+    let (begin, end) = (
+        memchr::memmem::Finder::new(BEGIN),
+        memchr::memmem::Finder::new(END),
+    );
+    let decode = |body: &[u8]| base64::engine::general_purpose::STANDARD.decode(body).ok();
     let mut out = Vec::new();
     let mut body = Vec::new();
     let mut rest = pem;
-    while let Some(start) = memchr::memmem::find(rest, BEGIN) {
+    while let Some(start) = begin.find(rest) {
         rest = &rest[start + BEGIN.len()..];
-        let Some(end) = memchr::memmem::find(rest, END) else {
+        let Some(stop) = end.find(rest) else {
             break;
         };
         // A block without its end line is followed by the next block's begin line: the last
         // begin line before this end is the one it closes.
-        let mut block = &rest[..end];
-        if let Some(inner) = memchr::memmem::rfind(block, BEGIN) {
+        let mut block = &rest[..stop];
+        if let Some(inner) = begin.rfind(block) {
             block = &block[inner + BEGIN.len()..];
         }
+        rest = &rest[stop + END.len()..];
+        // Line by line (whole lines copied at once: this is on every jail's start-up path);
+        // whitespace inside a line, which PEM readers also skip, takes the slow way.
         body.clear();
-        body.extend(block.iter().copied().filter(|b| !b.is_ascii_whitespace()));
-        rest = &rest[end + END.len()..];
-        if let Ok(der) = base64::engine::general_purpose::STANDARD.decode(&body)
-            && !der.is_empty()
-        {
+        let mut line_start = 0;
+        for newline in memchr::memchr_iter(b'\n', block).chain([block.len()]) {
+            body.extend_from_slice(block[line_start..newline].trim_ascii());
+            line_start = newline + 1;
+        }
+        let der = decode(&body).or_else(|| {
+            body.retain(|b| !matches!(b, b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | b' '));
+            decode(&body)
+        });
+        if let Some(der) = der.filter(|der| !der.is_empty()) {
             out.push(der);
         }
     }
@@ -351,6 +364,13 @@ mod tests {
         );
         assert_eq!(java_trust_store(&bundle).unwrap(), expected);
         assert_eq!(pem_certificates(bundle.as_bytes()).len(), 2);
+        // Whitespace inside lines and vertical tabs, which rustls's PEM reader skips too.
+        let spaced = good.replacen("MII", "M I\t\x0bI", 1);
+        assert_ne!(spaced, good);
+        assert_eq!(
+            java_trust_store(&spaced).unwrap(),
+            java_trust_store_by_the_jks_crate(&spaced).unwrap()
+        );
         for cut in 0..good.len() {
             let _ = java_trust_store(&good[..cut]);
         }
