@@ -177,14 +177,11 @@ fn jks_digest(password: &str, content: &[u8]) -> [u8; 20] {
 /// the fast (not constant-time) base64 decoder is fine. A block that does not decode, or has no
 /// end line, is left out, as other clients do; other blocks and text between them are skipped.
 fn pem_certificates(pem: &[u8]) -> Vec<Vec<u8>> {
-    use base64::Engine as _;
     const BEGIN: &[u8] = b"-----BEGIN CERTIFICATE-----";
     const END: &[u8] = b"-----END CERTIFICATE-----";
-    let (begin, end) = (
-        memchr::memmem::Finder::new(BEGIN),
-        memchr::memmem::Finder::new(END),
-    );
-    let decode = |body: &[u8]| base64::engine::general_purpose::STANDARD.decode(body).ok();
+    let begin = memchr::memmem::Finder::new(BEGIN);
+    let last_begin = memchr::memmem::FinderRev::new(BEGIN);
+    let end = memchr::memmem::Finder::new(END);
     let mut out = Vec::new();
     let mut body = Vec::new();
     let mut rest = pem;
@@ -193,30 +190,37 @@ fn pem_certificates(pem: &[u8]) -> Vec<Vec<u8>> {
         let Some(stop) = end.find(rest) else {
             break;
         };
-        // A block without its end line is followed by the next block's begin line: the last
-        // begin line before this end is the one it closes.
-        let mut block = &rest[..stop];
-        if let Some(inner) = begin.rfind(block) {
-            block = &block[inner + BEGIN.len()..];
-        }
+        let block = &rest[..stop];
         rest = &rest[stop + END.len()..];
-        // Line by line (whole lines copied at once: this is on every jail's start-up path);
-        // whitespace inside a line, which PEM readers also skip, takes the slow way.
-        body.clear();
-        let mut line_start = 0;
-        for newline in memchr::memchr_iter(b'\n', block).chain([block.len()]) {
-            body.extend_from_slice(block[line_start..newline].trim_ascii());
-            line_start = newline + 1;
-        }
-        let der = decode(&body).or_else(|| {
-            body.retain(|b| !matches!(b, b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | b' '));
-            decode(&body)
+        let der = decode_pem_body(block, &mut body).or_else(|| {
+            // A block without its end line is followed by the next block's begin line: the
+            // last begin line before this end is the one it closes.
+            let inner = last_begin.rfind(block)?;
+            decode_pem_body(&block[inner + BEGIN.len()..], &mut body)
         });
         if let Some(der) = der.filter(|der| !der.is_empty()) {
             out.push(der);
         }
     }
     out
+}
+
+/// The base64 body of a PEM block, decoded; `None` when it is not base64. Copied line by line
+/// (whole lines at once: this is on every jail's start-up path); whitespace inside a line,
+/// which PEM readers also skip, takes the slow way.
+fn decode_pem_body(block: &[u8], body: &mut Vec<u8>) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    let decode = |body: &[u8]| base64::engine::general_purpose::STANDARD.decode(body).ok();
+    body.clear();
+    let mut line_start = 0;
+    for newline in memchr::memchr_iter(b'\n', block).chain([block.len()]) {
+        body.extend_from_slice(block[line_start..newline].trim_ascii());
+        line_start = newline + 1;
+    }
+    decode(body).or_else(|| {
+        body.retain(|b| !matches!(b, b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | b' '));
+        decode(body)
+    })
 }
 
 #[cfg(test)]
