@@ -27,7 +27,8 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 hyperfine -N --warmup 20 --runs "$ROUND" "${commands[@]}" >/dev/null 2>&1 || true
 for round in $(seq "$rounds"); do
-  hyperfine -N --runs "$ROUND" --export-json "$work/$round.json" "${commands[@]}" >/dev/null
+  hyperfine -N --runs "$ROUND" --export-json "$work/$round.json" "${commands[@]}" >/dev/null 2>"$work/err" ||
+    { cat "$work/err" >&2; exit 1; }
   echo "round $round/$rounds done" >&2
 done
 python3 - "$work" <<'PY'
