@@ -121,11 +121,14 @@ fn prepare_and_run(mut settings: RunSettings) -> Result<i32, JailError> {
         .map_err(|e| JailError::other(&what, e))?;
     let session = boundary_proxy::session_id();
     let workdir = Workdir::create()?;
+    // Looked up once: the jail's mounts, the landlock tier's options and the files all need it.
+    let java_stores = jdk_trust_stores();
     let mut assets = Assets::default();
     signals::block_forwarded().map_err(|e| JailError::other("blocking signals", e))?;
     let result = {
-        let mut prepare = || assets.prepare(&settings, &session, &workdir);
-        start_jail(&settings, &workdir, &mut prepare)
+        let java = !java_stores.is_empty();
+        let mut prepare = || assets.prepare(&settings, &session, &workdir, java);
+        start_jail(&settings, &workdir, &java_stores, &mut prepare)
     };
     let (started, tier) = match result {
         Ok(started) => started,
@@ -145,6 +148,11 @@ fn prepare_and_run(mut settings: RunSettings) -> Result<i32, JailError> {
             return Err(e);
         }
     };
+    // Now that the command runs (the jail no longer waits for this process), clean up after
+    // runs that were killed.
+    for parent in [std::env::temp_dir(), PathBuf::from("/dev/shm")] {
+        remove_stale(&parent);
+    }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -154,6 +162,9 @@ fn prepare_and_run(mut settings: RunSettings) -> Result<i32, JailError> {
         .map_err(|e| JailError::other("starting the runtime", e))?;
     let code = runtime.block_on(serve(settings, session, assets.ca, started, tier))?;
     drop(workdir);
+    // The command has ended and the audit trail is flushed: the process exits now, without
+    // waiting for idle worker threads to be joined one by one.
+    runtime.shutdown_background();
     Ok(code)
 }
 
@@ -171,12 +182,13 @@ impl Assets {
         settings: &RunSettings,
         session: &str,
         workdir: &Workdir,
+        java: bool,
     ) -> Result<(), JailError> {
         if self.written {
             return Ok(());
         }
         let ca = &mut self.ca;
-        workdir.write_files(|| match &settings.proxy_socket {
+        workdir.write_files(java, || match &settings.proxy_socket {
             None => {
                 let made = CertAuthority::generate(session)
                     .map_err(|e| JailError::other("creating the proxy CA", e))?;
@@ -186,10 +198,6 @@ impl Assets {
             }
             Some(socket) => wait_for_sidecar(socket, settings.sidecar_wait),
         })?;
-        // Now that the jail is on its way, clean up after runs that were killed.
-        for parent in [std::env::temp_dir(), PathBuf::from("/dev/shm")] {
-            remove_stale(&parent);
-        }
         self.written = true;
         Ok(())
     }
@@ -198,6 +206,7 @@ impl Assets {
 fn start_jail(
     settings: &RunSettings,
     workdir: &Workdir,
+    java_stores: &[PathBuf],
     prepare: &mut dyn FnMut() -> Result<(), JailError>,
 ) -> Result<(Started, Tier), JailError> {
     let mut why_not = Vec::new();
@@ -227,13 +236,14 @@ fn start_jail(
                             .iter()
                             .map(PathBuf::from)
                             .collect(),
-                        java_trust_stores: jdk_trust_stores(),
+                        java_trust_stores: java_stores.to_vec(),
                     },
                     pod_local_ports: settings.pod_local_ports.clone(),
                 };
                 jail::spawn(&plan, prepare).map(Started::Jail)
             }
-            Tier::Landlock => prepare().and_then(|()| start_landlock(settings, &workdir.path)),
+            Tier::Landlock => prepare()
+                .and_then(|()| start_landlock(settings, &workdir.path, !java_stores.is_empty())),
         };
         match result {
             Ok(started) => {
@@ -259,7 +269,11 @@ fn start_jail(
     })
 }
 
-fn start_landlock(settings: &RunSettings, workdir: &Path) -> Result<Started, JailError> {
+fn start_landlock(
+    settings: &RunSettings,
+    workdir: &Path,
+    java: bool,
+) -> Result<Started, JailError> {
     let (port, listener) = match (&settings.proxy_socket, settings.proxy_port) {
         (Some(_), Some(port)) => (port, None),
         (Some(_), None) => {
@@ -297,7 +311,7 @@ fn start_landlock(settings: &RunSettings, workdir: &Path) -> Result<Started, Jai
         };
         env.push((var.into(), value.into()));
     }
-    if !jdk_trust_stores().is_empty() {
+    if java {
         env.push(java_tool_options(
             workdir,
             port,
@@ -591,10 +605,11 @@ impl Workdir {
         )))
     }
 
-    /// Writes the jail's files: the trust bundle, the proxy's CA and `resolv.conf`.
-    /// The CA comes from `ca`.
+    /// Writes the jail's files: the trust bundle, the proxy's CA and `resolv.conf`, and with
+    /// `java` (a JDK trust store was found) the Java store. The CA comes from `ca`.
     fn write_files(
         &self,
+        java: bool,
         ca: impl FnOnce() -> Result<String, JailError>,
     ) -> Result<String, JailError> {
         fn fail(name: &'static str) -> impl Fn(std::io::Error) -> JailError {
@@ -604,8 +619,8 @@ impl Workdir {
         boundary_proxy::trust::write_roots(&bundle).map_err(fail(BUNDLE_FILE))?;
         let pem = ca()?;
         boundary_proxy::trust::append_ca(&bundle, &pem).map_err(fail(BUNDLE_FILE))?;
-        // Building the Java store costs about 2 ms of start-up: only where a JDK is installed.
-        if !jdk_trust_stores().is_empty() {
+        // Only where a JDK is installed: no JVM can run elsewhere.
+        if java {
             let bundle_pem = std::fs::read_to_string(&bundle).map_err(fail(BUNDLE_FILE))?;
             let java =
                 boundary_proxy::trust::java_trust_store(&bundle_pem).map_err(JailError::Other)?;

@@ -115,39 +115,112 @@ pub fn java_trust_stores(java_home: Option<&Path>) -> Vec<std::path::PathBuf> {
 /// Debian's `cacerts`, which every JDK reads as its default store (`keystore.type.compat`).
 /// A PKCS12 store would not do: its certificates are encrypted, and a JVM loads its default
 /// store without a password, so it would skip them all.
+///
+/// Written directly (the format is a header, the entries and a SHA-1 over password, whitener
+/// and content): it is on every jail's start-up path, where a general key-store library cost
+/// about 2 ms for ~150 roots. Byte for byte what the `jks` crate writes (a test compares them).
 pub fn java_trust_store(bundle_pem: &str) -> Result<Vec<u8>, String> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let mut store = jks::KeyStore::with_options(jks::KeyStoreOptions {
-        // Aliases as written, in order: the JVM does not care, a reader of the file might.
-        ordered_aliases: true,
-        case_exact_aliases: true,
-        ..jks::KeyStoreOptions::default()
-    });
-    let mut count = 0usize;
-    for cert in CertificateDer::pem_slice_iter(bundle_pem.as_bytes()) {
-        // A certificate the bundle's PEM cannot give is left out, as other clients do.
-        let Ok(cert) = cert else { continue };
-        count += 1;
-        let entry = jks::TrustedCertificateEntry {
-            creation_time: std::time::SystemTime::UNIX_EPOCH,
-            certificate: jks::Certificate {
-                cert_type: "X.509".into(),
-                content: cert.as_ref().to_vec(),
-            },
-        };
-        store
-            .set_trusted_certificate_entry(&format!("boundary-{count:04}"), entry)
-            .map_err(|e| format!("Java trust store: {e}"))?;
-    }
-    if count == 0 {
+    let certificates = pem_certificates(bundle_pem.as_bytes());
+    if certificates.is_empty() {
         return Err("Java trust store: no certificate in the trust bundle".into());
     }
-    let mut out = Vec::new();
-    store
-        .store(&mut out, JAVA_STORE_PASSWORD.as_bytes())
-        .map_err(|e| format!("Java trust store: {e}"))?;
+    let count = u32::try_from(certificates.len())
+        .map_err(|_| "Java trust store: too many certificates".to_owned())?;
+    let size: usize = certificates.iter().map(|c| c.len() + 48).sum();
+    let mut out = Vec::with_capacity(size + 32);
+    out.extend_from_slice(&JKS_MAGIC.to_be_bytes());
+    out.extend_from_slice(&JKS_VERSION.to_be_bytes());
+    out.extend_from_slice(&count.to_be_bytes());
+    for (index, der) in certificates.iter().enumerate() {
+        let length = u32::try_from(der.len())
+            .map_err(|_| "Java trust store: a certificate over 4 GiB".to_owned())?;
+        // Aliases in order (`boundary-0001`, ...): the JVM does not care, a reader might.
+        let alias = format!("boundary-{:04}", index + 1);
+        out.extend_from_slice(&JKS_TRUSTED_CERT_TAG.to_be_bytes());
+        push_java_utf(&mut out, &alias);
+        // Creation time: the epoch, so the same bundle always gives the same store.
+        out.extend_from_slice(&0u64.to_be_bytes());
+        push_java_utf(&mut out, "X.509");
+        out.extend_from_slice(&length.to_be_bytes());
+        out.extend_from_slice(der);
+    }
+    let digest = jks_digest(JAVA_STORE_PASSWORD, &out);
+    out.extend_from_slice(&digest);
     Ok(out)
+}
+
+const JKS_MAGIC: u32 = 0xfeed_feed;
+const JKS_VERSION: u32 = 2;
+const JKS_TRUSTED_CERT_TAG: u32 = 2;
+
+/// A short ASCII string as Java's `writeUTF` writes it (length, then the bytes).
+fn push_java_utf(out: &mut Vec<u8>, ascii: &str) {
+    let length = u16::try_from(ascii.len()).unwrap_or(u16::MAX);
+    out.extend_from_slice(&length.to_be_bytes());
+    out.extend_from_slice(&ascii.as_bytes()[..usize::from(length)]);
+}
+
+/// The integrity check closing a JKS store: SHA-1 over the password (UTF-16BE), the JDK's
+/// fixed "Mighty Aphrodite" and the store's content.
+fn jks_digest(password: &str, content: &[u8]) -> [u8; 20] {
+    use sha1::Digest as _;
+    let mut hasher = sha1::Sha1::new();
+    for unit in password.encode_utf16() {
+        hasher.update(unit.to_be_bytes());
+    }
+    hasher.update(b"Mighty Aphrodite");
+    hasher.update(content);
+    hasher.finalize().into()
+}
+
+/// The DER of every `CERTIFICATE` block of a PEM bundle, in order. Certificates are public, so
+/// the fast (not constant-time) base64 decoder is fine. A block that does not decode, or has no
+/// end line, is left out, as other clients do; other blocks and text between them are skipped.
+fn pem_certificates(pem: &[u8]) -> Vec<Vec<u8>> {
+    const BEGIN: &[u8] = b"-----BEGIN CERTIFICATE-----";
+    const END: &[u8] = b"-----END CERTIFICATE-----";
+    let begin = memchr::memmem::Finder::new(BEGIN);
+    let last_begin = memchr::memmem::FinderRev::new(BEGIN);
+    let end = memchr::memmem::Finder::new(END);
+    let mut out = Vec::new();
+    let mut body = Vec::new();
+    let mut rest = pem;
+    while let Some(start) = begin.find(rest) {
+        rest = &rest[start + BEGIN.len()..];
+        let Some(stop) = end.find(rest) else {
+            break;
+        };
+        let block = &rest[..stop];
+        rest = &rest[stop + END.len()..];
+        let der = decode_pem_body(block, &mut body).or_else(|| {
+            // A block without its end line is followed by the next block's begin line: the
+            // last begin line before this end is the one it closes.
+            let inner = last_begin.rfind(block)?;
+            decode_pem_body(&block[inner + BEGIN.len()..], &mut body)
+        });
+        if let Some(der) = der.filter(|der| !der.is_empty()) {
+            out.push(der);
+        }
+    }
+    out
+}
+
+/// The base64 body of a PEM block, decoded; `None` when it is not base64. Copied line by line
+/// (whole lines at once: this is on every jail's start-up path); whitespace inside a line,
+/// which PEM readers also skip, takes the slow way.
+fn decode_pem_body(block: &[u8], body: &mut Vec<u8>) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    let decode = |body: &[u8]| base64::engine::general_purpose::STANDARD.decode(body).ok();
+    body.clear();
+    let mut line_start = 0;
+    for newline in memchr::memchr_iter(b'\n', block).chain([block.len()]) {
+        body.extend_from_slice(block[line_start..newline].trim_ascii());
+        line_start = newline + 1;
+    }
+    decode(body).or_else(|| {
+        body.retain(|b| !matches!(b, b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | b' '));
+        decode(body)
+    })
 }
 
 #[cfg(test)]
@@ -187,6 +260,125 @@ mod tests {
             webpki_root_certs::TLS_SERVER_ROOT_CERTS[0].as_ref()
         );
         assert!(java_trust_store("no certificates").is_err());
+    }
+
+    /// The store as the `jks` crate writes it from rustls's PEM reader: what
+    /// [`java_trust_store`] replaced, and must equal byte for byte.
+    fn java_trust_store_by_the_jks_crate(bundle_pem: &str) -> Result<Vec<u8>, String> {
+        let mut store = jks::KeyStore::with_options(jks::KeyStoreOptions {
+            ordered_aliases: true,
+            case_exact_aliases: true,
+            ..jks::KeyStoreOptions::default()
+        });
+        let mut count = 0usize;
+        for cert in CertificateDer::pem_slice_iter(bundle_pem.as_bytes()) {
+            let Ok(cert) = cert else { continue };
+            count += 1;
+            let entry = jks::TrustedCertificateEntry {
+                creation_time: std::time::SystemTime::UNIX_EPOCH,
+                certificate: jks::Certificate {
+                    cert_type: "X.509".into(),
+                    content: cert.as_ref().to_vec(),
+                },
+            };
+            store
+                .set_trusted_certificate_entry(&format!("boundary-{count:04}"), entry)
+                .map_err(|e| e.to_string())?;
+        }
+        if count == 0 {
+            return Err("none".into());
+        }
+        let mut out = Vec::new();
+        store
+            .store(&mut out, JAVA_STORE_PASSWORD.as_bytes())
+            .map_err(|e| e.to_string())?;
+        Ok(out)
+    }
+
+    #[test]
+    fn the_java_store_is_what_the_jks_crate_writes() {
+        let mut bundles = vec![builtin_roots_pem()];
+        for store in TRUST_STORE_FILES {
+            if let Ok(pem) = std::fs::read_to_string(store) {
+                bundles.push(pem);
+            }
+        }
+        for pem in &bundles {
+            assert_eq!(
+                java_trust_store(pem).unwrap(),
+                java_trust_store_by_the_jks_crate(pem).unwrap()
+            );
+        }
+    }
+
+    /// One certificate as a PEM block the way bundles in the wild write them.
+    fn pem_block(der: &[u8], width: usize, crlf: bool) -> String {
+        let newline = if crlf { "\r\n" } else { "\n" };
+        let b64 = base64_encode(der);
+        let mut out = format!("-----BEGIN CERTIFICATE-----{newline}");
+        for line in b64.as_bytes().chunks(width) {
+            out.push_str(std::str::from_utf8(line).unwrap());
+            out.push_str(newline);
+        }
+        out.push_str("-----END CERTIFICATE-----");
+        out.push_str(newline);
+        out
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Bundles of some roots, each written with its own line width and line ends, with
+        /// comments and other PEM blocks between: the fast store equals the `jks` crate's.
+        #[test]
+        fn the_java_store_equals_the_jks_crate_on_any_bundle(
+            picks in proptest::collection::vec(
+                (0..webpki_root_certs::TLS_SERVER_ROOT_CERTS.len(), 1usize..=4, 0u8..8),
+                1..12,
+            ),
+        ) {
+            let roots = webpki_root_certs::TLS_SERVER_ROOT_CERTS;
+            let mut pem = String::new();
+            for (index, width, style) in picks {
+                match style {
+                    0 => pem.push_str("# a comment line between blocks\n"),
+                    1 => pem.push_str("-----BEGIN X509 CRL-----\nMIIB\n-----END X509 CRL-----\n"),
+                    2 => pem.push_str("Certificate:\n    Data: text before the block\n"),
+                    _ => {}
+                }
+                pem.push_str(&pem_block(roots[index].as_ref(), width * 16, style & 1 == 1));
+            }
+            proptest::prop_assert_eq!(
+                java_trust_store(&pem).unwrap(),
+                java_trust_store_by_the_jks_crate(&pem).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn broken_blocks_are_left_out_and_never_panic() {
+        let roots = webpki_root_certs::TLS_SERVER_ROOT_CERTS;
+        let good = pem_block(roots[0].as_ref(), 64, false);
+        let second = pem_block(roots[1].as_ref(), 64, false);
+        let expected = java_trust_store(&format!("{good}{second}")).unwrap();
+        // Not base64; a block without its end line; a block never closed at the end.
+        let bundle = format!(
+            "-----BEGIN CERTIFICATE-----\n@@@@\n-----END CERTIFICATE-----\n{good}\
+             -----BEGIN CERTIFICATE-----\nMIIB\n{second}-----BEGIN CERTIFICATE-----\nMIIB"
+        );
+        assert_eq!(java_trust_store(&bundle).unwrap(), expected);
+        assert_eq!(pem_certificates(bundle.as_bytes()).len(), 2);
+        // Whitespace inside lines and vertical tabs, which rustls's PEM reader skips too.
+        let spaced = good.replacen("MII", "M I\t\x0bI", 1);
+        assert_ne!(spaced, good);
+        assert_eq!(
+            java_trust_store(&spaced).unwrap(),
+            java_trust_store_by_the_jks_crate(&spaced).unwrap()
+        );
+        for cut in 0..good.len() {
+            let _ = java_trust_store(&good[..cut]);
+        }
+        assert!(java_trust_store("").is_err());
     }
 
     #[test]
