@@ -20,7 +20,7 @@ use crate::inject::Settings;
 use crate::plan::{self, Cluster, Input, Verdict};
 use crate::pull_secrets::{self, Keyring};
 use crate::review::{AdmissionRequest, AdmissionResponse, Admit};
-use boundary_api::nodes::NodeFacts;
+use crate::classes::NodeClasses;
 
 /// Audit annotation (prefixed by the apiserver with the webhook's name): the outcome.
 pub const AUDIT_DECISION: &str = "decision";
@@ -29,8 +29,8 @@ pub const AUDIT_TIER: &str = "tier";
 
 /// What the planner needs to know about the cluster, as of now.
 pub trait ClusterView: Send + Sync + 'static {
-    /// Every node, classified.
-    fn nodes(&self) -> Arc<Vec<NodeFacts>>;
+    /// Every node, classified and grouped.
+    fn nodes(&self) -> Arc<NodeClasses>;
     /// Labels of a namespace (empty when unknown).
     fn namespace_labels(&self, namespace: &str) -> BTreeMap<String, String>;
     /// The `BoundaryPolicy` objects of a namespace.
@@ -54,7 +54,7 @@ pub trait ClusterView: Send + Sync + 'static {
 #[derive(Debug, Clone)]
 pub struct StaticView {
     /// Nodes.
-    pub nodes: Arc<Vec<NodeFacts>>,
+    pub nodes: Arc<NodeClasses>,
     /// Namespace labels by namespace.
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
     /// Policies (each in its own namespace).
@@ -66,7 +66,7 @@ pub struct StaticView {
 }
 
 impl ClusterView for StaticView {
-    fn nodes(&self) -> Arc<Vec<NodeFacts>> {
+    fn nodes(&self) -> Arc<NodeClasses> {
         self.nodes.clone()
     }
 

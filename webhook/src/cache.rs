@@ -16,6 +16,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 
 use crate::admit::ClusterView;
+use crate::classes::NodeClasses;
 use crate::plan::Cluster;
 use boundary_api::nodes::NodeFacts;
 
@@ -33,7 +34,7 @@ pub enum CacheError {
 /// Watches of the cluster, shared by all reviews.
 #[derive(Clone)]
 pub struct LiveView {
-    nodes: Arc<ArcSwap<Vec<NodeFacts>>>,
+    nodes: Arc<ArcSwap<NodeClasses>>,
     namespaces: Store<Namespace>,
     policies: Store<BoundaryPolicy>,
     cluster_policies: Store<ClusterBoundaryPolicy>,
@@ -44,7 +45,7 @@ pub struct LiveView {
 impl std::fmt::Debug for LiveView {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LiveView")
-            .field("nodes", &self.nodes.load().len())
+            .field("nodes", &self.nodes.load().nodes().len())
             .field("cluster", &self.cluster)
             .finish_non_exhaustive()
     }
@@ -70,7 +71,7 @@ impl LiveView {
         let (ns_store, ns_writer) = reflector::store::<Namespace>();
         let (policy_store, policy_writer) = reflector::store::<BoundaryPolicy>();
         let (cluster_store, cluster_writer) = reflector::store::<ClusterBoundaryPolicy>();
-        let nodes = Arc::new(ArcSwap::from_pointee(Vec::new()));
+        let nodes = Arc::new(ArcSwap::from_pointee(NodeClasses::default()));
 
         let node_events = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
             .default_backoff()
@@ -171,7 +172,7 @@ impl LiveView {
 async fn keep_node_facts<S>(
     events: S,
     store: Store<Node>,
-    facts: Arc<ArcSwap<Vec<NodeFacts>>>,
+    facts: Arc<ArcSwap<NodeClasses>>,
     synced: tokio::sync::watch::Sender<bool>,
 ) where
     S: futures_util::Stream<Item = Result<watcher::Event<Node>, watcher::Error>>,
@@ -192,7 +193,8 @@ async fn keep_node_facts<S>(
                     .map(|n| NodeFacts::from_node(n))
                     .collect();
                 all.sort_by(|a, b| a.name.cmp(&b.name));
-                facts.store(Arc::new(all));
+                // Grouped here, once per change, so that reviews cost classes, not nodes.
+                facts.store(Arc::new(NodeClasses::new(all)));
                 if matches!(event, watcher::Event::InitDone) {
                     synced.send_replace(true);
                 }
@@ -217,7 +219,7 @@ where
 }
 
 impl ClusterView for LiveView {
-    fn nodes(&self) -> Arc<Vec<NodeFacts>> {
+    fn nodes(&self) -> Arc<NodeClasses> {
         self.nodes.load_full()
     }
 
@@ -268,11 +270,11 @@ mod tests {
     /// Runs `events` through a reflector into [`keep_node_facts`] to the end of the stream.
     async fn facts_after(events: Vec<watcher::Event<Node>>) -> (Vec<String>, bool) {
         let (store, writer) = reflector::store::<Node>();
-        let facts = Arc::new(ArcSwap::from_pointee(Vec::new()));
+        let facts = Arc::new(ArcSwap::from_pointee(NodeClasses::default()));
         let (synced, listed) = tokio::sync::watch::channel(false);
         let stream = futures_util::stream::iter(events.into_iter().map(Ok)).reflect(writer);
         keep_node_facts(stream, store, facts.clone(), synced).await;
-        let names = facts.load().iter().map(|f| f.name.clone()).collect();
+        let names = facts.load().nodes().iter().map(|f| f.name.clone()).collect();
         (names, *listed.borrow())
     }
 

@@ -16,6 +16,7 @@ use anyhow::{Context, bail};
 use boundary_api::JailRuntime;
 use boundary_api::crd::{BoundaryPolicy, ClusterBoundaryPolicy};
 use boundary_api::nodes::NodeFacts;
+use boundary_webhook::classes::NodeClasses;
 use boundary_webhook::guard::Jailing;
 use boundary_webhook::image::ImageConfig;
 use boundary_webhook::inject::Settings;
@@ -142,7 +143,7 @@ struct Loaded {
     policies: Vec<BoundaryPolicy>,
     cluster_policies: Vec<ClusterBoundaryPolicy>,
     jailing: Jailing,
-    nodes: Vec<NodeFacts>,
+    nodes: NodeClasses,
     cluster: Cluster,
     images: BTreeMap<String, Result<ImageConfig, String>>,
 }
@@ -218,7 +219,7 @@ fn load(path: &Path) -> anyhow::Result<Loaded> {
         },
         namespace_labels,
         policies,
-        nodes,
+        nodes: NodeClasses::new(nodes),
         cluster: Cluster {
             minor: case.cluster_minor.unwrap_or(33),
         },

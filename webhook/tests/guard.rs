@@ -25,7 +25,7 @@ fn policy(name: &str, app: &str) -> BoundaryPolicy {
 
 fn planner(cluster_policies: Vec<ClusterBoundaryPolicy>, jailing: Jailing) -> Planner<StaticView> {
     let view = StaticView {
-        nodes: Arc::new(Vec::new()),
+        nodes: Arc::default(),
         namespaces: BTreeMap::from([(
             "agents".into(),
             BTreeMap::from([("agentboundary.dev/inject".into(), "enabled".into())]),
@@ -272,7 +272,7 @@ fn the_placeholder_nonce_is_derived_from_the_request_uid() {
     ];
     let p = Planner::new(
         StaticView {
-            nodes: Arc::new(Vec::new()),
+            nodes: Arc::default(),
             namespaces: BTreeMap::from([(
                 "agents".into(),
                 BTreeMap::from([("agentboundary.dev/inject".into(), "enabled".into())]),
