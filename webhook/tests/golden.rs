@@ -298,6 +298,22 @@ fn cases() -> anyhow::Result<Vec<PathBuf>> {
     Ok(found)
 }
 
+/// How nodes are grouped changes the cost of planning, never the decision: with every label
+/// indexed per node (threshold 0) each case plans as with the default grouping.
+#[test]
+fn every_case_plans_the_same_whatever_the_node_grouping() -> anyhow::Result<()> {
+    for path in &cases()? {
+        let mut loaded = load(path)?;
+        let settings = loaded.settings.clone();
+        let grouped = output(&decide(&loaded, &loaded.pod, &settings), &loaded.pod)?;
+        let nodes = loaded.nodes.nodes().to_vec();
+        loaded.nodes = NodeClasses::with_per_node_threshold(nodes, 0);
+        let indexed = output(&decide(&loaded, &loaded.pod, &settings), &loaded.pod)?;
+        assert_eq!(grouped, indexed, "{}", path.display());
+    }
+    Ok(())
+}
+
 #[test]
 fn every_case_matches_its_golden_file_and_reinvocation_changes_nothing() -> anyhow::Result<()> {
     let update = std::env::var_os("UPDATE_GOLDEN").is_some();

@@ -30,7 +30,7 @@ fn planner(cluster_policies: Vec<ClusterBoundaryPolicy>, jailing: Jailing) -> Pl
             "agents".into(),
             BTreeMap::from([("agentboundary.dev/inject".into(), "enabled".into())]),
         )]),
-        policies: vec![policy("strict", "agent"), policy("lax", "other")],
+        policies: vec![policy("strict", "agent"), policy("lax", "other")].into(),
         cluster_policies,
         cluster: Cluster { minor: 20 },
     };
@@ -277,7 +277,7 @@ fn the_placeholder_nonce_is_derived_from_the_request_uid() {
                 "agents".into(),
                 BTreeMap::from([("agentboundary.dev/inject".into(), "enabled".into())]),
             )]),
-            policies: vec![with_credential],
+            policies: vec![with_credential].into(),
             cluster_policies: Vec::new(),
             cluster: Cluster { minor: 33 },
         },

@@ -523,7 +523,7 @@ fn view() -> anyhow::Result<StaticView> {
             "agents".into(),
             BTreeMap::from([("agentboundary.dev/inject".into(), "enabled".into())]),
         )]),
-        policies: vec![policy],
+        policies: vec![policy].into(),
         cluster_policies: Vec::new(),
         cluster: Cluster { minor: 33 },
     })
