@@ -14,13 +14,13 @@ use std::time::Instant;
 use boundary_api::crd::{BoundaryPolicy, ClusterBoundaryPolicy};
 use k8s_openapi::api::core::v1::Pod;
 
+use crate::classes::NodeClasses;
 use crate::guard::{self, Jailing};
 use crate::image::{ImageConfig, Resolver};
 use crate::inject::Settings;
 use crate::plan::{self, Cluster, Input, Verdict};
 use crate::pull_secrets::{self, Keyring};
 use crate::review::{AdmissionRequest, AdmissionResponse, Admit};
-use crate::classes::NodeClasses;
 
 /// Audit annotation (prefixed by the apiserver with the webhook's name): the outcome.
 pub const AUDIT_DECISION: &str = "decision";

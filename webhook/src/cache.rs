@@ -314,7 +314,12 @@ mod tests {
         let (synced, listed) = tokio::sync::watch::channel(false);
         let stream = futures_util::stream::iter(events.into_iter().map(Ok)).reflect(writer);
         keep_node_facts(stream, store, facts.clone(), synced).await;
-        let names = facts.load().nodes().iter().map(|f| f.name.clone()).collect();
+        let names = facts
+            .load()
+            .nodes()
+            .iter()
+            .map(|f| f.name.clone())
+            .collect();
         (names, *listed.borrow())
     }
 

@@ -388,11 +388,17 @@ impl Subset {
 }
 
 fn intersection(a: &[usize], b: &[usize]) -> Vec<usize> {
-    a.iter().copied().filter(|x| b.binary_search(x).is_ok()).collect()
+    a.iter()
+        .copied()
+        .filter(|x| b.binary_search(x).is_ok())
+        .collect()
 }
 
 fn difference(a: &[usize], b: &[usize]) -> Vec<usize> {
-    a.iter().copied().filter(|x| b.binary_search(x).is_err()).collect()
+    a.iter()
+        .copied()
+        .filter(|x| b.binary_search(x).is_err())
+        .collect()
 }
 
 fn union(a: &[usize], b: &[usize]) -> Vec<usize> {
@@ -460,7 +466,10 @@ impl<'a> Group<'a> {
                     Subset::Only(v) => v.clone(),
                     Subset::Except(v) => difference(all, v),
                 };
-                indexes.into_iter().map(|i| (i, &classes.nodes[i])).collect()
+                indexes
+                    .into_iter()
+                    .map(|i| (i, &classes.nodes[i]))
+                    .collect()
             }
         }
     }

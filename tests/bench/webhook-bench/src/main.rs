@@ -115,7 +115,10 @@ fn decide_rows(args: &Args) -> anyhow::Result<()> {
 /// in 100 other namespaces. Every review runs candidate selection, policy selection, row
 /// choice, injection and the diff.
 fn admitter(nodes: usize, policies: usize) -> Arc<dyn Admit> {
-    Arc::new(Planner::new(bench_view(nodes, policies), Settings::default()))
+    Arc::new(Planner::new(
+        bench_view(nodes, policies),
+        Settings::default(),
+    ))
 }
 
 #[allow(clippy::too_many_lines)] // Literal objects.
