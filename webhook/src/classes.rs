@@ -292,11 +292,11 @@ impl NodeClasses {
                 hits.sort_unstable();
                 hits.dedup();
                 match operator {
-                    "In" => Subset::Only(hits),
                     "NotIn" => Subset::Except(hits),
                     "Exists" | "DoesNotExist" => {
                         Subset::all_or_none(candidates::requirement_matches(r, Some("")))
                     }
+                    // In, and the operators matched value by value above.
                     _ => Subset::Only(hits),
                 }
             })
@@ -490,7 +490,7 @@ mod tests {
     use crate::candidates::Candidates;
     use proptest::prelude::*;
 
-    fn node(name: String, labels: BTreeMap<String, String>, taint: Option<&str>) -> NodeFacts {
+    fn node(name: &str, labels: &BTreeMap<String, String>, taint: Option<&str>) -> NodeFacts {
         let node = serde_json::from_value(serde_json::json!({
             "metadata": {"name": name, "labels": labels},
             "spec": {"taints": taint.map(|t| vec![serde_json::json!({"key": t, "value": "true", "effect": "NoSchedule"})]).unwrap_or_default()},
@@ -556,7 +556,7 @@ mod tests {
                         labels.insert("kubernetes.io/hostname".into(), format!("{}", i % 9));
                     }
                     // Names repeat now and then: the first one wins for nodeName.
-                    let mut n = node(format!("n{}", i % 20), labels, taint);
+                    let mut n = node(&format!("n{}", i % 20), &labels, taint);
                     n.unschedulable = cordoned && i % 3 == 0;
                     n
                 })
@@ -650,8 +650,8 @@ mod tests {
         let nodes: Vec<NodeFacts> = (0..100)
             .map(|i| {
                 node(
-                    format!("n{i}"),
-                    BTreeMap::from([
+                    &format!("n{i}"),
+                    &BTreeMap::from([
                         ("kubernetes.io/hostname".into(), format!("n{i}")),
                         ("pool".into(), if i < 60 { "a" } else { "b" }.into()),
                     ]),
