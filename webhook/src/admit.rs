@@ -5,7 +5,7 @@
 //! ([`crate::image`], with the pod's pull secrets) within a time budget and the pod is planned
 //! again with them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,13 +14,13 @@ use std::time::Instant;
 use boundary_api::crd::{BoundaryPolicy, ClusterBoundaryPolicy};
 use k8s_openapi::api::core::v1::Pod;
 
+use crate::classes::NodeClasses;
 use crate::guard::{self, Jailing};
 use crate::image::{ImageConfig, Resolver};
 use crate::inject::Settings;
 use crate::plan::{self, Cluster, Input, Verdict};
 use crate::pull_secrets::{self, Keyring};
 use crate::review::{AdmissionRequest, AdmissionResponse, Admit};
-use boundary_api::nodes::NodeFacts;
 
 /// Audit annotation (prefixed by the apiserver with the webhook's name): the outcome.
 pub const AUDIT_DECISION: &str = "decision";
@@ -29,8 +29,8 @@ pub const AUDIT_TIER: &str = "tier";
 
 /// What the planner needs to know about the cluster, as of now.
 pub trait ClusterView: Send + Sync + 'static {
-    /// Every node, classified.
-    fn nodes(&self) -> Arc<Vec<NodeFacts>>;
+    /// Every node, classified and grouped.
+    fn nodes(&self) -> Arc<NodeClasses>;
     /// Labels of a namespace (empty when unknown).
     fn namespace_labels(&self, namespace: &str) -> BTreeMap<String, String>;
     /// The `BoundaryPolicy` objects of a namespace.
@@ -50,15 +50,49 @@ pub trait ClusterView: Send + Sync + 'static {
     fn cluster(&self) -> Cluster;
 }
 
+/// `BoundaryPolicy` objects by namespace, so that a review reads only those of its own.
+#[derive(Debug, Clone, Default)]
+pub struct Policies {
+    by_namespace: HashMap<String, Vec<BoundaryPolicy>>,
+}
+
+impl Policies {
+    /// The policies of `namespace`, in the order given.
+    pub fn in_namespace(&self, namespace: &str) -> &[BoundaryPolicy] {
+        self.by_namespace
+            .get(namespace)
+            .map_or(&[][..], Vec::as_slice)
+    }
+}
+
+impl From<Vec<BoundaryPolicy>> for Policies {
+    /// Indexes `policies` (one without a namespace is in none).
+    fn from(policies: Vec<BoundaryPolicy>) -> Self {
+        let mut by_namespace: HashMap<String, Vec<BoundaryPolicy>> = HashMap::new();
+        for policy in policies {
+            if let Some(namespace) = policy.metadata.namespace.clone() {
+                by_namespace.entry(namespace).or_default().push(policy);
+            }
+        }
+        Policies { by_namespace }
+    }
+}
+
+impl FromIterator<BoundaryPolicy> for Policies {
+    fn from_iter<I: IntoIterator<Item = BoundaryPolicy>>(policies: I) -> Self {
+        policies.into_iter().collect::<Vec<_>>().into()
+    }
+}
+
 /// A fixed view (tests, benchmarks, and the `plan` command line).
 #[derive(Debug, Clone)]
 pub struct StaticView {
     /// Nodes.
-    pub nodes: Arc<Vec<NodeFacts>>,
+    pub nodes: Arc<NodeClasses>,
     /// Namespace labels by namespace.
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
     /// Policies (each in its own namespace).
-    pub policies: Vec<BoundaryPolicy>,
+    pub policies: Policies,
     /// Cluster policies.
     pub cluster_policies: Vec<ClusterBoundaryPolicy>,
     /// Cluster version.
@@ -66,7 +100,7 @@ pub struct StaticView {
 }
 
 impl ClusterView for StaticView {
-    fn nodes(&self) -> Arc<Vec<NodeFacts>> {
+    fn nodes(&self) -> Arc<NodeClasses> {
         self.nodes.clone()
     }
 
@@ -75,11 +109,7 @@ impl ClusterView for StaticView {
     }
 
     fn policies(&self, namespace: &str) -> Vec<BoundaryPolicy> {
-        self.policies
-            .iter()
-            .filter(|p| p.metadata.namespace.as_deref() == Some(namespace))
-            .cloned()
-            .collect()
+        self.policies.in_namespace(namespace).to_vec()
     }
 
     fn all_cluster_policies(&self) -> Vec<ClusterBoundaryPolicy> {

@@ -3,7 +3,7 @@
 //! memory (kube-runtime reflectors), so that a review is answered without calling the
 //! apiserver. Node facts are recomputed when a node changes, not on every review.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -16,6 +16,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 
 use crate::admit::ClusterView;
+use crate::classes::NodeClasses;
 use crate::plan::Cluster;
 use boundary_api::nodes::NodeFacts;
 
@@ -33,9 +34,9 @@ pub enum CacheError {
 /// Watches of the cluster, shared by all reviews.
 #[derive(Clone)]
 pub struct LiveView {
-    nodes: Arc<ArcSwap<Vec<NodeFacts>>>,
+    nodes: Arc<ArcSwap<NodeClasses>>,
     namespaces: Store<Namespace>,
-    policies: Store<BoundaryPolicy>,
+    policies: Arc<ArcSwap<PoliciesByNamespace>>,
     cluster_policies: Store<ClusterBoundaryPolicy>,
     cluster: Cluster,
     ready: Arc<AtomicBool>,
@@ -44,7 +45,7 @@ pub struct LiveView {
 impl std::fmt::Debug for LiveView {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LiveView")
-            .field("nodes", &self.nodes.load().len())
+            .field("nodes", &self.nodes.load().nodes().len())
             .field("cluster", &self.cluster)
             .finish_non_exhaustive()
     }
@@ -70,7 +71,7 @@ impl LiveView {
         let (ns_store, ns_writer) = reflector::store::<Namespace>();
         let (policy_store, policy_writer) = reflector::store::<BoundaryPolicy>();
         let (cluster_store, cluster_writer) = reflector::store::<ClusterBoundaryPolicy>();
-        let nodes = Arc::new(ArcSwap::from_pointee(Vec::new()));
+        let nodes = Arc::new(ArcSwap::from_pointee(NodeClasses::default()));
 
         let node_events = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
             .default_backoff()
@@ -92,16 +93,19 @@ impl LiveView {
             .reflect(ns_writer)
             .touched_objects(),
         );
-        spawn_drain(
-            "policy",
+        let policies = Arc::new(ArcSwap::from_pointee(PoliciesByNamespace::new()));
+        let (policies_synced, mut policies_listed) = tokio::sync::watch::channel(false);
+        tokio::spawn(keep_policies_by_namespace(
             watcher(
                 Api::<BoundaryPolicy>::all(client.clone()),
                 watcher::Config::default(),
             )
             .default_backoff()
-            .reflect(policy_writer)
-            .touched_objects(),
-        );
+            .reflect(policy_writer),
+            policy_store,
+            policies.clone(),
+            policies_synced,
+        ));
         // Helm never upgrades CRDs: after an upgrade from a release without this one there can
         // be no ClusterBoundaryPolicy, so none is the truth (a watch would never list, and the
         // webhook never become ready).
@@ -126,22 +130,19 @@ impl LiveView {
         let view = LiveView {
             nodes,
             namespaces: ns_store,
-            policies: policy_store,
+            policies,
             cluster_policies: cluster_store,
             cluster: Cluster { minor },
             ready: ready.clone(),
         };
-        let (b, c, d) = (
-            view.namespaces.clone(),
-            view.policies.clone(),
-            view.cluster_policies.clone(),
-        );
+        let (b, d) = (view.namespaces.clone(), view.cluster_policies.clone());
         tokio::spawn(async move {
             let all = async {
                 // The node facts, not just the node store: the facts are what reviews read.
                 nodes_listed.wait_for(|listed| *listed).await.ok()?;
                 b.wait_until_ready().await.ok()?;
-                c.wait_until_ready().await.ok()?;
+                // The index, not just the store: the index is what reviews read.
+                policies_listed.wait_for(|listed| *listed).await.ok()?;
                 if !cluster_crd_missing {
                     d.wait_until_ready().await.ok()?;
                 }
@@ -171,7 +172,7 @@ impl LiveView {
 async fn keep_node_facts<S>(
     events: S,
     store: Store<Node>,
-    facts: Arc<ArcSwap<Vec<NodeFacts>>>,
+    facts: Arc<ArcSwap<NodeClasses>>,
     synced: tokio::sync::watch::Sender<bool>,
 ) where
     S: futures_util::Stream<Item = Result<watcher::Event<Node>, watcher::Error>>,
@@ -192,7 +193,46 @@ async fn keep_node_facts<S>(
                     .map(|n| NodeFacts::from_node(n))
                     .collect();
                 all.sort_by(|a, b| a.name.cmp(&b.name));
-                facts.store(Arc::new(all));
+                // Grouped here, once per change, so that reviews cost classes, not nodes.
+                facts.store(Arc::new(NodeClasses::new(all)));
+                if matches!(event, watcher::Event::InitDone) {
+                    synced.send_replace(true);
+                }
+            }
+        }
+    }
+}
+
+/// `BoundaryPolicy` objects by namespace.
+type PoliciesByNamespace = HashMap<String, Vec<Arc<BoundaryPolicy>>>;
+
+/// Keeps `index` equal to the policies in `store` by namespace (rebuilt on each change, so a
+/// review reads its namespace's policies, not every policy), as [`keep_node_facts`] does.
+async fn keep_policies_by_namespace<S>(
+    events: S,
+    store: Store<BoundaryPolicy>,
+    index: Arc<ArcSwap<PoliciesByNamespace>>,
+    synced: tokio::sync::watch::Sender<bool>,
+) where
+    S: futures_util::Stream<Item = Result<watcher::Event<BoundaryPolicy>, watcher::Error>>,
+{
+    let mut events = std::pin::pin!(events);
+    while let Some(event) = events.next().await {
+        match event {
+            Err(e) => tracing::warn!(error = %e, "policy watch"),
+            Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
+            Ok(
+                event @ (watcher::Event::Apply(_)
+                | watcher::Event::Delete(_)
+                | watcher::Event::InitDone),
+            ) => {
+                let mut by_namespace = PoliciesByNamespace::new();
+                for policy in store.state() {
+                    if let Some(namespace) = policy.metadata.namespace.clone() {
+                        by_namespace.entry(namespace).or_default().push(policy);
+                    }
+                }
+                index.store(Arc::new(by_namespace));
                 if matches!(event, watcher::Event::InitDone) {
                     synced.send_replace(true);
                 }
@@ -217,7 +257,7 @@ where
 }
 
 impl ClusterView for LiveView {
-    fn nodes(&self) -> Arc<Vec<NodeFacts>> {
+    fn nodes(&self) -> Arc<NodeClasses> {
         self.nodes.load_full()
     }
 
@@ -230,8 +270,10 @@ impl ClusterView for LiveView {
 
     fn policies(&self, namespace: &str) -> Vec<BoundaryPolicy> {
         self.policies
-            .state_filter(|p| p.metadata.namespace.as_deref() == Some(namespace))
-            .iter()
+            .load()
+            .get(namespace)
+            .into_iter()
+            .flatten()
             .map(|p| (**p).clone())
             .collect()
     }
@@ -268,11 +310,16 @@ mod tests {
     /// Runs `events` through a reflector into [`keep_node_facts`] to the end of the stream.
     async fn facts_after(events: Vec<watcher::Event<Node>>) -> (Vec<String>, bool) {
         let (store, writer) = reflector::store::<Node>();
-        let facts = Arc::new(ArcSwap::from_pointee(Vec::new()));
+        let facts = Arc::new(ArcSwap::from_pointee(NodeClasses::default()));
         let (synced, listed) = tokio::sync::watch::channel(false);
         let stream = futures_util::stream::iter(events.into_iter().map(Ok)).reflect(writer);
         keep_node_facts(stream, store, facts.clone(), synced).await;
-        let names = facts.load().iter().map(|f| f.name.clone()).collect();
+        let names = facts
+            .load()
+            .nodes()
+            .iter()
+            .map(|f| f.name.clone())
+            .collect();
         (names, *listed.borrow())
     }
 

@@ -52,7 +52,7 @@ pub fn candidates<'a>(
 
 /// Whether the scheduler could put the pod on `node`, as far as labels and taints go.
 pub fn schedulable_on(spec: &PodSpec, node: &NodeFacts) -> bool {
-    if node.unschedulable && !tolerates_unschedulable(spec) {
+    if !tolerated(spec, node) {
         return false;
     }
     let selector_ok = spec
@@ -73,13 +73,19 @@ pub fn schedulable_on(spec: &PodSpec, node: &NodeFacts) -> bool {
                 .iter()
                 .any(|term| term_matches(term, node))
         });
+    selector_ok && affinity_ok
+}
+
+/// Whether the pod tolerates the node's cordon and its `NoSchedule`/`NoExecute` taints.
+pub(crate) fn tolerated(spec: &PodSpec, node: &NodeFacts) -> bool {
+    if node.unschedulable && !tolerates_unschedulable(spec) {
+        return false;
+    }
     let tolerations = spec.tolerations.as_deref().unwrap_or_default();
-    let taints_ok = node
-        .taints
+    node.taints
         .iter()
         .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
-        .all(|t| tolerations.iter().any(|tol| tolerates(tol, t)));
-    selector_ok && affinity_ok && taints_ok
+        .all(|t| tolerations.iter().any(|tol| tolerates(tol, t)))
 }
 
 fn tolerates_unschedulable(spec: &PodSpec) -> bool {
@@ -112,7 +118,7 @@ fn term_matches(term: &NodeSelectorTerm, node: &NodeFacts) -> bool {
         })
 }
 
-fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&str>) -> bool {
+pub(crate) fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&str>) -> bool {
     let values = r.values.as_deref().unwrap_or_default();
     let number = |s: &str| s.parse::<i64>().ok();
     match r.operator.as_str() {

@@ -9,6 +9,7 @@
 pub mod admit;
 pub mod cache;
 pub mod candidates;
+pub mod classes;
 pub mod credentials;
 pub mod ecr;
 pub mod error_text;

@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{
 };
 use serde::Serialize;
 
-use crate::candidates::{self, Candidates};
+use crate::classes::{self, Group, NodeClasses, Placement};
 use crate::credentials::{self, PolicyCredential};
 use crate::guard::{self, Jailing, RequiredBy, Requirement as Jail};
 use crate::image::ImageConfig;
@@ -49,8 +49,8 @@ pub struct Input<'a> {
     pub cluster_policies: &'a [ClusterBoundaryPolicy],
     /// Where jailing is required and who may opt out.
     pub jailing: &'a Jailing,
-    /// Every node of the cluster.
-    pub nodes: &'a [NodeFacts],
+    /// Every node of the cluster, grouped.
+    pub nodes: &'a NodeClasses,
     /// The cluster.
     pub cluster: Cluster,
     /// What to inject.
@@ -727,8 +727,8 @@ fn plan_jail(input: &Input<'_>, wanted: &mut Vec<WantedImage>) -> Result<Decisio
     let credentials = credential_injection(input, &combined, &spec, &jailed, &mut warnings)?;
 
     let fallback;
-    let nodes: Vec<&NodeFacts> = match candidates::candidates(&spec, &pod_labels, input.nodes) {
-        Candidates::Fargate(facts) | Candidates::UnknownNode(facts) => {
+    let nodes: Vec<Group<'_>> = match input.nodes.candidates(&spec, &pod_labels) {
+        Placement::Fargate(facts) | Placement::UnknownNode(facts) => {
             fallback = facts;
             if !fallback.is_labelled() && fallback.os != contract::os::FARGATE {
                 warnings.push(format!(
@@ -736,14 +736,14 @@ fn plan_jail(input: &Input<'_>, wanted: &mut Vec<WantedImage>) -> Result<Decisio
                     fallback.name
                 ));
             }
-            vec![&fallback]
+            vec![Group::single(&fallback)]
         }
-        Candidates::Nodes(found) if found.is_empty() => {
+        Placement::Nodes(found) if found.is_empty() => {
             fallback = NodeFacts::unknown("(no matching node)");
             warnings.push("agentboundary.dev: no known node matches this pod's node selector, affinity and tolerations; assuming a Linux node with user namespaces".into());
-            vec![&fallback]
+            vec![Group::single(&fallback)]
         }
-        Candidates::Nodes(found) => found,
+        Placement::Nodes(found) => found,
     };
     let level = PodSecurity::of(input.namespace_labels);
     let (row, supporting, pinned) = match choose_row(
@@ -758,12 +758,14 @@ fn plan_jail(input: &Input<'_>, wanted: &mut Vec<WantedImage>) -> Result<Decisio
         Ok(chosen) => chosen,
         Err(reason) => return Err(cannot_jail(&combined, reason, warnings)),
     };
+    // What the rows read of nodes is the same across a group: one node stands for each.
+    let supporting_facts: Vec<&NodeFacts> = supporting.iter().map(|g| g.facts).collect();
     let containers = targets(
         row,
         &combined,
         &spec,
         &jailed,
-        &supporting,
+        &supporting_facts,
         level,
         &mut warnings,
     );
@@ -1231,18 +1233,19 @@ fn commands_from_images(
 
 /// The first row (least privilege first) that works on every candidate node; else, when
 /// pinning is allowed, the first that works on some of them (`pinned`); else why not.
-fn choose_row<'n>(
+/// Candidates come in groups of nodes the rows cannot tell apart: one node stands for each.
+fn choose_row<'g, 'n>(
     combined: &Combined,
     spec: &PodSpec,
     jailed: &[&Container],
     images: &BTreeMap<String, Result<ImageConfig, String>>,
-    nodes: &[&'n NodeFacts],
+    nodes: &'g [Group<'n>],
     level: PodSecurity,
     warnings: &mut Vec<String>,
-) -> Result<(&'static Row, Vec<&'n NodeFacts>, bool), String> {
+) -> Result<(&'static Row, Vec<&'g Group<'n>>, bool), String> {
     let mut excluded: Vec<String> = Vec::new();
     let mut ruled_out: Vec<String> = Vec::new();
-    let mut partial: Option<(&'static Row, Vec<&'n NodeFacts>)> = None;
+    let mut partial: Option<(&'static Row, Vec<&'g Group<'n>>)> = None;
     let runtime_class = spec.runtime_class_name.as_deref();
     let mut passed_over = |row: &Row, ruled_out: &[String]| {
         if !ruled_out.is_empty() {
@@ -1266,14 +1269,13 @@ fn choose_row<'n>(
             }
             None => {}
         }
-        let supporting: Vec<&NodeFacts> = nodes
+        let supporting: Vec<&Group<'n>> = nodes
             .iter()
-            .copied()
-            .filter(|n| row.works.on(n, runtime_class))
-            .filter(|n| {
+            .filter(|g| row.works.on(g.facts, runtime_class))
+            .filter(|g| {
                 jailed
                     .iter()
-                    .all(|c| seccomp_change(row, spec, c, &[n], level).is_ok())
+                    .all(|c| seccomp_change(row, spec, c, &[g.facts], level).is_ok())
             })
             .collect();
         if supporting.len() == nodes.len() {
@@ -1296,9 +1298,9 @@ fn choose_row<'n>(
             JailRuntime::Builtin => "tier of the builtin",
             JailRuntime::CoderBoundary => "row of the coder-boundary",
         },
-        nodes
-            .iter()
-            .map(|n| describe(n))
+        classes::nodes_of(&nodes.iter().collect::<Vec<_>>())
+            .into_iter()
+            .map(describe)
             .collect::<Vec<_>>()
             .join("; ")
     );
@@ -1310,16 +1312,16 @@ fn choose_row<'n>(
             reason,
             "; {} works on {} — set spec.jail.allowNodePinning: true to pin the pod there, or narrow its nodeSelector",
             row.name,
-            supporting
+            classes::nodes_of(&supporting)
                 .iter()
                 .map(|n| n.name.as_str())
                 .collect::<Vec<_>>()
                 .join(", ")
         );
     }
-    if nodes.iter().any(|n| n.os == contract::os::WINDOWS) {
+    if nodes.iter().any(|g| g.facts.os == contract::os::WINDOWS) {
         reason.push_str("; keep it off Windows nodes with nodeSelector kubernetes.io/os: linux");
-    } else if nodes.iter().any(|n| n.os == contract::os::FARGATE) {
+    } else if nodes.iter().any(|g| g.facts.os == contract::os::FARGATE) {
         reason.push_str("; EKS Fargate grants no added capabilities and its 5.x kernel has no Landlock networking (6.7+): run agent pods on EC2 nodes");
     }
     Err(reason)
@@ -1374,17 +1376,18 @@ fn seccomp_profiles(
 }
 
 /// The node-affinity requirement that keeps the pod on `supporting` nodes: the operator's
-/// per-tier label when every one of them carries it, else their names.
+/// per-tier label when every one of them carries it (a label every node of a group shares),
+/// else their names.
 fn pin_requirement(
     row: &Row,
-    supporting: &[&NodeFacts],
+    supporting: &[&Group<'_>],
     warnings: &mut Vec<String>,
 ) -> (NodeSelectorRequirement, bool) {
     if let Some(tier) = row.tier {
         let key = node_labels::for_tier(tier);
         if supporting
             .iter()
-            .all(|n| n.labels.get(key).map(String::as_str) == Some("true"))
+            .all(|g| g.facts.labels.get(key).map(String::as_str) == Some("true"))
         {
             warnings.push(format!(
                 "agentboundary.dev: pinned to nodes labelled {key}=true (not every node this pod could land on supports {tier})"
@@ -1399,7 +1402,10 @@ fn pin_requirement(
             );
         }
     }
-    let names: Vec<String> = supporting.iter().map(|n| n.name.clone()).collect();
+    let names: Vec<String> = classes::nodes_of(supporting)
+        .iter()
+        .map(|n| n.name.clone())
+        .collect();
     warnings.push(format!(
         "agentboundary.dev: pinned by name to {} (the operator's node labels are missing, so new nodes will not be eligible)",
         names.join(", ")

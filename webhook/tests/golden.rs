@@ -16,6 +16,7 @@ use anyhow::{Context, bail};
 use boundary_api::JailRuntime;
 use boundary_api::crd::{BoundaryPolicy, ClusterBoundaryPolicy};
 use boundary_api::nodes::NodeFacts;
+use boundary_webhook::classes::NodeClasses;
 use boundary_webhook::guard::Jailing;
 use boundary_webhook::image::ImageConfig;
 use boundary_webhook::inject::Settings;
@@ -142,7 +143,7 @@ struct Loaded {
     policies: Vec<BoundaryPolicy>,
     cluster_policies: Vec<ClusterBoundaryPolicy>,
     jailing: Jailing,
-    nodes: Vec<NodeFacts>,
+    nodes: NodeClasses,
     cluster: Cluster,
     images: BTreeMap<String, Result<ImageConfig, String>>,
 }
@@ -218,7 +219,7 @@ fn load(path: &Path) -> anyhow::Result<Loaded> {
         },
         namespace_labels,
         policies,
-        nodes,
+        nodes: NodeClasses::new(nodes),
         cluster: Cluster {
             minor: case.cluster_minor.unwrap_or(33),
         },
@@ -295,6 +296,22 @@ fn cases() -> anyhow::Result<Vec<PathBuf>> {
     }
     found.sort();
     Ok(found)
+}
+
+/// How nodes are grouped changes the cost of planning, never the decision: with every label
+/// indexed per node (threshold 0) each case plans as with the default grouping.
+#[test]
+fn every_case_plans_the_same_whatever_the_node_grouping() -> anyhow::Result<()> {
+    for path in &cases()? {
+        let mut loaded = load(path)?;
+        let settings = loaded.settings.clone();
+        let grouped = output(&decide(&loaded, &loaded.pod, &settings), &loaded.pod)?;
+        let nodes = loaded.nodes.nodes().to_vec();
+        loaded.nodes = NodeClasses::with_per_node_threshold(nodes, 0);
+        let indexed = output(&decide(&loaded, &loaded.pod, &settings), &loaded.pod)?;
+        assert_eq!(grouped, indexed, "{}", path.display());
+    }
+    Ok(())
 }
 
 #[test]

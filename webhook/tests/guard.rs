@@ -25,12 +25,12 @@ fn policy(name: &str, app: &str) -> BoundaryPolicy {
 
 fn planner(cluster_policies: Vec<ClusterBoundaryPolicy>, jailing: Jailing) -> Planner<StaticView> {
     let view = StaticView {
-        nodes: Arc::new(Vec::new()),
+        nodes: Arc::default(),
         namespaces: BTreeMap::from([(
             "agents".into(),
             BTreeMap::from([("agentboundary.dev/inject".into(), "enabled".into())]),
         )]),
-        policies: vec![policy("strict", "agent"), policy("lax", "other")],
+        policies: vec![policy("strict", "agent"), policy("lax", "other")].into(),
         cluster_policies,
         cluster: Cluster { minor: 20 },
     };
@@ -272,12 +272,12 @@ fn the_placeholder_nonce_is_derived_from_the_request_uid() {
     ];
     let p = Planner::new(
         StaticView {
-            nodes: Arc::new(Vec::new()),
+            nodes: Arc::default(),
             namespaces: BTreeMap::from([(
                 "agents".into(),
                 BTreeMap::from([("agentboundary.dev/inject".into(), "enabled".into())]),
             )]),
-            policies: vec![with_credential],
+            policies: vec![with_credential].into(),
             cluster_policies: Vec::new(),
             cluster: Cluster { minor: 33 },
         },

@@ -15,6 +15,7 @@ use anyhow::{Context, bail};
 use boundary_api::crd::BoundaryPolicy;
 use boundary_api::nodes::NodeFacts;
 use boundary_webhook::admit::{FixedPullSecrets, ImageLookup, Planner, StaticView};
+use boundary_webhook::classes::NodeClasses;
 use boundary_webhook::image::{ImageConfig, ResolveError, Resolver, ResolverConfig};
 use boundary_webhook::inject::Settings;
 use boundary_webhook::plan::Cluster;
@@ -517,12 +518,12 @@ fn view() -> anyhow::Result<StaticView> {
         }}
     }))?;
     Ok(StaticView {
-        nodes: Arc::new(vec![NodeFacts::from_node(&node)]),
+        nodes: Arc::new(NodeClasses::new(vec![NodeFacts::from_node(&node)])),
         namespaces: BTreeMap::from([(
             "agents".into(),
             BTreeMap::from([("agentboundary.dev/inject".into(), "enabled".into())]),
         )]),
-        policies: vec![policy],
+        policies: vec![policy].into(),
         cluster_policies: Vec::new(),
         cluster: Cluster { minor: 33 },
     })
