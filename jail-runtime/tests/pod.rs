@@ -55,11 +55,16 @@ fn state_is(status: &Value, name: &str, state: &str) -> bool {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    let [port] = free_ports();
+    port
+}
+
+/// `N` ports free now and different from each other: all are held until all are chosen (the
+/// kernel may hand out a port it just took back, and two equal ports fail the test).
+fn free_ports<const N: usize>() -> [u16; N] {
+    let held: [std::net::TcpListener; N] =
+        std::array::from_fn(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    held.map(|l| l.local_addr().unwrap().port())
 }
 
 fn local(port: u16) -> SocketAddr {
@@ -377,7 +382,7 @@ async fn boundary_run_inside_a_jail_refuses_to_nest() {
 async fn listed_inbound_ports_reach_servers_in_the_jail_and_are_audited() {
     require_root();
     for who in [As::Root, As::Nobody] {
-        let (port, unlisted, empty) = (free_port(), free_port(), free_port());
+        let [port, unlisted, empty] = free_ports();
         let dir = TempDir::new("inbound");
         let audit_file = dir.path().join("audit.jsonl");
         let script = format!(
