@@ -77,11 +77,13 @@ impl LiveView {
             .default_backoff()
             .reflect(node_writer);
         let (nodes_synced, mut nodes_listed) = tokio::sync::watch::channel(false);
-        tokio::spawn(keep_node_facts(
+        tokio::spawn(keep_derived(
+            "node",
             node_events,
             node_store,
             nodes.clone(),
             nodes_synced,
+            node_classes,
         ));
         spawn_drain(
             "namespace",
@@ -95,7 +97,8 @@ impl LiveView {
         );
         let policies = Arc::new(ArcSwap::from_pointee(PoliciesByNamespace::new()));
         let (policies_synced, mut policies_listed) = tokio::sync::watch::channel(false);
-        tokio::spawn(keep_policies_by_namespace(
+        tokio::spawn(keep_derived(
+            "policy",
             watcher(
                 Api::<BoundaryPolicy>::all(client.clone()),
                 watcher::Config::default(),
@@ -105,6 +108,7 @@ impl LiveView {
             policy_store,
             policies.clone(),
             policies_synced,
+            policies_by_namespace,
         ));
         // Helm never upgrades CRDs: after an upgrade from a release without this one there can
         // be no ClusterBoundaryPolicy, so none is the truth (a watch would never list, and the
@@ -164,37 +168,34 @@ impl LiveView {
     }
 }
 
-/// Keeps `facts` equal to the classification of every node in `store`, which `events` (a
-/// reflected watch) fills. Recomputed after a node changes and after a (re)list completes: the
-/// store swaps the listed nodes in only at `InitDone`, so facts computed on `InitApply` would be
-/// those of the previous list (none at start-up, until some node next changed). `synced` turns
-/// true once the first list is in `facts`.
-async fn keep_node_facts<S>(
+/// Keeps `derived` equal to `derive(store)`, where `events` (a reflected watch) fills `store`.
+/// Recomputed after an object changes and after a (re)list completes: the store swaps the listed
+/// objects in only at `InitDone`, so a value derived on `InitApply` would be that of the
+/// previous list (nothing at start-up, until some object next changed). `synced` turns true
+/// once the first list is in `derived`.
+async fn keep_derived<K, T, S>(
+    what: &'static str,
     events: S,
-    store: Store<Node>,
-    facts: Arc<ArcSwap<NodeClasses>>,
+    store: Store<K>,
+    derived: Arc<ArcSwap<T>>,
     synced: tokio::sync::watch::Sender<bool>,
+    derive: impl Fn(&Store<K>) -> T,
 ) where
-    S: futures_util::Stream<Item = Result<watcher::Event<Node>, watcher::Error>>,
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+    S: futures_util::Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
 {
     let mut events = std::pin::pin!(events);
     while let Some(event) = events.next().await {
         match event {
-            Err(e) => tracing::warn!(error = %e, "node watch"),
+            Err(e) => tracing::warn!(error = %e, "{what} watch"),
             Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
             Ok(
                 event @ (watcher::Event::Apply(_)
                 | watcher::Event::Delete(_)
                 | watcher::Event::InitDone),
             ) => {
-                let mut all: Vec<NodeFacts> = store
-                    .state()
-                    .iter()
-                    .map(|n| NodeFacts::from_node(n))
-                    .collect();
-                all.sort_by(|a, b| a.name.cmp(&b.name));
-                // Grouped here, once per change, so that reviews cost classes, not nodes.
-                facts.store(Arc::new(NodeClasses::new(all)));
+                derived.store(Arc::new(derive(&store)));
                 if matches!(event, watcher::Event::InitDone) {
                     synced.send_replace(true);
                 }
@@ -203,42 +204,31 @@ async fn keep_node_facts<S>(
     }
 }
 
+/// The nodes of `store` grouped into classes, once per change, so that reviews cost classes,
+/// not nodes.
+fn node_classes(store: &Store<Node>) -> NodeClasses {
+    let mut all: Vec<NodeFacts> = store
+        .state()
+        .iter()
+        .map(|n| NodeFacts::from_node(n))
+        .collect();
+    all.sort_by(|a, b| a.name.cmp(&b.name));
+    NodeClasses::new(all)
+}
+
 /// `BoundaryPolicy` objects by namespace.
 type PoliciesByNamespace = HashMap<String, Vec<Arc<BoundaryPolicy>>>;
 
-/// Keeps `index` equal to the policies in `store` by namespace (rebuilt on each change, so a
-/// review reads its namespace's policies, not every policy), as [`keep_node_facts`] does.
-async fn keep_policies_by_namespace<S>(
-    events: S,
-    store: Store<BoundaryPolicy>,
-    index: Arc<ArcSwap<PoliciesByNamespace>>,
-    synced: tokio::sync::watch::Sender<bool>,
-) where
-    S: futures_util::Stream<Item = Result<watcher::Event<BoundaryPolicy>, watcher::Error>>,
-{
-    let mut events = std::pin::pin!(events);
-    while let Some(event) = events.next().await {
-        match event {
-            Err(e) => tracing::warn!(error = %e, "policy watch"),
-            Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
-            Ok(
-                event @ (watcher::Event::Apply(_)
-                | watcher::Event::Delete(_)
-                | watcher::Event::InitDone),
-            ) => {
-                let mut by_namespace = PoliciesByNamespace::new();
-                for policy in store.state() {
-                    if let Some(namespace) = policy.metadata.namespace.clone() {
-                        by_namespace.entry(namespace).or_default().push(policy);
-                    }
-                }
-                index.store(Arc::new(by_namespace));
-                if matches!(event, watcher::Event::InitDone) {
-                    synced.send_replace(true);
-                }
-            }
+/// The policies of `store` by namespace, so a review reads its namespace's policies, not every
+/// policy.
+fn policies_by_namespace(store: &Store<BoundaryPolicy>) -> PoliciesByNamespace {
+    let mut by_namespace = PoliciesByNamespace::new();
+    for policy in store.state() {
+        if let Some(namespace) = policy.metadata.namespace.clone() {
+            by_namespace.entry(namespace).or_default().push(policy);
         }
     }
+    by_namespace
 }
 
 fn spawn_drain<S, T>(what: &'static str, stream: S)
@@ -307,13 +297,14 @@ mod tests {
         .unwrap()
     }
 
-    /// Runs `events` through a reflector into [`keep_node_facts`] to the end of the stream.
+    /// Runs `events` through a reflector into [`keep_derived`] of [`node_classes`] to the end of
+    /// the stream.
     async fn facts_after(events: Vec<watcher::Event<Node>>) -> (Vec<String>, bool) {
         let (store, writer) = reflector::store::<Node>();
         let facts = Arc::new(ArcSwap::from_pointee(NodeClasses::default()));
         let (synced, listed) = tokio::sync::watch::channel(false);
         let stream = futures_util::stream::iter(events.into_iter().map(Ok)).reflect(writer);
-        keep_node_facts(stream, store, facts.clone(), synced).await;
+        keep_derived("node", stream, store, facts.clone(), synced, node_classes).await;
         let names = facts
             .load()
             .nodes()
