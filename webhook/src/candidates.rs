@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    NodeSelectorRequirement, NodeSelectorTerm, PodSpec, Taint, Toleration,
+    NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, PodSpec, Taint, Toleration,
 };
 
 use boundary_api::nodes::NodeFacts;
@@ -59,21 +59,24 @@ pub fn schedulable_on(spec: &PodSpec, node: &NodeFacts) -> bool {
         .node_selector
         .as_ref()
         .is_none_or(|sel| sel.iter().all(|(k, v)| node.labels.get(k) == Some(v)));
-    let affinity_ok = spec
-        .affinity
+    let affinity_ok = required_node_affinity(spec).is_none_or(|required| {
+        required
+            .node_selector_terms
+            .iter()
+            .any(|term| term_matches(term, node))
+    });
+    selector_ok && affinity_ok
+}
+
+/// The pod's required node affinity (`requiredDuringSchedulingIgnoredDuringExecution`).
+pub(crate) fn required_node_affinity(spec: &PodSpec) -> Option<&NodeSelector> {
+    spec.affinity
         .as_ref()
         .and_then(|a| a.node_affinity.as_ref())
         .and_then(|a| {
             a.required_during_scheduling_ignored_during_execution
                 .as_ref()
         })
-        .is_none_or(|required| {
-            required
-                .node_selector_terms
-                .iter()
-                .any(|term| term_matches(term, node))
-        });
-    selector_ok && affinity_ok
 }
 
 /// Whether the pod tolerates the node's cordon and its `NoSchedule`/`NoExecute` taints.

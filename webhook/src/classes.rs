@@ -178,14 +178,7 @@ impl NodeClasses {
             let matching = self.label_requirement(&equal);
             and_each(&mut subsets, matching);
         }
-        let required = spec
-            .affinity
-            .as_ref()
-            .and_then(|a| a.node_affinity.as_ref())
-            .and_then(|a| {
-                a.required_during_scheduling_ignored_during_execution
-                    .as_ref()
-            });
+        let required = candidates::required_node_affinity(spec);
         if let Some(required) = required {
             let mut any: Vec<Subset> = vec![Subset::none(); self.classes.len()];
             for term in &required.node_selector_terms {
