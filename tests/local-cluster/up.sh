@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Starts a throwaway local Kubernetes v1.20.2 on this machine (root, Debian 12).
 #   up.sh            etcd + kube-apiserver only (CRDs, controllers, admission webhooks)
-#   NODE=1 up.sh     plus dockerd, kube-controller-manager, kube-scheduler, kubelet, kube-proxy:
-#                    a one-node cluster that runs real pods (images must be built locally:
-#                    nothing can be pulled; use imagePullPolicy: Never or IfNotPresent)
+#   NODE=1 up.sh     plus a container runtime, kube-controller-manager, kube-scheduler, kubelet,
+#                    kube-proxy: a one-node cluster that runs real pods (images must be built
+#                    locally: nothing can be pulled; use imagePullPolicy: Never or IfNotPresent)
+#   RUNTIME=containerd (default, as on EKS nodes): Debian's containerd through the kubelet's CRI
+#                    endpoint, pods on a CNI bridge (Debian's containernetworking-plugins);
+#                    images are imported into its `k8s.io` namespace (build-images.sh does it)
+#   RUNTIME=docker   dockerd through the kubelet's built-in dockershim (nodes before 1.24)
 # Writes $STATE/kubeconfig and $STATE/env (KUBECONFIG=..., KUBECTL=...). down.sh undoes it all.
 # A previous run that was killed before its clean-up is cleaned up first.
 set -euo pipefail
@@ -12,10 +16,14 @@ BIN=${K8S_BIN:-$HOME/.cache/local-k8s/v1.20.2}
 STATE=${STATE:-/tmp/agent-boundary-cluster}
 PORT=${PORT:-16443}; EPORT=${EPORT:-12379}
 NODE=${NODE:-0}
+RUNTIME=${RUNTIME:-containerd}
+case "$RUNTIME" in containerd|docker) ;; *) echo "RUNTIME must be containerd or docker, not '$RUNTIME'" >&2; exit 2;; esac
 # Ephemeral containers (`kubectl debug`) are alpha in 1.20: on, so the webhook's guard is tested
 # against the real subresource.
 FEATURES=EphemeralContainers=true
-NODE_IP=172.17.0.1            # docker0's address: kubelet refuses a loopback node IP
+# The node's address on the pods' bridge (docker0, or the CNI bridge $BRIDGE): kubelet refuses a
+# loopback node IP, and pods reach the apiserver and test registries there.
+NODE_IP=172.17.0.1 BRIDGE=ab0
 KUBECTL="$BIN/kubectl"
 
 log() { echo "[local-cluster] $*" >&2; }
@@ -33,6 +41,10 @@ command -v curl >/dev/null || need+=(curl)
 command -v openssl >/dev/null || need+=(openssl)
 if [ "$NODE" = 1 ]; then
   command -v dockerd >/dev/null || need+=(docker.io)
+  if [ "$RUNTIME" = containerd ]; then
+    command -v containerd >/dev/null || need+=(containerd)
+    [ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
+  fi
   command -v iptables >/dev/null || need+=(iptables)
   command -v conntrack >/dev/null || need+=(conntrack)
 fi
@@ -62,6 +74,12 @@ current-context: local
 K
 chmod 600 kubeconfig
 printf 'export KUBECONFIG=%s\nexport KUBECTL=%s\n' "$STATE/kubeconfig" "$KUBECTL" > env
+if [ "$NODE" = 1 ]; then
+  # What the tests and build-images.sh need to reach the node's runtime (ctr reads CONTAINERD_*).
+  printf 'export CONTAINER_RUNTIME=%s\n' "$RUNTIME" >> env
+  [ "$RUNTIME" = containerd ] &&
+    printf 'export CONTAINERD_ADDRESS=%s CONTAINERD_NAMESPACE=k8s.io\n' "$STATE/containerd/containerd.sock" >> env
+fi
 
 start() { # name, command...
   local name=$1; shift
@@ -83,19 +101,67 @@ BIND=127.0.0.1; EXTRA=()
 if [ "$NODE" = 1 ]; then
   # Pods reach the apiserver through the kubernetes Service (10.96.0.1 -> NODE_IP).
   BIND=0.0.0.0; EXTRA=(--advertise-address="$NODE_IP" --kubelet-preferred-address-types=InternalIP --enable-aggregator-routing=true)
-  # A dockerd still stopping (an earlier down.sh) would answer `docker info` below and vanish.
-  for _ in $(seq 1 150); do pgrep -x dockerd >/dev/null || break; sleep 0.2; done
-  if pgrep -x dockerd >/dev/null; then
-    echo "another dockerd runs (pid $(pgrep -x dockerd | tr '\n' ' ')) and owns /var/run/docker.sock; stop it first (tests/local-cluster/down.sh stops ours)" >&2
-    exit 1
+  if [ "$RUNTIME" = docker ]; then
+    # A dockerd still stopping (an earlier down.sh) would answer `docker info` below and vanish.
+    for _ in $(seq 1 150); do pgrep -x dockerd >/dev/null || break; sleep 0.2; done
+    if pgrep -x dockerd >/dev/null; then
+      echo "another dockerd runs (pid $(pgrep -x dockerd | tr '\n' ' ')) and owns /var/run/docker.sock; stop it first (tests/local-cluster/down.sh stops ours)" >&2
+      exit 1
+    fi
+    log "starting dockerd"
+    # dockerd first: it creates docker0, which holds NODE_IP. Registries on NODE_IP (the e2e tests
+    # start one that pods and the webhook reach there) are spoken to over plain HTTP.
+    start dockerd dockerd --data-root "${DOCKER_DATA:-/var/lib/agent-boundary-docker}" --exec-root "$STATE/docker-exec" \
+      --pidfile "$STATE/dockerd.real.pid" --add-runtime "runc-clamp=$HERE/runc-clamp-oom" --default-runtime=runc-clamp \
+      --insecure-registry "$NODE_IP/32"
+    wait_for dockerd docker info
+  else
+    if ip link show docker0 >/dev/null 2>&1; then
+      echo "docker0 holds $NODE_IP (a dockerd runs, or ran and left it): stop it first (tests/local-cluster/down.sh)" >&2
+      exit 1
+    fi
+    log "starting containerd ($(containerd --version | awk '{print $3}'))"
+    # The bridge first: it holds NODE_IP, which the apiserver advertises before any pod exists;
+    # the CNI bridge plugin then puts each pod's veth on it.
+    ip link add "$BRIDGE" type bridge 2>/dev/null || true
+    ip addr replace "$NODE_IP/16" dev "$BRIDGE"
+    ip link set "$BRIDGE" up
+    mkdir -p "$STATE/containerd/certs.d" "$STATE/cni"
+    cat > "$STATE/cni/10-agent-boundary.conflist" <<C
+{"cniVersion": "0.4.0", "name": "agent-boundary-pods", "plugins": [
+  {"type": "bridge", "bridge": "$BRIDGE", "isGateway": true, "ipMasq": true, "hairpinMode": true,
+   "ipam": {"type": "host-local", "dataDir": "$STATE/cni-ipam",
+            "ranges": [[{"subnet": "172.17.0.0/16", "rangeStart": "172.17.1.1", "gateway": "$NODE_IP"}]],
+            "routes": [{"dst": "0.0.0.0/0"}]}},
+  {"type": "portmap", "capabilities": {"portMappings": true}}]}
+C
+    # Registries on NODE_IP speak plain HTTP: the tests that start one write its hosts.toml
+    # under certs.d (containerd reads it at each pull). The image store outlives the cluster,
+    # as dockerd's does, so the pause image is imported once.
+    cat > "$STATE/containerd/config.toml" <<C
+version = 2
+root = "${CONTAINERD_DATA:-/var/lib/agent-boundary-containerd}"
+state = "$STATE/containerd/state"
+[grpc]
+  address = "$STATE/containerd/containerd.sock"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "k8s.gcr.io/pause:3.2"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        BinaryName = "$HERE/runc-clamp-oom"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "$STATE/cni"
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "$STATE/containerd/certs.d"
+C
+    start containerd containerd --config "$STATE/containerd/config.toml"
+    wait_for containerd ctr --address "$STATE/containerd/containerd.sock" version
   fi
-  log "starting dockerd"
-  # dockerd first: it creates docker0, which holds NODE_IP. Registries on NODE_IP (the e2e tests
-  # start one that pods and the webhook reach there) are spoken to over plain HTTP.
-  start dockerd dockerd --data-root "${DOCKER_DATA:-/var/lib/agent-boundary-docker}" --exec-root "$STATE/docker-exec" \
-    --pidfile "$STATE/dockerd.real.pid" --add-runtime "runc-clamp=$HERE/runc-clamp-oom" --default-runtime=runc-clamp \
-    --insecure-registry "$NODE_IP/32"
-  wait_for dockerd docker info
 fi
 start apiserver "$BIN/kube-apiserver" --etcd-servers="http://127.0.0.1:$EPORT" \
   --bind-address="$BIND" --secure-port="$PORT" --insecure-port=0 \
@@ -107,10 +173,18 @@ start apiserver "$BIN/kube-apiserver" --etcd-servers="http://127.0.0.1:$EPORT" \
 wait_for apiserver curl -sf --cacert pki/ca.crt -H "Authorization: Bearer $TOKEN" "https://127.0.0.1:$PORT/readyz"
 
 if [ "$NODE" = 1 ]; then
-  if ! docker image inspect k8s.gcr.io/pause:3.2 >/dev/null 2>&1; then
-    img=$(mktemp -d); cp "$BIN/pause" "$img/"
-    printf 'FROM scratch\nCOPY pause /pause\nUSER 65535:65535\nENTRYPOINT ["/pause"]\n' > "$img/Dockerfile"
-    DOCKER_BUILDKIT=0 docker build -q -t k8s.gcr.io/pause:3.2 "$img" >/dev/null
+  if [ "$RUNTIME" = docker ]; then
+    have_pause() { docker image inspect k8s.gcr.io/pause:3.2; }
+    load_image() { docker load -q -i "$1"; }
+  else
+    have_pause() { ctr --address "$STATE/containerd/containerd.sock" -n k8s.io images check name==k8s.gcr.io/pause:3.2 | grep -q complete; }
+    load_image() { ctr --address "$STATE/containerd/containerd.sock" -n k8s.io images import "$1"; }
+  fi
+  if ! have_pause >/dev/null 2>&1; then
+    img=$(mktemp -d)
+    python3 "$HERE/../scripts/oci-image.py" "$img/pause.tar" k8s.gcr.io/pause:3.2 --entrypoint /pause \
+      --user 65535:65535 "$BIN/pause=/pause" >/dev/null
+    load_image "$img/pause.tar" >/dev/null
     rm -rf "$img"
   fi
   log "starting controller-manager, scheduler, kubelet, kube-proxy"
@@ -119,11 +193,16 @@ if [ "$NODE" = 1 ]; then
     --controllers='*,-csrsigning' --leader-elect=false
   start scheduler "$BIN/kube-scheduler" --kubeconfig="$STATE/kubeconfig" --leader-elect=false
   mkdir -p "$STATE/kubelet"
-  start kubelet "$BIN/kubelet" --kubeconfig="$STATE/kubeconfig" \
-    --container-runtime=docker --docker-endpoint=unix:///var/run/docker.sock \
+  if [ "$RUNTIME" = docker ]; then
+    RUNTIME_FLAGS=(--container-runtime=docker --docker-endpoint=unix:///var/run/docker.sock
+      --experimental-dockershim-root-directory="$STATE/kubelet/dockershim"
+      --container-runtime-endpoint="unix://$STATE/kubelet/dockershim.sock" --image-service-endpoint="unix://$STATE/kubelet/dockershim.sock")
+  else
+    RUNTIME_FLAGS=(--container-runtime=remote --runtime-request-timeout=5m
+      --container-runtime-endpoint="unix://$STATE/containerd/containerd.sock" --image-service-endpoint="unix://$STATE/containerd/containerd.sock")
+  fi
+  start kubelet "$BIN/kubelet" --kubeconfig="$STATE/kubeconfig" "${RUNTIME_FLAGS[@]}" \
     --pod-infra-container-image=k8s.gcr.io/pause:3.2 \
-    --experimental-dockershim-root-directory="$STATE/kubelet/dockershim" \
-    --container-runtime-endpoint="unix://$STATE/kubelet/dockershim.sock" --image-service-endpoint="unix://$STATE/kubelet/dockershim.sock" \
     --root-dir="$STATE/kubelet/root" --cert-dir="$STATE/kubelet/pki" --volume-plugin-dir="$STATE/kubelet/plugins" \
     --seccomp-profile-root="$STATE/kubelet/seccomp" \
     --hostname-override=local-node --node-ip="$NODE_IP" --address="$NODE_IP" --read-only-port=0 \

@@ -14,7 +14,7 @@ say() { printf '\n\033[1m==> %s\033[0m\n' "$*" >&2; }
 say "1/7 installing what is missing (Debian packages, cargo-nextest, helm, Kubernetes v1.20.2 build, cached)"
 tests/scripts/setup.sh
 
-say "2/7 starting a local one-node Kubernetes v1.20.2 (etcd, apiserver, dockerd, kubelet, ...)"
+say "2/7 starting a local one-node Kubernetes v1.20.2 (etcd, apiserver, containerd, kubelet, ...)"
 STATE=$STATE NODE=1 tests/local-cluster/up.sh >/dev/null
 # shellcheck source=/dev/null
 . "$STATE/env"

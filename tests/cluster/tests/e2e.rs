@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use boundary_api::contract::{self, annotations, labels, objects};
+use boundary_test_support::node_runtime::NodeRuntime;
 use boundary_test_support::{
     TestNamespace, client, eventually, image, kubectl_output, wait_for_pod_phase,
 };
@@ -692,7 +693,9 @@ async fn an_opted_in_pod_is_jailed_without_capabilities_and_only_the_allowed_ser
 
 /// 2. A pod that asks for `seccompProfile: RuntimeDefault` (which refuses user namespaces, like
 ///    Bottlerocket's default) gets the node agent's Localhost profile and works; without the
-///    webhook the same jail fails with the jail's own error naming seccomp.
+///    webhook the same jail fails with the jail's own error naming seccomp, and runs under
+///    `Unconfined`. On the local cluster these are the node runtime's own profiles (containerd's
+///    default; dockerd's with `RUNTIME=docker`).
 #[tokio::test]
 async fn a_runtime_default_seccomp_pod_gets_the_profile_it_needs_and_works() -> anyhow::Result<()> {
     let _lock = exclusive()?;
@@ -759,10 +762,55 @@ async fn a_runtime_default_seccomp_pod_gets_the_profile_it_needs_and_works() -> 
         let text = logs(&plain_pods, "jail", "jail").await?;
         assert_eq!(done, "Failed", "RuntimeDefault refuses the jail: {text}");
         assert!(text.contains("seccomp"), "the jail's error names seccomp: {text}");
+
+        // The same jail under `Unconfined` (Bottlerocket's documented option): the runtime loads
+        // no profile, and the user namespace is allowed.
+        Box::pin(unconfined_jail_runs(&plain, pod)).await?;
+        eprintln!(
+            "seccomp cases on {}: RuntimeDefault refused the jail, the Localhost profile and Unconfined let it run",
+            node.status
+                .as_ref()
+                .and_then(|s| s.node_info.as_ref())
+                .map_or("an unknown runtime", |i| i.container_runtime_version.as_str())
+        );
         anyhow::Ok(())
     }
     .await;
     dump_on_error(&world.ns, result).await
+}
+
+/// `pod` (a plain jail) again as `jail-unconfined` with seccomp `Unconfined`: it must succeed.
+async fn unconfined_jail_runs(plain: &TestNamespace, mut pod: Pod) -> anyhow::Result<()> {
+    pod.metadata.name = Some("jail-unconfined".into());
+    if let Some(spec) = pod.spec.as_mut() {
+        spec.security_context = Some(serde_json::from_value(
+            json!({"seccompProfile": {"type": "Unconfined"}}),
+        )?);
+    }
+    plain.create_pod(&pod).await?;
+    let pods: Api<Pod> = plain.api();
+    let done = eventually(
+        Duration::from_mins(2),
+        "the unconfined jail pod finished",
+        || async {
+            let phase = pods
+                .get("jail-unconfined")
+                .await?
+                .status
+                .and_then(|s| s.phase)
+                .unwrap_or_default();
+            Ok(["Succeeded", "Failed"]
+                .contains(&phase.as_str())
+                .then_some(phase))
+        },
+    )
+    .await?;
+    let text = logs(&pods, "jail-unconfined", "jail").await?;
+    anyhow::ensure!(
+        done == "Succeeded",
+        "Unconfined lets the jail run, but it {done}: {text}"
+    );
+    Ok(())
 }
 
 /// `user.max_user_namespaces` of the node, set by a test and put back when dropped. The node

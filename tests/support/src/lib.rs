@@ -9,6 +9,7 @@
 //! fails (events, policies, pods, container logs) and deletes it afterwards.
 #![forbid(unsafe_code)]
 
+pub mod node_runtime;
 pub mod nodes;
 
 use std::fmt::Write as _;

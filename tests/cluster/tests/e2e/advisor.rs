@@ -4,9 +4,6 @@
 //! sidecar's image) writing the policy, `kubectl apply` of it, and the agent working under it in
 //! Enforce mode while a host it never used is refused.
 
-use std::io::Write as _;
-use std::process::Stdio;
-
 use super::*;
 
 #[tokio::test]
@@ -110,27 +107,12 @@ fn fetching(world: &World, name: &str, urls: &[String]) -> anyhow::Result<Pod> {
 /// `boundary suggest --from-status -` of a policy `object` (JSON): the real binary, from the
 /// image the sidecars run.
 fn suggest_from_status(object: &str) -> anyhow::Result<String> {
-    let mut suggest = Command::new("docker")
-        .args([
-            "run",
-            "--rm",
-            "-i",
-            &image("jail-runtime"),
-            "suggest",
-            "--from-status",
-            "-",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("running docker")?;
-    suggest
-        .stdin
-        .take()
-        .context("stdin")?
-        .write_all(object.as_bytes())?;
-    let out = suggest.wait_with_output()?;
+    let out = NodeRuntime::local()?.run_from_image(
+        &image("jail-runtime"),
+        "/usr/local/bin/boundary",
+        &["suggest", "--from-status", "-"],
+        object.as_bytes(),
+    )?;
     anyhow::ensure!(
         out.status.success(),
         "boundary suggest failed: {}",

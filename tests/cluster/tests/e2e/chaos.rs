@@ -19,7 +19,7 @@ async fn component_pods(client: &Client, component: &str) -> anyhow::Result<Vec<
         .items)
 }
 
-/// The docker id of container `container` of `pod` (the local node's runtime is Docker).
+/// The node runtime's id of container `container` of `pod`.
 fn container_id(pod: &Pod, container: &str) -> anyhow::Result<String> {
     let status = pod
         .status
@@ -31,7 +31,7 @@ fn container_id(pod: &Pod, container: &str) -> anyhow::Result<String> {
         .container_id
         .as_deref()
         .with_context(|| format!("container {container} has no id yet"))?;
-    Ok(id.trim_start_matches("docker://").to_owned())
+    Ok(NodeRuntime::local()?.container_id(id)?.to_owned())
 }
 
 fn running(pod: &Pod, container: &str) -> bool {
@@ -105,7 +105,7 @@ async fn a_killed_sidecar_comes_back_and_the_running_agent_works_again() -> anyh
         let agent_restarts = restarts(&pod, "agent");
         // Killed twice: the kubelet restarts a crashed container at once the first time and
         // after its crash-loop back-off (10 s) the second, so the agent meets the outage.
-        run(Command::new("docker").args(["kill", &container_id(&pod, sidecar)?]))?;
+        NodeRuntime::local()?.kill(&container_id(&pod, sidecar)?)?;
         let pod = eventually(Duration::from_mins(2), "the kubelet restarts the sidecar", || async {
             let pod = pods.get("agent").await?;
             let back = restarts(&pod, sidecar) >= 1
@@ -116,7 +116,7 @@ async fn a_killed_sidecar_comes_back_and_the_running_agent_works_again() -> anyh
         .await?;
         let killed_at = Timestamp::now();
         let started = Instant::now();
-        run(Command::new("docker").args(["kill", &container_id(&pod, sidecar)?]))?;
+        NodeRuntime::local()?.kill(&container_id(&pod, sidecar)?)?;
         eventually(Duration::from_mins(2), "the kubelet restarts the sidecar again", || async {
             let pod = pods.get("agent").await?;
             Ok((restarts(&pod, sidecar) >= 2).then_some(()))

@@ -641,8 +641,8 @@ async fn policy_status_counts_only_pods_whose_jail_enforces_and_gates_readiness(
     dump_on_error(&world.ns, result).await
 }
 
-/// A `docker-registry` (Debian's package) on the node's loopback, with the e2e-tools image
-/// pushed into it by the node's Docker; stopped on drop.
+/// A `docker-registry` (Debian's package) on the node's IP, with the e2e-tools image pushed into
+/// it by the node's runtime; stopped on drop.
 struct LocalRegistry {
     child: std::process::Child,
     _dir: tempfile::TempDir,
@@ -656,8 +656,8 @@ impl Drop for LocalRegistry {
     }
 }
 
-/// The registry listens on the node's IP (docker0 of the local cluster), which pods and the
-/// webhook reach and where the harness's dockerd speaks plain HTTP (`--insecure-registry`).
+/// The registry listens on the node's IP (the pods' bridge of the local cluster), which pods and
+/// the webhook reach, over plain HTTP (see `NodeRuntime::push_to_plain_http_registry`).
 fn local_registry(node_ip: &str) -> anyhow::Result<LocalRegistry> {
     let dir = tempfile::tempdir()?;
     let port = std::net::TcpListener::bind((node_ip, 0))?
@@ -693,9 +693,11 @@ fn local_registry(node_ip: &str) -> anyhow::Result<LocalRegistry> {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let pushed = format!("{}/e2e-tools:dev", registry.address);
-    run(Command::new("docker").args(["tag", &image("e2e-tools"), &pushed]))?;
-    run(Command::new("docker").args(["push", &pushed]))?;
+    NodeRuntime::local()?.push_to_plain_http_registry(
+        &image("e2e-tools"),
+        &registry.address,
+        "e2e-tools:dev",
+    )?;
     Ok(registry)
 }
 
