@@ -135,6 +135,9 @@ pub mod annotations {
         /// (comma-separated, e.g. `publish-anywhere,broad-write`) whose warnings are silenced
         /// for this policy ([`crate::lint`]).
         LINT_IGNORE = "agentboundary.dev/lint-ignore";
+        /// On the project's CRDs, written by the operator that applied them: its release
+        /// version. An older operator (a rollback) leaves CRDs of a newer release alone.
+        CRD_RELEASE = "agentboundary.dev/release";
     }
 }
 
@@ -364,6 +367,8 @@ pub mod operator_env {
         NODE_AGENT_NAMESPACE = "BOUNDARY_NODE_AGENT_NAMESPACE";
         /// Seconds before a failed reconcile is retried.
         RETRY_SECONDS = "BOUNDARY_RETRY_SECONDS";
+        /// Whether the operator applies its release's CRDs at start (`true`/`false`).
+        MANAGE_CRDS = "BOUNDARY_MANAGE_CRDS";
         /// Namespace of the leader-election Lease (unset: no leader election).
         LEASE_NAMESPACE = "BOUNDARY_LEASE_NAMESPACE";
         /// Name of the leader-election Lease.

@@ -43,6 +43,16 @@ pub struct Config {
     /// Seconds before a failed reconcile is retried.
     #[arg(long, env = boundary_api::contract::operator_env::RETRY_SECONDS, default_value_t = 10)]
     pub retry_seconds: u64,
+    /// Apply this release's CRDs at start (server-side apply; needs `get` and `patch` on the two
+    /// CRDs), so an upgrade brings their new fields. `false` when CRDs are managed elsewhere
+    /// (GitOps): then apply `crds/` yourself before each upgrade.
+    #[arg(
+        long,
+        env = boundary_api::contract::operator_env::MANAGE_CRDS,
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub manage_crds: bool,
     /// Name of this instance in Events (`reportingInstance`) and in the leader-election Lease;
     /// the Pod name in a cluster.
     #[arg(long, env = boundary_api::contract::env::POD_NAME)]
@@ -91,6 +101,7 @@ impl Default for Config {
             node_agent_selector: DEFAULT_NODE_AGENT_SELECTOR.into(),
             node_agent_namespace: None,
             retry_seconds: 10,
+            manage_crds: true,
             instance: None,
             namespace: None,
             lease_namespace: None,

@@ -17,6 +17,7 @@
 //! * [`node_agent`]: the node agent (`boundary-node-agent`, the DaemonSet) that writes those
 //!   reports on its own Pod from `boundary probe`.
 //! * [`certs`]: the webhook's CA, serving certificate and `caBundle`.
+//! * [`crds`]: the release's CRDs, applied at start so an upgrade brings their new fields.
 //! * [`run`](mod@run): wires them up behind [`leader`] election, with [`metrics`]; [`config`] is
 //!   their settings, `watch` and [`shutdown`] the plumbing they share.
 #![forbid(unsafe_code)]
@@ -25,6 +26,7 @@ pub mod certs;
 pub mod cluster;
 pub mod compile;
 pub mod config;
+pub mod crds;
 pub mod credentials;
 pub mod denials;
 pub mod enforcement;
@@ -63,6 +65,9 @@ pub enum Error {
     /// The webhook's certificates cannot be managed.
     #[error("webhook certificates: {0}")]
     Certificates(#[from] certs::CertError),
+    /// An applied CRD did not become Established.
+    #[error("CustomResourceDefinition {0} was applied but not Established within a minute")]
+    CrdNotEstablished(String),
     /// The metrics endpoint cannot listen.
     #[error("listening on {addr} for /metrics: {source}")]
     Metrics {
@@ -80,6 +85,7 @@ pub enum ErrorLabel {
     WatchStopped,
     MissingField,
     Certificates,
+    Crd,
     Metrics,
 }
 
@@ -91,6 +97,7 @@ impl ErrorLabel {
             ErrorLabel::WatchStopped => "watch_stopped",
             ErrorLabel::MissingField => "missing_field",
             ErrorLabel::Certificates => "certificates",
+            ErrorLabel::Crd => "crd",
             ErrorLabel::Metrics => "metrics",
         }
     }
@@ -112,6 +119,7 @@ impl Error {
             Error::WatchStopped(_) => ErrorLabel::WatchStopped,
             Error::MissingField(_) => ErrorLabel::MissingField,
             Error::Certificates(_) => ErrorLabel::Certificates,
+            Error::CrdNotEstablished(_) => ErrorLabel::Crd,
             Error::Metrics { .. } => ErrorLabel::Metrics,
         }
     }

@@ -8,7 +8,7 @@ use kube::Client;
 
 use crate::config::Config;
 use crate::shutdown::Shutdown;
-use crate::{Error, certs, leader, metrics, nodes, policy};
+use crate::{Error, certs, crds, leader, metrics, nodes, policy};
 
 /// Runs the operator until `shutdown`: the metrics endpoint always, the controllers and the
 /// certificate manager only while this replica leads (always without leader election). Each
@@ -72,5 +72,35 @@ async fn controllers(client: Client, config: Config, shutdown: Shutdown) -> Resu
         .await
         .map_err(Error::from)
     };
-    tokio::try_join!(policies, nodes, certificates).map(|_| ())
+    let crds = async {
+        if config.manage_crds {
+            Box::pin(apply_crds(&client, &config, shutdown.clone())).await;
+        }
+        Ok(())
+    };
+    tokio::try_join!(crds, policies, nodes, certificates).map(|_| ())
+}
+
+/// Brings the CRDs to this release, retrying until it works or `shutdown`. The controllers do
+/// not wait: they serve the policies there are, and a failure here is logged as the error it is
+/// (new fields of this release would be pruned from policies written meanwhile).
+async fn apply_crds(client: &Client, config: &Config, shutdown: Shutdown) {
+    let release = crds::release();
+    let desired = crds::desired(&release);
+    loop {
+        match crds::ensure(client, &desired, &release).await {
+            Ok(_) => return,
+            Err(error) => tracing::error!(
+                %error,
+                "the CRDs are not this release's: fields it added would be pruned from policies \
+                 written now; grant the operator get and patch on the two CRDs (the chart does \
+                 with operator.manageCRDs=true), or apply crds/ yourself"
+            ),
+        }
+        let wait = shutdown.clone().wait();
+        tokio::select! {
+            () = wait => return,
+            () = tokio::time::sleep(config.retry()) => {}
+        }
+    }
 }
