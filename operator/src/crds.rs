@@ -170,6 +170,9 @@ mod tests {
                 ours.annotations_mut().remove(annotations::CRD_RELEASE),
                 Some(release.to_string())
             );
+            if ours.annotations().is_empty() {
+                ours.metadata.annotations = None;
+            }
             assert_eq!(ours, theirs);
         }
     }
