@@ -3,6 +3,8 @@
 # images are built into its Docker first; on another cluster they must already be pullable there
 # as $BOUNDARY_IMAGE_REPO/<name>:$BOUNDARY_IMAGE_TAG.
 #   cluster-tests.sh NEXTEST_COMMAND...
+# E2E_FILTER=EXPR runs only the end-to-end tests matching the nextest filter EXPR (test-all.sh
+# runs the runtime's own cases again on a dockershim node that way).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 if [ "${KUBECONFIG:-}" = "${STATE:-/tmp/agent-boundary-cluster}/kubeconfig" ]; then
@@ -11,6 +13,12 @@ fi
 # shellcheck source=/dev/null
 . "$ROOT/tests/scripts/chart-tools.sh"
 export HELM
+if [ -n "${E2E_FILTER:-}" ]; then
+  status=0
+  "$@" -p boundary-cluster-tests --test e2e -E "$E2E_FILTER" || status=$?
+  "$ROOT/tests/scripts/e2e-uninstall.sh" || true
+  exit "$status"
+fi
 # The end-to-end tests install the Helm chart (its webhook mutates opted-in namespaces, its
 # operator reconciles every policy): they run after the others, then the release goes.
 # The outage test stops the apiserver every other test uses: it runs alone, last.
