@@ -10,6 +10,8 @@ if [ "${KUBECONFIG:-}" = "${STATE:-/tmp/agent-boundary-cluster}/kubeconfig" ]; t
 fi
 # shellcheck source=/dev/null
 . "$ROOT/tests/scripts/chart-tools.sh"
+chart_tools_install
+# Helm 4 (the end-to-end tests install, upgrade and uninstall the chart with it).
 export HELM
 # The end-to-end tests install the Helm chart (its webhook mutates opted-in namespaces, its
 # operator reconciles every policy): they run after the others, then the release goes.

@@ -92,7 +92,19 @@ lifecycle() {
   check "[$who] the CRDs came with the chart" "2" \
     "$("${K[@]}" get crd boundarypolicies.agentboundary.dev clusterboundarypolicies.agentboundary.dev -o name | wc -l)"
 
+  # The operator puts the caBundle into the webhook configuration (a strategic merge patch of
+  # its own, operator/src/certs): an upgrade must keep it (the chart never renders one).
+  local webhooks patch
+  webhooks=$("${K[@]}" get mutatingwebhookconfigurations -l "app.kubernetes.io/instance=$release" -o name)
+  patch=$("${K[@]}" get "$webhooks" -o json | "$KV_NEW_PY" -c '
+import json, sys
+print(json.dumps({"webhooks": [{"name": w["name"], "clientConfig": {"caBundle": "Y2E="}}
+                               for w in json.load(sys.stdin)["webhooks"]]}))')
+  "${K[@]}" patch "$webhooks" --type strategic --field-manager boundary-operator -p "$patch" >/dev/null
+
   helm_of "$upgrader" upgrade "$release" "$CHART" -n "$ns" "${upgraded_values[@]}" >/dev/null
+  check "[$who] upgrade: the operator's caBundle is kept in every webhook" "Y2E=" \
+    "$("${K[@]}" get "$webhooks" -o jsonpath='{range .webhooks[*]}{.clientConfig.caBundle}{"\n"}{end}' | sort -u)"
   check "[$who] upgraded" "deployed 2" "$(status_of "$upgrader" "$release" "$ns")"
   check "[$who] upgrade: helm's field manager operation" \
     "$([ "$upgrader" = "$HELM" ] && { [ "$installer" = "$HELM" ] && echo Apply || echo Update; })" \
