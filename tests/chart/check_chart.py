@@ -20,7 +20,13 @@ Values that must be refused (typos, wrong types, out-of-range numbers) are check
 fail with a message naming the key. The rendered files are written to OUT for
 tests/chart/validate.py (kubernetes-validate).
 
-    python3 check_chart.py HELM REPO_ROOT OUT RECENT_K8S_VERSION
+    python3 check_chart.py HELM REPO_ROOT OUT RECENT_K8S_VERSION [K8S_VERSION...]
+
+The chart's only switch on the Kubernetes version is at 1.21 (the PodDisruptionBudget's API), so
+the recent rendering stands for every version from 1.21: each further K8S_VERSION (those whose
+schemas tests/chart/validate.py checks the recent renderings against) must render exactly like
+RECENT (checked on the scenarios of VERSION_SCENARIOS, where most objects are), and the templates
+must have no other switch on .Capabilities.KubeVersion.
 """
 
 import json
@@ -35,6 +41,8 @@ import tempfile
 import yaml
 
 HELM, ROOT, OUT, RECENT = sys.argv[1:5]
+SAME_AS_RECENT = sys.argv[5:]
+VERSION_SCENARIOS = {"defaults", "cert-manager", "monitoring"}
 CHART = os.path.join(ROOT, "charts", "agent-boundary")
 OLD = "1.20.2"
 FAILURES = []
@@ -806,6 +814,19 @@ def main():
             with open(os.path.join(OUT, f"{name}-{tag}.yaml"), "w") as f:
                 f.write(text)
             check_render(name, s, Objects(docs), kube)
+            if kube == RECENT and name in VERSION_SCENARIOS:
+                for other in SAME_AS_RECENT:
+                    _, other_text = render(s["release"], s["namespace"], sets, other)
+                    check(other_text == text, f"[{name}] renders for Kubernetes {other} as for {RECENT}")
+
+    switches = []
+    for base, _, names in os.walk(os.path.join(CHART, "templates")):
+        for n in names:
+            with open(os.path.join(base, n)) as f:
+                switches += [f"{n}: {line.strip()}" for line in f if "Capabilities.KubeVersion" in line]
+    check(len(switches) == 1 and '">=1.21-0"' in switches[0],
+          f"the templates' only Kubernetes version switch is at 1.21 (the renderings for 1.21+ stand for "
+          f"each other): {switches}")
 
     # The defaults match the local image build, so `helm install` works after build-images.sh.
     values = yaml.safe_load(read("charts", "agent-boundary", "values.yaml"))
@@ -859,7 +880,9 @@ def main():
               "NOTES.txt warns about failurePolicy Ignore, and only then")
         check("privileged" in notes("nodeAgent.enableUserNamespaces=true"), "NOTES.txt names the privileged node agent")
 
-    print(f"check_chart: {len(SCENARIOS)} scenarios x 2 Kubernetes versions, {len(REFUSED)} refused values, "
+    helm_version = helm("version", "--short").stdout.strip()
+    print(f"check_chart with helm {helm_version}: {len(SCENARIOS)} scenarios x 2 Kubernetes versions "
+          f"(the recent one also as {', '.join(SAME_AS_RECENT) or 'no other'}), {len(REFUSED)} refused values, "
           f"{CHECKS} checks, {len(FAILURES)} failed")
     for f in FAILURES:
         print("FAIL", f)

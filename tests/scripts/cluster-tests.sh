@@ -12,6 +12,8 @@ if [ "${KUBECONFIG:-}" = "${STATE:-/tmp/agent-boundary-cluster}/kubeconfig" ]; t
 fi
 # shellcheck source=/dev/null
 . "$ROOT/tests/scripts/chart-tools.sh"
+chart_tools_install
+# Helm 4 (the end-to-end tests install, upgrade and uninstall the chart with it).
 export HELM
 if [ -n "${E2E_FILTER:-}" ]; then
   status=0

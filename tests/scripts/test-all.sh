@@ -3,7 +3,10 @@
 #   1. installs what is missing (tests/scripts/setup.sh; cached Kubernetes build)
 #   2. cargo fmt --check, clippy -D warnings
 #   3. unit, golden and namespace tests of every crate, the Helm chart's lint/render/schema tests
-#      (tests/scripts/test-chart.sh), and each fuzz target for a while
+#      with Helm 4 and Helm 3.6.2 (tests/scripts/test-chart.sh), helm install/upgrade/uninstall on
+#      an apiserver-only cluster of its own (tests/scripts/test-helm-releases.sh), the webhook's
+#      planned pods against the 1.29-1.35 schemas (tests/scripts/test-webhook-pod-schemas.sh),
+#      and each fuzz target for a while
 #   4. cluster tests against a real Kubernetes: the local v1.20.2 cluster with a real node
 #      (started here and always torn down), or the cluster of $KUBECONFIG when it is set.
 set -euo pipefail
@@ -25,6 +28,10 @@ step "proxy tests as an unprivileged user"
 tests/scripts/unprivileged-proxy-tests.sh
 step "chart"
 tests/scripts/test-chart.sh
+step "helm releases (Helm 4 and 3.6.2, kubectl 1.35)"
+tests/scripts/test-helm-releases.sh
+step "webhook pods against the Kubernetes 1.29-1.35 schemas"
+tests/scripts/test-webhook-pod-schemas.sh "${NEXTEST[@]}"
 step "fuzz targets"
 tests/scripts/fuzz.sh "${FUZZ_SECONDS:-20}"
 step "cluster tests"

@@ -8,6 +8,10 @@
 //! rewrites the golden files (review the diff). Every case is also planned a second time on
 //! the patched pod: the second patch must be empty and the verdict the same (idempotent
 //! reinvocation).
+//!
+//! With `GOLDEN_PODS_DIR=<dir>` set, every case's patched pod is also written there as
+//! `<group>--<case>.json` (`{clusterMinor, verdict, pod}`): tests/scripts/test-webhook-pod-schemas.sh
+//! validates them against the Kubernetes schemas of the versions they were planned for.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -317,6 +321,7 @@ fn every_case_plans_the_same_whatever_the_node_grouping() -> anyhow::Result<()> 
 #[test]
 fn every_case_matches_its_golden_file_and_reinvocation_changes_nothing() -> anyhow::Result<()> {
     let update = std::env::var_os("UPDATE_GOLDEN").is_some();
+    let pods_dir = std::env::var_os("GOLDEN_PODS_DIR").map(PathBuf::from);
     let mut failures = Vec::new();
     let all = cases()?;
     assert!(
@@ -355,6 +360,9 @@ fn every_case_matches_its_golden_file_and_reinvocation_changes_nothing() -> anyh
                 path.display()
             ));
         }
+        if let Some(dir) = &pods_dir {
+            write_patched_pod(dir, path, &loaded, &decision, &patched)?;
+        }
         // Reinvocation: the patched pod planned again gives the same verdict and no patch.
         let patched: Pod = serde_json::from_value(patched)?;
         if let Some(failure) = ca_volume_misplaced(&patched) {
@@ -386,6 +394,35 @@ fn every_case_matches_its_golden_file_and_reinvocation_changes_nothing() -> anyh
         );
     }
     Ok(())
+}
+
+/// Writes the pod the apiserver would store for a case, for the schema validation of
+/// tests/scripts/test-webhook-pod-schemas.sh.
+fn write_patched_pod(
+    dir: &Path,
+    case: &Path,
+    loaded: &Loaded,
+    decision: &Decision,
+    patched: &Value,
+) -> anyhow::Result<()> {
+    let group = case
+        .parent()
+        .and_then(Path::file_name)
+        .and_then(|g| g.to_str())
+        .unwrap_or_default();
+    let name = case
+        .file_stem()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let file = dir.join(format!("{group}--{name}.json"));
+    let record = json!({
+        "clusterMinor": loaded.cluster.minor,
+        "verdict": decision.verdict,
+        "pod": patched,
+    });
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(&file, serde_json::to_string_pretty(&record)?)
+        .with_context(|| format!("writing {}", file.display()))
 }
 
 /// The sidecar's CA volume (its private key) must be mounted by the sidecar and by no other

