@@ -7,8 +7,9 @@
 #      an apiserver-only cluster of its own (tests/scripts/test-helm-releases.sh), the webhook's
 #      planned pods against the 1.29-1.35 schemas (tests/scripts/test-webhook-pod-schemas.sh),
 #      and each fuzz target for a while
-#   4. cluster tests against a real Kubernetes: the local v1.20.2 cluster with a real node
-#      (started here and always torn down), or the cluster of $KUBECONFIG when it is set.
+#   4. cluster tests against a real Kubernetes: the local v1.20.2 cluster with a real containerd
+#      node (started here and always torn down), or the cluster of $KUBECONFIG when it is set;
+#      then the end-to-end cases that depend on the runtime again on a dockershim node.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
@@ -36,4 +37,11 @@ step "fuzz targets"
 tests/scripts/fuzz.sh "${FUZZ_SECONDS:-20}"
 step "cluster tests"
 tests/local-cluster/with-cluster.sh --node -- tests/scripts/cluster-tests.sh "${NEXTEST[@]}"
+if [ -z "${KUBECONFIG:-}" ]; then
+  # The runtime's own cases (its seccomp profiles, its image store and registry client, killing
+  # its containers) once more on dockerd; the rest is runtime-independent and ran above.
+  step "end-to-end tests of the runtime's cases on a dockershim node"
+  RUNTIME=docker E2E_FILTER='test(/seccomp|entrypoint|killed_sidecar|advisor/)' \
+    tests/local-cluster/with-cluster.sh --node -- tests/scripts/cluster-tests.sh "${NEXTEST[@]}"
+fi
 step "all tests passed"
