@@ -237,6 +237,8 @@ mod tests {
     /// the command), `main`'s own exit status counts.
     #[test]
     fn without_a_report_the_exit_status_of_main_counts() {
+        // Reaped by `supervise_reported` itself (its waitpid is what the test checks).
+        #[allow(clippy::zombie_processes)]
         let child = Command::new("sh").args(["-c", "exit 7"]).spawn().unwrap();
         let pid = pid_of(&child);
         // Until it is a zombie: its exit status is then there to reap whatever happens to the
