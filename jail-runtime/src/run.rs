@@ -377,7 +377,7 @@ async fn serve_jail(
     settings: RunSettings,
     session: String,
     ca: Option<Arc<CertAuthority>>,
-    started: Started,
+    mut started: Started,
     tier: Tier,
     sidecar: Option<(crate::session::Session, Arc<crate::session::Refusals>)>,
 ) -> Result<i32, JailError> {
@@ -407,11 +407,10 @@ async fn serve_jail(
         None => None,
     };
     // Wait (and forward signals) from the start: a short command must not wait for the proxy.
-    let pid = match &started {
-        Started::Jail(spawned) => spawned.init,
-        Started::Landlock { pid, .. } => *pid,
+    let exit = match &mut started {
+        Started::Jail(spawned) => wait_for(spawned.init, spawned.exit_report.take()),
+        Started::Landlock { pid, .. } => wait_for(*pid, None),
     };
-    let exit = wait_for(pid);
     let code = match started {
         Started::Jail(spawned) => {
             let (sidecar, refusals) = sidecar.unzip();
@@ -478,11 +477,21 @@ async fn serve_jail(
     Ok(code)
 }
 
-/// Waits for the jail's top process on a thread of its own (it also forwards signals).
-fn wait_for(pid: nix::unistd::Pid) -> impl std::future::Future<Output = i32> {
+/// Waits for the jail's top process on a thread of its own (it also forwards signals). With
+/// `exit_report` (a namespaced jail's init), the command's exit code as soon as the init
+/// reports it, before the init has torn the jail down.
+fn wait_for(
+    pid: nix::unistd::Pid,
+    exit_report: Option<std::os::fd::OwnedFd>,
+) -> impl std::future::Future<Output = i32> {
+    use std::os::fd::AsFd as _;
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
-        let _ = tx.send(signals::supervise(pid, false));
+        let code = match &exit_report {
+            Some(report) => signals::supervise_reported(pid, report.as_fd()),
+            None => signals::supervise(pid, false),
+        };
+        let _ = tx.send(code);
     });
     async move { rx.await.unwrap_or(EXIT_SETUP_FAILED) }
 }

@@ -724,6 +724,30 @@ async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     panic!("{what}");
 }
 
+/// The init hands the command's exit code back before the jail's namespaces are torn down only
+/// when nothing else runs in the jail: with a background process left, `boundary run` waits
+/// for the init as before, so that process is gone by the time `boundary run` has exited.
+#[tokio::test]
+async fn the_exit_code_comes_back_early_only_from_an_empty_jail() {
+    require_root();
+    let marker = format!(
+        "{}.{}",
+        5000 + common::rand_u32() % 1000,
+        common::rand_u32() % 1000
+    );
+    let out = jailed(As::Root, &[], &format!("sleep {marker} & exit 3")).await;
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        pids_of(&format!("sleep {marker}")).is_empty(),
+        "a process left in the jail is gone when boundary run has exited"
+    );
+    // From an empty jail (the early hand-off): exit codes and deaths by signal as before.
+    for (script, code) in [("exit 5", 5), ("kill -TERM $$", 143), ("true", 0)] {
+        let out = jailed(As::Nobody, &[], script).await;
+        assert_eq!(out.status.code(), Some(code), "{script}: {}", stderr(&out));
+    }
+}
+
 #[tokio::test]
 async fn sigkill_of_any_jail_process_leaves_nothing_behind() {
     require_root();

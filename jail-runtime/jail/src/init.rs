@@ -18,8 +18,15 @@ use crate::netlink;
 use crate::sys::{self, Forked};
 use crate::{DNS_PORT, FORWARDER_PORT, JailPlan, ListenerKind, mounts, privileges, signals};
 
-/// Runs the init; returns its exit code (the command's).
-pub(super) fn main(plan: &JailPlan, control: &OwnedFd, uid: Uid, gid: Gid) -> i32 {
+/// Runs the init; returns its exit code (the command's). `exit_report`: the write end of the
+/// pipe on which the supervisor learns the code before the init exits.
+pub(super) fn main(
+    plan: &JailPlan,
+    control: &OwnedFd,
+    exit_report: &OwnedFd,
+    uid: Uid,
+    gid: Gid,
+) -> i32 {
     match build(plan, control, uid, gid) {
         Err(e) => {
             let _ = send_report(control, &Report::Failed(e), &[]);
@@ -31,7 +38,16 @@ pub(super) fn main(plan: &JailPlan, control: &OwnedFd, uid: Uid, gid: Gid) -> i3
                 return EXIT_SETUP_FAILED;
             }
             drop(listeners);
-            run_command(plan, control)
+            let code = run_command(plan, control);
+            // The supervisor may exit with the code now, before this process exits: the
+            // kernel's teardown of the jail's namespaces (unmounting the mount namespace's
+            // copy of every mount takes a while) then happens off `boundary run`'s path. Only
+            // when nothing else runs in the jail: otherwise the supervisor waits, as before,
+            // until this process's exit has ended the rest of the jail.
+            if signals::jail_is_empty() {
+                signals::write_exit_report(exit_report.as_fd(), code);
+            }
+            code
         }
     }
 }
@@ -176,7 +192,13 @@ fn run_command(plan: &JailPlan, control: &OwnedFd) -> i32 {
             let _ = privileges::drop_all();
             let _ = nix::sys::prctl::set_dumpable(false);
             // Meanwhile, serve the supervisor's requests for sockets of this namespace.
-            let mut serve = || serve_socket_request(control);
+            let mut serve = || {
+                if serve_socket_request(control) {
+                    signals::Serve::Again
+                } else {
+                    signals::Serve::Stop
+                }
+            };
             signals::supervise_serving(child, true, Some((control.as_fd(), &mut serve)))
         }
     }

@@ -17,7 +17,10 @@
 //!
 //! Clean-up needs no code: when the init dies the kernel kills the jail's processes and frees
 //! its namespaces (interfaces, routes, nftables rules, mounts with them); when the supervisor
-//! dies, the init gets SIGKILL (parent-death signal). Nothing is changed outside the jail.
+//! dies, the init gets SIGKILL (parent-death signal). Nothing is changed outside the jail. When
+//! the command has exited and nothing else runs in the jail, the init first writes its exit
+//! code to a pipe ([`signals::supervise_reported`]): the supervisor exits with it while the
+//! kernel still unmounts the jail's mount namespace.
 //!
 //! Modules: [`plan`] (what the jail is asked to be), [`spawn`] (the supervisor's side: clone,
 //! the report back), [`control`] (the control socket: report and sockets on request), [`init`] (the jail's

@@ -30,6 +30,9 @@ pub struct Spawned {
     pub mounts: MountReport,
     /// More sockets of the jail's network namespace, on request.
     pub sockets: JailSockets,
+    /// The read end of the init's exit pipe: the command's exit code arrives here before the
+    /// init exits (see [`crate::signals::supervise_reported`]); taken by whoever waits.
+    pub exit_report: Option<OwnedFd>,
 }
 
 /// Starts a jail in `plan.tier`. Must be called while the process is single-threaded, with
@@ -82,6 +85,8 @@ pub fn spawn(
         SockFlag::SOCK_CLOEXEC,
     )
     .map_err(|e| JailError::other("creating the jail's control socket", e))?;
+    let (exit_read, exit_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| JailError::other("creating the jail's exit pipe", e))?;
     let mut plan = plan.clone();
     plan.mounts.supervisor_pid = std::process::id();
     let (uid, gid) = (nix::unistd::geteuid(), nix::unistd::getegid());
@@ -89,11 +94,13 @@ pub fn spawn(
     match sys::clone_into_namespaces(flags) {
         Ok(Forked::Child) => {
             drop(ours);
-            let code = init::main(&plan, &theirs, uid, gid);
+            drop(exit_read);
+            let code = init::main(&plan, &theirs, &exit_write, uid, gid);
             std::process::exit(code);
         }
         Ok(Forked::Parent(init)) => {
             drop(theirs);
+            drop(exit_write);
             // From here on nothing in the jail may read this process's memory or descriptors
             // (the proxy's CA key lives here in standalone mode).
             let _ = nix::sys::prctl::set_dumpable(false);
@@ -117,7 +124,9 @@ pub fn spawn(
                 let _ = nix::sys::wait::waitpid(init, None);
                 return Err(e);
             }
-            receive_report(&ours, init, plan.tier)
+            let mut spawned = receive_report(&ours, init, plan.tier)?;
+            spawned.exit_report = Some(exit_read);
+            Ok(spawned)
         }
         Err(errno) => Err(match plan.tier {
             Tier::Userns => JailError::UserNamespaceDenied {
@@ -173,6 +182,7 @@ fn receive_report(control: &OwnedFd, init: Pid, tier: Tier) -> Result<Spawned, J
                 ipv6,
                 mounts,
                 sockets: JailSockets::new(control),
+                exit_report: None,
             })
         }
     }

@@ -354,14 +354,16 @@ impl Sink {
 /// The sending side, cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Audit {
-    tx: Option<std::sync::mpsc::SyncSender<String>>,
+    tx: Option<std::sync::mpsc::Sender<String>>,
     dropped: Arc<AtomicU64>,
     pending: Arc<AtomicU64>,
     format: Format,
     rotation_failures: Arc<AtomicU64>,
 }
 
-/// Queue length: about a second of a very busy agent.
+/// Queue length: about a second of a very busy agent. Counted by `pending` rather than by a
+/// bounded channel: a bounded one allocates (and touches) every slot up front, 256 KiB on the
+/// start-up path of every `boundary run`; this one grows as lines come.
 const QUEUE: usize = 8192;
 
 impl Audit {
@@ -407,7 +409,7 @@ impl Audit {
         format: Format,
         rotation_failures: Arc<AtomicU64>,
     ) -> std::io::Result<Audit> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<String>(QUEUE);
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
         let dropped = Arc::new(AtomicU64::new(0));
         let pending = Arc::new(AtomicU64::new(0));
         let (lost, left) = (dropped.clone(), pending.clone());
@@ -439,8 +441,9 @@ impl Audit {
         let (Ok(()), Ok(line)) = (written, String::from_utf8(line)) else {
             return;
         };
-        self.pending.fetch_add(1, Ordering::Relaxed);
-        if tx.try_send(line).is_err() {
+        // A full queue (lines not yet written, the writer's batch included) drops the line.
+        let queued = self.pending.fetch_add(1, Ordering::Relaxed);
+        if queued >= QUEUE as u64 || tx.send(line).is_err() {
             self.pending.fetch_sub(1, Ordering::Relaxed);
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
