@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's one test command (README; .ci/run calls it). As root on Debian 12:
 #   1. installs what is missing (tests/scripts/setup.sh; cached Kubernetes build)
-#   2. cargo fmt --check, clippy -D warnings
+#   2. cargo fmt --check, clippy -D warnings, the supply-chain checks (cargo deny; the CRDs'
+#      compatibility with the previous release: tests/scripts/supply-chain.sh)
 #   3. unit, golden and namespace tests of every crate, the Helm chart's lint/render/schema tests
 #      (tests/scripts/test-chart.sh), and each fuzz target for a while
 #   4. cluster tests against a real Kubernetes: the local v1.20.2 cluster with a real node
@@ -19,6 +20,8 @@ step "format"
 cargo fmt --all -- --check
 step "clippy"
 cargo clippy --locked --workspace --all-targets -- -D warnings
+step "supply chain"
+tests/scripts/supply-chain.sh
 step "unit tests"
 "${NEXTEST[@]}" --workspace --exclude boundary-cluster-tests
 step "proxy tests as an unprivileged user"

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The supply-chain checks of the test command (tests/scripts/test-all.sh), no cluster needed:
+#   1. cargo deny (deny.toml): licenses, bans (duplicate versions, wildcards), sources
+#      (crates.io only); advisories only with a copy of the RustSec database:
+#        BOUNDARY_ADVISORY_DB=<a git clone of github.com/rustsec/advisory-db>
+#      (these machines reach no copy: without it the check is reported as SKIPPED, never passed)
+#   2. the CRD compatibility check against the previous release (tests/scripts/crd-compat.sh)
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$ROOT"
+# shellcheck source=tests/scripts/supply-tools.sh
+source "$ROOT/tests/scripts/supply-tools.sh"
+supply_tools_install deny
+
+echo "supply-chain: cargo deny check licenses bans sources" >&2
+"$CARGO_DENY" --locked deny --color never check --config deny.toml licenses bans sources
+
+if [ -n "${BOUNDARY_ADVISORY_DB:-}" ]; then
+  [ -d "$BOUNDARY_ADVISORY_DB/crates" ] \
+    || { echo "supply-chain: BOUNDARY_ADVISORY_DB=$BOUNDARY_ADVISORY_DB is not a clone of the RustSec advisory database (no crates/ folder)" >&2; exit 1; }
+  # cargo-deny clones its databases from db-urls: point them at the given copy (a file:// git
+  # URL), into a cache of its own, so nothing is fetched from the network.
+  cfg=$(mktemp); trap 'rm -f "$cfg"' EXIT
+  db=$(cd "$BOUNDARY_ADVISORY_DB" && pwd)
+  sed "s|^db-urls = .*|db-urls = [\"file://$db\"]|" deny.toml > "$cfg"
+  export BOUNDARY_ADVISORY_DB_CACHE=${BOUNDARY_ADVISORY_DB_CACHE:-$SUPPLY_TOOLS/advisory-dbs}
+  echo "supply-chain: cargo deny check advisories (database: $db, commit $(git -C "$db" rev-parse --short HEAD 2>/dev/null || echo '?'))" >&2
+  "$CARGO_DENY" --locked deny --color never check --config "$cfg" advisories
+else
+  echo "supply-chain: advisories SKIPPED: no copy of the RustSec advisory database (GitHub is out of reach here and no reachable registry carries one); set BOUNDARY_ADVISORY_DB to a clone of it to run this check" >&2
+fi
+
+tests/scripts/crd-compat.sh
