@@ -4,16 +4,23 @@
 #      (crates.io only); advisories only with a copy of the RustSec database:
 #        BOUNDARY_ADVISORY_DB=<a git clone of github.com/rustsec/advisory-db>
 #      (these machines reach no copy: without it the check is reported as SKIPPED, never passed)
-#   2. the CRD compatibility check against the previous release (tests/scripts/crd-compat.sh)
+#   2. one version: Chart.yaml's version and appVersion are the workspace's (Cargo.toml), as
+#      tests/scripts/release.sh requires
+#   3. the CRD compatibility check against the previous release (tests/scripts/crd-compat.sh)
+# `supply-chain.sh advisories` runs only the advisories check (BOUNDARY_ADVISORY_DB required;
+# tests/scripts/advisories-test.sh uses it with a database of its own).
 set -euo pipefail
+ONLY=${1:-}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
 # shellcheck source=tests/scripts/supply-tools.sh
 source "$ROOT/tests/scripts/supply-tools.sh"
 supply_tools_install deny
 
-echo "supply-chain: cargo deny check licenses bans sources" >&2
-"$CARGO_DENY" --locked deny --color never check --config deny.toml licenses bans sources
+if [ "$ONLY" != advisories ]; then
+  echo "supply-chain: cargo deny check licenses bans sources" >&2
+  "$CARGO_DENY" --locked deny --color never check --config deny.toml licenses bans sources
+fi
 
 if [ -n "${BOUNDARY_ADVISORY_DB:-}" ]; then
   [ -d "$BOUNDARY_ADVISORY_DB/crates" ] \
@@ -26,8 +33,21 @@ if [ -n "${BOUNDARY_ADVISORY_DB:-}" ]; then
   export BOUNDARY_ADVISORY_DB_CACHE=${BOUNDARY_ADVISORY_DB_CACHE:-$SUPPLY_TOOLS/advisory-dbs}
   echo "supply-chain: cargo deny check advisories (database: $db, commit $(git -C "$db" rev-parse --short HEAD 2>/dev/null || echo '?'))" >&2
   "$CARGO_DENY" --locked deny --color never check --config "$cfg" advisories
+elif [ "$ONLY" = advisories ]; then
+  echo "supply-chain: advisories: BOUNDARY_ADVISORY_DB is not set" >&2; exit 1
 else
   echo "supply-chain: advisories SKIPPED: no copy of the RustSec advisory database (GitHub is out of reach here and no reachable registry carries one); set BOUNDARY_ADVISORY_DB to a clone of it to run this check" >&2
 fi
+[ "$ONLY" = advisories ] && exit 0
+
+version=$(sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p' Cargo.toml)
+for field in version appVersion; do
+  value=$(sed -n "s/^$field: \"\{0,1\}\([^\"]*\)\"\{0,1\}$/\1/p" charts/agent-boundary/Chart.yaml)
+  if [ "$value" != "$version" ]; then
+    echo "supply-chain: charts/agent-boundary/Chart.yaml $field is '$value'; the workspace version (Cargo.toml) is '$version': set both from Cargo.toml" >&2
+    exit 1
+  fi
+done
+echo "supply-chain: chart version and appVersion = workspace version $version" >&2
 
 tests/scripts/crd-compat.sh
