@@ -19,7 +19,7 @@ supply_tools_install deny
 
 if [ "$ONLY" != advisories ]; then
   echo "supply-chain: cargo deny check licenses bans sources" >&2
-  "$CARGO_DENY" --locked deny --color never check --config deny.toml licenses bans sources
+  "$CARGO_DENY" --locked --color never --config deny.toml check licenses bans sources
 fi
 
 if [ -n "${BOUNDARY_ADVISORY_DB:-}" ]; then
@@ -32,7 +32,7 @@ if [ -n "${BOUNDARY_ADVISORY_DB:-}" ]; then
   sed "s|^db-urls = .*|db-urls = [\"file://$db\"]|" deny.toml > "$cfg"
   export BOUNDARY_ADVISORY_DB_CACHE=${BOUNDARY_ADVISORY_DB_CACHE:-$SUPPLY_TOOLS/advisory-dbs}
   echo "supply-chain: cargo deny check advisories (database: $db, commit $(git -C "$db" rev-parse --short HEAD 2>/dev/null || echo '?'))" >&2
-  "$CARGO_DENY" --locked deny --color never check --config "$cfg" advisories
+  "$CARGO_DENY" --locked --color never --config "$cfg" check advisories
 elif [ "$ONLY" = advisories ]; then
   echo "supply-chain: advisories: BOUNDARY_ADVISORY_DB is not set" >&2; exit 1
 else
