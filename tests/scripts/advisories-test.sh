@@ -38,14 +38,12 @@ ADV
 
 make_db "$tmp/hit" httparse RUSTSEC-2099-0001
 make_db "$tmp/miss" no-such-crate-in-the-tree RUSTSEC-2099-0002
-if BOUNDARY_ADVISORY_DB=$tmp/hit BOUNDARY_ADVISORY_DB_CACHE=$tmp/cache-hit \
-    tests/scripts/supply-chain.sh advisories > "$tmp/hit.log" 2>&1; then
+if BOUNDARY_ADVISORY_DB=$tmp/hit tests/scripts/supply-chain.sh advisories > "$tmp/hit.log" 2>&1; then
   cat "$tmp/hit.log" >&2
   echo "advisories-test: FAILED: an advisory against httparse passed the check" >&2; exit 1
 fi
 grep -q RUSTSEC-2099-0001 "$tmp/hit.log" \
   || { cat "$tmp/hit.log" >&2; echo "advisories-test: FAILED: the refusal does not name the advisory" >&2; exit 1; }
-BOUNDARY_ADVISORY_DB=$tmp/miss BOUNDARY_ADVISORY_DB_CACHE=$tmp/cache-miss \
-  tests/scripts/supply-chain.sh advisories > "$tmp/miss.log" 2>&1 \
+BOUNDARY_ADVISORY_DB=$tmp/miss tests/scripts/supply-chain.sh advisories > "$tmp/miss.log" 2>&1 \
   || { cat "$tmp/miss.log" >&2; echo "advisories-test: FAILED: an advisory against no crate of the tree failed the check" >&2; exit 1; }
 echo "advisories-test: an advisory against httparse refuses the tree, one against another crate does not" >&2

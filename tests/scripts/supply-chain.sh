@@ -25,14 +25,13 @@ fi
 if [ -n "${BOUNDARY_ADVISORY_DB:-}" ]; then
   [ -d "$BOUNDARY_ADVISORY_DB/crates" ] \
     || { echo "supply-chain: BOUNDARY_ADVISORY_DB=$BOUNDARY_ADVISORY_DB is not a clone of the RustSec advisory database (no crates/ folder)" >&2; exit 1; }
-  # cargo-deny clones its databases from db-urls: point them at the given copy (a file:// git
-  # URL), into a cache of its own, so nothing is fetched from the network.
-  cfg=$(mktemp); trap 'rm -f "$cfg"' EXIT
+  # cargo-deny keeps the database of deny.toml's db-urls in <db-path>/advisory-db-<hash of the
+  # URL>; --offline makes it use what is there instead of fetching: the given copy, linked in.
+  cache=$(mktemp -d); trap 'rm -rf "$cache"' EXIT
   db=$(cd "$BOUNDARY_ADVISORY_DB" && pwd)
-  sed "s|^db-urls = .*|db-urls = [\"file://$db\"]|" deny.toml > "$cfg"
-  export BOUNDARY_ADVISORY_DB_CACHE=${BOUNDARY_ADVISORY_DB_CACHE:-$SUPPLY_TOOLS/advisory-dbs}
-  echo "supply-chain: cargo deny check advisories (database: $db, commit $(git -C "$db" rev-parse --short HEAD 2>/dev/null || echo '?'))" >&2
-  "$CARGO_DENY" --locked --color never --config "$cfg" check advisories
+  ln -s "$db" "$cache/advisory-db-3157b0e258782691"
+  echo "supply-chain: cargo deny check advisories (database: $db, commit $(git -C "$db" log -1 --format='%h of %cs' 2>/dev/null || echo '?'))" >&2
+  BOUNDARY_ADVISORY_DB_CACHE=$cache "$CARGO_DENY" --locked --offline --color never --config deny.toml check advisories
 elif [ "$ONLY" = advisories ]; then
   echo "supply-chain: advisories: BOUNDARY_ADVISORY_DB is not set" >&2; exit 1
 else
