@@ -22,6 +22,7 @@ step "clippy"
 cargo clippy --locked --workspace --all-targets -- -D warnings
 step "supply chain"
 tests/scripts/supply-chain.sh
+tests/scripts/advisories-test.sh
 step "unit tests"
 "${NEXTEST[@]}" --workspace --exclude boundary-cluster-tests
 step "proxy tests as an unprivileged user"
