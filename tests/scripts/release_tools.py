@@ -38,6 +38,8 @@ REPOSITORY = "agent-boundary"
 # What docker build puts into every image's config.
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 USER = "65532:65532"
+# What release.sh remaps the source directory to (--remap-path-prefix).
+SOURCE_PREFIX = "/build/agent-boundary"
 # A fixed namespace for the content-derived serial numbers.
 SERIAL_NAMESPACE = uuid.UUID("5b4e0f3c-2d1a-4c36-9a52-7c0a7f0c1e01")
 
@@ -87,7 +89,10 @@ def find_binary_sbom(src: Path, binary: str) -> Path:
 
 def binary_sboms(src: Path, out: Path, binaries: list) -> None:
     for binary in binaries:
-        bom = json.loads(find_binary_sbom(src, binary).read_text())
+        # cargo cyclonedx names workspace crates by their source path (path+file:///...): the
+        # build directory is replaced, as --remap-path-prefix does in the binaries.
+        text = find_binary_sbom(src, binary).read_text().replace(str(src.resolve()), SOURCE_PREFIX)
+        bom = json.loads(text)
         component = bom.setdefault("metadata", {}).setdefault("component", {})
         component["hashes"] = [{"alg": "SHA-256", "content": sha256((out / binary).read_bytes())}]
         (out / f"{binary}.cdx.json").write_bytes(finish_sbom(bom))
