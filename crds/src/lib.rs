@@ -11,6 +11,7 @@
 //! - [`lint`]: warnings on rules that open a channel out (paste sites, `*`, wildcard TLDs).
 //! - [`presets`]: named rule sets (`spec.presets`, `--preset`), data versioned with the project.
 //! - [`probe`]: the node probe's report (`boundary probe`, the node agent, the operator).
+//! - [`crd_compat`]: the CRD compatibility check against the previous release's CRDs.
 //! - `crd` (feature `kube`): the `BoundaryPolicy` custom resource and its generated CRD.
 //! - `nodes` (feature `kube`): node classification and facts (operator and webhook).
 #![forbid(unsafe_code)]
@@ -20,6 +21,7 @@ pub mod compiled;
 pub mod contract;
 #[cfg(feature = "kube")]
 pub mod crd;
+pub mod crd_compat;
 pub mod credentials;
 pub mod enforcement;
 pub mod lint;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's one test command (README; .ci/run calls it). As root on Debian 12:
 #   1. installs what is missing (tests/scripts/setup.sh; cached Kubernetes build)
-#   2. cargo fmt --check, clippy -D warnings
+#   2. cargo fmt --check, clippy -D warnings, the supply-chain checks (cargo deny; the CRDs'
+#      compatibility with the previous release: tests/scripts/supply-chain.sh)
 #   3. unit, golden and namespace tests of every crate, the Helm chart's lint/render/schema tests
 #      with Helm 4 and Helm 3.6.2 (tests/scripts/test-chart.sh), helm install/upgrade/uninstall on
 #      an apiserver-only cluster of its own (tests/scripts/test-helm-releases.sh), the webhook's
@@ -23,6 +24,9 @@ step "format"
 cargo fmt --all -- --check
 step "clippy"
 cargo clippy --locked --workspace --all-targets -- -D warnings
+step "supply chain"
+tests/scripts/supply-chain.sh
+tests/scripts/advisories-test.sh
 step "unit tests"
 "${NEXTEST[@]}" --workspace --exclude boundary-cluster-tests
 step "proxy tests as an unprivileged user"
