@@ -155,7 +155,7 @@ impl Relay {
         }
     }
 
-    async fn relay(&self, client: TcpStream, peer: SocketAddr, port: u16) {
+    async fn relay(&self, mut client: TcpStream, peer: SocketAddr, port: u16) {
         let started = Instant::now();
         let _ = client.set_nodelay(true);
         let mut event = InboundEvent {
@@ -167,9 +167,16 @@ impl Relay {
             duration_ms: 0,
         };
         match self.connect_inside(port).await {
-            Ok(inside) => {
+            Ok(mut inside) => {
                 let _ = inside.set_nodelay(true);
-                if let Ok((up, down)) = boundary_proxy::splice::relay(&client, &inside).await {
+                if let Ok((up, down)) = tokio::io::copy_bidirectional_with_sizes(
+                    &mut client,
+                    &mut inside,
+                    boundary_proxy::io::RELAY_BUFFER,
+                    boundary_proxy::io::RELAY_BUFFER,
+                )
+                .await
+                {
                     event.bytes_in = up;
                     event.bytes_out = down;
                 }

@@ -48,7 +48,6 @@ pub mod pod_local;
 pub mod policy;
 pub mod session;
 pub mod sigv4;
-pub mod splice;
 pub mod tls;
 pub mod trust;
 pub mod upstream;
