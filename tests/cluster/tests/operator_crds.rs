@@ -62,6 +62,7 @@ async fn stored_spec(api: &Api<DynamicObject>, name: &str) -> anyhow::Result<Val
         "kind": "BoundaryPolicy",
         "metadata": {"name": name},
         "spec": {
+            "podSelector": {"matchLabels": {"app": "agent"}},
             "allow": ["domain=api.anthropic.com"],
             "credentials": [{
                 "name": "anthropic",
@@ -71,9 +72,14 @@ async fn stored_spec(api: &Api<DynamicObject>, name: &str) -> anyhow::Result<Val
             }],
         },
     }))?;
-    // The apiserver may serve the new schema a moment after the CRD says Established.
+    // The apiserver may serve the new schema a moment after the CRD says Established: a 404
+    // (no such resource yet) is retried, any other refusal is the answer.
     let created = eventually(Duration::from_secs(30), "the policy is created", || async {
-        Ok(api.create(&PostParams::default(), &object).await.ok())
+        match api.create(&PostParams::default(), &object).await {
+            Ok(created) => Ok(Some(created)),
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(None),
+            Err(other) => Err(other.into()),
+        }
     })
     .await?;
     Ok(created.data["spec"].clone())
