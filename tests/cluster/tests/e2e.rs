@@ -126,6 +126,11 @@ async fn install(client: &Client, extra: &[&str]) -> anyhow::Result<()> {
         .arg(repo_root().join("charts/agent-boundary"))
         .args(["--namespace", RELEASE_NAMESPACE, "--create-namespace"])
         .args(["--wait", "--timeout", "5m"]);
+    // Helm 4 upgrades by server-side apply: fields a test changed through the API (a chaos
+    // test's scale or roll) would conflict; the release's values win, as Helm 3's merge did.
+    if helm_major()? >= 4 {
+        cmd.arg("--force-conflicts");
+    }
     for v in &values {
         cmd.args(["--set", v]);
     }
@@ -811,6 +816,22 @@ async fn unconfined_jail_runs(plain: &TestNamespace, mut pod: Pod) -> anyhow::Re
         "Unconfined lets the jail run, but it {done}: {text}"
     );
     Ok(())
+}
+
+/// The major version of `helm()` (`helm version --template {{.Version}}`, e.g. `v4.1.4`).
+fn helm_major() -> anyhow::Result<u32> {
+    let out = Command::new(helm())
+        .args(["version", "--template", "{{.Version}}"])
+        .output()
+        .context("running helm version")?;
+    let version = String::from_utf8_lossy(&out.stdout);
+    version
+        .trim()
+        .trim_start_matches('v')
+        .split('.')
+        .next()
+        .and_then(|major| major.parse().ok())
+        .with_context(|| format!("helm version {version:?} has no major version"))
 }
 
 /// `user.max_user_namespaces` of the node, set by a test and put back when dropped. The node
