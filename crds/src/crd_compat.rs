@@ -369,44 +369,18 @@ fn compare_schema(old: &Value, new: &Value, path: &str, report: &mut impl FnMut(
         }
     }
     // allOf only ever adds constraints: any new member tightens.
-    let old_all: Vec<&Value> = old
-        .get("allOf")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .collect();
-    for member in new
-        .get("allOf")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        if !old_all.contains(&member) {
-            report(
-                path,
-                format!("allOf gained {member} (values it refuses are refused)"),
-            );
-        }
+    for member in added_members(old, new, "allOf") {
+        report(
+            path,
+            format!("allOf gained {member} (values it refuses are refused)"),
+        );
     }
     // CEL rules (apiextensions v1, Kubernetes 1.25+): a new rule may refuse stored objects.
-    let old_rules: Vec<&Value> = old
-        .get("x-kubernetes-validations")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .collect();
-    for rule in new
-        .get("x-kubernetes-validations")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        if !old_rules.contains(&rule) {
-            report(
-                path,
-                format!("validation rule {rule} added (stored objects may fail it)"),
-            );
-        }
+    for rule in added_members(old, new, "x-kubernetes-validations") {
+        report(
+            path,
+            format!("validation rule {rule} added (stored objects may fail it)"),
+        );
     }
 
     if let Some(after) = new.get("enum").and_then(Value::as_array) {
@@ -577,6 +551,23 @@ fn compare_schema(old: &Value, new: &Value, path: &str, report: &mut impl FnMut(
         ),
         _ => {}
     }
+}
+
+/// The members of the array `key` of `new` that the same array of `old` lacks.
+fn added_members<'a>(
+    old: &'a Value,
+    new: &'a Value,
+    key: &'a str,
+) -> impl Iterator<Item = &'a Value> {
+    let members = move |schema: &'a Value| {
+        schema
+            .get(key)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+    };
+    let before: Vec<&Value> = members(old).collect();
+    members(new).filter(move |member| !before.contains(member))
 }
 
 #[cfg(test)]
@@ -785,6 +776,30 @@ spec:
             let change = one_change(from, to);
             assert!(change.contains(expected), "{from} -> {to}: {change}");
         }
+    }
+
+    #[test]
+    fn new_all_of_members_and_validation_rules_are_refused_kept_ones_are_not() {
+        let rule = "note: {type: string, nullable: true, maxLength: 100, x-kubernetes-validations: [{rule: 'self.size() > 1'}]}";
+        let one = one_change("note: {type: string, nullable: true, maxLength: 100}", rule);
+        assert!(
+            one.contains("validation rule") && one.contains("spec.note"),
+            "{one}"
+        );
+        let all_of =
+            "note: {type: string, nullable: true, maxLength: 100, allOf: [{minLength: 2}]}";
+        let one = one_change(
+            "note: {type: string, nullable: true, maxLength: 100}",
+            all_of,
+        );
+        assert!(one.contains("allOf gained"), "{one}");
+        // The same members on both sides change nothing.
+        let both = set(&BASE.replacen(
+            "note: {type: string, nullable: true, maxLength: 100}",
+            rule,
+            1,
+        ));
+        assert!(compare(&both, &both).is_empty());
     }
 
     #[test]
