@@ -754,16 +754,7 @@ async fn a_runtime_default_seccomp_pod_gets_the_profile_it_needs_and_works() -> 
         }))?;
         plain.create_pod(&pod).await?;
         let plain_pods: Api<Pod> = plain.api();
-        let done = eventually(Duration::from_mins(2), "the plain jail pod finished", || async {
-            let phase = plain_pods
-                .get("jail")
-                .await?
-                .status
-                .and_then(|s| s.phase)
-                .unwrap_or_default();
-            Ok(["Succeeded", "Failed"].contains(&phase.as_str()).then_some(phase))
-        })
-        .await?;
+        let done = finished_phase(&plain_pods, "jail").await?;
         let text = logs(&plain_pods, "jail", "jail").await?;
         assert_eq!(done, "Failed", "RuntimeDefault refuses the jail: {text}");
         assert!(text.contains("seccomp"), "the jail's error names seccomp: {text}");
@@ -784,6 +775,26 @@ async fn a_runtime_default_seccomp_pod_gets_the_profile_it_needs_and_works() -> 
     dump_on_error(&world.ns, result).await
 }
 
+/// The phase pod `name` ends in (`Succeeded` or `Failed`), waiting up to two minutes.
+async fn finished_phase(pods: &Api<Pod>, name: &str) -> anyhow::Result<String> {
+    eventually(
+        Duration::from_mins(2),
+        &format!("pod {name} finished"),
+        || async {
+            let phase = pods
+                .get(name)
+                .await?
+                .status
+                .and_then(|s| s.phase)
+                .unwrap_or_default();
+            Ok(["Succeeded", "Failed"]
+                .contains(&phase.as_str())
+                .then_some(phase))
+        },
+    )
+    .await
+}
+
 /// `pod` (a plain jail) again as `jail-unconfined` with seccomp `Unconfined`: it must succeed.
 async fn unconfined_jail_runs(plain: &TestNamespace, mut pod: Pod) -> anyhow::Result<()> {
     pod.metadata.name = Some("jail-unconfined".into());
@@ -794,22 +805,7 @@ async fn unconfined_jail_runs(plain: &TestNamespace, mut pod: Pod) -> anyhow::Re
     }
     plain.create_pod(&pod).await?;
     let pods: Api<Pod> = plain.api();
-    let done = eventually(
-        Duration::from_mins(2),
-        "the unconfined jail pod finished",
-        || async {
-            let phase = pods
-                .get("jail-unconfined")
-                .await?
-                .status
-                .and_then(|s| s.phase)
-                .unwrap_or_default();
-            Ok(["Succeeded", "Failed"]
-                .contains(&phase.as_str())
-                .then_some(phase))
-        },
-    )
-    .await?;
+    let done = finished_phase(&pods, "jail-unconfined").await?;
     let text = logs(&pods, "jail-unconfined", "jail").await?;
     anyhow::ensure!(
         done == "Succeeded",
