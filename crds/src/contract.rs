@@ -401,6 +401,10 @@ pub mod operator_env {
         ENFORCEMENT_CONCURRENCY = "BOUNDARY_ENFORCEMENT_CONCURRENCY";
         /// Seconds a pod's sidecar may report an older policy before it counts as not enforcing.
         ENFORCEMENT_STALE_GRACE_SECONDS = "BOUNDARY_ENFORCEMENT_STALE_GRACE_SECONDS";
+        /// `boundary-operator uninstall`: label selector of the operator's Pods it waits for.
+        UNINSTALL_OPERATOR_SELECTOR = "BOUNDARY_UNINSTALL_OPERATOR_SELECTOR";
+        /// `boundary-operator uninstall`: seconds it waits for them to go.
+        UNINSTALL_WAIT_SECONDS = "BOUNDARY_UNINSTALL_WAIT_SECONDS";
     }
 }
 

@@ -193,7 +193,7 @@ fn original_destination(stream: &TcpStream) -> Option<SocketAddr> {
 }
 
 async fn relay_to_socket(
-    mut stream: TcpStream,
+    stream: TcpStream,
     path: &std::path::Path,
     dest: &Destination,
     refusals: &Refusals,
@@ -218,11 +218,6 @@ async fn relay_to_socket(
     if upstream.write_all(&dest.header()).await.is_err() {
         return;
     }
-    let _ = tokio::io::copy_bidirectional_with_sizes(
-        &mut stream,
-        &mut upstream,
-        boundary_proxy::io::RELAY_BUFFER,
-        boundary_proxy::io::RELAY_BUFFER,
-    )
-    .await;
+    // Both ends are plain sockets: bulk is spliced, not copied through the forwarder.
+    let _ = boundary_proxy::socket_relay::relay(&stream, &upstream).await;
 }

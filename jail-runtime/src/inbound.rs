@@ -155,7 +155,7 @@ impl Relay {
         }
     }
 
-    async fn relay(&self, mut client: TcpStream, peer: SocketAddr, port: u16) {
+    async fn relay(&self, client: TcpStream, peer: SocketAddr, port: u16) {
         let started = Instant::now();
         let _ = client.set_nodelay(true);
         let mut event = InboundEvent {
@@ -167,18 +167,12 @@ impl Relay {
             duration_ms: 0,
         };
         match self.connect_inside(port).await {
-            Ok(mut inside) => {
+            Ok(inside) => {
                 let _ = inside.set_nodelay(true);
-                if let Ok((up, down)) = tokio::io::copy_bidirectional_with_sizes(
-                    &mut client,
-                    &mut inside,
-                    boundary_proxy::io::RELAY_BUFFER,
-                    boundary_proxy::io::RELAY_BUFFER,
-                )
-                .await
+                if let Ok((up, down)) = boundary_proxy::socket_relay::relay(&client, &inside).await
                 {
-                    event.bytes_in = up;
-                    event.bytes_out = down;
+                    event.bytes_in = up.bytes;
+                    event.bytes_out = down.bytes;
                 }
             }
             Err(e) => {

@@ -8,7 +8,7 @@ mod common;
 
 use std::sync::atomic::Ordering;
 
-use common::{Sidecar, TempDir, TestCa, TestServer};
+use common::{Sidecar, TestCa, TestServer};
 
 const RECEIVE_DENY: &str = "git spec.denyHttp[0]: domains=git.test query=service:git-receive-pack";
 const PUSH_DENY: &str = "git spec.deny[0]: domain=git.test method=POST path=/*/git-receive-pack";
@@ -43,8 +43,6 @@ struct Setup {
     http: TestServer,
     https: TestServer,
     sidecar: Sidecar,
-    proxy_ca: std::path::PathBuf,
-    _dir: TempDir,
     _ca: TestCa,
 }
 
@@ -55,44 +53,27 @@ impl Setup {
         let http = TestServer::start(None).await;
         let https = TestServer::start(Some(ca.server_config(&names, common::Alpn::Http1))).await;
         let sidecar = Sidecar::for_upstream(&policy(), &names, Some(&ca), &[]).await;
-        let dir = TempDir::new("conditions-ca");
-        let proxy_ca = dir.path().join("ca.crt");
-        std::fs::write(&proxy_ca, &sidecar.ca_pem).unwrap();
         Setup {
             http,
             https,
             sidecar,
-            proxy_ca,
-            _dir: dir,
             _ca: ca,
         }
     }
 
     /// curl through the explicit proxy: `(status, body)`; `args` go before the URL.
     async fn curl(&self, args: &[&str], url: &str) -> (u16, String) {
-        let proxy = format!("http://{}", self.sidecar.explicit);
-        let out = tokio::process::Command::new("curl")
-            .args(["-sS", "-m", "10", "-x", &proxy, "--cacert"])
-            .arg(&self.proxy_ca)
-            .args(["-w", "\n%{http_code} %{http_version}"])
-            .args(args)
-            .arg(url)
-            .output()
-            .await
-            .expect("curl runs");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, last) = text.rsplit_once('\n').unwrap_or(("", &text));
-        let status = last
+        let mut all = self.sidecar.curl_through();
+        all.extend(["-m", "10"].iter().chain(args).map(ToString::to_string));
+        all.push(url.to_owned());
+        let out = common::curl(&all, "%{http_code} %{http_version}").await;
+        let status = out
+            .written
             .split(' ')
             .next()
             .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                panic!(
-                    "no status from curl {args:?} {url}: {text}{}",
-                    String::from_utf8_lossy(&out.stderr)
-                )
-            });
-        (status, format!("{body}\n[{last}]"))
+            .unwrap_or_else(|| panic!("no status from curl {args:?} {url}: {out:?}"));
+        (status, format!("{}\n[{}]", out.body, out.written))
     }
 
     fn https(&self, host: &str, target: &str) -> String {

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Sidecar, TestCa};
+use common::{Sidecar, TestCa, TestServer};
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
@@ -807,32 +807,12 @@ async fn the_explicit_proxy_serves_connect_and_refuses_hosts_no_rule_allows() {
         &[],
     )
     .await;
-    let dir = common::TempDir::new("proxy-ca");
-    let proxy_ca = dir.path().join("ca.crt");
-    std::fs::write(&proxy_ca, &sidecar.ca_pem).unwrap();
     let curl = |url: String| {
-        let proxy = format!("http://{}", sidecar.explicit);
-        let ca = proxy_ca.clone();
+        let mut args = sidecar.curl_through();
+        args.extend(["-m".into(), "10".into(), url]);
         async move {
-            let out = tokio::process::Command::new("curl")
-                .args([
-                    "-sS",
-                    "-m",
-                    "10",
-                    "-x",
-                    &proxy,
-                    "--cacert",
-                    ca.to_str().unwrap(),
-                    &url,
-                ])
-                .output()
-                .await
-                .unwrap();
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            )
+            let out = common::curl(&args, "").await;
+            format!("{}{}", out.body, out.stderr)
         }
     };
     let ok = curl(format!("https://allowed.test:{}/x", up.port())).await;
@@ -1299,5 +1279,205 @@ async fn explicit_proxy_requests_for_the_pods_loopback_follow_pod_local_rules() 
             .iter()
             .any(|r| r["scheme"] == "pod-local" && r["decision"] == "deny" && r["status"] == 403),
         "{records:?}"
+    );
+}
+
+/// curl uploading `file` to `url` with `args` (a proxy, a CA, an HTTP version): `(curl's exit
+/// code, status, body and curl's errors)`.
+async fn curl_upload(args: &[&str], file: &std::path::Path, url: &str) -> (i32, u16, String) {
+    let data = format!("@{}", file.display());
+    let mut all = vec!["-m", "20", "--data-binary", &data, url];
+    all.extend(args);
+    let out = common::curl(&all, "%{http_code}").await;
+    let status = out.written.parse().unwrap_or(0);
+    (out.code, status, format!("{}{}", out.body, out.stderr))
+}
+
+/// An upstream answering 413 at once to any request; `then_read`: it reads the body afterwards
+/// (nginx's lingering close, Go's server), else it closes with the body unread (hyper's server:
+/// a TCP reset, possibly while the upload is still being sent).
+async fn answering_early(ca: &TestCa, then_read: bool) -> TestServer {
+    TestServer::serving(
+        Some(ca.server_config(&["upload.test"], common::Alpn::H2AndHttp1)),
+        move |request: Request<Incoming>| async move {
+            if then_read {
+                tokio::spawn(request.into_body().collect());
+            }
+            Response::builder()
+                .status(413)
+                .body(full("too large\n"))
+                .unwrap()
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn an_upload_answered_before_it_is_read_reaches_the_client_whole() {
+    // Servers answer an upload before reading it (413, 401, a redirect); the proxy answers a
+    // denied upload with its 403 page without reading it. Either way the client must get the
+    // whole answer, as it does from the server directly, not a 502 or a reset it fails on
+    // (curl 7.88: error 92 over HTTP/2), and the proxy must stay usable.
+    let ca = TestCa::new();
+    let (lingering, resetting) = (
+        answering_early(&ca, true).await,
+        answering_early(&ca, false).await,
+    );
+    let sidecar = Sidecar::for_upstream(
+        &policy(&["domain=upload.test path=/put"]),
+        &["upload.test"],
+        Some(&ca),
+        &[],
+    )
+    .await;
+    let dir = common::TempDir::new("early-answers");
+    let proxy_ca = sidecar.ca_file();
+    let upload = dir.path().join("upload");
+    std::fs::write(&upload, vec![7u8; 32 << 20]).unwrap();
+    let (proxy, server_ca) = (
+        format!("http://{}", sidecar.explicit),
+        ca.pem_path.to_str().unwrap().to_owned(),
+    );
+    for version in ["--http1.1", "--http2"] {
+        let through = [
+            "-x",
+            &proxy,
+            "--cacert",
+            proxy_ca.to_str().unwrap(),
+            version,
+        ];
+        for round in 0..3 {
+            for (server, kind) in [(&lingering, "lingering"), (&resetting, "resetting")] {
+                let url = format!("https://upload.test:{}/put", server.port());
+                let resolve = format!("upload.test:{}:127.0.0.1", server.port());
+                // The same upload directly, for comparison in a failure's message: curl gets
+                // the answer over HTTP/1.1, while over HTTP/2 the server's reset of the stream
+                // fails it (error 92), which the proxy spares it.
+                let direct = ["--resolve", &resolve, "--cacert", &server_ca, version];
+                let (code, status, body) = curl_upload(&direct, &upload, &url).await;
+                let direct = format!("directly: curl exit {code}, status {status}: {body}");
+                let (code, status, body) = curl_upload(&through, &upload, &url).await;
+                assert_eq!(
+                    (code, status),
+                    (0, 413),
+                    "proxied {version} {kind} {round}: {body}\n{direct}"
+                );
+                assert_eq!(body, "too large\n");
+            }
+            let url = format!("https://upload.test:{}/elsewhere", lingering.port());
+            let (code, status, body) = curl_upload(&through, &upload, &url).await;
+            assert_eq!((code, status), (0, 403), "denied {version} {round}: {body}");
+            assert!(body.contains("Blocked by Agent Boundary"), "{body}");
+        }
+    }
+    let small = dir.path().join("small");
+    std::fs::write(&small, "x").unwrap();
+    let url = format!("https://upload.test:{}/put", resetting.port());
+    let through = [
+        "-x",
+        &proxy,
+        "--cacert",
+        proxy_ca.to_str().unwrap(),
+        "--http2",
+    ];
+    assert_eq!(
+        curl_upload(&through, &small, &url).await.1,
+        413,
+        "the proxy is still usable"
+    );
+}
+
+/// A plain upstream for `upload.test` and a sidecar that allows only its `/put`.
+async fn put_only() -> (TestServer, Sidecar) {
+    let up = TestServer::start(None).await;
+    let sidecar = Sidecar::for_upstream(
+        &policy(&["domain=upload.test path=/put"]),
+        &["upload.test"],
+        None,
+        &[],
+    )
+    .await;
+    (up, sidecar)
+}
+
+#[tokio::test]
+async fn a_denied_upload_waiting_for_100_continue_is_not_asked_for_and_the_next_request_is_answered()
+ {
+    // RFC 9110 §10.1.1: after a final answer, a client that asked for 100-continue need not send
+    // its body. Reading it anyway would take the client's next request for body bytes.
+    let (up, sidecar) = put_only().await;
+    let host = format!("upload.test:{}", up.port());
+    let mut stream = sidecar.connect("upload.test", up.port()).await;
+    let upload = format!(
+        "POST /elsewhere HTTP/1.1\r\nHost: {host}\r\nContent-Length: 1048576\r\n\
+         Expect: 100-continue\r\n\r\n"
+    );
+    stream.write_all(upload.as_bytes()).await.unwrap();
+    let (answer, _) = read_until(&mut stream, "Blocked by Agent Boundary", 1).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 403"),
+        "a 403 and no 100 Continue: {answer}"
+    );
+    let next = format!("GET /put HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    let _ = stream.write_all(next.as_bytes()).await;
+    // Answered, or the connection closed at once; not held while the request is read as body.
+    let (next, closed) = tokio::time::timeout(
+        Duration::from_secs(5),
+        read_until(&mut stream, "hello GET", 1),
+    )
+    .await
+    .expect("the next request was taken for the body: no answer and no close");
+    assert!(
+        next.contains("hello GET upload.test /put") || closed,
+        "{next:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_denied_upload_that_never_ends_is_not_read_for_ever() {
+    // The rest of a denied body is read and thrown away so that the client gets its 403 whole,
+    // but only for a while: a client that stops sending mid-body is then cut off.
+    let (up, sidecar) = put_only().await;
+    let host = format!("upload.test:{}", up.port());
+    let mut stream = sidecar.connect("upload.test", up.port()).await;
+    let upload = format!(
+        "POST /elsewhere HTTP/1.1\r\nHost: {host}\r\nContent-Length: 1073741824\r\n\r\nsome of it"
+    );
+    stream.write_all(upload.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    // Ended (a close or a reset) once the proxy gave up the body; not still open.
+    let _ = tokio::time::timeout(Duration::from_secs(40), stream.read_to_end(&mut answer))
+        .await
+        .expect("the proxy stopped reading the body and closed the connection");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+}
+
+#[tokio::test]
+async fn a_denied_upload_is_not_read_past_its_bound() {
+    let (up, sidecar) = put_only().await;
+    let host = format!("upload.test:{}", up.port());
+    let mut stream = sidecar.connect("upload.test", up.port()).await;
+    let head =
+        format!("POST /elsewhere HTTP/1.1\r\nHost: {host}\r\nContent-Length: 1073741824\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let chunk = vec![0u8; 1 << 20];
+    let mut sent = 0usize;
+    for _ in 0..1024 {
+        if stream.write_all(&chunk).await.is_err() {
+            break;
+        }
+        sent += 1;
+    }
+    assert!(
+        sent < 1024,
+        "the proxy read the whole 1 GiB of a denied upload ({sent} MiB)"
+    );
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 403"),
+        "after {sent} MiB: {answer}"
     );
 }

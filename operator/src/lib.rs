@@ -18,6 +18,8 @@
 //!   reports on its own Pod from `boundary probe`.
 //! * [`certs`]: the webhook's CA, serving certificate and `caBundle`.
 //! * [`crds`]: the release's CRDs, applied at start so an upgrade brings their new fields.
+//! * [`uninstall`]: `boundary-operator uninstall`, the chart's post-delete hook, removes what
+//!   the operator wrote outside the release.
 //! * [`run`](mod@run): wires them up behind [`leader`] election, with [`metrics`]; [`config`] is
 //!   their settings, `watch` and [`shutdown`] the plumbing they share.
 #![forbid(unsafe_code)]
@@ -39,6 +41,7 @@ pub mod policy;
 pub mod run;
 pub mod shutdown;
 pub mod status;
+pub mod uninstall;
 mod watch;
 
 pub use config::Config;
@@ -68,6 +71,12 @@ pub enum Error {
     /// An applied CRD did not become Established.
     #[error("CustomResourceDefinition {0} was applied but not Established within a minute")]
     CrdNotEstablished(String),
+    /// `uninstall` waited in vain for the operator's Pods to go.
+    #[error(
+        "the operator's Pods {pods:?} are still there after {seconds} s: they would write again \
+         what the clean-up removes; wait until they are gone and run the clean-up again"
+    )]
+    OperatorStillRunning { pods: Vec<String>, seconds: u64 },
     /// The metrics endpoint cannot listen.
     #[error("listening on {addr} for /metrics: {source}")]
     Metrics {
@@ -87,6 +96,7 @@ pub enum ErrorLabel {
     Certificates,
     Crd,
     Metrics,
+    Uninstall,
 }
 
 impl ErrorLabel {
@@ -99,6 +109,7 @@ impl ErrorLabel {
             ErrorLabel::Certificates => "certificates",
             ErrorLabel::Crd => "crd",
             ErrorLabel::Metrics => "metrics",
+            ErrorLabel::Uninstall => "uninstall",
         }
     }
 }
@@ -121,6 +132,7 @@ impl Error {
             Error::Certificates(_) => ErrorLabel::Certificates,
             Error::CrdNotEstablished(_) => ErrorLabel::Crd,
             Error::Metrics { .. } => ErrorLabel::Metrics,
+            Error::OperatorStillRunning { .. } => ErrorLabel::Uninstall,
         }
     }
 }

@@ -150,8 +150,18 @@ check("/usr/local/bin/boundary-node-agent" in jail_stage and "/usr/local/bin/bou
       "charts/images/Dockerfile puts boundary and boundary-node-agent into the jail-runtime image")
 m = re.search(r"REPO=\$\{BOUNDARY_IMAGE_REPO:-([^}]+)\}", build_images)
 LOCAL_REPO = m.group(1) if m else None
-m = re.search(r"TAG=\$\{1:-([^}]+)\}", build_images)
-LOCAL_TAG = m.group(1) if m else None
+# Images are tagged with the workspace version, which is the chart's appVersion (supply-chain.sh
+# checks that): the chart's empty tags default to it.
+check(re.search(r"^TAG=\$\{1:-\$VERSION\}", build_images, re.M),
+      "build-images.sh tags the images with the workspace version by default")
+LOCAL_TAG = yaml.safe_load(read("charts", "agent-boundary", "Chart.yaml"))["appVersion"]
+
+
+def expected_image(v, key, image):
+    """The image a scenario's values give `key` (jailRuntime, webhook, operator)."""
+    named = v.get(f"{key}.image", f"{LOCAL_REPO}/{image}:{LOCAL_TAG}")
+    registry = v.get("imageRegistry", "").rstrip("/")
+    return f"{registry}/{named}" if registry else named
 
 # ---------------------------------------------------------------------------------------------
 # Rendering
@@ -240,6 +250,7 @@ def check_render(name, s, objs, kube):
     full = s["fullname"]
     where = f"[{name} @ {kube}]"
     webhook_name, operator_name, agent_name = f"{full}-webhook", f"{full}-operator", f"{full}-node-agent"
+    uninstall_name = f"{operator_name}-uninstall"
     secret = f"{full}-webhook-tls"
     cluster_scoped = {"ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration",
                       "CustomResourceDefinition"}
@@ -268,7 +279,7 @@ def check_render(name, s, objs, kube):
     check(dep["spec"]["replicas"] == replicas, f"{where} webhook replicas {replicas}")
     spec = pod["spec"]
     (wc,) = spec["containers"]
-    check(wc["image"] == v.get("webhook.image", f"{LOCAL_REPO}/boundary-webhook:{LOCAL_TAG}"),
+    check(wc["image"] == expected_image(v, "webhook", "boundary-webhook"),
           f"{where} webhook image {wc['image']}")
     host_net = v.get("webhook.hostNetwork", False)
     check(spec.get("hostNetwork", False) == host_net, f"{where} webhook hostNetwork {host_net}")
@@ -293,10 +304,11 @@ def check_render(name, s, objs, kube):
     check(wc["readinessProbe"]["httpGet"]["path"] == "/readyz", f"{where} webhook readiness is /readyz")
     for e in env_of(wc):
         check(e in WEBHOOK_ENV, f"{where} webhook env {e} is a flag of webhook/src")
-    runtime_image = v.get("jailRuntime.image", f"{LOCAL_REPO}/jail-runtime:{LOCAL_TAG}")
+    runtime_image = expected_image(v, "jailRuntime", "jail-runtime")
     check(env_value(wc, "BOUNDARY_WEBHOOK_IMAGE") == runtime_image, f"{where} injected image is the jail-runtime image")
     gate = v.get("webhook.enforcementReadinessGate", False)
     (op_c,) = objs.get("Deployment", operator_name)["spec"]["template"]["spec"]["containers"]
+    check(op_c["image"] == expected_image(v, "operator", "boundary-operator"), f"{where} operator image {op_c['image']}")
     check(env_value(op_c, "BOUNDARY_REQUIRED_NAMESPACES") == ",".join(v.get("webhook.requiredNamespaces", [])),
           f"{where} the operator labels the required namespaces (1.20 has no namespace name label)")
     check(env_value(wc, "BOUNDARY_WEBHOOK_REQUIRED_NAMESPACES") == ",".join(v.get("webhook.requiredNamespaces", [])),
@@ -590,7 +602,11 @@ def check_render(name, s, objs, kube):
                 check("*" not in rule.get("verbs", []) + rule.get("resources", []) + rule.get("apiGroups", []),
                       f"{where} {kind} {r['metadata']['name']}: no wildcards")
                 if kind == "ClusterRole" and r["metadata"]["name"] not in (webhook_name, operator_name):
-                    check("secrets" not in rule["resources"], f"{where} {kind} {r['metadata']['name']}: no Secrets cluster-wide")
+                    # The uninstall hook deletes each namespace's credentials Secret by name.
+                    check("secrets" not in rule["resources"]
+                          or (r["metadata"]["name"] == uninstall_name and rule["verbs"] == ["delete"]
+                              and rule.get("resourceNames") == [CREDENTIALS_SECRET]),
+                          f"{where} {kind} {r['metadata']['name']}: no Secrets cluster-wide")
                 if kind == "ClusterRole":
                     check("pods" not in rule["resources"] or set(rule["verbs"]) <= {"get", "list", "watch"},
                           f"{where} {kind} {r['metadata']['name']}: pods read-only at most")
@@ -647,9 +663,19 @@ def check_render(name, s, objs, kube):
               for r in cred_rules),
           f"{where} operator applies and deletes {CREDENTIALS_SECRET}: {cred_rules}")
     check(all(set(r["verbs"]) <= {"get"} for kind in ("ClusterRole", "Role")
-              for role in objs.all(kind) if role["metadata"]["name"] not in (operator_name,)
+              for role in objs.all(kind) if role["metadata"]["name"] not in (operator_name, uninstall_name)
               for r in rules_of(role) if "secrets" in r["resources"]),
-          f"{where} no component but the operator does more than get Secrets")
+          f"{where} no component but the operator (and its uninstall hook) does more than get Secrets")
+    # The uninstall hook: what the operator wrote, deleted by name, never read.
+    uninstall_secrets = sorted((kind, tuple(r.get("resourceNames", [])), tuple(r["verbs"]))
+                               for kind in ("ClusterRole", "Role") for role in objs.all(kind)
+                               if role["metadata"]["name"] == uninstall_name
+                               for r in rules_of(role) if "secrets" in r["resources"])
+    want_secrets = [("ClusterRole", (CREDENTIALS_SECRET,), ("delete",))]
+    if not v.get("certManager.enabled", False):
+        want_secrets.append(("Role", (secret, secret + CA_SUFFIX), ("delete",)))
+    check(uninstall_secrets == sorted(want_secrets) if v.get("operator.cleanupOnUninstall", True) else not uninstall_secrets,
+          f"{where} the uninstall hook deletes Secrets by name only: {uninstall_secrets}")
     cm_rules = [r for r in rules_of(ocr) if "configmaps" in r["resources"]]
     check(cm_rules and all(r.get("resourceNames") == [POLICY_CONFIGMAP] or set(r["verbs"]) <= {"list", "watch", "create"}
                            for r in cm_rules),
@@ -743,6 +769,8 @@ SCENARIOS = {
     "no-image-lookup": scenario("agent-boundary", "agent-boundary", webhook__imageLookup__enabled=False),
     "ecr-irsa": scenario("agent-boundary", "agent-boundary", **{
         "webhook__serviceAccountAnnotations__eks\\.amazonaws\\.com/role-arn": "arn:aws:iam::123456789012:role/webhook"}),
+    "image-registry": scenario("agent-boundary", "agent-boundary", imageRegistry="mirror.example.com:5000/"),
+    "no-uninstall-cleanup": scenario("agent-boundary", "agent-boundary", operator__cleanupOnUninstall=False),
     "custom-namespace": scenario("ab", "agents-system", webhook__excludeNamespaces=["monitoring", "ci"],
                                  jailRuntime__image="registry.example.com/ab/jail-runtime:1.2.3",
                                  webhook__image="registry.example.com/ab/boundary-webhook:1.2.3"),
@@ -831,8 +859,8 @@ def main():
     # The defaults match the local image build, so `helm install` works after build-images.sh.
     values = yaml.safe_load(read("charts", "agent-boundary", "values.yaml"))
     for key, image in (("jailRuntime", "jail-runtime"), ("webhook", "boundary-webhook"), ("operator", "boundary-operator")):
-        check(values[key]["image"]["repository"] == f"{LOCAL_REPO}/{image}" and values[key]["image"]["tag"] == LOCAL_TAG,
-              f"values.yaml {key}.image is what build-images.sh builds ({LOCAL_REPO}/{image}:{LOCAL_TAG})")
+        check(values[key]["image"]["repository"] == f"{LOCAL_REPO}/{image}" and values[key]["image"]["tag"] == "",
+              f"values.yaml {key}.image is what build-images.sh builds ({LOCAL_REPO}/{image}, the tag the appVersion)")
 
     for sets, word in REFUSED:
         docs, text = render("agent-boundary", "agent-boundary", sets, RECENT)

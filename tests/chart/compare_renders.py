@@ -42,6 +42,10 @@ def documents(path):
     return out
 
 
+def is_hook(obj):
+    return "helm.sh/hook" in (obj.get("metadata", {}).get("annotations") or {})
+
+
 def is_builtin(obj):
     group = obj["apiVersion"].rpartition("/")[0]
     return group == "" or group.endswith(".k8s.io") or group in {"apps", "policy", "batch", "autoscaling"}
@@ -59,11 +63,15 @@ for name in files:
         FAILURES.append(f"{name}: the documents differ: only with the oldest Helm {only_old}; "
                         f"only with the current one {only_new}")
         continue
+    # Both Helms print the hooks (the uninstall clean-up) after the manifests, in one order.
+    if [t for t, o in old if is_hook(o)] != [t for t, o in new if is_hook(o)]:
+        FAILURES.append(f"{name}: the hooks are in another order")
+    old, new = [d for d in old if not is_hook(d[1])], [d for d in new if not is_hook(d[1])]
     if [t for t, o in old if is_builtin(o)] != [t for t, o in new if is_builtin(o)]:
         FAILURES.append(f"{name}: the built-in objects are in another order")
     custom = [t for t, o in new if not is_builtin(o)]
     if custom and [t for t, _ in new[-len(custom):]] != custom:
-        FAILURES.append(f"{name}: Helm 4 did not put the custom resources last")
+        FAILURES.append(f"{name}: Helm 4 did not put the custom resources last (before the hooks)")
     moved += [t for t, _ in old] != [t for t, _ in new]
 
 print(f"compare_renders: {len(files)} renderings, the same documents with both Helms "

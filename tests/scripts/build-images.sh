@@ -6,7 +6,8 @@
 # set with CONTAINERD_ADDRESS by the local cluster's env file) or loaded into Docker
 # (CONTAINER_RUNTIME=docker, the default without CONTAINERD_ADDRESS). IMAGES_OUT=DIR keeps the
 # archives there (DIR/NAME.tar).
-#   build-images.sh [TAG]      (default tag: dev)
+#   build-images.sh [TAG]      (default tag: the workspace version, which is the chart's appVersion,
+#                              so `helm install charts/agent-boundary` runs these images)
 # Images (what the Helm chart's defaults expect, with BOUNDARY_IMAGE_REPO=agent-boundary):
 #   $BOUNDARY_IMAGE_REPO/jail-runtime:TAG        boundary           (injected sidecar; entrypoint)
 #                                                + boundary-node-agent (the DaemonSet, runs this `boundary probe`)
@@ -18,7 +19,8 @@
 # For a registry, charts/images/Dockerfile builds the same images in multi-stage builds.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-TAG=${1:-dev}
+VERSION=$(sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p' "$ROOT/Cargo.toml")
+TAG=${1:-$VERSION}
 TARGET=x86_64-unknown-linux-gnu
 REPO=${BOUNDARY_IMAGE_REPO:-agent-boundary}
 if [ -n "${CONTAINERD_ADDRESS:-}" ]; then RUNTIME=${CONTAINER_RUNTIME:-containerd}; else RUNTIME=${CONTAINER_RUNTIME:-docker}; fi

@@ -9,6 +9,13 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 if [ "${KUBECONFIG:-}" = "${STATE:-/tmp/agent-boundary-cluster}/kubeconfig" ]; then
   "$ROOT/tests/scripts/build-images.sh" >/dev/null
+  if [ -z "${E2E_FILTER:-}" ]; then
+    # The previous release for the end-to-end upgrade test, built from its commit in RELEASES (cached).
+    # (Assigned first: a failure inside `eval "$(...)"` would not stop the script.)
+    previous=$("$ROOT/tests/scripts/previous-release.sh")
+    eval "$previous"
+    export BOUNDARY_PREVIOUS_RELEASE BOUNDARY_PREVIOUS_CHART
+  fi
 fi
 # shellcheck source=/dev/null
 . "$ROOT/tests/scripts/chart-tools.sh"

@@ -25,6 +25,8 @@ k get nodes -o wide
 
 say "3/7 building the images locally (FROM scratch + static binaries)"
 tests/scripts/build-images.sh
+# The images carry the workspace version, the chart's appVersion (its default image tag).
+VERSION=$(sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p' Cargo.toml)
 
 say "4/7 helm install: webhook, operator (certificates, policies, node labels), node agent"
 "$HELM" upgrade --install agent-boundary charts/agent-boundary -n agent-boundary --create-namespace \
@@ -63,7 +65,7 @@ metadata: {name: $name, labels: {app: $name, agentboundary.dev/inject: disabled}
 spec:
   containers:
     - name: server
-      image: agent-boundary/e2e-tools:dev
+      image: agent-boundary/e2e-tools:$VERSION
       imagePullPolicy: IfNotPresent
       args: [serve, --cert, /tls/tls.crt, --key, /tls/tls.key, --name, $name]
       volumeMounts: [{name: tls, mountPath: /tls}]
@@ -110,7 +112,7 @@ spec:
     - {ip: "$denied_ip", hostnames: [denied.demo.test]}
   containers:
     - name: agent
-      image: agent-boundary/e2e-tools:dev
+      image: agent-boundary/e2e-tools:$VERSION
       imagePullPolicy: IfNotPresent
       command: [/usr/local/bin/e2e-tools]
       args: [fetch, --every, "3", "https://allowed.demo.test/models", "https://allowed.demo.test/admin", "https://denied.demo.test/exfiltrate"]

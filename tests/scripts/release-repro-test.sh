@@ -2,10 +2,14 @@
 # Proves tests/scripts/release.sh reproducible: builds the release of REF (default HEAD) twice,
 # from sources in two different directories with two separate target directories (so nothing
 # is shared but the crates' sources), and requires identical SHA256SUMS. Then checks what the
-# artifacts claim: static binaries with their dependency list embedded, SBOMs naming their
-# crates and files, image archives whose layers hold exactly the binaries, a chart of the
-# workspace version with image tags of that version.
-#   release-repro-test.sh [REF]       (two full release builds: ~2 x 10 min on 2 cores)
+# artifacts claim (tests/scripts/release_check.py): static binaries with their dependency list
+# embedded, SBOMs naming exactly the crates linked (against the binaries' embedded lists and the
+# crate sources their code names), image archives whose layers hold exactly the binaries, a
+# chart of the workspace version rendering images of that version.
+#   release-repro-test.sh [REF]     two full release builds: well over an hour on 2 busy cores
+#                                   from empty target directories; RELEASE_REPRO_DIR (default
+#                                   /tmp/agent-boundary-release-repro) keeps them for the next run
+# Not in the test command (too slow); tests/scripts/release-quick-test.sh is.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
@@ -22,4 +26,7 @@ if ! diff -u "$base/a/out/SHA256SUMS" "$base/b/out/SHA256SUMS"; then
   exit 1
 fi
 echo "release-repro-test: both builds of $REF have the same SHA256SUMS ($(wc -l < "$base/a/out/SHA256SUMS") files)" >&2
-python3 tests/scripts/release_check.py "$base/a/out" "$(sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p' Cargo.toml)"
+# shellcheck source=tests/scripts/chart-tools.sh
+source "$ROOT/tests/scripts/chart-tools.sh"
+version=$(git show "$REF:Cargo.toml" | sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p')
+HELM=$HELM python3 tests/scripts/release_check.py "$base/a/out" "$version"

@@ -2,12 +2,15 @@
 """Checks what a release folder (tests/scripts/release.sh) claims, after
 tests/scripts/release-repro-test.sh proved two builds identical:
 
-  release_check.py OUT VERSION
+  release_check.py OUT VERSION [--chart-only]     (HELM=helm: also render the chart)
 
 - SHA256SUMS lists every other file, with the right sums;
 - each binary is static and carries its dependency list (cargo auditable's .dep-v0 section);
-- each binary's SBOM names it and its crates; `boundary`'s has no Kubernetes crate (the rule of
-  ARCHITECTURE.md), the webhook's and operator's have kube;
+- each binary's SBOM names it and its crates, with a dependency graph over exactly those crates;
+  the crates are those of the binary's embedded list (cargo auditable's runtime crates), less
+  only crates that cargo auditable adds from the workspace's feature resolution (which must
+  then be Kubernetes crates of `boundary`, see below); `boundary`'s SBOM has no Kubernetes crate
+  (the rule of ARCHITECTURE.md) and its code no kube path, the webhook's and operator's have kube;
 - each image archive's layer holds exactly its binaries (byte for byte the released ones) and,
   for the webhook, the CA bundle; its config runs the entrypoint as 65532; its SBOM's hash is
   the manifest's digest and it lists the binaries and files;
@@ -18,10 +21,15 @@ import gzip
 import hashlib
 import io
 import json
+import os
+import re
 import subprocess
 import sys
 import tarfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from release_tools import auditable_packages  # noqa: E402
 
 BINARIES = ["boundary", "boundary-node-agent", "boundary-webhook", "boundary-operator"]
 IMAGES = {
@@ -29,6 +37,8 @@ IMAGES = {
     "boundary-webhook": ["boundary-webhook"],
     "boundary-operator": ["boundary-operator"],
 }
+# /cargo/registry/src/index.crates.io-<hash>/<name>-<version>/: release.sh remaps CARGO_HOME to /cargo.
+CRATE_SOURCE = re.compile(rb"/cargo/registry/src/[^/\x00]+/([A-Za-z0-9_.+-]+)/")
 problems = []
 
 
@@ -53,7 +63,26 @@ def crate_names(bom: dict) -> set:
     return names
 
 
-def main(out: Path, version: str) -> None:
+def check_graph(bom: dict, what: str) -> None:
+    """Every component has a unique bom-ref, and the dependency graph names only those (and the
+    described component) and covers each of them."""
+    refs = []
+
+    def collect(components):
+        for c in components:
+            refs.append(c.get("bom-ref"))
+            collect(c.get("components", []))
+
+    collect(bom.get("components", []))
+    check(len(refs) == len(set(refs)), f"{what} has duplicate bom-refs")
+    known = set(refs) | {bom["metadata"]["component"]["bom-ref"]}
+    graph = bom.get("dependencies", [])
+    named = {entry["ref"] for entry in graph} | {d for entry in graph for d in entry["dependsOn"]}
+    check(named <= known, f"{what}: the dependency graph names unknown refs {sorted(named - known)[:5]}")
+    check(known <= named, f"{what}: the dependency graph leaves out {sorted(known - named)[:5]}")
+
+
+def main(out: Path, version: str, chart_only: bool) -> None:
     listed = {}
     for line in (out / "SHA256SUMS").read_text().splitlines():
         digest, name = line.split(maxsplit=1)
@@ -63,6 +92,18 @@ def main(out: Path, version: str) -> None:
     for name, digest in listed.items():
         check(sha256((out / name).read_bytes()) == digest, f"{name}: SHA-256 differs from SHA256SUMS")
 
+    if not chart_only:
+        check_binaries(out)
+        check_images(out, version)
+    check_chart(out / f"agent-boundary-{version}.tgz", version)
+    for problem in problems:
+        print(f"release_check: {problem}", file=sys.stderr)
+    if problems:
+        sys.exit(1)
+    print(f"release_check: {len(listed)} artifacts of {version} checked", file=sys.stderr)
+
+
+def check_binaries(out: Path) -> None:
     for binary in BINARIES:
         headers = subprocess.run(["readelf", "-lS", str(out / binary)], capture_output=True, text=True, check=True).stdout
         check("INTERP" not in headers, f"{binary} is dynamically linked")
@@ -77,12 +118,34 @@ def main(out: Path, version: str) -> None:
         )
         crates = crate_names(bom)
         check({"tokio", "serde", "rustls"} <= crates, f"{binary}.cdx.json lacks common crates: {sorted(crates)[:20]}...")
+        check_graph(bom, f"{binary}.cdx.json")
+        listed = {(c["name"], c["version"]) for c in bom.get("components", [])}
+        embedded = {
+            (p["name"], p["version"])
+            for p in auditable_packages(out / binary)
+            if p.get("kind", "runtime") == "runtime" and not p.get("root")
+        }
+        check(listed <= embedded, f"{binary}.cdx.json lists crates its embedded list lacks: {sorted(listed - embedded)}")
+        # The code's own evidence: the crates whose sources (remapped to /cargo) the binary names
+        # in panic locations must all be in the SBOM; those only cargo auditable's list names
+        # (its workspace-wide feature resolution) must have no code in it.
+        data = (out / binary).read_bytes()
+        named = {m.decode() for m in CRATE_SOURCE.findall(data)}
+        dirs = {f"{n}-{v}" for n, v in listed}
+        check(named <= dirs, f"{binary} holds code of crates its SBOM lacks: {sorted(named - dirs)}")
+        check(len(named) > 50, f"{binary} names only {len(named)} crate sources: are the paths remapped to /cargo?")
+        only_embedded = {f"{n}-{v}" for n, v in embedded - listed}
+        check(not only_embedded & named, f"{binary} holds code of {sorted(only_embedded & named)}, left out of its SBOM")
         kube = {"kube-client", "k8s-openapi"} & crates
         if binary == "boundary":
             check(not kube, f"boundary's SBOM has Kubernetes crates {sorted(kube)}: it must link none")
-        elif binary in ("boundary-webhook", "boundary-operator"):
+            check(not any(d.startswith(("kube-", "k8s-openapi-")) for d in named), "boundary holds code of kube")
+        else:
             check(bool(kube), f"{binary}'s SBOM has no kube crates")
 
+
+
+def check_images(out: Path, version: str) -> None:
     for image, binaries in IMAGES.items():
         with tarfile.open(out / f"image-{image}.oci.tar") as archive:
             blobs = {m.name: archive.extractfile(m).read() for m in archive.getmembers() if m.isfile()}
@@ -110,33 +173,42 @@ def main(out: Path, version: str) -> None:
         check(component["hashes"][0]["content"] == manifest_digest.split(":")[1], f"{image}: SBOM hash is not the manifest digest")
         names = [c["name"] for c in bom["components"]]
         check(names[: len(binaries)] == binaries, f"{image}: SBOM components {names}")
-        refs = []
-
-        def collect(components):
-            for c in components:
-                refs.append(c.get("bom-ref"))
-                collect(c.get("components", []))
-
-        collect(bom["components"])
-        check(len(refs) == len(set(refs)), f"image-{image}.cdx.json has duplicate bom-refs")
+        check_graph(bom, f"image-{image}.cdx.json")
+        for b in binaries:
+            inner = next(c for c in bom["components"] if c["name"] == b)["components"]
+            released = json.loads((out / f"{b}.cdx.json").read_text())["components"]
+            check(len(inner) == len(released), f"{image}: {b}'s crates differ from {b}.cdx.json's")
         if image == "boundary-webhook":
             check("ca-certificates" in names, "the webhook image's SBOM lacks the CA bundle")
 
-    with tarfile.open(out / f"agent-boundary-{version}.tgz") as chart:
-        chart_yaml = chart.extractfile("agent-boundary/Chart.yaml").read().decode()
-        values = chart.extractfile("agent-boundary/values.yaml").read().decode()
-    check(f"\nversion: {version}\n" in chart_yaml, f"Chart.yaml version is not {version}")
-    check(f'\nappVersion: {version}\n' in chart_yaml or f'\nappVersion: "{version}"\n' in chart_yaml, "appVersion")
-    check(values.count(f'    tag: "{version}"\n') == 3 and "tag: dev" not in values, "values.yaml image tags")
 
-    if problems:
-        for problem in problems:
-            print(f"release_check: {problem}", file=sys.stderr)
-        sys.exit(1)
-    print(f"release_check: {len(listed)} artifacts of {version} checked", file=sys.stderr)
+
+def check_chart(chart: Path, version: str) -> None:
+    """The chart is VERSION, its appVersion VERSION, and its images (the values' tags, or the
+    appVersion when they are empty) VERSION: `helm template` (HELM, when given) renders them."""
+    if not chart.is_file():
+        check(False, f"no chart {chart.name}")
+        return
+    with tarfile.open(chart) as archive:
+        chart_yaml = archive.extractfile("agent-boundary/Chart.yaml").read().decode()
+        values = archive.extractfile("agent-boundary/values.yaml").read().decode()
+    check(f"\nversion: {version}\n" in chart_yaml, f"Chart.yaml version is not {version}")
+    check(f"\nappVersion: {version}\n" in chart_yaml or f'\nappVersion: "{version}"\n' in chart_yaml, "appVersion")
+    tags = [line.strip() for line in values.splitlines() if line.startswith("    tag: ")]
+    check(
+        tags in ([f'tag: "{version}"'] * 3, ['tag: ""'] * 3),
+        f"values.yaml image tags {tags}: all the version or all empty (the appVersion)",
+    )
+    helm = os.environ.get("HELM")
+    if helm:
+        rendered = subprocess.run([helm, "template", "release-check", str(chart)], capture_output=True, text=True, check=True).stdout
+        images = {line.split("image:", 1)[1].strip().strip('"') for line in rendered.splitlines() if line.strip().startswith("image:")}
+        expected = {f"agent-boundary/{image}:{version}" for image in IMAGES}
+        check(images == expected, f"the chart renders the images {sorted(images)}, expected {sorted(expected)}")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
+    arguments = [a for a in sys.argv[1:] if a != "--chart-only"]
+    if len(arguments) != 2:
         sys.exit(__doc__)
-    main(Path(sys.argv[1]), sys.argv[2])
+    main(Path(arguments[0]), arguments[1], "--chart-only" in sys.argv)

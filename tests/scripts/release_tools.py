@@ -21,9 +21,12 @@ import hashlib
 import io
 import json
 import os
+import struct
+import subprocess
 import sys
 import tarfile
 import uuid
+import zlib
 from pathlib import Path
 
 # image -> (entrypoint binary, further binaries); as tests/scripts/build-images.sh builds them.
@@ -83,19 +86,138 @@ def find_binary_sbom(src: Path, binary: str) -> Path:
         and (p.name.endswith(f"_bin_{binary}.cdx.json") or p.name == f"{binary}_bin.cdx.json")
     )
     if len(found) != 1:
-        sys.exit(f"release_tools: expected one SBOM of the binary {binary} under {src}, found {found}")
+        fail(f"expected one SBOM of the binary {binary} under {src}, found {found}")
     return found[0]
 
 
-def binary_sboms(src: Path, out: Path, binaries: list) -> None:
-    for binary in binaries:
+def fail(message: str):
+    sys.exit(f"release_tools: {message}")
+
+
+def linked_units(units_file: Path, target_dir: Path, target: str, binary: str):
+    """From one `cargo build --message-format=json` of the binary's package alone: the binary's
+    package id and the package ids of every library built for the target (linked into it).
+    Build scripts, proc macros and their dependencies are built for the host (target_dir/release,
+    not target_dir/<target>) and run at build time only."""
+    target_root = f"{target_dir.resolve()}/{target}/"
+    own = None
+    libraries = set()
+    for line in units_file.read_text().splitlines():
+        message = json.loads(line) if line.startswith("{") else {}
+        if message.get("reason") != "compiler-artifact":
+            continue
+        if not all(f.startswith(target_root) for f in message["filenames"]):
+            continue
+        kinds = message["target"]["kind"]
+        if kinds == ["bin"]:
+            if message["target"]["name"] == binary:
+                own = message["package_id"]
+        elif "custom-build" not in kinds and "proc-macro" not in kinds:
+            libraries.add(message["package_id"])
+    if own is None:
+        fail(f"{units_file} has no build of the binary {binary} for {target}")
+    return own, libraries - {own}
+
+
+def tree_graph(src: Path, package: str, target: str):
+    """`cargo tree` of the package alone (its own feature resolution), linked edges only
+    (normal dependencies, not through proc macros): {(name, version): {(name, version), ...}}."""
+    lines = subprocess.run(
+        ["cargo", "tree", "--locked", "--offline", "-p", package, "--target", target,
+         "-e", "normal,no-proc-macro", "--prefix", "depth", "-f", "{p}"],
+        cwd=src, check=True, capture_output=True, text=True,
+    ).stdout.splitlines()
+    graph = {}
+    stack = []
+    for line in lines:
+        depth = len(line) - len(line.lstrip("0123456789"))
+        level, words = int(line[:depth]), line[depth:].split()
+        node = (words[0], words[1].lstrip("v"))
+        graph.setdefault(node, set())
+        del stack[level:]
+        if stack:
+            graph[stack[-1]].add(node)
+        stack.append(node)
+    return graph
+
+
+def name_version(package_id: str):
+    """("tokio", "1.47.0") of a package id such as registry+https://...#tokio@1.47.0 or
+    path+file:///src/crds#boundary-api@0.2.0 (cargo's and cargo cyclonedx's bom-refs alike)."""
+    fragment = package_id.rsplit("#", 1)[1]
+    name, _, version = fragment.rpartition("@")
+    if not name:  # path+file:///src/crds/boundary-api#0.2.0: the name is the folder's
+        name = package_id.rsplit("#", 1)[0].rstrip("/").rsplit("/", 1)[1]
+    return name, version
+
+
+def binary_sbom(bom: dict, own: str, linked: set, graph: dict) -> dict:
+    """cargo cyclonedx's SBOM of the binary cut down to the crates really linked into it: cargo
+    cyclonedx resolves features for the whole workspace (so `boundary`'s would list kube, which
+    boundary-api only uses with the webhook's feature), the build of the package alone does not.
+    The dependency graph is cargo tree's of the package alone, which must name the same crates
+    as the build."""
+    keys = {name_version(p): p for p in linked | {own}}
+    if len(keys) != len(linked) + 1:
+        fail(f"{own}: two linked crates share a name and version")
+    if set(graph) != set(keys):
+        fail(
+            f"{own}: cargo tree and the build disagree: only in the tree "
+            f"{sorted(set(graph) - set(keys))}, only in the build {sorted(set(keys) - set(graph))}"
+        )
+    listed = {c["bom-ref"]: c for c in bom.get("components", [])}
+    missing = sorted(linked - set(listed))
+    if missing:
+        fail(f"{own}: cargo cyclonedx lists no component for the linked crates {missing}")
+    bom["components"] = [listed[p] for p in sorted(linked)]
+    bom["dependencies"] = [
+        {"ref": keys[node], "dependsOn": sorted(keys[child] for child in children)}
+        for node, children in sorted(graph.items())
+    ]
+    return bom
+
+
+def binary_sboms(src: Path, out: Path, target_dir: Path, target: str, binaries: list) -> None:
+    """binary=package pairs: each binary's SBOM from its package's units-<package>.json (in the
+    folder above src, written by release.sh), cargo cyclonedx and cargo tree."""
+    rustc = subprocess.run(["rustc", "-V"], check=True, capture_output=True, text=True).stdout.strip()
+    for pair in binaries:
+        binary, _, package = pair.partition("=")
+        own, linked = linked_units(src.parent / f"units-{package}.json", target_dir, target, binary)
+        bom = binary_sbom(json.loads(find_binary_sbom(src, binary).read_text()), own, linked,
+                          tree_graph(src, package, target))
         # cargo cyclonedx names workspace crates by their source path (path+file:///...): the
         # build directory is replaced, as --remap-path-prefix does in the binaries.
-        text = find_binary_sbom(src, binary).read_text().replace(str(src.resolve()), SOURCE_PREFIX)
-        bom = json.loads(text)
-        component = bom.setdefault("metadata", {}).setdefault("component", {})
+        bom = json.loads(json.dumps(bom).replace(str(src.resolve()), SOURCE_PREFIX))
+        metadata = bom.setdefault("metadata", {})
+        component = metadata.setdefault("component", {})
         component["hashes"] = [{"alg": "SHA-256", "content": sha256((out / binary).read_bytes())}]
+        metadata.setdefault("properties", []).append({"name": "agent-boundary:rustc", "value": rustc})
         (out / f"{binary}.cdx.json").write_bytes(finish_sbom(bom))
+
+
+def elf_section(data: bytes, wanted: str):
+    """The bytes of a 64-bit little-endian ELF file's section, or None."""
+    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+        fail("not a 64-bit little-endian ELF file")
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
+    sections = [struct.unpack_from("<IIQQQQ", data, shoff + i * shentsize) for i in range(shnum)]
+    names = sections[shstrndx]
+    for name, _, _, _, offset, size in sections:
+        start = names[4] + name
+        if data[start:data.index(b"\0", start)].decode() == wanted:
+            return data[offset:offset + size]
+    return None
+
+
+def auditable_packages(binary: Path) -> list:
+    """cargo auditable's dependency list embedded in a binary (.dep-v0: zlib-compressed JSON
+    {"packages": [{"name", "version", "source", "kind", "dependencies", "root"}]})."""
+    section = elf_section(binary.read_bytes(), ".dep-v0")
+    if section is None:
+        fail(f"{binary} carries no .dep-v0 section (not built with cargo auditable)")
+    return json.loads(zlib.decompress(section))["packages"]
 
 
 def tar_bytes(files: list, gnu: bool = True) -> bytes:
@@ -150,6 +272,9 @@ def image(out: Path, name: str, version: str, ca_version: str, ca_bundle: Path) 
     entrypoint, extra = IMAGES[name]
     files = []
     components = []
+    # The image's graph: the image holds its files; each binary depends on what its own SBOM
+    # says (refs prefixed like the components).
+    dependencies = []
     for binary in [entrypoint] + extra:
         data = (out / binary).read_bytes()
         path = f"usr/local/bin/{binary}"
@@ -166,6 +291,10 @@ def image(out: Path, name: str, version: str, ca_version: str, ca_bundle: Path) 
                 "components": prefix_refs(sbom.get("components", []), f"{binary}:"),
             }
         )
+        own = sbom["metadata"]["component"]["bom-ref"]
+        for entry in sbom.get("dependencies", []):
+            ref = f"{binary}:/{path}" if entry["ref"] == own else f"{binary}:{entry['ref']}"
+            dependencies.append({"ref": ref, "dependsOn": [f"{binary}:{d}" for d in entry["dependsOn"]]})
     if name == "boundary-webhook":
         data = ca_bundle.read_bytes()
         files.append((CA_BUNDLE_PATH, 0o644, data))
@@ -266,13 +395,14 @@ def image(out: Path, name: str, version: str, ca_version: str, ca_bundle: Path) 
             },
         },
         "components": components,
+        "dependencies": [{"ref": reference, "dependsOn": [c["bom-ref"] for c in components]}] + dependencies,
     }
     (out / f"image-{name}.cdx.json").write_bytes(finish_sbom(bom))
 
 
 def main(argv: list) -> None:
-    if len(argv) >= 4 and argv[1] == "binary-sboms":
-        binary_sboms(Path(argv[2]), Path(argv[3]), argv[4:])
+    if len(argv) >= 6 and argv[1] == "binary-sboms":
+        binary_sboms(Path(argv[2]), Path(argv[3]), Path(argv[4]), argv[5], argv[6:])
     elif len(argv) == 6 and argv[1] == "images":
         for name in IMAGES:
             image(Path(argv[2]), name, argv[3], argv[4], Path(argv[5]))

@@ -2,7 +2,8 @@
 # The project's one test command (README; .ci/run calls it). As root on Debian 12:
 #   1. installs what is missing (tests/scripts/setup.sh; cached Kubernetes build)
 #   2. cargo fmt --check, clippy -D warnings, the supply-chain checks (cargo deny; the CRDs'
-#      compatibility with the previous release: tests/scripts/supply-chain.sh)
+#      compatibility with the previous release: tests/scripts/supply-chain.sh; the release's
+#      SBOM logic and the chart released twice: tests/scripts/release-quick-test.sh)
 #   3. unit, golden and namespace tests of every crate, the Helm chart's lint/render/schema tests
 #      with Helm 4 and Helm 3.6.2 (tests/scripts/test-chart.sh), helm install/upgrade/uninstall on
 #      an apiserver-only cluster of its own (tests/scripts/test-helm-releases.sh), the webhook's
@@ -27,6 +28,7 @@ cargo clippy --locked --workspace --all-targets -- -D warnings
 step "supply chain"
 tests/scripts/supply-chain.sh
 tests/scripts/advisories-test.sh
+tests/scripts/release-quick-test.sh
 step "unit tests"
 "${NEXTEST[@]}" --workspace --exclude boundary-cluster-tests
 step "proxy tests as an unprivileged user"

@@ -713,21 +713,28 @@ fn plan_jail(input: &Input<'_>, wanted: &mut Vec<WantedImage>) -> Result<Decisio
         return Err(Early::skipped(reason, Vec::new()));
     }
     let combined = selecting(input, &pod_labels)?;
-    let (mut pod, pod_annotations, spec) = as_before_injection(original);
+    let (mut pod, pod_annotations, annotated) = as_before_injection(original);
+    // Planned on the stripped pod's own spec unless seccomp annotations change it (no copy).
+    let stripped_spec = pod.spec.take();
+    let no_spec = PodSpec::default();
+    let spec = annotated
+        .as_ref()
+        .or(stripped_spec.as_ref())
+        .unwrap_or(&no_spec);
     let mut warnings = Vec::new();
     let images = input.images;
     let jailed = jailed_containers(
-        &spec,
+        spec,
         &pod_annotations,
         &combined,
         images,
         wanted,
         &mut warnings,
     )?;
-    let credentials = credential_injection(input, &combined, &spec, &jailed, &mut warnings)?;
+    let credentials = credential_injection(input, &combined, spec, &jailed, &mut warnings)?;
 
     let fallback;
-    let nodes: Vec<Group<'_>> = match input.nodes.candidates(&spec, &pod_labels) {
+    let nodes: Vec<Group<'_>> = match input.nodes.candidates(spec, &pod_labels) {
         Placement::Fargate(facts) | Placement::UnknownNode(facts) => {
             fallback = facts;
             if !fallback.is_labelled() && fallback.os != contract::os::FARGATE {
@@ -748,7 +755,7 @@ fn plan_jail(input: &Input<'_>, wanted: &mut Vec<WantedImage>) -> Result<Decisio
     let level = PodSecurity::of(input.namespace_labels);
     let (row, supporting, pinned) = match choose_row(
         &combined,
-        &spec,
+        spec,
         &jailed,
         images,
         &nodes,
@@ -763,13 +770,13 @@ fn plan_jail(input: &Input<'_>, wanted: &mut Vec<WantedImage>) -> Result<Decisio
     let containers = targets(
         row,
         &combined,
-        &spec,
+        spec,
         &jailed,
         &supporting_facts,
         level,
         &mut warnings,
     );
-    warn_of_image_users(row, &spec, &jailed, images, wanted, &mut warnings);
+    warn_of_image_users(row, spec, &jailed, images, wanted, &mut warnings);
     warn_of_unwrapped(&combined, &jailed, &mut warnings);
     let pin = pinned.then(|| pin_requirement(row, &supporting, &mut warnings));
     let injection = Injection {
@@ -788,6 +795,7 @@ fn plan_jail(input: &Input<'_>, wanted: &mut Vec<WantedImage>) -> Result<Decisio
         pin,
         credentials,
     };
+    pod.spec = stripped_spec;
     apply(&mut pod, &injection, input.settings, &mut warnings);
     Ok(Decision {
         verdict: Verdict::Jailed {
@@ -859,20 +867,22 @@ fn credential_injection(
 
 /// The pod as it was before this webhook touched it (reinvocation, or a pod re-created from a
 /// mutated spec, which carries injected parts without the record of them), its annotations, and
-/// the spec to plan with: the pod as the apiserver will store it, legacy seccomp annotations
-/// turned into fields.
-fn as_before_injection(original: &Pod) -> (Pod, BTreeMap<String, String>, PodSpec) {
+/// the spec to plan with when it is not the pod's own: the pod as the apiserver will store it,
+/// legacy seccomp annotations turned into fields.
+fn as_before_injection(original: &Pod) -> (Pod, BTreeMap<String, String>, Option<PodSpec>) {
     let mut pod = original.clone();
     if let Some(status) = InjectionStatus::of(&pod) {
         inject::strip(&mut pod, &status);
     }
     inject::strip_recognised(&mut pod);
     let pod_annotations = pod.metadata.annotations.clone().unwrap_or_default();
-    let spec = seccomp::with_annotations(
-        pod.spec.as_ref().unwrap_or(&PodSpec::default()),
-        &pod_annotations,
-    );
-    (pod, pod_annotations, spec)
+    let annotated = seccomp::any_annotation(&pod_annotations).then(|| {
+        seccomp::with_annotations(
+            pod.spec.as_ref().unwrap_or(&PodSpec::default()),
+            &pod_annotations,
+        )
+    });
+    (pod, pod_annotations, annotated)
 }
 
 /// The image configs that give wrapped containers without a command theirs.

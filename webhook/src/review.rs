@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 pub const ADMISSION_API_VERSION: &str = "admission.k8s.io/v1";
 /// `kind` of the review.
 pub const ADMISSION_KIND: &str = "AdmissionReview";
+/// `patchType` of a response with a patch.
+pub const PATCH_TYPE: &str = "JSONPatch";
 
 /// An `AdmissionReview` as the apiserver sends it.
 #[derive(Clone, Debug, Deserialize)]
@@ -130,12 +132,11 @@ pub struct AdmissionResponse {
     /// Why not (or nothing).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<ResponseStatus>,
-    /// Base64 of the JSON Patch, when there is one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub patch: Option<String>,
-    /// `JSONPatch` when `patch` is set.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub patch_type: Option<&'static str>,
+    /// The JSON Patch, when there is one: sent as base64 with `patchType: JSONPatch`, written
+    /// by [`AdmissionResponse::to_review_json`] straight into the body (base64 needs no
+    /// escaping, and a patch is most of the body).
+    #[serde(skip)]
+    pub patch: Option<Vec<u8>>,
     /// Warnings shown to the client (`kubectl` prints them).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
@@ -173,20 +174,67 @@ impl AdmissionResponse {
         let mut response = AdmissionResponse::allow(uid);
         if !patch.0.is_empty() {
             // Serialising a Patch (strings, numbers, JSON values) cannot fail.
-            let bytes = serde_json::to_vec(patch).unwrap_or_default();
-            response.patch = Some(base64_encode(&bytes));
-            response.patch_type = Some("JSONPatch");
+            response.patch = Some(serde_json::to_vec(patch).unwrap_or_default());
         }
         response
     }
 
     /// Wraps the response in the review envelope the apiserver expects.
-    pub fn into_review(self) -> serde_json::Value {
-        serde_json::json!({
+    pub fn into_review(mut self) -> serde_json::Value {
+        let patch = self.patch.take();
+        let mut review = serde_json::json!({
             "apiVersion": ADMISSION_API_VERSION,
             "kind": ADMISSION_KIND,
             "response": self,
-        })
+        });
+        if let Some(patch) = patch {
+            review["response"]["patch"] = base64_encode(&patch).into();
+            review["response"]["patchType"] = PATCH_TYPE.into();
+        }
+        review
+    }
+
+    /// The review envelope of [`AdmissionResponse::into_review`] as the body sent, written
+    /// straight from the response: no intermediate `Value`, and the patch's base64 encoded
+    /// into the body rather than into a string that serialising would then scan for escapes.
+    ///
+    /// # Errors
+    /// Only if serialising fails, which strings, booleans and maps cannot.
+    pub fn to_review_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+        use std::io::Write as _;
+
+        use base64::engine::general_purpose::STANDARD;
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Envelope<'a> {
+            api_version: &'static str,
+            kind: &'static str,
+            response: &'a AdmissionResponse,
+        }
+        let patch = self.patch.as_deref().unwrap_or_default();
+        let mut body = Vec::with_capacity(512 + patch.len().div_ceil(3) * 4);
+        serde_json::to_writer(
+            &mut body,
+            &Envelope {
+                api_version: ADMISSION_API_VERSION,
+                kind: ADMISSION_KIND,
+                response: self,
+            },
+        )?;
+        if self.patch.is_some() {
+            // `...,"response":{...}}`: the patch goes in before the two closing braces.
+            body.truncate(body.len() - 2);
+            body.extend_from_slice(br#","patch":""#);
+            {
+                let mut base64 = base64::write::EncoderWriter::new(&mut body, &STANDARD);
+                base64.write_all(patch).map_err(serde_json::Error::io)?;
+                base64.finish().map_err(serde_json::Error::io)?;
+            }
+            body.extend_from_slice(br#"","patchType":""#);
+            body.extend_from_slice(PATCH_TYPE.as_bytes());
+            body.extend_from_slice(br#""}}"#);
+        }
+        Ok(body)
     }
 }
 
@@ -289,6 +337,23 @@ mod tests {
         assert_eq!(review["response"]["uid"], "u1");
         assert_eq!(review["response"]["allowed"], true);
         assert_eq!(review["response"]["patchType"], "JSONPatch");
+        let written: serde_json::Value = serde_json::from_slice(
+            &AdmissionResponse::patched("u1", &patch)
+                .to_review_json()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(written, review, "the body sent is the review envelope");
+        assert_eq!(
+            review["response"]["patch"],
+            base64_encode(&serde_json::to_vec(&patch).unwrap())
+        );
+        let allowed = AdmissionResponse::allow("u3");
+        let written: serde_json::Value =
+            serde_json::from_slice(&allowed.to_review_json().unwrap()).unwrap();
+        assert_eq!(written, allowed.into_review());
+        assert!(written["response"].get("patch").is_none());
+        assert!(written["response"].get("patchType").is_none());
         let denied = AdmissionResponse::deny("u2", "no").into_review();
         assert_eq!(denied["response"]["status"]["code"], 403);
         assert_eq!(denied["response"]["status"]["message"], "no");

@@ -47,6 +47,14 @@ pub fn annotation_of(profile: &SeccompProfile) -> Option<String> {
     }
 }
 
+/// Whether `annotations` holds a legacy seccomp annotation (when none does,
+/// [`with_annotations`] gives the spec unchanged and need not copy it).
+pub fn any_annotation(annotations: &BTreeMap<String, String>) -> bool {
+    annotations
+        .keys()
+        .any(|k| k == POD_ANNOTATION || k.starts_with(CONTAINER_ANNOTATION_PREFIX))
+}
+
 /// `spec` with every annotation's profile in the field it will be copied to, where that field
 /// is unset (a field that is set wins, as in the apiserver).
 pub fn with_annotations(spec: &PodSpec, annotations: &BTreeMap<String, String>) -> PodSpec {

@@ -645,7 +645,7 @@ async fn mutate(State(state): State<Arc<AppState>>, request: Request) -> Respons
     let admit = &state.admit;
     let decided = AssertUnwindSafe(admit.admit_async(&request)).catch_unwind();
     match decided.await {
-        Ok(response) => answer(&state.metrics, &request, response, started),
+        Ok(response) => answer(&state.metrics, &request, &response, started),
         Err(panic) => {
             let what = panic
                 .downcast_ref::<&str>()
@@ -700,7 +700,7 @@ fn is_json(content_type: Option<&HeaderValue>) -> bool {
 fn answer(
     metrics: &Metrics,
     request: &AdmissionRequest,
-    response: AdmissionResponse,
+    response: &AdmissionResponse,
     started: Instant,
 ) -> Response {
     let patched = response.allowed && response.patch.is_some();
@@ -734,9 +734,9 @@ fn answer(
         audit = ?response.audit_annotations,
         "review"
     );
-    let body = match serde_json::to_vec(&response.into_review()) {
+    let body = match response.to_review_json() {
         Ok(body) => body,
-        // Not expected: the review is a JSON value already.
+        // Not expected: a response is strings, booleans and maps.
         Err(e) => {
             metrics.review(ReviewResult::Error, elapsed);
             tracing::error!(uid = %request.uid, error = %e, "serialising a review response failed");

@@ -1050,3 +1050,289 @@ fn the_sidecar_only_volume_checks_catch_a_jailed_container_mounting_them() -> an
     assert!(credentials_volume_misplaced(&required).is_some());
     Ok(())
 }
+
+/// The patch as this webhook built it before the field-by-field diff of containers: each
+/// changed container serialised whole and diffed with `json_patch::diff`. Kept as the
+/// reference the property test below compares the webhook's patch with.
+mod reference {
+    use json_patch::jsonptr::PointerBuf;
+    use json_patch::{AddOperation, Patch, PatchOperation, RemoveOperation, ReplaceOperation};
+    use k8s_openapi::api::core::v1::Pod;
+    use serde::Serialize;
+    use serde_json::Value;
+    use std::collections::BTreeMap;
+
+    fn value<T: Serialize>(item: &T) -> Value {
+        serde_json::to_value(item).unwrap_or(Value::Null)
+    }
+
+    fn add(path: PointerBuf, value: Value) -> PatchOperation {
+        PatchOperation::Add(AddOperation { path, value })
+    }
+
+    fn remove(path: PointerBuf) -> PatchOperation {
+        PatchOperation::Remove(RemoveOperation { path })
+    }
+
+    fn pointer(tokens: &[&str]) -> PointerBuf {
+        PointerBuf::from_tokens(tokens.iter().copied())
+    }
+
+    fn prefixed(prefix: &PointerBuf, op: PatchOperation) -> PatchOperation {
+        match op {
+            PatchOperation::Add(o) => add(prefix.concat(&o.path), o.value),
+            PatchOperation::Remove(o) => remove(prefix.concat(&o.path)),
+            PatchOperation::Replace(o) => PatchOperation::Replace(ReplaceOperation {
+                path: prefix.concat(&o.path),
+                value: o.value,
+            }),
+            other => other,
+        }
+    }
+
+    fn section<T: Serialize + PartialEq>(
+        path: PointerBuf,
+        before: Option<&T>,
+        after: Option<&T>,
+        ops: &mut Vec<PatchOperation>,
+    ) {
+        match (before, after) {
+            (None, None) => {}
+            (None, Some(b)) => ops.push(add(path, value(b))),
+            (Some(_), None) => ops.push(remove(path)),
+            (Some(a), Some(b)) if a == b => {}
+            (Some(a), Some(b)) => {
+                let diff = json_patch::diff(&value(a), &value(b));
+                ops.extend(diff.0.into_iter().map(|op| prefixed(&path, op)));
+            }
+        }
+    }
+
+    fn list<T: Serialize + PartialEq>(
+        path: &[&str],
+        before: Option<&Vec<T>>,
+        after: Option<&Vec<T>>,
+        ops: &mut Vec<PatchOperation>,
+    ) {
+        let at = |i: usize| {
+            let mut p = pointer(path);
+            p.push_back(i);
+            p
+        };
+        match (before, after) {
+            (Some(a), Some(b)) => {
+                let common = a.len().min(b.len());
+                for i in 0..common {
+                    section(at(i), Some(&a[i]), Some(&b[i]), ops);
+                }
+                for (i, item) in b.iter().enumerate().skip(common) {
+                    ops.push(add(at(i), value(item)));
+                }
+                for i in (common..a.len()).rev() {
+                    ops.push(remove(at(i)));
+                }
+            }
+            (a, b) => section(pointer(path), a, b, ops),
+        }
+    }
+
+    fn string_map(
+        field: &str,
+        before: Option<&BTreeMap<String, String>>,
+        after: Option<&BTreeMap<String, String>>,
+        ops: &mut Vec<PatchOperation>,
+    ) {
+        let (Some(before), Some(after)) = (before, after) else {
+            section(pointer(&["metadata", field]), before, after, ops);
+            return;
+        };
+        for (key, old) in before {
+            let path = pointer(&["metadata", field, key]);
+            match after.get(key) {
+                None => ops.push(remove(path)),
+                Some(new) if new != old => {
+                    ops.push(PatchOperation::Replace(ReplaceOperation {
+                        path,
+                        value: Value::String(new.clone()),
+                    }));
+                }
+                Some(_) => {}
+            }
+        }
+        for (key, new) in after.iter().filter(|(k, _)| !before.contains_key(*k)) {
+            ops.push(add(
+                pointer(&["metadata", field, key]),
+                Value::String(new.clone()),
+            ));
+        }
+    }
+
+    pub fn between(original: &Pod, planned: &Pod) -> Patch {
+        let mut ops = Vec::new();
+        let (a, b) = (&original.metadata, &planned.metadata);
+        string_map(
+            "annotations",
+            a.annotations.as_ref(),
+            b.annotations.as_ref(),
+            &mut ops,
+        );
+        string_map("labels", a.labels.as_ref(), b.labels.as_ref(), &mut ops);
+        if let (Some(a), Some(b)) = (&original.spec, &planned.spec) {
+            let affinity = pointer(&["spec", "affinity"]);
+            section(affinity, a.affinity.as_ref(), b.affinity.as_ref(), &mut ops);
+            let containers = (Some(&a.containers), Some(&b.containers));
+            list(
+                &["spec", "containers"],
+                containers.0,
+                containers.1,
+                &mut ops,
+            );
+            let (x, y) = (a.init_containers.as_ref(), b.init_containers.as_ref());
+            list(&["spec", "initContainers"], x, y, &mut ops);
+            list(
+                &["spec", "volumes"],
+                a.volumes.as_ref(),
+                b.volumes.as_ref(),
+                &mut ops,
+            );
+            let (x, y) = (a.readiness_gates.as_ref(), b.readiness_gates.as_ref());
+            list(&["spec", "readinessGates"], x, y, &mut ops);
+        }
+        Patch(ops)
+    }
+}
+
+mod equivalence {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The golden cases the random pods are planned with: userns, capabilities added, a
+    /// credential (placeholders, nonce), the pod's AWS identity moved to the sidecar.
+    const CASES: [&str; 5] = [
+        "builtin/userns-amazon-linux-2023.yaml",
+        "builtin/privileged-netns-bottlerocket.yaml",
+        "builtin/landlock-only-node.yaml",
+        "credentials/basic.yaml",
+        "credentials/aws-sidecar-identity.yaml",
+    ];
+
+    fn annotation_key() -> impl Strategy<Value = String> {
+        prop::sample::select(vec![
+            "example.com/a~b",
+            "a~1b/c~0",
+            "team",
+            "/",
+            "~",
+            "container.seccomp.security.alpha.kubernetes.io/agent",
+        ])
+        .prop_map(str::to_owned)
+    }
+
+    fn env() -> impl Strategy<Value = Option<Value>> {
+        prop::option::of(prop::collection::vec(
+            (
+                prop::sample::select(vec!["HOME", "BOUNDARY_TIER", "ANTHROPIC_API_KEY", "AWS_ROLE_ARN", "X"]),
+                any::<bool>(),
+            )
+                .prop_map(|(name, from)| {
+                    if from {
+                        json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
+                    } else {
+                        json!({"name": name, "value": "v"})
+                    }
+                }),
+            0..4,
+        ))
+        .prop_map(|list| list.map(Value::from))
+    }
+
+    /// A pod: with or without volumes, env, init containers, annotations with `/` and `~` in
+    /// their keys, a securityContext, a second container, a restart policy.
+    fn pod() -> impl Strategy<Value = Value> {
+        (
+            (any::<bool>(), env(), any::<bool>()),
+            prop::collection::btree_map(annotation_key(), "[a-z~/]{0,3}", 0..3),
+            prop::option::of((prop::option::of(prop::sample::select(vec!["SYS_ADMIN", "cap_net_admin"])), any::<bool>())),
+            (any::<bool>(), prop::option::of(prop::sample::select(vec!["Never", "OnFailure", "Always"]))),
+            any::<bool>(),
+        )
+            .prop_map(|((volumes, env, init), annotations, security, (second, restart), mounts)| {
+                let mut agent = json!({"name": "agent", "image": "registry.example/agent:1", "command": ["claude"]});
+                if let Some(env) = env {
+                    agent["env"] = env;
+                }
+                if mounts {
+                    agent["volumeMounts"] = json!([{"name": "work", "mountPath": "/work"}]);
+                }
+                if let Some((cap, seccomp)) = security {
+                    let mut sc = json!({});
+                    if let Some(cap) = cap {
+                        sc["capabilities"] = json!({"add": [cap], "drop": ["ALL"]});
+                    }
+                    if seccomp {
+                        sc["seccompProfile"] = json!({"type": "RuntimeDefault"});
+                    }
+                    agent["securityContext"] = sc;
+                }
+                let mut containers = vec![agent];
+                if second {
+                    containers.push(json!({"name": "helper", "image": "helper:1", "ports": [{"containerPort": 8080}]}));
+                }
+                let mut spec = json!({"containers": containers});
+                if volumes {
+                    spec["volumes"] = json!([{"name": "work", "emptyDir": {}}]);
+                }
+                if init {
+                    spec["initContainers"] = json!([{"name": "clone", "image": "git:1"}]);
+                }
+                if let Some(restart) = restart {
+                    spec["restartPolicy"] = json!(restart);
+                }
+                let mut metadata = json!({"name": "agent", "namespace": "agents", "labels": {"app": "agent"}});
+                if !annotations.is_empty() {
+                    metadata["annotations"] = json!(annotations);
+                }
+                json!({"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec})
+            })
+    }
+
+    fn check(loaded: &Loaded, pod: &Pod) -> Result<Option<Pod>, TestCaseError> {
+        let decision = decide(loaded, pod, &loaded.settings);
+        let got = decision.patch(pod);
+        let want = reference::between(pod, &decision.pod);
+        prop_assert_eq!(&got, &want);
+        let mut patched =
+            serde_json::to_value(pod).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        json_patch::patch(&mut patched, &got).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let planned =
+            serde_json::to_value(&decision.pod).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(&patched, &planned);
+        matches!(decision.verdict, Verdict::Jailed { .. })
+            .then(|| serde_json::from_value(patched))
+            .transpose()
+            .map_err(|e| TestCaseError::fail(e.to_string()))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// On random pods, first injection and reinvocation (stripping, then injecting again,
+        /// possibly for another case's plan), the webhook's patch is the reference's, operation
+        /// for operation, and gives the planned pod.
+        #[test]
+        fn the_patch_is_the_reference_patch_on_random_pods(
+            pod in pod(),
+            first in 0..CASES.len(),
+            second in 0..CASES.len(),
+            minor in prop::sample::select(vec![28u32, 33]),
+        ) {
+            let mut loaded = loaded_case(CASES[first]).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            loaded.cluster.minor = minor;
+            let pod: Pod = serde_json::from_value(pod).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            if let Some(injected) = check(&loaded, &pod)? {
+                let again = loaded_case(CASES[second]).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                check(&again, &injected)?;
+            }
+        }
+    }
+}

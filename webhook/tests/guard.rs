@@ -257,7 +257,6 @@ fn creates_follow_the_admins_settings() {
 
 #[test]
 fn the_placeholder_nonce_is_derived_from_the_request_uid() {
-    use base64::Engine as _;
     use boundary_api::credentials::{nonce_from, placeholder};
     let mut with_credential = policy("strict", "agent");
     with_credential.spec.credentials = vec![
@@ -298,10 +297,7 @@ fn the_placeholder_nonce_is_derived_from_the_request_uid() {
             }),
         );
         assert!(response.allowed, "{}", message(&response));
-        let patch = base64::engine::general_purpose::STANDARD
-            .decode(response.patch.unwrap())
-            .unwrap();
-        let patch: Value = serde_json::from_slice(&patch).unwrap();
+        let patch: Value = serde_json::from_slice(&response.patch.unwrap()).unwrap();
         let text = patch.to_string();
         let nonce = nonce_from(uid.as_bytes());
         assert!(

@@ -546,21 +546,12 @@ fn review_of(image: &str) -> anyhow::Result<review::AdmissionRequest> {
 }
 
 /// The pod after the response's JSON Patch.
-fn patched(
-    request: &review::AdmissionRequest,
-    patch_b64: &str,
-) -> anyhow::Result<serde_json::Value> {
+fn patched(request: &review::AdmissionRequest, patch: &[u8]) -> anyhow::Result<serde_json::Value> {
     let mut pod: serde_json::Value =
         serde_json::from_str(request.object.as_ref().context("object")?.get())?;
-    let bytes = base64_decode(patch_b64)?;
-    let patch: json_patch::Patch = serde_json::from_slice(&bytes)?;
+    let patch: json_patch::Patch = serde_json::from_slice(patch)?;
     json_patch::patch(&mut pod, &patch)?;
     Ok(pod)
-}
-
-fn base64_decode(text: &str) -> anyhow::Result<Vec<u8>> {
-    use base64::Engine as _;
-    Ok(base64::engine::general_purpose::STANDARD.decode(text)?)
 }
 
 #[tokio::test]

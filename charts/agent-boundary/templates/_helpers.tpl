@@ -59,9 +59,12 @@ app.kubernetes.io/component: {{ .component }}
 app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
-{{/* `repository:tag` of an image block. */}}
+{{/* `[registry/]repository:tag` of an image block (dict "image" BLOCK "root" $): the tag defaults
+to the chart's appVersion, so a chart pulled from a registry runs the images of its own release. */}}
 {{- define "agent-boundary.image" -}}
-{{- printf "%s:%s" .repository (toString .tag) }}
+{{- $registry := .root.Values.imageRegistry | default "" | trimSuffix "/" -}}
+{{- $repository := ternary (printf "%s/%s" $registry .image.repository) .image.repository (ne $registry "") -}}
+{{- printf "%s:%s" $repository (toString (.image.tag | default .root.Chart.AppVersion)) }}
 {{- end }}
 
 {{/* The pod-level security context of the webhook and operator (Pod Security "restricted"). */}}

@@ -558,14 +558,29 @@ fn now_rfc3339() -> String {
 pub fn now() -> String {
     jiff::Timestamp::now()
         .round(jiff::Unit::Millisecond)
-        .map(|t| t.to_string())
+        .map(rfc3339_millis)
         .unwrap_or_default()
+}
+
+/// Always three fraction digits (jiff's default prints as few as it needs): times of one width
+/// sort as strings, which the denial tallies and the readers of the audit trail rely on.
+fn rfc3339_millis(time: jiff::Timestamp) -> String {
+    format!("{time:.3}")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::{Condvar, Mutex};
+
+    #[test]
+    fn times_have_three_fraction_digits_and_sort_as_strings() {
+        let at = |ms: i64| rfc3339_millis(jiff::Timestamp::from_millisecond(ms).unwrap());
+        assert_eq!(at(1_796_566_400_100), "2026-12-06T14:13:20.100Z");
+        assert_eq!(at(1_796_566_400_000), "2026-12-06T14:13:20.000Z");
+        assert!(at(1_796_566_400_100) < at(1_796_566_400_143));
+        assert_eq!(now().len(), "2026-12-06T14:13:20.100Z".len());
+    }
 
     /// A writer that blocks until released, then keeps what it is given.
     #[derive(Clone, Default)]

@@ -5,7 +5,8 @@
 //! Here a hyper connection lives only while requests keep coming: once every response has been
 //! handed on and nothing waits to be written, it is shut down at the message boundary, the
 //! stream is taken back with any bytes hyper had read ahead, and the next request starts a fresh
-//! one. An idle connection then costs only its TLS state.
+//! one (after [`LINGER`], so that a client's next request in a burst reuses the connection). An
+//! idle connection then costs only its TLS state.
 //!
 //! hyper hands the stream over for upgrades (WebSocket) and CONNECT only through its own
 //! upgrade machinery, which needs the connection to stay inside hyper. Here the service leaves
@@ -33,6 +34,12 @@ use crate::upstream::{Body, BoxError};
 
 /// How long a connection may sit between requests before it is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_mins(5);
+
+/// How long a hyper connection is kept after its last response, for the next request: a
+/// keep-alive client's next one comes within it and is served without a new hyper connection
+/// (its buffers, timers and state made and dropped at every request cost more than the proxy's
+/// own work on a small request); a connection that stays idle longer drops to its stream.
+const LINGER: Duration = Duration::from_millis(20);
 
 /// What one client connection's service and stream wrapper tell the loop that drives it; `P`:
 /// what an upgraded request leaves for the caller to finish.
@@ -275,11 +282,30 @@ where
         // Set once hyper was shut down here at a message boundary: the stream can go on.
         let mut boundary = false;
         let mut asked = false;
+        // The requests started when the connection was last seen quiet, and the end of its
+        // linger from then: made at the first quiet point, moved at each later one.
+        let mut quiet_at = None;
+        let mut linger: Option<Pin<Box<tokio::time::Sleep>>> = None;
         let ended = poll_fn(|cx| {
             if let Poll::Ready(r) = Pin::new(&mut *conn).poll_without_shutdown(cx) {
                 return Poll::Ready(r);
             }
             if asked || !exchange.quiet_since(since) {
+                return Poll::Pending;
+            }
+            let started = exchange.started();
+            if quiet_at != Some(started) {
+                quiet_at = Some(started);
+                let until = tokio::time::Instant::now() + LINGER;
+                match &mut linger {
+                    Some(sleep) => sleep.as_mut().reset(until),
+                    None => linger = Some(Box::pin(tokio::time::sleep_until(until))),
+                }
+            }
+            if linger
+                .as_mut()
+                .is_some_and(|sleep| sleep.as_mut().poll(cx).is_pending())
+            {
                 return Poll::Pending;
             }
             asked = true;

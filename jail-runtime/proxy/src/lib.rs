@@ -29,6 +29,7 @@
 //! port, `keepalive` hyper's HTTP/1 connections taken back between requests.
 
 pub mod admin;
+mod answer_first;
 pub mod audit;
 pub mod client_hello;
 mod conn;
@@ -48,6 +49,7 @@ pub mod pod_local;
 pub mod policy;
 pub mod session;
 pub mod sigv4;
+pub mod socket_relay;
 pub mod tls;
 pub mod trust;
 pub mod upstream;

@@ -28,6 +28,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
+use crate::answer_first::AnswerFirst;
 use crate::guard::{self, Exemptions, Judgement, Origin};
 use crate::metrics::UpstreamError;
 use crate::pod_local::is_loopback;
@@ -376,7 +377,7 @@ impl tower_service::Service<Uri> for Connector {
                 let tls = upstream.connect_tls(&host, port, h2, &exemptions).await?;
                 let negotiated_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
                 Ok(Conn {
-                    io: TokioIo::new(Stream::Tls(Box::new(tls))),
+                    io: TokioIo::new(AnswerFirst::new(Stream::Tls(Box::new(tls)))),
                     h2: negotiated_h2,
                 })
             } else {
@@ -388,7 +389,7 @@ impl tower_service::Service<Uri> for Connector {
                     _ => upstream.connect_tcp(&host, port, &exemptions).await?,
                 };
                 Ok(Conn {
-                    io: TokioIo::new(Stream::Plain(tcp)),
+                    io: TokioIo::new(AnswerFirst::new(Stream::Plain(tcp))),
                     h2: false,
                 })
             }
@@ -466,7 +467,7 @@ impl AsyncWrite for Stream {
 /// A connection handed to hyper's client, telling it whether h2 was negotiated.
 #[derive(Debug)]
 pub struct Conn {
-    io: TokioIo<Stream>,
+    io: TokioIo<AnswerFirst<Stream>>,
     h2: bool,
 }
 

@@ -460,6 +460,21 @@ impl Sidecar {
         serde_json::from_str(&body).unwrap()
     }
 
+    /// The file the sidecar wrote its CA to, for a client's `--cacert`.
+    pub fn ca_file(&self) -> PathBuf {
+        self.socket.with_file_name("ca.crt")
+    }
+
+    /// `curl` arguments to go through the sidecar's explicit proxy trusting its CA.
+    pub fn curl_through(&self) -> Vec<String> {
+        vec![
+            "-x".into(),
+            format!("http://{}", self.explicit),
+            "--cacert".into(),
+            self.ca_file().to_string_lossy().into_owned(),
+        ]
+    }
+
     /// The sidecar's peak resident memory (`VmHWM`), in KiB.
     pub fn peak_rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap();
@@ -495,4 +510,36 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), Str
         .map_err(|e| format!("body: {e}"))?
         .to_bytes();
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// What one curl run printed.
+#[derive(Debug)]
+pub struct Curl {
+    /// curl's exit code (0: it got an answer, whatever its status).
+    pub code: i32,
+    /// The answer's body.
+    pub body: String,
+    /// The `-w` line printed after the body.
+    pub written: String,
+    /// curl's own messages (`-sS`: errors only).
+    pub stderr: String,
+}
+
+/// Runs curl (Debian 12's 7.88) with `args`, the URL among them, printing `write_out` on a line
+/// after the body.
+pub async fn curl<S: AsRef<std::ffi::OsStr>>(args: &[S], write_out: &str) -> Curl {
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "-w", &format!("\n{write_out}")])
+        .args(args)
+        .output()
+        .await
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, written) = text.rsplit_once('\n').unwrap_or(("", &text));
+    Curl {
+        code: out.status.code().unwrap_or(-1),
+        body: body.to_owned(),
+        written: written.to_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
 }

@@ -38,6 +38,8 @@ mod real_pods;
 mod rules;
 #[path = "e2e/secretless.rs"]
 mod secretless;
+#[path = "e2e/upgrade.rs"]
+mod upgrade;
 
 const RELEASE: &str = "agent-boundary";
 const RELEASE_NAMESPACE: &str = "agent-boundary-e2e";
@@ -94,11 +96,26 @@ fn run(cmd: &mut Command) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// The values every test release gets on this node (`key=value`): quick probes, the seccomp
+/// profile where this kubelet reads it, text logs.
+fn node_values() -> Vec<String> {
+    vec![
+        "nodeAgent.probeIntervalSeconds=3".into(),
+        "nodeAgent.installSeccompProfile=true".into(),
+        format!(
+            "nodeAgent.seccompDir={}",
+            boundary_test_support::kubelet_seccomp_dir()
+        ),
+        "operator.logFormat=text".into(),
+        "webhook.logFormat=text".into(),
+    ]
+}
+
 /// `helm upgrade --install` of the chart with the test values plus `extra` (`key=value`), then
 /// waits until the webhook answers (its Deployment ready and the `caBundle` in place).
 async fn install(client: &Client, extra: &[&str]) -> anyhow::Result<()> {
-    let repo = std::env::var("BOUNDARY_IMAGE_REPO").unwrap_or_else(|_| "agent-boundary".into());
-    let tag = std::env::var("BOUNDARY_IMAGE_TAG").unwrap_or_else(|_| "dev".into());
+    let repo = boundary_test_support::image_repo();
+    let tag = boundary_test_support::image_tag();
     let mut values = vec![
         format!("jailRuntime.image.repository={repo}/jail-runtime"),
         format!("webhook.image.repository={repo}/boundary-webhook"),
@@ -108,18 +125,11 @@ async fn install(client: &Client, extra: &[&str]) -> anyhow::Result<()> {
         format!("operator.image.tag={tag}"),
         // One node: one webhook replica (the PodDisruptionBudget is then not rendered).
         "webhook.replicas=1".into(),
-        "nodeAgent.probeIntervalSeconds=3".into(),
-        "nodeAgent.installSeccompProfile=true".into(),
-        format!(
-            "nodeAgent.seccompDir={}",
-            boundary_test_support::kubelet_seccomp_dir()
-        ),
-        "operator.logFormat=text".into(),
-        "webhook.logFormat=text".into(),
     ];
+    values.extend(node_values());
     values.extend(extra.iter().map(ToString::to_string));
     // Helm installs a chart's CRDs only on the first install and never upgrades them: the
-    // working tree's schema is applied first, as an upgrade of this project needs today.
+    // working tree's schema is applied first (the operator applies them too, once it runs).
     boundary_test_support::install_crds(client).await?;
     let mut cmd = Command::new(helm());
     cmd.args(["upgrade", "--install", RELEASE])
@@ -138,6 +148,12 @@ async fn install(client: &Client, extra: &[&str]) -> anyhow::Result<()> {
         cmd.arg("--kubeconfig").arg(kubeconfig);
     }
     run(&mut cmd)?;
+    webhook_answers(client).await
+}
+
+/// Waits until the webhook answers: only current webhook pods, all ready, and the operator's
+/// `caBundle` in the webhook configuration.
+async fn webhook_answers(client: &Client) -> anyhow::Result<()> {
     only_current_webhook_pods(client).await?;
     let webhooks: Api<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration> =
         Api::all(client.clone());
@@ -166,6 +182,64 @@ async fn install(client: &Client, extra: &[&str]) -> anyhow::Result<()> {
     )
     .await?;
     Ok(())
+}
+
+/// Pod creations without pause (server-side dry runs, which go through admission like any
+/// create, every 100 ms) until [`Burst::finish`].
+struct Burst {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<Admissions>,
+}
+
+/// What a [`Burst`] saw.
+struct Admissions {
+    /// Admitted and jailed (the webhook's status annotation).
+    admitted: u32,
+    /// Admitted without being jailed.
+    unjailed: u32,
+    /// Refused, with the apiserver's message.
+    refused: Vec<String>,
+    slowest: Duration,
+}
+
+impl Burst {
+    fn start(pods: Api<Pod>, pod: Pod) -> Burst {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task = {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let dry_run = PostParams {
+                    dry_run: true,
+                    ..PostParams::default()
+                };
+                let mut seen = Admissions {
+                    admitted: 0,
+                    unjailed: 0,
+                    refused: Vec::new(),
+                    slowest: Duration::ZERO,
+                };
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let sent = std::time::Instant::now();
+                    match pods.create(&dry_run, &pod).await {
+                        Ok(p) if p.annotations().contains_key(annotations::STATUS) => {
+                            seen.admitted += 1;
+                        }
+                        Ok(_) => seen.unjailed += 1,
+                        Err(e) => seen.refused.push(e.to_string()),
+                    }
+                    seen.slowest = seen.slowest.max(sent.elapsed());
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                seen
+            })
+        };
+        Burst { stop, task }
+    }
+
+    async fn finish(self) -> anyhow::Result<Admissions> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(self.task.await?)
+    }
 }
 
 /// Waits until the webhook pods are those of the current settings only: a replaced pod keeps
@@ -258,6 +332,16 @@ async fn probed_node(client: &Client) -> anyhow::Result<Node> {
     .await
 }
 
+/// The node's `InternalIP` (where the local registry listens).
+fn internal_ip(node: &Node) -> anyhow::Result<String> {
+    node.status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP"))
+        .map(|a| a.address.clone())
+        .context("the node has no InternalIP")
+}
+
 /// A test CA and the certificate of both test servers.
 struct ServerPki {
     ca: String,
@@ -295,6 +379,11 @@ struct World {
 async fn world(prefix: &str) -> anyhow::Result<World> {
     let client = client().await?;
     install(&client, &[]).await?;
+    world_of(client, prefix).await
+}
+
+/// [`world`] with whatever release is installed.
+async fn world_of(client: Client, prefix: &str) -> anyhow::Result<World> {
     let ns = TestNamespace::create(
         &client,
         prefix,

@@ -153,12 +153,21 @@ where
 }
 
 /// The name of one of the project's images, as `tests/scripts/build-images.sh` tagged it:
-/// `$BOUNDARY_IMAGE_REPO/<name>:$BOUNDARY_IMAGE_TAG` (defaults `agent-boundary`, `dev`). On the
-/// local cluster the images are built into the node's Docker; elsewhere push them and set both.
+/// `$BOUNDARY_IMAGE_REPO/<name>:$BOUNDARY_IMAGE_TAG` (defaults `agent-boundary` and the workspace
+/// version). On the local cluster the images are built into the node's runtime; elsewhere push
+/// them and set both.
 pub fn image(name: &str) -> String {
-    let repo = std::env::var("BOUNDARY_IMAGE_REPO").unwrap_or_else(|_| "agent-boundary".into());
-    let tag = std::env::var("BOUNDARY_IMAGE_TAG").unwrap_or_else(|_| "dev".into());
-    format!("{repo}/{name}:{tag}")
+    format!("{}/{name}:{}", image_repo(), image_tag())
+}
+
+/// `$BOUNDARY_IMAGE_REPO`, or `agent-boundary` as build-images.sh names the images.
+pub fn image_repo() -> String {
+    std::env::var("BOUNDARY_IMAGE_REPO").unwrap_or_else(|_| "agent-boundary".into())
+}
+
+/// `$BOUNDARY_IMAGE_TAG`, or the workspace version build-images.sh tags the images with.
+pub fn image_tag() -> String {
+    std::env::var("BOUNDARY_IMAGE_TAG").unwrap_or_else(|_| env!("CARGO_PKG_VERSION").into())
 }
 
 /// Waits until pod `name` reaches one of `phases` and returns it; fails early when it reaches

@@ -70,6 +70,25 @@ impl NodeRuntime {
         run(&mut kill).map(drop)
     }
 
+    /// Removes the name `image` from the runtime (its layers stay while another name uses them),
+    /// so the next pod that runs it must pull it. A name that is not there is no error.
+    pub fn untag(&self, image: &str) -> anyhow::Result<()> {
+        let mut rm = self.command();
+        match self {
+            Self::Docker => rm.args(["image", "rm", "--no-prune", image]),
+            Self::Containerd { .. } => rm.args(["images", "rm", &qualified(image)]),
+        };
+        let out = rm.output().context("removing an image name")?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        anyhow::ensure!(
+            out.status.success()
+                || stderr.contains("not found")
+                || stderr.contains("No such image"),
+            "removing the image name {image}: {stderr}"
+        );
+        Ok(())
+    }
+
     /// Runs `binary` of `image` (as stored in the runtime) on this machine with `args`, `stdin`
     /// fed to it: the real binary the image ships, not one from the build tree.
     pub fn run_from_image(

@@ -22,8 +22,10 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+mod drain;
 mod secretless;
 
+use drain::DrainedOnDrop;
 use secretless::{body_leak, redact_entry, refuse_body_leak, with_credentials};
 
 use crate::Proxy;
@@ -284,6 +286,7 @@ async fn handle(
         Upgrades::Taken(exchange) => ClientUpgrade::Taken(exchange.clone()),
     });
     let (parts, body) = req.into_parts();
+    let body = DrainedOnDrop::new(body, &parts.headers);
     let conn = head::Connection {
         scheme,
         port: if ctx.port == 0 {

@@ -209,6 +209,8 @@ struct KeepAlive {
     rps: f64,
     p50: Duration,
     p99: Duration,
+    /// The boundary proxy's CPU time per request (microseconds); 0 where it was not measured.
+    proxy_cpu_us: f64,
 }
 
 async fn keep_alive(
@@ -259,6 +261,7 @@ async fn keep_alive(
         rps: all.len() as f64 / seconds as f64,
         p50: pct(0.50),
         p99: pct(0.99),
+        proxy_cpu_us: 0.0,
     })
 }
 
@@ -578,7 +581,7 @@ async fn main() -> anyhow::Result<()> {
     };
 
     if args.only.contains(&Part::KeepAlive) {
-        keep_alive_table(&args, &routes).await?;
+        keep_alive_table(&args, &routes, boundary_pid).await?;
     }
     if args.only.contains(&Part::Bulk) {
         bulk_table(&args, &routes, boundary_pid).await?;
@@ -613,7 +616,7 @@ fn median(mut xs: Vec<f64>) -> f64 {
         .unwrap_or(0.0)
 }
 
-async fn keep_alive_table(args: &Args, routes: &Routes) -> anyhow::Result<()> {
+async fn keep_alive_table(args: &Args, routes: &Routes, boundary_pid: u32) -> anyhow::Result<()> {
     println!(
         "HTTPS keep-alive, {} connections, {} s per run, 2-byte responses; medians of {} rounds, \
          each round running every route in turn (ratios are taken within a round):",
@@ -622,9 +625,15 @@ async fn keep_alive_table(args: &Args, routes: &Routes) -> anyhow::Result<()> {
     let mut runs: Vec<Vec<KeepAlive>> = routes.iter().map(|_| Vec::new()).collect();
     for _ in 0..args.rounds {
         for (i, (name, route, ca)) in routes.iter().enumerate() {
-            let r = keep_alive(route, ca, args.connections, args.seconds)
+            let cpu_before = cpu_seconds(boundary_pid)?;
+            let mut r = keep_alive(route, ca, args.connections, args.seconds)
                 .await
                 .with_context(|| format!("keep-alive via {name}"))?;
+            // The proxy's CPU per request: steadier than the rates on a busy machine.
+            let requests = r.rps * args.seconds as f64;
+            if requests > 0.0 {
+                r.proxy_cpu_us = (cpu_seconds(boundary_pid)? - cpu_before) * 1e6 / requests;
+            }
             runs[i].push(r);
         }
     }
@@ -633,8 +642,13 @@ async fn keep_alive_table(args: &Args, routes: &Routes) -> anyhow::Result<()> {
         let of = |f: &dyn Fn(&KeepAlive, &KeepAlive) -> f64| {
             median(runs[i].iter().zip(&runs[0]).map(|(r, d)| f(r, d)).collect())
         };
+        let cpu = if name.starts_with("direct") || name.contains("squid") {
+            String::new()
+        } else {
+            format!("  proxy CPU {:5.1} µs/req", of(&|r, _| r.proxy_cpu_us))
+        };
         println!(
-            "  {name:26} {:9.0} req/s ({:5.1}% of direct)  p50 {:7.3} ms  p99 {:7.3} ms  added p50 {:+.3} ms  added p99 {:+.3} ms  ({})",
+            "  {name:26} {:9.0} req/s ({:5.1}% of direct)  p50 {:7.3} ms  p99 {:7.3} ms  added p50 {:+.3} ms  added p99 {:+.3} ms{cpu}  ({})",
             of(&|r, _| r.rps),
             of(&|r, d| r.rps / d.rps * 100.0),
             of(&|r, _| ms(r.p50)),

@@ -3,9 +3,12 @@
 //!
 //! - the webhook: [`boundary_webhook::server`] with the decider of [`admitter`];
 //! - the floor: a minimal axum + rustls server that reads the body and returns a constant
-//!   `AdmissionReview` (what any HTTPS webhook costs at least).
+//!   `AdmissionReview` (what any HTTPS webhook costs at least);
+//! - floor+: the same server returning a constant copy of the webhook's own answer to the
+//!   review, patch included (what any webhook jailing this pod costs at least: the rest of the
+//!   webhook's CPU is its own work).
 //!
-//! Both are driven over HTTPS keep-alive (HTTP/1.1) with the same ~4 KiB review of a Pod:
+//! All are driven over HTTPS keep-alive (HTTP/1.1) with the same ~5 KiB review of a Pod:
 //!
 //! - fixed rate (open loop): reviews are sent on a schedule whatever the answers do, and
 //!   latency counts from the scheduled send time, so a slow server is not hidden by a client
@@ -53,9 +56,13 @@ use tower_service::Service;
 
 /// Times the decider alone at `nodes` nodes and `policies` policies: parsing the review, then
 /// planning and patching, per review. Returns plan+patch per review.
-fn decide_only(body: &[u8], nodes: usize, policies: usize) -> anyhow::Result<Duration> {
+fn decide_only(
+    body: &[u8],
+    nodes: usize,
+    policies: usize,
+    rounds: u32,
+) -> anyhow::Result<Duration> {
     let admit = admitter(nodes, policies);
-    let rounds = 2000;
     let start = std::time::Instant::now();
     for _ in 0..rounds {
         std::hint::black_box(boundary_webhook::review::parse(std::hint::black_box(body))?);
@@ -70,7 +77,7 @@ fn decide_only(body: &[u8], nodes: usize, policies: usize) -> anyhow::Result<Dur
     let start = std::time::Instant::now();
     for _ in 0..rounds {
         let response = admit.admit(&request);
-        std::hint::black_box(serde_json::to_vec(&response.into_review())?);
+        std::hint::black_box(response.to_review_json()?);
     }
     let respond = start.elapsed() / rounds;
     println!(
@@ -88,11 +95,17 @@ fn decide_rows(args: &Args) -> anyhow::Result<()> {
     let (mut small, mut large) = (Vec::new(), Vec::new());
     // Interleaved, so that load from elsewhere on the machine hits both alike.
     for _ in 0..args.rounds {
-        small.push(us(decide_only(&body, args.nodes, args.policies)?));
+        small.push(us(decide_only(
+            &body,
+            args.nodes,
+            args.policies,
+            args.decide_reviews.max(1),
+        )?));
         large.push(us(decide_only(
             &body,
             args.large_nodes,
             args.large_policies,
+            args.decide_reviews.max(1),
         )?));
     }
     let (small, large) = (median(small), median(large));
@@ -236,6 +249,10 @@ struct Args {
     /// Seconds per max-throughput run.
     #[arg(long, env = "BENCH_MAX_SECONDS", default_value_t = 5)]
     max_seconds: u64,
+    /// Reviews per timed loop of the decider rows (few under `valgrind --tool=callgrind`,
+    /// whose instruction counts are repeatable whatever the load).
+    #[arg(long, env = "BENCH_DECIDE_REVIEWS", default_value_t = 2000)]
+    decide_reviews: u32,
     /// Rounds of each measurement; figures are medians.
     #[arg(long, env = "BENCH_ROUNDS", default_value_t = 3)]
     rounds: usize,
@@ -335,16 +352,18 @@ fn start_webhook(
 /// The constant answer of the floor: a review response admitting without a patch.
 const FLOOR_RESPONSE: &str = r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":"bench-request","allowed":true}}"#;
 
-/// Starts the floor on `runtime`: axum + rustls, body read whole, constant answer.
+/// Starts a floor on `runtime`: axum + rustls, body read whole, the constant `answer`.
 fn start_floor(
     runtime: &tokio::runtime::Runtime,
     tls: Arc<rustls::ServerConfig>,
+    answer: Bytes,
 ) -> anyhow::Result<SocketAddr> {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let router = Router::new().route(
         "/mutate",
-        post(|_body: Bytes| async {
-            ([(header::CONTENT_TYPE, "application/json")], FLOOR_RESPONSE)
+        post(move |_body: Bytes| {
+            let answer = answer.clone();
+            async move { ([(header::CONTENT_TYPE, "application/json")], answer) }
         }),
     );
     let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0"))?;
@@ -860,23 +879,34 @@ async fn fixed_rate_table(
             errors_note(runs.iter().map(|r| r.errors).sum()),
         );
     }
-    // The ratio is taken within a round, then the median.
+    // Ratios are taken within a round, then the median.
     let cpu = |runs: &[FixedRate]| median(runs.iter().map(|r| us(r.cpu_per_review)).collect());
-    let cpu_ratio = median(
-        runs[0]
-            .iter()
-            .zip(&runs[1])
-            .map(|(webhook, floor)| us(webhook.cpu_per_review) / us(floor.cpu_per_review))
-            .collect(),
-    );
+    let cpu_ratio_to = |floor: &[FixedRate]| {
+        median(
+            runs[0]
+                .iter()
+                .zip(floor)
+                .map(|(webhook, floor)| us(webhook.cpu_per_review) / us(floor.cpu_per_review))
+                .collect(),
+        )
+    };
     println!(
         "  webhook: server CPU per review vs the floor ({} nodes, {} policies) at {} reviews/s: \
-         {cpu_ratio:.1}x ({:.1} vs {:.1} µs) (target: within 1.5x of the floor)",
+         {:.1}x ({:.1} vs {:.1} µs) (target: within 1.5x of the floor)",
         args.nodes,
         args.policies,
         args.rate,
+        cpu_ratio_to(&runs[1]),
         cpu(&runs[0]),
         cpu(&runs[1]),
+    );
+    println!(
+        "  webhook: server CPU per review vs the floor sending the same answer (floor+): \
+         {:.1}x ({:.1} vs {:.1} µs): the webhook's own work is {:.1} µs per review",
+        cpu_ratio_to(&runs[2]),
+        cpu(&runs[0]),
+        cpu(&runs[2]),
+        cpu(&runs[0]) - cpu(&runs[2]),
     );
     Ok(median(runs[0].iter().map(|r| ms(r.p99)).collect()))
 }
@@ -924,6 +954,11 @@ async fn max_rate_table(
     Ok(())
 }
 
+/// mimalloc instead of glibc's malloc: the webhook binary's allocator, so that the in-process
+/// server measured is the one shipped.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if args.rate == 0 || args.connections == 0 || args.max_connections == 0 || args.rounds == 0 {
@@ -947,7 +982,7 @@ fn main() -> anyhow::Result<()> {
         answer.allowed,
         answer.audit_annotations.get("tier"),
         answer.warnings.len(),
-        answer.patch.as_ref().map_or(0, String::len)
+        answer.patch.as_ref().map_or(0, |p| p.len().div_ceil(3) * 4)
     );
     if !args.no_logs {
         // The webhook's per-review event, formatted as in production and thrown away.
@@ -961,6 +996,8 @@ fn main() -> anyhow::Result<()> {
     let ca = TestCa::named("webhook bench CA");
     let webhook_runtime = server_runtime(args.server_threads, "webhook-server")?;
     let floor_runtime = server_runtime(args.server_threads, "floor-server")?;
+    let answer_floor_runtime = server_runtime(args.server_threads, "floor-answer")?;
+    let webhook_answer = Bytes::from(answer.to_review_json()?);
     let targets = [
         Target {
             name: "webhook",
@@ -969,10 +1006,29 @@ fn main() -> anyhow::Result<()> {
         },
         Target {
             name: "floor",
-            addr: start_floor(&floor_runtime, ca.server_config(&[NAME], Alpn::Http1))?,
+            addr: start_floor(
+                &floor_runtime,
+                ca.server_config(&[NAME], Alpn::Http1),
+                Bytes::from_static(FLOOR_RESPONSE.as_bytes()),
+            )?,
             threads: "floor-server",
         },
+        Target {
+            name: "floor+",
+            addr: start_floor(
+                &answer_floor_runtime,
+                ca.server_config(&[NAME], Alpn::Http1),
+                webhook_answer.clone(),
+            )?,
+            threads: "floor-answer",
+        },
     ];
+    println!(
+        "floor: a constant {} B answer; floor+: a constant copy of the webhook's own answer to \
+         the review ({:.1} KiB, its patch included), which any webhook jailing this pod must send",
+        FLOOR_RESPONSE.len(),
+        webhook_answer.len() as f64 / 1024.0
+    );
     let client = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.client_threads.max(1))
         .thread_name("bench-client")
@@ -983,5 +1039,6 @@ fn main() -> anyhow::Result<()> {
     drop(client);
     webhook_runtime.shutdown_background();
     floor_runtime.shutdown_background();
+    answer_floor_runtime.shutdown_background();
     Ok(())
 }

@@ -247,25 +247,7 @@ async fn the_webhook_deleted_and_rolled_during_a_burst_loses_no_admission() -> a
             Ok(pods.create(&dry_run, &pod).await.ok().map(|_| ()))
         })
         .await?;
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let burst = {
-            let (pods, pod, stop) = (pods.clone(), pod.clone(), stop.clone());
-            tokio::spawn(async move {
-                let (mut admitted, mut unjailed, mut refused) = (0u32, 0u32, Vec::new());
-                let mut slowest = Duration::ZERO;
-                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                    let sent = Instant::now();
-                    match pods.create(&dry_run, &pod).await {
-                        Ok(p) if p.annotations().contains_key(annotations::STATUS) => admitted += 1,
-                        Ok(_) => unjailed += 1,
-                        Err(e) => refused.push(e.to_string()),
-                    }
-                    slowest = slowest.max(sent.elapsed());
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                (admitted, unjailed, refused, slowest)
-            })
-        };
+        let burst = Burst::start(pods.clone(), pod.clone());
         tokio::time::sleep(Duration::from_secs(3)).await;
         let webhook_pods = component_pods(&client, "webhook").await?;
         anyhow::ensure!(webhook_pods.len() == 2, "two webhook pods: {}", webhook_pods.len());
@@ -300,8 +282,12 @@ async fn the_webhook_deleted_and_rolled_during_a_burst_loses_no_admission() -> a
         })
         .await?;
         tokio::time::sleep(Duration::from_secs(3)).await;
-        stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        let (admitted, unjailed, refused, slowest) = burst.await?;
+        let Admissions {
+            admitted,
+            unjailed,
+            refused,
+            slowest,
+        } = burst.finish().await?;
         eprintln!(
             "chaos: webhook pod deleted and Deployment rolled with 2 replicas: {admitted} admissions jailed, {unjailed} unjailed, {} refused, slowest {} ms",
             refused.len(),

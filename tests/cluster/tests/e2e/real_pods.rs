@@ -643,10 +643,10 @@ async fn policy_status_counts_only_pods_whose_jail_enforces_and_gates_readiness(
 
 /// A `docker-registry` (Debian's package) on the node's IP, with the e2e-tools image pushed into
 /// it by the node's runtime; stopped on drop.
-struct LocalRegistry {
+pub(super) struct LocalRegistry {
     child: std::process::Child,
     _dir: tempfile::TempDir,
-    address: String,
+    pub(super) address: String,
 }
 
 impl Drop for LocalRegistry {
@@ -658,7 +658,7 @@ impl Drop for LocalRegistry {
 
 /// The registry listens on the node's IP (the pods' bridge of the local cluster), which pods and
 /// the webhook reach, over plain HTTP (see `NodeRuntime::push_to_plain_http_registry`).
-fn local_registry(node_ip: &str) -> anyhow::Result<LocalRegistry> {
+pub(super) fn local_registry(node_ip: &str) -> anyhow::Result<LocalRegistry> {
     let dir = tempfile::tempdir()?;
     let port = std::net::TcpListener::bind((node_ip, 0))?
         .local_addr()?
@@ -716,14 +716,7 @@ async fn a_container_without_command_gets_its_images_entrypoint_from_the_registr
     }
     let world = world("e2e-entrypoint").await?;
     let node = probed_node(&world.client).await?;
-    let node_ip = node
-        .status
-        .as_ref()
-        .and_then(|s| s.addresses.as_ref())
-        .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP"))
-        .map(|a| a.address.clone())
-        .context("the node has no InternalIP")?;
-    let registry = local_registry(&node_ip)?;
+    let registry = local_registry(&internal_ip(&node)?)?;
     let result = async {
         install(
             &world.client,
