@@ -1584,6 +1584,34 @@ mod tests {
     }
 
     #[test]
+    fn a_header_and_a_query_parameter_of_one_name_each_report_their_own_column() {
+        // The shape of the rule_parser fuzz input that failed CI: the fuzz target's own check
+        // kept one length per name and measured the header's column against the query's glob.
+        let http = [structured(
+            "a.com",
+            &[("q", "====G\0=====q")],
+            &[("q", "*"), ("", "*")],
+        )];
+        let CompileErrors(problems) = compile(RuleSource {
+            field_prefix: "spec.",
+            http: &http,
+            ..RuleSource::default()
+        })
+        .unwrap_err();
+        let fields: Vec<(&str, Option<usize>)> = problems
+            .iter()
+            .map(|p| (p.field.as_str(), p.column))
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                ("spec.http[0].headers.q", Some(6)),
+                ("spec.http[0].query.", Some(1)),
+            ]
+        );
+    }
+
+    #[test]
     fn a_host_no_rule_can_name_gets_no_suggestion() {
         // Found by the rule_parser fuzz target: a request to `-6z` suggested `domain=-6z`.
         let host = Host::parse("-6z").unwrap();
