@@ -54,6 +54,9 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     passed.extend_from_slice(&scanner.finish());
-    assert_eq!(passed, stream, "without a needle the stream passes unchanged");
+    assert_eq!(
+        passed, stream,
+        "without a needle the stream passes unchanged"
+    );
     assert!(!contains(stream), "a needle in the stream was not found");
 });

@@ -7,11 +7,11 @@
 //! byte's low bit picks the mode.
 #![no_main]
 
+use boundary_api::Mode;
+use boundary_api::rules::{self, Host, HttpRequest, RequestPath, RuleSet, RuleSource};
 use boundary_proxy::audit::Decision;
 use boundary_proxy::decide::{self, Connect, Connection, Request, Tls};
 use boundary_proxy::wire::Destination;
-use boundary_api::Mode;
-use boundary_api::rules::{self, Host, HttpRequest, RequestPath, RuleSet, RuleSource};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

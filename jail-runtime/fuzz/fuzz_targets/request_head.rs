@@ -3,9 +3,9 @@
 //! never yields a target.
 #![no_main]
 
+use boundary_api::rules::Host;
 use boundary_proxy::framing::Framing;
 use boundary_proxy::head::{self, Connection, Scheme};
-use boundary_api::rules::Host;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
