@@ -894,6 +894,14 @@ mod tests {
     use super::*;
     use crate::policy::Port;
 
+    /// Each problem's field and column, in order.
+    fn places(problems: &[Problem]) -> Vec<(&str, Option<usize>)> {
+        problems
+            .iter()
+            .map(|p| (p.field.as_str(), p.column))
+            .collect()
+    }
+
     fn rules(allow: &[&str]) -> RuleSet {
         let allow: Vec<String> = allow.iter().map(|s| (*s).to_owned()).collect();
         let compiled = compile(RuleSource {
@@ -1058,12 +1066,8 @@ mod tests {
             ..RuleSource::default()
         })
         .unwrap_err();
-        let fields: Vec<(&str, Option<usize>)> = problems
-            .iter()
-            .map(|p| (p.field.as_str(), p.column))
-            .collect();
         assert_eq!(
-            fields,
+            places(&problems),
             [
                 ("spec.allow[1]", Some(12)),
                 ("spec.allow[2]", Some(1)),
@@ -1360,12 +1364,8 @@ mod tests {
             ..RuleSource::default()
         })
         .unwrap_err();
-        let fields: Vec<(&str, Option<usize>)> = problems
-            .iter()
-            .map(|p| (p.field.as_str(), p.column))
-            .collect();
         assert_eq!(
-            fields,
+            places(&problems),
             [
                 ("spec.deny[1]", Some(17)),
                 ("spec.deny[2]", Some(14)),
@@ -1564,12 +1564,8 @@ mod tests {
             ..RuleSource::default()
         })
         .unwrap_err();
-        let fields: Vec<(&str, Option<usize>)> = problems
-            .iter()
-            .map(|p| (p.field.as_str(), p.column))
-            .collect();
         assert_eq!(
-            fields,
+            places(&problems),
             [
                 ("spec.denyHttp[0].tls", None),
                 ("spec.denyHttp[1].headers.", Some(1)),
@@ -1598,12 +1594,8 @@ mod tests {
             ..RuleSource::default()
         })
         .unwrap_err();
-        let fields: Vec<(&str, Option<usize>)> = problems
-            .iter()
-            .map(|p| (p.field.as_str(), p.column))
-            .collect();
         assert_eq!(
-            fields,
+            places(&problems),
             [
                 ("spec.http[0].headers.q", Some(6)),
                 ("spec.http[0].query.", Some(1)),
