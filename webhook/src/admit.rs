@@ -398,6 +398,9 @@ impl<V: ClusterView> Planner<V> {
             ),
         };
         response.warnings = decision.warnings;
+        let meta = &prepared.pod.metadata;
+        response.object_name =
+            Some(request.object_name_from(meta.name.as_deref(), meta.generate_name.as_deref()));
         response
             .audit_annotations
             .insert(AUDIT_DECISION.into(), outcome.into());

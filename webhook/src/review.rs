@@ -98,12 +98,19 @@ impl AdmissionRequest {
             .as_ref()
             .and_then(|raw| serde_json::from_str::<Object>(raw.get()).ok())
             .and_then(|o| o.metadata);
-        meta.and_then(|m| {
-            m.name
-                .filter(|n| !n.is_empty())
-                .or(m.generate_name.filter(|n| !n.is_empty()))
-        })
-        .unwrap_or_default()
+        let (name, generate_name) = meta.map_or((None, None), |m| (m.name, m.generate_name));
+        self.object_name_from(name.as_deref(), generate_name.as_deref())
+    }
+
+    /// [`AdmissionRequest::object_name`] from metadata the caller has already read (the
+    /// decider has the parsed pod): without scanning the object again.
+    pub fn object_name_from(&self, name: Option<&str>, generate_name: Option<&str>) -> String {
+        [self.name.as_deref(), name, generate_name]
+            .into_iter()
+            .flatten()
+            .find(|n| !n.is_empty())
+            .unwrap_or_default()
+            .to_owned()
     }
 }
 
@@ -143,6 +150,10 @@ pub struct AdmissionResponse {
     /// Key/value pairs added to the apiserver's audit event.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub audit_annotations: BTreeMap<String, String>,
+    /// [`AdmissionRequest::object_name`], when the decider read the object anyway: the
+    /// server's log line then need not scan the whole object again for it. Not sent.
+    #[serde(skip)]
+    pub object_name: Option<String>,
 }
 
 impl AdmissionResponse {
@@ -325,6 +336,31 @@ mod tests {
         assert!(err.to_string().contains("admissionReviewVersions"), "{err}");
         let empty = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#;
         assert!(matches!(parse(empty), Err(ReviewError::NoRequest)));
+    }
+
+    #[test]
+    fn an_object_is_named_by_the_request_else_its_name_else_its_generate_name() {
+        let review = |name: &str, metadata: &str| {
+            format!(
+                r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{"uid":"u","name":"{name}","object":{{"metadata":{metadata}}}}}}}"#
+            )
+        };
+        for (name, metadata, want) in [
+            ("req", r#"{"name":"meta","generateName":"gen-"}"#, "req"),
+            ("", r#"{"name":"meta","generateName":"gen-"}"#, "meta"),
+            ("", r#"{"name":"","generateName":"gen-"}"#, "gen-"),
+            ("", "{}", ""),
+        ] {
+            let request = parse(review(name, metadata).as_bytes()).unwrap();
+            assert_eq!(request.object_name(), want, "{name:?} {metadata}");
+            let meta: serde_json::Value = serde_json::from_str(metadata).unwrap();
+            let from =
+                request.object_name_from(meta["name"].as_str(), meta["generateName"].as_str());
+            assert_eq!(
+                from, want,
+                "from metadata read elsewhere: {name:?} {metadata}"
+            );
+        }
     }
 
     #[test]

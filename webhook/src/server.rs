@@ -4,6 +4,7 @@
 //! The server only moves bytes: it bounds what a client may send and for how long, parses the
 //! review, hands it to [`Admit`] and writes the answer. Every decision is the decider's.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -719,10 +720,14 @@ fn answer(
                 .cloned()
         })
         .flatten();
+    let name = response
+        .object_name
+        .as_deref()
+        .map_or_else(|| Cow::Owned(request.object_name()), Cow::Borrowed);
     tracing::info!(
         uid = %request.uid,
         namespace = request.namespace.as_deref().unwrap_or_default(),
-        name = %request.object_name(),
+        name = %name,
         operation = %request.operation,
         kind = %request.kind.kind,
         dry_run = request.dry_run.unwrap_or(false),

@@ -256,6 +256,32 @@ fn creates_follow_the_admins_settings() {
 }
 
 #[test]
+fn a_planned_create_names_its_pod_for_the_log_as_the_request_would() {
+    // The server logs this name instead of scanning the object a second time for it.
+    let p = planner(Vec::new(), Jailing::default());
+    for metadata in [
+        json!({"generateName": "agent-", "labels": {"app": "agent"}}),
+        json!({"name": "agent-1", "labels": {"app": "agent"}}),
+    ] {
+        let request = json!({
+            "uid": "c1", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "operation": "CREATE", "namespace": "agents",
+            "object": {"metadata": metadata,
+                       "spec": {"containers": [{"name": "a", "image": "a:1", "command": ["a"]}]}}
+        });
+        let response = admit(&p, &request);
+        assert!(response.patch.is_some(), "jailed: {}", message(&response));
+        let body = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request});
+        let parsed = review::parse(&serde_json::to_vec(&body).unwrap()).unwrap();
+        assert_eq!(
+            response.object_name,
+            Some(parsed.object_name()),
+            "{metadata}"
+        );
+    }
+}
+
+#[test]
 fn the_placeholder_nonce_is_derived_from_the_request_uid() {
     use boundary_api::credentials::{nonce_from, placeholder};
     let mut with_credential = policy("strict", "agent");
