@@ -574,6 +574,10 @@ async fn an_upgrade_from_the_previous_release_keeps_agents_working_and_uninstall
 
         // The registry lives until here: it serves the fresh install's images.
         fresh_install_jails(&world, &chart, &current_values, &registry.address).await?;
+        // Back to the release the other tests install (local chart and images) while the
+        // registry is still there to serve the pods being replaced: the next test would
+        // otherwise pay for that inside its own time limit, against a registry that is gone.
+        install(&world.client, &[]).await?;
         anyhow::Ok(())
     }
     .await;
