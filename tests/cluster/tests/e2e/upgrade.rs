@@ -422,7 +422,10 @@ async fn install_previous(client: &Client, previous: &Previous) -> anyhow::Resul
 }
 
 /// A fresh install straight from the registry (`helm install oci://`): the operator publishes
-/// the policy again and the webhook jails a new pod with the sidecar pulled from there.
+/// the policy again and the webhook jails a new pod with the sidecar pulled from there. Then
+/// back to the release the other tests install (local chart and images) while the registry is
+/// still there to serve the pods being replaced: the next test would otherwise pay for that
+/// inside its own time limit, against a registry that is gone.
 async fn fresh_install_jails(
     world: &World,
     chart: &str,
@@ -451,9 +454,8 @@ async fn fresh_install_jails(
         sidecar == format!("{registry}/agent-boundary/jail-runtime:{version}"),
         "the release installed from the registry injected {sidecar}"
     );
-    fetches_as_the_policy_says(&pods, "agent-fresh")
-        .await
-        .map(drop)
+    fetches_as_the_policy_says(&pods, "agent-fresh").await?;
+    install(&world.client, &[]).await
 }
 
 /// 20. Upgrade, rollback and uninstall with agents running: the previous release is installed
@@ -574,10 +576,6 @@ async fn an_upgrade_from_the_previous_release_keeps_agents_working_and_uninstall
 
         // The registry lives until here: it serves the fresh install's images.
         fresh_install_jails(&world, &chart, &current_values, &registry.address).await?;
-        // Back to the release the other tests install (local chart and images) while the
-        // registry is still there to serve the pods being replaced: the next test would
-        // otherwise pay for that inside its own time limit, against a registry that is gone.
-        install(&world.client, &[]).await?;
         anyhow::Ok(())
     }
     .await;
