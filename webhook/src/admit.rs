@@ -384,7 +384,7 @@ impl<V: ClusterView> Planner<V> {
                     .clone_from(&prepared.given_namespace);
                 decision.pod.metadata.namespace = prepared.given_namespace;
                 (
-                    AdmissionResponse::patched(uid, &decision.patch(&prepared.pod)),
+                    AdmissionResponse::patched(uid, decision.patch_json(&prepared.pod)),
                     "jailed",
                     Some(row),
                 )

@@ -11,6 +11,11 @@
 //! a diff of the whole serialised containers gives. The golden tests check, for every case,
 //! that the patch turns the input into exactly the planned pod; `tests/golden.rs` also checks
 //! it operation for operation against the whole-container diff on random pods.
+//!
+//! One walk makes the operations for two [`Sink`]s: [`between`] keeps them as `json_patch`
+//! operations (to apply and compare), [`written`] writes them straight into the patch's JSON,
+//! each value serialised from its typed object. Building `Value` trees, writing them and
+//! dropping them was half of a review's instructions.
 
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation, RemoveOperation, ReplaceOperation};
@@ -18,64 +23,129 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 use serde::Serialize;
 use serde_json::Value;
 
-fn value<T: Serialize>(item: &T) -> Value {
+fn value<T: Serialize + ?Sized>(item: &T) -> Value {
     // Serialising Kubernetes types to a Value cannot fail (string keys, no non-finite floats).
     serde_json::to_value(item).unwrap_or(Value::Null)
 }
 
-fn add(path: PointerBuf, value: Value) -> PatchOperation {
-    PatchOperation::Add(AddOperation { path, value })
+/// Where the walk's operations go.
+trait Sink {
+    fn add<T: Serialize + ?Sized>(&mut self, path: PointerBuf, value: &T);
+    fn replace<T: Serialize + ?Sized>(&mut self, path: PointerBuf, value: &T);
+    fn remove(&mut self, path: PointerBuf);
+
+    /// The operations `json_patch::diff` makes from `before` to `after`, under `prefix`.
+    fn diff<T: Serialize + ?Sized>(&mut self, prefix: &PointerBuf, before: &T, after: &T) {
+        for op in json_patch::diff(&value(before), &value(after)).0 {
+            match op {
+                PatchOperation::Add(o) => self.add(prefix.concat(&o.path), &o.value),
+                PatchOperation::Remove(o) => self.remove(prefix.concat(&o.path)),
+                PatchOperation::Replace(o) => self.replace(prefix.concat(&o.path), &o.value),
+                // `diff` makes only the three above.
+                PatchOperation::Move(_) | PatchOperation::Copy(_) | PatchOperation::Test(_) => {}
+            }
+        }
+    }
 }
 
-fn remove(path: PointerBuf) -> PatchOperation {
-    PatchOperation::Remove(RemoveOperation { path })
+/// The operations as `json_patch` values.
+impl Sink for Vec<PatchOperation> {
+    fn add<T: Serialize + ?Sized>(&mut self, path: PointerBuf, item: &T) {
+        self.push(PatchOperation::Add(AddOperation {
+            path,
+            value: value(item),
+        }));
+    }
+
+    fn replace<T: Serialize + ?Sized>(&mut self, path: PointerBuf, item: &T) {
+        self.push(PatchOperation::Replace(ReplaceOperation {
+            path,
+            value: value(item),
+        }));
+    }
+
+    fn remove(&mut self, path: PointerBuf) {
+        self.push(PatchOperation::Remove(RemoveOperation { path }));
+    }
+}
+
+/// The operations written as the patch's JSON, in the shape `json_patch` serialises them.
+#[derive(Default)]
+struct Written {
+    json: Vec<u8>,
+}
+
+impl Written {
+    fn begin(&mut self, op: &str, path: &PointerBuf) {
+        self.json
+            .push(if self.json.is_empty() { b'[' } else { b',' });
+        self.json.extend_from_slice(br#"{"op":""#);
+        self.json.extend_from_slice(op.as_bytes());
+        self.json.extend_from_slice(br#"","path":"#);
+        // Writing into a Vec cannot fail, nor can serialising a string.
+        let _ = serde_json::to_writer(&mut self.json, path.as_str());
+    }
+
+    fn value<T: Serialize + ?Sized>(&mut self, item: &T) {
+        self.json.extend_from_slice(br#","value":"#);
+        // Kubernetes types serialise without failing (string keys, no non-finite floats).
+        let _ = serde_json::to_writer(&mut self.json, item);
+        self.json.push(b'}');
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        if !self.json.is_empty() {
+            self.json.push(b']');
+        }
+        self.json
+    }
+}
+
+impl Sink for Written {
+    fn add<T: Serialize + ?Sized>(&mut self, path: PointerBuf, item: &T) {
+        self.begin("add", &path);
+        self.value(item);
+    }
+
+    fn replace<T: Serialize + ?Sized>(&mut self, path: PointerBuf, item: &T) {
+        self.begin("replace", &path);
+        self.value(item);
+    }
+
+    fn remove(&mut self, path: PointerBuf) {
+        self.begin("remove", &path);
+        self.json.push(b'}');
+    }
 }
 
 fn pointer(tokens: &[&str]) -> PointerBuf {
     PointerBuf::from_tokens(tokens.iter().copied())
 }
 
-/// `op` with `prefix` put in front of its path.
-fn prefixed(prefix: &PointerBuf, op: PatchOperation) -> PatchOperation {
-    match op {
-        PatchOperation::Add(o) => add(prefix.concat(&o.path), o.value),
-        PatchOperation::Remove(o) => remove(prefix.concat(&o.path)),
-        PatchOperation::Replace(o) => PatchOperation::Replace(ReplaceOperation {
-            path: prefix.concat(&o.path),
-            value: o.value,
-        }),
-        // `diff` makes only the three above; anything else is kept as it is.
-        other => other,
-    }
-}
-
 /// Operations turning `before` into `after` at `path`.
-fn section<T: Serialize + PartialEq>(
+fn section<T: Serialize + PartialEq, S: Sink>(
     path: PointerBuf,
     before: Option<&T>,
     after: Option<&T>,
-    ops: &mut Vec<PatchOperation>,
+    ops: &mut S,
 ) {
     match (before, after) {
         (None, None) => {}
-        (None, Some(b)) => ops.push(add(path, value(b))),
-        (Some(_), None) => ops.push(remove(path)),
+        (None, Some(b)) => ops.add(path, b),
+        (Some(_), None) => ops.remove(path),
         (Some(a), Some(b)) if a == b => {}
-        (Some(a), Some(b)) => {
-            let diff = json_patch::diff(&value(a), &value(b));
-            ops.extend(diff.0.into_iter().map(|op| prefixed(&path, op)));
-        }
+        (Some(a), Some(b)) => ops.diff(&path, a, b),
     }
 }
 
 /// A list compared item by item: changed items are diffed by `item`, added ones appended,
 /// removed ones removed from the end (injection appends, stripping removes what it appended).
-fn list<T: Serialize + PartialEq>(
+fn list<T: Serialize + PartialEq, S: Sink>(
     path: &[&str],
     before: Option<&Vec<T>>,
     after: Option<&Vec<T>>,
-    item: fn(&PointerBuf, &T, &T, &mut Vec<PatchOperation>),
-    ops: &mut Vec<PatchOperation>,
+    item: fn(&PointerBuf, &T, &T, &mut S),
+    ops: &mut S,
 ) {
     let at = |i: usize| {
         let mut p = pointer(path);
@@ -91,10 +161,10 @@ fn list<T: Serialize + PartialEq>(
                 }
             }
             for (i, added) in b.iter().enumerate().skip(common) {
-                ops.push(add(at(i), value(added)));
+                ops.add(at(i), added);
             }
             for i in (common..a.len()).rev() {
-                ops.push(remove(at(i)));
+                ops.remove(at(i));
             }
         }
         (a, b) => section(pointer(path), a, b, ops),
@@ -102,23 +172,22 @@ fn list<T: Serialize + PartialEq>(
 }
 
 /// `json_patch::diff` of the two items' serialised forms, under `path`.
-fn by_value<T: Serialize>(path: &PointerBuf, before: &T, after: &T, ops: &mut Vec<PatchOperation>) {
-    let diff = json_patch::diff(&value(before), &value(after));
-    ops.extend(diff.0.into_iter().map(|op| prefixed(path, op)));
+fn by_value<T: Serialize, S: Sink>(path: &PointerBuf, before: &T, after: &T, ops: &mut S) {
+    ops.diff(path, before, after);
 }
 
 /// The operations `json_patch::diff` makes on one serialised container's fields, built field by
 /// field so that only the fields that differ are serialised (a jailed container's unchanged
 /// probes, resources and most of its env are never turned into JSON): the same operations in
 /// the same order, at the same depth, so fields this build does not know are never touched.
-struct Fields<'o> {
+struct Fields<'o, S> {
     path: PointerBuf,
-    ops: &'o mut Vec<PatchOperation>,
+    ops: &'o mut S,
     /// Fields only `before` has: `diff` removes them after every other change, in key order.
     removed: Vec<&'static str>,
 }
 
-impl Fields<'_> {
+impl<S: Sink> Fields<'_, S> {
     fn at(&self, key: &str) -> PointerBuf {
         let mut path = self.path.clone();
         path.push_back(key);
@@ -135,9 +204,9 @@ impl Fields<'_> {
         match (before, after) {
             (None, None) => {}
             (Some(_), None) => self.removed.push(key),
-            (None, Some(b)) => self.ops.push(add(self.at(key), value(b))),
+            (None, Some(b)) => self.ops.add(self.at(key), b),
             (Some(a), Some(b)) if a == b => {}
-            (Some(a), Some(b)) => by_value(&self.at(key), a, b, self.ops),
+            (Some(a), Some(b)) => self.ops.diff(&self.at(key), a, b),
         }
     }
 
@@ -163,22 +232,22 @@ impl Fields<'_> {
         let common = a.len().min(b.len());
         for i in 0..common {
             if a[i] != b[i] {
-                by_value(&at(i), &a[i], &b[i], self.ops);
+                self.ops.diff(&at(i), &a[i], &b[i]);
             }
         }
         for (i, added) in b.iter().enumerate().skip(common) {
-            self.ops.push(add(at(i), value(added)));
+            self.ops.add(at(i), added);
         }
         // `diff` removes the surplus one at a time at the same index.
         for _ in common..a.len() {
-            self.ops.push(remove(at(common)));
+            self.ops.remove(at(common));
         }
     }
 
     fn finish(self) {
         for key in &self.removed {
             let path = self.at(key);
-            self.ops.push(remove(path));
+            self.ops.remove(path);
         }
     }
 }
@@ -186,12 +255,7 @@ impl Fields<'_> {
 /// Operations turning container `before` into `after` at `path`: exactly what
 /// `json_patch::diff` gives on their serialised forms (property-tested against it).
 #[allow(clippy::too_many_lines)] // one line per field of `Container`
-fn container(
-    path: &PointerBuf,
-    before: &Container,
-    after: &Container,
-    ops: &mut Vec<PatchOperation>,
-) {
+fn container<S: Sink>(path: &PointerBuf, before: &Container, after: &Container, ops: &mut S) {
     // Every field by name, so that a field added to `Container` fails to compile here rather
     // than going missing from the patch. Keys in serialisation (alphabetical) order.
     let Container {
@@ -298,11 +362,11 @@ fn container(
 }
 
 /// Key by key changes of `metadata.<field>` (annotations, labels).
-fn string_map(
+fn string_map<S: Sink>(
     field: &str,
     before: Option<&std::collections::BTreeMap<String, String>>,
     after: Option<&std::collections::BTreeMap<String, String>>,
-    ops: &mut Vec<PatchOperation>,
+    ops: &mut S,
 ) {
     let (Some(before), Some(after)) = (before, after) else {
         section(pointer(&["metadata", field]), before, after, ops);
@@ -311,78 +375,82 @@ fn string_map(
     for (key, old) in before {
         let path = pointer(&["metadata", field, key]);
         match after.get(key) {
-            None => ops.push(remove(path)),
-            Some(new) if new != old => {
-                ops.push(PatchOperation::Replace(ReplaceOperation {
-                    path,
-                    value: Value::String(new.clone()),
-                }));
-            }
+            None => ops.remove(path),
+            Some(new) if new != old => ops.replace(path, new),
             Some(_) => {}
         }
     }
     for (key, new) in after.iter().filter(|(k, _)| !before.contains_key(*k)) {
-        ops.push(add(
-            pointer(&["metadata", field, key]),
-            Value::String(new.clone()),
-        ));
+        ops.add(pointer(&["metadata", field, key]), new);
     }
 }
 
-/// The patch from `original` to `planned`.
-pub fn between(original: &Pod, planned: &Pod) -> Patch {
-    let mut ops = Vec::new();
+/// The walk from `original` to `planned`, into `ops`.
+fn walk<S: Sink>(original: &Pod, planned: &Pod, ops: &mut S) {
     string_map(
         "annotations",
         original.metadata.annotations.as_ref(),
         planned.metadata.annotations.as_ref(),
-        &mut ops,
+        ops,
     );
     string_map(
         "labels",
         original.metadata.labels.as_ref(),
         planned.metadata.labels.as_ref(),
-        &mut ops,
+        ops,
     );
     if let (Some(a), Some(b)) = (&original.spec, &planned.spec) {
         section(
             pointer(&["spec", "affinity"]),
             a.affinity.as_ref(),
             b.affinity.as_ref(),
-            &mut ops,
+            ops,
         );
         list(
             &["spec", "containers"],
             Some(&a.containers),
             Some(&b.containers),
             container,
-            &mut ops,
+            ops,
         );
         list(
             &["spec", "initContainers"],
             a.init_containers.as_ref(),
             b.init_containers.as_ref(),
             container,
-            &mut ops,
+            ops,
         );
         list(
             &["spec", "volumes"],
             a.volumes.as_ref(),
             b.volumes.as_ref(),
             by_value,
-            &mut ops,
+            ops,
         );
         list(
             &["spec", "readinessGates"],
             a.readiness_gates.as_ref(),
             b.readiness_gates.as_ref(),
             by_value,
-            &mut ops,
+            ops,
         );
     }
+}
+
+/// The patch from `original` to `planned`.
+pub fn between(original: &Pod, planned: &Pod) -> Patch {
+    let mut ops = Vec::new();
+    walk(original, planned, &mut ops);
     Patch(ops)
 }
 
+/// [`between`] written as JSON: the same operations, each value serialised straight from its
+/// typed object. Empty (no bytes at all) when there is nothing to change.
+pub fn written(original: &Pod, planned: &Pod) -> Vec<u8> {
+    let mut ops = Written::default();
+    walk(original, planned, &mut ops);
+    ops.finish()
+}
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -534,6 +602,22 @@ mod tests {
         ops
     }
 
+    /// The field-by-field operations as [`Written`] writes them, parsed (`[]` for none).
+    fn written_field_by_field(before: &Container, after: &Container) -> Value {
+        let mut ops = Written::default();
+        super::container(
+            &pointer(&["spec", "containers", "0"]),
+            before,
+            after,
+            &mut ops,
+        );
+        let json = ops.finish();
+        if json.is_empty() {
+            return Value::Array(Vec::new());
+        }
+        serde_json::from_slice(&json).expect("the written patch is JSON")
+    }
+
     fn whole(before: &Container, after: &Container) -> Vec<PatchOperation> {
         let mut ops = Vec::new();
         section(
@@ -576,6 +660,7 @@ mod tests {
             let ops = field_by_field(before, after);
             assert_eq!(ops, whole(before, after));
             assert_eq!(ops.len(), 24);
+            assert_eq!(written_field_by_field(before, after), value(&ops));
         }
         let mut changed: Value = value(&full);
         for field in changed
@@ -590,7 +675,38 @@ mod tests {
             }
         }
         let changed: Container = serde_json::from_value(changed).expect("still a container");
-        assert_eq!(field_by_field(&full, &changed), whole(&full, &changed));
+        let ops = field_by_field(&full, &changed);
+        assert_eq!(ops, whole(&full, &changed));
+        assert_eq!(written_field_by_field(&full, &changed), value(&ops));
+    }
+
+    #[test]
+    fn a_written_patch_is_what_json_patch_serialises_and_nothing_when_empty() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "annotations": {"a": "1", "gone": "x"}},
+            "spec": {"containers": [{"name": "c", "image": "i"}]}
+        }))
+        .expect("a pod");
+        assert!(written(&pod, &pod).is_empty(), "no change, no bytes");
+        let mut planned = pod.clone();
+        let annotations = planned.metadata.annotations.get_or_insert_default();
+        annotations.insert("a".into(), "2".into());
+        annotations.remove("gone");
+        annotations.insert("new/~key".into(), "\"quoted\"".into());
+        planned.metadata.labels = Some([("l".to_owned(), "v".to_owned())].into());
+        let spec = planned.spec.as_mut().expect("a spec");
+        spec.containers[0].args = Some(vec!["--flag".into()]);
+        spec.containers.push(Container {
+            name: "sidecar".into(),
+            ..Container::default()
+        });
+        let ops = between(&pod, &planned);
+        assert_eq!(ops.0.len(), 6, "{ops:?}");
+        assert_eq!(
+            String::from_utf8(written(&pod, &planned)).expect("UTF-8"),
+            serde_json::to_string(&ops).expect("a patch serialises"),
+            "byte for byte the serialised json_patch operations"
+        );
     }
 
     proptest! {
@@ -602,6 +718,7 @@ mod tests {
         fn containers_diff_field_by_field_as_json_patch_does((before, after) in edited()) {
             let ops = field_by_field(&before, &after);
             prop_assert_eq!(&ops, &whole(&before, &after));
+            prop_assert_eq!(written_field_by_field(&before, &after), value(&ops));
             let mut pod = serde_json::json!({"spec": {"containers": [value(&before)]}});
             json_patch::patch(&mut pod, &ops).map_err(|e| TestCaseError::fail(e.to_string()))?;
             prop_assert_eq!(&pod["spec"]["containers"][0], &value(&after));
@@ -610,7 +727,9 @@ mod tests {
         /// The same for unrelated containers.
         #[test]
         fn unrelated_containers_diff_as_json_patch_does(before in any_container(), after in any_container()) {
-            prop_assert_eq!(field_by_field(&before, &after), whole(&before, &after));
+            let ops = field_by_field(&before, &after);
+            prop_assert_eq!(&ops, &whole(&before, &after));
+            prop_assert_eq!(written_field_by_field(&before, &after), value(&ops));
         }
     }
 }

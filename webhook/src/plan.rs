@@ -124,6 +124,12 @@ impl Decision {
     pub fn patch(&self, original: &Pod) -> json_patch::Patch {
         crate::patch::between(original, &self.pod)
     }
+
+    /// [`Decision::patch`] as the JSON sent, written without building it first (see
+    /// [`crate::patch::written`]); empty when there is nothing to change.
+    pub fn patch_json(&self, original: &Pod) -> Vec<u8> {
+        crate::patch::written(original, &self.pod)
+    }
 }
 
 /// The policies selecting a pod, combined.

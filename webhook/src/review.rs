@@ -180,12 +180,12 @@ impl AdmissionResponse {
         }
     }
 
-    /// Admits `uid` with `patch` applied (nothing to send when the patch is empty).
-    pub fn patched(uid: &str, patch: &json_patch::Patch) -> Self {
+    /// Admits `uid` with `patch`, a JSON Patch's bytes, applied (nothing is sent when there
+    /// are no bytes).
+    pub fn patched(uid: &str, patch: Vec<u8>) -> Self {
         let mut response = AdmissionResponse::allow(uid);
-        if !patch.0.is_empty() {
-            // Serialising a Patch (strings, numbers, JSON values) cannot fail.
-            response.patch = Some(serde_json::to_vec(patch).unwrap_or_default());
+        if !patch.is_empty() {
+            response.patch = Some(patch);
         }
         response
     }
@@ -369,12 +369,13 @@ mod tests {
             {"op": "add", "path": "/metadata/annotations", "value": {"a": "b"}}
         ]))
         .unwrap();
-        let review = AdmissionResponse::patched("u1", &patch).into_review();
+        let json = serde_json::to_vec(&patch).unwrap();
+        let review = AdmissionResponse::patched("u1", json.clone()).into_review();
         assert_eq!(review["response"]["uid"], "u1");
         assert_eq!(review["response"]["allowed"], true);
         assert_eq!(review["response"]["patchType"], "JSONPatch");
         let written: serde_json::Value = serde_json::from_slice(
-            &AdmissionResponse::patched("u1", &patch)
+            &AdmissionResponse::patched("u1", json)
                 .to_review_json()
                 .unwrap(),
         )
@@ -390,6 +391,11 @@ mod tests {
         assert_eq!(written, allowed.into_review());
         assert!(written["response"].get("patch").is_none());
         assert!(written["response"].get("patchType").is_none());
+        assert_eq!(
+            AdmissionResponse::patched("u4", Vec::new()),
+            AdmissionResponse::allow("u4"),
+            "no bytes, no patch"
+        );
         let denied = AdmissionResponse::deny("u2", "no").into_review();
         assert_eq!(denied["response"]["status"]["code"], 403);
         assert_eq!(denied["response"]["status"]["message"], "no");

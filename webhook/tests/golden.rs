@@ -351,9 +351,25 @@ fn every_case_matches_its_golden_file_and_reinvocation_changes_nothing() -> anyh
         }
 
         // The patch turns the input into exactly the planned pod.
+        let patch = decision.patch(&loaded.pod);
         let mut patched = serde_json::to_value(&loaded.pod)?;
-        json_patch::patch(&mut patched, &decision.patch(&loaded.pod))
+        json_patch::patch(&mut patched, &patch)
             .with_context(|| format!("{}: the patch does not apply", path.display()))?;
+        // The patch as sent is written without building it: the same operations.
+        let sent = decision.patch_json(&loaded.pod);
+        let sent: serde_json::Value = if sent.is_empty() {
+            serde_json::json!([])
+        } else {
+            serde_json::from_slice(&sent)
+                .with_context(|| format!("{}: the written patch is not JSON", path.display()))?
+        };
+        if sent != serde_json::to_value(&patch)? {
+            failures.push(format!(
+                "{}: the written patch differs from the built one:\n{sent}\n{}",
+                path.display(),
+                serde_json::to_value(&patch)?
+            ));
+        }
         if patched != serde_json::to_value(&decision.pod)? {
             failures.push(format!(
                 "{}: the patch does not give the planned pod",
@@ -1301,6 +1317,17 @@ mod equivalence {
         let got = decision.patch(pod);
         let want = reference::between(pod, &decision.pod);
         prop_assert_eq!(&got, &want);
+        let sent = decision.patch_json(pod);
+        let sent: Value = if sent.is_empty() {
+            json!([])
+        } else {
+            serde_json::from_slice(&sent).map_err(|e| TestCaseError::fail(e.to_string()))?
+        };
+        prop_assert_eq!(
+            sent,
+            serde_json::to_value(&want).map_err(|e| TestCaseError::fail(e.to_string()))?,
+            "the patch as sent is the reference's"
+        );
         let mut patched =
             serde_json::to_value(pod).map_err(|e| TestCaseError::fail(e.to_string()))?;
         json_patch::patch(&mut patched, &got).map_err(|e| TestCaseError::fail(e.to_string()))?;

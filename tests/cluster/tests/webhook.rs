@@ -541,11 +541,11 @@ impl Admit for AddsAContainer {
         if has {
             return AdmissionResponse::allow(&request.uid);
         }
-        let patch: json_patch::Patch = serde_json::from_value(json!([
+        let patch = serde_json::to_vec(&json!([
             {"op": "add", "path": "/spec/containers/-", "value": {"name": "late", "image": "late:1"}}
         ]))
-        .unwrap_or(json_patch::Patch(Vec::new()));
-        AdmissionResponse::patched(&request.uid, &patch)
+        .unwrap_or_default();
+        AdmissionResponse::patched(&request.uid, patch)
     }
 }
 
