@@ -30,17 +30,19 @@ fn value<T: Serialize + ?Sized>(item: &T) -> Value {
 
 /// Where the walk's operations go.
 trait Sink {
-    fn add<T: Serialize + ?Sized>(&mut self, path: PointerBuf, value: &T);
-    fn replace<T: Serialize + ?Sized>(&mut self, path: PointerBuf, value: &T);
-    fn remove(&mut self, path: PointerBuf);
+    fn add<T: Serialize + ?Sized>(&mut self, path: Path, value: &T);
+    fn replace<T: Serialize + ?Sized>(&mut self, path: Path, value: &T);
+    fn remove(&mut self, path: Path);
 
     /// The operations `json_patch::diff` makes from `before` to `after`, under `prefix`.
-    fn diff<T: Serialize + ?Sized>(&mut self, prefix: &PointerBuf, before: &T, after: &T) {
+    fn diff<T: Serialize + ?Sized>(&mut self, prefix: &Path, before: &T, after: &T) {
         for op in json_patch::diff(&value(before), &value(after)).0 {
             match op {
-                PatchOperation::Add(o) => self.add(prefix.concat(&o.path), &o.value),
-                PatchOperation::Remove(o) => self.remove(prefix.concat(&o.path)),
-                PatchOperation::Replace(o) => self.replace(prefix.concat(&o.path), &o.value),
+                PatchOperation::Add(o) => self.add(prefix.concat(o.path.as_str()), &o.value),
+                PatchOperation::Remove(o) => self.remove(prefix.concat(o.path.as_str())),
+                PatchOperation::Replace(o) => {
+                    self.replace(prefix.concat(o.path.as_str()), &o.value)
+                }
                 // `diff` makes only the three above.
                 PatchOperation::Move(_) | PatchOperation::Copy(_) | PatchOperation::Test(_) => {}
             }
@@ -50,22 +52,24 @@ trait Sink {
 
 /// The operations as `json_patch` values.
 impl Sink for Vec<PatchOperation> {
-    fn add<T: Serialize + ?Sized>(&mut self, path: PointerBuf, item: &T) {
+    fn add<T: Serialize + ?Sized>(&mut self, path: Path, item: &T) {
         self.push(PatchOperation::Add(AddOperation {
-            path,
+            path: path.into_pointer(),
             value: value(item),
         }));
     }
 
-    fn replace<T: Serialize + ?Sized>(&mut self, path: PointerBuf, item: &T) {
+    fn replace<T: Serialize + ?Sized>(&mut self, path: Path, item: &T) {
         self.push(PatchOperation::Replace(ReplaceOperation {
-            path,
+            path: path.into_pointer(),
             value: value(item),
         }));
     }
 
-    fn remove(&mut self, path: PointerBuf) {
-        self.push(PatchOperation::Remove(RemoveOperation { path }));
+    fn remove(&mut self, path: Path) {
+        self.push(PatchOperation::Remove(RemoveOperation {
+            path: path.into_pointer(),
+        }));
     }
 }
 
@@ -76,14 +80,14 @@ struct Written {
 }
 
 impl Written {
-    fn begin(&mut self, op: &str, path: &PointerBuf) {
+    fn begin(&mut self, op: &str, path: &Path) {
         self.json
             .push(if self.json.is_empty() { b'[' } else { b',' });
         self.json.extend_from_slice(br#"{"op":""#);
         self.json.extend_from_slice(op.as_bytes());
         self.json.extend_from_slice(br#"","path":"#);
         // Writing into a Vec cannot fail, nor can serialising a string.
-        let _ = serde_json::to_writer(&mut self.json, path.as_str());
+        let _ = serde_json::to_writer(&mut self.json, &path.0);
     }
 
     fn value<T: Serialize + ?Sized>(&mut self, item: &T) {
@@ -102,29 +106,82 @@ impl Written {
 }
 
 impl Sink for Written {
-    fn add<T: Serialize + ?Sized>(&mut self, path: PointerBuf, item: &T) {
+    fn add<T: Serialize + ?Sized>(&mut self, path: Path, item: &T) {
         self.begin("add", &path);
         self.value(item);
     }
 
-    fn replace<T: Serialize + ?Sized>(&mut self, path: PointerBuf, item: &T) {
+    fn replace<T: Serialize + ?Sized>(&mut self, path: Path, item: &T) {
         self.begin("replace", &path);
         self.value(item);
     }
 
-    fn remove(&mut self, path: PointerBuf) {
+    fn remove(&mut self, path: Path) {
         self.begin("remove", &path);
         self.json.push(b'}');
     }
 }
 
-fn pointer(tokens: &[&str]) -> PointerBuf {
-    PointerBuf::from_tokens(tokens.iter().copied())
+/// A JSON Pointer (RFC 6901) being built, each token escaped as it is added: `jsonptr`'s
+/// builders allocate per token, and a review builds a few dozen paths.
+#[derive(Clone, Debug)]
+struct Path(String);
+
+impl Path {
+    fn of(tokens: &[&str]) -> Path {
+        let mut path = Path(String::with_capacity(64));
+        for token in tokens {
+            path.push(token);
+        }
+        path
+    }
+
+    fn push(&mut self, token: &str) {
+        self.0.push('/');
+        if !token.contains(['~', '/']) {
+            self.0.push_str(token);
+            return;
+        }
+        for c in token.chars() {
+            match c {
+                '~' => self.0.push_str("~0"),
+                '/' => self.0.push_str("~1"),
+                c => self.0.push(c),
+            }
+        }
+    }
+
+    fn index(&mut self, index: usize) {
+        use std::fmt::Write as _;
+        // Writing into a String cannot fail.
+        let _ = write!(self.0, "/{index}");
+    }
+
+    fn with(&self, token: &str) -> Path {
+        let mut path = self.clone();
+        path.push(token);
+        path
+    }
+
+    fn with_index(&self, index: usize) -> Path {
+        let mut path = self.clone();
+        path.index(index);
+        path
+    }
+
+    /// This path followed by `rest`, a pointer already encoded.
+    fn concat(&self, rest: &str) -> Path {
+        Path(format!("{}{rest}", self.0))
+    }
+
+    fn into_pointer(self) -> PointerBuf {
+        PointerBuf::parse(self.0).expect("escaped tokens make a valid JSON Pointer")
+    }
 }
 
 /// Operations turning `before` into `after` at `path`.
 fn section<T: Serialize + PartialEq, S: Sink>(
-    path: PointerBuf,
+    path: Path,
     before: Option<&T>,
     after: Option<&T>,
     ops: &mut S,
@@ -144,14 +201,11 @@ fn list<T: Serialize + PartialEq, S: Sink>(
     path: &[&str],
     before: Option<&Vec<T>>,
     after: Option<&Vec<T>>,
-    item: fn(&PointerBuf, &T, &T, &mut S),
+    item: fn(&Path, &T, &T, &mut S),
     ops: &mut S,
 ) {
-    let at = |i: usize| {
-        let mut p = pointer(path);
-        p.push_back(i);
-        p
-    };
+    let base = Path::of(path);
+    let at = |i: usize| base.with_index(i);
     match (before, after) {
         (Some(a), Some(b)) => {
             let common = a.len().min(b.len());
@@ -167,12 +221,12 @@ fn list<T: Serialize + PartialEq, S: Sink>(
                 ops.remove(at(i));
             }
         }
-        (a, b) => section(pointer(path), a, b, ops),
+        (a, b) => section(base, a, b, ops),
     }
 }
 
 /// `json_patch::diff` of the two items' serialised forms, under `path`.
-fn by_value<T: Serialize, S: Sink>(path: &PointerBuf, before: &T, after: &T, ops: &mut S) {
+fn by_value<T: Serialize, S: Sink>(path: &Path, before: &T, after: &T, ops: &mut S) {
     ops.diff(path, before, after);
 }
 
@@ -181,17 +235,15 @@ fn by_value<T: Serialize, S: Sink>(path: &PointerBuf, before: &T, after: &T, ops
 /// probes, resources and most of its env are never turned into JSON): the same operations in
 /// the same order, at the same depth, so fields this build does not know are never touched.
 struct Fields<'o, S> {
-    path: PointerBuf,
+    path: Path,
     ops: &'o mut S,
     /// Fields only `before` has: `diff` removes them after every other change, in key order.
     removed: Vec<&'static str>,
 }
 
 impl<S: Sink> Fields<'_, S> {
-    fn at(&self, key: &str) -> PointerBuf {
-        let mut path = self.path.clone();
-        path.push_back(key);
-        path
+    fn at(&self, key: &str) -> Path {
+        self.path.with(key)
     }
 
     /// A field that is not an array (scalars and objects).
@@ -224,11 +276,7 @@ impl<S: Sink> Fields<'_, S> {
             return;
         }
         let base = self.at(key);
-        let at = |i: usize| {
-            let mut p = base.clone();
-            p.push_back(i);
-            p
-        };
+        let at = |i: usize| base.with_index(i);
         let common = a.len().min(b.len());
         for i in 0..common {
             if a[i] != b[i] {
@@ -255,7 +303,7 @@ impl<S: Sink> Fields<'_, S> {
 /// Operations turning container `before` into `after` at `path`: exactly what
 /// `json_patch::diff` gives on their serialised forms (property-tested against it).
 #[allow(clippy::too_many_lines)] // one line per field of `Container`
-fn container<S: Sink>(path: &PointerBuf, before: &Container, after: &Container, ops: &mut S) {
+fn container<S: Sink>(path: &Path, before: &Container, after: &Container, ops: &mut S) {
     // Every field by name, so that a field added to `Container` fails to compile here rather
     // than going missing from the patch. Keys in serialisation (alphabetical) order.
     let Container {
@@ -369,19 +417,20 @@ fn string_map<S: Sink>(
     ops: &mut S,
 ) {
     let (Some(before), Some(after)) = (before, after) else {
-        section(pointer(&["metadata", field]), before, after, ops);
+        section(Path::of(&["metadata", field]), before, after, ops);
         return;
     };
+    // Paths are made only for the keys that change: most keep their value.
+    let base = Path::of(&["metadata", field]);
     for (key, old) in before {
-        let path = pointer(&["metadata", field, key]);
         match after.get(key) {
-            None => ops.remove(path),
-            Some(new) if new != old => ops.replace(path, new),
+            None => ops.remove(base.with(key)),
+            Some(new) if new != old => ops.replace(base.with(key), new),
             Some(_) => {}
         }
     }
     for (key, new) in after.iter().filter(|(k, _)| !before.contains_key(*k)) {
-        ops.add(pointer(&["metadata", field, key]), new);
+        ops.add(base.with(key), new);
     }
 }
 
@@ -401,7 +450,7 @@ fn walk<S: Sink>(original: &Pod, planned: &Pod, ops: &mut S) {
     );
     if let (Some(a), Some(b)) = (&original.spec, &planned.spec) {
         section(
-            pointer(&["spec", "affinity"]),
+            Path::of(&["spec", "affinity"]),
             a.affinity.as_ref(),
             b.affinity.as_ref(),
             ops,
@@ -594,7 +643,7 @@ mod tests {
     fn field_by_field(before: &Container, after: &Container) -> Vec<PatchOperation> {
         let mut ops = Vec::new();
         super::container(
-            &pointer(&["spec", "containers", "0"]),
+            &Path::of(&["spec", "containers", "0"]),
             before,
             after,
             &mut ops,
@@ -606,7 +655,7 @@ mod tests {
     fn written_field_by_field(before: &Container, after: &Container) -> Value {
         let mut ops = Written::default();
         super::container(
-            &pointer(&["spec", "containers", "0"]),
+            &Path::of(&["spec", "containers", "0"]),
             before,
             after,
             &mut ops,
@@ -621,7 +670,7 @@ mod tests {
     fn whole(before: &Container, after: &Container) -> Vec<PatchOperation> {
         let mut ops = Vec::new();
         section(
-            pointer(&["spec", "containers", "0"]),
+            Path::of(&["spec", "containers", "0"]),
             Some(before),
             Some(after),
             &mut ops,
@@ -678,6 +727,25 @@ mod tests {
         let ops = field_by_field(&full, &changed);
         assert_eq!(ops, whole(&full, &changed));
         assert_eq!(written_field_by_field(&full, &changed), value(&ops));
+    }
+
+    #[test]
+    fn paths_escape_as_jsonptr_does() {
+        for tokens in [
+            &["metadata", "annotations", "agentboundary.dev/policy"][..],
+            &["a~b", "~1", "/", "~", "", "ü/~0"],
+            &[],
+        ] {
+            let mut path = Path::of(tokens);
+            path.index(12);
+            let mut want = PointerBuf::from_tokens(tokens.iter().copied());
+            want.push_back(12);
+            assert_eq!(path.into_pointer(), want, "{tokens:?}");
+        }
+        assert_eq!(
+            Path::of(&["spec"]).concat("/a~1b/0").into_pointer(),
+            PointerBuf::from_tokens(["spec", "a/b", "0"])
+        );
     }
 
     #[test]
