@@ -5,6 +5,7 @@
 //! ([`crate::image`], with the pod's pull secrets) within a time budget and the pod is planned
 //! again with them.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
@@ -20,7 +21,7 @@ use crate::image::{ImageConfig, Resolver};
 use crate::inject::Settings;
 use crate::plan::{self, Cluster, Input, Verdict};
 use crate::pull_secrets::{self, Keyring};
-use crate::review::{AdmissionRequest, AdmissionResponse, Admit};
+use crate::review::{AdmissionRequest, AdmissionResponse, Admit, Object};
 
 /// Audit annotation (prefixed by the apiserver with the webhook's name): the outcome.
 pub const AUDIT_DECISION: &str = "decision";
@@ -228,13 +229,10 @@ impl<V: ClusterView> Planner<V> {
     }
 }
 
-fn is_pod(request: &AdmissionRequest) -> bool {
-    request.kind.group.is_empty() && request.kind.version == "v1" && request.kind.kind == "Pod"
-}
-
 /// A Pod CREATE ready to plan.
-struct Prepared {
-    pod: Pod,
+struct Prepared<'r> {
+    /// The review's own Pod when it needs no change to be planned, else a copy.
+    pod: Cow<'r, Pod>,
     namespace: String,
     /// The pod's own `metadata.namespace` (often absent on CREATE).
     given_namespace: Option<String>,
@@ -253,9 +251,9 @@ fn pod_arch(pod: &Pod) -> Option<&str> {
 }
 
 impl<V: ClusterView> Planner<V> {
-    fn prepare(request: &AdmissionRequest) -> Result<Prepared, Box<AdmissionResponse>> {
+    fn prepare(request: &AdmissionRequest) -> Result<Prepared<'_>, Box<AdmissionResponse>> {
         let uid = &request.uid;
-        if !is_pod(request) || request.operation != "CREATE" {
+        if !request.kind.is_pod() || request.operation != "CREATE" {
             // Pod CREATE is planned, UPDATE guarded; anything else passes untouched.
             return Err(Box::new(AdmissionResponse::allow(uid)));
         }
@@ -265,7 +263,11 @@ impl<V: ClusterView> Planner<V> {
                 "agentboundary.dev: the review carries no Pod object",
             )));
         };
-        let mut pod = match serde_json::from_str::<Pod>(object.get()) {
+        let read = match object {
+            Object::Pod(pod) => Ok(Cow::Borrowed(&**pod)),
+            Object::Raw(_) => object.read::<Pod>().map(Cow::Owned),
+        };
+        let mut pod = match read {
             Ok(pod) => pod,
             Err(e) => {
                 return Err(Box::new(AdmissionResponse::deny(
@@ -283,7 +285,7 @@ impl<V: ClusterView> Planner<V> {
         // patch is computed against the pod as it came, so it never adds it.
         let given_namespace = pod.metadata.namespace.clone();
         if given_namespace.is_none() {
-            pod.metadata.namespace = Some(namespace.clone());
+            pod.to_mut().metadata.namespace = Some(namespace.clone());
         }
         Ok(Prepared {
             pod,
@@ -295,7 +297,7 @@ impl<V: ClusterView> Planner<V> {
 
     fn decide(
         &self,
-        prepared: &Prepared,
+        prepared: &Prepared<'_>,
         images: &BTreeMap<String, Result<ImageConfig, String>>,
     ) -> plan::Decision {
         let nodes = self.view.nodes();
@@ -320,7 +322,7 @@ impl<V: ClusterView> Planner<V> {
     async fn decide_with_images(
         &self,
         lookup: &ImageLookup,
-        prepared: &Prepared,
+        prepared: &Prepared<'_>,
     ) -> plan::Decision {
         let started = Instant::now();
         let mut images = BTreeMap::new();
@@ -370,18 +372,21 @@ impl<V: ClusterView> Planner<V> {
 
     fn respond(
         request: &AdmissionRequest,
-        mut prepared: Prepared,
+        mut prepared: Prepared<'_>,
         mut decision: plan::Decision,
     ) -> AdmissionResponse {
         let uid = &request.uid;
         let (mut response, outcome, tier) = match &decision.verdict {
             Verdict::Jailed { row, .. } => {
                 let row = row.clone();
-                prepared
-                    .pod
-                    .metadata
-                    .namespace
-                    .clone_from(&prepared.given_namespace);
+                if prepared.pod.metadata.namespace != prepared.given_namespace {
+                    prepared
+                        .pod
+                        .to_mut()
+                        .metadata
+                        .namespace
+                        .clone_from(&prepared.given_namespace);
+                }
                 decision.pod.metadata.namespace = prepared.given_namespace;
                 (
                     AdmissionResponse::patched(uid, decision.patch_json(&prepared.pod)),
@@ -504,7 +509,7 @@ impl PodReader for FixedPods {
 fn needs_pod_lookup(request: &AdmissionRequest) -> bool {
     request.operation == "UPDATE"
         && request.sub_resource.as_deref() == Some(EPHEMERAL)
-        && parse_object::<WithEphemeral>(request.old_object.as_deref(), "old object")
+        && parse_object::<WithEphemeral>(request.old_object.as_ref(), "old object")
             .is_ok_and(|o| o.without_pod_metadata())
 }
 
@@ -530,11 +535,13 @@ impl WithEphemeral {
 }
 
 fn parse_object<T: serde::de::DeserializeOwned>(
-    raw: Option<&serde_json::value::RawValue>,
+    object: Option<&Object>,
     which: &str,
 ) -> Result<T, String> {
-    let raw = raw.ok_or_else(|| format!("agentboundary.dev: the review carries no {which}"))?;
-    serde_json::from_str(raw.get())
+    let object =
+        object.ok_or_else(|| format!("agentboundary.dev: the review carries no {which}"))?;
+    object
+        .read()
         .map_err(|e| format!("agentboundary.dev: the {which} is not readable: {e}"))
 }
 
@@ -550,7 +557,7 @@ impl<V: ClusterView> Planner<V> {
     ) -> AdmissionResponse {
         let uid = &request.uid;
         let refusal = match request.sub_resource.as_deref().unwrap_or_default() {
-            "" if is_pod(request) => self.refuse_pod_update(request),
+            "" if request.kind.is_pod() => self.refuse_pod_update(request),
             EPHEMERAL => Self::refuse_ephemeral(request, looked_up),
             _ => Ok(None),
         };
@@ -570,11 +577,11 @@ impl<V: ClusterView> Planner<V> {
     }
 
     fn refuse_pod_update(&self, request: &AdmissionRequest) -> Result<Option<String>, String> {
-        let old: Pod = parse_object(request.old_object.as_deref(), "old Pod")?;
+        let old: Pod = parse_object(request.old_object.as_ref(), "old Pod")?;
         if !guard::is_jailed(old.metadata.annotations.as_ref()) {
             return Ok(None);
         }
-        let new: Pod = parse_object(request.object.as_deref(), "Pod")?;
+        let new: Pod = parse_object(request.object.as_ref(), "Pod")?;
         let namespace = request
             .namespace
             .clone()
@@ -616,8 +623,8 @@ impl<V: ClusterView> Planner<V> {
         request: &AdmissionRequest,
         looked_up: Option<Looked>,
     ) -> Result<Option<String>, String> {
-        let old: WithEphemeral = parse_object(request.old_object.as_deref(), "old object")?;
-        let new: WithEphemeral = parse_object(request.object.as_deref(), "object")?;
+        let old: WithEphemeral = parse_object(request.old_object.as_ref(), "old object")?;
+        let new: WithEphemeral = parse_object(request.object.as_ref(), "object")?;
         let before = old.names();
         let added: Vec<String> = new
             .names()

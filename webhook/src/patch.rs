@@ -41,7 +41,7 @@ trait Sink {
                 PatchOperation::Add(o) => self.add(prefix.concat(o.path.as_str()), &o.value),
                 PatchOperation::Remove(o) => self.remove(prefix.concat(o.path.as_str())),
                 PatchOperation::Replace(o) => {
-                    self.replace(prefix.concat(o.path.as_str()), &o.value)
+                    self.replace(prefix.concat(o.path.as_str()), &o.value);
                 }
                 // `diff` makes only the three above.
                 PatchOperation::Move(_) | PatchOperation::Copy(_) | PatchOperation::Test(_) => {}

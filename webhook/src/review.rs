@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::core::v1::Pod;
 use serde::{Deserialize, Serialize};
 
 /// `apiVersion` of the reviews this webhook accepts and answers.
@@ -17,13 +18,13 @@ pub const PATCH_TYPE: &str = "JSONPatch";
 /// An `AdmissionReview` as the apiserver sends it.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct AdmissionReview {
+pub struct AdmissionReview<R = AdmissionRequest> {
     /// Must be [`ADMISSION_API_VERSION`].
     pub api_version: String,
     /// Must be [`ADMISSION_KIND`].
     pub kind: String,
     /// The request (absent only in malformed reviews).
-    pub request: Option<AdmissionRequest>,
+    pub request: Option<R>,
 }
 
 /// Group, version and kind of the object under review.
@@ -40,37 +41,176 @@ pub struct GroupVersionKind {
     pub kind: String,
 }
 
+impl GroupVersionKind {
+    /// Whether this is the core group's v1 Pod.
+    pub fn is_pod(&self) -> bool {
+        self.group.is_empty() && self.version == "v1" && self.kind == "Pod"
+    }
+}
+
+/// An object under review.
+#[derive(Clone, Debug)]
+pub enum Object {
+    /// The Pod of a Pod CREATE, read as the review was parsed: the one object the decider
+    /// reads whole, so it is read once rather than scanned as raw JSON and read again.
+    Pod(Box<Pod>),
+    /// Any other object, unread.
+    Raw(Box<serde_json::value::RawValue>),
+}
+
+impl Object {
+    /// The object read as `T`.
+    ///
+    /// # Errors
+    /// When it is not a `T`.
+    pub fn read<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        match self {
+            Object::Raw(raw) => serde_json::from_str(raw.get()),
+            // Not taken by the webhook's own readers (a Pod is read eagerly only for CREATE,
+            // which reads it as a Pod), but correct for any `T`.
+            Object::Pod(pod) => serde_json::to_value(pod).and_then(serde_json::from_value),
+        }
+    }
+}
+
 /// One admission request.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
+///
+/// Read with `kind` and `operation` before `object`, as the apiserver writes them: the object
+/// of a Pod CREATE is then read as a Pod on the way ([`Object::Pod`]); anything else, or an
+/// object that is not a readable Pod, is kept raw ([`parse`] reads such a review again).
+#[derive(Clone, Debug)]
 pub struct AdmissionRequest {
     /// Identifies the request; copied into the response.
     pub uid: String,
     /// The object's kind.
-    #[serde(default)]
     pub kind: GroupVersionKind,
     /// `CREATE`, `UPDATE`, `DELETE` or `CONNECT`.
-    #[serde(default)]
     pub operation: String,
     /// The object's namespace.
-    #[serde(default)]
     pub namespace: Option<String>,
     /// The object's name (often empty on CREATE with `generateName`).
-    #[serde(default)]
     pub name: Option<String>,
-    /// The object as it will be stored (before this webhook's patch), unparsed: the decider
-    /// reads it straight into its own type, without an intermediate JSON tree.
-    #[serde(default)]
-    pub object: Option<Box<serde_json::value::RawValue>>,
-    /// The object as stored before an UPDATE, unparsed.
-    #[serde(default)]
-    pub old_object: Option<Box<serde_json::value::RawValue>>,
+    /// The object as it will be stored (before this webhook's patch).
+    pub object: Option<Object>,
+    /// The object as stored before an UPDATE (always [`Object::Raw`]).
+    pub old_object: Option<Object>,
     /// The subresource (`ephemeralcontainers`), empty for the object itself.
-    #[serde(default)]
     pub sub_resource: Option<String>,
     /// True for `--dry-run=server` requests: no side effects allowed (this webhook has none).
-    #[serde(default)]
     pub dry_run: Option<bool>,
+}
+
+/// The fields of [`AdmissionRequest`] on the wire.
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "camelCase")]
+enum Field {
+    Uid,
+    Kind,
+    Operation,
+    Namespace,
+    Name,
+    Object,
+    OldObject,
+    SubResource,
+    DryRun,
+    #[serde(other)]
+    Other,
+}
+
+/// Reads an [`AdmissionRequest`]; `eager`: a Pod CREATE's object is read as a Pod.
+struct RequestVisitor {
+    eager: bool,
+}
+
+/// `value` put in `slot`, refusing a second one as serde's derived readers do.
+fn once<T, E: serde::de::Error>(
+    slot: &mut Option<T>,
+    value: T,
+    field: &'static str,
+) -> Result<(), E> {
+    if slot.is_some() {
+        return Err(E::duplicate_field(field));
+    }
+    *slot = Some(value);
+    Ok(())
+}
+
+impl<'de> serde::de::Visitor<'de> for RequestVisitor {
+    type Value = AdmissionRequest;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an admission request")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> Result<AdmissionRequest, A::Error> {
+        let mut uid = None;
+        let mut kind: Option<GroupVersionKind> = None;
+        let mut operation: Option<String> = None;
+        let (mut namespace, mut name, mut sub_resource) = (None, None, None);
+        let (mut object, mut old_object, mut dry_run) = (None, None, None);
+        while let Some(field) = map.next_key::<Field>()? {
+            match field {
+                Field::Uid => once(&mut uid, map.next_value::<String>()?, "uid")?,
+                Field::Kind => once(&mut kind, map.next_value()?, "kind")?,
+                Field::Operation => once(&mut operation, map.next_value()?, "operation")?,
+                Field::Namespace => once(&mut namespace, map.next_value()?, "namespace")?,
+                Field::Name => once(&mut name, map.next_value()?, "name")?,
+                Field::Object => {
+                    let pod_create = kind.as_ref().is_some_and(GroupVersionKind::is_pod)
+                        && operation.as_deref() == Some("CREATE");
+                    let value = if self.eager && pod_create {
+                        map.next_value::<Option<Box<Pod>>>()?.map(Object::Pod)
+                    } else {
+                        map.next_value::<Option<Box<serde_json::value::RawValue>>>()?
+                            .map(Object::Raw)
+                    };
+                    once(&mut object, value, "object")?;
+                }
+                Field::OldObject => {
+                    let value = map.next_value::<Option<Box<serde_json::value::RawValue>>>()?;
+                    once(&mut old_object, value.map(Object::Raw), "oldObject")?;
+                }
+                Field::SubResource => {
+                    once(&mut sub_resource, map.next_value()?, "subResource")?;
+                }
+                Field::DryRun => once(&mut dry_run, map.next_value()?, "dryRun")?,
+                Field::Other => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(AdmissionRequest {
+            uid: uid.ok_or_else(|| serde::de::Error::missing_field("uid"))?,
+            kind: kind.unwrap_or_default(),
+            operation: operation.unwrap_or_default(),
+            namespace: namespace.flatten(),
+            name: name.flatten(),
+            object: object.flatten(),
+            old_object: old_object.flatten(),
+            sub_resource: sub_resource.flatten(),
+            dry_run: dry_run.flatten(),
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for AdmissionRequest {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(RequestVisitor { eager: true })
+    }
+}
+
+/// An [`AdmissionRequest`] read with every object kept raw.
+struct RawRequest(AdmissionRequest);
+
+impl<'de> Deserialize<'de> for RawRequest {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer
+            .deserialize_map(RequestVisitor { eager: false })
+            .map(RawRequest)
+    }
 }
 
 impl AdmissionRequest {
@@ -86,17 +226,21 @@ impl AdmissionRequest {
             generate_name: Option<String>,
         }
         #[derive(Deserialize)]
-        struct Object {
+        struct WithMeta {
             #[serde(default)]
             metadata: Option<Meta>,
         }
         if let Some(name) = self.name.as_deref().filter(|n| !n.is_empty()) {
             return name.to_owned();
         }
+        if let Some(Object::Pod(pod)) = &self.object {
+            let meta = &pod.metadata;
+            return self.object_name_from(meta.name.as_deref(), meta.generate_name.as_deref());
+        }
         let meta = self
             .object
             .as_ref()
-            .and_then(|raw| serde_json::from_str::<Object>(raw.get()).ok())
+            .and_then(|object| object.read::<WithMeta>().ok())
             .and_then(|o| o.metadata);
         let (name, generate_name) = meta.map_or((None, None), |m| (m.name, m.generate_name));
         self.object_name_from(name.as_deref(), generate_name.as_deref())
@@ -288,7 +432,19 @@ pub enum ReviewError {
 
 /// Parses a request body into the admission request it carries.
 pub fn parse(body: &[u8]) -> Result<AdmissionRequest, ReviewError> {
-    let review: AdmissionReview = serde_json::from_slice(body).map_err(ReviewError::Malformed)?;
+    // Read again with the object raw when that fails: a Pod CREATE whose object is not a
+    // readable Pod is still a review, which the decider answers with what is wrong with it.
+    let review = if let Ok(review) = serde_json::from_slice::<AdmissionReview>(body) {
+        review
+    } else {
+        let review = serde_json::from_slice::<AdmissionReview<RawRequest>>(body)
+            .map_err(ReviewError::Malformed)?;
+        AdmissionReview {
+            api_version: review.api_version,
+            kind: review.kind,
+            request: review.request.map(|r| r.0),
+        }
+    };
     if review.api_version != ADMISSION_API_VERSION || review.kind != ADMISSION_KIND {
         return Err(ReviewError::WrongType {
             api_version: review.api_version,
@@ -336,6 +492,133 @@ mod tests {
         assert!(err.to_string().contains("admissionReviewVersions"), "{err}");
         let empty = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#;
         assert!(matches!(parse(empty), Err(ReviewError::NoRequest)));
+    }
+
+    /// A review whose request has `fields` in the order given (`json!` sorts keys, the
+    /// apiserver does not).
+    fn ordered_review(fields: &[(&str, &str)]) -> Vec<u8> {
+        let request = fields
+            .iter()
+            .map(|(key, value)| format!("\"{key}\":{value}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        format!(
+            r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{{request}}}}}"#
+        )
+        .into_bytes()
+    }
+
+    const POD_KIND: &str = r#"{"group":"","version":"v1","kind":"Pod"}"#;
+    const POD: &str = r#"{"metadata":{"generateName":"agent-","labels":{"a":"b"}},"spec":{"containers":[{"name":"c","image":"i"}]}}"#;
+
+    #[test]
+    fn a_pod_create_in_the_apiservers_order_is_read_once_and_any_other_order_the_same() {
+        let apiserver = ordered_review(&[
+            ("uid", r#""u""#),
+            ("kind", POD_KIND),
+            ("namespace", r#""ns""#),
+            ("operation", r#""CREATE""#),
+            ("userInfo", r#"{"username":"x","uid":"y"}"#),
+            ("object", POD),
+            ("oldObject", "null"),
+            ("dryRun", "false"),
+        ]);
+        let sorted = ordered_review(&[
+            ("kind", POD_KIND),
+            ("namespace", r#""ns""#),
+            ("object", POD),
+            ("operation", r#""CREATE""#),
+            ("uid", r#""u""#),
+        ]);
+        let eager = parse(&apiserver).unwrap();
+        let lazy = parse(&sorted).unwrap();
+        assert!(matches!(eager.object, Some(Object::Pod(_))), "{eager:?}");
+        assert!(matches!(lazy.object, Some(Object::Raw(_))), "{lazy:?}");
+        assert!(eager.old_object.is_none() && eager.dry_run == Some(false));
+        for request in [&eager, &lazy] {
+            let pod: Pod = request.object.as_ref().unwrap().read().unwrap();
+            assert_eq!(pod, serde_json::from_str::<Pod>(POD).unwrap());
+            assert_eq!(request.object_name(), "agent-");
+            assert_eq!(
+                (request.uid.as_str(), request.operation.as_str()),
+                ("u", "CREATE")
+            );
+            assert_eq!(request.namespace.as_deref(), Some("ns"));
+        }
+        // Only a Pod CREATE's object is read on the way.
+        for (kind, operation) in [
+            (POD_KIND, r#""UPDATE""#),
+            (
+                r#"{"group":"","version":"v1","kind":"Service"}"#,
+                r#""CREATE""#,
+            ),
+            (
+                r#"{"group":"x.io","version":"v1","kind":"Pod"}"#,
+                r#""CREATE""#,
+            ),
+        ] {
+            let request = parse(&ordered_review(&[
+                ("uid", r#""u""#),
+                ("kind", kind),
+                ("operation", operation),
+                ("object", POD),
+                ("oldObject", POD),
+            ]))
+            .unwrap();
+            assert!(
+                matches!(request.object, Some(Object::Raw(_))),
+                "{kind} {operation}"
+            );
+            assert!(matches!(request.old_object, Some(Object::Raw(_))));
+        }
+    }
+
+    #[test]
+    fn a_pod_create_whose_object_is_no_pod_is_still_a_review_with_the_object_raw() {
+        for object in [r#"{"spec":{"containers":"none"}}"#, r#""a string""#, "[1]"] {
+            let request = parse(&ordered_review(&[
+                ("uid", r#""u""#),
+                ("kind", POD_KIND),
+                ("operation", r#""CREATE""#),
+                ("object", object),
+            ]))
+            .unwrap();
+            let Some(Object::Raw(raw)) = &request.object else {
+                panic!("{object}: {request:?}");
+            };
+            assert_eq!(raw.get(), object);
+            assert!(request.object.as_ref().unwrap().read::<Pod>().is_err());
+        }
+        let null = parse(&ordered_review(&[
+            ("uid", r#""u""#),
+            ("kind", POD_KIND),
+            ("operation", r#""CREATE""#),
+            ("object", "null"),
+        ]))
+        .unwrap();
+        assert!(null.object.is_none());
+        // What is not JSON, or not a request, is still refused, with serde's own words.
+        for (fields, want) in [
+            (
+                &[("uid", r#""u""#), ("uid", r#""v""#)][..],
+                "duplicate field `uid`",
+            ),
+            (&[("kind", POD_KIND)][..], "missing field `uid`"),
+            (&[("uid", "7")][..], "invalid type: integer `7`"),
+            (
+                &[
+                    ("uid", r#""u""#),
+                    ("kind", POD_KIND),
+                    ("operation", r#""CREATE""#),
+                    ("object", "{"),
+                ][..],
+                "EOF",
+            ),
+        ] {
+            let err = parse(&ordered_review(fields)).unwrap_err();
+            assert!(matches!(err, ReviewError::Malformed(_)), "{err}");
+            assert!(err.to_string().contains(want), "{fields:?}: {err}");
+        }
     }
 
     #[test]

@@ -50,11 +50,57 @@ fn jailed_pod(app: &str) -> Value {
     })
 }
 
+/// `request` in a review with its fields in the apiserver's order (that of its Go type: kind
+/// and operation before the object), where `json!` sorts them.
+fn in_apiserver_order(request: &Value) -> Vec<u8> {
+    const ORDER: [&str; 15] = [
+        "uid",
+        "kind",
+        "resource",
+        "subResource",
+        "requestKind",
+        "requestResource",
+        "requestSubResource",
+        "name",
+        "namespace",
+        "operation",
+        "userInfo",
+        "object",
+        "oldObject",
+        "dryRun",
+        "options",
+    ];
+    let fields = request.as_object().unwrap();
+    assert!(
+        fields.keys().all(|k| ORDER.contains(&k.as_str())),
+        "{request}"
+    );
+    let request = ORDER
+        .iter()
+        .filter_map(|key| Some(format!("{}:{}", Value::from(*key), fields.get(*key)?)))
+        .collect::<Vec<_>>()
+        .join(",");
+    format!(
+        r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{{request}}}}}"#
+    )
+    .into_bytes()
+}
+
+/// The planner's answer to `request`, which must be the same whether the object comes after
+/// the kind and operation (the apiserver's order: a Pod CREATE's Pod is read on the way) or
+/// before them (read afterwards).
 fn admit(planner: &Planner<StaticView>, request: &Value) -> AdmissionResponse {
     let body =
         json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request});
-    let request = review::parse(&serde_json::to_vec(&body).unwrap()).unwrap();
-    planner.admit(&request)
+    let sorted = review::parse(&serde_json::to_vec(&body).unwrap()).unwrap();
+    let ordered = review::parse(&in_apiserver_order(request)).unwrap();
+    let response = planner.admit(&sorted);
+    assert_eq!(
+        planner.admit(&ordered),
+        response,
+        "the answer depends on the order of the request's fields: {request}"
+    );
+    response
 }
 
 fn update(old: &Value, new: &Value, sub_resource: Option<&str>, kind: &str) -> Value {
@@ -217,6 +263,29 @@ fn unreadable_updates_of_jailed_pods_fail_closed() {
     let mut request = update(&old, &old, Some("ephemeralcontainers"), "Pod");
     request.as_object_mut().unwrap().remove("object");
     assert!(!admit(&p, &request).allowed);
+}
+
+#[test]
+fn an_unreadable_pod_create_is_denied_with_what_is_wrong_in_any_field_order() {
+    let p = planner(Vec::new(), Jailing::default());
+    for object in [
+        json!({"metadata": {"name": "p"}, "spec": {"containers": "none"}}),
+        json!("not a pod"),
+    ] {
+        let response = admit(
+            &p,
+            &json!({
+                "uid": "c1", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "operation": "CREATE", "namespace": "agents", "object": object
+            }),
+        );
+        assert!(!response.allowed);
+        assert!(
+            message(&response).contains("the object is not a readable Pod: invalid type"),
+            "{}",
+            message(&response)
+        );
+    }
 }
 
 #[test]

@@ -547,8 +547,7 @@ fn review_of(image: &str) -> anyhow::Result<review::AdmissionRequest> {
 
 /// The pod after the response's JSON Patch.
 fn patched(request: &review::AdmissionRequest, patch: &[u8]) -> anyhow::Result<serde_json::Value> {
-    let mut pod: serde_json::Value =
-        serde_json::from_str(request.object.as_ref().context("object")?.get())?;
+    let mut pod: serde_json::Value = request.object.as_ref().context("object")?.read()?;
     let patch: json_patch::Patch = serde_json::from_slice(patch)?;
     json_patch::patch(&mut pod, &patch)?;
     Ok(pod)

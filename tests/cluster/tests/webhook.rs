@@ -533,7 +533,7 @@ impl Admit for AddsAContainer {
         let object: Value = request
             .object
             .as_ref()
-            .and_then(|raw| serde_json::from_str(raw.get()).ok())
+            .and_then(|object| object.read().ok())
             .unwrap_or_default();
         let has = object["spec"]["containers"]
             .as_array()

@@ -516,29 +516,34 @@ fn review_body() -> Bytes {
         },
         "status": {}
     });
-    let review = serde_json::json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": "bench-request",
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
-            "requestResource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": "agents",
-            "operation": "CREATE",
-            "userInfo": {
-                "username": "system:serviceaccount:kube-system:replicaset-controller",
-                "uid": "0b6b9a8e-2f7e-4c8e-8d62-6f1c2c1f9a10",
-                "groups": ["system:serviceaccounts", "system:serviceaccounts:kube-system", "system:authenticated"]
-            },
-            "object": pod,
-            "oldObject": null,
-            "dryRun": false,
-            "options": {"kind": "CreateOptions", "apiVersion": "meta.k8s.io/v1"}
-        }
-    });
-    Bytes::from(review.to_string())
+    // In the order the apiserver writes them (its Go type's: kind and operation before the
+    // object, which the webhook relies on to read a Pod CREATE's object once); `json!` would
+    // sort the keys.
+    let request = [
+        ("uid", serde_json::json!("bench-request")),
+        ("kind", serde_json::json!({"group": "", "version": "v1", "kind": "Pod"})),
+        ("resource", serde_json::json!({"group": "", "version": "v1", "resource": "pods"})),
+        ("requestKind", serde_json::json!({"group": "", "version": "v1", "kind": "Pod"})),
+        ("requestResource", serde_json::json!({"group": "", "version": "v1", "resource": "pods"})),
+        ("namespace", serde_json::json!("agents")),
+        ("operation", serde_json::json!("CREATE")),
+        ("userInfo", serde_json::json!({
+            "username": "system:serviceaccount:kube-system:replicaset-controller",
+            "uid": "0b6b9a8e-2f7e-4c8e-8d62-6f1c2c1f9a10",
+            "groups": ["system:serviceaccounts", "system:serviceaccounts:kube-system", "system:authenticated"]
+        })),
+        ("object", pod),
+        ("oldObject", serde_json::Value::Null),
+        ("dryRun", serde_json::json!(false)),
+        ("options", serde_json::json!({"kind": "CreateOptions", "apiVersion": "meta.k8s.io/v1"})),
+    ]
+    .iter()
+    .map(|(key, value)| format!("{}:{value}", serde_json::Value::from(*key)))
+    .collect::<Vec<_>>()
+    .join(",");
+    Bytes::from(format!(
+        r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{{request}}}}}"#
+    ))
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
