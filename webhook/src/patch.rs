@@ -80,9 +80,16 @@ struct Written {
 }
 
 impl Written {
+    /// A jailed pod's patch is a few KiB (the sidecar, volumes, the wrapped command).
+    const FIRST_CAPACITY: usize = 8 << 10;
+
     fn begin(&mut self, op: &str, path: &Path) {
-        self.json
-            .push(if self.json.is_empty() { b'[' } else { b',' });
+        if self.json.is_empty() {
+            self.json.reserve(Self::FIRST_CAPACITY);
+            self.json.push(b'[');
+        } else {
+            self.json.push(b',');
+        }
         self.json.extend_from_slice(br#"{"op":""#);
         self.json.extend_from_slice(op.as_bytes());
         self.json.extend_from_slice(br#"","path":"#);

@@ -367,7 +367,8 @@ impl AdmissionResponse {
             response: &'a AdmissionResponse,
         }
         let patch = self.patch.as_deref().unwrap_or_default();
-        let mut body = Vec::with_capacity(512 + patch.len().div_ceil(3) * 4);
+        let encoded = patch.len().div_ceil(3) * 4;
+        let mut body = Vec::with_capacity(1024 + encoded);
         serde_json::to_writer(
             &mut body,
             &Envelope {
@@ -379,6 +380,9 @@ impl AdmissionResponse {
         if self.patch.is_some() {
             // `...,"response":{...}}`: the patch goes in before the two closing braces.
             body.truncate(body.len() - 2);
+            // The envelope may have outgrown the first guess (warnings, annotations): one
+            // reservation rather than growing while encoding.
+            body.reserve(encoded + 64);
             body.extend_from_slice(br#","patch":""#);
             {
                 let mut base64 = base64::write::EncoderWriter::new(&mut body, &STANDARD);
