@@ -647,8 +647,9 @@ mod tests {
             })
     }
 
-    fn field_by_field(before: &Container, after: &Container) -> Vec<PatchOperation> {
-        let mut ops = Vec::new();
+    /// The field-by-field operations of the first container, into a fresh sink.
+    fn field_by_field_into<S: Sink + Default>(before: &Container, after: &Container) -> S {
+        let mut ops = S::default();
         super::container(
             &Path::of(&["spec", "containers", "0"]),
             before,
@@ -658,16 +659,13 @@ mod tests {
         ops
     }
 
+    fn field_by_field(before: &Container, after: &Container) -> Vec<PatchOperation> {
+        field_by_field_into(before, after)
+    }
+
     /// The field-by-field operations as [`Written`] writes them, parsed (`[]` for none).
     fn written_field_by_field(before: &Container, after: &Container) -> Value {
-        let mut ops = Written::default();
-        super::container(
-            &Path::of(&["spec", "containers", "0"]),
-            before,
-            after,
-            &mut ops,
-        );
-        let json = ops.finish();
+        let json = field_by_field_into::<Written>(before, after).finish();
         if json.is_empty() {
             return Value::Array(Vec::new());
         }
