@@ -1434,6 +1434,64 @@ async fn a_denied_upload_waiting_for_100_continue_is_not_asked_for_and_the_next_
 }
 
 #[tokio::test]
+async fn an_upload_told_to_continue_and_answered_early_is_read_to_its_end() {
+    // A client that expected 100-continue and got it is sending its body; when the upstream then
+    // answers before reading it all, the proxy must read the rest as for any early answer. Closing
+    // instead failed the client's send (curl over HTTP/1.1: error 55, "Broken pipe") before it
+    // read the answer, whenever the proxy had started forwarding the body first.
+    let up = TestServer::serving(None, |request: Request<Incoming>| async move {
+        // The proxy has forwarded some of the body, so it has told its client to continue.
+        let mut body = request.into_body();
+        let _ = body.frame().await;
+        Response::builder()
+            .status(413)
+            .body(full("too large\n"))
+            .unwrap()
+    })
+    .await;
+    let sidecar = Sidecar::for_upstream(
+        &policy(&["domain=upload.test path=/put"]),
+        &["upload.test"],
+        None,
+        &[],
+    )
+    .await;
+    let length = 32usize << 20;
+    for round in 0..3 {
+        let mut stream = sidecar.connect("upload.test", up.port()).await;
+        let head = format!(
+            "POST /put HTTP/1.1\r\nHost: upload.test:{}\r\nContent-Length: {length}\r\n\
+             Expect: 100-continue\r\n\r\n",
+            up.port()
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let (told, _) = read_until(&mut stream, "\r\n\r\n", 1).await;
+        assert!(told.starts_with("HTTP/1.1 100 Continue"), "{round}: {told}");
+        let (mut reading, mut writing) = tokio::io::split(stream);
+        let answer = tokio::spawn(async move {
+            let mut answer = Vec::new();
+            let _ = reading.read_to_end(&mut answer).await;
+            String::from_utf8_lossy(&answer).into_owned()
+        });
+        let chunk = vec![7u8; 1 << 20];
+        let mut sent = 0;
+        while sent < length {
+            if let Err(e) = writing.write_all(&chunk).await {
+                panic!("{round}: the proxy stopped reading after {sent} of {length} bytes: {e}");
+            }
+            sent += chunk.len();
+        }
+        writing.shutdown().await.unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(20), answer)
+            .await
+            .expect("the answer ends")
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 413"), "{round}: {answer}");
+        assert!(answer.ends_with("too large\n"), "{round}: {answer}");
+    }
+}
+
+#[tokio::test]
 async fn a_denied_upload_that_never_ends_is_not_read_for_ever() {
     // The rest of a denied body is read and thrown away so that the client gets its 403 whole,
     // but only for a while: a client that stops sending mid-body is then cut off.

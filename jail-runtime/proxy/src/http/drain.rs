@@ -6,9 +6,10 @@
 //! the answer with it. Servers do the same (nginx's lingering close, Go's post-handler read);
 //! the reading is bounded so that a client cannot keep the proxy reading for ever.
 //!
-//! Not for a client that asked for `100-continue`: after a final answer it need not send its body
-//! (RFC 9110 §10.1.1), and reading one would take its next request for body bytes; hyper closes
-//! such a connection instead.
+//! Not for a client that asked for `100-continue` and was not told to go on: after a final answer
+//! it need not send its body (RFC 9110 §10.1.1), and reading one would take its next request for
+//! body bytes; hyper closes such a connection instead. Once the body has been read from, hyper has
+//! sent the `100 Continue` and the client is sending, so the rest is drained as for any other.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -28,18 +29,22 @@ const LIMIT_TIME: Duration = Duration::from_secs(10);
 /// A request body that drains what is left of it when dropped before its end.
 pub(super) struct DrainedOnDrop {
     inner: Option<Incoming>,
-    drain: bool,
+    expects_continue: bool,
+    /// Read from at least once: a client that expected `100-continue` has been told to send.
+    read_from: bool,
 }
 
 impl DrainedOnDrop {
-    /// `body`, drained when dropped early unless the request's `headers` expect `100-continue`.
+    /// `body`, drained when dropped early unless the request's `headers` expect `100-continue`
+    /// and it was never read from.
     pub(super) fn new(body: Incoming, headers: &HeaderMap) -> DrainedOnDrop {
         let expects_continue = headers
             .get(header::EXPECT)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
         DrainedOnDrop {
             inner: Some(body),
-            drain: !expects_continue,
+            expects_continue,
+            read_from: false,
         }
     }
 }
@@ -52,6 +57,7 @@ impl HttpBody for DrainedOnDrop {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        self.read_from = true;
         match self.inner.as_mut() {
             Some(body) => Pin::new(body).poll_frame(cx),
             None => Poll::Ready(None),
@@ -74,7 +80,7 @@ impl Drop for DrainedOnDrop {
         let Some(body) = self.inner.take() else {
             return;
         };
-        if !self.drain || body.is_end_stream() {
+        if (self.expects_continue && !self.read_from) || body.is_end_stream() {
             return;
         }
         // Dropped outside a runtime (nothing in the proxy does): the stream is reset as before.
