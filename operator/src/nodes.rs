@@ -12,7 +12,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, NodeStatus, NodeSystemInfo, Pod, PodSpec};
 use kube::api::{ObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{self, Action};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Map, Value, json};
@@ -22,12 +22,12 @@ use crate::config::Config;
 use crate::labels::{classify, labels_in_sync, node_labels};
 use crate::metrics::{Controller as MetricsController, Metrics};
 use crate::shutdown::Shutdown;
-use crate::watch::{spawn_reflector, stop_on, wait_ready};
+use crate::watch::{ByTarget, spawn_indexed_reflector, stop_on, wait_ready};
 
 /// What a reconcile needs.
 pub struct Context {
     client: Client,
-    agents: Store<Pod>,
+    agents: ByTarget<Pod, Node>,
     retry: Duration,
     metrics: Metrics,
 }
@@ -35,7 +35,7 @@ pub struct Context {
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Context")
-            .field("agents", &self.agents.len())
+            .field("agents", &self.agents.store().len())
             .finish_non_exhaustive()
     }
 }
@@ -99,7 +99,7 @@ pub async fn run(client: Client, config: Config, shutdown: Shutdown) -> Result<(
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let (agents, _agent_task) = spawn_reflector(
+    let (agents, _agent_task) = spawn_indexed_reflector(
         watcher(
             pods,
             watcher::Config::default().labels(&config.node_agent_selector),
@@ -112,7 +112,7 @@ pub async fn run(client: Client, config: Config, shutdown: Shutdown) -> Result<(
         tx,
     );
     // Never label from a half-listed cache: a missing report removes `probed`.
-    if !wait_ready(&agents, "node agent Pod", &shutdown).await? {
+    if !wait_ready(agents.store(), "node agent Pod", &shutdown).await? {
         return Ok(());
     }
     let mut nodes = watcher::Config::default();
@@ -195,7 +195,7 @@ pub fn probe_report(node: &str, agents: &[Arc<Pod>]) -> Option<ProbeReport> {
 /// Brings the operator's labels on `node` up to date.
 pub async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Error> {
     let name = node.name_any();
-    let probe = probe_report(&name, &ctx.agents.state());
+    let probe = probe_report(&name, &ctx.agents.of(&ObjectRef::new(&name)));
     let desired = node_labels(&classify(&node), probe.as_ref());
     if labels_in_sync(node.labels(), &desired) {
         return Ok(Action::await_change());

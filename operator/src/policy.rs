@@ -65,7 +65,9 @@ use crate::status::{
     CREDENTIALS_READY, Publication, desired_status, reasons, up_to_date, with_credentials,
     with_enforcement,
 };
-use crate::watch::{AbortOnDrop, spawn_reflector, stop_on, wait_ready};
+use crate::watch::{
+    AbortOnDrop, ByTarget, spawn_indexed_reflector, spawn_reflector, stop_on, wait_ready,
+};
 
 /// Value of [`labels::COMPONENT`] on the policy ConfigMaps.
 pub const COMPONENT_POLICY: &str = "policy";
@@ -83,7 +85,7 @@ const MAX_NOTE: usize = 1000;
 /// What a reconcile needs.
 pub struct Context {
     client: Client,
-    policies: Store<BoundaryPolicy>,
+    policies: ByTarget<BoundaryPolicy, Namespace>,
     clusters: Store<ClusterBoundaryPolicy>,
     /// The namespaces this operator manages (their labels select cluster policies).
     namespaces: Store<Namespace>,
@@ -98,7 +100,7 @@ pub struct Context {
     /// ([`credentials::fingerprint`]) and the messages of the values missing then.
     credentials_written: Mutex<HashMap<String, (String, Missing)>>,
     /// Jailed pods, trimmed to what the counts and the checks read ([`enforcement::trim`]).
-    jailed: Store<Pod>,
+    jailed: ByTarget<Pod, Namespace>,
     /// What each running jailed pod's sidecar said last.
     observations: Observations,
     /// What the sidecars denied, summed per policy (`status.deniedDestinations`).
@@ -114,7 +116,7 @@ pub struct Context {
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Context")
-            .field("policies", &self.policies.len())
+            .field("policies", &self.policies.store().len())
             .field("config_maps", &self.config_maps.len())
             .finish_non_exhaustive()
     }
@@ -158,16 +160,18 @@ fn trim_secret(secret: &mut PartialObjectMeta<Secret>) {
 /// The namespace a change to `secret` reconciles: its own when it is the credentials Secret or
 /// a policy there references it, else none.
 fn secret_target(
-    policies: &Store<BoundaryPolicy>,
+    policies: &ByTarget<BoundaryPolicy, Namespace>,
     secret: &PartialObjectMeta<Secret>,
 ) -> Option<ObjectRef<Namespace>> {
     let ns = secret.metadata.namespace.as_deref()?;
     let name = secret.metadata.name.as_deref()?;
+    let target = ObjectRef::new(ns);
     let concerned = name == objects::CREDENTIALS_SECRET
-        || policies.state().iter().any(|p| {
-            p.metadata.namespace.as_deref() == Some(ns) && credentials::references(p, name)
-        });
-    concerned.then(|| ObjectRef::new(ns))
+        || policies
+            .of(&target)
+            .iter()
+            .any(|p| credentials::references(p, name));
+    concerned.then_some(target)
 }
 
 /// The reflector of Secrets, by metadata only, trimmed to name and `resourceVersion` before
@@ -175,7 +179,7 @@ fn secret_target(
 fn secret_reflector(
     client: &Client,
     config: &Config,
-    policies: &Store<BoundaryPolicy>,
+    policies: &ByTarget<BoundaryPolicy, Namespace>,
     tx: &futures::channel::mpsc::UnboundedSender<ObjectRef<Namespace>>,
 ) -> (Store<PartialObjectMeta<Secret>>, AbortOnDrop) {
     let api = match &config.watch_namespace {
@@ -190,14 +194,19 @@ fn secret_reflector(
     )
 }
 
+/// The namespace whose reconcile reads `object` (a policy, a jailed Pod).
+fn namespace_of<K: kube::Resource>(object: &K) -> Option<ObjectRef<Namespace>> {
+    object.meta().namespace.as_deref().map(ObjectRef::new)
+}
+
 /// The reflector of the policies, trimmed ([`trim_policy`]); a change triggers its namespace.
 fn policy_reflector(
     api: Api<BoundaryPolicy>,
     tx: &futures::channel::mpsc::UnboundedSender<ObjectRef<Namespace>>,
-) -> (Store<BoundaryPolicy>, AbortOnDrop) {
-    spawn_reflector(
+) -> (ByTarget<BoundaryPolicy, Namespace>, AbortOnDrop) {
+    spawn_indexed_reflector(
         watcher(api, watcher::Config::default()).modify(trim_policy),
-        |p: &BoundaryPolicy| p.namespace().map(|ns| ObjectRef::new(&ns)),
+        namespace_of,
         tx.clone(),
     )
 }
@@ -340,19 +349,19 @@ pub async fn run(client: Client, config: Config, shutdown: Shutdown) -> Result<(
         cluster_reflectors(&client, ns_watch.clone(), &tx, all_tx);
     // Jailed pods, whole (the checks need the pod IP, phase and container states) but trimmed
     // before they are stored, so they cost about as much memory as metadata alone.
-    let (jailed, _jailed_task) = spawn_reflector(
+    let (jailed, _jailed_task) = spawn_indexed_reflector(
         watcher(pod_api, watcher::Config::default().labels(labels::JAILED))
             .modify(enforcement::trim),
-        |p: &Pod| p.namespace().map(|ns| ObjectRef::new(&ns)),
+        namespace_of,
         tx.clone(),
     );
     // Never reconcile from a half-listed cache: an empty policy list deletes the ConfigMap.
-    if !wait_ready(&policies, "BoundaryPolicy", &shutdown).await?
+    if !wait_ready(policies.store(), "BoundaryPolicy", &shutdown).await?
         || !wait_for_cluster_policies(&clusters, &shutdown).await?
         || !wait_ready(&namespaces, "Namespace", &shutdown).await?
         || !wait_ready(&config_maps, "ConfigMap", &shutdown).await?
         || !wait_for_secrets(&secrets, &shutdown).await?
-        || !wait_ready(&jailed, "jailed Pod", &shutdown).await?
+        || !wait_ready(jailed.store(), "jailed Pod", &shutdown).await?
     {
         return Ok(());
     }
@@ -362,7 +371,7 @@ pub async fn run(client: Client, config: Config, shutdown: Shutdown) -> Result<(
     };
     let observations = Observations::default();
     let _checks = AbortOnDrop(tokio::spawn(enforcement::run_checks(
-        jailed.clone(),
+        jailed.store().clone(),
         observations.clone(),
         tx,
         config.enforcement.clone(),
@@ -700,9 +709,8 @@ async fn publish(
     let ns = namespace.name_any();
     let mut policies: Vec<BoundaryPolicy> = ctx
         .policies
-        .state()
+        .of(&ObjectRef::new(&ns))
         .iter()
-        .filter(|p| p.namespace().as_deref() == Some(ns.as_str()))
         .map(|p| (**p).clone())
         .collect();
     policies.sort_by_key(ResourceExt::name_any);
@@ -1052,11 +1060,7 @@ fn pod_fields(
 impl Context {
     /// The jailed pods of `namespace`.
     fn pods_of(&self, namespace: &str) -> Vec<Arc<Pod>> {
-        self.jailed
-            .state()
-            .into_iter()
-            .filter(|p| p.namespace().as_deref() == Some(namespace))
-            .collect()
+        self.jailed.of(&ObjectRef::new(namespace))
     }
 
     /// Metrics of the verdicts on the pods of `namespace`.
@@ -1469,8 +1473,8 @@ mod tests {
 
     #[test]
     fn secret_changes_reconcile_only_namespaces_whose_policies_reference_them() {
-        use kube::runtime::{reflector, watcher::Event};
-        let (store, mut writer) = reflector::store::<BoundaryPolicy>();
+        use kube::runtime::watcher::Event;
+        let (policies, mut apply) = ByTarget::<BoundaryPolicy, Namespace>::standalone(namespace_of);
         let mut referencing = policy("a", "u1");
         referencing.spec.credentials = serde_json::from_value(json!([
             {"name": "llm", "secretKeyRef": {"name": "llm-key", "key": "k"},
@@ -1480,7 +1484,7 @@ mod tests {
              "inject": {"awsSigV4": {"secretName": "aws-keys"}}}
         ]))
         .unwrap();
-        writer.apply_watcher_event(&Event::Apply(referencing));
+        apply(&Event::Apply(referencing));
         let secret = |ns: &str, name: &str| -> PartialObjectMeta<Secret> {
             serde_json::from_value(json!({
                 "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
@@ -1492,7 +1496,7 @@ mod tests {
             .unwrap()
         };
         let target =
-            |ns: &str, name: &str| secret_target(&store, &secret(ns, name)).map(|t| t.name);
+            |ns: &str, name: &str| secret_target(&policies, &secret(ns, name)).map(|t| t.name);
         assert_eq!(target("agents", "llm-key").as_deref(), Some("agents"));
         assert_eq!(target("agents", "aws-keys").as_deref(), Some("agents"));
         assert_eq!(target("agents", "unrelated"), None);
