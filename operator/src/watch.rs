@@ -2,12 +2,12 @@
 //! cache can answer them, their objects by the target they trigger, waiting for a first list,
 //! and stopping a kube-runtime controller on shutdown without hanging.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
 use std::sync::{Arc, PoisonError, RwLock};
 
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::{ObjectRef, ObjectRefExtra, Store};
 use kube::runtime::watcher::Event;
 
 use crate::Error;
@@ -147,7 +147,7 @@ where
 impl<K, T> ByTarget<K, T>
 where
     K: kube::Resource + Clone + 'static,
-    K::DynamicType: Eq + Hash + Clone,
+    K::DynamicType: Default + Eq + Hash + Clone,
     T: kube::Resource,
     T::DynamicType: Eq + Hash + Clone,
 {
@@ -227,28 +227,30 @@ where
 {
     fn after(&mut self, event: &Event<K>, map: &dyn Fn(&K) -> Option<ObjectRef<T>>) {
         match event {
-            Event::Apply(object) => self.live.put(ObjectRef::from_obj(object), map(object)),
-            Event::Delete(object) => self.live.remove(&ObjectRef::from_obj(object)),
+            Event::Apply(object) => self.live.put(object, map(object)),
+            Event::Delete(object) => self.live.remove(object, map(object)),
             Event::Init => self.relisting = Some(Grouped::default()),
             Event::InitApply(object) => self
                 .relisting
                 .get_or_insert_with(Grouped::default)
-                .put(ObjectRef::from_obj(object), map(object)),
+                .put(object, map(object)),
             Event::InitDone => self.live = self.relisting.take().unwrap_or_default(),
         }
     }
 }
 
-/// Object keys grouped by target, and each key's target (to move or drop it).
+/// Object keys grouped by target. An object is filed under the target it has when it changes
+/// or is listed and removed from the one it has when deleted: the targets of the indexed objects
+/// never change once set (a Pod's node, any object's namespace), so no key-to-target map is
+/// kept (at 10,000 nodes it cost more than the rest of the index). Were a target to change, the
+/// key left under the old one is skipped by [`ByTarget::of`] and gone at the next relist.
 struct Grouped<K: kube::Resource, T: kube::Resource> {
-    target_of: HashMap<ObjectRef<K>, ObjectRef<T>>,
-    objects: HashMap<ObjectRef<T>, HashSet<ObjectRef<K>>>,
+    objects: HashMap<ObjectRef<T>, Vec<ObjectRef<K>>>,
 }
 
 impl<K: kube::Resource, T: kube::Resource> Default for Grouped<K, T> {
     fn default() -> Self {
         Grouped {
-            target_of: HashMap::new(),
             objects: HashMap::new(),
         }
     }
@@ -257,27 +259,40 @@ impl<K: kube::Resource, T: kube::Resource> Default for Grouped<K, T> {
 impl<K, T> Grouped<K, T>
 where
     K: kube::Resource,
-    K::DynamicType: Eq + Hash + Clone,
+    K::DynamicType: Default + Eq + Hash + Clone,
     T: kube::Resource,
     T::DynamicType: Eq + Hash + Clone,
 {
-    fn put(&mut self, key: ObjectRef<K>, target: Option<ObjectRef<T>>) {
-        self.remove(&key);
-        if let Some(target) = target {
-            self.objects
-                .entry(target.clone())
-                .or_default()
-                .insert(key.clone());
-            self.target_of.insert(key, target);
+    /// The key of `object`: its kind, name and namespace (not its uid and `resourceVersion`,
+    /// which `ObjectRef` compares without and which would double what the index holds).
+    fn key(object: &K) -> ObjectRef<K> {
+        let mut key = ObjectRef::from_obj(object);
+        key.extra = ObjectRefExtra::default();
+        key
+    }
+
+    fn put(&mut self, object: &K, target: Option<ObjectRef<T>>) {
+        let Some(target) = target else {
+            return;
+        };
+        let key = Self::key(object);
+        // Most targets have one object (a node its agent): room for one, not Vec's first four.
+        let keys = self
+            .objects
+            .entry(target)
+            .or_insert_with(|| Vec::with_capacity(1));
+        if !keys.contains(&key) {
+            keys.push(key);
         }
     }
 
-    fn remove(&mut self, key: &ObjectRef<K>) {
-        let Some(target) = self.target_of.remove(key) else {
+    fn remove(&mut self, object: &K, target: Option<ObjectRef<T>>) {
+        let Some(target) = target else {
             return;
         };
+        let key = Self::key(object);
         if let Some(keys) = self.objects.get_mut(&target) {
-            keys.remove(key);
+            keys.retain(|k| *k != key);
             if keys.is_empty() {
                 self.objects.remove(&target);
             }
@@ -286,6 +301,11 @@ where
 
     fn of(&self, target: &ObjectRef<T>) -> impl Iterator<Item = &ObjectRef<K>> {
         self.objects.get(target).into_iter().flatten()
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.objects.values().map(Vec::len).sum()
     }
 }
 
@@ -510,26 +530,38 @@ mod tests {
                 .collect();
             proptest::prop_assert_eq!(indexed, expected);
             // Nothing gone is kept.
-            let kept = agents.index.read().unwrap().live.target_of.len();
+            let kept = agents.index.read().unwrap().live.len();
             proptest::prop_assert_eq!(kept, server.values().flatten().count());
         }
     }
 
     #[test]
-    fn an_object_whose_target_changed_is_found_under_its_new_one_only() {
+    fn a_deleted_object_leaves_nothing_and_one_scheduled_later_is_found_under_its_node() {
         let (agents, mut apply) = ByTarget::<Pod, Node>::standalone(node_of);
         apply(&Event::Init);
         apply(&Event::InitApply(pod(1, None)));
         apply(&Event::InitDone);
         assert_eq!(scanned_and_indexed(&agents).1, [[""; 0]; 4]);
         apply(&Event::Apply(pod(1, Some(2))));
+        apply(&Event::Apply(pod(1, Some(2))));
         assert_eq!(agents.of(&ObjectRef::new("n2")).len(), 1);
+        assert_eq!(agents.index.read().unwrap().live.len(), 1);
+        // A target that changes (no Pod's node does) is found under the new one only.
         apply(&Event::Apply(pod(1, Some(3))));
         assert!(agents.of(&ObjectRef::new("n2")).is_empty());
         assert_eq!(agents.of(&ObjectRef::new("n3"))[0].name_any(), "a1");
-        apply(&Event::Delete(pod(1, Some(3))));
-        assert!(agents.of(&ObjectRef::new("n3")).is_empty());
-        assert!(agents.index.read().unwrap().live.target_of.is_empty());
+        apply(&Event::Apply(pod(2, Some(0))));
+        apply(&Event::Delete(pod(2, Some(0))));
+        assert!(agents.of(&ObjectRef::new("n0")).is_empty());
+        assert!(
+            !agents
+                .index
+                .read()
+                .unwrap()
+                .live
+                .objects
+                .contains_key(&ObjectRef::new("n0"))
+        );
     }
 
     #[test]
