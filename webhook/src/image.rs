@@ -477,9 +477,9 @@ fn mozilla_roots() -> Vec<oci_client::client::Certificate> {
 impl Resolver {
     /// A resolver with empty caches.
     pub fn new(config: ResolverConfig) -> Self {
-        // reqwest's rustls needs a process-wide provider; the webhook uses ring throughout. An
+        // reqwest's rustls needs a process-wide provider; the webhook uses aws-lc throughout. An
         // error means one is installed already.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let registry_requests = Counter::default();
         let lookups = Family::<LookupLabels, Counter>::default();
         for result in LOOKUP_RESULTS {

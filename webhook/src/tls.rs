@@ -19,9 +19,9 @@ use rustls::sign::CertifiedKey;
 
 use crate::metrics::Metrics;
 
-/// The crypto provider of every TLS configuration of the webhook (ring, as in the workspace).
+/// The crypto provider of every TLS configuration of the webhook (aws-lc, as in the workspace).
 pub fn crypto_provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 /// Why a certificate/key pair cannot be served.

@@ -130,7 +130,7 @@ fn free_port() -> anyhow::Result<SocketAddr> {
 }
 
 fn pusher() -> Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     Client::new(ClientConfig {
         protocol: ClientProtocol::Http,
         ..ClientConfig::default()
@@ -139,7 +139,7 @@ fn pusher() -> Client {
 
 /// A pusher over HTTPS that trusts `ca_pem`.
 fn tls_pusher(ca_pem: &str) -> Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     Client::new(ClientConfig {
         protocol: ClientProtocol::Https,
         tls_certs_only: vec![oci_client::client::Certificate {

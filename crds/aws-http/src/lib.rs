@@ -1,5 +1,5 @@
 //! The HTTPS client the AWS SDK uses in this project's binaries (the webhook's ECR lookups, the
-//! sidecar's own AWS identity): rustls with ring, Mozilla's roots (the images are `FROM
+//! sidecar's own AWS identity): rustls with aws-lc, Mozilla's roots (the images are `FROM
 //! scratch`, without a system trust store) and hickory DNS (a static glibc binary cannot load
 //! the NSS modules `getaddrinfo` needs).
 #![forbid(unsafe_code)]
@@ -18,7 +18,7 @@ pub fn https_client() -> SharedHttpClient {
         roots.add_pem_certificate(pem::encode(&pem::Pem::new("CERTIFICATE", der.as_ref())));
     }
     let builder =
-        aws_smithy_http_client::Builder::new().tls_provider(Provider::Rustls(CryptoMode::Ring));
+        aws_smithy_http_client::Builder::new().tls_provider(Provider::Rustls(CryptoMode::AwsLc));
     let builder = match TlsContext::builder().with_trust_store(roots).build() {
         Ok(context) => builder.tls_context(context),
         Err(e) => {

@@ -99,7 +99,7 @@ const LEAF_REUSE: Duration = Duration::from_hours(20 * 24);
 const CACHE_LIMIT: usize = 4096;
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 /// Minted server configurations by (name, h2), with when they were made.
@@ -401,7 +401,7 @@ impl UpstreamTls {
         let build = |alpn: Vec<Vec<u8>>| {
             let mut config = ClientConfig::builder_with_provider(provider())
                 .with_safe_default_protocol_versions()
-                .expect("the ring provider supports the default protocol versions")
+                .expect("the aws-lc provider supports the default protocol versions")
                 .with_root_certificates(roots.clone())
                 .with_no_client_auth();
             config.alpn_protocols = alpn;

@@ -175,7 +175,7 @@ mod tests {
             .unwrap();
         let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
             roots.into(),
-            std::sync::Arc::new(rustls::crypto::ring::default_provider()),
+            std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
         )
         .build()
         .unwrap();

@@ -187,7 +187,7 @@ fn main() -> std::process::ExitCode {
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 fn server_config(cert: &Path, key: &Path) -> anyhow::Result<rustls::ServerConfig> {

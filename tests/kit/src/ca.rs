@@ -122,7 +122,7 @@ impl TestCa {
         let leaf = self.leaf(names);
         let mut config = rustls::ServerConfig::builder_with_provider(crate::provider())
             .with_safe_default_protocol_versions()
-            .expect("ring supports the default protocol versions")
+            .expect("aws-lc supports the default protocol versions")
             .with_no_client_auth()
             .with_single_cert(vec![leaf.cert_der], leaf.key_der)
             .expect("a leaf certificate and its own key");

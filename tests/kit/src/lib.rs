@@ -15,7 +15,7 @@ pub use ca::{Alpn, Leaf, TestCa};
 pub use client::{free_port, tls_connector, wait_port, wait_port_within};
 pub use server::{Reply, TestServer};
 
-/// The crypto provider of the workspace (ring), for every config the kit builds.
+/// The crypto provider of the workspace (aws-lc), for every config the kit builds.
 fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
-    std::sync::Arc::new(rustls::crypto::ring::default_provider())
+    std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
