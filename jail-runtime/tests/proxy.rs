@@ -1323,13 +1323,7 @@ async fn an_upload_answered_before_it_is_read_reaches_the_client_whole() {
         answering_early(&ca, true).await,
         answering_early(&ca, false).await,
     );
-    let sidecar = Sidecar::for_upstream(
-        &policy(&["domain=upload.test path=/put"]),
-        &["upload.test"],
-        Some(&ca),
-        &[],
-    )
-    .await;
+    let sidecar = put_only_sidecar(Some(&ca)).await;
     let dir = common::TempDir::new("early-answers");
     let proxy_ca = sidecar.ca_file();
     let upload = dir.path().join("upload");
@@ -1387,16 +1381,21 @@ async fn an_upload_answered_before_it_is_read_reaches_the_client_whole() {
     );
 }
 
+/// A sidecar that allows only `upload.test`'s `/put` (`ca`: the upstream's, for HTTPS).
+async fn put_only_sidecar(ca: Option<&TestCa>) -> Sidecar {
+    Sidecar::for_upstream(
+        &policy(&["domain=upload.test path=/put"]),
+        &["upload.test"],
+        ca,
+        &[],
+    )
+    .await
+}
+
 /// A plain upstream for `upload.test` and a sidecar that allows only its `/put`.
 async fn put_only() -> (TestServer, Sidecar) {
     let up = TestServer::start(None).await;
-    let sidecar = Sidecar::for_upstream(
-        &policy(&["domain=upload.test path=/put"]),
-        &["upload.test"],
-        None,
-        &[],
-    )
-    .await;
+    let sidecar = put_only_sidecar(None).await;
     (up, sidecar)
 }
 
@@ -1449,13 +1448,7 @@ async fn an_upload_told_to_continue_and_answered_early_is_read_to_its_end() {
             .unwrap()
     })
     .await;
-    let sidecar = Sidecar::for_upstream(
-        &policy(&["domain=upload.test path=/put"]),
-        &["upload.test"],
-        None,
-        &[],
-    )
-    .await;
+    let sidecar = put_only_sidecar(None).await;
     let length = 32usize << 20;
     for round in 0..3 {
         let mut stream = sidecar.connect("upload.test", up.port()).await;
