@@ -322,6 +322,8 @@ pub mod webhook_env {
         SIDECAR_MEMORY_LIMIT = "BOUNDARY_WEBHOOK_SIDECAR_MEMORY_LIMIT";
         /// Audit format of the injected sidecar (`json` or `ocsf`).
         SIDECAR_AUDIT_FORMAT = "BOUNDARY_WEBHOOK_SIDECAR_AUDIT_FORMAT";
+        /// Worker threads of the injected sidecar's proxy.
+        SIDECAR_WORKER_THREADS = "BOUNDARY_WEBHOOK_SIDECAR_WORKER_THREADS";
         /// `true`: jailed pods get the readiness gate [`super::conditions::ENFORCED`].
         ENFORCEMENT_READINESS_GATE = "BOUNDARY_WEBHOOK_ENFORCEMENT_READINESS_GATE";
         /// Namespaces (comma-separated) where jailing is required whatever their labels.
@@ -448,7 +450,7 @@ pub mod boundary_env {
         CREDENTIAL = "BOUNDARY_CREDENTIAL";
         /// Seconds `boundary run` waits for the sidecar's socket and CA at its start.
         SIDECAR_WAIT_SECONDS = "BOUNDARY_SIDECAR_WAIT_SECS";
-        /// Threads of `boundary sidecar` that serve connections (0: one per CPU).
+        /// Threads of `boundary sidecar` that serve connections (default 1; 0: one per CPU).
         WORKER_THREADS = "BOUNDARY_WORKER_THREADS";
         /// Target directory of `boundary install`.
         INSTALL_DIR = "BOUNDARY_INSTALL_DIR";

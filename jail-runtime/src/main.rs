@@ -14,6 +14,7 @@ mod forwarder;
 mod inbound;
 mod presets;
 mod run;
+mod runtime;
 mod session;
 mod sidecar;
 mod suggest;

@@ -16,6 +16,7 @@ use boundary_api::contract::paths;
 use crate::config::{RunArgs, RunSettings, TierChoice};
 use crate::forwarder::{Forwarder, Target};
 use crate::inbound;
+use crate::runtime::Workers;
 use boundary_jail::dns::NameTable;
 use boundary_jail::landlock_tier::{self, LandlockPlan};
 use boundary_jail::mounts::{
@@ -154,11 +155,7 @@ fn prepare_and_run(mut settings: RunSettings) -> Result<i32, JailError> {
         remove_stale(&parent);
     }
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("boundary")
-        .enable_all()
-        .build()
+    let runtime = crate::runtime::build(Workers::One)
         .map_err(|e| JailError::other("starting the runtime", e))?;
     let code = runtime.block_on(serve(settings, session, assets.ca, started, tier))?;
     drop(workdir);

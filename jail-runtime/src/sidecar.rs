@@ -20,6 +20,7 @@ use boundary_telemetry::{LogArgs, LogFormat};
 use clap::Args;
 
 use crate::config::{ProxyArgs, parse_resolve, parse_upstream_dns};
+use crate::runtime::Workers;
 use boundary_proxy::audit::{Identity, Sink};
 use boundary_proxy::credentials::values::ValueSource;
 use boundary_proxy::jails::{ExitWhen, Jails};
@@ -50,12 +51,13 @@ pub struct SidecarArgs {
     /// `agent-boundary-upstream-ca` the webhook mounts. Missing or empty: none.
     #[arg(long, value_name = "DIR", env = contract_env::UPSTREAM_CA_DIR)]
     pub upstream_ca_dir: Option<PathBuf>,
-    /// Threads that serve connections; 0 means one per available CPU.
+    /// Threads that serve connections: 1 (one agent's traffic) or more for a sidecar given the
+    /// CPUs for heavy parallel traffic; 0 means one per CPU the container may use.
     #[arg(
         long,
         value_name = "N",
         env = boundary_env::WORKER_THREADS,
-        default_value_t = 0
+        default_value_t = 1
     )]
     pub worker_threads: usize,
     /// The pod's jailed containers, the ones `--exit-when` waits for.
@@ -122,11 +124,7 @@ pub fn run(args: &SidecarArgs) -> i32 {
         .parent()
         .map(|dir| dir.join(boundary_proxy::jails::STATE_FILE));
     let jails = Arc::new(Jails::new(args.exit_when, expected, state_file));
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if args.worker_threads > 0 {
-        builder.worker_threads(args.worker_threads);
-    }
-    let runtime = match builder.thread_name("boundary").enable_all().build() {
+    let runtime = match crate::runtime::build(Workers::from_count(args.worker_threads)) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("boundary sidecar: cannot start the runtime: {e}");

@@ -320,6 +320,9 @@ def check_render(name, s, objs, kube):
     audit_format = v.get("webhook.sidecar.auditFormat", "json")
     check(env_value(wc, C["webhook_env"]["SIDECAR_AUDIT_FORMAT"]) == audit_format,
           f"{where} the webhook injects sidecars writing {audit_format} audit lines")
+    workers = v.get("webhook.sidecar.workerThreads", 1)
+    check(env_value(wc, C["webhook_env"]["SIDECAR_WORKER_THREADS"]) == str(workers),
+          f"{where} the webhook injects sidecars with {workers} proxy threads")
     # The serving certificate: the Secret the operator / cert-manager writes, at the flag's path.
     vols = {vol["name"]: vol for vol in spec.get("volumes", [])}
     mounts = {m["name"]: m for m in wc.get("volumeMounts", [])}
@@ -791,6 +794,7 @@ SCENARIOS = {
     "enforcement-checks-off": scenario("agent-boundary", "agent-boundary",
                                        operator__enforcementChecks__intervalSeconds=0),
     "sidecar-audit-ocsf": scenario("agent-boundary", "agent-boundary", webhook__sidecar__auditFormat="ocsf"),
+    "sidecar-workers": scenario("agent-boundary", "agent-boundary", webhook__sidecar__workerThreads=4),
     # Every monitoring object (tests/chart/monitoring.py checks them in detail): the common
     # checks here, and kubernetes-validate on the operator's metrics Service and the dashboards.
     "monitoring": scenario("agent-boundary", "agent-boundary", monitoring__serviceMonitor__enabled=True,
@@ -819,6 +823,8 @@ REFUSED = [
     (["operator.replicas=2", "operator.leaderElection.enabled=false"], "leaderElection"),
     (["webhook.enforcementReadinessGate=yes"], "enforcementReadinessGate"),
     (["webhook.sidecar.auditFormat=cef"], "auditFormat"),
+    (["webhook.sidecar.workerThreads=-1"], "workerThreads"),
+    (["webhook.sidecar.workerThreads=two"], "workerThreads"),
     (["webhook.requiredNamespaces={kube-system}"], "requiredNamespaces"),
     (["webhook.requiredNamespaces={agent-boundary}"], "requiredNamespaces"),
     (["webhook.optOutServiceAccounts={runner}"], "optOutServiceAccounts"),

@@ -185,6 +185,8 @@ pub struct Settings {
     pub sidecar_memory_limit: String,
     /// The sidecar's audit lines: `json` (its default: no env set) or `ocsf`.
     pub sidecar_audit_format: String,
+    /// Threads of the sidecar's proxy: 1 (its default: no env set), more, or 0 for one per CPU.
+    pub sidecar_worker_threads: u16,
     /// Give pods jailed with the builtin runtime the readiness gate [`conditions::ENFORCED`], so
     /// they are not Ready until the operator has confirmed their enforcement.
     pub enforcement_readiness_gate: bool,
@@ -199,6 +201,7 @@ impl Default for Settings {
             sidecar_memory_request: "32Mi".into(),
             sidecar_memory_limit: "256Mi".into(),
             sidecar_audit_format: "json".into(),
+            sidecar_worker_threads: 1,
             enforcement_readiness_gate: false,
         }
     }
@@ -737,6 +740,12 @@ fn sidecar_container(
                 value_env(
                     boundary_api::contract::boundary_env::AUDIT_FORMAT,
                     &settings.sidecar_audit_format,
+                )
+            }))
+            .chain((settings.sidecar_worker_threads != 1).then(|| {
+                value_env(
+                    boundary_api::contract::boundary_env::WORKER_THREADS,
+                    &settings.sidecar_worker_threads.to_string(),
                 )
             }))
             // The pod's AWS identity, for credentials that sign with it.

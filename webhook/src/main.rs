@@ -95,6 +95,10 @@ struct Cli {
         value_parser = ["json", "ocsf"]
     )]
     sidecar_audit_format: String,
+    /// Threads of the injected sidecar's proxy: 1 serves one agent's traffic; more for pods whose
+    /// agents move heavy parallel traffic (give the sidecar the CPUs too); 0: one per CPU.
+    #[arg(long, env = webhook_env::SIDECAR_WORKER_THREADS, default_value_t = 1)]
+    sidecar_worker_threads: u16,
     /// Give jailed pods the readiness gate `agentboundary.dev/enforced`: they are not Ready until
     /// the operator has confirmed, from their sidecar, that every jailed container runs in its
     /// jail under the current policy.
@@ -291,6 +295,7 @@ async fn main() -> anyhow::Result<()> {
         sidecar_memory_request: cli.sidecar_memory_request.clone(),
         sidecar_memory_limit: cli.sidecar_memory_limit.clone(),
         sidecar_audit_format: cli.sidecar_audit_format.clone(),
+        sidecar_worker_threads: cli.sidecar_worker_threads,
         enforcement_readiness_gate: cli.enforcement_readiness_gate,
     };
     let config = Config {

@@ -72,6 +72,9 @@ struct Case {
     /// The webhook's `--sidecar-audit-format` (default json).
     #[serde(default)]
     sidecar_audit_format: Option<String>,
+    /// The webhook's `--sidecar-worker-threads` (default 1).
+    #[serde(default)]
+    sidecar_worker_threads: Option<u16>,
 }
 
 /// An image config (`entrypoint`, `cmd`, `user`), or the lookup's `error`.
@@ -219,6 +222,7 @@ fn load(path: &Path) -> anyhow::Result<Loaded> {
         settings: Settings {
             enforcement_readiness_gate: case.enforcement_readiness_gate,
             sidecar_audit_format: case.sidecar_audit_format.unwrap_or_else(|| "json".into()),
+            sidecar_worker_threads: case.sidecar_worker_threads.unwrap_or(1),
             ..settings()
         },
         namespace_labels,
