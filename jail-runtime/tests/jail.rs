@@ -685,11 +685,11 @@ fn host_state() -> (String, String, usize) {
     (links, tables, mounts)
 }
 
-/// `boundary run`'s work directories of process `pid` in the temp directory.
+/// `boundary run`'s work directories of process `pid`, wherever it may make them.
 fn workdirs_of(pid: i32) -> Vec<String> {
-    std::fs::read_dir(std::env::temp_dir())
-        .unwrap()
-        .flatten()
+    [std::path::PathBuf::from("/dev/shm"), std::env::temp_dir()]
+        .iter()
+        .flat_map(|dir| std::fs::read_dir(dir).into_iter().flatten().flatten())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with(&format!("boundary-{pid}-")))
         .collect()
