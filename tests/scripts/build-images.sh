@@ -35,11 +35,15 @@ TEST_IMAGES=(e2e-tools:e2e-tools)
 declare -A EXTRA_BINARIES=([jail-runtime]=boundary-node-agent)
 
 cd "$ROOT"
-# One cargo invocation for all of them (one lock, shared dependencies built once);
-# -p boundary-operator builds boundary-operator and boundary-node-agent.
-# --target keeps RUSTFLAGS away from build scripts and proc macros, which cannot be static.
+# `boundary` in a cargo invocation of its own, as release.sh builds it: cargo unifies features
+# over the packages of one invocation, so next to the webhook it would be linked with their
+# features (boundary-api's `kube`, tracing's `log`, ...), a different binary from the one
+# released and benchmarked. The rest share one (-p boundary-operator also builds
+# boundary-node-agent). --target keeps RUSTFLAGS away from build scripts and proc macros, which
+# cannot be static.
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --target "$TARGET" -p boundary >&2
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --target "$TARGET" \
-  -p boundary -p boundary-webhook -p boundary-operator -p boundary-e2e-tools >&2
+  -p boundary-webhook -p boundary-operator -p boundary-e2e-tools >&2
 
 ctx=$(mktemp -d); trap 'rm -rf "$ctx"' EXIT
 out=${IMAGES_OUT:-$ctx/out}; mkdir -p "$out"
