@@ -61,8 +61,11 @@ struct Args {
     /// Rounds of each measurement; figures are medians.
     #[arg(long, env = "BENCH_ROUNDS", default_value_t = 3)]
     rounds: usize,
-    /// Run only these parts (comma list of keep-alive, bulk, idle); all by default.
-    #[arg(long, env = "BENCH_ONLY", value_delimiter = ',', default_values_t = [Part::KeepAlive, Part::Bulk, Part::Idle])]
+    /// Fresh `boundary sidecar` starts of the first-request measurement.
+    #[arg(long, env = "BENCH_FIRST_STARTS", default_value_t = 20)]
+    first_starts: usize,
+    /// Run only these parts (comma list of keep-alive, bulk, idle, first-request); all by default.
+    #[arg(long, env = "BENCH_ONLY", value_delimiter = ',', default_values_t = [Part::KeepAlive, Part::Bulk, Part::Idle, Part::FirstRequest])]
     only: Vec<Part>,
     /// Worker threads of the boundary sidecar (0: one per CPU).
     #[arg(long, env = "BENCH_BOUNDARY_WORKERS", default_value_t = 0)]
@@ -74,6 +77,7 @@ enum Part {
     KeepAlive,
     Bulk,
     Idle,
+    FirstRequest,
 }
 
 impl std::fmt::Display for Part {
@@ -593,6 +597,9 @@ async fn main() -> anyhow::Result<()> {
             args.idle
         );
     }
+    if args.only.contains(&Part::FirstRequest) {
+        first_request_table(&args, &dir, &upstream_ca.pem_path, up.port()).await?;
+    }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
@@ -708,5 +715,55 @@ async fn bulk_table(args: &Args, routes: &Routes, boundary_pid: u32) -> anyhow::
             target(route, TARGET_BULK)
         );
     }
+    Ok(())
+}
+
+/// One HTTPS GET on a new connection through `route`, answered and read: seconds.
+async fn one_request(route: &Route, tls: &tokio_rustls::TlsConnector) -> anyhow::Result<f64> {
+    let began = Instant::now();
+    let mut sender = session(route, tls).await?;
+    let response = sender.send_request(get("/")).await?;
+    response.into_body().collect().await?;
+    Ok(began.elapsed().as_secs_f64())
+}
+
+/// What a jailed command's first request pays for the proxy's one-time work (seeding its
+/// random-number generator, the destination's first leaf certificate, the first upstream
+/// connection): each of `--first-starts` fresh sidecars answers one intercepted request (CONNECT,
+/// TLS on both sides, a GET), then a second one on a new connection.
+async fn first_request_table(
+    args: &Args,
+    dir: &Path,
+    upstream_ca: &Path,
+    upstream_port: u16,
+) -> anyhow::Result<()> {
+    let (mut first, mut second) = (Vec::new(), Vec::new());
+    for start in 0..args.first_starts {
+        let dir = dir.join(format!("first-{start}"));
+        std::fs::create_dir_all(&dir)?;
+        let (child, explicit, _, ca) = start_boundary(
+            &args.boundary,
+            &dir,
+            upstream_ca,
+            args.boundary_workers,
+            upstream_port,
+        )
+        .await?;
+        let route = Route::Connect {
+            proxy: explicit,
+            upstream_port,
+        };
+        let tls = tls_client(&ca)?;
+        first.push(one_request(&route, &tls).await.context("first request")?);
+        second.push(one_request(&route, &tls).await.context("second request")?);
+        drop(child);
+    }
+    println!(
+        "First intercepted request of a fresh boundary sidecar (CONNECT, new connection), medians of {} starts: \
+         first {:.2} ms, second {:.2} ms",
+        args.first_starts,
+        median(first) * 1e3,
+        median(second) * 1e3
+    );
     Ok(())
 }
