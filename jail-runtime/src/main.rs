@@ -93,7 +93,7 @@ enum Command {
 // glibc's malloc, not mimalloc: mimalloc saved a third of the proxy's CPU per small request but
 // kept what it freed on other threads, so relaying 2 GiB raised the sidecar's peak memory by
 // 57-79 MiB instead of 4-5 (the test `a_gibibyte_each_way_streams_with_flat_memory`); the
-// sidecar's memory limit is what every agent pod pays. On one thread (the proxy's default since)
+// sidecar's memory limit is what every agent pod pays. On one thread (now the proxy's default)
 // the relay stays flat with mimalloc too, but idle connections cost 17 KiB each instead of 15
 // (over the 16 KiB target) and the benchmark's peak 46 MiB instead of 34, for 3 points more of
 // keep-alive throughput.

