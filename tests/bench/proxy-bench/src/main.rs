@@ -67,7 +67,8 @@ struct Args {
     /// Run only these parts (comma list of keep-alive, bulk, idle, first-request); all by default.
     #[arg(long, env = "BENCH_ONLY", value_delimiter = ',', default_values_t = [Part::KeepAlive, Part::Bulk, Part::Idle, Part::FirstRequest])]
     only: Vec<Part>,
-    /// Worker threads of the boundary sidecar (0: one per CPU).
+    /// Worker threads of the boundary sidecar (`--worker-threads`); 0 passes none, so the
+    /// sidecar runs with its default (one thread).
     #[arg(long, env = "BENCH_BOUNDARY_WORKERS", default_value_t = 0)]
     boundary_workers: usize,
 }
