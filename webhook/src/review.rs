@@ -356,9 +356,6 @@ impl AdmissionResponse {
     /// # Errors
     /// Only if serialising fails, which strings, booleans and maps cannot.
     pub fn to_review_json(&self) -> Result<Vec<u8>, serde_json::Error> {
-        use std::io::Write as _;
-
-        use base64::engine::general_purpose::STANDARD;
         #[derive(Serialize)]
         #[serde(rename_all = "camelCase")]
         struct Envelope<'a> {
@@ -384,11 +381,9 @@ impl AdmissionResponse {
             // reservation rather than growing while encoding.
             body.reserve(encoded + 64);
             body.extend_from_slice(br#","patch":""#);
-            {
-                let mut base64 = base64::write::EncoderWriter::new(&mut body, &STANDARD);
-                base64.write_all(patch).map_err(serde_json::Error::io)?;
-                base64.finish().map_err(serde_json::Error::io)?;
-            }
+            // SIMD base64: the `base64` crate's encoder took a tenth of a review's instructions
+            // for a jailed pod's ~7 KiB patch.
+            base64_simd::STANDARD.encode_append(patch, &mut body);
             body.extend_from_slice(br#"","patchType":""#);
             body.extend_from_slice(PATCH_TYPE.as_bytes());
             body.extend_from_slice(br#""}}"#);
@@ -436,13 +431,27 @@ pub enum ReviewError {
 
 /// Parses a request body into the admission request it carries.
 pub fn parse(body: &[u8]) -> Result<AdmissionRequest, ReviewError> {
+    // UTF-8 is checked once for the whole body, a word at a time, so that serde_json reads it as
+    // text and does not check every string again (a sixth of reading a Pod). A body that is not
+    // UTF-8 throughout is read as bytes, as before: serde_json then names the first bad string
+    // it reads and skips the ones it ignores.
+    let text = std::str::from_utf8(body).ok();
+    fn read<T: serde::de::DeserializeOwned>(
+        body: &[u8],
+        text: Option<&str>,
+    ) -> serde_json::Result<T> {
+        match text {
+            Some(text) => serde_json::from_str(text),
+            None => serde_json::from_slice(body),
+        }
+    }
     // Read again with the object raw when that fails: a Pod CREATE whose object is not a
     // readable Pod is still a review, which the decider answers with what is wrong with it.
-    let review = if let Ok(review) = serde_json::from_slice::<AdmissionReview>(body) {
+    let review = if let Ok(review) = read::<AdmissionReview>(body, text) {
         review
     } else {
-        let review = serde_json::from_slice::<AdmissionReview<RawRequest>>(body)
-            .map_err(ReviewError::Malformed)?;
+        let review =
+            read::<AdmissionReview<RawRequest>>(body, text).map_err(ReviewError::Malformed)?;
         AdmissionReview {
             api_version: review.api_version,
             kind: review.kind,
@@ -513,6 +522,44 @@ mod tests {
     }
 
     const POD_KIND: &str = r#"{"group":"","version":"v1","kind":"Pod"}"#;
+
+    /// `fields`' review with the bytes of `NOT_UTF8` where `MARK` is.
+    fn with_bad_bytes(fields: &[(&str, &str)]) -> Vec<u8> {
+        let text = ordered_review(fields);
+        let at = text.windows(4).position(|w| w == b"MARK").expect("MARK");
+        [&text[..at], NOT_UTF8, &text[at + 4..]].concat()
+    }
+
+    const NOT_UTF8: &[u8] = b"\xffok\xc3";
+
+    #[test]
+    fn a_body_that_is_not_utf8_throughout_is_read_as_bytes_as_before() {
+        // In a string the review skips, bad bytes are no reason to refuse it: serde_json does
+        // not check what it skips. In one it reads, serde's own error names the place.
+        let skipped = with_bad_bytes(&[
+            ("uid", r#""u""#),
+            ("kind", POD_KIND),
+            ("operation", r#""CREATE""#),
+            ("somethingNew", r#"{"note":"MARK"}"#),
+            ("object", POD),
+        ]);
+        assert!(std::str::from_utf8(&skipped).is_err());
+        let request = parse(&skipped).unwrap();
+        assert_eq!(request.uid, "u");
+        assert!(
+            matches!(request.object, Some(Object::Pod(_))),
+            "{request:?}"
+        );
+        let read = with_bad_bytes(&[("uid", r#""MARK""#), ("kind", POD_KIND)]);
+        let err = parse(&read).unwrap_err();
+        assert!(matches!(err, ReviewError::Malformed(_)), "{err}");
+        assert!(
+            err.to_string()
+                .contains("invalid unicode code point at line 1 column"),
+            "{err}"
+        );
+    }
+
     const POD: &str = r#"{"metadata":{"generateName":"agent-","labels":{"a":"b"}},"spec":{"containers":[{"name":"c","image":"i"}]}}"#;
 
     #[test]
@@ -647,6 +694,26 @@ mod tests {
                 from, want,
                 "from metadata read elsewhere: {name:?} {metadata}"
             );
+        }
+    }
+
+    #[test]
+    fn the_patch_sent_is_standard_base64_of_every_length() {
+        // Every remainder of three and every SIMD block boundary up to 200 bytes, then a
+        // jailed pod's size; the `base64` crate (`into_review`) is the oracle.
+        let bytes: Vec<u8> = (0..12_000u32)
+            .map(|i| u8::try_from(i * 7919 % 251).unwrap())
+            .collect();
+        for len in (1..=200).chain([4095, 4096, 4097, 9_999, 12_000]) {
+            let response = AdmissionResponse::patched("u", bytes[..len].to_vec());
+            let written: serde_json::Value =
+                serde_json::from_slice(&response.to_review_json().unwrap()).unwrap();
+            assert_eq!(
+                written["response"]["patch"],
+                base64_encode(&bytes[..len]),
+                "{len} bytes"
+            );
+            assert_eq!(written, response.into_review(), "{len} bytes");
         }
     }
 
