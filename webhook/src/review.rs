@@ -436,15 +436,6 @@ pub fn parse(body: &[u8]) -> Result<AdmissionRequest, ReviewError> {
     // UTF-8 throughout is read as bytes, as before: serde_json then names the first bad string
     // it reads and skips the ones it ignores.
     let text = std::str::from_utf8(body).ok();
-    fn read<T: serde::de::DeserializeOwned>(
-        body: &[u8],
-        text: Option<&str>,
-    ) -> serde_json::Result<T> {
-        match text {
-            Some(text) => serde_json::from_str(text),
-            None => serde_json::from_slice(body),
-        }
-    }
     // Read again with the object raw when that fails: a Pod CREATE whose object is not a
     // readable Pod is still a review, which the decider answers with what is wrong with it.
     let review = if let Ok(review) = read::<AdmissionReview>(body, text) {
@@ -465,6 +456,14 @@ pub fn parse(body: &[u8]) -> Result<AdmissionRequest, ReviewError> {
         });
     }
     review.request.ok_or(ReviewError::NoRequest)
+}
+
+/// `body` read as `T`: as text when it is UTF-8 throughout (`text`), else as bytes.
+fn read<T: serde::de::DeserializeOwned>(body: &[u8], text: Option<&str>) -> serde_json::Result<T> {
+    match text {
+        Some(text) => serde_json::from_str(text),
+        None => serde_json::from_slice(body),
+    }
 }
 
 /// Standard base64 with padding (the encoding of `[]byte` fields in Kubernetes JSON).
