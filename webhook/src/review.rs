@@ -435,7 +435,11 @@ pub fn parse(body: &[u8]) -> Result<AdmissionRequest, ReviewError> {
     // text and does not check every string again (a sixth of reading a Pod). A body that is not
     // UTF-8 throughout is read as bytes, as before: serde_json then names the first bad string
     // it reads and skips the ones it ignores.
-    let text = std::str::from_utf8(body).ok();
+    parse_read(body, std::str::from_utf8(body).ok())
+}
+
+/// [`parse`], reading `body` as `text` when that is given.
+fn parse_read(body: &[u8], text: Option<&str>) -> Result<AdmissionRequest, ReviewError> {
     // Read again with the object raw when that fails: a Pod CREATE whose object is not a
     // readable Pod is still a review, which the decider answers with what is wrong with it.
     let review = if let Ok(review) = read::<AdmissionReview>(body, text) {
@@ -530,6 +534,49 @@ mod tests {
     }
 
     const NOT_UTF8: &[u8] = b"\xffok\xc3";
+
+    use proptest::sample::Index;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// Reading the body as text changes nothing: any body, UTF-8 or not, whole or cut,
+        /// gives the request or the error that reading it as bytes gives.
+        #[test]
+        fn any_body_reads_as_it_does_as_bytes(
+            changes in proptest::collection::vec(
+                (proptest::prelude::any::<Index>(), proptest::sample::select(CHANGED_BYTES)),
+                0..4,
+            ),
+            cut in proptest::option::of(proptest::prelude::any::<Index>()),
+        ) {
+            let mut body = ordered_review(&[
+                ("uid", r#""u-é""#),
+                ("kind", POD_KIND),
+                ("operation", r#""CREATE""#),
+                ("namespace", r#""ns""#),
+                ("userInfo", r#"{"username":"日本\u00e9\ud83d\ude00"}"#),
+                ("object", r#"{"metadata":{"name":"p","labels":{"a":"b"},"annotations":{"n":"ß\"q\\"}},"spec":{"containers":[{"name":"c","image":"i","env":[{"name":"E","value":"v\u0001"}]}]}}"#),
+                ("dryRun", "false"),
+            ]);
+            for (at, byte) in changes {
+                let at = at.index(body.len());
+                body[at] = byte;
+            }
+            if let Some(cut) = cut {
+                body.truncate(cut.index(body.len()));
+            }
+            let as_text = format!("{:?}", parse(&body).map_err(|e| e.to_string()));
+            let as_bytes = format!("{:?}", parse_read(&body, None).map_err(|e| e.to_string()));
+            proptest::prop_assert_eq!(as_text, as_bytes);
+        }
+    }
+
+    /// Bytes that change how a body reads: JSON's own, and ones that are not UTF-8 alone.
+    const CHANGED_BYTES: &[u8] = &[
+        b'"', b'\\', b'{', b'}', b'[', b',', b':', b'a', b'0', b' ', 0, 0x1f, 0x7f, 0x80, 0xbf,
+        0xc3, 0xe6, 0xf0, 0xff,
+    ];
 
     #[test]
     fn a_body_that_is_not_utf8_throughout_is_read_as_bytes_as_before() {
