@@ -478,6 +478,8 @@ pub fn base64_encode(bytes: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use proptest::sample::Index;
+
     use super::*;
 
     #[test]
@@ -534,8 +536,6 @@ mod tests {
     }
 
     const NOT_UTF8: &[u8] = b"\xffok\xc3";
-
-    use proptest::sample::Index;
 
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
