@@ -7,7 +7,8 @@
 # crate sources their code names), image archives whose layers hold exactly the binaries, a
 # chart of the workspace version rendering images of that version.
 #   release-repro-test.sh [REF]     two full release builds: 24 min on 2 quiet cores from
-#                                   empty target directories; RELEASE_REPRO_DIR (default
+#                                   empty target directories (with thin LTO; fat LTO takes
+#                                   longer); RELEASE_REPRO_DIR (default
 #                                   /tmp/agent-boundary-release-repro) keeps them for the next run
 # Not in the test command (too slow); tests/scripts/release-quick-test.sh is.
 set -euo pipefail
