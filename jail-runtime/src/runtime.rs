@@ -3,9 +3,9 @@
 //! One thread by default: a jail's or a pod's proxy serves one agent, and one core of TLS
 //! interception moves more than a pod's network does (see the proxy benchmark). Tokio's
 //! work-stealing scheduler cost about a third more CPU per intercepted request than one thread
-//! (wakeups handed between workers; proxy benchmark, keep-alive rows), and a sidecar without a CPU limit would otherwise start a
-//! worker for every CPU of the node. More workers are for a sidecar that proxies heavy parallel
-//! traffic and is given the CPUs for it.
+//! (wakeups handed between workers; proxy benchmark, keep-alive rows), and a sidecar without a
+//! CPU limit would otherwise start a worker for every CPU of the node. More workers are for a
+//! sidecar that proxies heavy parallel traffic and is given the CPUs for it.
 
 use tokio::runtime::{Builder, Runtime};
 
