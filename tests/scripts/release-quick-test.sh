@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The parts of the release that need no release build, for the test command (a few seconds;
-# the full proof, tests/scripts/release-repro-test.sh, builds everything twice: 24 min on 2
-# quiet cores with thin LTO, longer with fat LTO):
+# the full proof, tests/scripts/release-repro-test.sh, builds everything twice: 30 min on 2
+# cores with the release profile's fat LTO):
 #   1. release_tools_test.py: which crates a binary's SBOM lists (the units of its package's own
 #      build, not the workspace's resolution), cargo auditable's embedded list read back from a
 #      binary it built, the image archives and SBOMs reproducible and complete;

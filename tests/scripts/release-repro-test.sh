@@ -6,9 +6,9 @@
 # embedded, SBOMs naming exactly the crates linked (against the binaries' embedded lists and the
 # crate sources their code names), image archives whose layers hold exactly the binaries, a
 # chart of the workspace version rendering images of that version.
-#   release-repro-test.sh [REF]     two full release builds: 24 min on 2 quiet cores from
-#                                   empty target directories (with thin LTO; fat LTO takes
-#                                   longer); RELEASE_REPRO_DIR (default
+#   release-repro-test.sh [REF]     two full release builds: 30 min on 2 cores from empty
+#                                   target directories (with the release profile's fat LTO);
+#                                   RELEASE_REPRO_DIR (default
 #                                   /tmp/agent-boundary-release-repro) keeps them for the next run
 # Not in the test command (too slow); tests/scripts/release-quick-test.sh is.
 set -euo pipefail
