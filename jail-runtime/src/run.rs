@@ -624,11 +624,10 @@ impl Workdir {
             move |e| JailError::other(&format!("writing {name}"), e)
         }
         let bundle = self.path.join(BUNDLE_FILE);
-        let pem;
+        let pem = ca()?;
         // The Java store only where a JDK is installed: no JVM can run elsewhere. It is made from
         // the bundle, so the bundle is then made in memory; otherwise the kernel copies the roots.
         if java {
-            pem = ca()?;
             let bundle_pem = boundary_proxy::trust::bundle(&pem);
             std::fs::write(&bundle, &bundle_pem).map_err(fail(BUNDLE_FILE))?;
             let java =
@@ -636,7 +635,6 @@ impl Workdir {
             std::fs::write(self.path.join(JAVA_STORE_FILE), java).map_err(fail(JAVA_STORE_FILE))?;
         } else {
             boundary_proxy::trust::write_roots(&bundle).map_err(fail(BUNDLE_FILE))?;
-            pem = ca()?;
             boundary_proxy::trust::append_ca(&bundle, &pem).map_err(fail(BUNDLE_FILE))?;
         }
         std::fs::write(self.path.join(CA_FILE), &pem).map_err(fail(CA_FILE))?;

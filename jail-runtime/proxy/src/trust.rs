@@ -39,14 +39,18 @@ fn base64_encode(data: &[u8]) -> String {
 /// Writes the roots part of the jail's trust bundle to `path`: a copy of the system's store
 /// (a kernel-side copy, no parsing), or Mozilla's roots where the image has none.
 pub fn write_roots(path: &Path) -> std::io::Result<()> {
-    for store in TRUST_STORE_FILES {
-        if std::fs::metadata(store).is_ok_and(|m| m.is_file() && m.len() > 0)
-            && std::fs::copy(store, path).is_ok()
-        {
-            return Ok(());
-        }
+    if system_stores().any(|store| std::fs::copy(store, path).is_ok()) {
+        return Ok(());
     }
     std::fs::write(path, builtin_roots_pem())
+}
+
+/// The system's trust stores that exist here as non-empty files, in order of preference.
+fn system_stores() -> impl Iterator<Item = &'static str> {
+    TRUST_STORE_FILES
+        .iter()
+        .copied()
+        .filter(|store| std::fs::metadata(store).is_ok_and(|m| m.is_file() && m.len() > 0))
 }
 
 /// Completes a bundle started by [`write_roots`] with the proxy's CA.
@@ -63,9 +67,7 @@ const CA_HEADER: &str = "\n# Agent Boundary proxy CA\n";
 /// the Java store made from it, so that the roots are read once rather than copied and read
 /// back.
 pub fn bundle(ca_pem: &str) -> Vec<u8> {
-    let mut bundle = TRUST_STORE_FILES
-        .iter()
-        .filter(|store| std::fs::metadata(store).is_ok_and(|m| m.is_file() && m.len() > 0))
+    let mut bundle = system_stores()
         .find_map(|store| std::fs::read(store).ok())
         .unwrap_or_else(|| builtin_roots_pem().into_bytes());
     bundle.extend_from_slice(CA_HEADER.as_bytes());
