@@ -1021,12 +1021,14 @@ fn main() -> anyhow::Result<()> {
         answer.patch.as_ref().map_or(0, |p| p.len().div_ceil(3) * 4)
     );
     if !args.no_logs {
-        // The webhook's per-review event, formatted as in production and thrown away.
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
-            .with_writer(std::io::sink)
-            .init();
+        // The webhook's per-review event, formatted by the webhook's own set-up and thrown away.
+        let json = boundary_telemetry::LogArgs::default()
+            .or_defaults("info", boundary_telemetry::LogFormat::Json);
+        tracing::subscriber::set_global_default(boundary_telemetry::subscriber(
+            &json,
+            std::io::sink,
+            false,
+        )?)?;
     }
     let dir = tempfile::tempdir()?;
     let ca = TestCa::named("webhook bench CA");
