@@ -3,6 +3,8 @@
 //! binary links it too.
 #![forbid(unsafe_code)]
 
+mod json;
+
 use std::io::IsTerminal as _;
 
 use boundary_api::contract::log_env;
@@ -105,7 +107,12 @@ where
         .with_env_filter(filter)
         .with_writer(writer);
     Ok(match args.format.unwrap_or(LogFormat::Text) {
-        LogFormat::Json => Box::new(builder.json().flatten_event(true).finish()),
+        LogFormat::Json => Box::new(
+            builder
+                .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+                .event_format(json::JsonLines)
+                .finish(),
+        ),
         LogFormat::Text if terminal => Box::new(
             builder
                 .with_ansi(true)
