@@ -7,6 +7,7 @@ use std::fmt::{self, Write};
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
+use tracing_log::NormalizeEvent as _;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
@@ -29,7 +30,9 @@ where
         mut line: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let meta = event.metadata();
+        // A record of the `log` crate carries its own target, file and line.
+        let normalized = event.normalized_metadata();
+        let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
         line.write_str("{\"timestamp\":\"")?;
         // RFC 3339 digits, `-`, `:`, `.`, `T`, `Z`: nothing to escape.
         SystemTime.format_time(&mut line)?;
@@ -361,6 +364,24 @@ mod tests {
             1 => prop::sample::select(vec!['"', '\\', '\u{7f}', '/', '\u{2028}']),
         ];
         proptest::collection::vec(char, 0..24).prop_map(String::from_iter)
+    }
+
+    #[test]
+    fn a_record_of_the_log_crate_is_written_as_tracing_subscriber_writes_it() {
+        let (ours, theirs) = both(|| {
+            tracing_log::format_trace(
+                &log::Record::builder()
+                    .args(format_args!("from \"log\""))
+                    .level(log::Level::Warn)
+                    .target("some::module")
+                    .file(Some("module.rs"))
+                    .line(Some(7))
+                    .build(),
+            )
+            .unwrap();
+        });
+        assert_eq!(ours, theirs);
+        assert!(ours.contains(r#""target":"some::module""#), "{ours}");
     }
 
     proptest! {
