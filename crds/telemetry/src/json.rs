@@ -204,33 +204,11 @@ impl Write for Escaped<'_, '_> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
     use proptest::prelude::*;
-    use tracing_subscriber::fmt::MakeWriter;
     use tracing_subscriber::fmt::format::JsonFields;
 
     use super::*;
-
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl<'w> MakeWriter<'w> for Captured {
-        type Writer = Captured;
-        fn make_writer(&'w self) -> Captured {
-            self.clone()
-        }
-    }
+    use crate::tests::Captured;
 
     /// What `emit` logs through these lines and through `tracing-subscriber`'s own JSON format,
     /// each line's timestamp checked for its shape, then left out.
@@ -259,8 +237,9 @@ mod tests {
             &emit,
         );
         let text = |captured: &Captured| {
-            let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-            text.lines()
+            captured
+                .text()
+                .lines()
                 .map(without_timestamp)
                 .collect::<Vec<_>>()
                 .join("\n")

@@ -148,7 +148,13 @@ mod tests {
 
     /// Everything written, shared with the test.
     #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
+    pub(crate) struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Captured {
+        pub(crate) fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        }
+    }
 
     impl std::io::Write for Captured {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -171,7 +177,7 @@ mod tests {
         let out = Captured::default();
         let subscriber = subscriber(args, out.clone(), false).unwrap();
         tracing::subscriber::with_default(subscriber, emit);
-        String::from_utf8(out.0.lock().unwrap().clone()).unwrap()
+        out.text()
     }
 
     fn args(level: &str, format: LogFormat) -> LogArgs {
