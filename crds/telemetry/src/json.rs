@@ -87,15 +87,14 @@ where
         Ok(serde_json::Value::Object(fields)) => {
             for (name, value) in &fields {
                 string(line, name)?;
-                line.write_char(':')?;
-                line.write_str(&value.to_string())?;
-                line.write_char(',')?;
+                write!(line, ":{value},")?;
             }
         }
         Ok(value) => {
-            line.write_str("\"field\":")?;
-            line.write_str(&value.to_string())?;
-            line.write_str(",\"field_error\":\"field was no a valid object\",")?;
+            write!(
+                line,
+                "\"field\":{value},\"field_error\":\"field was no a valid object\","
+            )?;
         }
         Err(e) => {
             line.write_str("\"field_error\":")?;
