@@ -37,7 +37,7 @@ use anyhow::{Context, bail};
 use axum::Router;
 use axum::http::header;
 use axum::routing::post;
-use boundary_api::crd::BoundaryPolicy;
+use boundary_api::crd::{BoundaryPolicy, ClusterBoundaryPolicy};
 use boundary_api::nodes::NodeFacts;
 use boundary_test_kit::{Alpn, Leaf, TestCa};
 use boundary_webhook::admit::{Planner, StaticView};
@@ -83,7 +83,7 @@ fn decide_only(
     }
     let respond = start.elapsed() / rounds;
     println!(
-        "Decider alone (one thread, no HTTP/TLS), {nodes} nodes, {policies} policies: parse {:.1} µs, plan+patch {:.1} µs, plan+patch+serialise {:.1} µs per review",
+        "Decider alone (one thread, no HTTP/TLS), {nodes} nodes, {policies} + {policies} cluster policies: parse {:.1} µs, plan+patch {:.1} µs, plan+patch+serialise {:.1} µs per review",
         parse.as_secs_f64() * 1e6,
         decide.as_secs_f64() * 1e6,
         respond.as_secs_f64() * 1e6
@@ -112,11 +112,13 @@ fn decide_rows(args: &Args) -> anyhow::Result<()> {
     }
     let (small, large) = (median(small), median(large));
     println!(
-        "  webhook: decider alone, parse + plan + patch: {small:.1} µs per review at {} nodes/{} policies; \
-         {large:.1} µs at {} nodes/{} policies: {:.2}x (target: at most 1.2x, i.e. flat)",
+        "  webhook: decider alone, parse + plan + patch: {small:.1} µs per review at {} nodes/{} + {} cluster policies; \
+         {large:.1} µs at {} nodes/{} + {} cluster policies: {:.2}x (target: at most 1.2x, i.e. flat)",
         args.nodes,
         args.policies,
+        args.policies,
         args.large_nodes,
+        args.large_policies,
         args.large_policies,
         large / small
     );
@@ -127,8 +129,10 @@ fn decide_rows(args: &Args) -> anyhow::Result<()> {
 /// default 200: three quarters Amazon Linux 2023 nodes labelled by the operator, one quarter
 /// tainted Bottlerocket nodes, each with its own hostname label), an opted-in namespace with
 /// three policies, two of which select the benchmark's pod, and `policies - 3` more policies
-/// in 100 other namespaces. Every review runs candidate selection, policy selection, row
-/// choice, injection and the diff.
+/// in 100 other namespaces; and as many `ClusterBoundaryPolicy` objects: the administrators'
+/// guardrails, which select the opted-in namespace and the pod, and `policies - 1` more, each
+/// selecting namespaces labelled for one of 100 other teams. Every review runs candidate
+/// selection, policy selection, row choice, injection and the diff.
 fn admitter(nodes: usize, policies: usize) -> Arc<dyn Admit> {
     Arc::new(Planner::new(
         bench_view(nodes, policies),
@@ -224,8 +228,26 @@ fn bench_view(node_count: usize, policy_count: usize) -> StaticView {
         .into_iter()
         .chain(others)
         .collect();
+    let cluster_policy = |name: &str, spec: serde_json::Value| -> ClusterBoundaryPolicy {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "agentboundary.dev/v1alpha1", "kind": "ClusterBoundaryPolicy",
+            "metadata": {"name": name}, "spec": spec
+        }))
+        .expect("a valid cluster policy literal")
+    };
+    let cluster_policies: Vec<ClusterBoundaryPolicy> = std::iter::once(cluster_policy(
+        "guardrails",
+        serde_json::json!({"namespaceSelector": {"matchLabels": {"agentboundary.dev/inject": "enabled"}}, "podSelector": {}, "deny": ["domain=pastebin.com", "domain=*.github.com method=POST path=/gists*"], "allow": ["domain=api.anthropic.com"]}),
+    ))
+    .chain((1..policy_count.max(1)).map(|i| {
+        cluster_policy(
+            &format!("team-guardrails-{i}"),
+            serde_json::json!({"namespaceSelector": {"matchLabels": {"team": format!("team-{}", i % 100)}}, "podSelector": {}, "deny": ["domain=pastebin.com"]}),
+        )
+    }))
+    .collect();
     StaticView {
-        cluster_policies: Vec::new(),
+        cluster_policies,
         nodes: Arc::new(NodeClasses::new(nodes)),
         namespaces,
         policies: policies.into(),
@@ -261,13 +283,14 @@ struct Args {
     /// Nodes of the cluster the server and the first decider row plan over.
     #[arg(long, env = "BENCH_NODES", default_value_t = 200)]
     nodes: usize,
-    /// Policies (three in the pod's namespace, the rest in 100 others).
+    /// Policies (three in the pod's namespace, the rest in 100 others), and as many cluster
+    /// policies (one selecting the pod's namespace, the rest 100 others).
     #[arg(long, env = "BENCH_POLICIES", default_value_t = 3)]
     policies: usize,
     /// Nodes of the second decider row (the cost must not grow with them).
     #[arg(long, env = "BENCH_LARGE_NODES", default_value_t = 10_000)]
     large_nodes: usize,
-    /// Policies of the second decider row.
+    /// Policies, and as many cluster policies, of the second decider row.
     #[arg(long, env = "BENCH_LARGE_POLICIES", default_value_t = 500)]
     large_policies: usize,
     /// Worker threads of each server's runtime.
@@ -915,9 +938,10 @@ async fn fixed_rate_table(
         )
     };
     println!(
-        "  webhook: server CPU per review vs the floor ({} nodes, {} policies) at {} reviews/s: \
+        "  webhook: server CPU per review vs the floor ({} nodes, {} + {} cluster policies) at {} reviews/s: \
          {:.1}x ({:.1} vs {:.1} µs) (target: within 1.5x of the floor)",
         args.nodes,
+        args.policies,
         args.policies,
         args.rate,
         cpu_ratio_to(&runs[1]),
