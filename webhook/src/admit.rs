@@ -6,7 +6,7 @@
 //! again with them.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,6 +20,7 @@ use crate::guard::{self, Jailing};
 use crate::image::{ImageConfig, Resolver};
 use crate::inject::Settings;
 use crate::plan::{self, Cluster, Input, Verdict};
+use crate::policy_index::{ClusterPolicies, Policies};
 use crate::pull_secrets::{self, Keyring};
 use crate::review::{AdmissionRequest, AdmissionResponse, Admit, Object};
 
@@ -35,54 +36,16 @@ pub trait ClusterView: Send + Sync + 'static {
     /// Labels of a namespace (empty when unknown).
     fn namespace_labels(&self, namespace: &str) -> BTreeMap<String, String>;
     /// The `BoundaryPolicy` objects of a namespace.
-    fn policies(&self, namespace: &str) -> Vec<BoundaryPolicy>;
-    /// Every `ClusterBoundaryPolicy`.
-    fn all_cluster_policies(&self) -> Vec<ClusterBoundaryPolicy>;
-    /// The `ClusterBoundaryPolicy` objects whose `namespaceSelector` selects `namespace` (a
-    /// malformed selector selects nothing; the operator reports it).
-    fn cluster_policies(&self, namespace: &str) -> Vec<ClusterBoundaryPolicy> {
-        let labels = self.namespace_labels(namespace);
-        self.all_cluster_policies()
-            .into_iter()
-            .filter(|p| plan::selector(&p.spec.namespace_selector).matches(&labels) == Ok(true))
-            .collect()
-    }
+    fn policies(&self, namespace: &str) -> Arc<[Arc<BoundaryPolicy>]>;
+    /// The `ClusterBoundaryPolicy` objects whose `namespaceSelector` selects `namespace`,
+    /// labelled `labels` (a malformed selector selects nothing; the operator reports it).
+    fn cluster_policies(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Arc<[Arc<ClusterBoundaryPolicy>]>;
     /// The apiserver's version.
     fn cluster(&self) -> Cluster;
-}
-
-/// `BoundaryPolicy` objects by namespace, so that a review reads only those of its own.
-#[derive(Debug, Clone, Default)]
-pub struct Policies {
-    by_namespace: HashMap<String, Vec<BoundaryPolicy>>,
-}
-
-impl Policies {
-    /// The policies of `namespace`, in the order given.
-    pub fn in_namespace(&self, namespace: &str) -> &[BoundaryPolicy] {
-        self.by_namespace
-            .get(namespace)
-            .map_or(&[][..], Vec::as_slice)
-    }
-}
-
-impl From<Vec<BoundaryPolicy>> for Policies {
-    /// Indexes `policies` (one without a namespace is in none).
-    fn from(policies: Vec<BoundaryPolicy>) -> Self {
-        let mut by_namespace: HashMap<String, Vec<BoundaryPolicy>> = HashMap::new();
-        for policy in policies {
-            if let Some(namespace) = policy.metadata.namespace.clone() {
-                by_namespace.entry(namespace).or_default().push(policy);
-            }
-        }
-        Policies { by_namespace }
-    }
-}
-
-impl FromIterator<BoundaryPolicy> for Policies {
-    fn from_iter<I: IntoIterator<Item = BoundaryPolicy>>(policies: I) -> Self {
-        policies.into_iter().collect::<Vec<_>>().into()
-    }
 }
 
 /// A fixed view (tests, benchmarks, and the `plan` command line).
@@ -95,7 +58,7 @@ pub struct StaticView {
     /// Policies (each in its own namespace).
     pub policies: Policies,
     /// Cluster policies.
-    pub cluster_policies: Vec<ClusterBoundaryPolicy>,
+    pub cluster_policies: ClusterPolicies,
     /// Cluster version.
     pub cluster: Cluster,
 }
@@ -109,12 +72,16 @@ impl ClusterView for StaticView {
         self.namespaces.get(namespace).cloned().unwrap_or_default()
     }
 
-    fn policies(&self, namespace: &str) -> Vec<BoundaryPolicy> {
-        self.policies.in_namespace(namespace).to_vec()
+    fn policies(&self, namespace: &str) -> Arc<[Arc<BoundaryPolicy>]> {
+        self.policies.in_namespace(namespace)
     }
 
-    fn all_cluster_policies(&self) -> Vec<ClusterBoundaryPolicy> {
-        self.cluster_policies.clone()
+    fn cluster_policies(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Arc<[Arc<ClusterBoundaryPolicy>]> {
+        self.cluster_policies.selecting(namespace, labels)
     }
 
     fn cluster(&self) -> Cluster {
@@ -303,7 +270,7 @@ impl<V: ClusterView> Planner<V> {
         let nodes = self.view.nodes();
         let labels = self.view.namespace_labels(&prepared.namespace);
         let policies = self.view.policies(&prepared.namespace);
-        let cluster_policies = self.view.cluster_policies(&prepared.namespace);
+        let cluster_policies = self.view.cluster_policies(&prepared.namespace, &labels);
         plan::plan(&Input {
             pod: &prepared.pod,
             namespace_labels: &labels,
@@ -588,7 +555,8 @@ impl<V: ClusterView> Planner<V> {
             .or_else(|| old.metadata.namespace.clone())
             .unwrap_or_default();
         let policies = self.view.policies(&namespace);
-        let cluster_policies = self.view.cluster_policies(&namespace);
+        let labels = self.view.namespace_labels(&namespace);
+        let cluster_policies = self.view.cluster_policies(&namespace, &labels);
         let selecting = |labels: &BTreeMap<String, String>| {
             let mut names: Vec<String> = policies
                 .iter()

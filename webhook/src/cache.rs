@@ -3,7 +3,7 @@
 //! memory (kube-runtime reflectors), so that a review is answered without calling the
 //! apiserver. Node facts are recomputed when a node changes, not on every review.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -18,6 +18,7 @@ use kube::{Api, Client};
 use crate::admit::ClusterView;
 use crate::classes::NodeClasses;
 use crate::plan::Cluster;
+use crate::policy_index::{ClusterPolicies, Policies};
 use boundary_api::nodes::NodeFacts;
 
 /// Why the cache could not start.
@@ -36,8 +37,8 @@ pub enum CacheError {
 pub struct LiveView {
     nodes: Arc<ArcSwap<NodeClasses>>,
     namespaces: Store<Namespace>,
-    policies: Arc<ArcSwap<PoliciesByNamespace>>,
-    cluster_policies: Store<ClusterBoundaryPolicy>,
+    policies: Arc<ArcSwap<Policies>>,
+    cluster_policies: Arc<ArcSwap<ClusterPolicies>>,
     cluster: Cluster,
     ready: Arc<AtomicBool>,
 }
@@ -95,7 +96,7 @@ impl LiveView {
             .reflect(ns_writer)
             .touched_objects(),
         );
-        let policies = Arc::new(ArcSwap::from_pointee(PoliciesByNamespace::new()));
+        let policies = Arc::new(ArcSwap::from_pointee(Policies::default()));
         let (policies_synced, mut policies_listed) = tokio::sync::watch::channel(false);
         tokio::spawn(keep_derived(
             "policy",
@@ -108,7 +109,7 @@ impl LiveView {
             policy_store,
             policies.clone(),
             policies_synced,
-            policies_by_namespace,
+            |store| store.state().into_iter().collect::<Policies>(),
         ));
         // Helm never upgrades CRDs: after an upgrade from a release without this one there can
         // be no ClusterBoundaryPolicy, so none is the truth (a watch would never list, and the
@@ -118,28 +119,33 @@ impl LiveView {
             cluster_api.list(&kube::api::ListParams::default().limit(1)).await,
             Err(kube::Error::Api(ref status)) if status.code == 404
         );
+        let cluster_policies = Arc::new(ArcSwap::from_pointee(ClusterPolicies::default()));
+        let (cluster_synced, mut cluster_listed) = tokio::sync::watch::channel(false);
         if cluster_crd_missing {
             tracing::warn!(
                 "the ClusterBoundaryPolicy CRD is not installed: cluster policies are ignored until it is and the webhook restarts (apply the chart's crds/)"
             );
         } else {
-            spawn_drain(
+            tokio::spawn(keep_derived(
                 "cluster policy",
                 watcher(cluster_api, watcher::Config::default())
                     .default_backoff()
-                    .reflect(cluster_writer)
-                    .touched_objects(),
-            );
+                    .reflect(cluster_writer),
+                cluster_store,
+                cluster_policies.clone(),
+                cluster_synced,
+                |store| store.state().into_iter().collect::<ClusterPolicies>(),
+            ));
         }
         let view = LiveView {
             nodes,
             namespaces: ns_store,
             policies,
-            cluster_policies: cluster_store,
+            cluster_policies,
             cluster: Cluster { minor },
             ready: ready.clone(),
         };
-        let (b, d) = (view.namespaces.clone(), view.cluster_policies.clone());
+        let b = view.namespaces.clone();
         tokio::spawn(async move {
             let all = async {
                 // The node facts, not just the node store: the facts are what reviews read.
@@ -148,7 +154,7 @@ impl LiveView {
                 // The index, not just the store: the index is what reviews read.
                 policies_listed.wait_for(|listed| *listed).await.ok()?;
                 if !cluster_crd_missing {
-                    d.wait_until_ready().await.ok()?;
+                    cluster_listed.wait_for(|listed| *listed).await.ok()?;
                 }
                 Some(())
             };
@@ -216,21 +222,6 @@ fn node_classes(store: &Store<Node>) -> NodeClasses {
     NodeClasses::new(all)
 }
 
-/// `BoundaryPolicy` objects by namespace.
-type PoliciesByNamespace = HashMap<String, Vec<Arc<BoundaryPolicy>>>;
-
-/// The policies of `store` by namespace, so a review reads its namespace's policies, not every
-/// policy.
-fn policies_by_namespace(store: &Store<BoundaryPolicy>) -> PoliciesByNamespace {
-    let mut by_namespace = PoliciesByNamespace::new();
-    for policy in store.state() {
-        if let Some(namespace) = policy.metadata.namespace.clone() {
-            by_namespace.entry(namespace).or_default().push(policy);
-        }
-    }
-    by_namespace
-}
-
 fn spawn_drain<S, T>(what: &'static str, stream: S)
 where
     S: futures_util::Stream<Item = Result<T, watcher::Error>> + Send + 'static,
@@ -258,22 +249,16 @@ impl ClusterView for LiveView {
             .unwrap_or_default()
     }
 
-    fn policies(&self, namespace: &str) -> Vec<BoundaryPolicy> {
-        self.policies
-            .load()
-            .get(namespace)
-            .into_iter()
-            .flatten()
-            .map(|p| (**p).clone())
-            .collect()
+    fn policies(&self, namespace: &str) -> Arc<[Arc<BoundaryPolicy>]> {
+        self.policies.load().in_namespace(namespace)
     }
 
-    fn all_cluster_policies(&self) -> Vec<ClusterBoundaryPolicy> {
-        self.cluster_policies
-            .state()
-            .iter()
-            .map(|p| (**p).clone())
-            .collect()
+    fn cluster_policies(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Arc<[Arc<ClusterBoundaryPolicy>]> {
+        self.cluster_policies.load().selecting(namespace, labels)
     }
 
     fn cluster(&self) -> Cluster {

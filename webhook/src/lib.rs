@@ -19,6 +19,7 @@ pub mod inject;
 pub mod metrics;
 pub mod patch;
 pub mod plan;
+pub mod policy_index;
 pub mod ports;
 pub mod pull_secrets;
 pub mod review;

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use boundary_api::contract::{self, annotations, containers, labels, node_labels};
 use boundary_api::crd::{BoundaryPolicy, ClusterBoundaryPolicy};
@@ -44,9 +45,9 @@ pub struct Input<'a> {
     /// Labels of the pod's namespace.
     pub namespace_labels: &'a BTreeMap<String, String>,
     /// `BoundaryPolicy` objects of the pod's namespace.
-    pub policies: &'a [BoundaryPolicy],
+    pub policies: &'a [Arc<BoundaryPolicy>],
     /// `ClusterBoundaryPolicy` objects whose `namespaceSelector` selects the pod's namespace.
-    pub cluster_policies: &'a [ClusterBoundaryPolicy],
+    pub cluster_policies: &'a [Arc<ClusterBoundaryPolicy>],
     /// Where jailing is required and who may opt out.
     pub jailing: &'a Jailing,
     /// Every node of the cluster, grouped.
@@ -164,8 +165,8 @@ pub use boundary_api::crd::compiled_selector as selector;
 /// policies count for the mode and say nothing about the jail; they need the builtin runtime,
 /// the only one that reads their rules.
 fn combine(
-    policies: &[BoundaryPolicy],
-    cluster_policies: &[ClusterBoundaryPolicy],
+    policies: &[Arc<BoundaryPolicy>],
+    cluster_policies: &[Arc<ClusterBoundaryPolicy>],
     pod_labels: &BTreeMap<String, String>,
 ) -> Result<Option<Combined>, String> {
     let mut selected: Vec<&BoundaryPolicy> = Vec::new();
@@ -179,6 +180,7 @@ fn combine(
     let mut cluster: Vec<&ClusterBoundaryPolicy> = cluster_policies
         .iter()
         .filter(|p| selector(&p.spec.pod_selector).matches(pod_labels) == Ok(true))
+        .map(Arc::as_ref)
         .collect();
     cluster.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     if selected.is_empty() && cluster.is_empty() {

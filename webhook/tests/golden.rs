@@ -15,6 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use boundary_api::JailRuntime;
@@ -24,7 +25,8 @@ use boundary_webhook::classes::NodeClasses;
 use boundary_webhook::guard::Jailing;
 use boundary_webhook::image::ImageConfig;
 use boundary_webhook::inject::Settings;
-use boundary_webhook::plan::{Cluster, Decision, Input, Verdict, plan, selector};
+use boundary_webhook::plan::{Cluster, Decision, Input, Verdict, plan};
+use boundary_webhook::policy_index::ClusterPolicies;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -147,8 +149,8 @@ struct Loaded {
     pod: Pod,
     settings: Settings,
     namespace_labels: BTreeMap<String, String>,
-    policies: Vec<BoundaryPolicy>,
-    cluster_policies: Vec<ClusterBoundaryPolicy>,
+    policies: Vec<Arc<BoundaryPolicy>>,
+    cluster_policies: Arc<[Arc<ClusterBoundaryPolicy>]>,
     jailing: Jailing,
     nodes: NodeClasses,
     cluster: Cluster,
@@ -188,7 +190,10 @@ fn load(path: &Path) -> anyhow::Result<Loaded> {
                 "spec": p["spec"],
             }))
         })
-        .collect::<Result<Vec<BoundaryPolicy>, _>>()?;
+        .collect::<Result<Vec<BoundaryPolicy>, _>>()?
+        .into_iter()
+        .map(Arc::new)
+        .collect();
     let nodes = case
         .nodes
         .iter()
@@ -208,10 +213,10 @@ fn load(path: &Path) -> anyhow::Result<Loaded> {
                 "spec": p["spec"],
             }))
         })
-        .collect::<Result<Vec<ClusterBoundaryPolicy>, _>>()?
-        .into_iter()
-        .filter(|p| selector(&p.spec.namespace_selector).matches(&namespace_labels) == Ok(true))
-        .collect();
+        .collect::<Result<Vec<ClusterBoundaryPolicy>, _>>()?;
+    // Those selecting the pod's namespace, as the webhook's views pick them.
+    let cluster_policies =
+        ClusterPolicies::from(cluster_policies).selecting("agents", &namespace_labels);
     Ok(Loaded {
         pod: serde_json::from_value(pod)?,
         cluster_policies,

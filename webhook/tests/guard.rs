@@ -11,6 +11,7 @@ use boundary_webhook::admit::{FixedPods, Planner, StaticView};
 use boundary_webhook::guard::Jailing;
 use boundary_webhook::inject::Settings;
 use boundary_webhook::plan::Cluster;
+use boundary_webhook::policy_index::ClusterPolicies;
 use boundary_webhook::review::{self, AdmissionResponse, Admit};
 use serde_json::{Value, json};
 
@@ -31,7 +32,7 @@ fn planner(cluster_policies: Vec<ClusterBoundaryPolicy>, jailing: Jailing) -> Pl
             BTreeMap::from([("agentboundary.dev/inject".into(), "enabled".into())]),
         )]),
         policies: vec![policy("strict", "agent"), policy("lax", "other")].into(),
-        cluster_policies,
+        cluster_policies: cluster_policies.into(),
         cluster: Cluster { minor: 20 },
     };
     Planner::new(view, Settings::default()).with_jailing(jailing)
@@ -372,7 +373,7 @@ fn the_placeholder_nonce_is_derived_from_the_request_uid() {
                 BTreeMap::from([("agentboundary.dev/inject".into(), "enabled".into())]),
             )]),
             policies: vec![with_credential].into(),
-            cluster_policies: Vec::new(),
+            cluster_policies: ClusterPolicies::default(),
             cluster: Cluster { minor: 33 },
         },
         Settings::default(),

@@ -19,6 +19,7 @@ use boundary_webhook::classes::NodeClasses;
 use boundary_webhook::image::{ImageConfig, ResolveError, Resolver, ResolverConfig};
 use boundary_webhook::inject::Settings;
 use boundary_webhook::plan::Cluster;
+use boundary_webhook::policy_index::ClusterPolicies;
 use boundary_webhook::pull_secrets::{self, Keyring};
 use boundary_webhook::review::{self, Admit};
 use k8s_openapi::ByteString;
@@ -524,7 +525,7 @@ fn view() -> anyhow::Result<StaticView> {
             BTreeMap::from([("agentboundary.dev/inject".into(), "enabled".into())]),
         )]),
         policies: vec![policy].into(),
-        cluster_policies: Vec::new(),
+        cluster_policies: ClusterPolicies::default(),
         cluster: Cluster { minor: 33 },
     })
 }

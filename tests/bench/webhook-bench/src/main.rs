@@ -247,7 +247,7 @@ fn bench_view(node_count: usize, policy_count: usize) -> StaticView {
     }))
     .collect();
     StaticView {
-        cluster_policies,
+        cluster_policies: cluster_policies.into(),
         nodes: Arc::new(NodeClasses::new(nodes)),
         namespaces,
         policies: policies.into(),
