@@ -103,16 +103,6 @@ impl ClusterPolicies {
         );
         policies
     }
-
-    /// How many cluster policies there are.
-    pub fn len(&self) -> usize {
-        self.all.len()
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.all.is_empty()
-    }
 }
 
 impl Clone for ClusterPolicies {
