@@ -58,6 +58,46 @@ async fn the_command_runs_with_no_capabilities_and_no_new_privs_as_the_caller() 
 }
 
 #[tokio::test]
+async fn the_command_runs_in_the_jails_own_namespaces_of_every_kind() {
+    const KINDS: [&str; 6] = ["net", "mnt", "ipc", "pid", "user", "uts"];
+    require_root();
+    let script = KINDS.map(|k| format!("echo {k}=$(readlink /proc/self/ns/{k})"));
+    let ours = |kind: &str| {
+        std::fs::read_link(format!("/proc/self/ns/{kind}"))
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    };
+    for (who, tier, own_user) in [
+        (As::Root, "userns", true),
+        (As::Nobody, "userns", true),
+        (As::Root, "privileged-netns", false),
+    ] {
+        let out = jailed(who, &["--tier", tier], &script.join("; ")).await;
+        let text = stdout(&out);
+        assert!(out.status.success(), "{who:?}/{tier}: {}", stderr(&out));
+        for kind in KINDS {
+            let jailed = text
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{kind}=")))
+                .unwrap_or_else(|| panic!("{who:?}/{tier}: no {kind} in\n{text}"));
+            // The host name is the pod's; a user namespace only where the tier makes one.
+            let own = match kind {
+                "uts" => false,
+                "user" => own_user,
+                _ => true,
+            };
+            assert_eq!(
+                jailed != ours(kind),
+                own,
+                "{who:?}/{tier}: {kind} namespace {jailed}, the caller's {}",
+                ours(kind)
+            );
+        }
+    }
+}
+
+#[tokio::test]
 async fn the_jail_has_its_own_pid_namespace_and_only_loopback() {
     require_root();
     let out = jailed(

@@ -8,12 +8,15 @@ use std::os::unix::ffi::OsStrExt;
 
 use boundary_api::Tier;
 use nix::errno::Errno;
+use nix::sched::CloneFlags;
 use nix::sys::signal::Signal;
 use nix::sys::socket::{MsgFlags, recv};
 use nix::unistd::{Gid, Uid};
 
 use crate::control::{Report, send_report, serve_socket_request};
-use crate::error::{EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_SETUP_FAILED, JailError};
+use crate::error::{
+    EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_SETUP_FAILED, JailError, UsernsFacts,
+};
 use crate::netlink;
 use crate::sys::{self, Forked};
 use crate::{DNS_PORT, FORWARDER_PORT, JailPlan, ListenerKind, mounts, privileges, signals};
@@ -69,6 +72,7 @@ fn build(
             "boundary run exited while the jail started".into(),
         ));
     }
+    enter_namespaces(plan.tier)?;
     if plan.tier == Tier::Userns {
         map_ids(uid, gid)?;
     }
@@ -92,6 +96,27 @@ fn build(
         listeners: listeners.iter().map(|(k, _)| *k).collect(),
     };
     Ok((report, listeners))
+}
+
+/// The jail's namespaces that `clone` leaves to the init (see [`crate::spawn::spawn`]): made
+/// here, in the namespaces `clone` made, they are the same as if `clone` had made them.
+const JAIL_NAMESPACES: CloneFlags = CloneFlags::CLONE_NEWNET
+    .union(CloneFlags::CLONE_NEWNS)
+    .union(CloneFlags::CLONE_NEWIPC);
+
+/// Moves the init into new network, mount and IPC namespaces (owned by the jail's user
+/// namespace in tier userns); nothing of the jail is built before.
+fn enter_namespaces(tier: Tier) -> Result<(), JailError> {
+    nix::sched::unshare(JAIL_NAMESPACES).map_err(|errno| match tier {
+        Tier::Userns => JailError::UserNamespaceDenied {
+            errno: errno as i32,
+            facts: UsernsFacts::read(),
+        },
+        _ => JailError::NamespaceDenied {
+            call: format!("unshare(CLONE_NEWNET|CLONE_NEWNS|CLONE_NEWIPC): {errno}"),
+            seccomp_filter: UsernsFacts::read().seccomp_filter,
+        },
+    })
 }
 
 /// Identity maps: the caller's uid and gid, and nothing else, exist in the jail's user namespace.

@@ -40,19 +40,16 @@ pub struct Spawned {
 ///
 /// `prepare` runs in this process right after the jail's init is created, while the init builds
 /// the jail's network (the two overlap; start-up time matters for short commands): it writes
-/// the files of [`MountPlan::workdir`].
+/// the files of [`MountPlan::workdir`]. So that they overlap from the start, `clone` makes only
+/// the user (in tier userns) and PID namespaces, and the init makes the network, mount and IPC
+/// namespaces itself: a network namespace takes the kernel longer to make than everything else
+/// of `clone`, and `clone` returns only when its namespaces exist.
 pub fn spawn(
     plan: &JailPlan,
     prepare: &mut dyn FnMut() -> Result<(), JailError>,
 ) -> Result<Spawned, JailError> {
     let flags = match plan.tier {
-        Tier::Userns => {
-            CloneFlags::CLONE_NEWUSER
-                | CloneFlags::CLONE_NEWNET
-                | CloneFlags::CLONE_NEWNS
-                | CloneFlags::CLONE_NEWPID
-                | CloneFlags::CLONE_NEWIPC
-        }
+        Tier::Userns => CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWPID,
         Tier::PrivilegedNetns => {
             let missing: Vec<&str> = [
                 (privileges::CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
@@ -67,10 +64,7 @@ pub fn spawn(
                     missing: missing.join(" and "),
                 });
             }
-            CloneFlags::CLONE_NEWNET
-                | CloneFlags::CLONE_NEWNS
-                | CloneFlags::CLONE_NEWPID
-                | CloneFlags::CLONE_NEWIPC
+            CloneFlags::CLONE_NEWPID
         }
         Tier::Landlock => {
             return Err(JailError::Other(
@@ -134,7 +128,7 @@ pub fn spawn(
                 facts: UsernsFacts::read(),
             },
             _ => JailError::NamespaceDenied {
-                call: format!("clone(CLONE_NEWNET|CLONE_NEWNS|CLONE_NEWPID): {errno}"),
+                call: format!("clone(CLONE_NEWPID): {errno}"),
                 seccomp_filter: UsernsFacts::read().seccomp_filter,
             },
         }),
