@@ -778,18 +778,18 @@ mod tests {
             panic!("domain=* allowed a denied host")
         };
         assert_eq!(
-            by.origin.to_string(),
+            by.origin().to_string(),
             "ClusterBoundaryPolicy no-exfiltration spec.deny[0]: domain=pastebin.com"
         );
         assert_eq!(
-            overrides.unwrap().origin.to_string(),
+            overrides.unwrap().origin().to_string(),
             "agent spec.allow[0]: domain=*"
         );
         // Method and path: only matching requests are denied.
         let Verdict::Denied { by, .. } = verdict(&set, "POST", "api.github.com", "/gists") else {
             panic!("POST /gists allowed")
         };
-        assert_eq!(by.origin.field, "spec.deny[1]");
+        assert_eq!(by.origin().field, "spec.deny[1]");
         assert!(
             verdict(&set, "PATCH", "api.github.com", "/gists/7")
                 .deny_rule()
@@ -822,8 +822,8 @@ mod tests {
         let Verdict::Denied { by, overrides } = set.check_tcp(&gh, 22) else {
             panic!("TCP allowed to a host a deny rule names")
         };
-        assert_eq!(by.origin.field, "spec.deny[1]");
-        assert_eq!(overrides.unwrap().origin.field, "spec.tcp[0]");
+        assert_eq!(by.origin().field, "spec.deny[1]");
+        assert_eq!(overrides.unwrap().origin().field, "spec.tcp[0]");
         // TLS: refused before a certificate only for a whole-host deny.
         assert!(!set.may_allow_http(&paste, 443));
         assert!(set.may_allow_http(&gh, 443));

@@ -398,7 +398,7 @@ mod tests {
         let mut out = String::new();
         for rule in &compiled {
             let kind = if rule.is_deny() { "deny " } else { "allow" };
-            let _ = writeln!(out, "{kind} {}", rule.origin);
+            let _ = writeln!(out, "{kind} {}", rule.origin());
         }
         out
     }
@@ -493,8 +493,8 @@ allow spec.presets[8] (debian): domain=security.debian.org method=GET,HEAD
                 ..HttpRequest::new(&host, 443, method, &path)
             });
             match verdict {
-                Verdict::Allow(rule) => format!("allow {}", rule.origin),
-                Verdict::Denied { by, .. } => format!("denied {}", by.origin),
+                Verdict::Allow(rule) => format!("allow {}", rule.origin()),
+                Verdict::Denied { by, .. } => format!("denied {}", by.origin()),
                 Verdict::Deny(_) => "deny".to_owned(),
             }
         };

@@ -269,8 +269,8 @@ fn decide(set: &RuleSet, r: &Req, s: Option<Spelling>) -> String {
         query: raw_query(&target),
     });
     match verdict {
-        Verdict::Allow(rule) => format!("allow {}", rule.origin.field),
-        Verdict::Denied { by, .. } => format!("denied {}", by.origin.field),
+        Verdict::Allow(rule) => format!("allow {}", rule.origin().field),
+        Verdict::Denied { by, .. } => format!("denied {}", by.origin().field),
         Verdict::Deny(_) => "deny".to_owned(),
     }
 }

@@ -486,10 +486,10 @@ fn text(rules: &RuleSet, target: &Target, outcome: &Outcome<'_>) -> String {
         } else {
             "allowed by"
         };
-        let _ = writeln!(out, "  {what}: {}", rule.origin);
+        let _ = writeln!(out, "  {what}: {}", rule.origin());
     }
     if let Some(rule) = outcome.overrides {
-        let _ = writeln!(out, "  beats the allow rule: {}", rule.origin);
+        let _ = writeln!(out, "  beats the allow rule: {}", rule.origin());
     }
     if let Some(reason) = &ruling.reason {
         let _ = writeln!(out, "  why: {reason}");
@@ -505,10 +505,10 @@ fn text(rules: &RuleSet, target: &Target, outcome: &Outcome<'_>) -> String {
 
 fn origin_json(rule: &Rule) -> serde_json::Value {
     json!({
-        "policy": rule.origin.policy,
-        "cluster": rule.origin.cluster,
-        "field": rule.origin.field,
-        "text": rule.origin.text,
+        "policy": rule.origin().policy,
+        "cluster": rule.origin().cluster,
+        "field": rule.origin().field,
+        "text": rule.origin().text,
         "deny": rule.is_deny(),
     })
 }

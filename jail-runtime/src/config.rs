@@ -1014,7 +1014,7 @@ mod tests {
             .collect();
         assert_eq!(allowed, [5432, 2375], "redirected is not allowed");
         assert_eq!(
-            s.rules.check_pod_local(2375).unwrap().origin.to_string(),
+            s.rules.check_pod_local(2375).unwrap().origin().to_string(),
             "--allow-pod-local[1]: podLocal ports=2375"
         );
         let e = args(&["--allow-pod-local", "5432,53", "--", "true"])
@@ -1075,7 +1075,7 @@ mod tests {
             .rules
             .rules()
             .iter()
-            .map(|r| r.origin.to_string())
+            .map(|r| r.origin().to_string())
             .collect();
         assert!(
             origins.contains(
@@ -1090,7 +1090,7 @@ mod tests {
             "{origins:?}"
         );
         assert_eq!(
-            s.rules.deny_rules()[0].origin.to_string(),
+            s.rules.deny_rules()[0].origin().to_string(),
             "--preset[0] (github-read-only): domain=github.com path=/*/*/git-receive-pack"
         );
         let e = args(&["--preset", "npm", "--preset", "nmp", "--", "true"])
@@ -1141,7 +1141,7 @@ mod tests {
             .rules
             .deny_rules()
             .iter()
-            .map(|r| r.origin.to_string())
+            .map(|r| r.origin().to_string())
             .collect();
         assert_eq!(
             deny,
@@ -1200,7 +1200,7 @@ spec:
             .rules
             .rules()
             .iter()
-            .map(|r| r.origin.to_string())
+            .map(|r| r.origin().to_string())
             .collect();
         assert_eq!(
             origins,

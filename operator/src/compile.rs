@@ -1182,7 +1182,7 @@ mod tests {
         let (set, _) = out.policy.rule_set(&BTreeMap::new(), None).unwrap();
         assert_eq!((set.deny_rules().len(), set.rules().len()), (2, 0));
         assert_eq!(
-            set.deny_rules()[1].origin.to_string(),
+            set.deny_rules()[1].origin().to_string(),
             "git spec.denyHttp[0]: domains=github.com query=service:git-receive-pack"
         );
     }
@@ -1323,12 +1323,12 @@ mod tests {
             panic!("a push was not denied: {verdict:?}")
         };
         assert_eq!(
-            by.origin.to_string(),
+            by.origin().to_string(),
             "ClusterBoundaryPolicy org spec.presets[0] (github-read-only): domain=github.com \
              path=/*/*/git-receive-pack"
         );
         assert_eq!(
-            overrides.unwrap().origin.to_string(),
+            overrides.unwrap().origin().to_string(),
             "agent spec.allow[0]: domain=github.com"
         );
         // An unknown name withholds the cluster policy's presets, with the problem at its place.

@@ -362,14 +362,14 @@ fn verdict(set: &RuleSet, o: &Observation) -> BaseVerdict {
             if o.path_is_prefix {
                 // Requests under a prefix: only a whole-host answer is sure.
                 return match set.deny_for(&host, o.port) {
-                    Some(rule) => BaseVerdict::Denied(rule.origin.to_string()),
+                    Some(rule) => BaseVerdict::Denied(rule.origin().to_string()),
                     None => BaseVerdict::Missing,
                 };
             }
             let verdict = set.check_http(HttpRequest::new(&host, o.port, method, &path));
             return match verdict {
                 rules::Verdict::Allow(_) => BaseVerdict::Allowed,
-                rules::Verdict::Denied { by, .. } => BaseVerdict::Denied(by.origin.to_string()),
+                rules::Verdict::Denied { by, .. } => BaseVerdict::Denied(by.origin().to_string()),
                 rules::Verdict::Deny(_) => BaseVerdict::Missing,
             };
         }
@@ -377,7 +377,7 @@ fn verdict(set: &RuleSet, o: &Observation) -> BaseVerdict {
         (Kind::Tls, _, _) if o.decision == Decision::Allow => set.check_passthrough(&host, o.port),
         _ => {
             return match set.deny_for(&host, o.port) {
-                Some(rule) => BaseVerdict::Denied(rule.origin.to_string()),
+                Some(rule) => BaseVerdict::Denied(rule.origin().to_string()),
                 None if set.may_allow_http(&host, o.port) => BaseVerdict::Allowed,
                 None => BaseVerdict::Missing,
             };
@@ -385,7 +385,7 @@ fn verdict(set: &RuleSet, o: &Observation) -> BaseVerdict {
     };
     match v {
         rules::Verdict::Allow(_) => BaseVerdict::Allowed,
-        rules::Verdict::Denied { by, .. } => BaseVerdict::Denied(by.origin.to_string()),
+        rules::Verdict::Denied { by, .. } => BaseVerdict::Denied(by.origin().to_string()),
         rules::Verdict::Deny(_) => BaseVerdict::Missing,
     }
 }

@@ -238,10 +238,10 @@ pub fn lint(rules: &[Rule], ignore: &[Code]) -> Vec<Warning> {
             }
             out.push(Warning {
                 code,
-                policy: rule.origin.policy.clone(),
-                cluster: rule.origin.cluster,
+                policy: rule.origin().policy.clone(),
+                cluster: rule.origin().cluster,
                 field: position(rule, j),
-                rule: rule.origin.text.clone(),
+                rule: rule.origin().text.clone(),
                 pattern: pattern.to_string(),
                 category,
                 message,
@@ -253,14 +253,14 @@ pub fn lint(rules: &[Rule], ignore: &[Code]) -> Vec<Warning> {
 
 /// The place of domain `j` of `rule`, as `ruleProblems` name it.
 fn position(rule: &Rule, j: Option<usize>) -> String {
-    let field = &rule.origin.field;
+    let field = &rule.origin().field;
     if field.ends_with(')') {
         return field.clone();
     }
     match (&rule.kind, j) {
         (RuleKind::Tcp, _) => format!("{field}.domain"),
         // A structured rule (its summary starts with `domains=`): the list item.
-        (_, Some(j)) if rule.origin.text.starts_with("domains=") => {
+        (_, Some(j)) if rule.origin().text.starts_with("domains=") => {
             format!("{field}.domains[{j}]")
         }
         _ => field.clone(),

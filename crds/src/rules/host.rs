@@ -408,21 +408,30 @@ fn parse_ip_pattern(pattern: &str) -> Result<Option<IpNet>, PatternError> {
 }
 
 fn labels_match(pattern: &[LabelPattern], name: &str) -> bool {
-    let host: Vec<&str> = name.split('.').collect();
+    // Label by label from the right, without collecting the name's labels: this runs for every
+    // name rule a request is checked against.
     let label_eq = |p: &LabelPattern, h: &str| match &p.0 {
         Label::Wildcard => true,
         Label::Literal(l) => l == h,
     };
+    let host_labels = name.bytes().filter(|b| *b == b'.').count() + 1;
     match pattern.split_first() {
         Some((first, rest)) if first.0 == Label::Wildcard => {
             // Leading `*`: one or more labels, then the rest label by label.
-            host.len() > rest.len()
+            host_labels > rest.len()
                 && rest
                     .iter()
-                    .zip(&host[host.len() - rest.len()..])
+                    .rev()
+                    .zip(name.rsplit('.'))
                     .all(|(p, h)| label_eq(p, h))
         }
-        _ => host.len() == pattern.len() && pattern.iter().zip(&host).all(|(p, h)| label_eq(p, h)),
+        _ => {
+            host_labels == pattern.len()
+                && pattern
+                    .iter()
+                    .zip(name.split('.'))
+                    .all(|(p, h)| label_eq(p, h))
+        }
     }
 }
 
@@ -597,5 +606,47 @@ mod tests {
             Some("github.com")
         );
         assert_eq!(pat("*.github.com").exact_name(), None);
+    }
+
+    /// What matching did before it stopped collecting the name's labels.
+    fn labels_match_by_collecting(pattern: &[LabelPattern], name: &str) -> bool {
+        let host: Vec<&str> = name.split('.').collect();
+        let label_eq = |p: &LabelPattern, h: &str| match &p.0 {
+            Label::Wildcard => true,
+            Label::Literal(l) => l == h,
+        };
+        match pattern.split_first() {
+            Some((first, rest)) if first.0 == Label::Wildcard => {
+                host.len() > rest.len()
+                    && rest
+                        .iter()
+                        .zip(&host[host.len() - rest.len()..])
+                        .all(|(p, h)| label_eq(p, h))
+            }
+            _ => {
+                host.len() == pattern.len()
+                    && pattern.iter().zip(&host).all(|(p, h)| label_eq(p, h))
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        #[test]
+        fn names_match_label_patterns_as_their_labels_read_one_by_one(
+            pattern in proptest::collection::vec(proptest::option::weighted(0.8, "[ab]{0,2}"), 0..5),
+            name in proptest::collection::vec("[ab]{0,2}", 1..6),
+        ) {
+            let pattern: Vec<LabelPattern> = pattern
+                .into_iter()
+                .map(|l| LabelPattern(l.map_or(Label::Wildcard, Label::Literal)))
+                .collect();
+            let name = name.join(".");
+            proptest::prop_assert_eq!(
+                labels_match(&pattern, &name),
+                labels_match_by_collecting(&pattern, &name),
+                "{:?} against {:?}", pattern, name
+            );
+        }
     }
 }

@@ -33,6 +33,7 @@ pub mod host;
 pub mod path;
 
 use std::fmt;
+use std::sync::Arc;
 
 use crate::contract::ports;
 use crate::policy::{HttpRule, Mode, PodLocalRule, TcpRule, TlsMode};
@@ -103,17 +104,53 @@ pub enum RuleKind {
 /// A compiled rule: an allow rule, or a deny rule ([`RuleKind::Deny`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule {
-    /// Where it came from.
-    pub origin: RuleOrigin,
+    /// Where it came from (read through [`Rule::origin`], so that `named` stays its text).
+    origin: RuleOrigin,
     /// What it allows or denies.
     pub kind: RuleKind,
     /// Host patterns; `None` matches every host name (a left-out `domain=`).
     pub domains: Option<Vec<DomainPattern>>,
     /// Destination ports; `None` matches every port.
     pub ports: Option<Vec<u16>>,
+    /// `origin` as text, made once: audit records name the rule of every request it decides.
+    named: Arc<str>,
 }
 
 impl Rule {
+    fn new(
+        origin: RuleOrigin,
+        kind: RuleKind,
+        domains: Option<Vec<DomainPattern>>,
+        ports: Option<Vec<u16>>,
+    ) -> Rule {
+        Rule {
+            named: origin.to_string().into(),
+            origin,
+            kind,
+            domains,
+            ports,
+        }
+    }
+
+    /// Where it came from.
+    pub fn origin(&self) -> &RuleOrigin {
+        &self.origin
+    }
+
+    /// Where it came from, as audit records name it (`origin`'s `Display`).
+    pub fn named(&self) -> &Arc<str> {
+        &self.named
+    }
+
+    /// The same rule, at another place (`field`) of its policy.
+    fn placed(self, field: &str) -> Rule {
+        let origin = RuleOrigin {
+            field: field.to_owned(),
+            ..self.origin
+        };
+        Rule::new(origin, self.kind, self.domains, self.ports)
+    }
+
     fn host_matches(&self, host: &Host) -> bool {
         match &self.domains {
             None => matches!(host, Host::Name(_)),
@@ -304,12 +341,7 @@ impl Compiler<'_> {
             field,
             text,
         };
-        self.rules.push(Rule {
-            origin,
-            kind,
-            domains,
-            ports,
-        });
+        self.rules.push(Rule::new(origin, kind, domains, ports));
     }
 
     /// The rules of preset `name`, named `spec.presets[i] (NAME)` (`--preset[i] (NAME)`) in
@@ -345,10 +377,9 @@ impl Compiler<'_> {
             ..RuleSource::default()
         });
         match compiled {
-            Ok(compiled) => self.rules.extend(compiled.into_iter().map(|mut rule| {
-                rule.origin.field.clone_from(&place);
-                rule
-            })),
+            Ok(compiled) => self
+                .rules
+                .extend(compiled.into_iter().map(|rule| rule.placed(&place))),
             // A preset this engine cannot compile (data newer than its engine): never half of it.
             Err(CompileErrors(problems)) => {
                 for p in problems {
@@ -1659,5 +1690,39 @@ mod tests {
                 .check_http(req)
                 .is_allow()
         );
+    }
+
+    #[test]
+    fn every_rule_is_named_by_its_origin_also_after_a_preset_places_it() {
+        let presets: Vec<String> = crate::presets::names()
+            .split(", ")
+            .map(str::to_owned)
+            .collect();
+        let allow = vec!["domain=example.com".to_owned()];
+        let deny = vec!["domain=paste.example".to_owned()];
+        for (policy, cluster) in [
+            (None, false),
+            (Some("team"), false),
+            (Some("guardrails"), true),
+        ] {
+            let rules = compile(RuleSource {
+                policy,
+                cluster,
+                field_prefix: if policy.is_some() { "spec." } else { "--" },
+                deny: &deny,
+                presets: &presets,
+                allow: &allow,
+                ..RuleSource::default()
+            })
+            .unwrap();
+            assert!(rules.len() > presets.len(), "{rules:?}");
+            for rule in &rules {
+                assert_eq!(&**rule.named(), rule.origin().to_string(), "{rule:?}");
+            }
+            assert!(
+                rules.iter().any(|r| r.named().contains("preset")),
+                "{rules:?}"
+            );
+        }
     }
 }

@@ -15,6 +15,7 @@
 //! one segment, except at the end where it matches one or more; anything else matches exactly
 //! (`/api/users` does not match `/api/users/123` or `/api/users/`).
 
+use std::borrow::Cow;
 use std::fmt;
 
 /// A normalised request path: decoded segments after dot-segment removal.
@@ -108,9 +109,15 @@ impl fmt::Display for RequestPath {
     }
 }
 
-fn percent_decode(raw: &[u8]) -> Result<Vec<u8>, usize> {
+fn percent_decode(raw: &[u8]) -> Result<Cow<'_, [u8]>, usize> {
+    // Most segments have no `%`: they are returned as they are, not copied (every request's
+    // path is parsed).
+    let Some(first) = raw.iter().position(|b| *b == b'%') else {
+        return Ok(Cow::Borrowed(raw));
+    };
     let mut out = Vec::with_capacity(raw.len());
-    let mut i = 0;
+    out.extend_from_slice(&raw[..first]);
+    let mut i = first;
     while i < raw.len() {
         if raw[i] == b'%' {
             let hex = |b: u8| char::from(b).to_digit(16);
@@ -128,7 +135,7 @@ fn percent_decode(raw: &[u8]) -> Result<Vec<u8>, usize> {
             i += 1;
         }
     }
-    Ok(out)
+    Ok(Cow::Owned(out))
 }
 
 /// One segment of a path pattern.
@@ -188,7 +195,7 @@ impl PathPattern {
                     offset: offset + i,
                     message: "malformed percent-encoding".into(),
                 })?;
-                if decoded == b"." || decoded == b".." {
+                if *decoded == *b"." || *decoded == *b".." {
                     return Err(PathPatternError {
                         offset,
                         message: "`.` and `..` segments cannot appear in a rule (requests are \
@@ -196,7 +203,7 @@ impl PathPattern {
                             .into(),
                     });
                 }
-                segments.push(Segment::Literal(decoded));
+                segments.push(Segment::Literal(decoded.into_owned()));
             }
             offset += raw.len() + 1;
         }
@@ -364,5 +371,40 @@ mod tests {
         assert!(g.matches(&path("/api/issues/1/comments")));
         assert!(!g.matches(&path("/api/pulls/1")));
         assert!(!g.matches(&path("/api/issues/../../admin")));
+    }
+
+    /// Decoding byte by byte into a new vector, as it was done before segments without `%`
+    /// were returned as they are.
+    fn percent_decode_copying(raw: &[u8]) -> Result<Vec<u8>, usize> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < raw.len() {
+            if raw[i] == b'%' {
+                let hex = |b: u8| char::from(b).to_digit(16);
+                let (Some(hi), Some(lo)) = (
+                    raw.get(i + 1).copied().and_then(hex),
+                    raw.get(i + 2).copied().and_then(hex),
+                ) else {
+                    return Err(i);
+                };
+                out.push(u8::try_from(hi * 16 + lo).unwrap());
+                i += 3;
+            } else {
+                out.push(raw[i]);
+                i += 1;
+            }
+        }
+        Ok(out)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        #[test]
+        fn segments_decode_as_when_every_one_was_copied(raw in "[a%2eF/.\\\\g]{0,12}") {
+            proptest::prop_assert_eq!(
+                percent_decode(raw.as_bytes()).map(Cow::into_owned),
+                percent_decode_copying(raw.as_bytes())
+            );
+        }
     }
 }

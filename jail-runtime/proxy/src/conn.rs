@@ -269,7 +269,7 @@ impl Entry {
         self.decision = ruling.decision;
         self.reason.clone_from(&ruling.reason);
         if let Some(rule) = ruling.rule {
-            self.rule = Some(rule.origin.to_string());
+            self.rule = Some(rule.named().clone());
             if rule.is_deny() {
                 self.denied_by = Some(crate::audit::DeniedBy::DenyRule);
             }

@@ -431,7 +431,7 @@ pub fn connect<'r>(rules: &'r RuleSet, host: &Host, port: u16) -> Connect<'r> {
         Some(by) => format!(
             "CONNECT to {host}:{port}: denied by the deny rule {}, which no allow rule can \
              override",
-            by.origin
+            by.origin()
         ),
         None => format!("CONNECT to {host}:{port}: no rule allows this host"),
     };
@@ -446,7 +446,7 @@ fn connection_denied(by: &Rule, host: &Host, port: u16, what: &str) -> String {
     format!(
         "denied by the deny rule {}: it names {host}:{port}, and the proxy cannot see the method \
          or path of a {what} connection, so it is denied whatever allows it",
-        by.origin
+        by.origin()
     )
 }
 
@@ -454,7 +454,7 @@ fn connection_denied(by: &Rule, host: &Host, port: u16, what: &str) -> String {
 fn whole_host_denied(by: &Rule, host: &Host, port: u16) -> String {
     format!(
         "denied by the deny rule {}: it refuses every request to {host}:{port}, whatever allows it",
-        by.origin
+        by.origin()
     )
 }
 
@@ -466,7 +466,7 @@ fn deny_reason(misses: &[(&Rule, Miss)]) -> String {
         let near: Vec<String> = misses
             .iter()
             .take(3)
-            .map(|(rule, miss)| format!("{} {}", miss.describe(), rule.origin))
+            .map(|(rule, miss)| format!("{} {}", miss.describe(), rule.origin()))
             .collect();
         format!("no rule allows this request ({})", near.join("; "))
     }
@@ -477,9 +477,10 @@ fn denied_reason(by: &Rule, overrides: Option<&Rule>) -> String {
     match overrides {
         Some(allow) => format!(
             "denied by the deny rule {}, which wins over the allow rule {}",
-            by.origin, allow.origin
+            by.origin(),
+            allow.origin()
         ),
-        None => format!("denied by the deny rule {}", by.origin),
+        None => format!("denied by the deny rule {}", by.origin()),
     }
 }
 
@@ -560,7 +561,7 @@ mod tests {
             ruling.decision,
             ruling
                 .rule
-                .map(|r| r.origin.to_string())
+                .map(|r| r.origin().to_string())
                 .unwrap_or_default(),
             ruling.reason.as_deref().unwrap_or_default()
         )
@@ -805,8 +806,10 @@ mod tests {
                 let page = match page {
                     Page::DenyRule { by, overrides } => format!(
                         "page=deny-rule {} over {}",
-                        by.origin,
-                        overrides.map(|o| o.origin.to_string()).unwrap_or_default()
+                        by.origin(),
+                        overrides
+                            .map(|o| o.origin().to_string())
+                            .unwrap_or_default()
                     ),
                     Page::NoRule(misses) => format!("page=no-rule misses={}", misses.len()),
                     Page::Reason => "page=reason".into(),

@@ -20,6 +20,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 const MAX_HEAD: usize = 64 * 1024;
 /// Longest chunk-size line.
 const MAX_CHUNK_LINE: usize = 1024;
+/// Bytes of a line terminator (`\r\n\r\n`) that can lie on either side of a read's start.
+const SEAM_MAX: usize = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -82,14 +84,16 @@ impl Framing {
                         }
                         return;
                     };
-                    self.line.extend_from_slice(&bytes[..end]);
-                    bytes = &bytes[end..];
-                    let line = std::mem::take(&mut self.line);
-                    match self.state {
-                        State::Head => self.on_head(&line),
-                        State::ChunkSize => self.on_chunk_size(&line),
-                        _ if line == b"\r\n" => self.state = State::Head,
-                        _ => {}
+                    let (line, rest) = bytes.split_at(end);
+                    bytes = rest;
+                    if self.line.is_empty() {
+                        // The whole line came in this read (a keep-alive request's head, as a
+                        // rule): read where it is, not copied.
+                        self.on_line(line);
+                    } else {
+                        self.line.extend_from_slice(line);
+                        let buffered = std::mem::take(&mut self.line);
+                        self.on_line(&buffered);
                     }
                 }
                 State::Body(n) | State::ChunkData(n) => {
@@ -122,15 +126,32 @@ impl Framing {
 
     /// Index just past `terminator` in `line ++ bytes`, relative to `bytes`.
     fn find_end(&self, bytes: &[u8], terminator: &[u8]) -> Option<usize> {
-        // A trailer section or head may end where the terminator straddles two reads; look
-        // back into what is buffered.
-        let back = self.line.len().min(terminator.len() - 1);
-        let mut joined = self.line[self.line.len() - back..].to_vec();
-        joined.extend_from_slice(bytes);
-        joined
+        // A trailer section or head may end where the terminator straddles two reads: first the
+        // seam (the end of what is buffered and the start of this read, on the stack), then
+        // this read alone. Nothing is copied: this runs on every read of a request head.
+        let width = terminator.len() - 1;
+        let back = self.line.len().min(width);
+        let front = bytes.len().min(width);
+        let mut seam = [0u8; 2 * SEAM_MAX];
+        seam[..back].copy_from_slice(&self.line[self.line.len() - back..]);
+        seam[back..back + front].copy_from_slice(&bytes[..front]);
+        if let Some(p) = seam[..back + front]
             .windows(terminator.len())
             .position(|w| w == terminator)
-            .map(|p| p + terminator.len() - back)
+        {
+            return Some(p + terminator.len() - back);
+        }
+        memchr::memmem::find(bytes, terminator).map(|p| p + terminator.len())
+    }
+
+    /// A complete head, chunk-size line or trailer line.
+    fn on_line(&mut self, line: &[u8]) {
+        match self.state {
+            State::Head => self.on_head(line),
+            State::ChunkSize => self.on_chunk_size(line),
+            _ if line == b"\r\n" => self.state = State::Head,
+            _ => {}
+        }
     }
 
     fn poison(&mut self, why: &str) {
@@ -390,5 +411,46 @@ POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r
         big.extend(std::iter::repeat_n(b'a', MAX_HEAD + 10));
         let v = verdicts(&big, 1000);
         assert!(v[0].as_ref().unwrap_err().contains("too long"));
+    }
+
+    /// Pieces of HTTP/1 streams, well and badly framed, to be put together at random.
+    const PIECES: [&[u8]; 14] = [
+        b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+        b"POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"5;ext=1\r\nhello\r\n",
+        b"0\r\n",
+        b"X-T: 1\r\n",
+        b"\r\n",
+        b"\r\n\r\n",
+        b"\r",
+        b"\n",
+        b"zz\r\n",
+        b"POST / HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"GET /ws HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+        b"abc",
+    ];
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        #[test]
+        fn reads_cut_anywhere_give_the_verdicts_of_one_read(
+            pieces in proptest::collection::vec(0..PIECES.len(), 1..12),
+            cuts in proptest::collection::vec(proptest::num::usize::ANY, 0..8),
+        ) {
+            let stream: Vec<u8> = pieces.iter().flat_map(|&i| PIECES[i].iter().copied()).collect();
+            let mut whole = Framing::default();
+            whole.feed(&stream);
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (stream.len() + 1)).collect();
+            cuts.sort_unstable();
+            let mut read = Framing::default();
+            let mut start = 0;
+            for cut in cuts.into_iter().chain([stream.len()]) {
+                read.feed(&stream[start..cut]);
+                start = cut;
+            }
+            proptest::prop_assert_eq!(&read.verdicts, &whole.verdicts);
+            proptest::prop_assert_eq!(read.state, whole.state);
+        }
     }
 }

@@ -444,7 +444,7 @@ mod tests {
         let verdict = |addr: &str, port, origin| match judge(ip(addr), port, origin, &rules) {
             Judgement::Public => "public".to_owned(),
             Judgement::Pinned(_) => "pinned".to_owned(),
-            Judgement::AllowedBy(_, rule) => format!("rule {}", rule.origin.text),
+            Judgement::AllowedBy(_, rule) => format!("rule {}", rule.origin().text),
             Judgement::Refused(r) => format!("refused {}", r.category),
         };
         for (addr, port, origin, want) in [

@@ -71,10 +71,18 @@ pub struct Target {
 impl Target {
     /// `host[:port]`, omitting the scheme's default port.
     pub fn authority(&self, scheme: Scheme) -> String {
-        if self.port == scheme.default_port() {
-            self.host.to_string()
-        } else {
-            format!("{}:{}", self.host, self.port)
+        let mut out = String::new();
+        self.write_authority(scheme, &mut out);
+        out
+    }
+
+    /// Writes [`Target::authority`] to `out`.
+    pub fn write_authority(&self, scheme: Scheme, out: &mut String) {
+        use std::fmt::Write as _;
+        // Writing to a `String` cannot fail.
+        let _ = write!(out, "{}", self.host);
+        if self.port != scheme.default_port() {
+            let _ = write!(out, ":{}", self.port);
         }
     }
 }
@@ -148,7 +156,8 @@ pub fn check(parts: &http::request::Parts, conn: Connection<'_>) -> Result<Targe
     let path_and_query = parts
         .uri
         .path_and_query()
-        .map_or_else(|| "/".to_owned(), ToString::to_string);
+        .map_or("/", http::uri::PathAndQuery::as_str)
+        .to_owned();
     Ok(Target {
         host,
         port,
