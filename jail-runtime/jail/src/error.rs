@@ -1,5 +1,6 @@
 //! Why a jail could not be built, in words a person can act on: what failed, why, and the fix.
 
+use boundary_api::Tier;
 use nix::errno::Errno;
 use serde::{Deserialize, Serialize};
 
@@ -86,6 +87,21 @@ impl JailError {
     /// A plain failure with context.
     pub fn other(context: &str, err: impl std::fmt::Display) -> JailError {
         JailError::Other(format!("{context}: {err}"))
+    }
+
+    /// A call that makes namespaces (`call`, e.g. `clone(CLONE_NEWPID)`) failed with `errno`:
+    /// in tier userns the node's user namespace facts name the fix, otherwise the call does.
+    pub fn namespaces_denied(tier: Tier, call: &str, errno: Errno) -> JailError {
+        match tier {
+            Tier::Userns => JailError::UserNamespaceDenied {
+                errno: errno as i32,
+                facts: UsernsFacts::read(),
+            },
+            _ => JailError::NamespaceDenied {
+                call: format!("{call}: {errno}"),
+                seccomp_filter: UsernsFacts::read().seccomp_filter,
+            },
+        }
     }
 
     /// Maps a netlink failure to the error a person can act on.

@@ -14,9 +14,7 @@ use nix::sys::socket::{MsgFlags, recv};
 use nix::unistd::{Gid, Uid};
 
 use crate::control::{Report, send_report, serve_socket_request};
-use crate::error::{
-    EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_SETUP_FAILED, JailError, UsernsFacts,
-};
+use crate::error::{EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_SETUP_FAILED, JailError};
 use crate::netlink;
 use crate::sys::{self, Forked};
 use crate::{DNS_PORT, FORWARDER_PORT, JailPlan, ListenerKind, mounts, privileges, signals};
@@ -107,15 +105,12 @@ const JAIL_NAMESPACES: CloneFlags = CloneFlags::CLONE_NEWNET
 /// Moves the init into new network, mount and IPC namespaces (owned by the jail's user
 /// namespace in tier userns); nothing of the jail is built before.
 fn enter_namespaces(tier: Tier) -> Result<(), JailError> {
-    nix::sched::unshare(JAIL_NAMESPACES).map_err(|errno| match tier {
-        Tier::Userns => JailError::UserNamespaceDenied {
-            errno: errno as i32,
-            facts: UsernsFacts::read(),
-        },
-        _ => JailError::NamespaceDenied {
-            call: format!("unshare(CLONE_NEWNET|CLONE_NEWNS|CLONE_NEWIPC): {errno}"),
-            seccomp_filter: UsernsFacts::read().seccomp_filter,
-        },
+    nix::sched::unshare(JAIL_NAMESPACES).map_err(|errno| {
+        JailError::namespaces_denied(
+            tier,
+            "unshare(CLONE_NEWNET|CLONE_NEWNS|CLONE_NEWIPC)",
+            errno,
+        )
     })
 }
 

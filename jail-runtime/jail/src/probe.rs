@@ -106,16 +106,8 @@ fn build_network(
     uid: nix::unistd::Uid,
     gid: nix::unistd::Gid,
 ) -> Result<(), JailError> {
-    nix::sched::unshare(flags).map_err(|errno| match tier {
-        Tier::Userns => JailError::UserNamespaceDenied {
-            errno: errno as i32,
-            facts: UsernsFacts::read(),
-        },
-        _ => JailError::NamespaceDenied {
-            call: format!("unshare(CLONE_NEWNET): {errno}"),
-            seccomp_filter: UsernsFacts::read().seccomp_filter,
-        },
-    })?;
+    nix::sched::unshare(flags)
+        .map_err(|errno| JailError::namespaces_denied(tier, "unshare(CLONE_NEWNET)", errno))?;
     if tier == Tier::Userns {
         let write = |file: &str, content: String| {
             std::fs::write(format!("/proc/self/{file}"), content)

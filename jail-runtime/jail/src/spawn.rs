@@ -9,7 +9,7 @@ use nix::sys::socket::{AddressFamily, MsgFlags, SockFlag, SockType, socketpair};
 use nix::unistd::Pid;
 
 use crate::control::{JailSockets, ListenerKind, Report};
-use crate::error::{JailError, UsernsFacts};
+use crate::error::JailError;
 use crate::mounts::MountReport;
 use crate::plan::JailPlan;
 use crate::sys::{self, Forked};
@@ -122,16 +122,11 @@ pub fn spawn(
             spawned.exit_report = Some(exit_read);
             Ok(spawned)
         }
-        Err(errno) => Err(match plan.tier {
-            Tier::Userns => JailError::UserNamespaceDenied {
-                errno: errno as i32,
-                facts: UsernsFacts::read(),
-            },
-            _ => JailError::NamespaceDenied {
-                call: format!("clone(CLONE_NEWPID): {errno}"),
-                seccomp_filter: UsernsFacts::read().seccomp_filter,
-            },
-        }),
+        Err(errno) => Err(JailError::namespaces_denied(
+            plan.tier,
+            "clone(CLONE_NEWPID)",
+            errno,
+        )),
     }
 }
 
